@@ -1,0 +1,43 @@
+"""What an algorithm is: explicit state plus a step written against the patterns.
+
+An algorithm never knows which engine runs it. ``init`` builds the state of the
+local agents from their starting point ``x0: (m, d)``; ``step`` runs one round: local
+computation through the :class:`~nettrain.problem.oracle.Oracle` and communication
+through a :class:`~nettrain.patterns.Communicator`. States are frozen dataclasses of
+tensors whose leading axis is the local agent axis; every state has ``x``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import torch
+
+from nettrain.patterns import Communicator
+from nettrain.problem.oracle import Oracle
+
+
+class HasParams(Protocol):
+    x: torch.Tensor  # (m, d)
+
+
+S = TypeVar("S", bound=HasParams)
+
+
+class Algorithm(ABC, Generic[S]):
+    """A synchronous round-based method: ``state_{t+1} = step(state_t, t)``."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> S:
+        """State of the local agents, all starting at ``x0: (m, d)``."""
+
+    @abstractmethod
+    def step(self, state: S, t: int, oracle: Oracle, comm: Communicator) -> tuple[S, torch.Tensor]:
+        """Round ``t``: the new state and the local agents' training losses ``(m,)``."""
+
+    def diagnostics(self, state: S) -> dict[str, Any]:
+        """Method-specific figures computed from the state of *all* agents (for records)."""
+        return {}

@@ -1,0 +1,73 @@
+"""The local SGD step shared by every algorithm, as explicit state and a pure function.
+
+Update rule (``torch.optim.SGD`` with ``dampening = 0``; Sutskever et al. 2013 for
+Nesterov)::
+
+    g <- g + wd * x
+    b <- g                        at the first step, else   b <- mu * b + g
+    d <- g + mu * b  (Nesterov)   or   d <- b  (heavy ball)   or   d <- g  (mu = 0)
+    x <- x - lr * d
+
+:func:`sgd_direction` computes ``d`` (and the new buffer); decentralized methods apply
+it to the mixed point, ``x <- W x - lr * d``. Each line is one fused tensor operation
+(``torch.add(..., alpha=)``): at 256 agents of a 100k-parameter model these passes
+over memory, not the arithmetic, dominate a round. It works elementwise, so a stack
+``x: (m, d)`` of agents is stepped at once; the test suite checks it against
+``torch.optim.SGD`` step by step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nettrain.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SGDConfig:
+    """Hyper-parameters of the local step; validated like ``torch.optim.SGD``."""
+
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("nesterov=true needs momentum > 0 (e.g. momentum=0.9)")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class SGDState:
+    """Momentum buffer ``(m, d)``; ``None`` before the first step or without momentum."""
+
+    buf: torch.Tensor | None = None
+
+
+def sgd_direction(
+    x: torch.Tensor, g: torch.Tensor, state: SGDState, cfg: SGDConfig
+) -> tuple[torch.Tensor, SGDState]:
+    """The step direction ``d: (m, d)`` for gradient ``g`` at ``x``, and the new state."""
+    if cfg.weight_decay:
+        g = torch.add(g, x, alpha=cfg.weight_decay)
+    if cfg.momentum == 0:
+        return g, state
+    buf = g.clone() if state.buf is None else torch.add(g, state.buf, alpha=cfg.momentum)
+    direction = torch.add(g, buf, alpha=cfg.momentum) if cfg.nesterov else buf
+    return direction, SGDState(buf)
+
+
+def sgd_step(
+    x: torch.Tensor, g: torch.Tensor, state: SGDState, cfg: SGDConfig
+) -> tuple[torch.Tensor, SGDState]:
+    """One SGD step on the stack ``x: (m, d)``: ``x - lr * d``; returns new tensors."""
+    direction, state = sgd_direction(x, g, state, cfg)
+    return torch.add(x, direction, alpha=-cfg.lr), state

@@ -1,0 +1,162 @@
+"""The ``nettrain`` command line.
+
+    nettrain run [CONFIG.toml] [key=value ...] [--out DIR]
+    nettrain compare [CONFIG.toml] [key=value ...] [--algorithms a,b,...] [--out DIR]
+    nettrain topology KIND --agents N [--weights W] [--schedule S] [--json]
+    nettrain keys [--markdown]
+
+Exit codes: 0 success, 1 the run diverged, 2 bad input (unknown key, bad value,
+missing data, disconnected graph, ...), with a message that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from nettrain.config import RunConfig, describe_keys, load_config, parse_overrides
+from nettrain.errors import ConfigError, DataError, DivergenceError, NettrainError, TopologyError
+from nettrain.report.tables import summary_table
+
+BASELINES = ("allreduce", "local_sgd", "dpsgd", "gradient_tracking")
+
+
+def _config(items: Sequence[str]) -> RunConfig:
+    """First item may be a config file; the rest are key=value overrides."""
+    source = None
+    if items and "=" not in items[0]:
+        source, items = items[0], items[1:]
+    return load_config(source, parse_overrides(items))
+
+
+def _default_out(kind: str) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from nettrain.experiment import run
+
+    cfg = _config(args.items)
+    out = Path(args.out) if args.out else _default_out(cfg.algorithm)
+    result = run(cfg, out)
+    console.print(summary_table([result.summary], title=result.summary["label"]))
+    console.print(f"run folder: {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from nettrain.experiment import compare
+
+    cfg = _config(args.items)
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+    for name in algorithms:
+        cfg.replace(algorithm=name)  # validates every name before any run starts
+    out = Path(args.out) if args.out else _default_out("compare")
+    summaries = compare(cfg, algorithms, out)
+    title = f"{cfg.dataset}: {cfg.agents} agents on {cfg.topology}, {cfg.rounds} rounds"
+    console.print(summary_table(summaries, title=title))
+    console.print(f"table: {out / 'summary.csv'}   plot: {out / 'compare.png'}")
+    return 0
+
+
+def cmd_topology(args: argparse.Namespace, console: Console) -> int:
+    from nettrain.topology import build_topology, describe
+
+    topo = build_topology(
+        args.kind,
+        args.agents,
+        seed=args.seed,
+        weights=args.weights,
+        schedule=args.schedule,
+        drop_prob=args.drop_prob,
+        degree=args.degree,
+    )
+    info = describe(topo)
+    if args.json:
+        print(json.dumps(info, default=str))
+        return 0
+    table = Table(title=f"{args.kind} topology", show_header=False)
+    for k, v in info.items():
+        table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+    console.print(table)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, console: Console) -> int:
+    rows = describe_keys()
+    if args.markdown:
+        print("| key | type | default | allowed | meaning |\n|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| `{r['key']}` | {r['type']} | `{r['default']}` | {r['choices']} | {r['help']} |"
+            )
+        return 0
+    table = Table(title="config keys (key=value on the command line, or in a TOML file)")
+    for col in ("key", "type", "default", "choices", "help"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(r[c] for c in ("key", "type", "default", "choices", "help")))
+    console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nettrain", description="Train neural networks across a network of agents."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    items_help = "optional CONFIG.toml, then key=value overrides (`nettrain keys` lists keys)"
+
+    p = sub.add_parser("run", help="run one configuration and write a run folder")
+    p.add_argument("items", nargs="*", help=items_help)
+    p.add_argument("--out", help="run folder (default runs/<time>-<algorithm>)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compare", help="run several algorithms on one problem")
+    p.add_argument("items", nargs="*", help=items_help)
+    p.add_argument("--algorithms", default=",".join(BASELINES), help="comma-separated names")
+    p.add_argument("--out", help="folder for the runs, summary.csv and compare.png")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("topology", help="describe a topology: degrees, spectral gap, checks")
+    p.add_argument("kind")
+    p.add_argument("--agents", type=int, required=True)
+    p.add_argument("--weights", default="metropolis")
+    p.add_argument("--schedule", default="static")
+    p.add_argument("--drop-prob", type=float, default=0.0)
+    p.add_argument("--degree", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_topology)
+
+    p = sub.add_parser("keys", help="list every config key with its default and meaning")
+    p.add_argument("--markdown", action="store_true")
+    p.set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    try:
+        return args.func(args, console)
+    except (ConfigError, DataError, TopologyError) as err:
+        print(f"nettrain: error: {err}", file=sys.stderr)
+        return 2
+    except DivergenceError as err:
+        print(f"nettrain: {err}", file=sys.stderr)
+        return 1
+    except NettrainError as err:  # pragma: no cover - every subclass is handled above
+        print(f"nettrain: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

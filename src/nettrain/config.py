@@ -1,0 +1,249 @@
+"""Typed, validated run configuration: one flat set of documented keys.
+
+A run is described by a TOML file and/or ``key=value`` overrides::
+
+    nettrain run configs/default.toml algorithm=dpsgd agents=16 rounds=300
+
+Every key is a field of :class:`RunConfig` with a default and a help text (``nettrain
+keys`` prints them all); the config is frozen and validated when built, so an unknown
+key or a bad value fails before any work, with a message naming the key and the
+allowed values. One ``seed`` drives every random choice of a run: data split and
+partition, initialisation, mini-batches, sampled topologies and stragglers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nettrain.algorithms import ALGORITHMS
+from nettrain.data import DATASETS, PARTITIONS
+from nettrain.errors import ConfigError
+from nettrain.problem.losses import LOSSES, REGULARIZERS
+from nettrain.problem.models import MODELS
+from nettrain.topology import GRAPHS, SCHEDULES, WEIGHTS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENGINES = ("sim",)
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "float64")
+
+
+def key(default: Any, help: str, choices: Iterable[str] | None = None) -> Any:
+    """A config field with its documentation (and allowed values, for strings)."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs. Grouped as: run, data and model, local step, topology, clock."""
+
+    # --- run ---
+    algorithm: str = key("dpsgd", "training method", ALGORITHMS)
+    engine: str = key("sim", "who runs the agents: the in-process simulator", ENGINES)
+    agents: int = key(16, "number of agents n")
+    rounds: int = key(300, "synchronous rounds; one round = one local step of every agent")
+    seed: int = key(0, "seed of every random choice (split, init, batches, topology, stragglers)")
+    device: str = key("cpu", "where the simulator keeps its tensors", DEVICES)
+    dtype: str = key("float32", "floating-point type of parameters and data", DTYPES)
+    eval_every: int = key(25, "rounds between evaluations (one metrics.jsonl record each)")
+    eval_agents: int = key(
+        0, "agents evaluated individually for mean/worst agent accuracy; 0 = all"
+    )
+    progress: bool = key(True, "show a progress bar on the terminal")
+    # --- data and model ---
+    dataset: str = key("digits", "data set (fashion_mnist reads the IDX files)", DATASETS)
+    data_dir: str = key("", "folder of the Fashion-MNIST IDX files; empty = Debian's folder")
+    train_samples: int = key(0, "use a seeded subset of this many training samples; 0 = all")
+    test_fraction: float = key(0.2, "test share of the scikit-learn data sets (no official split)")
+    partition: str = key("iid", "how training samples are split over agents", PARTITIONS)
+    classes_per_agent: int = key(2, "partition=shards: classes held by each agent")
+    dirichlet_alpha: float = key(0.5, "partition=dirichlet: concentration, small = skewed")
+    model: str = key("mlp", "network: MLP, linear model, or small CNN (image data)", MODELS)
+    hidden: tuple[int, ...] = key((32,), "MLP hidden widths, comma separated (e.g. 128 or 64,32)")
+    loss: str = key("cross_entropy", "training loss (squared for regression)", LOSSES)
+    regularizer: str = key(
+        "none", "convex regulariser r(x) added to every agent's loss", REGULARIZERS
+    )
+    reg_lambda: float = key(0.0, "weight lam of the regulariser: lam*||x||^2 or lam*||x||_1")
+    batch_size: int = key(16, "mini-batch per agent per step; 0 = full local batch")
+    # --- local step ---
+    lr: float = key(0.1, "learning rate of the local SGD step")
+    momentum: float = key(0.0, "heavy-ball momentum of the local step, in [0, 1)")
+    nesterov: bool = key(False, "Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = key(0.0, "decoupled from reg: g <- g + weight_decay * x")
+    tau: int = key(4, "local_sgd: local steps between two averagings")
+    # --- topology ---
+    topology: str = key("ring", "communication graph of the agents", GRAPHS)
+    weights: str = key("metropolis", "mixing weights derived from the graph", WEIGHTS)
+    schedule: str = key("static", "how the graph changes from round to round", SCHEDULES)
+    drop_prob: float = key(0.0, "schedule=edge_drop: probability an edge is down in a round")
+    degree: int = key(4, "topology=random_regular: degree of every agent")
+    edge_prob: float = key(0.0, "topology=erdos_renyi: edge probability; 0 = 2 ln(n)/n")
+    branching: int = key(2, "topology=tree: children per inner node")
+    # --- virtual clock (sim) ---
+    compute_s_per_sample: float = key(
+        0.0, "virtual seconds of compute per training sample; 0 = model FLOPs / agent_gflops"
+    )
+    agent_gflops: float = key(10.0, "virtual compute speed of an agent, GFLOP/s")
+    latency_s: float = key(5e-5, "virtual latency of one message, seconds")
+    bandwidth_gbps: float = key(10.0, "virtual link bandwidth, Gbit/s")
+    stragglers: float = key(0.0, "fraction of agents that are slow (chosen by seed)")
+    straggler_slowdown: float = key(4.0, "compute slow-down factor of a straggler")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            value = getattr(self, f.name)
+            if choices is not None and value not in choices:
+                raise ConfigError(
+                    f"{f.name}={value!r} is not allowed; choose one of {', '.join(choices)}"
+                )
+        positive = ("agents", "rounds", "eval_every", "tau", "degree", "branching")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        nonneg = (
+            "eval_agents",
+            "train_samples",
+            "batch_size",
+            "reg_lambda",
+            "weight_decay",
+            "compute_s_per_sample",
+            "latency_s",
+            "edge_prob",
+        )
+        for name in nonneg:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.drop_prob < 1:
+            raise ConfigError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
+        if not 0 <= self.stragglers <= 1:
+            raise ConfigError(
+                f"stragglers is a fraction of agents in [0, 1], got {self.stragglers}"
+            )
+        if self.straggler_slowdown < 1:
+            raise ConfigError(f"straggler_slowdown must be >= 1, got {self.straggler_slowdown}")
+        if self.agent_gflops <= 0 or self.bandwidth_gbps <= 0:
+            raise ConfigError("agent_gflops and bandwidth_gbps must be > 0")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if any(h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden widths must be >= 1, got {self.hidden}")
+        if self.schedule == "edge_drop" and self.drop_prob == 0:
+            raise ConfigError("schedule=edge_drop needs drop_prob > 0 (e.g. drop_prob=0.3)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return load_config(self.to_dict() | changes)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_TYPES = typing.get_type_hints(RunConfig)
+
+
+def _unknown(name: str) -> ConfigError:
+    close = difflib.get_close_matches(name, FIELDS, n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key {name!r}{hint} (`nettrain keys` lists them all)")
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert ``value`` (a string from the command line, or a TOML value) to key's type."""
+    if name not in FIELDS:
+        raise _unknown(name)
+    kind = _TYPES[name]
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
+            return float(value)
+        if kind is str:
+            return str(value)
+        if typing.get_origin(kind) is tuple:
+            parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
+            return tuple(int(p) for p in parts if str(p).strip() != "")
+    except (TypeError, ValueError):
+        pretty = kind.__name__ if isinstance(kind, type) else str(kind)
+        raise ConfigError(f"{name}={value!r} is not a valid {pretty}") from None
+    raise TypeError(f"unsupported type {kind!r} for {name}")  # pragma: no cover
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """``["a=1", "b=x"] -> {"a": "1", "b": "x"}``; a malformed item is a ConfigError."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"expected key=value, got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def load_config(
+    source: Mapping[str, Any] | str | Path | None = None, overrides: Mapping[str, Any] = ()
+) -> RunConfig:
+    """Build a validated config from a mapping or TOML/JSON file plus overrides."""
+    values: dict[str, Any] = {}
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        text = path.read_text()
+        try:
+            raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as err:
+            raise ConfigError(f"cannot parse {path}: {err}") from None
+        values.update(raw)
+    elif source is not None:
+        values.update(source)
+    values.update(dict(overrides))
+    return RunConfig(**{k: coerce(k, v) for k, v in values.items()})
+
+
+def describe_keys() -> list[dict[str, str]]:
+    """One row per key: name, type, default, allowed values and help (for `nettrain keys`)."""
+    rows = []
+    for name, f in FIELDS.items():
+        kind = _TYPES[name]
+        default = f.default
+        rows.append(
+            {
+                "key": name,
+                "type": kind.__name__ if isinstance(kind, type) else "ints",
+                "default": ",".join(map(str, default))
+                if isinstance(default, tuple)
+                else str(default),
+                "choices": ", ".join(f.metadata["choices"] or ()),
+                "help": f.metadata["help"],
+            }
+        )
+    return rows
+
+
+__all__ = ["FIELDS", "RunConfig", "coerce", "describe_keys", "load_config", "parse_overrides"]

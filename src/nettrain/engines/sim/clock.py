@@ -1,0 +1,60 @@
+"""The virtual clock: how long a round would take on the modelled hardware.
+
+Agent ``i`` in a synchronous round spends ``s_i * c * samples_i`` computing (``c``
+seconds per sample, ``s_i >= 1`` its slow-down) and ``latency * messages_i +
+bytes_i / bandwidth`` communicating. A synchronous round ends when the slowest agent
+is done::
+
+    T_round = max_i ( s_i c samples_i + latency messages_i + bytes_i / bandwidth )
+
+Stragglers are a seeded random subset of agents with ``s_i = slowdown``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class CostModel:
+    seconds_per_sample: float  # c
+    latency_s: float
+    bandwidth_bytes_per_s: float
+    slowdown: torch.Tensor  # (n,) float64, >= 1
+
+    @staticmethod
+    def straggler_slowdown(n: int, fraction: float, factor: float, seed: int) -> torch.Tensor:
+        """``(n,)`` factors: ``round(fraction * n)`` agents chosen by ``seed`` get ``factor``."""
+        s = torch.ones(n, dtype=torch.float64)
+        k = round(fraction * n)
+        if k:
+            chosen = np.random.default_rng([seed, 0x57A6]).choice(n, size=k, replace=False)
+            s[torch.as_tensor(chosen)] = factor
+        return s
+
+    def agent_seconds(
+        self, samples: torch.Tensor, messages: torch.Tensor, nbytes: torch.Tensor
+    ) -> torch.Tensor:
+        """Busy time ``(n,)`` of each agent for the given per-agent work."""
+        compute = self.slowdown * self.seconds_per_sample * samples.double()
+        comm = self.latency_s * messages.double() + nbytes.double() / self.bandwidth_bytes_per_s
+        return compute + comm
+
+
+@dataclass
+class VirtualClock:
+    """Virtual time in seconds, advanced by the engine only."""
+
+    cost: CostModel
+    now: float = 0.0
+
+    def sync_round(
+        self, samples: torch.Tensor, messages: torch.Tensor, nbytes: torch.Tensor
+    ) -> float:
+        """Advance by one synchronous round (the slowest agent's time) and return it."""
+        dt = float(self.cost.agent_seconds(samples, messages, nbytes).max())
+        self.now += dt
+        return dt

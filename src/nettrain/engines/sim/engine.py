@@ -1,0 +1,100 @@
+"""The ``sim`` engine: all agents stacked in one process, a virtual clock, determinism.
+
+Each round the algorithm steps the whole stack ``x: (n, d)`` (one vectorised oracle
+call, one ``W(t) @ x``); the engine then reads the work counted at the boundaries
+(samples at the oracle, messages and bytes at the communicator), advances the virtual
+clock by the slowest agent's time, and every ``eval_every`` rounds evaluates and
+appends a record. Same seed, same numbers, bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from nettrain.engines.base import Job, RunResult
+from nettrain.engines.sim.clock import VirtualClock
+from nettrain.engines.sim.comm import SimCommunicator
+from nettrain.errors import DivergenceError
+from nettrain.evaluation import model_metrics
+from nettrain.progress import progress_bar
+from nettrain.recording import RunFolder
+
+
+class SimEngine:
+    """Runs a :class:`Job` with every agent in this process."""
+
+    name = "sim"
+
+    def run(self, job: Job, folder: RunFolder) -> RunResult:
+        n, problem = job.n_agents, job.problem
+        x = job.x0.expand(n, -1).clone()  # (n, d)
+        comm = SimCommunicator(job.topology, x.device, x.dtype)
+        oracle = problem.oracle(job.shards, range(n), batch_size=job.batch_size, seed=job.seed)
+        clock = VirtualClock(job.cost)
+        totals = {k: torch.zeros(n, dtype=torch.int64) for k in ("samples", "messages", "bytes")}
+
+        def account() -> None:
+            samples = oracle.meter.reset()
+            messages, nbytes = comm.traffic.reset()
+            clock.sync_round(samples, messages, nbytes)
+            for k, v in zip(totals, (samples, messages, nbytes), strict=True):
+                totals[k] += v
+
+        start = time.perf_counter()
+        state = job.algorithm.init(x, oracle, comm)
+        account()  # the initial gradients of tracking methods are work too
+        loss = torch.zeros(n)
+        with progress_bar(job.rounds, f"{job.algorithm.name} x{n}", job.progress) as advance:
+            for t in range(job.rounds):
+                state, loss = job.algorithm.step(state, t, oracle, comm)
+                account()
+                check_finite(loss, t)
+                status = ""
+                if (t + 1) % job.eval_every == 0 or t + 1 == job.rounds:
+                    record = {
+                        "round": t + 1,
+                        "epoch": float(totals["samples"].sum()) / len(problem.data.y_train),
+                        "virtual_time_s": clock.now,
+                        "wall_time_s": time.perf_counter() - start,
+                        **traffic_fields(totals),
+                        "train_loss": float(loss.mean()),
+                        **model_metrics(problem, state.x, job.eval_agents),
+                        **job.algorithm.diagnostics(state),
+                    }
+                    folder.append(record)
+                    status = _status(record)
+                advance(1, status)
+        return RunResult(state.x, folder.records)
+
+
+def traffic_fields(totals: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Cumulative samples, messages and bytes: totals and the busiest agent's."""
+    return {
+        "samples": int(totals["samples"].sum()),
+        "messages_total": int(totals["messages"].sum()),
+        "bytes_total": int(totals["bytes"].sum()),
+        "messages_max_agent": int(totals["messages"].max()),
+        "bytes_max_agent": int(totals["bytes"].max()),
+    }
+
+
+def check_finite(loss: torch.Tensor, t: int) -> None:
+    """Stop a diverged run with a message that names the round, the agents and the fix."""
+    bad = ~torch.isfinite(loss)
+    if bool(bad.any()):
+        agents = bad.nonzero().flatten().tolist()
+        shown = ", ".join(map(str, agents[:8])) + (" ..." if len(agents) > 8 else "")
+        raise DivergenceError(
+            f"the run diverged at round {t + 1}: the training loss of agent(s) {shown} is "
+            f"{float(loss[agents[0]])}. Lower the learning rate (lr=), add momentum damping, "
+            "or check the data for NaN"
+        )
+
+
+def _status(record: dict[str, Any]) -> str:
+    if "test_accuracy" in record:
+        return f"acc {record['test_accuracy']:.3f}"
+    return f"test loss {record['test_loss']:.4f}"

@@ -1,0 +1,35 @@
+"""The exceptions nettrain raises for bad input and failed runs.
+
+Every message says what is wrong and how to fix it::
+
+    NettrainError                  base class, catch this to catch them all
+     +-- ConfigError (ValueError)  unknown key, bad value, inconsistent settings
+     +-- DataError                 missing data files, empty shards
+     +-- TopologyError             disconnected graph, non-stochastic weights
+     +-- DivergenceError           NaN or inf during a run
+
+The command line turns ``ConfigError``, ``DataError`` and ``TopologyError`` into
+exit code 2 (bad input) and ``DivergenceError`` into exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class NettrainError(Exception):
+    """Base class of every error nettrain raises on purpose."""
+
+
+class ConfigError(NettrainError, ValueError):
+    """A configuration key or value is invalid."""
+
+
+class DataError(NettrainError):
+    """A data set cannot be loaded or partitioned as asked."""
+
+
+class TopologyError(NettrainError):
+    """A graph or mixing matrix violates a requirement (connectivity, stochasticity)."""
+
+
+class DivergenceError(NettrainError):
+    """The parameters or the loss became NaN or infinite during a run."""

@@ -1,0 +1,161 @@
+"""From a configuration to results: build the pieces, run an engine, write the folder.
+
+``config -> (problem, shards, topology, algorithm, cost model) -> engine.run -> records
+-> run folder``. This is the Python API behind ``nettrain run`` and ``nettrain
+compare``::
+
+    from nettrain import load_config, run
+    result = run(load_config(overrides={"algorithm": "dpsgd", "agents": 16}), out="runs/x")
+    result.summary["test_accuracy"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nettrain.algorithms import build_algorithm
+from nettrain.algorithms.sgd import SGDConfig
+from nettrain.config import RunConfig
+from nettrain.data import load_dataset, partition
+from nettrain.engines.base import Engine, Job, RunResult
+from nettrain.engines.sim.clock import CostModel
+from nettrain.engines.sim.engine import SimEngine
+from nettrain.errors import ConfigError
+from nettrain.problem.flat import matmul_flops_per_sample
+from nettrain.problem.losses import Regularizer, get_loss
+from nettrain.problem.models import build_model
+from nettrain.problem.oracle import Problem
+from nettrain.recording import RunFolder, summarize
+from nettrain.report.plots import plot_runs
+from nettrain.report.tables import write_csv
+from nettrain.topology import build_topology
+
+ENGINES: dict[str, type[Engine]] = {"sim": SimEngine}
+
+
+def build_problem(cfg: RunConfig) -> Problem:
+    """Data set on the configured device and dtype, model, loss and regulariser."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but torch sees no CUDA device; use device=cpu")
+    data = load_dataset(
+        cfg.dataset,
+        data_dir=cfg.data_dir or None,
+        seed=cfg.seed,
+        test_fraction=cfg.test_fraction,
+        train_samples=cfg.train_samples or None,
+    )
+    dtype = getattr(torch, cfg.dtype)
+    moved = {
+        name: (t.to(cfg.device, dtype) if t.is_floating_point() else t.to(cfg.device))
+        for name in ("x_train", "y_train", "x_test", "y_test")
+        for t in [getattr(data, name)]
+    }
+    data = dataclasses.replace(data, **moved)
+    if data.n_classes == 0 and cfg.loss != "squared":
+        raise ConfigError(f"dataset={cfg.dataset} is a regression set; use loss=squared")
+    model = build_model(
+        cfg.model, data.n_features, data.n_outputs, hidden=cfg.hidden, image_shape=data.image_shape
+    ).to(cfg.device, dtype)
+    return Problem(model, get_loss(cfg.loss), Regularizer(cfg.regularizer, cfg.reg_lambda), data)
+
+
+def build_cost_model(cfg: RunConfig, problem: Problem) -> CostModel:
+    per_sample = cfg.compute_s_per_sample or (
+        3 * matmul_flops_per_sample(problem.spec) / (cfg.agent_gflops * 1e9)
+    )
+    return CostModel(
+        seconds_per_sample=per_sample,
+        latency_s=cfg.latency_s,
+        bandwidth_bytes_per_s=cfg.bandwidth_gbps * 1e9 / 8,
+        slowdown=CostModel.straggler_slowdown(
+            cfg.agents, cfg.stragglers, cfg.straggler_slowdown, cfg.seed
+        ),
+    )
+
+
+def build_job(cfg: RunConfig) -> Job:
+    """Every piece of a run, validated, before any training starts."""
+    topology = build_topology(
+        cfg.topology,
+        cfg.agents,
+        seed=cfg.seed,
+        weights=cfg.weights,
+        schedule=cfg.schedule,
+        drop_prob=cfg.drop_prob,
+        degree=cfg.degree,
+        edge_prob=cfg.edge_prob or None,
+        branching=cfg.branching,
+    )
+    problem = build_problem(cfg)
+    shards = partition(
+        problem.data.y_train.cpu(),
+        cfg.agents,
+        cfg.partition,
+        seed=cfg.seed,
+        classes_per_agent=cfg.classes_per_agent,
+        alpha=cfg.dirichlet_alpha,
+        n_classes=problem.data.n_classes or None,
+    )
+    sgd = SGDConfig(cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+    return Job(
+        problem=problem,
+        shards=shards,
+        topology=topology,
+        algorithm=build_algorithm(cfg.algorithm, sgd, tau=cfg.tau),
+        x0=problem.initial_params(cfg.seed),
+        rounds=cfg.rounds,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        eval_every=cfg.eval_every,
+        cost=build_cost_model(cfg, problem),
+        eval_agents=cfg.eval_agents,
+        progress=cfg.progress,
+    )
+
+
+def run(cfg: RunConfig, out: str | Path | None = None) -> RunResult:
+    """Run one configuration; with ``out``, write the run folder as the run goes."""
+    job = build_job(cfg)
+    folder = RunFolder(out)
+    folder.write_config(cfg.to_dict())
+    result = ENGINES[cfg.engine]().run(job, folder)
+    summary = summarize(
+        result.records,
+        label=f"{cfg.algorithm} on {cfg.topology} ({cfg.agents} agents, {cfg.dataset})",
+        algorithm=cfg.algorithm,
+        engine=cfg.engine,
+        agents=cfg.agents,
+        topology=cfg.topology,
+        schedule=cfg.schedule,
+        dataset=cfg.dataset,
+        model=cfg.model,
+        params=job.problem.dim,
+        rounds=cfg.rounds,
+        seed=cfg.seed,
+    )
+    folder.finish(summary, result.x)
+    return dataclasses.replace(result, summary=summary)
+
+
+def compare(
+    cfg: RunConfig, algorithms: Sequence[str], out: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """Run each algorithm on the same problem and seed; write ``summary.csv`` and a plot."""
+    if not algorithms:
+        raise ConfigError("compare needs at least one algorithm (algorithms=dpsgd,allreduce)")
+    summaries, curves = [], {}
+    for name in algorithms:
+        sub = Path(out) / name if out is not None else None
+        result = run(cfg.replace(algorithm=name), sub)
+        summaries.append(result.summary)
+        curves[name] = result.records
+    if out is not None:
+        write_csv(summaries, Path(out) / "summary.csv")
+        title = f"{cfg.dataset}, {cfg.agents} agents on {cfg.topology} ({cfg.partition})"
+        plot_runs(curves, Path(out) / "compare.png", title=title)
+    return summaries

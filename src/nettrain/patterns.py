@@ -1,0 +1,126 @@
+"""Communication patterns: the small closed set every engine implements.
+
+An algorithm talks to other agents only through a :class:`Communicator`; it never
+knows whether the agents live in one process (the ``sim`` engine stacks all ``n`` of
+them, ``m = n``) or one per process (the ``distributed`` engine, ``m = 1``). Every
+method takes and returns the local stack ``x: (m, d)``.
+
+The patterns:
+
+* neighbour mixing ``x_i <- sum_j W_ij(t) x_j`` (:meth:`Communicator.start_mix`);
+* global mean ``x_i <- (1/n) sum_j x_j``, an all-reduce (:meth:`Communicator.start_mean`);
+* pairwise exchange on disjoint pairs (:meth:`Communicator.pairwise`);
+* worker-to-centre exchange with centre variables held by (sharded) servers
+  (:meth:`Communicator.centre_exchange`).
+
+The ``start_*`` methods return a :class:`Handle` whose ``wait()`` finishes the
+operation, so communication can overlap the next local computation (Bluefog-style);
+the blocking forms are ``start_*(...).wait()``. Engines count messages and bytes per
+agent in :attr:`Communicator.traffic` at this boundary, from what is sent.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+class Handle(Protocol):
+    """A communication in flight; ``wait()`` blocks until it is done and returns ``(m, d)``."""
+
+    def wait(self) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A handle whose result is already there (the simulator's and blocking engines')."""
+
+    value: torch.Tensor
+
+    def wait(self) -> torch.Tensor:
+        return self.value
+
+
+@dataclass
+class Traffic:
+    """Messages and bytes sent by each local agent since the last :meth:`reset`."""
+
+    messages: torch.Tensor  # (m,) int64
+    bytes: torch.Tensor  # (m,) int64
+
+    @classmethod
+    def zeros(cls, m: int) -> Traffic:
+        return cls(torch.zeros(m, dtype=torch.int64), torch.zeros(m, dtype=torch.int64))
+
+    def add(self, messages: torch.Tensor, nbytes: torch.Tensor) -> None:
+        self.messages += messages
+        self.bytes += nbytes
+
+    def reset(self) -> tuple[torch.Tensor, torch.Tensor]:
+        out = (self.messages, self.bytes)
+        self.messages = torch.zeros_like(self.messages)
+        self.bytes = torch.zeros_like(self.bytes)
+        return out
+
+
+def ring_allreduce_cost(n: int, d: int, itemsize: int) -> tuple[int, int]:
+    """Messages and bytes one agent sends in a ring all-reduce of ``d`` elements.
+
+    Reduce-scatter then all-gather: ``2 (n - 1)`` messages of ``d / n`` elements each,
+    ``2 (n - 1) / n * d * itemsize`` bytes (Patarasuk and Yuan, 2009).
+    """
+    if n == 1:
+        return 0, 0
+    return 2 * (n - 1), (2 * (n - 1) * d * itemsize) // n
+
+
+class Communicator(ABC):
+    """The patterns an algorithm may use; one implementation per engine."""
+
+    n_agents: int  # n, all agents of the run
+    agents: torch.Tensor  # (m,) global ids of the agents held here
+    traffic: Traffic
+
+    @abstractmethod
+    def start_mix(self, x: torch.Tensor, t: int) -> Handle:
+        """Start ``x_i <- sum_j W_ij(t) x_j`` with the topology's mixing matrix at round ``t``."""
+
+    @abstractmethod
+    def start_mean(self, x: torch.Tensor) -> Handle:
+        """Start the all-reduce ``x_i <- (1/n) sum_j x_j`` over all ``n`` agents."""
+
+    def mix(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return self.start_mix(x, t).wait()
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.start_mean(x).wait()
+
+    def pairwise(
+        self,
+        x: torch.Tensor,
+        pairs: torch.Tensor,
+        combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """For each pair ``(i, j)`` of the disjoint ``pairs: (p, 2)``:
+        ``x_i <- combine(x_i, x_j)`` and ``x_j <- combine(x_j, x_i)``; others unchanged.
+
+        Used by SwarmSGD and AD-PSGD; engines add it with those algorithms.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no pairwise exchange yet")
+
+    def centre_exchange(
+        self,
+        x: torch.Tensor,
+        workers: torch.Tensor,
+        rule: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """Exchange of ``workers`` with the centre variable ``c`` held by the servers:
+        ``(x_w, delta) = rule(x_w, c)`` then ``c <- c + delta`` on the servers.
+
+        Used by the elastic averaging family and DOWNPOUR; engines add it with them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no centre exchange yet")

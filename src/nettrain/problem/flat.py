@@ -1,0 +1,73 @@
+"""Flat parameter vectors: one agent's parameters are one vector ``x: (d,)``.
+
+A stack of agents is ``x: (m, d)``. Mixing is then ``W @ x``, a compressor works on
+one tensor, and the distributed engine sends one buffer. The model only ever sees
+views of that vector, produced by :meth:`FlatSpec.unflatten` (``torch.split`` +
+``view``, no copy), so ``torch.func.functional_call`` can run it under ``vmap``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nettrain.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class FlatSpec:
+    """Names, shapes and sizes of a module's parameters, in ``named_parameters`` order."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    numels: tuple[int, ...]
+
+    @classmethod
+    def of(cls, module: nn.Module) -> FlatSpec:
+        if any(True for _ in module.buffers()):
+            raise ConfigError(
+                f"{type(module).__name__} has buffers (e.g. batch-norm statistics); "
+                "nettrain models must keep all state in parameters"
+            )
+        named = list(module.named_parameters())
+        return cls(
+            names=tuple(n for n, _ in named),
+            shapes=tuple(p.shape for _, p in named),
+            numels=tuple(p.numel() for _, p in named),
+        )
+
+    @property
+    def dim(self) -> int:
+        """Length ``d`` of the flat vector."""
+        return sum(self.numels)
+
+    def unflatten(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of ``x: (d,)`` shaped like the module's parameters."""
+        parts = torch.split(x, self.numels)
+        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
+
+    def flatten(self, module: nn.Module) -> torch.Tensor:
+        """The module's parameters concatenated into one detached vector ``(d,)``."""
+        return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+    def load_into(self, module: nn.Module, x: torch.Tensor) -> None:
+        """Copy ``x: (d,)`` into the module's parameters (for export to plain PyTorch)."""
+        with torch.no_grad():
+            for p, v in zip(module.parameters(), self.unflatten(x).values(), strict=True):
+                p.copy_(v)
+
+    def __repr__(self) -> str:
+        layers = ", ".join(f"{n}{tuple(s)}" for n, s in zip(self.names, self.shapes, strict=True))
+        return f"FlatSpec(d={self.dim}: {layers})"
+
+
+def matmul_flops_per_sample(spec: FlatSpec) -> int:
+    """Multiply-adds of the forward pass's weight matrices, counted as 2 FLOPs each.
+
+    Exact for an MLP (each weight is used once per sample); a lower bound for a CNN.
+    Forward plus backward costs about three times this.
+    """
+    return sum(2 * math.prod(s) for s in spec.shapes if len(s) == 2)

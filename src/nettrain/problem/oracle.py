@@ -1,0 +1,218 @@
+"""The problem and its oracle: losses and gradients for a stack of agents at once.
+
+``Oracle.grad(x: (m, d)) -> (loss: (m,), g: (m, d))`` evaluates every local agent's
+loss on that agent's next mini-batch (or its full local data set) and the gradient,
+in one call: ``torch.func.vmap`` over ``grad_and_value`` of a ``functional_call`` of
+the model on views of the flat vector. A round of 256 agents is then a handful of
+batched matrix products instead of 256 Python-level forward/backward passes.
+
+Sampling: agent ``i`` draws its mini-batches uniformly with replacement from its own
+shard with its own generator, seeded by ``(seed, i)``. The sequence of batches an
+agent sees therefore depends only on the seed, the agent and how many batches it has
+drawn, never on how agents are grouped into processes: the simulator and the
+distributed engine see the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from nettrain.data import Dataset
+from nettrain.errors import ConfigError
+from nettrain.problem.flat import FlatSpec
+from nettrain.problem.losses import Regularizer
+
+
+def agent_seed(seed: int, agent: int, stream: int = 0) -> int:
+    """A 63-bit seed for ``agent``'s private random stream, a pure function of its inputs."""
+    return int(np.random.SeedSequence([seed, agent, stream]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@dataclass
+class Meter:
+    """Per-agent work counted at the oracle's boundary; the engine reads and resets it."""
+
+    samples: torch.Tensor  # (m,) int64, samples processed since the last reset
+
+    @classmethod
+    def zeros(cls, m: int) -> Meter:
+        return cls(torch.zeros(m, dtype=torch.int64))
+
+    def reset(self) -> torch.Tensor:
+        out, self.samples = self.samples, torch.zeros_like(self.samples)
+        return out
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Test-set loss and accuracy of ``k`` parameter vectors (accuracy is None for regression)."""
+
+    loss: torch.Tensor  # (k,)
+    accuracy: torch.Tensor | None  # (k,)
+
+
+@dataclass
+class Problem:
+    """Model, loss, regulariser and data: everything that defines ``f_i`` and the test metric.
+
+    The model object is a template: its parameters are never used, every call
+    substitutes views of a flat vector through ``functional_call``.
+    """
+
+    model: nn.Module
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (B, k), (B,) -> (B,)
+    regularizer: Regularizer
+    data: Dataset
+    spec: FlatSpec = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.spec = FlatSpec.of(self.model)
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def initial_params(self, seed: int) -> torch.Tensor:
+        """PyTorch's default initialisation of the model drawn under ``seed``, as ``(d,)``.
+
+        The global RNG is forked, so seeding here leaves the caller's stream untouched.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in self.model.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+            return self.spec.flatten(self.model).clone()
+
+    def batch_loss(
+        self, x: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor
+    ) -> torch.Tensor:
+        """``sum_b w_b * loss(model(x; xb_b), yb_b)`` for one agent: ``x (d,)``, ``xb (B, F)``."""
+        out = functional_call(self.model, self.spec.unflatten(x), (xb,))
+        return (self.loss(out, yb) * wb).sum()
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, chunk: int = 16) -> Evaluation:
+        """Test loss and accuracy of each row of ``x: (k, d)``; chunks of ``chunk`` vectors."""
+        xt, yt = self.data.x_test, self.data.y_test
+
+        def one(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = functional_call(self.model, self.spec.unflatten(v), (xt,))  # (M, k_out)
+            loss = self.loss(out, yt).mean()
+            if self.data.n_classes:
+                return loss, (out.argmax(-1) == yt).float().mean()
+            return loss, loss.new_zeros(())
+
+        losses, accs = zip(*(vmap(one)(c) for c in x.split(chunk)), strict=True)
+        acc = torch.cat(accs) if self.data.n_classes else None
+        return Evaluation(torch.cat(losses), acc)
+
+    def oracle(
+        self,
+        shards: Sequence[torch.Tensor],
+        agents: Sequence[int],
+        *,
+        batch_size: int,
+        seed: int,
+        with_regularizer: bool = True,
+    ) -> Oracle:
+        return Oracle(self, shards, agents, batch_size, seed, with_regularizer)
+
+
+class Oracle:
+    """Loss and gradient of the local agents' objectives ``f_i(x) = E loss + r(x)``.
+
+    Holds only its own agents' samples (``shards[k]`` are the training indices of
+    ``agents[k]``). ``batch_size = 0`` means the full local batch: every sample of the
+    shard, weighted ``1/|shard|``; shards of unequal size are padded and masked.
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        shards: Sequence[torch.Tensor],
+        agents: Sequence[int],
+        batch_size: int,
+        seed: int,
+        with_regularizer: bool = True,
+    ) -> None:
+        if len(shards) != len(agents):
+            raise ValueError(f"{len(shards)} shards for {len(agents)} agents")
+        if batch_size < 0:
+            raise ConfigError(f"batch_size must be >= 0 (0 = full local batch), got {batch_size}")
+        self.problem = problem
+        self.agents = torch.as_tensor(list(agents), dtype=torch.int64)
+        self.batch_size = batch_size
+        self.with_regularizer = with_regularizer
+        device = problem.data.x_train.device
+        sizes = torch.tensor([len(s) for s in shards], dtype=torch.int64)
+        # Local copy of this process's samples, agent after agent.
+        order = torch.cat(list(shards)).to(device)
+        self.x = problem.data.x_train[order]  # (sum |shard|, F)
+        self.y = problem.data.y_train[order]
+        self.sizes = sizes
+        self.offsets = torch.cumsum(sizes, 0) - sizes  # (m,)
+        self.meter = Meter.zeros(len(agents))
+        self.generators = [torch.Generator().manual_seed(agent_seed(seed, int(a))) for a in agents]
+        self._grad = vmap(grad_and_value(problem.batch_loss))
+        if batch_size == 0:
+            self._full = self._full_batch_table()
+
+    @property
+    def m(self) -> int:
+        return len(self.agents)
+
+    def _full_batch_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded indices ``(m, L)`` and weights ``(m, L)`` with ``1/|shard|`` on real samples."""
+        L = int(self.sizes.max())
+        pos = torch.arange(L)
+        mask = pos[None, :] < self.sizes[:, None]  # (m, L)
+        idx = torch.where(mask, self.offsets[:, None] + pos[None, :], 0)
+        w = mask.to(self.x.dtype) / self.sizes[:, None].to(self.x.dtype)
+        return idx.to(self.x.device), w.to(self.x.device)
+
+    def _sample(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices into the local copy and weights, both ``(k, B)``, for local agents ``local``."""
+        if self.batch_size == 0:
+            idx, w = self._full
+            return idx[local], w[local]
+        B = self.batch_size
+        draws = [
+            torch.randint(int(self.sizes[i]), (B,), generator=self.generators[i])
+            for i in local.tolist()
+        ]
+        idx = torch.stack(draws) + self.offsets[local, None]  # (k, B)
+        w = torch.full(idx.shape, 1.0 / B, dtype=self.x.dtype)
+        return idx.to(self.x.device), w.to(self.x.device)
+
+    def grad(
+        self, x: torch.Tensor, local: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss ``(k,)`` and gradient ``(k, d)`` of local agents ``local`` at ``x: (k, d)``.
+
+        ``local`` indexes this oracle's agents (default: all of them, ``k = m``).
+        Each call consumes one mini-batch per agent and counts its samples.
+        """
+        if local is None:
+            local = torch.arange(self.m)
+        idx, w = self._sample(local)
+        g, loss = self._grad(x, self.x[idx], self.y[idx], w)  # (k, d), (k,)
+        if self.with_regularizer and self.problem.regularizer.kind != "none":
+            loss = loss + self.problem.regularizer.value(x)
+            g = g + self.problem.regularizer.grad(x)
+        self.meter.samples[local] += (w > 0).sum(1).cpu()
+        return loss.detach(), g.detach()
+
+    def rng_state(self) -> list[torch.Tensor]:
+        """Every local agent's generator state, for checkpoints."""
+        return [g.get_state() for g in self.generators]
+
+    def set_rng_state(self, states: Sequence[torch.Tensor]) -> None:
+        for g, s in zip(self.generators, states, strict=True):
+            g.set_state(s)

@@ -1,0 +1,101 @@
+"""Records and run folders.
+
+A run folder holds::
+
+    config.json     the full, validated configuration
+    metrics.jsonl   one JSON record per evaluation, appended and flushed as the run goes
+    summary.json    the last record's figures plus what identifies the run
+    final.pt        every agent's parameters, a tensor of shape (n, d)
+    plot.png        test accuracy and consensus distance against rounds, bytes, time
+
+``RunFolder(None)`` keeps the records in memory only (for the Python API and tests).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SUMMARY_FROM_RECORD = (
+    "test_accuracy",
+    "test_loss",
+    "agent_test_accuracy_mean",
+    "agent_test_accuracy_min",
+    "consensus_distance",
+    "train_loss",
+    "bytes_total",
+    "messages_total",
+    "bytes_max_agent",
+    "messages_max_agent",
+    "samples",
+    "epoch",
+    "virtual_time_s",
+    "wall_time_s",
+)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN/inf
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` atomically: a temporary file, then a rename."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_records(folder: str | Path) -> list[dict[str, Any]]:
+    """The records of a run folder's ``metrics.jsonl``."""
+    lines = (Path(folder) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+class RunFolder:
+    """Where a run writes what it produces; ``path=None`` keeps records in memory."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.records: list[dict[str, Any]] = []
+        if self.path is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "metrics.jsonl").write_text("")
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        if self.path is not None:
+            write_json(self.path / "config.json", {k: _jsonable(v) for k, v in config.items()})
+
+    def append(self, record: dict[str, Any]) -> None:
+        record = {k: _jsonable(v) for k, v in record.items()}
+        self.records.append(record)
+        if self.path is not None:
+            with open(self.path / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def finish(self, summary: dict[str, Any], x: torch.Tensor, plot: bool = True) -> None:
+        """Write ``summary.json``, ``final.pt`` (``x: (n, d)`` on CPU) and the plot."""
+        if self.path is None:
+            return
+        tmp = self.path / "final.pt.tmp"
+        torch.save(x.detach().cpu(), tmp)
+        os.replace(tmp, self.path / "final.pt")
+        write_json(self.path / "summary.json", {k: _jsonable(v) for k, v in summary.items()})
+        if plot and self.records:
+            from nettrain.report.plots import plot_run
+
+            plot_run(self.records, self.path / "plot.png", title=summary.get("label", ""))
+
+
+def summarize(records: list[dict[str, Any]], **identity: Any) -> dict[str, Any]:
+    """``identity`` (algorithm, engine, agents, ...) plus the last record's figures."""
+    last = records[-1] if records else {}
+    return {**identity, **{k: last.get(k) for k in SUMMARY_FROM_RECORD if k in last}}

@@ -1,0 +1,64 @@
+"""Plots drawn from records (lists of ``metrics.jsonl`` dictionaries).
+
+matplotlib's non-interactive Agg backend is used explicitly, so plotting works on
+machines without a display and never changes the caller's global backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+X_AXES = (
+    ("round", "round"),
+    ("bytes_total", "bytes sent (all agents)"),
+    ("virtual_time_s", "virtual time (s)"),
+)
+
+
+def _metric(records: Sequence[dict[str, Any]]) -> tuple[str, str]:
+    if records and records[0].get("test_accuracy") is not None:
+        return "test_accuracy", "test accuracy (mean model)"
+    return "test_loss", "test loss (mean model)"
+
+
+def plot_runs(
+    runs: Mapping[str, Sequence[dict[str, Any]]], path: str | Path, title: str = ""
+) -> Path:
+    """Test metric (top) and consensus distance (bottom) against round, bytes and time."""
+    fig = Figure(figsize=(13, 7), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, len(X_AXES), squeeze=False)
+    first = next(iter(runs.values()), [])
+    metric, metric_label = _metric(first)
+    for label, records in runs.items():
+        for col, (xkey, xlabel) in enumerate(X_AXES):
+            xs = [r[xkey] for r in records]
+            axes[0, col].plot(xs, [r.get(metric) for r in records], label=label)
+            axes[1, col].plot(
+                xs, [max(r["consensus_distance"], 1e-30) for r in records], label=label
+            )
+            axes[1, col].set_xlabel(xlabel)
+            if xkey == "bytes_total" and any(xs):
+                axes[0, col].set_xscale("symlog")
+                axes[1, col].set_xscale("symlog")
+    axes[0, 0].set_ylabel(metric_label)
+    axes[1, 0].set_ylabel("consensus distance")
+    for ax in axes[1]:
+        ax.set_yscale("log")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_run(records: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """The plot of one run (see :func:`plot_runs`)."""
+    return plot_runs({title or "run": records}, path, title)

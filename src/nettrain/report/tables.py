@@ -1,0 +1,55 @@
+"""Tables of run summaries: on the terminal (rich) and as CSV."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+COLUMNS = (
+    ("algorithm", "algorithm"),
+    ("test_accuracy", "test acc"),
+    ("agent_test_accuracy_mean", "agent acc"),
+    ("agent_test_accuracy_min", "worst agent"),
+    ("test_loss", "test loss"),
+    ("consensus_distance", "consensus"),
+    ("bytes_total", "bytes"),
+    ("messages_total", "messages"),
+    ("virtual_time_s", "virtual s"),
+    ("wall_time_s", "wall s"),
+)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
+    if isinstance(value, int) and value >= 10_000:
+        return f"{value:.3e}"
+    return str(value)
+
+
+def summary_table(summaries: Sequence[dict[str, Any]], title: str = "") -> Table:
+    table = Table(title=title or None)
+    keys = [(k, h) for k, h in COLUMNS if any(s.get(k) is not None for s in summaries)]
+    for i, (_, header) in enumerate(keys):
+        table.add_column(header, justify="left" if i == 0 else "right")
+    for s in summaries:
+        table.add_row(*(_fmt(s.get(k)) for k, _ in keys))
+    return table
+
+
+def write_csv(summaries: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """All keys of all summaries as columns, one row per run."""
+    fields: list[str] = []
+    for s in summaries:
+        fields += [k for k in s if k not in fields]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(summaries)
+    return Path(path)

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_step
+from nettrain.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SGDConfig(lr=0.1),
+        SGDConfig(lr=0.05, momentum=0.9),
+        SGDConfig(lr=0.05, momentum=0.9, nesterov=True),
+        SGDConfig(lr=0.02, momentum=0.5, weight_decay=0.01),
+    ],
+)
+def test_sgd_step_equals_torch_optim_sgd(cfg: SGDConfig) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 7, generator=gen, dtype=torch.float64)
+    ref = x.clone().requires_grad_(True)
+    opt = torch.optim.SGD(
+        [ref],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+    )
+    state = SGDState()
+    for _ in range(5):
+        g = torch.randn(4, 7, generator=gen, dtype=torch.float64)
+        x, state = sgd_step(x, g, state, cfg)
+        ref.grad = g.clone()
+        opt.step()
+        torch.testing.assert_close(x, ref.detach(), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"lr": 0.1, "momentum": 1.0}, "momentum must be in"),
+        ({"lr": 0.1, "nesterov": True}, "nesterov=true needs momentum"),
+        ({"lr": 0.1, "weight_decay": -1.0}, "weight_decay"),
+    ],
+)
+def test_bad_sgd_settings(kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SGDConfig(**kwargs)

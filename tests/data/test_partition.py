@@ -1,0 +1,187 @@
+"""Partitions: disjoint and covering, sizes, label skew, determinism, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nettrain.data import PARTITIONS, label_histogram, partition
+from nettrain.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def labels() -> torch.Tensor:
+    """Unbalanced labels of 10 classes (60..105 samples each), in random order."""
+    rng = np.random.default_rng(123)
+    y = np.repeat(np.arange(10), 60 + 5 * np.arange(10))
+    return torch.from_numpy(rng.permutation(y))
+
+
+def check_cover(parts: list[torch.Tensor], n: int, n_agents: int) -> None:
+    """Parts are sorted int64, non-empty, pairwise disjoint, and cover 0..n-1."""
+    assert len(parts) == n_agents
+    for p in parts:
+        assert p.dtype == torch.int64
+        assert p.numel() > 0
+        assert torch.equal(p, torch.sort(p).values)
+    joined = torch.cat(parts)
+    assert joined.numel() == n  # with the equality below: disjoint
+    assert torch.equal(torch.sort(joined).values, torch.arange(n))
+
+
+@pytest.mark.parametrize("scheme", PARTITIONS)
+@pytest.mark.parametrize("n_agents", [1, 7, 16])
+def test_every_scheme_is_disjoint_covering_and_nonempty(
+    labels: torch.Tensor, scheme: str, n_agents: int
+):
+    parts = partition(labels, n_agents, scheme, seed=3)
+    check_cover(parts, len(labels), n_agents)
+
+
+@pytest.mark.parametrize("n_agents", [3, 7, 10, 825])
+def test_iid_sizes_differ_by_at_most_one(labels: torch.Tensor, n_agents: int):
+    sizes = [len(p) for p in partition(labels, n_agents, "iid")]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_iid_spreads_classes_evenly(labels: torch.Tensor):
+    hist = label_histogram(labels, partition(labels, 4, "iid"), 10)
+    assert (hist > 0).all()
+
+
+def test_iid_accepts_regression_targets():
+    targets = torch.randn(50, generator=torch.Generator().manual_seed(0))
+    check_cover(partition(targets, 6, "iid"), 50, 6)
+
+
+@pytest.mark.parametrize(("n_agents", "per_agent"), [(5, 2), (10, 1), (10, 2), (16, 3), (40, 2)])
+def test_shards_give_each_agent_at_most_classes_per_agent(
+    labels: torch.Tensor, n_agents: int, per_agent: int
+):
+    parts = partition(labels, n_agents, "shards", classes_per_agent=per_agent, seed=1)
+    check_cover(parts, len(labels), n_agents)
+    classes_held = (label_histogram(labels, parts, 10) > 0).sum(dim=1)
+    assert (classes_held <= per_agent).all()
+    assert (classes_held >= 1).all()
+
+
+def test_shards_are_skewed_compared_to_iid(labels: torch.Tensor):
+    shards = label_histogram(labels, partition(labels, 10, "shards"), 10)
+    iid = label_histogram(labels, partition(labels, 10, "iid"), 10)
+    assert (shards > 0).sum() <= 20 < (iid > 0).sum()
+
+
+def test_shards_with_fewer_shards_than_classes_still_cover(labels: torch.Tensor):
+    parts = partition(labels, 2, "shards", classes_per_agent=2)
+    check_cover(parts, len(labels), 2)
+
+
+def mean_max_class_fraction(labels: torch.Tensor, parts: list[torch.Tensor]) -> float:
+    hist = label_histogram(labels, parts, 10).double()  # (n_agents, n_classes)
+    return (hist.max(dim=1).values / hist.sum(dim=1)).mean().item()
+
+
+def test_dirichlet_small_alpha_is_more_skewed_than_large_alpha(labels: torch.Tensor):
+    skewed = partition(labels, 8, "dirichlet", alpha=0.1, seed=0)
+    mixed = partition(labels, 8, "dirichlet", alpha=100.0, seed=0)
+    check_cover(skewed, len(labels), 8)
+    check_cover(mixed, len(labels), 8)
+    assert mean_max_class_fraction(labels, skewed) > 0.5
+    assert mean_max_class_fraction(labels, mixed) < 0.2
+    # near-IID: every agent sees every class
+    assert (label_histogram(labels, mixed, 10) > 0).all()
+
+
+def test_dirichlet_that_keeps_leaving_an_agent_empty_raises():
+    y = torch.tensor([0] * 30 + [1] * 30)
+    with pytest.raises(DataError, match=r"agent \d+ without samples.*dirichlet_alpha"):
+        partition(y, 50, "dirichlet", alpha=0.001)
+
+
+def test_dirichlet_accepts_more_classes_than_present(labels: torch.Tensor):
+    check_cover(partition(labels, 5, "dirichlet", n_classes=12), len(labels), 5)
+
+
+def test_dirichlet_rejects_labels_beyond_n_classes(labels: torch.Tensor):
+    with pytest.raises(DataError, match="n_classes=5"):
+        partition(labels, 5, "dirichlet", n_classes=5)
+
+
+@pytest.mark.parametrize("scheme", PARTITIONS)
+def test_same_seed_same_parts_other_seed_other_parts(labels: torch.Tensor, scheme: str):
+    first = partition(labels, 6, scheme, seed=11)
+    again = partition(labels, 6, scheme, seed=11)
+    other = partition(labels, 6, scheme, seed=12)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+@pytest.mark.parametrize("scheme", PARTITIONS)
+def test_global_random_state_is_untouched(labels: torch.Tensor, scheme: str):
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    partition(labels, 4, scheme)
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
+
+
+def test_label_histogram_counts_match_parts(labels: torch.Tensor):
+    parts = partition(labels, 6, "dirichlet", seed=2)
+    hist = label_histogram(labels, parts, 10)
+    assert hist.shape == (6, 10)
+    assert hist.dtype == torch.int64
+    assert hist.sum(dim=1).tolist() == [len(p) for p in parts]
+    assert torch.equal(hist.sum(dim=0), torch.bincount(labels, minlength=10))
+
+
+@pytest.mark.parametrize("scheme", PARTITIONS)
+def test_more_agents_than_samples_raises(scheme: str):
+    y = torch.tensor([0, 1, 0, 1, 2])
+    message = (
+        "6 agents but only 5 training samples: every agent needs at least one sample; "
+        "use at most 5 agents or a larger data set"
+    )
+    with pytest.raises(DataError) as info:
+        partition(y, 6, scheme)
+    assert str(info.value) == message
+
+
+def test_as_many_agents_as_samples_is_allowed():
+    y = torch.tensor([0, 1, 0, 1, 2])
+    check_cover(partition(y, 5, "iid"), 5, 5)
+    check_cover(partition(y, 5, "shards", classes_per_agent=1), 5, 5)
+
+
+@pytest.mark.parametrize("scheme", ["shards", "dirichlet"])
+def test_regression_labels_with_label_schemes_raise(scheme: str):
+    with pytest.raises(DataError, match="'iid'"):
+        partition(torch.linspace(0.0, 1.0, 20), 2, scheme)
+
+
+def test_too_many_shards_raises():
+    with pytest.raises(DataError, match="lower classes_per_agent"):
+        partition(torch.tensor([0, 1, 2, 0, 1]), 3, "shards", classes_per_agent=2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"n_agents": 0}, "agents"),
+        ({"n_agents": 2.5}, "agents"),
+        ({"n_agents": 4, "scheme": "dirichlet", "alpha": 0.0}, "dirichlet_alpha"),
+        ({"n_agents": 4, "scheme": "dirichlet", "alpha": -1.0}, "dirichlet_alpha"),
+        ({"n_agents": 4, "scheme": "shards", "classes_per_agent": 0}, "classes_per_agent"),
+        ({"n_agents": 4, "seed": -1}, "seed"),
+    ],
+)
+def test_bad_settings_raise_config_error_naming_the_key(
+    labels: torch.Tensor, kwargs: dict, key: str
+):
+    with pytest.raises(ConfigError, match=key):
+        partition(labels, **kwargs)
+
+
+def test_unknown_scheme_lists_the_schemes(labels: torch.Tensor):
+    with pytest.raises(ConfigError) as info:
+        partition(labels, 4, "pathological")
+    assert all(name in str(info.value) for name in PARTITIONS)

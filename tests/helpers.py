@@ -1,0 +1,48 @@
+"""Small problems with known answers, shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+
+from nettrain.data import Dataset
+from nettrain.problem.losses import Regularizer, get_loss
+from nettrain.problem.models import build_model
+from nettrain.problem.oracle import Problem
+
+
+def regression_data(n_samples: int = 120, n_features: int = 5, seed: int = 0) -> Dataset:
+    """Noisy linear data ``y = a^T w + b + noise`` in float64."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n_samples, n_features, generator=gen, dtype=torch.float64)
+    w = torch.randn(n_features, generator=gen, dtype=torch.float64)
+    y = a @ w + 0.5 + 0.3 * torch.randn(n_samples, generator=gen, dtype=torch.float64)
+    return Dataset("linreg", a, y, a[:20], y[:20], n_classes=0, image_shape=None)
+
+
+def least_squares_problem(data: Dataset, reg: Regularizer | None = None) -> Problem:
+    model = build_model("linear", data.n_features, 1).double()
+    return Problem(model, get_loss("squared"), reg or Regularizer(), data)
+
+
+def least_squares_optimum(
+    data: Dataset, shards: list[torch.Tensor], l2: float = 0.0
+) -> torch.Tensor:
+    """Minimiser of ``sum_i mean_{s in S_i} (a_s^T w + b - y_s)^2 / 2 + n l2 ||(w, b)||^2``.
+
+    The flat layout of a linear model is ``(w_1..w_F, b)``; solved by weighted normal
+    equations, independently of nettrain's code.
+    """
+    rows, targets, weights = [], [], []
+    for s in shards:
+        rows.append(data.x_train[s])
+        targets.append(data.y_train[s])
+        weights.append(torch.full((len(s),), 1.0 / len(s), dtype=torch.float64))
+    a = torch.cat(rows)
+    a = torch.cat([a, torch.ones(len(a), 1, dtype=torch.float64)], 1)
+    y, w = torch.cat(targets), torch.cat(weights)
+    h = a.T @ (w[:, None] * a) + 2 * l2 * len(shards) * torch.eye(a.shape[1], dtype=torch.float64)
+    return torch.linalg.solve(h, a.T @ (w * y))
+
+
+def iid_shards(n_samples: int, n_agents: int) -> list[torch.Tensor]:
+    return list(torch.arange(n_samples).tensor_split(n_agents))

@@ -1,0 +1,316 @@
+"""Static and time-varying topologies: W(t) every round, determinism, B-connectivity."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+
+from nettrain.errors import ConfigError, TopologyError
+from nettrain.topology import (
+    SCHEDULES,
+    EdgeDropSchedule,
+    OnePeerExponential,
+    RandomMatching,
+    StaticTopology,
+    Topology,
+    build_graph,
+    build_topology,
+    check_doubly_stochastic,
+    check_symmetric,
+    describe,
+    is_b_connected,
+    mixing_matrix,
+    spectral_gap,
+)
+from nettrain.topology.schedules import greedy_matching
+
+ROUNDS = 20
+
+
+def make(schedule: str, seed: int = 0) -> Topology:
+    """A fresh time-varying topology on 12 agents."""
+    factories = {
+        "edge_drop": lambda: EdgeDropSchedule(build_graph("torus", 12), 0.5, seed=seed),
+        "one_peer_exponential": lambda: OnePeerExponential(12),
+        "random_matching": lambda: RandomMatching(build_graph("complete", 12), seed=seed),
+    }
+    return factories[schedule]()
+
+
+TIME_VARYING = ["edge_drop", "one_peer_exponential", "random_matching"]
+
+
+def test_schedules_constant_lists_all_schedules() -> None:
+    assert ("static", *TIME_VARYING) == SCHEDULES
+
+
+def test_static_topology_has_the_same_w_every_round() -> None:
+    graph = build_graph("ring", 6)
+    topo = StaticTopology(graph, "metropolis")
+    assert not topo.time_varying
+    assert topo.graph(3) is graph
+    for t in (0, 1, 99):
+        torch.testing.assert_close(topo.weights(t), mixing_matrix(graph))
+    assert topo.neighbors(0, 5) == [1, 5]
+    assert topo.neighbors(3, 0) == [2, 4]
+
+
+@pytest.mark.parametrize("schedule", TIME_VARYING)
+def test_every_round_is_doubly_stochastic(schedule: str) -> None:
+    topo = make(schedule)
+    assert topo.time_varying
+    for t in range(ROUNDS):
+        w = topo.weights(t)
+        assert w.dtype == torch.float64
+        assert w.shape == (12, 12)
+        check_doubly_stochastic(w)
+
+
+@pytest.mark.parametrize("schedule", ["edge_drop", "random_matching"])
+def test_symmetric_schedules_are_symmetric_every_round(schedule: str) -> None:
+    topo = make(schedule)
+    for t in range(ROUNDS):
+        check_symmetric(topo.weights(t))
+
+
+@pytest.mark.parametrize("schedule", TIME_VARYING)
+def test_same_seed_and_round_give_the_same_w_in_any_query_order(schedule: str) -> None:
+    order = list(np.random.default_rng(7).permutation(ROUNDS))
+    forward = [make(schedule).weights(t).clone() for t in range(ROUNDS)]
+    shuffled_topo = make(schedule)
+    shuffled = {t: shuffled_topo.weights(int(t)).clone() for t in order}
+    for t in range(ROUNDS):
+        assert torch.equal(forward[t], shuffled[t])
+        assert torch.equal(forward[t], make(schedule).weights(t))  # a fresh "process"
+
+
+@pytest.mark.parametrize("schedule", TIME_VARYING)
+def test_consecutive_rounds_differ(schedule: str) -> None:
+    topo = make(schedule)
+    matrices = [topo.weights(t).clone() for t in range(ROUNDS)]
+    assert all(not torch.equal(a, b) for a, b in itertools.pairwise(matrices))
+
+
+@pytest.mark.parametrize("schedule", ["edge_drop", "random_matching"])
+def test_seed_changes_the_schedule(schedule: str) -> None:
+    a, b = make(schedule, seed=1), make(schedule, seed=2)
+    assert any(not torch.equal(a.weights(t), b.weights(t)) for t in range(5))
+
+
+@pytest.mark.parametrize("schedule", TIME_VARYING)
+def test_neighbors_are_the_agents_linked_in_graph_t(schedule: str) -> None:
+    topo = make(schedule)
+    for t in range(5):
+        undirected = topo.graph(t).to_undirected()
+        for i in range(topo.n):
+            assert topo.neighbors(i, t) == sorted(undirected.neighbors(i))
+
+
+def test_edge_drop_b_connected_on_a_ring_but_not_every_round() -> None:
+    topo = EdgeDropSchedule(build_graph("ring", 16), drop_prob=0.5, seed=3)
+    graphs = [topo.graph(t) for t in range(60)]
+    assert is_b_connected(graphs, window=20)
+    assert not is_b_connected(graphs, window=1)
+
+
+def test_edge_drop_keeps_about_1_minus_p_of_the_edges() -> None:
+    topo = EdgeDropSchedule(build_graph("complete", 20), drop_prob=0.3)
+    kept = np.mean([topo.graph(t).number_of_edges() for t in range(ROUNDS)]) / 190
+    assert kept == pytest.approx(0.7, abs=0.03)
+
+
+def test_edge_drop_with_p_0_is_the_static_topology() -> None:
+    graph = build_graph("tree", 10)
+    topo = EdgeDropSchedule(graph, drop_prob=0.0, scheme="max_degree")
+    for t in range(3):
+        torch.testing.assert_close(topo.weights(t), mixing_matrix(graph, "max_degree"))
+
+
+def test_edge_drop_recomputes_metropolis_on_the_surviving_graph() -> None:
+    topo = EdgeDropSchedule(build_graph("torus", 16), drop_prob=0.4, seed=2)
+    for t in range(5):
+        torch.testing.assert_close(topo.weights(t), mixing_matrix(topo.graph(t)))
+
+
+@pytest.mark.parametrize("drop_prob", [1.0, -0.1, 1.5])
+def test_edge_drop_rejects_drop_prob_outside_0_1(drop_prob: float) -> None:
+    with pytest.raises(ConfigError, match=r"drop_prob must be a number in \[0, 1\)"):
+        EdgeDropSchedule(build_graph("ring", 5), drop_prob)
+
+
+def test_edge_drop_refuses_uniform_weights() -> None:
+    with pytest.raises(ConfigError, match=r"irregular.*metropolis"):
+        EdgeDropSchedule(build_graph("ring", 5), 0.1, scheme="uniform")
+
+
+@pytest.mark.parametrize("n", [2, 3, 8, 12])
+def test_one_peer_exponential_is_half_identity_plus_half_shift(n: int) -> None:
+    topo = OnePeerExponential(n)
+    period = math.ceil(math.log2(n))
+    assert topo.period == period
+    eye = torch.eye(n, dtype=torch.float64)
+    for t in range(2 * period + 1):
+        shift = 2 ** (t % period)
+        p = torch.roll(eye, shift, dims=0)  # p[(i + shift) % n, i] = 1: i sends to i + shift
+        torch.testing.assert_close(topo.weights(t), (eye + p) / 2)
+        assert sorted(topo.graph(t).edges()) == sorted((i, (i + shift) % n) for i in range(n))
+        assert topo.neighbors(0, t) == sorted({shift % n, (-shift) % n})
+
+
+def test_one_peer_exponential_b_connected_with_window_ceil_log2_n() -> None:
+    for n in (5, 8, 16):
+        topo = OnePeerExponential(n)
+        graphs = [topo.graph(t) for t in range(3 * topo.period)]
+        assert is_b_connected(graphs, window=math.ceil(math.log2(n)))
+
+
+def test_one_peer_exponential_window_1_is_not_connected() -> None:
+    topo = OnePeerExponential(8)
+    assert not is_b_connected([topo.graph(t) for t in range(6)], window=1)
+
+
+def test_one_peer_exponential_base_graph_is_the_exponential_graph() -> None:
+    topo = OnePeerExponential(8)
+    assert set(topo.base_graph.edges()) == set(build_graph("exponential", 8).edges())
+    union = nx.Graph()
+    for t in range(topo.period):
+        union.add_edges_from(topo.graph(t).to_undirected().edges())
+    assert {frozenset(e) for e in union.edges()} == {frozenset(e) for e in topo.base_graph.edges()}
+
+
+def test_one_peer_exponential_needs_two_agents() -> None:
+    with pytest.raises(ConfigError, match="n >= 2"):
+        OnePeerExponential(1)
+
+
+def sequential_greedy(edges: np.ndarray, rank: np.ndarray, n: int) -> set[tuple[int, int]]:
+    """The textbook greedy: take edges in rank order when both endpoints are free."""
+    free = [True] * n
+    chosen = set()
+    for e in np.argsort(rank):
+        u, v = (int(x) for x in edges[e])
+        if free[u] and free[v]:
+            free[u] = free[v] = False
+            chosen.add((u, v))
+    return chosen
+
+
+@pytest.mark.parametrize(("kind", "n"), [("complete", 9), ("erdos_renyi", 40), ("torus", 16)])
+def test_round_based_greedy_matching_equals_sequential_greedy(kind: str, n: int) -> None:
+    from nettrain.topology.graphs import edge_array
+
+    edges = edge_array(build_graph(kind, n, seed=4))
+    for trial in range(10):
+        rank = np.random.default_rng(trial).permutation(len(edges))
+        fast = {tuple(e) for e in edges[greedy_matching(n, edges, rank)].tolist()}
+        assert fast == sequential_greedy(edges, rank, n)
+
+
+@pytest.mark.parametrize(("kind", "n"), [("complete", 9), ("ring", 10), ("star", 6)])
+def test_random_matching_is_a_maximal_matching_with_pairwise_averages(kind: str, n: int) -> None:
+    base = build_graph(kind, n)
+    topo = RandomMatching(base, seed=1)
+    for t in range(10):
+        pairs = topo.matching(t)
+        matched = pairs.ravel().tolist()
+        assert len(matched) == len(set(matched))  # a matching
+        assert all(base.has_edge(u, v) for u, v in pairs.tolist())
+        assert not any(u not in matched and v not in matched for u, v in base.edges())  # maximal
+        expected = torch.eye(n, dtype=torch.float64)
+        for u, v in pairs.tolist():
+            e = torch.zeros(n, dtype=torch.float64)
+            e[u], e[v] = 1.0, -1.0
+            expected -= 0.5 * torch.outer(e, e)
+        torch.testing.assert_close(topo.weights(t), expected)
+
+
+def test_random_matching_on_complete_graph_is_b_connected_with_window_10() -> None:
+    topo = RandomMatching(build_graph("complete", 8), seed=0)
+    graphs = [topo.graph(t) for t in range(40)]
+    assert is_b_connected(graphs, window=10)
+    assert not is_b_connected(graphs, window=1)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_build_topology_builds_every_schedule(schedule: str) -> None:
+    drop_prob = 0.3 if schedule == "edge_drop" else 0.0
+    topo = build_topology("torus", 9, schedule=schedule, drop_prob=drop_prob, seed=2)
+    assert topo.schedule == schedule
+    assert topo.n == 9
+    check_doubly_stochastic(topo.weights(0))
+
+
+def test_build_topology_passes_graph_arguments_through() -> None:
+    topo = build_topology("random_regular", 10, degree=3, weights="uniform")
+    assert {d for _, d in topo.base_graph.degree()} == {3}
+    torch.testing.assert_close(
+        topo.weights(0)[topo.neighbors(0, 0), 0], torch.full((3,), 0.25, dtype=torch.float64)
+    )
+
+
+def test_build_topology_rejects_bad_combinations() -> None:
+    with pytest.raises(ConfigError, match="static, edge_drop"):
+        build_topology("ring", 8, schedule="gossip")
+    with pytest.raises(ConfigError, match="unknown graph kind"):
+        build_topology("mesh", 8, schedule="one_peer_exponential")
+    with pytest.raises(ConfigError, match="only applies to schedule='edge_drop'"):
+        build_topology("ring", 8, drop_prob=0.2)
+    with pytest.raises(ConfigError, match="unknown weight scheme"):
+        build_topology("ring", 8, weights="laplacian")
+    with pytest.raises(TopologyError, match="metropolis"):
+        build_topology("star", 8, weights="uniform")
+
+
+def test_rounds_and_agents_are_validated() -> None:
+    topo = build_topology("ring", 5)
+    with pytest.raises(ConfigError, match="round t"):
+        topo.weights(-1)
+    with pytest.raises(ConfigError, match="round t"):
+        topo.weights(1.5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"agent index must be in 0\.\.4"):
+        topo.neighbors(5, 0)
+
+
+def test_describe_a_ring() -> None:
+    info = describe(build_topology("ring", 8))
+    assert info == {
+        "kind": "ring",
+        "schedule": "static",
+        "agents": 8,
+        "edges": 8,
+        "min_degree": 2,
+        "max_degree": 2,
+        "spectral_gap": pytest.approx(1 - (1 / 3 + 2 / 3 * math.cos(2 * math.pi / 8))),
+        "symmetric": True,
+        "doubly_stochastic": True,
+        "connected": True,
+        "weights": "metropolis",
+    }
+
+
+def test_describe_a_time_varying_topology_reports_the_expected_gap() -> None:
+    topo = build_topology("complete", 8, schedule="random_matching")
+    info = describe(topo)
+    assert info["kind"] == "complete"
+    assert info["edges"] == 28
+    assert info["symmetric"] and info["doubly_stochastic"] and info["connected"]
+    second_moment = sum(topo.weights(t).T @ topo.weights(t) for t in range(20)) / 20
+    assert info["spectral_gap_expected"] == pytest.approx(spectral_gap(second_moment))
+    assert 0.0 < info["spectral_gap_expected"] <= 1.0
+
+
+def test_describe_one_peer_exponential_has_closed_form_expected_gap() -> None:
+    info = describe(build_topology("ring", 16, schedule="one_peer_exponential"))
+    assert info["kind"] == "exponential"
+    assert info["edges"] == 16 * 7 // 2
+    assert info["symmetric"] is False
+    assert info["doubly_stochastic"] is True
+    # W_s^T W_s = (2I + P_s + P_s^T) / 4 has eigenvalues cos^2(pi k s / n); 20 rounds cover
+    # the shifts s = 1, 2, 4, 8 five times each, so the mean has eigenvalues averaged over s
+    mean = [np.mean([math.cos(math.pi * k * s / 16) ** 2 for s in (1, 2, 4, 8)]) for k in range(16)]
+    assert info["spectral_gap_expected"] == pytest.approx(1 - max(mean[1:]), abs=1e-12)
