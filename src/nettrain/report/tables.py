@@ -7,17 +7,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 COLUMNS = (
     ("algorithm", "algorithm"),
-    ("test_accuracy", "test acc"),
-    ("agent_test_accuracy_mean", "agent acc"),
+    ("test_accuracy", "acc"),
     ("agent_test_accuracy_min", "worst agent"),
     ("test_loss", "test loss"),
     ("consensus_distance", "consensus"),
     ("bytes_total", "bytes"),
-    ("messages_total", "messages"),
     ("virtual_time_s", "virtual s"),
     ("wall_time_s", "wall s"),
 )
@@ -27,14 +26,14 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
-    if isinstance(value, int) and value >= 10_000:
-        return f"{value:.3e}"
+        return f"{value:.4g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:.2e}"
+    if isinstance(value, int) and value >= 100_000:
+        return f"{value:.2e}"
     return str(value)
 
 
 def summary_table(summaries: Sequence[dict[str, Any]], title: str = "") -> Table:
-    table = Table(title=title or None)
+    table = Table(title=title or None, box=box.SIMPLE_HEAD)
     keys = [(k, h) for k, h in COLUMNS if any(s.get(k) is not None for s in summaries)]
     for i, (_, header) in enumerate(keys):
         table.add_column(header, justify="left" if i == 0 else "right")
