@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -45,10 +47,42 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     cfg = _config(args.items)
     out = Path(args.out) if args.out else _default_out(cfg.algorithm)
+    rank = os.environ.get("RANK")
+    if cfg.engine == "distributed" and rank is None:
+        return launch_torchrun(cfg.nproc or cfg.agents, cfg, args.items, out)
     result = run(cfg, out)
+    if rank not in (None, "0"):
+        return 0  # rank 0 reports for everyone
     console.print(summary_table([result.summary], title=result.summary["label"]))
     console.print(f"run folder: {out}")
     return 0
+
+
+def launch_torchrun(nproc: int, cfg: RunConfig, items: Sequence[str], out: Path) -> int:
+    """Run ``nettrain run ITEMS --out OUT`` in ``nproc`` local processes under torchrun.
+
+    One thread per process (``OMP_NUM_THREADS=1``): the agents share this machine's
+    cores. Returns torchrun's exit status (non-zero when any rank failed).
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        cfg.master_addr,
+        "--master-port",
+        str(cfg.master_port),
+        "-m",
+        "nettrain",
+        "run",
+        *items,
+        "--out",
+        str(out),
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, env=env, check=False).returncode
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
@@ -144,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    # Piped output (logs, CI) gets 120 columns instead of rich's default 80.
+    console = Console(width=None if sys.stdout.isatty() else 120)
     try:
         return args.func(args, console)
     except (ConfigError, DataError, TopologyError) as err:

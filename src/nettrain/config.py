@@ -35,7 +35,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ENGINES = ("sim",)
+ENGINES = ("sim", "distributed")
+BACKENDS = ("auto", "gloo", "nccl")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
 
@@ -52,7 +53,11 @@ class RunConfig:
 
     # --- run ---
     algorithm: str = key("dpsgd", "training method", ALGORITHMS)
-    engine: str = key("sim", "who runs the agents: the in-process simulator", ENGINES)
+    engine: str = key(
+        "sim",
+        "who runs the agents: the in-process simulator, or one process per agent (torchrun)",
+        ENGINES,
+    )
     agents: int = key(16, "number of agents n")
     rounds: int = key(300, "synchronous rounds; one round = one local step of every agent")
     seed: int = key(0, "seed of every random choice (split, init, batches, topology, stragglers)")
@@ -102,6 +107,16 @@ class RunConfig:
     bandwidth_gbps: float = key(10.0, "virtual link bandwidth, Gbit/s")
     stragglers: float = key(0.0, "fraction of agents that are slow (chosen by seed)")
     straggler_slowdown: float = key(4.0, "compute slow-down factor of a straggler")
+    # --- distributed engine ---
+    nproc: int = key(0, "engine=distributed: processes to launch, one per agent; 0 = agents")
+    backend: str = key(
+        "auto", "engine=distributed: gloo (CPU), nccl (CUDA), auto = nccl on device=cuda", BACKENDS
+    )
+    timeout_s: float = key(
+        60.0, "engine=distributed: seconds a collective may wait before the run fails"
+    )
+    master_addr: str = key("127.0.0.1", "engine=distributed: address of rank 0's rendezvous")
+    master_port: int = key(29512, "engine=distributed: TCP port of rank 0's rendezvous")
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -124,6 +139,7 @@ class RunConfig:
             "compute_s_per_sample",
             "latency_s",
             "edge_prob",
+            "nproc",
         )
         for name in nonneg:
             if getattr(self, name) < 0:
@@ -142,6 +158,15 @@ class RunConfig:
             raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden widths must be >= 1, got {self.hidden}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if not 0 < self.master_port < 65536:
+            raise ConfigError(f"master_port must be a TCP port in 1..65535, got {self.master_port}")
+        if self.engine == "distributed" and self.nproc not in (0, self.agents):
+            raise ConfigError(
+                f"engine=distributed runs one agent per process: nproc={self.nproc} but "
+                f"agents={self.agents}; set nproc={self.agents} (or nproc=0 under torchrun)"
+            )
         if self.schedule == "edge_drop" and self.drop_prob == 0:
             raise ConfigError("schedule=edge_drop needs drop_prob > 0 (e.g. drop_prob=0.3)")
 

@@ -23,6 +23,7 @@ from nettrain.algorithms.sgd import SGDConfig
 from nettrain.config import RunConfig
 from nettrain.data import load_dataset, partition
 from nettrain.engines.base import Engine, Job, RunResult
+from nettrain.engines.distributed.engine import DistributedEngine
 from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.errors import ConfigError
@@ -35,7 +36,14 @@ from nettrain.report.plots import plot_runs
 from nettrain.report.tables import write_csv
 from nettrain.topology import build_topology
 
-ENGINES: dict[str, type[Engine]] = {"sim": SimEngine}
+ENGINES: dict[str, type[Engine]] = {"sim": SimEngine, "distributed": DistributedEngine}
+
+
+def build_engine(cfg: RunConfig) -> Engine:
+    """The configured engine; one with a ``from_config`` reads its own keys."""
+    kind = ENGINES[cfg.engine]
+    from_config = getattr(kind, "from_config", None)
+    return from_config(cfg) if from_config is not None else kind()
 
 
 def build_problem(cfg: RunConfig) -> Problem:
@@ -50,11 +58,12 @@ def build_problem(cfg: RunConfig) -> Problem:
         train_samples=cfg.train_samples or None,
     )
     dtype = getattr(torch, cfg.dtype)
-    moved = {
-        name: (t.to(cfg.device, dtype) if t.is_floating_point() else t.to(cfg.device))
-        for name in ("x_train", "y_train", "x_test", "y_test")
-        for t in [getattr(data, name)]
-    }
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return t.to(cfg.device, dtype) if t.is_floating_point() else t.to(cfg.device)
+
+    splits = ("x_train", "y_train", "x_test", "y_test")
+    moved = {name: move(getattr(data, name)) for name in splits}
     data = dataclasses.replace(data, **moved)
     if data.n_classes == 0 and cfg.loss != "squared":
         raise ConfigError(f"dataset={cfg.dataset} is a regression set; use loss=squared")
@@ -120,10 +129,12 @@ def build_job(cfg: RunConfig) -> Job:
 
 def run(cfg: RunConfig, out: str | Path | None = None) -> RunResult:
     """Run one configuration; with ``out``, write the run folder as the run goes."""
+    engine = build_engine(cfg)  # before the job: it may pick this process's device
     job = build_job(cfg)
-    folder = RunFolder(out)
+    # Only the main process of a multi-process engine writes the run folder.
+    folder = RunFolder(out if getattr(engine, "is_main", True) else None)
     folder.write_config(cfg.to_dict())
-    result = ENGINES[cfg.engine]().run(job, folder)
+    result = engine.run(job, folder)
     summary = summarize(
         result.records,
         label=f"{cfg.algorithm} on {cfg.topology} ({cfg.agents} agents, {cfg.dataset})",

@@ -1,0 +1,152 @@
+"""torch.distributed communicator: one agent per process (``m = 1``).
+
+Every rank computes ``W(t)`` itself (a pure function of ``(seed, t)``, see
+:mod:`nettrain.topology.schedules`), so no rank ever asks another who its peers are.
+
+* Neighbour mixing (Bluefog-style): agent ``i`` posts ``isend(x_i)`` to every
+  ``j != i`` with ``W_ji(t) != 0`` and ``irecv`` from every ``j != i`` with
+  ``W_ij(t) != 0`` in one ``batch_isend_irecv``; the handle's ``wait()`` waits those
+  requests and returns ``sum_j W_ij x_j`` with ``j`` in ascending order, as one
+  ``(1, k) @ (k, d)`` product, the row of the simulator's ``W @ x``.
+* Global mean: ``all_reduce(SUM, async_op=True)``, divided by ``n`` in ``wait()``.
+
+Traffic is counted from what this rank sends: one message of ``d`` elements per
+``isend``; an all-reduce counts as the ring all-reduce
+(:func:`~nettrain.patterns.ring_allreduce_cost`).
+
+A failed exchange (a peer died, or did not answer within the group's timeout) raises
+:class:`PeerError`, naming this rank and, for neighbour mixing, the peer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+from nettrain.errors import NettrainError
+from nettrain.patterns import Communicator, Handle, Traffic, ring_allreduce_cost
+from nettrain.topology import Topology
+
+TAG_CYCLE = 1 << 20  # tags of successive mixes; tells apart mixes in flight together
+T = TypeVar("T")
+
+
+class PeerError(NettrainError):
+    """Communication with another process failed: it died, hung, or the network broke."""
+
+
+def guarded(what: str, call: Callable[[], T]) -> T:
+    """``call()``, with torch.distributed's failure turned into a :class:`PeerError`."""
+    try:
+        return call()
+    except RuntimeError as err:  # DistError and gloo's plain RuntimeErrors
+        rank = dist.get_rank() if dist.is_initialized() else "?"
+        raise PeerError(
+            f"rank {rank}: {what} failed: {str(err).strip()}. Another process of the run "
+            "probably died or stopped answering (see its own error); raise timeout_s= if "
+            "it was only slow"
+        ) from err
+
+
+@dataclass
+class _Mix:
+    """A neighbour exchange in flight; ``wait()`` applies row ``i`` of ``W(t)``."""
+
+    works: list[tuple[str, dist.Work]]  # (what, request)
+    weights: torch.Tensor  # (k,) W_ij for the k contributing j, ascending j
+    values: list[torch.Tensor]  # k tensors (d,): x_j received, or x_i itself
+
+    def wait(self) -> torch.Tensor:
+        for what, work in self.works:
+            guarded(what, work.wait)
+        return self.weights[None, :] @ torch.stack(self.values)  # (1, k) @ (k, d) -> (1, d)
+
+
+@dataclass
+class _Mean:
+    """An all-reduce in flight; ``wait()`` divides the sum by ``n``."""
+
+    work: dist.Work | None
+    total: torch.Tensor  # (1, d), summed in place by the all-reduce
+    n: int
+
+    def wait(self) -> torch.Tensor:
+        if self.work is not None:
+            guarded("the all-reduce", self.work.wait)
+        return self.total.div_(self.n)
+
+
+class DistCommunicator(Communicator):
+    """Agent ``rank`` of ``topology`` in this process; ``x`` is always ``(1, d)``.
+
+    Needs an initialised default process group whose size is ``topology.n``. The
+    constructor runs a barrier: the first point-to-point call of a group must follow
+    a call every rank takes part in.
+    """
+
+    def __init__(self, topology: Topology, group: dist.ProcessGroup | None = None) -> None:
+        world = dist.get_world_size(group)
+        if world != topology.n:
+            raise ValueError(f"process group of {world} ranks for {topology.n} agents")
+        self.topology = topology
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.n_agents = topology.n
+        self.agents = torch.tensor([self.rank])
+        self.traffic = Traffic.zeros(1)
+        self._calls = 0
+        self._static: tuple[list[int], list[int], torch.Tensor] | None = None
+        dist.barrier(group)
+
+    def _peers(self, t: int) -> tuple[list[int], list[int], torch.Tensor]:
+        """Ranks to send to, ranks to receive from, and row ``i`` of ``W(t)`` (float64)."""
+        if self._static is not None:
+            return self._static
+        i = self.rank
+        W = self.topology.weights(t)  # (n, n) float64, shared: read only
+        row, col = W[i], W[:, i]
+        send = [j for j in col.nonzero().flatten().tolist() if j != i]
+        recv = [j for j in row.nonzero().flatten().tolist() if j != i]
+        out = (send, recv, row.clone())
+        if not self.topology.time_varying:
+            self._static = out
+        return out
+
+    def start_mix(self, x: torch.Tensor, t: int) -> Handle:
+        send, recv, row = self._peers(t)
+        mine = x[0].contiguous()  # (d,)
+        tag = self._calls % TAG_CYCLE
+        self._calls += 1
+        ops = [dist.P2POp(dist.isend, mine, j, self.group, tag) for j in send]
+        got = {j: torch.empty_like(mine) for j in recv}
+        ops += [dist.P2POp(dist.irecv, got[j], j, self.group, tag) for j in recv]
+        works = guarded(f"posting the exchange of round {t}", lambda: batch_isend_irecv(ops))
+        peers = [f"sending to rank {j}" for j in send] + [f"receiving from rank {j}" for j in recv]
+        if len(works) != len(peers):  # one request for the whole batch (NCCL)
+            peers = [f"the exchange with ranks {send + recv}"] * len(works)
+        labelled = [(f"round {t}: {p}", w) for p, w in zip(peers, works, strict=True)]
+        got[self.rank] = mine
+        order = sorted(j for j in got if row[j] != 0)  # ascending j, as in W @ x
+        weights = row[order].to(device=x.device, dtype=x.dtype)
+        self.traffic.add(
+            torch.tensor([len(send)]), torch.tensor([len(send) * mine.numel() * x.element_size()])
+        )
+        return _Mix(labelled, weights, [got[j] for j in order])
+
+    def start_mean(self, x: torch.Tensor) -> Handle:
+        messages, nbytes = ring_allreduce_cost(self.n_agents, x.shape[1], x.element_size())
+        self.traffic.add(torch.tensor([messages]), torch.tensor([nbytes]))
+        total = x.clone(memory_format=torch.contiguous_format)  # (1, d)
+        work = guarded(
+            "the all-reduce",
+            lambda: dist.all_reduce(total, dist.ReduceOp.SUM, group=self.group, async_op=True),
+        )
+        return _Mean(work, total, self.n_agents)
+
+
+def batch_isend_irecv(ops: list[dist.P2POp]) -> list[dist.Work]:
+    return dist.batch_isend_irecv(ops) if ops else []

@@ -1,0 +1,281 @@
+"""The ``distributed`` engine: one agent per process over torch.distributed.
+
+Launched by ``torchrun`` (``nettrain run engine=distributed nproc=N ...`` starts it
+for you on one machine); rank ``r`` is agent ``r`` and holds only its own shard. Each
+round every rank steps the same algorithm code as the simulator on its stack
+``x: (1, d)``, communicating through a :class:`DistCommunicator`. Then one small
+``all_gather`` of the round's per-agent work (samples, messages, bytes), loss and
+wall time lets every rank advance the same virtual clock as the simulator
+(:class:`~nettrain.engines.sim.clock.CostModel`) and stop together on divergence.
+Every ``eval_every`` rounds the states are gathered and rank 0 evaluates exactly what
+the simulator evaluates and writes the record; the others keep no run folder.
+
+Same config and seed as ``engine=sim``: same mini-batches, same mixing weights, so the
+final parameters agree up to floating-point summation order (the test suite checks
+``1e-5``), and the counted messages and bytes are equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from nettrain.engines.base import Job, RunResult
+from nettrain.engines.distributed.comm import DistCommunicator, PeerError, guarded
+from nettrain.engines.sim.clock import VirtualClock
+from nettrain.engines.sim.engine import _status, check_finite, traffic_fields
+from nettrain.errors import ConfigError, DivergenceError
+from nettrain.evaluation import model_metrics
+from nettrain.progress import progress_bar
+from nettrain.recording import RunFolder
+
+BACKENDS = ("auto", "gloo", "nccl")
+LAUNCH_HINT = (
+    "launch it with `nettrain run engine=distributed nproc=N ...` (which starts torchrun) "
+    "or `torchrun --nproc-per-node N -m nettrain run engine=distributed ...`"
+)
+
+
+def launched_rank() -> int | None:
+    """This process's rank under torchrun (``RANK``), or None outside a launcher."""
+    rank = os.environ.get("RANK")
+    return int(rank) if rank is not None else None
+
+
+class DistributedEngine:
+    """Runs the agent ``RANK`` of a :class:`Job` in this process.
+
+    ``backend``: ``gloo`` (CPU tensors), ``nccl`` (CUDA tensors, one GPU per rank), or
+    ``auto`` (``nccl`` when the problem lives on CUDA, else ``gloo``). ``timeout_s``
+    bounds every collective: a dead peer turns into an error within that time instead
+    of a hang. ``master_addr``/``master_port`` are used only where the launcher did not
+    set ``MASTER_ADDR``/``MASTER_PORT``.
+    """
+
+    name = "distributed"
+
+    def __init__(
+        self,
+        backend: str = "auto",
+        timeout_s: float = 60.0,
+        master_addr: str = "127.0.0.1",
+        master_port: int = 29512,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend={backend!r} is not allowed; choose one of auto, gloo, nccl")
+        if timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be > 0, got {timeout_s}")
+        self.backend = backend
+        self.timeout_s = timeout_s
+        self.master_addr = master_addr
+        self.master_port = master_port
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> DistributedEngine:
+        """The engine for a :class:`~nettrain.config.RunConfig`.
+
+        Under torchrun with ``device=cuda``, selects GPU ``LOCAL_RANK`` before the
+        problem is built, so that each rank's data lands on its own device.
+        """
+        if cfg.device == "cuda" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
+        return cls(cfg.backend, cfg.timeout_s, cfg.master_addr, cfg.master_port)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run folder (rank 0, or no launcher)."""
+        return (launched_rank() or 0) == 0
+
+    def _backend(self, device: torch.device) -> str:
+        backend = self.backend
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo"
+        if backend == "nccl" and device.type != "cuda":
+            raise ConfigError("backend=nccl sends CUDA tensors; use device=cuda or backend=gloo")
+        if backend == "gloo" and device.type != "cpu":
+            raise ConfigError("backend=gloo runs on CPU tensors; use device=cpu or backend=nccl")
+        return backend
+
+    @contextmanager
+    def _process_group(self, n: int, device: torch.device) -> Iterator[int]:
+        """Join (or reuse) the default group of ``n`` ranks; yield this rank."""
+        rank = launched_rank()
+        if rank is None:
+            raise ConfigError(f"engine=distributed needs a launcher (no RANK set): {LAUNCH_HINT}")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world != n:
+            raise ConfigError(
+                f"engine=distributed runs one agent per process, but WORLD_SIZE={world} and "
+                f"agents={n}: set agents={world}, or launch {n} processes (nproc={n})"
+            )
+        if dist.is_initialized():  # the caller owns the group
+            yield dist.get_rank()
+            return
+        backend = self._backend(device)
+        timeout = timedelta(seconds=self.timeout_s)
+        addr = os.environ.get("MASTER_ADDR", self.master_addr)
+        port = int(os.environ.get("MASTER_PORT", self.master_port))
+        # torchrun's agent hosts the store; launched otherwise, rank 0 does.
+        hosted = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+        tcp = dist.TCPStore(addr, port, world, hosted, timeout, wait_for_workers=False)
+        store = dist.PrefixStore("nettrain", tcp)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
+        beat_client = dist.TCPStore(addr, port, world, False, timeout, wait_for_workers=False)
+        heartbeat = Heartbeat(dist.PrefixStore("nettrain", beat_client), rank)
+        clean = False
+        try:
+            yield rank
+            clean = True
+        except DivergenceError:
+            clean = True  # raised on every rank alike: leave together
+            raise
+        except PeerError as err:
+            raise PeerError(f"{err}{silent_ranks(store, rank, world, hosted)}") from err
+        finally:
+            heartbeat.stop()
+            if clean:
+                dist.barrier()  # without it gloo may abort a peer still in its last call
+            dist.destroy_process_group()
+
+    def run(self, job: Job, folder: RunFolder) -> RunResult:
+        with self._process_group(job.n_agents, job.x0.device) as rank:
+            return self._run(job, folder, rank)
+
+    def _run(self, job: Job, folder: RunFolder, rank: int) -> RunResult:
+        n, problem, device = job.n_agents, job.problem, job.x0.device
+        gather = _all_gather
+        x = job.x0[None, :].clone()  # (1, d)
+        comm = DistCommunicator(job.topology)
+        oracle = problem.oracle(
+            [job.shards[rank]], [rank], batch_size=job.batch_size, seed=job.seed
+        )
+        clock = VirtualClock(job.cost)
+        totals = {k: torch.zeros(n, dtype=torch.int64) for k in ("samples", "messages", "bytes")}
+        main = rank == 0
+
+        def account(loss: torch.Tensor, seconds: float) -> tuple[torch.Tensor, float]:
+            """Gather this round's work of every agent; return all losses and max wall time."""
+            samples = oracle.meter.reset()
+            messages, nbytes = comm.traffic.reset()
+            mine = torch.tensor(
+                [[samples[0], messages[0], nbytes[0], float(loss[0]), seconds]],
+                dtype=torch.float64,
+            )
+            every = gather(mine.to(device)).cpu()  # (n, 5)
+            work = every[:, :3].round().to(torch.int64)
+            clock.sync_round(*work.unbind(1))
+            for k, v in zip(totals, work.unbind(1), strict=True):
+                totals[k] += v
+            return every[:, 3].to(x.dtype), float(every[:, 4].max())
+
+        start = time.perf_counter()
+        state = job.algorithm.init(x, oracle, comm)
+        account(torch.zeros(1), 0.0)  # the initial gradients of tracking methods are work too
+        name = f"{job.algorithm.name} x{n} (distributed)"
+        with progress_bar(job.rounds, name, job.progress and main) as advance:
+            for t in range(job.rounds):
+                begin = time.perf_counter()
+                state, loss = job.algorithm.step(state, t, oracle, comm)
+                losses, round_s = account(loss, time.perf_counter() - begin)
+                check_finite(losses, t)
+                status = ""
+                if (t + 1) % job.eval_every == 0 or t + 1 == job.rounds:
+                    everyone = gather_state(state, gather)  # every agent's state, (n, ...)
+                    if main:
+                        record = {
+                            "round": t + 1,
+                            "epoch": float(totals["samples"].sum()) / len(problem.data.y_train),
+                            "virtual_time_s": clock.now,
+                            "wall_time_s": time.perf_counter() - start,
+                            "round_wall_time_s": round_s,
+                            **traffic_fields(totals),
+                            "train_loss": float(losses.mean()),
+                            **model_metrics(problem, everyone.x, job.eval_agents),
+                            **job.algorithm.diagnostics(everyone),
+                        }
+                        folder.append(record)
+                        status = _status(record)
+                advance(1, status)
+        return RunResult(gather(state.x), folder.records)
+
+
+class Heartbeat:
+    """A daemon thread that increments the store key ``alive/<rank>`` every ``period_s``.
+
+    It keeps beating while the main thread is blocked in a collective (torch releases
+    the GIL there), so after a failure a silent counter means a dead or frozen process.
+    """
+
+    def __init__(self, store: dist.Store, rank: int, period_s: float = 0.25) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat, args=(store, f"alive/{rank}", period_s), daemon=True
+        )
+        self._thread.start()
+
+    def _beat(self, store: dist.Store, key: str, period_s: float) -> None:
+        while not self._stop.is_set():
+            try:
+                store.add(key, 1)
+            except RuntimeError:  # the store's host is gone: nothing left to tell
+                return
+            self._stop.wait(period_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def silent_ranks(store: dist.Store, rank: int, n: int, hosted: bool, window_s: float = 1.0) -> str:
+    """After a failed exchange: the ranks whose heartbeat stopped (dead or frozen).
+
+    Marks ``failed/<rank>`` (this rank saw the failure and leaves: not a suspect), then
+    reads every rank's counter twice, ``window_s`` apart. The host of the store then
+    stays ``window_s`` longer so that the others can finish reading. Best effort:
+    ``""`` when the store is gone (its host died) or every rank still beats.
+    """
+    try:
+        store.set(f"failed/{rank}", "1")
+        before = [store.add(f"alive/{r}", 0) for r in range(n)]
+        time.sleep(window_s)
+        after = [store.add(f"alive/{r}", 0) for r in range(n)]
+        left = [store.check([f"failed/{r}"]) for r in range(n)]
+        if hosted:
+            time.sleep(window_s)
+    except RuntimeError:
+        return ""
+    silent = [r for r in range(n) if after[r] == before[r] and not left[r]]
+    if not silent:
+        return ""
+    return f" Rank(s) {', '.join(map(str, silent))} stopped responding: they died or froze."
+
+
+def _all_gather(t: torch.Tensor) -> torch.Tensor:
+    """``(1, ...)`` on every rank -> ``(n, ...)``, rows in rank order."""
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    guarded("an all-gather of the engine", lambda: dist.all_gather(parts, t.contiguous()))
+    return torch.cat(parts)
+
+
+def gather_state(state: Any, gather: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """The state of every agent from each rank's ``(1, ...)`` state (nested dataclasses too).
+
+    Tensors with a leading local-agent axis are gathered; other fields are kept.
+    """
+    changes = {}
+    for f in dataclasses.fields(state):
+        value = getattr(state, f.name)
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == 1:
+            changes[f.name] = gather(value)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            changes[f.name] = gather_state(value, gather)
+    return dataclasses.replace(state, **changes)

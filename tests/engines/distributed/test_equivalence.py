@@ -1,0 +1,146 @@
+"""The distributed engine equals the simulator: 4 gloo processes on loopback.
+
+One ``torchrun`` launch runs every configuration (``worker.py``) while this process
+runs the same configurations in the simulator; then final parameters, counted
+traffic, virtual time and evaluated metrics must agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nettrain.config import load_config
+from nettrain.engines.base import Job, RunResult
+from nettrain.engines.distributed.engine import DistributedEngine, gather_state
+from nettrain.errors import ConfigError
+from nettrain.experiment import build_job, run
+
+SMALL = {
+    "dataset": "digits",
+    "agents": 4,
+    "hidden": [8],
+    "rounds": 20,
+    "batch_size": 8,
+    "eval_every": 10,
+    "progress": False,
+}
+CASES = {
+    "allreduce": {"algorithm": "allreduce"},
+    "local_sgd": {"algorithm": "local_sgd", "tau": 4},
+    "dpsgd_ring": {"algorithm": "dpsgd"},
+    "dpsgd_edge_drop": {"algorithm": "dpsgd", "schedule": "edge_drop", "drop_prob": 0.3},
+    "gradient_tracking": {"algorithm": "gradient_tracking"},
+}
+EXACT = (
+    "round",
+    "samples",
+    "messages_total",
+    "bytes_total",
+    "messages_max_agent",
+    "bytes_max_agent",
+)
+CLOSE = ("virtual_time_s", "train_loss", "test_loss", "test_accuracy", "consensus_distance")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, script: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        str(script),
+        *args,
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as sink:  # a file, not a pipe: nobody reads while the sims run
+        return subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[dict, RunResult]]:
+    """``{case: (distributed {"x", "summary", "records"}, simulator RunResult)}``.
+
+    One 4-process launch runs every case; the simulator runs them meanwhile.
+    """
+    folder = tmp_path_factory.mktemp("dist")
+    out, log = folder / "results.pt", folder / "torchrun.log"
+    configs = [json.dumps(SMALL | case) for case in CASES.values()]
+    proc = torchrun(4, Path(__file__).with_name("worker.py"), str(out), *configs, log=log)
+    sims = {name: run(load_config(SMALL | case)) for name, case in CASES.items()}
+    try:
+        proc.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"torchrun did not finish in 240 s:\n{log.read_text()[-6000:]}")
+    assert proc.returncode == 0, log.read_text()[-6000:]
+    results = torch.load(out, weights_only=False)
+    return {name: (results[text], sims[name]) for name, text in zip(CASES, configs, strict=True)}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_distributed_run_equals_the_simulator(name: str, runs) -> None:
+    got, sim = runs[name]
+    assert got["x"].shape == sim.x.shape == (4, sim.x.shape[1])
+    torch.testing.assert_close(got["x"], sim.x, rtol=0, atol=1e-5)
+    assert len(got["records"]) == len(sim.records) == 2
+    for mine, ref in zip(got["records"], sim.records, strict=True):
+        assert {k: mine[k] for k in EXACT} == {k: ref[k] for k in EXACT}
+        for k in CLOSE:
+            assert mine[k] == pytest.approx(ref[k], rel=1e-4, abs=1e-6), k
+        assert mine["round_wall_time_s"] > 0
+        assert set(ref) <= set(mine)  # every field of the simulator's record, and more
+    if name == "gradient_tracking":
+        assert got["records"][-1]["tracking_error"] < 1e-4
+    assert got["summary"]["engine"] == "distributed"
+
+
+def test_outside_a_launcher_the_engine_says_how_to_launch(monkeypatch) -> None:
+    for var in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    job = build_job(load_config(SMALL | {"rounds": 1}))
+    with pytest.raises(ConfigError, match=r"needs a launcher .* nproc=N"):
+        DistributedEngine().run(job, None)  # type: ignore[arg-type]
+
+
+def test_world_size_must_equal_the_number_of_agents(monkeypatch) -> None:
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    job: Job = build_job(load_config(SMALL | {"rounds": 1}))
+    with pytest.raises(ConfigError, match="WORLD_SIZE=3 and agents=4"):
+        DistributedEngine().run(job, None)  # type: ignore[arg-type]
+
+
+def test_nproc_must_equal_agents() -> None:
+    with pytest.raises(ConfigError, match="nproc=3 but agents=4"):
+        load_config(SMALL | {"engine": "distributed", "nproc": 3})
+
+
+def test_gather_state_stacks_every_agent_axis_and_keeps_the_rest() -> None:
+    from nettrain.algorithms.baselines import TrackingState
+    from nettrain.algorithms.sgd import SGDState
+
+    state = TrackingState(torch.ones(1, 3), torch.zeros(1, 3), torch.full((1, 3), 2.0), SGDState())
+    got = gather_state(state, lambda t: torch.cat([t, t + 10]))  # two "ranks"
+    assert got.x.tolist() == [[1.0] * 3, [11.0] * 3]
+    assert got.g.shape == (2, 3)
+    assert got.sgd.buf is None
