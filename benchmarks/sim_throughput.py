@@ -1,0 +1,401 @@
+"""Simulator throughput against a plain PyTorch loop, and against a big matrix product.
+
+What is measured, for two cases and ``n`` in {16, 64, 256} agents:
+
+* ``sim``: agent-steps per second of the simulator's real code path, a
+  :class:`~nettrain.algorithms.baselines.LocalSGD` round between averagings
+  (``Oracle.grad`` over IID shards, one vmapped forward/backward for all agents, then
+  ``sgd_step`` on the stack ``x: (n, d)``), driven through a ``SimCommunicator``;
+* ``loop``: the same work as ``n`` separate ``nn.Module`` + ``torch.optim.SGD`` (lr 0.1,
+  no momentum), stepped one after the other in a Python loop: each agent samples a
+  mini-batch from its own shard with its own generator, forward, cross-entropy,
+  backward, step. It is timed in blocks of agent-steps taken round-robin (a round at
+  n=256 can take seconds under load);
+* ``matmul``: GFLOP/s of a 2048x2048 float32 ``torch.mm``; the simulator's GFLOP/s
+  (``3 x matmul_flops_per_sample x batch`` per agent-step) is reported as a fraction
+  of it.
+
+Cases: ``small`` = MLP 64-32-10 on digits, batch 16; ``large`` = MLP 784-128-10 on
+Fashion-MNIST, batch 32. The three measurements of a case alternate within every
+repetition, so load from other processes hits them alike; the figures are the best
+repetition (the median is printed too). Every ratio is taken within one run.
+
+Targets (from the issue): speedup >= 10x at n=64 on ``small``; >= 50% of the matmul
+GFLOP/s at n=256 on ``large``.
+
+Allocator phases (``--allocator``): ``default`` runs with glibc's malloc as the process
+starts; ``retain`` then calls ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD,
+2 GiB)`` so that freed memory stays in the heap instead of going back to the kernel.
+Without it each fresh 100 MB tensor (the gradient stack at n=256 on ``large``) is a new
+``mmap`` whose pages are faulted in and zeroed one by one, which costs more than the
+arithmetic. ``both`` (the default) measures ``default`` first, then ``retain``.
+
+Command (about 3 to 5 minutes on 2 cores; ``--quick`` about one)::
+
+    .venv/bin/python benchmarks/sim_throughput.py [--quick] [--threads N]
+        [--allocator default|retain|both] [--breakdown]
+
+Output: one JSON line per case, ``n`` and allocator phase; with ``--breakdown`` one
+JSON line per case with the time of each part of a simulator round at n=256; the
+last line is a JSON summary with ``speedup_small_n64`` and
+``matmul_fraction_large_n256`` (of the first allocator phase, ``default`` unless
+``--allocator retain``), and with ``--allocator both`` the same keys ending ``_retain``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nettrain.algorithms.baselines import LocalSGD, SGDRunState
+from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_step
+from nettrain.data import Dataset, load_dataset, partition
+from nettrain.engines.sim.comm import SimCommunicator
+from nettrain.problem.flat import matmul_flops_per_sample
+from nettrain.problem.losses import Regularizer, get_loss
+from nettrain.problem.models import build_model
+from nettrain.problem.oracle import Oracle, Problem, agent_seed
+from nettrain.topology import build_topology
+
+LR = 0.1
+SEED = 0
+AGENTS = (16, 64, 256)
+MATMUL_SIZE = 2048
+# LocalSGD averages after rounds tau, 2 tau, ...; a tau beyond any timed round keeps
+# every measured round a pure local step, which is what is compared with the loop.
+NEVER = 2**62
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model and data set: ``MLP(features, hidden, classes)``, mini-batch ``batch``."""
+
+    name: str
+    dataset: str
+    hidden: tuple[int, ...]
+    batch: int
+
+
+CASES = (
+    Case("small", "digits", (32,), 16),  # MLP 64-32-10, d = 2,410
+    Case("large", "fashion_mnist", (128,), 32),  # MLP 784-128-10, d = 101,770
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long to measure: repetitions, and seconds per timed block."""
+
+    reps: int
+    block_s: float
+
+
+FULL = Settings(reps=5, block_s=0.2)
+QUICK = Settings(reps=2, block_s=0.1)
+
+
+# ---------------------------------------------------------------------------- allocator
+
+
+class Malloc:
+    """glibc's ``mallopt``: keep freed memory in the heap (``retain``) or not."""
+
+    M_TRIM_THRESHOLD = -1
+    M_MMAP_MAX = -4
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+        glibc = libc is not None and hasattr(libc, "gnu_get_libc_version")
+        self._mallopt = libc.mallopt if glibc and libc is not None else None
+
+    @property
+    def available(self) -> bool:
+        return self._mallopt is not None
+
+    def retain(self) -> None:
+        """No ``mmap`` for big blocks, no trimming: a freed block is reused, not refaulted."""
+        if self._mallopt is None:
+            raise RuntimeError("--allocator retain needs glibc (mallopt)")
+        ok = self._mallopt(self.M_MMAP_MAX, 0) and self._mallopt(self.M_TRIM_THRESHOLD, 2**31 - 1)
+        if not ok:
+            raise RuntimeError("mallopt refused M_MMAP_MAX=0 / M_TRIM_THRESHOLD=2GiB")
+
+
+# ------------------------------------------------------------------------------ runners
+
+
+def make_problem(case: Case, data: Dataset) -> Problem:
+    model = build_model("mlp", data.n_features, data.n_outputs, hidden=case.hidden)
+    return Problem(model, get_loss("cross_entropy"), Regularizer(), data)
+
+
+class SimRunner:
+    """``LocalSGD`` rounds (no averaging) on the stack of all ``n`` agents."""
+
+    def __init__(self, problem: Problem, shards: Sequence[torch.Tensor], batch: int) -> None:
+        n = len(shards)
+        x0 = problem.initial_params(SEED).expand(n, -1).clone()  # (n, d)
+        self.oracle = problem.oracle(shards, range(n), batch_size=batch, seed=SEED)
+        self.comm = SimCommunicator(build_topology("ring", n, seed=SEED), x0.device, x0.dtype)
+        self.algorithm = LocalSGD(SGDConfig(lr=LR), tau=NEVER)
+        self.state: SGDRunState = self.algorithm.init(x0, self.oracle, self.comm)
+        self.t = 0
+
+    def round(self) -> None:
+        self.state, _ = self.algorithm.step(self.state, self.t, self.oracle, self.comm)
+        self.t += 1
+
+
+class LoopRunner:
+    """``n`` modules and ``torch.optim.SGD`` optimisers, stepped one after another."""
+
+    def __init__(
+        self, problem: Problem, case: Case, shards: Sequence[torch.Tensor], batch: int
+    ) -> None:
+        data = problem.data
+        x0 = problem.initial_params(SEED)  # (d,)
+        self.batch = batch
+        self.models: list[nn.Module] = []
+        self.optimizers: list[torch.optim.Optimizer] = []
+        for _ in shards:
+            model = build_model("mlp", data.n_features, data.n_outputs, hidden=case.hidden)
+            problem.spec.load_into(model, x0)
+            self.models.append(model)
+            self.optimizers.append(torch.optim.SGD(model.parameters(), lr=LR))
+        self.xs = [data.x_train[s] for s in shards]  # each agent's own samples (|shard|, F)
+        self.ys = [data.y_train[s] for s in shards]
+        self.generators = [
+            torch.Generator().manual_seed(agent_seed(SEED, i)) for i in range(len(shards))
+        ]
+        self.next = 0  # the agent whose turn it is
+
+    def step(self, i: int) -> None:
+        """One local SGD step of agent ``i`` on a mini-batch from its own shard."""
+        x, y = self.xs[i], self.ys[i]
+        idx = torch.randint(len(y), (self.batch,), generator=self.generators[i])
+        loss = F.cross_entropy(self.models[i](x[idx]), y[idx])
+        opt = self.optimizers[i]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def round(self) -> None:
+        """Every agent once, in order."""
+        self.steps(len(self.models))
+
+    def steps(self, k: int) -> None:
+        """The next ``k`` agent-steps, round-robin.
+
+        A timed block can then be shorter than a round while every agent (and its
+        memory) still takes its turn, as in a full round.
+        """
+        n = len(self.models)
+        for _ in range(k):
+            self.step(self.next)
+            self.next = (self.next + 1) % n
+
+
+class Matmul:
+    """A ``2048 x 2048`` float32 product: the machine's dense-arithmetic yardstick."""
+
+    def __init__(self, size: int = MATMUL_SIZE) -> None:
+        gen = torch.Generator().manual_seed(SEED)
+        self.a = torch.randn(size, size, generator=gen)
+        self.b = torch.randn(size, size, generator=gen)
+        self.out = torch.empty(size, size)
+        self.flops = 2 * size**3
+
+    def round(self) -> None:
+        torch.mm(self.a, self.b, out=self.out)
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def seconds(fn: Callable[[], object], k: int) -> float:
+    """Wall seconds of ``k`` calls of ``fn``."""
+    start = time.perf_counter()
+    for _ in range(k):
+        fn()
+    return time.perf_counter() - start
+
+
+def calls_per_block(fn: Callable[[], object], block_s: float) -> int:
+    """Calls of ``fn`` that fill about ``block_s`` seconds (after one warm-up call)."""
+    fn()
+    once = seconds(fn, 1)
+    return max(1, math.ceil(block_s / max(once, 1e-6)))
+
+
+def rates(fn: Callable[[], object], k: int, per_call: float) -> Callable[[], float]:
+    """A thunk timing one block of ``k`` calls, returning ``per_call`` units per second."""
+    return lambda: per_call * k / seconds(fn, k)
+
+
+def interleaved(thunks: dict[str, Callable[[], float]], reps: int) -> dict[str, list[float]]:
+    """Each thunk once per repetition, in turn: load hits all of them alike."""
+    out: dict[str, list[float]] = {name: [] for name in thunks}
+    for _ in range(reps):
+        for name, thunk in thunks.items():
+            out[name].append(thunk())
+    return out
+
+
+def measure(
+    case: Case, data: Dataset, n: int, settings: Settings, allocator: str
+) -> dict[str, Any]:
+    """Agent-steps/s of sim and loop and GFLOP/s of sim and matmul, side by side."""
+    problem = make_problem(case, data)
+    shards = partition(data.y_train, n, "iid", seed=SEED)
+    sim = SimRunner(problem, shards, case.batch)
+    loop = LoopRunner(problem, case, shards, case.batch)
+    mm = Matmul()
+    loop.round()  # warm-up: every agent's module, optimiser and shard touched once
+    k_sim = calls_per_block(sim.round, settings.block_s)
+    k_loop = calls_per_block(lambda: loop.steps(1), settings.block_s)  # agent-steps
+    k_mm = calls_per_block(mm.round, settings.block_s)
+    runs = interleaved(
+        {
+            "sim": rates(sim.round, k_sim, n),
+            "loop": rates(lambda: loop.steps(k_loop), 1, k_loop),
+            "matmul": rates(mm.round, k_mm, mm.flops / 1e9),
+        },
+        settings.reps,
+    )
+    flops = 3 * matmul_flops_per_sample(problem.spec) * case.batch  # per agent-step
+    sim_rate, loop_rate, mm_gflops = (max(runs[k]) for k in ("sim", "loop", "matmul"))
+    sim_gflops = sim_rate * flops / 1e9
+    return {
+        "case": case.name,
+        "n": n,
+        "allocator": allocator,
+        "d": problem.dim,
+        "batch": case.batch,
+        "sim_agent_steps_per_s": round(sim_rate, 1),
+        "loop_agent_steps_per_s": round(loop_rate, 1),
+        "speedup": round(sim_rate / loop_rate, 2),
+        "sim_gflops": round(sim_gflops, 2),
+        "matmul_gflops": round(mm_gflops, 2),
+        "matmul_fraction": round(sim_gflops / mm_gflops, 3),
+        "sim_agent_steps_per_s_median": round(statistics.median(runs["sim"]), 1),
+        "loop_agent_steps_per_s_median": round(statistics.median(runs["loop"]), 1),
+        "matmul_gflops_median": round(statistics.median(runs["matmul"]), 2),
+        "per_block": {"sim_rounds": k_sim, "loop_agent_steps": k_loop, "matmuls": k_mm},
+    }
+
+
+def breakdown(
+    case: Case, data: Dataset, n: int, settings: Settings, allocator: str
+) -> dict[str, Any]:
+    """Milliseconds of each part of a simulator round: where the time goes.
+
+    Reaches into the oracle's parts (``_sample``, the local sample copy, ``_grad``) to
+    time them one by one; the parts are timed in turn, best of the repetitions.
+    """
+    problem = make_problem(case, data)
+    shards = partition(data.y_train, n, "iid", seed=SEED)
+    sim = SimRunner(problem, shards, case.batch)
+    oracle: Oracle = sim.oracle
+    x = sim.state.x  # (n, d)
+    local = torch.arange(n)
+    idx, w = oracle._sample(local)  # (n, B), (n, B)
+    xb, yb = oracle.x[idx], oracle.y[idx]  # (n, B, F), (n, B)
+    g, _ = oracle._grad(x, xb, yb, w)  # (n, d)
+    cfg, empty = SGDConfig(lr=LR), SGDState()
+    parts: dict[str, Callable[[], object]] = {
+        "round": sim.round,
+        "sample": lambda: oracle._sample(local),
+        "gather": lambda: (oracle.x[idx], oracle.y[idx]),
+        "vmap_forward_backward": lambda: oracle._grad(x, xb, yb, w),
+        "sgd_step": lambda: sgd_step(x, g, empty, cfg),
+        "clone_x": x.clone,  # one fresh (n, d) tensor: allocation + a pass over memory
+    }
+    thunks = {  # calls per second of each part
+        name: rates(fn, calls_per_block(fn, settings.block_s / 4), 1.0)
+        for name, fn in parts.items()
+    }
+    runs = interleaved(thunks, settings.reps + 1)
+    return {
+        "breakdown": case.name,
+        "n": n,
+        "allocator": allocator,
+        **{f"{name}_ms": round(1e3 / max(v), 3) for name, v in runs.items()},
+    }
+
+
+# -------------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = as is")
+    parser.add_argument(
+        "--allocator", choices=("default", "retain", "both"), default="both", help="see above"
+    )
+    parser.add_argument("--breakdown", action="store_true", help="time each part of a round")
+    args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = QUICK if args.quick else FULL
+    malloc = Malloc()
+    phases = ["default", "retain"] if args.allocator == "both" else [args.allocator]
+    if not malloc.available and "retain" in phases:
+        print("no glibc mallopt here: measuring the default allocator only", file=sys.stderr)
+        phases = ["default"]
+
+    datasets = {case.name: load_dataset(case.dataset, seed=SEED) for case in CASES}
+    results: dict[tuple[str, int, str], dict[str, Any]] = {}
+    started = time.perf_counter()
+    for phase in phases:
+        if phase == "retain":
+            malloc.retain()  # from here on; glibc cannot go back to its pristine state
+        for case in CASES:
+            for n in AGENTS:
+                print(f"[{time.perf_counter() - started:6.1f}s] {phase} {case.name} n={n}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                row = measure(case, datasets[case.name], n, settings, phase)
+                results[case.name, n, phase] = row
+                print(json.dumps(row), flush=True)
+            if args.breakdown:
+                row = breakdown(case, datasets[case.name], max(AGENTS), settings, phase)
+                print(json.dumps(row), flush=True)
+
+    summary: dict[str, Any] = {"allocator": phases[0]}  # of the keys without a suffix
+    for phase in phases:
+        suffix = "" if phase == phases[0] else f"_{phase}"
+        small, large = results["small", 64, phase], results["large", 256, phase]
+        summary[f"speedup_small_n64{suffix}"] = small["speedup"]
+        summary[f"matmul_fraction_large_n256{suffix}"] = large["matmul_fraction"]
+        summary[f"sim_gflops_large_n256{suffix}"] = large["sim_gflops"]
+        summary[f"matmul_gflops{suffix}"] = large["matmul_gflops"]
+        summary[f"speedup_small_n64{suffix}_met"] = small["speedup"] >= 10
+        summary[f"matmul_fraction_large_n256{suffix}_met"] = large["matmul_fraction"] >= 0.5
+    summary |= {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
