@@ -28,9 +28,12 @@ starts; ``retain`` then calls ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_TH
 2 GiB)`` so that freed memory stays in the heap instead of going back to the kernel.
 Without it each fresh 100 MB tensor (the gradient stack at n=256 on ``large``) is a new
 ``mmap`` whose pages are faulted in and zeroed one by one, which costs more than the
-arithmetic. ``both`` (the default) measures ``default`` first, then ``retain``.
+arithmetic. ``both`` (the default) measures ``default`` first, then ``retain`` (glibc
+cannot be put back into its pristine state), so ratios within a phase are side by side
+but a comparison across the two phases is not.
 
-Command (about 3 to 5 minutes on 2 cores; ``--quick`` about one)::
+Command (about one minute on an idle 2-core machine, up to six when other processes
+load it; ``--quick`` a quarter of that)::
 
     .venv/bin/python benchmarks/sim_throughput.py [--quick] [--threads N]
         [--allocator default|retain|both] [--breakdown]
@@ -121,6 +124,9 @@ class Malloc:
         libc = ctypes.CDLL(name) if name else None
         glibc = libc is not None and hasattr(libc, "gnu_get_libc_version")
         self._mallopt = libc.mallopt if glibc and libc is not None else None
+        if self._mallopt is not None:
+            self._mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            self._mallopt.restype = ctypes.c_int
 
     @property
     def available(self) -> bool:
