@@ -4,9 +4,11 @@
     nettrain compare [CONFIG.toml] [key=value ...] [--algorithms a,b,...] [--out DIR]
     nettrain topology KIND --agents N [--weights W] [--schedule S] [--json]
     nettrain keys [--markdown]
+    nettrain reproduce NAME [--quick] [--seed S] [--out DIR]
 
-Exit codes: 0 success, 1 the run diverged, 2 bad input (unknown key, bad value,
-missing data, disconnected graph, ...), with a message that says how to fix it.
+Exit codes: 0 success, 1 the run diverged (``reproduce``: a claim does not hold), 2 bad
+input (unknown key, bad value, missing data, disconnected graph, ...), with a message
+that says how to fix it.
 """
 
 from __future__ import annotations
@@ -141,6 +143,24 @@ def cmd_keys(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
+    from nettrain.reproduce import EXPERIMENTS
+    from nettrain.reproduce.claims import claims_table, write_claims
+
+    out = Path(args.out) if args.out else _default_out(f"reproduce-{args.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    claims = EXPERIMENTS[args.name](out, quick=args.quick, seed=args.seed, console=console)
+    write_claims(claims, out / "claims.json")
+    console.print(claims_table(claims))
+    held = sum(c.holds for c in claims)
+    console.print(
+        f"{held} of {len(claims)} claims hold ({time.perf_counter() - start:.0f} s); "
+        f"claims: {out / 'claims.json'}"
+    )
+    return 0 if held == len(claims) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nettrain", description="Train neural networks across a network of agents."
@@ -173,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="list every config key with its default and meaning")
     p.add_argument("--markdown", action="store_true")
     p.set_defaults(func=cmd_keys)
+
+    from nettrain.reproduce import EXPERIMENTS
+
+    p = sub.add_parser("reproduce", help="check a paper's claims at small scale (claims.json)")
+    p.add_argument("name", choices=sorted(EXPERIMENTS))
+    p.add_argument("--quick", action="store_true", help="the short version (minutes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="folder for runs, plots, summary.csv and claims.json")
+    p.set_defaults(func=cmd_reproduce)
     return parser
 
 

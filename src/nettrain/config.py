@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nettrain.algorithms import ALGORITHMS
+from nettrain.algorithms import ALGORITHMS, SOLVERS, SURROGATES
 from nettrain.data import DATASETS, PARTITIONS
 from nettrain.errors import ConfigError
 from nettrain.problem.losses import LOSSES, REGULARIZERS
@@ -83,13 +83,41 @@ class RunConfig:
         "none", "convex regulariser r(x) added to every agent's loss", REGULARIZERS
     )
     reg_lambda: float = key(0.0, "weight lam of the regulariser: lam*||x||^2 or lam*||x||_1")
-    batch_size: int = key(16, "mini-batch per agent per step; 0 = full local batch")
+    batch_size: int = key(
+        -1,
+        "mini-batch per agent per step; 0 = full local batch; -1 = the algorithm's default "
+        "(16; the full local batch for next and dgd)",
+    )
     # --- local step ---
     lr: float = key(0.1, "learning rate of the local SGD step")
     momentum: float = key(0.0, "heavy-ball momentum of the local step, in [0, 1)")
     nesterov: bool = key(False, "Nesterov momentum (needs momentum > 0)")
     weight_decay: float = key(0.0, "decoupled from reg: g <- g + weight_decay * x")
     tau: int = key(4, "local_sgd: local steps between two averagings")
+    # --- NEXT and DGD ---
+    surrogate: str = key(
+        "linear",
+        "next/dgd: convex model of the local loss (gauss_newton: squared loss, "
+        "cross_entropy: cross-entropy loss, both linearise the network)",
+        SURROGATES,
+    )
+    prox_tau: float = key(1.0, "next/dgd: proximal weight tau of the surrogate (> 0)")
+    step0: float = key(0.1, "next/dgd: first step alpha[0] in (0, 1]")
+    step_decay: float = key(
+        0.01, "next/dgd: eps of the step rule alpha[k+1] = alpha[k] (1 - eps alpha[k])"
+    )
+    blocks: int = key(1, "next/dgd: blocks of the block-parallel local step (threads)")
+    inner_steps: int = key(
+        10, "next/dgd: accelerated proximal-gradient steps on a non-quadratic surrogate"
+    )
+    solver: str = key(
+        "auto", "next/dgd gauss_newton: linear solver, auto = direct for d <= 256 else cg", SOLVERS
+    )
+    train_objective: bool = key(
+        False,
+        "record the social objective on the training set at the mean model, its "
+        "prox-gradient stationarity and the sparsity (always on for next and dgd)",
+    )
     # --- topology ---
     topology: str = key("ring", "communication graph of the agents", GRAPHS)
     weights: str = key("metropolis", "mixing weights derived from the graph", WEIGHTS)
@@ -126,14 +154,22 @@ class RunConfig:
                 raise ConfigError(
                     f"{f.name}={value!r} is not allowed; choose one of {', '.join(choices)}"
                 )
-        positive = ("agents", "rounds", "eval_every", "tau", "degree", "branching")
+        positive = (
+            "agents",
+            "rounds",
+            "eval_every",
+            "tau",
+            "degree",
+            "branching",
+            "blocks",
+            "inner_steps",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         nonneg = (
             "eval_agents",
             "train_samples",
-            "batch_size",
             "reg_lambda",
             "weight_decay",
             "compute_s_per_sample",
@@ -144,6 +180,11 @@ class RunConfig:
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size < -1:
+            raise ConfigError(
+                f"batch_size must be >= 0 (0 = full local batch) or -1 (the algorithm's "
+                f"default), got {self.batch_size}"
+            )
         if not 0 <= self.drop_prob < 1:
             raise ConfigError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
         if not 0 <= self.stragglers <= 1:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.func import grad_and_value
 
 from nettrain.problem.oracle import Problem
 
@@ -21,8 +23,16 @@ def evaluated_agents(n: int, limit: int) -> torch.Tensor:
     return torch.linspace(0, n - 1, limit).round().long()
 
 
-def model_metrics(problem: Problem, x: torch.Tensor, eval_agents: int = 0) -> dict[str, Any]:
-    """Test loss/accuracy of the mean model, mean and worst agent accuracy, consensus distance."""
+def model_metrics(
+    problem: Problem,
+    x: torch.Tensor,
+    eval_agents: int = 0,
+    shards: Sequence[torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """Test loss/accuracy of the mean model, mean and worst agent accuracy, consensus distance.
+
+    With the agents' ``shards``, also the training-set figures of :func:`social_metrics`.
+    """
     mean = x.mean(0, keepdim=True)  # (1, d)
     agents = evaluated_agents(x.shape[0], eval_agents).to(x.device)
     ev = problem.evaluate(torch.cat([mean, x[agents]]))
@@ -34,4 +44,33 @@ def model_metrics(problem: Problem, x: torch.Tensor, eval_agents: int = 0) -> di
     else:
         out["agent_test_loss_mean"] = float(ev.loss[1:].mean())
     out["consensus_distance"] = consensus_distance(x)
+    if shards is not None:
+        out |= social_metrics(problem, shards, x)
     return out
+
+
+def social_metrics(
+    problem: Problem, shards: Sequence[torch.Tensor], x: torch.Tensor
+) -> dict[str, Any]:
+    """The social cost ``U = (1/n) sum_i f_i + r`` at the mean model ``w = mean x`` and more.
+
+    ``f_i`` is agent ``i``'s mean loss on its whole shard (each sample weighted
+    ``1/(n |shard_i|)``). ``stationarity = ||w - prox_r(w - grad F(w))||``, the norm of the
+    prox-gradient mapping with unit step (zero exactly at stationary points of ``U``);
+    ``disagreement = max_i ||x_i - w||``.
+    """
+    n = len(shards)
+    idx = torch.cat(list(shards)).to(x.device)
+    weights = torch.cat([torch.full((len(s),), 1.0 / (n * len(s))) for s in shards])
+    data = problem.data
+    w = x.mean(0)
+    g, loss = grad_and_value(problem.batch_loss)(
+        w, data.x_train[idx], data.y_train[idx], weights.to(x.device, x.dtype)
+    )
+    reg = problem.regularizer
+    mapping = w - reg.prox(w - g, 1.0)
+    return {
+        "objective": float(loss + reg.value(w)),
+        "stationarity": float(mapping.norm()),
+        "disagreement": float((x - w).norm(dim=1).max()),
+    }

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from nettrain.algorithms import build_algorithm
-from nettrain.algorithms.sgd import SGDConfig
 from nettrain.config import RunConfig
 from nettrain.data import load_dataset, partition
 from nettrain.engines.base import Engine, Job, RunResult
@@ -110,19 +109,21 @@ def build_job(cfg: RunConfig) -> Job:
         alpha=cfg.dirichlet_alpha,
         n_classes=problem.data.n_classes or None,
     )
-    sgd = SGDConfig(cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+    algorithm = build_algorithm(cfg)
+    algorithm.check(problem)
     return Job(
         problem=problem,
         shards=shards,
         topology=topology,
-        algorithm=build_algorithm(cfg.algorithm, sgd, tau=cfg.tau),
+        algorithm=algorithm,
         x0=problem.initial_params(cfg.seed),
         rounds=cfg.rounds,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.batch_size if cfg.batch_size >= 0 else algorithm.default_batch_size,
         seed=cfg.seed,
         eval_every=cfg.eval_every,
         cost=build_cost_model(cfg, problem),
         eval_agents=cfg.eval_agents,
+        train_objective=cfg.train_objective or algorithm.records_objective,
         progress=cfg.progress,
     )
 

@@ -9,6 +9,7 @@ from helpers import iid_shards, least_squares_optimum, least_squares_problem, re
 from nettrain.algorithms import build_algorithm
 from nettrain.algorithms.baselines import GradientTracking, TrackingState
 from nettrain.algorithms.sgd import SGDConfig
+from nettrain.config import load_config
 from nettrain.engines.base import Job
 from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.comm import SimCommunicator
@@ -29,7 +30,7 @@ def run_quadratic(name: str, lr: float, rounds: int, shards, schedule: str = "st
         problem=problem,
         shards=shards,
         topology=topology,
-        algorithm=build_algorithm(name, SGDConfig(lr=lr), tau=4),
+        algorithm=build_algorithm(load_config({"algorithm": name, "lr": lr, "tau": 4})),
         x0=torch.zeros(problem.dim, dtype=torch.float64),
         rounds=rounds,
         batch_size=0,  # full local batch: deterministic gradients

@@ -84,14 +84,14 @@ def test_virtual_clock_waits_for_the_slowest_agent() -> None:
 
 def test_divergence_names_the_round_and_agents() -> None:
     check_finite(torch.ones(3), 0)
-    with pytest.raises(DivergenceError, match=r"round 5.*agent\(s\) 1.*lr="):
+    with pytest.raises(DivergenceError, match=r"round 5.*agent\(s\) 1.*learning rate \(lr=\)"):
         check_finite(torch.tensor([1.0, math.nan, 2.0]), 4)
 
 
 def test_sparse_path_run_is_bit_for_bit_repeatable() -> None:
     """64 agents on a ring take the sparse mixing path; two runs agree exactly."""
     from helpers import iid_shards, least_squares_problem, regression_data
-    from nettrain.algorithms import build_algorithm
+    from nettrain.algorithms import GradientTracking
     from nettrain.algorithms.sgd import SGDConfig
     from nettrain.engines.base import Job
     from nettrain.engines.sim.engine import SimEngine
@@ -102,7 +102,7 @@ def test_sparse_path_run_is_bit_for_bit_repeatable() -> None:
         problem=problem,
         shards=iid_shards(256, 64),
         topology=build_topology("ring", 64),
-        algorithm=build_algorithm("gradient_tracking", SGDConfig(lr=0.02, momentum=0.5)),
+        algorithm=GradientTracking(SGDConfig(lr=0.02, momentum=0.5)),
         x0=problem.initial_params(0),
         rounds=30,
         batch_size=2,

@@ -1,42 +1,45 @@
 """Algorithms: one module per family, each an explicit state and a round ``step``.
 
-``ALGORITHMS`` maps config names to classes; :func:`build_algorithm` makes one from a
-:class:`~nettrain.config.RunConfig`.
+``ALGORITHMS`` maps config names to classes; each class reads its own settings from a
+:class:`~nettrain.config.RunConfig` (``from_config``), and :func:`build_algorithm`
+picks the class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 from nettrain.algorithms.base import Algorithm
 from nettrain.algorithms.baselines import DPSGD, AllReduceSGD, GradientTracking, LocalSGD
+from nettrain.algorithms.next_sca import DGD, NEXT, StepRule
 from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_direction, sgd_step
+from nettrain.algorithms.surrogates import SOLVERS, SURROGATES, SurrogateConfig
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (AllReduceSGD, LocalSGD, DPSGD, GradientTracking)
+    cls.name: cls for cls in (AllReduceSGD, LocalSGD, DPSGD, GradientTracking, NEXT, DGD)
 }
 
 
-def build_algorithm(name: str, sgd: SGDConfig, *, tau: int = 4) -> Algorithm:
-    """The algorithm called ``name`` with local step ``sgd`` and its own settings."""
-    factories: dict[str, Callable[[], Algorithm]] = {
-        "allreduce": lambda: AllReduceSGD(sgd),
-        "local_sgd": lambda: LocalSGD(sgd, tau=tau),
-        "dpsgd": lambda: DPSGD(sgd),
-        "gradient_tracking": lambda: GradientTracking(sgd),
-    }
-    return factories[name]()
+def build_algorithm(cfg: Any) -> Algorithm:
+    """The algorithm named by ``cfg.algorithm``, with its settings from ``cfg``."""
+    return ALGORITHMS[cfg.algorithm].from_config(cfg)
 
 
 __all__ = [
     "ALGORITHMS",
+    "DGD",
     "DPSGD",
+    "NEXT",
+    "SOLVERS",
+    "SURROGATES",
     "Algorithm",
     "AllReduceSGD",
     "GradientTracking",
     "LocalSGD",
     "SGDConfig",
     "SGDState",
+    "StepRule",
+    "SurrogateConfig",
     "build_algorithm",
     "sgd_direction",
     "sgd_step",

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import torch
 
 from nettrain.patterns import Communicator
-from nettrain.problem.oracle import Oracle
+from nettrain.problem.oracle import Oracle, Problem
 
 
 class HasParams(Protocol):
@@ -29,6 +29,17 @@ class Algorithm(ABC, Generic[S]):
     """A synchronous round-based method: ``state_{t+1} = step(state_t, t)``."""
 
     name: ClassVar[str]
+    default_batch_size: ClassVar[int] = 16  # used when the config says batch_size=-1
+    records_objective: ClassVar[bool] = False  # record the social objective by default
+    stability_hint: ClassVar[str] = "Lower the learning rate (lr=) or the momentum"
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg: Any) -> Algorithm:
+        """The algorithm with the settings of a :class:`~nettrain.config.RunConfig`."""
+
+    def check(self, problem: Problem) -> None:
+        """Raise a ConfigError if this algorithm cannot train ``problem`` (before any work)."""
 
     @abstractmethod
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> S:

@@ -35,6 +35,10 @@ class AllReduceSGD(Algorithm[SGDRunState]):
     sgd: SGDConfig
     name = "allreduce"
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> AllReduceSGD:
+        return cls(SGDConfig.from_config(cfg))
+
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> SGDRunState:
         return SGDRunState(x0, SGDState())
 
@@ -57,6 +61,10 @@ class LocalSGD(Algorithm[SGDRunState]):
     sgd: SGDConfig
     tau: int = 4
     name = "local_sgd"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> LocalSGD:
+        return cls(SGDConfig.from_config(cfg), tau=cfg.tau)
 
     def __post_init__(self) -> None:
         if self.tau < 1:
@@ -85,6 +93,10 @@ class DPSGD(Algorithm[SGDRunState]):
 
     sgd: SGDConfig
     name = "dpsgd"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> DPSGD:
+        return cls(SGDConfig.from_config(cfg))
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> SGDRunState:
         return SGDRunState(x0, SGDState())
@@ -119,6 +131,10 @@ class GradientTracking(Algorithm[TrackingState]):
 
     sgd: SGDConfig
     name = "gradient_tracking"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> GradientTracking:
+        return cls(SGDConfig.from_config(cfg))
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> TrackingState:
         _, g = oracle.grad(x0)

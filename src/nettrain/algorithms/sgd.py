@@ -19,6 +19,7 @@ over memory, not the arithmetic, dominate a round. It works elementwise, so a st
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -33,6 +34,11 @@ class SGDConfig:
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SGDConfig:
+        """The local step of a :class:`~nettrain.config.RunConfig`."""
+        return cls(cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
 
     def __post_init__(self) -> None:
         if not self.lr > 0:

@@ -9,6 +9,7 @@ import torch
 
 from nettrain.algorithms.base import Algorithm
 from nettrain.engines.sim.clock import CostModel
+from nettrain.evaluation import model_metrics
 from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder
 from nettrain.topology import Topology
@@ -29,11 +30,17 @@ class Job:
     eval_every: int
     cost: CostModel
     eval_agents: int = 0  # 0 = evaluate every agent
+    train_objective: bool = False  # records carry the social objective on the training set
     progress: bool = False
 
     @property
     def n_agents(self) -> int:
         return len(self.shards)
+
+    def metrics(self, x: torch.Tensor) -> dict[str, Any]:
+        """What a record says about every agent's parameters ``x: (n, d)``."""
+        shards = self.shards if self.train_objective else None
+        return model_metrics(self.problem, x, self.eval_agents, shards)
 
 
 @dataclass(frozen=True)

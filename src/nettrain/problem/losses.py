@@ -1,7 +1,7 @@
 """Per-sample losses and regularisers.
 
 Losses map ``(outputs (B, k), targets (B,)) -> (B,)``. Regularisers are convex
-``r(x)`` on the flat vector with a (sub)gradient; the NEXT issue adds their proxes.
+``r(x)`` on the flat vector with a (sub)gradient and a proximal operator.
 """
 
 from __future__ import annotations
@@ -69,3 +69,15 @@ class Regularizer:
         if self.kind == "l1":
             return self.lam * torch.sign(x)
         return torch.zeros_like(x)
+
+    def prox(self, v: torch.Tensor, step: float | torch.Tensor) -> torch.Tensor:
+        """``prox_{step*r}(v) = argmin_x r(x) + ||x - v||^2 / (2 step)``, elementwise.
+
+        l2: ``v / (1 + 2 lam step)``; l1: soft-thresholding ``sign(v) max(|v| - lam step, 0)``,
+        which sets small coordinates exactly to zero; none: ``v``.
+        """
+        if self.kind == "l2":
+            return v / (1 + 2 * self.lam * step)
+        if self.kind == "l1":
+            return torch.sign(v) * (v.abs() - self.lam * step).clamp_min(0)
+        return v

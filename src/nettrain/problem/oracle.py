@@ -26,6 +26,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from nettrain.data import Dataset
 from nettrain.errors import ConfigError
 from nettrain.problem.flat import FlatSpec
+from nettrain.problem.linearization import Linearization
 from nettrain.problem.losses import Regularizer
 
 
@@ -192,22 +193,34 @@ class Oracle:
         return idx.to(self.x.device), w.to(self.x.device)
 
     def grad(
-        self, x: torch.Tensor, local: torch.Tensor | None = None
+        self, x: torch.Tensor, local: torch.Tensor | None = None, *, smooth: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss ``(k,)`` and gradient ``(k, d)`` of local agents ``local`` at ``x: (k, d)``.
 
         ``local`` indexes this oracle's agents (default: all of them, ``k = m``).
+        ``smooth=True`` leaves out the regulariser (methods that apply its prox).
         Each call consumes one mini-batch per agent and counts its samples.
         """
         if local is None:
             local = torch.arange(self.m)
         idx, w = self._sample(local)
         g, loss = self._grad(x, self.x[idx], self.y[idx], w)  # (k, d), (k,)
-        if self.with_regularizer and self.problem.regularizer.kind != "none":
+        if not smooth and self.with_regularizer and self.problem.regularizer.kind != "none":
             loss = loss + self.problem.regularizer.value(x)
             g = g + self.problem.regularizer.grad(x)
         self.meter.samples[local] += (w > 0).sum(1).cpu()
         return loss.detach(), g.detach()
+
+    def linearize(self, x: torch.Tensor, local: torch.Tensor | None = None) -> Linearization:
+        """The network linearised at ``x: (k, d)`` on each agent's next batch (no regulariser).
+
+        Consumes and counts one batch per agent, like :meth:`grad`.
+        """
+        if local is None:
+            local = torch.arange(self.m)
+        idx, w = self._sample(local)
+        self.meter.samples[local] += (w > 0).sum(1).cpu()
+        return Linearization.at(self.problem, x, self.x[idx], self.y[idx], w)
 
     def rng_state(self) -> list[torch.Tensor]:
         """Every local agent's generator state, for checkpoints."""

@@ -62,3 +62,36 @@ def plot_runs(
 def plot_run(records: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """The plot of one run (see :func:`plot_runs`)."""
     return plot_runs({title or "run": records}, path, title)
+
+
+def plot_metrics(
+    runs: Mapping[str, Sequence[dict[str, Any]]],
+    panels: Sequence[tuple[str, str, bool]],
+    path: str | Path,
+    title: str = "",
+    x: tuple[str, str] = ("round", "iteration"),
+) -> Path:
+    """One panel per ``(key, label, log_scale)`` against ``x``, one line per run.
+
+    Runs whose records lack a key are left out of that panel.
+    """
+    fig = Figure(figsize=(4.2 * len(panels), 3.8), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    xkey, xlabel = x
+    for ax, (key, label, log) in zip(axes, panels, strict=True):
+        for name, records in runs.items():
+            points = [(r[xkey], r[key]) for r in records if r.get(key) is not None]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, [max(v, 1e-30) for v in ys] if log else ys, label=name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    return Path(path)

@@ -34,7 +34,6 @@ from nettrain.engines.distributed.comm import DistCommunicator, PeerError, guard
 from nettrain.engines.sim.clock import VirtualClock
 from nettrain.engines.sim.engine import _status, check_finite, traffic_fields
 from nettrain.errors import ConfigError, DivergenceError
-from nettrain.evaluation import model_metrics
 from nettrain.progress import progress_bar
 from nettrain.recording import RunFolder
 
@@ -186,7 +185,7 @@ class DistributedEngine:
                 begin = time.perf_counter()
                 state, loss = job.algorithm.step(state, t, oracle, comm)
                 losses, round_s = account(loss, time.perf_counter() - begin)
-                check_finite(losses, t)
+                check_finite(losses, t, job.algorithm.stability_hint)
                 status = ""
                 if (t + 1) % job.eval_every == 0 or t + 1 == job.rounds:
                     everyone = gather_state(state, gather)  # every agent's state, (n, ...)
@@ -199,7 +198,7 @@ class DistributedEngine:
                             "round_wall_time_s": round_s,
                             **traffic_fields(totals),
                             "train_loss": float(losses.mean()),
-                            **model_metrics(problem, everyone.x, job.eval_agents),
+                            **job.metrics(everyone.x),
                             **job.algorithm.diagnostics(everyone),
                         }
                         folder.append(record)

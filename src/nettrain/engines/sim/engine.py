@@ -18,9 +18,10 @@ from nettrain.engines.base import Job, RunResult
 from nettrain.engines.sim.clock import VirtualClock
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.errors import DivergenceError
-from nettrain.evaluation import model_metrics
 from nettrain.progress import progress_bar
 from nettrain.recording import RunFolder
+
+SGD_HINT = "Lower the learning rate (lr=) or the momentum"
 
 
 class SimEngine:
@@ -51,7 +52,7 @@ class SimEngine:
             for t in range(job.rounds):
                 state, loss = job.algorithm.step(state, t, oracle, comm)
                 account()
-                check_finite(loss, t)
+                check_finite(loss, t, job.algorithm.stability_hint)
                 status = ""
                 if (t + 1) % job.eval_every == 0 or t + 1 == job.rounds:
                     record = {
@@ -61,7 +62,7 @@ class SimEngine:
                         "wall_time_s": time.perf_counter() - start,
                         **traffic_fields(totals),
                         "train_loss": float(loss.mean()),
-                        **model_metrics(problem, state.x, job.eval_agents),
+                        **job.metrics(state.x),
                         **job.algorithm.diagnostics(state),
                     }
                     folder.append(record)
@@ -81,7 +82,7 @@ def traffic_fields(totals: dict[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
-def check_finite(loss: torch.Tensor, t: int) -> None:
+def check_finite(loss: torch.Tensor, t: int, hint: str = SGD_HINT) -> None:
     """Stop a diverged run with a message that names the round, the agents and the fix."""
     bad = ~torch.isfinite(loss)
     if bool(bad.any()):
@@ -89,8 +90,7 @@ def check_finite(loss: torch.Tensor, t: int) -> None:
         shown = ", ".join(map(str, agents[:8])) + (" ..." if len(agents) > 8 else "")
         raise DivergenceError(
             f"the run diverged at round {t + 1}: the training loss of agent(s) {shown} is "
-            f"{float(loss[agents[0]])}. Lower the learning rate (lr=), add momentum damping, "
-            "or check the data for NaN"
+            f"{float(loss[agents[0]])}. {hint}, or check the data for NaN"
         )
 
 

@@ -1,0 +1,19 @@
+"""``nettrain reproduce NAME``: one command per paper, checking its claims at small scale.
+
+Each experiment runs its configurations through :func:`nettrain.experiment.run` (every
+run leaves an ordinary run folder), draws its plots, and returns a list of
+:class:`~nettrain.reproduce.claims.Claim` written to ``DIR/claims.json``; the command
+exits 0 only if every claim holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from nettrain.reproduce import next_sca
+from nettrain.reproduce.claims import Claim, write_claims
+
+EXPERIMENTS: dict[str, Callable[..., list[Claim]]] = {"next": next_sca.reproduce}
+
+__all__ = ["EXPERIMENTS", "Claim", "Path", "write_claims"]

@@ -1,0 +1,115 @@
+"""QSGD: unbiased, within the paper's variance bound, seeded, levels in range."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nettrain.compression import QSGD
+from nettrain.errors import ConfigError
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def scale_of(x: torch.Tensor, norm: str) -> torch.Tensor:
+    return x.norm(dim=-1) if norm == "l2" else x.abs().amax(dim=-1)
+
+
+@pytest.mark.parametrize(("bits", "norm"), [(1, "l2"), (2, "l2"), (3, "linf")])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_unbiased(bits, norm, dtype):
+    """Mean of ``n`` independent decodes is within the Hoeffding radius of ``x``.
+
+    Each decode of coordinate ``i`` takes one of two values ``c/s`` apart, so
+    ``P(|mean_i - x_i| >= t) <= 2 exp(-2 n t^2 / (c/s)^2)``; over ``d`` coordinates the
+    chance that any exceeds ``t = (c/s) sqrt(log(2 d / delta) / (2 n))`` is below ``delta``.
+    """
+    qsgd, n, d, delta = QSGD(bits=bits, norm=norm), 20_000, 64, 1e-6
+    x = torch.randn(d, generator=gen(0), dtype=torch.float64).to(dtype)
+    stack = x.expand(n, d)  # n agents holding the same vector: n independent draws
+
+    x_hat, _ = qsgd.roundtrip(stack, generator=gen(1))
+
+    width = float(scale_of(x.double(), norm)) / qsgd.levels
+    t = width * math.sqrt(math.log(2 * d / delta) / (2 * n))
+    assert t < width / 20  # far below the bias of deterministic rounding (up to width/2)
+    assert (x_hat.double().mean(0) - x.double()).abs().max() < t
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_variance_within_the_papers_bound(bits):
+    """``E ||x_hat - x||^2 = sum_i (c/s)^2 p_i (1 - p_i) <= min(d/s^2, sqrt(d)/s) ||x||^2``.
+
+    (Alistarh et al. 2017, Lemma 3.1.) The empirical mean over ``n`` draws matches the exact
+    variance within 6 standard errors, and both are within the bound.
+    """
+    qsgd, n, d = QSGD(bits=bits), 4000, 100
+    x = torch.randn(d, generator=gen(2), dtype=torch.float64)
+    s, c = qsgd.levels, float(x.norm())
+    r = s * x.abs() / c
+    p = r - r.floor()
+    exact = float(((c / s) ** 2 * p * (1 - p)).sum())
+    bound = min(d / s**2, math.sqrt(d) / s) * c**2
+
+    x_hat, _ = qsgd.roundtrip(x.expand(n, d), generator=gen(3))
+    sq_err = (x_hat - x).square().sum(1)  # (n,)
+
+    stderr = float(sq_err.std()) / math.sqrt(n)
+    assert abs(float(sq_err.mean()) - exact) < 6 * stderr
+    assert exact <= bound
+    assert float(sq_err.mean()) <= bound
+
+
+def test_linf_scaling_variance_bound():
+    """With max scaling each coordinate's variance is at most ``(c/s)^2 / 4``."""
+    qsgd, n, d = QSGD(bits=3, norm="linf"), 4000, 100
+    x = torch.randn(d, generator=gen(4), dtype=torch.float64)
+    x_hat, _ = qsgd.roundtrip(x.expand(n, d), generator=gen(5))
+    per_coord = (x_hat - x).square().mean(0)  # (d,)
+    cap = (float(x.abs().max()) / qsgd.levels) ** 2 / 4
+    assert (per_coord <= 1.2 * cap).all()  # 4000 draws: relative error of each mean ~ 3%
+    assert float((x_hat - x).square().sum(1).mean()) <= d * cap
+
+
+def test_same_seed_same_bits_and_no_global_rng():
+    qsgd = QSGD(bits=4)
+    x = torch.randn(5, 300, generator=gen(6))
+    before = torch.random.get_rng_state()
+    a, b = qsgd.encode(x, generator=gen(7)), qsgd.encode(x, generator=gen(7))
+    c = qsgd.encode(x, generator=gen(8))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert torch.equal(a.codes, b.codes)
+    assert torch.equal(a.scale, b.scale)
+    assert not torch.equal(a.codes, c.codes)
+
+
+def test_needs_a_generator():
+    with pytest.raises(ConfigError, match=r"generator=torch\.Generator"):
+        QSGD().encode(torch.ones(2, 3))
+
+
+@pytest.mark.parametrize(("bits", "dtype"), [(1, torch.int8), (7, torch.int8), (8, torch.int16)])
+def test_levels_in_range_and_scale_bounds_every_coordinate(bits, dtype):
+    qsgd = QSGD(bits=bits, norm="linf")
+    # float64 values whose max is not a float32 number: the scale must round up
+    x = torch.randn(6, 200, generator=gen(9), dtype=torch.float64) * (1 + 2.0**-40)
+    payload = qsgd.encode(x, generator=gen(10))
+    assert payload.codes.dtype == dtype
+    assert payload.scale.dtype == torch.float32
+    assert (payload.scale.double() >= x.abs().amax(1)).all()
+    assert int(payload.codes.abs().max()) <= qsgd.levels
+    assert int(payload.codes.abs().max()) == qsgd.levels  # the largest coordinate
+    assert (payload.codes.to(torch.int64) * x.sign().to(torch.int64) >= 0).all()  # no flips
+
+
+def test_zero_rows_decode_to_zero():
+    x = torch.zeros(3, 10)
+    x[1] = torch.arange(10.0)
+    x_hat, _ = QSGD(bits=2).roundtrip(x, generator=gen(11))
+    assert torch.isfinite(x_hat).all()
+    assert torch.equal(x_hat[0], torch.zeros(10))
+    assert torch.equal(x_hat[2], torch.zeros(10))
