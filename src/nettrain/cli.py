@@ -1,6 +1,7 @@
 """The ``nettrain`` command line.
 
     nettrain run [CONFIG.toml] [key=value ...] [--out DIR]
+    nettrain run --resume DIR [key=value ...]
     nettrain compare [CONFIG.toml] [key=value ...] [--algorithms a,b,...] [--out DIR]
     nettrain topology KIND --agents N [--weights W] [--schedule S] [--json]
     nettrain keys [--markdown]
@@ -47,6 +48,15 @@ def _default_out(kind: str) -> Path:
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from nettrain.experiment import run
 
+    if args.resume:
+        from nettrain.experiment import resume
+
+        if args.items and "=" not in args.items[0]:
+            raise ConfigError("--resume DIR takes key=value overrides, not a config file")
+        result = resume(args.resume, parse_overrides(args.items))
+        console.print(summary_table([result.summary], title=result.summary["label"]))
+        console.print(f"run folder: {args.resume}")
+        return 0
     cfg = _config(args.items)
     out = Path(args.out) if args.out else _default_out(cfg.algorithm)
     rank = os.environ.get("RANK")
@@ -171,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one configuration and write a run folder")
     p.add_argument("items", nargs="*", help=items_help)
     p.add_argument("--out", help="run folder (default runs/<time>-<algorithm>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint.pt")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compare", help="run several algorithms on one problem")

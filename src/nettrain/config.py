@@ -68,6 +68,9 @@ class RunConfig:
         0, "agents evaluated individually for mean/worst agent accuracy; 0 = all"
     )
     progress: bool = key(True, "show a progress bar on the terminal")
+    checkpoint_every: int = key(
+        0, "rounds between checkpoints (checkpoint.pt in the run folder, for --resume); 0 = none"
+    )
     # --- data and model ---
     dataset: str = key("digits", "data set (fashion_mnist reads the IDX files)", DATASETS)
     data_dir: str = key("", "folder of the Fashion-MNIST IDX files; empty = Debian's folder")
@@ -176,6 +179,7 @@ class RunConfig:
             "latency_s",
             "edge_prob",
             "nproc",
+            "checkpoint_every",
         )
         for name in nonneg:
             if getattr(self, name) < 0:
@@ -208,6 +212,11 @@ class RunConfig:
                 f"engine=distributed runs one agent per process: nproc={self.nproc} but "
                 f"agents={self.agents}; set nproc={self.agents} (or nproc=0 under torchrun)"
             )
+        if self.checkpoint_every and self.engine != "sim":
+            raise ConfigError(
+                "checkpoint_every is implemented for engine=sim; the distributed engine "
+                "cannot resume yet (set checkpoint_every=0)"
+            )
         if self.schedule == "edge_drop" and self.drop_prob == 0:
             raise ConfigError("schedule=edge_drop needs drop_prob > 0 (e.g. drop_prob=0.3)")
 
@@ -219,6 +228,25 @@ class RunConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+# What a resumed run may not change: the problem, the agents and the state's shape.
+FROZEN_ON_RESUME = (
+    "algorithm",
+    "engine",
+    "agents",
+    "seed",
+    "device",
+    "dtype",
+    "dataset",
+    "data_dir",
+    "train_samples",
+    "test_fraction",
+    "partition",
+    "classes_per_agent",
+    "dirichlet_alpha",
+    "model",
+    "hidden",
+    "loss",
+)
 _TYPES = typing.get_type_hints(RunConfig)
 
 

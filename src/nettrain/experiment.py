@@ -12,20 +12,22 @@ compare``::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nettrain.algorithms import build_algorithm
-from nettrain.config import RunConfig
+from nettrain.checkpoint import Checkpoint
+from nettrain.config import FROZEN_ON_RESUME, RunConfig, coerce, load_config
 from nettrain.data import load_dataset, partition
 from nettrain.engines.base import Engine, Job, RunResult
 from nettrain.engines.distributed.engine import DistributedEngine
 from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.engine import SimEngine
-from nettrain.errors import ConfigError
+from nettrain.errors import ConfigError, DataError
 from nettrain.problem.flat import matmul_flops_per_sample
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
@@ -124,18 +126,25 @@ def build_job(cfg: RunConfig) -> Job:
         cost=build_cost_model(cfg, problem),
         eval_agents=cfg.eval_agents,
         train_objective=cfg.train_objective or algorithm.records_objective,
+        checkpoint_every=cfg.checkpoint_every,
         progress=cfg.progress,
     )
 
 
-def run(cfg: RunConfig, out: str | Path | None = None) -> RunResult:
-    """Run one configuration; with ``out``, write the run folder as the run goes."""
+def run(
+    cfg: RunConfig, out: str | Path | None = None, checkpoint: Checkpoint | None = None
+) -> RunResult:
+    """Run one configuration; with ``out``, write the run folder as the run goes.
+
+    With ``checkpoint`` (see :func:`resume`), continue from it in the folder ``out``.
+    """
     engine = build_engine(cfg)  # before the job: it may pick this process's device
     job = build_job(cfg)
     # Only the main process of a multi-process engine writes the run folder.
-    folder = RunFolder(out if getattr(engine, "is_main", True) else None)
+    keep = checkpoint.records if checkpoint is not None else None
+    folder = RunFolder(out if getattr(engine, "is_main", True) else None, keep=keep)
     folder.write_config(cfg.to_dict())
-    result = engine.run(job, folder)
+    result = engine.run(job, folder, checkpoint) if checkpoint else engine.run(job, folder)
     summary = summarize(
         result.records,
         label=f"{cfg.algorithm} on {cfg.topology} ({cfg.agents} agents, {cfg.dataset})",
@@ -152,6 +161,33 @@ def run(cfg: RunConfig, out: str | Path | None = None) -> RunResult:
     )
     folder.finish(summary, result.x)
     return dataclasses.replace(result, summary=summary)
+
+
+def resume(out: str | Path, overrides: Mapping[str, Any] = ()) -> RunResult:
+    """Continue the run in folder ``out`` from its ``checkpoint.pt``.
+
+    ``overrides`` may change anything but what defines the problem and the state
+    (:data:`~nettrain.config.FROZEN_ON_RESUME`), e.g. a larger ``rounds``. With no change
+    but ``rounds``, the final parameters equal those of an uninterrupted run.
+    """
+    folder = Path(out)
+    if not (folder / "config.json").is_file():
+        raise DataError(f"{folder} is not a run folder (no config.json); nothing to resume")
+    saved = load_config(json.loads((folder / "config.json").read_text()))
+    cfg = saved.replace(**{k: coerce(k, v) for k, v in dict(overrides).items()})
+    changed = [k for k in FROZEN_ON_RESUME if getattr(cfg, k) != getattr(saved, k)]
+    if changed:
+        raise ConfigError(
+            f"a resumed run cannot change {', '.join(changed)} (it defines the problem or "
+            "the state); start a new run instead"
+        )
+    checkpoint = Checkpoint.load(folder)
+    if checkpoint.round >= cfg.rounds:
+        raise ConfigError(
+            f"the checkpoint is at round {checkpoint.round} and rounds={cfg.rounds}: "
+            f"nothing left to run; resume with rounds= larger than {checkpoint.round}"
+        )
+    return run(cfg, folder, checkpoint)
 
 
 def compare(

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from nettrain.checkpoint import Checkpoint
+
 SUMMARY_FROM_RECORD = (
     "test_accuracy",
     "test_loss",
@@ -63,12 +65,34 @@ def read_records(folder: str | Path) -> list[dict[str, Any]]:
 class RunFolder:
     """Where a run writes what it produces; ``path=None`` keeps records in memory."""
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, keep: int | None = None) -> None:
+        """A fresh folder, or with ``keep``, an existing one whose first ``keep`` records stay
+        (a resumed run drops the records written after its checkpoint)."""
         self.path = Path(path) if path is not None else None
         self.records: list[dict[str, Any]] = []
+        if self.path is None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        metrics = self.path / "metrics.jsonl"
+        if keep is not None and metrics.is_file():
+            self.records = read_records(self.path)[:keep]
+        lines = "".join(json.dumps(r) + "\n" for r in self.records)
+        tmp = metrics.with_suffix(".jsonl.tmp")
+        tmp.write_text(lines)
+        os.replace(tmp, metrics)
+
+    def checkpoint(self, ckpt: Checkpoint) -> None:
         if self.path is not None:
-            self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / "metrics.jsonl").write_text("")
+            ckpt.save(self.path)
+
+    def checkpoint_hint(self, saved_round: int | None) -> str:
+        """What to tell a user whose run stopped: where the last good checkpoint is."""
+        if self.path is None or saved_round is None:
+            return ""
+        return (
+            f". The last good checkpoint (round {saved_round}) is kept in {self.path}; "
+            f"continue it with `nettrain run --resume {self.path} KEY=VALUE ...`"
+        )
 
     def write_config(self, config: dict[str, Any]) -> None:
         if self.path is not None:

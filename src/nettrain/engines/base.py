@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import torch
 
 from nettrain.algorithms.base import Algorithm
+from nettrain.checkpoint import Checkpoint
 from nettrain.engines.sim.clock import CostModel
 from nettrain.evaluation import model_metrics
 from nettrain.problem.oracle import Problem
@@ -31,6 +32,7 @@ class Job:
     cost: CostModel
     eval_agents: int = 0  # 0 = evaluate every agent
     train_objective: bool = False  # records carry the social objective on the training set
+    checkpoint_every: int = 0  # rounds between checkpoints; 0 = none
     progress: bool = False
 
     @property
@@ -53,4 +55,4 @@ class RunResult:
 class Engine(Protocol):
     name: str
 
-    def run(self, job: Job, folder: RunFolder) -> RunResult: ...
+    def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult: ...

@@ -1,8 +1,9 @@
 """``nettrain reproduce next``: the claims of Scardapane and Di Lorenzo (2017) at small scale.
 
 10 agents on an Erdős–Rényi graph train a one-hidden-layer MLP (16 units) with full
-local batches on scikit-learn's diabetes (squared loss + l2), breast cancer and
-digits (cross-entropy + l2, label-skewed shards), and digits with l1. Methods: NEXT
+local batches on scikit-learn's diabetes (squared loss + l2), breast cancer
+(cross-entropy + l2), digits (cross-entropy + l2, label-skewed shards: two classes
+per agent) and digits with l1. Methods: NEXT
 with each surrogate that fits the loss, DGD (no tracking, same step) and, for every
 surrogate, its centralised counterpart: the same iteration on the complete graph with
 uniform weights, where every agent holds the exact average after each round (for the
@@ -58,6 +59,7 @@ class Setting:
     title: str
     overrides: dict[str, Any]
     surrogates: tuple[str, ...]
+    rounds: tuple[int, int]  # (quick, full)
     dgd: bool = True
     blocks: tuple[str, ...] = field(default=())  # surrogates also run with 2 blocks
 
@@ -74,7 +76,7 @@ class Setting:
         return out
 
 
-CLASSIFICATION = {"loss": "cross_entropy", "prox_tau": 0.3, "partition": "shards"}
+CLASSIFICATION = {"loss": "cross_entropy", "prox_tau": 0.3}
 SETTINGS = (
     Setting(
         "diabetes",
@@ -82,28 +84,32 @@ SETTINGS = (
         {"dataset": "diabetes", "loss": "squared", "regularizer": "l2", "reg_lambda": 1e-3}
         | {"prox_tau": 1.5},
         ("linear", "gauss_newton"),
+        rounds=(600, 2000),
         blocks=("gauss_newton",),
     ),
     Setting(
         "breast_cancer",
         "breast cancer: cross-entropy + l2",
-        CLASSIFICATION | {"dataset": "breast_cancer", "classes_per_agent": 1}
+        CLASSIFICATION | {"dataset": "breast_cancer", "partition": "iid"}
         | {"regularizer": "l2", "reg_lambda": 1e-3},
         ("linear", "cross_entropy"),
+        rounds=(600, 2000),
     ),
     Setting(
         "digits",
         "digits: cross-entropy + l2",
-        CLASSIFICATION | {"dataset": "digits", "classes_per_agent": 2}
+        CLASSIFICATION | {"dataset": "digits", "partition": "shards", "classes_per_agent": 2}
         | {"regularizer": "l2", "reg_lambda": 1e-3},
         ("linear", "cross_entropy"),
+        rounds=(300, 1500),
     ),
     Setting(
         "digits_l1",
         "digits: cross-entropy + l1",
-        CLASSIFICATION | {"dataset": "digits", "classes_per_agent": 2}
+        CLASSIFICATION | {"dataset": "digits", "partition": "shards", "classes_per_agent": 2}
         | {"regularizer": "l1", "reg_lambda": 3e-3},
         ("linear",),
+        rounds=(300, 1500),
         dgd=False,
     ),
 )  # fmt: skip
@@ -118,13 +124,14 @@ PANELS = (
 
 def reproduce(out: Path, *, quick: bool = False, seed: int = 0, console: Console) -> list[Claim]:
     """Run every setting, write run folders, plots and ``summary.csv``; return the claims."""
-    rounds, eval_every = (600, 20) if quick else (2000, 25)
+    eval_every = 10 if quick else 25
     results: dict[str, dict[str, Records]] = {}
     rows = []
     for setting in SETTINGS:
         results[setting.name] = {}
         for label, extra in setting.methods().items():
             values = BASE | setting.overrides | extra
+            rounds = setting.rounds[0 if quick else 1]
             cfg = load_config(values | {"rounds": rounds, "eval_every": eval_every, "seed": seed})
             folder = out / setting.name / label.replace(" ", "_").replace("=", "")
             result = run(cfg, folder)

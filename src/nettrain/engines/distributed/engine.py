@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nettrain.checkpoint import Checkpoint
 from nettrain.engines.base import Job, RunResult
 from nettrain.engines.distributed.comm import DistCommunicator, PeerError, guarded
 from nettrain.engines.sim.clock import VirtualClock
@@ -145,7 +146,9 @@ class DistributedEngine:
                 dist.barrier()  # without it gloo may abort a peer still in its last call
             dist.destroy_process_group()
 
-    def run(self, job: Job, folder: RunFolder) -> RunResult:
+    def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
+        if resume is not None:
+            raise ConfigError("resuming is implemented for engine=sim; rerun from the start")
         with self._process_group(job.n_agents, job.x0.device) as rank:
             return self._run(job, folder, rank)
 

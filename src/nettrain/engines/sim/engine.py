@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from nettrain.checkpoint import Checkpoint, load_state, state_dict
 from nettrain.engines.base import Job, RunResult
 from nettrain.engines.sim.clock import VirtualClock
 from nettrain.engines.sim.comm import SimCommunicator
@@ -29,7 +30,8 @@ class SimEngine:
 
     name = "sim"
 
-    def run(self, job: Job, folder: RunFolder) -> RunResult:
+    def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
+        """Run ``job``; with ``resume``, continue from that checkpoint's round."""
         n, problem = job.n_agents, job.problem
         x = job.x0.expand(n, -1).clone()  # (n, d)
         comm = SimCommunicator(job.topology, x.device, x.dtype)
@@ -47,12 +49,23 @@ class SimEngine:
         start = time.perf_counter()
         state = job.algorithm.init(x, oracle, comm)
         account()  # the initial gradients of tracking methods are work too
+        first, saved = 0, None
+        if resume is not None:  # the fresh state is the template the saved one fills
+            state = load_state(state, resume.state)
+            oracle.set_rng_state(resume.rng)
+            clock.now, totals = resume.clock, dict(resume.totals)
+            first, saved = resume.round, resume.round
+            start -= resume.wall_time_s
         loss = torch.zeros(n)
         with progress_bar(job.rounds, f"{job.algorithm.name} x{n}", job.progress) as advance:
-            for t in range(job.rounds):
+            advance(first, "")
+            for t in range(first, job.rounds):
                 state, loss = job.algorithm.step(state, t, oracle, comm)
                 account()
-                check_finite(loss, t, job.algorithm.stability_hint)
+                try:
+                    check_finite(loss, t, job.algorithm.stability_hint)
+                except DivergenceError as err:
+                    raise DivergenceError(f"{err}{folder.checkpoint_hint(saved)}") from None
                 status = ""
                 if (t + 1) % job.eval_every == 0 or t + 1 == job.rounds:
                     record = {
@@ -67,6 +80,19 @@ class SimEngine:
                     }
                     folder.append(record)
                     status = _status(record)
+                if job.checkpoint_every and (t + 1) % job.checkpoint_every == 0:
+                    folder.checkpoint(
+                        Checkpoint(
+                            round=t + 1,
+                            state=state_dict(state),
+                            rng=oracle.rng_state(),
+                            clock=clock.now,
+                            totals=totals,
+                            records=len(folder.records),
+                            wall_time_s=time.perf_counter() - start,
+                        )
+                    )
+                    saved = t + 1
                 advance(1, status)
         return RunResult(state.x, folder.records)
 
