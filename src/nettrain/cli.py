@@ -98,14 +98,28 @@ def launch_torchrun(nproc: int, cfg: RunConfig, items: Sequence[str], out: Path)
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from nettrain.experiment import compare
+    from nettrain.experiment import compare, write_comparison
+    from nettrain.recording import read_records
 
     cfg = _config(args.items)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     for name in algorithms:
         cfg.replace(algorithm=name)  # validates every name before any run starts
     out = Path(args.out) if args.out else _default_out("compare")
-    summaries = compare(cfg, algorithms, out)
+    if cfg.engine == "distributed" and os.environ.get("RANK") is None:
+        summaries = []
+        for k, name in enumerate(algorithms):
+            # One torchrun per algorithm; a fresh port each, so no launch waits on the last.
+            items = [*args.items, f"algorithm={name}", f"master_port={cfg.master_port + k}"]
+            code = launch_torchrun(cfg.nproc or cfg.agents, cfg, items, out / name)
+            if code != 0:
+                console.print(f"the run of {name} failed (torchrun exit code {code})")
+                return code
+            summaries.append(json.loads((out / name / "summary.json").read_text()))
+        curves = {name: read_records(out / name) for name in algorithms}
+        write_comparison(cfg, summaries, curves, out)
+    else:
+        summaries = compare(cfg, algorithms, out)
     title = f"{cfg.dataset}: {cfg.agents} agents on {cfg.topology}, {cfg.rounds} rounds"
     console.print(summary_table(summaries, title=title))
     console.print(f"table: {out / 'summary.csv'}   plot: {out / 'compare.png'}")

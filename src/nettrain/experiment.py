@@ -203,7 +203,17 @@ def compare(
         summaries.append(result.summary)
         curves[name] = result.records
     if out is not None:
-        write_csv(summaries, Path(out) / "summary.csv")
-        title = f"{cfg.dataset}, {cfg.agents} agents on {cfg.topology} ({cfg.partition})"
-        plot_runs(curves, Path(out) / "compare.png", title=title)
+        write_comparison(cfg, summaries, curves, Path(out))
     return summaries
+
+
+def write_comparison(
+    cfg: RunConfig,
+    summaries: Sequence[dict[str, Any]],
+    curves: Mapping[str, Sequence[dict[str, Any]]],
+    out: Path,
+) -> None:
+    """``summary.csv`` (one row per run) and ``compare.png`` in ``out``."""
+    write_csv(summaries, out / "summary.csv")
+    title = f"{cfg.dataset}, {cfg.agents} agents on {cfg.topology} ({cfg.partition})"
+    plot_runs(curves, out / "compare.png", title=title)

@@ -108,3 +108,19 @@ def test_regularizers() -> None:
     assert torch.equal(Regularizer("l2", 0.5).grad(x), x)
     with pytest.raises(ConfigError, match="reg_lambda"):
         Regularizer("l2", -1.0)
+
+
+def test_squared_loss_on_class_labels_runs_under_vmap() -> None:
+    """``loss=squared`` on a classification set regresses one-hot targets, in the oracle."""
+    problem = classification_problem()
+    problem.loss = get_loss("squared")
+    oracle = problem.oracle(iid_shards(90, 3), range(3), batch_size=0, seed=0)
+    x = problem.initial_params(0).expand(3, -1).clone()
+    loss, _ = oracle.grad(x, smooth=True)
+    data = problem.data
+    for i, shard in enumerate(iid_shards(90, 3)):
+        out = torch.func.functional_call(
+            problem.model, problem.spec.unflatten(x[i]), (data.x_train[shard],)
+        )
+        target = torch.eye(3, dtype=torch.float64)[data.y_train[shard]]
+        assert loss[i] == pytest.approx(float(0.5 * (out - target).square().sum(1).mean()))

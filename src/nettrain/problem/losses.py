@@ -25,7 +25,8 @@ def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def squared(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``||out - t||^2 / 2`` per sample; ``t`` is one-hot for class labels."""
     if y.dtype in (torch.int64, torch.int32):
-        t = F.one_hot(y, out.shape[-1]).to(out.dtype)
+        classes = torch.arange(out.shape[-1], device=out.device)
+        t = (y[..., None] == classes).to(out.dtype)  # one-hot; F.one_hot cannot run under vmap
     else:
         t = y.reshape(out.shape).to(out.dtype)
     return 0.5 * (out - t).square().sum(-1)
