@@ -11,8 +11,10 @@ process (interleaved repetitions, median), after a warm-up:
 * ``B=2, 2 block threads``: ``torch.set_num_threads(1)``, the two blocks on a pool;
 * ``B=1, 2 torch threads``: for context, torch's own intra-op parallelism.
 
-CPU use is ``process_time / wall time`` over the measured iterations (> 1 means more
-than one core was busy). Run: ``python benchmarks/next_blocks.py [--reps 5 --iters 5]``.
+Each variant is timed twice: the whole NEXT step (linearisation, Jacobian, solve,
+mixing, gradient), and the blocks' solves alone (``J_c^T W J_c`` and its Cholesky on a
+fixed linearisation). CPU use is ``process_time / wall time`` over the measured
+iterations (> 1 means more than one core was busy). Run: ``python benchmarks/next_blocks.py [--reps 5 --iters 5]``.
 The last line is a JSON object.
 """
 
@@ -22,10 +24,12 @@ import argparse
 import json
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from nettrain.algorithms import NEXT, StepRule, SurrogateConfig
+from nettrain.algorithms.surrogates import Subproblem, _direct, block_slices
 from nettrain.config import load_config
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.experiment import build_job
@@ -75,13 +79,45 @@ def main() -> None:
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         return args.iters / wall, cpu / wall
 
+    lin = oracle.linearize(x0)
+    J = lin.jacobian()  # (m, B o, d), what the direct solver's blocks share
+    sub = Subproblem(x0, torch.zeros_like(x0), 1 / AGENTS, problem.regularizer, lin, lin.grad())
+
+    def measure_solve(blocks: int, threads: int) -> tuple[float, float]:
+        """The blocks' part alone: ``J_c^T W J_c`` and its Cholesky solve, per block."""
+        torch.set_num_threads(threads)
+        cfg = SurrogateConfig("gauss_newton", blocks=blocks, solver="direct")
+        slices = block_slices(problem.dim, blocks)
+
+        def solve(c: slice) -> torch.Tensor:
+            return _direct(cfg, sub, J[:, :, c], c)
+
+        def once() -> None:
+            if blocks == 1:
+                solve(slices[0])
+            else:
+                with ThreadPoolExecutor(blocks) as pool:
+                    list(pool.map(solve, slices))
+
+        once()
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(args.iters):
+            once()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        return args.iters / wall, cpu / wall
+
     rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
     usage: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    solve_rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    solve_usage: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(args.reps):
         for name, (blocks, threads) in VARIANTS.items():
             rate, busy = measure(blocks, threads)
             rates[name].append(rate)
             usage[name].append(busy)
+            rate, busy = measure_solve(blocks, threads)
+            solve_rates[name].append(rate)
+            solve_usage[name].append(busy)
 
     print(f"NEXT Gauss-Newton step, d={problem.dim}, {AGENTS} agents, {args.reps} reps")
     print(f"{'variant':24s} {'it/s (median)':>14s} {'min':>8s} {'max':>8s} {'CPU use':>8s}")
@@ -93,10 +129,20 @@ def main() -> None:
         key = name.split(",")[0].replace("=", "") + "_" + name.split(", ")[1].replace(" ", "_")
         result[f"it_per_s_{key}"] = med
         result[f"cpu_use_{key}"] = busy
-    per_rep = [b / a for a, b in zip(*(rates[n] for n in list(VARIANTS)[:2]), strict=True)]
-    result["speedup_B2_vs_B1"] = statistics.median(per_rep)
-    print(f"speed-up B=2 / B=1 (both 1 torch thread), median of per-rep ratios: "
-          f"{result['speedup_B2_vs_B1']:.2f}x")  # fmt: skip
+    print(f"\nthe blocks' solves alone (J_c^T W J_c + Cholesky), {AGENTS} agents")
+    for name in VARIANTS:
+        med, busy = statistics.median(solve_rates[name]), statistics.median(solve_usage[name])
+        print(f"{name:24s} {med:14.3f} {min(solve_rates[name]):8.3f} "
+              f"{max(solve_rates[name]):8.3f} {busy:8.2f}")  # fmt: skip
+        key = name.split(",")[0].replace("=", "") + "_" + name.split(", ")[1].replace(" ", "_")
+        result[f"solves_per_s_{key}"] = med
+        result[f"solve_cpu_use_{key}"] = busy
+    for label, table in (("step", rates), ("solve", solve_rates)):
+        first, second = (table[n] for n in list(VARIANTS)[:2])
+        per_rep = [b / a for a, b in zip(first, second, strict=True)]
+        result[f"{label}_speedup_B2_vs_B1"] = statistics.median(per_rep)
+        print(f"{label} speed-up B=2 / B=1 (both 1 torch thread), median of per-rep ratios: "
+              f"{statistics.median(per_rep):.2f}x")  # fmt: skip
     print(json.dumps(result))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import torch
 
 from nettrain.data import Dataset
@@ -46,3 +48,10 @@ def least_squares_optimum(
 
 def iid_shards(n_samples: int, n_agents: int) -> list[torch.Tensor]:
     return list(torch.arange(n_samples).tensor_split(n_agents))
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

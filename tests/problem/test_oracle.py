@@ -59,7 +59,10 @@ def test_vectorised_gradient_equals_per_agent_autograd(model: str) -> None:
 
 
 def test_agent_batches_do_not_depend_on_grouping() -> None:
-    """Agent 2 draws the same batches alone (one process) as in a stack of four."""
+    """Agent 2 draws the same batches alone (one process) as in a stack of four.
+
+    Alone, the gradient takes plain autograd instead of vmap: equal up to float64
+    rounding (another batch would change it at the first digit)."""
     problem = least_squares_problem(regression_data())
     shards = iid_shards(120, 4)
     stacked = problem.oracle(shards, range(4), batch_size=5, seed=7)
@@ -68,7 +71,7 @@ def test_agent_batches_do_not_depend_on_grouping() -> None:
     for _ in range(3):
         _, g_all = stacked.grad(x)
         _, g_one = alone.grad(x[2:3])
-        assert torch.equal(g_all[2:3], g_one)
+        torch.testing.assert_close(g_all[2:3], g_one, rtol=1e-12, atol=1e-12)
     other_seed = problem.oracle(shards[2:3], [2], batch_size=5, seed=8)
     assert not torch.equal(other_seed.grad(x[2:3])[1], g_one)
 

@@ -32,6 +32,7 @@ class Algorithm(ABC, Generic[S]):
     default_batch_size: ClassVar[int] = 16  # used when the config says batch_size=-1
     records_objective: ClassVar[bool] = False  # record the social objective by default
     stability_hint: ClassVar[str] = "Lower the learning rate (lr=) or the momentum"
+    uses_rpc: ClassVar[bool] = False  # the distributed engine then opens an rpc session
 
     @classmethod
     @abstractmethod

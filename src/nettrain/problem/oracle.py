@@ -204,12 +204,26 @@ class Oracle:
         if local is None:
             local = torch.arange(self.m)
         idx, w = self._sample(local)
-        g, loss = self._grad(x, self.x[idx], self.y[idx], w)  # (k, d), (k,)
+        if len(local) == 1:  # one agent (the distributed engine): plain autograd, no vmap
+            g, loss = self._single_grad(x[0], self.x[idx[0]], self.y[idx[0]], w[0])
+        else:
+            g, loss = self._grad(x, self.x[idx], self.y[idx], w)  # (k, d), (k,)
         if not smooth and self.with_regularizer and self.problem.regularizer.kind != "none":
             loss = loss + self.problem.regularizer.value(x)
             g = g + self.problem.regularizer.grad(x)
         self.meter.samples[local] += (w > 0).sum(1).cpu()
         return loss.detach(), g.detach()
+
+    def _single_grad(
+        self, x: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g (1, d), loss (1,))`` of one agent by ``torch.autograd.grad``: vmap over a single
+        agent costs about twice as much (measured in benchmarks/distributed_overhead.py)."""
+        with torch.enable_grad():
+            p = x.detach().requires_grad_(True)
+            loss = self.problem.batch_loss(p, xb, yb, wb)
+            (g,) = torch.autograd.grad(loss, p)
+        return g[None], loss.detach()[None]
 
     def linearize(self, x: torch.Tensor, local: torch.Tensor | None = None) -> Linearization:
         """The network linearised at ``x: (k, d)`` on each agent's next batch (no regulariser).

@@ -77,6 +77,7 @@ class Setting:
 
 
 CLASSIFICATION = {"loss": "cross_entropy", "prox_tau": 0.3}
+DIGITS = CLASSIFICATION | {"dataset": "digits", "partition": "shards", "classes_per_agent": 2}
 SETTINGS = (
     Setting(
         "diabetes",
@@ -91,23 +92,21 @@ SETTINGS = (
         "breast_cancer",
         "breast cancer: cross-entropy + l2",
         CLASSIFICATION | {"dataset": "breast_cancer", "partition": "iid"}
-        | {"regularizer": "l2", "reg_lambda": 1e-3},
+        | {"regularizer": "l2", "reg_lambda": 1e-2},
         ("linear", "cross_entropy"),
         rounds=(600, 2000),
     ),
     Setting(
         "digits",
         "digits: cross-entropy + l2",
-        CLASSIFICATION | {"dataset": "digits", "partition": "shards", "classes_per_agent": 2}
-        | {"regularizer": "l2", "reg_lambda": 1e-3},
+        DIGITS | {"regularizer": "l2", "reg_lambda": 1e-3},
         ("linear", "cross_entropy"),
         rounds=(300, 1500),
     ),
     Setting(
         "digits_l1",
         "digits: cross-entropy + l1",
-        CLASSIFICATION | {"dataset": "digits", "partition": "shards", "classes_per_agent": 2}
-        | {"regularizer": "l1", "reg_lambda": 3e-3},
+        DIGITS | {"regularizer": "l1", "reg_lambda": 1.5e-3},
         ("linear",),
         rounds=(300, 1500),
         dgd=False,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import free_port
 from nettrain.config import load_config
 from nettrain.engines.base import Job, RunResult
 from nettrain.engines.distributed.engine import DistributedEngine, gather_state
@@ -56,12 +56,6 @@ EXACT = (
 )
 CLOSE = ("virtual_time_s", "train_loss", "test_loss", "test_accuracy", "consensus_distance")
 SOCIAL = ("objective", "stationarity", "disagreement", "sparsity")  # NEXT's records
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(nproc: int, script: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:

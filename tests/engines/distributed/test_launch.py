@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 from pathlib import Path
 
 import torch
 
+from helpers import free_port
 from nettrain.cli import main
 from nettrain.config import load_config
 from nettrain.experiment import run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 SMALL = ["dataset=digits", "agents=4", "hidden=8", "rounds=6", "batch_size=8", "eval_every=3"]
 

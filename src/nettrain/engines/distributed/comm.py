@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -30,6 +30,9 @@ import torch.distributed as dist
 from nettrain.errors import NettrainError
 from nettrain.patterns import Communicator, Handle, Traffic, ring_allreduce_cost
 from nettrain.topology import Topology
+
+if TYPE_CHECKING:
+    from nettrain.engines.distributed.rpc import RpcSession
 
 TAG_CYCLE = 1 << 20  # tags of successive mixes; tells apart mixes in flight together
 T = TypeVar("T")
@@ -88,7 +91,12 @@ class DistCommunicator(Communicator):
     a call every rank takes part in.
     """
 
-    def __init__(self, topology: Topology, group: dist.ProcessGroup | None = None) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        group: dist.ProcessGroup | None = None,
+        rpc: RpcSession | None = None,
+    ) -> None:
         world = dist.get_world_size(group)
         if world != topology.n:
             raise ValueError(f"process group of {world} ranks for {topology.n} agents")
@@ -98,6 +106,7 @@ class DistCommunicator(Communicator):
         self.n_agents = topology.n
         self.agents = torch.tensor([self.rank])
         self.traffic = Traffic.zeros(1)
+        self.rpc = rpc  # the asynchronous patterns' session, for algorithms with uses_rpc
         self._calls = 0
         self._static: tuple[list[int], list[int], torch.Tensor] | None = None
         dist.barrier(group)

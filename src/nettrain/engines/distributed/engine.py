@@ -3,10 +3,12 @@
 Launched by ``torchrun`` (``nettrain run engine=distributed nproc=N ...`` starts it
 for you on one machine); rank ``r`` is agent ``r`` and holds only its own shard. Each
 round every rank steps the same algorithm code as the simulator on its stack
-``x: (1, d)``, communicating through a :class:`DistCommunicator`. Then one small
-``all_gather`` of the round's per-agent work (samples, messages, bytes), loss and
-wall time lets every rank advance the same virtual clock as the simulator
-(:class:`~nettrain.engines.sim.clock.CostModel`) and stop together on divergence.
+``x: (1, d)``, communicating through a :class:`DistCommunicator`. Each rank notes
+its rounds' work (samples, messages, bytes), loss and wall time; one small
+``all_gather`` every ``SETTLE_EVERY`` rounds (and at each evaluation) lets every rank
+replay the same virtual clock as the simulator
+(:class:`~nettrain.engines.sim.clock.CostModel`) and stop together on divergence,
+without a second collective in every round.
 Every ``eval_every`` rounds the states are gathered and rank 0 evaluates exactly what
 the simulator evaluates and writes the record; the others keep no run folder.
 
@@ -22,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +34,7 @@ import torch.distributed as dist
 from nettrain.checkpoint import Checkpoint
 from nettrain.engines.base import Job, RunResult
 from nettrain.engines.distributed.comm import DistCommunicator, PeerError, guarded
+from nettrain.engines.distributed.rpc import RpcSession, rpc_session
 from nettrain.engines.sim.clock import VirtualClock
 from nettrain.engines.sim.engine import _status, check_finite, traffic_fields
 from nettrain.errors import ConfigError, DivergenceError
@@ -39,6 +42,10 @@ from nettrain.progress import progress_bar
 from nettrain.recording import RunFolder
 
 BACKENDS = ("auto", "gloo", "nccl")
+# Rounds whose work counters are gathered together: one small all-gather per 32 rounds
+# (or per evaluation) instead of a second collective every round. Divergence is then
+# seen up to 32 rounds late, by every rank at the same round.
+SETTLE_EVERY = 32
 LAUNCH_HINT = (
     "launch it with `nettrain run engine=distributed nproc=N ...` (which starts torchrun) "
     "or `torchrun --nproc-per-node N -m nettrain run engine=distributed ...`"
@@ -106,8 +113,11 @@ class DistributedEngine:
         return backend
 
     @contextmanager
-    def _process_group(self, n: int, device: torch.device) -> Iterator[int]:
-        """Join (or reuse) the default group of ``n`` ranks; yield this rank."""
+    def _process_group(
+        self, n: int, device: torch.device
+    ) -> Iterator[tuple[int, dist.Store | None]]:
+        """Join (or reuse) the default group of ``n`` ranks; yield this rank and the
+        rendezvous store (None when the caller owns the group)."""
         rank = launched_rank()
         if rank is None:
             raise ConfigError(f"engine=distributed needs a launcher (no RANK set): {LAUNCH_HINT}")
@@ -118,7 +128,7 @@ class DistributedEngine:
                 f"agents={n}: set agents={world}, or launch {n} processes (nproc={n})"
             )
         if dist.is_initialized():  # the caller owns the group
-            yield dist.get_rank()
+            yield dist.get_rank(), None
             return
         backend = self._backend(device)
         timeout = timedelta(seconds=self.timeout_s)
@@ -133,7 +143,7 @@ class DistributedEngine:
         heartbeat = Heartbeat(dist.PrefixStore("nettrain", beat_client), rank)
         clean = False
         try:
-            yield rank
+            yield rank, store
             clean = True
         except DivergenceError:
             clean = True  # raised on every rank alike: leave together
@@ -149,14 +159,20 @@ class DistributedEngine:
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
         if resume is not None:
             raise ConfigError("resuming is implemented for engine=sim; rerun from the start")
-        with self._process_group(job.n_agents, job.x0.device) as rank:
-            return self._run(job, folder, rank)
+        n = job.n_agents
+        with self._process_group(n, job.x0.device) as (rank, store), ExitStack() as stack:
+            session = None
+            if job.algorithm.uses_rpc:  # shut down before the group's final barrier
+                session = stack.enter_context(
+                    rpc_session(rank, n, store=store, timeout_s=self.timeout_s)
+                )
+            return self._run(job, folder, rank, session)
 
-    def _run(self, job: Job, folder: RunFolder, rank: int) -> RunResult:
+    def _run(self, job: Job, folder: RunFolder, rank: int, session: RpcSession | None) -> RunResult:
         n, problem, device = job.n_agents, job.problem, job.x0.device
         gather = _all_gather
         x = job.x0[None, :].clone()  # (1, d)
-        comm = DistCommunicator(job.topology)
+        comm = DistCommunicator(job.topology, rpc=session)
         oracle = problem.oracle(
             [job.shards[rank]], [rank], batch_size=job.batch_size, seed=job.seed
         )
@@ -164,33 +180,46 @@ class DistributedEngine:
         totals = {k: torch.zeros(n, dtype=torch.int64) for k in ("samples", "messages", "bytes")}
         main = rank == 0
 
-        def account(loss: torch.Tensor, seconds: float) -> tuple[torch.Tensor, float]:
-            """Gather this round's work of every agent; return all losses and max wall time."""
+        pending: list[torch.Tensor] = []  # this rank's rows of rounds not yet settled
+
+        def account(loss: torch.Tensor, seconds: float) -> None:
+            """Note this round's work, loss and wall time of the local agent."""
             samples = oracle.meter.reset()
             messages, nbytes = comm.traffic.reset()
-            mine = torch.tensor(
-                [[samples[0], messages[0], nbytes[0], float(loss[0]), seconds]],
-                dtype=torch.float64,
-            )
-            every = gather(mine.to(device)).cpu()  # (n, 5)
-            work = every[:, :3].round().to(torch.int64)
-            clock.sync_round(*work.unbind(1))
-            for k, v in zip(totals, work.unbind(1), strict=True):
-                totals[k] += v
-            return every[:, 3].to(x.dtype), float(every[:, 4].max())
+            row = [samples[0], messages[0], nbytes[0], float(loss[0]), seconds]
+            pending.append(torch.tensor(row, dtype=torch.float64))
+
+        def settle(t: int) -> tuple[torch.Tensor, float]:
+            """One all-gather for every pending round: replay the clock, the totals and the
+            finiteness check in round order; return the last round's losses and max wall time.
+            """
+            k = len(pending)
+            mine = torch.stack(pending).reshape(1, -1)
+            every = gather(mine.to(device)).cpu().view(n, k, 5)  # (agents, rounds, fields)
+            pending.clear()
+            for j in range(k):
+                work = every[:, j, :3].round().to(torch.int64)
+                clock.sync_round(*work.unbind(1))
+                for key, v in zip(totals, work.unbind(1), strict=True):
+                    totals[key] += v
+                check_finite(every[:, j, 3], t - k + 1 + j, job.algorithm.stability_hint)
+            return every[:, -1, 3].to(x.dtype), float(every[:, -1, 4].max())
 
         start = time.perf_counter()
         state = job.algorithm.init(x, oracle, comm)
         account(torch.zeros(1), 0.0)  # the initial gradients of tracking methods are work too
+        settle(-1)
         name = f"{job.algorithm.name} x{n} (distributed)"
         with progress_bar(job.rounds, name, job.progress and main) as advance:
             for t in range(job.rounds):
                 begin = time.perf_counter()
                 state, loss = job.algorithm.step(state, t, oracle, comm)
-                losses, round_s = account(loss, time.perf_counter() - begin)
-                check_finite(losses, t, job.algorithm.stability_hint)
+                account(loss, time.perf_counter() - begin)
+                evaluate = (t + 1) % job.eval_every == 0 or t + 1 == job.rounds
+                if evaluate or len(pending) == SETTLE_EVERY:
+                    losses, round_s = settle(t)
                 status = ""
-                if (t + 1) % job.eval_every == 0 or t + 1 == job.rounds:
+                if evaluate:
                     everyone = gather_state(state, gather)  # every agent's state, (n, ...)
                     if main:
                         record = {

@@ -1,0 +1,399 @@
+"""The asynchronous pattern: objects hosted by one process, called by the others over RPC.
+
+The synchronous patterns (:mod:`~nettrain.engines.distributed.comm`) are collectives
+every rank enters together. Parameter servers (EASGD, DOWNPOUR) and pairwise gossip
+(SwarmSGD, AD-PSGD) need the opposite: a process *hosts* an object (a centre
+variable, a model to average with) and any other process calls one of its methods
+whenever it likes, without the host taking part. This module gives that on
+``torch.distributed.rpc`` with its TensorPipe backend::
+
+    with rpc_session(rank, n, store=store, timeout_s=60) as session:
+        if rank == 0:
+            session.host("mailbox", mailbox := Mailbox())
+        box = session.remote(0, "mailbox")
+        futures = [box.rpc_async("post", rank, torch.ones(3)) for _ in range(5)]
+        session.wait(futures, "posting to the mailbox")
+    # here every call of every rank has finished; mailbox.received() is final
+
+Hosting: :meth:`RpcSession.host` puts an object in this process's registry under a
+name; :meth:`RpcSession.remote` gives a :class:`Remote` handle to the object of that
+name on another rank, and ``handle.rpc_async(method, *args)`` runs
+``obj.method(*args)`` on the host's RPC thread pool and returns a
+``torch.futures.Future`` of the result. Every rank knows the names in advance (e.g.
+``"centre/3"``), so no handle has to be passed around (unlike ``rpc.RRef``). A call
+that arrives before its name is hosted waits for it, at most ``timeout_s``.
+
+Thread safety: the host runs calls on ``num_worker_threads`` threads at once, while
+its own main thread goes on; a hosted object must guard its state with a lock (see
+:class:`Mailbox`). Tensors arrive as fresh copies, never aliasing the sender's.
+
+Traffic: one call is one message; its bytes are those of the tensors in its
+arguments, ``numel * element_size``, counted by the caller in :attr:`RpcSession.sent`
+(replies are the host's sends: the hosted object counts them if it needs to). RPC
+pickles a tensor with its whole storage, so send contiguous tensors that own their
+storage (``.clone()`` a slice), or the wire carries more than is counted.
+
+Rendezvous, beside a process group: ``rpc.init_rpc`` builds its own TensorPipe agent
+and its own internal gloo group, so it works next to the default process group and
+never touches it; only the rendezvous store can be shared. ``init_rpc`` accepts a URL,
+not a store, and with ``tcp://`` or ``env://`` it decides from the environment who
+hosts the store: under torchrun (``TORCHELASTIC_USE_AGENT_STORE=True``) every rank
+connects as a client, which works on torchrun's ``MASTER_PORT`` and hangs on any other
+port (no server ever comes; the store's default timeout is 30 minutes); launched
+otherwise, rank 0 opens a second server on the port, which fails (``EADDRINUSE``)
+where the process group's store already holds it (checked with torch 2.13).
+:func:`rpc_session` therefore rendezvouses through its own URL scheme, handing
+``init_rpc`` exactly the store chosen here:
+
+* ``store=`` an existing store (the engine's rendezvous store, or a client of
+  torchrun's at ``MASTER_PORT``): shared, under the key prefix ``nettrain-rpc/``, no
+  new port. ``init_rpc`` sets that store's timeout to ``timeout_s``.
+* otherwise a store of its own on ``master_addr:master_port``, hosted by rank 0; the
+  port defaults to ``MASTER_PORT + 1`` (:func:`default_rpc_port`), next to the
+  process group's.
+
+Shutdown: leaving the ``with`` block normally is a graceful ``rpc.shutdown``: it
+returns once every rank has left its block and every call in flight, anywhere, has
+finished, so the host may read its objects afterwards. It waits at most
+``timeout_s`` for a rank that is gone and then raises :class:`PeerError`. Leaving on
+an exception shuts the local agent down at once (peers then fail fast instead of
+waiting) and re-raises. Either way the RPC threads are stopped and this process's
+hosted names are dropped, so the process exits without hanging and a new session can
+start.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlparse
+
+import torch
+import torch.distributed as dist
+import torch.distributed.rpc as rpc
+from torch.distributed.rendezvous import register_rendezvous_handler
+from torch.futures import Future
+
+from nettrain.engines.distributed.comm import PeerError
+
+SCHEME = "nettrain-rpc"  # init_rpc's URL scheme for a store chosen by rpc_session
+STORE_PREFIX = "nettrain-rpc"  # keys of RPC's rendezvous in a shared store
+RPC_PORT_OFFSET = 1  # own store: MASTER_PORT + 1, next to the process group's
+DEFAULT_MASTER_PORT = 29512  # the engine's default MASTER_PORT
+REMOTE_MARK = "On WorkerInfo("  # in the message of an exception raised by the callee
+
+
+def agent_name(rank: int) -> str:
+    """The RPC worker name of ``rank``: ``agent<rank>``."""
+    return f"agent{rank}"
+
+
+def default_rpc_port() -> int:
+    """``MASTER_PORT + 1``: the port of RPC's own store when no store is shared."""
+    return int(os.environ.get("MASTER_PORT", DEFAULT_MASTER_PORT)) + RPC_PORT_OFFSET
+
+
+def payload_bytes(value: Any) -> int:
+    """Bytes of the tensors in ``value`` (nested tuples, lists, dict values): ``numel * size``."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(payload_bytes(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return sum(payload_bytes(v) for v in value)
+    return 0
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Messages and bytes, of one sender or in all."""
+
+    messages: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.messages + other.messages, self.bytes + other.bytes)
+
+
+class Tally:
+    """Thread-safe message and byte counters keyed by a sender (``None`` for oneself)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[Any, Counts] = {}
+
+    def add(self, nbytes: int, key: Any = None) -> None:
+        with self._lock:
+            self._counts[key] = self._counts.get(key, Counts()) + Counts(1, nbytes)
+
+    def by_key(self) -> dict[Any, Counts]:
+        with self._lock:
+            return dict(self._counts)
+
+    def total(self) -> Counts:
+        return sum(self.by_key().values(), Counts())
+
+
+class Mailbox:
+    """A hosted object that receives tensors and counts messages and bytes per sender.
+
+    ``post`` runs on the host's RPC threads, several at once: the counters take a lock.
+    With ``keep=True`` the received tensors are kept too, in arrival order.
+    """
+
+    def __init__(self, keep: bool = False) -> None:
+        self.tally = Tally()
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._kept: list[tuple[int, tuple[torch.Tensor, ...]]] = []
+
+    def post(self, sender: int, *tensors: torch.Tensor) -> int:
+        """Count one message from ``sender`` with ``tensors``; return its bytes."""
+        nbytes = payload_bytes(tensors)
+        self.tally.add(nbytes, sender)
+        if self.keep:
+            with self._lock:
+                self._kept.append((sender, tensors))
+        return nbytes
+
+    def received(self) -> dict[int, Counts]:
+        """``{sender: Counts}`` of everything posted so far."""
+        return self.tally.by_key()
+
+    def kept(self) -> list[tuple[int, tuple[torch.Tensor, ...]]]:
+        with self._lock:
+            return list(self._kept)
+
+
+class _Registry:
+    """This process's hosted objects by name; a lookup waits for a name not yet hosted."""
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition()
+        self._objects: dict[str, Any] = {}
+        self.wait_s = 60.0
+
+    def host(self, name: str, obj: Any) -> None:
+        with self._ready:
+            if name in self._objects:
+                raise ValueError(f"an object is already hosted here as {name!r}")
+            self._objects[name] = obj
+            self._ready.notify_all()
+
+    def drop(self, names: Iterable[str]) -> None:
+        with self._ready:
+            for name in names:
+                self._objects.pop(name, None)
+
+    def get(self, name: str) -> Any:
+        with self._ready:
+            if not self._ready.wait_for(lambda: name in self._objects, self.wait_s):
+                hosted = ", ".join(sorted(self._objects)) or "none"
+                raise LookupError(
+                    f"no object {name!r} hosted on this rank within {self.wait_s} s "
+                    f"(hosted: {hosted})"
+                )
+            return self._objects[name]
+
+
+_registry = _Registry()
+
+
+def _invoke(name: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run on the host by RPC: ``obj.method(*args, **kwargs)`` for the object hosted as ``name``."""
+    return getattr(_registry.get(name), method)(*args, **kwargs)
+
+
+class Remote:
+    """A handle to the object hosted as ``name`` on rank ``owner``; calls count as sent."""
+
+    def __init__(self, session: RpcSession, owner: int, name: str) -> None:
+        self.session = session
+        self.owner = owner
+        self.name = name
+        self.worker = session.name_of(owner)
+
+    def rpc_async(self, method: str, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Start ``obj.method(*args, **kwargs)`` on the owner; a future of its result."""
+        self.session.check_open(f"calling {self.name!r} on rank {self.owner}")
+        self.session.sent.add(payload_bytes((args, kwargs)), self.owner)
+        try:
+            return rpc.rpc_async(self.worker, _invoke, args=(self.name, method, args, kwargs))
+        except RuntimeError as err:
+            what = f"calling {self.name!r} on rank {self.owner}"
+            raise self.session.peer_error(what, err) from err
+
+    def rpc_sync(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``obj.method(*args, **kwargs)`` on the owner, blocking until it returns."""
+        future = self.rpc_async(method, *args, **kwargs)
+        return self.session.wait([future], f"calling {self.name!r} on rank {self.owner}")[0]
+
+
+class RpcSession:
+    """This rank's view of an open RPC group: host objects, reach the others' objects.
+
+    ``sent`` counts what this rank's handles sent, by destination rank.
+    """
+
+    def __init__(
+        self, rank: int, world_size: int, name_of: Callable[[int], str], timeout_s: float
+    ) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.name_of = name_of
+        self.timeout_s = timeout_s
+        self.sent = Tally()
+        self.hosted: list[str] = []
+        self.open = True
+
+    def host(self, name: str, obj: Any) -> None:
+        """Make ``obj`` callable by every rank as ``remote(self.rank, name)``, until the end."""
+        self.check_open(f"hosting {name!r}")
+        _registry.host(name, obj)
+        self.hosted.append(name)
+
+    def remote(self, owner: int, name: str) -> Remote:
+        """A handle to the object ``name`` hosted by rank ``owner``."""
+        if not 0 <= owner < self.world_size:
+            raise ValueError(
+                f"rank {self.rank}: there is no rank {owner} to call {name!r} on; "
+                f"the ranks are 0..{self.world_size - 1}"
+            )
+        return Remote(self, owner, name)
+
+    def wait(self, futures: list[Future[Any]], what: str = "an rpc call") -> list[Any]:
+        """The results of ``futures``, after every one of them is done.
+
+        The first failure is raised then: a call that failed in transit (the peer is
+        gone, or did not answer within ``timeout_s``) as a :class:`PeerError`; an
+        exception of the hosted method itself as RPC delivers it (its message starts
+        ``On WorkerInfo(...)`` and carries the host's traceback).
+        """
+        results, first = [], None
+        for future in futures:
+            try:
+                results.append(future.wait())
+            except Exception as err:
+                results.append(None)
+                first = first or err
+        if first is None:
+            return results
+        if isinstance(first, RuntimeError) and REMOTE_MARK not in str(first):
+            raise self.peer_error(what, first) from first
+        raise first
+
+    def check_open(self, what: str) -> None:
+        if not self.open:
+            raise PeerError(f"rank {self.rank}: {what} after the rpc session was shut down")
+
+    def peer_error(self, what: str, err: BaseException) -> PeerError:
+        return PeerError(
+            f"rank {self.rank}: {what} failed: {str(err).strip()}. Another process of the run "
+            "probably died or stopped answering (see its own error); raise timeout_s= if it "
+            "was only slow"
+        )
+
+
+_stores: dict[str, dist.Store] = {}  # rendezvous stores handed to init_rpc, by token
+_tokens = itertools.count()
+
+
+def _rendezvous(url: str, **kwargs: Any) -> Iterator[tuple[dist.Store, int, int]]:
+    """``nettrain-rpc://<token>?rank=r&world_size=n``: the store that rpc_session chose."""
+    parsed = urlparse(url)
+    query = dict(parse_qsl(parsed.query))
+    yield _stores[parsed.netloc], int(query["rank"]), int(query["world_size"])
+    raise RuntimeError("an rpc_session cannot rendezvous twice")
+
+
+with suppress(RuntimeError):  # registered already: this module was loaded twice
+    register_rendezvous_handler(SCHEME, _rendezvous)
+
+
+_own_stores: dict[tuple[str, int, bool], dist.TCPStore] = {}
+
+
+def _own_store(addr: str, port: int, server: bool, world_size: int, timeout_s: float) -> dist.Store:
+    """The store on ``addr:port`` (served here if ``server``), one per process and port.
+
+    RPC keeps its rendezvous store alive after ``rpc.shutdown``, so a second server on
+    the port would fail; a later session reuses the store instead (``init_rpc`` puts
+    each session's keys under a prefix of their own).
+    """
+    key = (addr, port, server)
+    if key not in _own_stores:
+        timeout = timedelta(seconds=timeout_s)
+        _own_stores[key] = dist.TCPStore(
+            addr, port, world_size, server, timeout, wait_for_workers=False
+        )
+    return _own_stores[key]
+
+
+@contextmanager
+def rpc_session(
+    rank: int,
+    world_size: int,
+    *,
+    store: dist.Store | None = None,
+    master_addr: str = "127.0.0.1",
+    master_port: int | None = None,
+    timeout_s: float = 60.0,
+    num_worker_threads: int = 8,
+    name_of: Callable[[int], str] = agent_name,
+) -> Iterator[RpcSession]:
+    """Join the RPC group of ``world_size`` ranks as ``name_of(rank)``; shut it down at exit.
+
+    ``store``: rendezvous in this existing store (prefixed keys, no new port); else in
+    a store of its own on ``master_addr:master_port`` (default ``MASTER_PORT + 1``),
+    hosted by rank 0. ``timeout_s`` bounds the rendezvous, every call and the
+    shutdown's wait for the others. See the module docstring for the semantics.
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+    if store is None:
+        port = default_rpc_port() if master_port is None else master_port
+        store = _own_store(master_addr, port, rank == 0, world_size, timeout_s)
+    token = f"s{os.getpid()}-{next(_tokens)}"
+    _stores[token] = dist.PrefixStore(STORE_PREFIX, store)
+    options = rpc.TensorPipeRpcBackendOptions(
+        init_method=f"{SCHEME}://{token}",
+        rpc_timeout=timeout_s,
+        num_worker_threads=num_worker_threads,
+    )
+    session = RpcSession(rank, world_size, name_of, timeout_s)
+    _registry.wait_s = timeout_s
+    try:
+        with warnings.catch_warnings():  # init_rpc's own use of its internal gloo group
+            warnings.filterwarnings("ignore", "You are using a Backend", UserWarning)
+            rpc.init_rpc(
+                name_of(rank),
+                backend=rpc.BackendType.TENSORPIPE,
+                rank=rank,
+                world_size=world_size,
+                rpc_backend_options=options,
+            )
+    except RuntimeError as err:
+        raise session.peer_error("joining the rpc group", err) from err
+    finally:
+        del _stores[token]
+    try:
+        yield session
+    except BaseException:
+        session.open = False
+        rpc.shutdown(graceful=False)  # do not wait for peers: they fail fast instead
+        raise
+    else:
+        session.open = False
+        try:
+            rpc.shutdown(graceful=True, timeout=timeout_s)
+        except RuntimeError as err:
+            raise session.peer_error("the rpc shutdown", err) from err
+    finally:
+        _registry.drop(session.hosted)
