@@ -14,8 +14,8 @@ process (interleaved repetitions, median), after a warm-up:
 Each variant is timed twice: the whole NEXT step (linearisation, Jacobian, solve,
 mixing, gradient), and the blocks' solves alone (``J_c^T W J_c`` and its Cholesky on a
 fixed linearisation). CPU use is ``process_time / wall time`` over the measured
-iterations (> 1 means more than one core was busy). Run: ``python benchmarks/next_blocks.py [--reps 5 --iters 5]``.
-The last line is a JSON object.
+iterations (> 1 means more than one core was busy). Run:
+``python benchmarks/next_blocks.py [--reps 5 --iters 5]``; the last line is a JSON object.
 """
 
 from __future__ import annotations

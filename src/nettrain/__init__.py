@@ -17,7 +17,7 @@ from nettrain.errors import (
     NettrainError,
     TopologyError,
 )
-from nettrain.experiment import build_job, compare, run
+from nettrain.experiment import build_job, compare, resume, run
 
 __all__ = [
     "ConfigError",
@@ -29,5 +29,6 @@ __all__ = [
     "build_job",
     "compare",
     "load_config",
+    "resume",
     "run",
 ]
