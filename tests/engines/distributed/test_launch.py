@@ -1,9 +1,11 @@
-"""``nettrain compare engine=distributed`` starts one torchrun per algorithm by itself."""
+"""Launching: `compare engine=distributed` starts torchrun itself; two launchers make one run."""
 
 from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -34,3 +36,25 @@ def test_compare_launches_torchrun_per_algorithm(tmp_path: Path, monkeypatch) ->
     got = torch.load(tmp_path / "dpsgd" / "final.pt", weights_only=True)
     torch.testing.assert_close(got, sim.x, rtol=0, atol=1e-5)
     assert not os.environ.get("RANK")
+
+
+def test_two_launchers_join_one_run_like_two_machines(tmp_path: Path) -> None:
+    """``torchrun --nnodes 2 --rdzv-backend c10d`` twice on loopback: one run of 4 agents,
+    equal to the simulator (the README's several-machines command)."""
+    port, out = free_port(), tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
+    command += ["--nproc-per-node", "2", "--rdzv-backend", "c10d"]
+    command += ["--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-machines"]
+    command += ["-m", "nettrain", "run", *SMALL, "engine=distributed", "progress=false"]
+    command += ["algorithm=gradient_tracking", "--out", str(out)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    logs = [tmp_path / f"node{i}.txt" for i in range(2)]
+    procs = []
+    for log in logs:
+        with open(log, "wb") as sink:
+            procs.append(subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT))
+    for proc, log in zip(procs, logs, strict=True):
+        assert proc.wait(timeout=240) == 0, log.read_text()[-4000:]
+    sim = run(load_config(dict(i.split("=") for i in SMALL) | {"algorithm": "gradient_tracking"}))
+    got = torch.load(out / "final.pt", weights_only=True)
+    torch.testing.assert_close(got, sim.x, rtol=0, atol=1e-5)
