@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nettrain.algorithms import ALGORITHMS, SOLVERS, SURROGATES
+from nettrain.algorithms import ALGORITHMS, ASYNCHRONOUS, SOLVERS, SURROGATES
+from nettrain.compression import COMPRESSORS
 from nettrain.data import DATASETS, PARTITIONS
 from nettrain.errors import ConfigError
 from nettrain.problem.losses import LOSSES, REGULARIZERS
@@ -121,6 +122,18 @@ class RunConfig:
         "record the social objective on the training set at the mean model, its "
         "prox-gradient stationarity and the sparsity (always on for next and dgd)",
     )
+    # --- SwarmSGD and AD-PSGD (asynchronous: rounds count n interactions each) ---
+    local_steps: int = key(1, "swarm: local SGD steps H before each interaction; 0 = pure gossip")
+    quantizer: str = key(
+        "none",
+        "swarm: compressor of the models sent (lattice: with the receiver's reference)",
+        COMPRESSORS,
+    )
+    bits: int = key(8, "swarm quantizer=lattice|qsgd: bits per coordinate")
+    lattice_eps: float = key(1e-3, "swarm quantizer=lattice: lattice step eps (error <= eps/2)")
+    blocking: bool = key(
+        False, "swarm: the partner stops and steps too (true), or answers as it is (false)"
+    )
     # --- topology ---
     topology: str = key("ring", "communication graph of the agents", GRAPHS)
     weights: str = key("metropolis", "mixing weights derived from the graph", WEIGHTS)
@@ -211,6 +224,12 @@ class RunConfig:
             raise ConfigError(
                 f"engine=distributed runs one agent per process: nproc={self.nproc} but "
                 f"agents={self.agents}; set nproc={self.agents} (or nproc=0 under torchrun)"
+            )
+        if self.algorithm in ASYNCHRONOUS and (self.engine != "sim" or self.checkpoint_every):
+            raise ConfigError(
+                f"algorithm={self.algorithm} is asynchronous: it runs in engine=sim without "
+                "checkpoints for now (the distributed rpc version and its checkpoints are "
+                "still to come)"
             )
         if self.checkpoint_every and self.engine != "sim":
             raise ConfigError(

@@ -9,7 +9,7 @@ The patterns:
 
 * neighbour mixing ``x_i <- sum_j W_ij(t) x_j`` (:meth:`Communicator.start_mix`);
 * global mean ``x_i <- (1/n) sum_j x_j``, an all-reduce (:meth:`Communicator.start_mean`);
-* pairwise exchange on disjoint pairs (:meth:`Communicator.pairwise`);
+* pairwise exchange on disjoint pairs, through a compressor (:meth:`Communicator.swap`);
 * worker-to-centre exchange with centre variables held by (sharded) servers
   (:meth:`Communicator.centre_exchange`).
 
@@ -24,9 +24,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from nettrain.compression import Compressor
 
 
 class Handle(Protocol):
@@ -99,16 +102,20 @@ class Communicator(ABC):
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         return self.start_mean(x).wait()
 
-    def pairwise(
+    def swap(
         self,
         x: torch.Tensor,
         pairs: torch.Tensor,
-        combine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        compressor: Compressor,
+        ref: torch.Tensor,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """For each pair ``(i, j)`` of the disjoint ``pairs: (p, 2)``:
-        ``x_i <- combine(x_i, x_j)`` and ``x_j <- combine(x_j, x_i)``; others unchanged.
+        """Pairwise exchange on the disjoint ``pairs: (p, 2)`` (global agent ids).
 
-        Used by SwarmSGD and AD-PSGD; engines add it with those algorithms.
+        For each pair ``(i, j)``, ``i`` receives ``decode(encode(x_j), ref_i)`` and ``j``
+        receives ``decode(encode(x_i), ref_j)``. Returns ``(m, d)``: the received rows,
+        and ``x`` itself for local agents in no pair. Each sender's message and its
+        encoded bytes are counted. Used by SwarmSGD and AD-PSGD.
         """
         raise NotImplementedError(f"{type(self).__name__} has no pairwise exchange yet")
 

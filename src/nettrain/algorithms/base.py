@@ -1,10 +1,13 @@
 """What an algorithm is: explicit state plus a step written against the patterns.
 
 An algorithm never knows which engine runs it. ``init`` builds the state of the
-local agents from their starting point ``x0: (m, d)``; ``step`` runs one round: local
-computation through the :class:`~nettrain.problem.oracle.Oracle` and communication
-through a :class:`~nettrain.patterns.Communicator`. States are frozen dataclasses of
-tensors whose leading axis is the local agent axis; every state has ``x``.
+local agents from their starting point ``x0: (m, d)``. A synchronous
+:class:`Algorithm`'s ``step`` runs one round: local computation through the
+:class:`~nettrain.problem.oracle.Oracle` and communication through a
+:class:`~nettrain.patterns.Communicator`. An :class:`AsyncAlgorithm` is driven by
+events instead: the engine decides when each agent's local phase ends and whom it
+then talks to (``interact``). States are frozen dataclasses of tensors whose leading
+axis is the local agent axis; every state has ``x``.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ class HasParams(Protocol):
 S = TypeVar("S", bound=HasParams)
 
 
-class Algorithm(ABC, Generic[S]):
-    """A synchronous round-based method: ``state_{t+1} = step(state_t, t)``."""
+class Method(ABC, Generic[S]):
+    """What every method declares, synchronous or not."""
 
     name: ClassVar[str]
     default_batch_size: ClassVar[int] = 16  # used when the config says batch_size=-1
@@ -36,7 +39,7 @@ class Algorithm(ABC, Generic[S]):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, cfg: Any) -> Algorithm:
+    def from_config(cls, cfg: Any) -> Method:
         """The algorithm with the settings of a :class:`~nettrain.config.RunConfig`."""
 
     def check(self, problem: Problem) -> None:
@@ -46,10 +49,39 @@ class Algorithm(ABC, Generic[S]):
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> S:
         """State of the local agents, all starting at ``x0: (m, d)``."""
 
+    def diagnostics(self, state: S) -> dict[str, Any]:
+        """Method-specific figures computed from the state of *all* agents (for records)."""
+        return {}
+
+
+class Algorithm(Method[S]):
+    """A synchronous round-based method: ``state_{t+1} = step(state_t, t)``."""
+
     @abstractmethod
     def step(self, state: S, t: int, oracle: Oracle, comm: Communicator) -> tuple[S, torch.Tensor]:
         """Round ``t``: the new state and the local agents' training losses ``(m,)``."""
 
-    def diagnostics(self, state: S) -> dict[str, Any]:
-        """Method-specific figures computed from the state of *all* agents (for records)."""
-        return {}
+
+class AsyncAlgorithm(Method[S]):
+    """An asynchronous method: each agent alternates a local phase and one interaction.
+
+    The engine keeps every agent's clock: agent ``i``'s local phase of
+    ``local_steps`` steps ends at its event time; then it interacts with a partner. It
+    hands the algorithm batches of events on disjoint agents, in time order.
+    """
+
+    local_steps: int  # steps of one local phase (its duration on the virtual clock)
+    blocking: bool  # the partner stops, makes its own phase and both update at once
+
+    @abstractmethod
+    def interact(
+        self,
+        state: S,
+        pairs: torch.Tensor,
+        oracle: Oracle,
+        comm: Communicator,
+        generator: torch.Generator,
+    ) -> tuple[S, torch.Tensor]:
+        """Events on the disjoint ``pairs: (k, 2)`` (initiator, partner): the initiators'
+        local phases (and the partners' if blocking), then the exchanges. Returns the new
+        state and the initiators' last training losses ``(k,)``."""

@@ -3,7 +3,8 @@
 Neighbour mixing is one matrix product ``W(t) @ x`` (dense for small or dense
 graphs, sparse otherwise, so a 256-agent ring costs ``3 n d`` multiply-adds and
 not ``n^2 d``; COO, since CSR is still marked beta); the global mean is
-``x.mean(0)``. Traffic is counted as the real protocol would send it: in a mix,
+``x.mean(0)``; a pairwise exchange encodes the senders' rows at once and decodes them
+against the receivers' references. Traffic is counted as the real protocol would send it: in a mix,
 agent ``i`` sends ``x_i`` to every ``j != i`` with ``W_ji(t) != 0``; an all-reduce
 costs the ring all-reduce's messages and bytes.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from nettrain.compression import Compressor
 from nettrain.patterns import Communicator, Handle, Ready, Traffic, ring_allreduce_cost
 from nettrain.topology import Topology
 
@@ -55,3 +57,23 @@ class SimCommunicator(Communicator):
             torch.full((self.n_agents,), messages), torch.full((self.n_agents,), nbytes)
         )
         return Ready(x.mean(0, keepdim=True).expand_as(x).clone())
+
+    def swap(
+        self,
+        x: torch.Tensor,
+        pairs: torch.Tensor,
+        compressor: Compressor,
+        ref: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        i, j = pairs[:, 0], pairs[:, 1]
+        senders, receivers = torch.cat([j, i]), torch.cat([i, j])  # (2p,)
+        payload = compressor.encode(x[senders], generator=generator)
+        out = x.clone()
+        out[receivers] = compressor.decode(payload, ref[receivers])
+        messages = torch.zeros(self.n_agents, dtype=torch.int64)
+        nbytes = torch.zeros(self.n_agents, dtype=torch.int64)
+        messages[senders.cpu()] += 1
+        nbytes[senders.cpu()] += compressor.nbytes(payload)
+        self.traffic.add(messages, nbytes)
+        return out

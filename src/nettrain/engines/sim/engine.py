@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from nettrain.algorithms.base import AsyncAlgorithm
 from nettrain.checkpoint import Checkpoint, load_state, state_dict
 from nettrain.engines.base import Job, RunResult
 from nettrain.engines.sim.clock import VirtualClock
@@ -32,6 +33,10 @@ class SimEngine:
 
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
         """Run ``job``; with ``resume``, continue from that checkpoint's round."""
+        if isinstance(job.algorithm, AsyncAlgorithm):
+            from nettrain.engines.sim.events import run_events
+
+            return run_events(job, folder)
         n, problem = job.n_agents, job.problem
         x = job.x0.expand(n, -1).clone()  # (n, d)
         comm = SimCommunicator(job.topology, x.device, x.dtype)

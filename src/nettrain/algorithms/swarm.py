@@ -1,0 +1,125 @@
+"""SwarmSGD (asynchronous pairwise gossip with local steps and quantisation), and AD-PSGD.
+
+Nadiradze, Sabour, Davies, Li, Alistarh, "Asynchronous Decentralized SGD with
+Quantized and Local Updates" (NeurIPS 2021, arXiv 1910.12308). An interaction picks
+an agent ``i`` at the end of its local phase of ``H`` SGD steps and a neighbour ``j``
+uniformly at random; ``Q`` is a compressor (``Q(v)`` is decoded against the
+receiver's own model, the lattice quantiser's reference).
+
+* Blocking: ``j`` also makes its ``H`` steps, then both average::
+
+      x_i <- (x_i' + Q(x_j')) / 2,    x_j <- (x_j' + Q(x_i')) / 2
+
+* Non-blocking (the default): ``j`` answers with the model it last published and keeps
+  computing; with ``h_i`` the sum of ``i``'s local gradients since it published::
+
+      x_i <- (x_i_pub + Q(x_j_pub)) / 2 - lr h_i,    x_j <- (x_j_pub + Q(x_i_pub)) / 2
+
+  and ``j``'s own local progress is added at its next event. In the simulator a local
+  phase is computed when its event fires, so ``j``'s steps after the exchange start
+  from the averaged model (the steps it took before are a second-order difference).
+
+Without compression, every exchange preserves ``x_i_pub + x_j_pub``: the mean of the
+published models moves only by local steps. AD-PSGD (Lian et al. 2018, "Asynchronous
+Decentralized Parallel SGD") is the non-blocking form with one local step and no
+compression: ``x_i, x_j <- (x_i + x_j) / 2``, then ``x_i <- x_i - lr g_i``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from nettrain.algorithms.base import AsyncAlgorithm
+from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_direction
+from nettrain.compression import Compressor, Identity, build_compressor
+from nettrain.errors import ConfigError
+from nettrain.patterns import Communicator
+from nettrain.problem.oracle import Oracle
+
+
+@dataclass(frozen=True)
+class SwarmState:
+    x: torch.Tensor  # (m, d) every agent's published model
+    interactions: torch.Tensor  # (m,) int64, exchanges each agent took part in
+
+
+@dataclass(frozen=True)
+class SwarmSGD(AsyncAlgorithm[SwarmState]):
+    """SwarmSGD; see the module docstring for the update rules."""
+
+    sgd: SGDConfig
+    local_steps: int = 1
+    compressor: Compressor = field(default_factory=Identity)
+    blocking: bool = False
+    name = "swarm"
+
+    def __post_init__(self) -> None:
+        if self.local_steps < 0:
+            raise ConfigError(f"local_steps must be >= 0 (0 = pure gossip), got {self.local_steps}")
+        if self.sgd.momentum:
+            raise ConfigError(
+                f"{self.name} takes plain local SGD steps; set momentum=0 (momentum buffers "
+                "across asynchronous averaging are not implemented)"
+            )
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SwarmSGD:
+        compressor = build_compressor(cfg.quantizer, bits=cfg.bits, eps=cfg.lattice_eps)
+        return cls(SGDConfig.from_config(cfg), cfg.local_steps, compressor, cfg.blocking)
+
+    def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> SwarmState:
+        return SwarmState(x0, torch.zeros(x0.shape[0], dtype=torch.int64))
+
+    def local_phase(
+        self, x: torch.Tensor, agents: torch.Tensor, oracle: Oracle
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``local_steps`` SGD steps of ``agents`` from ``x: (k, d)``; the last losses ``(k,)``."""
+        loss = x.new_zeros(x.shape[0])
+        for _ in range(self.local_steps):
+            loss, g = oracle.grad(x, local=agents)
+            direction, _ = sgd_direction(x, g, SGDState(), self.sgd)
+            x = torch.add(x, direction, alpha=-self.sgd.lr)
+        return x, loss
+
+    def interact(self, state, pairs, oracle, comm, generator):
+        i, j = pairs[:, 0], pairs[:, 1]
+        x = state.x  # (m, d) published models
+        if self.blocking:
+            movers = torch.cat([i, j])
+            moved, losses = self.local_phase(x[movers], movers, oracle)
+            sent = x.clone()
+            sent[movers] = moved
+            received = comm.swap(sent, pairs, self.compressor, ref=sent, generator=generator)
+            new = x.clone()
+            new[movers] = (sent[movers] + received[movers]) / 2
+            loss = losses[: len(i)]
+        else:
+            moved, loss = self.local_phase(x[i], i, oracle)
+            received = comm.swap(x, pairs, self.compressor, ref=x, generator=generator)
+            new = x.clone()
+            new[i] = (x[i] + received[i]) / 2 + (moved - x[i])
+            new[j] = (x[j] + received[j]) / 2
+        counts = state.interactions.clone()
+        counts[pairs.flatten()] += 1
+        return SwarmState(new, counts), loss
+
+    def diagnostics(self, state: SwarmState) -> dict[str, Any]:
+        """Interactions per agent (fewest, most) since the start."""
+        return {
+            "interactions_min": int(state.interactions.min()),
+            "interactions_max": int(state.interactions.max()),
+        }
+
+
+@dataclass(frozen=True)
+class ADPSGD(SwarmSGD):
+    """AD-PSGD: SwarmSGD's non-blocking exchange with one local step and no compression."""
+
+    name = "adpsgd"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ADPSGD:
+        return cls(SGDConfig.from_config(cfg), local_steps=1)

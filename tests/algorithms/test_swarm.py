@@ -1,0 +1,126 @@
+"""SwarmSGD and AD-PSGD on the simulator's event engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import least_squares_problem, regression_data
+from nettrain.algorithms import ADPSGD, SGDConfig, SwarmSGD
+from nettrain.compression import Lattice
+from nettrain.engines.base import Job
+from nettrain.engines.sim.clock import CostModel
+from nettrain.engines.sim.events import _batch, run_events
+from nettrain.recording import RunFolder
+from nettrain.topology import build_topology
+
+N = 8
+
+
+def job(algorithm, *, rounds: int, shards=None, slowdown=None, topology: str = "ring") -> Job:
+    data = regression_data()
+    problem = least_squares_problem(data)
+    shards = shards or [torch.arange(120)[i::N] for i in range(N)]
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.randn(problem.dim, generator=gen, dtype=torch.float64)
+    return Job(
+        problem=problem,
+        shards=shards,
+        topology=build_topology(topology, N),
+        algorithm=algorithm,
+        x0=x0,
+        rounds=rounds,
+        batch_size=0,
+        seed=0,
+        eval_every=rounds,
+        cost=CostModel(
+            1e-6,
+            1e-5,
+            1e9,
+            slowdown if slowdown is not None else torch.ones(N, dtype=torch.float64),
+        ),
+    )
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_pure_gossip_preserves_the_mean_and_reaches_it(blocking: bool) -> None:
+    """No local steps, no compression: every exchange keeps ``x_i + x_j``."""
+    base = job(SwarmSGD(SGDConfig(lr=0.1), local_steps=0), rounds=1)
+    gen = torch.Generator().manual_seed(1)
+    x0 = torch.randn(N, base.problem.dim, generator=gen, dtype=torch.float64)
+    mean = x0.mean(0)
+
+    class Start(SwarmSGD):  # the same algorithm, from distinct points
+        def init(self, x, oracle, comm):
+            return super().init(x0.clone(), oracle, comm)
+
+    start = Start(SGDConfig(lr=0.1), local_steps=0, blocking=blocking)
+    result = run_events(job(start, rounds=200), RunFolder(None))
+    torch.testing.assert_close(result.x.mean(0), mean, rtol=0, atol=1e-12)
+    assert (result.x - mean).norm(dim=1).max() < 1e-8
+
+
+@pytest.mark.parametrize(
+    "algo",
+    [
+        SwarmSGD(SGDConfig(lr=0.05), local_steps=2),
+        SwarmSGD(SGDConfig(lr=0.05), local_steps=2, blocking=True),
+        ADPSGD(SGDConfig(lr=0.05)),
+    ],
+    ids=["nonblocking", "blocking", "adpsgd"],
+)
+def test_batched_events_equal_events_one_by_one(algo) -> None:
+    """Disjoint events commute: the vectorised batches give the sequential result."""
+    batched = run_events(job(algo, rounds=30), RunFolder(None))
+    single = run_events(job(algo, rounds=30), RunFolder(None), max_batch=1)
+    torch.testing.assert_close(batched.x, single.x, rtol=0, atol=1e-12)
+    assert batched.records[-1]["bytes_total"] == single.records[-1]["bytes_total"]
+
+
+@pytest.mark.parametrize(
+    ("compressor", "tol"),
+    [(None, 1e-9), (Lattice.with_bits(16, eps=1e-7), 1e-5)],
+    ids=["exact", "lattice16"],
+)
+def test_swarm_reaches_the_least_squares_optimum(compressor, tol: float) -> None:
+    """Every agent holds all the data: the optimum is a fixed point of local steps and of
+    averaging, so SwarmSGD converges to it (with the lattice, to its resolution)."""
+    everything = [torch.arange(120)] * N
+    kwargs = {"compressor": compressor} if compressor is not None else {}
+    algo = SwarmSGD(SGDConfig(lr=0.3), local_steps=2, **kwargs)
+    result = run_events(job(algo, rounds=150, shards=everything), RunFolder(None))
+    data = regression_data()
+    a = torch.cat([data.x_train, torch.ones(120, 1, dtype=torch.float64)], 1)
+    opt = torch.linalg.lstsq(a, data.y_train[:, None]).solution[:, 0]
+    assert (result.x - opt).norm(dim=1).max() < tol
+
+
+def test_a_straggler_initiates_fewer_interactions() -> None:
+    """Agent 0 is 4x slower: it starts about a quarter as many interactions as the others
+    and is picked as a partner as often; so it takes part in about (1/4 + 1)/2 as many."""
+    slow = torch.ones(N, dtype=torch.float64)
+    slow[0] = 4.0
+    algo = SwarmSGD(SGDConfig(lr=0.05), local_steps=1)
+    result = run_events(job(algo, rounds=200, slowdown=slow, topology="complete"), RunFolder(None))
+    record = result.records[-1]
+    assert record["interactions_min"] > 0
+    share = record["interactions_min"] / record["interactions_max"]
+    assert 0.45 < share < 0.8
+
+
+def test_same_seed_same_numbers() -> None:
+    algo = SwarmSGD(SGDConfig(lr=0.05), local_steps=2, compressor=Lattice.with_bits(8))
+    a = run_events(job(algo, rounds=20), RunFolder(None))
+    b = run_events(job(algo, rounds=20), RunFolder(None))
+    assert torch.equal(a.x, b.x)
+
+
+def test_a_batch_is_the_longest_prefix_on_distinct_agents() -> None:
+    ends = torch.tensor([0.3, 0.1, 0.2, 0.4, 0.5], dtype=torch.float64)
+    partner = torch.tensor([4, 2, 3, 1, 0])
+    # time order 1 (with 2), then 2 (busy): stop
+    assert _batch(ends, partner, 10).tolist() == [[1, 2]]
+    partner = torch.tensor([3, 4, 0, 0, 1])
+    # 1-4, 2-0, then 0 (busy): stop
+    assert _batch(ends, partner, 10).tolist() == [[1, 4], [2, 0]]
+    assert _batch(ends, partner, 1).tolist() == [[1, 4]]
