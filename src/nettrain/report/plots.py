@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -79,12 +80,14 @@ def plot_metrics(
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     xkey, xlabel = x
+    palette = colormaps["tab20" if len(runs) > 10 else "tab10"].colors  # distinct lines
     for ax, (key, label, log) in zip(axes, panels, strict=True):
-        for name, records in runs.items():
+        for k, (name, records) in enumerate(runs.items()):
             points = [(r[xkey], r[key]) for r in records if r.get(key) is not None]
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, [max(v, 1e-30) for v in ys] if log else ys, label=name)
+                ys = [max(v, 1e-30) for v in ys] if log else ys
+                ax.plot(xs, ys, label=name, color=palette[k % len(palette)])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         if log:

@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from nettrain.reproduce import next_sca
+from nettrain.reproduce import next_sca, swarm
 from nettrain.reproduce.claims import Claim, write_claims
 
-EXPERIMENTS: dict[str, Callable[..., list[Claim]]] = {"next": next_sca.reproduce}
+EXPERIMENTS: dict[str, Callable[..., list[Claim]]] = {
+    "next": next_sca.reproduce,
+    "swarm": swarm.reproduce,
+}
 
 __all__ = ["EXPERIMENTS", "Claim", "Path", "write_claims"]
