@@ -4,7 +4,9 @@
 loss on that agent's next mini-batch (or its full local data set) and the gradient,
 in one call: ``torch.func.vmap`` over ``grad_and_value`` of a ``functional_call`` of
 the model on views of the flat vector. A round of 256 agents is then a handful of
-batched matrix products instead of 256 Python-level forward/backward passes.
+batched matrix products instead of 256 Python-level forward/backward passes. For a
+single agent (the distributed engine's ``m = 1``) plain ``torch.autograd.grad`` is
+about twice as fast as ``vmap`` and gives the same gradient up to rounding.
 
 Sampling: agent ``i`` draws its mini-batches uniformly with replacement from its own
 shard with its own generator, seeded by ``(seed, i)``. The sequence of batches an
