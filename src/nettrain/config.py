@@ -225,11 +225,15 @@ class RunConfig:
                 f"engine=distributed runs one agent per process: nproc={self.nproc} but "
                 f"agents={self.agents}; set nproc={self.agents} (or nproc=0 under torchrun)"
             )
-        if self.algorithm in ASYNCHRONOUS and (self.engine != "sim" or self.checkpoint_every):
+        if self.algorithm in ASYNCHRONOUS and self.checkpoint_every:
             raise ConfigError(
-                f"algorithm={self.algorithm} is asynchronous: it runs in engine=sim without "
-                "checkpoints for now (the distributed rpc version and its checkpoints are "
-                "still to come)"
+                f"algorithm={self.algorithm} is asynchronous: its runs cannot be checkpointed "
+                "yet (set checkpoint_every=0)"
+            )
+        if self.algorithm in ASYNCHRONOUS and self.engine == "distributed" and self.blocking:
+            raise ConfigError(
+                "blocking=true runs in engine=sim only; the distributed SwarmSGD is "
+                "non-blocking (the partner answers from its rpc thread)"
             )
         if self.checkpoint_every and self.engine != "sim":
             raise ConfigError(

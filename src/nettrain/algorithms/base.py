@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import torch
 
+from nettrain.compression import Compressor
 from nettrain.patterns import Communicator
 from nettrain.problem.oracle import Oracle, Problem
 
@@ -72,6 +73,13 @@ class AsyncAlgorithm(Method[S]):
 
     local_steps: int  # steps of one local phase (its duration on the virtual clock)
     blocking: bool  # the partner stops, makes its own phase and both update at once
+    compressor: Compressor  # what the exchanges send
+    uses_rpc = True  # the distributed engine runs it on rpc
+
+    @abstractmethod
+    def absorb(self, own: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+        """The partner's side of an exchange: its new published model ``(d,)`` from its own
+        and the decoded one it received (run on the partner's rpc thread when distributed)."""
 
     @abstractmethod
     def interact(

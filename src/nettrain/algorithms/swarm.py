@@ -19,6 +19,10 @@ receiver's own model, the lattice quantiser's reference).
   phase is computed when its event fires, so ``j``'s steps after the exchange start
   from the averaged model (the steps it took before are a second-order difference).
 
+In the distributed engine each agent is a process: the partner applies
+:meth:`SwarmSGD.absorb` to its own published model on its rpc thread while it keeps
+computing, and adds the change to its iterate at its next event.
+
 Without compression, every exchange preserves ``x_i_pub + x_j_pub``: the mean of the
 published models moves only by local steps. AD-PSGD (Lian et al. 2018, "Asynchronous
 Decentralized Parallel SGD") is the non-blocking form with one local step and no
@@ -84,8 +88,14 @@ class SwarmSGD(AsyncAlgorithm[SwarmState]):
             x = torch.add(x, direction, alpha=-self.sgd.lr)
         return x, loss
 
+    def absorb(self, own: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+        """The exchange's rule on a published model: ``(own + Q(other)) / 2``."""
+        return (own + received) / 2
+
     def interact(self, state, pairs, oracle, comm, generator):
-        i, j = pairs[:, 0], pairs[:, 1]
+        rows = {int(a): k for k, a in enumerate(comm.agents.tolist())}  # global id -> row
+        i = torch.tensor([rows[int(a)] for a in pairs[:, 0]], dtype=torch.int64)
+        j = torch.tensor([rows[int(b)] for b in pairs[:, 1] if int(b) in rows], dtype=torch.int64)
         x = state.x  # (m, d) published models
         if self.blocking:
             movers = torch.cat([i, j])
@@ -94,16 +104,16 @@ class SwarmSGD(AsyncAlgorithm[SwarmState]):
             sent[movers] = moved
             received = comm.swap(sent, pairs, self.compressor, ref=sent, generator=generator)
             new = x.clone()
-            new[movers] = (sent[movers] + received[movers]) / 2
+            new[movers] = self.absorb(sent[movers], received[movers])
             loss = losses[: len(i)]
         else:
             moved, loss = self.local_phase(x[i], i, oracle)
             received = comm.swap(x, pairs, self.compressor, ref=x, generator=generator)
             new = x.clone()
-            new[i] = (x[i] + received[i]) / 2 + (moved - x[i])
-            new[j] = (x[j] + received[j]) / 2
+            new[i] = self.absorb(x[i], received[i]) + (moved - x[i])
+            new[j] = self.absorb(x[j], received[j])  # partners held here (the simulator)
         counts = state.interactions.clone()
-        counts[pairs.flatten()] += 1
+        counts[torch.cat([i, j])] += 1
         return SwarmState(new, counts), loss
 
     def diagnostics(self, state: SwarmState) -> dict[str, Any]:

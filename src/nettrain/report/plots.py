@@ -38,7 +38,9 @@ def plot_runs(
     metric, metric_label = _metric(first)
     for label, records in runs.items():
         for col, (xkey, xlabel) in enumerate(X_AXES):
-            xs = [r[xkey] for r in records]
+            xs = [r.get(xkey) for r in records]
+            if None in xs:  # e.g. no virtual clock in a distributed asynchronous run
+                continue
             axes[0, col].plot(xs, [r.get(metric) for r in records], label=label)
             axes[1, col].plot(
                 xs, [max(r["consensus_distance"], 1e-30) for r in records], label=label

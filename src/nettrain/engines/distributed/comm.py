@@ -32,6 +32,7 @@ from nettrain.patterns import Communicator, Handle, Traffic, ring_allreduce_cost
 from nettrain.topology import Topology
 
 if TYPE_CHECKING:
+    from nettrain.compression import Compressor
     from nettrain.engines.distributed.rpc import RpcSession
 
 TAG_CYCLE = 1 << 20  # tags of successive mixes; tells apart mixes in flight together
@@ -155,6 +156,30 @@ class DistCommunicator(Communicator):
             lambda: dist.all_reduce(total, dist.ReduceOp.SUM, group=self.group, async_op=True),
         )
         return _Mean(work, total, self.n_agents)
+
+    def swap(
+        self,
+        x: torch.Tensor,
+        pairs: torch.Tensor,
+        compressor: Compressor,
+        ref: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """This rank initiates ``pairs = [[rank, j]]``: one ``rpc_sync`` to ``j``'s peer
+        (:class:`~nettrain.engines.distributed.gossip.Peer`), which absorbs this model and
+        replies with its own published one, decoded here against ``ref``."""
+        if self.rpc is None:
+            raise RuntimeError("a pairwise exchange needs the engine's rpc session (uses_rpc)")
+        me, partner = int(pairs[0, 0]), int(pairs[0, 1])
+        if me != self.rank or len(pairs) != 1:
+            raise ValueError(f"rank {self.rank} can only initiate its own exchange, got {pairs}")
+        payload = compressor.encode(x, generator=generator)
+        try:
+            reply = self.rpc.remote(partner, "peer").rpc_sync("exchange", me, payload)
+        except RuntimeError as err:
+            raise self.rpc.peer_error(f"the exchange with rank {partner}", err) from err
+        self.traffic.add(torch.tensor([1]), compressor.nbytes(payload))
+        return compressor.decode(reply, ref)
 
 
 def batch_isend_irecv(ops: list[dist.P2POp]) -> list[dist.Work]:

@@ -28,16 +28,20 @@ from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
+from nettrain.algorithms.base import AsyncAlgorithm
 from nettrain.checkpoint import Checkpoint
 from nettrain.engines.base import Job, RunResult
 from nettrain.engines.distributed.comm import DistCommunicator, PeerError, guarded
+from nettrain.engines.distributed.gossip import Peer
 from nettrain.engines.distributed.rpc import RpcSession, rpc_session
 from nettrain.engines.sim.clock import VirtualClock
 from nettrain.engines.sim.engine import _status, check_finite, traffic_fields
 from nettrain.errors import ConfigError, DivergenceError
+from nettrain.problem.oracle import agent_seed
 from nettrain.progress import progress_bar
 from nettrain.recording import RunFolder
 
@@ -166,7 +170,79 @@ class DistributedEngine:
                 session = stack.enter_context(
                     rpc_session(rank, n, store=store, timeout_s=self.timeout_s)
                 )
+            if isinstance(job.algorithm, AsyncAlgorithm):
+                assert session is not None  # asynchronous algorithms declare uses_rpc
+                return self._run_events(job, folder, rank, session)
             return self._run(job, folder, rank, session)
+
+    def _run_events(self, job: Job, folder: RunFolder, rank: int, session: RpcSession) -> RunResult:
+        """An asynchronous algorithm: this rank makes ``rounds`` events at its own pace.
+
+        Each event: add what exchanges answered since the last one to the iterate, draw a
+        neighbour (the simulator's draw for this agent), ``interact`` (local phase, then
+        one exchange over rpc), publish. Then a barrier: nobody initiates any more, so
+        after it every exchange has been answered; one gather sums the work and checks
+        that every exchange initiated was answered exactly once.
+        """
+        algo = job.algorithm
+        assert isinstance(algo, AsyncAlgorithm)
+        n, problem, gather = job.n_agents, job.problem, _all_gather
+        x = job.x0[None, :].clone()  # (1, d)
+        comm = DistCommunicator(job.topology, rpc=session)
+        oracle = problem.oracle(
+            [job.shards[rank]], [rank], batch_size=job.batch_size, seed=job.seed
+        )
+        peer = Peer(algo, x[0], torch.Generator().manual_seed(agent_seed(job.seed, rank, 1)))
+        session.host("peer", peer)
+        neighbours = sorted(job.topology.base_graph.neighbors(rank))
+        draws = np.random.default_rng([job.seed, rank, 0xA5])
+        generator = torch.Generator().manual_seed(agent_seed(job.seed, rank, 2))
+        initiated = torch.zeros(n, dtype=torch.int64)
+        losses = []
+        start = time.perf_counter()
+        state = algo.init(x, oracle, comm)
+        name = f"{algo.name} x{n} (distributed, asynchronous)"
+        with progress_bar(job.rounds, name, job.progress and rank == 0) as advance:
+            for e in range(job.rounds):
+                partner = int(draws.choice(neighbours))
+                state = dataclasses.replace(state, x=state.x + peer.take_shift()[None])
+                pairs = torch.tensor([[rank, partner]])
+                state, loss = algo.interact(state, pairs, oracle, comm, generator)
+                peer.publish(state.x[0])
+                initiated[partner] += 1
+                losses.append(loss)
+                check_finite(loss, e, algo.stability_hint)
+                advance(1, "")
+        guarded("the barrier after the last event", dist.barrier)
+        answered = torch.tensor([peer.answered[r] for r in range(n)], dtype=torch.int64)
+        state = dataclasses.replace(
+            state,
+            x=state.x + peer.take_shift()[None],
+            interactions=state.interactions + answered.sum(),
+        )
+        samples = oracle.meter.reset()
+        messages, nbytes = comm.traffic.reset()
+        row = torch.cat([samples, messages + answered.sum(), nbytes + peer.reply_bytes])
+        every = gather(torch.cat([row, initiated, answered])[None]).cpu()  # (n, 3 + 2n)
+        totals = dict(zip(("samples", "messages", "bytes"), every[:, :3].unbind(1), strict=True))
+        sent, got = every[:, 3 : 3 + n], every[:, 3 + n :]  # sent[i, j]: i initiated with j
+        everyone = gather_state(state, gather)
+        if rank == 0:
+            folder.append(
+                {
+                    "round": job.rounds,
+                    "events": int(sent.sum()),
+                    "epoch": float(totals["samples"].sum()) / len(problem.data.y_train),
+                    "wall_time_s": time.perf_counter() - start,
+                    **traffic_fields(totals),
+                    "train_loss": float(torch.cat(losses).mean()),
+                    "interactions_answered": int(got.sum()),
+                    "interactions_unmatched": int((sent.T - got).abs().sum()),
+                    **job.metrics(everyone.x),
+                    **algo.diagnostics(everyone),
+                }
+            )
+        return RunResult(everyone.x, folder.records)
 
     def _run(self, job: Job, folder: RunFolder, rank: int, session: RpcSession | None) -> RunResult:
         n, problem, device = job.n_agents, job.problem, job.x0.device

@@ -1,0 +1,59 @@
+"""Asynchronous pairwise gossip between processes: each agent's published model on rpc.
+
+Every rank hosts a :class:`Peer` holding its published model. An initiator sends its
+encoded model with one ``rpc_sync`` to the partner's ``exchange``, which runs on the
+partner's rpc thread while the partner's main thread keeps computing: under the
+peer's lock it encodes its current published model as the reply, decodes the
+initiator's against it (the lattice reference), applies the algorithm's
+:meth:`~nettrain.algorithms.base.AsyncAlgorithm.absorb` and remembers the change
+(``shift``), which the main thread adds to its iterate at its next event. A handler
+never calls another rank, so exchanges cannot wait on each other: no deadlock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import torch
+
+from nettrain.algorithms.base import AsyncAlgorithm
+
+
+class Peer:
+    """This agent's published model ``(d,)``, exchanged on the other ranks' calls."""
+
+    def __init__(self, algorithm: AsyncAlgorithm, x: torch.Tensor, generator: torch.Generator):
+        self._lock = threading.Lock()
+        self._algorithm = algorithm
+        self._generator = generator  # for stochastic codes of the replies
+        self.published = x.clone()
+        self._shift = torch.zeros_like(x)
+        self.answered: Counter[int] = Counter()  # exchanges answered, by initiator
+        self.reply_bytes = 0
+
+    def exchange(self, sender: int, payload: Any) -> Any:
+        """Answer ``sender``: reply with this published model, then absorb theirs."""
+        codec = self._algorithm.compressor
+        with self._lock:
+            own = self.published
+            reply = codec.encode(own[None], generator=self._generator)
+            received = codec.decode(payload, own[None])[0]
+            new = self._algorithm.absorb(own, received)
+            self._shift += new - own
+            self.published = new
+            self.answered[sender] += 1
+            self.reply_bytes += int(codec.nbytes(reply)[0])
+        return reply
+
+    def publish(self, x: torch.Tensor) -> None:
+        """The main thread's new model; exchanges answered meanwhile stay added."""
+        with self._lock:
+            self.published = x + self._shift
+
+    def take_shift(self) -> torch.Tensor:
+        """What exchanges added since the last call, for the main thread's iterate."""
+        with self._lock:
+            shift, self._shift = self._shift, torch.zeros_like(self._shift)
+        return shift
