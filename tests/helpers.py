@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import socket
+import sys
+from typing import Any
 
 import torch
 
 from nettrain.data import Dataset
+from nettrain.engines.base import Job
+from nettrain.engines.sim.clock import CostModel
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
@@ -55,3 +59,53 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def torchrun_command(nproc: int, *args: str, port: int | None = None) -> list[str]:
+    """``python -m torch.distributed.run`` of ``nproc`` local processes on loopback, then
+    ``args`` (a script and its arguments, or ``-m module ...``)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port if port is not None else free_port()),
+        *args,
+    ]
+
+
+def sim_job(
+    problem: Problem,
+    shards: list[torch.Tensor],
+    topology: Any,
+    algorithm: Any,
+    *,
+    rounds: int,
+    x0: torch.Tensor | None = None,
+    slowdown: torch.Tensor | None = None,
+    **fields: Any,
+) -> Job:
+    """A job for the tests: full local batches, seed 0, one record at the end, a cheap
+    cost model; ``x0`` defaults to zeros, ``fields`` override any other field of the Job."""
+    if slowdown is None:
+        slowdown = torch.ones(len(shards), dtype=torch.float64)
+    values: dict[str, Any] = {
+        "batch_size": 0,
+        "seed": 0,
+        "eval_every": rounds,
+        "x0": x0 if x0 is not None else torch.zeros(problem.dim, dtype=torch.float64),
+        "cost": CostModel(1e-6, 1e-5, 1e9, slowdown),
+    }
+    values |= fields
+    return Job(
+        problem=problem,
+        shards=shards,
+        topology=topology,
+        algorithm=algorithm,
+        rounds=rounds,
+        **values,
+    )

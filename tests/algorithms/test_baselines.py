@@ -5,13 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import iid_shards, least_squares_optimum, least_squares_problem, regression_data
+from helpers import (
+    iid_shards,
+    least_squares_optimum,
+    least_squares_problem,
+    regression_data,
+    sim_job,
+)
 from nettrain.algorithms import build_algorithm
 from nettrain.algorithms.baselines import GradientTracking, TrackingState
 from nettrain.algorithms.sgd import SGDConfig
 from nettrain.config import load_config
-from nettrain.engines.base import Job
-from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.recording import RunFolder
@@ -26,18 +30,8 @@ def run_quadratic(name: str, lr: float, rounds: int, shards, schedule: str = "st
     topology = build_topology(
         "ring", N, schedule=schedule, drop_prob=0.3 if schedule == "edge_drop" else 0.0, seed=1
     )
-    job = Job(
-        problem=problem,
-        shards=shards,
-        topology=topology,
-        algorithm=build_algorithm(load_config({"algorithm": name, "lr": lr, "tau": 4})),
-        x0=torch.zeros(problem.dim, dtype=torch.float64),
-        rounds=rounds,
-        batch_size=0,  # full local batch: deterministic gradients
-        seed=0,
-        eval_every=rounds,
-        cost=CostModel(1e-6, 1e-5, 1e9, torch.ones(N, dtype=torch.float64)),
-    )
+    algorithm = build_algorithm(load_config({"algorithm": name, "lr": lr, "tau": 4}))
+    job = sim_job(problem, shards, topology, algorithm, rounds=rounds)
     x = SimEngine().run(job, RunFolder(None)).x
     return x, least_squares_optimum(data, shards)
 

@@ -18,12 +18,16 @@ import torch
 from sklearn.linear_model import Lasso
 
 import nettrain.algorithms.surrogates as surrogates
-from helpers import iid_shards, least_squares_optimum, least_squares_problem, regression_data
+from helpers import (
+    iid_shards,
+    least_squares_optimum,
+    least_squares_problem,
+    regression_data,
+    sim_job,
+)
 from nettrain.algorithms import DGD, NEXT, StepRule, SurrogateConfig
 from nettrain.algorithms.surrogates import Subproblem, minimize
 from nettrain.data import Dataset, load_dataset
-from nettrain.engines.base import Job
-from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.problem.losses import Regularizer, get_loss
@@ -40,19 +44,7 @@ def run(problem: Problem, shards, algorithm, rounds: int, schedule: str = "stati
     topology = build_topology(
         "ring", N, schedule=schedule, drop_prob=0.4 if schedule == "edge_drop" else 0.0, seed=3
     )
-    job = Job(
-        problem=problem,
-        shards=shards,
-        topology=topology,
-        algorithm=algorithm,
-        x0=torch.zeros(problem.dim, dtype=torch.float64),
-        rounds=rounds,
-        batch_size=0,
-        seed=0,
-        eval_every=rounds,
-        cost=CostModel(1e-6, 1e-5, 1e9, torch.ones(N, dtype=torch.float64)),
-        train_objective=True,
-    )
+    job = sim_job(problem, shards, topology, algorithm, rounds=rounds, train_objective=True)
     return SimEngine().run(job, RunFolder(None))
 
 

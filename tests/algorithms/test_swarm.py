@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import least_squares_problem, regression_data
+from helpers import least_squares_problem, regression_data, sim_job
 from nettrain.algorithms import ADPSGD, SGDConfig, SwarmSGD
 from nettrain.compression import Lattice
 from nettrain.engines.base import Job
-from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.events import _batch, run_events
 from nettrain.recording import RunFolder
 from nettrain.topology import build_topology
@@ -23,23 +22,8 @@ def job(algorithm, *, rounds: int, shards=None, slowdown=None, topology: str = "
     shards = shards or [torch.arange(120)[i::N] for i in range(N)]
     gen = torch.Generator().manual_seed(3)
     x0 = torch.randn(problem.dim, generator=gen, dtype=torch.float64)
-    return Job(
-        problem=problem,
-        shards=shards,
-        topology=build_topology(topology, N),
-        algorithm=algorithm,
-        x0=x0,
-        rounds=rounds,
-        batch_size=0,
-        seed=0,
-        eval_every=rounds,
-        cost=CostModel(
-            1e-6,
-            1e-5,
-            1e9,
-            slowdown if slowdown is not None else torch.ones(N, dtype=torch.float64),
-        ),
-    )
+    topo = build_topology(topology, N)
+    return sim_job(problem, shards, topo, algorithm, rounds=rounds, x0=x0, slowdown=slowdown)
 
 
 @pytest.mark.parametrize("blocking", [False, True])

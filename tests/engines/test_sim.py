@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from nettrain.engines.base import check_finite
 from nettrain.engines.sim.clock import CostModel, VirtualClock
 from nettrain.engines.sim.comm import SimCommunicator
-from nettrain.engines.sim.engine import check_finite
 from nettrain.errors import DivergenceError
 from nettrain.patterns import ring_allreduce_cost
 from nettrain.topology import build_topology
@@ -90,25 +90,25 @@ def test_divergence_names_the_round_and_agents() -> None:
 
 def test_sparse_path_run_is_bit_for_bit_repeatable() -> None:
     """64 agents on a ring take the sparse mixing path; two runs agree exactly."""
-    from helpers import iid_shards, least_squares_problem, regression_data
+    from helpers import iid_shards, least_squares_problem, regression_data, sim_job
     from nettrain.algorithms import GradientTracking
     from nettrain.algorithms.sgd import SGDConfig
-    from nettrain.engines.base import Job
     from nettrain.engines.sim.engine import SimEngine
     from nettrain.recording import RunFolder
 
     problem = least_squares_problem(regression_data(n_samples=256))
-    job = Job(
-        problem=problem,
-        shards=iid_shards(256, 64),
-        topology=build_topology("ring", 64),
-        algorithm=GradientTracking(SGDConfig(lr=0.02, momentum=0.5)),
-        x0=problem.initial_params(0),
+    algorithm = GradientTracking(SGDConfig(lr=0.02, momentum=0.5))
+    topology = build_topology("ring", 64)
+    job = sim_job(
+        problem,
+        iid_shards(256, 64),
+        topology,
+        algorithm,
         rounds=30,
+        x0=problem.initial_params(0),
         batch_size=2,
         seed=5,
         eval_every=10,
-        cost=CostModel(1e-6, 1e-5, 1e9, torch.ones(64, dtype=torch.float64)),
     )
     a = SimEngine().run(job, RunFolder(None))
     b = SimEngine().run(job, RunFolder(None))

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import free_port
+from helpers import torchrun_command
 from nettrain.config import load_config
 from nettrain.engines.base import Job, RunResult
 from nettrain.engines.distributed.engine import DistributedEngine, gather_state
@@ -59,19 +58,7 @@ SOCIAL = ("objective", "stationarity", "disagreement", "sparsity")  # NEXT's rec
 
 
 def torchrun(nproc: int, script: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(nproc),
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(free_port()),
-        str(script),
-        *args,
-    ]
+    command = torchrun_command(nproc, str(script), *args)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     with open(log, "wb") as sink:  # a file, not a pipe: nobody reads while the sims run
         return subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import free_port
+from helpers import free_port, torchrun_command
 from nettrain.engines.distributed.comm import PeerError
 from nettrain.engines.distributed.rpc import (
     Counts,
@@ -80,9 +80,9 @@ def test_the_mailbox_counts_exactly_what_was_sent(store: str, tmp_path: Path) ->
     spec: dict = {"store": store, "plan": plan()}
     if store == "port":
         spec["port"] = next(p for p in iter(free_port, None) if p != master)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4"]
-    command += ["--master-addr", "127.0.0.1", "--master-port", str(master)]
-    command += [str(WORKER), "count", json.dumps(spec), str(tmp_path)]
+    command = torchrun_command(
+        4, str(WORKER), "count", json.dumps(spec), str(tmp_path), port=master
+    )
     log = tmp_path / "torchrun.log"
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     with open(log, "wb") as sink:  # its own process group: nothing of it may outlive it

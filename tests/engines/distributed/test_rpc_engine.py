@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
-from helpers import free_port
+from helpers import torchrun_command
 
 
 def test_the_engine_opens_and_closes_the_rpc_session(tmp_path: Path) -> None:
     out, log = tmp_path / "counts.pt", tmp_path / "log.txt"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4"]
-    command += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
-    command += [str(Path(__file__).with_name("rpc_engine_worker.py")), str(out)]
+    command = torchrun_command(4, str(Path(__file__).with_name("rpc_engine_worker.py")), str(out))
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     with open(log, "wb") as sink:
         proc = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=180)
