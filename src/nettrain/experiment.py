@@ -21,7 +21,7 @@ import torch
 
 from nettrain.algorithms import build_algorithm
 from nettrain.checkpoint import Checkpoint
-from nettrain.config import FROZEN_ON_RESUME, RunConfig, coerce, load_config
+from nettrain.config import FROZEN_ON_RESUME, RunConfig, load_config
 from nettrain.data import load_dataset, partition
 from nettrain.engines.base import Engine, Job, RunResult
 from nettrain.engines.distributed.engine import DistributedEngine
@@ -174,7 +174,7 @@ def resume(out: str | Path, overrides: Mapping[str, Any] = ()) -> RunResult:
     if not (folder / "config.json").is_file():
         raise DataError(f"{folder} is not a run folder (no config.json); nothing to resume")
     saved = load_config(json.loads((folder / "config.json").read_text()))
-    cfg = saved.replace(**{k: coerce(k, v) for k, v in dict(overrides).items()})
+    cfg = saved.replace(**dict(overrides))  # validated and converted like any config
     changed = [k for k in FROZEN_ON_RESUME if getattr(cfg, k) != getattr(saved, k)]
     if changed:
         raise ConfigError(

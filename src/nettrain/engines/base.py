@@ -1,4 +1,5 @@
-"""What every engine receives (a :class:`Job`) and returns (a :class:`RunResult`)."""
+"""What every engine receives (a :class:`Job`) and returns (a :class:`RunResult`), and
+the record helpers all engines share (work counters, the divergence check)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any, Protocol
 
 import torch
 
-from nettrain.algorithms.base import Algorithm
+from nettrain.algorithms.base import Algorithm, Method
 from nettrain.checkpoint import Checkpoint
 from nettrain.engines.sim.clock import CostModel
+from nettrain.errors import DivergenceError
 from nettrain.evaluation import model_metrics
 from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder
@@ -56,3 +58,33 @@ class Engine(Protocol):
     name: str
 
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult: ...
+
+
+def traffic_fields(totals: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Cumulative samples, messages and bytes: totals and the busiest agent's."""
+    return {
+        "samples": int(totals["samples"].sum()),
+        "messages_total": int(totals["messages"].sum()),
+        "bytes_total": int(totals["bytes"].sum()),
+        "messages_max_agent": int(totals["messages"].max()),
+        "bytes_max_agent": int(totals["bytes"].max()),
+    }
+
+
+def check_finite(loss: torch.Tensor, t: int, hint: str = Method.stability_hint) -> None:
+    """Stop a diverged run with a message that names the round, the agents and the fix."""
+    bad = ~torch.isfinite(loss)
+    if bool(bad.any()):
+        agents = bad.nonzero().flatten().tolist()
+        shown = ", ".join(map(str, agents[:8])) + (" ..." if len(agents) > 8 else "")
+        raise DivergenceError(
+            f"the run diverged at round {t + 1}: the training loss of agent(s) {shown} is "
+            f"{float(loss[agents[0]])}. {hint}, or check the data for NaN"
+        )
+
+
+def status_line(record: dict[str, Any]) -> str:
+    """The progress bar's note on a record."""
+    if "test_accuracy" in record:
+        return f"acc {record['test_accuracy']:.3f}"
+    return f"test loss {record['test_loss']:.4f}"

@@ -42,6 +42,19 @@ def summary_table(summaries: Sequence[dict[str, Any]], title: str = "") -> Table
     return table
 
 
+def rows_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str = "", left: int = 1
+) -> Table:
+    """Rows of dicts, one column per key of ``columns``; the first ``left`` columns are
+    labels (left-aligned), the rest figures formatted like :func:`summary_table`'s."""
+    table = Table(title=title or None, box=box.SIMPLE_HEAD)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i < left else "right")
+    for row in rows:
+        table.add_row(*(_fmt(row.get(c)) for c in columns))
+    return table
+
+
 def write_csv(summaries: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """All keys of all summaries as columns, one row per run."""
     fields: list[str] = []

@@ -19,19 +19,17 @@ linear surrogate that is centralised full-batch proximal gradient with step
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from nettrain.config import load_config
 from nettrain.experiment import run
 from nettrain.report.plots import plot_metrics
-from nettrain.report.tables import write_csv
+from nettrain.report.tables import rows_table, write_csv
 from nettrain.reproduce.claims import Claim
 
 Records = list[dict[str, Any]]
@@ -142,7 +140,8 @@ def reproduce(out: Path, *, quick: bool = False, seed: int = 0, console: Console
             results[setting.name], PANELS, out / f"{setting.name}.png", title=setting.title
         )
     write_csv(rows, out / "summary.csv")
-    console.print(summary(rows))
+    columns = ("setting", "method", *FINAL, "wall_time_s")
+    console.print(rows_table(rows, columns, title="NEXT: final values", left=2))
     return check(results)
 
 
@@ -152,10 +151,12 @@ def with_test_error(record: dict[str, Any]) -> dict[str, Any]:
     return record | {"test_error": None}
 
 
+FINAL = ("objective", "stationarity", "disagreement", "test_error", "test_loss", "sparsity")
+
+
 def final(records: Records) -> dict[str, Any]:
     last = records[-1]
-    keys = ("objective", "stationarity", "disagreement", "test_error", "test_loss", "sparsity")
-    return {k: last.get(k) for k in keys} | {"wall_time_s": last["wall_time_s"]}
+    return {k: last.get(k) for k in FINAL} | {"wall_time_s": last["wall_time_s"]}
 
 
 def describe(row: Mapping[str, Any]) -> str:
@@ -165,18 +166,6 @@ def describe(row: Mapping[str, Any]) -> str:
         if row.get(k) is not None
     ]
     return " ".join(shown) + f" ({row['wall_time_s']:.1f} s)"
-
-
-def summary(rows: Sequence[Mapping[str, Any]]) -> Table:
-    columns = ("setting", "method", *final([{"wall_time_s": 0}]).keys())
-    table = Table(title="NEXT: final values", box=box.SIMPLE_HEAD)
-    for c in columns:
-        table.add_column(c, justify="left" if c in ("setting", "method") else "right")
-    for row in rows:
-        table.add_row(
-            *(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns)
-        )
-    return table
 
 
 def first_round_below(records: Records, target: float) -> int | None:

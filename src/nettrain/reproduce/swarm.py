@@ -25,14 +25,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from nettrain.config import load_config
 from nettrain.experiment import run
 from nettrain.report.plots import plot_metrics
-from nettrain.report.tables import write_csv
+from nettrain.report.tables import rows_table, write_csv
 from nettrain.reproduce.claims import Claim
 
 Records = list[dict[str, Any]]
@@ -123,7 +121,8 @@ def reproduce(out: Path, *, quick: bool = False, seed: int = 0, console: Console
         curves = {k.split(" ", 1)[1]: v for k, v in results.items() if k.startswith(f"n{n} ")}
         plot_metrics(curves, PANELS, out / f"n{n}.png", title=f"Fashion-MNIST, {n} agents", x=X)
     write_csv(rows, out / "summary.csv")
-    console.print(summary(rows))
+    columns = ("n", "method", *COLUMNS, "virtual_time_to_85%")
+    console.print(rows_table(rows, columns, title="SwarmSGD: final values", left=2))
     return check(results, sizes, middle)
 
 
@@ -147,18 +146,6 @@ def describe(row: Mapping[str, Any]) -> str:
         f"bytes={row['bytes_total']:.3g} vt={row['virtual_time_s']:.3g}s "
         f"({row['wall_time_s']:.1f} s)"
     )
-
-
-def summary(rows: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table(title="SwarmSGD: final values", box=box.SIMPLE_HEAD)
-    columns = ("n", "method", *COLUMNS, "virtual_time_to_85%")
-    for c in columns:
-        table.add_column(c, justify="left" if c == "method" else "right")
-    for row in rows:
-        table.add_row(
-            *(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in columns)
-        )
-    return table
 
 
 def first(records: Records, target: float, key: str) -> float | None:

@@ -34,12 +34,11 @@ import torch.distributed as dist
 
 from nettrain.algorithms.base import AsyncAlgorithm
 from nettrain.checkpoint import Checkpoint
-from nettrain.engines.base import Job, RunResult
+from nettrain.engines.base import Job, RunResult, check_finite, status_line, traffic_fields
 from nettrain.engines.distributed.comm import DistCommunicator, PeerError, guarded
 from nettrain.engines.distributed.gossip import Peer
 from nettrain.engines.distributed.rpc import RpcSession, rpc_session
 from nettrain.engines.sim.clock import VirtualClock
-from nettrain.engines.sim.engine import _status, check_finite, traffic_fields
 from nettrain.errors import ConfigError, DivergenceError
 from nettrain.problem.oracle import agent_seed
 from nettrain.progress import progress_bar
@@ -310,7 +309,7 @@ class DistributedEngine:
                             **job.algorithm.diagnostics(everyone),
                         }
                         folder.append(record)
-                        status = _status(record)
+                        status = status_line(record)
                 advance(1, status)
         return RunResult(gather(state.x), folder.records)
 

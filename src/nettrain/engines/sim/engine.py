@@ -10,20 +10,18 @@ appends a record. Same seed, same numbers, bit for bit on CPU.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 
 from nettrain.algorithms.base import AsyncAlgorithm
 from nettrain.checkpoint import Checkpoint, load_state, state_dict
-from nettrain.engines.base import Job, RunResult
+from nettrain.engines.base import Job, RunResult, check_finite, status_line, traffic_fields
 from nettrain.engines.sim.clock import VirtualClock
 from nettrain.engines.sim.comm import SimCommunicator
+from nettrain.engines.sim.events import run_events
 from nettrain.errors import DivergenceError
 from nettrain.progress import progress_bar
 from nettrain.recording import RunFolder
-
-SGD_HINT = "Lower the learning rate (lr=) or the momentum"
 
 
 class SimEngine:
@@ -34,8 +32,6 @@ class SimEngine:
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
         """Run ``job``; with ``resume``, continue from that checkpoint's round."""
         if isinstance(job.algorithm, AsyncAlgorithm):
-            from nettrain.engines.sim.events import run_events
-
             return run_events(job, folder)
         n, problem = job.n_agents, job.problem
         x = job.x0.expand(n, -1).clone()  # (n, d)
@@ -84,7 +80,7 @@ class SimEngine:
                         **job.algorithm.diagnostics(state),
                     }
                     folder.append(record)
-                    status = _status(record)
+                    status = status_line(record)
                 if job.checkpoint_every and (t + 1) % job.checkpoint_every == 0:
                     folder.checkpoint(
                         Checkpoint(
@@ -100,32 +96,3 @@ class SimEngine:
                     saved = t + 1
                 advance(1, status)
         return RunResult(state.x, folder.records)
-
-
-def traffic_fields(totals: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Cumulative samples, messages and bytes: totals and the busiest agent's."""
-    return {
-        "samples": int(totals["samples"].sum()),
-        "messages_total": int(totals["messages"].sum()),
-        "bytes_total": int(totals["bytes"].sum()),
-        "messages_max_agent": int(totals["messages"].max()),
-        "bytes_max_agent": int(totals["bytes"].max()),
-    }
-
-
-def check_finite(loss: torch.Tensor, t: int, hint: str = SGD_HINT) -> None:
-    """Stop a diverged run with a message that names the round, the agents and the fix."""
-    bad = ~torch.isfinite(loss)
-    if bool(bad.any()):
-        agents = bad.nonzero().flatten().tolist()
-        shown = ", ".join(map(str, agents[:8])) + (" ..." if len(agents) > 8 else "")
-        raise DivergenceError(
-            f"the run diverged at round {t + 1}: the training loss of agent(s) {shown} is "
-            f"{float(loss[agents[0]])}. {hint}, or check the data for NaN"
-        )
-
-
-def _status(record: dict[str, Any]) -> str:
-    if "test_accuracy" in record:
-        return f"acc {record['test_accuracy']:.3f}"
-    return f"test loss {record['test_loss']:.4f}"

@@ -26,9 +26,8 @@ import numpy as np
 import torch
 
 from nettrain.algorithms.base import AsyncAlgorithm
-from nettrain.engines.base import Job, RunResult
+from nettrain.engines.base import Job, RunResult, check_finite, status_line, traffic_fields
 from nettrain.engines.sim.comm import SimCommunicator
-from nettrain.engines.sim.engine import _status, check_finite, traffic_fields
 from nettrain.errors import ConfigError
 from nettrain.progress import progress_bar
 from nettrain.recording import RunFolder
@@ -103,7 +102,7 @@ def run_events(job: Job, folder: RunFolder, max_batch: int = 0) -> RunResult:
                 }
                 losses.clear()
                 folder.append(record)
-                status = _status(record)
+                status = status_line(record)
             advance(done // n - before // n, status)
     return RunResult(state.x, folder.records)
 
