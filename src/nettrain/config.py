@@ -36,7 +36,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ENGINES = ("sim", "distributed")
+ENGINES = ("sim", "distributed", "shared_memory")
+PHASES = ("fixed", "poisson")
 BACKENDS = ("auto", "gloo", "nccl")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
@@ -97,7 +98,9 @@ class RunConfig:
     momentum: float = key(0.0, "heavy-ball momentum of the local step, in [0, 1)")
     nesterov: bool = key(False, "Nesterov momentum (needs momentum > 0)")
     weight_decay: float = key(0.0, "decoupled from reg: g <- g + weight_decay * x")
-    tau: int = key(4, "local_sgd: local steps between two averagings")
+    tau: int = key(
+        4, "local_sgd, EASGD family, admm: local steps between two averagings or exchanges"
+    )
     # --- NEXT and DGD ---
     surrogate: str = key(
         "linear",
@@ -110,7 +113,11 @@ class RunConfig:
     step_decay: float = key(
         0.01, "next/dgd: eps of the step rule alpha[k+1] = alpha[k] (1 - eps alpha[k])"
     )
-    blocks: int = key(1, "next/dgd: blocks of the block-parallel local step (threads)")
+    blocks: int = key(
+        1,
+        "next/dgd: blocks of the block-parallel local step (threads); block_async: blocks "
+        "the flat parameter vector is partitioned into, shared out over the processes",
+    )
     inner_steps: int = key(
         10, "next/dgd: accelerated proximal-gradient steps on a non-quadratic surrogate"
     )
@@ -133,6 +140,40 @@ class RunConfig:
     lattice_eps: float = key(1e-3, "swarm quantizer=lattice: lattice step eps (error <= eps/2)")
     blocking: bool = key(
         False, "swarm: the partner stops and steps too (true), or answers as it is (false)"
+    )
+    geometric_steps: bool = key(
+        False, "swarm: each local phase has a geometric number of steps with mean local_steps"
+    )
+    phase: str = key(
+        "fixed",
+        "asynchronous methods: local phases last their modelled compute time (fixed) or an "
+        "exponential time with that mean (poisson: per-agent Poisson clocks)",
+        PHASES,
+    )
+    # --- elastic averaging family (easgd, easgd_async, eamsgd, tree_easgd, downpour,
+    # mdownpour, admm) ---
+    alpha: float = key(
+        0.0, "EASGD family: moving rate alpha = lr * rho; 0 = 0.9 / agents (beta = 0.9)"
+    )
+    servers: int = key(
+        1, "EASGD family, downpour: parameter servers S, each owning a slice of the centre"
+    )
+    tree_periods: tuple[int, ...] = key(
+        (),
+        "tree_easgd: exchange period of each level, leaves first (e.g. 4,16); empty = "
+        "tau * branching^level",
+    )
+    # --- shared-memory engine (block_async, hogwild) ---
+    processes: int = key(2, "engine=shared_memory: worker processes P sharing one model")
+    average_every: int = key(
+        0,
+        "engine=shared_memory under torchrun: steps K between cross-machine averagings; 0 = never",
+    )
+    warmup: int = key(
+        0, "block_async: steps of full (unpartitioned) updates before the partitioned ones"
+    )
+    full_every: int = key(
+        0, "block_async: after the warm-up, every full_every-th step updates all blocks; 0 = never"
     )
     # --- topology ---
     topology: str = key("ring", "communication graph of the agents", GRAPHS)
@@ -179,6 +220,8 @@ class RunConfig:
             "branching",
             "blocks",
             "inner_steps",
+            "servers",
+            "processes",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -193,6 +236,10 @@ class RunConfig:
             "edge_prob",
             "nproc",
             "checkpoint_every",
+            "alpha",
+            "average_every",
+            "warmup",
+            "full_every",
         )
         for name in nonneg:
             if getattr(self, name) < 0:
@@ -214,6 +261,8 @@ class RunConfig:
             raise ConfigError("agent_gflops and bandwidth_gbps must be > 0")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if any(p < 1 for p in self.tree_periods):
+            raise ConfigError(f"tree_periods must be >= 1, got {self.tree_periods}")
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"hidden widths must be >= 1, got {self.hidden}")
         if self.timeout_s <= 0:
