@@ -34,6 +34,8 @@ CASES = {
     | {"drop_prob": 0.3},
     "gradient_tracking": {"algorithm": "gradient_tracking", "lr": 0.05},
     "next_l1": {"algorithm": "next", "regularizer": "l1", "reg_lambda": 1e-3, "batch_size": 0},
+    "easgd_servers": {"algorithm": "easgd", "servers": 2, "tau": 3},
+    "tree_easgd": {"algorithm": "tree_easgd", "tau": 2},
 }  # fmt: skip
 
 
@@ -51,6 +53,8 @@ def test_resumed_run_equals_the_uninterrupted_one(case: str, tmp_path: Path) -> 
     assert Checkpoint.load(tmp_path / "cut").round == 20
     resumed = resume(tmp_path / "cut", {"rounds": "40"})
     assert torch.equal(resumed.x, whole.x)
+    if whole.centre is not None:  # the servers' centre is saved and restored too
+        assert resumed.centre is not None and torch.equal(resumed.centre, whole.centre)
     final = torch.load(tmp_path / "cut" / "final.pt", weights_only=True)
     assert torch.equal(final, whole.x)
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()

@@ -35,6 +35,7 @@ class Checkpoint:
     totals: dict[str, torch.Tensor]  # cumulative samples, messages, bytes per agent
     records: int  # records written so far
     wall_time_s: float
+    servers: dict[str, Any] | None = None  # the parameter servers' centre, if any
 
     def save(self, folder: Path) -> Path:
         """Write ``folder/checkpoint.pt`` atomically: a temporary file, then a rename."""

@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out) if args.out else _default_out(cfg.algorithm)
     rank = os.environ.get("RANK")
     if cfg.engine == "distributed" and rank is None:
-        return launch_torchrun(cfg.nproc or cfg.agents, cfg, args.items, out)
+        return launch_torchrun(cfg.nproc or cfg.world_size, cfg, args.items, out)
     result = run(cfg, out)
     if rank not in (None, "0"):
         return 0  # rank 0 reports for everyone
@@ -111,7 +111,8 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         for k, name in enumerate(algorithms):
             # One torchrun per algorithm; a fresh port each, so no launch waits on the last.
             items = [*args.items, f"algorithm={name}", f"master_port={cfg.master_port + k}"]
-            code = launch_torchrun(cfg.nproc or cfg.agents, cfg, items, out / name)
+            sub = cfg.replace(algorithm=name)
+            code = launch_torchrun(sub.nproc or sub.world_size, sub, items, out / name)
             if code != 0:
                 console.print(f"the run of {name} failed (torchrun exit code {code})")
                 return code

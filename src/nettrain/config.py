@@ -37,10 +37,14 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENGINES = ("sim", "distributed", "shared_memory")
+# what engine=shared_memory runs: the partitioned method, Hogwild, synchronous data-parallel
+SHARED_MEMORY_ALGORITHMS = ("block_async", "hogwild", "allreduce")
 PHASES = ("fixed", "poisson")
 BACKENDS = ("auto", "gloo", "nccl")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
+# what sends its models or gradients through quantizer= (the others send them as they are)
+QUANTIZED_ALGORITHMS = ("allreduce", "local_sgd", "dpsgd", "gradient_tracking", "swarm")
 
 
 def key(default: Any, help: str, choices: Iterable[str] | None = None) -> Any:
@@ -57,7 +61,8 @@ class RunConfig:
     algorithm: str = key("dpsgd", "training method", ALGORITHMS)
     engine: str = key(
         "sim",
-        "who runs the agents: the in-process simulator, or one process per agent (torchrun)",
+        "who runs the agents: the in-process simulator, one process per agent (torchrun), or "
+        "processes=P workers on one model in shared memory (block_async, hogwild, allreduce)",
         ENGINES,
     )
     agents: int = key(16, "number of agents n")
@@ -111,12 +116,15 @@ class RunConfig:
     prox_tau: float = key(1.0, "next/dgd: proximal weight tau of the surrogate (> 0)")
     step0: float = key(0.1, "next/dgd: first step alpha[0] in (0, 1]")
     step_decay: float = key(
-        0.01, "next/dgd: eps of the step rule alpha[k+1] = alpha[k] (1 - eps alpha[k])"
+        0.01,
+        "next/dgd: eps of the step rule alpha[k+1] = alpha[k] (1 - eps alpha[k]); block_async, "
+        "hogwild: its closed form, step lr / (1 + eps lr k) at a process's k-th step",
     )
     blocks: int = key(
         1,
         "next/dgd: blocks of the block-parallel local step (threads); block_async: blocks "
-        "the flat parameter vector is partitioned into, shared out over the processes",
+        "the flat parameter vector is partitioned into, shared out over the processes "
+        "(hogwild: writes and staleness are counted per block)",
     )
     inner_steps: int = key(
         10, "next/dgd: accelerated proximal-gradient steps on a non-quadratic surrogate"
@@ -133,11 +141,26 @@ class RunConfig:
     local_steps: int = key(1, "swarm: local SGD steps H before each interaction; 0 = pure gossip")
     quantizer: str = key(
         "none",
-        "swarm: compressor of the models sent (lattice: with the receiver's reference)",
+        "compressor of what is sent: the models of swarm, dpsgd, local_sgd and "
+        "gradient_tracking (also its trackers), the gradients of allreduce (lattice: decoded "
+        "against the receiver's own; topk: allreduce only)",
         COMPRESSORS,
     )
-    bits: int = key(8, "swarm quantizer=lattice|qsgd: bits per coordinate")
-    lattice_eps: float = key(1e-3, "swarm quantizer=lattice: lattice step eps (error <= eps/2)")
+    bits: int = key(
+        8,
+        "swarm, dpsgd, local_sgd, gradient_tracking, allreduce with quantizer=lattice|qsgd: "
+        "bits per coordinate",
+    )
+    lattice_eps: float = key(
+        1e-3,
+        "swarm, dpsgd, local_sgd, gradient_tracking, allreduce with quantizer=lattice: "
+        "lattice step eps (error <= eps/2 while sender and receiver differ by < (2^bits-1) eps/2)",
+    )
+    error_feedback: bool = key(
+        True,
+        "allreduce with a quantizer: carry what compression dropped into the next round's "
+        "gradient (a residual per agent); for top-k, fp16, bf16, not for qsgd at few bits",
+    )
     blocking: bool = key(
         False, "swarm: the partner stops and steps too (true), or answers as it is (false)"
     )
@@ -164,16 +187,24 @@ class RunConfig:
         "tau * branching^level",
     )
     # --- shared-memory engine (block_async, hogwild) ---
-    processes: int = key(2, "engine=shared_memory: worker processes P sharing one model")
+    processes: int = key(
+        2, "engine=shared_memory: worker processes P sharing one model (one round = P steps)"
+    )
     average_every: int = key(
         0,
-        "engine=shared_memory under torchrun: steps K between cross-machine averagings; 0 = never",
+        "engine=shared_memory under torchrun: rounds K between averagings of the machines' "
+        "models (x += mean - snapshot); 0 = never",
     )
     warmup: int = key(
         0, "block_async: steps of full (unpartitioned) updates before the partitioned ones"
     )
     full_every: int = key(
         0, "block_async: after the warm-up, every full_every-th step updates all blocks; 0 = never"
+    )
+    max_delay: int = key(
+        1,
+        "block_async, hogwild in engine=sim: a block another worker writes is read up to "
+        "max_delay rounds late (uniform, seeded); 0 = every read sees the last round",
     )
     # --- topology ---
     topology: str = key("ring", "communication graph of the agents", GRAPHS)
@@ -182,7 +213,7 @@ class RunConfig:
     drop_prob: float = key(0.0, "schedule=edge_drop: probability an edge is down in a round")
     degree: int = key(4, "topology=random_regular: degree of every agent")
     edge_prob: float = key(0.0, "topology=erdos_renyi: edge probability; 0 = 2 ln(n)/n")
-    branching: int = key(2, "topology=tree: children per inner node")
+    branching: int = key(2, "topology=tree and tree_easgd: children per inner node")
     # --- virtual clock (sim) ---
     compute_s_per_sample: float = key(
         0.0, "virtual seconds of compute per training sample; 0 = model FLOPs / agent_gflops"
@@ -193,7 +224,9 @@ class RunConfig:
     stragglers: float = key(0.0, "fraction of agents that are slow (chosen by seed)")
     straggler_slowdown: float = key(4.0, "compute slow-down factor of a straggler")
     # --- distributed engine ---
-    nproc: int = key(0, "engine=distributed: processes to launch, one per agent; 0 = agents")
+    nproc: int = key(
+        0, "engine=distributed: processes to launch, one per agent and server; 0 = that many"
+    )
     backend: str = key(
         "auto", "engine=distributed: gloo (CPU), nccl (CUDA), auto = nccl on device=cuda", BACKENDS
     )
@@ -240,6 +273,7 @@ class RunConfig:
             "average_every",
             "warmup",
             "full_every",
+            "max_delay",
         )
         for name in nonneg:
             if getattr(self, name) < 0:
@@ -269,10 +303,15 @@ class RunConfig:
             raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
         if not 0 < self.master_port < 65536:
             raise ConfigError(f"master_port must be a TCP port in 1..65535, got {self.master_port}")
-        if self.engine == "distributed" and self.nproc not in (0, self.agents):
+        if self.engine == "distributed" and self.nproc not in (0, self.world_size):
+            servers = f" plus {self.world_size - self.agents} servers" if self.uses_servers else ""
             raise ConfigError(
-                f"engine=distributed runs one agent per process: nproc={self.nproc} but "
-                f"agents={self.agents}; set nproc={self.agents} (or nproc=0 under torchrun)"
+                f"engine=distributed runs one process per agent{servers}: nproc={self.nproc} "
+                f"but agents={self.agents}; set nproc={self.world_size} (or nproc=0)"
+            )
+        if self.engine == "distributed" and self.algorithm == "tree_easgd":
+            raise ConfigError(
+                "tree_easgd runs in engine=sim only (the tree's inner nodes live in one process)"
             )
         if self.algorithm in ASYNCHRONOUS and self.checkpoint_every:
             raise ConfigError(
@@ -284,13 +323,45 @@ class RunConfig:
                 "blocking=true runs in engine=sim only; the distributed SwarmSGD is "
                 "non-blocking (the partner answers from its rpc thread)"
             )
+        if self.quantizer != "none" and self.algorithm not in QUANTIZED_ALGORITHMS:
+            raise ConfigError(
+                f"quantizer={self.quantizer} is used by {', '.join(QUANTIZED_ALGORITHMS)}; "
+                f"algorithm={self.algorithm} sends its models uncompressed. Set quantizer=none"
+            )
+        if self.quantizer != "none" and self.engine == "shared_memory":
+            raise ConfigError(
+                f"quantizer={self.quantizer} compresses what agents send; engine=shared_memory "
+                "workers share one model and send nothing. Set quantizer=none"
+            )
         if self.checkpoint_every and self.engine != "sim":
             raise ConfigError(
                 "checkpoint_every is implemented for engine=sim; the distributed engine "
                 "cannot resume yet (set checkpoint_every=0)"
             )
+        if self.engine == "shared_memory" and self.algorithm not in SHARED_MEMORY_ALGORITHMS:
+            raise ConfigError(
+                f"engine=shared_memory runs one model shared by processes=P workers: "
+                f"algorithm={self.algorithm} cannot run there; choose one of "
+                f"{', '.join(SHARED_MEMORY_ALGORITHMS)} (or engine=sim)"
+            )
+        if self.algorithm in ("block_async", "hogwild") and self.engine == "distributed":
+            raise ConfigError(
+                f"algorithm={self.algorithm} updates one shared model: run it with "
+                "engine=shared_memory (real processes, averaged across machines under torchrun "
+                "with average_every=K) or engine=sim (simulated workers)"
+            )
         if self.schedule == "edge_drop" and self.drop_prob == 0:
             raise ConfigError("schedule=edge_drop needs drop_prob > 0 (e.g. drop_prob=0.3)")
+
+    @property
+    def uses_servers(self) -> bool:
+        """Whether the algorithm keeps its centre on parameter servers (EASGD family)."""
+        return ALGORITHMS[self.algorithm].uses_centre
+
+    @property
+    def world_size(self) -> int:
+        """Processes of an engine=distributed run: one per agent, one per server."""
+        return self.agents + (self.servers if self.uses_servers else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -25,6 +25,7 @@ from nettrain.config import FROZEN_ON_RESUME, RunConfig, load_config
 from nettrain.data import load_dataset, partition
 from nettrain.engines.base import Engine, Job, RunResult
 from nettrain.engines.distributed.engine import DistributedEngine
+from nettrain.engines.shared_memory.engine import SharedMemoryEngine
 from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.errors import ConfigError, DataError
@@ -37,7 +38,11 @@ from nettrain.report.plots import plot_runs
 from nettrain.report.tables import write_csv
 from nettrain.topology import build_topology
 
-ENGINES: dict[str, type[Engine]] = {"sim": SimEngine, "distributed": DistributedEngine}
+ENGINES: dict[str, type[Engine]] = {
+    "sim": SimEngine,
+    "distributed": DistributedEngine,
+    "shared_memory": SharedMemoryEngine,
+}
 
 
 def build_engine(cfg: RunConfig) -> Engine:
@@ -127,6 +132,7 @@ def build_job(cfg: RunConfig) -> Job:
         eval_agents=cfg.eval_agents,
         train_objective=cfg.train_objective or algorithm.records_objective,
         checkpoint_every=cfg.checkpoint_every,
+        phase=cfg.phase,
         progress=cfg.progress,
     )
 
@@ -159,7 +165,7 @@ def run(
         rounds=cfg.rounds,
         seed=cfg.seed,
     )
-    folder.finish(summary, result.x)
+    folder.finish(summary, result.x, centre=result.centre)
     return dataclasses.replace(result, summary=summary)
 
 

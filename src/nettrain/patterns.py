@@ -9,9 +9,10 @@ The patterns:
 
 * neighbour mixing ``x_i <- sum_j W_ij(t) x_j`` (:meth:`Communicator.start_mix`);
 * global mean ``x_i <- (1/n) sum_j x_j``, an all-reduce (:meth:`Communicator.start_mean`);
+  both optionally through a compressor, each receiver decoding against its own ``x_i``;
 * pairwise exchange on disjoint pairs, through a compressor (:meth:`Communicator.swap`);
-* worker-to-centre exchange with centre variables held by (sharded) servers
-  (:meth:`Communicator.centre_exchange`).
+* worker-to-centre exchange with centre variables held by (sharded) parameter
+  servers (:meth:`Communicator.centre_exchange`).
 
 The ``start_*`` methods return a :class:`Handle` whose ``wait()`` finishes the
 operation, so communication can overlap the next local computation (Bluefog-style);
@@ -22,13 +23,13 @@ agent in :attr:`Communicator.traffic` at this boundary, from what is sent.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 if TYPE_CHECKING:
+    from nettrain.algorithms.base import CentreRule
     from nettrain.compression import Compressor
 
 
@@ -89,18 +90,60 @@ class Communicator(ABC):
     traffic: Traffic
 
     @abstractmethod
-    def start_mix(self, x: torch.Tensor, t: int) -> Handle:
-        """Start ``x_i <- sum_j W_ij(t) x_j`` with the topology's mixing matrix at round ``t``."""
+    def start_mix(
+        self,
+        x: torch.Tensor,
+        t: int,
+        compressor: Compressor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Handle:
+        """Start ``x_i <- sum_j W_ij(t) x_j`` with the topology's mixing matrix at round ``t``.
+
+        With a ``compressor``, each agent encodes ``x_j`` once (random codes drawn from
+        ``generator``) and sends that payload to each out-neighbour; receiver ``i``
+        decodes it against its own ``x_i`` (the lattice quantiser's reference):
+        ``x_i <- W_ii x_i + sum_{j != i} W_ij decode(encode(x_j), x_i)``. One message
+        per neighbour, of ``compressor.nbytes`` bytes. ``None`` (or ``none``) sends
+        ``x_j`` as it is.
+        """
 
     @abstractmethod
-    def start_mean(self, x: torch.Tensor) -> Handle:
-        """Start the all-reduce ``x_i <- (1/n) sum_j x_j`` over all ``n`` agents."""
+    def start_mean(
+        self,
+        x: torch.Tensor,
+        compressor: Compressor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Handle:
+        """Start the all-reduce ``x_i <- (1/n) sum_j x_j`` over all ``n`` agents.
 
-    def mix(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        return self.start_mix(x, t).wait()
+        With a ``compressor`` it is an all-gather of the encoded contributions:
+        ``x_i <- (1/n) sum_j decode(encode(x_j), x_i)``, agent ``i``'s own included, so
+        every agent gets the same mean whenever decoding does not depend on the
+        reference (and, for the lattice quantiser, within its guarantee). It costs what a
+        ring all-gather of the payloads costs: ``n - 1`` messages and ``(n - 1)`` payloads
+        of ``compressor.nbytes`` bytes an agent (every payload has the same size).
+        """
 
-    def mean(self, x: torch.Tensor) -> torch.Tensor:
-        return self.start_mean(x).wait()
+    def mix(
+        self,
+        x: torch.Tensor,
+        t: int,
+        compressor: Compressor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        if compressor is None:
+            return self.start_mix(x, t).wait()
+        return self.start_mix(x, t, compressor, generator).wait()
+
+    def mean(
+        self,
+        x: torch.Tensor,
+        compressor: Compressor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        if compressor is None:
+            return self.start_mean(x).wait()
+        return self.start_mean(x, compressor, generator).wait()
 
     def swap(
         self,
@@ -121,13 +164,24 @@ class Communicator(ABC):
 
     def centre_exchange(
         self,
-        x: torch.Tensor,
+        sent: torch.Tensor,
         workers: torch.Tensor,
-        rule: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        rule: CentreRule,
+        synchronous: bool = False,
     ) -> torch.Tensor:
-        """Exchange of ``workers`` with the centre variable ``c`` held by the servers:
-        ``(x_w, delta) = rule(x_w, c)`` then ``c <- c + delta`` on the servers.
+        """Exchanges of ``workers: (k,)`` (global ids, local here) with the centre servers.
 
-        Used by the elastic averaging family and DOWNPOUR; engines add it with them.
+        Worker ``w`` sends ``sent[w]: (d,)``, split into the servers' contiguous slices;
+        each server applies ``rule.serve`` to its slice atomically (a lock per server,
+        none global) and replies. Returns the replies ``(k, d)``. Asynchronous: exchanges
+        are applied in row order, each on the centre as the earlier ones left it.
+        Synchronous (one call per round by every worker): every exchange of the round
+        reads the centre as the round found it and their changes add up
+        (``c <- c + sum_w (serve(c, sent_w) - c)``), in any arrival order. Each worker
+        sends one message per server. Used by the elastic averaging family and DOWNPOUR.
         """
-        raise NotImplementedError(f"{type(self).__name__} has no centre exchange yet")
+        raise NotImplementedError(f"{type(self).__name__} has no centre exchange")
+
+    def centre(self) -> torch.Tensor:
+        """The centre variable ``(d,)`` as the servers hold it now (row 0 of their rows)."""
+        raise NotImplementedError(f"{type(self).__name__} has no centre")

@@ -6,6 +6,7 @@ A run folder holds::
     metrics.jsonl   one JSON record per evaluation, appended and flushed as the run goes
     summary.json    the last record's figures plus what identifies the run
     final.pt        every agent's parameters, a tensor of shape (n, d)
+    centre.pt       the centre variable (d,) of a centre-based method (EASGD family)
     plot.png        test accuracy and consensus distance against rounds, bytes, time
 
 ``RunFolder(None)`` keeps the records in memory only (for the Python API and tests).
@@ -38,6 +39,9 @@ SUMMARY_FROM_RECORD = (
     "epoch",
     "virtual_time_s",
     "wall_time_s",
+    "centre_test_accuracy",
+    "centre_test_loss",
+    "staleness_mean",
 )
 
 
@@ -105,13 +109,22 @@ class RunFolder:
             with open(self.path / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def finish(self, summary: dict[str, Any], x: torch.Tensor, plot: bool = True) -> None:
-        """Write ``summary.json``, ``final.pt`` (``x: (n, d)`` on CPU) and the plot."""
+    def finish(
+        self,
+        summary: dict[str, Any],
+        x: torch.Tensor,
+        plot: bool = True,
+        centre: torch.Tensor | None = None,
+    ) -> None:
+        """Write ``summary.json``, ``final.pt`` (``x: (n, d)`` on CPU), ``centre.pt`` (if
+        given) and the plot."""
         if self.path is None:
             return
-        tmp = self.path / "final.pt.tmp"
-        torch.save(x.detach().cpu(), tmp)
-        os.replace(tmp, self.path / "final.pt")
+        tensors = {"final.pt": x} | ({"centre.pt": centre} if centre is not None else {})
+        for name, value in tensors.items():
+            tmp = self.path / f"{name}.tmp"
+            torch.save(value.detach().cpu(), tmp)
+            os.replace(tmp, self.path / name)
         write_json(self.path / "summary.json", {k: _jsonable(v) for k, v in summary.items()})
         if plot and self.records:
             from nettrain.report.plots import plot_run

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +12,8 @@ from helpers import least_squares_problem, regression_data, sim_job
 from nettrain.algorithms import ADPSGD, SGDConfig, SwarmSGD
 from nettrain.compression import Lattice
 from nettrain.engines.base import Job
+from nettrain.engines.draws import Draws
+from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.events import _batch, run_events
 from nettrain.recording import RunFolder
 from nettrain.topology import build_topology
@@ -16,14 +21,18 @@ from nettrain.topology import build_topology
 N = 8
 
 
-def job(algorithm, *, rounds: int, shards=None, slowdown=None, topology: str = "ring") -> Job:
+def job(
+    algorithm, *, rounds: int, shards=None, slowdown=None, topology: str = "ring", **fields
+) -> Job:
     data = regression_data()
     problem = least_squares_problem(data)
     shards = shards or [torch.arange(120)[i::N] for i in range(N)]
     gen = torch.Generator().manual_seed(3)
     x0 = torch.randn(problem.dim, generator=gen, dtype=torch.float64)
     topo = build_topology(topology, N)
-    return sim_job(problem, shards, topo, algorithm, rounds=rounds, x0=x0, slowdown=slowdown)
+    return sim_job(
+        problem, shards, topo, algorithm, rounds=rounds, x0=x0, slowdown=slowdown, **fields
+    )
 
 
 @pytest.mark.parametrize("blocking", [False, True])
@@ -108,3 +117,53 @@ def test_a_batch_is_the_longest_prefix_on_distinct_agents() -> None:
     # 1-4, 2-0, then 0 (busy): stop
     assert _batch(ends, partner, 10).tolist() == [[1, 4], [2, 0]]
     assert _batch(ends, partner, 1).tolist() == [[1, 4]]
+
+
+def test_geometric_phases_average_local_steps() -> None:
+    """``geometric_steps``: a phase has 1, 2, ... steps, geometric with mean H = 3; the
+    samples computed (full local batches of 15) over 8 x 150 events give that mean."""
+    algo = SwarmSGD(SGDConfig(lr=0.01), local_steps=3, geometric=True)
+    record = run_events(job(algo, rounds=150), RunFolder(None)).records[-1]
+    steps_per_event = record["samples"] / (15 * record["events"])
+    assert 2.85 < steps_per_event < 3.15
+    fixed = run_events(job(SwarmSGD(SGDConfig(lr=0.01), local_steps=3), rounds=5), RunFolder(None))
+    assert fixed.records[-1]["samples"] == 15 * 3 * fixed.records[-1]["events"]
+
+
+def test_draws_give_poisson_clocks_and_geometric_steps() -> None:
+    """Exponential durations (mean and standard deviation both the mean), geometric step
+    counts on {1, 2, ...}; each stream replays from its seed."""
+    algo = SwarmSGD(SGDConfig(lr=0.01), local_steps=4, geometric=True)
+    a, b = Draws(7, 3, [0, 1], algo), Draws(7, 3, [0, 1], algo)
+    times = np.array([a.duration(2.0, poisson=True) for _ in range(20000)])
+    assert abs(times.mean() - 2.0) < 0.05 and abs(times.std() - 2.0) < 0.07
+    steps = np.array([a.steps() for _ in range(20000)])
+    assert steps.min() == 1 and abs(steps.mean() - 4.0) < 0.1
+    assert [b.partner() for _ in range(50)] == [a.partner() for _ in range(50)]
+    assert a.duration(2.0, poisson=False) == 2.0
+
+
+class Counting(SwarmSGD):
+    """SwarmSGD that notes who initiates each event."""
+
+    initiated: ClassVar[list[int]] = []
+
+    def interact(self, state, pairs, *args):
+        self.initiated.extend(pairs[:, 0].tolist())
+        return super().interact(state, pairs, *args)
+
+
+def test_poisson_clocks_make_event_counts_poisson() -> None:
+    """Equal speeds, compute-bound phases: with fixed durations every agent initiates
+    exactly ``rounds`` events; with Poisson clocks agent ``i`` initiates a Poisson number
+    of mean about ``rounds`` (standard deviation about its square root)."""
+    slow_compute = CostModel(1e-3, 1e-9, 1e12, torch.ones(N, dtype=torch.float64))
+    counts = {}
+    for phase in ("fixed", "poisson"):
+        Counting.initiated.clear()
+        algo = Counting(SGDConfig(lr=0.01), local_steps=1)
+        run_events(job(algo, rounds=200, phase=phase, cost=slow_compute), RunFolder(None))
+        counts[phase] = np.bincount(Counting.initiated, minlength=N)
+    assert (counts["fixed"] == 200).all()
+    assert counts["poisson"].sum() == 200 * N
+    assert 0.4 * 14.1 < counts["poisson"].std() < 2.0 * 14.1  # sqrt(200)

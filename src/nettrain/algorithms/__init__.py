@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from nettrain.algorithms.base import Algorithm, AsyncAlgorithm, Method
+from nettrain.algorithms.base import (
+    Algorithm,
+    AsyncAlgorithm,
+    CentreAlgorithm,
+    GossipAlgorithm,
+    Method,
+)
 from nettrain.algorithms.baselines import DPSGD, AllReduceSGD, GradientTracking, LocalSGD
+from nettrain.algorithms.block_async import BlockAsyncSGD, Hogwild
+from nettrain.algorithms.downpour import ADMM, Downpour, MomentumDownpour
+from nettrain.algorithms.elastic import EAMSGD, EASGD, EASGDAsync, TreeEASGD
 from nettrain.algorithms.next_sca import DGD, NEXT, StepRule
 from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_direction, sgd_step
 from nettrain.algorithms.surrogates import SOLVERS, SURROGATES, SurrogateConfig
@@ -18,8 +27,25 @@ from nettrain.algorithms.swarm import ADPSGD, SwarmSGD
 
 ALGORITHMS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (AllReduceSGD, LocalSGD, DPSGD, GradientTracking, NEXT, DGD, SwarmSGD, ADPSGD)
+    for cls in (
+        AllReduceSGD,
+        LocalSGD,
+        DPSGD,
+        GradientTracking,
+        NEXT,
+        DGD,
+        SwarmSGD,
+        ADPSGD,
+        EASGD,
+        EASGDAsync,
+        EAMSGD,
+        TreeEASGD,
+        Downpour,
+        MomentumDownpour,
+        ADMM,
+    )
 }
+ALGORITHMS |= {cls.name: cls for cls in (BlockAsyncSGD, Hogwild)}
 ASYNCHRONOUS = tuple(k for k, cls in ALGORITHMS.items() if issubclass(cls, AsyncAlgorithm))
 
 
@@ -29,25 +55,36 @@ def build_algorithm(cfg: Any) -> Method:
 
 
 __all__ = [
+    "ADMM",
     "ADPSGD",
     "ALGORITHMS",
     "ASYNCHRONOUS",
     "DGD",
     "DPSGD",
+    "EAMSGD",
+    "EASGD",
     "NEXT",
     "SOLVERS",
     "SURROGATES",
     "Algorithm",
     "AllReduceSGD",
     "AsyncAlgorithm",
+    "BlockAsyncSGD",
+    "CentreAlgorithm",
+    "Downpour",
+    "EASGDAsync",
+    "GossipAlgorithm",
     "GradientTracking",
+    "Hogwild",
     "LocalSGD",
     "Method",
+    "MomentumDownpour",
     "SGDConfig",
     "SGDState",
     "StepRule",
     "SurrogateConfig",
     "SwarmSGD",
+    "TreeEASGD",
     "build_algorithm",
     "sgd_direction",
     "sgd_step",

@@ -37,6 +37,7 @@ class Method(ABC, Generic[S]):
     records_objective: ClassVar[bool] = False  # record the social objective by default
     stability_hint: ClassVar[str] = "Lower the learning rate (lr=) or the momentum"
     uses_rpc: ClassVar[bool] = False  # the distributed engine then opens an rpc session
+    uses_centre: ClassVar[bool] = False  # a centre variable held by parameter servers
 
     @classmethod
     @abstractmethod
@@ -54,6 +55,10 @@ class Method(ABC, Generic[S]):
         """Method-specific figures computed from the state of *all* agents (for records)."""
         return {}
 
+    def centre(self, state: S, comm: Communicator) -> torch.Tensor | None:
+        """The model a centre-based method is judged by ``(d,)`` (EASGD's ``x~``), or None."""
+        return comm.centre() if self.uses_centre else None
+
 
 class Algorithm(Method[S]):
     """A synchronous round-based method: ``state_{t+1} = step(state_t, t)``."""
@@ -66,20 +71,19 @@ class Algorithm(Method[S]):
 class AsyncAlgorithm(Method[S]):
     """An asynchronous method: each agent alternates a local phase and one interaction.
 
-    The engine keeps every agent's clock: agent ``i``'s local phase of
-    ``local_steps`` steps ends at its event time; then it interacts with a partner. It
-    hands the algorithm batches of events on disjoint agents, in time order.
+    The engine keeps every agent's clock: agent ``i``'s local phase of ``steps`` local
+    steps ends at its event time; then it interacts (with a neighbour, or with the
+    centre held by the servers). It hands the algorithm batches of events on disjoint
+    agents, in time order.
     """
 
-    local_steps: int  # steps of one local phase (its duration on the virtual clock)
+    local_steps: int  # mean steps of one local phase (its duration on the virtual clock)
     blocking: bool  # the partner stops, makes its own phase and both update at once
-    compressor: Compressor  # what the exchanges send
     uses_rpc = True  # the distributed engine runs it on rpc
 
-    @abstractmethod
-    def absorb(self, own: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
-        """The partner's side of an exchange: its new published model ``(d,)`` from its own
-        and the decoded one it received (run on the partner's rpc thread when distributed)."""
+    def events_per_round(self, n: int) -> float:
+        """Events of ``n`` agents that make one round of the run (``rounds`` scales them)."""
+        return float(n)
 
     @abstractmethod
     def interact(
@@ -89,7 +93,60 @@ class AsyncAlgorithm(Method[S]):
         oracle: Oracle,
         comm: Communicator,
         generator: torch.Generator,
+        steps: torch.Tensor,
     ) -> tuple[S, torch.Tensor]:
-        """Events on the disjoint ``pairs: (k, 2)`` (initiator, partner): the initiators'
-        local phases (and the partners' if blocking), then the exchanges. Returns the new
-        state and the initiators' last training losses ``(k,)``."""
+        """Events on the disjoint ``pairs: (k, 2)`` (initiator, partner; partner ``-1`` for
+        the servers): the initiators' local phases of ``steps[:, 0]`` steps (and the
+        partners' of ``steps[:, 1]`` if blocking), then the exchanges, applied in row
+        order. Returns the new state and the initiators' last training losses ``(k,)``."""
+
+
+class GossipAlgorithm(AsyncAlgorithm[S]):
+    """Pairwise gossip (SwarmSGD, AD-PSGD): the partner is a neighbour in the graph."""
+
+    compressor: Compressor  # what the exchanges send
+
+    @abstractmethod
+    def absorb(self, own: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+        """The partner's side of an exchange: its new published model ``(d,)`` from its own
+        and the decoded one it received (run on the partner's rpc thread when distributed)."""
+
+
+class CentreRule(ABC):
+    """What a parameter server does with a worker's message (EASGD family, DOWNPOUR).
+
+    The servers hold ``centre_rows`` rows of ``d`` values (row 0 is the centre
+    variable ``x~``; DOWNPOUR with momentum keeps a velocity too), each server a
+    contiguous slice of the columns. An exchange sends ``sent: (d_s,)`` to a server,
+    which applies ``serve`` atomically to its slice and replies.
+    """
+
+    uses_centre: ClassVar[bool] = True
+    centre_rows: ClassVar[int] = 1
+    servers: int  # S, the servers the centre is sharded over
+
+    @abstractmethod
+    def serve(self, rows: torch.Tensor, sent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One exchange on a slice: ``(rows', reply)`` from ``rows: (r, d_s)`` and ``sent``."""
+
+
+class CentreAlgorithm(CentreRule, AsyncAlgorithm[S]):
+    """An asynchronous worker-server method: every ``tau`` local steps one exchange with
+    the centre, on all servers at once (the simulator applies the exchanges of a batch
+    one by one in time order, as the servers would receive them)."""
+
+    tau: int
+    blocking = False
+
+    @property
+    def local_steps(self) -> int:  # type: ignore[override]
+        return self.tau
+
+    def events_per_round(self, n: int) -> float:
+        """A round is one local step of every worker: ``n / tau`` exchanges."""
+        return n / self.tau
+
+    def diagnostics(self, state: S) -> dict[str, Any]:
+        """Exchanges with the centre per worker (fewest, most) since the start."""
+        counts = state.exchanges  # type: ignore[attr-defined]
+        return {"exchanges_min": int(counts.min()), "exchanges_max": int(counts.max())}

@@ -2,7 +2,8 @@
 
 Nadiradze, Sabour, Davies, Li, Alistarh, "Asynchronous Decentralized SGD with
 Quantized and Local Updates" (NeurIPS 2021, arXiv 1910.12308). An interaction picks
-an agent ``i`` at the end of its local phase of ``H`` SGD steps and a neighbour ``j``
+an agent ``i`` at the end of its local phase of ``H`` SGD steps (or a geometric number
+with mean ``H``: ``geometric_steps=true``, the paper's model) and a neighbour ``j``
 uniformly at random; ``Q`` is a compressor (``Q(v)`` is decoded against the
 receiver's own model, the lattice quantiser's reference).
 
@@ -36,7 +37,8 @@ from typing import Any
 
 import torch
 
-from nettrain.algorithms.base import AsyncAlgorithm
+from nettrain.algorithms.base import GossipAlgorithm
+from nettrain.algorithms.local import local_phase
 from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_direction
 from nettrain.compression import Compressor, Identity, build_compressor
 from nettrain.errors import ConfigError
@@ -51,13 +53,14 @@ class SwarmState:
 
 
 @dataclass(frozen=True)
-class SwarmSGD(AsyncAlgorithm[SwarmState]):
+class SwarmSGD(GossipAlgorithm[SwarmState]):
     """SwarmSGD; see the module docstring for the update rules."""
 
     sgd: SGDConfig
     local_steps: int = 1
     compressor: Compressor = field(default_factory=Identity)
     blocking: bool = False
+    geometric: bool = False  # phases of a geometric number of steps with mean local_steps
     name = "swarm"
 
     def __post_init__(self) -> None:
@@ -72,34 +75,38 @@ class SwarmSGD(AsyncAlgorithm[SwarmState]):
     @classmethod
     def from_config(cls, cfg: Any) -> SwarmSGD:
         compressor = build_compressor(cfg.quantizer, bits=cfg.bits, eps=cfg.lattice_eps)
-        return cls(SGDConfig.from_config(cfg), cfg.local_steps, compressor, cfg.blocking)
+        sgd = SGDConfig.from_config(cfg)
+        return cls(sgd, cfg.local_steps, compressor, cfg.blocking, cfg.geometric_steps)
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> SwarmState:
         return SwarmState(x0, torch.zeros(x0.shape[0], dtype=torch.int64))
 
     def local_phase(
-        self, x: torch.Tensor, agents: torch.Tensor, oracle: Oracle
+        self, x: torch.Tensor, agents: torch.Tensor, steps: torch.Tensor, oracle: Oracle
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``local_steps`` SGD steps of ``agents`` from ``x: (k, d)``; the last losses ``(k,)``."""
-        loss = x.new_zeros(x.shape[0])
-        for _ in range(self.local_steps):
-            loss, g = oracle.grad(x, local=agents)
+        """``steps[r]`` SGD steps of ``agents[r]`` from ``x: (k, d)``; the last losses ``(k,)``."""
+
+        def update(rows, grad):
+            (x,) = rows
+            _, g = grad(x)
             direction, _ = sgd_direction(x, g, SGDState(), self.sgd)
-            x = torch.add(x, direction, alpha=-self.sgd.lr)
+            return (torch.add(x, direction, alpha=-self.sgd.lr),)
+
+        (x,), loss = local_phase((x,), agents, steps, oracle, update)
         return x, loss
 
     def absorb(self, own: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
         """The exchange's rule on a published model: ``(own + Q(other)) / 2``."""
         return (own + received) / 2
 
-    def interact(self, state, pairs, oracle, comm, generator):
+    def interact(self, state, pairs, oracle, comm, generator, steps):
         rows = {int(a): k for k, a in enumerate(comm.agents.tolist())}  # global id -> row
         i = torch.tensor([rows[int(a)] for a in pairs[:, 0]], dtype=torch.int64)
         j = torch.tensor([rows[int(b)] for b in pairs[:, 1] if int(b) in rows], dtype=torch.int64)
         x = state.x  # (m, d) published models
         if self.blocking:
             movers = torch.cat([i, j])
-            moved, losses = self.local_phase(x[movers], movers, oracle)
+            moved, losses = self.local_phase(x[movers], movers, steps.T.flatten(), oracle)
             sent = x.clone()
             sent[movers] = moved
             received = comm.swap(sent, pairs, self.compressor, ref=sent, generator=generator)
@@ -107,7 +114,7 @@ class SwarmSGD(AsyncAlgorithm[SwarmState]):
             new[movers] = self.absorb(sent[movers], received[movers])
             loss = losses[: len(i)]
         else:
-            moved, loss = self.local_phase(x[i], i, oracle)
+            moved, loss = self.local_phase(x[i], i, steps[:, 0], oracle)
             received = comm.swap(x, pairs, self.compressor, ref=x, generator=generator)
             new = x.clone()
             new[i] = self.absorb(x[i], received[i]) + (moved - x[i])

@@ -3,6 +3,7 @@ the record helpers all engines share (work counters, the divergence check)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ class Job:
     eval_agents: int = 0  # 0 = evaluate every agent
     train_objective: bool = False  # records carry the social objective on the training set
     checkpoint_every: int = 0  # rounds between checkpoints; 0 = none
+    phase: str = "fixed"  # asynchronous local phases: fixed durations or Poisson clocks
     progress: bool = False
 
     @property
@@ -52,6 +54,7 @@ class RunResult:
     x: torch.Tensor  # (n, d) final parameters of every agent
     records: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
+    centre: torch.Tensor | None = None  # (d,) the centre variable of a centre-based method
 
 
 class Engine(Protocol):
@@ -83,8 +86,35 @@ def check_finite(loss: torch.Tensor, t: int, hint: str = Method.stability_hint) 
         )
 
 
+def centre_fields(job: Job, centre: torch.Tensor | None) -> dict[str, Any]:
+    """Test loss and accuracy of a centre-based method's centre variable ``(d,)``."""
+    if centre is None:
+        return {}
+    ev = job.problem.evaluate(centre[None])
+    out = {"centre_test_loss": float(ev.loss[0])}
+    if ev.accuracy is not None:
+        out["centre_test_accuracy"] = float(ev.accuracy[0])
+    return out
+
+
+def staleness_fields(counts: Counter[int]) -> dict[str, Any]:
+    """Exchanges with the centre and their staleness: mean, max and histogram."""
+    total = sum(counts.values())
+    if not total:
+        return {"exchanges": 0}
+    top = max(counts)
+    return {
+        "exchanges": total,
+        "staleness_mean": sum(k * v for k, v in counts.items()) / total,
+        "staleness_max": top,
+        "staleness_hist": [counts.get(k, 0) for k in range(top + 1)],
+    }
+
+
 def status_line(record: dict[str, Any]) -> str:
     """The progress bar's note on a record."""
+    if "centre_test_accuracy" in record:
+        return f"centre acc {record['centre_test_accuracy']:.3f}"
     if "test_accuracy" in record:
         return f"acc {record['test_accuracy']:.3f}"
     return f"test loss {record['test_loss']:.4f}"

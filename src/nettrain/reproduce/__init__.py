@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from nettrain.reproduce import next_sca, swarm
+from nettrain.reproduce import block_async, easgd, next_sca, swarm
 from nettrain.reproduce.claims import Claim, write_claims
 
 EXPERIMENTS: dict[str, Callable[..., list[Claim]]] = {
+    "easgd": easgd.reproduce,
     "next": next_sca.reproduce,
     "swarm": swarm.reproduce,
+    "block-async": block_async.reproduce,
 }
 
 __all__ = ["EXPERIMENTS", "Claim", "Path", "write_claims"]

@@ -44,6 +44,32 @@ CASES = {
         "step0": 0.5,
         "batch_size": 0,
     },
+    # Compressed exchanges, in float64: a coordinate within one float32 rounding of a
+    # quantisation boundary would round differently in the two engines (their sums
+    # differ in the last bit) and decode eps apart.
+    "dpsgd_lattice8": {"algorithm": "dpsgd", "quantizer": "lattice", "dtype": "float64"},
+    "dpsgd_edge_drop_fp16": {
+        "algorithm": "dpsgd",
+        "schedule": "edge_drop",
+        "drop_prob": 0.3,
+        "quantizer": "fp16",
+        "dtype": "float64",
+    },
+    "local_sgd_lattice16": {
+        "algorithm": "local_sgd",
+        "tau": 4,
+        "quantizer": "lattice",
+        "bits": 16,
+        "dtype": "float64",
+    },
+    "allreduce_topk_ef": {"algorithm": "allreduce", "quantizer": "topk", "dtype": "float64"},
+    "gradient_tracking_lattice16": {
+        "algorithm": "gradient_tracking",
+        "quantizer": "lattice",
+        "bits": 16,
+        "lattice_eps": 1e-4,
+        "dtype": "float64",
+    },
 }
 EXACT = (
     "round",
@@ -101,6 +127,24 @@ def test_distributed_run_equals_the_simulator(name: str, runs) -> None:
     if name == "gradient_tracking":
         assert got["records"][-1]["tracking_error"] < 1e-4
     assert got["summary"]["engine"] == "distributed"
+
+
+def test_compressed_runs_count_the_encoded_bytes(runs) -> None:
+    """The same messages as the float32 runs; bytes from the payloads: 1 byte a
+    coordinate for the 8-bit lattice, 2 for fp16; a compressed mean is an all-gather."""
+
+    def last(name: str) -> dict:
+        return runs[name][0]["records"][-1]
+
+    plain, lattice = last("dpsgd_ring"), last("dpsgd_lattice8")
+    assert lattice["messages_total"] == plain["messages_total"]
+    assert lattice["bytes_total"] * 4 == plain["bytes_total"]
+    plain, half = last("dpsgd_edge_drop"), last("dpsgd_edge_drop_fp16")
+    assert half["messages_total"] == plain["messages_total"]
+    assert half["bytes_total"] * 2 == plain["bytes_total"]
+    n, d = 4, runs["local_sgd"][1].x.shape[1]
+    averagings = SMALL["rounds"] // 4
+    assert last("local_sgd_lattice16")["bytes_total"] == averagings * n * (n - 1) * 2 * d
 
 
 def test_outside_a_launcher_the_engine_says_how_to_launch(monkeypatch) -> None:

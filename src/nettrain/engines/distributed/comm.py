@@ -9,10 +9,17 @@ Every rank computes ``W(t)`` itself (a pure function of ``(seed, t)``, see
   requests and returns ``sum_j W_ij x_j`` with ``j`` in ascending order, as one
   ``(1, k) @ (k, d)`` product, the row of the simulator's ``W @ x``.
 * Global mean: ``all_reduce(SUM, async_op=True)``, divided by ``n`` in ``wait()``.
+* With a compressor, agent ``i`` encodes ``x_i`` once and packs the payload into one
+  ``uint8`` buffer (:func:`~nettrain.compression.payloads.pack`), whose length is fixed
+  by ``d`` and the compressor, so every receive is posted before anything arrives. A
+  mix sends that buffer where it would send ``x_i``; a mean all-gathers the buffers.
+  ``wait()`` decodes each received payload against ``x_i`` and combines as above.
 
 Traffic is counted from what this rank sends: one message of ``d`` elements per
 ``isend``; an all-reduce counts as the ring all-reduce
-(:func:`~nettrain.patterns.ring_allreduce_cost`).
+(:func:`~nettrain.patterns.ring_allreduce_cost`). A compressed message counts
+``compressor.nbytes`` (exact, bits packed); a compressed mean counts as a ring all-gather,
+``n - 1`` messages of one payload each.
 
 A failed exchange (a peer died, or did not answer within the group's timeout) raises
 :class:`PeerError`, naming this rank and, for neighbour mixing, the peer.
@@ -20,6 +27,7 @@ A failed exchange (a peer died, or did not answer within the group's timeout) ra
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -27,12 +35,14 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 import torch.distributed as dist
 
+from nettrain.compression import Compressor, Identity
+from nettrain.compression.payloads import pack, unpack
 from nettrain.errors import NettrainError
 from nettrain.patterns import Communicator, Handle, Traffic, ring_allreduce_cost
 from nettrain.topology import Topology
 
 if TYPE_CHECKING:
-    from nettrain.compression import Compressor
+    from nettrain.algorithms.base import CentreRule
     from nettrain.engines.distributed.rpc import RpcSession
 
 TAG_CYCLE = 1 << 20  # tags of successive mixes; tells apart mixes in flight together
@@ -68,6 +78,48 @@ class _Mix:
         for what, work in self.works:
             guarded(what, work.wait)
         return self.weights[None, :] @ torch.stack(self.values)  # (1, k) @ (k, d) -> (1, d)
+
+
+@dataclass
+class _DecodedMix:
+    """A compressed neighbour exchange in flight; ``wait()`` decodes every received
+    payload against this agent's ``x_i``, then applies row ``i`` of ``W(t)``."""
+
+    works: list[tuple[str, dist.Work]]  # (what, request)
+    weights: torch.Tensor  # (k,) W_ij for the k contributing j, ascending j
+    buffers: list[torch.Tensor | None]  # k packed payloads received, None for x_i itself
+    x: torch.Tensor  # (1, d) this agent's model: its own term and the decoding reference
+    like: object  # this agent's own payload: the layout of the received ones
+    compressor: Compressor
+
+    def wait(self) -> torch.Tensor:
+        for what, work in self.works:
+            guarded(what, work.wait)
+        values = [
+            self.x[0] if b is None else self.compressor.decode(unpack(b, self.like), self.x)[0]
+            for b in self.buffers
+        ]
+        return self.weights[None, :] @ torch.stack(values)  # (1, k) @ (k, d) -> (1, d)
+
+
+@dataclass
+class _DecodedMean:
+    """An all-gather of payloads in flight; ``wait()`` decodes each against ``x_i`` and
+    averages them in rank order."""
+
+    work: dist.Work | None
+    buffers: list[torch.Tensor]  # n packed payloads, rank order, filled by the all-gather
+    x: torch.Tensor  # (1, d) the decoding reference
+    like: object  # this agent's own payload
+    compressor: Compressor
+
+    def wait(self) -> torch.Tensor:
+        if self.work is not None:
+            guarded("the all-gather of a compressed mean", self.work.wait)
+        total = torch.zeros_like(self.x)  # (1, d)
+        for b in self.buffers:
+            total += self.compressor.decode(unpack(b, self.like), self.x)
+        return total / len(self.buffers)
 
 
 @dataclass
@@ -108,6 +160,10 @@ class DistCommunicator(Communicator):
         self.agents = torch.tensor([self.rank])
         self.traffic = Traffic.zeros(1)
         self.rpc = rpc  # the asynchronous patterns' session, for algorithms with uses_rpc
+        self.server_ranks: list[int] = []  # parameter servers, see attach_servers
+        self._slices: list[slice] = []
+        self._sync_rounds = 0
+        self.staleness: Counter[int] = Counter()  # of this worker's centre exchanges
         self._calls = 0
         self._static: tuple[list[int], list[int], torch.Tensor] | None = None
         dist.barrier(group)
@@ -126,19 +182,18 @@ class DistCommunicator(Communicator):
             self._static = out
         return out
 
-    def start_mix(self, x: torch.Tensor, t: int) -> Handle:
+    def start_mix(
+        self,
+        x: torch.Tensor,
+        t: int,
+        compressor: Compressor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Handle:
+        if compressor is not None and not isinstance(compressor, Identity):
+            return self._start_decoded_mix(x, t, compressor, generator)
         send, recv, row = self._peers(t)
         mine = x[0].contiguous()  # (d,)
-        tag = self._calls % TAG_CYCLE
-        self._calls += 1
-        ops = [dist.P2POp(dist.isend, mine, j, self.group, tag) for j in send]
-        got = {j: torch.empty_like(mine) for j in recv}
-        ops += [dist.P2POp(dist.irecv, got[j], j, self.group, tag) for j in recv]
-        works = guarded(f"posting the exchange of round {t}", lambda: batch_isend_irecv(ops))
-        peers = [f"sending to rank {j}" for j in send] + [f"receiving from rank {j}" for j in recv]
-        if len(works) != len(peers):  # one request for the whole batch (NCCL)
-            peers = [f"the exchange with ranks {send + recv}"] * len(works)
-        labelled = [(f"round {t}: {p}", w) for p, w in zip(peers, works, strict=True)]
+        labelled, got = self._post(mine, send, recv, t)
         got[self.rank] = mine
         order = sorted(j for j in got if row[j] != 0)  # ascending j, as in W @ x
         weights = row[order].to(device=x.device, dtype=x.dtype)
@@ -147,7 +202,44 @@ class DistCommunicator(Communicator):
         )
         return _Mix(labelled, weights, [got[j] for j in order])
 
-    def start_mean(self, x: torch.Tensor) -> Handle:
+    def _post(
+        self, buffer: torch.Tensor, send: list[int], recv: list[int], t: int
+    ) -> tuple[list[tuple[str, dist.Work]], dict[int, torch.Tensor]]:
+        """``isend(buffer)`` to every ``send`` rank and an ``irecv`` of the same shape from
+        every ``recv`` rank, in one batch: the labelled requests and the receive buffers."""
+        tag = self._calls % TAG_CYCLE
+        self._calls += 1
+        ops = [dist.P2POp(dist.isend, buffer, j, self.group, tag) for j in send]
+        got = {j: torch.empty_like(buffer) for j in recv}
+        ops += [dist.P2POp(dist.irecv, got[j], j, self.group, tag) for j in recv]
+        works = guarded(f"posting the exchange of round {t}", lambda: batch_isend_irecv(ops))
+        peers = [f"sending to rank {j}" for j in send] + [f"receiving from rank {j}" for j in recv]
+        if len(works) != len(peers):  # one request for the whole batch (NCCL)
+            peers = [f"the exchange with ranks {send + recv}"] * len(works)
+        return [(f"round {t}: {p}", w) for p, w in zip(peers, works, strict=True)], got
+
+    def _start_decoded_mix(
+        self, x: torch.Tensor, t: int, compressor: Compressor, generator: torch.Generator | None
+    ) -> Handle:
+        """The compressed mix: one packed payload (fixed length given ``d`` and the
+        compressor) to each out-neighbour, decoded against ``x_i`` in ``wait()``."""
+        send, recv, row = self._peers(t)
+        payload = compressor.encode(x, generator=generator)  # x_i encoded once
+        labelled, got = self._post(pack(payload), send, recv, t)
+        order = [j for j in range(self.n_agents) if row[j] != 0 and (j == self.rank or j in got)]
+        weights = row[order].to(device=x.device, dtype=x.dtype)
+        self.traffic.add(torch.tensor([len(send)]), len(send) * compressor.nbytes(payload))
+        buffers = [None if j == self.rank else got[j] for j in order]
+        return _DecodedMix(labelled, weights, buffers, x, payload, compressor)
+
+    def start_mean(
+        self,
+        x: torch.Tensor,
+        compressor: Compressor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Handle:
+        if compressor is not None and not isinstance(compressor, Identity):
+            return self._start_decoded_mean(x, compressor, generator)
         messages, nbytes = ring_allreduce_cost(self.n_agents, x.shape[1], x.element_size())
         self.traffic.add(torch.tensor([messages]), torch.tensor([nbytes]))
         total = x.clone(memory_format=torch.contiguous_format)  # (1, d)
@@ -156,6 +248,22 @@ class DistCommunicator(Communicator):
             lambda: dist.all_reduce(total, dist.ReduceOp.SUM, group=self.group, async_op=True),
         )
         return _Mean(work, total, self.n_agents)
+
+    def _start_decoded_mean(
+        self, x: torch.Tensor, compressor: Compressor, generator: torch.Generator | None
+    ) -> Handle:
+        """The compressed mean: an all-gather of the packed payloads, counted as a ring
+        all-gather (``n - 1`` messages, ``(n - 1) nbytes`` bytes)."""
+        n = self.n_agents
+        payload = compressor.encode(x, generator=generator)  # x_i encoded once
+        mine = pack(payload)  # (B,) uint8, the same length on every rank
+        buffers = [torch.empty_like(mine) for _ in range(n)]
+        self.traffic.add(torch.tensor([n - 1]), (n - 1) * compressor.nbytes(payload))
+        work = guarded(
+            "the all-gather of a compressed mean",
+            lambda: dist.all_gather(buffers, mine, group=self.group, async_op=True),
+        )
+        return _DecodedMean(work, buffers, x, payload, compressor)
 
     def swap(
         self,
@@ -180,6 +288,47 @@ class DistCommunicator(Communicator):
             raise self.rpc.peer_error(f"the exchange with rank {partner}", err) from err
         self.traffic.add(torch.tensor([1]), compressor.nbytes(payload))
         return compressor.decode(reply, ref)
+
+    def attach_servers(self, first_rank: int, slices: list[slice]) -> None:
+        """The parameter servers: ranks ``first_rank + s`` own the columns ``slices[s]``."""
+        self.server_ranks = [first_rank + s for s in range(len(slices))]
+        self._slices = slices
+
+    def centre_exchange(
+        self,
+        sent: torch.Tensor,
+        workers: torch.Tensor,
+        rule: CentreRule,
+        synchronous: bool = False,
+    ) -> torch.Tensor:
+        """This worker's exchange: its slices to every server at once (``rpc_async``),
+        then the replies; see :mod:`~nettrain.engines.distributed.servers`."""
+        if self.rpc is None or not self._slices:
+            raise RuntimeError("a centre exchange needs the engine's servers (uses_centre)")
+        if workers.tolist() != [self.rank]:
+            raise ValueError(f"rank {self.rank} can only make its own exchange, got {workers}")
+        calls = []
+        for owner, cols in zip(self.server_ranks, self._slices, strict=True):
+            part = sent[0, cols].clone()  # owns its storage: the wire carries only the slice
+            shard = self.rpc.remote(owner, "centre")
+            if synchronous:
+                calls.append(shard.rpc_async("exchange_sync", self.rank, self._sync_rounds, part))
+            else:
+                calls.append(shard.rpc_async("exchange", self.rank, part))
+        self._sync_rounds += synchronous
+        answers = self.rpc.wait(calls, "the exchange with the parameter servers")
+        self.staleness[max(stale for _, stale in answers)] += 1
+        self.traffic.add(
+            torch.tensor([len(calls)]), torch.tensor([sent.shape[1] * sent.element_size()])
+        )
+        return torch.cat([reply for reply, _ in answers])[None]
+
+    def centre(self) -> torch.Tensor:
+        """The centre, fetched from every server."""
+        if self.rpc is None or not self._slices:
+            raise RuntimeError("no parameter servers attached (uses_centre)")
+        calls = [self.rpc.remote(r, "centre").rpc_async("centre") for r in self.server_ranks]
+        return torch.cat(self.rpc.wait(calls, "reading the centre from the servers"))
 
 
 def batch_isend_irecv(ops: list[dist.P2POp]) -> list[dist.Work]:

@@ -23,21 +23,33 @@ import dataclasses
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from nettrain.algorithms.base import AsyncAlgorithm
+from nettrain.algorithms.base import AsyncAlgorithm, GossipAlgorithm
+from nettrain.algorithms.surrogates import block_slices
 from nettrain.checkpoint import Checkpoint
-from nettrain.engines.base import Job, RunResult, check_finite, status_line, traffic_fields
+from nettrain.engines.base import (
+    Job,
+    RunResult,
+    centre_fields,
+    check_finite,
+    staleness_fields,
+    status_line,
+    traffic_fields,
+)
 from nettrain.engines.distributed.comm import DistCommunicator, PeerError, guarded
 from nettrain.engines.distributed.gossip import Peer
 from nettrain.engines.distributed.rpc import RpcSession, rpc_session
+from nettrain.engines.distributed.servers import CentreShard, shard_rows
+from nettrain.engines.draws import Draws
 from nettrain.engines.sim.clock import VirtualClock
 from nettrain.errors import ConfigError, DivergenceError
 from nettrain.problem.oracle import agent_seed
@@ -117,18 +129,20 @@ class DistributedEngine:
 
     @contextmanager
     def _process_group(
-        self, n: int, device: torch.device
+        self, n: int, device: torch.device, servers: int = 0
     ) -> Iterator[tuple[int, dist.Store | None]]:
-        """Join (or reuse) the default group of ``n`` ranks; yield this rank and the
-        rendezvous store (None when the caller owns the group)."""
+        """Join (or reuse) the default group of ``n`` agents and ``servers`` server ranks;
+        yield this rank and the rendezvous store (None when the caller owns the group)."""
         rank = launched_rank()
         if rank is None:
             raise ConfigError(f"engine=distributed needs a launcher (no RANK set): {LAUNCH_HINT}")
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world != n:
+        if world != n + servers:
+            extra = f" + servers={servers}" if servers else ""
             raise ConfigError(
-                f"engine=distributed runs one agent per process, but WORLD_SIZE={world} and "
-                f"agents={n}: set agents={world}, or launch {n} processes (nproc={n})"
+                f"engine=distributed runs one process per agent (and per parameter server), "
+                f"but WORLD_SIZE={world} and agents={n}{extra}: set agents= to match, or "
+                f"launch {n + servers} processes (nproc={n + servers})"
             )
         if dist.is_initialized():  # the caller owns the group
             yield dist.get_rank(), None
@@ -160,94 +174,158 @@ class DistributedEngine:
             dist.destroy_process_group()
 
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
+        """Run this rank's part: agent ``RANK``, or parameter server ``RANK - agents``."""
         if resume is not None:
             raise ConfigError("resuming is implemented for engine=sim; rerun from the start")
-        n = job.n_agents
-        with self._process_group(n, job.x0.device) as (rank, store), ExitStack() as stack:
+        algo, n = job.algorithm, job.n_agents
+        servers = algo.servers if algo.uses_centre else 0
+        with self._process_group(n, job.x0.device, servers) as (rank, store), ExitStack() as stack:
+            # Servers take no part in the workers' collectives; every rank creates the group.
+            group = dist.new_group(list(range(n))) if servers else None
             session = None
-            if job.algorithm.uses_rpc:  # shut down before the group's final barrier
+            if algo.uses_rpc:  # shut down before the group's final barrier
                 session = stack.enter_context(
-                    rpc_session(rank, n, store=store, timeout_s=self.timeout_s)
+                    rpc_session(
+                        rank,
+                        n + servers,
+                        store=store,
+                        timeout_s=self.timeout_s,
+                        num_worker_threads=max(8, n + 2),  # synchronous rounds park n - 1
+                    )
                 )
-            if isinstance(job.algorithm, AsyncAlgorithm):
-                assert session is not None  # asynchronous algorithms declare uses_rpc
-                return self._run_events(job, folder, rank, session)
-            return self._run(job, folder, rank, session)
+            if rank >= n:
+                assert session is not None and store is not None
+                return self._serve(job, rank - n, session, store)
+            comm = DistCommunicator(job.topology, group, rpc=session)
+            if servers:
+                comm.attach_servers(n, block_slices(job.problem.dim, servers))
+            try:
+                if isinstance(algo, AsyncAlgorithm):
+                    return self._run_events(job, folder, rank, comm)
+                return self._run(job, folder, rank, comm)
+            finally:
+                if servers and rank == 0:  # the servers may leave, even after a failure
+                    release_servers(comm, n, servers)
 
-    def _run_events(self, job: Job, folder: RunFolder, rank: int, session: RpcSession) -> RunResult:
-        """An asynchronous algorithm: this rank makes ``rounds`` events at its own pace.
+    def _serve(self, job: Job, shard: int, session: RpcSession, store: dist.Store) -> RunResult:
+        """Parameter server ``shard``: host its slice until rank 0 says the run is over.
 
-        Each event: add what exchanges answered since the last one to the iterate, draw a
-        neighbour (the simulator's draw for this agent), ``interact`` (local phase, then
-        one exchange over rpc), publish. Then a barrier: nobody initiates any more, so
-        after it every exchange has been answered; one gather sums the work and checks
-        that every exchange initiated was answered exactly once.
+        While it waits it watches rank 0's heartbeat: if it stops for ``timeout_s``, the
+        run is gone and the server fails instead of waiting forever.
         """
         algo = job.algorithm
-        assert isinstance(algo, AsyncAlgorithm)
-        n, problem, gather = job.n_agents, job.problem, _all_gather
+        cols = block_slices(job.problem.dim, algo.servers)[shard]
+        centre = CentreShard(algo, shard_rows(job.x0, algo, cols), job.n_agents, self.timeout_s)
+        session.host("centre", centre)
+        beat, last = -1, time.monotonic()
+        while not centre.finished.wait(0.5):
+            now_beat = store.add("alive/0", 0)
+            if now_beat != beat:
+                beat, last = now_beat, time.monotonic()
+            elif time.monotonic() - last > self.timeout_s:
+                raise PeerError(
+                    f"parameter server {shard}: rank 0 stopped responding for {self.timeout_s} s"
+                )
+        return RunResult(job.x0[None], [])
+
+    def _run_events(
+        self, job: Job, folder: RunFolder, rank: int, comm: DistCommunicator
+    ) -> RunResult:
+        """An asynchronous algorithm: this rank makes its events at its own pace.
+
+        Gossip (``rounds`` events): add what exchanges answered since the last event to
+        the iterate, draw a neighbour (the simulator's draw for this agent),
+        ``interact`` (local phase, then one exchange over rpc), publish. Centre
+        (``rounds / tau`` events): local phase, then one exchange with every server.
+        Then a barrier: nobody initiates any more, so after it every exchange has been
+        answered; one gather sums the work and checks that every exchange initiated was
+        answered (gossip) or applied by every server (centre) exactly once.
+        """
+        algo = job.algorithm
+        assert isinstance(algo, AsyncAlgorithm) and comm.rpc is not None
+        n, problem, session = job.n_agents, job.problem, comm.rpc
+        gather = partial(_all_gather, group=comm.group)
         x = job.x0[None, :].clone()  # (1, d)
-        comm = DistCommunicator(job.topology, rpc=session)
         oracle = problem.oracle(
             [job.shards[rank]], [rank], batch_size=job.batch_size, seed=job.seed
         )
-        peer = Peer(algo, x[0], torch.Generator().manual_seed(agent_seed(job.seed, rank, 1)))
-        session.host("peer", peer)
-        neighbours = sorted(job.topology.base_graph.neighbors(rank))
-        draws = np.random.default_rng([job.seed, rank, 0xA5])
+        peer = None
+        if isinstance(algo, GossipAlgorithm):
+            peer = Peer(algo, x[0], torch.Generator().manual_seed(agent_seed(job.seed, rank, 1)))
+            session.host("peer", peer)
+            neighbours = sorted(job.topology.base_graph.neighbors(rank))
+            events = job.rounds
+        else:
+            neighbours, events = [], max(1, round(job.rounds / algo.local_steps))
+        draws = Draws(job.seed, rank, neighbours, algo)
         generator = torch.Generator().manual_seed(agent_seed(job.seed, rank, 2))
         initiated = torch.zeros(n, dtype=torch.int64)
         losses = []
         start = time.perf_counter()
         state = algo.init(x, oracle, comm)
         name = f"{algo.name} x{n} (distributed, asynchronous)"
-        with progress_bar(job.rounds, name, job.progress and rank == 0) as advance:
-            for e in range(job.rounds):
-                partner = int(draws.choice(neighbours))
-                state = dataclasses.replace(state, x=state.x + peer.take_shift()[None])
+        with progress_bar(events, name, job.progress and rank == 0) as advance:
+            for e in range(events):
+                partner, steps = draws.partner(), draws.steps()
+                if peer is not None:
+                    state = dataclasses.replace(state, x=state.x + peer.take_shift()[None])
                 pairs = torch.tensor([[rank, partner]])
-                state, loss = algo.interact(state, pairs, oracle, comm, generator)
-                peer.publish(state.x[0])
-                initiated[partner] += 1
+                state, loss = algo.interact(
+                    state, pairs, oracle, comm, generator, torch.tensor([[steps, 0]])
+                )
+                if peer is not None:
+                    peer.publish(state.x[0])
+                    initiated[partner] += 1
+                else:
+                    initiated[rank] += 1
                 losses.append(loss)
                 check_finite(loss, e, algo.stability_hint)
                 advance(1, "")
-        guarded("the barrier after the last event", dist.barrier)
-        answered = torch.tensor([peer.answered[r] for r in range(n)], dtype=torch.int64)
-        state = dataclasses.replace(
-            state,
-            x=state.x + peer.take_shift()[None],
-            interactions=state.interactions + answered.sum(),
-        )
+        guarded("the barrier after the last event", lambda: dist.barrier(comm.group))
+        answered = torch.zeros(n, dtype=torch.int64)
+        reply_bytes = 0
+        if peer is not None:
+            answered = torch.tensor([peer.answered[r] for r in range(n)], dtype=torch.int64)
+            reply_bytes = peer.reply_bytes
+            state = dataclasses.replace(
+                state,
+                x=state.x + peer.take_shift()[None],
+                interactions=state.interactions + answered.sum(),
+            )
         samples = oracle.meter.reset()
         messages, nbytes = comm.traffic.reset()
-        row = torch.cat([samples, messages + answered.sum(), nbytes + peer.reply_bytes])
+        row = torch.cat([samples, messages + answered.sum(), nbytes + reply_bytes])
         every = gather(torch.cat([row, initiated, answered])[None]).cpu()  # (n, 3 + 2n)
         totals = dict(zip(("samples", "messages", "bytes"), every[:, :3].unbind(1), strict=True))
         sent, got = every[:, 3 : 3 + n], every[:, 3 + n :]  # sent[i, j]: i initiated with j
+        staleness: list[Counter[int]] = [Counter() for _ in range(n)]
+        dist.all_gather_object(staleness, comm.staleness, group=comm.group)
         everyone = gather_state(state, gather)
+        centre = None
         if rank == 0:
-            folder.append(
-                {
-                    "round": job.rounds,
-                    "events": int(sent.sum()),
-                    "epoch": float(totals["samples"].sum()) / len(problem.data.y_train),
-                    "wall_time_s": time.perf_counter() - start,
-                    **traffic_fields(totals),
-                    "train_loss": float(torch.cat(losses).mean()),
-                    "interactions_answered": int(got.sum()),
-                    "interactions_unmatched": int((sent.T - got).abs().sum()),
-                    **job.metrics(everyone.x),
-                    **algo.diagnostics(everyone),
-                }
-            )
-        return RunResult(everyone.x, folder.records)
+            record = {
+                "round": job.rounds,
+                "events": int(sent.sum()),
+                "epoch": float(totals["samples"].sum()) / len(problem.data.y_train),
+                "wall_time_s": time.perf_counter() - start,
+                **traffic_fields(totals),
+                "train_loss": float(torch.cat(losses).mean()),
+            }
+            if peer is not None:
+                record["interactions_answered"] = int(got.sum())
+                record["interactions_unmatched"] = int((sent.T - got).abs().sum())
+            else:
+                record["exchanges_unmatched"] = unapplied_exchanges(comm, sent.diagonal())
+                record |= staleness_fields(sum(staleness, Counter()))
+                centre = comm.centre()
+            record |= job.metrics(everyone.x) | algo.diagnostics(everyone)
+            folder.append(record | centre_fields(job, centre))
+        return RunResult(everyone.x, folder.records, centre=centre)
 
-    def _run(self, job: Job, folder: RunFolder, rank: int, session: RpcSession | None) -> RunResult:
+    def _run(self, job: Job, folder: RunFolder, rank: int, comm: DistCommunicator) -> RunResult:
         n, problem, device = job.n_agents, job.problem, job.x0.device
-        gather = _all_gather
+        gather = partial(_all_gather, group=comm.group)
         x = job.x0[None, :].clone()  # (1, d)
-        comm = DistCommunicator(job.topology, rpc=session)
         oracle = problem.oracle(
             [job.shards[rank]], [rank], batch_size=job.batch_size, seed=job.seed
         )
@@ -307,11 +385,14 @@ class DistributedEngine:
                             "train_loss": float(losses.mean()),
                             **job.metrics(everyone.x),
                             **job.algorithm.diagnostics(everyone),
+                            **centre_fields(job, job.algorithm.centre(state, comm)),
                         }
                         folder.append(record)
                         status = status_line(record)
                 advance(1, status)
-        return RunResult(gather(state.x), folder.records)
+        everyone = gather(state.x)
+        centre = job.algorithm.centre(state, comm) if main else None
+        return RunResult(everyone, folder.records, centre=centre)
 
 
 class Heartbeat:
@@ -365,11 +446,32 @@ def silent_ranks(store: dist.Store, rank: int, n: int, hosted: bool, window_s: f
     return f" Rank(s) {', '.join(map(str, silent))} stopped responding: they died or froze."
 
 
-def _all_gather(t: torch.Tensor) -> torch.Tensor:
-    """``(1, ...)`` on every rank -> ``(n, ...)``, rows in rank order."""
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    guarded("an all-gather of the engine", lambda: dist.all_gather(parts, t.contiguous()))
+def _all_gather(t: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """``(1, ...)`` on every rank of ``group`` -> ``(n, ...)``, rows in rank order."""
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    guarded(
+        "an all-gather of the engine", lambda: dist.all_gather(parts, t.contiguous(), group=group)
+    )
     return torch.cat(parts)
+
+
+def release_servers(comm: DistCommunicator, n: int, servers: int) -> None:
+    """Tell every parameter server that the run is over (best effort: a server that is
+    already gone needs no word)."""
+    assert comm.rpc is not None
+    for rank in range(n, n + servers):
+        with suppress(RuntimeError):
+            comm.rpc.remote(rank, "centre").rpc_sync("finish")
+
+
+def unapplied_exchanges(comm: DistCommunicator, initiated: torch.Tensor) -> int:
+    """``sum_s sum_w |applied_s[w] - initiated[w]|``: exchanges a server lost or doubled."""
+    assert comm.rpc is not None
+    off = 0
+    for rank in comm.server_ranks:
+        applied = comm.rpc.remote(rank, "centre").rpc_sync("counts")
+        off += sum(abs(applied.get(w, 0) - int(c)) for w, c in enumerate(initiated.tolist()))
+    return off
 
 
 def gather_state(state: Any, gather: Callable[[torch.Tensor], torch.Tensor]) -> Any:

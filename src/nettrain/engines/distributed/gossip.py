@@ -5,7 +5,7 @@ encoded model with one ``rpc_sync`` to the partner's ``exchange``, which runs on
 partner's rpc thread while the partner's main thread keeps computing: under the
 peer's lock it encodes its current published model as the reply, decodes the
 initiator's against it (the lattice reference), applies the algorithm's
-:meth:`~nettrain.algorithms.base.AsyncAlgorithm.absorb` and remembers the change
+:meth:`~nettrain.algorithms.base.GossipAlgorithm.absorb` and remembers the change
 (``shift``), which the main thread adds to its iterate at its next event. A handler
 never calls another rank, so exchanges cannot wait on each other: no deadlock.
 """
@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from nettrain.algorithms.base import AsyncAlgorithm
+from nettrain.algorithms.base import GossipAlgorithm
 
 
 class Peer:
     """This agent's published model ``(d,)``, exchanged on the other ranks' calls."""
 
-    def __init__(self, algorithm: AsyncAlgorithm, x: torch.Tensor, generator: torch.Generator):
+    def __init__(self, algorithm: GossipAlgorithm, x: torch.Tensor, generator: torch.Generator):
         self._lock = threading.Lock()
         self._algorithm = algorithm
         self._generator = generator  # for stochastic codes of the replies

@@ -4,20 +4,32 @@ Neighbour mixing is one matrix product ``W(t) @ x`` (dense for small or dense
 graphs, sparse otherwise, so a 256-agent ring costs ``3 n d`` multiply-adds and
 not ``n^2 d``; COO, since CSR is still marked beta); the global mean is
 ``x.mean(0)``; a pairwise exchange encodes the senders' rows at once and decodes them
-against the receivers' references. Traffic is counted as the real protocol would send it: in a mix,
+against the receivers' references; exchanges with the centre go to the
+:class:`~nettrain.engines.sim.servers.SimServers`. Traffic is counted as the real
+protocol would send it: in a mix,
 agent ``i`` sends ``x_i`` to every ``j != i`` with ``W_ji(t) != 0``; an all-reduce
 costs the ring all-reduce's messages and bytes.
+
+With a compressor, a mix encodes every ``x_j`` once and decodes one row per edge
+``j -> i`` against the receiver's ``x_i`` (once per sender when decoding ignores the
+reference), in chunks; each message costs ``compressor.nbytes``. A compressed mean
+decodes every payload against every receiver's reference and costs a ring all-gather
+of the payloads.
 """
 
 from __future__ import annotations
 
 import torch
 
-from nettrain.compression import Compressor
+from nettrain.algorithms.base import CentreRule
+from nettrain.compression import Compressor, Identity
+from nettrain.compression.payloads import reads_reference, take_rows
+from nettrain.engines.sim.servers import SimServers
 from nettrain.patterns import Communicator, Handle, Ready, Traffic, ring_allreduce_cost
 from nettrain.topology import Topology
 
 SPARSE_BELOW = 0.15  # use a sparse matrix for W when the share of nonzeros is below this
+DECODE_CHUNK = 1 << 22  # decoded elements held at once by a compressed mix
 
 
 class SimCommunicator(Communicator):
@@ -30,6 +42,7 @@ class SimCommunicator(Communicator):
         self.traffic = Traffic.zeros(topology.n)
         self.device, self.dtype = device, dtype
         self._static: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.servers: SimServers | None = None  # set by the engine for centre methods
 
     def _weights(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``W(t)`` ready for ``@`` on the device, and the out-degree ``(n,)`` of each agent."""
@@ -46,17 +59,74 @@ class SimCommunicator(Communicator):
             self._static = out
         return out
 
-    def start_mix(self, x: torch.Tensor, t: int) -> Handle:
+    def start_mix(
+        self,
+        x: torch.Tensor,
+        t: int,
+        compressor: Compressor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Handle:
         W, sends = self._weights(t)
+        if compressor is not None and not isinstance(compressor, Identity):
+            payload = compressor.encode(x, generator=generator)  # each x_j encoded once
+            self.traffic.add(sends, sends * compressor.nbytes(payload))
+            return Ready(self._decode_mix(x, payload, compressor, t))
         self.traffic.add(sends, sends * x.shape[1] * x.element_size())
         return Ready(torch.sparse.mm(W, x) if W.is_sparse else W @ x)  # (n, n) @ (n, d)
 
-    def start_mean(self, x: torch.Tensor) -> Handle:
+    def _decode_mix(
+        self, x: torch.Tensor, payload: object, compressor: Compressor, t: int
+    ) -> torch.Tensor:
+        """``W_ii x_i + sum_{j != i} W_ij decode(p_j, x_i)``, the edges ``j -> i`` in
+        ``(i, j)`` order and in chunks of at most ``DECODE_CHUNK`` decoded elements."""
+        W = self.topology.weights(t)  # (n, n) float64
+        off = W.clone().fill_diagonal_(0)
+        recv, send = off.nonzero(as_tuple=True)  # (E,) edges j -> i with W_ij != 0
+        w = off[recv, send].to(device=x.device, dtype=x.dtype)  # (E,)
+        recv, send = recv.to(x.device), send.to(x.device)
+        out = x * W.diagonal().to(device=x.device, dtype=x.dtype)[:, None]  # (n, d)
+        decoded = None if reads_reference(compressor) else compressor.decode(payload)  # (n, d)
+        step = max(1, DECODE_CHUNK // max(1, x.shape[1]))
+        for a in range(0, len(recv), step):
+            r, s = recv[a : a + step], send[a : a + step]
+            # (e, d): each receiver decodes against its own x_i, or the shared decoding
+            got = compressor.decode(take_rows(payload, s), x[r]) if decoded is None else decoded[s]
+            out.index_add_(0, r, got * w[a : a + step, None])
+        return out
+
+    def start_mean(
+        self,
+        x: torch.Tensor,
+        compressor: Compressor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Handle:
+        if compressor is not None and not isinstance(compressor, Identity):
+            return Ready(self._decode_mean(x, compressor, generator))
         messages, nbytes = ring_allreduce_cost(self.n_agents, x.shape[1], x.element_size())
         self.traffic.add(
             torch.full((self.n_agents,), messages), torch.full((self.n_agents,), nbytes)
         )
         return Ready(x.mean(0, keepdim=True).expand_as(x).clone())
+
+    def _decode_mean(
+        self, x: torch.Tensor, compressor: Compressor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """``(1/n) sum_j decode(p_j, x_i)`` for every ``i``; costs a ring all-gather of
+        the payloads: ``n - 1`` messages and ``(n - 1) nbytes(p_i)`` bytes an agent."""
+        n = self.n_agents
+        payload = compressor.encode(x, generator=generator)  # (n rows)
+        self.traffic.add(torch.full((n,), n - 1), (n - 1) * compressor.nbytes(payload))
+        if not reads_reference(compressor):
+            decoded = compressor.decode(payload)  # (n, d), the same for every receiver
+            total = torch.zeros_like(x[:1])
+            for j in range(n):  # ascending j, as each rank of the distributed engine adds
+                total += decoded[j : j + 1]
+            return (total / n).expand_as(x).clone()
+        total = torch.zeros_like(x)  # (n, d)
+        for j in range(n):  # every receiver decodes p_j against its own x_i
+            senders = torch.full((n,), j, dtype=torch.int64, device=x.device)
+            total += compressor.decode(take_rows(payload, senders), x)
+        return total / n
 
     def swap(
         self,
@@ -77,3 +147,25 @@ class SimCommunicator(Communicator):
         nbytes[senders.cpu()] += compressor.nbytes(payload)
         self.traffic.add(messages, nbytes)
         return out
+
+    def centre_exchange(
+        self,
+        sent: torch.Tensor,
+        workers: torch.Tensor,
+        rule: CentreRule,
+        synchronous: bool = False,
+    ) -> torch.Tensor:
+        if self.servers is None:
+            raise RuntimeError("no parameter servers: the engine sets them for uses_centre")
+        replies = self.servers.exchange(sent, workers, rule, synchronous)
+        messages = torch.zeros(self.n_agents, dtype=torch.int64)
+        nbytes = torch.zeros(self.n_agents, dtype=torch.int64)
+        messages[workers.cpu()] = len(self.servers.slices)  # one slice to each server
+        nbytes[workers.cpu()] = sent.shape[1] * sent.element_size()
+        self.traffic.add(messages, nbytes)
+        return replies
+
+    def centre(self) -> torch.Tensor:
+        if self.servers is None:
+            raise RuntimeError("no parameter servers: the engine sets them for uses_centre")
+        return self.servers.centre()

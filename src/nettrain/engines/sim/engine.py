@@ -15,10 +15,18 @@ import torch
 
 from nettrain.algorithms.base import AsyncAlgorithm
 from nettrain.checkpoint import Checkpoint, load_state, state_dict
-from nettrain.engines.base import Job, RunResult, check_finite, status_line, traffic_fields
+from nettrain.engines.base import (
+    Job,
+    RunResult,
+    centre_fields,
+    check_finite,
+    status_line,
+    traffic_fields,
+)
 from nettrain.engines.sim.clock import VirtualClock
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.events import run_events
+from nettrain.engines.sim.servers import SimServers
 from nettrain.errors import DivergenceError
 from nettrain.progress import progress_bar
 from nettrain.recording import RunFolder
@@ -36,6 +44,8 @@ class SimEngine:
         n, problem = job.n_agents, job.problem
         x = job.x0.expand(n, -1).clone()  # (n, d)
         comm = SimCommunicator(job.topology, x.device, x.dtype)
+        if job.algorithm.uses_centre:
+            comm.servers = SimServers(job.x0, job.algorithm, n, job.cost)
         oracle = problem.oracle(job.shards, range(n), batch_size=job.batch_size, seed=job.seed)
         clock = VirtualClock(job.cost)
         totals = {k: torch.zeros(n, dtype=torch.int64) for k in ("samples", "messages", "bytes")}
@@ -56,6 +66,8 @@ class SimEngine:
             oracle.set_rng_state(resume.rng)
             clock.now, totals = resume.clock, dict(resume.totals)
             first, saved = resume.round, resume.round
+            if comm.servers is not None and resume.servers is not None:
+                comm.servers.load_state_dict(resume.servers)
             start -= resume.wall_time_s
         loss = torch.zeros(n)
         with progress_bar(job.rounds, f"{job.algorithm.name} x{n}", job.progress) as advance:
@@ -78,6 +90,7 @@ class SimEngine:
                         "train_loss": float(loss.mean()),
                         **job.metrics(state.x),
                         **job.algorithm.diagnostics(state),
+                        **centre_fields(job, job.algorithm.centre(state, comm)),
                     }
                     folder.append(record)
                     status = status_line(record)
@@ -91,8 +104,9 @@ class SimEngine:
                             totals=totals,
                             records=len(folder.records),
                             wall_time_s=time.perf_counter() - start,
+                            servers=comm.servers.state_dict() if comm.servers else None,
                         )
                     )
                     saved = t + 1
                 advance(1, status)
-        return RunResult(state.x, folder.records)
+        return RunResult(state.x, folder.records, centre=job.algorithm.centre(state, comm))

@@ -1,33 +1,58 @@
 """Asynchronous methods in the simulator: events in virtual time (docs/async-simulation.md).
 
 Every agent alternates a local phase and one interaction. Agent ``i``'s phase of
-``H`` steps lasts ``H * samples_per_step_i * c * s_i`` virtual seconds (``s_i`` its
-straggler slow-down); when it ends, ``i`` interacts with a neighbour drawn uniformly
-from the base graph by its own generator (seeded by ``(seed, i)``), then starts its
-next phase once its messages are sent (latency + bytes / bandwidth). Non-blocking:
-the partner answers without stopping. Blocking: the initiator waits for the
-partner's phase to end, both exchange, both start anew. A fast agent therefore
-interacts more often than a slow one, and nobody waits for a straggler except its
-blocking partners.
+``h`` local steps (``h = H``, or geometric with mean ``H``) lasts
+``h * samples_per_step_i * c * s_i`` virtual seconds (``s_i`` its straggler
+slow-down), or with Poisson clocks an exponential time of that mean. When it ends,
+``i`` interacts: with a neighbour drawn uniformly from the base graph (gossip), or
+with the centre held by the parameter servers (the EASGD family). Each agent draws
+its partners, step counts and durations from streams of its own, seeded by
+``(seed, i)``, so the distributed engine replays the same draws.
 
-Events are processed in time order. The engine takes the longest prefix of the
-time-ordered events in which no agent appears twice (as initiator or partner): those
-events touch disjoint state, so running them as one vectorised ``interact`` gives what
-running them one by one gives. ``max_batch = 1`` runs them one by one (the tests
-compare both). ``rounds`` counts ``n`` events each (an epoch multiplier: every agent
-interacts about once per round); records come every ``eval_every`` rounds.
+* Gossip, non-blocking: the partner answers without stopping; the initiator starts
+  its next phase once its message is sent (latency + bytes / bandwidth). Blocking:
+  the initiator waits for the partner's phase to end, both exchange, both start anew.
+* Centre: each server is a FIFO queue. Worker ``w``'s message to server ``s`` reaches
+  it ``latency`` after the event, waits for the server's link to be free, occupies it
+  for ``bytes_s / bandwidth``, and the reply comes back ``latency + bytes_s /
+  bandwidth`` later; the worker's next phase starts when the last reply is in. The
+  staleness of an exchange is the number of centre updates by other workers since this
+  worker's previous exchange (recorded as mean, max and histogram).
+
+A fast agent therefore interacts more often than a slow one, and nobody waits for a
+straggler except its blocking partners.
+
+Events are processed in time order, in batches: the longest prefix of the time-ordered
+events in which no agent appears twice (as initiator or partner) and which ends
+before any of its agents' next events could come. The events of a batch then touch
+disjoint state (the centre's exchanges are applied one by one in time order), so
+running them as one vectorised ``interact`` gives what running them one by one gives;
+``max_batch = 1`` runs them one by one (the tests compare both). ``rounds`` scales the
+number of events: a round is ``n`` gossip events (every agent interacts about once) or
+``n / tau`` centre exchanges (every worker makes about one local step); records come
+every ``eval_every`` rounds.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from typing import Any
 
-import numpy as np
 import torch
 
 from nettrain.algorithms.base import AsyncAlgorithm
-from nettrain.engines.base import Job, RunResult, check_finite, status_line, traffic_fields
+from nettrain.engines.base import (
+    Job,
+    RunResult,
+    centre_fields,
+    check_finite,
+    status_line,
+    traffic_fields,
+)
+from nettrain.engines.draws import CENTRE, Draws
 from nettrain.engines.sim.comm import SimCommunicator
+from nettrain.engines.sim.servers import SimServers
 from nettrain.errors import ConfigError
 from nettrain.progress import progress_bar
 from nettrain.recording import RunFolder
@@ -38,87 +63,135 @@ def run_events(job: Job, folder: RunFolder, max_batch: int = 0) -> RunResult:
     algo = job.algorithm
     if not isinstance(algo, AsyncAlgorithm):
         raise TypeError(f"{type(algo).__name__} is not an asynchronous algorithm")
-    n, problem = job.n_agents, job.problem
+    n, problem, cost = job.n_agents, job.problem, job.cost
     x = job.x0.expand(n, -1).clone()  # (n, d)
     comm = SimCommunicator(job.topology, x.device, x.dtype)
+    servers = None
+    if algo.uses_centre:
+        servers = comm.servers = SimServers(job.x0, algo, n, cost)
+        neighbours: list[list[int]] = [[] for _ in range(n)]
+    else:
+        neighbours = [sorted(job.topology.base_graph.neighbors(i)) for i in range(n)]
+        if any(not nb for nb in neighbours):
+            raise ConfigError("an agent without neighbours cannot interact; use a connected graph")
     oracle = problem.oracle(job.shards, range(n), batch_size=job.batch_size, seed=job.seed)
-    neighbours = [sorted(job.topology.base_graph.neighbors(i)) for i in range(n)]
-    if any(not nb for nb in neighbours):
-        raise ConfigError("an agent without neighbours cannot interact; use a connected graph")
-    draws = [np.random.default_rng([job.seed, i, 0xA5]) for i in range(n)]
+    draws = [Draws(job.seed, i, neighbours[i], algo) for i in range(n)]
     generator = torch.Generator(device=x.device).manual_seed(job.seed)  # stochastic codes
 
-    cost = job.cost
     per_step = oracle.sizes if job.batch_size == 0 else torch.full((n,), job.batch_size)
-    phase = algo.local_steps * per_step.double() * cost.seconds_per_sample * cost.slowdown
-    ends = phase.clone()  # (n,) float64: when each agent's current phase ends
-    partner = torch.tensor([int(draws[i].choice(neighbours[i])) for i in range(n)])
+    step_s = (per_step.double() * cost.seconds_per_sample * cost.slowdown).tolist()
+    poisson = job.phase == "poisson"
+
+    def draw_phase(a: int) -> tuple[int, float]:
+        h = draws[a].steps()
+        return h, draws[a].duration(h * step_s[a], poisson)
+
+    current = [draw_phase(a) for a in range(n)]  # (steps, duration) of the running phase
+    upcoming = [draw_phase(a) for a in range(n)]  # the phase after it, drawn in advance
+    ends = torch.tensor([c[1] for c in current], dtype=torch.float64)  # (n,) event times
+    partner = torch.tensor([d.partner() for d in draws])
     totals = {k: torch.zeros(n, dtype=torch.int64) for k in ("samples", "messages", "bytes")}
     state = algo.init(x, oracle, comm)
     oracle.meter.reset()
     comm.traffic.reset()
 
     start, now, done = time.perf_counter(), 0.0, 0
-    total, every = job.rounds * n, job.eval_every * n
+    per_round = algo.events_per_round(n)
+    total = max(1, round(job.rounds * per_round))
+    marks = [
+        min(total, max(1, round(r * per_round)))
+        for r in range(job.eval_every, job.rounds, job.eval_every)
+    ]
+    marks = sorted(set(marks) | {total})
     losses: list[torch.Tensor] = []
     with progress_bar(job.rounds, f"{algo.name} x{n} (events)", job.progress) as advance:
-        while done < total:
-            room = min(total, (done // every + 1) * every) - done  # stop at the next record
-            pairs = _batch(ends, partner, min(room, max_batch or room))
-            i, j = pairs[:, 0], pairs[:, 1]
-            state, loss = algo.interact(state, pairs, oracle, comm, generator)
-            losses.append(loss)
-            samples = oracle.meter.reset()
-            messages, nbytes = comm.traffic.reset()
-            for k, v in zip(totals, (samples, messages, nbytes), strict=True):
-                totals[k] += v
-            sent = cost.latency_s * messages.double() + nbytes.double() / cost.bandwidth_bytes_per_s
-            if algo.blocking:  # both wait for the later phase, then both start anew
-                met = torch.maximum(ends[i], ends[j])
-                now = max(now, float(met.max()))
-                ends[i] = met + sent[i] + phase[i]
-                ends[j] = met + sent[j] + phase[j]
-                redraw = torch.cat([i, j])
-            else:
-                now = max(now, float(ends[i].max()))
-                ends[i] = ends[i] + sent[i] + phase[i]
-                redraw = i
-            for a in redraw.tolist():
-                partner[a] = int(draws[a].choice(neighbours[a]))
-            before, done = done, done + len(pairs)
-            check_finite(loss, done // n, algo.stability_hint)
-            status = ""
-            if done % every == 0 or done == total:
-                record = {
-                    "round": done // n,
-                    "events": done,
-                    "epoch": float(totals["samples"].sum()) / len(problem.data.y_train),
-                    "virtual_time_s": now,
-                    "wall_time_s": time.perf_counter() - start,
-                    **traffic_fields(totals),
-                    "train_loss": float(torch.cat(losses).mean()),
-                    **job.metrics(state.x),
-                    **algo.diagnostics(state),
-                }
-                losses.clear()
-                folder.append(record)
-                status = status_line(record)
-            advance(done // n - before // n, status)
-    return RunResult(state.x, folder.records)
+        for mark in marks:
+            while done < mark:
+                horizon = ends + cost.latency_s + torch.tensor([u[1] for u in upcoming])
+                pairs = _batch(ends, partner, min(mark - done, max_batch or mark), horizon)
+                i, j = pairs[:, 0], pairs[:, 1]
+                steps = torch.tensor(
+                    [
+                        [current[a][0], current[b][0] if b != CENTRE else 0]
+                        for a, b in pairs.tolist()
+                    ]
+                )
+                if servers is not None:
+                    servers.event_times = ends
+                state, loss = algo.interact(state, pairs, oracle, comm, generator, steps)
+                losses.append(loss)
+                samples = oracle.meter.reset()
+                messages, nbytes = comm.traffic.reset()
+                for k, v in zip(totals, (samples, messages, nbytes), strict=True):
+                    totals[k] += v
+                sent = (
+                    cost.latency_s * messages.double()
+                    + nbytes.double() / cost.bandwidth_bytes_per_s
+                )
+                if servers is not None:  # the last reply is in
+                    resume = servers.resume[i]
+                    now = max(now, float(ends[i].max()))
+                    restart = i
+                elif algo.blocking:  # both wait for the later phase, then both start anew
+                    met = torch.maximum(ends[i], ends[j])
+                    now = max(now, float(met.max()))
+                    resume = torch.cat([met + sent[i], met + sent[j]])
+                    restart = torch.cat([i, j])
+                else:
+                    now = max(now, float(ends[i].max()))
+                    resume = ends[i] + sent[i]
+                    restart = i
+                for a, at in zip(restart.tolist(), resume.tolist(), strict=True):
+                    current[a], upcoming[a] = upcoming[a], draw_phase(a)
+                    ends[a] = at + current[a][1]
+                    partner[a] = draws[a].partner()
+                before, done = done, done + len(pairs)
+                check_finite(loss, int(done // per_round), algo.stability_hint)
+                advance(int(done // per_round) - int(before // per_round), "")
+            record: dict[str, Any] = {
+                "round": math.ceil(done / per_round - 1e-9),
+                "events": done,
+                "epoch": float(totals["samples"].sum()) / len(problem.data.y_train),
+                "virtual_time_s": now,
+                "wall_time_s": time.perf_counter() - start,
+                **traffic_fields(totals),
+                "train_loss": float(torch.cat(losses).mean()),
+                **job.metrics(state.x),
+                **algo.diagnostics(state),
+            }
+            if servers is not None:
+                record |= servers.take_staleness() | centre_fields(job, servers.centre())
+            losses.clear()
+            folder.append(record)
+            advance(0, status_line(record))
+    return RunResult(state.x, folder.records, centre=algo.centre(state, comm))
 
 
-def _batch(ends: torch.Tensor, partner: torch.Tensor, limit: int) -> torch.Tensor:
+def _batch(
+    ends: torch.Tensor,
+    partner: torch.Tensor,
+    limit: int,
+    horizon: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The longest time-ordered prefix of events on distinct agents, at most ``limit``.
 
-    Returns ``(k, 2)`` pairs (initiator, partner); ties in time go to the lower agent id.
+    ``horizon[a]``: the earliest time agent ``a``'s next event could come after this
+    one; the prefix stops before an event that is not earlier than the horizon of an
+    event already in it (that agent could act again first). Returns ``(k, 2)`` pairs
+    (initiator, partner; ``CENTRE`` for the servers); ties go to the lower agent id.
     """
     order = torch.argsort(ends, stable=True).tolist()
     busy: set[int] = set()
-    pairs = []
+    pairs: list[tuple[int, int]] = []
+    before = math.inf
     for a in order:
         b = int(partner[a])
-        if a in busy or b in busy or len(pairs) == limit:
+        if a in busy or b in busy or len(pairs) == limit or float(ends[a]) >= before:
             break
-        busy.update((a, b))
+        busy.update((a, b) if b != CENTRE else (a,))
         pairs.append((a, b))
+        if horizon is not None:
+            before = min(before, float(horizon[a]))
+            if b != CENTRE:
+                before = min(before, float(horizon[b]))
     return torch.tensor(pairs, dtype=torch.int64)

@@ -1,0 +1,286 @@
+"""Asynchronous block-partitioned SGD on a shared model, and Hogwild.
+
+Source: Kungurtsev, Egan, Chatterjee, Alistarh, "Asynchronous Optimization Methods for
+Efficient Training of Deep Neural Networks with Guarantees", AAAI 2021, arXiv
+1905.11845 (ALGORITHMS.md, section 3). Baseline: Hogwild (Niu, Recht, Re, Wright,
+"Hogwild!: A Lock-Free Approach to Parallelizing Stochastic Gradient Descent", 2011).
+
+``P`` processes update one model ``x: (d,)`` without locks. The flat vector is cut
+into ``blocks`` contiguous blocks of (nearly) equal size; block ``b`` is owned by
+process ``b mod P``, so process ``c`` owns ``I^c = {c, c + P, c + 2P, ...}``. Process
+``c``'s ``k``-th step::
+
+    x~  <- read x                     (inconsistent: others write while c reads)
+    g   <- stochastic subgradient of f at x~ on c's next mini-batch
+    for every block b that the step writes (I^c, or all blocks in a full step):
+        u_b <- m * u_b + g_b          (c's own momentum; Nesterov and weight decay as
+                                       in nettrain.algorithms.sgd)
+        x_b <- x_b - gamma_c(k) u_b   (a lock-free in-place write of the shared x)
+    gamma_c(k) = lr / (1 + step_decay * lr * k)
+
+The step size is diminishing and indexed by the per-process counter ``k`` (the closed
+form of NEXT's rule ``a[k+1] = a[k] (1 - eps a[k])`` with ``a[0] = lr``,
+``eps = step_decay``; ``step_decay = 0`` keeps ``lr``). Full steps write every
+block: the first ``warmup`` steps, and after them every ``full_every``-th step
+(the public re-implementation's alternation of full and partitioned updates).
+Hogwild is the same step with every step full and no partition.
+
+Two engines run it. ``engine=shared_memory`` runs ``P`` real processes on one model
+in shared memory (:mod:`nettrain.engines.shared_memory`), using :meth:`written` and
+:meth:`step_size`. ``engine=sim`` runs it as a synchronous :class:`Algorithm` whose
+``agents`` are the ``P`` workers: every round each worker reads the shared model with
+per-block random delays, takes one step, and all writes of the round land together
+(see :meth:`BlockAsyncSGD.step`), to study staleness at larger ``P`` than a machine
+has.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from nettrain.algorithms.base import Algorithm
+from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_direction
+from nettrain.errors import ConfigError
+from nettrain.patterns import Communicator
+from nettrain.problem.oracle import Oracle, Problem, agent_seed
+
+DELAY_STREAM = 0xB10C  # random stream of the simulated read delays
+
+
+def block_bounds(d: int, blocks: int) -> list[int]:
+    """Boundaries ``[0, ..., d]`` of ``blocks`` contiguous blocks whose sizes differ by <= 1."""
+    return [d * b // blocks for b in range(blocks + 1)]
+
+
+def block_index(d: int, blocks: int) -> torch.Tensor:
+    """The block of every coordinate, ``(d,)`` int64."""
+    bounds = block_bounds(d, blocks)
+    sizes = torch.tensor([b - a for a, b in itertools.pairwise(bounds)])
+    return torch.repeat_interleave(torch.arange(blocks), sizes)
+
+
+def owned_blocks(worker: int, workers: int, blocks: int) -> tuple[int, ...]:
+    """``I^c``: the blocks of process ``worker``, round robin (block ``b`` -> ``b mod P``)."""
+    return tuple(range(worker, blocks, workers))
+
+
+@dataclass(frozen=True)
+class BlockAsyncState:
+    """The simulated shared model and what the simulation keeps about it.
+
+    ``S = max_delay``; ``history[t mod (S+1)]`` is the model at the start of round
+    ``t``, and ``versions`` the same rounds' per-block write counts.
+    """
+
+    x: torch.Tensor  # (n, d) every row is the shared model
+    u: torch.Tensor  # (n, d) momentum of each worker (only the blocks it writes move)
+    history: torch.Tensor  # (S+1, d) the last S+1 versions of the shared model
+    versions: torch.Tensor  # (S+1, blocks) int64 writes each block had received then
+    updates: torch.Tensor  # (n, blocks) int64 writes of each worker to each block
+    stale_sum: torch.Tensor  # (n,) int64 sum over reads of the staleness of the read
+    stale_max: torch.Tensor  # (n,) int64 largest staleness of a read
+    reads: torch.Tensor  # (n,) int64 block reads counted
+
+
+@dataclass(frozen=True)
+class BlockAsyncSGD(Algorithm[BlockAsyncState]):
+    """Block-partitioned asynchronous momentum SGD (Kungurtsev et al. 2021); see the module.
+
+    ``workers`` is ``P``: the processes of ``engine=shared_memory``, the agents of
+    ``engine=sim``. ``max_delay`` is the simulator's largest read delay in rounds.
+    """
+
+    sgd: SGDConfig
+    workers: int
+    blocks: int
+    step_decay: float = 0.0
+    warmup: int = 0
+    full_every: int = 0
+    max_delay: int = 1
+    seed: int = 0
+    name = "block_async"
+    partitioned: ClassVar[bool] = True
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> BlockAsyncSGD:
+        workers = cfg.processes if cfg.engine == "shared_memory" else cfg.agents
+        if cls.partitioned and cfg.engine == "shared_memory" and cfg.blocks < cfg.processes:
+            raise ConfigError(
+                f"algorithm=block_async needs blocks >= processes so that every process owns a "
+                f"block: blocks={cfg.blocks}, processes={cfg.processes}; set "
+                f"blocks={cfg.processes} (or a multiple of it)"
+            )
+        if cls.partitioned and cfg.engine == "sim" and cfg.blocks < cfg.agents:
+            raise ConfigError(
+                f"algorithm=block_async in engine=sim simulates one worker per agent and needs "
+                f"blocks >= agents: blocks={cfg.blocks}, agents={cfg.agents}; set "
+                f"blocks={cfg.agents}"
+            )
+        return cls(
+            SGDConfig.from_config(cfg),
+            workers=workers,
+            blocks=cfg.blocks,
+            step_decay=cfg.step_decay,
+            warmup=cfg.warmup,
+            full_every=cfg.full_every,
+            max_delay=cfg.max_delay,
+            seed=cfg.seed,
+        )
+
+    def __post_init__(self) -> None:
+        if self.step_decay < 0:
+            raise ConfigError(f"step_decay must be >= 0 (0 = constant step), got {self.step_decay}")
+        if self.workers < 1 or self.blocks < 1:
+            raise ConfigError(f"{self.name} needs workers >= 1 and blocks >= 1")
+        if self.max_delay < 0:
+            raise ConfigError(f"max_delay must be >= 0, got {self.max_delay}")
+
+    def check(self, problem: Problem) -> None:
+        if self.blocks > problem.dim:
+            raise ConfigError(
+                f"blocks={self.blocks} is more than the model's {problem.dim} parameters; "
+                f"use blocks <= {problem.dim}"
+            )
+
+    # --- the rule, as the shared-memory engine's workers use it ---
+
+    def step_size(self, k: int) -> float:
+        """``gamma(k) = lr / (1 + step_decay * lr * k)`` at a process's ``k``-th step."""
+        lr = self.sgd.lr
+        return lr / (1.0 + self.step_decay * lr * k)
+
+    def full(self, k: int) -> bool:
+        """Whether a process's ``k``-th step (from 0) writes every block."""
+        if not self.partitioned or k < self.warmup:
+            return True
+        return self.full_every > 0 and (k - self.warmup + 1) % self.full_every == 0
+
+    def written(self, worker: int, k: int) -> tuple[int, ...]:
+        """The blocks that process ``worker`` writes at its ``k``-th step."""
+        if self.full(k):
+            return tuple(range(self.blocks))
+        return owned_blocks(worker, self.workers, self.blocks)
+
+    # --- the simulator: P workers in one process, reads with random delays ---
+
+    def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> BlockAsyncState:
+        n = x0.shape[0]
+        if n != self.workers:
+            raise ConfigError(f"{self.name} was configured for {self.workers} workers, got {n}")
+        depth = self.max_delay + 1
+        zeros = torch.zeros(n, dtype=torch.int64)
+        return BlockAsyncState(
+            x=x0,
+            u=torch.zeros_like(x0),
+            history=x0[:1].expand(depth, -1).clone(),
+            versions=torch.zeros(depth, self.blocks, dtype=torch.int64),
+            updates=torch.zeros(n, self.blocks, dtype=torch.int64),
+            stale_sum=zeros,
+            stale_max=zeros,
+            reads=zeros,
+        )
+
+    def written_mask(self, t: int) -> torch.Tensor:
+        """``(n, blocks)`` bool: which blocks each worker writes in round ``t``."""
+        mask = torch.zeros(self.workers, self.blocks, dtype=torch.bool)
+        for c in range(self.workers):
+            mask[c, list(self.written(c, t))] = True
+        return mask
+
+    def owned_mask(self) -> torch.Tensor:
+        """``(n, blocks)`` bool: block ``b`` owned by worker ``c`` (none for Hogwild)."""
+        b = torch.arange(self.blocks)
+        mask = (b[None, :] % self.workers) == torch.arange(self.workers)[:, None]
+        return mask if self.partitioned else torch.zeros_like(mask)
+
+    def step(
+        self, state: BlockAsyncState, t: int, oracle: Oracle, comm: Communicator
+    ) -> tuple[BlockAsyncState, torch.Tensor]:
+        """Round ``t``: every worker reads, steps and writes once (the read-delay model).
+
+        Worker ``c`` reads the blocks it owns at the current version (it is their only
+        writer in partitioned steps) and every other block ``b`` at the version of round
+        ``t - s``, ``s`` uniform in ``{0, ..., min(max_delay, t)}``, drawn independently
+        per worker and block from a seeded stream: the inconsistent read. Its mini-batch
+        comes from the shard of agent ``pi_t(c)``, ``pi_t`` a seeded random permutation:
+        with equal shards (``partition=iid``) that is a uniform draw from the whole
+        training set, as in the shared-memory engine, not from a private shard (a block's
+        owner would otherwise only ever see its own data). The writes of all workers in a
+        round land together, as concurrent lock-free adds:
+        ``x_b <- x_b - gamma(t) sum_{c writes b} d_{c,b}``. The staleness of a read of
+        block ``b`` is the number of writes ``b`` received after the version read and up
+        to the end of the round, ``c``'s own write of this round excluded
+        (what the shared-memory engine counts with its version counters).
+        """
+        n, d = state.x.shape
+        depth = self.max_delay + 1
+        blk = block_index(d, self.blocks)  # (d,)
+        gen = torch.Generator().manual_seed(agent_seed(self.seed, t, DELAY_STREAM))
+        delay = torch.randint(0, min(self.max_delay, t) + 1, (n, self.blocks), generator=gen)
+        delay = torch.where(self.owned_mask(), 0, delay)  # (n, blocks)
+        slot = (t - delay) % depth  # (n, blocks) ring position of the version read
+        read = state.history[slot[:, blk], torch.arange(d)]  # (n, d) inconsistent reads
+        shard = torch.randperm(n, generator=gen)  # worker c draws from agent shard[c]'s data
+        rows = torch.empty_like(read)
+        rows[shard] = read
+        loss, g = oracle.grad(rows)
+        loss, g = loss[shard], g[shard]  # (n,), (n, d) back in worker order
+        direction, sgd = sgd_direction(read, g, SGDState(state.u), self.sgd)
+        written = self.written_mask(t)  # (n, blocks)
+        mask = written[:, blk]  # (n, d)
+        u = torch.where(mask, sgd.buf, state.u) if sgd.buf is not None else state.u
+        shared = state.x[0] - self.step_size(t) * (direction * mask).sum(0)  # (d,)
+        now = state.versions[t % depth]  # (blocks,) writes before this round
+        after = now + written.sum(0)  # (blocks,)
+        seen = state.versions[slot, torch.arange(self.blocks)]  # (n, blocks)
+        stale = after[None, :] - seen - written.long()  # (n, blocks)
+        nxt = (t + 1) % depth
+        history, versions = state.history.clone(), state.versions.clone()
+        history[nxt], versions[nxt] = shared, after
+        new = BlockAsyncState(
+            x=shared.expand(n, -1).clone(),
+            u=u,
+            history=history,
+            versions=versions,
+            updates=state.updates + written.long(),
+            stale_sum=state.stale_sum + stale.sum(1),
+            stale_max=torch.maximum(state.stale_max, stale.max(1).values),
+            reads=state.reads + self.blocks,
+        )
+        return new, loss
+
+    def diagnostics(self, state: BlockAsyncState) -> dict[str, Any]:
+        """Read staleness (mean and max over every block read) and writes per block."""
+        return staleness_fields(
+            state.stale_sum.sum(), state.reads.sum(), state.stale_max.max(), state.updates.sum(0)
+        )
+
+
+def staleness_fields(
+    stale_sum: torch.Tensor, reads: torch.Tensor, stale_max: torch.Tensor, updates: torch.Tensor
+) -> dict[str, Any]:
+    """Record fields from the counters: ``updates: (blocks,)`` writes per block."""
+    return {
+        "staleness_mean": float(stale_sum) / max(int(reads), 1),
+        "staleness_max": int(stale_max),
+        "updates_per_block_min": int(updates.min()),
+        "updates_per_block_max": int(updates.max()),
+        "updates_per_block": [int(v) for v in updates],
+    }
+
+
+@dataclass(frozen=True)
+class Hogwild(BlockAsyncSGD):
+    """Hogwild (Niu et al. 2011): every process writes every block, lock-free.
+
+    The step of :class:`BlockAsyncSGD` with every step full: ``u <- m u + g``,
+    ``x <- x - gamma_c(k) u`` on the whole vector. With one process it is sequential
+    momentum SGD with the diminishing step.
+    """
+
+    name = "hogwild"
+    partitioned: ClassVar[bool] = False

@@ -1,0 +1,170 @@
+"""DOWNPOUR and momentum DOWNPOUR, and round-robin ADMM: the EASGD paper's baselines.
+
+* DOWNPOUR (Dean et al., "Large Scale Distributed Deep Networks", NIPS 2012; the form
+  of Zhang et al. 2015, Algorithm 3): worker ``i`` steps ``x_i <- x_i - lr g(x_i)`` and
+  accumulates ``D = x_i - x_pulled``; every ``tau`` steps it pushes ``D`` (server:
+  ``x~ <- x~ + D``) and pulls ``x_i <- x~``. ``tau = 1`` is asynchronous SGD.
+* Momentum DOWNPOUR (``mdownpour``): Nesterov momentum ``delta`` on the server, which
+  keeps a velocity ``v~``: ``v~ <- delta v~ + D``, ``x~ <- x~ + v~``, and the worker
+  pulls the look-ahead point ``x~ + delta v~``, where its gradients are taken (with
+  ``tau = 1`` and one worker, Nesterov's method on ``x~``).
+* Round-robin ADMM (the comparison of Zhang's thesis), asynchronous: worker ``i`` makes
+  ``tau`` gradient steps on its augmented Lagrangian
+  ``f_i(x) - l_i (x - x~_i) + (rho/2)||x - x~_i||^2`` (``x~_i`` the centre it last
+  pulled, ``rho = alpha / lr``), then ``l_i <- l_i - rho (x_i - x~_i)`` and sends the
+  change of its term ``u_i = x_i - l_i / rho`` divided by ``n``; the server adds it, so
+  ``x~ = mean_j u_j`` at all times, and the worker pulls the new ``x~``. With workers
+  of equal speed the exchanges come in turn, 0, 1, ..., n-1: the round-robin scheme.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nettrain.algorithms.base import CentreAlgorithm
+from nettrain.algorithms.elastic import local_rows, moving_rate, nesterov_steps
+from nettrain.algorithms.local import Tensors, local_phase
+from nettrain.algorithms.sgd import SGDConfig
+from nettrain.errors import ConfigError
+from nettrain.patterns import Communicator
+from nettrain.problem.oracle import Oracle
+
+
+@dataclass(frozen=True)
+class PulledState:
+    x: torch.Tensor  # (m, d) every worker's parameters
+    pulled: torch.Tensor  # (m, d) the centre as the worker last pulled it
+    exchanges: torch.Tensor  # (m,) int64
+
+
+def plain_sgd(cfg: Any, name: str) -> SGDConfig:
+    if cfg.momentum and name != "mdownpour":
+        raise ConfigError(f"{name} takes plain SGD steps on the workers; set momentum=0")
+    return SGDConfig(cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@dataclass(frozen=True)
+class Downpour(CentreAlgorithm[PulledState]):
+    """DOWNPOUR; see the module docstring."""
+
+    sgd: SGDConfig
+    tau: int = 1
+    servers: int = 1
+    name = "downpour"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Downpour:
+        return cls(plain_sgd(cfg, cls.name), cfg.tau, cfg.servers)
+
+    def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> PulledState:
+        return PulledState(x0, x0.clone(), torch.zeros(x0.shape[0], dtype=torch.int64))
+
+    def serve(self, rows: torch.Tensor, sent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x~ <- x~ + D``; reply the new ``x~``."""
+        centre = rows[0] + sent
+        return centre[None], centre.clone()
+
+    def interact(self, state, pairs, oracle, comm, generator, steps):
+        rows = local_rows(comm, pairs[:, 0])
+        update = nesterov_steps(self.sgd, 0.0)
+        (x, _), loss = local_phase(
+            (state.x[rows], torch.zeros_like(state.x[rows])), rows, steps[:, 0], oracle, update
+        )
+        pulled = comm.centre_exchange(x - state.pulled[rows], pairs[:, 0], self)
+        new_x, new_pulled, count = state.x.clone(), state.pulled.clone(), state.exchanges.clone()
+        new_x[rows] = pulled
+        new_pulled[rows] = pulled
+        count[rows] += 1
+        return PulledState(new_x, new_pulled, count), loss
+
+
+@dataclass(frozen=True)
+class MomentumDownpour(Downpour):
+    """Momentum DOWNPOUR: Nesterov momentum ``delta`` on the server (module docstring)."""
+
+    delta: float = 0.9
+    name = "mdownpour"
+    centre_rows = 2  # x~ and its velocity
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> MomentumDownpour:
+        if cfg.momentum == 0:
+            raise ConfigError(
+                "mdownpour needs momentum > 0 (the server's Nesterov delta, e.g. 0.9)"
+            )
+        return cls(plain_sgd(cfg, cls.name), cfg.tau, cfg.servers, cfg.momentum)
+
+    def serve(self, rows: torch.Tensor, sent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``v~ <- delta v~ + D; x~ <- x~ + v~``; reply the look-ahead ``x~ + delta v~``."""
+        velocity = torch.add(sent, rows[1], alpha=self.delta)
+        centre = rows[0] + velocity
+        return torch.stack([centre, velocity]), torch.add(centre, velocity, alpha=self.delta)
+
+
+@dataclass(frozen=True)
+class ADMMState:
+    x: torch.Tensor  # (m, d)
+    dual: torch.Tensor  # (m, d) the multipliers l_i
+    term: torch.Tensor  # (m, d) u_i = x_i - l_i / rho as the centre last counted it
+    pulled: torch.Tensor  # (m, d) the centre as the worker last pulled it
+    exchanges: torch.Tensor  # (m,) int64
+
+
+@dataclass(frozen=True)
+class ADMM(CentreAlgorithm[ADMMState]):
+    """Round-robin ADMM; see the module docstring. ``rho = alpha / lr``."""
+
+    sgd: SGDConfig
+    rho: float
+    tau: int = 1
+    servers: int = 1
+    name = "admm"
+    stability_hint = "Lower the learning rate (lr=) or change the penalty (alpha=, rho = alpha/lr)"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ADMM:
+        return cls(
+            plain_sgd(cfg, cls.name), moving_rate(cfg, cfg.agents) / cfg.lr, cfg.tau, cfg.servers
+        )
+
+    def __post_init__(self) -> None:
+        if not self.rho > 0:
+            raise ConfigError(f"admm needs a penalty rho = alpha / lr > 0, got {self.rho}")
+
+    def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> ADMMState:
+        zeros = torch.zeros_like(x0)
+        return ADMMState(
+            x0, zeros, x0.clone(), x0.clone(), torch.zeros(x0.shape[0], dtype=torch.int64)
+        )
+
+    def serve(self, rows: torch.Tensor, sent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x~ <- x~ + (u_i' - u_i) / n``; reply the new ``x~``."""
+        centre = rows[0] + sent
+        return centre[None], centre.clone()
+
+    def interact(self, state, pairs, oracle, comm, generator, steps):
+        rows = local_rows(comm, pairs[:, 0])
+        sgd, rho = self.sgd, self.rho
+
+        def update(r: Tensors, grad) -> Tensors:
+            x, dual, pulled = r
+            _, g = grad(x)
+            g = g - dual + rho * (x - pulled)
+            if sgd.weight_decay:
+                g = torch.add(g, x, alpha=sgd.weight_decay)
+            return (torch.add(x, g, alpha=-sgd.lr), dual, pulled)
+
+        (x, dual, pulled), loss = local_phase(
+            (state.x[rows], state.dual[rows], state.pulled[rows]), rows, steps[:, 0], oracle, update
+        )
+        dual = dual - rho * (x - pulled)
+        term = x - dual / rho
+        centre = comm.centre_exchange((term - state.term[rows]) / comm.n_agents, pairs[:, 0], self)
+        new = {k: getattr(state, k).clone() for k in ("x", "dual", "term", "pulled", "exchanges")}
+        new["x"][rows], new["dual"][rows], new["term"][rows] = x, dual, term
+        new["pulled"][rows] = centre
+        new["exchanges"][rows] += 1
+        return ADMMState(**new), loss

@@ -1,0 +1,92 @@
+"""Parameter servers over rpc: ranks ``n .. n+S-1`` each hold a slice of the centre.
+
+Server ``s`` hosts a :class:`CentreShard` named ``"centre"``: the columns
+``block_slices(d, S)[s]`` of the centre's rows. A worker's exchange sends its slice
+to every server at once (``rpc_async``, then wait for all); each shard applies the
+method's :meth:`~nettrain.algorithms.base.CentreRule.serve` under its own lock, so
+the servers work concurrently and no lock is global. A handler never calls another
+rank: no deadlock.
+
+Synchronous exchanges (synchronous EASGD) carry the worker's round number: the shard
+answers every exchange of round ``r`` from the centre as round ``r`` found it and
+adds up their changes; a worker already at round ``r + 1`` waits (on the shard's
+condition variable, on an rpc thread) until all ``n`` exchanges of round ``r`` are in.
+So the result is the simulator's whatever the arrival order, up to the order of a
+floating-point sum.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import torch
+
+from nettrain.algorithms.base import CentreRule
+
+
+class CentreShard:
+    """One server's slice ``rows: (r, d_s)`` of the centre and what it counts."""
+
+    def __init__(self, rule: CentreRule, rows: torch.Tensor, n_workers: int, timeout_s: float):
+        self._rule = rule
+        self._cond = threading.Condition()
+        self._n = n_workers
+        self._timeout_s = timeout_s
+        self.rows = rows.clone()
+        self.version = 0  # exchanges applied
+        self.seen = [0] * n_workers  # version after each worker's last exchange
+        self.applied: Counter[int] = Counter()  # exchanges applied, by worker
+        self.sync_round, self._arrived, self._base = 0, 0, self.rows.clone()
+        self.finished = threading.Event()
+
+    def exchange(self, worker: int, sent: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Apply ``serve`` to this slice; reply, and the exchange's staleness here."""
+        with self._cond:
+            self.rows, reply = self._rule.serve(self.rows, sent)
+            return reply, self._count(worker)
+
+    def exchange_sync(
+        self, worker: int, round: int, sent: torch.Tensor
+    ) -> tuple[torch.Tensor, int]:
+        """Round ``round``'s exchange of ``worker``: read the centre as the round found it."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.sync_round == round, self._timeout_s):
+                raise TimeoutError(
+                    f"worker {worker} waited {self._timeout_s} s at round {round} for the "
+                    f"other workers' exchanges of round {self.sync_round}"
+                )
+            new, reply = self._rule.serve(self._base, sent)
+            self.rows += new - self._base
+            self._arrived += 1
+            if self._arrived == self._n:
+                self.sync_round, self._arrived, self._base = round + 1, 0, self.rows.clone()
+                self._cond.notify_all()
+            return reply, self._count(worker)
+
+    def _count(self, worker: int) -> int:
+        stale = self.version - self.seen[worker]
+        self.version += 1
+        self.seen[worker] = self.version
+        self.applied[worker] += 1
+        return stale
+
+    def centre(self) -> torch.Tensor:
+        with self._cond:
+            return self.rows[0].clone()
+
+    def counts(self) -> dict[int, int]:
+        """Exchanges applied here, by worker."""
+        with self._cond:
+            return dict(self.applied)
+
+    def finish(self) -> None:
+        """Rank 0's word that the run is over: the server may leave."""
+        self.finished.set()
+
+
+def shard_rows(x0: torch.Tensor, rule: CentreRule, cols: slice) -> torch.Tensor:
+    """The starting rows of one slice: ``x0`` in row 0, zeros below."""
+    rows = x0.new_zeros(rule.centre_rows, cols.stop - cols.start)
+    rows[0] = x0.reshape(-1)[cols]
+    return rows

@@ -1,0 +1,304 @@
+"""The ``shared_memory`` engine: ``P`` worker processes updating one model in shared memory.
+
+The main process puts the model ``x: (d,)`` and the counters in shared memory
+(:class:`~nettrain.engines.shared_memory.board.Board`) and spawns ``processes=P``
+workers (``torch.multiprocessing``, spawn context, one thread each). They run the
+method's steps without locks (:mod:`~nettrain.engines.shared_memory.worker`):
+``block_async`` (each worker writes its own blocks), ``hogwild`` (every worker
+writes every block) or ``allreduce`` (synchronous data-parallel SGD: barriers, mean
+gradient). One round is ``P`` steps, whoever takes them: a faster worker takes more.
+
+Every ``eval_every`` rounds the workers are held after exactly ``round * P`` steps;
+the main process evaluates the model and appends a record (``round``, ``epoch``,
+``wall_time_s``, ``train_time_s`` (wall time less the evaluation pauses),
+``samples``, ``samples_per_s = samples / train_time_s``, ``train_loss`` (mean over the
+steps since the last record), the test metrics, ``staleness_mean``/``staleness_max``
+(writes a block received between a worker's read and its write),
+``updates_per_block``, and the per-worker step counts ``steps_min``/``steps_max``).
+
+Under ``torchrun`` each launched process is one machine with its own ``P`` workers
+and model; with ``average_every=K`` its main process averages the machines' models
+every ``K`` rounds (of its own workers) over gloo, ``x += mean - snapshot``
+(:mod:`~nettrain.engines.shared_memory.averaging`), and once more at the end, when
+the workers have stopped, so all machines finish with the same model, bit for bit.
+Rank 0 writes the run folder; its records describe machine 0.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from nettrain.algorithms.baselines import AllReduceSGD
+from nettrain.algorithms.block_async import BlockAsyncSGD, staleness_fields
+from nettrain.checkpoint import Checkpoint
+from nettrain.engines.base import Job, RunResult, status_line
+from nettrain.engines.distributed.engine import launched_rank
+from nettrain.engines.shared_memory.averaging import ModelAverager
+from nettrain.engines.shared_memory.board import Board
+from nettrain.engines.shared_memory.worker import WorkerSpec, worker_main
+from nettrain.errors import ConfigError, DataError, DivergenceError, NettrainError
+from nettrain.progress import progress_bar
+from nettrain.recording import RunFolder
+
+POLL_S = 1e-3  # how often the main process looks at the counters
+ERRORS = {"DivergenceError": DivergenceError, "ConfigError": ConfigError, "DataError": DataError}
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def one_model_metrics(job: Job, x: torch.Tensor) -> dict[str, Any]:
+    """:meth:`Job.metrics` of the one shared model ``x: (d,)``, evaluated once: the mean
+    model and the only agent are the same, and there is no disagreement."""
+    if job.train_objective:
+        return job.metrics(x[None])
+    ev = job.problem.evaluate(x[None])
+    out: dict[str, Any] = {"test_loss": float(ev.loss[0])}
+    if ev.accuracy is not None:
+        accuracy = float(ev.accuracy[0])
+        out |= {
+            "test_accuracy": accuracy,
+            "agent_test_accuracy_mean": accuracy,
+            "agent_test_accuracy_min": accuracy,
+        }
+    else:
+        out["agent_test_loss_mean"] = out["test_loss"]
+    return out | {"consensus_distance": 0.0}
+
+
+class WorkerFailed(NettrainError):
+    """A worker process stopped with an error or died."""
+
+
+class SharedMemoryEngine:
+    """Runs a :class:`Job` as ``processes`` workers on one shared model (see the module)."""
+
+    name = "shared_memory"
+
+    def __init__(self, processes: int = 2, average_every: int = 0, timeout_s: float = 60.0) -> None:
+        if processes < 1:
+            raise ConfigError(f"processes must be >= 1, got {processes}")
+        if average_every < 0:
+            raise ConfigError(f"average_every must be >= 0 (0 = never), got {average_every}")
+        self.processes = processes
+        self.average_every = average_every
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SharedMemoryEngine:
+        return cls(cfg.processes, cfg.average_every, cfg.timeout_s)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run folder (rank 0, or no launcher)."""
+        return (launched_rank() or 0) == 0
+
+    @contextmanager
+    def _machines(self) -> Iterator[ModelAverager | None]:
+        """The averager over the machines launched by torchrun, or None for one machine."""
+        if launched_rank() is None:
+            if self.average_every:
+                raise ConfigError(
+                    f"average_every={self.average_every} averages the models of several "
+                    "machines: launch one process per machine with torchrun (`torchrun "
+                    "--nnodes M --nproc-per-node 1 -m nettrain run engine=shared_memory ...`), "
+                    "or set average_every=0"
+                )
+            yield None
+            return
+        if not self.average_every:
+            yield None  # independent machines: nothing to exchange
+            return
+        if dist.is_initialized():  # the caller owns the group of machines
+            yield ModelAverager()
+            return
+        timeout = timedelta(seconds=self.timeout_s)
+        dist.init_process_group("gloo", init_method="env://", timeout=timeout)
+        clean = False
+        try:
+            yield ModelAverager()
+            clean = True
+        finally:
+            if clean:
+                dist.barrier()  # without it gloo may abort a peer still in its last call
+            dist.destroy_process_group()
+
+    def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
+        if resume is not None:
+            raise ConfigError("resuming is implemented for engine=sim; rerun from the start")
+        algo = job.algorithm
+        if not isinstance(algo, (BlockAsyncSGD, AllReduceSGD)):
+            raise ConfigError(
+                f"engine=shared_memory cannot run algorithm={algo.name}; use block_async, "
+                "hogwild or allreduce"
+            )
+        if isinstance(algo, BlockAsyncSGD) and algo.workers != self.processes:
+            raise ConfigError(
+                f"{algo.name} was built for {algo.workers} workers but processes="
+                f"{self.processes}; build both from one config"
+            )
+        if self.processes > usable_cores():
+            warnings.warn(
+                f"processes={self.processes} is more than the {usable_cores()} cores this "
+                "process may use: workers will share cores and samples/s will suffer",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        with self._machines() as averager:
+            return self._run(job, folder, averager)
+
+    def _run(self, job: Job, folder: RunFolder, averager: ModelAverager | None) -> RunResult:
+        P, algo = self.processes, job.algorithm
+        synchronous = isinstance(algo, AllReduceSGD)
+        blocks = P if synchronous else algo.blocks
+        ctx = mp.get_context("spawn")
+        board = Board.create(job.x0, blocks, P, synchronous, ctx)
+        data = job.problem.data
+        spec = WorkerSpec(
+            model=job.problem.model,
+            loss=job.problem.loss,
+            regularizer=job.problem.regularizer,
+            x_train=data.x_train,
+            y_train=data.y_train,
+            pool=torch.cat(list(job.shards)),
+            batch_size=job.batch_size,
+            seed=job.seed,
+            rounds=job.rounds,
+            workers=P,
+            blocks=blocks,
+            algorithm=algo,
+            stability_hint=algo.stability_hint,
+            timeout_s=self.timeout_s,
+        )
+        procs = [
+            ctx.Process(target=worker_main, args=(c, spec, board), name=f"nettrain-worker-{c}")
+            for c in range(P)
+        ]
+        for p in procs:
+            p.daemon = True
+            p.start()
+        try:
+            return self._drive(job, folder, board, procs, averager, len(spec.pool))
+        finally:
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+                p.join()
+
+    def _drive(
+        self,
+        job: Job,
+        folder: RunFolder,
+        board: Board,
+        procs: list[Any],
+        averager: ModelAverager | None,
+        n_train: int,
+    ) -> RunResult:
+        """The main process: hold and release the workers, average, evaluate, record."""
+        P, rounds = self.processes, job.rounds
+        evals = sorted({*range(job.eval_every, rounds + 1, job.eval_every), rounds})
+        K = self.average_every
+        averagings = (
+            sorted({*range(K, rounds + 1, K), rounds}) if K and averager is not None else []
+        )
+        self._wait(board, procs, lambda: bool(board.ready.all()), self.timeout_s, "start")
+        pending = iter(evals)
+        board.limit[0] = next(pending) * P
+        start = train_start = time.perf_counter()
+        train_time, last_loss, last_steps = 0.0, 0.0, 0
+        name = f"{job.algorithm.name} x{P} (shared memory)"
+        with progress_bar(rounds, name, job.progress and self.is_main) as advance:
+            done = 0
+            for r in sorted({*evals, *averagings}):
+                self._wait(board, procs, lambda r=r: board.finished() >= r * P)
+                if r in averagings:
+                    assert averager is not None
+                    averager.average(board.x, settled=r == rounds)  # the last: workers done
+                if r not in evals:
+                    continue
+                train_time += time.perf_counter() - train_start  # the workers are held now
+                status = ""
+                if self.is_main:
+                    loss_sum, steps = float(board.loss_sum.sum()), board.finished()
+                    record = self._record(job, board, averager, n_train, r)
+                    record |= {
+                        "wall_time_s": time.perf_counter() - start,
+                        "train_time_s": train_time,
+                        "samples_per_s": record["samples"] / max(train_time, 1e-9),
+                        "train_loss": (loss_sum - last_loss) / max(steps - last_steps, 1),
+                    }
+                    last_loss, last_steps = loss_sum, steps
+                    folder.append(record)
+                    status = status_line(record)
+                advance(r - done, status)
+                done = r
+                board.limit[0] = next(pending, rounds) * P
+                train_start = time.perf_counter()
+        self._wait(board, procs, lambda: not any(p.is_alive() for p in procs), self.timeout_s)
+        return RunResult(board.x.clone()[None], folder.records)
+
+    def _record(
+        self, job: Job, board: Board, averager: ModelAverager | None, n_train: int, r: int
+    ) -> dict[str, Any]:
+        samples = int(board.samples.sum())
+        averagings = averager.count if averager is not None else 0
+        nbytes = averager.bytes_sent if averager is not None else 0
+        return {
+            "round": r,
+            "epoch": samples / n_train,
+            "samples": samples,
+            "processes": self.processes,
+            "machines": averager.machines if averager is not None else 1,
+            "averagings": averagings,
+            "messages_total": averagings,
+            "bytes_total": nbytes,
+            "steps_min": int(board.steps.min()),
+            "steps_max": int(board.steps.max()),
+            **one_model_metrics(job, board.x.clone()),
+            **staleness_fields(
+                board.stale_sum.sum(),
+                board.reads.sum(),
+                board.stale_max.max(),
+                board.updates.sum(0),
+            ),
+        }
+
+    def _wait(
+        self,
+        board: Board,
+        procs: list[Any],
+        ready: Any,
+        timeout_s: float | None = None,
+        what: str = "",
+    ) -> None:
+        """Poll until ``ready()``; raise a worker's error, or on a dead worker, at once."""
+        deadline = None if timeout_s is None else time.perf_counter() + timeout_s
+        while not ready():
+            if not board.errors.empty():
+                c, kind, message = board.errors.get()
+                raise ERRORS.get(kind, WorkerFailed)(
+                    message if kind in ERRORS else f"worker {c} failed ({kind}): {message}"
+                )
+            dead = [p.name for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise WorkerFailed(f"worker process(es) {', '.join(dead)} died")
+            if deadline is not None and time.perf_counter() > deadline:
+                raise WorkerFailed(
+                    f"the workers did not {what or 'finish'} within {timeout_s:.0f} s "
+                    "(timeout_s=); the machine may be overloaded"
+                )
+            time.sleep(POLL_S)

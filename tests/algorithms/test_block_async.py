@@ -1,0 +1,145 @@
+"""Block-partitioned asynchronous SGD and Hogwild in the simulator (the read-delay model)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from helpers import least_squares_optimum, least_squares_problem, regression_data, sim_job
+from nettrain.algorithms import ALGORITHMS, BlockAsyncSGD, Hogwild, SGDConfig
+from nettrain.algorithms.block_async import block_bounds, block_index, owned_blocks
+from nettrain.config import load_config
+from nettrain.engines.sim.engine import SimEngine
+from nettrain.errors import ConfigError
+from nettrain.experiment import build_job, run
+from nettrain.recording import RunFolder
+from nettrain.topology import build_topology
+
+
+@pytest.mark.parametrize(("d", "blocks"), [(10, 3), (11, 4), (7, 7), (1000, 6)])
+def test_blocks_are_contiguous_balanced_and_cover_the_vector(d: int, blocks: int) -> None:
+    bounds = block_bounds(d, blocks)
+    sizes = [b - a for a, b in itertools.pairwise(bounds)]
+    assert bounds[0] == 0 and bounds[-1] == d and len(sizes) == blocks
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    index = block_index(d, blocks)
+    assert index.tolist() == [b for b, n in enumerate(sizes) for _ in range(n)]
+
+
+def test_every_block_has_exactly_one_owner() -> None:
+    owners = [owned_blocks(c, 3, 8) for c in range(3)]
+    assert owners == [(0, 3, 6), (1, 4, 7), (2, 5)]
+    assert sorted(b for o in owners for b in o) == list(range(8))
+
+
+def test_full_and_partitioned_steps_alternate_after_the_warmup() -> None:
+    algo = BlockAsyncSGD(SGDConfig(lr=0.1), workers=2, blocks=4, warmup=3, full_every=2)
+    assert [algo.full(k) for k in range(9)] == [1, 1, 1, 0, 1, 0, 1, 0, 1]
+    assert algo.written(1, 0) == (0, 1, 2, 3)
+    assert algo.written(1, 3) == (1, 3)
+    never = BlockAsyncSGD(SGDConfig(lr=0.1), workers=2, blocks=4)
+    assert not any(never.full(k) for k in range(20))
+    hogwild = Hogwild(SGDConfig(lr=0.1), workers=2, blocks=4)
+    assert all(hogwild.full(k) for k in range(20))
+
+
+def test_the_step_size_diminishes_with_the_process_counter() -> None:
+    algo = BlockAsyncSGD(SGDConfig(lr=0.2), workers=1, blocks=1, step_decay=0.5)
+    assert algo.step_size(0) == pytest.approx(0.2)
+    assert algo.step_size(10) == pytest.approx(0.2 / (1 + 0.5 * 0.2 * 10))
+    steps = [algo.step_size(k) for k in range(50)]
+    assert all(a > b for a, b in itertools.pairwise(steps))
+    constant = BlockAsyncSGD(SGDConfig(lr=0.2), workers=1, blocks=1)
+    assert constant.step_size(1000) == 0.2
+
+
+def quadratic_run(algo: BlockAsyncSGD, rounds: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Least squares, every worker holding all the data (full batch): the final shared
+    model, the optimum, and the records."""
+    data = regression_data(n_samples=60, n_features=4)
+    problem = least_squares_problem(data)
+    n = algo.workers
+    everything = [torch.arange(60)] * n
+    topo = build_topology("complete", max(n, 3))
+    job = sim_job(problem, everything, topo, algo, rounds=rounds)
+    result = SimEngine().run(job, RunFolder(None))
+    return result.x, least_squares_optimum(data, everything), result.records
+
+
+@pytest.mark.parametrize("max_delay", [0, 3])
+def test_the_partitioned_method_reaches_the_quadratics_optimum(max_delay: int) -> None:
+    algo = BlockAsyncSGD(
+        SGDConfig(lr=0.1, momentum=0.5), workers=3, blocks=5, max_delay=max_delay, warmup=5
+    )
+    x, optimum, records = quadratic_run(algo, rounds=300)
+    torch.testing.assert_close(x, optimum.expand(3, -1), rtol=0, atol=1e-6)
+    last = records[-1]
+    assert last["updates_per_block_min"] > 0  # every block written
+    # warm-up: 5 full rounds of 3 writers; then each block only by its owner
+    assert last["updates_per_block"] == [5 * 3 + 295] * 5
+    if max_delay == 0:  # the owner is a block's only writer: its reads see no other write
+        assert last["staleness_max"] == 2  # during the warm-up: the two other writers
+    else:
+        assert last["staleness_max"] > 2
+
+
+def test_hogwild_reaches_the_optimum_and_its_reads_are_stale() -> None:
+    algo = Hogwild(SGDConfig(lr=0.05), workers=3, blocks=2, max_delay=2)
+    x, optimum, records = quadratic_run(algo, rounds=300)
+    torch.testing.assert_close(x[0], optimum, rtol=0, atol=1e-6)
+    last = records[-1]
+    assert last["updates_per_block"] == [3 * 300] * 2  # every worker writes every block
+    # a fresh read misses the 2 concurrent writes; a delay of s rounds 3 s more
+    assert 2 < last["staleness_mean"] < 2 + 3 * 2
+    assert last["staleness_max"] == 2 + 3 * 2
+
+
+def test_with_one_worker_and_no_delay_it_is_momentum_sgd() -> None:
+    """P = 1: the shared model follows u <- m u + g, x <- x - gamma(k) u exactly."""
+    algo = BlockAsyncSGD(
+        SGDConfig(lr=0.05, momentum=0.9), workers=1, blocks=3, step_decay=0.3, max_delay=0
+    )
+    problem = least_squares_problem(regression_data(n_samples=60, n_features=4))
+    oracle = problem.oracle([torch.arange(60)], [0], batch_size=0, seed=0)
+    x0 = torch.zeros(1, problem.dim, dtype=torch.float64)
+    state = algo.init(x0, oracle, comm=None)  # type: ignore[arg-type]  # no communication
+    for t in range(40):
+        state, _ = algo.step(state, t, oracle, comm=None)  # type: ignore[arg-type]
+    ref, u = x0[0], 0.0
+    for k in range(40):
+        _, g = oracle.grad(ref[None])
+        u = 0.9 * u + g[0]
+        ref = ref - algo.step_size(k) * u
+    torch.testing.assert_close(state.x[0], ref, rtol=0, atol=1e-12)
+
+
+def test_same_seed_same_numbers_in_the_simulator() -> None:
+    cfg = load_config(
+        overrides={
+            "algorithm": "block_async",
+            "agents": 4,
+            "blocks": 6,
+            "rounds": 30,
+            "eval_every": 15,
+            "momentum": 0.9,
+            "lr": 0.05,
+            "progress": False,
+        }
+    )
+    first, second = run(cfg), run(cfg)
+    assert torch.equal(first.x, second.x)
+    assert first.records[-1]["staleness_mean"] == second.records[-1]["staleness_mean"]
+    other = run(cfg.replace(seed=1))
+    assert not torch.equal(first.x, other.x)
+
+
+def test_registered_and_checked() -> None:
+    assert ALGORITHMS["block_async"] is BlockAsyncSGD and ALGORITHMS["hogwild"] is Hogwild
+    with pytest.raises(ConfigError, match="blocks >= agents"):
+        build_job(load_config(overrides={"algorithm": "block_async", "agents": 4, "blocks": 2}))
+    with pytest.raises(ConfigError, match="engine=shared_memory"):
+        load_config(overrides={"algorithm": "hogwild", "engine": "distributed", "agents": 4})
+    with pytest.raises(ConfigError, match="step_decay must be >= 0"):
+        BlockAsyncSGD(SGDConfig(), workers=2, blocks=2, step_decay=-1)
