@@ -86,6 +86,8 @@ def test_config_file_and_overrides(tmp_path: Path) -> None:
         (["compare", "--algorithms", "dpsgd,sgd"], "algorithm='sgd' is not allowed"),
         (["run", "missing.toml"], "config file missing.toml does not exist"),
         (["topology", "hypercube", "--agents", "12"], "power of 2"),
+        (["reproduce", "easgd", "--set", "colour=red"], "unknown config key 'colour'"),
+        (["reproduce", "easgd", "--set", "lr"], "expected key=value, got 'lr'"),
     ],
 )
 def test_bad_input_exits_2_naming_the_problem(args: list[str], message: str, capsys) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from nettrain.config import RunConfig, describe_keys, load_config, parse_overrides
+from nettrain.config import RunConfig, coerce, describe_keys, load_config, parse_overrides
 from nettrain.errors import ConfigError, DataError, DivergenceError, NettrainError, TopologyError
 from nettrain.report.tables import summary_table
 
@@ -172,10 +172,15 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
     from nettrain.reproduce import EXPERIMENTS
     from nettrain.reproduce.claims import claims_table, write_claims
 
+    overrides = parse_overrides(args.set)
+    for name in overrides:
+        coerce(name, overrides[name])  # an unknown key or bad value fails before any run
     out = Path(args.out) if args.out else _default_out(f"reproduce-{args.name}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    claims = EXPERIMENTS[args.name](out, quick=args.quick, seed=args.seed, console=console)
+    claims = EXPERIMENTS[args.name](
+        out, quick=args.quick, seed=args.seed, console=console, overrides=overrides
+    )
     write_claims(claims, out / "claims.json")
     console.print(claims_table(claims))
     held = sum(c.holds for c in claims)
@@ -227,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the short version (minutes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for runs, plots, summary.csv and claims.json")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override every run's config, e.g. --set model=cnn device=cuda",
+    )
     p.set_defaults(func=cmd_reproduce)
     return parser
 

@@ -13,6 +13,7 @@ from rich.table import Table
 COLUMNS = (
     ("algorithm", "algorithm"),
     ("test_accuracy", "acc"),
+    ("centre_test_accuracy", "centre acc"),
     ("agent_test_accuracy_min", "worst agent"),
     ("test_loss", "test loss"),
     ("consensus_distance", "consensus"),

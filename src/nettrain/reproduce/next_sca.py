@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from rich.console import Console
@@ -119,7 +120,15 @@ PANELS = (
 )
 
 
-def reproduce(out: Path, *, quick: bool = False, seed: int = 0, console: Console) -> list[Claim]:
+def reproduce(
+    out: Path,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    console: Console,
+    overrides: Mapping[str, Any] = MappingProxyType({}),
+) -> list[Claim]:
+    """Run the experiment into ``out``; ``overrides`` (``--set``) change every run's config."""
     """Run every setting, write run folders, plots and ``summary.csv``; return the claims."""
     eval_every = 10 if quick else 25
     results: dict[str, dict[str, Records]] = {}
@@ -129,7 +138,11 @@ def reproduce(out: Path, *, quick: bool = False, seed: int = 0, console: Console
         for label, extra in setting.methods().items():
             values = BASE | setting.overrides | extra
             rounds = setting.rounds[0 if quick else 1]
-            cfg = load_config(values | {"rounds": rounds, "eval_every": eval_every, "seed": seed})
+            cfg = load_config(
+                values
+                | {"rounds": rounds, "eval_every": eval_every, "seed": seed}
+                | dict(overrides)
+            )
             folder = out / setting.name / label.replace(" ", "_").replace("=", "")
             result = run(cfg, folder)
             records = [with_test_error(r) for r in result.records]
