@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set",
         nargs="*",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
         help="override every run's config, e.g. --set model=cnn device=cuda",
@@ -255,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DivergenceError as err:
         print(f"nettrain: {err}", file=sys.stderr)
         return 1
-    except NettrainError as err:  # pragma: no cover - every subclass is handled above
+    except NettrainError as err:  # a failed run: a dead peer or worker process
         print(f"nettrain: error: {err}", file=sys.stderr)
         return 1
 

@@ -7,9 +7,13 @@ Every message says what is wrong and how to fix it::
      +-- DataError                 missing data files, empty shards
      +-- TopologyError             disconnected graph, non-stochastic weights
      +-- DivergenceError           NaN or inf during a run
+     +-- PeerError                 another process died or stopped answering
+     |                             (engines/distributed/comm.py)
+     +-- WorkerFailed              a shared-memory worker process failed
+                                   (engines/shared_memory/engine.py)
 
 The command line turns ``ConfigError``, ``DataError`` and ``TopologyError`` into
-exit code 2 (bad input) and ``DivergenceError`` into exit code 1.
+exit code 2 (bad input) and every other error into exit code 1.
 """
 
 from __future__ import annotations

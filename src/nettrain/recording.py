@@ -42,6 +42,7 @@ SUMMARY_FROM_RECORD = (
     "centre_test_accuracy",
     "centre_test_loss",
     "staleness_mean",
+    "samples_per_s",
 )
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from statistics import mean
+from types import MappingProxyType
 from typing import Any
 
 from rich.console import Console
@@ -90,7 +91,15 @@ def rounds_for(processes: int, samples: int, epochs: int) -> int:
     return max(1, round(epochs * samples / (processes * BATCH)))
 
 
-def reproduce(out: Path, *, quick: bool = False, seed: int = 0, console: Console) -> list[Claim]:
+def reproduce(
+    out: Path,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    console: Console,
+    overrides: Mapping[str, Any] = MappingProxyType({}),
+) -> list[Claim]:
+    """Run the experiment into ``out``; ``overrides`` (``--set``) change every run's config."""
     dataset, samples, epochs = ("digits", 1437, 40) if quick else ("fashion_mnist", 60_000, 3)
     warmup = 20 if quick else 200  # full steps of each process before partitioning
     labels = list(methods())
@@ -100,7 +109,8 @@ def reproduce(out: Path, *, quick: bool = False, seed: int = 0, console: Console
             extra = methods()[label]
             rounds = rounds_for(extra["processes"], samples, epochs)
             values = BASE | extra | {"dataset": dataset, "seed": seed, "warmup": warmup}
-            cfg = load_config(values | {"rounds": rounds, "eval_every": -(-rounds // EVALS)})
+            schedule = {"rounds": rounds, "eval_every": -(-rounds // EVALS)}
+            cfg = load_config(values | schedule | dict(overrides))
             result = run(cfg, out / f"{label.replace(' ', '_')}_pass{p + 1}")
             results[label].append(result.records)
             console.print(f"pass {p + 1}: " + describe(row(label, [result.records])))
