@@ -71,16 +71,25 @@ class ElasticState:
     exchanges: torch.Tensor  # (m,) int64, exchanges with the centre
 
 
-def elastic_serve(
-    alpha: float, rows: torch.Tensor, sent: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The server's side of the elastic exchange: ``x~ + alpha (x_i - x~)``; reply ``x~``."""
-    centre = rows[0]
-    return torch.add(centre, sent - centre, alpha=alpha)[None], centre.clone()
+class ElasticRule(CentreRule):
+    """What EASGD's synchronous and asynchronous forms share: the start and the server."""
+
+    alpha: float
+    name: str
+
+    def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> ElasticState:
+        check_moving_rate(self.alpha, comm.n_agents, self.name)
+        zeros = torch.zeros(x0.shape[0], dtype=torch.int64)
+        return ElasticState(x0, torch.zeros_like(x0), zeros)
+
+    def serve(self, rows: torch.Tensor, sent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The elastic exchange on a slice: ``x~ + alpha (x_i - x~)``; reply ``x~``."""
+        centre = rows[0]
+        return torch.add(centre, sent - centre, alpha=self.alpha)[None], centre.clone()
 
 
 @dataclass(frozen=True)
-class EASGD(CentreRule, Algorithm[ElasticState]):
+class EASGD(ElasticRule, Algorithm[ElasticState]):
     """Synchronous EASGD; see the module docstring."""
 
     sgd: SGDConfig
@@ -100,14 +109,6 @@ class EASGD(CentreRule, Algorithm[ElasticState]):
             raise ConfigError(
                 f"{self.name} takes plain SGD steps; set momentum=0 (eamsgd has momentum)"
             )
-
-    def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> ElasticState:
-        check_moving_rate(self.alpha, comm.n_agents, self.name)
-        zeros = torch.zeros(x0.shape[0], dtype=torch.int64)
-        return ElasticState(x0, torch.zeros_like(x0), zeros)
-
-    def serve(self, rows, sent):
-        return elastic_serve(self.alpha, rows, sent)
 
     def step(self, state: ElasticState, t: int, oracle: Oracle, comm: Communicator):
         loss, g = oracle.grad(state.x)
@@ -139,7 +140,7 @@ def nesterov_steps(sgd: SGDConfig, delta: float):
 
 
 @dataclass(frozen=True)
-class EASGDAsync(CentreAlgorithm[ElasticState]):
+class EASGDAsync(ElasticRule, CentreAlgorithm[ElasticState]):
     """Asynchronous EASGD; with ``delta > 0`` EAMSGD. See the module docstring."""
 
     sgd: SGDConfig
@@ -158,14 +159,6 @@ class EASGDAsync(CentreAlgorithm[ElasticState]):
             )
         sgd = SGDConfig(cfg.lr, weight_decay=cfg.weight_decay)
         return cls(sgd, moving_rate(cfg, cfg.agents), cfg.tau, cfg.servers)
-
-    def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> ElasticState:
-        check_moving_rate(self.alpha, comm.n_agents, self.name)
-        zeros = torch.zeros(x0.shape[0], dtype=torch.int64)
-        return ElasticState(x0, torch.zeros_like(x0), zeros)
-
-    def serve(self, rows, sent):
-        return elastic_serve(self.alpha, rows, sent)
 
     def interact(self, state, pairs, oracle, comm, generator, steps):
         rows = local_rows(comm, pairs[:, 0])
