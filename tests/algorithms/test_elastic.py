@@ -21,7 +21,7 @@ from nettrain.algorithms import (
 )
 from nettrain.config import load_config
 from nettrain.engines.base import Job
-from nettrain.engines.distributed.servers import CentreShard, shard_rows
+from nettrain.engines.centre import CentreShard, shard_rows
 from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.engines.sim.events import run_events
@@ -58,7 +58,7 @@ def test_the_elastic_exchange_preserves_the_sum_of_workers_and_centre(servers: i
     sim = SimServers(centre, algo, 5, CHEAP)
     order = torch.tensor([3, 0, 4, 1, 2])
     before = x.sum(0) + centre
-    replies = sim.exchange(x[order], order, algo, synchronous=False)
+    replies = sim.exchange(x[order], order, synchronous=False)
     x[order] = torch.add(x[order], x[order] - replies, alpha=-algo.alpha)
     torch.testing.assert_close(x.sum(0) + sim.centre(), before, rtol=0, atol=1e-12)
 
@@ -69,7 +69,7 @@ def test_synchronous_easgd_moves_the_centre_to_the_weighted_mean() -> None:
     algo = EASGD(SGDConfig(lr=0.1), alpha=alpha, servers=2)
     x, centre = random_rows(n, 9, 2), random_rows(1, 9, 3)[0]
     sim = SimServers(centre, algo, n, CHEAP)
-    replies = sim.exchange(x, torch.arange(n), algo, synchronous=True)
+    replies = sim.exchange(x, torch.arange(n), synchronous=True)
     beta = n * alpha
     torch.testing.assert_close(sim.centre(), (1 - beta) * centre + beta * x.mean(0))
     torch.testing.assert_close(replies, centre.expand(n, -1))  # all read the round's centre
@@ -228,7 +228,7 @@ def test_synchronous_rounds_on_a_shard_ignore_arrival_order() -> None:
         t.join()
     sim = SimServers(torch.zeros(5, dtype=torch.float64), algo, n, CHEAP)
     for r in range(3):
-        sim.exchange(xs[r], torch.arange(n), algo, synchronous=True)
+        sim.exchange(xs[r], torch.arange(n), synchronous=True)
     torch.testing.assert_close(shard.centre(), sim.centre(), rtol=0, atol=1e-12)
 
 

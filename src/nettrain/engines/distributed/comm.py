@@ -302,7 +302,7 @@ class DistCommunicator(Communicator):
         synchronous: bool = False,
     ) -> torch.Tensor:
         """This worker's exchange: its slices to every server at once (``rpc_async``),
-        then the replies; see :mod:`~nettrain.engines.distributed.servers`."""
+        then the replies; see :mod:`~nettrain.engines.centre`."""
         if self.rpc is None or not self._slices:
             raise RuntimeError("a centre exchange needs the engine's servers (uses_centre)")
         if workers.tolist() != [self.rank]:

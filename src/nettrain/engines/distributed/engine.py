@@ -45,10 +45,10 @@ from nettrain.engines.base import (
     status_line,
     traffic_fields,
 )
+from nettrain.engines.centre import CentreShard, shard_rows
 from nettrain.engines.distributed.comm import DistCommunicator, PeerError, guarded
 from nettrain.engines.distributed.gossip import Peer
 from nettrain.engines.distributed.rpc import RpcSession, rpc_session
-from nettrain.engines.distributed.servers import CentreShard, shard_rows
 from nettrain.engines.draws import Draws
 from nettrain.engines.sim.clock import VirtualClock
 from nettrain.errors import ConfigError, DivergenceError

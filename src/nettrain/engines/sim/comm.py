@@ -157,7 +157,7 @@ class SimCommunicator(Communicator):
     ) -> torch.Tensor:
         if self.servers is None:
             raise RuntimeError("no parameter servers: the engine sets them for uses_centre")
-        replies = self.servers.exchange(sent, workers, rule, synchronous)
+        replies = self.servers.exchange(sent, workers, synchronous)  # the shards hold the rule
         messages = torch.zeros(self.n_agents, dtype=torch.int64)
         nbytes = torch.zeros(self.n_agents, dtype=torch.int64)
         messages[workers.cpu()] = len(self.servers.slices)  # one slice to each server

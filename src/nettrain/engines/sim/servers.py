@@ -1,10 +1,10 @@
 """Parameter servers in the simulator: the centre sharded over ``S`` servers.
 
 Server ``s`` owns a contiguous slice of the ``d`` columns of the centre's rows
-(balanced: sizes differ by at most one) and applies the method's
-:meth:`~nettrain.algorithms.base.CentreRule.serve` to it. Exchanges are applied in
-the order the engine gives them (time order); a synchronous round's exchanges all
-read the centre as the round found it.
+(balanced: sizes differ by at most one) in a :class:`~nettrain.engines.centre.
+CentreShard`, the very object a server rank of the distributed engine hosts.
+Exchanges are applied in the order the engine gives them (time order); a synchronous
+round's exchanges all read the centre as the round found it.
 
 Staleness of an exchange: the updates other workers made to the server since this
 worker's previous exchange with it (the largest over the servers); with ``n`` workers
@@ -23,53 +23,45 @@ import torch
 from nettrain.algorithms.base import CentreRule
 from nettrain.algorithms.surrogates import block_slices
 from nettrain.engines.base import staleness_fields
+from nettrain.engines.centre import CentreShard, shard_rows
 from nettrain.engines.sim.clock import CostModel
 
 
 class SimServers:
-    """The centre's rows ``(r, d)``, starting at ``x0`` (row 0; other rows zero)."""
+    """``S`` :class:`~nettrain.engines.centre.CentreShard` s (the distributed engine's
+    servers), starting at ``x0`` (row 0; other rows zero), plus their queues."""
 
     def __init__(self, x0: torch.Tensor, rule: CentreRule, n_workers: int, cost: CostModel):
-        d = x0.shape[-1]
-        self.rows = x0.new_zeros(rule.centre_rows, d)
-        self.rows[0] = x0.reshape(-1)
-        self.slices = block_slices(d, rule.servers)
+        self.slices = block_slices(x0.shape[-1], rule.servers)
+        self.shards = [
+            CentreShard(rule, shard_rows(x0, rule, c), n_workers, 0.0) for c in self.slices
+        ]
         self.cost = cost
-        self.version = [0] * rule.servers  # updates each server has applied
-        self.seen = torch.zeros(
-            n_workers, rule.servers, dtype=torch.int64
-        )  # version after w's last
-        self.applied = torch.zeros(n_workers, rule.servers, dtype=torch.int64)
         self.free = [0.0] * rule.servers  # when each server's link is next free
         self.event_times: torch.Tensor | None = None  # (n,) set by the event engine
         self.resume = torch.zeros(n_workers, dtype=torch.float64)
         self._staleness: Counter[int] = Counter()
 
     def centre(self) -> torch.Tensor:
-        return self.rows[0].clone()
+        return torch.cat([shard.centre() for shard in self.shards])
 
     def exchange(
-        self, sent: torch.Tensor, workers: torch.Tensor, rule: CentreRule, synchronous: bool
+        self, sent: torch.Tensor, workers: torch.Tensor, synchronous: bool
     ) -> torch.Tensor:
-        """Apply the exchanges of ``workers`` with messages ``sent: (k, d)``; the replies."""
+        """Apply the exchanges of ``workers`` with messages ``sent: (k, d)``, in row order;
+        the replies. Synchronous: one call holds a whole round, every worker once."""
         replies = torch.empty_like(sent)
-        base = self.rows.clone() if synchronous else self.rows  # what each exchange reads
         for row, w in enumerate(workers.tolist()):
-            stale = 0
-            done = 0.0
-            for s, cols in enumerate(self.slices):
-                new, replies[row, cols] = rule.serve(base[:, cols], sent[row, cols])
+            stale, done = 0, 0.0
+            for s, (shard, cols) in enumerate(zip(self.shards, self.slices, strict=True)):
                 if synchronous:
-                    self.rows[:, cols] += new - base[:, cols]
+                    reply, late = shard.exchange_sync(w, shard.sync_round, sent[row, cols])
                 else:
-                    self.rows[:, cols] = new
-                stale = max(stale, self.version[s] - int(self.seen[w, s]))
-                self.version[s] += 1
-                self.seen[w, s] = self.version[s]
-                self.applied[w, s] += 1
-                done = max(
-                    done, self._serve_time(s, w, (cols.stop - cols.start) * sent.element_size())
-                )
+                    reply, late = shard.exchange(w, sent[row, cols])
+                replies[row, cols] = reply
+                stale = max(stale, late)
+                nbytes = (cols.stop - cols.start) * sent.element_size()
+                done = max(done, self._serve_time(s, w, nbytes))
             self._staleness[stale] += 1
             self.resume[w] = done
         return replies
@@ -84,18 +76,12 @@ class SimServers:
         return self.free[s] + self.cost.latency_s + link
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps: the rows and the counters behind staleness."""
-        return {
-            "rows": self.rows,
-            "version": self.version,
-            "seen": self.seen,
-            "applied": self.applied,
-        }
+        """What a checkpoint keeps: every shard's rows and counters."""
+        return {"shards": [shard.state_dict() for shard in self.shards]}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
-        self.rows = saved["rows"].clone()
-        self.version = list(saved["version"])
-        self.seen, self.applied = saved["seen"].clone(), saved["applied"].clone()
+        for shard, state in zip(self.shards, saved["shards"], strict=True):
+            shard.load_state_dict(state)
 
     def take_staleness(self) -> dict[str, Any]:
         """Staleness of the exchanges since the last call (:func:`staleness_fields`)."""

@@ -1,7 +1,9 @@
-"""Parameter servers over rpc: ranks ``n .. n+S-1`` each hold a slice of the centre.
+"""A parameter server's slice of the centre: one implementation for both engines.
 
-Server ``s`` hosts a :class:`CentreShard` named ``"centre"``: the columns
-``block_slices(d, S)[s]`` of the centre's rows. A worker's exchange sends its slice
+Server ``s`` owns the columns ``block_slices(d, S)[s]`` of the centre's rows in a
+:class:`CentreShard`. The simulator keeps ``S`` of them in its
+:class:`~nettrain.engines.sim.servers.SimServers`; under ``engine=distributed`` ranks
+``n .. n+S-1`` each host one, named ``"centre"``. A worker's exchange sends its slice
 to every server at once (``rpc_async``, then wait for all); each shard applies the
 method's :meth:`~nettrain.algorithms.base.CentreRule.serve` under its own lock, so
 the servers work concurrently and no lock is global. A handler never calls another
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from typing import Any
 
 import torch
 
@@ -79,6 +82,24 @@ class CentreShard:
         """Exchanges applied here, by worker."""
         with self._cond:
             return dict(self.applied)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps (between synchronous rounds)."""
+        with self._cond:
+            return {
+                "rows": self.rows.clone(),
+                "version": self.version,
+                "seen": list(self.seen),
+                "applied": dict(self.applied),
+                "sync_round": self.sync_round,
+            }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        with self._cond:
+            self.rows, self._base = saved["rows"].clone(), saved["rows"].clone()
+            self.version, self.seen = saved["version"], list(saved["seen"])
+            self.applied = Counter(saved["applied"])
+            self.sync_round, self._arrived = saved["sync_round"], 0
 
     def finish(self) -> None:
         """Rank 0's word that the run is over: the server may leave."""
