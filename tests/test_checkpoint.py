@@ -36,6 +36,12 @@ CASES = {
     "next_l1": {"algorithm": "next", "regularizer": "l1", "reg_lambda": 1e-3, "batch_size": 0},
     "easgd_servers": {"algorithm": "easgd", "servers": 2, "tau": 3},
     "tree_easgd": {"algorithm": "tree_easgd", "tau": 2},
+    # asynchronous: the event engine's clocks, draws and pending phases are saved too
+    "swarm_faults": {"algorithm": "swarm", "quantizer": "lattice", "local_steps": 2}
+    | {"phase": "poisson", "message_drop": 0.2, "crash": "1@5:15", "split": "22:32"},
+    "easgd_async_faults": {"algorithm": "easgd_async", "servers": 2, "tau": 2}
+    | {"message_drop": 0.1, "crash": "3@12"},
+    "admm": {"algorithm": "admm", "tau": 2},
 }  # fmt: skip
 
 

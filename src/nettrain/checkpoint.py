@@ -1,13 +1,16 @@
-"""Checkpoints: everything a simulated run needs to continue exactly where it stopped.
+"""Checkpoints: everything a run needs to continue exactly where it stopped.
 
 A checkpoint holds the rounds done, the algorithm's state (every variable: parameters,
 momentum buffers, trackers, step sizes), every agent's mini-batch generator, the
 virtual clock, the cumulative work counters, the number of records written and the
-wall time spent. It is one ``torch.save`` of plain containers, tensors and numbers,
-written to a temporary file and renamed over ``checkpoint.pt`` (a crash leaves the
-previous checkpoint whole), and read back with ``torch.load(weights_only=True)``: a
-checkpoint can carry data, never code. Topologies need nothing: ``W(t)`` is a
-function of ``(seed, t)``. Same seed, resumed or not: the same final parameters.
+wall time spent; the parameter servers' rows and counters for centre methods; and for
+asynchronous runs the event engine's state (every agent's running and next phase,
+event time, partner, random streams, the events done). It is one ``torch.save`` of
+plain containers, tensors and numbers, written to a temporary file and renamed over
+``checkpoint.pt`` (a crash leaves the previous checkpoint whole), and read back with
+``torch.load(weights_only=True)``: a checkpoint can carry data, never code.
+Topologies need nothing: ``W(t)`` is a function of ``(seed, t)``; nor do faults. Same
+seed, resumed or not: the same final parameters.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Checkpoint:
     records: int  # records written so far
     wall_time_s: float
     servers: dict[str, Any] | None = None  # the parameter servers' centre, if any
+    events: dict[str, Any] | None = None  # the event engine's clocks, draws and batch state
 
     def save(self, folder: Path) -> Path:
         """Write ``folder/checkpoint.pt`` atomically: a temporary file, then a rename."""

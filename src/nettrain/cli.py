@@ -49,11 +49,17 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from nettrain.experiment import run
 
     if args.resume:
-        from nettrain.experiment import resume
+        from nettrain.experiment import resume, resumed_config
 
         if args.items and "=" not in args.items[0]:
             raise ConfigError("--resume DIR takes key=value overrides, not a config file")
+        cfg = resumed_config(Path(args.resume), parse_overrides(args.items))
+        if cfg.engine == "distributed" and os.environ.get("RANK") is None:
+            extra = ["--resume", args.resume, *args.items]
+            return launch_torchrun(cfg.nproc or cfg.world_size, cfg, extra)
         result = resume(args.resume, parse_overrides(args.items))
+        if os.environ.get("RANK") not in (None, "0"):
+            return 0
         console.print(summary_table([result.summary], title=result.summary["label"]))
         console.print(f"run folder: {args.resume}")
         return 0
@@ -61,7 +67,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out) if args.out else _default_out(cfg.algorithm)
     rank = os.environ.get("RANK")
     if cfg.engine == "distributed" and rank is None:
-        return launch_torchrun(cfg.nproc or cfg.world_size, cfg, args.items, out)
+        return launch_torchrun(cfg.nproc or cfg.world_size, cfg, [*args.items, "--out", str(out)])
     result = run(cfg, out)
     if rank not in (None, "0"):
         return 0  # rank 0 reports for everyone
@@ -70,8 +76,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def launch_torchrun(nproc: int, cfg: RunConfig, items: Sequence[str], out: Path) -> int:
-    """Run ``nettrain run ITEMS --out OUT`` in ``nproc`` local processes under torchrun.
+def launch_torchrun(nproc: int, cfg: RunConfig, arguments: Sequence[str]) -> int:
+    """Run ``nettrain run ARGUMENTS`` in ``nproc`` local processes under torchrun.
 
     One thread per process (``OMP_NUM_THREADS=1``): the agents share this machine's
     cores. Returns torchrun's exit status (non-zero when any rank failed).
@@ -89,9 +95,7 @@ def launch_torchrun(nproc: int, cfg: RunConfig, items: Sequence[str], out: Path)
         "-m",
         "nettrain",
         "run",
-        *items,
-        "--out",
-        str(out),
+        *arguments,
     ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     return subprocess.run(command, env=env, check=False).returncode
@@ -112,7 +116,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
             # One torchrun per algorithm; a fresh port each, so no launch waits on the last.
             items = [*args.items, f"algorithm={name}", f"master_port={cfg.master_port + k}"]
             sub = cfg.replace(algorithm=name)
-            code = launch_torchrun(sub.nproc or sub.world_size, sub, items, out / name)
+            code = launch_torchrun(
+                sub.nproc or sub.world_size, sub, [*items, "--out", str(out / name)]
+            )
             if code != 0:
                 console.print(f"the run of {name} failed (torchrun exit code {code})")
                 return code

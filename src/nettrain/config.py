@@ -27,6 +27,7 @@ from nettrain.algorithms import ALGORITHMS, ASYNCHRONOUS, SOLVERS, SURROGATES
 from nettrain.compression import COMPRESSORS
 from nettrain.data import DATASETS, PARTITIONS
 from nettrain.errors import ConfigError
+from nettrain.faults import Faults
 from nettrain.problem.losses import LOSSES, REGULARIZERS
 from nettrain.problem.models import MODELS
 from nettrain.topology import GRAPHS, SCHEDULES, WEIGHTS
@@ -45,6 +46,8 @@ DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
 # what sends its models or gradients through quantizer= (the others send them as they are)
 QUANTIZED_ALGORITHMS = ("allreduce", "local_sgd", "dpsgd", "gradient_tracking", "swarm")
+# the asynchronous methods that skip lost exchanges (faults.py)
+FAULT_TOLERANT = tuple(k for k, cls in ALGORITHMS.items() if cls.tolerates_faults)
 
 
 def key(default: Any, help: str, choices: Iterable[str] | None = None) -> Any:
@@ -223,6 +226,23 @@ class RunConfig:
     bandwidth_gbps: float = key(10.0, "virtual link bandwidth, Gbit/s")
     stragglers: float = key(0.0, "fraction of agents that are slow (chosen by seed)")
     straggler_slowdown: float = key(4.0, "compute slow-down factor of a straggler")
+    # --- faults (both engines; docs/faults.md) ---
+    message_drop: float = key(
+        0.0,
+        "probability that a message is lost: asynchronous methods skip the exchange, "
+        "synchronous ones resend it after resend_s",
+    )
+    resend_s: float = key(
+        0.01, "virtual seconds before a synchronous method resends a lost message"
+    )
+    crash: str = key(
+        "",
+        "agents that crash: AGENT@ROUND, or AGENT@ROUND:REJOIN to come back with the state "
+        "they had, comma-separated (e.g. 3@100:200,5@150)",
+    )
+    split: str = key(
+        "", "network split FROM:TO (rounds): agents [0, n/2) and [n/2, n) cannot reach each other"
+    )
     # --- distributed engine ---
     nproc: int = key(
         0, "engine=distributed: processes to launch, one per agent and server; 0 = that many"
@@ -291,6 +311,11 @@ class RunConfig:
             )
         if self.straggler_slowdown < 1:
             raise ConfigError(f"straggler_slowdown must be >= 1, got {self.straggler_slowdown}")
+        if not 0 <= self.message_drop < 1:
+            raise ConfigError(f"message_drop must be in [0, 1), got {self.message_drop}")
+        if self.resend_s <= 0:
+            raise ConfigError(f"resend_s must be > 0, got {self.resend_s}")
+        self._check_faults()
         if self.agent_gflops <= 0 or self.bandwidth_gbps <= 0:
             raise ConfigError("agent_gflops and bandwidth_gbps must be > 0")
         if not 0 < self.test_fraction < 1:
@@ -313,10 +338,11 @@ class RunConfig:
             raise ConfigError(
                 "tree_easgd runs in engine=sim only (the tree's inner nodes live in one process)"
             )
-        if self.algorithm in ASYNCHRONOUS and self.checkpoint_every:
+        if self.algorithm in ASYNCHRONOUS and self.checkpoint_every and self.engine != "sim":
             raise ConfigError(
-                f"algorithm={self.algorithm} is asynchronous: its runs cannot be checkpointed "
-                "yet (set checkpoint_every=0)"
+                f"algorithm={self.algorithm} is asynchronous: its runs are checkpointed in "
+                "engine=sim only (processes never stop at one round together); set "
+                "checkpoint_every=0"
             )
         if self.algorithm in ASYNCHRONOUS and self.engine == "distributed" and self.blocking:
             raise ConfigError(
@@ -333,10 +359,10 @@ class RunConfig:
                 f"quantizer={self.quantizer} compresses what agents send; engine=shared_memory "
                 "workers share one model and send nothing. Set quantizer=none"
             )
-        if self.checkpoint_every and self.engine != "sim":
+        if self.checkpoint_every and self.engine == "shared_memory":
             raise ConfigError(
-                "checkpoint_every is implemented for engine=sim; the distributed engine "
-                "cannot resume yet (set checkpoint_every=0)"
+                "checkpoint_every is implemented for engine=sim and engine=distributed; "
+                "engine=shared_memory cannot resume (set checkpoint_every=0)"
             )
         if self.engine == "shared_memory" and self.algorithm not in SHARED_MEMORY_ALGORITHMS:
             raise ConfigError(
@@ -352,6 +378,27 @@ class RunConfig:
             )
         if self.schedule == "edge_drop" and self.drop_prob == 0:
             raise ConfigError("schedule=edge_drop needs drop_prob > 0 (e.g. drop_prob=0.3)")
+
+    def _check_faults(self) -> None:
+        """The fault spec parses, and the method and engine can run with it."""
+        if not Faults.from_config(self).any:
+            return
+        method = ALGORITHMS[self.algorithm]
+        if self.engine == "shared_memory":
+            raise ConfigError(
+                "message_drop, crash and split are injected in engine=sim and "
+                "engine=distributed; engine=shared_memory workers send no messages"
+            )
+        if self.algorithm in ASYNCHRONOUS and not method.tolerates_faults:
+            raise ConfigError(
+                f"algorithm={self.algorithm} does not take message_drop, crash or split; the "
+                f"asynchronous methods that do: {', '.join(FAULT_TOLERANT)}"
+            )
+        if self.blocking:
+            raise ConfigError(
+                "blocking=true would wait forever for a lost or crashed partner; faults "
+                "(message_drop, crash, split) need blocking=false"
+            )
 
     @property
     def uses_servers(self) -> bool:
@@ -389,6 +436,7 @@ FROZEN_ON_RESUME = (
     "model",
     "hidden",
     "loss",
+    "servers",
 )
 _TYPES = typing.get_type_hints(RunConfig)
 

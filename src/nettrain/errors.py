@@ -10,7 +10,9 @@ Every message says what is wrong and how to fix it::
      +-- PeerError                 another process died or stopped answering
      |                             (engines/distributed/comm.py)
      +-- WorkerFailed              a shared-memory worker process failed
-                                   (engines/shared_memory/engine.py)
+     |                             (engines/shared_memory/engine.py)
+     +-- FaultError                a synchronous method met a crashed agent or a
+                                   network split (injected: faults.py)
 
 The command line turns ``ConfigError``, ``DataError`` and ``TopologyError`` into
 exit code 2 (bad input) and every other error into exit code 1.
@@ -37,3 +39,7 @@ class TopologyError(NettrainError):
 
 class DivergenceError(NettrainError):
     """The parameters or the loss became NaN or infinite during a run."""
+
+
+class FaultError(NettrainError):
+    """A synchronous method cannot go on: an agent crashed or the network is split."""

@@ -29,6 +29,7 @@ from nettrain.engines.shared_memory.engine import SharedMemoryEngine
 from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.errors import ConfigError, DataError
+from nettrain.faults import Faults
 from nettrain.problem.flat import matmul_flops_per_sample
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
@@ -134,6 +135,7 @@ def build_job(cfg: RunConfig) -> Job:
         checkpoint_every=cfg.checkpoint_every,
         phase=cfg.phase,
         progress=cfg.progress,
+        faults=Faults.from_config(cfg),
     )
 
 
@@ -177,6 +179,18 @@ def resume(out: str | Path, overrides: Mapping[str, Any] = ()) -> RunResult:
     but ``rounds``, the final parameters equal those of an uninterrupted run.
     """
     folder = Path(out)
+    cfg = resumed_config(folder, overrides)
+    checkpoint = Checkpoint.load(folder)
+    if checkpoint.round >= cfg.rounds:
+        raise ConfigError(
+            f"the checkpoint is at round {checkpoint.round} and rounds={cfg.rounds}: "
+            f"nothing left to run; resume with rounds= larger than {checkpoint.round}"
+        )
+    return run(cfg, folder, checkpoint)
+
+
+def resumed_config(folder: Path, overrides: Mapping[str, Any] = ()) -> RunConfig:
+    """The config of the run in ``folder`` with ``overrides``, checked for a resume."""
     if not (folder / "config.json").is_file():
         raise DataError(f"{folder} is not a run folder (no config.json); nothing to resume")
     saved = load_config(json.loads((folder / "config.json").read_text()))
@@ -187,13 +201,7 @@ def resume(out: str | Path, overrides: Mapping[str, Any] = ()) -> RunResult:
             f"a resumed run cannot change {', '.join(changed)} (it defines the problem or "
             "the state); start a new run instead"
         )
-    checkpoint = Checkpoint.load(folder)
-    if checkpoint.round >= cfg.rounds:
-        raise ConfigError(
-            f"the checkpoint is at round {checkpoint.round} and rounds={cfg.rounds}: "
-            f"nothing left to run; resume with rounds= larger than {checkpoint.round}"
-        )
-    return run(cfg, folder, checkpoint)
+    return cfg
 
 
 def compare(

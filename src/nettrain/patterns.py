@@ -23,6 +23,8 @@ agent in :attr:`Communicator.traffic` at this boundary, from what is sent.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -82,12 +84,40 @@ def ring_allreduce_cost(n: int, d: int, itemsize: int) -> tuple[int, int]:
     return 2 * (n - 1), (2 * (n - 1) * d * itemsize) // n
 
 
+@dataclass(frozen=True)
+class Losses:
+    """Which exchanges of a batch lose their request or their reply (``nettrain.faults``).
+
+    Row ``r`` is the batch's ``r``-th exchange (``pairs[r]`` of ``swap``, ``workers[r]`` of
+    ``centre_exchange``). A lost request reaches nobody (and gets no reply); a lost reply
+    leaves the initiator with its own reference (``swap``) or what it sent
+    (``centre_exchange``), so the exchange does not change it.
+    """
+
+    request: torch.Tensor  # (k,) bool
+    reply: torch.Tensor  # (k,) bool, true wherever request is
+
+    @property
+    def any(self) -> bool:
+        return bool(self.reply.any())
+
+
 class Communicator(ABC):
     """The patterns an algorithm may use; one implementation per engine."""
 
     n_agents: int  # n, all agents of the run
     agents: torch.Tensor  # (m,) global ids of the agents held here
     traffic: Traffic
+    losses: Losses | None = None  # the engine's faults for the exchanges in progress
+
+    @contextmanager
+    def losing(self, losses: Losses | None) -> Iterator[None]:
+        """The exchanges started inside lose what ``losses`` says (None: nothing)."""
+        self.losses = losses
+        try:
+            yield
+        finally:
+            self.losses = None
 
     @abstractmethod
     def start_mix(

@@ -38,6 +38,9 @@ class Method(ABC, Generic[S]):
     stability_hint: ClassVar[str] = "Lower the learning rate (lr=) or the momentum"
     uses_rpc: ClassVar[bool] = False  # the distributed engine then opens an rpc session
     uses_centre: ClassVar[bool] = False  # a centre variable held by parameter servers
+    # an asynchronous method that skips a lost exchange (message drops, crashes, splits:
+    # nettrain.faults); for its lost reply the engines hand back what it sent
+    tolerates_faults: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

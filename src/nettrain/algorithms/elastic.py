@@ -149,6 +149,7 @@ class EASGDAsync(ElasticRule, CentreAlgorithm[ElasticState]):
     servers: int = 1
     delta: float = 0.0
     name = "easgd_async"
+    tolerates_faults = True
     stability_hint = "Lower the learning rate (lr=) or the moving rate (alpha=)"
 
     @classmethod

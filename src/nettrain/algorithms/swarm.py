@@ -62,6 +62,7 @@ class SwarmSGD(GossipAlgorithm[SwarmState]):
     blocking: bool = False
     geometric: bool = False  # phases of a geometric number of steps with mean local_steps
     name = "swarm"
+    tolerates_faults = True
 
     def __post_init__(self) -> None:
         if self.local_steps < 0:

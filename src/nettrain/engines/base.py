@@ -14,6 +14,7 @@ from nettrain.checkpoint import Checkpoint
 from nettrain.engines.sim.clock import CostModel
 from nettrain.errors import DivergenceError
 from nettrain.evaluation import model_metrics
+from nettrain.faults import Faults
 from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder
 from nettrain.topology import Topology
@@ -38,10 +39,16 @@ class Job:
     checkpoint_every: int = 0  # rounds between checkpoints; 0 = none
     phase: str = "fixed"  # asynchronous local phases: fixed durations or Poisson clocks
     progress: bool = False
+    faults: Faults | None = None  # message drops, crashes, a split (None: none)
 
     @property
     def n_agents(self) -> int:
         return len(self.shards)
+
+    @property
+    def fault_spec(self) -> Faults:
+        """The injected faults; an empty spec when there are none."""
+        return self.faults or Faults(self.n_agents, self.seed)
 
     def metrics(self, x: torch.Tensor) -> dict[str, Any]:
         """What a record says about every agent's parameters ``x: (n, d)``."""

@@ -5,24 +5,33 @@ from __future__ import annotations
 import numpy as np
 
 from nettrain.algorithms.base import AsyncAlgorithm
-
-CENTRE = -1  # the partner of an exchange with the servers
+from nettrain.faults import CENTRE  # the partner of an exchange with the servers
 
 
 class Draws:
     """Agent ``i``'s random choices, one stream per kind so that engines replay them.
 
     Partners from ``(seed, i, 0xA5)``, step counts from ``(seed, i, 0x5E)``, Poisson
-    durations from ``(seed, i, 0xC1)`` (NumPy's ``default_rng`` on those seeds).
+    durations from ``(seed, i, 0xC1)``, message losses from ``(seed, i, 0xD7)`` (NumPy's
+    ``default_rng`` on those seeds).
     """
 
-    def __init__(self, seed: int, agent: int, neighbours: list[int], algo: AsyncAlgorithm) -> None:
+    def __init__(
+        self,
+        seed: int,
+        agent: int,
+        neighbours: list[int],
+        algo: AsyncAlgorithm,
+        drop: float = 0.0,
+    ) -> None:
         self.neighbours = neighbours
         self.mean_steps = algo.local_steps
         self.geometric = bool(getattr(algo, "geometric", False))
+        self.drop = drop
         self._partners = np.random.default_rng([seed, agent, 0xA5])
         self._steps = np.random.default_rng([seed, agent, 0x5E])
         self._times = np.random.default_rng([seed, agent, 0xC1])
+        self._losses = np.random.default_rng([seed, agent, 0xD7])
 
     def partner(self) -> int:
         return int(self._partners.choice(self.neighbours)) if self.neighbours else CENTRE
@@ -35,3 +44,20 @@ class Draws:
 
     def duration(self, mean: float, poisson: bool) -> float:
         return float(self._times.exponential(mean)) if poisson and mean > 0 else mean
+
+    def losses(self) -> tuple[bool, bool]:
+        """Whether this agent's next exchange loses its request, and its reply; both
+        drawn every event (so the streams stay aligned), each true with ``drop``."""
+        if not self.drop:
+            return False, False
+        request, reply = self._losses.random(2) < self.drop
+        return bool(request), bool(request or reply)
+
+    def state_dict(self) -> dict[str, dict]:
+        """The streams' positions, for checkpoints."""
+        streams = ("_partners", "_steps", "_times", "_losses")
+        return {k: getattr(self, k).bit_generator.state for k in streams}
+
+    def load_state_dict(self, saved: dict[str, dict]) -> None:
+        for k, state in saved.items():
+            getattr(self, k).bit_generator.state = state

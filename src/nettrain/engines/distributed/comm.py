@@ -23,10 +23,19 @@ Traffic is counted from what this rank sends: one message of ``d`` elements per
 
 A failed exchange (a peer died, or did not answer within the group's timeout) raises
 :class:`PeerError`, naming this rank and, for neighbour mixing, the peer.
+
+Asynchronous exchanges (``swap``, ``centre_exchange``) take the engine's faults
+(:meth:`~nettrain.patterns.Communicator.losing`, :mod:`nettrain.faults`): a lost request
+makes no call (its message and bytes still count: they were sent); a lost reply makes
+the call, so the partner or the servers take the request in, and hands the initiator
+its reference (``swap``) or what it sent (``centre_exchange``). A gossip partner whose
+rpc fails (the process is dead) is a lost request too, and joins :attr:`dead`: it is
+never called again. The parameter servers must not die: a failed call to one raises.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -164,6 +173,13 @@ class DistCommunicator(Communicator):
         self._slices: list[slice] = []
         self._sync_rounds = 0
         self.staleness: Counter[int] = Counter()  # of this worker's centre exchanges
+        # asynchronous exchanges: requests that reached each partner (a centre exchange
+        # counts under this rank), exchanges that lost their request or their reply,
+        # ranks found dead, and wall seconds spent waiting for rpc replies
+        self.delivered: Counter[int] = Counter()
+        self.lost = 0
+        self.dead: set[int] = set()
+        self.talk_s = 0.0
         self._calls = 0
         self._static: tuple[list[int], list[int], torch.Tensor] | None = None
         dist.barrier(group)
@@ -275,19 +291,38 @@ class DistCommunicator(Communicator):
     ) -> torch.Tensor:
         """This rank initiates ``pairs = [[rank, j]]``: one ``rpc_sync`` to ``j``'s peer
         (:class:`~nettrain.engines.distributed.gossip.Peer`), which absorbs this model and
-        replies with its own published one, decoded here against ``ref``."""
+        replies with its own published one, decoded here against ``ref``.
+
+        Lost (the request, or the reply, by :attr:`losses`; ``j`` down or dead): ``ref``.
+        """
         if self.rpc is None:
             raise RuntimeError("a pairwise exchange needs the engine's rpc session (uses_rpc)")
         me, partner = int(pairs[0, 0]), int(pairs[0, 1])
         if me != self.rank or len(pairs) != 1:
             raise ValueError(f"rank {self.rank} can only initiate its own exchange, got {pairs}")
+        request_lost, reply_lost = self._lost()
         payload = compressor.encode(x, generator=generator)
-        try:
-            reply = self.rpc.remote(partner, "peer").rpc_sync("exchange", me, payload)
-        except RuntimeError as err:
-            raise self.rpc.peer_error(f"the exchange with rank {partner}", err) from err
-        self.traffic.add(torch.tensor([1]), compressor.nbytes(payload))
+        self.traffic.add(torch.tensor([1]), compressor.nbytes(payload))  # sent, come what may
+        reply = None
+        if not request_lost and partner not in self.dead:
+            begin = time.perf_counter()
+            try:
+                reply = self.rpc.remote(partner, "peer").rpc_sync("exchange", me, payload)
+            except PeerError:  # the partner's process is gone (or hung past timeout_s)
+                self.dead.add(partner)
+            self.talk_s += time.perf_counter() - begin
+        if reply is not None:  # None: the partner is down and refused the request
+            self.delivered[partner] += 1
+        if reply is None or reply_lost:
+            self.lost += 1
+            return ref.clone()
         return compressor.decode(reply, ref)
+
+    def _lost(self) -> tuple[bool, bool]:
+        """Whether the exchange in progress loses its request, and its reply."""
+        if self.losses is None:
+            return False, False
+        return bool(self.losses.request[0]), bool(self.losses.reply[0])
 
     def attach_servers(self, first_rank: int, slices: list[slice]) -> None:
         """The parameter servers: ranks ``first_rank + s`` own the columns ``slices[s]``."""
@@ -302,11 +337,20 @@ class DistCommunicator(Communicator):
         synchronous: bool = False,
     ) -> torch.Tensor:
         """This worker's exchange: its slices to every server at once (``rpc_async``),
-        then the replies; see :mod:`~nettrain.engines.centre`."""
+        then the replies; see :mod:`~nettrain.engines.centre`. Lost (by :attr:`losses`):
+        ``sent``, the worker stays as it was."""
         if self.rpc is None or not self._slices:
             raise RuntimeError("a centre exchange needs the engine's servers (uses_centre)")
         if workers.tolist() != [self.rank]:
             raise ValueError(f"rank {self.rank} can only make its own exchange, got {workers}")
+        request_lost, reply_lost = self._lost()
+        self.traffic.add(  # sent, come what may
+            torch.tensor([len(self._slices)]), torch.tensor([sent.shape[1] * sent.element_size()])
+        )
+        if request_lost:
+            self.lost += 1
+            return sent.clone()
+        begin = time.perf_counter()
         calls = []
         for owner, cols in zip(self.server_ranks, self._slices, strict=True):
             part = sent[0, cols].clone()  # owns its storage: the wire carries only the slice
@@ -317,10 +361,12 @@ class DistCommunicator(Communicator):
                 calls.append(shard.rpc_async("exchange", self.rank, part))
         self._sync_rounds += synchronous
         answers = self.rpc.wait(calls, "the exchange with the parameter servers")
+        self.talk_s += time.perf_counter() - begin
         self.staleness[max(stale for _, stale in answers)] += 1
-        self.traffic.add(
-            torch.tensor([len(calls)]), torch.tensor([sent.shape[1] * sent.element_size()])
-        )
+        self.delivered[self.rank] += 1
+        if reply_lost:
+            self.lost += 1
+            return sent.clone()
         return torch.cat([reply for reply, _ in answers])[None]
 
     def centre(self) -> torch.Tensor:

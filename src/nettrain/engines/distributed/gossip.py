@@ -8,6 +8,10 @@ initiator's against it (the lattice reference), applies the algorithm's
 :meth:`~nettrain.algorithms.base.GossipAlgorithm.absorb` and remembers the change
 (``shift``), which the main thread adds to its iterate at its next event. A handler
 never calls another rank, so exchanges cannot wait on each other: no deadlock.
+
+Faults (:mod:`nettrain.faults`): while its agent is down (:meth:`Peer.set_down`) or
+after the run (:meth:`Peer.close`), a peer refuses every exchange: it answers ``None``,
+which the initiator counts as a lost request, and changes nothing.
 """
 
 from __future__ import annotations
@@ -32,11 +36,15 @@ class Peer:
         self._shift = torch.zeros_like(x)
         self.answered: Counter[int] = Counter()  # exchanges answered, by initiator
         self.reply_bytes = 0
+        self.down = False  # refuse every exchange (the agent is down, or the run is over)
 
     def exchange(self, sender: int, payload: Any) -> Any:
-        """Answer ``sender``: reply with this published model, then absorb theirs."""
+        """Answer ``sender``: reply with this published model, then absorb theirs; ``None``
+        (and no change) while this agent is down."""
         codec = self._algorithm.compressor
         with self._lock:
+            if self.down:
+                return None
             own = self.published
             reply = codec.encode(own[None], generator=self._generator)
             received = codec.decode(payload, own[None])[0]
@@ -46,6 +54,16 @@ class Peer:
             self.answered[sender] += 1
             self.reply_bytes += int(codec.nbytes(reply)[0])
         return reply
+
+    def set_down(self, down: bool) -> None:
+        """Whether this agent is down now: a down peer refuses every exchange."""
+        with self._lock:
+            self.down = down
+
+    def close(self) -> None:
+        """The run is over here: refuse every exchange from now on, so that the shift
+        taken next is final."""
+        self.set_down(True)
 
     def publish(self, x: torch.Tensor) -> None:
         """The main thread's new model; exchanges answered meanwhile stay added."""

@@ -55,7 +55,11 @@ where the process group's store already holds it (checked with torch 2.13).
 Shutdown: leaving the ``with`` block normally is a graceful ``rpc.shutdown``: it
 returns once every rank has left its block and every call in flight, anywhere, has
 finished, so the host may read its objects afterwards. It waits at most
-``timeout_s`` for a rank that is gone and then raises :class:`PeerError`. Leaving on
+``timeout_s`` for a rank that is gone and then raises :class:`PeerError`. Where the
+caller knows that a rank is gone and that nothing is in flight any more (the engine's
+asynchronous runs agree on that in the store, see
+:mod:`~nettrain.engines.distributed.finish`), it sets :attr:`RpcSession.graceful` to
+False: the block then ends with the local shutdown, which waits for nobody. Leaving on
 an exception shuts the local agent down at once (peers then fail fast instead of
 waiting) and re-raises. Either way the RPC threads are stopped and this process's
 hosted names are dropped, so the process exits without hanging and a new session can
@@ -71,7 +75,6 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
@@ -82,6 +85,7 @@ from torch.distributed.rendezvous import register_rendezvous_handler
 from torch.futures import Future
 
 from nettrain.engines.distributed.comm import PeerError
+from nettrain.engines.distributed.store import keep_on_loopback, open_store
 
 SCHEME = "nettrain-rpc"  # init_rpc's URL scheme for a store chosen by rpc_session
 STORE_PREFIX = "nettrain-rpc"  # keys of RPC's rendezvous in a shared store
@@ -239,16 +243,29 @@ class Remote:
 class RpcSession:
     """This rank's view of an open RPC group: host objects, reach the others' objects.
 
-    ``sent`` counts what this rank's handles sent, by destination rank.
+    ``sent`` counts what this rank's handles sent, by destination rank. ``store`` is the
+    rendezvous store (shared, or the session's own), ``serial`` the number of sessions
+    this process opened before this one (the same on every rank that opens the same
+    sessions: a key prefix that a reused store has not seen). ``graceful``: whether
+    leaving the block waits for every rank (see the module docstring).
     """
 
     def __init__(
-        self, rank: int, world_size: int, name_of: Callable[[int], str], timeout_s: float
+        self,
+        rank: int,
+        world_size: int,
+        name_of: Callable[[int], str],
+        timeout_s: float,
+        store: dist.Store | None = None,
+        serial: int = 0,
     ) -> None:
         self.rank = rank
         self.world_size = world_size
         self.name_of = name_of
         self.timeout_s = timeout_s
+        self.store = store
+        self.serial = serial
+        self.graceful = True
         self.sent = Tally()
         self.hosted: list[str] = []
         self.open = True
@@ -303,6 +320,7 @@ class RpcSession:
 
 _stores: dict[str, dist.Store] = {}  # rendezvous stores handed to init_rpc, by token
 _tokens = itertools.count()
+_serials = itertools.count()  # sessions opened by this process
 
 
 def _rendezvous(url: str, **kwargs: Any) -> Iterator[tuple[dist.Store, int, int]]:
@@ -329,10 +347,8 @@ def _own_store(addr: str, port: int, server: bool, world_size: int, timeout_s: f
     """
     key = (addr, port, server)
     if key not in _own_stores:
-        timeout = timedelta(seconds=timeout_s)
-        _own_stores[key] = dist.TCPStore(
-            addr, port, world_size, server, timeout, wait_for_workers=False
-        )
+        keep_on_loopback(addr)
+        _own_stores[key] = open_store(addr, port, world_size, server, timeout_s)
     return _own_stores[key]
 
 
@@ -367,7 +383,7 @@ def rpc_session(
         rpc_timeout=timeout_s,
         num_worker_threads=num_worker_threads,
     )
-    session = RpcSession(rank, world_size, name_of, timeout_s)
+    session = RpcSession(rank, world_size, name_of, timeout_s, store, next(_serials))
     _registry.wait_s = timeout_s
     try:
         with warnings.catch_warnings():  # init_rpc's own use of its internal gloo group
@@ -392,7 +408,7 @@ def rpc_session(
     else:
         session.open = False
         try:
-            rpc.shutdown(graceful=True, timeout=timeout_s)
+            rpc.shutdown(graceful=session.graceful, timeout=timeout_s)
         except RuntimeError as err:
             raise session.peer_error("the rpc shutdown", err) from err
     finally:

@@ -52,9 +52,15 @@ class VirtualClock:
     now: float = 0.0
 
     def sync_round(
-        self, samples: torch.Tensor, messages: torch.Tensor, nbytes: torch.Tensor
+        self,
+        samples: torch.Tensor,
+        messages: torch.Tensor,
+        nbytes: torch.Tensor,
+        extra: torch.Tensor | None = None,
     ) -> float:
-        """Advance by one synchronous round (the slowest agent's time) and return it."""
-        dt = float(self.cost.agent_seconds(samples, messages, nbytes).max())
+        """Advance by one synchronous round (the slowest agent's time, with ``extra[i]``
+        seconds more for agent ``i``: resent messages) and return it."""
+        busy = self.cost.agent_seconds(samples, messages, nbytes)
+        dt = float((busy if extra is None else busy + extra).max())
         self.now += dt
         return dt

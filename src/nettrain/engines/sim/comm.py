@@ -137,14 +137,19 @@ class SimCommunicator(Communicator):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         i, j = pairs[:, 0], pairs[:, 1]
-        senders, receivers = torch.cat([j, i]), torch.cat([i, j])  # (2p,)
+        senders, receivers = torch.cat([j, i]), torch.cat([i, j])  # (2p,) replies, requests
         payload = compressor.encode(x[senders], generator=generator)
         out = x.clone()
         out[receivers] = compressor.decode(payload, ref[receivers])
+        sent = torch.ones(len(senders), dtype=torch.bool)
+        if self.losses is not None:  # what is lost leaves its receiver with its reference
+            lost = torch.cat([self.losses.reply, self.losses.request])
+            out[receivers[lost]] = ref[receivers[lost]]
+            sent[: len(i)] = ~self.losses.request  # no request, no reply
         messages = torch.zeros(self.n_agents, dtype=torch.int64)
         nbytes = torch.zeros(self.n_agents, dtype=torch.int64)
-        messages[senders.cpu()] += 1
-        nbytes[senders.cpu()] += compressor.nbytes(payload)
+        messages.index_add_(0, senders[sent].cpu(), torch.ones(int(sent.sum()), dtype=torch.int64))
+        nbytes.index_add_(0, senders[sent].cpu(), compressor.nbytes(payload)[sent.cpu()])
         self.traffic.add(messages, nbytes)
         return out
 
@@ -157,7 +162,14 @@ class SimCommunicator(Communicator):
     ) -> torch.Tensor:
         if self.servers is None:
             raise RuntimeError("no parameter servers: the engine sets them for uses_centre")
-        replies = self.servers.exchange(sent, workers, synchronous)  # the shards hold the rule
+        if self.losses is None:
+            replies = self.servers.exchange(sent, workers, synchronous)  # the shards hold the rule
+        else:  # a lost request reaches no server; a lost reply leaves the worker as it was
+            replies = sent.clone()
+            kept = ~self.losses.request
+            if kept.any():
+                replies[kept] = self.servers.exchange(sent[kept], workers[kept], synchronous)
+            replies[self.losses.reply] = sent[self.losses.reply]
         messages = torch.zeros(self.n_agents, dtype=torch.int64)
         nbytes = torch.zeros(self.n_agents, dtype=torch.int64)
         messages[workers.cpu()] = len(self.servers.slices)  # one slice to each server

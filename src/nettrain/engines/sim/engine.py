@@ -40,7 +40,7 @@ class SimEngine:
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
         """Run ``job``; with ``resume``, continue from that checkpoint's round."""
         if isinstance(job.algorithm, AsyncAlgorithm):
-            return run_events(job, folder)
+            return run_events(job, folder, resume=resume)
         n, problem = job.n_agents, job.problem
         x = job.x0.expand(n, -1).clone()  # (n, d)
         comm = SimCommunicator(job.topology, x.device, x.dtype)
@@ -49,11 +49,12 @@ class SimEngine:
         oracle = problem.oracle(job.shards, range(n), batch_size=job.batch_size, seed=job.seed)
         clock = VirtualClock(job.cost)
         totals = {k: torch.zeros(n, dtype=torch.int64) for k in ("samples", "messages", "bytes")}
+        faults = job.fault_spec
 
-        def account() -> None:
+        def account(t: int = -1) -> None:
             samples = oracle.meter.reset()
             messages, nbytes = comm.traffic.reset()
-            clock.sync_round(samples, messages, nbytes)
+            clock.sync_round(samples, messages, nbytes, faults.resend_seconds(messages, t))
             for k, v in zip(totals, (samples, messages, nbytes), strict=True):
                 totals[k] += v
 
@@ -73,8 +74,9 @@ class SimEngine:
         with progress_bar(job.rounds, f"{job.algorithm.name} x{n}", job.progress) as advance:
             advance(first, "")
             for t in range(first, job.rounds):
+                faults.check_synchronous(t, job.algorithm.name)
                 state, loss = job.algorithm.step(state, t, oracle, comm)
-                account()
+                account(t)
                 try:
                     check_finite(loss, t, job.algorithm.stability_hint)
                 except DivergenceError as err:

@@ -76,12 +76,20 @@ class SimServers:
         return self.free[s] + self.cost.latency_s + link
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps: every shard's rows and counters."""
-        return {"shards": [shard.state_dict() for shard in self.shards]}
+        """What a checkpoint keeps: every shard's rows and counters, the queues."""
+        return {
+            "shards": [shard.state_dict() for shard in self.shards],
+            "free": list(self.free),
+            "resume": self.resume.clone(),
+            "staleness": dict(self._staleness),
+        }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         for shard, state in zip(self.shards, saved["shards"], strict=True):
             shard.load_state_dict(state)
+        if "free" in saved:  # the distributed engine saves the shards only
+            self.free, self.resume = list(saved["free"]), saved["resume"].clone()
+            self._staleness = Counter(saved["staleness"])
 
     def take_staleness(self) -> dict[str, Any]:
         """Staleness of the exchanges since the last call (:func:`staleness_fields`)."""

@@ -1,0 +1,200 @@
+"""The end of an asynchronous run that outlives dead workers, agreed in the rendezvous store.
+
+A synchronous run ends with collectives, which need every rank. An asynchronous run
+(SwarmSGD, AD-PSGD, the asynchronous EASGD family, DOWNPOUR) must also end when a
+worker process died mid-run (SIGKILL, a lost machine): the others lose their exchanges
+with it and carry on. Its end therefore goes through the rendezvous store (a
+``TCPStore`` hosted by rank 0, or by torchrun's agent), which no worker's death takes
+down:
+
+1. each worker posts ``finished/<rank>`` once its events are done (after
+   ``failed/<rank>`` with the message, when it diverged) and keeps answering the
+   others' exchanges on its rpc threads, since they may still be running;
+2. rank 0 waits until every worker has finished or is dead: its heartbeat
+   (``alive/<rank>``, counted up by :class:`~nettrain.engines.distributed.engine.Heartbeat`)
+   has not moved for ``dead_after_s``. It posts the :class:`Verdict`: the dead ranks and
+   the first failure. Nobody initiates an exchange any more, so none is in flight;
+3. every survivor reads the verdict and posts its final state (``final/<rank>``,
+   ``torch.save`` bytes); rank 0 reads them and writes the record.
+
+Rank 0 and the parameter-server ranks must not die: rank 0 hosts the store (launched
+without torchrun), decides and writes the record; the servers hold the centre. A worker
+that finds rank 0 silent (or the store gone) raises :class:`PeerError`. Under torchrun
+the agent itself stops every worker as soon as one fails, so the survivors carry on
+only where the processes are launched otherwise (one per machine by a scheduler, or as
+the tests do: plain processes with ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+``MASTER_PORT`` set).
+
+Keys live under ``events/<restart>.<serial>/`` (:func:`events_prefix`): torchrun's
+restart count and the rpc session's serial, so that a store which outlives a run
+(torchrun's, or the rpc session's own store that a later session reuses) never shows
+this run a key of an earlier one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from nettrain.engines.distributed.comm import PeerError
+
+DEAD_AFTER_S = 5.0  # a heartbeat (every 0.25 s) silent this long: the process is dead
+POLL_S = 0.05  # between two looks at the store
+T = TypeVar("T")
+
+
+def events_prefix(serial: int) -> str:
+    """The keys of one asynchronous run: ``events/<torchrun restart>.<rpc session serial>/``."""
+    return f"events/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}.{serial}/"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Rank 0's word on how the run ended: the workers that died, and the first failure."""
+
+    crashed: tuple[int, ...] = ()
+    error: str | None = None  # a worker's DivergenceError message
+
+    @property
+    def clean(self) -> bool:
+        return not self.crashed and self.error is None
+
+    def dumps(self) -> str:
+        return json.dumps({"crashed": list(self.crashed), "error": self.error})
+
+    @classmethod
+    def loads(cls, text: bytes | str) -> Verdict:
+        saved = json.loads(text)
+        return cls(tuple(saved["crashed"]), saved["error"])
+
+
+def read_verdict(store: dist.Store, prefix: str) -> Verdict | None:
+    """The verdict, if rank 0 posted one (raises RuntimeError when the store is gone)."""
+    key = prefix + "verdict"
+    return Verdict.loads(store.get(key)) if store.check([key]) else None
+
+
+class Silence:
+    """How long each watched rank's heartbeat has not moved, seen from here."""
+
+    def __init__(self, store: dist.Store) -> None:
+        self._store = store
+        self._seen: dict[int, tuple[int, float]] = {}
+
+    def seconds(self, rank: int) -> float:
+        beat, now = self._store.add(f"alive/{rank}", 0), time.monotonic()
+        last = self._seen.get(rank)
+        if last is None or last[0] != beat:
+            self._seen[rank] = (beat, now)
+            return 0.0
+        return now - last[1]
+
+
+class Finish:
+    """One worker's part in the end of an asynchronous run of ``n`` workers (module docstring)."""
+
+    def __init__(
+        self,
+        store: dist.Store,
+        rank: int,
+        n: int,
+        prefix: str,
+        dead_after_s: float = DEAD_AFTER_S,
+        poll: Callable[[], None] = lambda: time.sleep(POLL_S),
+    ) -> None:
+        self.store = store
+        self.rank = rank
+        self.n = n
+        self.prefix = prefix
+        self.dead_after_s = dead_after_s
+        self._poll = poll
+        self._silence = Silence(store)
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except RuntimeError as err:  # the store's host (rank 0) is gone
+            raise PeerError(
+                f"rank {self.rank}: {what} failed: {str(err).strip()}. The rendezvous store "
+                "is gone: rank 0, which hosts it, died (rank 0 must outlive the run)"
+            ) from err
+
+    def _set(self, key: str, value: str | bytes) -> None:
+        self._call(f"posting {key!r}", lambda: self.store.set(self.prefix + key, value))
+
+    def _has(self, key: str) -> bool:
+        return self._call(f"reading {key!r}", lambda: self.store.check([self.prefix + key]))
+
+    def _silent(self, rank: int) -> bool:
+        seconds = self._call("reading the heartbeats", lambda: self._silence.seconds(rank))
+        return seconds > self.dead_after_s
+
+    def fail(self, message: str) -> None:
+        """This worker failed (it diverged): the verdict carries ``message`` to everyone."""
+        self._set(f"failed/{self.rank}", message)
+
+    def done(self) -> None:
+        """This worker's events are done: it initiates nothing any more."""
+        self._set(f"finished/{self.rank}", "1")
+
+    def verdict(self) -> Verdict:
+        """Rank 0: wait until every worker has finished or died, then decide and post.
+        The others: wait for rank 0's verdict while its heartbeat goes on."""
+        if self.rank != 0:
+            while not self._has("verdict"):
+                if self._silent(0):
+                    raise PeerError(
+                        f"rank {self.rank}: rank 0 stopped responding for {self.dead_after_s} s "
+                        "at the end of the run (rank 0 must outlive the run)"
+                    )
+                self._poll()
+            return Verdict.loads(self._call("reading the verdict", self._get("verdict")))
+        waiting, crashed = set(range(self.n)), set()
+        while waiting:
+            for r in sorted(waiting):
+                if self._has(f"finished/{r}"):
+                    waiting.discard(r)
+                elif self._silent(r):
+                    waiting.discard(r)
+                    crashed.add(r)
+            if waiting:
+                self._poll()
+        failed = [r for r in range(self.n) if r not in crashed and self._has(f"failed/{r}")]
+        error = None
+        if failed:
+            error = self._call("reading a failure", self._get(f"failed/{failed[0]}")).decode()
+        verdict = Verdict(tuple(sorted(crashed)), error)
+        self._set("verdict", verdict.dumps())
+        return verdict
+
+    def _get(self, key: str) -> Callable[[], bytes]:
+        return lambda: self.store.get(self.prefix + key)
+
+    def post(self, final: Any) -> None:
+        """A survivor's final state, for rank 0 (any object ``torch.save`` takes)."""
+        buffer = io.BytesIO()
+        torch.save(final, buffer)
+        self._set(f"final/{self.rank}", buffer.getvalue())
+
+    def collect(self, ranks: Iterable[int], device: torch.device | None = None) -> dict[int, Any]:
+        """Rank 0: the final states of the survivors ``ranks``, as they post them."""
+        out = {}
+        for r in ranks:
+            while not self._has(f"final/{r}"):
+                if self._silent(r):
+                    raise PeerError(
+                        f"rank 0: rank {r} died after the end of the run, before it handed "
+                        "its final state over"
+                    )
+                self._poll()
+            raw = self._call(f"reading rank {r}'s final state", self._get(f"final/{r}"))
+            out[r] = torch.load(io.BytesIO(raw), map_location=device, weights_only=False)
+        return out

@@ -1,0 +1,63 @@
+"""Rendezvous stores and sockets that listen only where they are told (loopback by default).
+
+``torch.distributed.TCPStore`` listens on every interface whatever host it is given,
+and gloo and TensorPipe pick an interface from the host name. A run on one machine
+(``master_addr=127.0.0.1``, the default) should not be reachable from the network:
+the store's host binds its socket to ``master_addr`` itself and hands it over
+(``master_listen_fd``), and gloo and TensorPipe are pointed at the loopback
+interface (``GLOO_SOCKET_IFNAME``, ``TP_SOCKET_IFNAME``) unless the user set them.
+Set ``master_addr`` to an address other machines can reach to train across machines.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from datetime import timedelta
+
+import torch.distributed as dist
+
+from nettrain.errors import ConfigError
+
+LOOPBACK_INTERFACE = "lo"
+
+
+def is_loopback(addr: str) -> bool:
+    """Whether ``addr`` (an IP address or ``localhost``) is this machine's loopback."""
+    if addr == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+def keep_on_loopback(addr: str) -> None:
+    """Point gloo and TensorPipe at the loopback interface when the run is local."""
+    if is_loopback(addr) and os.path.exists(f"/sys/class/net/{LOOPBACK_INTERFACE}"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", LOOPBACK_INTERFACE)
+        os.environ.setdefault("TP_SOCKET_IFNAME", LOOPBACK_INTERFACE)
+
+
+def open_store(addr: str, port: int, world: int, host: bool, timeout_s: float) -> dist.TCPStore:
+    """A TCPStore client of ``addr:port``, or with ``host`` its server, listening on
+    ``addr`` only (not on every interface)."""
+    timeout = timedelta(seconds=timeout_s)
+    if not host:
+        return dist.TCPStore(addr, port, world, False, timeout, wait_for_workers=False)
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((addr, port))
+    except OSError as err:
+        listener.close()
+        raise ConfigError(
+            f"cannot listen on {addr}:{port} for the rendezvous ({err.strerror}); choose "
+            "another master_port=, or a master_addr= of this machine"
+        ) from None
+    listener.listen(256)
+    return dist.TCPStore(
+        addr, port, world, True, timeout, wait_for_workers=False, master_listen_fd=listener.detach()
+    )

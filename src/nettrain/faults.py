@@ -1,0 +1,174 @@
+"""Fault injection: one spec, read by every engine and every rank alike (docs/faults.md).
+
+Every fault is a function of the config and the seed, so the simulator and each
+process of the distributed engine see the same faults at the same rounds:
+
+* stragglers (``stragglers=F straggler_slowdown=S``): a seeded ``F`` of the agents
+  compute ``S`` times slower (:class:`~nettrain.engines.sim.clock.CostModel`);
+* message drops (``message_drop=p``): every message is lost with probability ``p``;
+* crashes (``crash=A@R`` or ``crash=A@R:J``, comma-separated): agent ``A`` stops
+  before round ``R`` and, with ``:J``, comes back before round ``J`` with the state
+  it had when it stopped;
+* a network split (``split=R:J``): from round ``R`` to round ``J`` (excluded) agents
+  ``[0, n/2)`` and ``[n/2, n)`` cannot reach each other (servers are on the first side).
+
+What the methods do with them:
+
+* asynchronous methods that tolerate faults (SwarmSGD, AD-PSGD, asynchronous EASGD,
+  EAMSGD: :attr:`~nettrain.algorithms.base.Method.tolerates_faults`) skip a lost
+  exchange. An exchange is a request and a reply, each lost with probability ``p``;
+  the request is also lost when the partner is down or across the split. A lost
+  request changes nobody; a lost reply leaves the initiator as it was while the
+  partner (or the server) has taken the request in. A down agent makes no events.
+  Neighbours do not renormalise anything: they keep drawing partners uniformly from
+  the graph and lose the exchanges with a down one.
+* synchronous methods need every agent every round: a crash or a split stops the run
+  with a :class:`FaultError` naming the agents, at the round it starts. A dropped
+  message is resent after ``resend_s`` virtual seconds (a reliable transport's
+  retransmission timeout): the numbers are those of a run without drops, the rounds
+  take longer on the virtual clock. The round waits for the agent that lost most
+  (``resend_s`` per lost message): a lower bound for a ring all-reduce, whose
+  dependent steps would each wait for a loss anywhere on the ring.
+* a gossip initiator is non-blocking: it never waits for a reply, so a lost exchange
+  costs it no time; a centre worker waits ``resend_s`` for a reply that does not come.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from nettrain.errors import ConfigError, FaultError
+
+CENTRE = -1  # the servers' side of an exchange (engines/draws.py)
+_CRASH = re.compile(r"^(\d+)@(\d+)(?::(\d+))?$")
+_SPLIT = re.compile(r"^(\d+):(\d+)$")
+
+
+@dataclass(frozen=True)
+class Crash:
+    agent: int
+    at: int  # the first round it misses
+    rejoin: int | None = None  # the first round it is back; None = never
+
+
+@dataclass(frozen=True)
+class Faults:
+    """The faults of a run of ``n`` agents (stragglers live in the cost model)."""
+
+    n: int
+    seed: int = 0
+    drop: float = 0.0
+    crashes: tuple[Crash, ...] = ()
+    split: tuple[int, int] | None = None
+    resend_s: float = 0.01
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Faults:
+        return cls(
+            cfg.agents,
+            cfg.seed,
+            cfg.message_drop,
+            parse_crashes(cfg.crash, cfg.agents),
+            parse_split(cfg.split),
+            cfg.resend_s,
+        )
+
+    @property
+    def any(self) -> bool:
+        """Whether anything but stragglers is injected."""
+        return bool(self.drop or self.crashes or self.split)
+
+    def down(self, agent: int, t: int) -> bool:
+        """Whether ``agent`` is crashed in round ``t`` (0-based)."""
+        return any(
+            c.agent == agent and c.at <= t and (c.rejoin is None or t < c.rejoin)
+            for c in self.crashes
+        )
+
+    def split_in(self, t: int) -> bool:
+        return self.split is not None and self.split[0] <= t < self.split[1]
+
+    def side(self, agent: int) -> int:
+        """0 for agents ``[0, n/2)`` and the servers, 1 for the others."""
+        return 0 if agent == CENTRE or agent < self.n // 2 else 1
+
+    def unreachable(self, initiator: int, partner: int, t: int) -> bool:
+        """Whether a request from ``initiator`` to ``partner`` fails in round ``t``."""
+        if partner != CENTRE and self.down(partner, t):
+            return True
+        return self.split_in(t) and self.side(initiator) != self.side(partner)
+
+    def changes(self) -> list[int]:
+        """Rounds at which the set of down agents or the split changes."""
+        out = {c.at for c in self.crashes} | {c.rejoin for c in self.crashes if c.rejoin}
+        return sorted(out | set(self.split or ()))
+
+    def check_synchronous(self, t: int, method: str) -> None:
+        """Stop a synchronous method that would need a crashed or cut-off agent in round ``t``."""
+        down = [c.agent for c in self.crashes if self.down(c.agent, t)]
+        if down:
+            raise FaultError(
+                f"agent(s) {', '.join(map(str, sorted(set(down))))} crashed before round "
+                f"{t + 1}: algorithm={method} is synchronous and needs every agent every "
+                "round. Use an asynchronous method (swarm, adpsgd, easgd_async, eamsgd) to "
+                "carry on without it, or drop crash="
+            )
+        if self.split_in(t):
+            half = self.n // 2
+            raise FaultError(
+                f"the network is split in round {t + 1}: agents 0..{half - 1} and "
+                f"{half}..{self.n - 1} cannot reach each other, and algorithm={method} is "
+                "synchronous. Use an asynchronous method, or drop split="
+            )
+
+    def resend_seconds(self, messages: torch.Tensor, t: int) -> torch.Tensor:
+        """``(n,)`` seconds agents spend resending lost messages in synchronous round ``t``:
+        each of agent ``i``'s ``messages[i]`` messages is lost with probability ``drop``
+        (draws seeded by ``(seed, t)``; ``t = -1`` is the start), and each loss costs
+        ``resend_s``."""
+        if not self.drop:
+            return torch.zeros(len(messages), dtype=torch.float64)
+        rng = np.random.default_rng([self.seed, t + 1, 0xD2])
+        lost = rng.binomial(messages.numpy(), self.drop)
+        return torch.as_tensor(lost, dtype=torch.float64) * self.resend_s
+
+
+def parse_crashes(text: str, n: int) -> tuple[Crash, ...]:
+    """``"3@100:200,5@150"`` -> crashes; a malformed or impossible item is a ConfigError."""
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        m = _CRASH.match(item)
+        if m is None:
+            raise ConfigError(
+                f"crash={item!r} is not AGENT@ROUND or AGENT@ROUND:REJOIN "
+                "(e.g. crash=3@100 or crash=3@100:200)"
+            )
+        agent, at, rejoin = int(m[1]), int(m[2]), m[3] and int(m[3])
+        if agent >= n:
+            raise ConfigError(f"crash={item!r}: there are only agents 0..{n - 1}")
+        if rejoin is not None and rejoin <= at:
+            raise ConfigError(f"crash={item!r}: the agent must rejoin after it crashes")
+        out.append(Crash(agent, at, rejoin))
+    agents = [c.agent for c in out]
+    if len(set(agents)) != len(agents):
+        raise ConfigError(f"crash={text!r} names an agent twice; one crash per agent")
+    if out and len(agents) >= n:
+        raise ConfigError(f"crash={text!r} crashes every agent; leave at least one")
+    return tuple(out)
+
+
+def parse_split(text: str) -> tuple[int, int] | None:
+    """``"100:200"`` -> ``(100, 200)``; empty -> None."""
+    if not text.strip():
+        return None
+    m = _SPLIT.match(text.strip())
+    if m is None or int(m[2]) <= int(m[1]):
+        raise ConfigError(
+            f"split={text!r} is not FROM:TO rounds with FROM < TO (e.g. split=100:200)"
+        )
+    return int(m[1]), int(m[2])

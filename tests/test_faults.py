@@ -1,0 +1,156 @@
+"""Fault injection in the simulator: stragglers, message drops, crashes, a network split.
+
+Asynchronous methods skip what is lost and go on; synchronous ones stop with a
+FaultError at the round a crash or a split starts, and pay for dropped messages in
+virtual time only. The checks are exact where mathematics says so: a lost request
+changes nobody, so unquantised pure gossip across a split keeps each side's sum.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nettrain.algorithms.sgd import SGDConfig
+from nettrain.algorithms.swarm import SwarmSGD, SwarmState
+from nettrain.config import load_config
+from nettrain.engines.sim.comm import SimCommunicator
+from nettrain.errors import ConfigError, FaultError
+from nettrain.experiment import build_job, run
+from nettrain.faults import Crash, Faults, parse_crashes, parse_split
+from nettrain.patterns import Losses
+from nettrain.topology import build_topology
+
+SMALL = {"dataset": "digits", "agents": 8, "hidden": [8], "batch_size": 8, "progress": False}
+SMALL |= {"topology": "complete", "eval_every": 10}
+
+
+def test_the_spec_says_who_is_down_and_who_is_cut_off() -> None:
+    faults = Faults(8, crashes=parse_crashes("3@10:20,5@15", 8), split=parse_split("30:40"))
+    assert faults.crashes == (Crash(3, 10, 20), Crash(5, 15, None))
+    assert [faults.down(3, t) for t in (9, 10, 19, 20)] == [False, True, True, False]
+    assert faults.down(5, 10_000) and not faults.down(5, 14)
+    assert faults.unreachable(0, 3, 12) and not faults.unreachable(0, 3, 25)
+    assert faults.unreachable(1, 6, 30) and not faults.unreachable(1, 2, 30)
+    assert faults.unreachable(6, -1, 35) and not faults.unreachable(1, -1, 35)  # servers
+    assert faults.changes() == [10, 15, 20, 30, 40]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("3", "not AGENT@ROUND"),
+        ("9@5", "only agents 0..7"),
+        ("2@5:5", "must rejoin after"),
+        ("2@5,2@9", "names an agent twice"),
+        (",".join(f"{a}@1" for a in range(8)), "leave at least one"),
+    ],
+)
+def test_bad_crash_specs_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_crashes(text, 8)
+
+
+def test_a_synchronous_method_stops_at_the_crash_naming_the_agent() -> None:
+    with pytest.raises(FaultError, match=r"agent\(s\) 2 crashed before round 13"):
+        run(load_config(SMALL | {"algorithm": "dpsgd", "rounds": 20, "crash": "2@12"}))
+    with pytest.raises(FaultError, match="the network is split in round 6"):
+        run(load_config(SMALL | {"algorithm": "allreduce", "rounds": 20, "split": "5:8"}))
+
+
+def test_dropped_messages_cost_a_synchronous_method_time_not_accuracy() -> None:
+    """Resent messages: the same parameters bit for bit, a slower virtual clock."""
+    values = SMALL | {"algorithm": "dpsgd", "topology": "ring", "rounds": 20}
+    clean = run(load_config(values))
+    lossy = run(load_config(values | {"message_drop": 0.3, "resend_s": 0.01}))
+    assert torch.equal(clean.x, lossy.x)
+    slower = lossy.records[-1]["virtual_time_s"] - clean.records[-1]["virtual_time_s"]
+    # 20 rounds of 8 agents sending 2 messages: nearly every round loses one, each 0.01 s
+    assert 0.1 < slower <= 20 * 2 * 0.01 + 1e-9
+
+
+@pytest.mark.parametrize("algorithm", ["swarm", "easgd_async"])
+def test_an_agent_crashed_from_the_start_never_moves_and_the_others_learn(algorithm: str) -> None:
+    cfg = load_config(SMALL | {"algorithm": algorithm, "rounds": 30, "crash": "2@0"})
+    result = run(cfg)
+    x0 = build_job(cfg).x0
+    assert torch.equal(result.x[2], x0)  # no step, and its neighbours' requests were lost
+    others = [a for a in range(8) if a != 2]
+    assert not any(torch.equal(result.x[a], x0) for a in others)
+    record = result.records[-1]
+    if algorithm == "swarm":  # neighbours lost their exchanges with it
+        assert record["exchanges_lost"] > 0
+    else:  # the servers never heard from it, and nobody else lost anything
+        assert record["exchanges_min"] == 0 and record["exchanges_lost"] == 0
+    assert record.get("centre_test_accuracy", record["test_accuracy"]) > 0.5
+
+
+def test_a_crashed_agent_that_rejoins_goes_on_from_where_it_stopped() -> None:
+    values = SMALL | {"algorithm": "swarm", "rounds": 30}
+    stays = run(load_config(values | {"crash": "2@5"}))
+    back = run(load_config(values | {"crash": "2@5:15"}))
+    assert not torch.equal(stays.x[2], back.x[2])
+    assert stays.records[-1]["exchanges_lost"] > back.records[-1]["exchanges_lost"]
+
+
+def test_lost_requests_change_nobody_and_kept_exchanges_preserve_the_pair_sum() -> None:
+    """SwarmSGD's exchange with no local steps and no compression, through the simulator's
+    swap: a kept exchange averages the pair (x_i + x_j preserved), a lost request changes
+    neither, a lost reply changes only the partner."""
+    n, d = 8, 5
+    topology = build_topology("complete", n)
+    comm = SimCommunicator(topology, torch.device("cpu"), torch.float64)
+    algo = SwarmSGD(SGDConfig(0.1), local_steps=0)
+    x = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    state = SwarmState(x, torch.zeros(n, dtype=torch.int64))
+    pairs = torch.tensor([[0, 1], [2, 6], [7, 3], [4, 5]])  # kept, request lost x2, reply lost
+    request = torch.tensor([False, True, True, False])
+    reply = torch.tensor([False, True, True, True])
+    with comm.losing(Losses(request, reply)):
+        new, _ = algo.interact(state, pairs, None, comm, None, torch.zeros(4, 2, dtype=torch.int64))
+    y = new.x
+    assert torch.allclose(y[0], (x[0] + x[1]) / 2) and torch.allclose(y[1], y[0])
+    for a in (2, 6, 7, 3, 4):
+        assert torch.equal(y[a], x[a])
+    assert torch.allclose(y[5], (x[4] + x[5]) / 2)  # the partner took the request in
+    messages, _ = comm.traffic.reset()
+    assert messages.tolist() == [1, 1, 1, 0, 1, 1, 0, 1]  # no reply to a lost request
+
+
+def test_message_drops_lose_the_expected_share_of_exchanges() -> None:
+    """A request and a reply are each lost with p = 0.3: 1 - 0.7^2 = 51% of exchanges."""
+    values = SMALL | {"algorithm": "adpsgd", "rounds": 100, "message_drop": 0.3}
+    record = run(load_config(values)).records[-1]
+    share = record["exchanges_lost"] / record["events"]
+    assert 0.45 < share < 0.57, share
+
+
+def test_faults_are_deterministic_for_a_seed() -> None:
+    values = SMALL | {"algorithm": "swarm", "rounds": 20, "message_drop": 0.2}
+    values |= {"crash": "1@3:9", "split": "12:16", "phase": "poisson"}
+    a, b = run(load_config(values)), run(load_config(values))
+    assert torch.equal(a.x, b.x)
+    c = run(load_config(values | {"seed": 1}))
+    assert not torch.equal(a.x, c.x)
+
+
+def test_stragglers_slow_the_synchronous_clock_and_thin_the_asynchronous_events() -> None:
+    """10% stragglers 4x slower: a synchronous round waits for them; asynchronous agents
+    do not, so the stragglers make fewer local steps."""
+    values = SMALL | {"agents": 10, "rounds": 20, "compute_s_per_sample": 1e-3}
+    slow = {"stragglers": 0.1, "straggler_slowdown": 4.0}
+    sync = run(load_config(values | {"algorithm": "dpsgd"})).records[-1]
+    sync_slow = run(load_config(values | {"algorithm": "dpsgd"} | slow)).records[-1]
+    assert sync_slow["virtual_time_s"] == pytest.approx(4 * sync["virtual_time_s"], rel=0.05)
+    swarm = run(load_config(values | {"algorithm": "swarm", "topology": "complete"} | slow))
+    counts = swarm.records[-1]
+    assert counts["interactions_min"] < counts["interactions_max"]
+
+
+def test_faults_are_refused_where_they_cannot_run() -> None:
+    with pytest.raises(ConfigError, match="does not take message_drop, crash or split"):
+        load_config({"algorithm": "downpour", "crash": "1@5"})
+    with pytest.raises(ConfigError, match="blocking=true would wait forever"):
+        load_config({"algorithm": "swarm", "blocking": True, "message_drop": 0.1})
+    with pytest.raises(ConfigError, match="message_drop must be in"):
+        load_config({"message_drop": 1.0})
