@@ -36,6 +36,8 @@ CASES = {
     "local_sgd": {"algorithm": "local_sgd", "tau": 4},
     "dpsgd_ring": {"algorithm": "dpsgd"},
     "dpsgd_edge_drop": {"algorithm": "dpsgd", "schedule": "edge_drop", "drop_prob": 0.3},
+    # faults: a straggler 4x slower, dropped messages resent: the same clock as the simulator
+    "dpsgd_faults": {"algorithm": "dpsgd", "stragglers": 0.25, "message_drop": 0.2},
     "gradient_tracking": {"algorithm": "gradient_tracking"},
     "next_linear_l1": {"algorithm": "next", "regularizer": "l1", "reg_lambda": 1e-3},
     "next_cross_entropy": {
@@ -177,3 +179,12 @@ def test_gather_state_stacks_every_agent_axis_and_keeps_the_rest() -> None:
     assert got.x.tolist() == [[1.0] * 3, [11.0] * 3]
     assert got.g.shape == (2, 3)
     assert got.sgd.buf is None
+
+
+def test_stragglers_and_resent_messages_cost_time_not_numbers(runs) -> None:
+    """Four processes with a 4x straggler and 20% of messages lost and resent: the
+    parameters of the fault-free run, a virtual clock more than 4x slower."""
+    faulty, clean = runs["dpsgd_faults"][0], runs["dpsgd_ring"][0]
+    torch.testing.assert_close(faulty["x"], clean["x"], rtol=0, atol=0)
+    slow, fast = faulty["records"][-1], clean["records"][-1]
+    assert slow["virtual_time_s"] > 4 * fast["virtual_time_s"]
