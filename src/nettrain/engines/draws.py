@@ -45,13 +45,16 @@ class Draws:
     def duration(self, mean: float, poisson: bool) -> float:
         return float(self._times.exponential(mean)) if poisson and mean > 0 else mean
 
-    def losses(self) -> tuple[bool, bool]:
-        """Whether this agent's next exchange loses its request, and its reply; both
-        drawn every event (so the streams stay aligned), each true with ``drop``."""
-        if not self.drop:
-            return False, False
-        request, reply = self._losses.random(2) < self.drop
-        return bool(request), bool(request or reply)
+    def losses(self, unreachable: bool = False) -> tuple[bool, bool]:
+        """Whether this agent's next exchange loses its request, and its reply: each drawn
+        every event (so the streams stay aligned) and true with ``drop``; the request is
+        also lost when the partner is ``unreachable`` (down, across the split); a lost
+        request gets no reply."""
+        request = reply = False
+        if self.drop:
+            request, reply = (bool(v) for v in self._losses.random(2) < self.drop)
+        request = request or unreachable
+        return request, request or reply
 
     def state_dict(self) -> dict[str, dict]:
         """The streams' positions, for checkpoints."""

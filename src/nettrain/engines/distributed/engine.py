@@ -50,6 +50,7 @@ from nettrain.engines.distributed.comm import DistCommunicator, PeerError, guard
 from nettrain.engines.distributed.finish import (
     DEAD_AFTER_S,
     Finish,
+    Silence,
     events_prefix,
     read_verdict,
 )
@@ -244,12 +245,9 @@ class DistributedEngine:
         cols = block_slices(job.problem.dim, algo.servers)[shard]
         centre = CentreShard(algo, shard_rows(job.x0, algo, cols), job.n_agents, self.timeout_s)
         session.host("centre", centre)
-        beat, last = -1, time.monotonic()
+        silence = Silence(store)
         while not centre.finished.wait(0.5):
-            now_beat = store.add("alive/0", 0)
-            if now_beat != beat:
-                beat, last = now_beat, time.monotonic()
-            elif time.monotonic() - last > self.timeout_s:
+            if silence.seconds(0) > self.timeout_s:
                 raise PeerError(
                     f"parameter server {shard}: rank 0 stopped responding for {self.timeout_s} s"
                 )
@@ -340,9 +338,7 @@ class DistributedEngine:
                     advance(1, "")
                     continue
                 partner, steps = draws.partner(), draws.steps()
-                request, reply = draws.losses()
-                if faults.unreachable(rank, partner, t):
-                    request = reply = True
+                request, reply = draws.losses(faults.unreachable(rank, partner, t))
                 lost = Losses(torch.tensor([request]), torch.tensor([reply]))
                 if peer is not None:
                     state = dataclasses.replace(state, x=state.x + peer.take_shift()[None])

@@ -256,10 +256,9 @@ def _losses(pairs: torch.Tensor, draws: list[Draws], faults: Faults, t: int) -> 
     down partner or across the split (the faults as they stand since round ``t``)."""
     request, reply = [], []
     for a, b in pairs.tolist():
-        req, rep = draws[a].losses()
-        req = req or faults.unreachable(a, b, t)
+        req, rep = draws[a].losses(faults.unreachable(a, b, t))
         request.append(req)
-        reply.append(rep or req)
+        reply.append(rep)
     return Losses(torch.tensor(request, dtype=torch.bool), torch.tensor(reply, dtype=torch.bool))
 
 
