@@ -105,7 +105,8 @@ def die(out: Path) -> None:
     seen: dict[str, object] = {}
     started = time.perf_counter()
     try:
-        with rpc_session(rank, world, master_port=port + 1, timeout_s=5) as s:
+        rpc_port = int(os.environ["RPC_PORT"])  # a free port the test chose, not port + 1
+        with rpc_session(rank, world, master_port=rpc_port, timeout_s=5) as s:
             s.host("mailbox", Mailbox())
             if rank == 2:  # once the others surely left init_rpc: gone, without shutdown
                 time.sleep(0.5)

@@ -118,7 +118,8 @@ def test_the_mailbox_counts_exactly_what_was_sent(store: str, tmp_path: Path) ->
 
 def test_a_vanished_rank_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
     """Rank 2 of 3 exits without shutting down: the others' calls and shutdown fail fast."""
-    port, timeout_s = free_port(), 5  # the worker's rpc timeout; it also uses port + 1
+    port, timeout_s = free_port(), 5  # the worker's rpc timeout
+    rpc_port = next(p for p in iter(free_port, None) if p != port)  # the session's own store
     procs = []
     for rank in range(3):
         env = os.environ | {
@@ -126,6 +127,7 @@ def test_a_vanished_rank_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
             "WORLD_SIZE": "3",
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),
+            "RPC_PORT": str(rpc_port),
             "OMP_NUM_THREADS": "1",
         }
         with open(tmp_path / f"rank{rank}.log", "wb") as sink:
