@@ -67,6 +67,9 @@ def test_dropped_messages_cost_a_synchronous_method_time_not_accuracy() -> None:
     slower = lossy.records[-1]["virtual_time_s"] - clean.records[-1]["virtual_time_s"]
     # 20 rounds of 8 agents sending 2 messages: nearly every round loses one, each 0.01 s
     assert 0.1 < slower <= 20 * 2 * 0.01 + 1e-9
+    record = lossy.records[-1]  # 320 messages, each resent with probability 0.3 (sd 8)
+    assert 0.2 * record["messages_total"] < record["messages_resent"] < 0.4 * 320
+    assert "messages_resent" not in clean.records[-1]  # counted only with drops
 
 
 @pytest.mark.parametrize("algorithm", ["swarm", "easgd_async"])

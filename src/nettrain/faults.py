@@ -126,16 +126,14 @@ class Faults:
                 "synchronous. Use an asynchronous method, or drop split="
             )
 
-    def resend_seconds(self, messages: torch.Tensor, t: int) -> torch.Tensor:
-        """``(n,)`` seconds agents spend resending lost messages in synchronous round ``t``:
-        each of agent ``i``'s ``messages[i]`` messages is lost with probability ``drop``
-        (draws seeded by ``(seed, t)``; ``t = -1`` is the start), and each loss costs
-        ``resend_s``."""
+    def resent(self, messages: torch.Tensor, t: int) -> torch.Tensor:
+        """``(n,)`` messages each agent resends in synchronous round ``t`` (each costs
+        ``resend_s``): each of agent ``i``'s ``messages[i]`` messages is lost with
+        probability ``drop`` (draws seeded by ``(seed, t)``; ``t = -1`` is the start)."""
         if not self.drop:
-            return torch.zeros(len(messages), dtype=torch.float64)
+            return torch.zeros(len(messages), dtype=torch.int64)
         rng = np.random.default_rng([self.seed, t + 1, 0xD2])
-        lost = rng.binomial(messages.numpy(), self.drop)
-        return torch.as_tensor(lost, dtype=torch.float64) * self.resend_s
+        return torch.as_tensor(rng.binomial(messages.numpy(), self.drop), dtype=torch.int64)
 
 
 def parse_crashes(text: str, n: int) -> tuple[Crash, ...]:

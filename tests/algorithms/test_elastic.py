@@ -232,6 +232,27 @@ def test_synchronous_rounds_on_a_shard_ignore_arrival_order() -> None:
     torch.testing.assert_close(shard.centre(), sim.centre(), rtol=0, atol=1e-12)
 
 
+def test_the_centre_read_between_rounds_leaves_out_the_next_rounds_exchanges() -> None:
+    """Worker 1 is already exchanging in round 1 when rank 0 reads the centre after round
+    0: the reading is the centre after round 0, as the simulator has it."""
+    n = 2
+    algo = EASGD(SGDConfig(lr=0.1), alpha=0.1)
+    xs = random_rows(2 * n, 5, 8).view(2, n, 5)
+    shard = CentreShard(
+        algo, shard_rows(torch.zeros(5, dtype=torch.float64), algo, slice(0, 5)), n, 10
+    )
+    for w in range(n):
+        shard.exchange_sync(w, 0, xs[0, w])
+    shard.exchange_sync(1, 1, xs[1, 1])  # round 1 has begun
+    sim = SimServers(torch.zeros(5, dtype=torch.float64), algo, n, CHEAP)
+    sim.exchange(xs[0], torch.arange(n), synchronous=True)
+    assert torch.equal(shard.centre(), sim.centre())
+    assert not torch.equal(shard.rows[0], sim.centre())  # the early exchange is applied
+    shard.exchange_sync(0, 1, xs[1, 0])
+    sim.exchange(xs[1], torch.arange(n), synchronous=True)
+    torch.testing.assert_close(shard.centre(), sim.centre(), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -70,15 +70,26 @@ class Engine(Protocol):
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult: ...
 
 
+def work_totals(n: int, faults: Faults) -> dict[str, torch.Tensor]:
+    """A synchronous run's cumulative work per agent, ``(n,)`` each: samples, messages,
+    bytes, and with dropped messages (``faults.drop``) the messages resent."""
+    keys = ("samples", "messages", "bytes") + (("resent",) if faults.drop else ())
+    return {k: torch.zeros(n, dtype=torch.int64) for k in keys}
+
+
 def traffic_fields(totals: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Cumulative samples, messages and bytes: totals and the busiest agent's."""
-    return {
+    """Cumulative samples, messages and bytes: totals and the busiest agent's; the
+    messages resent, where counted (:func:`work_totals`)."""
+    fields = {
         "samples": int(totals["samples"].sum()),
         "messages_total": int(totals["messages"].sum()),
         "bytes_total": int(totals["bytes"].sum()),
         "messages_max_agent": int(totals["messages"].max()),
         "bytes_max_agent": int(totals["bytes"].max()),
     }
+    if "resent" in totals:
+        fields["messages_resent"] = int(totals["resent"].sum())
+    return fields
 
 
 def check_finite(loss: torch.Tensor, t: int, hint: str = Method.stability_hint) -> None:

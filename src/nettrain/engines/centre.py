@@ -75,8 +75,12 @@ class CentreShard:
         return stale
 
     def centre(self) -> torch.Tensor:
+        """The centre ``(d_s,)``. Once synchronous rounds have begun: as the last complete
+        round left it, without the exchanges of the next round that arrived already (a
+        worker records between rounds while the others may be exchanging again)."""
         with self._cond:
-            return self.rows[0].clone()
+            synchronous = self.sync_round > 0 or self._arrived > 0
+            return (self._base if synchronous else self.rows)[0].clone()
 
     def counts(self) -> dict[int, int]:
         """Exchanges applied here, by worker."""

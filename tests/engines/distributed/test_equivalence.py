@@ -18,7 +18,8 @@ import torch
 from helpers import torchrun_command
 from nettrain.config import load_config
 from nettrain.engines.base import Job, RunResult
-from nettrain.engines.distributed.engine import DistributedEngine, gather_state
+from nettrain.engines.distributed.engine import DistributedEngine
+from nettrain.engines.distributed.states import gather_state
 from nettrain.errors import ConfigError
 from nettrain.experiment import build_job, run
 
@@ -184,7 +185,8 @@ def test_gather_state_stacks_every_agent_axis_and_keeps_the_rest() -> None:
 def test_stragglers_and_resent_messages_cost_time_not_numbers(runs) -> None:
     """Four processes with a 4x straggler and 20% of messages lost and resent: the
     parameters of the fault-free run, a virtual clock more than 4x slower."""
-    faulty, clean = runs["dpsgd_faults"][0], runs["dpsgd_ring"][0]
+    (faulty, sim), clean = runs["dpsgd_faults"], runs["dpsgd_ring"][0]
     torch.testing.assert_close(faulty["x"], clean["x"], rtol=0, atol=0)
     slow, fast = faulty["records"][-1], clean["records"][-1]
     assert slow["virtual_time_s"] > 4 * fast["virtual_time_s"]
+    assert slow["messages_resent"] == sim.records[-1]["messages_resent"] > 0  # same draws

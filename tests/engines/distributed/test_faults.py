@@ -37,9 +37,10 @@ import torch.distributed as dist
 from helpers import free_port
 from nettrain.algorithms.sgd import SGDConfig
 from nettrain.algorithms.swarm import SwarmSGD
-from nettrain.engines.distributed.engine import stack_states
 from nettrain.engines.distributed.finish import Finish, Verdict, read_verdict
 from nettrain.engines.distributed.gossip import Peer
+from nettrain.engines.distributed.liveness import Heartbeat, beating
+from nettrain.engines.distributed.states import stack_states
 from nettrain.engines.draws import Draws
 from nettrain.faults import Faults, parse_crashes, parse_split
 
@@ -293,6 +294,16 @@ def test_rank_0_takes_a_silent_worker_for_dead_and_the_others_read_it() -> None:
     ends[1].post({"x": torch.ones(1, 3), "events": 7})
     (final,) = ends[0].collect([1]).values()
     assert final["events"] == 7 and torch.equal(final["x"], torch.ones(1, 3))
+
+
+def test_a_partner_that_does_not_answer_is_dead_only_if_its_heartbeat_stopped() -> None:
+    """An rpc that timed out: a rank whose heartbeat still moves is slow, not dead (its
+    exchanges are tried again); one whose counter is still is taken for dead."""
+    store = dist.HashStore()
+    with Heartbeat(store, 1, period_s=0.01):
+        assert beating(store, 1, window_s=0.1)
+    assert not beating(store, 1, window_s=0.1)  # stopped
+    assert not beating(store, 2, window_s=0.1)  # never beat
 
 
 def test_stack_states_puts_the_survivors_rows_in_order() -> None:

@@ -29,8 +29,10 @@ Asynchronous exchanges (``swap``, ``centre_exchange``) take the engine's faults
 makes no call (its message and bytes still count: they were sent); a lost reply makes
 the call, so the partner or the servers take the request in, and hands the initiator
 its reference (``swap``) or what it sent (``centre_exchange``). A gossip partner whose
-rpc fails (the process is dead) is a lost request too, and joins :attr:`dead`: it is
-never called again. The parameter servers must not die: a failed call to one raises.
+rpc fails is a lost request too; if its heartbeat has stopped as well (the process is
+dead, :mod:`.liveness`) it joins :attr:`dead` and is never called again, while a slow
+but live partner is called again at its next draw. The parameter servers must not
+die: a failed call to one raises.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import torch.distributed as dist
 
 from nettrain.compression import Compressor, Identity
 from nettrain.compression.payloads import pack, unpack
+from nettrain.engines.distributed.liveness import beating
 from nettrain.errors import NettrainError
 from nettrain.patterns import Communicator, Handle, Traffic, ring_allreduce_cost
 from nettrain.topology import Topology
@@ -171,7 +174,7 @@ class DistCommunicator(Communicator):
         self.rpc = rpc  # the asynchronous patterns' session, for algorithms with uses_rpc
         self.server_ranks: list[int] = []  # parameter servers, see attach_servers
         self._slices: list[slice] = []
-        self._sync_rounds = 0
+        self.sync_rounds = 0  # synchronous centre exchanges made: the servers' next round
         self.staleness: Counter[int] = Counter()  # of this worker's centre exchanges
         # asynchronous exchanges: requests that reached each partner (a centre exchange
         # counts under this rank), exchanges that lost their request or their reply,
@@ -308,8 +311,10 @@ class DistCommunicator(Communicator):
             begin = time.perf_counter()
             try:
                 reply = self.rpc.remote(partner, "peer").rpc_sync("exchange", me, payload)
-            except PeerError:  # the partner's process is gone (or hung past timeout_s)
-                self.dead.add(partner)
+            except PeerError:  # no answer within timeout_s: dead, or alive but slow
+                store = self.rpc.store
+                if store is None or not beating(store, partner):
+                    self.dead.add(partner)
             self.talk_s += time.perf_counter() - begin
         if reply is not None:  # None: the partner is down and refused the request
             self.delivered[partner] += 1
@@ -356,10 +361,10 @@ class DistCommunicator(Communicator):
             part = sent[0, cols].clone()  # owns its storage: the wire carries only the slice
             shard = self.rpc.remote(owner, "centre")
             if synchronous:
-                calls.append(shard.rpc_async("exchange_sync", self.rank, self._sync_rounds, part))
+                calls.append(shard.rpc_async("exchange_sync", self.rank, self.sync_rounds, part))
             else:
                 calls.append(shard.rpc_async("exchange", self.rank, part))
-        self._sync_rounds += synchronous
+        self.sync_rounds += synchronous
         answers = self.rpc.wait(calls, "the exchange with the parameter servers")
         self.talk_s += time.perf_counter() - begin
         self.staleness[max(stale for _, stale in answers)] += 1

@@ -11,7 +11,7 @@ down:
    ``failed/<rank>`` with the message, when it diverged) and keeps answering the
    others' exchanges on its rpc threads, since they may still be running;
 2. rank 0 waits until every worker has finished or is dead: its heartbeat
-   (``alive/<rank>``, counted up by :class:`~nettrain.engines.distributed.engine.Heartbeat`)
+   (``alive/<rank>``, counted up by :class:`~nettrain.engines.distributed.liveness.Heartbeat`)
    has not moved for ``dead_after_s``. It posts the :class:`Verdict`: the dead ranks and
    the first failure. Nobody initiates an exchange any more, so none is in flight;
 3. every survivor reads the verdict and posts its final state (``final/<rank>``,

@@ -22,6 +22,7 @@ from nettrain.engines.base import (
     check_finite,
     status_line,
     traffic_fields,
+    work_totals,
 )
 from nettrain.engines.sim.clock import VirtualClock
 from nettrain.engines.sim.comm import SimCommunicator
@@ -48,15 +49,17 @@ class SimEngine:
             comm.servers = SimServers(job.x0, job.algorithm, n, job.cost)
         oracle = problem.oracle(job.shards, range(n), batch_size=job.batch_size, seed=job.seed)
         clock = VirtualClock(job.cost)
-        totals = {k: torch.zeros(n, dtype=torch.int64) for k in ("samples", "messages", "bytes")}
         faults = job.fault_spec
+        totals = work_totals(n, faults)
 
         def account(t: int = -1) -> None:
             samples = oracle.meter.reset()
             messages, nbytes = comm.traffic.reset()
-            clock.sync_round(samples, messages, nbytes, faults.resend_seconds(messages, t))
-            for k, v in zip(totals, (samples, messages, nbytes), strict=True):
-                totals[k] += v
+            resent = faults.resent(messages, t)
+            clock.sync_round(samples, messages, nbytes, resent * faults.resend_s)
+            work = {"samples": samples, "messages": messages, "bytes": nbytes, "resent": resent}
+            for k in totals:
+                totals[k] += work[k]
 
         start = time.perf_counter()
         state = job.algorithm.init(x, oracle, comm)
