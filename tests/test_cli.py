@@ -88,11 +88,18 @@ def test_config_file_and_overrides(tmp_path: Path) -> None:
         (["topology", "hypercube", "--agents", "12"], "power of 2"),
         (["reproduce", "easgd", "--set", "colour=red"], "unknown config key 'colour'"),
         (["reproduce", "easgd", "--set", "lr"], "expected key=value, got 'lr'"),
+        (["reproduce", "swarm", "--jobs", "0"], "--jobs must be >= 1, got 0"),
     ],
 )
 def test_bad_input_exits_2_naming_the_problem(args: list[str], message: str, capsys) -> None:
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_block_async_refuses_parallel_runs(tmp_path: Path, capsys) -> None:
+    """Its claims are wall-clock speed-ups: runs sharing the machine would skew them."""
+    assert main(["reproduce", "block-async", "--jobs", "2", "--out", str(tmp_path)]) == 2
+    assert "cannot share the machine: drop --jobs 2" in capsys.readouterr().err
 
 
 def test_topology_json(capsys) -> None:

@@ -181,11 +181,13 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
     overrides = parse_overrides(args.set)
     for name in overrides:
         coerce(name, overrides[name])  # an unknown key or bad value fails before any run
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
     out = Path(args.out) if args.out else _default_out(f"reproduce-{args.name}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     claims = EXPERIMENTS[args.name](
-        out, quick=args.quick, seed=args.seed, console=console, overrides=overrides
+        out, quick=args.quick, seed=args.seed, console=console, overrides=overrides, jobs=args.jobs
     )
     write_claims(claims, out / "claims.json")
     console.print(claims_table(claims))
@@ -238,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="the short version (minutes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for runs, plots, summary.csv and claims.json")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, each in its own process with the cores shared out (default 1); "
+        "runs already finished in --out are kept",
+    )
     p.add_argument(
         "--set",
         nargs="*",

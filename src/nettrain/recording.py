@@ -61,6 +61,11 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def config_json(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as ``config.json`` holds it (tuples as lists, no NaN)."""
+    return json.loads(json.dumps({k: _jsonable(v) for k, v in config.items()}, default=str))
+
+
 def read_records(folder: str | Path) -> list[dict[str, Any]]:
     """The records of a run folder's ``metrics.jsonl``."""
     lines = (Path(folder) / "metrics.jsonl").read_text().splitlines()
@@ -81,6 +86,8 @@ class RunFolder:
         metrics = self.path / "metrics.jsonl"
         if keep is not None and metrics.is_file():
             self.records = read_records(self.path)[:keep]
+        if keep is None:  # a fresh run: a summary of an earlier run here is no longer true
+            (self.path / "summary.json").unlink(missing_ok=True)
         lines = "".join(json.dumps(r) + "\n" for r in self.records)
         tmp = metrics.with_suffix(".jsonl.tmp")
         tmp.write_text(lines)
@@ -101,7 +108,7 @@ class RunFolder:
 
     def write_config(self, config: dict[str, Any]) -> None:
         if self.path is not None:
-            write_json(self.path / "config.json", {k: _jsonable(v) for k, v in config.items()})
+            write_json(self.path / "config.json", config_json(config))
 
     def append(self, record: dict[str, Any]) -> None:
         record = {k: _jsonable(v) for k, v in record.items()}

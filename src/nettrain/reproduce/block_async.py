@@ -38,6 +38,7 @@ from typing import Any
 from rich.console import Console
 
 from nettrain.config import load_config
+from nettrain.errors import ConfigError
 from nettrain.experiment import run
 from nettrain.recording import write_json
 from nettrain.report.plots import plot_metrics
@@ -98,8 +99,17 @@ def reproduce(
     seed: int = 0,
     console: Console,
     overrides: Mapping[str, Any] = MappingProxyType({}),
+    jobs: int = 1,
 ) -> list[Claim]:
-    """Run the experiment into ``out``; ``overrides`` (``--set``) change every run's config."""
+    """Run the experiment into ``out``; ``overrides`` (``--set``) change every run's config.
+
+    ``jobs`` must be 1: the claims are wall-clock speed-ups of real processes.
+    """
+    if jobs != 1:
+        raise ConfigError(
+            f"reproduce block-async measures wall-clock speed-ups, so its runs cannot share "
+            f"the machine: drop --jobs {jobs}"
+        )
     dataset, samples, epochs = ("digits", 1437, 40) if quick else ("fashion_mnist", 60_000, 3)
     warmup = 20 if quick else 200  # full steps of each process before partitioning
     labels = list(methods())

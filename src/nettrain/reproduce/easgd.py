@@ -47,10 +47,10 @@ from nettrain.analysis import (
 )
 from nettrain.config import load_config
 from nettrain.errors import DivergenceError
-from nettrain.experiment import run
 from nettrain.report.plots import plot_metrics
 from nettrain.report.tables import rows_table, write_csv
 from nettrain.reproduce.claims import Claim
+from nettrain.reproduce.runner import run_all
 
 Records = list[dict[str, Any]]
 
@@ -94,8 +94,10 @@ def reproduce(
     seed: int = 0,
     console: Console,
     overrides: Mapping[str, Any] = MappingProxyType({}),
+    jobs: int = 1,
 ) -> list[Claim]:
-    """Run the experiment into ``out``; ``overrides`` (``--set``) change every run's config."""
+    """Run the experiment into ``out``; ``overrides`` (``--set``) change every run's config;
+    ``jobs`` runs at a time (see :func:`~nettrain.reproduce.runner.run_all`)."""
     base, rounds = settings(quick)
     base = base | {"dataset": "fashion_mnist", "seed": seed, "progress": False, "servers": 1}
     base |= {"rounds": rounds, "eval_every": rounds // EVALS}
@@ -106,21 +108,23 @@ def reproduce(
         plan |= {
             (n, m, SCALING["tau"]): METHODS[m] | {"tau": SCALING["tau"]} for m in SCALING["methods"]
         }
-    results: dict[tuple[int, str, int], Records | None] = {}
-    for (n, method, tau), extra in plan.items():
-        name = f"n{n}_{method}_tau{tau}"
-        try:
-            records = run(
-                load_config(base | extra | {"agents": n} | dict(overrides)), out / name
-            ).records
-        except DivergenceError as err:
-            console.print(f"{name}: diverged ({err})")
-            records = None
-        results[(n, method, tau)] = with_errors(records, n) if records else None
-        if records:
-            console.print(
-                f"{name:26s} error {results[(n, method, tau)][-1]['centre_test_error']:.4f}"
-            )
+    configs = {
+        f"n{n}_{method}_tau{tau}": load_config(base | extra | {"agents": n} | dict(overrides))
+        for (n, method, tau), extra in plan.items()
+    }
+
+    def done(name: str, records: Records | None, note: str) -> None:
+        if records is None:
+            console.print(f"{name}: diverged ({note})")
+        else:
+            error = 1 - records[-1].get("centre_test_accuracy", records[-1]["test_accuracy"])
+            console.print(f"{name:26s} error {error:.4f} {note}")
+
+    found = run_all(configs, out, jobs=jobs, done=done, tolerate=(DivergenceError,))
+    results = {
+        key: with_errors(records, key[0]) if records else None
+        for key, records in zip(plan, found.values(), strict=True)
+    }
     budget = min(r[-1]["virtual_time_s"] for r in results.values() if r)
     rows = [row(key, records, budget) for key, records in results.items()]
     write_csv(rows, out / "summary.csv")

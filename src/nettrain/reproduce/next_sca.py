@@ -28,10 +28,10 @@ from typing import Any
 from rich.console import Console
 
 from nettrain.config import load_config
-from nettrain.experiment import run
 from nettrain.report.plots import plot_metrics
 from nettrain.report.tables import rows_table, write_csv
 from nettrain.reproduce.claims import Claim
+from nettrain.reproduce.runner import run_all
 
 Records = list[dict[str, Any]]
 
@@ -127,28 +127,34 @@ def reproduce(
     seed: int = 0,
     console: Console,
     overrides: Mapping[str, Any] = MappingProxyType({}),
+    jobs: int = 1,
 ) -> list[Claim]:
-    """Run the experiment into ``out``; ``overrides`` (``--set``) change every run's config."""
-    """Run every setting, write run folders, plots and ``summary.csv``; return the claims."""
+    """Run every setting into ``out`` (run folders ``SETTING/METHOD``, plots,
+    ``summary.csv``) and return the claims; ``overrides`` (``--set``) change every run's
+    config; ``jobs`` runs at a time (see :func:`~nettrain.reproduce.runner.run_all`)."""
     eval_every = 10 if quick else 25
-    results: dict[str, dict[str, Records]] = {}
-    rows = []
+    plan = {}
     for setting in SETTINGS:
-        results[setting.name] = {}
         for label, extra in setting.methods().items():
             values = BASE | setting.overrides | extra
             rounds = setting.rounds[0 if quick else 1]
-            cfg = load_config(
-                values
-                | {"rounds": rounds, "eval_every": eval_every, "seed": seed}
-                | dict(overrides)
-            )
-            folder = out / setting.name / label.replace(" ", "_").replace("=", "")
-            result = run(cfg, folder)
-            records = [with_test_error(r) for r in result.records]
-            results[setting.name][label] = records
-            rows.append({"setting": setting.name, "method": label, **final(records)})
-            console.print(f"{setting.name:14s} {label:26s} " + describe(rows[-1]))
+            schedule = {"rounds": rounds, "eval_every": eval_every, "seed": seed}
+            plan[f"{setting.name}/{label}"] = load_config(values | schedule | dict(overrides))
+
+    def done(name: str, records: Records | None, note: str) -> None:
+        if records is not None:  # always: no error is tolerated here
+            setting, label = name.split("/")
+            shown = describe(final([with_test_error(r) for r in records]))
+            console.print(f"{setting:14s} {label:26s} {shown} {note}")
+
+    found = run_all(plan, out, jobs=jobs, done=done)
+    results: dict[str, dict[str, Records]] = {s.name: {} for s in SETTINGS}
+    rows = []
+    for name, records in ((k, v) for k, v in found.items() if v is not None):
+        setting, label = name.split("/")
+        results[setting][label] = [with_test_error(r) for r in records]
+        rows.append({"setting": setting, "method": label, **final(results[setting][label])})
+    for setting in SETTINGS:
         plot_metrics(
             results[setting.name], PANELS, out / f"{setting.name}.png", title=setting.title
         )

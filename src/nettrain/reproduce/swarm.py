@@ -30,11 +30,11 @@ from typing import Any
 
 from rich.console import Console
 
-from nettrain.config import load_config
-from nettrain.experiment import run
+from nettrain.config import RunConfig, load_config
 from nettrain.report.plots import plot_metrics
 from nettrain.report.tables import rows_table, write_csv
 from nettrain.reproduce.claims import Claim
+from nettrain.reproduce.runner import run_all
 
 Records = list[dict[str, Any]]
 
@@ -109,29 +109,32 @@ def reproduce(
     seed: int = 0,
     console: Console,
     overrides: Mapping[str, Any] = MappingProxyType({}),
+    jobs: int = 1,
 ) -> list[Claim]:
-    """Run the experiment into ``out``; ``overrides`` (``--set``) change every run's config."""
+    """Run the experiment into ``out``; ``overrides`` (``--set``) change every run's config;
+    ``jobs`` runs at a time (see :func:`~nettrain.reproduce.runner.run_all`)."""
     sizes, samples, epochs = ((16,), 12_000, 4) if quick else ((8, 16, 32), 60_000, 10)
     middle = sizes[len(sizes) // 2]
-    results: dict[str, Records] = {}
-    rows = []
+    model = {} if quick else {"model": "cnn"}  # the paper's small CNN in the full run
+    plan: dict[str, RunConfig] = {}
     for n in sizes:
-        runs = methods() | (extra_methods() if n == middle else {})
-        for label, extra in runs.items():
-            model = {} if quick else {"model": "cnn"}  # the paper's small CNN in the full run
+        for label, extra in (methods() | (extra_methods() if n == middle else {})).items():
             values = BASE | model | extra | {"agents": n, "seed": seed, "train_samples": samples}
             rounds = rounds_for(values, n, samples, epochs)
-            cfg = load_config(
-                values | {"rounds": rounds, "eval_every": max(1, rounds // EVALS)} | dict(overrides)
-            )
-            name = f"n{n} {label}"
-            result = run(cfg, out / name.replace(" ", "_"))
-            results[name] = result.records
-            last = result.records[-1]
-            reach = first(result.records, TARGET, "virtual_time_s")
-            row = {"n": n, "method": label, **{k: last.get(k) for k in COLUMNS}}
-            rows.append(row | {"virtual_time_to_85%": reach})
-            console.print(f"{name:28s} " + describe(rows[-1]))
+            schedule = {"rounds": rounds, "eval_every": max(1, rounds // EVALS)}
+            plan[f"n{n} {label}"] = load_config(values | schedule | dict(overrides))
+
+    def done(name: str, records: Records | None, note: str) -> None:
+        if records is not None:  # always: no error is tolerated here
+            console.print(f"{name:28s} {describe(table_row(records))} {note}")
+
+    found = run_all(plan, out, jobs=jobs, done=done)
+    results = {name: records for name, records in found.items() if records is not None}
+    rows = []
+    for name, records in results.items():
+        n, label = name.split(" ", 1)
+        rows.append({"n": int(n[1:]), "method": label} | table_row(records))
+    for n in sizes:
         curves = {k.split(" ", 1)[1]: v for k, v in results.items() if k.startswith(f"n{n} ")}
         plot_metrics(curves, PANELS, out / f"n{n}.png", title=f"Fashion-MNIST, {n} agents", x=X)
     write_csv(rows, out / "summary.csv")
@@ -152,6 +155,14 @@ COLUMNS = (
     "wall_time_s",
 )
 X = ("epoch", "epochs (samples / training set)")
+
+
+def table_row(records: Records) -> dict[str, Any]:
+    """The summary table's columns for one run: its last record and the time to 85%."""
+    last = records[-1]
+    return {k: last.get(k) for k in COLUMNS} | {
+        "virtual_time_to_85%": first(records, TARGET, "virtual_time_s")
+    }
 
 
 def describe(row: Mapping[str, Any]) -> str:

@@ -1,0 +1,111 @@
+"""Run an experiment's configurations: keep finished runs, and run the rest in parallel.
+
+A reproduction is tens of independent runs. :func:`run_all` takes them as a plan
+(name -> config), keeps every run whose folder already holds a finished run of the same
+config (``summary.json`` next to an equal ``config.json``), so an interrupted
+reproduction continues where it stopped, and runs the others one after another or in
+``jobs`` worker processes of ``threads`` torch threads each. A run's numbers depend only
+on its config (the simulator is deterministic), so neither keeping nor parallelism
+changes them; only ``wall_time_s`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nettrain.config import RunConfig, load_config
+from nettrain.errors import ConfigError
+from nettrain.experiment import run
+from nettrain.recording import config_json, read_records
+
+Records = list[dict[str, Any]]
+
+
+def finished_records(folder: Path, cfg: RunConfig) -> Records | None:
+    """The records of the finished run of ``cfg`` in ``folder``, or ``None`` if there is none."""
+    if not (folder / "summary.json").is_file() or not (folder / "config.json").is_file():
+        return None
+    saved = json.loads((folder / "config.json").read_text())
+    return read_records(folder) if saved == config_json(cfg.to_dict()) else None
+
+
+def folder_name(name: str) -> str:
+    """A run's folder in the experiment's folder: its name with ``_`` for spaces."""
+    return name.replace(" ", "_")
+
+
+def threads_per_job(jobs: int) -> int:
+    """Torch threads for each of ``jobs`` workers: this process's cores shared out."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // jobs)
+
+
+def _run_in_worker(config: dict[str, Any], folder: str, threads: int) -> Records:
+    torch.set_num_threads(threads)
+    return run(load_config(config), folder).records
+
+
+def run_all(
+    plan: Mapping[str, RunConfig],
+    out: Path,
+    *,
+    jobs: int = 1,
+    done: Callable[[str, Records | None, str], None] = lambda name, records, note: None,
+    tolerate: tuple[type[Exception], ...] = (),
+) -> dict[str, Records | None]:
+    """Run every ``plan[name]`` into ``out / folder_name(name)``; return the records in
+    plan order.
+
+    ``done(name, records, note)`` is called as each run ends, with ``note`` "kept" (the
+    run was already in its folder) or "" (it ran). A run that raises one of ``tolerate``
+    gets ``None`` for records and the error's message as ``note``; any other error stops
+    the runs and is raised. With ``jobs > 1`` the runs go to that many worker processes
+    (spawned, so CUDA works in them).
+    """
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    results: dict[str, Records | None] = {}
+
+    def finish(name: str, outcome: Callable[[], Records]) -> None:
+        try:
+            results[name], note = outcome(), ""
+        except tolerate as err:
+            results[name], note = None, str(err)
+        done(name, results[name], note)
+
+    todo = []
+    for name, cfg in plan.items():
+        kept = finished_records(out / folder_name(name), cfg)
+        if kept is None:
+            todo.append(name)
+        else:
+            results[name] = kept
+            done(name, kept, "kept")
+    if jobs == 1:
+        for name in todo:
+            finish(name, lambda name=name: run(plan[name], out / folder_name(name)).records)
+        return {name: results[name] for name in plan}
+    threads = threads_per_job(jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max(1, min(jobs, len(todo))), mp_context=context) as pool:
+        futures = {
+            pool.submit(
+                _run_in_worker, plan[name].to_dict(), str(out / folder_name(name)), threads
+            ): name
+            for name in todo
+        }
+        try:
+            for future in as_completed(futures):
+                finish(futures[future], future.result)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    return {name: results[name] for name in plan}

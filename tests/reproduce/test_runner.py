@@ -1,0 +1,92 @@
+"""run_all: finished runs are kept, changed or unfinished ones run again, parallel runs
+give the same numbers, and an error one run is allowed to raise leaves the others."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nettrain.config import RunConfig, load_config
+from nettrain.errors import ConfigError, DivergenceError
+from nettrain.recording import read_records
+from nettrain.reproduce import runner
+from nettrain.reproduce.runner import finished_records, run_all
+
+
+def tiny(**overrides: Any) -> RunConfig:
+    values = {"dataset": "digits", "model": "linear", "agents": 4, "rounds": 6}
+    return load_config(values | {"eval_every": 3, "progress": False} | overrides)
+
+
+def plan() -> dict[str, RunConfig]:
+    return {"a dpsgd": tiny(algorithm="dpsgd"), "b allreduce": tiny(algorithm="allreduce")}
+
+
+def numbers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {k: v for k, v in r.items() if k not in ("wall_time_s", "samples_per_s")} for r in records
+    ]
+
+
+def test_a_finished_run_is_kept_and_a_changed_one_runs_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = run_all(plan(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dpsgd", "b_allreduce"]
+    assert first["a dpsgd"] == read_records(tmp_path / "a_dpsgd")
+
+    ran: list[str] = []
+    real_run = runner.run
+
+    def counted_run(cfg: RunConfig, out: Path) -> Any:
+        ran.append(Path(out).name)
+        return real_run(cfg, out)
+
+    monkeypatch.setattr(runner, "run", counted_run)
+    notes: dict[str, str] = {}
+    changed = plan() | {"b allreduce": tiny(algorithm="allreduce", lr=0.05)}
+    second = run_all(changed, tmp_path, done=lambda name, records, note: notes.update({name: note}))
+    assert ran == ["b_allreduce"]  # the config changed: it ran again
+    assert notes == {"a dpsgd": "kept", "b allreduce": ""}
+    assert second["a dpsgd"] == first["a dpsgd"]
+    assert second["b allreduce"] != first["b allreduce"]
+
+
+def test_an_unfinished_run_is_not_kept(tmp_path: Path) -> None:
+    cfg = tiny(algorithm="dpsgd")
+    run_all({"x": cfg}, tmp_path)
+    assert finished_records(tmp_path / "x", cfg) is not None
+    (tmp_path / "x" / "summary.json").unlink()  # as if the run stopped before its end
+    assert finished_records(tmp_path / "x", cfg) is None
+    run_all({"x": cfg}, tmp_path)
+    assert finished_records(tmp_path / "x", cfg) is not None
+
+
+def test_parallel_runs_give_the_same_numbers(tmp_path: Path) -> None:
+    one = run_all(plan(), tmp_path / "one")
+    two = run_all(plan(), tmp_path / "two", jobs=2)
+    assert list(two) == list(plan())  # plan order, whatever finished first
+    for name in plan():
+        assert numbers(two[name]) == numbers(one[name])
+
+
+def test_a_tolerated_error_gives_none_and_its_message(tmp_path: Path) -> None:
+    bad = tiny(algorithm="dpsgd", model="mlp", lr=1e6, rounds=30)  # diverges to inf
+    notes: dict[str, str] = {}
+    found = run_all(
+        {"bad": bad, "good": tiny(algorithm="dpsgd")},
+        tmp_path,
+        done=lambda name, records, note: notes.update({name: note}),
+        tolerate=(DivergenceError,),
+    )
+    assert found["bad"] is None and "diverg" in notes["bad"]
+    assert found["good"] is not None and notes["good"] == ""
+    with pytest.raises(DivergenceError):
+        run_all({"bad": bad}, tmp_path)
+
+
+def test_jobs_below_one_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--jobs"):
+        run_all(plan(), tmp_path, jobs=0)
