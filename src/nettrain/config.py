@@ -45,7 +45,7 @@ BACKENDS = ("auto", "gloo", "nccl")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
 # what sends its models or gradients through quantizer= (the others send them as they are)
-QUANTIZED_ALGORITHMS = ("allreduce", "local_sgd", "dpsgd", "gradient_tracking", "swarm")
+QUANTIZED_ALGORITHMS = tuple(k for k, cls in ALGORITHMS.items() if cls.compresses)
 # the asynchronous methods that skip lost exchanges (faults.py)
 FAULT_TOLERANT = tuple(k for k, cls in ALGORITHMS.items() if cls.tolerates_faults)
 

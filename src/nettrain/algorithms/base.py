@@ -41,6 +41,9 @@ class Method(ABC, Generic[S]):
     # an asynchronous method that skips a lost exchange (message drops, crashes, splits:
     # nettrain.faults); for its lost reply the engines hand back what it sent
     tolerates_faults: ClassVar[bool] = False
+    # sends its models or gradients through the config's quantizer= (the others send
+    # them as they are, and refuse one)
+    compresses: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

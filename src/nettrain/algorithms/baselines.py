@@ -117,6 +117,7 @@ class AllReduceSGD(Algorithm[AllReduceState]):
     error_feedback: bool = True
     seed: int = 0  # of the random codes
     name = "allreduce"
+    compresses = True
 
     @classmethod
     def from_config(cls, cfg: Any) -> AllReduceSGD:
@@ -166,6 +167,7 @@ class LocalSGD(Algorithm[SGDRunState]):
     compressor: Compressor | None = None  # of the models averaged
     seed: int = 0  # of the random codes
     name = "local_sgd"
+    compresses = True
 
     @classmethod
     def from_config(cls, cfg: Any) -> LocalSGD:
@@ -202,6 +204,7 @@ class DPSGD(Algorithm[SGDRunState]):
     compressor: Compressor | None = None  # of the models mixed
     seed: int = 0  # of the random codes
     name = "dpsgd"
+    compresses = True
 
     @classmethod
     def from_config(cls, cfg: Any) -> DPSGD:
@@ -250,6 +253,7 @@ class GradientTracking(Algorithm[TrackingState]):
     compressor: Compressor | None = None  # of the models and trackers mixed
     seed: int = 0  # of the random codes
     name = "gradient_tracking"
+    compresses = True
 
     @classmethod
     def from_config(cls, cfg: Any) -> GradientTracking:

@@ -63,6 +63,7 @@ class SwarmSGD(GossipAlgorithm[SwarmState]):
     geometric: bool = False  # phases of a geometric number of steps with mean local_steps
     name = "swarm"
     tolerates_faults = True
+    compresses = True
 
     def __post_init__(self) -> None:
         if self.local_steps < 0:
@@ -137,6 +138,7 @@ class ADPSGD(SwarmSGD):
     """AD-PSGD: SwarmSGD's non-blocking exchange with one local step and no compression."""
 
     name = "adpsgd"
+    compresses = False  # D-PSGD's exchange as the paper has it: uncompressed
 
     @classmethod
     def from_config(cls, cfg: Any) -> ADPSGD:
