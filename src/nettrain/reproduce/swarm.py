@@ -7,8 +7,8 @@ SGD train for ``E`` epochs; the asynchronous methods (SwarmSGD, AD-PSGD) for ``2
 default here: ``H = 2`` local steps, non-blocking, 8-bit lattice quantisation against
 the receiver's model (``eps = 1e-3``). ``--quick``: 16 agents, 12,000 training
 samples, ``E = 4``; the full run: 8, 16 and 32 agents on all 60,000 samples,
-``E = 10``, the small CNN (hours on a 2-core CPU: ``--set device=cuda`` on a GPU, or
-``--set model=mlp`` for the MLP). Checked:
+``E = 10``, the small CNN (1 h 50 min on a 2-core CPU with ``--jobs 2``;
+``--set device=cuda`` on a GPU, or ``--set model=mlp`` for the MLP). Checked:
 
 1. SwarmSGD's final accuracy is within 1 point of all-reduce SGD's (for every ``n``).
 2. To reach all-reduce's final accuracy minus 1 point, 8-bit SwarmSGD sends at least
