@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from nettrain.data import Dataset
@@ -76,6 +80,23 @@ def torchrun_command(nproc: int, *args: str, port: int | None = None) -> list[st
         str(port if port is not None else free_port()),
         *args,
     ]
+
+
+def wait_or_fail(
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    timeout_s: float,
+    kill: Callable[[], None] | None = None,
+) -> None:
+    """Wait for a launch; past ``timeout_s`` kill it (``kill``, default ``proc.kill``) and
+    fail with the end of its ``log``; a non-zero exit fails with the log too."""
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        (kill or proc.kill)()
+        proc.wait()
+        pytest.fail(f"torchrun did not finish in {timeout_s} s:\n{log.read_text()[-6000:]}")
+    assert proc.returncode == 0, log.read_text()[-6000:]
 
 
 def sim_job(

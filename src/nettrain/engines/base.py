@@ -11,7 +11,7 @@ import torch
 
 from nettrain.algorithms.base import Algorithm, Method
 from nettrain.checkpoint import Checkpoint
-from nettrain.engines.sim.clock import CostModel
+from nettrain.engines.sim.clock import CostModel, VirtualClock
 from nettrain.errors import DivergenceError
 from nettrain.evaluation import model_metrics
 from nettrain.faults import Faults
@@ -75,6 +75,24 @@ def work_totals(n: int, faults: Faults) -> dict[str, torch.Tensor]:
     bytes, and with dropped messages (``faults.drop``) the messages resent."""
     keys = ("samples", "messages", "bytes") + (("resent",) if faults.drop else ())
     return {k: torch.zeros(n, dtype=torch.int64) for k in keys}
+
+
+def account_round(
+    clock: VirtualClock,
+    totals: dict[str, torch.Tensor],
+    faults: Faults,
+    t: int,
+    samples: torch.Tensor,
+    messages: torch.Tensor,
+    nbytes: torch.Tensor,
+) -> None:
+    """Synchronous round ``t``'s work ``(n,)`` each, in both engines: advance ``clock``
+    (dropped messages resent, :meth:`Faults.resent`) and add it to ``totals``."""
+    resent = faults.resent(messages, t)
+    clock.sync_round(samples, messages, nbytes, resent * faults.resend_s)
+    work = {"samples": samples, "messages": messages, "bytes": nbytes, "resent": resent}
+    for key in totals:
+        totals[key] += work[key]
 
 
 def traffic_fields(totals: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -89,13 +89,13 @@ def run_all(
         else:
             results[name] = kept
             done(name, kept, "kept")
-    if jobs == 1:
+    if jobs == 1 or not todo:
         for name in todo:
             finish(name, lambda name=name: run(plan[name], out / folder_name(name)).records)
         return {name: results[name] for name in plan}
     threads = threads_per_job(jobs)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max(1, min(jobs, len(todo))), mp_context=context) as pool:
+    with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context) as pool:
         futures = {
             pool.submit(
                 _run_in_worker, plan[name].to_dict(), str(out / folder_name(name)), threads

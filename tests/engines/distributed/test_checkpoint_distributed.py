@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import torch
 
-from helpers import free_port, torchrun_command
+from helpers import free_port, torchrun_command, wait_or_fail
 from nettrain.algorithms.baselines import AllReduceState
 from nettrain.algorithms.sgd import SGDState
 from nettrain.checkpoint import Checkpoint
@@ -124,13 +124,7 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, Checkpoint]]:
         for case, (config, _, _) in CASES.items():
             run(load_config(SMALL | config | {"rounds": ROUNDS}), root / case / "sim")
             sims[case] = Checkpoint.load(root / case / "sim")
-    try:
-        proc.wait(timeout=240)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"torchrun did not finish in 240 s:\n{log.read_text()[-6000:]}")
-    assert proc.returncode == 0, log.read_text()[-6000:]
+    wait_or_fail(proc, log, 240)
     return root, sims
 
 

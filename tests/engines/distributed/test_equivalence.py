@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import torchrun_command
+from helpers import torchrun_command, wait_or_fail
 from nettrain.config import load_config
 from nettrain.engines.base import Job, RunResult
 from nettrain.engines.distributed.engine import DistributedEngine
@@ -104,13 +104,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, RunResult]]:
     configs = [json.dumps(SMALL | case) for case in CASES.values()]
     proc = torchrun(4, Path(__file__).with_name("worker.py"), str(out), *configs, log=log)
     sims = {name: run(load_config(SMALL | case)) for name, case in CASES.items()}
-    try:
-        proc.wait(timeout=240)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"torchrun did not finish in 240 s:\n{log.read_text()[-6000:]}")
-    assert proc.returncode == 0, log.read_text()[-6000:]
+    wait_or_fail(proc, log, 240)
     results = torch.load(out, weights_only=False)
     return {name: (results[text], sims[name]) for name, text in zip(CASES, configs, strict=True)}
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import free_port, torchrun_command
+from helpers import free_port, torchrun_command, wait_or_fail
 from nettrain.engines.distributed.comm import PeerError
 from nettrain.engines.distributed.rpc import (
     Counts,
@@ -89,13 +89,7 @@ def test_the_mailbox_counts_exactly_what_was_sent(store: str, tmp_path: Path) ->
         proc = subprocess.Popen(
             command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
-    try:
-        proc.wait(timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail(f"torchrun did not finish in {LAUNCH_TIMEOUT_S} s:\n{log.read_text()[-6000:]}")
-    assert proc.returncode == 0, log.read_text()[-6000:]
+    wait_or_fail(proc, log, LAUNCH_TIMEOUT_S, kill=lambda: os.killpg(proc.pid, signal.SIGKILL))
 
     pids = [int((tmp_path / f"pid.{rank}").read_text()) for rank in range(4)]
     deadline = time.monotonic() + 5

@@ -24,6 +24,7 @@ from nettrain.checkpoint import Checkpoint, load_state, state_dict
 from nettrain.engines.base import (
     Job,
     RunResult,
+    account_round,
     centre_fields,
     check_finite,
     status_line,
@@ -88,12 +89,8 @@ def run_rounds(
         every = gather(mine.to(device)).cpu().view(n, k, 5)  # (agents, rounds, fields)
         pending.clear()
         for j in range(k):
-            samples, messages, nbytes = every[:, j, :3].round().to(torch.int64).unbind(1)
-            resent = faults.resent(messages, t - k + 1 + j)
-            clock.sync_round(samples, messages, nbytes, resent * faults.resend_s)
-            work = {"samples": samples, "messages": messages, "bytes": nbytes, "resent": resent}
-            for key in totals:
-                totals[key] += work[key]
+            work = every[:, j, :3].round().to(torch.int64).unbind(1)
+            account_round(clock, totals, faults, t - k + 1 + j, *work)
             check_finite(every[:, j, 3], t - k + 1 + j, job.algorithm.stability_hint)
         return every[:, -1, 3].to(x.dtype), float(every[:, -1, 4].max())
 

@@ -18,6 +18,7 @@ from nettrain.checkpoint import Checkpoint, load_state, state_dict
 from nettrain.engines.base import (
     Job,
     RunResult,
+    account_round,
     centre_fields,
     check_finite,
     status_line,
@@ -55,11 +56,7 @@ class SimEngine:
         def account(t: int = -1) -> None:
             samples = oracle.meter.reset()
             messages, nbytes = comm.traffic.reset()
-            resent = faults.resent(messages, t)
-            clock.sync_round(samples, messages, nbytes, resent * faults.resend_s)
-            work = {"samples": samples, "messages": messages, "bytes": nbytes, "resent": resent}
-            for k in totals:
-                totals[k] += work[k]
+            account_round(clock, totals, faults, t, samples, messages, nbytes)
 
         start = time.perf_counter()
         state = job.algorithm.init(x, oracle, comm)
