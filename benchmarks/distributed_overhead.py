@@ -128,13 +128,7 @@ class DDPRunner:
     def __init__(self, cfg: RunConfig, rank: int) -> None:
         job = build_job(cfg)
         data = job.problem.data
-        model = build_model(
-            cfg.model,
-            data.n_features,
-            data.n_outputs,
-            hidden=cfg.hidden,
-            image_shape=data.image_shape,
-        )
+        model = build_model(cfg.model, data.feature_shape, data.n_outputs, hidden=cfg.hidden)
         job.problem.spec.load_into(model, job.x0)
         self.spec = job.problem.spec
         self.model = DistributedDataParallel(model)

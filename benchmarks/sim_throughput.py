@@ -145,7 +145,7 @@ class Malloc:
 
 
 def make_problem(case: Case, data: Dataset) -> Problem:
-    model = build_model("mlp", data.n_features, data.n_outputs, hidden=case.hidden)
+    model = build_model("mlp", data.feature_shape, data.n_outputs, hidden=case.hidden)
     return Problem(model, get_loss("cross_entropy"), Regularizer(), data)
 
 
@@ -178,11 +178,11 @@ class LoopRunner:
         self.models: list[nn.Module] = []
         self.optimizers: list[torch.optim.Optimizer] = []
         for _ in shards:
-            model = build_model("mlp", data.n_features, data.n_outputs, hidden=case.hidden)
+            model = build_model("mlp", data.feature_shape, data.n_outputs, hidden=case.hidden)
             problem.spec.load_into(model, x0)
             self.models.append(model)
             self.optimizers.append(torch.optim.SGD(model.parameters(), lr=LR))
-        self.xs = [data.x_train[s] for s in shards]  # each agent's own samples (|shard|, F)
+        self.xs = [data.x_train[s] for s in shards]  # each agent's own samples (|shard|, ...)
         self.ys = [data.y_train[s] for s in shards]
         self.generators = [
             torch.Generator().manual_seed(agent_seed(SEED, i)) for i in range(len(shards))

@@ -26,7 +26,7 @@ def regression_data(n_samples: int = 120, n_features: int = 5, seed: int = 0) ->
     a = torch.randn(n_samples, n_features, generator=gen, dtype=torch.float64)
     w = torch.randn(n_features, generator=gen, dtype=torch.float64)
     y = a @ w + 0.5 + 0.3 * torch.randn(n_samples, generator=gen, dtype=torch.float64)
-    return Dataset("linreg", a, y, a[:20], y[:20], n_classes=0, image_shape=None)
+    return Dataset("linreg", a, y, a[:20], y[:20], n_classes=0)
 
 
 def least_squares_problem(data: Dataset, reg: Regularizer | None = None) -> Problem:

@@ -25,7 +25,7 @@ from typing import Any
 
 from nettrain.algorithms import ALGORITHMS, ASYNCHRONOUS, SOLVERS, SURROGATES
 from nettrain.compression import COMPRESSORS
-from nettrain.data import DATASETS, PARTITIONS
+from nettrain.data import DATASETS, PARTITIONS, is_npz_path
 from nettrain.errors import ConfigError
 from nettrain.faults import Faults
 from nettrain.problem.losses import LOSSES, REGULARIZERS
@@ -82,11 +82,20 @@ class RunConfig:
         0, "rounds between checkpoints (checkpoint.pt in the run folder, for --resume); 0 = none"
     )
     # --- data and model ---
-    dataset: str = key("digits", "data set (fashion_mnist reads the IDX files)", DATASETS)
+    dataset: str = key(
+        "digits",
+        f"data set: {', '.join(DATASETS)} (fashion_mnist reads the IDX files), or the path "
+        "of a .npz file with arrays x_train, y_train, x_test, y_test (optional groups_train)",
+    )
     data_dir: str = key("", "folder of the Fashion-MNIST IDX files; empty = Debian's folder")
     train_samples: int = key(0, "use a seeded subset of this many training samples; 0 = all")
     test_fraction: float = key(0.2, "test share of the scikit-learn data sets (no official split)")
-    partition: str = key("iid", "how training samples are split over agents", PARTITIONS)
+    partition: str = key(
+        "iid",
+        "how training samples are split over agents (groups: whole groups of a data set "
+        "with group ids, e.g. writers)",
+        PARTITIONS,
+    )
     classes_per_agent: int = key(2, "partition=shards: classes held by each agent")
     dirichlet_alpha: float = key(0.5, "partition=dirichlet: concentration, small = skewed")
     model: str = key("mlp", "network: MLP, linear model, or small CNN (image data)", MODELS)
@@ -264,6 +273,11 @@ class RunConfig:
                 raise ConfigError(
                     f"{f.name}={value!r} is not allowed; choose one of {', '.join(choices)}"
                 )
+        if self.dataset not in DATASETS and not is_npz_path(self.dataset):
+            raise ConfigError(
+                f"dataset={self.dataset!r} is not allowed; choose one of {', '.join(DATASETS)}, "
+                "or a .npz file (path ending in .npz)"
+            )
         positive = (
             "agents",
             "rounds",

@@ -74,9 +74,9 @@ def build_problem(cfg: RunConfig) -> Problem:
     data = dataclasses.replace(data, **moved)
     if data.n_classes == 0 and cfg.loss != "squared":
         raise ConfigError(f"dataset={cfg.dataset} is a regression set; use loss=squared")
-    model = build_model(
-        cfg.model, data.n_features, data.n_outputs, hidden=cfg.hidden, image_shape=data.image_shape
-    ).to(cfg.device, dtype)
+    model = build_model(cfg.model, data.feature_shape, data.n_outputs, hidden=cfg.hidden).to(
+        cfg.device, dtype
+    )
     return Problem(model, get_loss(cfg.loss), Regularizer(cfg.regularizer, cfg.reg_lambda), data)
 
 
@@ -116,6 +116,7 @@ def build_job(cfg: RunConfig) -> Job:
         classes_per_agent=cfg.classes_per_agent,
         alpha=cfg.dirichlet_alpha,
         n_classes=problem.data.n_classes or None,
+        groups=problem.data.groups,
     )
     algorithm = build_algorithm(cfg)
     algorithm.check(problem)

@@ -108,7 +108,7 @@ def sparse_regression() -> Dataset:
     a = torch.randn(160, 10, generator=gen, dtype=torch.float64)
     y = a[:, :3] @ torch.tensor([2.0, -1.5, 1.0], dtype=torch.float64)
     y = y + 0.1 * torch.randn(160, generator=gen, dtype=torch.float64)
-    return Dataset("sparse", a, y, a[:20], y[:20], n_classes=0, image_shape=None)
+    return Dataset("sparse", a, y, a[:20], y[:20], n_classes=0)
 
 
 @pytest.mark.parametrize("surrogate", ["linear", "cross_entropy"])
@@ -135,7 +135,6 @@ def binary_data() -> Dataset:
         data.x_test.double(),
         data.y_test,
         n_classes=2,
-        image_shape=None,
     )
 
 
@@ -190,7 +189,7 @@ def mlp_subproblem(loss: str, reg: Regularizer, blocks: int) -> tuple[Subproblem
     problem = Problem(model, get_loss(loss), reg, data)
     problem.data = Dataset(
         "digits", data.x_train.double(), data.y_train, data.x_test.double(), data.y_test,
-        n_classes=10, image_shape=None,
+        n_classes=10,
     )  # fmt: skip
     shards = iid_shards(60, 3)
     oracle = problem.oracle(shards, range(3), batch_size=0, seed=0)

@@ -15,14 +15,14 @@ from nettrain.data import DATASETS, FASHION_MNIST_DIR, Dataset, load_dataset
 from nettrain.data.datasets import FASHION_MNIST_FILES
 from nettrain.errors import ConfigError, DataError
 
-# name -> (samples in total, features, classes, image_shape)
+# name -> (samples in total, feature shape, classes)
 SMALL = {
-    "digits": (1797, 64, 10, (1, 8, 8)),
-    "breast_cancer": (569, 30, 2, None),
-    "wine": (178, 13, 3, None),
-    "iris": (150, 4, 3, None),
-    "diabetes": (442, 10, 0, None),
-    "synthetic": (1250, 10, 3, None),
+    "digits": (1797, (1, 8, 8), 10),
+    "breast_cancer": (569, (30,), 2),
+    "wine": (178, (13,), 3),
+    "iris": (150, (4,), 3),
+    "diabetes": (442, (10,), 0),
+    "synthetic": (1250, (10,), 3),
 }
 CLASSIFIERS = [name for name, spec in SMALL.items() if spec[2] > 0]
 
@@ -33,20 +33,21 @@ def test_every_listed_data_set_is_covered_here():
 
 @pytest.mark.parametrize("name", SMALL)
 def test_shapes_dtypes_and_properties(name: str):
-    n, n_features, n_classes, image_shape = SMALL[name]
+    n, feature_shape, n_classes = SMALL[name]
     ds = load_dataset(name)
     n_test = math.ceil(0.2 * n)
     assert ds.name == name
-    assert ds.x_train.shape == (n - n_test, n_features)
-    assert ds.x_test.shape == (n_test, n_features)
+    assert ds.x_train.shape == (n - n_test, *feature_shape)
+    assert ds.x_test.shape == (n_test, *feature_shape)
     assert ds.x_train.dtype == ds.x_test.dtype == torch.float32
     assert ds.y_train.shape == (n - n_test,)
     assert ds.y_test.shape == (n_test,)
     label_dtype = torch.int64 if n_classes else torch.float32
     assert ds.y_train.dtype == ds.y_test.dtype == label_dtype
     assert ds.n_classes == n_classes
-    assert ds.image_shape == image_shape
-    assert ds.n_features == n_features
+    assert ds.feature_shape == feature_shape
+    assert ds.n_features == math.prod(feature_shape)
+    assert ds.groups is None
     assert ds.n_outputs == (n_classes or 1)
     assert ds.task == ("classification" if n_classes else "regression")
     assert name in repr(ds)
@@ -60,13 +61,14 @@ def test_synthetic_has_the_documented_default_size():
 @pytest.mark.parametrize("name", SMALL)
 def test_features_are_standardised_with_train_statistics(name: str):
     ds = load_dataset(name, seed=4)
-    mean, std = ds.x_train.double().mean(dim=0), ds.x_train.double().std(dim=0, unbiased=False)
+    x = ds.x_train.double().flatten(1)  # per-feature statistics, images too
+    mean, std = x.mean(dim=0), x.std(dim=0, unbiased=False)
     assert mean.abs().max() < 1e-5
     constant = std < 1e-6  # digits has always-blank pixels; they stay 0, not NaN
     assert torch.allclose(std[~constant], torch.ones_like(std[~constant]), atol=1e-4)
     assert torch.isfinite(ds.x_test).all()
     # the test set is transformed with the train statistics, not its own
-    assert ds.x_test.double().mean(dim=0).abs().max() > 1e-3
+    assert ds.x_test.double().flatten(1).mean(dim=0).abs().max() > 1e-3
 
 
 def test_diabetes_targets_are_standardised():
@@ -117,20 +119,20 @@ def test_unknown_name_lists_the_data_sets():
     with pytest.raises(ConfigError) as info:
         load_dataset("mnist")
     assert all(name in str(info.value) for name in DATASETS)
+    assert ".npz" in str(info.value)
 
 
 def test_train_samples_takes_a_stratified_seeded_subset():
     full = load_dataset("digits", seed=2)
     small = load_dataset("digits", seed=2, train_samples=100)
-    assert small.x_train.shape == (100, 64)
+    assert small.x_train.shape == (100, 1, 8, 8)
     counts = torch.bincount(small.y_train, minlength=10)
     assert counts.min() >= 9 and counts.max() <= 11
     assert torch.equal(small.x_test, full.x_test)
     # every kept row is a row of the full training set, with its label
-    rows = {tuple(r): int(y) for r, y in zip(full.x_train.tolist(), full.y_train, strict=True)}
-    assert all(
-        rows[tuple(r)] == int(y) for r, y in zip(small.x_train.tolist(), small.y_train, strict=True)
-    )
+    full_rows, small_rows = full.x_train.flatten(1).tolist(), small.x_train.flatten(1).tolist()
+    rows = {tuple(r): int(y) for r, y in zip(full_rows, full.y_train, strict=True)}
+    assert all(rows[tuple(r)] == int(y) for r, y in zip(small_rows, small.y_train, strict=True))
     again = load_dataset("digits", seed=2, train_samples=100)
     assert torch.equal(small.x_train, again.x_train)
 
@@ -153,14 +155,16 @@ def test_bad_train_samples_raises(value: float):
 
 def test_dataset_rejects_inconsistent_tensors():
     x, y = torch.zeros(4, 3), torch.zeros(4, dtype=torch.int64)
-    with pytest.raises(DataError, match="y_train"):
-        Dataset("bad", x, y[:3], x, y, n_classes=2, image_shape=None)
-    with pytest.raises(DataError, match="features"):
-        Dataset("bad", x, y, torch.zeros(4, 2), y, n_classes=2, image_shape=None)
-    with pytest.raises(DataError, match="image_shape"):
-        Dataset("bad", x, y, x, y, n_classes=2, image_shape=(1, 2, 2))
+    with pytest.raises(DataError, match="y_train has 3 samples"):
+        Dataset("bad", x, y[:3], x, y, n_classes=2)
+    with pytest.raises(DataError, match="feature shape"):
+        Dataset("bad", x, y, torch.zeros(4, 2), y, n_classes=2)
     with pytest.raises(DataError, match="y_test"):
-        Dataset("bad", x, y, x, y.float(), n_classes=2, image_shape=None)
+        Dataset("bad", x, y, x, y.float(), n_classes=2)
+    with pytest.raises(DataError, match="int64"):
+        Dataset("bad", x, y.int(), x, y, n_classes=2)
+    with pytest.raises(DataError, match="groups has 3 ids"):
+        Dataset("bad", x, y, x, y, n_classes=2, groups=y[:3])
 
 
 # ------------------------------------------------------------------------ Fashion-MNIST
@@ -173,12 +177,13 @@ def fashion() -> Dataset:
 
 
 def test_fashion_mnist_has_the_official_split(fashion: Dataset):
-    assert fashion.x_train.shape == (60000, 784)
-    assert fashion.x_test.shape == (10000, 784)
+    assert fashion.x_train.shape == (60000, 1, 28, 28)
+    assert fashion.x_test.shape == (10000, 1, 28, 28)
     assert fashion.x_train.dtype == torch.float32
     assert fashion.y_train.dtype == torch.int64
     assert fashion.n_classes == 10
-    assert fashion.image_shape == (1, 28, 28)
+    assert fashion.feature_shape == (1, 28, 28)
+    assert fashion.n_features == 784
     assert torch.bincount(fashion.y_train).tolist() == [6000] * 10
     assert torch.bincount(fashion.y_test).tolist() == [1000] * 10
 
@@ -193,7 +198,7 @@ def test_fashion_mnist_is_standardised_by_one_train_scalar(fashion: Dataset):
 
 def test_fashion_mnist_train_samples(fashion: Dataset):
     small = load_dataset("fashion_mnist", train_samples=1000, seed=1)
-    assert small.x_train.shape == (1000, 784)
+    assert small.x_train.shape == (1000, 1, 28, 28)
     assert torch.bincount(small.y_train).tolist() == [100] * 10
     assert torch.equal(small.x_test, fashion.x_test)
 
@@ -227,14 +232,14 @@ def write_fashion_folder(folder: Path, n_train: int = 20, n_test: int = 10) -> t
 def test_fashion_mnist_reads_a_folder_of_plain_and_gz_files_exactly(tmp_path: Path):
     images, labels, test_images, test_labels = write_fashion_folder(tmp_path / "fm")
     ds = load_dataset("fashion_mnist", data_dir=tmp_path / "fm")
-    assert ds.image_shape == (1, 4, 3)
+    assert ds.feature_shape == (1, 4, 3)
     assert torch.equal(ds.y_train, torch.from_numpy(labels.astype(np.int64)))
     assert torch.equal(ds.y_test, torch.from_numpy(test_labels.astype(np.int64)))
     pixels = images.reshape(len(images), -1).astype(np.float64)
     mean, std = pixels.mean(), pixels.std()
-    np.testing.assert_allclose(ds.x_train.numpy(), (pixels - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(ds.x_train.flatten(1).numpy(), (pixels - mean) / std, atol=1e-5)
     test_pixels = test_images.reshape(len(test_images), -1).astype(np.float64)
-    np.testing.assert_allclose(ds.x_test.numpy(), (test_pixels - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(ds.x_test.flatten(1).numpy(), (test_pixels - mean) / std, atol=1e-5)
 
 
 def test_fashion_mnist_missing_folder_explains_the_fix(tmp_path: Path):

@@ -18,6 +18,19 @@ def labels() -> torch.Tensor:
     return torch.from_numpy(rng.permutation(y))
 
 
+@pytest.fixture(scope="module")
+def groups(labels: torch.Tensor) -> torch.Tensor:
+    """Skewed group ids for the labels: 40 writers, the most prolific ~10x the least."""
+    rng = np.random.default_rng(7)
+    weights = 1.0 / np.arange(1, 41) ** 0.6
+    return torch.from_numpy(rng.choice(40, size=len(labels), p=weights / weights.sum()))
+
+
+def options(scheme: str, groups: torch.Tensor) -> dict:
+    """Keyword arguments a scheme needs beyond the labels: group ids for ``groups``."""
+    return {"groups": groups} if scheme == "groups" else {}
+
+
 def check_cover(parts: list[torch.Tensor], n: int, n_agents: int) -> None:
     """Parts are sorted int64, non-empty, pairwise disjoint, and cover 0..n-1."""
     assert len(parts) == n_agents
@@ -33,9 +46,9 @@ def check_cover(parts: list[torch.Tensor], n: int, n_agents: int) -> None:
 @pytest.mark.parametrize("scheme", PARTITIONS)
 @pytest.mark.parametrize("n_agents", [1, 7, 16])
 def test_every_scheme_is_disjoint_covering_and_nonempty(
-    labels: torch.Tensor, scheme: str, n_agents: int
+    labels: torch.Tensor, groups: torch.Tensor, scheme: str, n_agents: int
 ):
-    parts = partition(labels, n_agents, scheme, seed=3)
+    parts = partition(labels, n_agents, scheme, seed=3, **options(scheme, groups))
     check_cover(parts, len(labels), n_agents)
 
 
@@ -109,18 +122,21 @@ def test_dirichlet_rejects_labels_beyond_n_classes(labels: torch.Tensor):
 
 
 @pytest.mark.parametrize("scheme", PARTITIONS)
-def test_same_seed_same_parts_other_seed_other_parts(labels: torch.Tensor, scheme: str):
-    first = partition(labels, 6, scheme, seed=11)
-    again = partition(labels, 6, scheme, seed=11)
-    other = partition(labels, 6, scheme, seed=12)
+def test_same_seed_same_parts_other_seed_other_parts(
+    labels: torch.Tensor, groups: torch.Tensor, scheme: str
+):
+    kwargs = options(scheme, groups)
+    first = partition(labels, 6, scheme, seed=11, **kwargs)
+    again = partition(labels, 6, scheme, seed=11, **kwargs)
+    other = partition(labels, 6, scheme, seed=12, **kwargs)
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 @pytest.mark.parametrize("scheme", PARTITIONS)
-def test_global_random_state_is_untouched(labels: torch.Tensor, scheme: str):
+def test_global_random_state_is_untouched(labels: torch.Tensor, groups: torch.Tensor, scheme: str):
     torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
-    partition(labels, 4, scheme)
+    partition(labels, 4, scheme, **options(scheme, groups))
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert np.array_equal(np.random.get_state()[1], numpy_state)
 
@@ -142,7 +158,7 @@ def test_more_agents_than_samples_raises(scheme: str):
         "use at most 5 agents or a larger data set"
     )
     with pytest.raises(DataError) as info:
-        partition(y, 6, scheme)
+        partition(y, 6, scheme, **options(scheme, torch.arange(5)))
     assert str(info.value) == message
 
 
@@ -185,3 +201,57 @@ def test_unknown_scheme_lists_the_schemes(labels: torch.Tensor):
     with pytest.raises(ConfigError) as info:
         partition(labels, 4, "pathological")
     assert all(name in str(info.value) for name in PARTITIONS)
+
+
+# ---------------------------------------------------------------------- groups scheme
+
+
+def test_groups_keep_each_group_whole_on_one_agent(labels: torch.Tensor, groups: torch.Tensor):
+    parts = partition(labels, 8, "groups", seed=1, groups=groups)
+    check_cover(parts, len(labels), 8)
+    owners = [set(groups[p].tolist()) for p in parts]
+    for a in range(8):
+        for b in range(a + 1, 8):
+            assert not owners[a] & owners[b], f"agents {a} and {b} share a group"
+    assert set().union(*owners) == set(groups.tolist())
+
+
+@pytest.mark.parametrize("n_agents", [2, 5, 8, 13])
+def test_groups_balance_loads_within_the_largest_group(
+    labels: torch.Tensor, groups: torch.Tensor, n_agents: int
+):
+    """Largest-first to the least-loaded agent keeps ``max - min <= largest group``."""
+    counts = torch.bincount(groups)
+    assert counts.max() >= 5 * counts[counts > 0].min(), "the example should be skewed"
+    sizes = torch.tensor([len(p) for p in partition(labels, n_agents, "groups", groups=groups)])
+    assert sizes.max() - sizes.min() <= counts.max()
+
+
+def test_groups_balance_beats_the_bound_where_it_can():
+    """Sizes 5, 4, 3, 3, 2, 1 on 3 agents: 5+1, 4+2, 3+3, loads 6, 6, 6 exactly."""
+    ids = torch.from_numpy(np.repeat(np.arange(6), [5, 4, 3, 3, 2, 1]))
+    sizes = sorted(len(p) for p in partition(ids, 3, "groups", seed=4, groups=ids))
+    assert sizes == [6, 6, 6]
+
+
+def test_groups_accept_regression_targets_of_any_shape():
+    targets = torch.randn(30, 3, generator=torch.Generator().manual_seed(0))
+    ids = torch.arange(30) % 7
+    check_cover(partition(targets, 3, "groups", groups=ids), 30, 3)
+    check_cover(partition(targets, 3, "iid"), 30, 3)
+
+
+def test_groups_without_ids_say_where_to_get_them(labels: torch.Tensor):
+    with pytest.raises(DataError, match=r"from_tensors\(\.\.\., groups=\.\.\.\)"):
+        partition(labels, 4, "groups")
+
+
+def test_fewer_groups_than_agents_raises_with_both_counts(labels: torch.Tensor):
+    ids = torch.arange(len(labels)) % 3
+    with pytest.raises(DataError, match="3 groups but 4 agents"):
+        partition(labels, 4, "groups", groups=ids)
+
+
+def test_groups_of_the_wrong_length_raise(labels: torch.Tensor):
+    with pytest.raises(DataError, match=f"groups has 10 ids but there are {len(labels)}"):
+        partition(labels, 4, "groups", groups=torch.arange(10))

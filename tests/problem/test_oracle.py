@@ -15,10 +15,10 @@ from nettrain.problem.oracle import Problem
 
 def classification_problem(model: str = "mlp") -> Problem:
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(90, 16, generator=gen, dtype=torch.float64)
+    x = torch.randn(90, 1, 4, 4, generator=gen, dtype=torch.float64)  # (N, C, H, W)
     y = torch.randint(0, 3, (90,), generator=gen)
-    data = Dataset("toy", x, y, x[:30], y[:30], n_classes=3, image_shape=(1, 4, 4))
-    net = build_model(model, 16, 3, hidden=(8,), image_shape=(1, 4, 4)).double()
+    data = Dataset("toy", x, y, x[:30], y[:30], n_classes=3)
+    net = build_model(model, (1, 4, 4), 3, hidden=(8,)).double()
     return Problem(net, get_loss("cross_entropy"), Regularizer("l2", 0.01), data)
 
 
@@ -47,7 +47,7 @@ def test_vectorised_gradient_equals_per_agent_autograd(model: str) -> None:
     x = torch.randn(3, problem.dim, generator=gen, dtype=torch.float64) * 0.3
     loss, g = oracle.grad(x)  # (3,), (3, d)
     for i, s in enumerate(shards):
-        net = build_model(model, 16, 3, hidden=(8,), image_shape=(1, 4, 4)).double()
+        net = build_model(model, (1, 4, 4), 3, hidden=(8,)).double()
         problem.spec.load_into(net, x[i])
         out = nn.functional.cross_entropy(net(problem.data.x_train[s]), problem.data.y_train[s])
         out = out + 0.01 * sum(p.square().sum() for p in net.parameters())

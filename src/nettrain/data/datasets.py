@@ -1,17 +1,20 @@
-"""Data sets: scikit-learn's bundled sets, Fashion-MNIST from local IDX files, synthetic.
+"""Built-in data sets (scikit-learn's bundled sets, Fashion-MNIST, synthetic) and ``.npz``.
 
-Every loader returns a :class:`Dataset` of flat float32 feature rows, standardised with
-statistics of the training split only, so nothing about the test set leaks into
-training::
+Every built-in loader returns a :class:`Dataset` of float32 features in their natural
+shape, standardised with statistics of the training split only, so nothing about the
+test set leaks into training::
 
-    name            source                        task            split
-    digits          sklearn load_digits (8x8)     10 classes      seeded, stratified
-    breast_cancer   sklearn load_breast_cancer    2 classes       seeded, stratified
-    wine            sklearn load_wine             3 classes       seeded, stratified
-    iris            sklearn load_iris             3 classes       seeded, stratified
-    diabetes        sklearn load_diabetes         regression      seeded
-    fashion_mnist   IDX files (28x28)             10 classes      official 60000 / 10000
-    synthetic       Gaussian mixture              3 classes       seeded, stratified
+    name            source                       x per sample   task          split
+    digits          sklearn load_digits          (1, 8, 8)      10 classes    seeded, stratified
+    breast_cancer   sklearn load_breast_cancer   (30,)          2 classes     seeded, stratified
+    wine            sklearn load_wine            (13,)          3 classes     seeded, stratified
+    iris            sklearn load_iris            (4,)           3 classes     seeded, stratified
+    diabetes        sklearn load_diabetes        (10,)          regression    seeded
+    fashion_mnist   IDX files                    (1, 28, 28)    10 classes    official 60k / 10k
+    synthetic       Gaussian mixture             (10,)          3 classes     seeded, stratified
+
+A path ending in ``.npz`` instead of a name loads the user's own arrays as they are
+(see :func:`nettrain.data.load_npz`).
 
 Nothing is ever downloaded: scikit-learn ships its small sets inside the package and
 Fashion-MNIST is read from a folder of the four standard IDX files (Debian's
@@ -24,14 +27,15 @@ import functools
 import math
 import numbers
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
+from nettrain.data.dataset import Dataset
 from nettrain.data.idx import read_idx
+from nettrain.data.user import is_npz_path, load_npz
 from nettrain.errors import ConfigError, DataError
 
 __all__ = ["DATASETS", "FASHION_MNIST_DIR", "Dataset", "load_dataset"]
@@ -61,101 +65,21 @@ _STREAM_SPLIT, _STREAM_SUBSET, _STREAM_SYNTHETIC = 1, 2, 3
 Array = np.ndarray
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class Dataset:
-    """A train/test pair of flat feature rows, ready for a model.
-
-    Attributes:
-        name: one of :data:`DATASETS`.
-        x_train: ``(N, F)`` float32 features, images flattened in C order.
-        y_train: ``(N,)`` int64 class labels in ``[0, n_classes)``, or float32 targets
-            for regression.
-        x_test: ``(M, F)`` float32.
-        y_test: ``(M,)`` same dtype as ``y_train``.
-        n_classes: number of classes; 0 for regression.
-        image_shape: ``(C, H, W)`` when rows are images (``x.view(-1, *image_shape)``
-            recovers them), else ``None``.
-
-    Construction checks that shapes and dtypes agree and raises :class:`DataError`
-    otherwise.
-    """
-
-    name: str
-    x_train: torch.Tensor  # (N, F)
-    y_train: torch.Tensor  # (N,)
-    x_test: torch.Tensor  # (M, F)
-    y_test: torch.Tensor  # (M,)
-    n_classes: int
-    image_shape: tuple[int, int, int] | None = None
-
-    def __post_init__(self) -> None:
-        _check_split(self, "train", self.x_train, self.y_train)
-        _check_split(self, "test", self.x_test, self.y_test)
-        if self.x_train.shape[1] != self.x_test.shape[1]:
-            raise DataError(
-                f"data set {self.name!r}: train rows have {self.x_train.shape[1]} features "
-                f"but test rows {self.x_test.shape[1]}"
-            )
-        if self.image_shape is not None and math.prod(self.image_shape) != self.n_features:
-            raise DataError(
-                f"data set {self.name!r}: image_shape {self.image_shape} does not hold "
-                f"{self.n_features} features"
-            )
-
-    @property
-    def task(self) -> Literal["classification", "regression"]:
-        """``"classification"`` when ``n_classes > 0``, else ``"regression"``."""
-        return "classification" if self.n_classes > 0 else "regression"
-
-    @property
-    def n_features(self) -> int:
-        """F, the length of one feature row."""
-        return int(self.x_train.shape[1])
-
-    @property
-    def n_outputs(self) -> int:
-        """Width of a model's output: ``n_classes`` logits, or 1 for regression."""
-        return self.n_classes if self.n_classes > 0 else 1
-
-    def __repr__(self) -> str:
-        return (
-            f"Dataset(name={self.name!r}, task={self.task!r}, train={tuple(self.x_train.shape)}, "
-            f"test={tuple(self.x_test.shape)}, n_classes={self.n_classes}, "
-            f"image_shape={self.image_shape})"
-        )
-
-
-def _check_split(ds: Dataset, split: str, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Raise DataError unless x is (N, F) floating point and y is (N,) of the task's kind.
-
-    Loaders produce float32; callers may cast to another floating type (float64 runs).
-    """
-    if x.ndim != 2 or not x.is_floating_point():
-        raise DataError(
-            f"data set {ds.name!r}: x_{split} must be a 2-D floating-point tensor, "
-            f"got shape {tuple(x.shape)} {x.dtype}"
-        )
-    label_ok = y.dtype == torch.int64 if ds.n_classes > 0 else y.is_floating_point()
-    if y.shape != (x.shape[0],) or not label_ok:
-        kind = "int64" if ds.n_classes > 0 else "floating-point"
-        raise DataError(
-            f"data set {ds.name!r}: y_{split} must be a ({x.shape[0]},) {kind} tensor, "
-            f"got shape {tuple(y.shape)} {y.dtype}"
-        )
-
-
 def load_dataset(
-    name: str,
+    name: str | Path,
     *,
     data_dir: str | Path | None = None,
     seed: int = 0,
     test_fraction: float = 0.2,
     train_samples: int | None = None,
 ) -> Dataset:
-    """Load a data set by name, split, standardised and as torch tensors.
+    """Load a built-in data set by name (split, standardised) or a ``.npz`` file.
 
     Args:
-        name: one of :data:`DATASETS`.
+        name: one of :data:`DATASETS`, or the path of a ``.npz`` file holding arrays
+            ``x_train, y_train, x_test, y_test`` (optional ``groups_train``), loaded as
+            they are, without standardisation, by :func:`~nettrain.data.load_npz`;
+            ``seed`` and ``train_samples`` apply to it, ``test_fraction`` does not.
         data_dir: folder of the four Fashion-MNIST IDX files (plain or ``.gz``);
             default :data:`FASHION_MNIST_DIR`. Ignored by the other sets.
         seed: seeds the split, the synthetic data and the train subset. The same
@@ -181,13 +105,20 @@ def load_dataset(
     Raises:
         ConfigError: unknown ``name``, ``test_fraction`` outside (0, 1), bad ``seed``
             or ``train_samples``.
-        DataError: Fashion-MNIST files missing or corrupt; ``train_samples`` larger
-            than the training set.
+        DataError: Fashion-MNIST files missing or corrupt; a ``.npz`` file missing,
+            unreadable or lacking arrays; ``train_samples`` larger than the training set.
     """
-    if name not in _LOADERS:
-        raise ConfigError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
-    _check_options(seed, test_fraction, train_samples)
-    dataset = _LOADERS[name](data_dir, seed, test_fraction)
+    if is_npz_path(name):
+        _check_options(seed, test_fraction, train_samples)
+        dataset = load_npz(name)
+    elif name in _LOADERS:
+        _check_options(seed, test_fraction, train_samples)
+        dataset = _LOADERS[str(name)](data_dir, seed, test_fraction)
+    else:
+        raise ConfigError(
+            f"unknown data set {str(name)!r}: choose one of {', '.join(DATASETS)}, "
+            "or give the path of a .npz file"
+        )
     if train_samples is not None:
         dataset = _subset_train(dataset, train_samples, seed)
     return dataset
@@ -275,7 +206,10 @@ def _subset_train(dataset: Dataset, k: int, seed: int) -> Dataset:
     labels = dataset.y_train.numpy()
     keep = _choose(labels, k, dataset.n_classes > 0, _rng(seed, _STREAM_SUBSET))
     keep_t = torch.from_numpy(keep)
-    return replace(dataset, x_train=dataset.x_train[keep_t], y_train=dataset.y_train[keep_t])
+    groups = None if dataset.groups is None else dataset.groups[keep_t]
+    return replace(
+        dataset, x_train=dataset.x_train[keep_t], y_train=dataset.y_train[keep_t], groups=groups
+    )
 
 
 # ----------------------------------------------------------------------- standardising
@@ -300,15 +234,21 @@ def _tabular(
     name: str,
     split: tuple[Array, Array, Array, Array],
     n_classes: int,
-    image_shape: tuple[int, int, int] | None = None,
+    feature_shape: tuple[int, ...] | None = None,
 ) -> Dataset:
-    """Standardise a train/test split per feature and wrap it as a Dataset."""
+    """Standardise a train/test split per feature and wrap it as a Dataset.
+
+    Rows are standardised flat, then reshaped to ``(N, *feature_shape)`` when given.
+    """
     x_train, y_train, x_test, y_test = split
     x_train, x_test = _standardise_features(x_train, x_test)
     if n_classes > 0:
         y_train, y_test = y_train.astype(np.int64), y_test.astype(np.int64)
     else:
         y_train, y_test = _standardise_targets(y_train, y_test)
+    if feature_shape is not None:
+        x_train = x_train.reshape(len(x_train), *feature_shape)
+        x_test = x_test.reshape(len(x_test), *feature_shape)
     return Dataset(
         name=name,
         x_train=torch.from_numpy(x_train),
@@ -316,7 +256,6 @@ def _tabular(
         x_test=torch.from_numpy(x_test),
         y_test=torch.from_numpy(y_test),
         n_classes=n_classes,
-        image_shape=image_shape,
     )
 
 
@@ -331,7 +270,7 @@ def _sklearn_loader(name: str, classification: bool) -> Loader:
     scikit-learn is imported on first use: it takes over a second to import and the
     Fashion-MNIST and synthetic sets do not need it.
     """
-    image_shape = (1, 8, 8) if name == "digits" else None
+    feature_shape = (1, 8, 8) if name == "digits" else None  # digits are 8x8 images
 
     def loader(data_dir: str | Path | None, seed: int, test_fraction: float) -> Dataset:
         del data_dir  # bundled with scikit-learn
@@ -340,7 +279,7 @@ def _sklearn_loader(name: str, classification: bool) -> Loader:
         x, y = getattr(skdatasets, f"load_{name}")(return_X_y=True)
         n_classes = int(y.max()) + 1 if classification else 0
         split = _split(x.astype(np.float64), y, test_fraction, classification, seed)
-        return _tabular(name, split, n_classes, image_shape)
+        return _tabular(name, split, n_classes, feature_shape)
 
     return loader
 
@@ -370,15 +309,14 @@ def _load_fashion_mnist(data_dir: str | Path | None, seed: int, test_fraction: f
     for x in (x_train, x_test):
         x -= np.float32(mean)
         x /= np.float32(std)
-    _, height, width = images_train.shape
+    shape = (1, *images_train.shape[1:])  # (C, H, W) = (1, 28, 28)
     return Dataset(
         name="fashion_mnist",
-        x_train=torch.from_numpy(x_train),
+        x_train=torch.from_numpy(x_train.reshape(-1, *shape)),
         y_train=torch.from_numpy(labels_train.astype(np.int64)),
-        x_test=torch.from_numpy(x_test),
+        x_test=torch.from_numpy(x_test.reshape(-1, *shape)),
         y_test=torch.from_numpy(labels_test.astype(np.int64)),
         n_classes=10,
-        image_shape=(1, int(height), int(width)),
     )
 
 

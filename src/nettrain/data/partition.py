@@ -1,4 +1,4 @@
-"""Split a training set among agents: IID, by-label shards, or Dirichlet label skew.
+"""Split a training set among agents: IID, by-label shards, Dirichlet skew, or by group.
 
 Every scheme returns one sorted int64 index tensor per agent; the parts are disjoint,
 together hold every sample, and none is empty::
@@ -11,6 +11,10 @@ together hold every sample, and none is empty::
                for Federated Visual Classification": per class c, p_c ~ Dir(alpha 1_n)
                over agents; agent i gets a share p_c[i] of class c. Small alpha: each
                agent sees few classes; large alpha: close to IID
+    groups     natural partition: each agent holds every sample of its groups (writers,
+               users, clients). Groups in seeded random order, then largest first,
+               each to the agent with the fewest samples so far (ties: lowest index);
+               loads then differ by at most the largest group's size
 
 All randomness comes from ``numpy.random.default_rng(seed)``; the global RNGs of numpy
 and torch are never touched.
@@ -29,7 +33,7 @@ from nettrain.errors import ConfigError, DataError
 
 __all__ = ["PARTITIONS", "label_histogram", "partition"]
 
-PARTITIONS = ("iid", "shards", "dirichlet")
+PARTITIONS = ("iid", "shards", "dirichlet", "groups")
 
 # Dirichlet draws that leave an agent without samples are redrawn up to this many times.
 DIRICHLET_MAX_TRIES = 100
@@ -44,6 +48,7 @@ class _Options:
     classes_per_agent: int
     alpha: float
     n_classes: int | None
+    groups: Array | None
 
 
 def partition(
@@ -55,18 +60,22 @@ def partition(
     classes_per_agent: int = 2,
     alpha: float = 0.5,
     n_classes: int | None = None,
+    groups: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Split sample indices ``0..len(labels)-1`` among ``n_agents`` agents.
 
     Args:
-        labels: ``(N,)`` training labels; integer class labels for ``shards`` and
-            ``dirichlet``, anything (regression targets too) for ``iid``.
+        labels: ``(N,)`` training labels, integer class labels for ``shards`` and
+            ``dirichlet``; for ``iid`` and ``groups`` anything with N rows (regression
+            targets ``(N, *)`` too).
         n_agents: number of parts, ``1 <= n_agents <= N``.
         scheme: one of :data:`PARTITIONS`.
         seed: seeds a private numpy generator; the same seed gives the same parts.
         classes_per_agent: ``shards`` only: shards (hence at most classes) per agent.
         alpha: ``dirichlet`` only: concentration; 0.1 is strongly skewed, 100 near IID.
         n_classes: ``dirichlet``/``shards``: number of classes; default ``max(labels)+1``.
+        groups: ``groups`` only: ``(N,)`` integer group id of each sample
+            (:attr:`Dataset.groups <nettrain.data.Dataset.groups>`).
 
     Returns:
         ``n_agents`` sorted int64 index tensors, disjoint, covering all N samples,
@@ -77,7 +86,8 @@ def partition(
             (``dirichlet_alpha``), ``classes_per_agent < 1`` (``classes_per_agent``).
         DataError: more agents than samples; float labels for a label-based scheme;
             too few samples for the shards; a Dirichlet draw that keeps leaving an
-            agent empty.
+            agent empty; ``groups`` without group ids, with a wrong number of them,
+            or with fewer groups than agents.
     """
     if scheme not in _SCHEMES:
         raise ConfigError(f"unknown partition {scheme!r}: choose one of {', '.join(PARTITIONS)}")
@@ -86,7 +96,8 @@ def partition(
     y = _check_labels(labels)  # (N,)
     _check_agents(n_agents, len(y))
     rng = np.random.default_rng(seed)
-    options = _Options(classes_per_agent, alpha, n_classes)
+    ids = None if groups is None else _check_groups(groups, len(y))
+    options = _Options(classes_per_agent, alpha, n_classes, ids)
     parts = _SCHEMES[scheme](y, n_agents, rng, options)
     return [torch.from_numpy(np.sort(p).astype(np.int64)) for p in parts]
 
@@ -109,11 +120,27 @@ def _is_count(value: object, *, minimum: int) -> bool:
 
 
 def _check_labels(labels: torch.Tensor) -> Array:
-    """Labels as a 1-D numpy array; DataError unless the tensor is 1-D."""
-    if not isinstance(labels, torch.Tensor) or labels.ndim != 1:
+    """Labels (or targets) as a numpy array of N rows; DataError unless a tensor of ndim >= 1."""
+    if not isinstance(labels, torch.Tensor) or labels.ndim == 0:
         shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels)
-        raise DataError(f"labels must be a 1-D tensor of N training labels, got {shape}")
+        raise DataError(f"labels must be a tensor of N training labels or targets, got {shape}")
     return labels.detach().cpu().numpy()
+
+
+def _check_groups(groups: torch.Tensor, n_samples: int) -> Array:
+    """Group ids as a 1-D integer numpy array of length N; DataError otherwise."""
+    ids = groups.detach().cpu().numpy() if isinstance(groups, torch.Tensor) else np.asarray(groups)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise DataError(
+            f"groups must be one integer id per training sample, got shape {ids.shape} "
+            f"{ids.dtype}; nettrain.data.from_tensors(..., groups=...) numbers string ids"
+        )
+    if len(ids) != n_samples:
+        raise DataError(
+            f"groups has {len(ids)} ids but there are {n_samples} training samples; "
+            "give one group id per training sample"
+        )
+    return ids
 
 
 def _check_agents(n_agents: int, n_samples: int) -> None:
@@ -129,7 +156,7 @@ def _check_agents(n_agents: int, n_samples: int) -> None:
 
 def _class_labels(y: Array, scheme: str, n_classes: int | None) -> tuple[Array, int]:
     """Integer class labels and the class count; DataError for regression targets."""
-    if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
         raise DataError(
             f"partition {scheme!r} splits by class label but the labels are {y.dtype} "
             "(regression targets?); use the 'iid' partition instead"
@@ -236,6 +263,43 @@ def _dirichlet_draw(
     return [np.concatenate(p) if p else np.empty(0, np.int64) for p in pieces]
 
 
+def _groups(y: Array, n_agents: int, rng: np.random.Generator, options: _Options) -> list[Array]:
+    """Whole groups per agent, balanced greedily (largest group first, least-loaded agent).
+
+    Bound: after each assignment ``max load - min load <= c_max``, the largest group
+    size. It holds at the start (all 0); a group of size ``c <= c_max`` goes to an agent
+    at the minimum load ``m``, so the new maximum is ``max(old max, m + c)`` and the
+    minimum does not drop.
+    """
+    del y  # the labels play no part: groups decide
+    if options.groups is None:
+        raise DataError(
+            "partition=groups needs per-sample group ids: from_tensors(..., groups=...) "
+            "or an npz with groups_train; or choose partition=iid, shards or dirichlet"
+        )
+    names, inverse, counts = np.unique(options.groups, return_inverse=True, return_counts=True)
+    if len(names) < n_agents:
+        raise DataError(
+            f"partition=groups: {len(names)} groups but {n_agents} agents; every agent needs "
+            f"at least one whole group: use at most {len(names)} agents or another partition"
+        )
+    order = rng.permutation(len(names))  # seeded shuffle: ties between sizes broken at random
+    order = order[np.argsort(-counts[order], kind="stable")]  # largest first
+    load = np.zeros(n_agents, dtype=np.int64)
+    owner = np.empty(len(names), dtype=np.int64)  # agent of each group
+    for g in order:
+        agent = int(np.argmin(load))  # least loaded, lowest index on ties
+        owner[g] = agent
+        load[agent] += counts[g]
+    sample_owner = owner[inverse.reshape(-1)]  # (N,)
+    return [np.flatnonzero(sample_owner == a) for a in range(n_agents)]
+
+
 Scheme = Callable[[Array, int, np.random.Generator, _Options], list[Array]]
 
-_SCHEMES: dict[str, Scheme] = {"iid": _iid, "shards": _shards, "dirichlet": _dirichlet}
+_SCHEMES: dict[str, Scheme] = {
+    "iid": _iid,
+    "shards": _shards,
+    "dirichlet": _dirichlet,
+    "groups": _groups,
+}

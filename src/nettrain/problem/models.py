@@ -1,11 +1,13 @@
 """Model factories: small networks whose state lives entirely in parameters.
 
-Every model takes flattened inputs ``(B, F)``; the CNN reshapes them to its image
-shape itself, so data and oracle code never care which model runs.
+Models take a batch in the data's natural shape, ``(B, *feature_shape)``: the MLP
+flattens it first (so it accepts images and tabular rows alike), the CNN needs
+images ``(B, C, H, W)``. Data and oracle code never care which model runs.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import pairwise
 
@@ -18,10 +20,13 @@ MODELS = ("mlp", "linear", "cnn")
 
 
 class MLP(nn.Sequential):
-    """``Linear -> ReLU -> ... -> Linear``; no hidden layer gives a linear model."""
+    """``Flatten -> Linear -> ReLU -> ... -> Linear``; no hidden layer gives a linear model.
+
+    ``n_inputs`` is the number of values per sample, ``prod(feature_shape)``.
+    """
 
     def __init__(self, n_inputs: int, hidden: Sequence[int], n_outputs: int) -> None:
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.Flatten()]  # (B, *feature_shape) -> (B, n_inputs)
         widths = [n_inputs, *hidden]
         for a, b in pairwise(widths):
             layers += [nn.Linear(a, b), nn.ReLU()]
@@ -32,8 +37,8 @@ class MLP(nn.Sequential):
 class SmallCNN(nn.Module):
     """Two 3x3 convolutions with 2x2 max-pooling, then a linear classifier.
 
-    ``conv(C->c1) -> ReLU -> pool -> conv(c1->c2) -> ReLU -> pool -> Linear``; for
-    28x28 inputs with ``channels=(8, 16)`` that is 11k parameters.
+    ``conv(C->c1) -> ReLU -> pool -> conv(c1->c2) -> ReLU -> pool -> Linear`` on images
+    ``(B, C, H, W)``; for 28x28 inputs with ``channels=(8, 16)`` that is 11k parameters.
     """
 
     def __init__(
@@ -44,37 +49,41 @@ class SmallCNN(nn.Module):
         if h < 4 or w < 4:
             raise ConfigError(f"model=cnn needs images of at least 4x4 pixels, got {h}x{w}")
         c1, c2 = channels
-        self.image_shape = image_shape
         self.conv1 = nn.Conv2d(c, c1, 3, padding=1)
         self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
         self.head = nn.Linear(c2 * (h // 4) * (w // 4), n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.view(-1, *self.image_shape)  # (B, C, H, W)
-        x = self.pool(torch.relu(self.conv1(x)))
-        x = self.pool(torch.relu(self.conv2(x)))
+        x = self.pool(torch.relu(self.conv1(x)))  # (B, c1, H/2, W/2)
+        x = self.pool(torch.relu(self.conv2(x)))  # (B, c2, H/4, W/4)
         return self.head(x.flatten(1))
 
 
 def build_model(
     kind: str,
-    n_inputs: int,
+    feature_shape: int | Sequence[int],
     n_outputs: int,
     *,
     hidden: Sequence[int] = (32,),
-    image_shape: tuple[int, int, int] | None = None,
 ) -> nn.Module:
-    """Build ``kind`` in {mlp, linear, cnn} for the given input and output sizes."""
+    """Build ``kind`` in {mlp, linear, cnn} for one sample's feature shape and outputs.
+
+    ``feature_shape`` is :attr:`Dataset.feature_shape <nettrain.data.Dataset.feature_shape>`,
+    e.g. ``(1, 28, 28)`` or ``(30,)``; an int ``F`` means ``(F,)``. The cnn needs
+    images, a feature shape ``(C, H, W)``.
+    """
+    shape = (feature_shape,) if isinstance(feature_shape, int) else tuple(feature_shape)
     if kind == "mlp":
-        return MLP(n_inputs, hidden, n_outputs)
+        return MLP(math.prod(shape), hidden, n_outputs)
     if kind == "linear":
-        return MLP(n_inputs, (), n_outputs)
+        return MLP(math.prod(shape), (), n_outputs)
     if kind == "cnn":
-        if image_shape is None:
+        if len(shape) != 3:
             raise ConfigError(
-                "model=cnn needs an image data set (digits, fashion_mnist); "
-                "use model=mlp for tabular data"
+                f"model=cnn needs an image data set (digits, fashion_mnist) whose samples have "
+                f"shape (C, H, W), got {shape}; use model=mlp for tabular data"
             )
-        return SmallCNN(image_shape, n_outputs)
+        c, h, w = shape
+        return SmallCNN((c, h, w), n_outputs)
     raise ConfigError(f"model={kind!r} is unknown; choose one of {', '.join(MODELS)}")
