@@ -1,24 +1,69 @@
-"""Every row of docs/bad-input.md raises its documented error (the doc is the test table)."""
+"""Every row of docs/bad-input.md raises its documented error (the doc is the test table).
+
+The first table holds ``key=value`` inputs of the command line; the table under
+``## From Python`` holds Python expressions, evaluated in :data:`PYTHON_NAMESPACE`.
+"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from torch.utils.data import TensorDataset
 
+import nettrain
 import nettrain.errors as errors
 from nettrain.cli import main
 from nettrain.config import load_config, parse_overrides
+from nettrain.data import Dataset, from_dataset, from_tensors, load_npz, partition
 from nettrain.experiment import build_job, run
+from nettrain.problem.models import build_model
 
 TABLE = Path(__file__).parents[1] / "docs" / "bad-input.md"
 ROW = re.compile(r"^\| `(?P<input>[^`]+)` \| (?P<error>\w+) \| `(?P<message>[^`]+)` \|$")
+PYTHON_HEADING = "## From Python"
+
+_X = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))  # (20, 4) float32
+_Y = torch.arange(20) % 3  # (20,) int64 labels in 0..2
+
+# What the expressions of the "From Python" table may use; add names here for new rows.
+PYTHON_NAMESPACE: dict[str, object] = {
+    "torch": torch,
+    "np": np,
+    "nettrain": nettrain,
+    "Dataset": Dataset,
+    "from_tensors": from_tensors,
+    "from_dataset": from_dataset,
+    "load_npz": load_npz,
+    "partition": partition,
+    "build_model": build_model,
+    "X": _X,
+    "Y": _Y,
+    "PAIRS": TensorDataset(_X, _Y),  # map-style: PAIRS[i] = (X[i], Y[i])
+}
+
+
+def table_rows(python: bool) -> list[tuple[str, str, str]]:
+    """Rows of the command-line table (before the Python heading) or of the Python one."""
+    text = TABLE.read_text()
+    cli, _, py = text.partition(PYTHON_HEADING)
+    assert py, f"docs/bad-input.md lost its {PYTHON_HEADING!r} section"
+    lines = (py if python else cli).splitlines()
+    return [m.groups() for line in lines if (m := ROW.match(line))]
 
 
 def rows() -> list[tuple[str, str, str]]:
-    found = [m.groups() for line in TABLE.read_text().splitlines() if (m := ROW.match(line))]
+    found = table_rows(python=False)
     assert len(found) >= 30, "the bad-input table lost its rows"
+    return found
+
+
+def python_rows() -> list[tuple[str, str, str]]:
+    found = table_rows(python=True)
+    assert len(found) >= 20, "the From Python table lost its rows"
     return found
 
 
@@ -31,6 +76,15 @@ def test_documented_bad_input(given: str, error: str, message: str) -> None:
             run(cfg)
         else:
             build_job(cfg)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "error", "message"), python_rows(), ids=[r[0] for r in python_rows()]
+)
+def test_documented_bad_python_input(given: str, error: str, message: str) -> None:
+    with pytest.raises(getattr(errors, error)) as caught:
+        eval(given, dict(PYTHON_NAMESPACE))  # a copy: rows cannot leak names to each other
     assert message in str(caught.value)
 
 
