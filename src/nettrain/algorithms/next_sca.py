@@ -89,6 +89,12 @@ class NEXT(Algorithm[NextState]):
 
     def check(self, problem: Problem) -> None:
         self.surrogate.check_loss(problem.loss)
+        if self.surrogate.needs_linearization and not problem.stateless:
+            raise ConfigError(
+                f"surrogate={self.surrogate.kind} linearises the network, which needs a model "
+                f"without buffers or dropout ({type(problem.template).__name__} has them); "
+                "use surrogate=linear"
+            )
         block_slices(problem.dim, self.surrogate.blocks)
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> NextState:

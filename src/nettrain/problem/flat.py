@@ -14,8 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nettrain.errors import ConfigError
-
 
 @dataclass(frozen=True)
 class FlatSpec:
@@ -27,11 +25,6 @@ class FlatSpec:
 
     @classmethod
     def of(cls, module: nn.Module) -> FlatSpec:
-        if any(True for _ in module.buffers()):
-            raise ConfigError(
-                f"{type(module).__name__} has buffers (e.g. batch-norm statistics); "
-                "nettrain models must keep all state in parameters"
-            )
         named = list(module.named_parameters())
         return cls(
             names=tuple(n for n, _ in named),

@@ -140,6 +140,14 @@ class SharedMemoryEngine:
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
         if resume is not None:
             raise ConfigError("resuming is implemented for engine=sim; rerun from the start")
+        if job.problem.buffer_spec:
+            raise ConfigError(
+                f"engine=shared_memory keeps one flat parameter vector in shared memory; "
+                f"{type(job.problem.model).__name__} has buffers (BatchNorm statistics: "
+                f"{', '.join(job.problem.buffer_spec.names[:3])}) the workers would not share. "
+                "Use a model without buffers (e.g. GroupNorm or LayerNorm instead of "
+                "BatchNorm) or engine=sim"
+            )
         algo = job.algorithm
         if not isinstance(algo, (BlockAsyncSGD, AllReduceSGD)):
             raise ConfigError(
