@@ -136,10 +136,11 @@ class GossipAlgorithm(AsyncAlgorithm[S]):
 class CentreRule(ABC):
     """What a parameter server does with a worker's message (EASGD family, DOWNPOUR).
 
-    The servers hold ``centre_rows`` rows of ``d`` values (row 0 is the centre
-    variable ``x~``; DOWNPOUR with momentum keeps a velocity too), each server a
-    contiguous slice of the columns. An exchange sends ``sent: (d_s,)`` to a server,
-    which applies ``serve`` atomically to its slice and replies.
+    The base of the methods that implement :class:`~nettrain.patterns.ServerRule`, the
+    centre pattern's protocol: the servers hold ``centre_rows`` rows of ``d`` values
+    (row 0 is the centre variable ``x~``; DOWNPOUR with momentum keeps a velocity too),
+    each server a contiguous slice of the columns. An exchange sends ``sent: (d_s,)`` to
+    a server, which applies ``serve`` atomically to its slice and replies.
     """
 
     uses_centre: ClassVar[bool] = True

@@ -33,9 +33,10 @@ from typing import Any
 import torch
 
 from nettrain.algorithms.base import Algorithm
-from nettrain.algorithms.surrogates import Subproblem, SurrogateConfig, block_slices, minimize
+from nettrain.algorithms.surrogates import Subproblem, SurrogateConfig, minimize
 from nettrain.errors import ConfigError
 from nettrain.patterns import Communicator
+from nettrain.problem.flat import block_slices
 from nettrain.problem.oracle import Oracle, Problem
 
 

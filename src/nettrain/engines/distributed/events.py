@@ -25,12 +25,12 @@ from nettrain.engines.base import (
     staleness_fields,
     traffic_fields,
 )
-from nettrain.engines.distributed.comm import DistCommunicator, PeerError
+from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.finish import DEAD_AFTER_S, Finish, events_prefix
 from nettrain.engines.distributed.gossip import Peer
 from nettrain.engines.distributed.states import stack_buffers, stack_states
 from nettrain.engines.draws import Draws
-from nettrain.errors import DivergenceError
+from nettrain.errors import DivergenceError, PeerError
 from nettrain.patterns import Losses
 from nettrain.problem.oracle import agent_seed
 from nettrain.progress import progress_bar
