@@ -1,11 +1,111 @@
-"""The examples in examples/ run and learn (at a small size)."""
+"""The scripts of examples/ run at small size, as a user runs them: with python, and
+under torchrun for engine=distributed, whose results equal the simulator's."""
 
 from __future__ import annotations
 
+import os
+import re
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+from helpers import torchrun_command, wait_or_fail
+
 EXAMPLES = Path(__file__).parents[1] / "examples"
+ENV = os.environ | {"OMP_NUM_THREADS": "1"}
+
+
+def python(script: str, *args: str, cwd: Path) -> str:
+    """Run ``examples/script`` with ``args`` in ``cwd``; its standard output."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+def torchrun(nproc: int, script: str, *args: str, cwd: Path) -> str:
+    """The same under ``torchrun --nproc-per-node nproc``; rank 0's output."""
+    log = cwd / "torchrun.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            torchrun_command(nproc, str(EXAMPLES / script), *args),
+            cwd=cwd,
+            env=ENV,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    wait_or_fail(proc, log, 300)
+    return log.read_text()
+
+
+def final(folder: Path, name: str = "final.pt"):
+    return torch.load(folder / name, weights_only=True)
+
+
+def test_own_cnn_on_both_engines(tmp_path: Path) -> None:
+    """A CNN with BatchNorm and dropout, image inputs and int32 labels: the mean model
+    evaluated with plain PyTorch has the recorded accuracy, and 4 processes end where
+    the simulator does (parameters and BatchNorm statistics within 1e-5)."""
+    args = ["--agents", "4", "--rounds", "30", "--train", "1200", "--test", "400"]
+    sim = python("own_cnn.py", *args, "--out", "sim", cwd=tmp_path)
+    dist = torchrun(
+        4, "own_cnn.py", *args, "--engine", "distributed", "--out", "dist", cwd=tmp_path
+    )
+    for out in (sim, dist):
+        plain, recorded = map(
+            float, re.search(r"PyTorch: ([\d.]+); recorded: ([\d.]+)", out).groups()
+        )
+        assert plain == pytest.approx(recorded, abs=1e-6) and plain > 0.5  # chance: 0.1
+    torch.testing.assert_close(final(tmp_path / "dist"), final(tmp_path / "sim"), atol=1e-5, rtol=0)
+    sim_buffers, dist_buffers = (final(tmp_path / k, "buffers.pt") for k in ("sim", "dist"))
+    for name, value in sim_buffers.items():
+        torch.testing.assert_close(dist_buffers[name], value, atol=1e-5, rtol=0)
+
+
+def test_choco_sgd_written_outside_runs_on_both_engines(tmp_path: Path) -> None:
+    """At most 60 lines of algorithm; the simulator and 4 processes agree within 1e-5,
+    and it learns (digits, 10 classes)."""
+    source = (EXAMPLES / "choco_sgd.py").read_text()
+    algorithm = source[
+        source.index("@dataclass(frozen=True)\nclass ChocoState") : source.index("def main")
+    ]
+    assert len(algorithm.strip().splitlines()) <= 60
+    args = ["--agents", "4", "--rounds", "60"]
+    sim = python("choco_sgd.py", *args, "--out", "sim", cwd=tmp_path)
+    dist = torchrun(
+        4, "choco_sgd.py", *args, "--engine", "distributed", "--out", "dist", cwd=tmp_path
+    )
+    accuracy = float(re.search(r"test accuracy ([\d.]+)", sim).group(1))
+    assert accuracy > 0.7 and f"test accuracy {accuracy:.4f}" in dist
+    torch.testing.assert_close(final(tmp_path / "dist"), final(tmp_path / "sim"), atol=1e-5, rtol=0)
+
+
+def test_choco_sgd_from_the_command_line(tmp_path: Path) -> None:
+    """``nettrain run algorithm=choco_sgd:ChocoSGD`` in the examples' folder: the config's
+    lr reaches the class's field."""
+    command = [sys.executable, "-m", "nettrain", "run", "algorithm=choco_sgd:ChocoSGD"]
+    common = ["agents=4", "rounds=20", "eval_every=10", "progress=false"]
+    for lr in ("0.05", "0.1"):
+        done = subprocess.run(
+            [*command, *common, f"lr={lr}", "--out", str(tmp_path / lr)],
+            cwd=EXAMPLES,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert not torch.equal(final(tmp_path / "0.05"), final(tmp_path / "0.1"))
 
 
 def test_numpy_groups_example(tmp_path: Path, capsys) -> None:

@@ -23,12 +23,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
 from nettrain.config import RunConfig, coerce, describe_keys, load_config, parse_overrides
 from nettrain.errors import ConfigError, DataError, DivergenceError, NettrainError, TopologyError
 from nettrain.report.tables import summary_table
+from nettrain.version import __version__
 
 BASELINES = ("allreduce", "local_sgd", "dpsgd", "gradient_tracking")
 
@@ -202,6 +204,9 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nettrain", description="Train neural networks across a network of agents."
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"nettrain {__version__} (torch {torch.__version__})"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     items_help = "optional CONFIG.toml, then key=value overrides (`nettrain keys` lists keys)"

@@ -23,11 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nettrain.algorithms import ALGORITHMS, ASYNCHRONOUS, SOLVERS, SURROGATES
+from nettrain.algorithms import (
+    ALGORITHMS,
+    SOLVERS,
+    SURROGATES,
+    AsyncAlgorithm,
+    resolve,
+)
 from nettrain.compression import COMPRESSORS
 from nettrain.data import DATASETS, PARTITIONS, is_npz_path
 from nettrain.errors import ConfigError
 from nettrain.faults import Faults
+from nettrain.problem.buffers import BUFFER_POLICIES
 from nettrain.problem.losses import LOSSES, REGULARIZERS
 from nettrain.problem.models import MODELS
 from nettrain.topology import GRAPHS, SCHEDULES, WEIGHTS
@@ -41,6 +48,7 @@ ENGINES = ("sim", "distributed", "shared_memory")
 # what engine=shared_memory runs: the partitioned method, Hogwild, synchronous data-parallel
 SHARED_MEMORY_ALGORITHMS = ("block_async", "hogwild", "allreduce")
 PHASES = ("fixed", "poisson")
+INITS = ("seed", "model")
 BACKENDS = ("auto", "gloo", "nccl")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
@@ -61,7 +69,11 @@ class RunConfig:
     """Everything one run needs. Grouped as: run, data and model, local step, topology, clock."""
 
     # --- run ---
-    algorithm: str = key("dpsgd", "training method", ALGORITHMS)
+    algorithm: str = key(
+        "dpsgd",
+        f"training method: {', '.join(ALGORITHMS)}, or your own as module:Class (or an "
+        "entry point of the group nettrain.algorithms)",
+    )
     engine: str = key(
         "sim",
         "who runs the agents: the in-process simulator, one process per agent (torchrun), or "
@@ -100,7 +112,21 @@ class RunConfig:
     dirichlet_alpha: float = key(0.5, "partition=dirichlet: concentration, small = skewed")
     model: str = key("mlp", "network: MLP, linear model, or small CNN (image data)", MODELS)
     hidden: tuple[int, ...] = key((32,), "MLP hidden widths, comma separated (e.g. 128 or 64,32)")
-    loss: str = key("cross_entropy", "training loss (squared for regression)", LOSSES)
+    loss: str = key(
+        "auto", "training loss; auto = cross_entropy for classes, squared for regression", LOSSES
+    )
+    buffers: str = key(
+        "mix",
+        "model buffers (BatchNorm statistics), kept per agent: mix = agents are evaluated and "
+        "exported with the network mean, local = each with its own",
+        BUFFER_POLICIES,
+    )
+    init: str = key(
+        "seed",
+        "starting parameters: seed = PyTorch's default initialisation drawn under seed, "
+        "model = the parameters of the model object given (Python API, e.g. pretrained)",
+        INITS,
+    )
     regularizer: str = key(
         "none", "convex regulariser r(x) added to every agent's loss", REGULARIZERS
     )
@@ -352,18 +378,20 @@ class RunConfig:
             raise ConfigError(
                 "tree_easgd runs in engine=sim only (the tree's inner nodes live in one process)"
             )
-        if self.algorithm in ASYNCHRONOUS and self.checkpoint_every and self.engine != "sim":
+        method = resolve(self.algorithm)
+        asynchronous = issubclass(method, AsyncAlgorithm)
+        if asynchronous and self.checkpoint_every and self.engine != "sim":
             raise ConfigError(
                 f"algorithm={self.algorithm} is asynchronous: its runs are checkpointed in "
                 "engine=sim only (processes never stop at one round together); set "
                 "checkpoint_every=0"
             )
-        if self.algorithm in ASYNCHRONOUS and self.engine == "distributed" and self.blocking:
+        if asynchronous and self.engine == "distributed" and self.blocking:
             raise ConfigError(
                 "blocking=true runs in engine=sim only; the distributed SwarmSGD is "
                 "non-blocking (the partner answers from its rpc thread)"
             )
-        if self.quantizer != "none" and self.algorithm not in QUANTIZED_ALGORITHMS:
+        if self.quantizer != "none" and not method.compresses:
             raise ConfigError(
                 f"quantizer={self.quantizer} is used by {', '.join(QUANTIZED_ALGORITHMS)}; "
                 f"algorithm={self.algorithm} sends its models uncompressed. Set quantizer=none"
@@ -397,13 +425,13 @@ class RunConfig:
         """The fault spec parses, and the method and engine can run with it."""
         if not Faults.from_config(self).any:
             return
-        method = ALGORITHMS[self.algorithm]
+        method = resolve(self.algorithm)
         if self.engine == "shared_memory":
             raise ConfigError(
                 "message_drop, crash and split are injected in engine=sim and "
                 "engine=distributed; engine=shared_memory workers send no messages"
             )
-        if self.algorithm in ASYNCHRONOUS and not method.tolerates_faults:
+        if issubclass(method, AsyncAlgorithm) and not method.tolerates_faults:
             raise ConfigError(
                 f"algorithm={self.algorithm} does not take message_drop, crash or split; the "
                 f"asynchronous methods that do: {', '.join(FAULT_TOLERANT)}"
@@ -417,7 +445,7 @@ class RunConfig:
     @property
     def uses_servers(self) -> bool:
         """Whether the algorithm keeps its centre on parameter servers (EASGD family)."""
-        return ALGORITHMS[self.algorithm].uses_centre
+        return resolve(self.algorithm).uses_centre
 
     @property
     def world_size(self) -> int:

@@ -7,12 +7,12 @@ Every message says what is wrong and how to fix it::
      +-- DataError                 missing data files, empty shards
      +-- TopologyError             disconnected graph, non-stochastic weights
      +-- DivergenceError           NaN or inf during a run
-     +-- PeerError                 another process died or stopped answering
-     |                             (engines/distributed/comm.py)
-     +-- WorkerFailed              a shared-memory worker process failed
-     |                             (engines/shared_memory/engine.py)
      +-- FaultError                a synchronous method met a crashed agent or a
-                                   network split (injected: faults.py)
+     |                             network split (injected: faults.py)
+     +-- PeerError                 another process died or stopped answering
+     |                             (engine=distributed)
+     +-- WorkerFailed              a shared-memory worker process failed or died
+                                   (engine=shared_memory)
 
 The command line turns ``ConfigError``, ``DataError`` and ``TopologyError`` into
 exit code 2 (bad input) and every other error into exit code 1.
@@ -43,3 +43,11 @@ class DivergenceError(NettrainError):
 
 class FaultError(NettrainError):
     """A synchronous method cannot go on: an agent crashed or the network is split."""
+
+
+class PeerError(NettrainError):
+    """Communication with another process failed: it died, hung, or the network broke."""
+
+
+class WorkerFailed(NettrainError):
+    """A worker process of the shared-memory engine stopped with an error or died."""

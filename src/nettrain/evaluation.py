@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch.func import grad_and_value
 
+from nettrain.problem.buffers import Buffers, for_evaluation
 from nettrain.problem.oracle import Problem
 
 
@@ -28,14 +29,19 @@ def model_metrics(
     x: torch.Tensor,
     eval_agents: int = 0,
     shards: Sequence[torch.Tensor] | None = None,
+    buffers: Buffers | None = None,
 ) -> dict[str, Any]:
     """Test loss/accuracy of the mean model, mean and worst agent accuracy, consensus distance.
 
-    With the agents' ``shards``, also the training-set figures of :func:`social_metrics`.
+    A model with buffers is evaluated with every agent's ``buffers: {name: (n, ...)}``:
+    the mean model with their mean, each agent as ``problem.buffer_policy`` says
+    (:func:`~nettrain.problem.buffers.for_evaluation`). With the agents' ``shards``, also
+    the training-set figures of :func:`social_metrics`.
     """
     mean = x.mean(0, keepdim=True)  # (1, d)
     agents = evaluated_agents(x.shape[0], eval_agents).to(x.device)
-    ev = problem.evaluate(torch.cat([mean, x[agents]]))
+    rows = for_evaluation(buffers, agents, problem.buffer_policy) if buffers else None
+    ev = problem.evaluate(torch.cat([mean, x[agents]]), rows)
     out: dict[str, Any] = {"test_loss": float(ev.loss[0])}
     if ev.accuracy is not None:
         out["test_accuracy"] = float(ev.accuracy[0])

@@ -11,19 +11,22 @@ compare``::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from nettrain.algorithms import build_algorithm
+from nettrain.algorithms import Method, algorithm_name, build_algorithm
 from nettrain.checkpoint import Checkpoint
 from nettrain.config import FROZEN_ON_RESUME, RunConfig, load_config
-from nettrain.data import load_dataset, partition
-from nettrain.engines.base import Engine, Job, RunResult
+from nettrain.data import Dataset, load_dataset, partition
+from nettrain.engines.base import Engine, Job
 from nettrain.engines.distributed.engine import DistributedEngine
 from nettrain.engines.shared_memory.engine import SharedMemoryEngine
 from nettrain.engines.sim.clock import CostModel
@@ -31,13 +34,15 @@ from nettrain.engines.sim.engine import SimEngine
 from nettrain.errors import ConfigError, DataError
 from nettrain.faults import Faults
 from nettrain.problem.flat import matmul_flops_per_sample
-from nettrain.problem.losses import Regularizer, get_loss
+from nettrain.problem.losses import LOSSES, Regularizer, get_loss, per_sample
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder, summarize
 from nettrain.report.plots import plot_runs
 from nettrain.report.tables import write_csv
+from nettrain.result import Result
 from nettrain.topology import build_topology
+from nettrain.version import __version__
 
 ENGINES: dict[str, type[Engine]] = {
     "sim": SimEngine,
@@ -53,17 +58,25 @@ def build_engine(cfg: RunConfig) -> Engine:
     return from_config(cfg) if from_config is not None else kind()
 
 
-def build_problem(cfg: RunConfig) -> Problem:
-    """Data set on the configured device and dtype, model, loss and regulariser."""
+def build_problem(
+    cfg: RunConfig,
+    model: nn.Module | None = None,
+    data: Dataset | None = None,
+    loss: Callable[..., torch.Tensor] | None = None,
+) -> Problem:
+    """Data set on the configured device and dtype, model, loss and regulariser: the
+    configured built-ins, or the user's own ``model`` (a template, copied: the object
+    given is never changed), ``data`` and ``loss``."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but torch sees no CUDA device; use device=cpu")
-    data = load_dataset(
-        cfg.dataset,
-        data_dir=cfg.data_dir or None,
-        seed=cfg.seed,
-        test_fraction=cfg.test_fraction,
-        train_samples=cfg.train_samples or None,
-    )
+    if data is None:
+        data = load_dataset(
+            cfg.dataset,
+            data_dir=cfg.data_dir or None,
+            seed=cfg.seed,
+            test_fraction=cfg.test_fraction,
+            train_samples=cfg.train_samples or None,
+        )
     dtype = getattr(torch, cfg.dtype)
 
     def move(t: torch.Tensor) -> torch.Tensor:
@@ -72,12 +85,20 @@ def build_problem(cfg: RunConfig) -> Problem:
     splits = ("x_train", "y_train", "x_test", "y_test")
     moved = {name: move(getattr(data, name)) for name in splits}
     data = dataclasses.replace(data, **moved)
-    if data.n_classes == 0 and cfg.loss != "squared":
-        raise ConfigError(f"dataset={cfg.dataset} is a regression set; use loss=squared")
-    model = build_model(cfg.model, data.feature_shape, data.n_outputs, hidden=cfg.hidden).to(
-        cfg.device, dtype
-    )
-    return Problem(model, get_loss(cfg.loss), Regularizer(cfg.regularizer, cfg.reg_lambda), data)
+    classification = data.n_classes > 0
+    if loss is None:
+        if not classification and cfg.loss == "cross_entropy":
+            raise ConfigError(f"dataset={data.name} is a regression set; use loss=squared")
+        loss_fn = get_loss(cfg.loss, classification)
+    else:
+        loss_fn = per_sample(loss)
+    if model is None:
+        model = build_model(cfg.model, data.feature_shape, data.n_outputs, hidden=cfg.hidden)
+    else:
+        model = copy.deepcopy(model)
+    model = model.to(cfg.device, dtype)
+    regularizer = Regularizer(cfg.regularizer, cfg.reg_lambda)
+    return Problem(model, loss_fn, regularizer, data, buffer_policy=cfg.buffers)
 
 
 def build_cost_model(cfg: RunConfig, problem: Problem) -> CostModel:
@@ -94,8 +115,16 @@ def build_cost_model(cfg: RunConfig, problem: Problem) -> CostModel:
     )
 
 
-def build_job(cfg: RunConfig) -> Job:
-    """Every piece of a run, validated, before any training starts."""
+def build_job(
+    cfg: RunConfig,
+    *,
+    model: nn.Module | None = None,
+    data: Dataset | None = None,
+    loss: Callable[..., torch.Tensor] | None = None,
+    algorithm: Method | None = None,
+) -> Job:
+    """Every piece of a run, validated, before any training starts: the configured
+    built-ins, or the user's own model, data, loss and algorithm object."""
     topology = build_topology(
         cfg.topology,
         cfg.agents,
@@ -107,7 +136,8 @@ def build_job(cfg: RunConfig) -> Job:
         edge_prob=cfg.edge_prob or None,
         branching=cfg.branching,
     )
-    problem = build_problem(cfg)
+    problem = build_problem(cfg, model, data, loss)
+    problem.check()
     shards = partition(
         problem.data.y_train.cpu(),
         cfg.agents,
@@ -118,14 +148,15 @@ def build_job(cfg: RunConfig) -> Job:
         n_classes=problem.data.n_classes or None,
         groups=problem.data.groups,
     )
-    algorithm = build_algorithm(cfg)
+    if algorithm is None:
+        algorithm = build_algorithm(cfg)
     algorithm.check(problem)
     return Job(
         problem=problem,
         shards=shards,
         topology=topology,
         algorithm=algorithm,
-        x0=problem.initial_params(cfg.seed),
+        x0=problem.initial_params(cfg.seed, reinitialise=cfg.init == "seed"),
         rounds=cfg.rounds,
         batch_size=cfg.batch_size if cfg.batch_size >= 0 else algorithm.default_batch_size,
         seed=cfg.seed,
@@ -140,61 +171,200 @@ def build_job(cfg: RunConfig) -> Job:
     )
 
 
+def as_config(
+    config: RunConfig | Mapping[str, Any] | str | Path | None,
+    algorithm: Method | None = None,
+) -> RunConfig:
+    """A validated config from a RunConfig, a mapping of keys, or a TOML/JSON file; with
+    an ``algorithm`` object, named after it."""
+    if isinstance(config, RunConfig):
+        cfg = config
+    elif isinstance(config, (str, Path)):
+        cfg = load_config(config)
+    else:
+        cfg = load_config(overrides=dict(config or {}))
+    if algorithm is not None:
+        if not isinstance(algorithm, Method):
+            raise ConfigError(
+                f"algorithm= takes a nettrain method object (e.g. nettrain.algorithms.DPSGD"
+                f"(...)), got {type(algorithm).__name__}; name built-ins in the config instead"
+            )
+        cfg = cfg.replace(algorithm=algorithm_name(algorithm))
+    return cfg
+
+
 def run(
-    cfg: RunConfig, out: str | Path | None = None, checkpoint: Checkpoint | None = None
-) -> RunResult:
+    config: RunConfig | Mapping[str, Any] | str | Path | None = None,
+    out: str | Path | None = None,
+    checkpoint: Checkpoint | None = None,
+    *,
+    model: nn.Module | None = None,
+    data: Dataset | None = None,
+    loss: Callable[..., torch.Tensor] | None = None,
+    algorithm: Method | None = None,
+) -> Result:
     """Run one configuration; with ``out``, write the run folder as the run goes.
 
+    ``config`` is a :class:`RunConfig`, a mapping of config keys or a TOML file. The
+    user's own objects replace the configured built-ins: ``model`` (any ``nn.Module``, a
+    template copied per agent), ``data`` (a :class:`~nettrain.data.Dataset`, e.g. from
+    :func:`nettrain.data.from_tensors`), ``loss`` (any torch loss; default from the
+    labels' kind) and ``algorithm`` (a method object). Under ``engine=distributed`` the
+    script runs on every rank (``torchrun --nproc-per-node N script.py``), each rank
+    builds its own objects, and every rank gets the result (records on rank 0 only:
+    ``result.is_main``).
     With ``checkpoint`` (see :func:`resume`), continue from it in the folder ``out``.
     """
+    cfg = as_config(config, algorithm)
     engine = build_engine(cfg)  # before the job: it may pick this process's device
-    job = build_job(cfg)
+    job = build_job(cfg, model=model, data=data, loss=loss, algorithm=algorithm)
     # Only the main process of a multi-process engine writes the run folder.
     keep = checkpoint.records if checkpoint is not None else None
     folder = RunFolder(out if getattr(engine, "is_main", True) else None, keep=keep)
-    folder.write_config(cfg.to_dict())
+    given = described(cfg, job, model, data, loss, algorithm)
+    folder.write_config(cfg.to_dict() | given | provenance())
     result = engine.run(job, folder, checkpoint) if checkpoint else engine.run(job, folder)
-    summary = summarize(
-        result.records,
-        label=f"{cfg.algorithm} on {cfg.topology} ({cfg.agents} agents, {cfg.dataset})",
-        algorithm=cfg.algorithm,
-        engine=cfg.engine,
-        agents=cfg.agents,
-        topology=cfg.topology,
-        schedule=cfg.schedule,
-        dataset=cfg.dataset,
-        model=cfg.model,
-        params=job.problem.dim,
-        rounds=cfg.rounds,
-        seed=cfg.seed,
+    dataset, model_name = data.name if data is not None else cfg.dataset, cfg.model
+    if model is not None:
+        model_name = type(model).__name__
+    summary = (
+        summarize(
+            result.records,
+            label=f"{job.algorithm.name} on {cfg.topology} ({cfg.agents} agents, {dataset})",
+            algorithm=cfg.algorithm,
+            engine=cfg.engine,
+            agents=cfg.agents,
+            topology=cfg.topology,
+            schedule=cfg.schedule,
+            dataset=dataset,
+            model=model_name,
+            params=job.problem.dim,
+            rounds=cfg.rounds,
+            seed=cfg.seed,
+        )
+        | provenance()
     )
-    folder.finish(summary, result.x, centre=result.centre)
-    return dataclasses.replace(result, summary=summary)
+    folder.finish(summary, result.x, centre=result.centre, buffers=result.buffers)
+    return Result(
+        x=result.x,
+        records=result.records,
+        summary=summary,
+        centre=result.centre,
+        buffers=result.buffers,
+        model=job.problem.template,
+        is_main=getattr(engine, "is_main", True),
+    )
 
 
-def resume(out: str | Path, overrides: Mapping[str, Any] = ()) -> RunResult:
+def described(
+    cfg: RunConfig,
+    job: Job,
+    model: nn.Module | None,
+    data: Dataset | None,
+    loss: Callable[..., torch.Tensor] | None,
+    algorithm: Method | None,
+) -> dict[str, Any]:
+    """What ``config.json`` says of the user's own objects in place of built-in names:
+    the model's class and sizes, the data's shapes and hash, the loss's and algorithm's
+    names (and the algorithm's settings)."""
+    out: dict[str, Any] = {}
+    if model is not None:
+        out["model"] = {
+            "class": qualified_name(type(model)),
+            "parameters": job.problem.dim,
+            "buffers": job.problem.buffer_spec.numel,
+        }
+    if data is not None:
+        out["dataset"] = {"class": qualified_name(type(data))} | data.describe()
+    if loss is not None:
+        out["loss"] = qualified_name(loss)
+    if algorithm is not None:
+        out["algorithm_settings"] = repr(algorithm)
+    return out
+
+
+def sha256(data: Dataset) -> str:
+    """The hash of a data set's tensors that ``config.json`` records."""
+    return str(data.describe()["sha256"])
+
+
+def qualified_name(obj: Any) -> str:
+    """``module.QualifiedName`` of a class or function (its type's, for other objects)."""
+    if not hasattr(obj, "__qualname__"):
+        obj = type(obj)
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def provenance() -> dict[str, Any]:
+    """The nettrain and torch versions and the command line that made a run."""
+    return {
+        "nettrain_version": __version__,
+        "torch_version": torch.__version__,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
+    }
+
+
+OBJECT_KEYS = {"model": "model", "dataset": "data", "loss": "loss"}  # config key -> run()'s
+NOT_KEYS = ("algorithm_settings", "nettrain_version", "torch_version", "command")
+
+
+def resume(
+    out: str | Path,
+    overrides: Mapping[str, Any] = (),
+    *,
+    model: nn.Module | None = None,
+    data: Dataset | None = None,
+    loss: Callable[..., torch.Tensor] | None = None,
+    algorithm: Method | None = None,
+) -> Result:
     """Continue the run in folder ``out`` from its ``checkpoint.pt``.
 
     ``overrides`` may change anything but what defines the problem and the state
     (:data:`~nettrain.config.FROZEN_ON_RESUME`), e.g. a larger ``rounds``. With no change
-    but ``rounds``, the final parameters equal those of an uninterrupted run.
+    but ``rounds``, the final parameters equal those of an uninterrupted run. A run of
+    the user's own objects is resumed with the same objects (the data's hash is checked).
     """
     folder = Path(out)
-    cfg = resumed_config(folder, overrides)
+    objects = {"model": model, "data": data, "loss": loss}
+    cfg = resumed_config(folder, overrides, given=[k for k, v in objects.items() if v is not None])
+    saved = json.loads((folder / "config.json").read_text()).get("dataset")
+    if data is not None and isinstance(saved, dict) and saved.get("sha256") != sha256(data):
+        raise ConfigError(
+            f"the data given differ from the run's in {folder} (another sha256); resume "
+            "with the same data"
+        )
     checkpoint = Checkpoint.load(folder)
     if checkpoint.round >= cfg.rounds:
         raise ConfigError(
             f"the checkpoint is at round {checkpoint.round} and rounds={cfg.rounds}: "
             f"nothing left to run; resume with rounds= larger than {checkpoint.round}"
         )
-    return run(cfg, folder, checkpoint)
+    return run(cfg, folder, checkpoint, algorithm=algorithm, **objects)
 
 
-def resumed_config(folder: Path, overrides: Mapping[str, Any] = ()) -> RunConfig:
-    """The config of the run in ``folder`` with ``overrides``, checked for a resume."""
+def resumed_config(
+    folder: Path, overrides: Mapping[str, Any] = (), given: Sequence[str] = ()
+) -> RunConfig:
+    """The config of the run in ``folder`` with ``overrides``, checked for a resume.
+
+    ``given`` names the user's objects passed again (``model``, ``data``, ``loss``): a
+    run that was given one must be resumed with it."""
     if not (folder / "config.json").is_file():
         raise DataError(f"{folder} is not a run folder (no config.json); nothing to resume")
-    saved = load_config(json.loads((folder / "config.json").read_text()))
+    values = json.loads((folder / "config.json").read_text())
+    for key in NOT_KEYS:
+        values.pop(key, None)
+    for key, argument in OBJECT_KEYS.items():
+        value = values.get(key)
+        if isinstance(value, dict) or (key == "loss" and value not in LOSSES):
+            if argument not in given:
+                name = value.get("class") if isinstance(value, dict) else value
+                raise ConfigError(
+                    f"the run in {folder} was given its own {argument} ({name}): resume it "
+                    f"from Python with nettrain.resume(folder, {argument}=...)"
+                )
+            del values[key]
+    saved = load_config(values)
     cfg = saved.replace(**dict(overrides))  # validated and converted like any config
     changed = [k for k in FROZEN_ON_RESUME if getattr(cfg, k) != getattr(saved, k)]
     if changed:

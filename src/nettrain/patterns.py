@@ -12,7 +12,8 @@ The patterns:
   both optionally through a compressor, each receiver decoding against its own ``x_i``;
 * pairwise exchange on disjoint pairs, through a compressor (:meth:`Communicator.swap`);
 * worker-to-centre exchange with centre variables held by (sharded) parameter
-  servers (:meth:`Communicator.centre_exchange`).
+  servers (:meth:`Communicator.centre_exchange`), each server applying the method's
+  :class:`ServerRule` to its slice.
 
 The ``start_*`` methods return a :class:`Handle` whose ``wait()`` finishes the
 operation, so communication can overlap the next local computation (Bluefog-style);
@@ -26,19 +27,35 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from nettrain.algorithms.base import CentreRule
-    from nettrain.compression import Compressor
+from nettrain.compression import Compressor
 
 
 class Handle(Protocol):
     """A communication in flight; ``wait()`` blocks until it is done and returns ``(m, d)``."""
 
     def wait(self) -> torch.Tensor: ...
+
+
+class ServerRule(Protocol):
+    """What a parameter server does with a worker's message: all the centre pattern needs
+    of a method (:class:`~nettrain.algorithms.base.CentreRule` implements it).
+
+    The servers hold ``centre_rows`` rows of ``d`` values (row 0 is the centre variable),
+    each of the ``servers`` servers a contiguous slice of the columns
+    (:func:`~nettrain.problem.flat.block_slices`). An exchange sends ``sent: (d_s,)`` to
+    a server, which applies ``serve`` atomically to its slice and replies.
+    """
+
+    centre_rows: int  # r, the rows the servers hold
+    servers: int  # S, the servers the centre is sharded over
+
+    def serve(self, rows: torch.Tensor, sent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One exchange on a slice: ``(rows', reply)`` from ``rows: (r, d_s)`` and ``sent``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -196,7 +213,7 @@ class Communicator(ABC):
         self,
         sent: torch.Tensor,
         workers: torch.Tensor,
-        rule: CentreRule,
+        rule: ServerRule,
         synchronous: bool = False,
     ) -> torch.Tensor:
         """Exchanges of ``workers: (k,)`` (global ids, local here) with the centre servers.

@@ -6,6 +6,7 @@ A run folder holds::
     metrics.jsonl   one JSON record per evaluation, appended and flushed as the run goes
     summary.json    the last record's figures plus what identifies the run
     final.pt        every agent's parameters, a tensor of shape (n, d)
+    buffers.pt      every agent's buffers (BatchNorm statistics), {name: (n, ...)}, if any
     centre.pt       the centre variable (d,) of a centre-based method (EASGD family)
     plot.png        test accuracy and consensus distance against rounds, bytes, time
 
@@ -123,15 +124,20 @@ class RunFolder:
         x: torch.Tensor,
         plot: bool = True,
         centre: torch.Tensor | None = None,
+        buffers: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Write ``summary.json``, ``final.pt`` (``x: (n, d)`` on CPU), ``centre.pt`` (if
-        given) and the plot."""
+        """Write ``summary.json``, ``final.pt`` (``x: (n, d)`` on CPU), ``centre.pt`` and
+        ``buffers.pt`` (``{name: (n, ...)}``) if given, and the plot."""
         if self.path is None:
             return
-        tensors = {"final.pt": x} | ({"centre.pt": centre} if centre is not None else {})
+        tensors: dict[str, Any] = {"final.pt": x.detach().cpu()}
+        if centre is not None:
+            tensors["centre.pt"] = centre.detach().cpu()
+        if buffers:
+            tensors["buffers.pt"] = {k: v.detach().cpu() for k, v in buffers.items()}
         for name, value in tensors.items():
             tmp = self.path / f"{name}.tmp"
-            torch.save(value.detach().cpu(), tmp)
+            torch.save(value, tmp)
             os.replace(tmp, self.path / name)
         write_json(self.path / "summary.json", {k: _jsonable(v) for k, v in summary.items()})
         if plot and self.records:

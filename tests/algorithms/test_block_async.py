@@ -9,23 +9,34 @@ import torch
 
 from helpers import least_squares_optimum, least_squares_problem, regression_data, sim_job
 from nettrain.algorithms import ALGORITHMS, BlockAsyncSGD, Hogwild, SGDConfig
-from nettrain.algorithms.block_async import block_bounds, block_index, owned_blocks
+from nettrain.algorithms.block_async import block_index, owned_blocks
 from nettrain.config import load_config
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.errors import ConfigError
 from nettrain.experiment import build_job, run
+from nettrain.problem.flat import block_slices
 from nettrain.recording import RunFolder
 from nettrain.topology import build_topology
 
 
-@pytest.mark.parametrize(("d", "blocks"), [(10, 3), (11, 4), (7, 7), (1000, 6)])
+@pytest.mark.parametrize(("d", "blocks"), [(10, 3), (11, 4), (7, 7), (1000, 6), (193, 2)])
 def test_blocks_are_contiguous_balanced_and_cover_the_vector(d: int, blocks: int) -> None:
-    bounds = block_bounds(d, blocks)
-    sizes = [b - a for a, b in itertools.pairwise(bounds)]
+    slices = block_slices(d, blocks)
+    bounds = [s.start for s in slices] + [slices[-1].stop]
+    assert bounds == [b * d // blocks for b in range(blocks + 1)]  # the documented rule
+    assert all(a.stop == b.start for a, b in itertools.pairwise(slices))
+    sizes = [s.stop - s.start for s in slices]
     assert bounds[0] == 0 and bounds[-1] == d and len(sizes) == blocks
     assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
     index = block_index(d, blocks)
     assert index.tolist() == [b for b, n in enumerate(sizes) for _ in range(n)]
+
+
+def test_block_slices_refuse_more_blocks_than_parameters() -> None:
+    with pytest.raises(ConfigError, match="blocks=8 is more than the 7 parameters"):
+        block_slices(7, 8)
+    with pytest.raises(ConfigError, match="blocks must be >= 1"):
+        block_slices(7, 0)
 
 
 def test_every_block_has_exactly_one_owner() -> None:

@@ -33,11 +33,6 @@ def test_flat_views_round_trip() -> None:
     assert matmul_flops_per_sample(spec) == 2 * (6 * 5 + 5 * 3)
 
 
-def test_models_with_buffers_are_refused() -> None:
-    with pytest.raises(ConfigError, match="buffers"):
-        FlatSpec.of(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)))
-
-
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_vectorised_gradient_equals_per_agent_autograd(model: str) -> None:
     problem = classification_problem(model)

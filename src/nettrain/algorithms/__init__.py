@@ -2,11 +2,17 @@
 
 ``ALGORITHMS`` maps config names to classes; each class reads its own settings from a
 :class:`~nettrain.config.RunConfig` (``from_config``), and :func:`build_algorithm`
-picks the class.
+picks the class. A method written outside the package is named ``module:Class``
+(``algorithm=mymethods:ChocoSGD``; the working directory is importable) or registered
+under an entry point of the group ``nettrain.algorithms``; :func:`resolve` finds it.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
+from importlib.metadata import entry_points
 from typing import Any
 
 from nettrain.algorithms.base import (
@@ -24,6 +30,7 @@ from nettrain.algorithms.next_sca import DGD, NEXT, StepRule
 from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_direction, sgd_step
 from nettrain.algorithms.surrogates import SOLVERS, SURROGATES, SurrogateConfig
 from nettrain.algorithms.swarm import ADPSGD, SwarmSGD
+from nettrain.errors import ConfigError
 
 ALGORITHMS: dict[str, type[Method]] = {
     cls.name: cls
@@ -49,9 +56,63 @@ ALGORITHMS |= {cls.name: cls for cls in (BlockAsyncSGD, Hogwild)}
 ASYNCHRONOUS = tuple(k for k, cls in ALGORITHMS.items() if issubclass(cls, AsyncAlgorithm))
 
 
+ENTRY_POINTS = "nettrain.algorithms"
+
+
+def resolve(name: str) -> type[Method]:
+    """The method class called ``name``: a built-in name, an entry point of the group
+    ``nettrain.algorithms``, or ``module:Class``. Unknown names raise a ConfigError that
+    lists the choices."""
+    if name in ALGORITHMS:
+        return ALGORITHMS[name]
+    found = entry_points(group=ENTRY_POINTS).select(name=name)
+    if found:
+        cls = next(iter(found)).load()
+    elif ":" in name:
+        cls = _import(name)
+    else:
+        plugins = sorted(ep.name for ep in entry_points(group=ENTRY_POINTS))
+        raise ConfigError(
+            f"algorithm={name!r} is not allowed; choose one of {', '.join([*ALGORITHMS, *plugins])}"
+            ", or name your own class as module:Class"
+        )
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ConfigError(
+            f"algorithm={name!r} is {cls!r}, not a nettrain method: subclass "
+            "nettrain.algorithms.Algorithm (synchronous) or AsyncAlgorithm"
+        )
+    return cls
+
+
+def _import(name: str) -> Any:
+    module_name, _, attr = name.partition(":")
+    if os.getcwd() not in sys.path:  # as `python -m` does: the working directory's modules
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"algorithm={name!r}: cannot import module {module_name!r} ({err}); run from the "
+            "folder that holds it or put it on PYTHONPATH"
+        ) from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"algorithm={name!r}: module {module_name!r} has no {attr!r}") from None
+
+
+def algorithm_name(method: Method) -> str:
+    """The name a config gives ``method``'s class: its built-in name, else
+    ``module:Class``."""
+    cls = type(method)
+    if ALGORITHMS.get(getattr(cls, "name", "")) is cls:
+        return cls.name
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
 def build_algorithm(cfg: Any) -> Method:
     """The algorithm named by ``cfg.algorithm``, with its settings from ``cfg``."""
-    return ALGORITHMS[cfg.algorithm].from_config(cfg)
+    return resolve(cfg.algorithm).from_config(cfg)
 
 
 __all__ = [
@@ -85,7 +146,9 @@ __all__ = [
     "SurrogateConfig",
     "SwarmSGD",
     "TreeEASGD",
+    "algorithm_name",
     "build_algorithm",
+    "resolve",
     "sgd_direction",
     "sgd_step",
 ]

@@ -12,6 +12,7 @@ axis is the local agent axis; every state has ``x``.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -45,10 +46,24 @@ class Method(ABC, Generic[S]):
     # them as they are, and refuse one)
     compresses: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:  # a method written outside the package
+            cls.name = cls.__name__
+
     @classmethod
-    @abstractmethod
     def from_config(cls, cfg: Any) -> Method:
-        """The algorithm with the settings of a :class:`~nettrain.config.RunConfig`."""
+        """The algorithm with the settings of a :class:`~nettrain.config.RunConfig`.
+
+        By default (a method written outside the package), a dataclass gets the config's
+        value of every field named like a config key (``lr``, ``momentum``, ``tau``...)
+        and its own default for the others.
+        """
+        if not dataclasses.is_dataclass(cls):
+            return cls()
+        values = cfg.to_dict()
+        fields = dataclasses.fields(cls)
+        return cls(**{f.name: values[f.name] for f in fields if f.init and f.name in values})
 
     def check(self, problem: Problem) -> None:
         """Raise a ConfigError if this algorithm cannot train ``problem`` (before any work)."""
@@ -121,10 +136,11 @@ class GossipAlgorithm(AsyncAlgorithm[S]):
 class CentreRule(ABC):
     """What a parameter server does with a worker's message (EASGD family, DOWNPOUR).
 
-    The servers hold ``centre_rows`` rows of ``d`` values (row 0 is the centre
-    variable ``x~``; DOWNPOUR with momentum keeps a velocity too), each server a
-    contiguous slice of the columns. An exchange sends ``sent: (d_s,)`` to a server,
-    which applies ``serve`` atomically to its slice and replies.
+    The base of the methods that implement :class:`~nettrain.patterns.ServerRule`, the
+    centre pattern's protocol: the servers hold ``centre_rows`` rows of ``d`` values
+    (row 0 is the centre variable ``x~``; DOWNPOUR with momentum keeps a velocity too),
+    each server a contiguous slice of the columns. An exchange sends ``sent: (d_s,)`` to
+    a server, which applies ``serve`` atomically to its slice and replies.
     """
 
     uses_centre: ClassVar[bool] = True

@@ -2,11 +2,12 @@
 
 Source: Kungurtsev, Egan, Chatterjee, Alistarh, "Asynchronous Optimization Methods for
 Efficient Training of Deep Neural Networks with Guarantees", AAAI 2021, arXiv
-1905.11845 (ALGORITHMS.md, section 3). Baseline: Hogwild (Niu, Recht, Re, Wright,
-"Hogwild!: A Lock-Free Approach to Parallelizing Stochastic Gradient Descent", 2011).
+1905.11845. Baseline: Hogwild (Niu, Recht, Re, Wright, "Hogwild!: A Lock-Free Approach
+to Parallelizing Stochastic Gradient Descent", 2011).
 
 ``P`` processes update one model ``x: (d,)`` without locks. The flat vector is cut
-into ``blocks`` contiguous blocks of (nearly) equal size; block ``b`` is owned by
+into ``blocks`` contiguous blocks of (nearly) equal size
+(:func:`~nettrain.problem.flat.block_slices`); block ``b`` is owned by
 process ``b mod P``, so process ``c`` owns ``I^c = {c, c + P, c + 2P, ...}``. Process
 ``c``'s ``k``-th step::
 
@@ -36,7 +37,6 @@ has.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,20 +46,15 @@ from nettrain.algorithms.base import Algorithm
 from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_direction
 from nettrain.errors import ConfigError
 from nettrain.patterns import Communicator
+from nettrain.problem.flat import block_slices
 from nettrain.problem.oracle import Oracle, Problem, agent_seed
 
 DELAY_STREAM = 0xB10C  # random stream of the simulated read delays
 
 
-def block_bounds(d: int, blocks: int) -> list[int]:
-    """Boundaries ``[0, ..., d]`` of ``blocks`` contiguous blocks whose sizes differ by <= 1."""
-    return [d * b // blocks for b in range(blocks + 1)]
-
-
 def block_index(d: int, blocks: int) -> torch.Tensor:
-    """The block of every coordinate, ``(d,)`` int64."""
-    bounds = block_bounds(d, blocks)
-    sizes = torch.tensor([b - a for a, b in itertools.pairwise(bounds)])
+    """The block of every coordinate (blocks of :func:`block_slices`), ``(d,)`` int64."""
+    sizes = torch.tensor([s.stop - s.start for s in block_slices(d, blocks)])
     return torch.repeat_interleave(torch.arange(blocks), sizes)
 
 

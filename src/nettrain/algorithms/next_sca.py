@@ -33,9 +33,10 @@ from typing import Any
 import torch
 
 from nettrain.algorithms.base import Algorithm
-from nettrain.algorithms.surrogates import Subproblem, SurrogateConfig, block_slices, minimize
+from nettrain.algorithms.surrogates import Subproblem, SurrogateConfig, minimize
 from nettrain.errors import ConfigError
 from nettrain.patterns import Communicator
+from nettrain.problem.flat import block_slices
 from nettrain.problem.oracle import Oracle, Problem
 
 
@@ -89,6 +90,12 @@ class NEXT(Algorithm[NextState]):
 
     def check(self, problem: Problem) -> None:
         self.surrogate.check_loss(problem.loss)
+        if self.surrogate.needs_linearization and not problem.stateless:
+            raise ConfigError(
+                f"surrogate={self.surrogate.kind} linearises the network, which needs a model "
+                f"without buffers or dropout ({type(problem.template).__name__} has them); "
+                "use surrogate=linear"
+            )
         block_slices(problem.dim, self.surrogate.blocks)
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> NextState:

@@ -25,16 +25,16 @@ notation of Di Lorenzo and Scutari's NEXT, ``s * grad f_i + pi_i = y``, so ``gra
   of accelerated proximal gradient (the softmax Hessian is below ``I/2``; the
   constant comes from a power iteration on ``J^T W J``).
 
-Block-parallel step: the coordinates are split into ``blocks`` contiguous slices and
-the surrogate is made block-separable by keeping, in each block's subproblem, only
-that block's columns of ``J`` (block-Jacobi; the linear surrogate is separable as it
-is). The blocks' subproblems are then independent and run on a thread pool, one
-block per core (torch releases the GIL inside its kernels).
+Block-parallel step: the coordinates are split into ``blocks`` contiguous slices
+(:func:`~nettrain.problem.flat.block_slices`) and the surrogate is made
+block-separable by keeping, in each block's subproblem, only that block's columns of
+``J`` (block-Jacobi; the linear surrogate is separable as it is). The blocks'
+subproblems are then independent and run on a thread pool, one block per core (torch
+releases the GIL inside its kernels).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from nettrain.errors import ConfigError
+from nettrain.problem.flat import block_slices
 from nettrain.problem.linearization import Linearization
 from nettrain.problem.losses import Regularizer, cross_entropy, squared
 
@@ -93,14 +94,6 @@ class SurrogateConfig:
                 f"{wanted.__name__.replace('_', '-')} loss; use loss={wanted.__name__} or "
                 "surrogate=linear"
             )
-
-
-def block_slices(d: int, blocks: int) -> list[slice]:
-    """``blocks`` contiguous slices of ``range(d)`` whose sizes differ by at most one."""
-    if blocks > d:
-        raise ConfigError(f"blocks={blocks} is more than the {d} parameters; use blocks <= {d}")
-    edges = [round(b * d / blocks) for b in range(blocks + 1)]
-    return [slice(a, b) for a, b in itertools.pairwise(edges)]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Lattice quantisation decoded against a reference the receiver holds (SwarmSGD).
 
 Paper: Nadiradze, Sabour, Davies, Li, Alistarh, "Asynchronous Decentralized SGD with
-Quantized and Local Updates", NeurIPS 2021, arXiv 1910.12308 (ALGORITHMS.md, section 4).
+Quantized and Local Updates", NeurIPS 2021, arXiv 1910.12308.
 
 Per coordinate, with step ``eps`` and ``q`` residues:
 

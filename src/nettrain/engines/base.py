@@ -15,6 +15,7 @@ from nettrain.engines.sim.clock import CostModel, VirtualClock
 from nettrain.errors import DivergenceError
 from nettrain.evaluation import model_metrics
 from nettrain.faults import Faults
+from nettrain.problem.buffers import Buffers, mean
 from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder
 from nettrain.topology import Topology
@@ -50,10 +51,11 @@ class Job:
         """The injected faults; an empty spec when there are none."""
         return self.faults or Faults(self.n_agents, self.seed)
 
-    def metrics(self, x: torch.Tensor) -> dict[str, Any]:
-        """What a record says about every agent's parameters ``x: (n, d)``."""
+    def metrics(self, x: torch.Tensor, buffers: Buffers | None = None) -> dict[str, Any]:
+        """What a record says about every agent's parameters ``x: (n, d)`` (and buffers
+        ``{name: (n, ...)}``, for a model that has them)."""
         shards = self.shards if self.train_objective else None
-        return model_metrics(self.problem, x, self.eval_agents, shards)
+        return model_metrics(self.problem, x, self.eval_agents, shards, buffers)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class RunResult:
     records: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
     centre: torch.Tensor | None = None  # (d,) the centre variable of a centre-based method
+    buffers: Buffers | None = None  # {name: (n, ...)} every agent's buffers, if the model has
 
 
 class Engine(Protocol):
@@ -122,11 +125,14 @@ def check_finite(loss: torch.Tensor, t: int, hint: str = Method.stability_hint) 
         )
 
 
-def centre_fields(job: Job, centre: torch.Tensor | None) -> dict[str, Any]:
-    """Test loss and accuracy of a centre-based method's centre variable ``(d,)``."""
+def centre_fields(
+    job: Job, centre: torch.Tensor | None, buffers: Buffers | None = None
+) -> dict[str, Any]:
+    """Test loss and accuracy of a centre-based method's centre variable ``(d,)`` (with
+    the agents' mean ``buffers``, for a model that has them)."""
     if centre is None:
         return {}
-    ev = job.problem.evaluate(centre[None])
+    ev = job.problem.evaluate(centre[None], mean(buffers) if buffers else None)
     out = {"centre_test_loss": float(ev.loss[0])}
     if ev.accuracy is not None:
         out["centre_test_accuracy"] = float(ev.accuracy[0])

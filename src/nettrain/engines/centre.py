@@ -1,12 +1,12 @@
 """A parameter server's slice of the centre: one implementation for both engines.
 
-Server ``s`` owns the columns ``block_slices(d, S)[s]`` of the centre's rows in a
-:class:`CentreShard`. The simulator keeps ``S`` of them in its
+Server ``s`` owns the columns ``block_slices(d, S)[s]`` (:mod:`nettrain.problem.flat`)
+of the centre's rows in a :class:`CentreShard`. The simulator keeps ``S`` of them in its
 :class:`~nettrain.engines.sim.servers.SimServers`; under ``engine=distributed`` ranks
 ``n .. n+S-1`` each host one, named ``"centre"``. A worker's exchange sends its slice
 to every server at once (``rpc_async``, then wait for all); each shard applies the
-method's :meth:`~nettrain.algorithms.base.CentreRule.serve` under its own lock, so
-the servers work concurrently and no lock is global. A handler never calls another
+method's :meth:`~nettrain.patterns.ServerRule.serve` under its own lock, so the
+servers work concurrently and no lock is global. A handler never calls another
 rank: no deadlock.
 
 Synchronous exchanges (synchronous EASGD) carry the worker's round number: the shard
@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
-from nettrain.algorithms.base import CentreRule
+from nettrain.patterns import ServerRule
 
 
 class CentreShard:
     """One server's slice ``rows: (r, d_s)`` of the centre and what it counts."""
 
-    def __init__(self, rule: CentreRule, rows: torch.Tensor, n_workers: int, timeout_s: float):
+    def __init__(self, rule: ServerRule, rows: torch.Tensor, n_workers: int, timeout_s: float):
         self._rule = rule
         self._cond = threading.Condition()
         self._n = n_workers
@@ -110,7 +110,7 @@ class CentreShard:
         self.finished.set()
 
 
-def shard_rows(x0: torch.Tensor, rule: CentreRule, cols: slice) -> torch.Tensor:
+def shard_rows(x0: torch.Tensor, rule: ServerRule, cols: slice) -> torch.Tensor:
     """The starting rows of one slice: ``x0`` in row 0, zeros below."""
     rows = x0.new_zeros(rule.centre_rows, cols.stop - cols.start)
     rows[0] = x0.reshape(-1)[cols]

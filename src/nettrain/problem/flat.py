@@ -27,11 +27,6 @@ class FlatSpec:
 
     @classmethod
     def of(cls, module: nn.Module) -> FlatSpec:
-        if any(True for _ in module.buffers()):
-            raise ConfigError(
-                f"{type(module).__name__} has buffers (e.g. batch-norm statistics); "
-                "nettrain models must keep all state in parameters"
-            )
         named = list(module.named_parameters())
         return cls(
             names=tuple(n for n, _ in named),
@@ -71,3 +66,19 @@ def matmul_flops_per_sample(spec: FlatSpec) -> int:
     Forward plus backward costs about three times this.
     """
     return sum(2 * math.prod(s) for s in spec.shapes if len(s) == 2)
+
+
+def block_slices(d: int, blocks: int) -> list[slice]:
+    """``blocks`` contiguous slices that cover ``range(d)``, sizes differing by at most one.
+
+    Block ``b`` is ``[floor(b d / blocks), floor((b + 1) d / blocks))``: exact integer
+    arithmetic, so the ``d mod blocks`` blocks one longer than ``floor(d / blocks)`` are
+    spread over the vector (the last block is always one of them when ``d mod blocks``
+    is not 0). The one splitter of NEXT's block-parallel step, the blocks of
+    block-asynchronous SGD and the parameter servers' slices of the centre.
+    """
+    if blocks < 1:
+        raise ConfigError(f"blocks must be >= 1, got {blocks}")
+    if blocks > d:
+        raise ConfigError(f"blocks={blocks} is more than the {d} parameters; use blocks <= {d}")
+    return [slice(b * d // blocks, (b + 1) * d // blocks) for b in range(blocks)]

@@ -16,20 +16,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
+from torch import nn
 from torch.func import functional_call, jacrev, vjp, vmap
 
-if TYPE_CHECKING:
-    from nettrain.problem.oracle import Problem
+from nettrain.problem.flat import FlatSpec
+
+
+class Network(Protocol):
+    """What a linearisation needs of a :class:`~nettrain.problem.oracle.Problem`."""
+
+    model: nn.Module  # the template, run on views of a flat vector
+    spec: FlatSpec
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (B, o), (B,) -> (B,)
 
 
 @dataclass(frozen=True)
 class Linearization:
     """``out(x + v) ~ out + J v`` for ``k`` agents, each on its own batch of ``B`` samples."""
 
-    problem: Problem
+    problem: Network
     x: torch.Tensor  # (k, d) expansion points
     inputs: torch.Tensor  # (k, B, F)
     targets: torch.Tensor  # (k, B)
@@ -40,7 +48,7 @@ class Linearization:
     @classmethod
     def at(
         cls,
-        problem: Problem,
+        problem: Network,
         x: torch.Tensor,
         inputs: torch.Tensor,
         targets: torch.Tensor,
@@ -83,7 +91,7 @@ class Linearization:
         return self.vjp(self.loss_grad(self.out))
 
 
-def _forward(problem: Problem):
+def _forward(problem: Network):
     """``(x: (d,), a: (B, F)) -> (B, o)``: the model on views of one flat vector."""
 
     def forward(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

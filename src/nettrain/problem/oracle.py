@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +28,14 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from nettrain.data import Dataset
 from nettrain.errors import ConfigError
+from nettrain.problem.buffers import BUFFER_POLICIES, Buffers, BufferSpec, rows
 from nettrain.problem.flat import FlatSpec
 from nettrain.problem.linearization import Linearization
 from nettrain.problem.losses import Regularizer
+from nettrain.problem.random_layers import SeededDropout, seeded
+from nettrain.problem.vectorise import check_vectorisable, evaluation, training
+
+DROPOUT_STREAM = 0xD0  # the agents' dropout keys, apart from their mini-batches (stream 0)
 
 
 def agent_seed(seed: int, agent: int, stream: int = 0) -> int:
@@ -65,56 +71,131 @@ class Problem:
     """Model, loss, regulariser and data: everything that defines ``f_i`` and the test metric.
 
     The model object is a template: its parameters are never used, every call
-    substitutes views of a flat vector through ``functional_call``.
+    substitutes views of a flat vector through ``functional_call``; its buffers (BatchNorm
+    statistics) are the starting buffers of every agent, which then keeps its own
+    (:mod:`~nettrain.problem.buffers`; ``buffer_policy`` says which buffers evaluate an
+    agent). Dropout layers are swapped, in a copy, for per-agent seeded ones
+    (:mod:`~nettrain.problem.random_layers`). Inputs may have any shape ``(N, ...)``.
     """
 
     model: nn.Module
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (B, k), (B,) -> (B,)
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (B, k), (B, ...) -> (B,)
     regularizer: Regularizer
     data: Dataset
+    buffer_policy: str = "mix"  # mix: every agent evaluated with the mean buffers; local: own
+    template: nn.Module = field(init=False)  # the model as given (its own dropout layers)
     spec: FlatSpec = field(init=False)
+    buffer_spec: BufferSpec = field(init=False)
+    dropouts: tuple[SeededDropout, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.buffer_policy not in BUFFER_POLICIES:
+            raise ConfigError(
+                f"buffers={self.buffer_policy!r} is unknown; choose one of "
+                f"{', '.join(BUFFER_POLICIES)}"
+            )
+        self.template = self.model
+        self.model, self.dropouts = seeded(self.model)
         self.spec = FlatSpec.of(self.model)
+        self.buffer_spec = BufferSpec.of(self.model)
 
     @property
     def dim(self) -> int:
         return self.spec.dim
 
-    def initial_params(self, seed: int) -> torch.Tensor:
-        """PyTorch's default initialisation of the model drawn under ``seed``, as ``(d,)``.
+    @property
+    def stateless(self) -> bool:
+        """No buffers and no random layers: the model is a pure function of ``x``."""
+        return not self.buffer_spec and not self.dropouts
 
-        The global RNG is forked, so seeding here leaves the caller's stream untouched.
+    def initial_params(self, seed: int, reinitialise: bool = True) -> torch.Tensor:
+        """PyTorch's default initialisation of the model drawn under ``seed``, as ``(d,)``
+        (``reinitialise=False``: the template's own parameters, e.g. pretrained ones).
+
+        Re-initialising also resets the template's buffers (BatchNorm's statistics), the
+        agents' starting buffers. The global RNG is forked, so seeding here leaves the
+        caller's stream untouched.
         """
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for module in self.model.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-            return self.spec.flatten(self.model).clone()
+        if reinitialise:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for module in self.model.modules():
+                    if hasattr(module, "reset_parameters"):
+                        module.reset_parameters()
+        return self.spec.flatten(self.model).clone()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        inputs: torch.Tensor,
+        buffers: Buffers | None = None,
+        key: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The model at the flat parameters ``x: (d,)`` on ``inputs: (B, ...)``, in the
+        template's current mode, with ``buffers`` (else the template's) and the dropout
+        ``key`` (else torch's global generator)."""
+        for layer in self.dropouts:
+            layer.key = key
+        try:
+            tensors = self.spec.unflatten(x) | (buffers or {})
+            return functional_call(self.model, tensors, (inputs,))
+        finally:
+            for layer in self.dropouts:
+                layer.key = None
+
+    def train_loss(
+        self,
+        x: torch.Tensor,
+        buffers: Buffers,
+        key: torch.Tensor,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        wb: torch.Tensor,
+    ) -> tuple[torch.Tensor, Buffers]:
+        """One agent's training pass: ``(L, buffers')`` with
+        ``L = sum_b w_b loss(model(x; xb_b), yb_b)``; ``buffers'`` are the buffers the pass
+        updated (training mode; the model's mode is set by the caller)."""
+        buffers = dict(buffers)  # BatchNorm updates these tensors in place
+        loss = (self.loss(self.forward(x, xb, buffers, key), yb) * wb).sum()
+        return loss, buffers
 
     def batch_loss(
         self, x: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor
     ) -> torch.Tensor:
-        """``sum_b w_b * loss(model(x; xb_b), yb_b)`` for one agent: ``x (d,)``, ``xb (B, F)``."""
-        out = functional_call(self.model, self.spec.unflatten(x), (xb,))
-        return (self.loss(out, yb) * wb).sum()
+        """``sum_b w_b * loss(model(x; xb_b), yb_b)`` for one agent: ``x (d,)``, ``xb (B, ...)``,
+        in evaluation mode (no dropout, the template's buffers)."""
+        with evaluation(self.model):
+            return (self.loss(self.forward(x, xb), yb) * wb).sum()
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, chunk: int = 16) -> Evaluation:
-        """Test loss and accuracy of each row of ``x: (k, d)``; chunks of ``chunk`` vectors."""
+    def evaluate(
+        self, x: torch.Tensor, buffers: Buffers | None = None, chunk: int = 16
+    ) -> Evaluation:
+        """Test loss and accuracy of each row of ``x: (k, d)`` in evaluation mode, with
+        ``buffers: {name: (k, ...)}`` (else the template's); chunks of ``chunk`` vectors."""
         xt, yt = self.data.x_test, self.data.y_test
+        buffers = buffers or {}
 
-        def one(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            out = functional_call(self.model, self.spec.unflatten(v), (xt,))  # (M, k_out)
+        def one(v: torch.Tensor, b: Buffers) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.forward(v, xt, b)  # (M, k_out)
             loss = self.loss(out, yt).mean()
             if self.data.n_classes:
                 return loss, (out.argmax(-1) == yt).float().mean()
             return loss, loss.new_zeros(())
 
-        losses, accs = zip(*(vmap(one)(c) for c in x.split(chunk)), strict=True)
+        parts = []
+        with evaluation(self.model):
+            for i in range(0, len(x), chunk):
+                part = {n: b[i : i + chunk] for n, b in buffers.items()}
+                parts.append(vmap(one)(x[i : i + chunk], part))
+        losses, accs = zip(*parts, strict=True)
         acc = torch.cat(accs) if self.data.n_classes else None
         return Evaluation(torch.cat(losses), acc)
+
+    def check(self) -> None:
+        """Raise a ConfigError naming the layer if the model cannot run in the vectorised
+        oracle (torch.func.vmap over agents), before any work; also checks the loss."""
+        check_vectorisable(self)
 
     def oracle(
         self,
@@ -134,6 +215,11 @@ class Oracle:
     Holds only its own agents' samples (``shards[k]`` are the training indices of
     ``agents[k]``). ``batch_size = 0`` means the full local batch: every sample of the
     shard, weighted ``1/|shard|``; shards of unequal size are padded and masked.
+
+    Also the local agents' model state beyond ``x``: their buffers
+    (:attr:`buffers`, ``{name: (m, ...)}``, updated by every training pass) and, for a
+    model with dropout, a generator per agent (seeded by ``(seed, agent, stream)``) that
+    draws each pass's dropout key. :meth:`local_state` holds all of it for checkpoints.
     """
 
     def __init__(
@@ -163,7 +249,13 @@ class Oracle:
         self.offsets = torch.cumsum(sizes, 0) - sizes  # (m,)
         self.meter = Meter.zeros(len(agents))
         self.generators = [torch.Generator().manual_seed(agent_seed(seed, int(a))) for a in agents]
-        self._grad = vmap(grad_and_value(problem.batch_loss))
+        self.dropout_generators = [
+            torch.Generator().manual_seed(agent_seed(seed, int(a), DROPOUT_STREAM))
+            for a in (agents if problem.dropouts else ())
+        ]
+        self.buffers = problem.buffer_spec.stack(problem.model, len(agents))  # (m, ...) each
+        self.buffers = {k: v.to(device) for k, v in self.buffers.items()}
+        self._grad = vmap(grad_and_value(problem.train_loss, has_aux=True))
         if batch_size == 0:
             self._full = self._full_batch_table()
 
@@ -206,26 +298,51 @@ class Oracle:
         if local is None:
             local = torch.arange(self.m)
         idx, w = self._sample(local)
-        if len(local) == 1:  # one agent (the distributed engine): plain autograd, no vmap
-            g, loss = self._single_grad(x[0], self.x[idx[0]], self.y[idx[0]], w[0])
-        else:
-            g, loss = self._grad(x, self.x[idx], self.y[idx], w)  # (k, d), (k,)
+        buffers, keys = rows(self.buffers, local), self._keys(local)
+        with training(self.problem.model):
+            if len(local) == 1:  # one agent (the distributed engine): plain autograd, no vmap
+                g, loss, buffers = self._single_grad(
+                    x[0], buffers, keys[0], self.x[idx[0]], self.y[idx[0]], w[0]
+                )
+            else:  # (k, d), ((k,), {name: (k, ...)})
+                g, (loss, buffers) = self._grad(x, buffers, keys, self.x[idx], self.y[idx], w)
+        for name, value in buffers.items():
+            self.buffers[name][local] = value.detach()
         if not smooth and self.with_regularizer and self.problem.regularizer.kind != "none":
             loss = loss + self.problem.regularizer.value(x)
             g = g + self.problem.regularizer.grad(x)
         self.meter.samples[local] += (w > 0).sum(1).cpu()
         return loss.detach(), g.detach()
 
+    def _keys(self, local: torch.Tensor) -> torch.Tensor:
+        """Each local agent's dropout key for its next pass ``(k,)`` int64 (zeros without
+        dropout), drawn from the agent's own generator."""
+        if not self.dropout_generators:
+            return torch.zeros(len(local), dtype=torch.int64, device=self.x.device)
+        keys = [
+            torch.randint(1 << 62, (1,), generator=self.dropout_generators[i])
+            for i in local.tolist()
+        ]
+        return torch.cat(keys).to(self.x.device)
+
     def _single_grad(
-        self, x: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(g (1, d), loss (1,))`` of one agent by ``torch.autograd.grad``: vmap over a single
-        agent costs about twice as much (measured in benchmarks/distributed_overhead.py)."""
+        self,
+        x: torch.Tensor,
+        buffers: Buffers,
+        key: torch.Tensor,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        wb: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, Buffers]:
+        """``(g (1, d), loss (1,), buffers (1, ...))`` of one agent by ``torch.autograd.grad``:
+        vmap over a single agent costs about twice as much (measured in
+        benchmarks/distributed_overhead.py)."""
+        own = {name: b[0].clone() for name, b in buffers.items()}
         with torch.enable_grad():
             p = x.detach().requires_grad_(True)
-            loss = self.problem.batch_loss(p, xb, yb, wb)
+            loss, own = self.problem.train_loss(p, own, key, xb, yb, wb)
             (g,) = torch.autograd.grad(loss, p)
-        return g[None], loss.detach()[None]
+        return g[None], loss.detach()[None], {name: b[None] for name, b in own.items()}
 
     def linearize(self, x: torch.Tensor, local: torch.Tensor | None = None) -> Linearization:
         """The network linearised at ``x: (k, d)`` on each agent's next batch (no regulariser).
@@ -238,10 +355,29 @@ class Oracle:
         self.meter.samples[local] += (w > 0).sum(1).cpu()
         return Linearization.at(self.problem, x, self.x[idx], self.y[idx], w)
 
-    def rng_state(self) -> list[torch.Tensor]:
-        """Every local agent's generator state, for checkpoints."""
-        return [g.get_state() for g in self.generators]
+    def local_state(self) -> list[Any]:
+        """Every local agent's state beyond its parameters, for checkpoints: its mini-batch
+        generator's state, and for models with dropout or buffers a dict holding it with
+        the dropout generator's state and the agent's buffers."""
+        batches = [g.get_state() for g in self.generators]
+        if self.problem.stateless:
+            return batches
+        out = []
+        for i, state in enumerate(batches):
+            entry: dict[str, Any] = {"batches": state}
+            entry["buffers"] = rows(self.buffers, slice(i, i + 1))
+            if self.dropout_generators:
+                entry["dropout"] = self.dropout_generators[i].get_state()
+            out.append(entry)
+        return out
 
-    def set_rng_state(self, states: Sequence[torch.Tensor]) -> None:
-        for g, s in zip(self.generators, states, strict=True):
-            g.set_state(s)
+    def load_local_state(self, states: Sequence[Any]) -> None:
+        """Restore what :meth:`local_state` returned (the same agents, in order)."""
+        for i, (g, state) in enumerate(zip(self.generators, states, strict=True)):
+            if isinstance(state, dict):
+                if self.dropout_generators:
+                    self.dropout_generators[i].set_state(state["dropout"])
+                for name, value in state["buffers"].items():
+                    self.buffers[name][i] = value[0].to(self.buffers[name].device)
+                state = state["batches"]
+            g.set_state(state)

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from nettrain.engines.distributed.comm import PeerError
 from nettrain.engines.distributed.rpc import Mailbox, rpc_session
+from nettrain.errors import PeerError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
 

@@ -26,7 +26,6 @@ import pytest
 import torch
 
 from helpers import free_port, torchrun_command, wait_or_fail
-from nettrain.engines.distributed.comm import PeerError
 from nettrain.engines.distributed.rpc import (
     Counts,
     Mailbox,
@@ -34,6 +33,7 @@ from nettrain.engines.distributed.rpc import (
     payload_bytes,
     rpc_session,
 )
+from nettrain.errors import PeerError
 
 WORKER = Path(__file__).with_name("rpc_worker.py")
 MESSAGES = {1: 5, 2: 7, 3: 11}  # sender rank -> messages it posts

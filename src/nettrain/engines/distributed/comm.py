@@ -22,7 +22,7 @@ Traffic is counted from what this rank sends: one message of ``d`` elements per
 ``n - 1`` messages of one payload each.
 
 A failed exchange (a peer died, or did not answer within the group's timeout) raises
-:class:`PeerError`, naming this rank and, for neighbour mixing, the peer.
+:class:`~nettrain.errors.PeerError`, naming this rank and, for neighbour mixing, the peer.
 
 Asynchronous exchanges (``swap``, ``centre_exchange``) take the engine's faults
 (:meth:`~nettrain.patterns.Communicator.losing`, :mod:`nettrain.faults`): a lost request
@@ -49,20 +49,21 @@ import torch.distributed as dist
 from nettrain.compression import Compressor, Identity
 from nettrain.compression.payloads import pack, unpack
 from nettrain.engines.distributed.liveness import beating
-from nettrain.errors import NettrainError
-from nettrain.patterns import Communicator, Handle, Traffic, ring_allreduce_cost
+from nettrain.errors import PeerError
+from nettrain.patterns import (
+    Communicator,
+    Handle,
+    ServerRule,
+    Traffic,
+    ring_allreduce_cost,
+)
 from nettrain.topology import Topology
 
 if TYPE_CHECKING:
-    from nettrain.algorithms.base import CentreRule
     from nettrain.engines.distributed.rpc import RpcSession
 
 TAG_CYCLE = 1 << 20  # tags of successive mixes; tells apart mixes in flight together
 T = TypeVar("T")
-
-
-class PeerError(NettrainError):
-    """Communication with another process failed: it died, hung, or the network broke."""
 
 
 def guarded(what: str, call: Callable[[], T]) -> T:
@@ -338,7 +339,7 @@ class DistCommunicator(Communicator):
         self,
         sent: torch.Tensor,
         workers: torch.Tensor,
-        rule: CentreRule,
+        rule: ServerRule,
         synchronous: bool = False,
     ) -> torch.Tensor:
         """This worker's exchange: its slices to every server at once (``rpc_async``),

@@ -26,18 +26,18 @@ import torch
 import torch.distributed as dist
 
 from nettrain.algorithms.base import AsyncAlgorithm
-from nettrain.algorithms.surrogates import block_slices
 from nettrain.checkpoint import Checkpoint
 from nettrain.engines.base import Job, RunResult
 from nettrain.engines.centre import CentreShard, shard_rows
-from nettrain.engines.distributed.comm import DistCommunicator, PeerError
+from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.events import run_events
 from nettrain.engines.distributed.finish import Silence, events_prefix, read_verdict
 from nettrain.engines.distributed.liveness import Heartbeat, silent_ranks
 from nettrain.engines.distributed.rounds import run_rounds
 from nettrain.engines.distributed.rpc import RpcSession, rpc_session
 from nettrain.engines.distributed.store import keep_on_loopback, open_store
-from nettrain.errors import ConfigError, DivergenceError, FaultError
+from nettrain.errors import ConfigError, DivergenceError, FaultError, PeerError
+from nettrain.problem.flat import block_slices
 from nettrain.recording import RunFolder
 
 BACKENDS = ("auto", "gloo", "nccl")

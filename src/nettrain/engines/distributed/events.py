@@ -25,12 +25,12 @@ from nettrain.engines.base import (
     staleness_fields,
     traffic_fields,
 )
-from nettrain.engines.distributed.comm import DistCommunicator, PeerError
+from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.finish import DEAD_AFTER_S, Finish, events_prefix
 from nettrain.engines.distributed.gossip import Peer
-from nettrain.engines.distributed.states import stack_states
+from nettrain.engines.distributed.states import stack_buffers, stack_states
 from nettrain.engines.draws import Draws
-from nettrain.errors import DivergenceError
+from nettrain.errors import DivergenceError, PeerError
 from nettrain.patterns import Losses
 from nettrain.problem.oracle import agent_seed
 from nettrain.progress import progress_bar
@@ -165,6 +165,7 @@ def run_events(
         "events": made,
         "loss": (loss_sum, loss_count),
         "staleness": comm.staleness,
+        "buffers": oracle.buffers,
     }
     if rank != 0:
         finish.post(mine)
@@ -206,9 +207,10 @@ def run_events(
     judged = job
     if verdict.crashed:
         judged = dataclasses.replace(job, shards=[job.shards[r] for r in survivors])
-    record |= judged.metrics(everyone.x) | algo.diagnostics(everyone)
-    folder.append(record | centre_fields(job, centre))
-    return RunResult(everyone.x, folder.records, centre=centre)
+    buffers = stack_buffers([f["buffers"] for f in rows])
+    record |= judged.metrics(everyone.x, buffers) | algo.diagnostics(everyone)
+    folder.append(record | centre_fields(job, centre, buffers))
+    return RunResult(everyone.x, folder.records, centre=centre, buffers=buffers)
 
 
 def unapplied_exchanges(

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from nettrain.engines.distributed.comm import PeerError
+from nettrain.errors import PeerError
 
 DEAD_AFTER_S = 5.0  # a heartbeat (every 0.25 s) silent this long: the process is dead
 POLL_S = 0.05  # between two looks at the store

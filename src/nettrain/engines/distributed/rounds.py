@@ -32,7 +32,12 @@ from nettrain.engines.base import (
     work_totals,
 )
 from nettrain.engines.distributed.comm import DistCommunicator, guarded
-from nettrain.engines.distributed.states import all_gather_rows, gather_state, own_rows
+from nettrain.engines.distributed.states import (
+    all_gather_rows,
+    gather_buffers,
+    gather_state,
+    own_rows,
+)
 from nettrain.engines.sim.clock import VirtualClock
 from nettrain.errors import ConfigError, DivergenceError
 from nettrain.progress import progress_bar
@@ -101,7 +106,7 @@ def run_rounds(
         # reach a server first.
         servers = servers_state(comm) if main and comm.server_ranks else None
         rngs: list[Any] = [None] * n  # every agent's mini-batch generator, rank order
-        mine = oracle.rng_state()[0]
+        mine = oracle.local_state()[0]
         guarded(
             "gathering the mini-batch generators for a checkpoint",
             lambda: dist.all_gather_object(rngs, mine, group=comm.group),
@@ -127,7 +132,7 @@ def run_rounds(
     first, saved = 0, None  # saved: the round of the last checkpoint
     if resume is not None:  # the fresh state is the template the saved one fills
         state = own_rows(load_state(state, resume.state), rank, n, device)
-        oracle.set_rng_state([resume.rng[rank]])
+        oracle.load_local_state([resume.rng[rank]])
         clock.now = resume.clock
         totals = {k: v.clone() for k, v in resume.totals.items()}
         first, saved = resume.round, resume.round
@@ -154,6 +159,7 @@ def run_rounds(
             status = ""
             if evaluate or checkpoint:
                 everyone = gather_state(state, gather)  # every agent's state, (n, ...)
+                buffers = gather_buffers(problem.buffer_spec, oracle.buffers, gather)
                 if evaluate and main:
                     record = {
                         "round": t + 1,
@@ -163,9 +169,9 @@ def run_rounds(
                         "round_wall_time_s": round_s,
                         **traffic_fields(totals),
                         "train_loss": float(losses.mean()),
-                        **job.metrics(everyone.x),
+                        **job.metrics(everyone.x, buffers),
                         **job.algorithm.diagnostics(everyone),
-                        **centre_fields(job, job.algorithm.centre(state, comm)),
+                        **centre_fields(job, job.algorithm.centre(state, comm), buffers),
                     }
                     folder.append(record)
                     status = status_line(record)
@@ -174,8 +180,9 @@ def run_rounds(
                     saved = t + 1
             advance(1, status)
     everyone = gather(state.x)
+    buffers = gather_buffers(problem.buffer_spec, oracle.buffers, gather)
     centre = job.algorithm.centre(state, comm) if main else None
-    return RunResult(everyone, folder.records, centre=centre)
+    return RunResult(everyone, folder.records, centre=centre, buffers=buffers)
 
 
 def servers_state(comm: DistCommunicator) -> dict[str, Any]:

@@ -55,7 +55,7 @@ where the process group's store already holds it (checked with torch 2.13).
 Shutdown: leaving the ``with`` block normally is a graceful ``rpc.shutdown``: it
 returns once every rank has left its block and every call in flight, anywhere, has
 finished, so the host may read its objects afterwards. It waits at most
-``timeout_s`` for a rank that is gone and then raises :class:`PeerError`. Where the
+``timeout_s`` for a rank that is gone and then raises :class:`~nettrain.errors.PeerError`. Where the
 caller knows that a rank is gone and that nothing is in flight any more (the engine's
 asynchronous runs agree on that in the store, see
 :mod:`~nettrain.engines.distributed.finish`), it sets :attr:`RpcSession.graceful` to
@@ -84,8 +84,8 @@ import torch.distributed.rpc as rpc
 from torch.distributed.rendezvous import register_rendezvous_handler
 from torch.futures import Future
 
-from nettrain.engines.distributed.comm import PeerError
 from nettrain.engines.distributed.store import keep_on_loopback, open_store
+from nettrain.errors import PeerError
 
 SCHEME = "nettrain-rpc"  # init_rpc's URL scheme for a store chosen by rpc_session
 STORE_PREFIX = "nettrain-rpc"  # keys of RPC's rendezvous in a shared store
@@ -289,7 +289,7 @@ class RpcSession:
         """The results of ``futures``, after every one of them is done.
 
         The first failure is raised then: a call that failed in transit (the peer is
-        gone, or did not answer within ``timeout_s``) as a :class:`PeerError`; an
+        gone, or did not answer within ``timeout_s``) as a :class:`~nettrain.errors.PeerError`; an
         exception of the hosted method itself as RPC delivers it (its message starts
         ``On WorkerInfo(...)`` and carries the host's traceback).
         """

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from nettrain.engines.distributed.comm import guarded
+from nettrain.problem.buffers import Buffers, BufferSpec
 
 
 def all_gather_rows(t: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
@@ -26,6 +27,24 @@ def all_gather_rows(t: torch.Tensor, group: dist.ProcessGroup | None = None) -> 
         "an all-gather of the engine", lambda: dist.all_gather(parts, t.contiguous(), group=group)
     )
     return torch.cat(parts)
+
+
+def gather_buffers(
+    spec: BufferSpec, buffers: Buffers, gather: Callable[[torch.Tensor], torch.Tensor]
+) -> Buffers | None:
+    """Every agent's buffers ``{name: (n, ...)}`` from each rank's ``(1, ...)``, sent as
+    one flat float64 row each (exact for counters); None for a model without buffers."""
+    if not spec:
+        return None
+    device = next(iter(buffers.values())).device
+    return spec.unflatten(gather(spec.flatten(buffers).to(device)))
+
+
+def stack_buffers(parts: list[Buffers]) -> Buffers | None:
+    """One ``{name: (k, ...)}`` from ``k`` ranks' ``(1, ...)`` buffers handed over whole."""
+    if not parts or not parts[0]:
+        return None
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
 
 def stack_states(states: list[Any]) -> Any:

@@ -9,8 +9,8 @@ memory. An averaging is::
 
 The update is a *shift*: writes the local workers make to ``x`` between the snapshot
 and the shift (the all-reduce takes a while) are kept on top of the mean instead of
-being overwritten (ALGORITHMS.md section 3, the "concurrent parameter servers"
-strategy of Kungurtsev et al. 2021). :meth:`ModelAverager.start` returns a handle
+being overwritten (the "concurrent parameter servers" strategy of Kungurtsev et al.
+2021, :mod:`nettrain.algorithms.block_async`). :meth:`ModelAverager.start` returns a handle
 whose ``wait()`` finishes the exchange, so callers may overlap it with other work.
 """
 

@@ -46,7 +46,7 @@ from nettrain.engines.distributed.engine import launched_rank
 from nettrain.engines.shared_memory.averaging import ModelAverager
 from nettrain.engines.shared_memory.board import Board
 from nettrain.engines.shared_memory.worker import WorkerSpec, worker_main
-from nettrain.errors import ConfigError, DataError, DivergenceError, NettrainError
+from nettrain.errors import ConfigError, DataError, DivergenceError, WorkerFailed
 from nettrain.progress import progress_bar
 from nettrain.recording import RunFolder
 
@@ -78,10 +78,6 @@ def one_model_metrics(job: Job, x: torch.Tensor) -> dict[str, Any]:
     else:
         out["agent_test_loss_mean"] = out["test_loss"]
     return out | {"consensus_distance": 0.0}
-
-
-class WorkerFailed(NettrainError):
-    """A worker process stopped with an error or died."""
 
 
 class SharedMemoryEngine:
@@ -140,6 +136,14 @@ class SharedMemoryEngine:
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
         if resume is not None:
             raise ConfigError("resuming is implemented for engine=sim; rerun from the start")
+        if job.problem.buffer_spec:
+            raise ConfigError(
+                f"engine=shared_memory keeps one flat parameter vector in shared memory; "
+                f"{type(job.problem.model).__name__} has buffers (BatchNorm statistics: "
+                f"{', '.join(job.problem.buffer_spec.names[:3])}) the workers would not share. "
+                "Use a model without buffers (e.g. GroupNorm or LayerNorm instead of "
+                "BatchNorm) or engine=sim"
+            )
         algo = job.algorithm
         if not isinstance(algo, (BlockAsyncSGD, AllReduceSGD)):
             raise ConfigError(

@@ -30,11 +30,11 @@ import torch
 from torch.func import functional_call
 
 from nettrain.algorithms.baselines import AllReduceSGD
-from nettrain.algorithms.block_async import BlockAsyncSGD, block_bounds, owned_blocks
+from nettrain.algorithms.block_async import BlockAsyncSGD, owned_blocks
 from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_direction
 from nettrain.engines.shared_memory.board import Board
 from nettrain.errors import DivergenceError, NettrainError
-from nettrain.problem.flat import FlatSpec
+from nettrain.problem.flat import FlatSpec, block_slices
 from nettrain.problem.losses import Regularizer
 from nettrain.problem.oracle import agent_seed
 
@@ -74,13 +74,13 @@ class BlockGradient:
         self.flat = FlatSpec.of(spec.model)
         starts = torch.tensor((0, *self.flat.numels)).cumsum(0).tolist()
         self.ranges = list(itertools.pairwise(starts))  # per parameter tensor
-        self.bounds = block_bounds(self.flat.dim, spec.blocks)
+        self.slices = block_slices(self.flat.dim, spec.blocks)
         self._need: dict[tuple[int, ...], tuple[bool, ...]] = {}
 
     def needed(self, blocks: tuple[int, ...]) -> tuple[bool, ...]:
         """Which parameter tensors intersect ``blocks`` (cached per set of blocks)."""
         if blocks not in self._need:
-            spans = [(self.bounds[b], self.bounds[b + 1]) for b in blocks]
+            spans = [(self.slices[b].start, self.slices[b].stop) for b in blocks]
             self._need[blocks] = tuple(
                 any(a < e and s < b for s, e in spans) for a, b in self.ranges
             )
@@ -168,9 +168,8 @@ class Worker:
     def write(self, blocks: tuple[int, ...], xr: torch.Tensor, g: torch.Tensor, lr: float) -> None:
         """``u_b <- m u_b + g_b; x_b <- x_b - lr d_b`` in place on the shared ``x``, per block."""
         sgd: SGDConfig = self.spec.algorithm.sgd
-        bounds = self.gradient.bounds
         for b in blocks:
-            a, e = bounds[b], bounds[b + 1]
+            a, e = self.gradient.slices[b].start, self.gradient.slices[b].stop
             direction, state = sgd_direction(xr[a:e], g[a:e], SGDState(self.u[a:e]), sgd)
             if state.buf is not None:
                 self.u[a:e] = state.buf

@@ -21,11 +21,17 @@ from __future__ import annotations
 
 import torch
 
-from nettrain.algorithms.base import CentreRule
 from nettrain.compression import Compressor, Identity
 from nettrain.compression.payloads import reads_reference, take_rows
 from nettrain.engines.sim.servers import SimServers
-from nettrain.patterns import Communicator, Handle, Ready, Traffic, ring_allreduce_cost
+from nettrain.patterns import (
+    Communicator,
+    Handle,
+    Ready,
+    ServerRule,
+    Traffic,
+    ring_allreduce_cost,
+)
 from nettrain.topology import Topology
 
 SPARSE_BELOW = 0.15  # use a sparse matrix for W when the share of nonzeros is below this
@@ -157,7 +163,7 @@ class SimCommunicator(Communicator):
         self,
         sent: torch.Tensor,
         workers: torch.Tensor,
-        rule: CentreRule,
+        rule: ServerRule,
         synchronous: bool = False,
     ) -> torch.Tensor:
         if self.servers is None:

@@ -64,7 +64,7 @@ class SimEngine:
         first, saved = 0, None
         if resume is not None:  # the fresh state is the template the saved one fills
             state = load_state(state, resume.state)
-            oracle.set_rng_state(resume.rng)
+            oracle.load_local_state(resume.rng)
             clock.now, totals = resume.clock, dict(resume.totals)
             first, saved = resume.round, resume.round
             if comm.servers is not None and resume.servers is not None:
@@ -90,9 +90,9 @@ class SimEngine:
                         "wall_time_s": time.perf_counter() - start,
                         **traffic_fields(totals),
                         "train_loss": float(loss.mean()),
-                        **job.metrics(state.x),
+                        **job.metrics(state.x, oracle.buffers),
                         **job.algorithm.diagnostics(state),
-                        **centre_fields(job, job.algorithm.centre(state, comm)),
+                        **centre_fields(job, job.algorithm.centre(state, comm), oracle.buffers),
                     }
                     folder.append(record)
                     status = status_line(record)
@@ -101,7 +101,7 @@ class SimEngine:
                         Checkpoint(
                             round=t + 1,
                             state=state_dict(state),
-                            rng=oracle.rng_state(),
+                            rng=oracle.local_state(),
                             clock=clock.now,
                             totals=totals,
                             records=len(folder.records),
@@ -111,4 +111,5 @@ class SimEngine:
                     )
                     saved = t + 1
                 advance(1, status)
-        return RunResult(state.x, folder.records, centre=job.algorithm.centre(state, comm))
+        centre = job.algorithm.centre(state, comm)
+        return RunResult(state.x, folder.records, centre=centre, buffers=oracle.buffers or None)

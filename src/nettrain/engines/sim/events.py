@@ -123,7 +123,7 @@ def run_events(
     if resume is not None:
         extra = resume.events
         state = load_state(state, resume.state)
-        oracle.set_rng_state(resume.rng)
+        oracle.load_local_state(resume.rng)
         now, totals = resume.clock, dict(resume.totals)
         done, fault_round = extra["done"], extra["fault_round"]
         current, upcoming = extra["current"], extra["upcoming"]
@@ -154,7 +154,7 @@ def run_events(
             Checkpoint(
                 round=r,
                 state=state_dict(state),
-                rng=oracle.rng_state(),
+                rng=oracle.local_state(),
                 clock=now,
                 totals=totals,
                 records=len(folder.records),
@@ -236,19 +236,22 @@ def run_events(
                     "wall_time_s": time.perf_counter() - start,
                     **traffic_fields(totals),
                     "train_loss": float(torch.cat(losses).mean()),
-                    **job.metrics(state.x),
+                    **job.metrics(state.x, oracle.buffers),
                     **algo.diagnostics(state),
                 }
                 if faults.any:
                     record["exchanges_lost"] = int(totals["lost"].sum())
                 if servers is not None:
-                    record |= servers.take_staleness() | centre_fields(job, servers.centre())
+                    record |= servers.take_staleness() | centre_fields(
+                        job, servers.centre(), oracle.buffers
+                    )
                 losses.clear()
                 folder.append(record)
                 advance(0, status_line(record))
             if mark in saves:
                 checkpoint(saves[mark])
-    return RunResult(state.x, folder.records, centre=algo.centre(state, comm))
+    centre = algo.centre(state, comm)
+    return RunResult(state.x, folder.records, centre=centre, buffers=oracle.buffers or None)
 
 
 def _losses(pairs: torch.Tensor, draws: list[Draws], faults: Faults, t: int) -> Losses:

@@ -20,18 +20,18 @@ from typing import Any
 
 import torch
 
-from nettrain.algorithms.base import CentreRule
-from nettrain.algorithms.surrogates import block_slices
 from nettrain.engines.base import staleness_fields
 from nettrain.engines.centre import CentreShard, shard_rows
 from nettrain.engines.sim.clock import CostModel
+from nettrain.patterns import ServerRule
+from nettrain.problem.flat import block_slices
 
 
 class SimServers:
     """``S`` :class:`~nettrain.engines.centre.CentreShard` s (the distributed engine's
     servers), starting at ``x0`` (row 0; other rows zero), plus their queues."""
 
-    def __init__(self, x0: torch.Tensor, rule: CentreRule, n_workers: int, cost: CostModel):
+    def __init__(self, x0: torch.Tensor, rule: ServerRule, n_workers: int, cost: CostModel):
         self.slices = block_slices(x0.shape[-1], rule.servers)
         self.shards = [
             CentreShard(rule, shard_rows(x0, rule, c), n_workers, 0.0) for c in self.slices

@@ -1,0 +1,99 @@
+"""Dropout with a random stream per agent, under ``vmap`` and without it alike.
+
+The oracle evaluates a stack of agents in one ``torch.func.vmap`` call; torch's own
+dropout would then draw from one global generator (``randomness="different"``), so
+an agent's masks would depend on how many agents share its process. nettrain swaps
+every ``nn.Dropout``/``Dropout1d``/``Dropout2d``/``Dropout3d`` of its copy of the
+model for a :class:`SeededDropout` whose mask is a pure function of a per-agent key
+and the element's position: a counter-based generator (the SplitMix64 finaliser,
+Steele et al. 2014) in int64 tensor arithmetic. The oracle draws each agent's key for
+each forward pass from that agent's own generator, seeded by ``(seed, agent)``, so a
+run is bit-for-bit deterministic and one agent gets the same masks in the simulator
+and in a process of its own.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+# SplitMix64's constants as signed int64 (torch has no uint64 arithmetic).
+_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
+
+
+def _shift(z: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int64 ``z`` by ``s`` bits."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def uniform(key: torch.Tensor, salt: int, shape: torch.Size) -> torch.Tensor:
+    """Uniform numbers in ``[0, 1)`` of ``shape``, a pure function of ``(key, salt)``.
+
+    ``z = key + (salt * 2^32 + position + 1) * golden``, then SplitMix64's finaliser
+    ``z ^= z >> 30; z *= c1; z ^= z >> 27; z *= c2; z ^= z >> 31``; the top 53 bits
+    scaled to ``[0, 1)``. Integer products wrap modulo ``2^64``.
+    """
+    n = 1
+    for s in shape:
+        n *= s
+    counter = torch.arange(1, n + 1, dtype=torch.int64, device=key.device) + (salt << 32)
+    z = key + counter * _GOLDEN
+    z = (z ^ _shift(z, 30)) * _MIX1
+    z = (z ^ _shift(z, 27)) * _MIX2
+    z = z ^ _shift(z, 31)
+    return (_shift(z, 11).to(torch.float64) * 2.0**-53).reshape(shape)
+
+
+class SeededDropout(nn.Module):
+    """Dropout whose mask comes from :attr:`key` (set by the oracle for each pass).
+
+    ``y = x * mask / (1 - p)`` with ``mask = uniform(key, salt) >= p``, drawn per element
+    (``channels=False``, ``nn.Dropout``) or per channel (``Dropout1d/2d/3d``: one draw for
+    each ``(sample, channel)``). With no key (a module used outside the oracle) it is
+    torch's dropout on the global generator.
+    """
+
+    def __init__(self, original: nn.Module, salt: int) -> None:
+        super().__init__()
+        self.p, self.salt = float(original.p), salt
+        self.channels = not isinstance(original, nn.Dropout)
+        self.fallback = original  # torch's own layer, for passes without a key
+        self.key: torch.Tensor | None = None  # () int64, the agent's key for this pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.key is None:
+            return self.fallback(x)
+        shape = x.shape[:2] + (1,) * (x.dim() - 2) if self.channels else x.shape
+        keep = uniform(self.key, self.salt, shape) >= self.p
+        return x * keep.to(x.dtype) / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, salt={self.salt}, channels={self.channels}"
+
+
+def seeded(model: nn.Module) -> tuple[nn.Module, tuple[SeededDropout, ...]]:
+    """A copy of ``model`` whose dropout layers are :class:`SeededDropout`s (and them).
+
+    The copy has the same parameters and buffers under the same names; the model given
+    is left as it is.
+    """
+    if not any(isinstance(m, DROPOUTS) for m in model.modules()):
+        return model, ()
+    out = copy.deepcopy(model)
+    layers: list[SeededDropout] = []
+    for parent in list(out.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, DROPOUTS):
+                layer = SeededDropout(child, len(layers))
+                layer.train(child.training)
+                setattr(parent, name, layer)
+                layers.append(layer)
+    return out, tuple(layers)

@@ -1,0 +1,166 @@
+"""Models with more than parameters: per-agent buffers, seeded dropout, any input shape,
+and layers the vectorised oracle cannot run (an error naming the layer)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nettrain.data import Dataset
+from nettrain.errors import ConfigError
+from nettrain.problem.buffers import BufferSpec, for_evaluation, mean
+from nettrain.problem.losses import Regularizer, get_loss
+from nettrain.problem.oracle import Problem
+from nettrain.problem.random_layers import SeededDropout, seeded, uniform
+
+
+class Net(nn.Module):
+    """Image in, BatchNorm and dropout inside: everything the oracle must carry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(3 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.head(self.drop(x.flatten(1)))
+
+
+def image_data(n: int = 60) -> Dataset:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, 4, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=gen)
+    return Dataset("images", x, y, x[:20], y[:20], n_classes=3)
+
+
+def problem(model: nn.Module | None = None, policy: str = "mix") -> Problem:
+    net = (model or Net()).double()
+    return Problem(net, get_loss("auto"), Regularizer(), image_data(), buffer_policy=policy)
+
+
+SHARDS = [torch.arange(0, 20), torch.arange(20, 40), torch.arange(40, 60)]
+
+
+def test_the_stack_equals_each_agent_alone() -> None:
+    """Gradient, loss, BatchNorm statistics and dropout masks of an agent do not depend on
+    which other agents share its oracle: the simulator's stack (vmap) gives what a
+    process holding that agent alone (plain autograd) gives."""
+    p = problem()
+    stack = p.oracle(SHARDS, [0, 1, 2], batch_size=8, seed=3)
+    alone = [p.oracle([SHARDS[i]], [i], batch_size=8, seed=3) for i in range(3)]
+    x = p.initial_params(0).expand(3, -1).clone()
+    for _ in range(3):  # the buffers and the dropout streams move on each pass
+        loss, g = stack.grad(x)
+        for i, single in enumerate(alone):
+            li, gi = single.grad(x[i : i + 1])
+            torch.testing.assert_close(loss[i : i + 1], li)
+            torch.testing.assert_close(g[i : i + 1], gi)
+            for name, value in single.buffers.items():
+                torch.testing.assert_close(stack.buffers[name][i : i + 1], value)
+        x = x - 0.1 * g
+
+
+def test_buffers_follow_batchnorm_running_statistics() -> None:
+    """One pass updates agent i's statistics as torch's BatchNorm does on its batch."""
+    p = problem()
+    oracle = p.oracle(SHARDS, [0, 1, 2], batch_size=0, seed=0)
+    x = p.initial_params(0)
+    oracle.grad(x.expand(3, -1).clone())
+    for i, shard in enumerate(SHARDS):
+        ref = Net().double()
+        p.spec.load_into(ref, x)
+        ref.train()
+        ref.bn(ref.conv(p.data.x_train[shard]))
+        torch.testing.assert_close(oracle.buffers["bn.running_mean"][i], ref.bn.running_mean)
+        torch.testing.assert_close(oracle.buffers["bn.running_var"][i], ref.bn.running_var)
+        assert int(oracle.buffers["bn.num_batches_tracked"][i]) == 1
+    assert not torch.equal(
+        oracle.buffers["bn.running_mean"][0], oracle.buffers["bn.running_mean"][1]
+    )
+
+
+def test_dropout_is_per_agent_seeded_and_active() -> None:
+    p = problem()
+    x = p.initial_params(0).expand(3, -1).clone()
+    a = p.oracle(SHARDS, [0, 1, 2], batch_size=8, seed=1)
+    b = p.oracle(SHARDS, [0, 1, 2], batch_size=8, seed=1)
+    first, second = a.grad(x)[1], b.grad(x)[1]
+    assert torch.equal(first, second)  # same seed, same masks, bit for bit
+    c = p.oracle(SHARDS, [0, 1, 2], batch_size=8, seed=2)
+    assert not torch.equal(first, c.grad(x)[1])  # another seed: other batches and masks
+
+
+def test_seeded_uniforms_are_uniform_and_keep_1_minus_p() -> None:
+    u = uniform(torch.tensor(12345), 0, torch.Size([200_000]))
+    assert float(u.min()) >= 0 and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.005 and abs(float(u.var()) - 1 / 12) < 0.002
+    other = uniform(torch.tensor(12346), 0, torch.Size([200_000]))
+    assert abs(float(torch.corrcoef(torch.stack([u, other]))[0, 1])) < 0.01
+    layer = SeededDropout(nn.Dropout(0.3), 0)
+    layer.key = torch.tensor(7)
+    out = layer(torch.ones(100_000))
+    assert abs(float((out > 0).float().mean()) - 0.7) < 0.01
+    assert out.unique().tolist() == [0.0, pytest.approx(1 / 0.7)]
+
+
+def test_seeded_copies_and_leaves_the_model_given_alone() -> None:
+    net = Net()
+    copy, layers = seeded(net)
+    assert isinstance(net.drop, nn.Dropout) and isinstance(copy.drop, SeededDropout)
+    assert len(layers) == 1 and [n for n, _ in copy.named_parameters()] == [
+        n for n, _ in net.named_parameters()
+    ]
+    plain = nn.Linear(2, 2)
+    assert seeded(plain) == (plain, ())
+
+
+def test_evaluation_uses_mean_or_own_buffers() -> None:
+    bufs = {"m": torch.tensor([[1.0], [3.0], [8.0]]), "k": torch.tensor([1, 2, 4])}
+    avg = mean(bufs)
+    assert avg["m"].tolist() == [[4.0]] and avg["k"].tolist() == [2]  # counters rounded
+    agents = torch.tensor([0, 2])
+    assert for_evaluation(bufs, agents, "local")["m"].flatten().tolist() == [4.0, 1.0, 8.0]
+    assert for_evaluation(bufs, agents, "mix")["m"].flatten().tolist() == [4.0, 4.0, 4.0]
+    spec = BufferSpec.of(nn.BatchNorm1d(2))
+    stacked = spec.stack(nn.BatchNorm1d(2), 3)
+    stacked["num_batches_tracked"] += 5
+    back = spec.unflatten(spec.flatten(stacked))
+    assert all(torch.equal(back[k], stacked[k]) and back[k].dtype == stacked[k].dtype for k in back)
+
+
+class ItemBranch(nn.Module):
+    """Reads a tensor's value into Python: cannot be vectorised."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lin(x.flatten(1))
+        return out if out.sum().item() > 0 else -out
+
+
+class Noise(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.rand_like(x)
+
+
+@pytest.mark.parametrize(
+    ("model", "layer", "advice"),
+    [
+        (ItemBranch(), "'ItemBranch' (ItemBranch)", "torch.where instead of if"),
+        (nn.Sequential(Noise(), nn.Flatten(), nn.Linear(16, 3)), "'0' (Noise)", "nn.Dropout"),
+    ],
+)
+def test_a_layer_that_cannot_be_vectorised_is_named(model, layer, advice) -> None:
+    with pytest.raises(ConfigError) as caught:
+        problem(model).check()
+    assert layer in str(caught.value) and advice in str(caught.value)
+
+
+def test_a_vectorisable_model_passes_the_check() -> None:
+    problem().check()
