@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
 import nettrain
@@ -29,8 +30,51 @@ PYTHON_HEADING = "## From Python"
 _X = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))  # (20, 4) float32
 _Y = torch.arange(20) % 3  # (20,) int64 labels in 0..2
 
+class Branch(nn.Module):
+    """Branches in Python on a tensor's value: vmap cannot vectorise it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) if x.sum() > 0 else -self.lin(x)
+
+
+class Noise(nn.Module):
+    """Draws its own random numbers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.rand_like(x)
+
+
+class Memory(nn.Module):
+    """Writes into a tensor it holds but did not register as a buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.seen = torch.zeros(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.copy_(x.mean(0))
+        return self.lin(x)
+
+
+def run_model(model: nn.Module, **keys: object) -> object:
+    """A one-round run of 4 agents on ``(X, Y)`` with ``model`` and config ``keys``."""
+    config = {"agents": 4, "rounds": 1, "progress": False} | keys
+    return nettrain.run(config, model=model, data=from_tensors(_X, _Y, _X, _Y))
+
+
 # What the expressions of the "From Python" table may use; add names here for new rows.
 PYTHON_NAMESPACE: dict[str, object] = {
+    "nn": nn,
+    "run_model": run_model,
+    "Branch": Branch,
+    "Noise": Noise,
+    "Memory": Memory,
+    "BN": nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)),
     "torch": torch,
     "np": np,
     "nettrain": nettrain,
