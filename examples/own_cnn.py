@@ -53,10 +53,10 @@ def fashion_mnist(train: int, test: int) -> nettrain.data.Dataset:
     """The first ``train`` and ``test`` images, scaled to [0, 1], labels as int32."""
 
     def images(name: str, k: int) -> np.ndarray:
-        return read_idx(FOLDER / f"{name}-images-idx3-ubyte")[:k, None] / np.float32(255)
+        return read_idx(FOLDER / f"{name}-images-idx3-ubyte.gz")[:k, None] / np.float32(255)
 
     def labels(name: str, k: int) -> np.ndarray:
-        return read_idx(FOLDER / f"{name}-labels-idx1-ubyte")[:k].astype(np.int32)
+        return read_idx(FOLDER / f"{name}-labels-idx1-ubyte.gz")[:k].astype(np.int32)
 
     return from_tensors(
         images("train", train), labels("train", train), images("t10k", test), labels("t10k", test)
@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--train", type=int, default=12000, help="training images used")
     parser.add_argument("--test", type=int, default=2000, help="test images used")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--out", default="runs/own_cnn")
     args = parser.parse_args()
 
@@ -84,13 +85,14 @@ def main() -> None:
         "lr": 0.05,
         "momentum": 0.9,
         "eval_every": 50,
+        "dtype": args.dtype,
         "progress": False,
     }
     result = nettrain.run(config, model=FashionNet(), data=data, out=args.out)
 
-    net = result.mean_model()  # a FashionNet, in evaluation mode
+    net = result.mean_model()  # a FashionNet (in the run's dtype), in evaluation mode
     with torch.no_grad():
-        predicted = net(data.x_test).argmax(1)
+        predicted = net(data.x_test.to(getattr(torch, args.dtype))).argmax(1)
     accuracy = (predicted == data.y_test).float().mean().item()
     if result.is_main:
         print(

@@ -64,7 +64,7 @@ def test_own_model_and_data_give_back_own_module(digits, tmp_path: Path) -> None
     assert torch.equal(own.bn.running_mean, result.buffers["bn.running_mean"][3])
     assert not torch.equal(own.bn.running_mean, result.buffers["bn.running_mean"][0])
 
-    again = nettrain.run(CONFIG, model=Net(), data=digits, out=tmp_path / "b")
+    nettrain.run(CONFIG, model=Net(), data=digits, out=tmp_path / "b")
     a, b = (torch.load(tmp_path / k / "final.pt", weights_only=True) for k in "ab")
     assert torch.equal(a, b)  # a rerun is bit for bit the same, dropout included
 
@@ -75,7 +75,8 @@ def test_own_model_and_data_give_back_own_module(digits, tmp_path: Path) -> None
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["model"]["class"].endswith("test_api.Net")
     assert config["model"]["parameters"] == sum(p.numel() for p in Net().parameters())
-    assert config["dataset"]["shapes"]["x_train"] == [1400, 1, 8, 8] and len(config["dataset"]["sha256"])
+    assert config["dataset"]["shapes"]["x_train"] == [1400, 1, 8, 8]
+    assert len(config["dataset"]["sha256"]) == 16
     assert config["torch_version"] == torch.__version__ and config["nettrain_version"]
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["model"] == "Net" and summary["torch_version"] == torch.__version__

@@ -30,6 +30,7 @@ PYTHON_HEADING = "## From Python"
 _X = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))  # (20, 4) float32
 _Y = torch.arange(20) % 3  # (20,) int64 labels in 0..2
 
+
 class Branch(nn.Module):
     """Branches in Python on a tensor's value: vmap cannot vectorise it."""
 
