@@ -36,8 +36,9 @@ def uniform(key: torch.Tensor, salt: int, shape: torch.Size) -> torch.Tensor:
     """Uniform numbers in ``[0, 1)`` of ``shape``, a pure function of ``(key, salt)``.
 
     ``z = key + (salt * 2^32 + position + 1) * golden``, then SplitMix64's finaliser
-    ``z ^= z >> 30; z *= c1; z ^= z >> 27; z *= c2; z ^= z >> 31``; the top 53 bits
-    scaled to ``[0, 1)``. Integer products wrap modulo ``2^64``.
+    ``z ^= z >> 30; z *= c1; z ^= z >> 27; z *= c2; z ^= z >> 31``; the top 24 bits
+    scaled to ``[0, 1)`` in float32 (exact, and fine enough for a dropout rate). Integer
+    products wrap modulo ``2^64``.
     """
     n = 1
     for s in shape:
@@ -47,7 +48,7 @@ def uniform(key: torch.Tensor, salt: int, shape: torch.Size) -> torch.Tensor:
     z = (z ^ _shift(z, 30)) * _MIX1
     z = (z ^ _shift(z, 27)) * _MIX2
     z = z ^ _shift(z, 31)
-    return (_shift(z, 11).to(torch.float64) * 2.0**-53).reshape(shape)
+    return (_shift(z, 40).to(torch.float32) * 2.0**-24).reshape(shape)
 
 
 class SeededDropout(nn.Module):
