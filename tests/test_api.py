@@ -208,3 +208,13 @@ def test_version(capsys) -> None:
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith(f"nettrain {nettrain.__version__}")
+
+
+def test_compare_takes_the_same_objects(digits, tmp_path: Path) -> None:
+    cfg = nettrain.load_config(overrides=CONFIG | {"rounds": 10})
+    rows = nettrain.compare(cfg, ["dpsgd", "allreduce"], tmp_path, model=Net(), data=digits)
+    assert [r["algorithm"] for r in rows] == ["dpsgd", "allreduce"]
+    assert all(r["model"] == "Net" and r["dataset"] == "tensors" for r in rows)
+    assert (tmp_path / "summary.csv").is_file() and (
+        tmp_path / "allreduce" / "buffers.pt"
+    ).is_file()

@@ -376,15 +376,22 @@ def resumed_config(
 
 
 def compare(
-    cfg: RunConfig, algorithms: Sequence[str], out: str | Path | None = None
+    cfg: RunConfig,
+    algorithms: Sequence[str],
+    out: str | Path | None = None,
+    *,
+    model: nn.Module | None = None,
+    data: Dataset | None = None,
+    loss: Callable[..., torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run each algorithm on the same problem and seed; write ``summary.csv`` and a plot."""
+    """Run each algorithm on the same problem and seed (the configured one, or the user's
+    own ``model``, ``data`` and ``loss``); write ``summary.csv`` and a plot."""
     if not algorithms:
         raise ConfigError("compare needs at least one algorithm (algorithms=dpsgd,allreduce)")
     summaries, curves = [], {}
     for name in algorithms:
         sub = Path(out) / name if out is not None else None
-        result = run(cfg.replace(algorithm=name), sub)
+        result = run(cfg.replace(algorithm=name), sub, model=model, data=data, loss=loss)
         summaries.append(result.summary)
         curves[name] = result.records
     if out is not None:
