@@ -19,18 +19,16 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 ENV = os.environ | {"OMP_NUM_THREADS": "1"}
 
 
-def python(script: str, *args: str, cwd: Path) -> str:
-    """Run ``examples/script`` with ``args`` in ``cwd``; its standard output."""
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args],
-        cwd=cwd,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def command(args: list[str], cwd: Path) -> str:
+    """Run ``args`` in ``cwd``; its standard output (a failure shows its standard error)."""
+    done = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return done.stdout
+
+
+def python(script: str, *args: str, cwd: Path) -> str:
+    """Run ``examples/script`` with ``args`` in ``cwd``; its standard output."""
+    return command([sys.executable, str(EXAMPLES / script), *args], cwd)
 
 
 def torchrun(nproc: int, script: str, *args: str, cwd: Path) -> str:
@@ -97,18 +95,10 @@ def test_choco_sgd_written_outside_runs_on_both_engines(tmp_path: Path) -> None:
 def test_choco_sgd_from_the_command_line(tmp_path: Path) -> None:
     """``nettrain run algorithm=choco_sgd:ChocoSGD`` in the examples' folder: the config's
     lr reaches the class's field."""
-    command = [sys.executable, "-m", "nettrain", "run", "algorithm=choco_sgd:ChocoSGD"]
+    nettrain = [sys.executable, "-m", "nettrain", "run", "algorithm=choco_sgd:ChocoSGD"]
     common = ["agents=4", "rounds=20", "eval_every=10", "progress=false"]
     for lr in ("0.05", "0.1"):
-        done = subprocess.run(
-            [*command, *common, f"lr={lr}", "--out", str(tmp_path / lr)],
-            cwd=EXAMPLES,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+        command([*nettrain, *common, f"lr={lr}", "--out", str(tmp_path / lr)], EXAMPLES)
     assert not torch.equal(final(tmp_path / "0.05"), final(tmp_path / "0.1"))
 
 
