@@ -11,7 +11,10 @@ bookkeeping) for four models of the same shape:
 * ``both``: BatchNorm and dropout;
 
 and ``bare``: the plain MLP through a hand-written ``vmap(grad_and_value(loss))`` on
-pre-sampled batches, the oracle's core without sampling, buffers or keys. The five
+pre-sampled batches, the oracle's core without sampling, buffers or keys;
+``bare_torch_dropout``: the same with torch's own dropout under
+``vmap(randomness="different")`` (one global stream, so not reproducible per agent),
+the cost seeded dropout is to be compared with. The six
 alternate within every repetition, so load hits them alike; figures are agent-steps
 per second of the best repetition, and ratios to ``plain`` within one run.
 
@@ -74,6 +77,14 @@ def main() -> None:
     core = vmap(grad_and_value(loss))
     x0 = bare.initial_params(0).expand(n, -1).clone()
     runs["bare"] = lambda: core(x0, xb, yb)
+    dropped = Problem(mlp(False, True), cross_entropy, Regularizer(), data)  # torch's dropout
+
+    def dropped_loss(v: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = functional_call(dropped.template, dropped.spec.unflatten(v), (a,))
+        return cross_entropy(out, t).mean()
+
+    torch_dropout = vmap(grad_and_value(dropped_loss), randomness="different")
+    runs["bare_torch_dropout"] = lambda: torch_dropout(x0, xb, yb)
 
     best = {name: 0.0 for name in runs}
     for _ in range(args.repeats):
