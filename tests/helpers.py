@@ -130,3 +130,21 @@ def sim_job(
         rounds=rounds,
         **values,
     )
+
+
+class DropoutNet(torch.nn.Module):
+    """A user's own image model with dropout and no buffers (importable by the
+    shared-memory engine's spawned workers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(64, 32),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(0.1),
+            torch.nn.Linear(32, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
