@@ -77,7 +77,8 @@ def test_own_model_and_data_give_back_own_module(digits, tmp_path: Path) -> None
     assert config["model"]["parameters"] == sum(p.numel() for p in Net().parameters())
     assert config["dataset"]["shapes"]["x_train"] == [1400, 1, 8, 8]
     assert len(config["dataset"]["sha256"]) == 16
-    assert config["torch_version"] == torch.__version__ and config["nettrain_version"]
+    assert config["provenance"]["torch_version"] == torch.__version__
+    assert config["provenance"]["nettrain_version"] == nettrain.__version__
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["model"] == "Net" and summary["torch_version"] == torch.__version__
 

@@ -49,6 +49,7 @@ ENGINES = ("sim", "distributed", "shared_memory")
 SHARED_MEMORY_ALGORITHMS = ("block_async", "hogwild", "allreduce")
 PHASES = ("fixed", "poisson")
 INITS = ("seed", "model")
+PROVENANCE = "provenance"  # config.json's versions and command line, not a key
 BACKENDS = ("auto", "gloo", "nccl")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
@@ -550,6 +551,7 @@ def load_config(
     elif source is not None:
         values.update(source)
     values.update(dict(overrides))
+    values.pop(PROVENANCE, None)  # config.json's record of versions and command line
     return RunConfig(**{k: coerce(k, v) for k, v in values.items()})
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from nettrain.algorithms import Method, algorithm_name, build_algorithm
 from nettrain.checkpoint import Checkpoint
-from nettrain.config import FROZEN_ON_RESUME, RunConfig, load_config
+from nettrain.config import FROZEN_ON_RESUME, PROVENANCE, RunConfig, load_config
 from nettrain.data import Dataset, load_dataset, partition
 from nettrain.engines.base import Engine, Job
 from nettrain.engines.distributed.engine import DistributedEngine
@@ -222,7 +222,7 @@ def run(
     keep = checkpoint.records if checkpoint is not None else None
     folder = RunFolder(out if getattr(engine, "is_main", True) else None, keep=keep)
     given = described(cfg, job, model, data, loss, algorithm)
-    folder.write_config(cfg.to_dict() | given | provenance())
+    folder.write_config(cfg.to_dict() | given | {PROVENANCE: provenance()})
     result = engine.run(job, folder, checkpoint) if checkpoint else engine.run(job, folder)
     dataset, model_name = data.name if data is not None else cfg.dataset, cfg.model
     if model is not None:
@@ -305,7 +305,7 @@ def provenance() -> dict[str, Any]:
 
 
 OBJECT_KEYS = {"model": "model", "dataset": "data", "loss": "loss"}  # config key -> run()'s
-NOT_KEYS = ("algorithm_settings", "nettrain_version", "torch_version", "command")
+NOT_KEYS = ("algorithm_settings", PROVENANCE)
 
 
 def resume(

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from nettrain.config import RunConfig, load_config
+from nettrain.config import PROVENANCE, RunConfig, load_config
 from nettrain.errors import ConfigError
 from nettrain.experiment import run
 from nettrain.recording import config_json, read_records
@@ -34,6 +34,7 @@ def finished_records(folder: Path, cfg: RunConfig) -> Records | None:
     if not (folder / "summary.json").is_file() or not (folder / "config.json").is_file():
         return None
     saved = json.loads((folder / "config.json").read_text())
+    saved.pop(PROVENANCE, None)
     return read_records(folder) if saved == config_json(cfg.to_dict()) else None
 
 
