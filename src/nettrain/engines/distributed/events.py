@@ -12,28 +12,23 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from nettrain.algorithms.base import AsyncAlgorithm, GossipAlgorithm
-from nettrain.engines.base import (
-    Job,
-    RunResult,
-    centre_fields,
-    check_finite,
-    staleness_fields,
-    traffic_fields,
-)
+from nettrain.engines.base import Job, RunResult, check_finite, staleness_fields
 from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.finish import DEAD_AFTER_S, Finish, events_prefix
 from nettrain.engines.distributed.gossip import Peer
 from nettrain.engines.distributed.states import stack_buffers, stack_states
 from nettrain.engines.draws import Draws
+from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.errors import DivergenceError, PeerError
 from nettrain.patterns import Losses
 from nettrain.problem.oracle import agent_seed
-from nettrain.progress import progress_bar
 from nettrain.recording import RunFolder
 
 
@@ -67,150 +62,233 @@ def run_events(
     returns those rows, the others their own row. Where a rank died, this rank's rpc
     session is left without waiting for everyone (``session.graceful`` is False).
     """
-    algo = job.algorithm
-    assert isinstance(algo, AsyncAlgorithm) and comm.rpc is not None
-    n, problem, session, faults = job.n_agents, job.problem, comm.rpc, job.fault_spec
-    store = session.store
-    assert store is not None
-    x = job.x0[None, :].clone()  # (1, d)
-    oracle = problem.oracle([job.shards[rank]], [rank], batch_size=job.batch_size, seed=job.seed)
-    peer = None
-    if isinstance(algo, GossipAlgorithm):
-        peer = Peer(algo, x[0], torch.Generator().manual_seed(agent_seed(job.seed, rank, 1)))
-        session.host("peer", peer)
-        neighbours = sorted(job.topology.base_graph.neighbors(rank))
-        events, tau = job.rounds, 1
-    else:
-        neighbours, tau = [], algo.local_steps
-        events = max(1, round(job.rounds / tau))
-    draws = Draws(job.seed, rank, neighbours, algo, faults.drop)
-    generator = torch.Generator().manual_seed(agent_seed(job.seed, rank, 2))
-    slowdown = float(job.cost.slowdown[rank])
-    finish = Finish(store, rank, n, events_prefix(session.serial), min(DEAD_AFTER_S, timeout_s))
-    made, busy_s, loss_sum, loss_count = 0, 0.0, 0.0, 0
     start = time.perf_counter()
-    state = algo.init(x, oracle, comm)
-    name = f"{algo.name} x{n} (distributed, asynchronous)"
-    with progress_bar(events, name, job.progress and rank == 0) as advance:
-        for e in range(events):
-            t = e * tau  # this agent's own round
-            if peer is not None:
-                peer.set_down(faults.down(rank, t))
-            if faults.down(rank, t):  # no local steps, no exchange, no draws
-                time.sleep(busy_s / made if made else 0.0)
-                advance(1, "")
-                continue
-            partner, steps = draws.partner(), draws.steps()
-            request, reply = draws.losses(faults.unreachable(rank, partner, t))
-            lost = Losses(torch.tensor([request]), torch.tensor([reply]))
-            if peer is not None:
-                state = dataclasses.replace(state, x=state.x + peer.take_shift()[None])
-            begin, talk_s = time.perf_counter(), comm.talk_s
-            with comm.losing(lost if reply else None):
-                state, loss = algo.interact(
-                    state,
-                    torch.tensor([[rank, partner]]),
-                    oracle,
-                    comm,
-                    generator,
-                    torch.tensor([[steps, 0]]),
-                )
-            if slowdown > 1:  # compute = the event's time but the rpc waits
-                compute_s = time.perf_counter() - begin - (comm.talk_s - talk_s)
-                time.sleep((slowdown - 1) * max(compute_s, 0.0))
-            busy_s += time.perf_counter() - begin
-            if peer is not None:
-                peer.publish(state.x[0])
-            made, loss_count = made + 1, loss_count + loss.numel()
-            loss_sum += float(loss.sum())
-            if not bool(torch.isfinite(loss).all()):
-                named = loss.new_zeros(n)  # (n,): the message names this agent
-                named[rank] = loss[0]
-                try:
-                    check_finite(named, t, algo.stability_hint)
-                except DivergenceError as err:  # the others learn it from the verdict
-                    finish.fail(str(err))
-                    break
-            advance(1, "")
-    finish.done()
-    verdict = finish.verdict()  # meanwhile the rpc threads answer the others
-    if verdict.crashed:
-        session.graceful = False  # a dead rank never reaches the graceful shutdown
-    if verdict.error is not None:
-        raise DivergenceError(verdict.error)
-    if rank in verdict.crashed:
-        raise PeerError(
-            f"rank {rank}: rank 0 took this rank for dead (its heartbeat stopped for "
-            f"{finish.dead_after_s} s) and finished the run without it"
+    events = DistEvents(job, rank, comm, timeout_s)
+    drive(job, folder, events, start=start)
+    if events.rows is None:
+        return RunResult(events.state.x, folder.records)
+    rows = events.rows
+    return RunResult(rows.x, folder.records, centre=rows.centre, buffers=rows.buffers)
+
+
+class DistEvents:
+    """This rank's events at its own pace, for :func:`drive` (see :func:`run_events`).
+
+    The record is written at the end only, once the survivors' states are in: the
+    ranks never stop together before it (intermediate evaluations are not written)."""
+
+    measured = True
+
+    def __init__(self, job: Job, rank: int, comm: DistCommunicator, timeout_s: float) -> None:
+        algo = job.algorithm
+        assert isinstance(algo, AsyncAlgorithm) and comm.rpc is not None
+        n, session, faults = job.n_agents, comm.rpc, job.fault_spec
+        store = session.store
+        assert store is not None
+        self.job, self.algo, self.rank, self.comm, self.faults = job, algo, rank, comm, faults
+        self.main, self.label = rank == 0, f"{algo.name} x{n} (distributed, asynchronous)"
+        x = job.x0[None, :].clone()  # (1, d)
+        self.oracle = job.problem.oracle(
+            [job.shards[rank]], [rank], batch_size=job.batch_size, seed=job.seed
         )
-    answered = torch.zeros(n, dtype=torch.int64)
-    reply_bytes = 0
-    if peer is not None:
-        peer.close()  # every survivor is done: nothing is in flight any more
-        answered = torch.tensor([peer.answered[r] for r in range(n)], dtype=torch.int64)
-        reply_bytes = peer.reply_bytes
-        state = dataclasses.replace(
-            state,
-            x=state.x + peer.take_shift()[None],
-            interactions=state.interactions + answered.sum(),
+        self.peer = None
+        if isinstance(algo, GossipAlgorithm):
+            generator = torch.Generator().manual_seed(agent_seed(job.seed, rank, 1))
+            self.peer = Peer(algo, x[0], generator)
+            session.host("peer", self.peer)
+            neighbours = sorted(job.topology.base_graph.neighbors(rank))
+            self.events, self.tau = job.rounds, 1
+        else:
+            neighbours, self.tau = [], algo.local_steps
+            self.events = max(1, round(job.rounds / self.tau))
+        self.draws = Draws(job.seed, rank, neighbours, algo, faults.drop)
+        self.generator = torch.Generator().manual_seed(agent_seed(job.seed, rank, 2))
+        self.slowdown = float(job.cost.slowdown[rank])
+        dead_after_s = min(DEAD_AFTER_S, timeout_s)
+        self.finish = Finish(store, rank, n, events_prefix(session.serial), dead_after_s)
+        self.made, self.busy_s, self.loss_sum, self.loss_count, self.e = 0, 0.0, 0.0, 0, 0
+        self.state = algo.init(x, self.oracle, comm)
+        self.rows: Final | None = None  # rank 0, at the end: every survivor's
+
+    def advance(self, stop: int) -> Iterator[Tick]:
+        """This rank's events in its rounds before ``stop``; at the last, the end."""
+        last = min(self.events, -(-stop // self.tau))
+        while self.e < last:
+            self._event(self.e)
+            self.e += 1
+            yield Tick(min(self.job.rounds, self.e * self.tau))
+        if stop == self.job.rounds:
+            self._end()
+
+    def _event(self, e: int) -> None:
+        """Event ``e``, in this agent's round ``e tau`` (after a divergence: the last)."""
+        algo, faults, rank, comm, draws = self.algo, self.faults, self.rank, self.comm, self.draws
+        peer, t = self.peer, e * self.tau
+        if peer is not None:
+            peer.set_down(faults.down(rank, t))
+        if faults.down(rank, t):  # no local steps, no exchange, no draws
+            time.sleep(self.busy_s / self.made if self.made else 0.0)
+            return
+        partner, steps = draws.partner(), draws.steps()
+        request, reply = draws.losses(faults.unreachable(rank, partner, t))
+        lost = Losses(torch.tensor([request]), torch.tensor([reply]))
+        state = self.state
+        if peer is not None:
+            state = dataclasses.replace(state, x=state.x + peer.take_shift()[None])
+        begin, talk_s = time.perf_counter(), comm.talk_s
+        with comm.losing(lost if reply else None):
+            state, loss = algo.interact(
+                state,
+                torch.tensor([[rank, partner]]),
+                self.oracle,
+                comm,
+                self.generator,
+                torch.tensor([[steps, 0]]),
+            )
+        self.state = state
+        if self.slowdown > 1:  # compute = the event's time but the rpc waits
+            compute_s = time.perf_counter() - begin - (comm.talk_s - talk_s)
+            time.sleep((self.slowdown - 1) * max(compute_s, 0.0))
+        self.busy_s += time.perf_counter() - begin
+        if peer is not None:
+            peer.publish(state.x[0])
+        self.made, self.loss_count = self.made + 1, self.loss_count + loss.numel()
+        self.loss_sum += float(loss.sum())
+        if not bool(torch.isfinite(loss).all()):
+            named = loss.new_zeros(self.job.n_agents)  # (n,): the message names this agent
+            named[rank] = loss[0]
+            try:
+                check_finite(named, t, algo.stability_hint)
+            except DivergenceError as err:  # the others learn it from the verdict
+                self.finish.fail(str(err))
+                self.e = self.events - 1  # no more events
+
+    def _end(self) -> None:
+        """The end agreed in the store (:mod:`.finish`); rank 0 collects the survivors."""
+        job, n, rank, comm = self.job, self.job.n_agents, self.rank, self.comm
+        finish, peer = self.finish, self.peer
+        session = comm.rpc
+        assert session is not None
+        finish.done()
+        verdict = finish.verdict()  # meanwhile the rpc threads answer the others
+        if verdict.crashed:
+            session.graceful = False  # a dead rank never reaches the graceful shutdown
+        if verdict.error is not None:
+            raise DivergenceError(verdict.error)
+        if rank in verdict.crashed:
+            raise PeerError(
+                f"rank {rank}: rank 0 took this rank for dead (its heartbeat stopped for "
+                f"{finish.dead_after_s} s) and finished the run without it"
+            )
+        answered = torch.zeros(n, dtype=torch.int64)
+        reply_bytes = 0
+        state = self.state
+        if peer is not None:
+            peer.close()  # every survivor is done: nothing is in flight any more
+            answered = torch.tensor([peer.answered[r] for r in range(n)], dtype=torch.int64)
+            reply_bytes = peer.reply_bytes
+            state = dataclasses.replace(
+                state,
+                x=state.x + peer.take_shift()[None],
+                interactions=state.interactions + answered.sum(),
+            )
+        self.state = state
+        samples = self.oracle.meter.reset()
+        messages, nbytes = comm.traffic.reset()
+        mine = {
+            "state": state,
+            "work": torch.cat([samples, messages + answered.sum(), nbytes + reply_bytes]),
+            "delivered": torch.tensor([comm.delivered[r] for r in range(n)], dtype=torch.int64),
+            "answered": answered,
+            "lost": comm.lost,
+            "events": self.made,
+            "loss": (self.loss_sum, self.loss_count),
+            "staleness": comm.staleness,
+            "buffers": self.oracle.buffers,
+        }
+        if rank != 0:
+            finish.post(mine)
+            return
+        survivors = [r for r in range(n) if r not in verdict.crashed]
+        finals = {0: mine} | finish.collect(survivors[1:], job.x0.device)
+        self.rows = Final.of(job, comm, [finals[r] for r in survivors], survivors, verdict.crashed)
+
+    def counters(self) -> Counters:
+        rows = self.rows
+        if rows is None:  # no record before the end
+            return Counters({}, None, float("nan"), self.job.rounds)
+        return Counters(rows.totals, None, rows.train_loss, self.job.rounds)
+
+    def snapshot(self) -> Snapshot | None:
+        rows = self.rows
+        if rows is None:
+            return None
+        return Snapshot(rows.x, rows.buffers, rows.state, rows.centre, rows.fields, rows.judged)
+
+    def checkpoint(self, stop: int) -> None:
+        return None  # the ranks never stop together: no checkpoint
+
+
+@dataclass(frozen=True)
+class Final:
+    """Rank 0's view of the survivors at the end: what the record reads."""
+
+    x: torch.Tensor  # (s, d)
+    state: Any  # (s, ...)
+    buffers: Any
+    centre: torch.Tensor | None
+    totals: dict[str, torch.Tensor]
+    train_loss: float
+    fields: dict[str, Any]
+    judged: Job
+
+    @classmethod
+    def of(
+        cls,
+        job: Job,
+        comm: DistCommunicator,
+        rows: list[dict[str, Any]],
+        survivors: list[int],
+        crashed: tuple[int, ...],
+    ) -> Final:
+        n = job.n_agents
+        work = torch.stack([f["work"] for f in rows])  # (s, 3) samples, messages, bytes
+        totals = dict(zip(("samples", "messages", "bytes"), work.unbind(1), strict=True))
+        delivered = torch.stack([f["delivered"] for f in rows])  # (s, n): [k, j] k's to j
+        got = torch.stack([f["answered"] for f in rows])  # (s, n): [k, i] k answered i's
+        everyone = stack_states([f["state"] for f in rows])  # (s, ...)
+        loss_sum, loss_count = (sum(f["loss"][k] for f in rows) for k in (0, 1))
+        fields: dict[str, Any] = {"events": sum(f["events"] for f in rows)}
+        centre = None
+        if isinstance(job.algorithm, GossipAlgorithm):  # among survivors
+            fields["interactions_answered"] = int(got.sum())
+            fields["interactions_unmatched"] = int(
+                (delivered[:, survivors].T - got[:, survivors]).abs().sum()
+            )
+        else:
+            initiated = torch.zeros(n, dtype=torch.int64)
+            initiated[survivors] = delivered[torch.arange(len(survivors)), survivors]
+            fields["exchanges_unmatched"] = unapplied_exchanges(comm, initiated, survivors)
+            fields |= staleness_fields(sum((f["staleness"] for f in rows), Counter()))
+            centre = comm.centre()
+        lost = sum(f["lost"] for f in rows)
+        if job.fault_spec.any or crashed or lost:
+            fields["exchanges_lost"] = lost
+        if crashed:
+            fields["crashed_ranks"] = list(crashed)
+        judged = job
+        if crashed:
+            judged = dataclasses.replace(job, shards=[job.shards[r] for r in survivors])
+        return cls(
+            x=everyone.x,
+            state=everyone,
+            buffers=stack_buffers([f["buffers"] for f in rows]),
+            centre=centre,
+            totals=totals,
+            train_loss=loss_sum / loss_count if loss_count else float("nan"),
+            fields=fields,
+            judged=judged,
         )
-    samples = oracle.meter.reset()
-    messages, nbytes = comm.traffic.reset()
-    mine = {
-        "state": state,
-        "work": torch.cat([samples, messages + answered.sum(), nbytes + reply_bytes]),
-        "delivered": torch.tensor([comm.delivered[r] for r in range(n)], dtype=torch.int64),
-        "answered": answered,
-        "lost": comm.lost,
-        "events": made,
-        "loss": (loss_sum, loss_count),
-        "staleness": comm.staleness,
-        "buffers": oracle.buffers,
-    }
-    if rank != 0:
-        finish.post(mine)
-        return RunResult(state.x, folder.records)
-    survivors = [r for r in range(n) if r not in verdict.crashed]
-    finals = {0: mine} | finish.collect(survivors[1:], job.x0.device)
-    rows = [finals[r] for r in survivors]
-    work = torch.stack([f["work"] for f in rows])  # (s, 3) samples, messages, bytes
-    totals = dict(zip(("samples", "messages", "bytes"), work.unbind(1), strict=True))
-    delivered = torch.stack([f["delivered"] for f in rows])  # (s, n): [k, j] k's to j
-    got = torch.stack([f["answered"] for f in rows])  # (s, n): [k, i] k answered i's
-    everyone = stack_states([f["state"] for f in rows])  # (s, ...)
-    loss_sum, loss_count = (sum(f["loss"][k] for f in rows) for k in (0, 1))
-    record: dict[str, Any] = {
-        "round": job.rounds,
-        "events": sum(f["events"] for f in rows),
-        "epoch": float(totals["samples"].sum()) / len(problem.data.y_train),
-        "wall_time_s": time.perf_counter() - start,
-        **traffic_fields(totals),
-        "train_loss": loss_sum / loss_count if loss_count else float("nan"),
-    }
-    centre = None
-    if peer is not None:  # among survivors: a dead rank's counts are gone with it
-        record["interactions_answered"] = int(got.sum())
-        record["interactions_unmatched"] = int(
-            (delivered[:, survivors].T - got[:, survivors]).abs().sum()
-        )
-    else:
-        initiated = torch.zeros(n, dtype=torch.int64)
-        initiated[survivors] = delivered[torch.arange(len(survivors)), survivors]
-        record["exchanges_unmatched"] = unapplied_exchanges(comm, initiated, survivors)
-        record |= staleness_fields(sum((f["staleness"] for f in rows), Counter()))
-        centre = comm.centre()
-    lost = sum(f["lost"] for f in rows)
-    if faults.any or verdict.crashed or lost:
-        record["exchanges_lost"] = lost
-    if verdict.crashed:
-        record["crashed_ranks"] = list(verdict.crashed)
-    judged = job
-    if verdict.crashed:
-        judged = dataclasses.replace(job, shards=[job.shards[r] for r in survivors])
-    buffers = stack_buffers([f["buffers"] for f in rows])
-    record |= judged.metrics(everyone.x, buffers) | algo.diagnostics(everyone)
-    folder.append(record | centre_fields(job, centre, buffers))
-    return RunResult(everyone.x, folder.records, centre=centre, buffers=buffers)
 
 
 def unapplied_exchanges(

@@ -14,6 +14,7 @@ record.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -21,16 +22,7 @@ import torch
 import torch.distributed as dist
 
 from nettrain.checkpoint import Checkpoint, load_state, state_dict
-from nettrain.engines.base import (
-    Job,
-    RunResult,
-    account_round,
-    centre_fields,
-    check_finite,
-    status_line,
-    traffic_fields,
-    work_totals,
-)
+from nettrain.engines.base import Job, RunResult, account_round, work_totals
 from nettrain.engines.distributed.comm import DistCommunicator, guarded
 from nettrain.engines.distributed.states import (
     all_gather_rows,
@@ -38,9 +30,9 @@ from nettrain.engines.distributed.states import (
     gather_state,
     own_rows,
 )
+from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.sim.clock import VirtualClock
-from nettrain.errors import ConfigError, DivergenceError
-from nettrain.progress import progress_bar
+from nettrain.errors import ConfigError
 from nettrain.recording import RunFolder
 
 # Rounds whose work counters are gathered together: one small all-gather per 32 rounds
@@ -56,7 +48,18 @@ def run_rounds(
     comm: DistCommunicator,
     resume: Checkpoint | None = None,
 ) -> RunResult:
-    """Synchronous rounds, from round 0 or from ``resume.round``.
+    """Synchronous rounds, from round 0 or from ``resume.round`` (:class:`DistRounds`)."""
+    start = time.perf_counter()
+    rounds = DistRounds(job, rank, comm, resume)
+    drive(job, folder, rounds, resume, start)
+    everyone = rounds.gather(rounds.state.x)
+    buffers = gather_buffers(job.problem.buffer_spec, rounds.oracle.buffers, rounds.gather)
+    centre = job.algorithm.centre(rounds.state, comm) if rounds.main else None
+    return RunResult(everyone, folder.records, centre=centre, buffers=buffers)
+
+
+class DistRounds:
+    """This rank's agent in synchronous rounds, for :func:`drive`.
 
     Every ``checkpoint_every`` rounds, rank 0 writes the simulator's checkpoint, with
     every agent's rows (one format for both engines, so a checkpoint has the same keys
@@ -66,123 +69,118 @@ def run_rounds(
     reads the parameter servers' slices of the centre. Resuming undoes each step:
     each rank takes its own rows and generator, the clock and the totals.
     """
-    n, problem, device = job.n_agents, job.problem, job.x0.device
-    gather = partial(all_gather_rows, group=comm.group)
-    x = job.x0[None, :].clone()  # (1, d)
-    oracle = problem.oracle([job.shards[rank]], [rank], batch_size=job.batch_size, seed=job.seed)
-    clock = VirtualClock(job.cost)
-    main = rank == 0
-    faults = job.fault_spec
-    totals = work_totals(n, faults)
-    slowdown = float(job.cost.slowdown[rank])
 
-    pending: list[torch.Tensor] = []  # this rank's rows of rounds not yet settled
+    measured = True
 
-    def account(loss: torch.Tensor, seconds: float) -> None:
-        """Note this round's work, loss and wall time of the local agent."""
-        samples = oracle.meter.reset()
-        messages, nbytes = comm.traffic.reset()
-        row = [samples[0], messages[0], nbytes[0], float(loss[0]), seconds]
-        pending.append(torch.tensor(row, dtype=torch.float64))
+    def __init__(
+        self, job: Job, rank: int, comm: DistCommunicator, resume: Checkpoint | None
+    ) -> None:
+        n, device = job.n_agents, job.x0.device
+        self.job, self.rank, self.comm, self.main = job, rank, comm, rank == 0
+        self.label = f"{job.algorithm.name} x{n} (distributed)"
+        self.gather = partial(all_gather_rows, group=comm.group)
+        x = job.x0[None, :].clone()  # (1, d)
+        self.oracle = job.problem.oracle(
+            [job.shards[rank]], [rank], batch_size=job.batch_size, seed=job.seed
+        )
+        self.clock = VirtualClock(job.cost)
+        self.faults = job.fault_spec
+        self.totals = work_totals(n, self.faults)
+        self.slowdown = float(job.cost.slowdown[rank])
+        self.pending: list[torch.Tensor] = []  # this rank's rows of rounds not yet settled
+        self.everyone: tuple[int, Any] | None = None  # (round, every agent's state)
+        self.state = job.algorithm.init(x, self.oracle, comm)
+        self._account(torch.zeros(1))  # the initial gradients of tracking methods are work
+        for _ in self._settle(-1):
+            pass
+        self.round, self.losses = 0, torch.zeros(n)
+        if resume is not None:  # the fresh state is the template the saved one fills
+            self.state = own_rows(load_state(self.state, resume.state), rank, n, device)
+            self.oracle.load_local_state([resume.rng[rank]])
+            self.clock.now = resume.clock
+            self.totals = {k: v.clone() for k, v in resume.totals.items()}
+            self.round = resume.round
+            if resume.servers is not None:
+                restore_servers(comm, resume.servers, self.main)
 
-    def settle(t: int) -> tuple[torch.Tensor, float]:
-        """One all-gather for every pending round: replay the clock, the totals and the
-        finiteness check in round order; return the last round's losses and max wall time.
-        """
-        k = len(pending)
-        mine = torch.stack(pending).reshape(1, -1)
-        every = gather(mine.to(device)).cpu().view(n, k, 5)  # (agents, rounds, fields)
-        pending.clear()
+    def _account(self, loss: torch.Tensor) -> None:
+        """Note this round's work and loss of the local agent."""
+        samples = self.oracle.meter.reset()
+        messages, nbytes = self.comm.traffic.reset()
+        row = [samples[0], messages[0], nbytes[0], float(loss[0])]
+        self.pending.append(torch.tensor(row, dtype=torch.float64))
+
+    def _settle(self, t: int) -> Iterator[Tick]:
+        """One all-gather for every pending round: replay the clock and the totals in
+        round order, and hand every round's losses ``(n,)`` to the finiteness check."""
+        n, k = self.job.n_agents, len(self.pending)
+        mine = torch.stack(self.pending).reshape(1, -1)
+        every = self.gather(mine.to(self.job.x0.device)).cpu().view(n, k, 4)  # agents, rounds
+        self.pending.clear()
         for j in range(k):
             work = every[:, j, :3].round().to(torch.int64).unbind(1)
-            account_round(clock, totals, faults, t - k + 1 + j, *work)
-            check_finite(every[:, j, 3], t - k + 1 + j, job.algorithm.stability_hint)
-        return every[:, -1, 3].to(x.dtype), float(every[:, -1, 4].max())
+            account_round(self.clock, self.totals, self.faults, t - k + 1 + j, *work)
+            yield Tick(t - k + 2 + j, every[:, j, 3])
+        self.losses = every[:, -1, 3].to(self.job.x0.dtype)
 
-    def save(t: int, everyone: Any) -> None:
-        """The checkpoint after round ``t`` (settled), written by rank 0 alone."""
+    def advance(self, stop: int) -> Iterator[Tick]:
+        """Rounds up to ``stop``; the counters are settled at ``stop`` (an evaluation or a
+        checkpoint) and every ``SETTLE_EVERY`` rounds."""
+        algo = self.job.algorithm
+        for t in range(self.round, stop):
+            self.faults.check_synchronous(t, algo.name)  # every rank alike
+            begin = time.perf_counter()
+            self.state, loss = algo.step(self.state, t, self.oracle, self.comm)
+            if self.slowdown > 1:  # a straggler for real: its round (mostly compute) again
+                time.sleep((self.slowdown - 1) * (time.perf_counter() - begin))
+            self._account(loss)
+            self.round = t + 1
+            if t + 1 == stop or len(self.pending) == SETTLE_EVERY:
+                yield from self._settle(t)
+
+    def counters(self) -> Counters:
+        return Counters(self.totals, self.clock.now, float(self.losses.mean()), self.round)
+
+    def _everyone(self) -> Any:
+        """Every agent's state at this round, ``(n, ...)``, gathered once."""
+        if self.everyone is None or self.everyone[0] != self.round:
+            self.everyone = (self.round, gather_state(self.state, self.gather))
+        return self.everyone[1]
+
+    def snapshot(self) -> Snapshot | None:
+        everyone = self._everyone()
+        buffers = gather_buffers(self.job.problem.buffer_spec, self.oracle.buffers, self.gather)
+        if not self.main:
+            return None
+        centre = self.job.algorithm.centre(self.state, self.comm)
+        return Snapshot(everyone.x, buffers, everyone, centre)
+
+    def checkpoint(self, stop: int) -> Checkpoint | None:
+        """The checkpoint after round ``stop`` (settled), written by rank 0 alone."""
+        everyone = self._everyone()
         # After the gather every worker is done with round t; rank 0 reads the servers
         # before it joins the next collective, so no worker's round t + 1 exchange can
         # reach a server first.
-        servers = servers_state(comm) if main and comm.server_ranks else None
-        rngs: list[Any] = [None] * n  # every agent's mini-batch generator, rank order
-        mine = oracle.local_state()[0]
+        comm = self.comm
+        servers = servers_state(comm) if self.main and comm.server_ranks else None
+        rngs: list[Any] = [None] * self.job.n_agents  # every agent's generator, rank order
+        mine = self.oracle.local_state()[0]
         guarded(
             "gathering the mini-batch generators for a checkpoint",
             lambda: dist.all_gather_object(rngs, mine, group=comm.group),
         )
-        if main:
-            folder.checkpoint(
-                Checkpoint(
-                    round=t + 1,
-                    state=state_dict(everyone),
-                    rng=rngs,
-                    clock=clock.now,
-                    totals=totals,
-                    records=len(folder.records),
-                    wall_time_s=time.perf_counter() - start,
-                    servers=servers,
-                )
-            )
-
-    start = time.perf_counter()
-    state = job.algorithm.init(x, oracle, comm)
-    account(torch.zeros(1), 0.0)  # the initial gradients of tracking methods are work too
-    settle(-1)
-    first, saved = 0, None  # saved: the round of the last checkpoint
-    if resume is not None:  # the fresh state is the template the saved one fills
-        state = own_rows(load_state(state, resume.state), rank, n, device)
-        oracle.load_local_state([resume.rng[rank]])
-        clock.now = resume.clock
-        totals = {k: v.clone() for k, v in resume.totals.items()}
-        first, saved = resume.round, resume.round
-        start -= resume.wall_time_s
-        if resume.servers is not None:
-            restore_servers(comm, resume.servers, main)
-    name = f"{job.algorithm.name} x{n} (distributed)"
-    with progress_bar(job.rounds, name, job.progress and main) as advance:
-        advance(first, "")
-        for t in range(first, job.rounds):
-            faults.check_synchronous(t, job.algorithm.name)  # every rank alike
-            begin = time.perf_counter()
-            state, loss = job.algorithm.step(state, t, oracle, comm)
-            if slowdown > 1:  # a straggler for real: its round (mostly compute) again
-                time.sleep((slowdown - 1) * (time.perf_counter() - begin))
-            account(loss, time.perf_counter() - begin)
-            evaluate = (t + 1) % job.eval_every == 0 or t + 1 == job.rounds
-            checkpoint = job.checkpoint_every > 0 and (t + 1) % job.checkpoint_every == 0
-            if evaluate or checkpoint or len(pending) == SETTLE_EVERY:
-                try:
-                    losses, round_s = settle(t)
-                except DivergenceError as err:  # every rank alike; rank 0 names the folder
-                    raise DivergenceError(f"{err}{folder.checkpoint_hint(saved)}") from None
-            status = ""
-            if evaluate or checkpoint:
-                everyone = gather_state(state, gather)  # every agent's state, (n, ...)
-                buffers = gather_buffers(problem.buffer_spec, oracle.buffers, gather)
-                if evaluate and main:
-                    record = {
-                        "round": t + 1,
-                        "epoch": float(totals["samples"].sum()) / len(problem.data.y_train),
-                        "virtual_time_s": clock.now,
-                        "wall_time_s": time.perf_counter() - start,
-                        "round_wall_time_s": round_s,
-                        **traffic_fields(totals),
-                        "train_loss": float(losses.mean()),
-                        **job.metrics(everyone.x, buffers),
-                        **job.algorithm.diagnostics(everyone),
-                        **centre_fields(job, job.algorithm.centre(state, comm), buffers),
-                    }
-                    folder.append(record)
-                    status = status_line(record)
-                if checkpoint:  # after the round's record, as in the simulator
-                    save(t, everyone)
-                    saved = t + 1
-            advance(1, status)
-    everyone = gather(state.x)
-    buffers = gather_buffers(problem.buffer_spec, oracle.buffers, gather)
-    centre = job.algorithm.centre(state, comm) if main else None
-    return RunResult(everyone, folder.records, centre=centre, buffers=buffers)
+        if not self.main:
+            return None
+        return Checkpoint(
+            round=stop,
+            state=state_dict(everyone),
+            rng=rngs,
+            clock=self.clock.now,
+            totals=self.totals,
+            records=0,
+            wall_time_s=0.0,
+            servers=servers,
+        )
 
 
 def servers_state(comm: DistCommunicator) -> dict[str, Any]:

@@ -9,12 +9,14 @@ writes every block) or ``allreduce`` (synchronous data-parallel SGD: barriers, m
 gradient). One round is ``P`` steps, whoever takes them: a faster worker takes more.
 
 Every ``eval_every`` rounds the workers are held after exactly ``round * P`` steps;
-the main process evaluates the model and appends a record (``round``, ``epoch``,
-``wall_time_s``, ``train_time_s`` (wall time less the evaluation pauses),
-``samples``, ``samples_per_s = samples / train_time_s``, ``train_loss`` (mean over the
-steps since the last record), the test metrics, ``staleness_mean``/``staleness_max``
-(writes a block received between a worker's read and its write),
-``updates_per_block``, and the per-worker step counts ``steps_min``/``steps_max``).
+the main process evaluates the model and :func:`~nettrain.engines.driver.drive` appends
+the record every engine writes (``train_time_s``: wall time less the evaluation pauses;
+``samples_per_s = samples / train_time_s``; ``train_loss``: mean over the steps since
+the last record; no virtual clock; messages and bytes: this machine's averagings), with
+the workers' counters: ``processes``, ``machines``, ``averagings``,
+``staleness_mean``/``staleness_max`` (writes a block received between a worker's read
+and its write), ``updates_per_block``, and the per-worker step counts
+``steps_min``/``steps_max``.
 
 Under ``torchrun`` each launched process is one machine with its own ``P`` workers
 and model; with ``average_every=K`` its main process averages the machines' models
@@ -29,9 +31,10 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import torch
@@ -41,13 +44,13 @@ import torch.multiprocessing as mp
 from nettrain.algorithms.baselines import AllReduceSGD
 from nettrain.algorithms.block_async import BlockAsyncSGD, staleness_fields
 from nettrain.checkpoint import Checkpoint
-from nettrain.engines.base import Job, RunResult, status_line
+from nettrain.engines.base import Job, RunResult
 from nettrain.engines.distributed.engine import launched_rank
+from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.shared_memory.averaging import ModelAverager
 from nettrain.engines.shared_memory.board import Board
 from nettrain.engines.shared_memory.worker import WorkerSpec, worker_main
 from nettrain.errors import ConfigError, DataError, DivergenceError, WorkerFailed
-from nettrain.progress import progress_bar
 from nettrain.recording import RunFolder
 
 POLL_S = 1e-3  # how often the main process looks at the counters
@@ -59,25 +62,6 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-def one_model_metrics(job: Job, x: torch.Tensor) -> dict[str, Any]:
-    """:meth:`Job.metrics` of the one shared model ``x: (d,)``, evaluated once: the mean
-    model and the only agent are the same, and there is no disagreement."""
-    if job.train_objective:
-        return job.metrics(x[None])
-    ev = job.problem.evaluate(x[None])
-    out: dict[str, Any] = {"test_loss": float(ev.loss[0])}
-    if ev.accuracy is not None:
-        accuracy = float(ev.accuracy[0])
-        out |= {
-            "test_accuracy": accuracy,
-            "agent_test_accuracy_mean": accuracy,
-            "agent_test_accuracy_min": accuracy,
-        }
-    else:
-        out["agent_test_loss_mean"] = out["test_loss"]
-    return out | {"consensus_distance": 0.0}
 
 
 class SharedMemoryEngine:
@@ -196,90 +180,17 @@ class SharedMemoryEngine:
             p.daemon = True
             p.start()
         try:
-            return self._drive(job, folder, board, procs, averager, len(spec.pool))
+            wait = partial(self._wait, board, procs)
+            wait(lambda: bool(board.ready.all()), self.timeout_s, "start")
+            steps = SharedSteps(job, board, P, self.average_every, averager, wait, self.is_main)
+            drive(job, folder, steps)
+            wait(lambda: not any(p.is_alive() for p in procs), self.timeout_s)
+            return RunResult(board.x.clone()[None], folder.records)
         finally:
             for p in procs:
                 if p.is_alive():
                     p.terminate()
                 p.join()
-
-    def _drive(
-        self,
-        job: Job,
-        folder: RunFolder,
-        board: Board,
-        procs: list[Any],
-        averager: ModelAverager | None,
-        n_train: int,
-    ) -> RunResult:
-        """The main process: hold and release the workers, average, evaluate, record."""
-        P, rounds = self.processes, job.rounds
-        evals = sorted({*range(job.eval_every, rounds + 1, job.eval_every), rounds})
-        K = self.average_every
-        averagings = (
-            sorted({*range(K, rounds + 1, K), rounds}) if K and averager is not None else []
-        )
-        self._wait(board, procs, lambda: bool(board.ready.all()), self.timeout_s, "start")
-        pending = iter(evals)
-        board.limit[0] = next(pending) * P
-        start = train_start = time.perf_counter()
-        train_time, last_loss, last_steps = 0.0, 0.0, 0
-        name = f"{job.algorithm.name} x{P} (shared memory)"
-        with progress_bar(rounds, name, job.progress and self.is_main) as advance:
-            done = 0
-            for r in sorted({*evals, *averagings}):
-                self._wait(board, procs, lambda r=r: board.finished() >= r * P)
-                if r in averagings:
-                    assert averager is not None
-                    averager.average(board.x, settled=r == rounds)  # the last: workers done
-                if r not in evals:
-                    continue
-                train_time += time.perf_counter() - train_start  # the workers are held now
-                status = ""
-                if self.is_main:
-                    loss_sum, steps = float(board.loss_sum.sum()), board.finished()
-                    record = self._record(job, board, averager, n_train, r)
-                    record |= {
-                        "wall_time_s": time.perf_counter() - start,
-                        "train_time_s": train_time,
-                        "samples_per_s": record["samples"] / max(train_time, 1e-9),
-                        "train_loss": (loss_sum - last_loss) / max(steps - last_steps, 1),
-                    }
-                    last_loss, last_steps = loss_sum, steps
-                    folder.append(record)
-                    status = status_line(record)
-                advance(r - done, status)
-                done = r
-                board.limit[0] = next(pending, rounds) * P
-                train_start = time.perf_counter()
-        self._wait(board, procs, lambda: not any(p.is_alive() for p in procs), self.timeout_s)
-        return RunResult(board.x.clone()[None], folder.records)
-
-    def _record(
-        self, job: Job, board: Board, averager: ModelAverager | None, n_train: int, r: int
-    ) -> dict[str, Any]:
-        samples = int(board.samples.sum())
-        averagings = averager.count if averager is not None else 0
-        nbytes = averager.bytes_sent if averager is not None else 0
-        return {
-            "round": r,
-            "epoch": samples / n_train,
-            "samples": samples,
-            "processes": self.processes,
-            "machines": averager.machines if averager is not None else 1,
-            "averagings": averagings,
-            "messages_total": averagings,
-            "bytes_total": nbytes,
-            "steps_min": int(board.steps.min()),
-            "steps_max": int(board.steps.max()),
-            **one_model_metrics(job, board.x.clone()),
-            **staleness_fields(
-                board.stale_sum.sum(),
-                board.reads.sum(),
-                board.stale_max.max(),
-                board.updates.sum(0),
-            ),
-        }
 
     def _wait(
         self,
@@ -306,3 +217,79 @@ class SharedMemoryEngine:
                     "(timeout_s=); the machine may be overloaded"
                 )
             time.sleep(POLL_S)
+
+
+class SharedSteps:
+    """The main process's view of the workers, for :func:`drive`: it holds them after
+    exactly ``round * P`` steps at each evaluation, and averages the machines' models
+    every ``average_every`` rounds (and at the end, once the workers have stopped)."""
+
+    measured = True
+
+    def __init__(
+        self,
+        job: Job,
+        board: Board,
+        processes: int,
+        average_every: int,
+        averager: ModelAverager | None,
+        wait: Callable[[Callable[[], bool]], None],
+        main: bool,
+    ) -> None:
+        self.job, self.board, self.P, self.averager, self.wait = (
+            job,
+            board,
+            processes,
+            averager,
+            wait,
+        )
+        self.main, self.label = main, f"{job.algorithm.name} x{processes} (shared memory)"
+        rounds, K = job.rounds, average_every
+        self.averagings = set(range(K, rounds + 1, K)) | {rounds} if K and averager else set()
+        self.round, self.last = 0, (0.0, 0)  # (loss sum, steps) at the previous record
+
+    def advance(self, stop: int) -> Iterator[Tick]:
+        board, P = self.board, self.P
+        board.limit[0] = stop * P  # release the workers up to round stop
+        for r in [*sorted(m for m in self.averagings if self.round < m < stop), stop]:
+            self.wait(lambda r=r: board.finished() >= r * P)
+            if r in self.averagings:
+                assert self.averager is not None
+                self.averager.average(board.x, settled=r == self.job.rounds)  # the last: done
+        self.round = stop
+        yield Tick(stop)
+
+    def counters(self) -> Counters:
+        board, averager = self.board, self.averager
+        loss_sum, steps = float(board.loss_sum.sum()), board.finished()
+        loss = (loss_sum - self.last[0]) / max(steps - self.last[1], 1)
+        self.last = (loss_sum, steps)
+        count = averager.count if averager is not None else 0
+        totals = {  # this machine's, (1,) each
+            "samples": board.samples.sum().reshape(1),
+            "messages": torch.tensor([count]),
+            "bytes": torch.tensor([averager.bytes_sent if averager is not None else 0]),
+        }
+        return Counters(totals, None, loss, self.round)
+
+    def snapshot(self) -> Snapshot | None:
+        if not self.main:
+            return None
+        board, averager = self.board, self.averager
+        fields = {
+            "processes": self.P,
+            "machines": averager.machines if averager is not None else 1,
+            "averagings": averager.count if averager is not None else 0,
+            "steps_min": int(board.steps.min()),
+            "steps_max": int(board.steps.max()),
+            **staleness_fields(
+                board.stale_sum.sum(),
+                board.reads.sum(),
+                board.stale_max.max(),
+                board.updates.sum(0),
+            ),
+        }
+        return Snapshot(board.x.clone()[None], fields=fields)
+
+    def checkpoint(self, stop: int) -> None:
+        return None  # the workers' generators live in their processes: no resume

@@ -37,27 +37,20 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 
 from nettrain.algorithms.base import AsyncAlgorithm
 from nettrain.checkpoint import Checkpoint, load_state, state_dict
-from nettrain.engines.base import (
-    Job,
-    RunResult,
-    centre_fields,
-    check_finite,
-    status_line,
-    traffic_fields,
-)
+from nettrain.engines.base import Job, RunResult
 from nettrain.engines.draws import CENTRE, Draws
+from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.servers import SimServers
 from nettrain.errors import ConfigError
 from nettrain.faults import Faults
 from nettrain.patterns import Losses
-from nettrain.progress import progress_bar
 from nettrain.recording import RunFolder
 
 
@@ -66,192 +59,201 @@ def run_events(
 ) -> RunResult:
     """Run the asynchronous ``job.algorithm``; ``max_batch`` caps a batch (0 = no cap);
     with ``resume``, continue from that checkpoint."""
-    algo = job.algorithm
-    if not isinstance(algo, AsyncAlgorithm):
-        raise TypeError(f"{type(algo).__name__} is not an asynchronous algorithm")
-    n, problem, cost, faults = job.n_agents, job.problem, job.cost, job.fault_spec
-    x = job.x0.expand(n, -1).clone()  # (n, d)
-    comm = SimCommunicator(job.topology, x.device, x.dtype)
-    servers = None
-    if algo.uses_centre:
-        servers = comm.servers = SimServers(job.x0, algo, n, cost)
-        neighbours: list[list[int]] = [[] for _ in range(n)]
-    else:
-        neighbours = [sorted(job.topology.base_graph.neighbors(i)) for i in range(n)]
-        if any(not nb for nb in neighbours):
-            raise ConfigError("an agent without neighbours cannot interact; use a connected graph")
-    oracle = problem.oracle(job.shards, range(n), batch_size=job.batch_size, seed=job.seed)
-    draws = [Draws(job.seed, i, neighbours[i], algo, faults.drop) for i in range(n)]
-    generator = torch.Generator(device=x.device).manual_seed(job.seed)  # stochastic codes
-
-    per_step = oracle.sizes if job.batch_size == 0 else torch.full((n,), job.batch_size)
-    step_s = (per_step.double() * cost.seconds_per_sample * cost.slowdown).tolist()
-    poisson = job.phase == "poisson"
-
-    def draw_phase(a: int) -> tuple[int, float]:
-        h = draws[a].steps()
-        return h, draws[a].duration(h * step_s[a], poisson)
-
-    current = [draw_phase(a) for a in range(n)]  # (steps, duration) of the running phase
-    upcoming = [draw_phase(a) for a in range(n)]  # the phase after it, drawn in advance
-    ends = torch.tensor([c[1] for c in current], dtype=torch.float64)  # (n,) event times
-    partner = torch.tensor([d.partner() for d in draws])
-    totals = {
-        k: torch.zeros(n, dtype=torch.int64) for k in ("samples", "messages", "bytes", "lost")
-    }
-    state = algo.init(x, oracle, comm)
-    oracle.meter.reset()
-    comm.traffic.reset()
-
-    per_round = algo.events_per_round(n)
-    total = max(1, round(job.rounds * per_round))
-
-    def events_at(r: int) -> int:
-        return min(total, max(1, round(r * per_round)))
-
-    records = {events_at(r) for r in range(job.eval_every, job.rounds, job.eval_every)} | {total}
-    saves = {}  # events -> round of a checkpoint
-    if job.checkpoint_every:
-        saves = {
-            events_at(r): r
-            for r in range(job.checkpoint_every, job.rounds + 1, job.checkpoint_every)
-        }
-    changes = {events_at(r) if r else 0: r for r in faults.changes() if r < job.rounds}
-    marks = sorted((records | set(saves) | set(changes)) - {0})
-    start, now, done, fault_round = time.perf_counter(), 0.0, 0, -1
-    losses: list[torch.Tensor] = []
-    if resume is not None:
-        extra = resume.events
-        state = load_state(state, resume.state)
-        oracle.load_local_state(resume.rng)
-        now, totals = resume.clock, dict(resume.totals)
-        done, fault_round = extra["done"], extra["fault_round"]
-        current, upcoming = extra["current"], extra["upcoming"]
-        ends, partner = extra["ends"].clone(), extra["partner"].clone()
-        for d, saved in zip(draws, extra["draws"], strict=True):
-            d.load_state_dict(saved)
-        generator.set_state(extra["generator"])
-        losses = [extra["losses"]] if len(extra["losses"]) else []
-        if servers is not None:
-            servers.load_state_dict(resume.servers)
-        start -= resume.wall_time_s
-        marks = [m for m in marks if m > done]
-
-    def apply_faults(r: int) -> None:
-        """From round ``r`` on: a crashed agent stops; one back resumes its phase now."""
-        for a in range(n):
-            if faults.down(a, r) and math.isfinite(ends[a]):
-                ends[a] = math.inf
-            elif not faults.down(a, r) and not math.isfinite(ends[a]):
-                ends[a] = now + current[a][1]
-
-    if 0 in changes and resume is None:
-        fault_round = 0
-        apply_faults(0)
-
-    def checkpoint(r: int) -> None:
-        folder.checkpoint(
-            Checkpoint(
-                round=r,
-                state=state_dict(state),
-                rng=oracle.local_state(),
-                clock=now,
-                totals=totals,
-                records=len(folder.records),
-                wall_time_s=time.perf_counter() - start,
-                servers=servers.state_dict() if servers is not None else None,
-                events={
-                    "done": done,
-                    "fault_round": fault_round,
-                    "current": current,
-                    "upcoming": upcoming,
-                    "ends": ends,
-                    "partner": partner,
-                    "draws": [d.state_dict() for d in draws],
-                    "generator": generator.get_state(),
-                    "losses": torch.cat(losses) if losses else torch.zeros(0),
-                },
-            )
-        )
-
-    with progress_bar(job.rounds, f"{algo.name} x{n} (events)", job.progress) as advance:
-        advance(int(done // per_round), "")
-        for mark in marks:
-            while done < mark:
-                horizon = ends + cost.latency_s + torch.tensor([u[1] for u in upcoming])
-                pairs = _batch(ends, partner, min(mark - done, max_batch or mark), horizon)
-                i, j = pairs[:, 0], pairs[:, 1]
-                steps = torch.tensor(
-                    [
-                        [current[a][0], current[b][0] if b != CENTRE else 0]
-                        for a, b in pairs.tolist()
-                    ]
-                )
-                lost = _losses(pairs, draws, faults, fault_round)
-                if servers is not None:
-                    servers.event_times = ends
-                with comm.losing(lost if lost.any else None):
-                    state, loss = algo.interact(state, pairs, oracle, comm, generator, steps)
-                losses.append(loss)
-                samples = oracle.meter.reset()
-                messages, nbytes = comm.traffic.reset()
-                totals["samples"] += samples
-                totals["messages"] += messages
-                totals["bytes"] += nbytes
-                totals["lost"][i] += lost.reply.to(torch.int64)
-                sent = (
-                    cost.latency_s * messages.double()
-                    + nbytes.double() / cost.bandwidth_bytes_per_s
-                )
-                if servers is not None:  # the last reply is in, or the worker gave up on it
-                    resume_at = servers.resume[i].clone()
-                    resume_at[lost.reply] = ends[i][lost.reply] + faults.resend_s
-                    now = max(now, float(ends[i].max()))
-                    restart = i
-                elif algo.blocking:  # both wait for the later phase, then both start anew
-                    met = torch.maximum(ends[i], ends[j])
-                    now = max(now, float(met.max()))
-                    resume_at = torch.cat([met + sent[i], met + sent[j]])
-                    restart = torch.cat([i, j])
-                else:
-                    now = max(now, float(ends[i].max()))
-                    resume_at = ends[i] + sent[i]
-                    restart = i
-                for a, at in zip(restart.tolist(), resume_at.tolist(), strict=True):
-                    current[a], upcoming[a] = upcoming[a], draw_phase(a)
-                    ends[a] = at + current[a][1]
-                    partner[a] = draws[a].partner()
-                before, done = done, done + len(pairs)
-                check_finite(loss, int(done // per_round), algo.stability_hint)
-                advance(int(done // per_round) - int(before // per_round), "")
-            if mark in changes:
-                fault_round = changes[mark]
-                apply_faults(fault_round)
-            if mark in records:
-                record: dict[str, Any] = {
-                    "round": math.ceil(done / per_round - 1e-9),
-                    "events": done,
-                    "epoch": float(totals["samples"].sum()) / len(problem.data.y_train),
-                    "virtual_time_s": now,
-                    "wall_time_s": time.perf_counter() - start,
-                    **traffic_fields(totals),
-                    "train_loss": float(torch.cat(losses).mean()),
-                    **job.metrics(state.x, oracle.buffers),
-                    **algo.diagnostics(state),
-                }
-                if faults.any:
-                    record["exchanges_lost"] = int(totals["lost"].sum())
-                if servers is not None:
-                    record |= servers.take_staleness() | centre_fields(
-                        job, servers.centre(), oracle.buffers
-                    )
-                losses.clear()
-                folder.append(record)
-                advance(0, status_line(record))
-            if mark in saves:
-                checkpoint(saves[mark])
-    centre = algo.centre(state, comm)
+    if not isinstance(job.algorithm, AsyncAlgorithm):
+        raise TypeError(f"{type(job.algorithm).__name__} is not an asynchronous algorithm")
+    start = time.perf_counter()
+    events = SimEvents(job, max_batch, resume)
+    drive(job, folder, events, resume, start)
+    state, oracle = events.state, events.oracle
+    centre = job.algorithm.centre(state, events.comm)
     return RunResult(state.x, folder.records, centre=centre, buffers=oracle.buffers or None)
+
+
+class SimEvents:
+    """Every agent's events in virtual time, in batches (module docstring), for
+    :func:`drive`: round ``r`` ends after ``events_at(r)`` events."""
+
+    main, measured = True, False
+
+    def __init__(self, job: Job, max_batch: int, resume: Checkpoint | None) -> None:
+        algo = job.algorithm
+        assert isinstance(algo, AsyncAlgorithm)
+        n, faults = job.n_agents, job.fault_spec
+        self.job, self.algo, self.faults, self.max_batch = job, algo, faults, max_batch
+        self.label = f"{algo.name} x{n} (events)"
+        x = job.x0.expand(n, -1).clone()  # (n, d)
+        self.comm = comm = SimCommunicator(job.topology, x.device, x.dtype)
+        self.servers = None
+        if algo.uses_centre:
+            self.servers = comm.servers = SimServers(job.x0, algo, n, job.cost)
+            neighbours: list[list[int]] = [[] for _ in range(n)]
+        else:
+            neighbours = [sorted(job.topology.base_graph.neighbors(i)) for i in range(n)]
+            if any(not nb for nb in neighbours):
+                raise ConfigError(
+                    "an agent without neighbours cannot interact; use a connected graph"
+                )
+        self.oracle = oracle = job.problem.oracle(
+            job.shards, range(n), batch_size=job.batch_size, seed=job.seed
+        )
+        self.draws = [Draws(job.seed, i, neighbours[i], algo, faults.drop) for i in range(n)]
+        self.generator = torch.Generator(device=x.device).manual_seed(job.seed)  # codes
+
+        per_step = oracle.sizes if job.batch_size == 0 else torch.full((n,), job.batch_size)
+        cost = job.cost
+        self.step_s = (per_step.double() * cost.seconds_per_sample * cost.slowdown).tolist()
+        self.poisson = job.phase == "poisson"
+        # (steps, duration) of the running phase, and of the one after it, drawn in advance
+        self.current = [self.draw_phase(a) for a in range(n)]
+        self.upcoming = [self.draw_phase(a) for a in range(n)]
+        self.ends = torch.tensor([c[1] for c in self.current], dtype=torch.float64)  # (n,)
+        self.partner = torch.tensor([d.partner() for d in self.draws])
+        keys = ("samples", "messages", "bytes", "lost")
+        self.totals = {k: torch.zeros(n, dtype=torch.int64) for k in keys}
+        self.state = algo.init(x, oracle, comm)
+        oracle.meter.reset()
+        comm.traffic.reset()
+
+        self.per_round = algo.events_per_round(n)
+        self.total = max(1, round(job.rounds * self.per_round))
+        # fault changes, by the event count where they take effect
+        self.changes = {
+            self.events_at(r) if r else 0: r for r in faults.changes() if r < job.rounds
+        }
+        self.now, self.done, self.fault_round = 0.0, 0, -1
+        self.losses: list[torch.Tensor] = []
+        if resume is not None:
+            extra = resume.events
+            assert extra is not None
+            self.state = load_state(self.state, resume.state)
+            oracle.load_local_state(resume.rng)
+            self.now, self.totals = resume.clock, dict(resume.totals)
+            self.done, self.fault_round = extra["done"], extra["fault_round"]
+            self.current, self.upcoming = extra["current"], extra["upcoming"]
+            self.ends, self.partner = extra["ends"].clone(), extra["partner"].clone()
+            for d, saved in zip(self.draws, extra["draws"], strict=True):
+                d.load_state_dict(saved)
+            self.generator.set_state(extra["generator"])
+            self.losses = [extra["losses"]] if len(extra["losses"]) else []
+            if self.servers is not None:
+                self.servers.load_state_dict(resume.servers)
+        elif 0 in self.changes:
+            self.fault_round = 0
+            self.apply_faults(0)
+
+    def events_at(self, r: int) -> int:
+        """The events done at the end of round ``r``."""
+        return min(self.total, max(1, round(r * self.per_round)))
+
+    def draw_phase(self, a: int) -> tuple[int, float]:
+        h = self.draws[a].steps()
+        return h, self.draws[a].duration(h * self.step_s[a], self.poisson)
+
+    def apply_faults(self, r: int) -> None:
+        """From round ``r`` on: a crashed agent stops; one back resumes its phase now."""
+        for a in range(self.job.n_agents):
+            if self.faults.down(a, r) and math.isfinite(self.ends[a]):
+                self.ends[a] = math.inf
+            elif not self.faults.down(a, r) and not math.isfinite(self.ends[a]):
+                self.ends[a] = self.now + self.current[a][1]
+
+    def advance(self, stop: int) -> Iterator[Tick]:
+        """The events up to round ``stop``, batches cut where the faults change."""
+        end = self.events_at(stop)
+        for mark in [*sorted(m for m in self.changes if self.done < m < end), end]:
+            while self.done < mark:
+                self._batch(mark)
+                reached = int(self.done // self.per_round)
+                yield Tick(reached, self.losses[-1], at=reached)
+            if mark in self.changes:
+                self.fault_round = self.changes[mark]
+                self.apply_faults(self.fault_round)
+
+    def _batch(self, mark: int) -> None:
+        """One batch of events on distinct agents, none past event ``mark``."""
+        algo, cost, faults, draws = self.algo, self.job.cost, self.faults, self.draws
+        current, upcoming, ends, servers = self.current, self.upcoming, self.ends, self.servers
+        horizon = ends + cost.latency_s + torch.tensor([u[1] for u in upcoming])
+        limit = min(mark - self.done, self.max_batch or mark)
+        pairs = _batch(ends, self.partner, limit, horizon)
+        i, j = pairs[:, 0], pairs[:, 1]
+        steps = torch.tensor(
+            [[current[a][0], current[b][0] if b != CENTRE else 0] for a, b in pairs.tolist()]
+        )
+        lost = _losses(pairs, draws, faults, self.fault_round)
+        if servers is not None:
+            servers.event_times = ends
+        with self.comm.losing(lost if lost.any else None):
+            self.state, loss = algo.interact(
+                self.state, pairs, self.oracle, self.comm, self.generator, steps
+            )
+        self.losses.append(loss)
+        samples = self.oracle.meter.reset()
+        messages, nbytes = self.comm.traffic.reset()
+        totals = self.totals
+        totals["samples"] += samples
+        totals["messages"] += messages
+        totals["bytes"] += nbytes
+        totals["lost"][i] += lost.reply.to(torch.int64)
+        sent = cost.latency_s * messages.double() + nbytes.double() / cost.bandwidth_bytes_per_s
+        if servers is not None:  # the last reply is in, or the worker gave up on it
+            resume_at = servers.resume[i].clone()
+            resume_at[lost.reply] = ends[i][lost.reply] + faults.resend_s
+            self.now = max(self.now, float(ends[i].max()))
+            restart = i
+        elif algo.blocking:  # both wait for the later phase, then both start anew
+            met = torch.maximum(ends[i], ends[j])
+            self.now = max(self.now, float(met.max()))
+            resume_at = torch.cat([met + sent[i], met + sent[j]])
+            restart = torch.cat([i, j])
+        else:
+            self.now = max(self.now, float(ends[i].max()))
+            resume_at = ends[i] + sent[i]
+            restart = i
+        for a, at in zip(restart.tolist(), resume_at.tolist(), strict=True):
+            current[a], upcoming[a] = upcoming[a], self.draw_phase(a)
+            ends[a] = at + current[a][1]
+            self.partner[a] = draws[a].partner()
+        self.done += len(pairs)
+
+    def counters(self) -> Counters:
+        totals = {k: v for k, v in self.totals.items() if k != "lost"}
+        loss = float(torch.cat(self.losses).mean())
+        self.losses.clear()
+        return Counters(totals, self.now, loss, math.ceil(self.done / self.per_round - 1e-9))
+
+    def snapshot(self) -> Snapshot:
+        fields: dict[str, object] = {"events": self.done}
+        if self.faults.any:
+            fields["exchanges_lost"] = int(self.totals["lost"].sum())
+        centre = None
+        if self.servers is not None:
+            fields |= self.servers.take_staleness()
+            centre = self.servers.centre()
+        return Snapshot(self.state.x, self.oracle.buffers, self.state, centre, fields)
+
+    def checkpoint(self, stop: int) -> Checkpoint:
+        return Checkpoint(
+            round=stop,
+            state=state_dict(self.state),
+            rng=self.oracle.local_state(),
+            clock=self.now,
+            totals=self.totals,
+            records=0,
+            wall_time_s=0.0,
+            servers=self.servers.state_dict() if self.servers is not None else None,
+            events={
+                "done": self.done,
+                "fault_round": self.fault_round,
+                "current": self.current,
+                "upcoming": self.upcoming,
+                "ends": self.ends,
+                "partner": self.partner,
+                "draws": [d.state_dict() for d in self.draws],
+                "generator": self.generator.get_state(),
+                "losses": torch.cat(self.losses) if self.losses else torch.zeros(0),
+            },
+        )
 
 
 def _losses(pairs: torch.Tensor, draws: list[Draws], faults: Faults, t: int) -> Losses:
