@@ -66,6 +66,8 @@ def fashion_mnist(train: int, test: int) -> nettrain.data.Dataset:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", default="sim", choices=["sim", "distributed"])
+    parser.add_argument("--algorithm", default="dpsgd", help="any nettrain method, e.g. swarm")
+    parser.add_argument("--momentum", type=float, default=0.9, help="0 for swarm")
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--train", type=int, default=12000, help="training images used")
@@ -76,14 +78,14 @@ def main() -> None:
 
     data = fashion_mnist(args.train, args.test)
     config = {
-        "algorithm": "dpsgd",
+        "algorithm": args.algorithm,
         "engine": args.engine,
         "agents": args.agents,
         "topology": "ring",
         "rounds": args.rounds,
         "batch_size": 32,
         "lr": 0.05,
-        "momentum": 0.9,
+        "momentum": args.momentum,
         "eval_every": 50,
         "dtype": args.dtype,
         "progress": False,

@@ -74,6 +74,20 @@ def test_own_cnn_on_both_engines(tmp_path: Path) -> None:
         torch.testing.assert_close(dist_buffers[name], value, atol=1e-9, rtol=0)
 
 
+def test_own_cnn_with_an_asynchronous_method_on_processes(tmp_path: Path) -> None:
+    """SwarmSGD on 4 processes (rpc, each rank at its own pace) with the BatchNorm and
+    dropout CNN: rank 0 collects every agent's parameters and statistics, and the mean
+    model it returns has the recorded accuracy."""
+    args = ["--agents", "4", "--rounds", "20", "--train", "800", "--test", "300"]
+    args += ["--algorithm", "swarm", "--momentum", "0", "--engine", "distributed"]
+    args += ["--out", "swarm"]
+    out = torchrun(4, "own_cnn.py", *args, cwd=tmp_path)
+    plain, recorded = map(float, re.search(r"PyTorch: ([\d.]+); recorded: ([\d.]+)", out).groups())
+    assert plain == pytest.approx(recorded, abs=1e-6) and plain > 0.3  # chance: 0.1
+    buffers = final(tmp_path / "swarm", "buffers.pt")
+    assert all(value.shape[0] == 4 for value in buffers.values())
+
+
 def test_choco_sgd_written_outside_runs_on_both_engines(tmp_path: Path) -> None:
     """At most 60 lines of algorithm; the simulator and 4 processes agree within 1e-5,
     and it learns (digits, 10 classes)."""

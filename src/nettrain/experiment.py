@@ -211,8 +211,8 @@ def run(
     :func:`nettrain.data.from_tensors`), ``loss`` (any torch loss; default from the
     labels' kind) and ``algorithm`` (a method object). Under ``engine=distributed`` the
     script runs on every rank (``torchrun --nproc-per-node N script.py``), each rank
-    builds its own objects, and every rank gets the result (records on rank 0 only:
-    ``result.is_main``).
+    builds its own objects, and every rank gets a result; rank 0's
+    (``result.is_main``) holds the records and every agent (see :mod:`nettrain.result`).
     With ``checkpoint`` (see :func:`resume`), continue from it in the folder ``out``.
     """
     cfg = as_config(config, algorithm)

@@ -8,8 +8,11 @@ user's own module class::
     net_i = result.agent_model(3)    # agent 3's own
     result.records                   # metrics.jsonl's records
 
-Under ``engine=distributed`` every rank gets every agent's parameters; the records and
-the summary are rank 0's (``result.is_main``). Models come back in evaluation mode
+Under ``engine=distributed`` every rank gets a result. Rank 0's (``result.is_main``)
+holds the records, the summary and every agent; the others hold every agent after a
+synchronous method and only their own after an asynchronous one (whose ranks finish
+at their own pace and hand their states to rank 0 alone). Models come back in
+evaluation mode
 (dropout off, BatchNorm on its running statistics), ready to evaluate; call
 ``.train()`` to train them further.
 """
