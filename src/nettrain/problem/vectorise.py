@@ -5,7 +5,8 @@ The oracle runs every local agent's forward and backward pass in one
 into Python (``.item()``, ``if x.sum() > 0``), draws random numbers other than through
 ``nn.Dropout``, or updates a tensor it captured cannot. :func:`check_vectorisable`
 runs the oracle once on two agents of two samples before any work and turns torch's
-message into one that names the layer and says what to change.
+message into one that names the layer and says what to change (or, for an error that
+is no vectorisation limit, such as a shape mismatch, names the layer that failed).
 """
 
 from __future__ import annotations
@@ -83,14 +84,18 @@ def blame(model: nn.Module) -> Iterator[None]:
         if not stack:
             raise
         layer = stack[-1]
+        where = f"layer {names[layer]!r} ({type(layer).__name__})"
         text = str(err).strip() or type(err).__name__
-        cause, fix = next(
-            ((cause, fix) for word, cause, fix in CAUSES if word in text),
-            (text.splitlines()[0].split(". ")[0], "write it with tensor operations only"),
-        )
+        known = [(cause, fix) for word, cause, fix in CAUSES if word in text]
+        if not known:  # not a vectorisation limit: the model fails on this data
+            raise ConfigError(
+                f"{where} failed on two training samples of the data: "
+                f"{text.splitlines()[0]}"
+            ) from None
+        cause, fix = known[0]
         raise ConfigError(
-            f"layer {names[layer]!r} ({type(layer).__name__}) cannot run in nettrain's "
-            f"vectorised oracle (torch.func.vmap over agents): {cause}. To fix it: {fix}"
+            f"{where} cannot run in nettrain's vectorised oracle (torch.func.vmap over "
+            f"agents): {cause}. To fix it: {fix}"
         ) from None
     finally:
         for hook in hooks:
