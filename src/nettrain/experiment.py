@@ -224,9 +224,8 @@ def run(
     given = described(cfg, job, model, data, loss, algorithm)
     folder.write_config(cfg.to_dict() | given | {PROVENANCE: provenance()})
     result = engine.run(job, folder, checkpoint) if checkpoint else engine.run(job, folder)
-    dataset, model_name = data.name if data is not None else cfg.dataset, cfg.model
-    if model is not None:
-        model_name = type(model).__name__
+    dataset = data.name if data is not None else cfg.dataset
+    model_name = type(model).__name__ if model is not None else cfg.model
     summary = (
         summarize(
             result.records,

@@ -169,11 +169,16 @@ class Problem:
 
     @torch.no_grad()
     def evaluate(
-        self, x: torch.Tensor, buffers: Buffers | None = None, chunk: int = 16
+        self,
+        x: torch.Tensor,
+        buffers: Buffers | None = None,
+        chunk: int = 16,
+        samples: int | None = None,
     ) -> Evaluation:
         """Test loss and accuracy of each row of ``x: (k, d)`` in evaluation mode, with
-        ``buffers: {name: (k, ...)}`` (else the template's); chunks of ``chunk`` vectors."""
-        xt, yt = self.data.x_test, self.data.y_test
+        ``buffers: {name: (k, ...)}`` (else the template's), on the first ``samples`` test
+        samples (default: all); chunks of ``chunk`` vectors."""
+        xt, yt = self.data.x_test[:samples], self.data.y_test[:samples]
         buffers = buffers or {}
 
         def one(v: torch.Tensor, b: Buffers) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,7 +199,7 @@ class Problem:
 
     def check(self) -> None:
         """Raise a ConfigError naming the layer if the model cannot run in the vectorised
-        oracle (torch.func.vmap over agents), before any work; also checks the loss."""
+        oracle (torch.func.vmap over agents) or fails on the data, before any work."""
         check_vectorisable(self)
 
     def oracle(
@@ -253,8 +258,8 @@ class Oracle:
             torch.Generator().manual_seed(agent_seed(seed, int(a), DROPOUT_STREAM))
             for a in (agents if problem.dropouts else ())
         ]
-        self.buffers = problem.buffer_spec.stack(problem.model, len(agents))  # (m, ...) each
-        self.buffers = {k: v.to(device) for k, v in self.buffers.items()}
+        stacked = problem.buffer_spec.stack(problem.model, len(agents))
+        self.buffers = {k: v.to(device) for k, v in stacked.items()}  # (m, ...) each
         self._grad = vmap(grad_and_value(problem.train_loss, has_aux=True))
         if batch_size == 0:
             self._full = self._full_batch_table()

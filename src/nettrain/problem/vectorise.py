@@ -89,8 +89,7 @@ def blame(model: nn.Module) -> Iterator[None]:
         known = [(cause, fix) for word, cause, fix in CAUSES if word in text]
         if not known:  # not a vectorisation limit: the model fails on this data
             raise ConfigError(
-                f"{where} failed on two training samples of the data: "
-                f"{text.splitlines()[0]}"
+                f"{where} failed on two training samples of the data: {text.splitlines()[0]}"
             ) from None
         cause, fix = known[0]
         raise ConfigError(
@@ -103,8 +102,9 @@ def blame(model: nn.Module) -> Iterator[None]:
 
 
 def check_vectorisable(problem: Any) -> None:
-    """Run one training pass of two agents on two samples each, and evaluate two models,
-    with :func:`blame` around them (a cheap rehearsal before any work)."""
+    """Run one training pass of two agents on two samples each, and evaluate two models
+    on two test samples, with :func:`blame` around them (a cheap rehearsal before any
+    work)."""
     data = problem.data
     if len(data.y_train) < 2:
         return
@@ -113,4 +113,4 @@ def check_vectorisable(problem: Any) -> None:
     with blame(problem.model):
         oracle = problem.oracle(shards, [0, 1], batch_size=2, seed=0, with_regularizer=False)
         oracle.grad(torch.stack([x0, x0]))
-        problem.evaluate(torch.stack([x0, x0]), oracle.buffers or None)
+        problem.evaluate(torch.stack([x0, x0]), oracle.buffers or None, samples=2)
