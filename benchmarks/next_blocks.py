@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from nettrain.algorithms import NEXT, StepRule, SurrogateConfig
+from nettrain.algorithms import NEXT, SurrogateConfig
 from nettrain.algorithms.surrogates import Subproblem, _direct, block_slices
 from nettrain.config import load_config
 from nettrain.engines.sim.comm import SimCommunicator
@@ -70,7 +70,7 @@ def main() -> None:
 
     def measure(blocks: int, threads: int) -> tuple[float, float]:
         torch.set_num_threads(threads)
-        algo = NEXT(SurrogateConfig("gauss_newton", blocks=blocks, solver="direct"), StepRule())
+        algo = NEXT("gauss_newton", blocks=blocks, solver="direct")
         state = algo.init(x0, oracle, comm)
         state, _ = algo.step(state, 0, oracle, comm)  # warm-up
         wall, cpu = time.perf_counter(), time.process_time()

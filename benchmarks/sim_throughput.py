@@ -157,7 +157,7 @@ class SimRunner:
         x0 = problem.initial_params(SEED).expand(n, -1).clone()  # (n, d)
         self.oracle = problem.oracle(shards, range(n), batch_size=batch, seed=SEED)
         self.comm = SimCommunicator(build_topology("ring", n, seed=SEED), x0.device, x0.dtype)
-        self.algorithm = LocalSGD(SGDConfig(lr=LR), tau=NEVER)
+        self.algorithm = LocalSGD(lr=LR, tau=NEVER)
         self.state: SGDRunState = self.algorithm.init(x0, self.oracle, self.comm)
         self.t = 0
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import nettrain
-from nettrain.algorithms import DPSGD, SGDConfig
+from nettrain.algorithms import DPSGD
 from nettrain.cli import main
 from nettrain.data import from_tensors
 from nettrain.errors import ConfigError
@@ -137,7 +137,7 @@ def test_a_torch_loss_gives_what_the_built_in_gives(digits) -> None:
 def test_an_algorithm_object_runs_as_its_name(digits) -> None:
     by_name = nettrain.run(CONFIG | {"lr": 0.05, "momentum": 0.5}, model=Net(), data=digits)
     by_object = nettrain.run(
-        CONFIG, model=Net(), data=digits, algorithm=DPSGD(SGDConfig(lr=0.05, momentum=0.5))
+        CONFIG, model=Net(), data=digits, algorithm=DPSGD(lr=0.05, momentum=0.5)
     )
     assert torch.equal(by_name.x, by_object.x)
     with pytest.raises(ConfigError, match="nettrain method object"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nettrain.algorithms.sgd import SGDConfig
 from nettrain.algorithms.swarm import SwarmSGD, SwarmState
 from nettrain.config import load_config
 from nettrain.engines.sim.comm import SimCommunicator
@@ -103,7 +102,7 @@ def test_lost_requests_change_nobody_and_kept_exchanges_preserve_the_pair_sum() 
     n, d = 8, 5
     topology = build_topology("complete", n)
     comm = SimCommunicator(topology, torch.device("cpu"), torch.float64)
-    algo = SwarmSGD(SGDConfig(0.1), local_steps=0)
+    algo = SwarmSGD(lr=0.1, local_steps=0)
     x = torch.randn(n, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     state = SwarmState(x, torch.zeros(n, dtype=torch.int64))
     pairs = torch.tensor([[0, 1], [2, 6], [7, 3], [4, 5]])  # kept, request lost x2, reply lost

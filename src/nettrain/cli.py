@@ -27,7 +27,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from nettrain.config import RunConfig, coerce, describe_keys, load_config, parse_overrides
+from nettrain.config import (
+    SECTIONS,
+    RunConfig,
+    coerce,
+    describe_keys,
+    load_config,
+    parse_overrides,
+)
 from nettrain.errors import ConfigError, DataError, DivergenceError, NettrainError, TopologyError
 from nettrain.report.tables import summary_table
 from nettrain.version import __version__
@@ -104,20 +111,25 @@ def launch_torchrun(nproc: int, cfg: RunConfig, arguments: Sequence[str]) -> int
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from nettrain.experiment import compare, write_comparison
+    from nettrain.experiment import compare, comparison_configs, write_comparison
     from nettrain.recording import read_records
 
-    cfg = _config(args.items)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
-    for name in algorithms:
-        cfg.replace(algorithm=name)  # validates every name before any run starts
+    source, shared, settings = _compare_items(args.items, algorithms)
+    # every algorithm's config is validated before any run starts
+    configs = comparison_configs(
+        load_config(source, shared).to_dict() if source else shared, algorithms, settings
+    )
+    cfg = next(iter(configs.values()))
     out = Path(args.out) if args.out else _default_out("compare")
     if cfg.engine == "distributed" and os.environ.get("RANK") is None:
         summaries = []
-        for k, name in enumerate(algorithms):
+        for k, (name, sub) in enumerate(configs.items()):
             # One torchrun per algorithm; a fresh port each, so no launch waits on the last.
-            items = [*args.items, f"algorithm={name}", f"master_port={cfg.master_port + k}"]
-            sub = cfg.replace(algorithm=name)
+            own = [f"{key}={value}" for key, value in settings.get(name, {}).items()]
+            port = cfg.master_port + k
+            items = [*args.items, *own, f"algorithm={name}", f"master_port={port}"]
+            items = [i for i in items if i.partition("=")[0].rpartition(".")[0] not in algorithms]
             code = launch_torchrun(
                 sub.nproc or sub.world_size, sub, [*items, "--out", str(out / name)]
             )
@@ -125,14 +137,38 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
                 console.print(f"the run of {name} failed (torchrun exit code {code})")
                 return code
             summaries.append(json.loads((out / name / "summary.json").read_text()))
-        curves = {name: read_records(out / name) for name in algorithms}
+        curves = {name: read_records(out / name) for name in configs}
         write_comparison(cfg, summaries, curves, out)
     else:
-        summaries = compare(cfg, algorithms, out)
+        summaries = compare(cfg.to_dict(), algorithms, out, settings=settings)
     title = f"{cfg.dataset}: {cfg.agents} agents on {cfg.topology}, {cfg.rounds} rounds"
     console.print(summary_table(summaries, title=title))
     console.print(f"table: {out / 'summary.csv'}   plot: {out / 'compare.png'}")
     return 0
+
+
+def _compare_items(
+    items: Sequence[str], algorithms: Sequence[str]
+) -> tuple[str | None, dict[str, str], dict[str, dict[str, str]]]:
+    """The config file, the shared ``key=value`` items and each algorithm's own
+    (``swarm.local_steps=2``)."""
+    source = None
+    if items and "=" not in items[0]:
+        source, items = items[0], items[1:]
+    shared: dict[str, str] = {}
+    settings: dict[str, dict[str, str]] = {}
+    for name, value in parse_overrides(items).items():
+        scope, dot, key = name.rpartition(".")
+        if dot and scope in algorithms:
+            settings.setdefault(scope, {})[key] = value
+        elif dot:
+            raise ConfigError(
+                f"{name}={value}: {scope!r} is not one of the compared algorithms "
+                f"({', '.join(algorithms)}); scope a key to one of them as NAME.KEY=VALUE"
+            )
+        else:
+            shared[name] = value
+    return source, shared, settings
 
 
 def cmd_topology(args: argparse.Namespace, console: Console) -> int:
@@ -160,18 +196,24 @@ def cmd_topology(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_keys(args: argparse.Namespace, console: Console) -> int:
     rows = describe_keys()
+    sections = dict.fromkeys(r["section"] for r in rows)
     if args.markdown:
-        print("| key | type | default | allowed | meaning |\n|---|---|---|---|---|")
-        for r in rows:
-            print(
-                f"| `{r['key']}` | {r['type']} | `{r['default']}` | {r['choices']} | {r['help']} |"
-            )
+        for section in sections:
+            doc = (SECTIONS[section].__doc__ or "").splitlines()[0]
+            print(f"\n## `[{section}]`\n\n{doc} In Python: `cfg.{section}.KEY`.\n")
+            print("| key | type | default | allowed | meaning |\n|---|---|---|---|---|")
+            for r in rows:
+                if r["section"] == section:
+                    print(
+                        f"| `{r['key']}` | {r['type']} | `{r['default']}` | {r['choices']} "
+                        f"| {r['help']} |"
+                    )
         return 0
     table = Table(title="config keys (key=value on the command line, or in a TOML file)")
-    for col in ("key", "type", "default", "choices", "help"):
+    for col in ("section", "key", "type", "default", "choices", "help"):
         table.add_column(col)
     for r in rows:
-        table.add_row(*(r[c] for c in ("key", "type", "default", "choices", "help")))
+        table.add_row(*(r[c] for c in ("section", "key", "type", "default", "choices", "help")))
     console.print(table)
     return 0
 

@@ -1,14 +1,23 @@
-"""Typed, validated run configuration: one flat set of documented keys.
+"""Typed, validated run configuration: documented keys in sections.
 
 A run is described by a TOML file and/or ``key=value`` overrides::
 
     nettrain run configs/default.toml algorithm=dpsgd agents=16 rounds=300
 
-Every key is a field of :class:`RunConfig` with a default and a help text (``nettrain
-keys`` prints them all); the config is frozen and validated when built, so an unknown
-key or a bad value fails before any work, with a message naming the key and the
-allowed values. One ``seed`` drives every random choice of a run: data split and
-partition, initialisation, mini-batches, sampled topologies and stragglers.
+Every key has a default and a help text (``nettrain keys`` prints them all) and lives
+in one section of :class:`RunConfig` (``run``, ``data``, ``problem``, ``method``,
+``network``, ``launch``, ``faults``, ``clock``); key names are unique, so the command
+line stays flat and a TOML file may use tables (``[method]``) or not. Each section
+checks its own keys; :class:`RunConfig` checks what spans sections (the method against
+the engine and the faults). The config is frozen and validated when built, so an
+unknown key or a bad value fails before any work, with a message naming the key and
+the allowed values. A key of the ``method`` section set for a method that does not use
+it (its settings have no such field) is an error naming the methods that do.
+
+The method's settings are its own frozen dataclass (``nettrain.algorithms.DPSGD(lr=0.1,
+momentum=0.9)``): :func:`build_algorithm` maps the keys onto its fields by name. One
+``seed`` drives every random choice of a run: data split and partition,
+initialisation, mini-batches, sampled topologies and stragglers.
 """
 
 from __future__ import annotations
@@ -28,9 +37,10 @@ from nettrain.algorithms import (
     SOLVERS,
     SURROGATES,
     AsyncAlgorithm,
+    Method,
     resolve,
 )
-from nettrain.compression import COMPRESSORS
+from nettrain.compression import COMPRESSORS, build_compressor
 from nettrain.data import DATASETS, PARTITIONS, is_npz_path
 from nettrain.errors import ConfigError
 from nettrain.faults import Faults
@@ -53,55 +63,90 @@ PROVENANCE = "provenance"  # config.json's versions and command line, not a key
 BACKENDS = ("auto", "gloo", "nccl")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
-# what sends its models or gradients through quantizer= (the others send them as they are)
-QUANTIZED_ALGORITHMS = tuple(k for k, cls in ALGORITHMS.items() if cls.compresses)
 # the asynchronous methods that skip lost exchanges (faults.py)
 FAULT_TOLERANT = tuple(k for k, cls in ALGORITHMS.items() if cls.tolerates_faults)
 
 
-def key(default: Any, help: str, choices: Iterable[str] | None = None) -> Any:
-    """A config field with its documentation (and allowed values, for strings)."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None}
+def key(
+    default: Any, help: str, choices: Iterable[str] | None = None, at_least: float | None = None
+) -> Any:
+    """A config field with its documentation, allowed values (for strings) or lower bound."""
+    meta = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "at_least": at_least,
+    }
     return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """Everything one run needs. Grouped as: run, data and model, local step, topology, clock."""
+class Section:
+    """A group of keys; each value is checked against its choices and bound when built."""
 
-    # --- run ---
-    algorithm: str = key(
-        "dpsgd",
-        f"training method: {', '.join(ALGORITHMS)}, or your own as module:Class (or an "
-        "entry point of the group nettrain.algorithms)",
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, choices, bound = (
+                getattr(self, f.name),
+                f.metadata["choices"],
+                f.metadata["at_least"],
+            )
+            if choices is not None and value not in choices:
+                raise ConfigError(
+                    f"{f.name}={value!r} is not allowed; choose one of {', '.join(choices)}"
+                )
+            if bound is not None and value < bound:
+                raise ConfigError(f"{f.name} must be >= {bound}, got {value}")
+        self.check()
+
+    def check(self) -> None:
+        """Checks of this section's keys beyond choices and bounds."""
+
+
+@dataclass(frozen=True)
+class RunKeys(Section):
+    """Keys of the run: size, length, seed, evaluation, checkpoints."""
+
+    agents: int = key(16, "number of agents n", at_least=1)
+    rounds: int = key(
+        300, "synchronous rounds; one round = one local step of every agent", at_least=1
     )
-    engine: str = key(
-        "sim",
-        "who runs the agents: the in-process simulator, one process per agent (torchrun), or "
-        "processes=P workers on one model in shared memory (block_async, hogwild, allreduce)",
-        ENGINES,
-    )
-    agents: int = key(16, "number of agents n")
-    rounds: int = key(300, "synchronous rounds; one round = one local step of every agent")
     seed: int = key(0, "seed of every random choice (split, init, batches, topology, stragglers)")
     device: str = key("cpu", "where the simulator keeps its tensors", DEVICES)
     dtype: str = key("float32", "floating-point type of parameters and data", DTYPES)
-    eval_every: int = key(25, "rounds between evaluations (one metrics.jsonl record each)")
+    eval_every: int = key(
+        25, "rounds between evaluations (one metrics.jsonl record each)", at_least=1
+    )
     eval_agents: int = key(
-        0, "agents evaluated individually for mean/worst agent accuracy; 0 = all"
+        0,
+        "agents evaluated individually for mean/worst agent accuracy; 0 = all",
+        at_least=0,
     )
     progress: bool = key(True, "show a progress bar on the terminal")
     checkpoint_every: int = key(
-        0, "rounds between checkpoints (checkpoint.pt in the run folder, for --resume); 0 = none"
+        0,
+        "rounds between checkpoints (checkpoint.pt in the run folder, for --resume); 0 = none",
+        at_least=0,
     )
-    # --- data and model ---
+    train_objective: bool = key(
+        False,
+        "record the social objective on the training set at the mean model, its "
+        "prox-gradient stationarity and the sparsity (always on for next and dgd)",
+    )
+
+
+@dataclass(frozen=True)
+class DataKeys(Section):
+    """Keys of the data set, its split over the agents and the mini-batches."""
+
     dataset: str = key(
         "digits",
         f"data set: {', '.join(DATASETS)} (fashion_mnist reads the IDX files), or the path "
         "of a .npz file with arrays x_train, y_train, x_test, y_test (optional groups_train)",
     )
     data_dir: str = key("", "folder of the Fashion-MNIST IDX files; empty = Debian's folder")
-    train_samples: int = key(0, "use a seeded subset of this many training samples; 0 = all")
+    train_samples: int = key(
+        0, "use a seeded subset of this many training samples; 0 = all", at_least=0
+    )
     test_fraction: float = key(0.2, "test share of the scikit-learn data sets (no official split)")
     partition: str = key(
         "iid",
@@ -111,6 +156,31 @@ class RunConfig:
     )
     classes_per_agent: int = key(2, "partition=shards: classes held by each agent")
     dirichlet_alpha: float = key(0.5, "partition=dirichlet: concentration, small = skewed")
+    batch_size: int = key(
+        -1,
+        "mini-batch per agent per step; 0 = full local batch; -1 = the algorithm's default "
+        "(16; the full local batch for next and dgd)",
+    )
+
+    def check(self) -> None:
+        if self.dataset not in DATASETS and not is_npz_path(self.dataset):
+            raise ConfigError(
+                f"dataset={self.dataset!r} is not allowed; choose one of {', '.join(DATASETS)}, "
+                "or a .npz file (path ending in .npz)"
+            )
+        if self.batch_size < -1:
+            raise ConfigError(
+                f"batch_size must be >= 0 (0 = full local batch) or -1 (the algorithm's "
+                f"default), got {self.batch_size}"
+            )
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class ProblemKeys(Section):
+    """Keys of the model, its loss and regulariser."""
+
     model: str = key("mlp", "network: MLP, linear model, or small CNN (image data)", MODELS)
     hidden: tuple[int, ...] = key((32,), "MLP hidden widths, comma separated (e.g. 128 or 64,32)")
     loss: str = key(
@@ -131,21 +201,34 @@ class RunConfig:
     regularizer: str = key(
         "none", "convex regulariser r(x) added to every agent's loss", REGULARIZERS
     )
-    reg_lambda: float = key(0.0, "weight lam of the regulariser: lam*||x||^2 or lam*||x||_1")
-    batch_size: int = key(
-        -1,
-        "mini-batch per agent per step; 0 = full local batch; -1 = the algorithm's default "
-        "(16; the full local batch for next and dgd)",
+    reg_lambda: float = key(
+        0.0, "weight lam of the regulariser: lam*||x||^2 or lam*||x||_1", at_least=0
     )
-    # --- local step ---
+
+    def check(self) -> None:
+        if any(h < 1 for h in self.hidden):
+            raise ConfigError(f"hidden widths must be >= 1, got {self.hidden}")
+
+
+@dataclass(frozen=True)
+class AlgorithmKeys(Section):
+    """Keys of the training method and its settings, each used by some methods
+    ."""
+
+    algorithm: str = key(
+        "dpsgd",
+        f"training method: {', '.join(ALGORITHMS)}, or your own as module:Class (or an "
+        "entry point of the group nettrain.algorithms)",
+    )
     lr: float = key(0.1, "learning rate of the local SGD step")
     momentum: float = key(0.0, "heavy-ball momentum of the local step, in [0, 1)")
     nesterov: bool = key(False, "Nesterov momentum (needs momentum > 0)")
-    weight_decay: float = key(0.0, "decoupled from reg: g <- g + weight_decay * x")
+    weight_decay: float = key(0.0, "decoupled from reg: g <- g + weight_decay * x", at_least=0)
     tau: int = key(
-        4, "local_sgd, EASGD family, admm: local steps between two averagings or exchanges"
+        4,
+        "local_sgd, EASGD family, admm: local steps between two averagings or exchanges",
+        at_least=1,
     )
-    # --- NEXT and DGD ---
     surrogate: str = key(
         "linear",
         "next/dgd: convex model of the local loss (gauss_newton: squared loss, "
@@ -164,19 +247,16 @@ class RunConfig:
         "next/dgd: blocks of the block-parallel local step (threads); block_async: blocks "
         "the flat parameter vector is partitioned into, shared out over the processes "
         "(hogwild: writes and staleness are counted per block)",
+        at_least=1,
     )
     inner_steps: int = key(
-        10, "next/dgd: accelerated proximal-gradient steps on a non-quadratic surrogate"
+        10,
+        "next/dgd: accelerated proximal-gradient steps on a non-quadratic surrogate",
+        at_least=1,
     )
     solver: str = key(
         "auto", "next/dgd gauss_newton: linear solver, auto = direct for d <= 256 else cg", SOLVERS
     )
-    train_objective: bool = key(
-        False,
-        "record the social objective on the training set at the mean model, its "
-        "prox-gradient stationarity and the sparsity (always on for next and dgd)",
-    )
-    # --- SwarmSGD and AD-PSGD (asynchronous: rounds count n interactions each) ---
     local_steps: int = key(1, "swarm: local SGD steps H before each interaction; 0 = pure gossip")
     quantizer: str = key(
         "none",
@@ -206,63 +286,108 @@ class RunConfig:
     geometric_steps: bool = key(
         False, "swarm: each local phase has a geometric number of steps with mean local_steps"
     )
-    phase: str = key(
-        "fixed",
-        "asynchronous methods: local phases last their modelled compute time (fixed) or an "
-        "exponential time with that mean (poisson: per-agent Poisson clocks)",
-        PHASES,
-    )
-    # --- elastic averaging family (easgd, easgd_async, eamsgd, tree_easgd, downpour,
-    # mdownpour, admm) ---
     alpha: float = key(
-        0.0, "EASGD family: moving rate alpha = lr * rho; 0 = 0.9 / agents (beta = 0.9)"
+        0.0,
+        "EASGD family: moving rate alpha = lr * rho; 0 = 0.9 / agents (beta = 0.9)",
+        at_least=0,
     )
     servers: int = key(
-        1, "EASGD family, downpour: parameter servers S, each owning a slice of the centre"
+        1,
+        "EASGD family, downpour: parameter servers S, each owning a slice of the centre",
+        at_least=1,
     )
     tree_periods: tuple[int, ...] = key(
         (),
         "tree_easgd: exchange period of each level, leaves first (e.g. 4,16); empty = "
         "tau * branching^level",
     )
-    # --- shared-memory engine (block_async, hogwild) ---
-    processes: int = key(
-        2, "engine=shared_memory: worker processes P sharing one model (one round = P steps)"
-    )
-    average_every: int = key(
-        0,
-        "engine=shared_memory under torchrun: rounds K between averagings of the machines' "
-        "models (x += mean - snapshot); 0 = never",
-    )
     warmup: int = key(
-        0, "block_async: steps of full (unpartitioned) updates before the partitioned ones"
+        0,
+        "block_async: steps of full (unpartitioned) updates before the partitioned ones",
+        at_least=0,
     )
     full_every: int = key(
-        0, "block_async: after the warm-up, every full_every-th step updates all blocks; 0 = never"
+        0,
+        "block_async: after the warm-up, every full_every-th step updates all blocks; 0 = never",
+        at_least=0,
     )
     max_delay: int = key(
         1,
         "block_async, hogwild in engine=sim: a block another worker writes is read up to "
         "max_delay rounds late (uniform, seeded); 0 = every read sees the last round",
+        at_least=0,
     )
-    # --- topology ---
+
+    def check(self) -> None:
+        if any(p < 1 for p in self.tree_periods):
+            raise ConfigError(f"tree_periods must be >= 1, got {self.tree_periods}")
+
+
+@dataclass(frozen=True)
+class TopologyKeys(Section):
+    """Keys of the communication graph and its mixing weights."""
+
     topology: str = key("ring", "communication graph of the agents", GRAPHS)
     weights: str = key("metropolis", "mixing weights derived from the graph", WEIGHTS)
     schedule: str = key("static", "how the graph changes from round to round", SCHEDULES)
     drop_prob: float = key(0.0, "schedule=edge_drop: probability an edge is down in a round")
-    degree: int = key(4, "topology=random_regular: degree of every agent")
-    edge_prob: float = key(0.0, "topology=erdos_renyi: edge probability; 0 = 2 ln(n)/n")
-    branching: int = key(2, "topology=tree and tree_easgd: children per inner node")
-    # --- virtual clock (sim) ---
-    compute_s_per_sample: float = key(
-        0.0, "virtual seconds of compute per training sample; 0 = model FLOPs / agent_gflops"
+    degree: int = key(4, "topology=random_regular: degree of every agent", at_least=1)
+    edge_prob: float = key(0.0, "topology=erdos_renyi: edge probability; 0 = 2 ln(n)/n", at_least=0)
+    branching: int = key(2, "topology=tree and tree_easgd: children per inner node", at_least=1)
+
+    def check(self) -> None:
+        if not 0 <= self.drop_prob < 1:
+            raise ConfigError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
+        if self.schedule == "edge_drop" and self.drop_prob == 0:
+            raise ConfigError("schedule=edge_drop needs drop_prob > 0 (e.g. drop_prob=0.3)")
+
+
+@dataclass(frozen=True)
+class EngineKeys(Section):
+    """Keys of who runs the agents: simulator, processes, shared memory."""
+
+    engine: str = key(
+        "sim",
+        "who runs the agents: the in-process simulator, one process per agent (torchrun), or "
+        "processes=P workers on one model in shared memory (block_async, hogwild, allreduce)",
+        ENGINES,
     )
-    agent_gflops: float = key(10.0, "virtual compute speed of an agent, GFLOP/s")
-    latency_s: float = key(5e-5, "virtual latency of one message, seconds")
-    bandwidth_gbps: float = key(10.0, "virtual link bandwidth, Gbit/s")
-    stragglers: float = key(0.0, "fraction of agents that are slow (chosen by seed)")
-    straggler_slowdown: float = key(4.0, "compute slow-down factor of a straggler")
-    # --- faults (both engines; docs/faults.md) ---
+    processes: int = key(
+        2,
+        "engine=shared_memory: worker processes P sharing one model (one round = P steps)",
+        at_least=1,
+    )
+    average_every: int = key(
+        0,
+        "engine=shared_memory under torchrun: rounds K between averagings of the machines' "
+        "models (x += mean - snapshot); 0 = never",
+        at_least=0,
+    )
+    nproc: int = key(
+        0,
+        "engine=distributed: processes to launch, one per agent and server; 0 = that many",
+        at_least=0,
+    )
+    backend: str = key(
+        "auto", "engine=distributed: gloo (CPU), nccl (CUDA), auto = nccl on device=cuda", BACKENDS
+    )
+    timeout_s: float = key(
+        60.0, "engine=distributed: seconds a collective may wait before the run fails"
+    )
+    master_addr: str = key("127.0.0.1", "engine=distributed: address of rank 0's rendezvous")
+    master_port: int = key(29512, "engine=distributed: TCP port of rank 0's rendezvous")
+
+    def check(self) -> None:
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if not 0 < self.master_port < 65536:
+            raise ConfigError(f"master_port must be a TCP port in 1..65535, got {self.master_port}")
+
+
+@dataclass(frozen=True)
+class FaultKeys(Section):
+    """Keys of injected faults, read alike by every engine (docs/faults.md)."""
+
     message_drop: float = key(
         0.0,
         "probability that a message is lost: asynchronous methods skip the exchange, "
@@ -279,96 +404,109 @@ class RunConfig:
     split: str = key(
         "", "network split FROM:TO (rounds): agents [0, n/2) and [n/2, n) cannot reach each other"
     )
-    # --- distributed engine ---
-    nproc: int = key(
-        0, "engine=distributed: processes to launch, one per agent and server; 0 = that many"
-    )
-    backend: str = key(
-        "auto", "engine=distributed: gloo (CPU), nccl (CUDA), auto = nccl on device=cuda", BACKENDS
-    )
-    timeout_s: float = key(
-        60.0, "engine=distributed: seconds a collective may wait before the run fails"
-    )
-    master_addr: str = key("127.0.0.1", "engine=distributed: address of rank 0's rendezvous")
-    master_port: int = key(29512, "engine=distributed: TCP port of rank 0's rendezvous")
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            choices = f.metadata["choices"]
-            value = getattr(self, f.name)
-            if choices is not None and value not in choices:
-                raise ConfigError(
-                    f"{f.name}={value!r} is not allowed; choose one of {', '.join(choices)}"
-                )
-        if self.dataset not in DATASETS and not is_npz_path(self.dataset):
-            raise ConfigError(
-                f"dataset={self.dataset!r} is not allowed; choose one of {', '.join(DATASETS)}, "
-                "or a .npz file (path ending in .npz)"
-            )
-        positive = (
-            "agents",
-            "rounds",
-            "eval_every",
-            "tau",
-            "degree",
-            "branching",
-            "blocks",
-            "inner_steps",
-            "servers",
-            "processes",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        nonneg = (
-            "eval_agents",
-            "train_samples",
-            "reg_lambda",
-            "weight_decay",
-            "compute_s_per_sample",
-            "latency_s",
-            "edge_prob",
-            "nproc",
-            "checkpoint_every",
-            "alpha",
-            "average_every",
-            "warmup",
-            "full_every",
-            "max_delay",
-        )
-        for name in nonneg:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.batch_size < -1:
-            raise ConfigError(
-                f"batch_size must be >= 0 (0 = full local batch) or -1 (the algorithm's "
-                f"default), got {self.batch_size}"
-            )
-        if not 0 <= self.drop_prob < 1:
-            raise ConfigError(f"drop_prob must be in [0, 1), got {self.drop_prob}")
+    def check(self) -> None:
+        if not 0 <= self.message_drop < 1:
+            raise ConfigError(f"message_drop must be in [0, 1), got {self.message_drop}")
+        if self.resend_s <= 0:
+            raise ConfigError(f"resend_s must be > 0, got {self.resend_s}")
+
+
+@dataclass(frozen=True)
+class ClockKeys(Section):
+    """Keys of the cost model of the virtual clock."""
+
+    phase: str = key(
+        "fixed",
+        "asynchronous methods: local phases last their modelled compute time (fixed) or an "
+        "exponential time with that mean (poisson: per-agent Poisson clocks)",
+        PHASES,
+    )
+    compute_s_per_sample: float = key(
+        0.0,
+        "virtual seconds of compute per training sample; 0 = model FLOPs / agent_gflops",
+        at_least=0,
+    )
+    agent_gflops: float = key(10.0, "virtual compute speed of an agent, GFLOP/s")
+    latency_s: float = key(5e-5, "virtual latency of one message, seconds", at_least=0)
+    bandwidth_gbps: float = key(10.0, "virtual link bandwidth, Gbit/s")
+    stragglers: float = key(0.0, "fraction of agents that are slow (chosen by seed)")
+    straggler_slowdown: float = key(4.0, "compute slow-down factor of a straggler")
+
+    def check(self) -> None:
         if not 0 <= self.stragglers <= 1:
             raise ConfigError(
                 f"stragglers is a fraction of agents in [0, 1], got {self.stragglers}"
             )
         if self.straggler_slowdown < 1:
             raise ConfigError(f"straggler_slowdown must be >= 1, got {self.straggler_slowdown}")
-        if not 0 <= self.message_drop < 1:
-            raise ConfigError(f"message_drop must be in [0, 1), got {self.message_drop}")
-        if self.resend_s <= 0:
-            raise ConfigError(f"resend_s must be > 0, got {self.resend_s}")
-        self._check_faults()
         if self.agent_gflops <= 0 or self.bandwidth_gbps <= 0:
             raise ConfigError("agent_gflops and bandwidth_gbps must be > 0")
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        if any(p < 1 for p in self.tree_periods):
-            raise ConfigError(f"tree_periods must be >= 1, got {self.tree_periods}")
-        if any(h < 1 for h in self.hidden):
-            raise ConfigError(f"hidden widths must be >= 1, got {self.hidden}")
-        if self.timeout_s <= 0:
-            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
-        if not 0 < self.master_port < 65536:
-            raise ConfigError(f"master_port must be a TCP port in 1..65535, got {self.master_port}")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "run": RunKeys,
+    "data": DataKeys,
+    "problem": ProblemKeys,
+    "method": AlgorithmKeys,
+    "network": TopologyKeys,
+    "launch": EngineKeys,
+    "faults": FaultKeys,
+    "clock": ClockKeys,
+}
+# every key, and the section that holds it (key names are unique across sections)
+FIELDS = {f.name: f for section in SECTIONS.values() for f in dataclasses.fields(section)}
+SECTION_OF = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+COMPRESSOR_KEYS = ("quantizer", "bits", "lattice_eps")  # what builds a method's compressor
+
+
+def used_keys(method: type[Method]) -> frozenset[str]:
+    """The keys of the ``method`` section that ``method`` uses: its settings fields named
+    like keys (``lr``, ``tau``...), and the quantiser's keys if it has a ``compressor``."""
+    if not dataclasses.is_dataclass(method):
+        return frozenset()
+    names = {f.name for f in dataclasses.fields(method) if f.init}
+    if "compressor" in names and method.compresses:
+        names |= set(COMPRESSOR_KEYS)
+    return frozenset(n for n in names if SECTION_OF.get(n) == "method") - {"algorithm"}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run needs, in sections (``cfg.method.lr``); every key also reads
+    flat (``cfg.lr``), as the command line and TOML files give it."""
+
+    run: RunKeys = field(default_factory=RunKeys)
+    data: DataKeys = field(default_factory=DataKeys)
+    problem: ProblemKeys = field(default_factory=ProblemKeys)
+    method: AlgorithmKeys = field(default_factory=AlgorithmKeys)
+    network: TopologyKeys = field(default_factory=TopologyKeys)
+    launch: EngineKeys = field(default_factory=EngineKeys)
+    faults: FaultKeys = field(default_factory=FaultKeys)
+    clock: ClockKeys = field(default_factory=ClockKeys)
+
+    def __getattr__(self, name: str) -> Any:
+        """A key by its flat name: ``cfg.lr`` is ``cfg.method.lr``."""
+        section = SECTION_OF.get(name)
+        if section is None:
+            raise AttributeError(f"RunConfig has no key {name!r}")
+        return getattr(getattr(self, section), name)
+
+    @classmethod
+    def from_keys(cls, values: Mapping[str, Any]) -> RunConfig:
+        """The config of flat ``key: value`` pairs (typed already; see :func:`coerce`)."""
+        grouped: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for name, value in values.items():
+            if name not in SECTION_OF:
+                raise _unknown(name)
+            grouped[SECTION_OF[name]][name] = value
+        return cls(**{name: SECTIONS[name](**keys) for name, keys in grouped.items()})
+
+    def __post_init__(self) -> None:
+        """The checks that span sections: the method, the engine and the faults together."""
+        method = resolve(self.algorithm)
+        self._check_used(method)
+        asynchronous = issubclass(method, AsyncAlgorithm)
         if self.engine == "distributed" and self.nproc not in (0, self.world_size):
             servers = f" plus {self.world_size - self.agents} servers" if self.uses_servers else ""
             raise ConfigError(
@@ -379,8 +517,6 @@ class RunConfig:
             raise ConfigError(
                 "tree_easgd runs in engine=sim only (the tree's inner nodes live in one process)"
             )
-        method = resolve(self.algorithm)
-        asynchronous = issubclass(method, AsyncAlgorithm)
         if asynchronous and self.checkpoint_every and self.engine != "sim":
             raise ConfigError(
                 f"algorithm={self.algorithm} is asynchronous: its runs are checkpointed in "
@@ -391,11 +527,6 @@ class RunConfig:
             raise ConfigError(
                 "blocking=true runs in engine=sim only; the distributed SwarmSGD is "
                 "non-blocking (the partner answers from its rpc thread)"
-            )
-        if self.quantizer != "none" and not method.compresses:
-            raise ConfigError(
-                f"quantizer={self.quantizer} is used by {', '.join(QUANTIZED_ALGORITHMS)}; "
-                f"algorithm={self.algorithm} sends its models uncompressed. Set quantizer=none"
             )
         if self.quantizer != "none" and self.engine == "shared_memory":
             raise ConfigError(
@@ -419,14 +550,34 @@ class RunConfig:
                 "engine=shared_memory (real processes, averaged across machines under torchrun "
                 "with average_every=K) or engine=sim (simulated workers)"
             )
-        if self.schedule == "edge_drop" and self.drop_prob == 0:
-            raise ConfigError("schedule=edge_drop needs drop_prob > 0 (e.g. drop_prob=0.3)")
+        self._check_faults(method)
+        if ALGORITHMS.get(self.algorithm) is method:
+            build_algorithm(self)  # a built-in method checks its settings before any work
 
-    def _check_faults(self) -> None:
+    def _check_used(self, method: type[Method]) -> None:
+        """A method key set away from its default must be one ``method`` uses."""
+        used = used_keys(method)
+        for f in dataclasses.fields(self.method):
+            value = getattr(self.method, f.name)
+            if f.name == "algorithm" or f.name in used or value == f.default:
+                continue
+            users = [name for name, cls in ALGORITHMS.items() if f.name in used_keys(cls)]
+            if f.name in COMPRESSOR_KEYS:
+                raise ConfigError(
+                    f"{f.name}={value!r} is used by {', '.join(users)}; algorithm="
+                    f"{self.algorithm} sends its models uncompressed. Set {f.name}="
+                    f"{f.default!r} (or remove it)"
+                )
+            raise ConfigError(
+                f"{f.name}={value!r} is not used by algorithm={self.algorithm}; it is used by "
+                f"{', '.join(users) or 'no built-in algorithm'}. Remove it (in `nettrain "
+                f"compare`, give it to one algorithm: {users[0] if users else 'NAME'}.{f.name}=...)"
+            )
+
+    def _check_faults(self, method: type[Method]) -> None:
         """The fault spec parses, and the method and engine can run with it."""
         if not Faults.from_config(self).any:
             return
-        method = resolve(self.algorithm)
         if self.engine == "shared_memory":
             raise ConfigError(
                 "message_drop, crash and split are injected in engine=sim and "
@@ -453,14 +604,36 @@ class RunConfig:
         """Processes of an engine=distributed run: one per agent, one per server."""
         return self.agents + (self.servers if self.uses_servers else 0)
 
+    @property
+    def workers(self) -> int:
+        """What runs the method in parallel: its processes under engine=shared_memory,
+        else its agents (the ``n`` of :meth:`~nettrain.algorithms.Method.for_network`)."""
+        return self.processes if self.engine == "shared_memory" else self.agents
+
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Every key, flat, section after section (what ``config.json`` holds)."""
+        return {name: getattr(getattr(self, SECTION_OF[name]), name) for name in FIELDS}
 
     def replace(self, **changes: Any) -> RunConfig:
         return load_config(self.to_dict() | changes)
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+def build_algorithm(cfg: RunConfig) -> Method:
+    """The method ``cfg.algorithm`` with its settings from the config: every dataclass field
+    named like a key gets the key's value (``lr``, ``tau``, ``seed``...), a ``compressor``
+    is built from ``quantizer``, ``bits`` and ``lattice_eps``; then fixed for the run's
+    workers (:meth:`~nettrain.algorithms.Method.for_network`)."""
+    cls = resolve(cfg.algorithm)
+    if not dataclasses.is_dataclass(cls):
+        return cls().for_network(cfg.workers)
+    values = cfg.to_dict()
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    settings = {name: values[name] for name in names if name in values}
+    if "compressor" in names and cls.compresses and cfg.quantizer != "none":
+        settings["compressor"] = build_compressor(cfg.quantizer, bits=cfg.bits, eps=cfg.lattice_eps)
+    return cls(**settings).for_network(cfg.workers)
+
+
 # What a resumed run may not change: the problem, the agents and the state's shape.
 FROZEN_ON_RESUME = (
     "algorithm",
@@ -481,7 +654,9 @@ FROZEN_ON_RESUME = (
     "loss",
     "servers",
 )
-_TYPES = typing.get_type_hints(RunConfig)
+_TYPES = {
+    name: kind for cls in SECTIONS.values() for name, kind in typing.get_type_hints(cls).items()
+}
 
 
 def _unknown(name: str) -> ConfigError:
@@ -550,19 +725,24 @@ def load_config(
         values.update(raw)
     elif source is not None:
         values.update(source)
+    for name in SECTIONS:  # a TOML table [method] (or a nested mapping) holds its keys
+        if isinstance(values.get(name), Mapping):
+            values.update(values.pop(name))
     values.update(dict(overrides))
     values.pop(PROVENANCE, None)  # config.json's record of versions and command line
-    return RunConfig(**{k: coerce(k, v) for k, v in values.items()})
+    return RunConfig.from_keys({k: coerce(k, v) for k, v in values.items()})
 
 
 def describe_keys() -> list[dict[str, str]]:
-    """One row per key: name, type, default, allowed values and help (for `nettrain keys`)."""
+    """One row per key: section, name, type, default, allowed values and help (for
+    `nettrain keys`), section after section."""
     rows = []
     for name, f in FIELDS.items():
         kind = _TYPES[name]
         default = f.default
         rows.append(
             {
+                "section": SECTION_OF[name],
                 "key": name,
                 "type": kind.__name__ if isinstance(kind, type) else "ints",
                 "default": ",".join(map(str, default))
@@ -575,4 +755,14 @@ def describe_keys() -> list[dict[str, str]]:
     return rows
 
 
-__all__ = ["FIELDS", "RunConfig", "coerce", "describe_keys", "load_config", "parse_overrides"]
+__all__ = [
+    "FIELDS",
+    "SECTIONS",
+    "RunConfig",
+    "build_algorithm",
+    "coerce",
+    "describe_keys",
+    "load_config",
+    "parse_overrides",
+    "used_keys",
+]

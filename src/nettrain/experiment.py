@@ -22,9 +22,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from nettrain.algorithms import Method, algorithm_name, build_algorithm
+from nettrain.algorithms import Method, algorithm_name
 from nettrain.checkpoint import Checkpoint
-from nettrain.config import FROZEN_ON_RESUME, PROVENANCE, RunConfig, load_config
+from nettrain.config import (
+    FIELDS,
+    FROZEN_ON_RESUME,
+    PROVENANCE,
+    RunConfig,
+    build_algorithm,
+    load_config,
+    used_keys,
+)
 from nettrain.data import Dataset, load_dataset, partition
 from nettrain.engines.base import Engine, Job
 from nettrain.engines.distributed.engine import DistributedEngine
@@ -148,8 +156,7 @@ def build_job(
         n_classes=problem.data.n_classes or None,
         groups=problem.data.groups,
     )
-    if algorithm is None:
-        algorithm = build_algorithm(cfg)
+    algorithm = build_algorithm(cfg) if algorithm is None else algorithm.for_network(cfg.workers)
     algorithm.check(problem)
     return Job(
         problem=problem,
@@ -189,8 +196,25 @@ def as_config(
                 f"algorithm= takes a nettrain method object (e.g. nettrain.algorithms.DPSGD"
                 f"(...)), got {type(algorithm).__name__}; name built-ins in the config instead"
             )
-        cfg = cfg.replace(algorithm=algorithm_name(algorithm))
+        cfg = cfg.replace(algorithm=algorithm_name(algorithm), **method_keys(cfg, algorithm))
     return cfg
+
+
+def method_keys(cfg: RunConfig, algorithm: Method) -> dict[str, Any]:
+    """The ``method`` keys an algorithm object sets (its fields named like keys), so that
+    ``config.json`` says what ran; a key the config sets otherwise is a ConfigError."""
+    out = {}
+    for name in used_keys(type(algorithm)):
+        if not hasattr(algorithm, name):
+            continue  # the quantiser's keys: the compressor object is described instead
+        value, given = getattr(algorithm, name), getattr(cfg, name)
+        if given != FIELDS[name].default and given != value:
+            raise ConfigError(
+                f"{name}={given!r} in the config, but the algorithm object has {name}={value!r}; "
+                "the object's settings are used: leave the key out of the config"
+            )
+        out[name] = value
+    return out
 
 
 def run(
@@ -375,27 +399,72 @@ def resumed_config(
 
 
 def compare(
-    cfg: RunConfig,
-    algorithms: Sequence[str],
+    config: RunConfig | Mapping[str, Any] | str | Path | None,
+    algorithms: Sequence[str | Method],
     out: str | Path | None = None,
     *,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
     model: nn.Module | None = None,
     data: Dataset | None = None,
     loss: Callable[..., torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Run each algorithm on the same problem and seed (the configured one, or the user's
-    own ``model``, ``data`` and ``loss``); write ``summary.csv`` and a plot."""
+    own ``model``, ``data`` and ``loss``); write ``summary.csv`` and a plot.
+
+    ``algorithms`` are names or method objects (``SwarmSGD(local_steps=2)``);
+    ``settings[name]`` holds keys for that algorithm alone (``{"swarm": {"local_steps":
+    2}}``). A key of the shared config that one of the algorithms does not use is a
+    ConfigError naming those that do."""
     if not algorithms:
         raise ConfigError("compare needs at least one algorithm (algorithms=dpsgd,allreduce)")
+    runs = comparison_configs(config, algorithms, settings)
     summaries, curves = [], {}
-    for name in algorithms:
-        sub = Path(out) / name if out is not None else None
-        result = run(cfg.replace(algorithm=name), sub, model=model, data=data, loss=loss)
+    for (label, cfg), method in zip(runs.items(), algorithms, strict=True):
+        sub = Path(out) / label if out is not None else None
+        result = run(
+            cfg,
+            sub,
+            model=model,
+            data=data,
+            loss=loss,
+            algorithm=method if isinstance(method, Method) else None,
+        )
         summaries.append(result.summary)
-        curves[name] = result.records
+        curves[label] = result.records
     if out is not None:
-        write_comparison(cfg, summaries, curves, Path(out))
+        write_comparison(next(iter(runs.values())), summaries, curves, Path(out))
     return summaries
+
+
+def comparison_configs(
+    config: RunConfig | Mapping[str, Any] | str | Path | None,
+    algorithms: Sequence[str | Method],
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, RunConfig]:
+    """The validated config of each compared algorithm, by label (its name), before any
+    run starts: the shared keys, ``algorithm=``, then the algorithm's own ``settings``."""
+    if isinstance(config, RunConfig):
+        shared: dict[str, Any] = config.to_dict()
+    elif isinstance(config, (str, Path)):
+        shared = load_config(config).to_dict()
+    else:
+        shared = dict(config or {})
+    settings = settings or {}
+    names = [m if isinstance(m, str) else algorithm_name(m) for m in algorithms]
+    unknown = set(settings) - set(names)
+    if unknown:
+        raise ConfigError(
+            f"settings for {', '.join(sorted(unknown))}, which is not compared; the "
+            f"algorithms are {', '.join(names)}"
+        )
+    if len(set(names)) < len(names):
+        raise ConfigError(f"each algorithm is compared once, got {', '.join(names)}")
+    out = {}
+    for name, method in zip(names, algorithms, strict=True):
+        values = shared | {"algorithm": name} | dict(settings.get(name, {}))
+        cfg = load_config(values)
+        out[name] = as_config(cfg, method) if isinstance(method, Method) else cfg
+    return out
 
 
 def write_comparison(

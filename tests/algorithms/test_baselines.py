@@ -12,10 +12,8 @@ from helpers import (
     regression_data,
     sim_job,
 )
-from nettrain.algorithms import build_algorithm
 from nettrain.algorithms.baselines import GradientTracking, TrackingState
-from nettrain.algorithms.sgd import SGDConfig
-from nettrain.config import load_config
+from nettrain.config import build_algorithm, load_config
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.recording import RunFolder
@@ -78,7 +76,7 @@ def test_gradient_tracking_invariant_every_round(schedule: str) -> None:
     )
     comm = SimCommunicator(topology, torch.device("cpu"), torch.float64)
     oracle = problem.oracle(iid_shards(120, N), range(N), batch_size=4, seed=0)
-    algo = GradientTracking(SGDConfig(lr=0.05))
+    algo = GradientTracking(lr=0.05)
     state: TrackingState = algo.init(torch.zeros(N, problem.dim, dtype=torch.float64), oracle, comm)
     for t in range(50):
         state, _ = algo.step(state, t, oracle, comm)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import least_squares_optimum, least_squares_problem, regression_data, sim_job
-from nettrain.algorithms import ALGORITHMS, BlockAsyncSGD, Hogwild, SGDConfig
+from nettrain.algorithms import ALGORITHMS, BlockAsyncSGD, Hogwild
 from nettrain.algorithms.block_async import block_index, owned_blocks
 from nettrain.config import load_config
 from nettrain.engines.sim.engine import SimEngine
@@ -46,23 +46,23 @@ def test_every_block_has_exactly_one_owner() -> None:
 
 
 def test_full_and_partitioned_steps_alternate_after_the_warmup() -> None:
-    algo = BlockAsyncSGD(SGDConfig(lr=0.1), workers=2, blocks=4, warmup=3, full_every=2)
+    algo = BlockAsyncSGD(lr=0.1, workers=2, blocks=4, warmup=3, full_every=2)
     assert [algo.full(k) for k in range(9)] == [1, 1, 1, 0, 1, 0, 1, 0, 1]
     assert algo.written(1, 0) == (0, 1, 2, 3)
     assert algo.written(1, 3) == (1, 3)
-    never = BlockAsyncSGD(SGDConfig(lr=0.1), workers=2, blocks=4)
+    never = BlockAsyncSGD(lr=0.1, workers=2, blocks=4)
     assert not any(never.full(k) for k in range(20))
-    hogwild = Hogwild(SGDConfig(lr=0.1), workers=2, blocks=4)
+    hogwild = Hogwild(lr=0.1, workers=2, blocks=4)
     assert all(hogwild.full(k) for k in range(20))
 
 
 def test_the_step_size_diminishes_with_the_process_counter() -> None:
-    algo = BlockAsyncSGD(SGDConfig(lr=0.2), workers=1, blocks=1, step_decay=0.5)
+    algo = BlockAsyncSGD(lr=0.2, workers=1, blocks=1, step_decay=0.5)
     assert algo.step_size(0) == pytest.approx(0.2)
     assert algo.step_size(10) == pytest.approx(0.2 / (1 + 0.5 * 0.2 * 10))
     steps = [algo.step_size(k) for k in range(50)]
     assert all(a > b for a, b in itertools.pairwise(steps))
-    constant = BlockAsyncSGD(SGDConfig(lr=0.2), workers=1, blocks=1)
+    constant = BlockAsyncSGD(lr=0.2, workers=1, blocks=1)
     assert constant.step_size(1000) == 0.2
 
 
@@ -81,9 +81,7 @@ def quadratic_run(algo: BlockAsyncSGD, rounds: int) -> tuple[torch.Tensor, torch
 
 @pytest.mark.parametrize("max_delay", [0, 3])
 def test_the_partitioned_method_reaches_the_quadratics_optimum(max_delay: int) -> None:
-    algo = BlockAsyncSGD(
-        SGDConfig(lr=0.1, momentum=0.5), workers=3, blocks=5, max_delay=max_delay, warmup=5
-    )
+    algo = BlockAsyncSGD(lr=0.1, momentum=0.5, workers=3, blocks=5, max_delay=max_delay, warmup=5)
     x, optimum, records = quadratic_run(algo, rounds=300)
     torch.testing.assert_close(x, optimum.expand(3, -1), rtol=0, atol=1e-6)
     last = records[-1]
@@ -97,7 +95,7 @@ def test_the_partitioned_method_reaches_the_quadratics_optimum(max_delay: int) -
 
 
 def test_hogwild_reaches_the_optimum_and_its_reads_are_stale() -> None:
-    algo = Hogwild(SGDConfig(lr=0.05), workers=3, blocks=2, max_delay=2)
+    algo = Hogwild(lr=0.05, workers=3, blocks=2, max_delay=2)
     x, optimum, records = quadratic_run(algo, rounds=300)
     torch.testing.assert_close(x[0], optimum, rtol=0, atol=1e-6)
     last = records[-1]
@@ -109,9 +107,7 @@ def test_hogwild_reaches_the_optimum_and_its_reads_are_stale() -> None:
 
 def test_with_one_worker_and_no_delay_it_is_momentum_sgd() -> None:
     """P = 1: the shared model follows u <- m u + g, x <- x - gamma(k) u exactly."""
-    algo = BlockAsyncSGD(
-        SGDConfig(lr=0.05, momentum=0.9), workers=1, blocks=3, step_decay=0.3, max_delay=0
-    )
+    algo = BlockAsyncSGD(lr=0.05, momentum=0.9, workers=1, blocks=3, step_decay=0.3, max_delay=0)
     problem = least_squares_problem(regression_data(n_samples=60, n_features=4))
     oracle = problem.oracle([torch.arange(60)], [0], batch_size=0, seed=0)
     x0 = torch.zeros(1, problem.dim, dtype=torch.float64)
@@ -148,9 +144,9 @@ def test_same_seed_same_numbers_in_the_simulator() -> None:
 
 def test_registered_and_checked() -> None:
     assert ALGORITHMS["block_async"] is BlockAsyncSGD and ALGORITHMS["hogwild"] is Hogwild
-    with pytest.raises(ConfigError, match="blocks >= agents"):
+    with pytest.raises(ConfigError, match="blocks >= workers"):
         build_job(load_config(overrides={"algorithm": "block_async", "agents": 4, "blocks": 2}))
     with pytest.raises(ConfigError, match="engine=shared_memory"):
         load_config(overrides={"algorithm": "hogwild", "engine": "distributed", "agents": 4})
     with pytest.raises(ConfigError, match="step_decay must be >= 0"):
-        BlockAsyncSGD(SGDConfig(), workers=2, blocks=2, step_decay=-1)
+        BlockAsyncSGD(workers=2, blocks=2, step_decay=-1)

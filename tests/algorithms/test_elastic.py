@@ -16,7 +16,6 @@ from nettrain.algorithms import (
     Downpour,
     EASGDAsync,
     MomentumDownpour,
-    SGDConfig,
     TreeEASGD,
 )
 from nettrain.config import load_config
@@ -52,7 +51,7 @@ def random_rows(k: int, d: int, seed: int) -> torch.Tensor:
 def test_the_elastic_exchange_preserves_the_sum_of_workers_and_centre(servers: int) -> None:
     """``d = alpha (x_i - x~)``: ``x_i - d`` plus ``x~ + d`` is ``x_i + x~``, exchange by
     exchange, in any order, on every server's slice."""
-    algo = EASGDAsync(SGDConfig(lr=0.1), alpha=0.3, servers=servers)
+    algo = EASGDAsync(lr=0.1, alpha=0.3, servers=servers)
     x = random_rows(5, 7, 0)
     centre = random_rows(1, 7, 1)[0]
     sim = SimServers(centre, algo, 5, CHEAP)
@@ -66,7 +65,7 @@ def test_the_elastic_exchange_preserves_the_sum_of_workers_and_centre(servers: i
 def test_synchronous_easgd_moves_the_centre_to_the_weighted_mean() -> None:
     """One synchronous round: ``x~ <- (1 - beta) x~ + beta mean(x)``, ``beta = n alpha``."""
     n, alpha = 6, 0.1
-    algo = EASGD(SGDConfig(lr=0.1), alpha=alpha, servers=2)
+    algo = EASGD(lr=0.1, alpha=alpha, servers=2)
     x, centre = random_rows(n, 9, 2), random_rows(1, 9, 3)[0]
     sim = SimServers(centre, algo, n, CHEAP)
     replies = sim.exchange(x, torch.arange(n), synchronous=True)
@@ -77,7 +76,7 @@ def test_synchronous_easgd_moves_the_centre_to_the_weighted_mean() -> None:
 
 def test_synchronous_easgd_step_is_the_paper_rule() -> None:
     """``x_i <- x_i - lr g_i(x_i) - alpha (x_i - x~)`` at round 0 (an exchange round)."""
-    algo = EASGD(SGDConfig(lr=0.05), alpha=0.2, tau=1)
+    algo = EASGD(lr=0.05, alpha=0.2, tau=1)
     j = job(algo, rounds=1)
     result = SimEngine().run(j, RunFolder(None))
     oracle = j.problem.oracle(j.shards, range(N), batch_size=0, seed=0)
@@ -88,13 +87,13 @@ def test_synchronous_easgd_step_is_the_paper_rule() -> None:
 
 
 EVERY_METHOD = [
-    EASGD(SGDConfig(lr=0.1), alpha=0.2, tau=2),
-    EASGDAsync(SGDConfig(lr=0.1), alpha=0.2, tau=2, servers=2),
-    EAMSGD(SGDConfig(lr=0.05), alpha=0.2, tau=2, delta=0.7),
-    Downpour(SGDConfig(lr=0.1), tau=2, servers=3),
-    MomentumDownpour(SGDConfig(lr=0.05), tau=1, delta=0.5),
-    TreeEASGD(SGDConfig(lr=0.1), alpha=0.3, branching=2, periods=(2, 4)),
-    ADMM(SGDConfig(lr=0.1), rho=2.0, tau=2),
+    EASGD(lr=0.1, alpha=0.2, tau=2),
+    EASGDAsync(lr=0.1, alpha=0.2, tau=2, servers=2),
+    EAMSGD(lr=0.05, momentum=0.7, alpha=0.2, tau=2),
+    Downpour(lr=0.1, tau=2, servers=3),
+    MomentumDownpour(lr=0.05, momentum=0.5, tau=1),
+    TreeEASGD(lr=0.1, alpha=0.3, branching=2, tree_periods=(2, 4)),
+    ADMM(lr=0.1, alpha=0.2, tau=2),
 ]
 
 
@@ -115,7 +114,7 @@ def test_admm_reaches_the_consensus_optimum_of_different_shards() -> None:
     (EASGD would stop at the elastic objective's optimum instead)."""
     shards = [torch.arange(SAMPLES)[i::N] for i in range(N)]
     result = SimEngine().run(
-        job(ADMM(SGDConfig(lr=0.05), rho=2.0, tau=4), rounds=4000, shards=shards),
+        job(ADMM(lr=0.05, alpha=0.1, tau=4), rounds=4000, shards=shards),
         RunFolder(None),
     )
     opt = least_squares_optimum(regression_data(SAMPLES), shards)
@@ -124,7 +123,7 @@ def test_admm_reaches_the_consensus_optimum_of_different_shards() -> None:
 
 @pytest.mark.parametrize(
     "algo",
-    [EASGDAsync(SGDConfig(lr=0.05), alpha=0.2, tau=3, servers=2), Downpour(SGDConfig(lr=0.05))],
+    [EASGDAsync(lr=0.05, alpha=0.2, tau=3, servers=2), Downpour(lr=0.05)],
     ids=["easgd_async", "downpour"],
 )
 def test_batched_exchanges_equal_exchanges_one_by_one(algo) -> None:
@@ -140,7 +139,7 @@ def test_staleness_is_what_the_others_did_in_between() -> None:
     """Equal speeds: every exchange but the first ones misses exactly the n - 1 others'
     updates. A worker 4x slower in computing (its messages are not) makes 3 to 4 times
     fewer exchanges and misses up to about 4 (n - 1) updates."""
-    algo = EASGDAsync(SGDConfig(lr=0.05), alpha=0.2, tau=1)
+    algo = EASGDAsync(lr=0.05, alpha=0.2, tau=1)
     even = run_events(job(algo, rounds=40), RunFolder(None)).records[-1]
     assert even["staleness_max"] == N - 1
     assert even["staleness_hist"][N - 1] == even["exchanges"] - (N - 1)  # 0, 1, 2 first
@@ -153,7 +152,7 @@ def test_staleness_is_what_the_others_did_in_between() -> None:
 def test_sharding_the_centre_relieves_the_servers_queue() -> None:
     """16 workers exchange every step with a slow link: one server's queue holds every
     message; four servers share them, so the same work ends sooner in virtual time."""
-    algo = {s: Downpour(SGDConfig(lr=0.01), tau=1, servers=s) for s in (1, 4)}
+    algo = {s: Downpour(lr=0.01, tau=1, servers=s) for s in (1, 4)}
     slow_link = CostModel(1e-6, 1e-5, 1e4, torch.ones(16, dtype=torch.float64))
     times = {
         s: run_events(
@@ -177,7 +176,7 @@ def _problem_and_shards(n: int):
 
 
 def test_same_seed_same_numbers() -> None:
-    algo = EAMSGD(SGDConfig(lr=0.05), alpha=0.2, tau=2, delta=0.9)
+    algo = EAMSGD(lr=0.05, momentum=0.9, alpha=0.2, tau=2)
     slow = torch.tensor([1.0, 3.0, 1.0, 1.0], dtype=torch.float64)
     a = run_events(job(algo, rounds=20, slowdown=slow), RunFolder(None))
     b = run_events(job(algo, rounds=20, slowdown=slow), RunFolder(None))
@@ -187,7 +186,7 @@ def test_same_seed_same_numbers() -> None:
 def test_a_server_shard_applies_every_concurrent_update_once() -> None:
     """4 threads (workers) push 200 DOWNPOUR updates each to one shard at once: every
     update is applied exactly once (integers in float64 add up exactly)."""
-    algo = Downpour(SGDConfig(lr=0.1))
+    algo = Downpour(lr=0.1)
     shard = CentreShard(
         algo, shard_rows(torch.zeros(8, dtype=torch.float64), algo, slice(0, 8)), 4, 10
     )
@@ -210,7 +209,7 @@ def test_synchronous_rounds_on_a_shard_ignore_arrival_order() -> None:
     """Workers that race ahead wait for the round to complete; the centre after 3 rounds
     is the simulator's synchronous result."""
     n, alpha = 4, 0.1
-    algo = EASGD(SGDConfig(lr=0.1), alpha=alpha)
+    algo = EASGD(lr=0.1, alpha=alpha)
     xs = random_rows(3 * n, 5, 7).view(3, n, 5)
     shard = CentreShard(
         algo, shard_rows(torch.zeros(5, dtype=torch.float64), algo, slice(0, 5)), n, 10
@@ -236,7 +235,7 @@ def test_the_centre_read_between_rounds_leaves_out_the_next_rounds_exchanges() -
     """Worker 1 is already exchanging in round 1 when rank 0 reads the centre after round
     0: the reading is the centre after round 0, as the simulator has it."""
     n = 2
-    algo = EASGD(SGDConfig(lr=0.1), alpha=0.1)
+    algo = EASGD(lr=0.1, alpha=0.1)
     xs = random_rows(2 * n, 5, 8).view(2, n, 5)
     shard = CentreShard(
         algo, shard_rows(torch.zeros(5, dtype=torch.float64), algo, slice(0, 5)), n, 10

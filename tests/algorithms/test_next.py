@@ -25,7 +25,7 @@ from helpers import (
     regression_data,
     sim_job,
 )
-from nettrain.algorithms import DGD, NEXT, StepRule, SurrogateConfig
+from nettrain.algorithms import DGD, NEXT, SurrogateConfig
 from nettrain.algorithms.surrogates import Subproblem, minimize
 from nettrain.data import Dataset, load_dataset
 from nettrain.engines.sim.comm import SimCommunicator
@@ -63,7 +63,7 @@ def test_least_squares_reaches_the_normal_equations(
     lam = 0.05 if reg == "l2" else 0.0
     problem = least_squares_problem(regression_data(), Regularizer(reg, lam))
     shards = heterogeneous_shards()
-    algo = NEXT(SurrogateConfig(surrogate, tau=1.0), StepRule(0.5, 0.01))
+    algo = NEXT(surrogate, prox_tau=1.0, step0=0.5, step_decay=0.01)
     result = run(problem, shards, algo, rounds=400, schedule=schedule)
     opt = least_squares_optimum(regression_data(), shards, l2=lam)
     assert (result.x - opt).norm(dim=1).max() < TOL
@@ -76,9 +76,8 @@ def test_dgd_with_the_same_step_is_biased() -> None:
     problem = least_squares_problem(regression_data())
     shards = heterogeneous_shards()
     opt = least_squares_optimum(regression_data(), shards)
-    steps = StepRule(0.5, 0.0)
-    exact = run(problem, shards, NEXT(steps=steps), rounds=400).x
-    biased = run(problem, shards, DGD(steps=steps), rounds=400).x
+    exact = run(problem, shards, NEXT(step0=0.5, step_decay=0.0), rounds=400).x
+    biased = run(problem, shards, DGD(step0=0.5, step_decay=0.0), rounds=400).x
     assert (exact - opt).norm(dim=1).max() < TOL
     assert (biased - opt).norm(dim=1).max() > 1e-2
 
@@ -92,7 +91,7 @@ def test_lasso_reaches_scikit_learn_and_gives_exact_zeros(surrogate: str) -> Non
     lam = 0.1
     problem = least_squares_problem(data, Regularizer("l1", lam))
     shards = iid_shards(len(data.y_train), N)
-    algo = NEXT(SurrogateConfig(surrogate, tau=1.0, inner_steps=30), StepRule(0.5, 0.01))
+    algo = NEXT(surrogate, prox_tau=1.0, inner_steps=30, step0=0.5, step_decay=0.01)
     result = run(problem, shards, algo, rounds=400)
     design = np.hstack([data.x_train.numpy(), np.ones((len(data.y_train), 1))])
     ref = Lasso(alpha=lam, fit_intercept=False, tol=1e-14, max_iter=100_000)
@@ -120,7 +119,7 @@ def test_l2_logistic_regression_reaches_lbfgs(surrogate: str) -> None:
     model = build_model("linear", data.n_features, 2).double()
     problem = Problem(model, get_loss("cross_entropy"), Regularizer("l2", lam), data)
     shards = [torch.arange(len(data.y_train))[i::N] for i in range(N)]
-    algo = NEXT(SurrogateConfig(surrogate, tau=1.0, inner_steps=10), StepRule(0.5, 0.01))
+    algo = NEXT(surrogate, prox_tau=1.0, inner_steps=10, step0=0.5, step_decay=0.01)
     result = run(problem, shards, algo, rounds=400)
     opt = logistic_optimum(data, shards, lam)
     assert (result.x - opt).norm(dim=1).max() < TOL
@@ -173,7 +172,7 @@ def test_tracking_invariant_holds_every_round() -> None:
     topology = build_topology("ring", N, schedule="edge_drop", drop_prob=0.4, seed=2)
     comm = SimCommunicator(topology, torch.device("cpu"), torch.float64)
     oracle = problem.oracle(heterogeneous_shards(), range(N), batch_size=0, seed=0)
-    algo = NEXT(SurrogateConfig("gauss_newton"), StepRule(0.5, 0.01))
+    algo = NEXT("gauss_newton", step0=0.5, step_decay=0.01)
     state = algo.init(torch.zeros(N, problem.dim, dtype=torch.float64), oracle, comm)
     for t in range(50):
         state, _ = algo.step(state, t, oracle, comm)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import least_squares_problem, regression_data, sim_job
-from nettrain.algorithms import ADPSGD, SGDConfig, SwarmSGD
+from nettrain.algorithms import ADPSGD, SwarmSGD
 from nettrain.compression import Lattice
 from nettrain.engines.base import Job
 from nettrain.engines.draws import Draws
@@ -38,7 +38,7 @@ def job(
 @pytest.mark.parametrize("blocking", [False, True])
 def test_pure_gossip_preserves_the_mean_and_reaches_it(blocking: bool) -> None:
     """No local steps, no compression: every exchange keeps ``x_i + x_j``."""
-    base = job(SwarmSGD(SGDConfig(lr=0.1), local_steps=0), rounds=1)
+    base = job(SwarmSGD(lr=0.1, local_steps=0), rounds=1)
     gen = torch.Generator().manual_seed(1)
     x0 = torch.randn(N, base.problem.dim, generator=gen, dtype=torch.float64)
     mean = x0.mean(0)
@@ -47,7 +47,7 @@ def test_pure_gossip_preserves_the_mean_and_reaches_it(blocking: bool) -> None:
         def init(self, x, oracle, comm):
             return super().init(x0.clone(), oracle, comm)
 
-    start = Start(SGDConfig(lr=0.1), local_steps=0, blocking=blocking)
+    start = Start(lr=0.1, local_steps=0, blocking=blocking)
     result = run_events(job(start, rounds=200), RunFolder(None))
     torch.testing.assert_close(result.x.mean(0), mean, rtol=0, atol=1e-12)
     assert (result.x - mean).norm(dim=1).max() < 1e-8
@@ -56,9 +56,9 @@ def test_pure_gossip_preserves_the_mean_and_reaches_it(blocking: bool) -> None:
 @pytest.mark.parametrize(
     "algo",
     [
-        SwarmSGD(SGDConfig(lr=0.05), local_steps=2),
-        SwarmSGD(SGDConfig(lr=0.05), local_steps=2, blocking=True),
-        ADPSGD(SGDConfig(lr=0.05)),
+        SwarmSGD(lr=0.05, local_steps=2),
+        SwarmSGD(lr=0.05, local_steps=2, blocking=True),
+        ADPSGD(lr=0.05),
     ],
     ids=["nonblocking", "blocking", "adpsgd"],
 )
@@ -80,7 +80,7 @@ def test_swarm_reaches_the_least_squares_optimum(compressor, tol: float) -> None
     averaging, so SwarmSGD converges to it (with the lattice, to its resolution)."""
     everything = [torch.arange(120)] * N
     kwargs = {"compressor": compressor} if compressor is not None else {}
-    algo = SwarmSGD(SGDConfig(lr=0.3), local_steps=2, **kwargs)
+    algo = SwarmSGD(lr=0.3, local_steps=2, **kwargs)
     result = run_events(job(algo, rounds=150, shards=everything), RunFolder(None))
     data = regression_data()
     a = torch.cat([data.x_train, torch.ones(120, 1, dtype=torch.float64)], 1)
@@ -93,7 +93,7 @@ def test_a_straggler_initiates_fewer_interactions() -> None:
     and is picked as a partner as often; so it takes part in about (1/4 + 1)/2 as many."""
     slow = torch.ones(N, dtype=torch.float64)
     slow[0] = 4.0
-    algo = SwarmSGD(SGDConfig(lr=0.05), local_steps=1)
+    algo = SwarmSGD(lr=0.05, local_steps=1)
     result = run_events(job(algo, rounds=200, slowdown=slow, topology="complete"), RunFolder(None))
     record = result.records[-1]
     assert record["interactions_min"] > 0
@@ -102,7 +102,7 @@ def test_a_straggler_initiates_fewer_interactions() -> None:
 
 
 def test_same_seed_same_numbers() -> None:
-    algo = SwarmSGD(SGDConfig(lr=0.05), local_steps=2, compressor=Lattice.with_bits(8))
+    algo = SwarmSGD(lr=0.05, local_steps=2, compressor=Lattice.with_bits(8))
     a = run_events(job(algo, rounds=20), RunFolder(None))
     b = run_events(job(algo, rounds=20), RunFolder(None))
     assert torch.equal(a.x, b.x)
@@ -122,18 +122,18 @@ def test_a_batch_is_the_longest_prefix_on_distinct_agents() -> None:
 def test_geometric_phases_average_local_steps() -> None:
     """``geometric_steps``: a phase has 1, 2, ... steps, geometric with mean H = 3; the
     samples computed (full local batches of 15) over 8 x 150 events give that mean."""
-    algo = SwarmSGD(SGDConfig(lr=0.01), local_steps=3, geometric=True)
+    algo = SwarmSGD(lr=0.01, local_steps=3, geometric_steps=True)
     record = run_events(job(algo, rounds=150), RunFolder(None)).records[-1]
     steps_per_event = record["samples"] / (15 * record["events"])
     assert 2.85 < steps_per_event < 3.15
-    fixed = run_events(job(SwarmSGD(SGDConfig(lr=0.01), local_steps=3), rounds=5), RunFolder(None))
+    fixed = run_events(job(SwarmSGD(lr=0.01, local_steps=3), rounds=5), RunFolder(None))
     assert fixed.records[-1]["samples"] == 15 * 3 * fixed.records[-1]["events"]
 
 
 def test_draws_give_poisson_clocks_and_geometric_steps() -> None:
     """Exponential durations (mean and standard deviation both the mean), geometric step
     counts on {1, 2, ...}; each stream replays from its seed."""
-    algo = SwarmSGD(SGDConfig(lr=0.01), local_steps=4, geometric=True)
+    algo = SwarmSGD(lr=0.01, local_steps=4, geometric_steps=True)
     a, b = Draws(7, 3, [0, 1], algo), Draws(7, 3, [0, 1], algo)
     times = np.array([a.duration(2.0, poisson=True) for _ in range(20000)])
     assert abs(times.mean() - 2.0) < 0.05 and abs(times.std() - 2.0) < 0.07
@@ -161,7 +161,7 @@ def test_poisson_clocks_make_event_counts_poisson() -> None:
     counts = {}
     for phase in ("fixed", "poisson"):
         Counting.initiated.clear()
-        algo = Counting(SGDConfig(lr=0.01), local_steps=1)
+        algo = Counting(lr=0.01, local_steps=1)
         run_events(job(algo, rounds=200, phase=phase, cost=slow_compute), RunFolder(None))
         counts[phase] = np.bincount(Counting.initiated, minlength=N)
     assert (counts["fixed"] == 200).all()

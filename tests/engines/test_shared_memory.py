@@ -21,7 +21,7 @@ from helpers import (
     sim_job,
     torchrun_command,
 )
-from nettrain.algorithms import AllReduceSGD, BlockAsyncSGD, Hogwild, SGDConfig
+from nettrain.algorithms import AllReduceSGD, BlockAsyncSGD, Hogwild
 from nettrain.cli import main
 from nettrain.config import load_config
 from nettrain.engines.shared_memory.engine import SharedMemoryEngine
@@ -53,9 +53,7 @@ def quadratic_job(algorithm, rounds: int, batch_size: int = 0, eval_every: int |
 
 def test_block_async_reaches_the_optimum_and_updates_every_block() -> None:
     P, blocks, rounds = 2, 4, 400
-    algo = BlockAsyncSGD(
-        SGDConfig(lr=0.05, momentum=0.5), workers=P, blocks=blocks, warmup=3, full_every=5
-    )
+    algo = BlockAsyncSGD(lr=0.05, momentum=0.5, workers=P, blocks=blocks, warmup=3, full_every=5)
     job, _, optimum = quadratic_job(algo, rounds, eval_every=100)
     result = SharedMemoryEngine(processes=P).run(job, RunFolder(None))
     torch.testing.assert_close(result.x[0], optimum, rtol=0, atol=1e-6)
@@ -78,7 +76,7 @@ def test_synchronous_data_parallel_is_gradient_descent() -> None:
     """Full batches: every worker's gradient is the same, so the mean-gradient round is
     exactly momentum gradient descent, and no read is stale."""
     P, rounds = 2, 30
-    algo = AllReduceSGD(SGDConfig(lr=0.05, momentum=0.9))
+    algo = AllReduceSGD(lr=0.05, momentum=0.9)
     job, problem, _ = quadratic_job(algo, rounds)
     result = SharedMemoryEngine(processes=P).run(job, RunFolder(None))
     oracle = problem.oracle([torch.arange(N)], [0], batch_size=0, seed=0)
@@ -97,7 +95,7 @@ def test_synchronous_data_parallel_is_gradient_descent() -> None:
 def test_one_hogwild_process_is_sequential_sgd_with_its_own_batches() -> None:
     """P = 1: momentum SGD with the diminishing step on worker 0's seeded mini-batches."""
     rounds, B = 40, 7
-    algo = Hogwild(SGDConfig(lr=0.05, momentum=0.9), workers=1, blocks=3, step_decay=0.5)
+    algo = Hogwild(lr=0.05, momentum=0.9, workers=1, blocks=3, step_decay=0.5)
     job, problem, _ = quadratic_job(algo, rounds, batch_size=B)
     result = SharedMemoryEngine(processes=1).run(job, RunFolder(None))
     pool = torch.cat(list(job.shards))
@@ -118,7 +116,7 @@ def test_one_hogwild_process_is_sequential_sgd_with_its_own_batches() -> None:
 
 
 def test_a_diverging_worker_stops_the_run_with_the_divergence_error() -> None:
-    algo = Hogwild(SGDConfig(lr=1e4), workers=1, blocks=1)
+    algo = Hogwild(lr=1e4, workers=1, blocks=1)
     job, _, _ = quadratic_job(algo, rounds=200)
     with pytest.raises(DivergenceError, match="the run diverged at step"):
         SharedMemoryEngine(processes=1).run(job, RunFolder(None))
@@ -127,7 +125,7 @@ def test_a_diverging_worker_stops_the_run_with_the_divergence_error() -> None:
 def test_bad_configurations_stop_before_any_process_starts(monkeypatch) -> None:
     with pytest.raises(ConfigError, match="algorithm=dpsgd cannot run there"):
         load_config(overrides={"engine": "shared_memory", "algorithm": "dpsgd"})
-    with pytest.raises(ConfigError, match="needs blocks >= processes"):
+    with pytest.raises(ConfigError, match="needs blocks >= workers"):
         build_job(
             load_config(
                 overrides={

@@ -92,12 +92,11 @@ def test_sparse_path_run_is_bit_for_bit_repeatable() -> None:
     """64 agents on a ring take the sparse mixing path; two runs agree exactly."""
     from helpers import iid_shards, least_squares_problem, regression_data, sim_job
     from nettrain.algorithms import GradientTracking
-    from nettrain.algorithms.sgd import SGDConfig
     from nettrain.engines.sim.engine import SimEngine
     from nettrain.recording import RunFolder
 
     problem = least_squares_problem(regression_data(n_samples=256))
-    algorithm = GradientTracking(SGDConfig(lr=0.02, momentum=0.5))
+    algorithm = GradientTracking(lr=0.02, momentum=0.5)
     topology = build_topology("ring", 64)
     job = sim_job(
         problem,

@@ -1,8 +1,10 @@
 """Algorithms: one module per family, each an explicit state and a round ``step``.
 
-``ALGORITHMS`` maps config names to classes; each class reads its own settings from a
-:class:`~nettrain.config.RunConfig` (``from_config``), and :func:`build_algorithm`
-picks the class. A method written outside the package is named ``module:Class``
+``ALGORITHMS`` maps config names to classes. Each class is a frozen dataclass of its
+settings, checked where it is defined (``DPSGD(lr=0.1, momentum=0.9)``,
+``SwarmSGD(local_steps=2, compressor=Lattice.with_bits(8))``); the configuration maps
+its keys onto those fields by name (:func:`nettrain.config.build_algorithm`). A method
+written outside the package is named ``module:Class``
 (``algorithm=mymethods:ChocoSGD``; the working directory is importable) or registered
 under an entry point of the group ``nettrain.algorithms``; :func:`resolve` finds it.
 """
@@ -27,7 +29,7 @@ from nettrain.algorithms.block_async import BlockAsyncSGD, Hogwild
 from nettrain.algorithms.downpour import ADMM, Downpour, MomentumDownpour
 from nettrain.algorithms.elastic import EAMSGD, EASGD, EASGDAsync, TreeEASGD
 from nettrain.algorithms.next_sca import DGD, NEXT, StepRule
-from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_direction, sgd_step
+from nettrain.algorithms.sgd import LocalStep, SGDConfig, SGDState, sgd_direction, sgd_step
 from nettrain.algorithms.surrogates import SOLVERS, SURROGATES, SurrogateConfig
 from nettrain.algorithms.swarm import ADPSGD, SwarmSGD
 from nettrain.errors import ConfigError
@@ -110,11 +112,6 @@ def algorithm_name(method: Method) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def build_algorithm(cfg: Any) -> Method:
-    """The algorithm named by ``cfg.algorithm``, with its settings from ``cfg``."""
-    return resolve(cfg.algorithm).from_config(cfg)
-
-
 __all__ = [
     "ADMM",
     "ADPSGD",
@@ -138,6 +135,7 @@ __all__ = [
     "GradientTracking",
     "Hogwild",
     "LocalSGD",
+    "LocalStep",
     "Method",
     "MomentumDownpour",
     "SGDConfig",
@@ -147,7 +145,6 @@ __all__ = [
     "SwarmSGD",
     "TreeEASGD",
     "algorithm_name",
-    "build_algorithm",
     "resolve",
     "sgd_direction",
     "sgd_step",

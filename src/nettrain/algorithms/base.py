@@ -12,7 +12,6 @@ axis is the local agent axis; every state has ``x``.
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -51,19 +50,11 @@ class Method(ABC, Generic[S]):
         if "name" not in cls.__dict__:  # a method written outside the package
             cls.name = cls.__name__
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> Method:
-        """The algorithm with the settings of a :class:`~nettrain.config.RunConfig`.
-
-        By default (a method written outside the package), a dataclass gets the config's
-        value of every field named like a config key (``lr``, ``momentum``, ``tau``...)
-        and its own default for the others.
-        """
-        if not dataclasses.is_dataclass(cls):
-            return cls()
-        values = cfg.to_dict()
-        fields = dataclasses.fields(cls)
-        return cls(**{f.name: values[f.name] for f in fields if f.init and f.name in values})
+    def for_network(self, n_agents: int) -> Method:
+        """These settings for a run of ``n_agents`` agents: a default that depends on the
+        network (EASGD's ``alpha = 0``, i.e. ``0.9 / n``) made explicit and checked. The
+        run is built with what this returns; most methods return themselves."""
+        return self
 
     def check(self, problem: Problem) -> None:
         """Raise a ConfigError if this algorithm cannot train ``problem`` (before any work)."""

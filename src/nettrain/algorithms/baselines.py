@@ -26,21 +26,14 @@ from typing import Any
 import torch
 
 from nettrain.algorithms.base import Algorithm
-from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_direction, sgd_step
-from nettrain.compression import Compressor, EFState, ErrorFeedback, TopK, build_compressor
+from nettrain.algorithms.sgd import LocalStep, SGDState, sgd_direction, sgd_step
+from nettrain.compression import Compressor, EFState, ErrorFeedback, TopK
 from nettrain.errors import ConfigError
 from nettrain.patterns import Communicator, Handle
 from nettrain.problem.oracle import Oracle, agent_seed
 
 CODE_STREAM = 1 << 32  # random streams of the codes, apart from the mini-batches' (stream 0)
 EXCHANGES = 4  # streams a round: one per exchange of that round (x, y, ...)
-
-
-def compressor_from_config(cfg: Any) -> Compressor | None:
-    """The compressor of ``cfg.quantizer`` (``bits``, ``lattice_eps``); None for ``none``."""
-    if cfg.quantizer == "none":
-        return None
-    return build_compressor(cfg.quantizer, bits=cfg.bits, eps=cfg.lattice_eps)
 
 
 def code_generator(
@@ -95,7 +88,7 @@ class AllReduceState:
 
 
 @dataclass(frozen=True)
-class AllReduceSGD(Algorithm[AllReduceState]):
+class AllReduceSGD(LocalStep, Algorithm[AllReduceState]):
     """Synchronous data-parallel SGD (what DDP does): ``x <- x - lr * mean_i g_i(x)``.
 
     Every agent holds the same ``x``; the gradients are averaged by an all-reduce each
@@ -112,18 +105,11 @@ class AllReduceSGD(Algorithm[AllReduceState]):
     so it needs gradients within its radius of each other.
     """
 
-    sgd: SGDConfig
     compressor: Compressor | None = None
     error_feedback: bool = True
     seed: int = 0  # of the random codes
     name = "allreduce"
     compresses = True
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> AllReduceSGD:
-        return cls(
-            SGDConfig.from_config(cfg), compressor_from_config(cfg), cfg.error_feedback, cfg.seed
-        )
 
     @property
     def _ef(self) -> ErrorFeedback | None:
@@ -154,7 +140,7 @@ class AllReduceSGD(Algorithm[AllReduceState]):
 
 
 @dataclass(frozen=True)
-class LocalSGD(Algorithm[SGDRunState]):
+class LocalSGD(LocalStep, Algorithm[SGDRunState]):
     """Local SGD / periodic averaging: ``tau`` local steps, then ``x_i <- mean_j x_j``.
 
     ``x_i <- x_i - lr * g_i(x_i)`` every round; models averaged by an all-reduce after
@@ -162,18 +148,14 @@ class LocalSGD(Algorithm[SGDRunState]):
     Converges Fast and Communicates Little"). ``tau = 1`` is model averaging every step.
     """
 
-    sgd: SGDConfig
     tau: int = 4
     compressor: Compressor | None = None  # of the models averaged
     seed: int = 0  # of the random codes
     name = "local_sgd"
     compresses = True
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> LocalSGD:
-        return cls(SGDConfig.from_config(cfg), cfg.tau, compressor_from_config(cfg), cfg.seed)
-
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.tau < 1:
             raise ConfigError(f"tau must be >= 1 (local steps between averagings), got {self.tau}")
         refuse_sparsified_models(self.name, self.compressor)
@@ -191,7 +173,7 @@ class LocalSGD(Algorithm[SGDRunState]):
 
 
 @dataclass(frozen=True)
-class DPSGD(Algorithm[SGDRunState]):
+class DPSGD(LocalStep, Algorithm[SGDRunState]):
     """Decentralized parallel SGD: ``x_i <- sum_j W_ij(t) x_j - lr * g_i(x_i)``.
 
     Combine-then-adapt form of Lian et al. 2017 ("Can Decentralized Algorithms
@@ -200,17 +182,13 @@ class DPSGD(Algorithm[SGDRunState]):
     or weight decay the local step's direction ``d`` replaces ``g``.
     """
 
-    sgd: SGDConfig
     compressor: Compressor | None = None  # of the models mixed
     seed: int = 0  # of the random codes
     name = "dpsgd"
     compresses = True
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> DPSGD:
-        return cls(SGDConfig.from_config(cfg), compressor_from_config(cfg), cfg.seed)
-
     def __post_init__(self) -> None:
+        super().__post_init__()
         refuse_sparsified_models(self.name, self.compressor)
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> SGDRunState:
@@ -234,7 +212,7 @@ class TrackingState:
 
 
 @dataclass(frozen=True)
-class GradientTracking(Algorithm[TrackingState]):
+class GradientTracking(LocalStep, Algorithm[TrackingState]):
     """Gradient tracking, DIGing (Nedic, Olshevsky, Shi 2017)::
 
         x_i <- sum_j W_ij(t) x_j - lr * y_i
@@ -249,17 +227,13 @@ class GradientTracking(Algorithm[TrackingState]):
     the constant step stops at a distance of the optimum of the order of those errors.
     """
 
-    sgd: SGDConfig
     compressor: Compressor | None = None  # of the models and trackers mixed
     seed: int = 0  # of the random codes
     name = "gradient_tracking"
     compresses = True
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> GradientTracking:
-        return cls(SGDConfig.from_config(cfg), compressor_from_config(cfg), cfg.seed)
-
     def __post_init__(self) -> None:
+        super().__post_init__()
         refuse_sparsified_models(self.name, self.compressor)
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> TrackingState:

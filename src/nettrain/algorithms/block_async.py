@@ -37,13 +37,14 @@ has.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from nettrain.algorithms.base import Algorithm
-from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_direction
+from nettrain.algorithms.sgd import LocalStep, SGDState, sgd_direction
 from nettrain.errors import ConfigError
 from nettrain.patterns import Communicator
 from nettrain.problem.flat import block_slices
@@ -82,16 +83,15 @@ class BlockAsyncState:
 
 
 @dataclass(frozen=True)
-class BlockAsyncSGD(Algorithm[BlockAsyncState]):
+class BlockAsyncSGD(LocalStep, Algorithm[BlockAsyncState]):
     """Block-partitioned asynchronous momentum SGD (Kungurtsev et al. 2021); see the module.
 
     ``workers`` is ``P``: the processes of ``engine=shared_memory``, the agents of
     ``engine=sim``. ``max_delay`` is the simulator's largest read delay in rounds.
     """
 
-    sgd: SGDConfig
-    workers: int
-    blocks: int
+    workers: int = 0  # 0: one per agent (engine=sim) or process (shared_memory), for_network
+    blocks: int = 1
     step_decay: float = 0.0
     warmup: int = 0
     full_every: int = 0
@@ -100,37 +100,29 @@ class BlockAsyncSGD(Algorithm[BlockAsyncState]):
     name = "block_async"
     partitioned: ClassVar[bool] = True
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> BlockAsyncSGD:
-        workers = cfg.processes if cfg.engine == "shared_memory" else cfg.agents
-        if cls.partitioned and cfg.engine == "shared_memory" and cfg.blocks < cfg.processes:
-            raise ConfigError(
-                f"algorithm=block_async needs blocks >= processes so that every process owns a "
-                f"block: blocks={cfg.blocks}, processes={cfg.processes}; set "
-                f"blocks={cfg.processes} (or a multiple of it)"
-            )
-        if cls.partitioned and cfg.engine == "sim" and cfg.blocks < cfg.agents:
-            raise ConfigError(
-                f"algorithm=block_async in engine=sim simulates one worker per agent and needs "
-                f"blocks >= agents: blocks={cfg.blocks}, agents={cfg.agents}; set "
-                f"blocks={cfg.agents}"
-            )
-        return cls(
-            SGDConfig.from_config(cfg),
-            workers=workers,
-            blocks=cfg.blocks,
-            step_decay=cfg.step_decay,
-            warmup=cfg.warmup,
-            full_every=cfg.full_every,
-            max_delay=cfg.max_delay,
-            seed=cfg.seed,
-        )
-
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.step_decay < 0:
             raise ConfigError(f"step_decay must be >= 0 (0 = constant step), got {self.step_decay}")
-        if self.workers < 1 or self.blocks < 1:
-            raise ConfigError(f"{self.name} needs workers >= 1 and blocks >= 1")
+        if self.workers < 0 or self.blocks < 1:
+            raise ConfigError(
+                f"{self.name} needs workers >= 0 (0 = one per agent or process) and blocks >= 1"
+            )
+        if self.warmup < 0 or self.full_every < 0:
+            raise ConfigError(
+                f"warmup and full_every must be >= 0, got {self.warmup} and {self.full_every}"
+            )
+        if self.partitioned and self.workers > 0 and self.blocks < self.workers:
+            raise ConfigError(
+                f"algorithm={self.name} needs blocks >= workers so that every worker owns a "
+                f"block (the workers are the processes of engine=shared_memory, the agents of "
+                f"engine=sim): blocks={self.blocks}, workers={self.workers}; set "
+                f"blocks={self.workers} (or a multiple of it)"
+            )
+
+    def for_network(self, n_agents: int) -> BlockAsyncSGD:
+        """``workers = 0`` becomes the run's workers: its agents, or its processes."""
+        return dataclasses.replace(self, workers=n_agents) if self.workers == 0 else self
         if self.max_delay < 0:
             raise ConfigError(f"max_delay must be >= 0, got {self.max_delay}")
 

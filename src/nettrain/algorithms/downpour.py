@@ -19,15 +19,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from nettrain.algorithms.base import CentreAlgorithm
-from nettrain.algorithms.elastic import local_rows, moving_rate, nesterov_steps
+from nettrain.algorithms.elastic import check_settings, local_rows, moving_rate, nesterov_steps
 from nettrain.algorithms.local import Tensors, local_phase
-from nettrain.algorithms.sgd import SGDConfig
+from nettrain.algorithms.sgd import LocalStep, SGDConfig
 from nettrain.errors import ConfigError
 from nettrain.patterns import Communicator
 from nettrain.problem.oracle import Oracle
@@ -40,24 +40,18 @@ class PulledState:
     exchanges: torch.Tensor  # (m,) int64
 
 
-def plain_sgd(cfg: Any, name: str) -> SGDConfig:
-    if cfg.momentum and name != "mdownpour":
-        raise ConfigError(f"{name} takes plain SGD steps on the workers; set momentum=0")
-    return SGDConfig(cfg.lr, weight_decay=cfg.weight_decay)
-
-
 @dataclass(frozen=True)
-class Downpour(CentreAlgorithm[PulledState]):
+class Downpour(LocalStep, CentreAlgorithm[PulledState]):
     """DOWNPOUR; see the module docstring."""
 
-    sgd: SGDConfig
     tau: int = 1
     servers: int = 1
     name = "downpour"
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> Downpour:
-        return cls(plain_sgd(cfg, cls.name), cfg.tau, cfg.servers)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.refuse_momentum("on the workers (algorithm=mdownpour has momentum on the server)")
+        check_settings(self)
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> PulledState:
         return PulledState(x0, x0.clone(), torch.zeros(x0.shape[0], dtype=torch.int64))
@@ -83,19 +77,29 @@ class Downpour(CentreAlgorithm[PulledState]):
 
 @dataclass(frozen=True)
 class MomentumDownpour(Downpour):
-    """Momentum DOWNPOUR: Nesterov momentum ``delta`` on the server (module docstring)."""
+    """Momentum DOWNPOUR: Nesterov momentum ``delta`` (``momentum``, > 0) on the server
+    (module docstring)."""
 
-    delta: float = 0.9
+    momentum: float = 0.9
     name = "mdownpour"
     centre_rows = 2  # x~ and its velocity
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> MomentumDownpour:
-        if cfg.momentum == 0:
+    def __post_init__(self) -> None:
+        LocalStep.__post_init__(self)
+        if self.momentum == 0:
             raise ConfigError(
                 "mdownpour needs momentum > 0 (the server's Nesterov delta, e.g. 0.9)"
             )
-        return cls(plain_sgd(cfg, cls.name), cfg.tau, cfg.servers, cfg.momentum)
+        check_settings(self)
+
+    @property
+    def delta(self) -> float:
+        return self.momentum
+
+    @property
+    def sgd(self) -> SGDConfig:
+        """The workers' plain steps (the momentum is the server's)."""
+        return SGDConfig(self.lr, weight_decay=self.weight_decay)
 
     def serve(self, rows: torch.Tensor, sent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``v~ <- delta v~ + D; x~ <- x~ + v~``; reply the look-ahead ``x~ + delta v~``."""
@@ -114,25 +118,33 @@ class ADMMState:
 
 
 @dataclass(frozen=True)
-class ADMM(CentreAlgorithm[ADMMState]):
-    """Round-robin ADMM; see the module docstring. ``rho = alpha / lr``."""
+class ADMM(LocalStep, CentreAlgorithm[ADMMState]):
+    """Round-robin ADMM; see the module docstring. ``rho = alpha / lr``; ``alpha = 0``
+    stands for ``0.9 / n`` (:meth:`for_network`)."""
 
-    sgd: SGDConfig
-    rho: float
+    alpha: float = 0.0
     tau: int = 1
     servers: int = 1
     name = "admm"
     stability_hint = "Lower the learning rate (lr=) or change the penalty (alpha=, rho = alpha/lr)"
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> ADMM:
-        return cls(
-            plain_sgd(cfg, cls.name), moving_rate(cfg, cfg.agents) / cfg.lr, cfg.tau, cfg.servers
-        )
-
     def __post_init__(self) -> None:
-        if not self.rho > 0:
-            raise ConfigError(f"admm needs a penalty rho = alpha / lr > 0, got {self.rho}")
+        super().__post_init__()
+        self.refuse_momentum("on the workers")
+        check_settings(self)
+
+    def for_network(self, n_agents: int) -> ADMM:
+        alpha = moving_rate(self.alpha, n_agents, self.name)
+        return self if alpha == self.alpha else dataclasses.replace(self, alpha=alpha)
+
+    @property
+    def rho(self) -> float:
+        """The penalty ``rho = alpha / lr``."""
+        if not self.alpha > 0:
+            raise ConfigError(
+                "admm's penalty rho = alpha / lr needs alpha > 0 (for_network sets it)"
+            )
+        return self.alpha / self.lr
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> ADMMState:
         zeros = torch.zeros_like(x0)

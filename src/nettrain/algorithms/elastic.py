@@ -31,6 +31,7 @@ before the exchange and computes ``x~ + d`` itself.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,7 @@ import torch
 
 from nettrain.algorithms.base import Algorithm, CentreAlgorithm, CentreRule
 from nettrain.algorithms.local import Tensors, local_phase
-from nettrain.algorithms.sgd import SGDConfig
+from nettrain.algorithms.sgd import LocalStep, SGDConfig
 from nettrain.errors import ConfigError
 from nettrain.patterns import Communicator
 from nettrain.problem.oracle import Oracle
@@ -47,15 +48,29 @@ from nettrain.problem.oracle import Oracle
 BETA = 0.9  # the paper's beta = n alpha, giving the default alpha = 0.9 / n
 
 
-def moving_rate(cfg: Any, fan_in: int) -> float:
-    """``alpha`` from the config: as given, or ``0.9 / fan_in`` when ``alpha=0``; checked."""
-    alpha = cfg.alpha if cfg.alpha > 0 else BETA / fan_in
-    check_moving_rate(alpha, fan_in, cfg.algorithm)
+def moving_rate(alpha: float, fan_in: int, name: str) -> float:
+    """``alpha`` as given, or ``0.9 / fan_in`` for ``alpha=0`` (the default); checked."""
+    alpha = alpha if alpha > 0 else BETA / fan_in
+    check_moving_rate(alpha, fan_in, name)
     return alpha
+
+
+def check_settings(method: Any) -> None:
+    """``alpha >= 0`` (0: the default), ``tau >= 1``, ``servers >= 1``: a ConfigError else."""
+    if getattr(method, "alpha", 0.0) < 0:
+        raise ConfigError(f"alpha must be >= 0 (0 = 0.9 / agents), got {method.alpha}")
+    for key in ("tau", "servers"):
+        if getattr(method, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(method, key)}")
 
 
 def check_moving_rate(alpha: float, fan_in: int, name: str) -> None:
     """Refuse a moving rate with which the centre update cannot be stable."""
+    if alpha == 0:
+        raise ConfigError(
+            f"{name}: alpha=0 stands for 0.9 / agents, fixed when the run is built "
+            "(nettrain.run, or the method's for_network(n) in your own loop)"
+        )
     if not 0 < alpha * fan_in < 2:
         raise ConfigError(
             f"{name}: alpha={alpha} with {fan_in} workers per centre gives beta = "
@@ -72,10 +87,17 @@ class ElasticState:
 
 
 class ElasticRule(CentreRule):
-    """What EASGD's synchronous and asynchronous forms share: the start and the server."""
+    """What EASGD's synchronous and asynchronous forms share: the start and the server.
+
+    ``alpha = 0`` (the default) stands for ``0.9 / n``, fixed once the network is known
+    (:meth:`for_network`)."""
 
     alpha: float
     name: str
+
+    def for_network(self, n_agents: int) -> ElasticRule:
+        alpha = moving_rate(self.alpha, n_agents, self.name)
+        return self if alpha == self.alpha else dataclasses.replace(self, alpha=alpha)  # type: ignore[type-var]
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> ElasticState:
         check_moving_rate(self.alpha, comm.n_agents, self.name)
@@ -89,26 +111,20 @@ class ElasticRule(CentreRule):
 
 
 @dataclass(frozen=True)
-class EASGD(ElasticRule, Algorithm[ElasticState]):
+class EASGD(LocalStep, ElasticRule, Algorithm[ElasticState]):
     """Synchronous EASGD; see the module docstring."""
 
-    sgd: SGDConfig
-    alpha: float
+    alpha: float = 0.0
     tau: int = 1
     servers: int = 1
     name = "easgd"
     uses_rpc = True
     stability_hint = "Lower the learning rate (lr=) or the moving rate (alpha=)"
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> EASGD:
-        return cls(SGDConfig.from_config(cfg), moving_rate(cfg, cfg.agents), cfg.tau, cfg.servers)
-
     def __post_init__(self) -> None:
-        if self.sgd.momentum:
-            raise ConfigError(
-                f"{self.name} takes plain SGD steps; set momentum=0 (eamsgd has momentum)"
-            )
+        super().__post_init__()
+        self.refuse_momentum("(eamsgd has momentum)")
+        check_settings(self)
 
     def step(self, state: ElasticState, t: int, oracle: Oracle, comm: Communicator):
         loss, g = oracle.grad(state.x)
@@ -140,26 +156,26 @@ def nesterov_steps(sgd: SGDConfig, delta: float):
 
 
 @dataclass(frozen=True)
-class EASGDAsync(ElasticRule, CentreAlgorithm[ElasticState]):
-    """Asynchronous EASGD; with ``delta > 0`` EAMSGD. See the module docstring."""
+class EASGDAsync(LocalStep, ElasticRule, CentreAlgorithm[ElasticState]):
+    """Asynchronous EASGD; EAMSGD is its subclass with ``delta = momentum > 0``. See the
+    module docstring."""
 
-    sgd: SGDConfig
-    alpha: float
+    alpha: float = 0.0
     tau: int = 1
     servers: int = 1
-    delta: float = 0.0
     name = "easgd_async"
     tolerates_faults = True
     stability_hint = "Lower the learning rate (lr=) or the moving rate (alpha=)"
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> EASGDAsync:
-        if cfg.momentum:
-            raise ConfigError(
-                f"{cls.name} takes plain SGD steps; use algorithm=eamsgd for momentum"
-            )
-        sgd = SGDConfig(cfg.lr, weight_decay=cfg.weight_decay)
-        return cls(sgd, moving_rate(cfg, cfg.agents), cfg.tau, cfg.servers)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.refuse_momentum("(algorithm=eamsgd has momentum)")
+        check_settings(self)
+
+    @property
+    def delta(self) -> float:
+        """Nesterov momentum of the local steps: none in EASGD."""
+        return 0.0
 
     def interact(self, state, pairs, oracle, comm, generator, steps):
         rows = local_rows(comm, pairs[:, 0])
@@ -180,16 +196,24 @@ class EASGDAsync(ElasticRule, CentreAlgorithm[ElasticState]):
 
 @dataclass(frozen=True)
 class EAMSGD(EASGDAsync):
-    """EAMSGD: asynchronous EASGD with Nesterov momentum ``delta`` (config ``momentum``)."""
+    """EAMSGD: asynchronous EASGD with Nesterov momentum ``delta`` (``momentum``, > 0)."""
 
     name = "eamsgd"
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> EAMSGD:
-        if cfg.momentum == 0:
+    def __post_init__(self) -> None:
+        LocalStep.__post_init__(self)
+        if self.momentum == 0:
             raise ConfigError("eamsgd needs momentum > 0 (its delta; the paper uses momentum=0.99)")
-        sgd = SGDConfig(cfg.lr, weight_decay=cfg.weight_decay)
-        return cls(sgd, moving_rate(cfg, cfg.agents), cfg.tau, cfg.servers, cfg.momentum)
+        check_settings(self)
+
+    @property
+    def delta(self) -> float:
+        return self.momentum
+
+    @property
+    def sgd(self) -> SGDConfig:
+        """The local steps' rate and weight decay (the momentum is ``delta``'s)."""
+        return SGDConfig(self.lr, weight_decay=self.weight_decay)
 
 
 def local_rows(comm: Communicator, workers: torch.Tensor) -> torch.Tensor:
@@ -205,29 +229,29 @@ class TreeState:
 
 
 @dataclass(frozen=True)
-class TreeEASGD(Algorithm[TreeState]):
-    """Tree EASGD; see the module docstring. Runs in the simulator (all agents here)."""
+class TreeEASGD(LocalStep, Algorithm[TreeState]):
+    """Tree EASGD; see the module docstring. Runs in the simulator (all agents here).
+    ``alpha = 0`` stands for ``0.9 / branching``; ``tree_periods = ()`` for ``tau * b^l``."""
 
-    sgd: SGDConfig
-    alpha: float
+    alpha: float = 0.0
     branching: int = 2
-    periods: tuple[int, ...] = ()  # per level, leaves first
+    tau: int = 1
+    tree_periods: tuple[int, ...] = ()  # per level, leaves first
     name = "tree_easgd"
     stability_hint = "Lower the learning rate (lr=) or the moving rate (alpha=)"
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> TreeEASGD:
-        sgd = SGDConfig(cfg.lr, weight_decay=cfg.weight_decay)
-        return cls(
-            sgd, moving_rate(cfg, cfg.branching), cfg.branching, cfg.tree_periods or (cfg.tau,)
-        )
-
     def __post_init__(self) -> None:
+        super().__post_init__()
+        self.refuse_momentum("(the tree's exchanges are elastic averaging)")
         if self.branching < 2:
             raise ConfigError(
                 f"tree_easgd needs branching >= 2 children per node, got {self.branching}"
             )
-        check_moving_rate(self.alpha, self.branching, self.name)
+        if self.tau < 1 or any(p < 1 for p in self.tree_periods):
+            raise ConfigError(
+                f"tau and tree_periods must be >= 1, got {self.tau} and {self.tree_periods}"
+            )
+        object.__setattr__(self, "alpha", moving_rate(self.alpha, self.branching, self.name))
 
     def levels(self, n: int) -> list[int]:
         """Nodes per level above the leaves, up to the root: ``ceil(n / b^l)``."""
@@ -239,9 +263,10 @@ class TreeEASGD(Algorithm[TreeState]):
 
     def period(self, level: int) -> int:
         """Rounds between the exchanges of level ``level`` (0 = leaves) with its parents."""
-        if level < len(self.periods):
-            return self.periods[level]
-        return self.periods[-1] * self.branching ** (level - len(self.periods) + 1)
+        periods = self.tree_periods or (self.tau,)
+        if level < len(periods):
+            return periods[level]
+        return periods[-1] * self.branching ** (level - len(periods) + 1)
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> TreeState:
         if comm.agents.numel() != comm.n_agents:

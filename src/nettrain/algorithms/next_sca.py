@@ -27,7 +27,7 @@ step vanishes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,30 +73,44 @@ class NextState:
 class NEXT(Algorithm[NextState]):
     """NEXT with gradient tracking; see the module docstring for the update rule."""
 
-    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
-    steps: StepRule = field(default_factory=StepRule)
+    surrogate: str = "linear"
+    prox_tau: float = 1.0
+    blocks: int = 1
+    inner_steps: int = 10
+    solver: str = "auto"
+    step0: float = 0.1
+    step_decay: float = 0.01
     tracking: bool = True
     name = "next"
     records_objective = True
     stability_hint = "Lower the first step (step0=) or raise the proximal weight (prox_tau=)"
     default_batch_size = 0  # full local batch: the surrogates model the whole local loss
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> NEXT:
-        surrogate = SurrogateConfig(
-            cfg.surrogate, cfg.prox_tau, cfg.blocks, cfg.inner_steps, cfg.solver
+    def __post_init__(self) -> None:
+        self.surrogate_config  # noqa: B018 (both validate on construction)
+        self.steps  # noqa: B018
+
+    @property
+    def surrogate_config(self) -> SurrogateConfig:
+        """The surrogate, its proximal weight ``tau = prox_tau`` and how it is minimised."""
+        return SurrogateConfig(
+            self.surrogate, self.prox_tau, self.blocks, self.inner_steps, self.solver
         )
-        return cls(surrogate, StepRule(cfg.step0, cfg.step_decay))
+
+    @property
+    def steps(self) -> StepRule:
+        """``alpha[0] = step0``, ``alpha[k+1] = alpha[k] (1 - step_decay alpha[k])``."""
+        return StepRule(self.step0, self.step_decay)
 
     def check(self, problem: Problem) -> None:
-        self.surrogate.check_loss(problem.loss)
-        if self.surrogate.needs_linearization and not problem.stateless:
+        self.surrogate_config.check_loss(problem.loss)
+        if self.surrogate_config.needs_linearization and not problem.stateless:
             raise ConfigError(
-                f"surrogate={self.surrogate.kind} linearises the network, which needs a model "
+                f"surrogate={self.surrogate} linearises the network, which needs a model "
                 f"without buffers or dropout ({type(problem.template).__name__} has them); "
                 "use surrogate=linear"
             )
-        block_slices(problem.dim, self.surrogate.blocks)
+        block_slices(problem.dim, self.surrogate_config.blocks)
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> NextState:
         _, g = oracle.grad(x0, smooth=True)  # (m, d)
@@ -104,7 +118,7 @@ class NEXT(Algorithm[NextState]):
 
     def step(self, state: NextState, t: int, oracle: Oracle, comm: Communicator):
         mix_y = comm.start_mix(state.y, t) if self.tracking else None  # overlaps the solve
-        lin = oracle.linearize(state.x) if self.surrogate.needs_linearization else None
+        lin = oracle.linearize(state.x) if self.surrogate_config.needs_linearization else None
         sub = Subproblem(
             w=state.x,
             y=state.y,
@@ -113,7 +127,7 @@ class NEXT(Algorithm[NextState]):
             lin=lin,
             g=lin.grad() if lin is not None else state.g,
         )
-        w_tilde = minimize(self.surrogate, sub)  # (m, d)
+        w_tilde = minimize(self.surrogate_config, sub)  # (m, d)
         z = state.x + state.alpha * (w_tilde - state.x)
         x = comm.mix(z, t)
         loss, g = oracle.grad(x, smooth=True)

@@ -19,7 +19,6 @@ over memory, not the arithmetic, dominate a round. It works elementwise, so a st
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -35,11 +34,6 @@ class SGDConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> SGDConfig:
-        """The local step of a :class:`~nettrain.config.RunConfig`."""
-        return cls(cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
-
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
@@ -49,6 +43,31 @@ class SGDConfig:
             raise ConfigError("nesterov=true needs momentum > 0 (e.g. momentum=0.9)")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class LocalStep:
+    """The local step's settings as flat fields of an algorithm: ``DPSGD(lr=0.1,
+    momentum=0.9)``. A method inherits them (first, so they are its leading fields) and
+    reads them back as one :class:`SGDConfig`, ``self.sgd``, validated on construction."""
+
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.sgd  # noqa: B018 (validates like torch.optim.SGD)
+
+    @property
+    def sgd(self) -> SGDConfig:
+        return SGDConfig(self.lr, self.momentum, self.nesterov, self.weight_decay)
+
+    def refuse_momentum(self, hint: str) -> None:
+        """For methods whose local steps are plain SGD: a ConfigError if ``momentum`` is set."""
+        if self.momentum:
+            name = getattr(self, "name", type(self).__name__)
+            raise ConfigError(f"{name} takes plain SGD steps; set momentum=0 {hint}")
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ import torch
 
 from nettrain.algorithms.base import GossipAlgorithm
 from nettrain.algorithms.local import local_phase
-from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_direction
-from nettrain.compression import Compressor, Identity, build_compressor
+from nettrain.algorithms.sgd import LocalStep, SGDState, sgd_direction
+from nettrain.compression import Compressor, Identity
 from nettrain.errors import ConfigError
 from nettrain.patterns import Communicator
 from nettrain.problem.oracle import Oracle
@@ -53,32 +53,22 @@ class SwarmState:
 
 
 @dataclass(frozen=True)
-class SwarmSGD(GossipAlgorithm[SwarmState]):
+class SwarmSGD(LocalStep, GossipAlgorithm[SwarmState]):
     """SwarmSGD; see the module docstring for the update rules."""
 
-    sgd: SGDConfig
     local_steps: int = 1
     compressor: Compressor = field(default_factory=Identity)
     blocking: bool = False
-    geometric: bool = False  # phases of a geometric number of steps with mean local_steps
+    geometric_steps: bool = False  # phases of a geometric number of steps, mean local_steps
     name = "swarm"
     tolerates_faults = True
     compresses = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.local_steps < 0:
             raise ConfigError(f"local_steps must be >= 0 (0 = pure gossip), got {self.local_steps}")
-        if self.sgd.momentum:
-            raise ConfigError(
-                f"{self.name} takes plain local SGD steps; set momentum=0 (momentum buffers "
-                "across asynchronous averaging are not implemented)"
-            )
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> SwarmSGD:
-        compressor = build_compressor(cfg.quantizer, bits=cfg.bits, eps=cfg.lattice_eps)
-        sgd = SGDConfig.from_config(cfg)
-        return cls(sgd, cfg.local_steps, compressor, cfg.blocking, cfg.geometric_steps)
+        self.refuse_momentum("(momentum buffers across asynchronous averaging are not implemented)")
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> SwarmState:
         return SwarmState(x0, torch.zeros(x0.shape[0], dtype=torch.int64))
@@ -140,6 +130,10 @@ class ADPSGD(SwarmSGD):
     name = "adpsgd"
     compresses = False  # D-PSGD's exchange as the paper has it: uncompressed
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> ADPSGD:
-        return cls(SGDConfig.from_config(cfg), local_steps=1)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.local_steps != 1 or self.blocking or self.geometric_steps:
+            raise ConfigError(
+                "adpsgd makes one local step and a non-blocking exchange (local_steps=1, "
+                "blocking=false, geometric_steps=false); algorithm=swarm varies them"
+            )

@@ -68,19 +68,33 @@ class LatticePayload:
     dtype: torch.dtype  # the sender's working dtype (shared configuration, not sent)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Lattice(Compressor[LatticePayload]):
     """Lattice quantiser with step ``eps`` and ``q`` residues, decoded against a reference.
 
     Attributes:
         eps: lattice step, > 0; the decoding error is at most ``eps / 2`` inside the
             guarantee.
-        q: number of residues, 2..65536; ``ceil(log2 q)`` bits a coordinate. Use
-            :meth:`with_bits` for ``q = 2^bits``.
+        q: number of residues, 2..65536; ``ceil(log2 q)`` bits a coordinate.
+        bits: given instead of ``q``: ``q = 2^bits`` (``Lattice(bits=8)``), 1..16.
     """
 
     eps: float = DEFAULT_EPS
     q: int = 2**LATTICE_MAX_BITS
+
+    def __init__(
+        self, eps: float = DEFAULT_EPS, q: int | None = None, *, bits: int | None = None
+    ) -> None:
+        if bits is not None:
+            if q is not None:
+                raise ConfigError("give the lattice q or bits (q = 2^bits), not both")
+            check_int(
+                "lattice bits", bits, 1, LATTICE_MAX_BITS, " (8 and 16 are the usual settings)"
+            )
+            q = 2**bits
+        object.__setattr__(self, "eps", eps)
+        object.__setattr__(self, "q", 2**LATTICE_MAX_BITS if q is None else q)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         if (
@@ -104,8 +118,7 @@ class Lattice(Compressor[LatticePayload]):
     @classmethod
     def with_bits(cls, bits: int, eps: float = DEFAULT_EPS) -> Lattice:
         """The lattice quantiser with ``q = 2^bits`` residues, ``bits`` in 1..16."""
-        check_int("lattice bits", bits, 1, LATTICE_MAX_BITS, " (8 and 16 are the usual settings)")
-        return cls(eps=eps, q=2**bits)
+        return cls(eps=eps, bits=bits)
 
     @property
     def name(self) -> str:

@@ -26,7 +26,7 @@ class Draws:
     ) -> None:
         self.neighbours = neighbours
         self.mean_steps = algo.local_steps
-        self.geometric = bool(getattr(algo, "geometric", False))
+        self.geometric = bool(getattr(algo, "geometric_steps", False))
         self.drop = drop
         self._partners = np.random.default_rng([seed, agent, 0xA5])
         self._steps = np.random.default_rng([seed, agent, 0x5E])

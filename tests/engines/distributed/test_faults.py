@@ -35,7 +35,6 @@ import torch
 import torch.distributed as dist
 
 from helpers import free_port
-from nettrain.algorithms.sgd import SGDConfig
 from nettrain.algorithms.swarm import SwarmSGD
 from nettrain.engines.distributed.finish import Finish, Verdict, read_verdict
 from nettrain.engines.distributed.gossip import Peer
@@ -307,7 +306,7 @@ def test_a_partner_that_does_not_answer_is_dead_only_if_its_heartbeat_stopped() 
 
 
 def test_stack_states_puts_the_survivors_rows_in_order() -> None:
-    states = [SwarmSGD(SGDConfig()).init(torch.full((1, 2), float(r)), None, None) for r in (0, 3)]
+    states = [SwarmSGD().init(torch.full((1, 2), float(r)), None, None) for r in (0, 3)]
     both = stack_states(states)
     assert torch.equal(both.x, torch.tensor([[0.0, 0.0], [3.0, 3.0]]))
     assert both.interactions.shape == (2,)
@@ -316,7 +315,7 @@ def test_stack_states_puts_the_survivors_rows_in_order() -> None:
 def test_a_down_peer_refuses_exchanges_and_changes_nothing() -> None:
     """While its agent is down a peer answers None (a lost request for the initiator);
     back up, it averages again."""
-    algo = SwarmSGD(SGDConfig())
+    algo = SwarmSGD()
     peer = Peer(algo, torch.zeros(2), torch.Generator())
     payload = algo.compressor.encode(torch.ones(1, 2))
     peer.set_down(True)
