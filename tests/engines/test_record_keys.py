@@ -33,6 +33,7 @@ DISTRIBUTED = {
     "dpsgd": SYNC | {"algorithm": "dpsgd"},
     "gradient_tracking": SYNC | {"algorithm": "gradient_tracking"},
     "next": SYNC | {"algorithm": "next"},
+    "dgd": SYNC | {"algorithm": "dgd"},
     "swarm": ASYNC | {"algorithm": "swarm"},
     "adpsgd": ASYNC | {"algorithm": "adpsgd"},
 }
@@ -44,6 +45,8 @@ CENTRE = {
     "easgd_async": CENTRE_ASYNC | {"algorithm": "easgd_async"},
     "downpour": CENTRE_ASYNC | {"algorithm": "downpour"},
     "mdownpour": CENTRE_ASYNC | {"algorithm": "mdownpour", "momentum": 0.9},
+    "eamsgd": CENTRE_ASYNC | {"algorithm": "eamsgd", "momentum": 0.9},
+    "admm": CENTRE_ASYNC | {"algorithm": "admm"},
 }
 SHARED = {
     name: SMALL
@@ -52,10 +55,10 @@ SHARED = {
         "agents": 2,
         "topology": "complete",
         "processes": 2,
-        "blocks": 2,
         "rounds": 6,
         "eval_every": 2,
     }
+    | ({"blocks": 2} if name != "allreduce" else {})  # a key allreduce does not take
     for name in ("block_async", "hogwild", "allreduce")
 }
 # The end-of-run audit of exchanges over a real network (distributed/events.py):
@@ -138,3 +141,5 @@ def test_shared_memory_records_have_the_simulators_keys(name: str) -> None:
     sim = run(load_config(cfg)).records
     assert shape(shared, WORKERS) == shape(sim, WORKERS)
     assert [r["round"] for r in sim] == [2, 4, 6]
+    assert all(r[k] is None for r in sim for k in WALL_KEYS)
+    assert all(r[k] is not None for r in shared for k in WALL_KEYS)
