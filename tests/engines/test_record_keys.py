@@ -118,6 +118,8 @@ def test_distributed_records_have_the_simulators_keys(name: str, distributed) ->
     sim = run(load_config(DISTRIBUTED[name])).records
     same_keys(distributed[name], sim)
     assert all(AUDIT.isdisjoint(r) for r in distributed[name][:-1])  # audited at the end
+    if "events" in sim[0]:  # every rank's events up to that round, as in the simulator
+        assert [r["events"] for r in distributed[name]] == [r["events"] for r in sim]
 
 
 @pytest.mark.parametrize("name", list(CENTRE))
