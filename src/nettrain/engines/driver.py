@@ -16,12 +16,15 @@ method's schedule (:attr:`Snapshot.fields`: ``events`` of an asynchronous method
 exchanges with a centre, the shared-memory workers' counters) and the centre's test
 figures. Where an engine has no virtual clock (processes that run for real
 asynchronously: ``shared_memory``, asynchronous ``distributed``) ``virtual_time_s``
-is None. The throughput of real processes (:attr:`Run.measured`): ``train_time_s``,
-the wall time less the driver's pauses (evaluations, checkpoints);
+is None. The throughput of real processes (:attr:`Run.measured`, :data:`WALL_KEYS`):
+``train_time_s``, the wall time less the driver's pauses (evaluations, checkpoints);
 ``round_wall_time_s``, the training wall time per round since the previous record;
 ``samples_per_s = samples / train_time_s``. They are None in the simulator, where one
 process computes every agent (its records are then the same, bit for bit, whenever
-the run is repeated or resumed; ``wall_time_s`` alone is measured).
+the run is repeated or resumed; ``wall_time_s`` alone is measured). The asynchronous
+``distributed`` run writes its records at the same rounds from every rank's state
+at that round, posted as each rank reaches it
+(:class:`~nettrain.engines.distributed.events.DistEvents`).
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ BASE_KEYS = (
     "bytes_max_agent",
     "train_loss",
 )
+# The throughput of real processes: in every engine's records, None in the simulator's.
+WALL_KEYS = ("train_time_s", "round_wall_time_s", "samples_per_s")
 
 
 class Tick(NamedTuple):
@@ -182,13 +187,10 @@ def _record(
     judged = snap.job or job
     traffic = traffic_fields(counters.totals)
     rounds = max(counters.round - last[0], 1)
-    measured = {
-        "train_time_s": train_s,
-        "round_wall_time_s": (train_s - last[1]) / rounds,
-        "samples_per_s": traffic["samples"] / max(train_s, 1e-9),
-    }
-    if not run.measured:
-        measured = dict.fromkeys(measured)
+    measured = dict.fromkeys(WALL_KEYS)
+    if run.measured:
+        speeds = (train_s, (train_s - last[1]) / rounds, traffic["samples"] / max(train_s, 1e-9))
+        measured = dict(zip(WALL_KEYS, speeds, strict=True))
     record: dict[str, Any] = {
         "round": counters.round,
         "epoch": traffic["samples"] / len(job.problem.data.y_train),

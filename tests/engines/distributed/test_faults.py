@@ -94,9 +94,15 @@ def launch(folder: Path, runs: list[str], world: int = N, kill: str | None = Non
     return Launch(procs, logs)
 
 
+def records_of(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def record_of(out: Path) -> dict[str, Any]:
-    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return record
+    """The last record (``eval_every`` is 25: an intermediate record at round 25)."""
+    records = records_of(out)
+    assert [r["round"] for r in records] == [25, ROUNDS]
+    return records[-1]
 
 
 def test_a_killed_rank_makes_the_others_exit_naming_it(tmp_path: Path) -> None:
@@ -147,8 +153,9 @@ def outlive(tmp_path: Path, world: int, *items: str) -> tuple[dict[str, Any], Pa
     )
     assert not any(ABORT in t for t in text.values()), text
     assert elapsed < TIMEOUT_S + 20, elapsed
-    record = record_of(out)
-    assert record["crashed_ranks"] == [2]
+    first, record = records_of(out)  # round 25: rank 2 is dead by then
+    assert first["crashed_ranks"] == record["crashed_ranks"] == [2]
+    assert first["round"] == 25 and record["round"] == ROUNDS
     return record, out
 
 
@@ -173,7 +180,8 @@ def test_centre_survivors_of_a_killed_worker_finish(tmp_path: Path) -> None:
         tmp_path, N + 1, "algorithm=easgd_async", "servers=1", f"tau={tau}", f"rounds={ROUNDS}"
     )
     events = (N - 1) * ROUNDS // tau
-    assert record["events"] == record["exchanges"] == events
+    exchanges = sum(r["exchanges"] for r in records_of(out))  # per interval
+    assert record["events"] == exchanges == events
     assert record["exchanges_unmatched"] == 0
     assert record["exchanges_lost"] == 0
     assert bool(torch.isfinite(torch.load(out / "centre.pt", weights_only=True)).all())
@@ -293,6 +301,28 @@ def test_rank_0_takes_a_silent_worker_for_dead_and_the_others_read_it() -> None:
     ends[1].post({"x": torch.ones(1, 3), "events": 7})
     (final,) = ends[0].collect([1]).values()
     assert final["events"] == 7 and torch.equal(final["x"], torch.ones(1, 3))
+
+
+def test_rank_0_gathers_an_evaluation_without_the_dead_and_not_after_a_failure() -> None:
+    """In one process, on an in-memory store: at an evaluation round, rank 0 takes the
+    parts that workers 1 and 3 post (and removes them from the store), leaves out
+    worker 2 once its heartbeat has been still long enough; once a worker failed, it
+    gathers nothing."""
+    store = dist.HashStore()
+    ends = [
+        Finish(store, r, 4, "events/0.0/", dead_after_s=0.2, poll=lambda: time.sleep(0.01))
+        for r in range(4)
+    ]
+    for r in (1, 3):
+        store.add(f"alive/{r}", 1)
+        ends[r].post({"events": r}, "eval/25")
+    gathered = ends[0].gather("eval/25", [1, 2, 3])
+    assert gathered is not None and gathered.dead == (2,)
+    assert {r: p["events"] for r, p in gathered.posts.items()} == {1: 1, 3: 3}
+    assert not store.check(["events/0.0/eval/25/1", "events/0.0/eval/25/3"])
+    ends[3].fail("diverged")
+    ends[1].post({"events": 1}, "eval/50")
+    assert ends[0].gather("eval/50", [1, 3]) is None
 
 
 def test_a_partner_that_does_not_answer_is_dead_only_if_its_heartbeat_stopped() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -37,3 +38,23 @@ def test_eight_agents_account_for_every_interaction(tmp_path: Path) -> None:
     assert x.shape[0] == N and bool(torch.isfinite(x).all())
     d = x.shape[1]
     assert record["bytes_total"] == 2 * N * ROUNDS * d  # 8-bit lattice: one byte a weight
+
+
+def test_a_diverging_run_stops_every_rank_and_records_nothing_diverged(tmp_path: Path) -> None:
+    """``lr=1e12``: ranks diverge at their own pace between two evaluations; rank 0 stops
+    gathering once one has failed, the run ends with the divergence error (no hang), and
+    no record holds a diverged state."""
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    command = [sys.executable, "-m", "nettrain", "run", "engine=distributed", "nproc=4"]
+    command += ["agents=4", "algorithm=swarm", "lr=1e12", "hidden=8", "rounds=10"]
+    command += ["eval_every=2", "batch_size=8", "progress=false", f"master_port={free_port()}"]
+    command += ["timeout_s=30", "--out", str(out)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as sink:
+        proc = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=300)
+    text = log.read_text()
+    assert proc.returncode != 0, text[-3000:]
+    # torchrun stops the others once one rank exits: not every rank may print it
+    assert "nettrain: the run diverged at round" in text, text[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["train_loss"]) and r["round"] < 10 for r in records)

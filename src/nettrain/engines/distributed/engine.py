@@ -188,8 +188,10 @@ class DistributedEngine:
                     )
                 )
             if rank >= n:
-                assert session is not None and store is not None
-                return self._serve(job, rank - n, session, store)
+                assert session is not None
+                watched = store if store is not None else session.store  # the caller's group
+                assert watched is not None
+                return self._serve(job, rank - n, session, watched)
             comm = DistCommunicator(job.topology, group, rpc=session)
             if servers:
                 comm.attach_servers(n, block_slices(job.problem.dim, servers))

@@ -3,7 +3,7 @@
 The simulator's event engine (:mod:`nettrain.engines.sim.events`) with one agent per
 process: the same draws (:class:`~nettrain.engines.draws.Draws`), exchanges over rpc
 (:mod:`.gossip` for pairwise gossip, :mod:`~nettrain.engines.centre` for the parameter
-servers), and an end agreed in the rendezvous store that survives dead workers
+servers), records and an end agreed in the rendezvous store that survive dead workers
 (:mod:`.finish`).
 """
 
@@ -57,10 +57,12 @@ def run_events(
     done, rank 0 decides which died, the survivors hand their final state over
     through the store, and rank 0 checks that every exchange one survivor delivered
     to another was answered (gossip) or applied by every server (centre) exactly
-    once. The record names the dead ranks (``crashed_ranks``) and evaluates the
+    once. The records name the dead ranks (``crashed_ranks``) and evaluate the
     survivors' models only (a dead rank's last model is gone with it); rank 0
     returns those rows, the others their own row. Where a rank died, this rank's rpc
     session is left without waiting for everyone (``session.graceful`` is False).
+    Every ``eval_every`` rounds before the end, a record of every live rank's state at
+    that round (:class:`DistEvents`).
     """
     start = time.perf_counter()
     events = DistEvents(job, rank, comm, timeout_s)
@@ -74,8 +76,18 @@ def run_events(
 class DistEvents:
     """This rank's events at its own pace, for :func:`drive` (see :func:`run_events`).
 
-    The record is written at the end only, once the survivors' states are in: the
-    ranks never stop together before it (intermediate evaluations are not written)."""
+    At each evaluation round ``r`` before the last, every rank whose events reach
+    round ``r`` posts its state there through the store (``eval/<r>/<rank>``,
+    :meth:`Finish.post`) and goes on; rank 0, once its own events reach ``r``, waits
+    until every live rank has posted (:meth:`Finish.gather`; a rank whose heartbeat
+    stopped is left out and named in ``crashed_ranks``) and the driver writes the
+    record of round ``r`` from those states (:class:`Rows`). The ranks never stop
+    together, so the states of one record are each rank's at its own round ``r``, the
+    centre the servers' when rank 0 reads it, and ``virtual_time_s`` is None. The last
+    record is written at the end, once the survivors' final states are in; only it
+    carries the audit of the exchanges (``interactions_answered``,
+    ``interactions_unmatched``, ``exchanges_unmatched``), which needs nothing in flight.
+    No record is written after a rank diverged (the run then ends with its error)."""
 
     measured = True
 
@@ -107,11 +119,15 @@ class DistEvents:
         dead_after_s = min(DEAD_AFTER_S, timeout_s)
         self.finish = Finish(store, rank, n, events_prefix(session.serial), dead_after_s)
         self.made, self.busy_s, self.loss_sum, self.loss_count, self.e = 0, 0.0, 0.0, 0, 0
+        self.work = torch.zeros(3, dtype=torch.int64)  # this rank's samples, messages, bytes
+        self.failed = False  # this rank diverged: it posts no state any more
+        self.dead: tuple[int, ...] = ()  # rank 0: the ranks found dead so far
         self.state = algo.init(x, self.oracle, comm)
-        self.rows: Final | None = None  # rank 0, at the end: every survivor's
+        self.rows: Rows | None = None  # rank 0: every live rank's, at the last evaluation
 
     def advance(self, stop: int) -> Iterator[Tick]:
-        """This rank's events in its rounds before ``stop``; at the last, the end."""
+        """This rank's events in its rounds before ``stop``; at an evaluation round, its
+        state posted (rank 0: everyone's gathered); at the last, the end."""
         last = min(self.events, -(-stop // self.tau))
         while self.e < last:
             self._event(self.e)
@@ -119,6 +135,8 @@ class DistEvents:
             yield Tick(min(self.job.rounds, self.e * self.tau))
         if stop == self.job.rounds:
             self._end()
+        elif stop % self.job.eval_every == 0:
+            self._interim(stop)
 
     def _event(self, e: int) -> None:
         """Event ``e``, in this agent's round ``e tau`` (after a divergence: the last)."""
@@ -161,7 +179,58 @@ class DistEvents:
                 check_finite(named, t, algo.stability_hint)
             except DivergenceError as err:  # the others learn it from the verdict
                 self.finish.fail(str(err))
+                self.failed = True
                 self.e = self.events - 1  # no more events
+
+    def _mine(self) -> dict[str, Any]:
+        """This rank's part of a record: its state (with what exchanges added since its
+        last event), work so far, and loss and staleness since its previous part."""
+        n, comm, peer, state = self.job.n_agents, self.comm, self.peer, self.state
+        samples = self.oracle.meter.reset()
+        messages, nbytes = comm.traffic.reset()
+        self.work += torch.cat([samples, messages, nbytes]).to(torch.int64)
+        answered = torch.zeros(n, dtype=torch.int64)
+        replies = torch.zeros(3, dtype=torch.int64)  # the replies this rank's peer sent
+        if peer is not None:
+            answered = torch.tensor([peer.answered[r] for r in range(n)], dtype=torch.int64)
+            replies[1:] = torch.tensor([int(answered.sum()), peer.reply_bytes])
+            self.state = state = dataclasses.replace(state, x=state.x + peer.take_shift()[None])
+            state = dataclasses.replace(state, interactions=state.interactions + answered.sum())
+        staleness, comm.staleness = comm.staleness, Counter()
+        loss = (self.loss_sum, self.loss_count)
+        self.loss_sum, self.loss_count = 0.0, 0
+        return {
+            "state": state,
+            "work": self.work + replies,
+            "delivered": torch.tensor([comm.delivered[r] for r in range(n)], dtype=torch.int64),
+            "answered": answered,
+            "lost": comm.lost,
+            "events": self.made,
+            "loss": loss,
+            "staleness": staleness,
+            "buffers": self.oracle.buffers,
+        }
+
+    def _interim(self, stop: int) -> None:
+        """Evaluation round ``stop``: post this rank's part; rank 0 gathers everyone's."""
+        self.rows = None
+        if self.failed:
+            return
+        key = f"eval/{stop}"
+        if not self.main:
+            self.finish.post(self._mine(), key)
+            return
+        mine = self._mine()
+        live = [r for r in range(1, self.job.n_agents) if r not in self.dead]
+        gathered = self.finish.gather(key, live, self.job.x0.device)
+        if gathered is None:  # a rank diverged: the verdict at the end says so
+            return
+        self.dead = tuple(sorted((*self.dead, *gathered.dead)))
+        parts = {0: mine} | gathered.posts
+        ranks = sorted(parts)
+        self.rows = Rows.of(
+            self.job, self.comm, [parts[r] for r in ranks], ranks, self.dead, at=stop
+        )
 
     def _end(self) -> None:
         """The end agreed in the store (:mod:`.finish`); rank 0 collects the survivors."""
@@ -180,44 +249,23 @@ class DistEvents:
                 f"rank {rank}: rank 0 took this rank for dead (its heartbeat stopped for "
                 f"{finish.dead_after_s} s) and finished the run without it"
             )
-        answered = torch.zeros(n, dtype=torch.int64)
-        reply_bytes = 0
-        state = self.state
         if peer is not None:
             peer.close()  # every survivor is done: nothing is in flight any more
-            answered = torch.tensor([peer.answered[r] for r in range(n)], dtype=torch.int64)
-            reply_bytes = peer.reply_bytes
-            state = dataclasses.replace(
-                state,
-                x=state.x + peer.take_shift()[None],
-                interactions=state.interactions + answered.sum(),
-            )
-        self.state = state
-        samples = self.oracle.meter.reset()
-        messages, nbytes = comm.traffic.reset()
-        mine = {
-            "state": state,
-            "work": torch.cat([samples, messages + answered.sum(), nbytes + reply_bytes]),
-            "delivered": torch.tensor([comm.delivered[r] for r in range(n)], dtype=torch.int64),
-            "answered": answered,
-            "lost": comm.lost,
-            "events": self.made,
-            "loss": (self.loss_sum, self.loss_count),
-            "staleness": comm.staleness,
-            "buffers": self.oracle.buffers,
-        }
+        mine = self._mine()
+        self.state = mine["state"]
         if rank != 0:
             finish.post(mine)
             return
         survivors = [r for r in range(n) if r not in verdict.crashed]
         finals = {0: mine} | finish.collect(survivors[1:], job.x0.device)
-        self.rows = Final.of(job, comm, [finals[r] for r in survivors], survivors, verdict.crashed)
+        parts = [finals[r] for r in survivors]
+        self.rows = Rows.of(job, comm, parts, survivors, verdict.crashed, audit=True)
 
     def counters(self) -> Counters:
         rows = self.rows
-        if rows is None:  # no record before the end
+        if rows is None:  # no record here
             return Counters({}, None, float("nan"), self.job.rounds)
-        return Counters(rows.totals, None, rows.train_loss, self.job.rounds)
+        return Counters(rows.totals, None, rows.train_loss, rows.round)
 
     def snapshot(self) -> Snapshot | None:
         rows = self.rows
@@ -230,9 +278,11 @@ class DistEvents:
 
 
 @dataclass(frozen=True)
-class Final:
-    """Rank 0's view of the survivors at the end: what the record reads."""
+class Rows:
+    """Rank 0's view of the live ranks at an evaluation round or at the end: what the
+    record reads."""
 
+    round: int
     x: torch.Tensor  # (s, d)
     state: Any  # (s, ...)
     buffers: Any
@@ -250,7 +300,12 @@ class Final:
         rows: list[dict[str, Any]],
         survivors: list[int],
         crashed: tuple[int, ...],
-    ) -> Final:
+        audit: bool = False,
+        at: int | None = None,
+    ) -> Rows:
+        """The rows of ``survivors`` (their parts, :meth:`DistEvents._mine`), at round
+        ``at`` (default: the last); ``audit``: at the end, check every exchange between
+        survivors (nothing is in flight any more)."""
         n = job.n_agents
         work = torch.stack([f["work"] for f in rows])  # (s, 3) samples, messages, bytes
         totals = dict(zip(("samples", "messages", "bytes"), work.unbind(1), strict=True))
@@ -261,14 +316,16 @@ class Final:
         fields: dict[str, Any] = {"events": sum(f["events"] for f in rows)}
         centre = None
         if isinstance(job.algorithm, GossipAlgorithm):  # among survivors
-            fields["interactions_answered"] = int(got.sum())
-            fields["interactions_unmatched"] = int(
-                (delivered[:, survivors].T - got[:, survivors]).abs().sum()
-            )
+            if audit:
+                fields["interactions_answered"] = int(got.sum())
+                fields["interactions_unmatched"] = int(
+                    (delivered[:, survivors].T - got[:, survivors]).abs().sum()
+                )
         else:
-            initiated = torch.zeros(n, dtype=torch.int64)
-            initiated[survivors] = delivered[torch.arange(len(survivors)), survivors]
-            fields["exchanges_unmatched"] = unapplied_exchanges(comm, initiated, survivors)
+            if audit:
+                initiated = torch.zeros(n, dtype=torch.int64)
+                initiated[survivors] = delivered[torch.arange(len(survivors)), survivors]
+                fields["exchanges_unmatched"] = unapplied_exchanges(comm, initiated, survivors)
             fields |= staleness_fields(sum((f["staleness"] for f in rows), Counter()))
             centre = comm.centre()
         lost = sum(f["lost"] for f in rows)
@@ -280,6 +337,7 @@ class Final:
         if crashed:
             judged = dataclasses.replace(job, shards=[job.shards[r] for r in survivors])
         return cls(
+            round=job.rounds if at is None else at,
             x=everyone.x,
             state=everyone,
             buffers=stack_buffers([f["buffers"] for f in rows]),

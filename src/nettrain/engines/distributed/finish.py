@@ -17,6 +17,11 @@ down:
 3. every survivor reads the verdict and posts its final state (``final/<rank>``,
    ``torch.save`` bytes); rank 0 reads them and writes the record.
 
+Before the end, every worker posts its state at each evaluation point it passes
+(``eval/<round>/<rank>``, :meth:`Finish.post`); rank 0 gathers them
+(:meth:`Finish.gather`) as the workers reach that round, leaving out a worker whose
+heartbeat stopped, and writes the record of that round.
+
 Rank 0 and the parameter-server ranks must not die: rank 0 hosts the store (launched
 without torchrun), decides and writes the record; the servers hold the centre. A worker
 that finds rank 0 silent (or the store gone) raises :class:`PeerError`. Under torchrun
@@ -80,6 +85,15 @@ def read_verdict(store: dist.Store, prefix: str) -> Verdict | None:
     """The verdict, if rank 0 posted one (raises RuntimeError when the store is gone)."""
     key = prefix + "verdict"
     return Verdict.loads(store.get(key)) if store.check([key]) else None
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """The posts of the workers that reached an evaluation point, by rank, and the
+    workers found dead on the way."""
+
+    posts: dict[int, Any]
+    dead: tuple[int, ...] = ()
 
 
 class Silence:
@@ -178,11 +192,36 @@ class Finish:
     def _get(self, key: str) -> Callable[[], bytes]:
         return lambda: self.store.get(self.prefix + key)
 
-    def post(self, final: Any) -> None:
-        """A survivor's final state, for rank 0 (any object ``torch.save`` takes)."""
+    def post(self, final: Any, key: str = "final") -> None:
+        """A survivor's final state (or its state at an evaluation point: ``key``
+        ``eval/<round>``), for rank 0 (any object ``torch.save`` takes)."""
         buffer = io.BytesIO()
         torch.save(final, buffer)
-        self._set(f"final/{self.rank}", buffer.getvalue())
+        self._set(f"{key}/{self.rank}", buffer.getvalue())
+
+    def gather(
+        self, key: str, ranks: Iterable[int], device: torch.device | None = None
+    ) -> Gathered | None:
+        """Rank 0: what the workers ``ranks`` post under ``key`` (an evaluation point), as
+        they reach it. A worker whose heartbeat stops is left out (``dead``); None if one
+        of them failed (it never posts: the run ends with its error). Each post is
+        removed from the store once read."""
+        posts, dead = {}, []
+        for r in ranks:
+            name = f"{key}/{r}"
+            while not self._has(name):
+                if self._has(f"failed/{r}"):
+                    return None
+                if self._silent(r):
+                    dead.append(r)
+                    break
+                self._poll()
+            else:
+                raw = self._call(f"reading rank {r}'s {key}", self._get(name))
+                posts[r] = torch.load(io.BytesIO(raw), map_location=device, weights_only=False)
+                gone = self.prefix + name
+                self._call(f"removing {name!r}", lambda gone=gone: self.store.delete_key(gone))
+        return Gathered(posts, tuple(dead))
 
     def collect(self, ranks: Iterable[int], device: torch.device | None = None) -> dict[int, Any]:
         """Rank 0: the final states of the survivors ``ranks``, as they post them."""
