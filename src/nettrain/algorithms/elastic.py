@@ -239,6 +239,8 @@ class TreeEASGD(LocalStep, Algorithm[TreeState]):
     tree_periods: tuple[int, ...] = ()  # per level, leaves first
     name = "tree_easgd"
     stability_hint = "Lower the learning rate (lr=) or the moving rate (alpha=)"
+    engines = frozenset({"sim"})
+    engines_note = "runs in engine=sim only (the tree's inner nodes live in one process)"
 
     def __post_init__(self) -> None:
         super().__post_init__()

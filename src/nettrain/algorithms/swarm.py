@@ -70,6 +70,11 @@ class SwarmSGD(LocalStep, GossipAlgorithm[SwarmState]):
             raise ConfigError(f"local_steps must be >= 0 (0 = pure gossip), got {self.local_steps}")
         self.refuse_momentum("(momentum buffers across asynchronous averaging are not implemented)")
 
+    @property
+    def geometric_phases(self) -> bool:
+        """``geometric_steps``: phases of a geometric number of steps, mean ``local_steps``."""
+        return self.geometric_steps
+
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> SwarmState:
         return SwarmState(x0, torch.zeros(x0.shape[0], dtype=torch.int64))
 

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import torch
 
-from nettrain.algorithms.base import AsyncAlgorithm
 from nettrain.checkpoint import Checkpoint, load_state, state_dict
 from nettrain.engines.base import Job, RunResult, account_round, work_totals
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
@@ -32,7 +31,7 @@ class SimEngine:
 
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
         """Run ``job``; with ``resume``, continue from that checkpoint's round."""
-        if isinstance(job.algorithm, AsyncAlgorithm):
+        if job.algorithm.schedule == "events":
             return run_events(job, folder, resume=resume)
         start = time.perf_counter()
         rounds = SimRounds(job, resume)
