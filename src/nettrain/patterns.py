@@ -130,6 +130,18 @@ class Communicator(ABC):
     traffic: Traffic
     losses: Losses | None = None  # the engine's faults for the exchanges in progress
 
+    def local_rows(self, ids: torch.Tensor, held_only: bool = False) -> torch.Tensor:
+        """The rows of the local stack ``x: (m, d)`` that hold the global agent ids
+        ``ids: (k,)``, in their order, ``(k,)`` int64. An id held by another process is
+        an error, unless ``held_only``: then it is left out (a partner held elsewhere)."""
+        where = {int(a): k for k, a in enumerate(self.agents.tolist())}
+        missing = [int(a) for a in ids if int(a) not in where]
+        if missing and not held_only:
+            raise ValueError(
+                f"agents {missing} are not held here (this process holds {list(where)})"
+            )
+        return torch.tensor([where[int(a)] for a in ids if int(a) in where], dtype=torch.int64)
+
     @contextmanager
     def losing(self, losses: Losses | None) -> Iterator[None]:
         """The exchanges started inside lose what ``losses`` says (None: nothing)."""
