@@ -14,6 +14,7 @@ from nettrain.algorithms import DPSGD, Algorithm
 from nettrain.algorithms.base import BlockOracle
 from nettrain.engines.shared_memory.engine import SharedMemoryEngine
 from nettrain.errors import ConfigError
+from nettrain.experiment import ENGINES
 from nettrain.patterns import Communicator, SharedModel
 from nettrain.problem.oracle import Oracle
 from nettrain.recording import RunFolder
@@ -85,3 +86,19 @@ def test_a_method_without_the_engine_is_refused_with_its_reason() -> None:
     with pytest.raises(ConfigError, match="engine=shared_memory cannot run algorithm=dpsgd") as e:
         SharedMemoryEngine(processes=2).run(job, RunFolder(None))
     assert DPSGD.engines_note in str(e.value)
+
+
+@dataclass(frozen=True)
+class SharedOnly(HalvedGD):
+    """A method that declares the shared-memory engine only."""
+
+    name = "shared_only"
+    engines = frozenset({"shared_memory"})
+    engines_note = "runs on one shared model only"
+
+
+@pytest.mark.parametrize("engine", ["sim", "distributed"])
+def test_every_engine_refuses_a_method_that_does_not_name_it(engine: str) -> None:
+    job, _ = job_of(SharedOnly(), rounds=2)
+    with pytest.raises(ConfigError, match=f"engine={engine} cannot run algorithm=shared_only"):
+        ENGINES[engine]().run(job, RunFolder(None))

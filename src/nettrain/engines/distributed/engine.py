@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from nettrain.checkpoint import Checkpoint
-from nettrain.engines.base import Job, RunResult
+from nettrain.engines.base import Job, RunResult, check_engine
 from nettrain.engines.centre import CentreShard, shard_rows
 from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.events import run_events
@@ -165,6 +165,7 @@ class DistributedEngine:
         0's local disk. Each worker keeps its own rows; rank 0 gives each parameter server
         its slice of the centre back. See :func:`~.rounds.run_rounds` for what is saved.
         """
+        check_engine(self.name, job.algorithm)
         if resume is not None and job.algorithm.schedule == "events":
             raise ConfigError(
                 f"algorithm={job.algorithm.name} is asynchronous: its processes never stop at "

@@ -46,7 +46,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nettrain.checkpoint import Checkpoint
-from nettrain.engines.base import Job, RunResult
+from nettrain.engines.base import Job, RunResult, check_engine
 from nettrain.engines.distributed.engine import launched_rank
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.shared_memory.averaging import ModelAverager
@@ -132,11 +132,7 @@ class SharedMemoryEngine:
                 "BatchNorm) or engine=sim"
             )
         algo = job.algorithm
-        if self.name not in algo.engines:
-            raise ConfigError(
-                f"engine=shared_memory cannot run algorithm={algo.name}: {algo.name} "
-                f"{algo.engines_note}"
-            )
+        check_engine(self.name, algo)
         blocks = algo.shared_blocks(self.processes)  # checks the workers it was built for
         if self.processes > usable_cores():
             warnings.warn(
