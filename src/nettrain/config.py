@@ -36,7 +36,6 @@ from nettrain.algorithms import (
     ALGORITHMS,
     SOLVERS,
     SURROGATES,
-    AsyncAlgorithm,
     Method,
     resolve,
 )
@@ -55,8 +54,17 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENGINES = ("sim", "distributed", "shared_memory")
-# what engine=shared_memory runs: the partitioned method, Hogwild, synchronous data-parallel
-SHARED_MEMORY_ALGORITHMS = ("block_async", "hogwild", "allreduce")
+# what engine=shared_memory runs (the built-ins with it in their engines): the
+# partitioned method, Hogwild, synchronous data-parallel SGD
+SHARED_MEMORY_ALGORITHMS = tuple(
+    k for k, cls in ALGORITHMS.items() if "shared_memory" in cls.engines
+)
+# what an engine is, for a method that cannot run there
+ENGINE_NOTES = {
+    "sim": "simulates every agent in one process",
+    "distributed": "runs one process per agent",
+    "shared_memory": "runs one model shared by processes=P workers",
+}
 PHASES = ("fixed", "poisson")
 INITS = ("seed", "model")
 PROVENANCE = "provenance"  # config.json's versions and command line, not a key
@@ -506,16 +514,13 @@ class RunConfig:
         """The checks that span sections: the method, the engine and the faults together."""
         method = resolve(self.algorithm)
         self._check_used(method)
-        asynchronous = issubclass(method, AsyncAlgorithm)
+        self._check_engine(method)
+        asynchronous = method.schedule == "events"
         if self.engine == "distributed" and self.nproc not in (0, self.world_size):
             servers = f" plus {self.world_size - self.agents} servers" if self.uses_servers else ""
             raise ConfigError(
                 f"engine=distributed runs one process per agent{servers}: nproc={self.nproc} "
                 f"but agents={self.agents}; set nproc={self.world_size} (or nproc=0)"
-            )
-        if self.engine == "distributed" and self.algorithm == "tree_easgd":
-            raise ConfigError(
-                "tree_easgd runs in engine=sim only (the tree's inner nodes live in one process)"
             )
         if asynchronous and self.checkpoint_every and self.engine != "sim":
             raise ConfigError(
@@ -538,21 +543,23 @@ class RunConfig:
                 "checkpoint_every is implemented for engine=sim and engine=distributed; "
                 "engine=shared_memory cannot resume (set checkpoint_every=0)"
             )
-        if self.engine == "shared_memory" and self.algorithm not in SHARED_MEMORY_ALGORITHMS:
-            raise ConfigError(
-                f"engine=shared_memory runs one model shared by processes=P workers: "
-                f"algorithm={self.algorithm} cannot run there; choose one of "
-                f"{', '.join(SHARED_MEMORY_ALGORITHMS)} (or engine=sim)"
-            )
-        if self.algorithm in ("block_async", "hogwild") and self.engine == "distributed":
-            raise ConfigError(
-                f"algorithm={self.algorithm} updates one shared model: run it with "
-                "engine=shared_memory (real processes, averaged across machines under torchrun "
-                "with average_every=K) or engine=sim (simulated workers)"
-            )
         self._check_faults(method)
         if ALGORITHMS.get(self.algorithm) is method:
             build_algorithm(self)  # a built-in method checks its settings before any work
+
+    def _check_engine(self, method: type[Method]) -> None:
+        """The engine is one of the method's ``engines``; else say why (its
+        ``engines_note``) and where it runs, and what runs on this engine."""
+        if self.engine in method.engines:
+            return
+        where = " or ".join(f"engine={e}" for e in ENGINES if e in method.engines)
+        here = [k for k, cls in ALGORITHMS.items() if self.engine in cls.engines]
+        few = f", or on engine={self.engine} one of {', '.join(here)}"
+        raise ConfigError(
+            f"engine={self.engine} {ENGINE_NOTES[self.engine]}: algorithm={self.algorithm} "
+            f"cannot run there; {method.name} {method.engines_note}. Use {where}"
+            f"{few if 2 * len(here) < len(ALGORITHMS) else ''}"
+        )
 
     def _check_used(self, method: type[Method]) -> None:
         """A method key set away from its default must be one ``method`` uses."""
@@ -583,7 +590,7 @@ class RunConfig:
                 "message_drop, crash and split are injected in engine=sim and "
                 "engine=distributed; engine=shared_memory workers send no messages"
             )
-        if issubclass(method, AsyncAlgorithm) and not method.tolerates_faults:
+        if method.schedule == "events" and not method.tolerates_faults:
             raise ConfigError(
                 f"algorithm={self.algorithm} does not take message_drop, crash or split; the "
                 f"asynchronous methods that do: {', '.join(FAULT_TOLERANT)}"

@@ -13,7 +13,10 @@ The patterns:
 * pairwise exchange on disjoint pairs, through a compressor (:meth:`Communicator.swap`);
 * worker-to-centre exchange with centre variables held by (sharded) parameter
   servers (:meth:`Communicator.centre_exchange`), each server applying the method's
-  :class:`ServerRule` to its slice.
+  :class:`ServerRule` to its slice;
+* one model shared by worker processes, cut into blocks, read and written in place
+  without locks (:class:`SharedModel`: ``read_shared``, ``write_shared``,
+  ``mean_shared``), the pattern of the ``shared_memory`` engine.
 
 The ``start_*`` methods return a :class:`Handle` whose ``wait()`` finishes the
 operation, so communication can overlap the next local computation (Bluefog-style);
@@ -27,7 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -126,6 +129,18 @@ class Communicator(ABC):
     agents: torch.Tensor  # (m,) global ids of the agents held here
     traffic: Traffic
     losses: Losses | None = None  # the engine's faults for the exchanges in progress
+
+    def local_rows(self, ids: torch.Tensor, held_only: bool = False) -> torch.Tensor:
+        """The rows of the local stack ``x: (m, d)`` that hold the global agent ids
+        ``ids: (k,)``, in their order, ``(k,)`` int64. An id held by another process is
+        an error, unless ``held_only``: then it is left out (a partner held elsewhere)."""
+        where = {int(a): k for k, a in enumerate(self.agents.tolist())}
+        missing = [int(a) for a in ids if int(a) not in where]
+        if missing and not held_only:
+            raise ValueError(
+                f"agents {missing} are not held here (this process holds {list(where)})"
+            )
+        return torch.tensor([where[int(a)] for a in ids if int(a) in where], dtype=torch.int64)
 
     @contextmanager
     def losing(self, losses: Losses | None) -> Iterator[None]:
@@ -232,3 +247,66 @@ class Communicator(ABC):
     def centre(self) -> torch.Tensor:
         """The centre variable ``(d,)`` as the servers hold it now (row 0 of their rows)."""
         raise NotImplementedError(f"{type(self).__name__} has no centre")
+
+
+class SharedModel(ABC):
+    """One model ``x: (d,)`` in memory that ``workers`` processes map, cut into ``blocks``
+    contiguous blocks (:func:`~nettrain.problem.flat.block_slices`); the view of worker
+    ``worker``. One per worker of the ``shared_memory`` engine.
+
+    Reads and writes take no lock: others write while a worker reads (the inconsistent
+    read of Hogwild). The pattern counts, per block, the writes it has received (its
+    *version*) and per worker the writes it made to each block; the *staleness* of a
+    read is, summed over its blocks, the writes they received after it until it is used
+    (the worker's next ``write_shared`` or ``mean_shared``).
+    """
+
+    worker: int  # c, this worker
+    workers: int  # P, all workers
+    blocks: int  # the blocks the model is cut into
+    slices: list[slice]  # the blocks' columns
+
+    def owned(self) -> tuple[int, ...]:
+        """The blocks this worker owns, round robin: ``b`` with ``b mod P = worker``."""
+        return tuple(range(self.worker, self.blocks, self.workers))
+
+    def mask(self, blocks: tuple[int, ...]) -> torch.Tensor:
+        """``(d,)`` bool: the coordinates of ``blocks``."""
+        mask = torch.zeros(self.slices[-1].stop, dtype=torch.bool)
+        for b in blocks:
+            mask[self.slices[b]] = True
+        return mask
+
+    @abstractmethod
+    def read_shared(self) -> torch.Tensor:
+        """A private copy of the shared ``x`` ``(d,)`` as it is now (others may be writing);
+        remembers the blocks' versions for the read's staleness."""
+
+    @abstractmethod
+    def write_shared(self, blocks: tuple[int, ...], direction: torch.Tensor, lr: float) -> None:
+        """``x_b <- x_b - lr direction_b`` in place for every ``b`` in ``blocks``, one
+        block after another, no lock; ``direction: (d,)``. Each written block's version
+        and this worker's count of writes to it go up by one."""
+
+    @abstractmethod
+    def mean_shared(self, g: torch.Tensor) -> torch.Tensor:
+        """``(1/P) sum_p g_p`` ``(d,)``: every worker puts its ``g: (d,)`` and waits for all
+        the others (a barrier), so every worker must call it in the same step."""
+
+    @abstractmethod
+    def sync_shared(self) -> None:
+        """Wait until every worker has reached this call (a barrier)."""
+
+
+def shared_fields(
+    stale_sum: torch.Tensor, reads: torch.Tensor, stale_max: torch.Tensor, updates: torch.Tensor
+) -> dict[str, Any]:
+    """Record fields from a shared model's counters: the staleness of its block reads
+    (mean over every block read, and max) and ``updates: (blocks,)``, writes per block."""
+    return {
+        "staleness_mean": float(stale_sum) / max(int(reads), 1),
+        "staleness_max": int(stale_max),
+        "updates_per_block_min": int(updates.min()),
+        "updates_per_block_max": int(updates.max()),
+        "updates_per_block": [int(v) for v in updates],
+    }

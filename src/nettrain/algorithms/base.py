@@ -8,17 +8,23 @@ local agents from their starting point ``x0: (m, d)``. A synchronous
 events instead: the engine decides when each agent's local phase ends and whom it
 then talks to (``interact``). States are frozen dataclasses of tensors whose leading
 axis is the local agent axis; every state has ``x``.
+
+Engines never test an algorithm's class: they read its *capabilities*, class
+attributes of :class:`Method` (``schedule``, ``partner``, ``engines``,
+``shared_writes``, ``uses_rpc``, ``uses_centre``, ``tolerates_faults``, ...), and the
+configuration refuses a method on an engine not in its ``engines``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import torch
 
 from nettrain.compression import Compressor
-from nettrain.patterns import Communicator
+from nettrain.errors import ConfigError
+from nettrain.patterns import Communicator, SharedModel
 from nettrain.problem.oracle import Oracle, Problem
 
 
@@ -27,6 +33,17 @@ class HasParams(Protocol):
 
 
 S = TypeVar("S", bound=HasParams)
+
+ENGINE_NAMES = frozenset({"sim", "distributed", "shared_memory"})  # what ``engines`` may hold
+
+
+class BlockOracle(Protocol):
+    """One worker's loss and gradient on the shared-memory engine: each call draws the
+    worker's next mini-batch and returns ``(loss, g: (d,))`` at ``x: (d,)``, ``g`` exact
+    on the parameter tensors that touch ``blocks`` and zero on the others (autograd
+    skips those)."""
+
+    def __call__(self, x: torch.Tensor, blocks: tuple[int, ...]) -> tuple[float, torch.Tensor]: ...
 
 
 class Method(ABC, Generic[S]):
@@ -44,6 +61,23 @@ class Method(ABC, Generic[S]):
     # sends its models or gradients through the config's quantizer= (the others send
     # them as they are, and refuse one)
     compresses: ClassVar[bool] = False
+    # how the engines drive it: "rounds", ``step`` once per round by every agent
+    # (:class:`Algorithm`), or "events", ``interact`` per event (:class:`AsyncAlgorithm`)
+    schedule: ClassVar[Literal["rounds", "events"]] = "rounds"
+    # whom an event-driven method talks to: "neighbour" (pairwise gossip through
+    # ``comm.swap``, the partner running ``absorb``) or "centre" (the parameter
+    # servers through ``comm.centre_exchange``); "none" for a round-based method
+    partner: ClassVar[Literal["none", "neighbour", "centre"]] = "none"
+    # the engines it runs on (of ``sim``, ``distributed``, ``shared_memory``); the
+    # configuration refuses the others, saying ``engines_note`` (why not, what instead)
+    engines: ClassVar[frozenset[str]] = frozenset({"sim", "distributed"})
+    engines_note: ClassVar[str] = (
+        "exchanges the models of its agents, and the shared-memory workers hold one model"
+    )
+    # its workers write blocks of one shared model without waiting for each other
+    # (block_async, hogwild: ``shared_step`` uses ``write_shared`` only); a method on
+    # engine=shared_memory without it synchronises its workers through ``mean_shared``
+    shared_writes: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -71,6 +105,36 @@ class Method(ABC, Generic[S]):
         """The model a centre-based method is judged by ``(d,)`` (EASGD's ``x~``), or None."""
         return comm.centre() if self.uses_centre else None
 
+    @property
+    def geometric_phases(self) -> bool:
+        """Whether an event-driven method's local phases have a geometric number of steps
+        with mean ``local_steps`` (SwarmSGD's ``geometric_steps``); else exactly that many."""
+        return False
+
+    # --- engine=shared_memory: P worker processes on one shared model (SharedModel) ---
+
+    def shared_blocks(self, workers: int) -> int:
+        """The blocks the shared model is cut into for ``workers`` processes; a ConfigError
+        if the method was built for other workers. Only for ``shared_memory`` in
+        ``engines``."""
+        raise ConfigError(
+            f"algorithm={self.name} does not run on engine=shared_memory: {self.engines_note}"
+        )
+
+    def shared_init(self, x: torch.Tensor) -> Any:
+        """One worker's own state (its momentum, say) for the shared model ``x: (d,)``."""
+        return None
+
+    def shared_step(
+        self, state: Any, k: int, oracle: BlockOracle, shared: SharedModel
+    ) -> tuple[Any, float]:
+        """A worker's ``k``-th step (from 0) on the shared model: read through ``shared``,
+        a gradient from ``oracle``, write through ``shared``. Returns the worker's new
+        state and its training loss."""
+        raise ConfigError(
+            f"algorithm={self.name} does not run on engine=shared_memory: {self.engines_note}"
+        )
+
 
 class Algorithm(Method[S]):
     """A synchronous round-based method: ``state_{t+1} = step(state_t, t)``."""
@@ -92,6 +156,7 @@ class AsyncAlgorithm(Method[S]):
     local_steps: int  # mean steps of one local phase (its duration on the virtual clock)
     blocking: bool  # the partner stops, makes its own phase and both update at once
     uses_rpc = True  # the distributed engine runs it on rpc
+    schedule = "events"
 
     def events_per_round(self, n: int) -> float:
         """Events of ``n`` agents that make one round of the run (``rounds`` scales them)."""
@@ -117,6 +182,7 @@ class GossipAlgorithm(AsyncAlgorithm[S]):
     """Pairwise gossip (SwarmSGD, AD-PSGD): the partner is a neighbour in the graph."""
 
     compressor: Compressor  # what the exchanges send
+    partner = "neighbour"
 
     @abstractmethod
     def absorb(self, own: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
@@ -150,6 +216,7 @@ class CentreAlgorithm(CentreRule, AsyncAlgorithm[S]):
 
     tau: int
     blocking = False
+    partner = "centre"
 
     @property
     def local_steps(self) -> int:  # type: ignore[override]

@@ -27,6 +27,7 @@ import torch
 
 from nettrain.algorithms.base import Algorithm
 from nettrain.algorithms.sgd import LocalStep, SGDState, sgd_direction, sgd_step
+from nettrain.algorithms.shared import SharedDataParallel
 from nettrain.compression import Compressor, EFState, ErrorFeedback, TopK
 from nettrain.errors import ConfigError
 from nettrain.patterns import Communicator, Handle
@@ -88,7 +89,7 @@ class AllReduceState:
 
 
 @dataclass(frozen=True)
-class AllReduceSGD(LocalStep, Algorithm[AllReduceState]):
+class AllReduceSGD(LocalStep, SharedDataParallel, Algorithm[AllReduceState]):
     """Synchronous data-parallel SGD (what DDP does): ``x <- x - lr * mean_i g_i(x)``.
 
     Every agent holds the same ``x``; the gradients are averaged by an all-reduce each
@@ -102,7 +103,8 @@ class AllReduceSGD(LocalStep, Algorithm[AllReduceState]):
     so ``decode(p_i) + e_new == g_i + e_old``: nothing is dropped, only delayed. Every
     agent still holds the same ``x`` when decoding ignores the reference (QSGD, top-k,
     fp16/bf16); the lattice quantiser decodes a gradient against the receiver's own,
-    so it needs gradients within its radius of each other.
+    so it needs gradients within its radius of each other. On ``engine=shared_memory``
+    its workers share one model (:class:`~nettrain.algorithms.shared.SharedDataParallel`).
     """
 
     compressor: Compressor | None = None

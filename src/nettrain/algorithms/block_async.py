@@ -27,8 +27,9 @@ block: the first ``warmup`` steps, and after them every ``full_every``-th step
 Hogwild is the same step with every step full and no partition.
 
 Two engines run it. ``engine=shared_memory`` runs ``P`` real processes on one model
-in shared memory (:mod:`nettrain.engines.shared_memory`), using :meth:`written` and
-:meth:`step_size`. ``engine=sim`` runs it as a synchronous :class:`Algorithm` whose
+in shared memory: each runs :meth:`BlockAsyncSGD.shared_step`, the step above written
+against the shared-model pattern (:class:`~nettrain.patterns.SharedModel`).
+``engine=sim`` runs it as a synchronous :class:`Algorithm` whose
 ``agents`` are the ``P`` workers: every round each worker reads the shared model with
 per-block random delays, takes one step, and all writes of the round land together
 (see :meth:`BlockAsyncSGD.step`), to study staleness at larger ``P`` than a machine
@@ -43,10 +44,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from nettrain.algorithms.base import Algorithm
-from nettrain.algorithms.sgd import LocalStep, SGDState, sgd_direction
+from nettrain.algorithms.base import Algorithm, BlockOracle
+from nettrain.algorithms.sgd import LocalStep, masked_direction
 from nettrain.errors import ConfigError
-from nettrain.patterns import Communicator
+from nettrain.patterns import Communicator, SharedModel, shared_fields
 from nettrain.problem.flat import block_slices
 from nettrain.problem.oracle import Oracle, Problem, agent_seed
 
@@ -99,6 +100,13 @@ class BlockAsyncSGD(LocalStep, Algorithm[BlockAsyncState]):
     seed: int = 0
     name = "block_async"
     partitioned: ClassVar[bool] = True
+    engines = frozenset({"sim", "shared_memory"})
+    engines_note = (
+        "updates one shared model: run it with engine=shared_memory (real processes, "
+        "averaged across machines under torchrun with average_every=K) or engine=sim "
+        "(simulated workers)"
+    )
+    shared_writes = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,6 +116,8 @@ class BlockAsyncSGD(LocalStep, Algorithm[BlockAsyncState]):
             raise ConfigError(
                 f"{self.name} needs workers >= 0 (0 = one per agent or process) and blocks >= 1"
             )
+        if self.max_delay < 0:
+            raise ConfigError(f"max_delay must be >= 0, got {self.max_delay}")
         if self.warmup < 0 or self.full_every < 0:
             raise ConfigError(
                 f"warmup and full_every must be >= 0, got {self.warmup} and {self.full_every}"
@@ -123,8 +133,6 @@ class BlockAsyncSGD(LocalStep, Algorithm[BlockAsyncState]):
     def for_network(self, n_agents: int) -> BlockAsyncSGD:
         """``workers = 0`` becomes the run's workers: its agents, or its processes."""
         return dataclasses.replace(self, workers=n_agents) if self.workers == 0 else self
-        if self.max_delay < 0:
-            raise ConfigError(f"max_delay must be >= 0, got {self.max_delay}")
 
     def check(self, problem: Problem) -> None:
         if self.blocks > problem.dim:
@@ -133,7 +141,7 @@ class BlockAsyncSGD(LocalStep, Algorithm[BlockAsyncState]):
                 f"use blocks <= {problem.dim}"
             )
 
-    # --- the rule, as the shared-memory engine's workers use it ---
+    # --- the rule, shared by both engines ---
 
     def step_size(self, k: int) -> float:
         """``gamma(k) = lr / (1 + step_decay * lr * k)`` at a process's ``k``-th step."""
@@ -151,6 +159,42 @@ class BlockAsyncSGD(LocalStep, Algorithm[BlockAsyncState]):
         if self.full(k):
             return tuple(range(self.blocks))
         return owned_blocks(worker, self.workers, self.blocks)
+
+    def update(
+        self, read: torch.Tensor, g: torch.Tensor, u: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``u_b <- m u_b + g_b`` on the written coordinates (``mask``, of ``read``'s
+        shape; Nesterov and weight decay as in :mod:`nettrain.algorithms.sgd`): the
+        direction ``d`` a write subtracts times ``gamma(k)``, and the new momentum."""
+        return masked_direction(read, g, u, mask, self.sgd)
+
+    # --- engine=shared_memory: one real process per worker ---
+
+    def shared_blocks(self, workers: int) -> int:
+        """``blocks``; a ConfigError unless the method was built for ``workers``."""
+        if self.workers != workers:
+            raise ConfigError(
+                f"{self.name} was built for {self.workers} workers but processes="
+                f"{workers}; build both from one config"
+            )
+        return self.blocks
+
+    def shared_init(self, x: torch.Tensor) -> torch.Tensor:
+        """The worker's momentum ``u: (d,)``, zero."""
+        return torch.zeros_like(x)
+
+    def shared_step(
+        self, state: torch.Tensor, k: int, oracle: BlockOracle, shared: SharedModel
+    ) -> tuple[torch.Tensor, float]:
+        """Worker ``c``'s ``k``-th step (the module's rule): read the whole model while
+        others write, the gradient for the blocks it writes only, then the lock-free
+        writes ``x_b <- x_b - gamma(k) d_b`` of :meth:`written`."""
+        blocks = self.written(shared.worker, k)
+        read = shared.read_shared()
+        loss, g = oracle(read, blocks)
+        direction, u = self.update(read, g, state, shared.mask(blocks))
+        shared.write_shared(blocks, direction, self.step_size(k))
+        return u, loss
 
     # --- the simulator: P workers in one process, reads with random delays ---
 
@@ -216,10 +260,9 @@ class BlockAsyncSGD(LocalStep, Algorithm[BlockAsyncState]):
         rows[shard] = read
         loss, g = oracle.grad(rows)
         loss, g = loss[shard], g[shard]  # (n,), (n, d) back in worker order
-        direction, sgd = sgd_direction(read, g, SGDState(state.u), self.sgd)
         written = self.written_mask(t)  # (n, blocks)
         mask = written[:, blk]  # (n, d)
-        u = torch.where(mask, sgd.buf, state.u) if sgd.buf is not None else state.u
+        direction, u = self.update(read, g, state.u, mask)
         shared = state.x[0] - self.step_size(t) * (direction * mask).sum(0)  # (d,)
         now = state.versions[t % depth]  # (blocks,) writes before this round
         after = now + written.sum(0)  # (blocks,)
@@ -247,17 +290,7 @@ class BlockAsyncSGD(LocalStep, Algorithm[BlockAsyncState]):
         )
 
 
-def staleness_fields(
-    stale_sum: torch.Tensor, reads: torch.Tensor, stale_max: torch.Tensor, updates: torch.Tensor
-) -> dict[str, Any]:
-    """Record fields from the counters: ``updates: (blocks,)`` writes per block."""
-    return {
-        "staleness_mean": float(stale_sum) / max(int(reads), 1),
-        "staleness_max": int(stale_max),
-        "updates_per_block_min": int(updates.min()),
-        "updates_per_block_max": int(updates.max()),
-        "updates_per_block": [int(v) for v in updates],
-    }
+staleness_fields = shared_fields  # record fields of the counters (nettrain.patterns)
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,7 @@ class EASGDAsync(LocalStep, ElasticRule, CentreAlgorithm[ElasticState]):
         return 0.0
 
     def interact(self, state, pairs, oracle, comm, generator, steps):
-        rows = local_rows(comm, pairs[:, 0])
+        rows = comm.local_rows(pairs[:, 0])
         (x, v), loss = local_phase(
             (state.x[rows], state.v[rows]),
             rows,
@@ -216,12 +216,6 @@ class EAMSGD(EASGDAsync):
         return SGDConfig(self.lr, weight_decay=self.weight_decay)
 
 
-def local_rows(comm: Communicator, workers: torch.Tensor) -> torch.Tensor:
-    """Rows of the local stack that hold the global agent ids ``workers``."""
-    where = {int(a): k for k, a in enumerate(comm.agents.tolist())}
-    return torch.tensor([where[int(w)] for w in workers], dtype=torch.int64)
-
-
 @dataclass(frozen=True)
 class TreeState:
     x: torch.Tensor  # (n, d) the leaves (workers)
@@ -239,6 +233,8 @@ class TreeEASGD(LocalStep, Algorithm[TreeState]):
     tree_periods: tuple[int, ...] = ()  # per level, leaves first
     name = "tree_easgd"
     stability_hint = "Lower the learning rate (lr=) or the moving rate (alpha=)"
+    engines = frozenset({"sim"})
+    engines_note = "runs in engine=sim only (the tree's inner nodes live in one process)"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -90,6 +90,17 @@ def sgd_direction(
     return direction, SGDState(buf)
 
 
+def masked_direction(
+    x: torch.Tensor, g: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, cfg: SGDConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sgd_direction` of a step that writes only where ``mask`` is true: the
+    direction, and the momentum ``u`` moved only there (elsewhere it is kept)."""
+    direction, state = sgd_direction(x, g, SGDState(u), cfg)
+    if state.buf is None:
+        return direction, u
+    return direction, torch.where(mask, state.buf, u)
+
+
 def sgd_step(
     x: torch.Tensor, g: torch.Tensor, state: SGDState, cfg: SGDConfig
 ) -> tuple[torch.Tensor, SGDState]:

@@ -70,6 +70,11 @@ class SwarmSGD(LocalStep, GossipAlgorithm[SwarmState]):
             raise ConfigError(f"local_steps must be >= 0 (0 = pure gossip), got {self.local_steps}")
         self.refuse_momentum("(momentum buffers across asynchronous averaging are not implemented)")
 
+    @property
+    def geometric_phases(self) -> bool:
+        """``geometric_steps``: phases of a geometric number of steps, mean ``local_steps``."""
+        return self.geometric_steps
+
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> SwarmState:
         return SwarmState(x0, torch.zeros(x0.shape[0], dtype=torch.int64))
 
@@ -92,9 +97,8 @@ class SwarmSGD(LocalStep, GossipAlgorithm[SwarmState]):
         return (own + received) / 2
 
     def interact(self, state, pairs, oracle, comm, generator, steps):
-        rows = {int(a): k for k, a in enumerate(comm.agents.tolist())}  # global id -> row
-        i = torch.tensor([rows[int(a)] for a in pairs[:, 0]], dtype=torch.int64)
-        j = torch.tensor([rows[int(b)] for b in pairs[:, 1] if int(b) in rows], dtype=torch.int64)
+        i = comm.local_rows(pairs[:, 0])  # the initiators' rows
+        j = comm.local_rows(pairs[:, 1], held_only=True)  # partners held here (the simulator)
         x = state.x  # (m, d) published models
         if self.blocking:
             movers = torch.cat([i, j])

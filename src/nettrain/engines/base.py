@@ -12,13 +12,23 @@ import torch
 from nettrain.algorithms.base import Algorithm, Method
 from nettrain.checkpoint import Checkpoint
 from nettrain.engines.sim.clock import CostModel, VirtualClock
-from nettrain.errors import DivergenceError
+from nettrain.errors import ConfigError, DivergenceError
 from nettrain.evaluation import model_metrics
 from nettrain.faults import Faults
 from nettrain.problem.buffers import Buffers, mean
 from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder
 from nettrain.topology import Topology
+
+
+def check_engine(engine: str, algorithm: Method) -> None:
+    """A ConfigError unless ``algorithm`` lists ``engine`` in its ``engines`` (every engine
+    checks this before any work; the configuration says it earlier, with choices)."""
+    if engine not in algorithm.engines:
+        raise ConfigError(
+            f"engine={engine} cannot run algorithm={algorithm.name}: {algorithm.name} "
+            f"{algorithm.engines_note}"
+        )
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nettrain.algorithms.base import AsyncAlgorithm
+from nettrain.algorithms.base import Method
 from nettrain.faults import CENTRE  # the partner of an exchange with the servers
 
 
@@ -21,12 +21,12 @@ class Draws:
         seed: int,
         agent: int,
         neighbours: list[int],
-        algo: AsyncAlgorithm,
+        algo: Method,
         drop: float = 0.0,
     ) -> None:
         self.neighbours = neighbours
-        self.mean_steps = algo.local_steps
-        self.geometric = bool(getattr(algo, "geometric_steps", False))
+        self.mean_steps: int = algo.local_steps  # type: ignore[attr-defined]
+        self.geometric = algo.geometric_phases
         self.drop = drop
         self._partners = np.random.default_rng([seed, agent, 0xA5])
         self._steps = np.random.default_rng([seed, agent, 0x5E])

@@ -25,9 +25,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nettrain.algorithms.base import AsyncAlgorithm
 from nettrain.checkpoint import Checkpoint
-from nettrain.engines.base import Job, RunResult
+from nettrain.engines.base import Job, RunResult, check_engine
 from nettrain.engines.centre import CentreShard, shard_rows
 from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.events import run_events
@@ -166,7 +165,8 @@ class DistributedEngine:
         0's local disk. Each worker keeps its own rows; rank 0 gives each parameter server
         its slice of the centre back. See :func:`~.rounds.run_rounds` for what is saved.
         """
-        if resume is not None and isinstance(job.algorithm, AsyncAlgorithm):
+        check_engine(self.name, job.algorithm)
+        if resume is not None and job.algorithm.schedule == "events":
             raise ConfigError(
                 f"algorithm={job.algorithm.name} is asynchronous: its processes never stop at "
                 "one round together, so engine=distributed cannot resume it; use engine=sim"
@@ -196,7 +196,7 @@ class DistributedEngine:
             if servers:
                 comm.attach_servers(n, block_slices(job.problem.dim, servers))
             try:
-                if not isinstance(algo, AsyncAlgorithm):
+                if algo.schedule != "events":
                     return run_rounds(job, folder, rank, comm, resume)
                 with ExitStack() as beating:
                     if store is None:  # the caller owns the group: beat from here
@@ -229,7 +229,7 @@ class DistributedEngine:
                 raise PeerError(
                     f"parameter server {shard}: rank 0 stopped responding for {self.timeout_s} s"
                 )
-        if isinstance(algo, AsyncAlgorithm):
+        if algo.schedule == "events":
             try:
                 verdict = read_verdict(store, events_prefix(session.serial))
             except RuntimeError:  # the store is gone: rank 0 left without waiting for anyone

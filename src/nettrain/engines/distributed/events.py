@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -92,8 +92,8 @@ class DistEvents:
     measured = True
 
     def __init__(self, job: Job, rank: int, comm: DistCommunicator, timeout_s: float) -> None:
-        algo = job.algorithm
-        assert isinstance(algo, AsyncAlgorithm) and comm.rpc is not None
+        algo = cast(AsyncAlgorithm, job.algorithm)  # schedule "events" (engine.run)
+        assert comm.rpc is not None
         n, session, faults = job.n_agents, comm.rpc, job.fault_spec
         store = session.store
         assert store is not None
@@ -104,9 +104,9 @@ class DistEvents:
             [job.shards[rank]], [rank], batch_size=job.batch_size, seed=job.seed
         )
         self.peer = None
-        if isinstance(algo, GossipAlgorithm):
+        if algo.partner == "neighbour":
             generator = torch.Generator().manual_seed(agent_seed(job.seed, rank, 1))
-            self.peer = Peer(algo, x[0], generator)
+            self.peer = Peer(cast(GossipAlgorithm, algo), x[0], generator)
             session.host("peer", self.peer)
             neighbours = sorted(job.topology.base_graph.neighbors(rank))
             self.events, self.tau = job.rounds, 1
@@ -315,7 +315,7 @@ class Rows:
         loss_sum, loss_count = (sum(f["loss"][k] for f in rows) for k in (0, 1))
         fields: dict[str, Any] = {"events": sum(f["events"] for f in rows)}
         centre = None
-        if isinstance(job.algorithm, GossipAlgorithm):  # among survivors
+        if job.algorithm.partner == "neighbour":  # among survivors
             if audit:
                 fields["interactions_answered"] = int(got.sum())
                 fields["interactions_unmatched"] = int(

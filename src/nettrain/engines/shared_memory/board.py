@@ -36,7 +36,7 @@ class Board:
     loss_sum: torch.Tensor  # (P,) float64 sum of the training losses of the steps
     ready: torch.Tensor  # (P,) int64 1 once a worker has set up and waits for tickets
     limit: torch.Tensor  # (1,) int64 tickets below limit may run (raised by the main process)
-    grads: torch.Tensor  # (P, d) the gradients of a synchronous round; (0, d) otherwise
+    grads: torch.Tensor  # (P, d) the gradients of mean_shared; (0, d) without it
     tickets: Any  # multiprocessing Value('q'): the next ticket
     barrier: Any  # multiprocessing Barrier(P): the rounds of synchronous data-parallel SGD
     errors: Any  # multiprocessing Queue of (worker, error class name, message)
@@ -45,7 +45,8 @@ class Board:
     def create(
         cls, x0: torch.Tensor, blocks: int, workers: int, synchronous: bool, ctx: SpawnContext
     ) -> Board:
-        """Fresh shared tensors for ``workers`` processes; the model starts at ``x0: (d,)``."""
+        """Fresh shared tensors for ``workers`` processes; the model starts at ``x0: (d,)``;
+        rows for ``mean_shared`` when ``synchronous``."""
         P, d = workers, x0.numel()
 
         def zeros(*shape: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:

@@ -2,11 +2,15 @@
 
 The main process puts the model ``x: (d,)`` and the counters in shared memory
 (:class:`~nettrain.engines.shared_memory.board.Board`) and spawns ``processes=P``
-workers (``torch.multiprocessing``, spawn context, one thread each). They run the
-method's steps without locks (:mod:`~nettrain.engines.shared_memory.worker`):
-``block_async`` (each worker writes its own blocks), ``hogwild`` (every worker
-writes every block) or ``allreduce`` (synchronous data-parallel SGD: barriers, mean
-gradient). One round is ``P`` steps, whoever takes them: a faster worker takes more.
+workers (``torch.multiprocessing``, spawn context, one thread each). Each runs the
+method's own ``shared_step`` against the shared-model pattern
+(:class:`~nettrain.patterns.SharedModel`; :mod:`~nettrain.engines.shared_memory.worker`):
+the engine runs any method with ``shared_memory`` in its ``engines`` (built in:
+``block_async``, each worker writing its own blocks without locks; ``hogwild``, every
+worker writing every block; ``allreduce``, synchronous data-parallel SGD through
+barriers and a mean gradient). The model is cut into ``shared_blocks(P)`` blocks; a
+board for the mean gradient is made for a method without ``shared_writes``. One
+round is ``P`` steps, whoever takes them: a faster worker takes more.
 
 Every ``eval_every`` rounds the workers are held after exactly ``round * P`` steps;
 the main process evaluates the model and :func:`~nettrain.engines.driver.drive` appends
@@ -41,16 +45,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nettrain.algorithms.baselines import AllReduceSGD
-from nettrain.algorithms.block_async import BlockAsyncSGD, staleness_fields
 from nettrain.checkpoint import Checkpoint
-from nettrain.engines.base import Job, RunResult
+from nettrain.engines.base import Job, RunResult, check_engine
 from nettrain.engines.distributed.engine import launched_rank
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.shared_memory.averaging import ModelAverager
 from nettrain.engines.shared_memory.board import Board
 from nettrain.engines.shared_memory.worker import WorkerSpec, worker_main
 from nettrain.errors import ConfigError, DataError, DivergenceError, WorkerFailed
+from nettrain.patterns import shared_fields
 from nettrain.recording import RunFolder
 
 POLL_S = 1e-3  # how often the main process looks at the counters
@@ -129,16 +132,8 @@ class SharedMemoryEngine:
                 "BatchNorm) or engine=sim"
             )
         algo = job.algorithm
-        if not isinstance(algo, (BlockAsyncSGD, AllReduceSGD)):
-            raise ConfigError(
-                f"engine=shared_memory cannot run algorithm={algo.name}; use block_async, "
-                "hogwild or allreduce"
-            )
-        if isinstance(algo, BlockAsyncSGD) and algo.workers != self.processes:
-            raise ConfigError(
-                f"{algo.name} was built for {algo.workers} workers but processes="
-                f"{self.processes}; build both from one config"
-            )
+        check_engine(self.name, algo)
+        blocks = algo.shared_blocks(self.processes)  # checks the workers it was built for
         if self.processes > usable_cores():
             warnings.warn(
                 f"processes={self.processes} is more than the {usable_cores()} cores this "
@@ -147,14 +142,14 @@ class SharedMemoryEngine:
                 stacklevel=2,
             )
         with self._machines() as averager:
-            return self._run(job, folder, averager)
+            return self._run(job, folder, averager, blocks)
 
-    def _run(self, job: Job, folder: RunFolder, averager: ModelAverager | None) -> RunResult:
+    def _run(
+        self, job: Job, folder: RunFolder, averager: ModelAverager | None, blocks: int
+    ) -> RunResult:
         P, algo = self.processes, job.algorithm
-        synchronous = isinstance(algo, AllReduceSGD)
-        blocks = P if synchronous else algo.blocks
         ctx = mp.get_context("spawn")
-        board = Board.create(job.x0, blocks, P, synchronous, ctx)
+        board = Board.create(job.x0, blocks, P, not algo.shared_writes, ctx)
         data = job.problem.data
         spec = WorkerSpec(
             model=job.problem.model,
@@ -282,7 +277,7 @@ class SharedSteps:
             "averagings": averager.count if averager is not None else 0,
             "steps_min": int(board.steps.min()),
             "steps_max": int(board.steps.max()),
-            **staleness_fields(
+            **shared_fields(
                 board.stale_sum.sum(),
                 board.reads.sum(),
                 board.stale_max.max(),

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 
 import torch
 
-from nettrain.algorithms.base import AsyncAlgorithm
 from nettrain.checkpoint import Checkpoint, load_state, state_dict
-from nettrain.engines.base import Job, RunResult, account_round, work_totals
+from nettrain.engines.base import Job, RunResult, account_round, check_engine, work_totals
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.sim.clock import VirtualClock
 from nettrain.engines.sim.comm import SimCommunicator
@@ -32,7 +31,8 @@ class SimEngine:
 
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
         """Run ``job``; with ``resume``, continue from that checkpoint's round."""
-        if isinstance(job.algorithm, AsyncAlgorithm):
+        check_engine(self.name, job.algorithm)
+        if job.algorithm.schedule == "events":
             return run_events(job, folder, resume=resume)
         start = time.perf_counter()
         rounds = SimRounds(job, resume)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 
@@ -59,8 +60,8 @@ def run_events(
 ) -> RunResult:
     """Run the asynchronous ``job.algorithm``; ``max_batch`` caps a batch (0 = no cap);
     with ``resume``, continue from that checkpoint."""
-    if not isinstance(job.algorithm, AsyncAlgorithm):
-        raise TypeError(f"{type(job.algorithm).__name__} is not an asynchronous algorithm")
+    if job.algorithm.schedule != "events":
+        raise TypeError(f"{job.algorithm.name} is not an event-driven algorithm")
     start = time.perf_counter()
     events = SimEvents(job, max_batch, resume)
     drive(job, folder, events, resume, start)
@@ -76,8 +77,7 @@ class SimEvents:
     main, measured = True, False
 
     def __init__(self, job: Job, max_batch: int, resume: Checkpoint | None) -> None:
-        algo = job.algorithm
-        assert isinstance(algo, AsyncAlgorithm)
+        algo = cast(AsyncAlgorithm, job.algorithm)  # schedule "events" (run_events)
         n, faults = job.n_agents, job.fault_spec
         self.job, self.algo, self.faults, self.max_batch = job, algo, faults, max_batch
         self.label = f"{algo.name} x{n} (events)"
