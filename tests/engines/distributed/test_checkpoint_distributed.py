@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from helpers import free_port, torchrun_command, wait_or_fail
-from nettrain.algorithms.baselines import AllReduceState
+from nettrain.algorithms.baselines import SGDRunState
 from nettrain.algorithms.sgd import SGDState
 from nettrain.checkpoint import Checkpoint
 from nettrain.config import load_config
@@ -199,14 +199,14 @@ def test_own_rows_take_each_ranks_rows_of_every_agents_state() -> None:
     """The inverse of ``gather_state``: rank ``r`` gets row ``r`` of every per-agent
     tensor, nested states too; the rows of all ranks stacked are the whole again."""
     n, d = 3, 4
-    everyone = AllReduceState(
+    everyone = SGDRunState(
         x=torch.arange(n * d, dtype=torch.float32).view(n, d),
         sgd=SGDState(buf=-torch.arange(n * d, dtype=torch.float32).view(n, d)),
     )
     parts = [own_rows(everyone, r, n, torch.device("cpu")) for r in range(n)]
     for r, part in enumerate(parts):
         assert part.x.shape == part.sgd.buf.shape == (1, d)
-        assert part.x[0, 0] == r * d and part.sgd.buf[0, 0] == -r * d and part.ef is None
+        assert part.x[0, 0] == r * d and part.sgd.buf[0, 0] == -r * d
     assert torch.equal(torch.cat([p.x for p in parts]), everyone.x)
     parts[0].x.add_(1)  # a row of its own, not a view of the checkpoint's
     assert everyone.x[0, 0] == 0

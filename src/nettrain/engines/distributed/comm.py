@@ -9,11 +9,13 @@ Every rank computes ``W(t)`` itself (a pure function of ``(seed, t)``, see
   requests and returns ``sum_j W_ij x_j`` with ``j`` in ascending order, as one
   ``(1, k) @ (k, d)`` product, the row of the simulator's ``W @ x``.
 * Global mean: ``all_reduce(SUM, async_op=True)``, divided by ``n`` in ``wait()``.
-* With a compressor, agent ``i`` encodes ``x_i`` once and packs the payload into one
-  ``uint8`` buffer (:func:`~nettrain.compression.payloads.pack`), whose length is fixed
-  by ``d`` and the compressor, so every receive is posted before anything arrives. A
-  mix sends that buffer where it would send ``x_i``; a mean all-gathers the buffers.
-  ``wait()`` decodes each received payload against ``x_i`` and combines as above.
+* With a codec (:class:`~nettrain.patterns.Codec`, from
+  :class:`~nettrain.wrappers.Compressed`), agent ``i`` encodes ``x_i`` once and packs
+  the payload into one ``uint8`` buffer (:func:`~nettrain.compression.payloads.pack`),
+  whose length is fixed by ``d`` and the compressor, so every receive is posted before
+  anything arrives. A mix sends that buffer where it would send ``x_i``; a mean
+  all-gathers the buffers. ``wait()`` decodes each received payload against ``x_i``
+  and combines as above.
 
 Traffic is counted from what this rank sends: one message of ``d`` elements per
 ``isend``; an all-reduce counts as the ring all-reduce
@@ -51,6 +53,7 @@ from nettrain.compression.payloads import pack, unpack
 from nettrain.engines.distributed.liveness import beating
 from nettrain.errors import PeerError
 from nettrain.patterns import (
+    Codec,
     Communicator,
     Handle,
     ServerRule,
@@ -202,15 +205,9 @@ class DistCommunicator(Communicator):
             self._static = out
         return out
 
-    def start_mix(
-        self,
-        x: torch.Tensor,
-        t: int,
-        compressor: Compressor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Handle:
-        if compressor is not None and not isinstance(compressor, Identity):
-            return self._start_decoded_mix(x, t, compressor, generator)
+    def start_mix(self, x: torch.Tensor, t: int, *, codec: Codec | None = None) -> Handle:
+        if codec is not None:
+            return self._start_decoded_mix(x, t, codec.compressor, codec.generator)
         send, recv, row = self._peers(t)
         mine = x[0].contiguous()  # (d,)
         labelled, got = self._post(mine, send, recv, t)
@@ -252,14 +249,9 @@ class DistCommunicator(Communicator):
         buffers = [None if j == self.rank else got[j] for j in order]
         return _DecodedMix(labelled, weights, buffers, x, payload, compressor)
 
-    def start_mean(
-        self,
-        x: torch.Tensor,
-        compressor: Compressor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Handle:
-        if compressor is not None and not isinstance(compressor, Identity):
-            return self._start_decoded_mean(x, compressor, generator)
+    def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
+        if codec is not None:
+            return self._start_decoded_mean(x, codec.compressor, codec.generator)
         messages, nbytes = ring_allreduce_cost(self.n_agents, x.shape[1], x.element_size())
         self.traffic.add(torch.tensor([messages]), torch.tensor([nbytes]))
         total = x.clone(memory_format=torch.contiguous_format)  # (1, d)
@@ -289,9 +281,9 @@ class DistCommunicator(Communicator):
         self,
         x: torch.Tensor,
         pairs: torch.Tensor,
-        compressor: Compressor,
         ref: torch.Tensor,
-        generator: torch.Generator | None = None,
+        *,
+        codec: Codec | None = None,
     ) -> torch.Tensor:
         """This rank initiates ``pairs = [[rank, j]]``: one ``rpc_sync`` to ``j``'s peer
         (:class:`~nettrain.engines.distributed.gossip.Peer`), which absorbs this model and
@@ -305,7 +297,8 @@ class DistCommunicator(Communicator):
         if me != self.rank or len(pairs) != 1:
             raise ValueError(f"rank {self.rank} can only initiate its own exchange, got {pairs}")
         request_lost, reply_lost = self._lost()
-        payload = compressor.encode(x, generator=generator)
+        compressor = Identity() if codec is None else codec.compressor
+        payload = compressor.encode(x, generator=codec and codec.generator)
         self.traffic.add(torch.tensor([1]), compressor.nbytes(payload))  # sent, come what may
         reply = None
         if not request_lost and partner not in self.dead:

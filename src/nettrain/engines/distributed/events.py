@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from nettrain.algorithms.base import AsyncAlgorithm, GossipAlgorithm
-from nettrain.engines.base import Job, RunResult, check_finite, staleness_fields
+from nettrain.engines.base import Job, RunResult, check_finite, declared, staleness_fields
 from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.finish import DEAD_AFTER_S, Finish, events_prefix
 from nettrain.engines.distributed.gossip import Peer
@@ -107,7 +107,8 @@ class DistEvents:
         dead_after_s = min(DEAD_AFTER_S, timeout_s)
         self.finish = Finish(store, rank, n, events_prefix(session.serial), dead_after_s)
         self.made, self.busy_s, self.loss_sum, self.loss_count, self.e = 0, 0.0, 0.0, 0, 0
-        self.state = algo.init(x, self.oracle, comm)
+        self.talk = declared(comm, algo, job.seed, stream=self.generator)  # the algorithm's
+        self.state = algo.init(x, self.oracle, self.talk)
         self.rows: Final | None = None  # rank 0, at the end: every survivor's
 
     def advance(self, stop: int) -> Iterator[Tick]:
@@ -141,7 +142,7 @@ class DistEvents:
                 state,
                 torch.tensor([[rank, partner]]),
                 self.oracle,
-                comm,
+                self.talk,
                 self.generator,
                 torch.tensor([[steps, 0]]),
             )

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from nettrain.checkpoint import Checkpoint, load_state, state_dict
-from nettrain.engines.base import Job, RunResult, account_round, work_totals
+from nettrain.engines.base import Job, RunResult, account_round, declared, work_totals
 from nettrain.engines.distributed.comm import DistCommunicator, guarded
 from nettrain.engines.distributed.states import (
     all_gather_rows,
@@ -89,7 +89,8 @@ class DistRounds:
         self.slowdown = float(job.cost.slowdown[rank])
         self.pending: list[torch.Tensor] = []  # this rank's rows of rounds not yet settled
         self.everyone: tuple[int, Any] | None = None  # (round, every agent's state)
-        self.state = job.algorithm.init(x, self.oracle, comm)
+        self.talk = declared(comm, job.algorithm, job.seed)  # what the algorithm talks to
+        self.state = job.algorithm.init(x, self.oracle, self.talk)
         self._account(torch.zeros(1))  # the initial gradients of tracking methods are work
         for _ in self._settle(-1):
             pass
@@ -100,6 +101,9 @@ class DistRounds:
             self.clock.now = resume.clock
             self.totals = {k: v.clone() for k, v in resume.totals.items()}
             self.round = resume.round
+            if resume.comm is not None:  # this rank's rows of what the communicator carries
+                saved = {k: v[rank : rank + 1].to(device) for k, v in resume.comm.items()}
+                self.talk.load_state_dict(saved)
             if resume.servers is not None:
                 restore_servers(comm, resume.servers, self.main)
 
@@ -130,7 +134,7 @@ class DistRounds:
         for t in range(self.round, stop):
             self.faults.check_synchronous(t, algo.name)  # every rank alike
             begin = time.perf_counter()
-            self.state, loss = algo.step(self.state, t, self.oracle, self.comm)
+            self.state, loss = algo.step(self.state, t, self.oracle, self.talk.at(t))
             if self.slowdown > 1:  # a straggler for real: its round (mostly compute) again
                 time.sleep((self.slowdown - 1) * (time.perf_counter() - begin))
             self._account(loss)
@@ -169,6 +173,9 @@ class DistRounds:
             "gathering the mini-batch generators for a checkpoint",
             lambda: dist.all_gather_object(rngs, mine, group=comm.group),
         )
+        carried = self.talk.state_dict()  # every rank has the same wrappers
+        if carried is not None:
+            carried = {k: self.gather(v) for k, v in carried.items()}
         if not self.main:
             return None
         return Checkpoint(
@@ -180,6 +187,7 @@ class DistRounds:
             records=0,
             wall_time_s=0.0,
             servers=servers,
+            comm=carried,
         )
 
 

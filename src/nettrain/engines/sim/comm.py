@@ -10,11 +10,12 @@ protocol would send it: in a mix,
 agent ``i`` sends ``x_i`` to every ``j != i`` with ``W_ji(t) != 0``; an all-reduce
 costs the ring all-reduce's messages and bytes.
 
-With a compressor, a mix encodes every ``x_j`` once and decodes one row per edge
-``j -> i`` against the receiver's ``x_i`` (once per sender when decoding ignores the
-reference), in chunks; each message costs ``compressor.nbytes``. A compressed mean
-decodes every payload against every receiver's reference and costs a ring all-gather
-of the payloads.
+With a codec (:class:`~nettrain.patterns.Codec`, from
+:class:`~nettrain.wrappers.Compressed`), a mix encodes every ``x_j`` once and decodes
+one row per edge ``j -> i`` against the receiver's ``x_i`` (once per sender when
+decoding ignores the reference), in chunks; each message costs the compressor's
+``nbytes``. A compressed mean decodes every payload against every receiver's reference
+and costs a ring all-gather of the payloads.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from nettrain.compression import Compressor, Identity
 from nettrain.compression.payloads import reads_reference, take_rows
 from nettrain.engines.sim.servers import SimServers
 from nettrain.patterns import (
+    Codec,
     Communicator,
     Handle,
     Ready,
@@ -65,16 +67,11 @@ class SimCommunicator(Communicator):
             self._static = out
         return out
 
-    def start_mix(
-        self,
-        x: torch.Tensor,
-        t: int,
-        compressor: Compressor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Handle:
+    def start_mix(self, x: torch.Tensor, t: int, *, codec: Codec | None = None) -> Handle:
         W, sends = self._weights(t)
-        if compressor is not None and not isinstance(compressor, Identity):
-            payload = compressor.encode(x, generator=generator)  # each x_j encoded once
+        if codec is not None:
+            compressor = codec.compressor
+            payload = compressor.encode(x, generator=codec.generator)  # each x_j encoded once
             self.traffic.add(sends, sends * compressor.nbytes(payload))
             return Ready(self._decode_mix(x, payload, compressor, t))
         self.traffic.add(sends, sends * x.shape[1] * x.element_size())
@@ -100,14 +97,9 @@ class SimCommunicator(Communicator):
             out.index_add_(0, r, got * w[a : a + step, None])
         return out
 
-    def start_mean(
-        self,
-        x: torch.Tensor,
-        compressor: Compressor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Handle:
-        if compressor is not None and not isinstance(compressor, Identity):
-            return Ready(self._decode_mean(x, compressor, generator))
+    def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
+        if codec is not None:
+            return Ready(self._decode_mean(x, codec.compressor, codec.generator))
         messages, nbytes = ring_allreduce_cost(self.n_agents, x.shape[1], x.element_size())
         self.traffic.add(
             torch.full((self.n_agents,), messages), torch.full((self.n_agents,), nbytes)
@@ -138,13 +130,14 @@ class SimCommunicator(Communicator):
         self,
         x: torch.Tensor,
         pairs: torch.Tensor,
-        compressor: Compressor,
         ref: torch.Tensor,
-        generator: torch.Generator | None = None,
+        *,
+        codec: Codec | None = None,
     ) -> torch.Tensor:
+        compressor = Identity() if codec is None else codec.compressor
         i, j = pairs[:, 0], pairs[:, 1]
         senders, receivers = torch.cat([j, i]), torch.cat([i, j])  # (2p,) replies, requests
-        payload = compressor.encode(x[senders], generator=generator)
+        payload = compressor.encode(x[senders], generator=codec and codec.generator)
         out = x.clone()
         out[receivers] = compressor.decode(payload, ref[receivers])
         sent = torch.ones(len(senders), dtype=torch.bool)

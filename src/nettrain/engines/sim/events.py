@@ -43,7 +43,7 @@ import torch
 
 from nettrain.algorithms.base import AsyncAlgorithm
 from nettrain.checkpoint import Checkpoint, load_state, state_dict
-from nettrain.engines.base import Job, RunResult
+from nettrain.engines.base import Job, RunResult, declared
 from nettrain.engines.draws import CENTRE, Draws
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.sim.comm import SimCommunicator
@@ -110,7 +110,8 @@ class SimEvents:
         self.partner = torch.tensor([d.partner() for d in self.draws])
         keys = ("samples", "messages", "bytes", "lost")
         self.totals = {k: torch.zeros(n, dtype=torch.int64) for k in keys}
-        self.state = algo.init(x, oracle, comm)
+        self.talk = declared(comm, algo, job.seed, stream=self.generator)  # the algorithm's
+        self.state = algo.init(x, oracle, self.talk)
         oracle.meter.reset()
         comm.traffic.reset()
 
@@ -185,7 +186,7 @@ class SimEvents:
             servers.event_times = ends
         with self.comm.losing(lost if lost.any else None):
             self.state, loss = algo.interact(
-                self.state, pairs, self.oracle, self.comm, self.generator, steps
+                self.state, pairs, self.oracle, self.talk, self.generator, steps
             )
         self.losses.append(loss)
         samples = self.oracle.meter.reset()
