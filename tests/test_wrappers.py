@@ -9,8 +9,9 @@ import torch
 from nettrain.compression import QSGD, HalfPrecision, Identity, Lattice, TopK
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.errors import ConfigError
+from nettrain.patterns import Losses
 from nettrain.topology import build_topology
-from nettrain.wrappers import Compressed, ErrorFeedback
+from nettrain.wrappers import Compressed, ErrorFeedback, Lossy, losing
 
 N, D = 6, 40
 CPU = torch.device("cpu")
@@ -102,3 +103,21 @@ def test_error_feedback_takes_one_compressed_exchange_a_round() -> None:
     view.mean(points())
     with pytest.raises(ConfigError, match="one compressed exchange a round"):
         view.mix(points(), 0)
+
+
+def test_lossy_loses_what_the_fault_spec_says() -> None:
+    """Three swaps: kept, request lost, reply lost. A lost request changes neither side
+    and sends no reply; a lost reply leaves the initiator with its reference while the
+    partner takes the request in. Without a loss the wrapper is not used at all."""
+    comm = ring()
+    x, ref = points(seed=1), points(seed=2)
+    pairs = torch.tensor([[0, 1], [2, 3], [4, 5]])
+    losses = Losses(torch.tensor([False, True, False]), torch.tensor([False, True, True]))
+    got = Lossy(comm, losses).swap(x, pairs, ref)
+    assert torch.equal(got[0], x[1]) and torch.equal(got[1], x[0])  # kept
+    assert torch.equal(got[2], ref[2]) and torch.equal(got[3], ref[3])  # request lost
+    assert torch.equal(got[4], ref[4]) and torch.equal(got[5], x[4])  # reply lost
+    assert comm.traffic.reset()[0].tolist() == [1, 1, 1, 0, 1, 1]  # no reply to no request
+    nothing = Losses(torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool))
+    assert losing(comm, nothing) is comm
+    assert isinstance(losing(comm, losses), Lossy)

@@ -28,8 +28,6 @@ patterns; each receiver then decodes against its own ``x_i``. Algorithms never p
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -138,16 +136,12 @@ class Communicator(ABC):
     n_agents: int  # n, all agents of the run
     agents: torch.Tensor  # (m,) global ids of the agents held here
     traffic: Traffic
-    losses: Losses | None = None  # the engine's faults for the exchanges in progress
 
-    @contextmanager
-    def losing(self, losses: Losses | None) -> Iterator[None]:
-        """The exchanges started inside lose what ``losses`` says (None: nothing)."""
-        self.losses = losses
-        try:
-            yield
-        finally:
-            self.losses = None
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The rows of the local stack ``(k',)`` int64 that hold those of the global agent
+        ids ``ids: (k,)`` held here, in their order (an agent held elsewhere has none)."""
+        where = {a: k for k, a in enumerate(self.agents.tolist())}
+        return torch.tensor([where[a] for a in ids.tolist() if a in where], dtype=torch.int64)
 
     def state_dict(self) -> dict[str, Any] | None:
         """What this communicator carries from round to round (error feedback's residual),
@@ -202,6 +196,7 @@ class Communicator(ABC):
         ref: torch.Tensor,
         *,
         codec: Codec | None = None,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
         """Pairwise exchange on the disjoint ``pairs: (p, 2)`` (global agent ids).
 
@@ -209,7 +204,9 @@ class Communicator(ABC):
         receives ``decode(encode(x_i), ref_j)`` (``x_j`` and ``x_i`` as they are without
         a ``codec``). Returns ``(m, d)``: the received rows, and ``x`` itself for local
         agents in no pair. Each sender's message and its encoded bytes are counted. Used
-        by SwarmSGD and AD-PSGD.
+        by SwarmSGD and AD-PSGD. With ``losses`` (:class:`nettrain.wrappers.Lossy`), a
+        lost request reaches nobody and gets no reply, a lost reply leaves the initiator
+        with its ``ref``.
         """
         raise NotImplementedError(f"{type(self).__name__} has no pairwise exchange yet")
 
@@ -219,6 +216,8 @@ class Communicator(ABC):
         workers: torch.Tensor,
         rule: ServerRule,
         synchronous: bool = False,
+        *,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
         """Exchanges of ``workers: (k,)`` (global ids, local here) with the centre servers.
 
@@ -230,6 +229,8 @@ class Communicator(ABC):
         reads the centre as the round found it and their changes add up
         (``c <- c + sum_w (serve(c, sent_w) - c)``), in any arrival order. Each worker
         sends one message per server. Used by the elastic averaging family and DOWNPOUR.
+        With ``losses`` (:class:`nettrain.wrappers.Lossy`), a lost request reaches no
+        server and a lost reply leaves the worker with what it sent.
         """
         raise NotImplementedError(f"{type(self).__name__} has no centre exchange")
 

@@ -1,4 +1,4 @@
-"""Communicators that wrap communicators: compression and error feedback.
+"""Communicators that wrap communicators: compression, error feedback, lost messages.
 
 An algorithm talks to a :class:`~nettrain.patterns.Communicator` and never learns how
 its messages travel. What is sent is decided by wrapping the engine's communicator:
@@ -21,6 +21,12 @@ its messages travel. What is sent is decided by wrapping the engine's communicat
   x_i + e_old``, nothing dropped, only delayed. The residual is state: checkpoints
   hold it (:meth:`ErrorFeedback.state_dict`).
 
+* :class:`Lossy` ``(comm, losses)`` makes the exchanges of one batch of asynchronous
+  events lose what :class:`~nettrain.patterns.Losses` says (the engine's faults,
+  :mod:`nettrain.faults`): a lost request reaches nobody and gets no reply, a lost
+  reply leaves the initiator with its reference (a swap) or what it sent (a centre
+  exchange).
+
 The round's exchanges are numbered by the view :meth:`Communicator.at` returns: the
 engine hands the algorithm ``comm.at(t)`` each round.
 """
@@ -34,7 +40,7 @@ import torch
 
 from nettrain.compression import Compressor, Identity
 from nettrain.errors import ConfigError
-from nettrain.patterns import Codec, Communicator, Handle, ServerRule, Traffic
+from nettrain.patterns import Codec, Communicator, Handle, Losses, ServerRule, Traffic
 from nettrain.problem.oracle import agent_seed
 
 CODE_STREAM = 1 << 32  # random streams of the codes, apart from the mini-batches' (stream 0)
@@ -77,8 +83,9 @@ class Wrapper(Communicator):
         ref: torch.Tensor,
         *,
         codec: Codec | None = None,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
-        return self.inner.swap(x, pairs, ref, codec=codec)
+        return self.inner.swap(x, pairs, ref, codec=codec, losses=losses)
 
     def centre_exchange(
         self,
@@ -86,8 +93,10 @@ class Wrapper(Communicator):
         workers: torch.Tensor,
         rule: ServerRule,
         synchronous: bool = False,
+        *,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
-        return self.inner.centre_exchange(sent, workers, rule, synchronous)
+        return self.inner.centre_exchange(sent, workers, rule, synchronous, losses=losses)
 
     def centre(self) -> torch.Tensor:
         return self.inner.centre()
@@ -155,8 +164,10 @@ class Compressed(Wrapper):
         ref: torch.Tensor,
         *,
         codec: Codec | None = None,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
-        return self.inner.swap(x, pairs, ref, codec=Codec(self.compressor, self.stream))
+        codec = Codec(self.compressor, self.stream)
+        return self.inner.swap(x, pairs, ref, codec=codec, losses=losses)
 
 
 class ErrorFeedback(Wrapper):
@@ -209,3 +220,40 @@ class ErrorFeedback(Wrapper):
 
     def load_state_dict(self, saved: dict[str, Any] | None) -> None:
         self.memory["residual"] = None if saved is None else saved["residual"]
+
+
+class Lossy(Wrapper):
+    """The swaps and centre exchanges of one batch lose what ``losses`` says (row ``r``:
+    the batch's ``r``-th exchange); the synchronous patterns are ``inner``'s."""
+
+    def __init__(self, inner: Communicator, losses: Losses) -> None:
+        super().__init__(inner)
+        self.losses = losses
+
+    def swap(
+        self,
+        x: torch.Tensor,
+        pairs: torch.Tensor,
+        ref: torch.Tensor,
+        *,
+        codec: Codec | None = None,
+        losses: Losses | None = None,
+    ) -> torch.Tensor:
+        return self.inner.swap(x, pairs, ref, codec=codec, losses=self.losses)
+
+    def centre_exchange(
+        self,
+        sent: torch.Tensor,
+        workers: torch.Tensor,
+        rule: ServerRule,
+        synchronous: bool = False,
+        *,
+        losses: Losses | None = None,
+    ) -> torch.Tensor:
+        return self.inner.centre_exchange(sent, workers, rule, synchronous, losses=self.losses)
+
+
+def losing(comm: Communicator, losses: Losses) -> Communicator:
+    """``comm`` for a batch whose exchanges lose what ``losses`` says: ``Lossy`` when
+    something is lost, ``comm`` itself otherwise."""
+    return Lossy(comm, losses) if losses.any else comm

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from nettrain.algorithms.base import CentreAlgorithm
-from nettrain.algorithms.elastic import check_settings, local_rows, moving_rate, nesterov_steps
+from nettrain.algorithms.elastic import check_settings, moving_rate, nesterov_steps
 from nettrain.algorithms.local import Tensors, local_phase
 from nettrain.algorithms.sgd import LocalStep, SGDConfig
 from nettrain.errors import ConfigError
@@ -61,8 +61,8 @@ class Downpour(LocalStep, CentreAlgorithm[PulledState]):
         centre = rows[0] + sent
         return centre[None], centre.clone()
 
-    def interact(self, state, pairs, oracle, comm, generator, steps):
-        rows = local_rows(comm, pairs[:, 0])
+    def interact(self, state, pairs, oracle, comm, steps):
+        rows = comm.rows(pairs[:, 0])
         update = nesterov_steps(self.sgd, 0.0)
         (x, _), loss = local_phase(
             (state.x[rows], torch.zeros_like(state.x[rows])), rows, steps[:, 0], oracle, update
@@ -157,8 +157,8 @@ class ADMM(LocalStep, CentreAlgorithm[ADMMState]):
         centre = rows[0] + sent
         return centre[None], centre.clone()
 
-    def interact(self, state, pairs, oracle, comm, generator, steps):
-        rows = local_rows(comm, pairs[:, 0])
+    def interact(self, state, pairs, oracle, comm, steps):
+        rows = comm.rows(pairs[:, 0])
         sgd, rho = self.sgd, self.rho
 
         def update(r: Tensors, grad) -> Tensors:

@@ -177,8 +177,8 @@ class EASGDAsync(LocalStep, ElasticRule, CentreAlgorithm[ElasticState]):
         """Nesterov momentum of the local steps: none in EASGD."""
         return 0.0
 
-    def interact(self, state, pairs, oracle, comm, generator, steps):
-        rows = local_rows(comm, pairs[:, 0])
+    def interact(self, state, pairs, oracle, comm, steps):
+        rows = comm.rows(pairs[:, 0])
         (x, v), loss = local_phase(
             (state.x[rows], state.v[rows]),
             rows,
@@ -214,12 +214,6 @@ class EAMSGD(EASGDAsync):
     def sgd(self) -> SGDConfig:
         """The local steps' rate and weight decay (the momentum is ``delta``'s)."""
         return SGDConfig(self.lr, weight_decay=self.weight_decay)
-
-
-def local_rows(comm: Communicator, workers: torch.Tensor) -> torch.Tensor:
-    """Rows of the local stack that hold the global agent ids ``workers``."""
-    where = {int(a): k for k, a in enumerate(comm.agents.tolist())}
-    return torch.tensor([where[int(w)] for w in workers], dtype=torch.int64)
 
 
 @dataclass(frozen=True)

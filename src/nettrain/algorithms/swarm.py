@@ -91,10 +91,8 @@ class SwarmSGD(LocalStep, GossipAlgorithm[SwarmState]):
         """The exchange's rule on a published model: ``(own + Q(other)) / 2``."""
         return (own + received) / 2
 
-    def interact(self, state, pairs, oracle, comm, generator, steps):
-        rows = {int(a): k for k, a in enumerate(comm.agents.tolist())}  # global id -> row
-        i = torch.tensor([rows[int(a)] for a in pairs[:, 0]], dtype=torch.int64)
-        j = torch.tensor([rows[int(b)] for b in pairs[:, 1] if int(b) in rows], dtype=torch.int64)
+    def interact(self, state, pairs, oracle, comm, steps):
+        i, j = comm.rows(pairs[:, 0]), comm.rows(pairs[:, 1])  # partners held here too
         x = state.x  # (m, d) published models
         if self.blocking:
             movers = torch.cat([i, j])

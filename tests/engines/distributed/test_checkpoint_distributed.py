@@ -47,7 +47,12 @@ SMALL = {
 # records of round 25, written after the last checkpoint (20), must go on resume.
 CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "dpsgd": ({"algorithm": "dpsgd", "eval_every": 5}, 25, 4),
-    "allreduce_momentum": ({"algorithm": "allreduce", "momentum": 0.9}, 20, 4),
+    # top-k gradients under error feedback: the residual is the communicator's part
+    "allreduce_momentum_topk": (
+        {"algorithm": "allreduce", "momentum": 0.9, "quantizer": "topk", "dtype": "float64"},
+        20,
+        4,
+    ),
     "easgd_servers": ({"algorithm": "easgd", "servers": 2, "tau": 3}, 20, 6),
 }
 NPROC = max(nproc for _, _, nproc in CASES.values())
@@ -184,6 +189,11 @@ def test_the_checkpoint_is_the_simulators(case: str, runs) -> None:
         assert dist.servers is not None and set(dist.servers) == {"shards"} < set(sim.servers)
         assert layout(dist.servers["shards"]) == layout(sim.servers["shards"])
     torch.testing.assert_close(dist.state, sim.state, rtol=0, atol=1e-5)
+    assert layout(dist.comm) == layout(sim.comm)
+    assert (sim.comm is not None) == (case == "allreduce_momentum_topk")
+    if sim.comm is not None and dist.comm is not None:
+        assert sim.comm["residual"].abs().max() > 0
+        torch.testing.assert_close(dist.comm, sim.comm, rtol=0, atol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(dist.rng, sim.rng, strict=True))
     assert all(torch.equal(dist.totals[k], sim.totals[k]) for k in sim.totals)
     assert dist.clock == pytest.approx(sim.clock, rel=1e-9)

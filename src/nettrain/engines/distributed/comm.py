@@ -27,7 +27,7 @@ A failed exchange (a peer died, or did not answer within the group's timeout) ra
 :class:`~nettrain.errors.PeerError`, naming this rank and, for neighbour mixing, the peer.
 
 Asynchronous exchanges (``swap``, ``centre_exchange``) take the engine's faults
-(:meth:`~nettrain.patterns.Communicator.losing`, :mod:`nettrain.faults`): a lost request
+(``losses``, from :class:`~nettrain.wrappers.Lossy`, :mod:`nettrain.faults`): a lost request
 makes no call (its message and bytes still count: they were sent); a lost reply makes
 the call, so the partner or the servers take the request in, and hands the initiator
 its reference (``swap``) or what it sent (``centre_exchange``). A gossip partner whose
@@ -56,6 +56,7 @@ from nettrain.patterns import (
     Codec,
     Communicator,
     Handle,
+    Losses,
     ServerRule,
     Traffic,
     ring_allreduce_cost,
@@ -284,19 +285,20 @@ class DistCommunicator(Communicator):
         ref: torch.Tensor,
         *,
         codec: Codec | None = None,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
         """This rank initiates ``pairs = [[rank, j]]``: one ``rpc_sync`` to ``j``'s peer
         (:class:`~nettrain.engines.distributed.gossip.Peer`), which absorbs this model and
         replies with its own published one, decoded here against ``ref``.
 
-        Lost (the request, or the reply, by :attr:`losses`; ``j`` down or dead): ``ref``.
+        Lost (the request, or the reply, by ``losses``; ``j`` down or dead): ``ref``.
         """
         if self.rpc is None:
             raise RuntimeError("a pairwise exchange needs the engine's rpc session (uses_rpc)")
         me, partner = int(pairs[0, 0]), int(pairs[0, 1])
         if me != self.rank or len(pairs) != 1:
             raise ValueError(f"rank {self.rank} can only initiate its own exchange, got {pairs}")
-        request_lost, reply_lost = self._lost()
+        request_lost, reply_lost = self._lost(losses)
         compressor = Identity() if codec is None else codec.compressor
         payload = compressor.encode(x, generator=codec and codec.generator)
         self.traffic.add(torch.tensor([1]), compressor.nbytes(payload))  # sent, come what may
@@ -317,11 +319,12 @@ class DistCommunicator(Communicator):
             return ref.clone()
         return compressor.decode(reply, ref)
 
-    def _lost(self) -> tuple[bool, bool]:
-        """Whether the exchange in progress loses its request, and its reply."""
-        if self.losses is None:
+    @staticmethod
+    def _lost(losses: Losses | None) -> tuple[bool, bool]:
+        """Whether this rank's exchange loses its request, and its reply."""
+        if losses is None:
             return False, False
-        return bool(self.losses.request[0]), bool(self.losses.reply[0])
+        return bool(losses.request[0]), bool(losses.reply[0])
 
     def attach_servers(self, first_rank: int, slices: list[slice]) -> None:
         """The parameter servers: ranks ``first_rank + s`` own the columns ``slices[s]``."""
@@ -334,15 +337,17 @@ class DistCommunicator(Communicator):
         workers: torch.Tensor,
         rule: ServerRule,
         synchronous: bool = False,
+        *,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
         """This worker's exchange: its slices to every server at once (``rpc_async``),
-        then the replies; see :mod:`~nettrain.engines.centre`. Lost (by :attr:`losses`):
+        then the replies; see :mod:`~nettrain.engines.centre`. Lost (by ``losses``):
         ``sent``, the worker stays as it was."""
         if self.rpc is None or not self._slices:
             raise RuntimeError("a centre exchange needs the engine's servers (uses_centre)")
         if workers.tolist() != [self.rank]:
             raise ValueError(f"rank {self.rank} can only make its own exchange, got {workers}")
-        request_lost, reply_lost = self._lost()
+        request_lost, reply_lost = self._lost(losses)
         self.traffic.add(  # sent, come what may
             torch.tensor([len(self._slices)]), torch.tensor([sent.shape[1] * sent.element_size()])
         )

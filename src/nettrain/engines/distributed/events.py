@@ -30,6 +30,7 @@ from nettrain.errors import DivergenceError, PeerError
 from nettrain.patterns import Losses
 from nettrain.problem.oracle import agent_seed
 from nettrain.recording import RunFolder
+from nettrain.wrappers import losing
 
 
 def run_events(
@@ -137,15 +138,13 @@ class DistEvents:
         if peer is not None:
             state = dataclasses.replace(state, x=state.x + peer.take_shift()[None])
         begin, talk_s = time.perf_counter(), comm.talk_s
-        with comm.losing(lost if reply else None):
-            state, loss = algo.interact(
-                state,
-                torch.tensor([[rank, partner]]),
-                self.oracle,
-                self.talk,
-                self.generator,
-                torch.tensor([[steps, 0]]),
-            )
+        state, loss = algo.interact(
+            state,
+            torch.tensor([[rank, partner]]),
+            self.oracle,
+            losing(self.talk, lost),
+            torch.tensor([[steps, 0]]),
+        )
         self.state = state
         if self.slowdown > 1:  # compute = the event's time but the rpc waits
             compute_s = time.perf_counter() - begin - (comm.talk_s - talk_s)

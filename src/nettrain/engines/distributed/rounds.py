@@ -102,7 +102,10 @@ class DistRounds:
             self.totals = {k: v.clone() for k, v in resume.totals.items()}
             self.round = resume.round
             if resume.comm is not None:  # this rank's rows of what the communicator carries
-                saved = {k: v[rank : rank + 1].to(device) for k, v in resume.comm.items()}
+                saved = {
+                    k: None if v is None else v[rank : rank + 1].to(device)
+                    for k, v in resume.comm.items()
+                }
                 self.talk.load_state_dict(saved)
             if resume.servers is not None:
                 restore_servers(comm, resume.servers, self.main)
@@ -175,7 +178,7 @@ class DistRounds:
         )
         carried = self.talk.state_dict()  # every rank has the same wrappers
         if carried is not None:
-            carried = {k: self.gather(v) for k, v in carried.items()}
+            carried = {k: None if v is None else self.gather(v) for k, v in carried.items()}
         if not self.main:
             return None
         return Checkpoint(

@@ -29,6 +29,7 @@ from nettrain.patterns import (
     Codec,
     Communicator,
     Handle,
+    Losses,
     Ready,
     ServerRule,
     Traffic,
@@ -41,16 +42,23 @@ DECODE_CHUNK = 1 << 22  # decoded elements held at once by a compressed mix
 
 
 class SimCommunicator(Communicator):
-    """All ``n`` agents of ``topology`` in this process (``m = n``)."""
+    """All ``n`` agents of ``topology`` in this process (``m = n``); ``servers`` hold the
+    centre of a method that has one (``uses_centre``)."""
 
-    def __init__(self, topology: Topology, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        device: torch.device,
+        dtype: torch.dtype,
+        servers: SimServers | None = None,
+    ) -> None:
         self.topology = topology
         self.n_agents = topology.n
         self.agents = torch.arange(topology.n)
         self.traffic = Traffic.zeros(topology.n)
         self.device, self.dtype = device, dtype
         self._static: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.servers: SimServers | None = None  # set by the engine for centre methods
+        self.servers = servers
 
     def _weights(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``W(t)`` ready for ``@`` on the device, and the out-degree ``(n,)`` of each agent."""
@@ -133,6 +141,7 @@ class SimCommunicator(Communicator):
         ref: torch.Tensor,
         *,
         codec: Codec | None = None,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
         compressor = Identity() if codec is None else codec.compressor
         i, j = pairs[:, 0], pairs[:, 1]
@@ -141,10 +150,10 @@ class SimCommunicator(Communicator):
         out = x.clone()
         out[receivers] = compressor.decode(payload, ref[receivers])
         sent = torch.ones(len(senders), dtype=torch.bool)
-        if self.losses is not None:  # what is lost leaves its receiver with its reference
-            lost = torch.cat([self.losses.reply, self.losses.request])
+        if losses is not None:  # what is lost leaves its receiver with its reference
+            lost = torch.cat([losses.reply, losses.request])
             out[receivers[lost]] = ref[receivers[lost]]
-            sent[: len(i)] = ~self.losses.request  # no request, no reply
+            sent[: len(i)] = ~losses.request  # no request, no reply
         messages = torch.zeros(self.n_agents, dtype=torch.int64)
         nbytes = torch.zeros(self.n_agents, dtype=torch.int64)
         messages.index_add_(0, senders[sent].cpu(), torch.ones(int(sent.sum()), dtype=torch.int64))
@@ -158,17 +167,19 @@ class SimCommunicator(Communicator):
         workers: torch.Tensor,
         rule: ServerRule,
         synchronous: bool = False,
+        *,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
         if self.servers is None:
-            raise RuntimeError("no parameter servers: the engine sets them for uses_centre")
-        if self.losses is None:
+            raise RuntimeError("no parameter servers: build the communicator with servers=")
+        if losses is None:
             replies = self.servers.exchange(sent, workers, synchronous)  # the shards hold the rule
         else:  # a lost request reaches no server; a lost reply leaves the worker as it was
             replies = sent.clone()
-            kept = ~self.losses.request
+            kept = ~losses.request
             if kept.any():
                 replies[kept] = self.servers.exchange(sent[kept], workers[kept], synchronous)
-            replies[self.losses.reply] = sent[self.losses.reply]
+            replies[losses.reply] = sent[losses.reply]
         messages = torch.zeros(self.n_agents, dtype=torch.int64)
         nbytes = torch.zeros(self.n_agents, dtype=torch.int64)
         messages[workers.cpu()] = len(self.servers.slices)  # one slice to each server
@@ -178,5 +189,5 @@ class SimCommunicator(Communicator):
 
     def centre(self) -> torch.Tensor:
         if self.servers is None:
-            raise RuntimeError("no parameter servers: the engine sets them for uses_centre")
+            raise RuntimeError("no parameter servers: build the communicator with servers=")
         return self.servers.centre()

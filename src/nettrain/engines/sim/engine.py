@@ -51,9 +51,10 @@ class SimRounds:
         n = job.n_agents
         self.job, self.label = job, f"{job.algorithm.name} x{n}"
         x = job.x0.expand(n, -1).clone()  # (n, d)
-        self.comm = comm = SimCommunicator(job.topology, x.device, x.dtype)
-        if job.algorithm.uses_centre:
-            comm.servers = SimServers(job.x0, job.algorithm, n, job.cost)
+        servers = (
+            SimServers(job.x0, job.algorithm, n, job.cost) if job.algorithm.uses_centre else None
+        )
+        self.comm = comm = SimCommunicator(job.topology, x.device, x.dtype, servers)
         self.oracle = job.problem.oracle(
             job.shards, range(n), batch_size=job.batch_size, seed=job.seed
         )
