@@ -11,7 +11,6 @@ import torch
 
 from nettrain.algorithms.base import Algorithm, Method
 from nettrain.checkpoint import Checkpoint
-from nettrain.compression import Identity
 from nettrain.engines.sim.clock import CostModel, VirtualClock
 from nettrain.errors import DivergenceError
 from nettrain.evaluation import model_metrics
@@ -82,9 +81,9 @@ def declared(
     """``comm`` as ``algorithm`` declares its messages: through its ``compressor`` setting
     (:class:`~nettrain.wrappers.Compressed`: synchronous codes seeded by ``seed``, swaps'
     drawn from ``stream``) and, with ``error_feedback``, through
-    :class:`~nettrain.wrappers.ErrorFeedback`; ``comm`` itself when it sends as is."""
+    :class:`~nettrain.wrappers.ErrorFeedback`; ``comm`` itself without a compressor."""
     compressor = getattr(algorithm, "compressor", None)
-    if compressor is None or isinstance(compressor, Identity):
+    if compressor is None:
         return comm
     compressed = Compressed(comm, compressor, seed, stream)
     return ErrorFeedback(compressed) if getattr(algorithm, "error_feedback", False) else compressed

@@ -119,7 +119,8 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, Checkpoint]]:
     texts = [json.dumps(step) for step in steps()]
     command = torchrun_command(NPROC, __file__, str(root), *texts)
     tests = str(Path(__file__).parents[2])  # for `import helpers` in the script
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": tests}
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": path}  # the nettrain here
     log = root / "torchrun.log"
     with open(log, "wb") as sink:  # a file, not a pipe: nobody reads while the sims run
         proc = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
