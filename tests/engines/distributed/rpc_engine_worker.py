@@ -48,7 +48,7 @@ def main(out: str) -> None:
         | {"engine": "distributed", "progress": False, "timeout_s": 30}
     )
     job = build_job(cfg)
-    job = dataclasses.replace(job, algorithm=PostingSGD(job.algorithm.sgd))
+    job = dataclasses.replace(job, algorithm=PostingSGD(lr=job.algorithm.lr))
     engine = DistributedEngine.from_config(cfg)
     result = engine.run(job, RunFolder(None))
     if engine.is_main:

@@ -158,7 +158,9 @@ class DistCommunicator(Communicator):
 
     Needs an initialised default process group whose size is ``topology.n``. The
     constructor runs a barrier: the first point-to-point call of a group must follow
-    a call every rank takes part in.
+    a call every rank takes part in. ``servers`` are the parameter servers of a centre
+    method: ranks ``n + s`` own the columns ``servers[s]``; ``sync_round`` is their next
+    synchronous round (not 0 when a run resumes).
     """
 
     def __init__(
@@ -166,6 +168,8 @@ class DistCommunicator(Communicator):
         topology: Topology,
         group: dist.ProcessGroup | None = None,
         rpc: RpcSession | None = None,
+        servers: list[slice] | None = None,
+        sync_round: int = 0,
     ) -> None:
         world = dist.get_world_size(group)
         if world != topology.n:
@@ -177,9 +181,9 @@ class DistCommunicator(Communicator):
         self.agents = torch.tensor([self.rank])
         self.traffic = Traffic.zeros(1)
         self.rpc = rpc  # the asynchronous patterns' session, for algorithms with uses_rpc
-        self.server_ranks: list[int] = []  # parameter servers, see attach_servers
-        self._slices: list[slice] = []
-        self.sync_rounds = 0  # synchronous centre exchanges made: the servers' next round
+        self._slices = servers or []
+        self.server_ranks = [topology.n + s for s in range(len(self._slices))]
+        self.sync_rounds = sync_round  # synchronous centre exchanges made: the servers' next
         self.staleness: Counter[int] = Counter()  # of this worker's centre exchanges
         # asynchronous exchanges: requests that reached each partner (a centre exchange
         # counts under this rank), exchanges that lost their request or their reply,
@@ -325,11 +329,6 @@ class DistCommunicator(Communicator):
         if losses is None:
             return False, False
         return bool(losses.request[0]), bool(losses.reply[0])
-
-    def attach_servers(self, first_rank: int, slices: list[slice]) -> None:
-        """The parameter servers: ranks ``first_rank + s`` own the columns ``slices[s]``."""
-        self.server_ranks = [first_rank + s for s in range(len(slices))]
-        self._slices = slices
 
     def centre_exchange(
         self,

@@ -207,8 +207,8 @@ def restore_servers(comm: DistCommunicator, saved: dict[str, Any], main: bool) -
     """Resume the parameter servers (every worker calls it, before its first round).
 
     Rank 0 gives each server its slice back (:meth:`CentreShard.load_state_dict`); every
-    worker numbers its next synchronous exchange with the servers' round, which
-    :meth:`CentreShard.exchange_sync` waits for. A barrier then keeps every worker's
+    worker's communicator was built with the servers' round (:func:`servers_round`),
+    which :meth:`CentreShard.exchange_sync` waits for. A barrier then keeps every worker's
     first exchange from reaching a server before its slice is back.
     """
     assert comm.rpc is not None
@@ -221,5 +221,11 @@ def restore_servers(comm: DistCommunicator, saved: dict[str, Any], main: bool) -
     if main:
         for rank, shard in zip(comm.server_ranks, shards, strict=True):
             comm.rpc.remote(rank, "centre").rpc_sync("load_state_dict", shard)
-    comm.sync_rounds = shards[0]["sync_round"] if shards else 0
     guarded("the barrier after restoring the servers", lambda: dist.barrier(comm.group))
+
+
+def servers_round(resume: Checkpoint | None) -> int:
+    """The parameter servers' next synchronous round in ``resume`` (0 without one): what
+    every worker numbers its next synchronous exchange with."""
+    shards = resume.servers["shards"] if resume is not None and resume.servers else []
+    return shards[0]["sync_round"] if shards else 0
