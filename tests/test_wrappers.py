@@ -9,7 +9,8 @@ import torch
 from nettrain.compression import QSGD, HalfPrecision, Identity, Lattice, TopK
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.errors import ConfigError
-from nettrain.patterns import Losses
+from nettrain.patterns import Codec, Losses
+from nettrain.problem.oracle import agent_seed
 from nettrain.topology import build_topology
 from nettrain.wrappers import Compressed, ErrorFeedback, Lossy, losing
 
@@ -121,3 +122,14 @@ def test_lossy_loses_what_the_fault_spec_says() -> None:
     nothing = Losses(torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool))
     assert losing(comm, nothing) is comm
     assert isinstance(losing(comm, losses), Lossy)
+
+
+def test_exchange_k_of_round_t_draws_from_the_documented_stream() -> None:
+    """Codes of exchange ``k`` of round ``t``: a generator seeded by ``agent_seed(seed,
+    first local agent, 2^32 + 4 t + k)`` (what a resumed run redraws)."""
+    x = points()
+    view = Compressed(ring(), QSGD(bits=2), seed=9).at(5)
+    for k in range(2):
+        codes = torch.Generator().manual_seed(agent_seed(9, 0, (1 << 32) + 4 * 5 + k))
+        want = ring().start_mean(x, codec=Codec(QSGD(bits=2), codes)).wait()
+        assert torch.equal(view.mean(x), want)
