@@ -42,16 +42,19 @@ class ChocoSGD(Algorithm[ChocoState]):
     gamma: float = 0.5  # consensus step size
     ratio: float = 0.1  # share of coordinates each message carries
 
+    @property
+    def compressor(self) -> TopK:  # what the engine sends the mixes through
+        return TopK(ratio=self.ratio)
+
     def init(self, x0, oracle, comm) -> ChocoState:
         return ChocoState(x0, torch.zeros_like(x0), torch.zeros_like(x0))
 
     def step(self, state: ChocoState, t: int, oracle, comm):
         loss, g = oracle.grad(state.x)
         x = state.x - self.lr * g
-        topk = TopK(ratio=self.ratio)
-        q = topk.decode(topk.encode(x - state.x_hat))  # (m, d), ratio * d non-zeros a row
+        q = self.compressor.decode(self.compressor.encode(x - state.x_hat))  # ratio * d nonzeros
         x_hat = state.x_hat + q
-        s = state.s + comm.mix(q, t, topk)  # q is top-k already: sent exactly, few bytes
+        s = state.s + comm.mix(q, t)  # q is top-k already: sent exactly, few bytes
         return ChocoState(x + self.gamma * (s - x_hat), x_hat, s), loss
 
 

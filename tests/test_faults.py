@@ -19,6 +19,7 @@ from nettrain.experiment import build_job, run
 from nettrain.faults import Crash, Faults, parse_crashes, parse_split
 from nettrain.patterns import Losses
 from nettrain.topology import build_topology
+from nettrain.wrappers import Lossy
 
 SMALL = {"dataset": "digits", "agents": 8, "hidden": [8], "batch_size": 8, "progress": False}
 SMALL |= {"topology": "complete", "eval_every": 10}
@@ -108,8 +109,8 @@ def test_lost_requests_change_nobody_and_kept_exchanges_preserve_the_pair_sum() 
     pairs = torch.tensor([[0, 1], [2, 6], [7, 3], [4, 5]])  # kept, request lost x2, reply lost
     request = torch.tensor([False, True, True, False])
     reply = torch.tensor([False, True, True, True])
-    with comm.losing(Losses(request, reply)):
-        new, _ = algo.interact(state, pairs, None, comm, None, torch.zeros(4, 2, dtype=torch.int64))
+    lossy = Lossy(comm, Losses(request, reply))
+    new, _ = algo.interact(state, pairs, None, lossy, torch.zeros(4, 2, dtype=torch.int64))
     y = new.x
     assert torch.allclose(y[0], (x[0] + x[1]) / 2) and torch.allclose(y[1], y[0])
     for a in (2, 6, 7, 3, 4):

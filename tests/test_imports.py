@@ -43,7 +43,7 @@ PACKAGE = "nettrain"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "progress", "version"),
     ("topology", "compression", "data", "checkpoint", "faults", "analysis", "report"),
-    ("problem", "patterns"),
+    ("problem", "patterns", "wrappers"),
     ("algorithms",),
     ("evaluation", "recording", "result"),
     ("engines",),

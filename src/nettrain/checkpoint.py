@@ -3,7 +3,8 @@
 A checkpoint holds the rounds done, the algorithm's state (every variable: parameters,
 momentum buffers, trackers, step sizes), every agent's mini-batch generator, the
 virtual clock, the cumulative work counters, the number of records written and the
-wall time spent; the parameter servers' rows and counters for centre methods; and for
+wall time spent; what the communicator carries between rounds (error feedback's
+residual); the parameter servers' rows and counters for centre methods; and for
 asynchronous runs the event engine's state (every agent's running and next phase,
 event time, partner, random streams, the events done). It is one ``torch.save`` of
 plain containers, tensors and numbers, written to a temporary file and renamed over
@@ -40,6 +41,7 @@ class Checkpoint:
     wall_time_s: float
     servers: dict[str, Any] | None = None  # the parameter servers' centre, if any
     events: dict[str, Any] | None = None  # the event engine's clocks, draws and batch state
+    comm: dict[str, Any] | None = None  # what the communicator carries: error feedback's residual
 
     def save(self, folder: Path) -> Path:
         """Write ``folder/checkpoint.pt`` atomically: a temporary file, then a rename."""

@@ -9,8 +9,7 @@ The patterns:
 
 * neighbour mixing ``x_i <- sum_j W_ij(t) x_j`` (:meth:`Communicator.start_mix`);
 * global mean ``x_i <- (1/n) sum_j x_j``, an all-reduce (:meth:`Communicator.start_mean`);
-  both optionally through a compressor, each receiver decoding against its own ``x_i``;
-* pairwise exchange on disjoint pairs, through a compressor (:meth:`Communicator.swap`);
+* pairwise exchange on disjoint pairs (:meth:`Communicator.swap`);
 * worker-to-centre exchange with centre variables held by (sharded) parameter
   servers (:meth:`Communicator.centre_exchange`), each server applying the method's
   :class:`ServerRule` to its slice;
@@ -22,13 +21,16 @@ The ``start_*`` methods return a :class:`Handle` whose ``wait()`` finishes the
 operation, so communication can overlap the next local computation (Bluefog-style);
 the blocking forms are ``start_*(...).wait()``. Engines count messages and bytes per
 agent in :attr:`Communicator.traffic` at this boundary, from what is sent.
+
+Compression is not a pattern's argument: :class:`nettrain.wrappers.Compressed` wraps a
+communicator and hands each exchange a :class:`Codec` (the compressor and the
+generator of that exchange's random codes) through the keyword-only ``codec`` of the
+patterns; each receiver then decodes against its own ``x_i``. Algorithms never pass one.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -59,6 +61,15 @@ class ServerRule(Protocol):
     def serve(self, rows: torch.Tensor, sent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One exchange on a slice: ``(rows', reply)`` from ``rows: (r, d_s)`` and ``sent``."""
         ...
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How one exchange encodes what it sends: a compressor and, for a stochastic one, the
+    generator of its random codes (made by :class:`nettrain.wrappers.Compressed`)."""
+
+    compressor: Compressor
+    generator: torch.Generator | None = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +139,6 @@ class Communicator(ABC):
     n_agents: int  # n, all agents of the run
     agents: torch.Tensor  # (m,) global ids of the agents held here
     traffic: Traffic
-    losses: Losses | None = None  # the engine's faults for the exchanges in progress
 
     def local_rows(self, ids: torch.Tensor, held_only: bool = False) -> torch.Tensor:
         """The rows of the local stack ``x: (m, d)`` that hold the global agent ids
@@ -142,85 +152,70 @@ class Communicator(ABC):
             )
         return torch.tensor([where[int(a)] for a in ids if int(a) in where], dtype=torch.int64)
 
-    @contextmanager
-    def losing(self, losses: Losses | None) -> Iterator[None]:
-        """The exchanges started inside lose what ``losses`` says (None: nothing)."""
-        self.losses = losses
-        try:
-            yield
-        finally:
-            self.losses = None
+    def state_dict(self) -> dict[str, Any] | None:
+        """What this communicator carries from round to round (error feedback's residual),
+        for a checkpoint; None when nothing."""
+        return None
+
+    def load_state_dict(self, saved: dict[str, Any] | None) -> None:
+        """Take back what :meth:`state_dict` gave."""
+        return None
+
+    def at(self, t: int) -> Communicator:
+        """This communicator for the exchanges of round ``t`` (a wrapper that numbers the
+        round's exchanges returns a view; a plain communicator is itself)."""
+        return self
 
     @abstractmethod
-    def start_mix(
-        self,
-        x: torch.Tensor,
-        t: int,
-        compressor: Compressor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Handle:
+    def start_mix(self, x: torch.Tensor, t: int, *, codec: Codec | None = None) -> Handle:
         """Start ``x_i <- sum_j W_ij(t) x_j`` with the topology's mixing matrix at round ``t``.
 
-        With a ``compressor``, each agent encodes ``x_j`` once (random codes drawn from
-        ``generator``) and sends that payload to each out-neighbour; receiver ``i``
-        decodes it against its own ``x_i`` (the lattice quantiser's reference):
-        ``x_i <- W_ii x_i + sum_{j != i} W_ij decode(encode(x_j), x_i)``. One message
-        per neighbour, of ``compressor.nbytes`` bytes. ``None`` (or ``none``) sends
-        ``x_j`` as it is.
+        One message per out-neighbour of ``x_j``'s ``d`` values. With a ``codec``, each
+        agent encodes ``x_j`` once and sends that payload to each out-neighbour; receiver
+        ``i`` decodes it against its own ``x_i`` (the lattice quantiser's reference):
+        ``x_i <- W_ii x_i + sum_{j != i} W_ij decode(encode(x_j), x_i)``, one message per
+        neighbour of ``codec.compressor.nbytes`` bytes.
         """
 
     @abstractmethod
-    def start_mean(
-        self,
-        x: torch.Tensor,
-        compressor: Compressor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Handle:
-        """Start the all-reduce ``x_i <- (1/n) sum_j x_j`` over all ``n`` agents.
+    def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
+        """Start the all-reduce ``x_i <- (1/n) sum_j x_j`` over all ``n`` agents, counted
+        as a ring all-reduce (:func:`ring_allreduce_cost`).
 
-        With a ``compressor`` it is an all-gather of the encoded contributions:
+        With a ``codec`` it is an all-gather of the encoded contributions:
         ``x_i <- (1/n) sum_j decode(encode(x_j), x_i)``, agent ``i``'s own included, so
         every agent gets the same mean whenever decoding does not depend on the
         reference (and, for the lattice quantiser, within its guarantee). It costs what a
         ring all-gather of the payloads costs: ``n - 1`` messages and ``(n - 1)`` payloads
-        of ``compressor.nbytes`` bytes an agent (every payload has the same size).
+        of ``nbytes`` bytes an agent (every payload has the same size).
         """
 
-    def mix(
-        self,
-        x: torch.Tensor,
-        t: int,
-        compressor: Compressor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        if compressor is None:
-            return self.start_mix(x, t).wait()
-        return self.start_mix(x, t, compressor, generator).wait()
+    def mix(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """``start_mix(x, t).wait()``."""
+        return self.start_mix(x, t).wait()
 
-    def mean(
-        self,
-        x: torch.Tensor,
-        compressor: Compressor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        if compressor is None:
-            return self.start_mean(x).wait()
-        return self.start_mean(x, compressor, generator).wait()
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """``start_mean(x).wait()``."""
+        return self.start_mean(x).wait()
 
     def swap(
         self,
         x: torch.Tensor,
         pairs: torch.Tensor,
-        compressor: Compressor,
         ref: torch.Tensor,
-        generator: torch.Generator | None = None,
+        *,
+        codec: Codec | None = None,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
         """Pairwise exchange on the disjoint ``pairs: (p, 2)`` (global agent ids).
 
         For each pair ``(i, j)``, ``i`` receives ``decode(encode(x_j), ref_i)`` and ``j``
-        receives ``decode(encode(x_i), ref_j)``. Returns ``(m, d)``: the received rows,
-        and ``x`` itself for local agents in no pair. Each sender's message and its
-        encoded bytes are counted. Used by SwarmSGD and AD-PSGD.
+        receives ``decode(encode(x_i), ref_j)`` (``x_j`` and ``x_i`` as they are without
+        a ``codec``). Returns ``(m, d)``: the received rows, and ``x`` itself for local
+        agents in no pair. Each sender's message and its encoded bytes are counted. Used
+        by SwarmSGD and AD-PSGD. With ``losses`` (:class:`nettrain.wrappers.Lossy`), a
+        lost request reaches nobody and gets no reply, a lost reply leaves the initiator
+        with its ``ref``.
         """
         raise NotImplementedError(f"{type(self).__name__} has no pairwise exchange yet")
 
@@ -230,6 +225,8 @@ class Communicator(ABC):
         workers: torch.Tensor,
         rule: ServerRule,
         synchronous: bool = False,
+        *,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
         """Exchanges of ``workers: (k,)`` (global ids, local here) with the centre servers.
 
@@ -241,6 +238,8 @@ class Communicator(ABC):
         reads the centre as the round found it and their changes add up
         (``c <- c + sum_w (serve(c, sent_w) - c)``), in any arrival order. Each worker
         sends one message per server. Used by the elastic averaging family and DOWNPOUR.
+        With ``losses`` (:class:`nettrain.wrappers.Lossy`), a lost request reaches no
+        server and a lost reply leaves the worker with what it sent.
         """
         raise NotImplementedError(f"{type(self).__name__} has no centre exchange")
 

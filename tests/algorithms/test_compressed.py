@@ -23,20 +23,23 @@ from helpers import (
 from nettrain.algorithms.baselines import (
     DPSGD,
     AllReduceSGD,
-    AllReduceState,
     GradientTracking,
     LocalSGD,
+    SGDRunState,
 )
 from nettrain.checkpoint import Checkpoint
 from nettrain.compression import QSGD, HalfPrecision, Lattice, TopK
 from nettrain.compression.payloads import pack, take_rows, unpack
 from nettrain.config import build_algorithm, load_config
+from nettrain.engines.base import declared
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.errors import ConfigError
 from nettrain.experiment import resume, run
+from nettrain.patterns import Codec
 from nettrain.recording import RunFolder
 from nettrain.topology import build_topology
+from nettrain.wrappers import Compressed, ErrorFeedback
 
 N = 8
 CPU = torch.device("cpu")
@@ -91,7 +94,7 @@ def test_lattice_mix_within_the_guarantee_is_the_plain_mix_up_to_eps_over_two(
     x = near_points(N, 300, spread=0.06)  # rows differ by < 0.12 < radius
     for t in range(5):
         plain = comm.mix(x, t)
-        packed = comm.mix(x, t, LATTICE8)
+        packed = Compressed(comm, LATTICE8).mix(x, t)
         err = (packed - plain).abs()
         assert err.max() <= LATTICE8.eps / 2 + 1e-12
         assert err.max() > LATTICE8.eps / 10  # it really was quantised
@@ -104,7 +107,7 @@ def test_lattice_mix_beyond_the_radius_wraps() -> None:
     ``q eps = 0.256`` (what the bound of the test above rules out)."""
     comm = ring_comm()
     x = near_points(N, 300, spread=0.15)
-    err = (comm.mix(x, 0, LATTICE8) - comm.mix(x, 0)).abs()
+    err = (Compressed(comm, LATTICE8).mix(x, 0) - comm.mix(x, 0)).abs()
     assert err.max() > 0.05
 
 
@@ -115,7 +118,7 @@ def test_decoding_uses_the_receivers_own_reference() -> None:
     comm = ring_comm()
     base = near_points(N, 50, spread=0.01)
     shift = torch.tensor([0.256 if i % 2 == 0 else 0.0 for i in range(N)], dtype=torch.float64)
-    got = comm.mix(base + shift[:, None], 0, LATTICE8)
+    got = Compressed(comm, LATTICE8).mix(base + shift[:, None], 0)
     expected = comm.mix(base, 0) + shift[:, None]
     assert (got - expected).abs().max() <= LATTICE8.eps / 2 + 1e-9
 
@@ -132,7 +135,7 @@ def test_doubly_stochastic_compressed_mixing_keeps_the_mean_up_to_the_coding_err
         W = comm.topology.weights(t)
         torch.testing.assert_close(W.sum(0), torch.ones(N, dtype=torch.float64))
         bound = float((1 - W.diagonal()).max()) * LATTICE8.eps / 2
-        new = comm.mix(x, t, LATTICE8)
+        new = Compressed(comm, LATTICE8).mix(x, t)
         drift = (new.mean(0) - x.mean(0)).abs().max()
         assert drift <= bound + 1e-12
         plain_drift = (comm.mix(x, t).mean(0) - x.mean(0)).abs().max()
@@ -147,7 +150,7 @@ def test_mix_bytes_are_the_encoded_payloads_one_message_per_neighbour() -> None:
     comm = SimCommunicator(comm.topology, CPU, torch.float32)
     counts = {}
     for name, compressor in (("none", None), ("fp16", HalfPrecision()), ("lattice", LATTICE8)):
-        comm.mix(x, 0, compressor)
+        (comm if compressor is None else Compressed(comm, compressor)).mix(x, 0)
         counts[name] = comm.traffic.reset()
     for messages, _ in counts.values():
         assert messages.tolist() == [2] * N  # a ring: two neighbours each
@@ -159,13 +162,16 @@ def test_mix_bytes_are_the_encoded_payloads_one_message_per_neighbour() -> None:
 def test_a_stochastic_mix_is_reproducible_from_its_generator() -> None:
     comm = ring_comm()
     x = near_points(N, 100, spread=0.05)
-    first = comm.mix(x, 0, QSGD(bits=4), torch.Generator().manual_seed(5))
-    again = comm.mix(x, 0, QSGD(bits=4), torch.Generator().manual_seed(5))
-    other = comm.mix(x, 0, QSGD(bits=4), torch.Generator().manual_seed(6))
+
+    def mix(seed: int | None) -> torch.Tensor:
+        codes = None if seed is None else torch.Generator().manual_seed(seed)
+        return comm.start_mix(x, 0, codec=Codec(QSGD(bits=4), codes)).wait()
+
+    first, again, other = mix(5), mix(5), mix(6)
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
     with pytest.raises(ConfigError, match="never uses the global generator"):
-        comm.mix(x, 0, QSGD(bits=4))
+        mix(None)
 
 
 # --- the compressed mean --------------------------------------------------------------
@@ -178,13 +184,13 @@ def test_compressed_mean_is_an_all_gather_of_the_payloads() -> None:
     comm = ring_comm()
     d = 200
     x = near_points(N, d, spread=0.06, seed=4)
-    got = comm.mean(x, LATTICE8)
+    got = Compressed(comm, LATTICE8).mean(x)
     messages, nbytes = comm.traffic.reset()
     assert torch.equal(got, got[:1].expand_as(got))  # every agent holds the same mean
     assert (got[0] - x.mean(0)).abs().max() <= LATTICE8.eps / 2 + 1e-12
     assert messages.tolist() == [N - 1] * N
     assert nbytes.tolist() == [(N - 1) * d] * N  # one byte a coordinate, n - 1 payloads
-    comm.mean(x, HalfPrecision())
+    Compressed(comm, HalfPrecision()).mean(x)
     assert comm.traffic.reset()[1].tolist() == [(N - 1) * 2 * d] * N
 
 
@@ -194,7 +200,7 @@ def test_compressed_mean_decodes_against_each_receivers_reference() -> None:
     comm = ring_comm()
     x = near_points(N, 20, spread=0.001)
     x[0] += 0.256
-    got = comm.mean(x, LATTICE8)
+    got = Compressed(comm, LATTICE8).mean(x)
     assert (got[0] - got[1]).abs().min() > 0.2  # agent 0 sees everyone near itself
 
 
@@ -265,12 +271,13 @@ class SpyComm(SimCommunicator):
         super().__init__(*args, **kwargs)
         self.sent: list[torch.Tensor] = []
 
-    def start_mean(self, x, compressor=None, generator=None):
-        if compressor is not None:
+    def start_mean(self, x, *, codec=None):
+        if codec is not None:
+            generator, compressor = codec.generator, codec.compressor
             state = None if generator is None else generator.get_state()
             replay = None if state is None else torch.Generator().set_state(state)
             self.sent.append(compressor.decode(compressor.encode(x, generator=replay), x))
-        return super().start_mean(x, compressor, generator)
+        return super().start_mean(x, codec=codec)
 
 
 @pytest.mark.parametrize("compressor", [TopK(k=2), QSGD(bits=2), HalfPrecision(torch.bfloat16)])
@@ -282,17 +289,17 @@ def test_error_feedback_invariant_inside_allreduce(compressor) -> None:
     topology = build_topology("ring", N)
     comm = SpyComm(topology, CPU, torch.float64)
     oracle = problem.oracle(iid_shards(120, N), range(N), batch_size=0, seed=0)
-    algo = AllReduceSGD(lr=0.1, compressor=compressor, error_feedback=True, seed=3)
-    state: AllReduceState = algo.init(
-        torch.zeros(N, problem.dim, dtype=torch.float64), oracle, comm
-    )
-    assert state.ef is not None and not state.ef.residual.any()
+    algo = AllReduceSGD(lr=0.1, compressor=compressor, error_feedback=True)
+    talk = declared(comm, algo, seed=3)
+    assert isinstance(talk, ErrorFeedback)
+    state: SGDRunState = algo.init(torch.zeros(N, problem.dim, dtype=torch.float64), oracle, talk)
+    assert talk.residual is None  # nothing dropped yet: the first message carries no residual
     moved = 0.0
     for t in range(30):
         _, g = oracle.grad(state.x)  # full batch: the gradient the step takes
-        old = state.ef.residual
-        state, _ = algo.step(state, t, oracle, comm)
-        new = state.ef.residual
+        old = torch.zeros_like(g) if talk.residual is None else talk.residual
+        state, _ = algo.step(state, t, oracle, talk.at(t))
+        new = talk.residual
         torch.testing.assert_close(comm.sent[-1] + new, g + old, rtol=0, atol=1e-12)
         assert torch.equal(state.x, state.x[:1].expand_as(state.x))
         moved = max(moved, float(new.abs().max()))
@@ -309,7 +316,10 @@ def test_allreduce_without_error_feedback_keeps_no_residual() -> None:
     problem = least_squares_problem(regression_data())
     oracle = problem.oracle(iid_shards(120, N), range(N), batch_size=0, seed=0)
     x0 = torch.zeros(N, problem.dim, dtype=torch.float64)
-    assert algo.init(x0, oracle, ring_comm()).ef is None
+    talk = declared(ring_comm(), algo, seed=0)
+    assert isinstance(talk, Compressed) and not isinstance(talk, ErrorFeedback)
+    algo.init(x0, oracle, talk)
+    assert talk.state_dict() is None  # no residual to keep
 
 
 def test_allreduce_topk_error_feedback_removes_most_of_the_bias() -> None:
@@ -376,7 +386,7 @@ def test_config_builds_the_compressors() -> None:
     cfg = load_config({"algorithm": "allreduce", "quantizer": "qsgd", "bits": 4, "seed": 7})
     algo = build_algorithm(cfg)
     assert isinstance(algo, AllReduceSGD)
-    assert algo.compressor == QSGD(bits=4) and algo.error_feedback and algo.seed == 7
+    assert algo.compressor == QSGD(bits=4) and algo.error_feedback
     assert build_algorithm(load_config({"algorithm": "dpsgd"})).compressor is None
     lattice = build_algorithm(
         load_config({"algorithm": "dpsgd", "quantizer": "lattice", "lattice_eps": 1e-4})
@@ -414,7 +424,7 @@ def test_a_resumed_compressed_run_equals_the_uninterrupted_one(case: dict, tmp_p
     run(load_config(values | {"rounds": 15}), tmp_path / "cut")
     checkpoint = Checkpoint.load(tmp_path / "cut")
     if case["algorithm"] == "allreduce":
-        assert checkpoint.state["ef"]["residual"].abs().max() > 0
+        assert checkpoint.comm is not None and checkpoint.comm["residual"].abs().max() > 0
     resumed = resume(tmp_path / "cut", {"rounds": "20"})
     assert torch.equal(resumed.x, whole.x)
     assert resumed.records[-1]["bytes_total"] == whole.records[-1]["bytes_total"]

@@ -169,7 +169,6 @@ class AsyncAlgorithm(Method[S]):
         pairs: torch.Tensor,
         oracle: Oracle,
         comm: Communicator,
-        generator: torch.Generator,
         steps: torch.Tensor,
     ) -> tuple[S, torch.Tensor]:
         """Events on the disjoint ``pairs: (k, 2)`` (initiator, partner; partner ``-1`` for

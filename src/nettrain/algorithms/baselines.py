@@ -4,18 +4,16 @@ Each is a few lines against the communication patterns; the local step is
 :func:`~nettrain.algorithms.sgd.sgd_step` (momentum, Nesterov, weight decay).
 
 Compression (``quantizer=`` in a config, a :class:`~nettrain.compression.Compressor` in
-code; ``None`` sends as is): D-PSGD, local SGD and gradient tracking send models (and
-trackers), each decoded against the receiver's own copy (the lattice quantiser's
-reference), so ``Q(x_j)`` replaces ``x_j`` in the mixing; all-reduce SGD sends gradients
-through error feedback (Seide et al. 2014; Karimireddy et al. 2019):
-``p = encode(g_i + e_i)``, ``e_i <- g_i + e_i - decode(p)``, the mean of the decoded
-``p_j`` replaces the mean gradient. With a doubly stochastic ``W`` uncompressed mixing
-keeps the mean of the models; compressed, the mean moves by at most the coding error
-(``eps / 2`` a coordinate for the lattice quantiser within its guarantee). Random codes
-(``qsgd``) come from a generator seeded by ``(seed, first local agent, round, exchange)``,
-so a run is reproducible and a resumed run equals an uninterrupted one; the simulator
-draws them for the whole stack at once, so it and the distributed engine agree on
-deterministic compressors only.
+code; ``None`` sends as is) is a setting the engine reads: it wraps the communicator
+(:class:`~nettrain.wrappers.Compressed`), so the steps below are the uncompressed ones.
+D-PSGD, local SGD and gradient tracking send models (and trackers), each decoded against
+the receiver's own copy (the lattice quantiser's reference), so ``Q(x_j)`` replaces
+``x_j`` in the mixing; all-reduce SGD sends gradients, through error feedback when
+``error_feedback`` (:class:`~nettrain.wrappers.ErrorFeedback`). With a doubly stochastic
+``W`` uncompressed mixing keeps the mean of the models; compressed, the mean moves by at
+most the coding error (``eps / 2`` a coordinate for the lattice quantiser within its
+guarantee). The simulator draws random codes (``qsgd``) for the whole stack at once, so
+it and the distributed engine agree on deterministic compressors only.
 """
 
 from __future__ import annotations
@@ -28,26 +26,10 @@ import torch
 from nettrain.algorithms.base import Algorithm
 from nettrain.algorithms.sgd import LocalStep, SGDState, sgd_direction, sgd_step
 from nettrain.algorithms.shared import SharedDataParallel
-from nettrain.compression import Compressor, EFState, ErrorFeedback, TopK
+from nettrain.compression import Compressor, TopK
 from nettrain.errors import ConfigError
-from nettrain.patterns import Communicator, Handle
-from nettrain.problem.oracle import Oracle, agent_seed
-
-CODE_STREAM = 1 << 32  # random streams of the codes, apart from the mini-batches' (stream 0)
-EXCHANGES = 4  # streams a round: one per exchange of that round (x, y, ...)
-
-
-def code_generator(
-    compressor: Compressor | None, seed: int, comm: Communicator, x: torch.Tensor, t: int, k: int
-) -> torch.Generator | None:
-    """The generator of exchange ``k`` of round ``t``'s random codes; None for a
-    deterministic compressor. A pure function of its inputs, so nothing to checkpoint."""
-    if compressor is None or not compressor.stochastic:
-        return None
-    stream = CODE_STREAM + EXCHANGES * t + k
-    return torch.Generator(device=x.device).manual_seed(
-        agent_seed(seed, int(comm.agents[0]), stream)
-    )
+from nettrain.patterns import Communicator
+from nettrain.problem.oracle import Oracle
 
 
 def refuse_sparsified_models(name: str, compressor: Compressor | None) -> None:
@@ -61,20 +43,6 @@ def refuse_sparsified_models(name: str, compressor: Compressor | None) -> None:
         )
 
 
-def mix(
-    comm: Communicator,
-    x: torch.Tensor,
-    t: int,
-    compressor: Compressor | None,
-    generator: torch.Generator | None,
-) -> Handle:
-    """``comm.start_mix`` with the compressor only when there is one (a communicator
-    written before compression keeps working for uncompressed methods)."""
-    if compressor is None:
-        return comm.start_mix(x, t)
-    return comm.start_mix(x, t, compressor, generator)
-
-
 @dataclass(frozen=True)
 class SGDRunState:
     x: torch.Tensor  # (m, d)
@@ -82,20 +50,13 @@ class SGDRunState:
 
 
 @dataclass(frozen=True)
-class AllReduceState:
-    x: torch.Tensor  # (m, d)
-    sgd: SGDState
-    ef: EFState | None = None  # error feedback's residual e: (m, d), with a compressor
-
-
-@dataclass(frozen=True)
-class AllReduceSGD(LocalStep, SharedDataParallel, Algorithm[AllReduceState]):
+class AllReduceSGD(LocalStep, SharedDataParallel, Algorithm[SGDRunState]):
     """Synchronous data-parallel SGD (what DDP does): ``x <- x - lr * mean_i g_i(x)``.
 
     Every agent holds the same ``x``; the gradients are averaged by an all-reduce each
     round (Goyal et al. 2017, "Accurate, Large Minibatch SGD"). With a ``compressor``
     the all-reduce is an all-gather of encoded gradients, through error feedback when
-    ``error_feedback`` (see the module docstring)::
+    ``error_feedback`` (:class:`~nettrain.wrappers.ErrorFeedback`)::
 
         p_i = encode(g_i + e_i),   e_i <- g_i + e_i - decode(p_i),
         x <- x - lr * (1/n) sum_j decode(p_j)
@@ -107,38 +68,18 @@ class AllReduceSGD(LocalStep, SharedDataParallel, Algorithm[AllReduceState]):
     its workers share one model (:class:`~nettrain.algorithms.shared.SharedDataParallel`).
     """
 
-    compressor: Compressor | None = None
-    error_feedback: bool = True
-    seed: int = 0  # of the random codes
+    compressor: Compressor | None = None  # of the gradients averaged
+    error_feedback: bool = True  # with a compressor: carry what it drops
     name = "allreduce"
     compresses = True
 
-    @property
-    def _ef(self) -> ErrorFeedback | None:
-        if self.compressor is None or not self.error_feedback:
-            return None
-        return ErrorFeedback(self.compressor)
+    def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> SGDRunState:
+        return SGDRunState(x0, SGDState())
 
-    def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> AllReduceState:
-        ef = self._ef
-        return AllReduceState(x0, SGDState(), None if ef is None else ef.init(x0))
-
-    def step(self, state: AllReduceState, t: int, oracle: Oracle, comm: Communicator):
+    def step(self, state: SGDRunState, t: int, oracle: Oracle, comm: Communicator):
         loss, g = oracle.grad(state.x)  # (m,), (m, d)
-        ef, residual = self._ef, state.ef
-        if ef is None or residual is None:  # uncompressed, or compressed as it is
-            g = comm.mean(g, self.compressor, self._codes(comm, g, t))
-        else:
-            sent = g + residual.residual  # (m, d) what is encoded: g_i + e_i
-            # The residual is what this payload drops; the communicator encodes the same
-            # vector with a generator seeded the same way, so it sends this very payload.
-            _, _, residual = ef.step(g, residual, ref=sent, generator=self._codes(comm, g, t))
-            g = comm.mean(sent, self.compressor, self._codes(comm, g, t))
-        x, sgd = sgd_step(state.x, g, state.sgd, self.sgd)
-        return AllReduceState(x, sgd, residual), loss
-
-    def _codes(self, comm: Communicator, x: torch.Tensor, t: int) -> torch.Generator | None:
-        return code_generator(self.compressor, self.seed, comm, x, t, 0)
+        x, sgd = sgd_step(state.x, comm.mean(g), state.sgd, self.sgd)
+        return SGDRunState(x, sgd), loss
 
 
 @dataclass(frozen=True)
@@ -152,7 +93,6 @@ class LocalSGD(LocalStep, Algorithm[SGDRunState]):
 
     tau: int = 4
     compressor: Compressor | None = None  # of the models averaged
-    seed: int = 0  # of the random codes
     name = "local_sgd"
     compresses = True
 
@@ -169,8 +109,7 @@ class LocalSGD(LocalStep, Algorithm[SGDRunState]):
         loss, g = oracle.grad(state.x)
         x, sgd = sgd_step(state.x, g, state.sgd, self.sgd)
         if (t + 1) % self.tau == 0:  # compressed: decoded against each agent's own x_i
-            codes = code_generator(self.compressor, self.seed, comm, x, t, 0)
-            x = comm.mean(x, self.compressor, codes)
+            x = comm.mean(x)
         return SGDRunState(x, sgd), loss
 
 
@@ -185,7 +124,6 @@ class DPSGD(LocalStep, Algorithm[SGDRunState]):
     """
 
     compressor: Compressor | None = None  # of the models mixed
-    seed: int = 0  # of the random codes
     name = "dpsgd"
     compresses = True
 
@@ -197,8 +135,7 @@ class DPSGD(LocalStep, Algorithm[SGDRunState]):
         return SGDRunState(x0, SGDState())
 
     def step(self, state: SGDRunState, t: int, oracle: Oracle, comm: Communicator):
-        codes = code_generator(self.compressor, self.seed, comm, state.x, t, 0)
-        mixing = mix(comm, state.x, t, self.compressor, codes)  # overlaps the gradient below
+        mixing = comm.start_mix(state.x, t)  # overlaps the gradient below
         loss, g = oracle.grad(state.x)
         direction, sgd = sgd_direction(state.x, g, state.sgd, self.sgd)
         x = torch.add(mixing.wait(), direction, alpha=-self.sgd.lr)
@@ -230,7 +167,6 @@ class GradientTracking(LocalStep, Algorithm[TrackingState]):
     """
 
     compressor: Compressor | None = None  # of the models and trackers mixed
-    seed: int = 0  # of the random codes
     name = "gradient_tracking"
     compresses = True
 
@@ -243,10 +179,8 @@ class GradientTracking(LocalStep, Algorithm[TrackingState]):
         return TrackingState(x0, g, g, SGDState())
 
     def step(self, state: TrackingState, t: int, oracle: Oracle, comm: Communicator):
-        codes_x = code_generator(self.compressor, self.seed, comm, state.x, t, 0)
-        codes_y = code_generator(self.compressor, self.seed, comm, state.x, t, 1)
-        mix_x = mix(comm, state.x, t, self.compressor, codes_x)
-        mix_y = mix(comm, state.y, t, self.compressor, codes_y)
+        mix_x = comm.start_mix(state.x, t)
+        mix_y = comm.start_mix(state.y, t)
         direction, sgd = sgd_direction(state.x, state.y, state.sgd, self.sgd)
         x = torch.add(mix_x.wait(), direction, alpha=-self.sgd.lr)
         loss, g = oracle.grad(x)  # overlaps the tracker's exchange

@@ -61,7 +61,7 @@ class Downpour(LocalStep, CentreAlgorithm[PulledState]):
         centre = rows[0] + sent
         return centre[None], centre.clone()
 
-    def interact(self, state, pairs, oracle, comm, generator, steps):
+    def interact(self, state, pairs, oracle, comm, steps):
         rows = comm.local_rows(pairs[:, 0])
         update = nesterov_steps(self.sgd, 0.0)
         (x, _), loss = local_phase(
@@ -157,7 +157,7 @@ class ADMM(LocalStep, CentreAlgorithm[ADMMState]):
         centre = rows[0] + sent
         return centre[None], centre.clone()
 
-    def interact(self, state, pairs, oracle, comm, generator, steps):
+    def interact(self, state, pairs, oracle, comm, steps):
         rows = comm.local_rows(pairs[:, 0])
         sgd, rho = self.sgd, self.rho
 

@@ -177,7 +177,7 @@ class EASGDAsync(LocalStep, ElasticRule, CentreAlgorithm[ElasticState]):
         """Nesterov momentum of the local steps: none in EASGD."""
         return 0.0
 
-    def interact(self, state, pairs, oracle, comm, generator, steps):
+    def interact(self, state, pairs, oracle, comm, steps):
         rows = comm.local_rows(pairs[:, 0])
         (x, v), loss = local_phase(
             (state.x[rows], state.v[rows]),

@@ -57,7 +57,7 @@ class SwarmSGD(LocalStep, GossipAlgorithm[SwarmState]):
     """SwarmSGD; see the module docstring for the update rules."""
 
     local_steps: int = 1
-    compressor: Compressor = field(default_factory=Identity)
+    compressor: Compressor = field(default_factory=Identity)  # Q, applied by the engine
     blocking: bool = False
     geometric_steps: bool = False  # phases of a geometric number of steps, mean local_steps
     name = "swarm"
@@ -96,7 +96,7 @@ class SwarmSGD(LocalStep, GossipAlgorithm[SwarmState]):
         """The exchange's rule on a published model: ``(own + Q(other)) / 2``."""
         return (own + received) / 2
 
-    def interact(self, state, pairs, oracle, comm, generator, steps):
+    def interact(self, state, pairs, oracle, comm, steps):
         i = comm.local_rows(pairs[:, 0])  # the initiators' rows
         j = comm.local_rows(pairs[:, 1], held_only=True)  # partners held here (the simulator)
         x = state.x  # (m, d) published models
@@ -105,13 +105,13 @@ class SwarmSGD(LocalStep, GossipAlgorithm[SwarmState]):
             moved, losses = self.local_phase(x[movers], movers, steps.T.flatten(), oracle)
             sent = x.clone()
             sent[movers] = moved
-            received = comm.swap(sent, pairs, self.compressor, ref=sent, generator=generator)
+            received = comm.swap(sent, pairs, ref=sent)
             new = x.clone()
             new[movers] = self.absorb(sent[movers], received[movers])
             loss = losses[: len(i)]
         else:
             moved, loss = self.local_phase(x[i], i, steps[:, 0], oracle)
-            received = comm.swap(x, pairs, self.compressor, ref=x, generator=generator)
+            received = comm.swap(x, pairs, ref=x)
             new = x.clone()
             new[i] = self.absorb(x[i], received[i]) + (moved - x[i])
             new[j] = self.absorb(x[j], received[j])  # partners held here (the simulator)

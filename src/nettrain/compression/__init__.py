@@ -21,7 +21,8 @@ name        rule                                 bytes a row                   s
 ==========  ===================================  ============================  ===============
 
 Error feedback (:func:`ef_init`, :func:`ef_step`, :class:`ErrorFeedback`) wraps any of
-them for gradients with an explicit residual state.
+them for gradients with an explicit residual state; runs send through it with the
+communicator :class:`nettrain.wrappers.ErrorFeedback`, which keeps that residual.
 
 Modules: :mod:`~nettrain.compression.base` (interface, byte helpers),
 :mod:`~nettrain.compression.dense` (none, fp16, bf16), :mod:`~nettrain.compression.qsgd`,

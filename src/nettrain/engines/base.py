@@ -15,10 +15,12 @@ from nettrain.engines.sim.clock import CostModel, VirtualClock
 from nettrain.errors import ConfigError, DivergenceError
 from nettrain.evaluation import model_metrics
 from nettrain.faults import Faults
+from nettrain.patterns import Communicator
 from nettrain.problem.buffers import Buffers, mean
 from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder
 from nettrain.topology import Topology
+from nettrain.wrappers import Compressed, ErrorFeedback
 
 
 def check_engine(engine: str, algorithm: Method) -> None:
@@ -81,6 +83,20 @@ class Engine(Protocol):
     name: str
 
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult: ...
+
+
+def declared(
+    comm: Communicator, algorithm: Method, seed: int, stream: torch.Generator | None = None
+) -> Communicator:
+    """``comm`` as ``algorithm`` declares its messages: through its ``compressor`` setting
+    (:class:`~nettrain.wrappers.Compressed`: synchronous codes seeded by ``seed``, swaps'
+    drawn from ``stream``) and, with ``error_feedback``, through
+    :class:`~nettrain.wrappers.ErrorFeedback`; ``comm`` itself without a compressor."""
+    compressor = getattr(algorithm, "compressor", None)
+    if compressor is None:
+        return comm
+    compressed = Compressed(comm, compressor, seed, stream)
+    return ErrorFeedback(compressed) if getattr(algorithm, "error_feedback", False) else compressed
 
 
 def work_totals(n: int, faults: Faults) -> dict[str, torch.Tensor]:

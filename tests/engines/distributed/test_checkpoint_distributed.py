@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from helpers import free_port, torchrun_command, wait_or_fail
-from nettrain.algorithms.baselines import AllReduceState
+from nettrain.algorithms.baselines import SGDRunState
 from nettrain.algorithms.sgd import SGDState
 from nettrain.checkpoint import Checkpoint
 from nettrain.config import load_config
@@ -47,7 +47,12 @@ SMALL = {
 # records of round 25, written after the last checkpoint (20), must go on resume.
 CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "dpsgd": ({"algorithm": "dpsgd", "eval_every": 5}, 25, 4),
-    "allreduce_momentum": ({"algorithm": "allreduce", "momentum": 0.9}, 20, 4),
+    # top-k gradients under error feedback: the residual is the communicator's part
+    "allreduce_momentum_topk": (
+        {"algorithm": "allreduce", "momentum": 0.9, "quantizer": "topk", "dtype": "float64"},
+        20,
+        4,
+    ),
     "easgd_servers": ({"algorithm": "easgd", "servers": 2, "tau": 3}, 20, 6),
 }
 NPROC = max(nproc for _, _, nproc in CASES.values())
@@ -114,7 +119,8 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, Checkpoint]]:
     texts = [json.dumps(step) for step in steps()]
     command = torchrun_command(NPROC, __file__, str(root), *texts)
     tests = str(Path(__file__).parents[2])  # for `import helpers` in the script
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": tests}
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": path}  # the nettrain here
     log = root / "torchrun.log"
     with open(log, "wb") as sink:  # a file, not a pipe: nobody reads while the sims run
         proc = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
@@ -184,6 +190,11 @@ def test_the_checkpoint_is_the_simulators(case: str, runs) -> None:
         assert dist.servers is not None and set(dist.servers) == {"shards"} < set(sim.servers)
         assert layout(dist.servers["shards"]) == layout(sim.servers["shards"])
     torch.testing.assert_close(dist.state, sim.state, rtol=0, atol=1e-5)
+    assert layout(dist.comm) == layout(sim.comm)
+    assert (sim.comm is not None) == (case == "allreduce_momentum_topk")
+    if sim.comm is not None and dist.comm is not None:
+        assert sim.comm["residual"].abs().max() > 0
+        torch.testing.assert_close(dist.comm, sim.comm, rtol=0, atol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(dist.rng, sim.rng, strict=True))
     assert all(torch.equal(dist.totals[k], sim.totals[k]) for k in sim.totals)
     assert dist.clock == pytest.approx(sim.clock, rel=1e-9)
@@ -199,14 +210,14 @@ def test_own_rows_take_each_ranks_rows_of_every_agents_state() -> None:
     """The inverse of ``gather_state``: rank ``r`` gets row ``r`` of every per-agent
     tensor, nested states too; the rows of all ranks stacked are the whole again."""
     n, d = 3, 4
-    everyone = AllReduceState(
+    everyone = SGDRunState(
         x=torch.arange(n * d, dtype=torch.float32).view(n, d),
         sgd=SGDState(buf=-torch.arange(n * d, dtype=torch.float32).view(n, d)),
     )
     parts = [own_rows(everyone, r, n, torch.device("cpu")) for r in range(n)]
     for r, part in enumerate(parts):
         assert part.x.shape == part.sgd.buf.shape == (1, d)
-        assert part.x[0, 0] == r * d and part.sgd.buf[0, 0] == -r * d and part.ef is None
+        assert part.x[0, 0] == r * d and part.sgd.buf[0, 0] == -r * d
     assert torch.equal(torch.cat([p.x for p in parts]), everyone.x)
     parts[0].x.add_(1)  # a row of its own, not a view of the checkpoint's
     assert everyone.x[0, 0] == 0

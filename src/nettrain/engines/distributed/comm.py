@@ -9,11 +9,13 @@ Every rank computes ``W(t)`` itself (a pure function of ``(seed, t)``, see
   requests and returns ``sum_j W_ij x_j`` with ``j`` in ascending order, as one
   ``(1, k) @ (k, d)`` product, the row of the simulator's ``W @ x``.
 * Global mean: ``all_reduce(SUM, async_op=True)``, divided by ``n`` in ``wait()``.
-* With a compressor, agent ``i`` encodes ``x_i`` once and packs the payload into one
-  ``uint8`` buffer (:func:`~nettrain.compression.payloads.pack`), whose length is fixed
-  by ``d`` and the compressor, so every receive is posted before anything arrives. A
-  mix sends that buffer where it would send ``x_i``; a mean all-gathers the buffers.
-  ``wait()`` decodes each received payload against ``x_i`` and combines as above.
+* With a codec (:class:`~nettrain.patterns.Codec`, from
+  :class:`~nettrain.wrappers.Compressed`), agent ``i`` encodes ``x_i`` once and packs
+  the payload into one ``uint8`` buffer (:func:`~nettrain.compression.payloads.pack`),
+  whose length is fixed by ``d`` and the compressor, so every receive is posted before
+  anything arrives. A mix sends that buffer where it would send ``x_i``; a mean
+  all-gathers the buffers. ``wait()`` decodes each received payload against ``x_i``
+  and combines as above.
 
 Traffic is counted from what this rank sends: one message of ``d`` elements per
 ``isend``; an all-reduce counts as the ring all-reduce
@@ -25,7 +27,7 @@ A failed exchange (a peer died, or did not answer within the group's timeout) ra
 :class:`~nettrain.errors.PeerError`, naming this rank and, for neighbour mixing, the peer.
 
 Asynchronous exchanges (``swap``, ``centre_exchange``) take the engine's faults
-(:meth:`~nettrain.patterns.Communicator.losing`, :mod:`nettrain.faults`): a lost request
+(``losses``, from :class:`~nettrain.wrappers.Lossy`, :mod:`nettrain.faults`): a lost request
 makes no call (its message and bytes still count: they were sent); a lost reply makes
 the call, so the partner or the servers take the request in, and hands the initiator
 its reference (``swap``) or what it sent (``centre_exchange``). A gossip partner whose
@@ -51,8 +53,10 @@ from nettrain.compression.payloads import pack, unpack
 from nettrain.engines.distributed.liveness import beating
 from nettrain.errors import PeerError
 from nettrain.patterns import (
+    Codec,
     Communicator,
     Handle,
+    Losses,
     ServerRule,
     Traffic,
     ring_allreduce_cost,
@@ -154,7 +158,9 @@ class DistCommunicator(Communicator):
 
     Needs an initialised default process group whose size is ``topology.n``. The
     constructor runs a barrier: the first point-to-point call of a group must follow
-    a call every rank takes part in.
+    a call every rank takes part in. ``servers`` are the parameter servers of a centre
+    method: ranks ``n + s`` own the columns ``servers[s]``; ``sync_round`` is their next
+    synchronous round (not 0 when a run resumes).
     """
 
     def __init__(
@@ -162,6 +168,8 @@ class DistCommunicator(Communicator):
         topology: Topology,
         group: dist.ProcessGroup | None = None,
         rpc: RpcSession | None = None,
+        servers: list[slice] | None = None,
+        sync_round: int = 0,
     ) -> None:
         world = dist.get_world_size(group)
         if world != topology.n:
@@ -173,9 +181,9 @@ class DistCommunicator(Communicator):
         self.agents = torch.tensor([self.rank])
         self.traffic = Traffic.zeros(1)
         self.rpc = rpc  # the asynchronous patterns' session, for algorithms with uses_rpc
-        self.server_ranks: list[int] = []  # parameter servers, see attach_servers
-        self._slices: list[slice] = []
-        self.sync_rounds = 0  # synchronous centre exchanges made: the servers' next round
+        self._slices = servers or []
+        self.server_ranks = [topology.n + s for s in range(len(self._slices))]
+        self.sync_rounds = sync_round  # synchronous centre exchanges made: the servers' next
         self.staleness: Counter[int] = Counter()  # of this worker's centre exchanges
         # asynchronous exchanges: requests that reached each partner (a centre exchange
         # counts under this rank), exchanges that lost their request or their reply,
@@ -202,15 +210,9 @@ class DistCommunicator(Communicator):
             self._static = out
         return out
 
-    def start_mix(
-        self,
-        x: torch.Tensor,
-        t: int,
-        compressor: Compressor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Handle:
-        if compressor is not None and not isinstance(compressor, Identity):
-            return self._start_decoded_mix(x, t, compressor, generator)
+    def start_mix(self, x: torch.Tensor, t: int, *, codec: Codec | None = None) -> Handle:
+        if codec is not None:
+            return self._start_decoded_mix(x, t, codec.compressor, codec.generator)
         send, recv, row = self._peers(t)
         mine = x[0].contiguous()  # (d,)
         labelled, got = self._post(mine, send, recv, t)
@@ -252,14 +254,9 @@ class DistCommunicator(Communicator):
         buffers = [None if j == self.rank else got[j] for j in order]
         return _DecodedMix(labelled, weights, buffers, x, payload, compressor)
 
-    def start_mean(
-        self,
-        x: torch.Tensor,
-        compressor: Compressor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Handle:
-        if compressor is not None and not isinstance(compressor, Identity):
-            return self._start_decoded_mean(x, compressor, generator)
+    def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
+        if codec is not None:
+            return self._start_decoded_mean(x, codec.compressor, codec.generator)
         messages, nbytes = ring_allreduce_cost(self.n_agents, x.shape[1], x.element_size())
         self.traffic.add(torch.tensor([messages]), torch.tensor([nbytes]))
         total = x.clone(memory_format=torch.contiguous_format)  # (1, d)
@@ -289,23 +286,25 @@ class DistCommunicator(Communicator):
         self,
         x: torch.Tensor,
         pairs: torch.Tensor,
-        compressor: Compressor,
         ref: torch.Tensor,
-        generator: torch.Generator | None = None,
+        *,
+        codec: Codec | None = None,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
         """This rank initiates ``pairs = [[rank, j]]``: one ``rpc_sync`` to ``j``'s peer
         (:class:`~nettrain.engines.distributed.gossip.Peer`), which absorbs this model and
         replies with its own published one, decoded here against ``ref``.
 
-        Lost (the request, or the reply, by :attr:`losses`; ``j`` down or dead): ``ref``.
+        Lost (the request, or the reply, by ``losses``; ``j`` down or dead): ``ref``.
         """
         if self.rpc is None:
             raise RuntimeError("a pairwise exchange needs the engine's rpc session (uses_rpc)")
         me, partner = int(pairs[0, 0]), int(pairs[0, 1])
         if me != self.rank or len(pairs) != 1:
             raise ValueError(f"rank {self.rank} can only initiate its own exchange, got {pairs}")
-        request_lost, reply_lost = self._lost()
-        payload = compressor.encode(x, generator=generator)
+        request_lost, reply_lost = self._lost(losses)
+        compressor = Identity() if codec is None else codec.compressor
+        payload = compressor.encode(x, generator=codec and codec.generator)
         self.traffic.add(torch.tensor([1]), compressor.nbytes(payload))  # sent, come what may
         reply = None
         if not request_lost and partner not in self.dead:
@@ -324,16 +323,12 @@ class DistCommunicator(Communicator):
             return ref.clone()
         return compressor.decode(reply, ref)
 
-    def _lost(self) -> tuple[bool, bool]:
-        """Whether the exchange in progress loses its request, and its reply."""
-        if self.losses is None:
+    @staticmethod
+    def _lost(losses: Losses | None) -> tuple[bool, bool]:
+        """Whether this rank's exchange loses its request, and its reply."""
+        if losses is None:
             return False, False
-        return bool(self.losses.request[0]), bool(self.losses.reply[0])
-
-    def attach_servers(self, first_rank: int, slices: list[slice]) -> None:
-        """The parameter servers: ranks ``first_rank + s`` own the columns ``slices[s]``."""
-        self.server_ranks = [first_rank + s for s in range(len(slices))]
-        self._slices = slices
+        return bool(losses.request[0]), bool(losses.reply[0])
 
     def centre_exchange(
         self,
@@ -341,15 +336,17 @@ class DistCommunicator(Communicator):
         workers: torch.Tensor,
         rule: ServerRule,
         synchronous: bool = False,
+        *,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
         """This worker's exchange: its slices to every server at once (``rpc_async``),
-        then the replies; see :mod:`~nettrain.engines.centre`. Lost (by :attr:`losses`):
+        then the replies; see :mod:`~nettrain.engines.centre`. Lost (by ``losses``):
         ``sent``, the worker stays as it was."""
         if self.rpc is None or not self._slices:
             raise RuntimeError("a centre exchange needs the engine's servers (uses_centre)")
         if workers.tolist() != [self.rank]:
             raise ValueError(f"rank {self.rank} can only make its own exchange, got {workers}")
-        request_lost, reply_lost = self._lost()
+        request_lost, reply_lost = self._lost(losses)
         self.traffic.add(  # sent, come what may
             torch.tensor([len(self._slices)]), torch.tensor([sent.shape[1] * sent.element_size()])
         )

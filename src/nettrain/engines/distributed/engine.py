@@ -32,7 +32,7 @@ from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.events import run_events
 from nettrain.engines.distributed.finish import Silence, events_prefix, read_verdict
 from nettrain.engines.distributed.liveness import Heartbeat, silent_ranks
-from nettrain.engines.distributed.rounds import run_rounds
+from nettrain.engines.distributed.rounds import run_rounds, servers_round
 from nettrain.engines.distributed.rpc import RpcSession, rpc_session
 from nettrain.engines.distributed.store import keep_on_loopback, open_store
 from nettrain.errors import ConfigError, DivergenceError, FaultError, PeerError
@@ -192,9 +192,10 @@ class DistributedEngine:
                 watched = store if store is not None else session.store  # the caller's group
                 assert watched is not None
                 return self._serve(job, rank - n, session, watched)
-            comm = DistCommunicator(job.topology, group, rpc=session)
-            if servers:
-                comm.attach_servers(n, block_slices(job.problem.dim, servers))
+            slices = block_slices(job.problem.dim, servers) if servers else None
+            comm = DistCommunicator(
+                job.topology, group, rpc=session, servers=slices, sync_round=servers_round(resume)
+            )
             try:
                 if algo.schedule != "events":
                     return run_rounds(job, folder, rank, comm, resume)

@@ -19,7 +19,7 @@ from typing import Any, cast
 import torch
 
 from nettrain.algorithms.base import AsyncAlgorithm, GossipAlgorithm
-from nettrain.engines.base import Job, RunResult, check_finite, staleness_fields
+from nettrain.engines.base import Job, RunResult, check_finite, declared, staleness_fields
 from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.finish import DEAD_AFTER_S, Finish, events_prefix
 from nettrain.engines.distributed.gossip import Peer
@@ -30,6 +30,7 @@ from nettrain.errors import DivergenceError, PeerError
 from nettrain.patterns import Losses
 from nettrain.problem.oracle import agent_seed
 from nettrain.recording import RunFolder
+from nettrain.wrappers import losing
 
 
 def run_events(
@@ -122,7 +123,8 @@ class DistEvents:
         self.work = torch.zeros(3, dtype=torch.int64)  # this rank's samples, messages, bytes
         self.failed = False  # this rank diverged: it posts no state any more
         self.dead: tuple[int, ...] = ()  # rank 0: the ranks found dead so far
-        self.state = algo.init(x, self.oracle, comm)
+        self.talk = declared(comm, algo, job.seed, stream=self.generator)  # the algorithm's
+        self.state = algo.init(x, self.oracle, self.talk)
         self.rows: Rows | None = None  # rank 0: every live rank's, at the last evaluation
 
     def advance(self, stop: int) -> Iterator[Tick]:
@@ -154,15 +156,13 @@ class DistEvents:
         if peer is not None:
             state = dataclasses.replace(state, x=state.x + peer.take_shift()[None])
         begin, talk_s = time.perf_counter(), comm.talk_s
-        with comm.losing(lost if reply else None):
-            state, loss = algo.interact(
-                state,
-                torch.tensor([[rank, partner]]),
-                self.oracle,
-                comm,
-                self.generator,
-                torch.tensor([[steps, 0]]),
-            )
+        state, loss = algo.interact(
+            state,
+            torch.tensor([[rank, partner]]),
+            self.oracle,
+            losing(self.talk, lost),
+            torch.tensor([[steps, 0]]),
+        )
         self.state = state
         if self.slowdown > 1:  # compute = the event's time but the rpc waits
             compute_s = time.perf_counter() - begin - (comm.talk_s - talk_s)

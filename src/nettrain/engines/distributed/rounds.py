@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from nettrain.checkpoint import Checkpoint, load_state, state_dict
-from nettrain.engines.base import Job, RunResult, account_round, work_totals
+from nettrain.engines.base import Job, RunResult, account_round, declared, work_totals
 from nettrain.engines.distributed.comm import DistCommunicator, guarded
 from nettrain.engines.distributed.states import (
     all_gather_rows,
@@ -89,7 +89,8 @@ class DistRounds:
         self.slowdown = float(job.cost.slowdown[rank])
         self.pending: list[torch.Tensor] = []  # this rank's rows of rounds not yet settled
         self.everyone: tuple[int, Any] | None = None  # (round, every agent's state)
-        self.state = job.algorithm.init(x, self.oracle, comm)
+        self.talk = declared(comm, job.algorithm, job.seed)  # what the algorithm talks to
+        self.state = job.algorithm.init(x, self.oracle, self.talk)
         self._account(torch.zeros(1))  # the initial gradients of tracking methods are work
         for _ in self._settle(-1):
             pass
@@ -100,6 +101,12 @@ class DistRounds:
             self.clock.now = resume.clock
             self.totals = {k: v.clone() for k, v in resume.totals.items()}
             self.round = resume.round
+            if resume.comm is not None:  # this rank's rows of what the communicator carries
+                saved = {
+                    k: None if v is None else v[rank : rank + 1].to(device)
+                    for k, v in resume.comm.items()
+                }
+                self.talk.load_state_dict(saved)
             if resume.servers is not None:
                 restore_servers(comm, resume.servers, self.main)
 
@@ -130,7 +137,7 @@ class DistRounds:
         for t in range(self.round, stop):
             self.faults.check_synchronous(t, algo.name)  # every rank alike
             begin = time.perf_counter()
-            self.state, loss = algo.step(self.state, t, self.oracle, self.comm)
+            self.state, loss = algo.step(self.state, t, self.oracle, self.talk.at(t))
             if self.slowdown > 1:  # a straggler for real: its round (mostly compute) again
                 time.sleep((self.slowdown - 1) * (time.perf_counter() - begin))
             self._account(loss)
@@ -169,6 +176,9 @@ class DistRounds:
             "gathering the mini-batch generators for a checkpoint",
             lambda: dist.all_gather_object(rngs, mine, group=comm.group),
         )
+        carried = self.talk.state_dict()  # every rank has the same wrappers
+        if carried is not None:
+            carried = {k: None if v is None else self.gather(v) for k, v in carried.items()}
         if not self.main:
             return None
         return Checkpoint(
@@ -180,6 +190,7 @@ class DistRounds:
             records=0,
             wall_time_s=0.0,
             servers=servers,
+            comm=carried,
         )
 
 
@@ -196,8 +207,8 @@ def restore_servers(comm: DistCommunicator, saved: dict[str, Any], main: bool) -
     """Resume the parameter servers (every worker calls it, before its first round).
 
     Rank 0 gives each server its slice back (:meth:`CentreShard.load_state_dict`); every
-    worker numbers its next synchronous exchange with the servers' round, which
-    :meth:`CentreShard.exchange_sync` waits for. A barrier then keeps every worker's
+    worker's communicator was built with the servers' round (:func:`servers_round`),
+    which :meth:`CentreShard.exchange_sync` waits for. A barrier then keeps every worker's
     first exchange from reaching a server before its slice is back.
     """
     assert comm.rpc is not None
@@ -210,5 +221,11 @@ def restore_servers(comm: DistCommunicator, saved: dict[str, Any], main: bool) -
     if main:
         for rank, shard in zip(comm.server_ranks, shards, strict=True):
             comm.rpc.remote(rank, "centre").rpc_sync("load_state_dict", shard)
-    comm.sync_rounds = shards[0]["sync_round"] if shards else 0
     guarded("the barrier after restoring the servers", lambda: dist.barrier(comm.group))
+
+
+def servers_round(resume: Checkpoint | None) -> int:
+    """The parameter servers' next synchronous round in ``resume`` (0 without one): what
+    every worker numbers its next synchronous exchange with."""
+    shards = resume.servers["shards"] if resume is not None and resume.servers else []
+    return shards[0]["sync_round"] if shards else 0

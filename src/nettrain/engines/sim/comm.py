@@ -10,11 +10,12 @@ protocol would send it: in a mix,
 agent ``i`` sends ``x_i`` to every ``j != i`` with ``W_ji(t) != 0``; an all-reduce
 costs the ring all-reduce's messages and bytes.
 
-With a compressor, a mix encodes every ``x_j`` once and decodes one row per edge
-``j -> i`` against the receiver's ``x_i`` (once per sender when decoding ignores the
-reference), in chunks; each message costs ``compressor.nbytes``. A compressed mean
-decodes every payload against every receiver's reference and costs a ring all-gather
-of the payloads.
+With a codec (:class:`~nettrain.patterns.Codec`, from
+:class:`~nettrain.wrappers.Compressed`), a mix encodes every ``x_j`` once and decodes
+one row per edge ``j -> i`` against the receiver's ``x_i`` (once per sender when
+decoding ignores the reference), in chunks; each message costs the compressor's
+``nbytes``. A compressed mean decodes every payload against every receiver's reference
+and costs a ring all-gather of the payloads.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from nettrain.compression import Compressor, Identity
 from nettrain.compression.payloads import reads_reference, take_rows
 from nettrain.engines.sim.servers import SimServers
 from nettrain.patterns import (
+    Codec,
     Communicator,
     Handle,
+    Losses,
     Ready,
     ServerRule,
     Traffic,
@@ -39,16 +42,23 @@ DECODE_CHUNK = 1 << 22  # decoded elements held at once by a compressed mix
 
 
 class SimCommunicator(Communicator):
-    """All ``n`` agents of ``topology`` in this process (``m = n``)."""
+    """All ``n`` agents of ``topology`` in this process (``m = n``); ``servers`` hold the
+    centre of a method that has one (``uses_centre``)."""
 
-    def __init__(self, topology: Topology, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        device: torch.device,
+        dtype: torch.dtype,
+        servers: SimServers | None = None,
+    ) -> None:
         self.topology = topology
         self.n_agents = topology.n
         self.agents = torch.arange(topology.n)
         self.traffic = Traffic.zeros(topology.n)
         self.device, self.dtype = device, dtype
         self._static: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.servers: SimServers | None = None  # set by the engine for centre methods
+        self.servers = servers
 
     def _weights(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``W(t)`` ready for ``@`` on the device, and the out-degree ``(n,)`` of each agent."""
@@ -65,16 +75,11 @@ class SimCommunicator(Communicator):
             self._static = out
         return out
 
-    def start_mix(
-        self,
-        x: torch.Tensor,
-        t: int,
-        compressor: Compressor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Handle:
+    def start_mix(self, x: torch.Tensor, t: int, *, codec: Codec | None = None) -> Handle:
         W, sends = self._weights(t)
-        if compressor is not None and not isinstance(compressor, Identity):
-            payload = compressor.encode(x, generator=generator)  # each x_j encoded once
+        if codec is not None:
+            compressor = codec.compressor
+            payload = compressor.encode(x, generator=codec.generator)  # each x_j encoded once
             self.traffic.add(sends, sends * compressor.nbytes(payload))
             return Ready(self._decode_mix(x, payload, compressor, t))
         self.traffic.add(sends, sends * x.shape[1] * x.element_size())
@@ -100,14 +105,9 @@ class SimCommunicator(Communicator):
             out.index_add_(0, r, got * w[a : a + step, None])
         return out
 
-    def start_mean(
-        self,
-        x: torch.Tensor,
-        compressor: Compressor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Handle:
-        if compressor is not None and not isinstance(compressor, Identity):
-            return Ready(self._decode_mean(x, compressor, generator))
+    def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
+        if codec is not None:
+            return Ready(self._decode_mean(x, codec.compressor, codec.generator))
         messages, nbytes = ring_allreduce_cost(self.n_agents, x.shape[1], x.element_size())
         self.traffic.add(
             torch.full((self.n_agents,), messages), torch.full((self.n_agents,), nbytes)
@@ -138,20 +138,22 @@ class SimCommunicator(Communicator):
         self,
         x: torch.Tensor,
         pairs: torch.Tensor,
-        compressor: Compressor,
         ref: torch.Tensor,
-        generator: torch.Generator | None = None,
+        *,
+        codec: Codec | None = None,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
+        compressor = Identity() if codec is None else codec.compressor
         i, j = pairs[:, 0], pairs[:, 1]
         senders, receivers = torch.cat([j, i]), torch.cat([i, j])  # (2p,) replies, requests
-        payload = compressor.encode(x[senders], generator=generator)
+        payload = compressor.encode(x[senders], generator=codec and codec.generator)
         out = x.clone()
         out[receivers] = compressor.decode(payload, ref[receivers])
         sent = torch.ones(len(senders), dtype=torch.bool)
-        if self.losses is not None:  # what is lost leaves its receiver with its reference
-            lost = torch.cat([self.losses.reply, self.losses.request])
+        if losses is not None:  # what is lost leaves its receiver with its reference
+            lost = torch.cat([losses.reply, losses.request])
             out[receivers[lost]] = ref[receivers[lost]]
-            sent[: len(i)] = ~self.losses.request  # no request, no reply
+            sent[: len(i)] = ~losses.request  # no request, no reply
         messages = torch.zeros(self.n_agents, dtype=torch.int64)
         nbytes = torch.zeros(self.n_agents, dtype=torch.int64)
         messages.index_add_(0, senders[sent].cpu(), torch.ones(int(sent.sum()), dtype=torch.int64))
@@ -165,17 +167,19 @@ class SimCommunicator(Communicator):
         workers: torch.Tensor,
         rule: ServerRule,
         synchronous: bool = False,
+        *,
+        losses: Losses | None = None,
     ) -> torch.Tensor:
         if self.servers is None:
-            raise RuntimeError("no parameter servers: the engine sets them for uses_centre")
-        if self.losses is None:
+            raise RuntimeError("no parameter servers: build the communicator with servers=")
+        if losses is None:
             replies = self.servers.exchange(sent, workers, synchronous)  # the shards hold the rule
         else:  # a lost request reaches no server; a lost reply leaves the worker as it was
             replies = sent.clone()
-            kept = ~self.losses.request
+            kept = ~losses.request
             if kept.any():
                 replies[kept] = self.servers.exchange(sent[kept], workers[kept], synchronous)
-            replies[self.losses.reply] = sent[self.losses.reply]
+            replies[losses.reply] = sent[losses.reply]
         messages = torch.zeros(self.n_agents, dtype=torch.int64)
         nbytes = torch.zeros(self.n_agents, dtype=torch.int64)
         messages[workers.cpu()] = len(self.servers.slices)  # one slice to each server
@@ -185,5 +189,5 @@ class SimCommunicator(Communicator):
 
     def centre(self) -> torch.Tensor:
         if self.servers is None:
-            raise RuntimeError("no parameter servers: the engine sets them for uses_centre")
+            raise RuntimeError("no parameter servers: build the communicator with servers=")
         return self.servers.centre()

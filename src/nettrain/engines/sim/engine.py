@@ -15,7 +15,14 @@ from collections.abc import Iterator
 import torch
 
 from nettrain.checkpoint import Checkpoint, load_state, state_dict
-from nettrain.engines.base import Job, RunResult, account_round, check_engine, work_totals
+from nettrain.engines.base import (
+    Job,
+    RunResult,
+    account_round,
+    check_engine,
+    declared,
+    work_totals,
+)
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.sim.clock import VirtualClock
 from nettrain.engines.sim.comm import SimCommunicator
@@ -51,16 +58,18 @@ class SimRounds:
         n = job.n_agents
         self.job, self.label = job, f"{job.algorithm.name} x{n}"
         x = job.x0.expand(n, -1).clone()  # (n, d)
-        self.comm = comm = SimCommunicator(job.topology, x.device, x.dtype)
-        if job.algorithm.uses_centre:
-            comm.servers = SimServers(job.x0, job.algorithm, n, job.cost)
+        servers = (
+            SimServers(job.x0, job.algorithm, n, job.cost) if job.algorithm.uses_centre else None
+        )
+        self.comm = comm = SimCommunicator(job.topology, x.device, x.dtype, servers)
         self.oracle = job.problem.oracle(
             job.shards, range(n), batch_size=job.batch_size, seed=job.seed
         )
         self.clock = VirtualClock(job.cost)
         self.faults = job.fault_spec
         self.totals = work_totals(n, self.faults)
-        self.state = job.algorithm.init(x, self.oracle, comm)
+        self.talk = declared(comm, job.algorithm, job.seed)  # what the algorithm talks to
+        self.state = job.algorithm.init(x, self.oracle, self.talk)
         self._account()  # the initial gradients of tracking methods are work too
         self.round, self.loss = 0, torch.zeros(n)
         if resume is not None:  # the fresh state is the template the saved one fills
@@ -68,6 +77,7 @@ class SimRounds:
             self.oracle.load_local_state(resume.rng)
             self.clock.now, self.totals = resume.clock, dict(resume.totals)
             self.round = resume.round
+            self.talk.load_state_dict(resume.comm)
             if comm.servers is not None and resume.servers is not None:
                 comm.servers.load_state_dict(resume.servers)
 
@@ -80,7 +90,7 @@ class SimRounds:
         algo = self.job.algorithm
         for t in range(self.round, stop):
             self.faults.check_synchronous(t, algo.name)
-            self.state, self.loss = algo.step(self.state, t, self.oracle, self.comm)
+            self.state, self.loss = algo.step(self.state, t, self.oracle, self.talk.at(t))
             self._account(t)
             self.round = t + 1
             yield Tick(t + 1, self.loss)
@@ -103,4 +113,5 @@ class SimRounds:
             records=0,
             wall_time_s=0.0,
             servers=servers.state_dict() if servers else None,
+            comm=self.talk.state_dict(),
         )

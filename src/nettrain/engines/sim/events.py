@@ -44,7 +44,7 @@ import torch
 
 from nettrain.algorithms.base import AsyncAlgorithm
 from nettrain.checkpoint import Checkpoint, load_state, state_dict
-from nettrain.engines.base import Job, RunResult
+from nettrain.engines.base import Job, RunResult, declared
 from nettrain.engines.draws import CENTRE, Draws
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.sim.comm import SimCommunicator
@@ -53,6 +53,7 @@ from nettrain.errors import ConfigError
 from nettrain.faults import Faults
 from nettrain.patterns import Losses
 from nettrain.recording import RunFolder
+from nettrain.wrappers import losing
 
 
 def run_events(
@@ -82,10 +83,7 @@ class SimEvents:
         self.job, self.algo, self.faults, self.max_batch = job, algo, faults, max_batch
         self.label = f"{algo.name} x{n} (events)"
         x = job.x0.expand(n, -1).clone()  # (n, d)
-        self.comm = comm = SimCommunicator(job.topology, x.device, x.dtype)
-        self.servers = None
         if algo.uses_centre:
-            self.servers = comm.servers = SimServers(job.x0, algo, n, job.cost)
             neighbours: list[list[int]] = [[] for _ in range(n)]
         else:
             neighbours = [sorted(job.topology.base_graph.neighbors(i)) for i in range(n)]
@@ -107,10 +105,15 @@ class SimEvents:
         self.current = [self.draw_phase(a) for a in range(n)]
         self.upcoming = [self.draw_phase(a) for a in range(n)]
         self.ends = torch.tensor([c[1] for c in self.current], dtype=torch.float64)  # (n,)
+        self.servers = None  # they read the event times in self.ends, updated in place
+        if algo.uses_centre:
+            self.servers = SimServers(job.x0, algo, n, job.cost, event_times=self.ends)
+        self.comm = comm = SimCommunicator(job.topology, x.device, x.dtype, self.servers)
         self.partner = torch.tensor([d.partner() for d in self.draws])
         keys = ("samples", "messages", "bytes", "lost")
         self.totals = {k: torch.zeros(n, dtype=torch.int64) for k in keys}
-        self.state = algo.init(x, oracle, comm)
+        self.talk = declared(comm, algo, job.seed, stream=self.generator)  # the algorithm's
+        self.state = algo.init(x, oracle, self.talk)
         oracle.meter.reset()
         comm.traffic.reset()
 
@@ -130,7 +133,8 @@ class SimEvents:
             self.now, self.totals = resume.clock, dict(resume.totals)
             self.done, self.fault_round = extra["done"], extra["fault_round"]
             self.current, self.upcoming = extra["current"], extra["upcoming"]
-            self.ends, self.partner = extra["ends"].clone(), extra["partner"].clone()
+            self.ends.copy_(extra["ends"])  # in place: the servers read it
+            self.partner = extra["partner"].clone()
             for d, saved in zip(self.draws, extra["draws"], strict=True):
                 d.load_state_dict(saved)
             self.generator.set_state(extra["generator"])
@@ -181,12 +185,8 @@ class SimEvents:
             [[current[a][0], current[b][0] if b != CENTRE else 0] for a, b in pairs.tolist()]
         )
         lost = _losses(pairs, draws, faults, self.fault_round)
-        if servers is not None:
-            servers.event_times = ends
-        with self.comm.losing(lost if lost.any else None):
-            self.state, loss = algo.interact(
-                self.state, pairs, self.oracle, self.comm, self.generator, steps
-            )
+        talk = losing(self.talk, lost)
+        self.state, loss = algo.interact(self.state, pairs, self.oracle, talk, steps)
         self.losses.append(loss)
         samples = self.oracle.meter.reset()
         messages, nbytes = self.comm.traffic.reset()
@@ -247,7 +247,7 @@ class SimEvents:
                 "fault_round": self.fault_round,
                 "current": self.current,
                 "upcoming": self.upcoming,
-                "ends": self.ends,
+                "ends": self.ends.clone(),
                 "partner": self.partner,
                 "draws": [d.state_dict() for d in self.draws],
                 "generator": self.generator.get_state(),

@@ -8,8 +8,8 @@ round's exchanges all read the centre as the round found it.
 
 Staleness of an exchange: the updates other workers made to the server since this
 worker's previous exchange with it (the largest over the servers); with ``n`` workers
-of equal speed it is ``n - 1``. Timing (used by the event engine, which sets
-``event_times``): each server is a FIFO queue whose link takes ``bytes_s /
+of equal speed it is ``n - 1``. Timing (under the event engine, which hands its event
+times to the constructor): each server is a FIFO queue whose link takes ``bytes_s /
 bandwidth`` per message; ``resume[w]`` is when worker ``w``'s last reply arrives.
 """
 
@@ -29,16 +29,28 @@ from nettrain.problem.flat import block_slices
 
 class SimServers:
     """``S`` :class:`~nettrain.engines.centre.CentreShard` s (the distributed engine's
-    servers), starting at ``x0`` (row 0; other rows zero), plus their queues."""
+    servers), starting at ``x0`` (row 0; other rows zero), plus their queues.
 
-    def __init__(self, x0: torch.Tensor, rule: ServerRule, n_workers: int, cost: CostModel):
+    ``event_times: (n,)`` is the event engine's tensor of every worker's event time, which
+    it updates in place: a worker's message reaches the queues at its event time (None:
+    synchronous rounds, no queueing).
+    """
+
+    def __init__(
+        self,
+        x0: torch.Tensor,
+        rule: ServerRule,
+        n_workers: int,
+        cost: CostModel,
+        event_times: torch.Tensor | None = None,
+    ) -> None:
         self.slices = block_slices(x0.shape[-1], rule.servers)
         self.shards = [
             CentreShard(rule, shard_rows(x0, rule, c), n_workers, 0.0) for c in self.slices
         ]
         self.cost = cost
         self.free = [0.0] * rule.servers  # when each server's link is next free
-        self.event_times: torch.Tensor | None = None  # (n,) set by the event engine
+        self.event_times = event_times
         self.resume = torch.zeros(n_workers, dtype=torch.float64)
         self._staleness: Counter[int] = Counter()
 

@@ -1,0 +1,259 @@
+"""Communicators that wrap communicators: compression, error feedback, lost messages.
+
+An algorithm talks to a :class:`~nettrain.patterns.Communicator` and never learns how
+its messages travel. What is sent is decided by wrapping the engine's communicator:
+
+* :class:`Compressed` ``(comm, compressor, seed)`` encodes every exchange with the
+  compressor: a mix, a mean or a swap of ``x`` becomes the same pattern on
+  ``decode(encode(x), x_i)``, each receiver decoding against its own ``x_i``, and the
+  traffic counts the payloads' exact bytes (``compressor.nbytes``). It owns the random
+  codes: exchange ``k`` of round ``t`` draws them from a generator seeded by
+  ``(seed, first local agent, 2^32 + 4 t + k)``, a pure function of those numbers (so a
+  resumed run equals an uninterrupted one and nothing needs checkpointing); a swap
+  draws them from ``stream``, a running generator its engine keeps.
+* :class:`ErrorFeedback` ``(Compressed(...))`` carries what compression dropped into the
+  next message (Seide et al. 2014; Karimireddy et al. 2019), with residual ``e_i``
+  starting at 0::
+
+      p_i = encode(x_i + e_i),   e_i <- x_i + e_i - decode(p_i),
+
+  and sends ``p_i`` where the pattern would send ``x_i``: ``decode(p_i) + e_new ==
+  x_i + e_old``, nothing dropped, only delayed. The residual is state: checkpoints
+  hold it (:meth:`ErrorFeedback.state_dict`).
+
+* :class:`Lossy` ``(comm, losses)`` makes the exchanges of one batch of asynchronous
+  events lose what :class:`~nettrain.patterns.Losses` says (the engine's faults,
+  :mod:`nettrain.faults`): a lost request reaches nobody and gets no reply, a lost
+  reply leaves the initiator with its reference (a swap) or what it sent (a centre
+  exchange).
+
+The round's exchanges are numbered by the view :meth:`Communicator.at` returns: the
+engine hands the algorithm ``comm.at(t)`` each round.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from nettrain.compression import Compressor, Identity
+from nettrain.errors import ConfigError
+from nettrain.patterns import Codec, Communicator, Handle, Losses, ServerRule, Traffic
+from nettrain.problem.oracle import agent_seed
+
+CODE_STREAM = 1 << 32  # random streams of the codes, apart from the mini-batches' (stream 0)
+EXCHANGES = 4  # code streams a round: one per exchange of that round (x, y, ...)
+
+
+class Wrapper(Communicator):
+    """A communicator that hands every pattern to ``inner``; subclasses change some."""
+
+    def __init__(self, inner: Communicator) -> None:
+        self.inner = inner
+
+    @property
+    def n_agents(self) -> int:  # type: ignore[override]
+        return self.inner.n_agents
+
+    @property
+    def agents(self) -> torch.Tensor:  # type: ignore[override]
+        return self.inner.agents
+
+    @property
+    def traffic(self) -> Traffic:  # type: ignore[override]
+        return self.inner.traffic
+
+    def at(self, t: int) -> Communicator:
+        view = copy.copy(self)
+        view.inner = self.inner.at(t)
+        return view
+
+    def start_mix(self, x: torch.Tensor, t: int, *, codec: Codec | None = None) -> Handle:
+        return self.inner.start_mix(x, t, codec=codec)
+
+    def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
+        return self.inner.start_mean(x, codec=codec)
+
+    def swap(
+        self,
+        x: torch.Tensor,
+        pairs: torch.Tensor,
+        ref: torch.Tensor,
+        *,
+        codec: Codec | None = None,
+        losses: Losses | None = None,
+    ) -> torch.Tensor:
+        return self.inner.swap(x, pairs, ref, codec=codec, losses=losses)
+
+    def centre_exchange(
+        self,
+        sent: torch.Tensor,
+        workers: torch.Tensor,
+        rule: ServerRule,
+        synchronous: bool = False,
+        *,
+        losses: Losses | None = None,
+    ) -> torch.Tensor:
+        return self.inner.centre_exchange(sent, workers, rule, synchronous, losses=losses)
+
+    def centre(self) -> torch.Tensor:
+        return self.inner.centre()
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, saved: dict[str, Any] | None) -> None:
+        self.inner.load_state_dict(saved)
+
+
+class Compressed(Wrapper):
+    """Every exchange of ``inner`` through ``compressor`` (module docstring).
+
+    ``seed`` seeds the codes of the synchronous exchanges, ``stream`` draws those of the
+    swaps; only a stochastic compressor reads either. ``Identity`` sends as is.
+    """
+
+    def __init__(
+        self,
+        inner: Communicator,
+        compressor: Compressor,
+        seed: int = 0,
+        stream: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(inner)
+        self.compressor, self.seed, self.stream = compressor, seed, stream
+        self.round, self.exchanges = 0, 0  # of the view at(round): exchanges made so far
+
+    def at(self, t: int) -> Communicator:
+        view = super().at(t)
+        assert isinstance(view, Compressed)
+        view.round, view.exchanges = t, 0
+        return view
+
+    def codec(self, x: torch.Tensor) -> Codec | None:
+        """The codec of this round's next exchange of ``x: (m, d)``; None sends as is."""
+        if isinstance(self.compressor, Identity):
+            return None
+        if not self.compressor.stochastic:
+            return Codec(self.compressor)
+        if self.exchanges >= EXCHANGES:
+            raise ConfigError(
+                f"a round may make at most {EXCHANGES} compressed exchanges (code streams), "
+                f"round {self.round} made more"
+            )
+        stream = CODE_STREAM + EXCHANGES * self.round + self.exchanges
+        seed = agent_seed(self.seed, int(self.agents[0]), stream)
+        return Codec(self.compressor, torch.Generator(device=x.device).manual_seed(seed))
+
+    def start_mix(self, x: torch.Tensor, t: int, *, codec: Codec | None = None) -> Handle:
+        codec = self.codec(x)
+        self.exchanges += 1
+        return self.inner.start_mix(x, t, codec=codec)
+
+    def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
+        codec = self.codec(x)
+        self.exchanges += 1
+        return self.inner.start_mean(x, codec=codec)
+
+    def swap(
+        self,
+        x: torch.Tensor,
+        pairs: torch.Tensor,
+        ref: torch.Tensor,
+        *,
+        codec: Codec | None = None,
+        losses: Losses | None = None,
+    ) -> torch.Tensor:
+        codec = Codec(self.compressor, self.stream)
+        return self.inner.swap(x, pairs, ref, codec=codec, losses=losses)
+
+
+class ErrorFeedback(Wrapper):
+    """Error feedback around a :class:`Compressed` communicator (module docstring).
+
+    One residual ``e: (m, d)`` for the round's one compressed exchange (all-reduce SGD's
+    gradients); a second compressed exchange in a round is an error.
+    """
+
+    def __init__(self, inner: Compressed) -> None:
+        super().__init__(inner)
+        self.compressed = inner
+        self.memory: dict[str, torch.Tensor | None] = {"residual": None}  # shared by views
+
+    def at(self, t: int) -> Communicator:
+        view = super().at(t)
+        assert isinstance(view, ErrorFeedback) and isinstance(view.inner, Compressed)
+        view.compressed = view.inner
+        return view
+
+    @property
+    def residual(self) -> torch.Tensor | None:
+        """``e: (m, d)``, what the messages so far dropped (None before the first)."""
+        return self.memory["residual"]
+
+    def _corrected(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + e``, to be sent; the residual becomes what its payload drops."""
+        if self.compressed.exchanges:
+            raise ConfigError("error feedback keeps one residual: one compressed exchange a round")
+        e = self.residual
+        sent = x + (torch.zeros_like(x) if e is None else e)  # (m, d)
+        codec = self.compressed.codec(sent)  # the very codes the exchange will draw
+        if codec is None:
+            self.memory["residual"] = torch.zeros_like(x)
+            return sent
+        c = codec.compressor
+        kept = c.decode(c.encode(sent, sent, generator=codec.generator), sent)
+        self.memory["residual"] = sent - kept
+        return sent
+
+    def start_mix(self, x: torch.Tensor, t: int, *, codec: Codec | None = None) -> Handle:
+        return self.inner.start_mix(self._corrected(x), t)
+
+    def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
+        return self.inner.start_mean(self._corrected(x))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The residual, for a checkpoint."""
+        return {"residual": self.residual}
+
+    def load_state_dict(self, saved: dict[str, Any] | None) -> None:
+        self.memory["residual"] = None if saved is None else saved["residual"]
+
+
+class Lossy(Wrapper):
+    """The swaps and centre exchanges of one batch lose what ``losses`` says (row ``r``:
+    the batch's ``r``-th exchange); the synchronous patterns are ``inner``'s."""
+
+    def __init__(self, inner: Communicator, losses: Losses) -> None:
+        super().__init__(inner)
+        self.losses = losses
+
+    def swap(
+        self,
+        x: torch.Tensor,
+        pairs: torch.Tensor,
+        ref: torch.Tensor,
+        *,
+        codec: Codec | None = None,
+        losses: Losses | None = None,
+    ) -> torch.Tensor:
+        return self.inner.swap(x, pairs, ref, codec=codec, losses=self.losses)
+
+    def centre_exchange(
+        self,
+        sent: torch.Tensor,
+        workers: torch.Tensor,
+        rule: ServerRule,
+        synchronous: bool = False,
+        *,
+        losses: Losses | None = None,
+    ) -> torch.Tensor:
+        return self.inner.centre_exchange(sent, workers, rule, synchronous, losses=self.losses)
+
+
+def losing(comm: Communicator, losses: Losses) -> Communicator:
+    """``comm`` for a batch whose exchanges lose what ``losses`` says: ``Lossy`` when
+    something is lost, ``comm`` itself otherwise."""
+    return Lossy(comm, losses) if losses.any else comm
