@@ -25,9 +25,14 @@ from dataclasses import dataclass
 import torch
 
 from nettrain.algorithms.base import CentreAlgorithm
-from nettrain.algorithms.elastic import check_settings, moving_rate, nesterov_steps
+from nettrain.algorithms.elastic import (
+    MomentumIsDelta,
+    check_settings,
+    moving_rate,
+    nesterov_steps,
+)
 from nettrain.algorithms.local import Tensors, local_phase
-from nettrain.algorithms.sgd import LocalStep, SGDConfig
+from nettrain.algorithms.sgd import LocalStep
 from nettrain.errors import ConfigError
 from nettrain.patterns import Communicator
 from nettrain.problem.oracle import Oracle
@@ -76,30 +81,14 @@ class Downpour(LocalStep, CentreAlgorithm[PulledState]):
 
 
 @dataclass(frozen=True)
-class MomentumDownpour(Downpour):
+class MomentumDownpour(MomentumIsDelta, Downpour):
     """Momentum DOWNPOUR: Nesterov momentum ``delta`` (``momentum``, > 0) on the server
-    (module docstring)."""
+    (module docstring); the workers take plain SGD steps."""
 
     momentum: float = 0.9
     name = "mdownpour"
+    delta_hint = "the server's Nesterov delta, e.g. 0.9"
     centre_rows = 2  # x~ and its velocity
-
-    def __post_init__(self) -> None:
-        LocalStep.__post_init__(self)
-        if self.momentum == 0:
-            raise ConfigError(
-                "mdownpour needs momentum > 0 (the server's Nesterov delta, e.g. 0.9)"
-            )
-        check_settings(self)
-
-    @property
-    def delta(self) -> float:
-        return self.momentum
-
-    @property
-    def sgd(self) -> SGDConfig:
-        """The workers' plain steps (the momentum is the server's)."""
-        return SGDConfig(self.lr, weight_decay=self.weight_decay)
 
     def serve(self, rows: torch.Tensor, sent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``v~ <- delta v~ + D; x~ <- x~ + v~``; reply the look-ahead ``x~ + delta v~``."""

@@ -194,16 +194,21 @@ class EASGDAsync(LocalStep, ElasticRule, CentreAlgorithm[ElasticState]):
         return ElasticState(new_x, new_v, count), loss
 
 
-@dataclass(frozen=True)
-class EAMSGD(EASGDAsync):
-    """EAMSGD: asynchronous EASGD with Nesterov momentum ``delta`` (``momentum``, > 0)."""
+class MomentumIsDelta:
+    """For a method whose ``momentum`` setting is its Nesterov ``delta`` (EAMSGD on the
+    workers, momentum DOWNPOUR on the server): ``delta > 0``, and the local steps are
+    plain SGD, with the rate and weight decay only."""
 
-    name = "eamsgd"
+    lr: float
+    momentum: float
+    weight_decay: float
+    name: str
+    delta_hint: str  # what the error for momentum=0 suggests
 
     def __post_init__(self) -> None:
-        LocalStep.__post_init__(self)
+        LocalStep.__post_init__(self)  # type: ignore[arg-type]
         if self.momentum == 0:
-            raise ConfigError("eamsgd needs momentum > 0 (its delta; the paper uses momentum=0.99)")
+            raise ConfigError(f"{self.name} needs momentum > 0 ({self.delta_hint})")
         check_settings(self)
 
     @property
@@ -212,8 +217,15 @@ class EAMSGD(EASGDAsync):
 
     @property
     def sgd(self) -> SGDConfig:
-        """The local steps' rate and weight decay (the momentum is ``delta``'s)."""
         return SGDConfig(self.lr, weight_decay=self.weight_decay)
+
+
+@dataclass(frozen=True)
+class EAMSGD(MomentumIsDelta, EASGDAsync):
+    """EAMSGD: asynchronous EASGD with Nesterov momentum ``delta`` (``momentum``, > 0)."""
+
+    name = "eamsgd"
+    delta_hint = "its delta; the paper uses momentum=0.99"
 
 
 @dataclass(frozen=True)
