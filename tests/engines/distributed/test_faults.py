@@ -214,7 +214,7 @@ def lost_by_replay(faults: Faults, neighbours: list[list[int]]) -> int:
     """Exchanges that must be lost, replayed from the agents' own draws (seed 0): each
     agent's event ``e`` is in its round ``e``; a down agent draws nothing; an exchange
     is lost by its drawn drops, or by a partner down or across the split."""
-    algo = SimpleNamespace(local_steps=1, geometric=False)
+    algo = SimpleNamespace(local_steps=1, geometric_phases=False)
     lost = 0
     for a in range(N):
         draws = Draws(0, a, neighbours[a], algo, faults.drop)  # type: ignore[arg-type]
