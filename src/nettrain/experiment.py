@@ -443,11 +443,9 @@ def comparison_configs(
 ) -> dict[str, RunConfig]:
     """The validated config of each compared algorithm, by label (its name), before any
     run starts: the shared keys, ``algorithm=``, then the algorithm's own ``settings``."""
-    if isinstance(config, RunConfig):
-        shared: dict[str, Any] = config.to_dict()
-    elif isinstance(config, (str, Path)):
-        shared = load_config(config).to_dict()
-    else:
+    if isinstance(config, (RunConfig, str, Path)):
+        shared: dict[str, Any] = as_config(config).to_dict()
+    else:  # a mapping stays raw: its keys are checked with each algorithm, not alone
         shared = dict(config or {})
     settings = settings or {}
     names = [m if isinstance(m, str) else algorithm_name(m) for m in algorithms]
@@ -462,8 +460,7 @@ def comparison_configs(
     out = {}
     for name, method in zip(names, algorithms, strict=True):
         values = shared | {"algorithm": name} | dict(settings.get(name, {}))
-        cfg = load_config(values)
-        out[name] = as_config(cfg, method) if isinstance(method, Method) else cfg
+        out[name] = as_config(values, method if isinstance(method, Method) else None)
     return out
 
 
