@@ -221,6 +221,7 @@ def cmd_keys(args: argparse.Namespace, console: Console) -> int:
 def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
     from nettrain.reproduce import EXPERIMENTS
     from nettrain.reproduce.claims import claims_table, write_claims
+    from nettrain.reproduce.runner import Request
 
     overrides = parse_overrides(args.set)
     for name in overrides:
@@ -230,9 +231,8 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out) if args.out else _default_out(f"reproduce-{args.name}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    claims = EXPERIMENTS[args.name](
-        out, quick=args.quick, seed=args.seed, console=console, overrides=overrides, jobs=args.jobs
-    )
+    ask = Request(out, args.quick, args.seed, console, overrides, args.jobs)
+    claims = EXPERIMENTS[args.name](ask)
     write_claims(claims, out / "claims.json")
     console.print(claims_table(claims))
     held = sum(c.holds for c in claims)

@@ -37,10 +37,11 @@ import copy
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from nettrain.compression import Compressor, Identity
 from nettrain.errors import ConfigError
-from nettrain.patterns import Codec, Communicator, Handle, Losses, ServerRule, Traffic
+from nettrain.patterns import Codec, Communicator, Handle, Losses, Traffic
 from nettrain.problem.oracle import agent_seed
 
 CODE_STREAM = 1 << 32  # random streams of the codes, apart from the mini-batches' (stream 0)
@@ -48,7 +49,9 @@ EXCHANGES = 4  # code streams a round: one per exchange of that round (x, y, ...
 
 
 class Wrapper(Communicator):
-    """A communicator that hands every pattern to ``inner``; subclasses change some."""
+    """A communicator that hands every pattern to ``inner``; subclasses change some. The
+    patterns' keyword options (``codec``, ``losses``: :class:`~nettrain.patterns.
+    Communicator`) pass through as given, but for the one a subclass sets."""
 
     def __init__(self, inner: Communicator) -> None:
         self.inner = inner
@@ -76,27 +79,11 @@ class Wrapper(Communicator):
     def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
         return self.inner.start_mean(x, codec=codec)
 
-    def swap(
-        self,
-        x: torch.Tensor,
-        pairs: torch.Tensor,
-        ref: torch.Tensor,
-        *,
-        codec: Codec | None = None,
-        losses: Losses | None = None,
-    ) -> torch.Tensor:
-        return self.inner.swap(x, pairs, ref, codec=codec, losses=losses)
+    def swap(self, x: Tensor, pairs: Tensor, ref: Tensor, **options: Any) -> Tensor:
+        return self.inner.swap(x, pairs, ref, **options)
 
-    def centre_exchange(
-        self,
-        sent: torch.Tensor,
-        workers: torch.Tensor,
-        rule: ServerRule,
-        synchronous: bool = False,
-        *,
-        losses: Losses | None = None,
-    ) -> torch.Tensor:
-        return self.inner.centre_exchange(sent, workers, rule, synchronous, losses=losses)
+    def centre_exchange(self, sent: Tensor, *args: Any, **options: Any) -> Tensor:
+        return self.inner.centre_exchange(sent, *args, **options)
 
     def centre(self) -> torch.Tensor:
         return self.inner.centre()
@@ -157,17 +144,9 @@ class Compressed(Wrapper):
         self.exchanges += 1
         return self.inner.start_mean(x, codec=codec)
 
-    def swap(
-        self,
-        x: torch.Tensor,
-        pairs: torch.Tensor,
-        ref: torch.Tensor,
-        *,
-        codec: Codec | None = None,
-        losses: Losses | None = None,
-    ) -> torch.Tensor:
-        codec = Codec(self.compressor, self.stream)
-        return self.inner.swap(x, pairs, ref, codec=codec, losses=losses)
+    def swap(self, x: Tensor, pairs: Tensor, ref: Tensor, **options: Any) -> Tensor:
+        options["codec"] = Codec(self.compressor, self.stream)
+        return self.inner.swap(x, pairs, ref, **options)
 
 
 class ErrorFeedback(Wrapper):
@@ -230,27 +209,11 @@ class Lossy(Wrapper):
         super().__init__(inner)
         self.losses = losses
 
-    def swap(
-        self,
-        x: torch.Tensor,
-        pairs: torch.Tensor,
-        ref: torch.Tensor,
-        *,
-        codec: Codec | None = None,
-        losses: Losses | None = None,
-    ) -> torch.Tensor:
-        return self.inner.swap(x, pairs, ref, codec=codec, losses=self.losses)
+    def swap(self, x: Tensor, pairs: Tensor, ref: Tensor, **options: Any) -> Tensor:
+        return self.inner.swap(x, pairs, ref, **options | {"losses": self.losses})
 
-    def centre_exchange(
-        self,
-        sent: torch.Tensor,
-        workers: torch.Tensor,
-        rule: ServerRule,
-        synchronous: bool = False,
-        *,
-        losses: Losses | None = None,
-    ) -> torch.Tensor:
-        return self.inner.centre_exchange(sent, workers, rule, synchronous, losses=self.losses)
+    def centre_exchange(self, sent: Tensor, *args: Any, **options: Any) -> Tensor:
+        return self.inner.centre_exchange(sent, *args, **options | {"losses": self.losses})
 
 
 def losing(comm: Communicator, losses: Losses) -> Communicator:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from nettrain.reproduce import block_async, easgd, next_sca, swarm
 from nettrain.reproduce.claims import Claim, write_claims
+from nettrain.reproduce.runner import Request
 
-EXPERIMENTS: dict[str, Callable[..., list[Claim]]] = {
+EXPERIMENTS: dict[str, Callable[[Request], list[Claim]]] = {
     "easgd": easgd.reproduce,
     "next": next_sca.reproduce,
     "swarm": swarm.reproduce,

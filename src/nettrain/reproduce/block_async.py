@@ -30,12 +30,8 @@ method's samples/s to synchronous data-parallel SGD's (``DIR/speedup.json``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from statistics import mean
-from types import MappingProxyType
 from typing import Any
-
-from rich.console import Console
 
 from nettrain.config import load_config
 from nettrain.errors import ConfigError
@@ -44,6 +40,7 @@ from nettrain.recording import write_json
 from nettrain.report.plots import plot_metrics
 from nettrain.report.tables import rows_table, write_csv
 from nettrain.reproduce.claims import Claim
+from nettrain.reproduce.runner import Request
 
 Records = list[dict[str, Any]]
 
@@ -92,19 +89,10 @@ def rounds_for(processes: int, samples: int, epochs: int) -> int:
     return max(1, round(epochs * samples / (processes * BATCH)))
 
 
-def reproduce(
-    out: Path,
-    *,
-    quick: bool = False,
-    seed: int = 0,
-    console: Console,
-    overrides: Mapping[str, Any] = MappingProxyType({}),
-    jobs: int = 1,
-) -> list[Claim]:
-    """Run the experiment into ``out``; ``overrides`` (``--set``) change every run's config.
-
-    ``jobs`` must be 1: the claims are wall-clock speed-ups of real processes.
-    """
+def reproduce(ask: Request) -> list[Claim]:
+    """Run the experiment as ``ask`` says (:class:`~nettrain.reproduce.runner.Request`);
+    ``ask.jobs`` must be 1: the claims are wall-clock speed-ups of real processes."""
+    out, quick, seed, console, overrides, jobs = ask  # every field of the request
     if jobs != 1:
         raise ConfigError(
             f"reproduce block-async measures wall-clock speed-ups, so its runs cannot share "

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from rich.console import Console
@@ -50,7 +49,7 @@ from nettrain.errors import DivergenceError
 from nettrain.report.plots import plot_metrics
 from nettrain.report.tables import rows_table, write_csv
 from nettrain.reproduce.claims import Claim
-from nettrain.reproduce.runner import run_all
+from nettrain.reproduce.runner import Request, run_all
 
 Records = list[dict[str, Any]]
 
@@ -87,17 +86,9 @@ def settings(quick: bool) -> tuple[dict[str, Any], int]:
     return {"train_samples": 0, "model": "cnn", "batch_size": 128}, 16 * 64
 
 
-def reproduce(
-    out: Path,
-    *,
-    quick: bool = False,
-    seed: int = 0,
-    console: Console,
-    overrides: Mapping[str, Any] = MappingProxyType({}),
-    jobs: int = 1,
-) -> list[Claim]:
-    """Run the experiment into ``out``; ``overrides`` (``--set``) change every run's config;
-    ``jobs`` runs at a time (see :func:`~nettrain.reproduce.runner.run_all`)."""
+def reproduce(ask: Request) -> list[Claim]:
+    """Run the experiment as ``ask`` says (:class:`~nettrain.reproduce.runner.Request`)."""
+    out, quick, seed, console, overrides, jobs = ask  # every field of the request
     base, rounds = settings(quick)
     base = base | {"dataset": "fashion_mnist", "seed": seed, "progress": False, "servers": 1}
     base |= {"rounds": rounds, "eval_every": rounds // EVALS}

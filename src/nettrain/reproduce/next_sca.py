@@ -21,17 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import MappingProxyType
 from typing import Any
-
-from rich.console import Console
 
 from nettrain.config import load_config
 from nettrain.report.plots import plot_metrics
 from nettrain.report.tables import rows_table, write_csv
 from nettrain.reproduce.claims import Claim
-from nettrain.reproduce.runner import run_all
+from nettrain.reproduce.runner import Request, run_all
 
 Records = list[dict[str, Any]]
 
@@ -120,18 +116,10 @@ PANELS = (
 )
 
 
-def reproduce(
-    out: Path,
-    *,
-    quick: bool = False,
-    seed: int = 0,
-    console: Console,
-    overrides: Mapping[str, Any] = MappingProxyType({}),
-    jobs: int = 1,
-) -> list[Claim]:
-    """Run every setting into ``out`` (run folders ``SETTING/METHOD``, plots,
-    ``summary.csv``) and return the claims; ``overrides`` (``--set``) change every run's
-    config; ``jobs`` runs at a time (see :func:`~nettrain.reproduce.runner.run_all`)."""
+def reproduce(ask: Request) -> list[Claim]:
+    """Run every setting as ``ask`` says (:class:`~nettrain.reproduce.runner.Request`):
+    run folders ``SETTING/METHOD``, plots and ``summary.csv`` in ``ask.out``."""
+    out, quick, seed, console, overrides, jobs = ask  # every field of the request
     eval_every = 10 if quick else 25
     plan = {}
     for setting in SETTINGS:

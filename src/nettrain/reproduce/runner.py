@@ -17,9 +17,10 @@ import os
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from rich.console import Console
 
 from nettrain.config import PROVENANCE, RunConfig, load_config
 from nettrain.errors import ConfigError
@@ -27,6 +28,19 @@ from nettrain.experiment import run
 from nettrain.recording import config_json, read_records
 
 Records = list[dict[str, Any]]
+
+
+class Request(NamedTuple):
+    """One ``nettrain reproduce NAME``: the folder ``out``, the quick or the full size,
+    the seed, the ``--set`` overrides (applied to every run's config), ``jobs`` runs at a
+    time (:func:`run_all`) and the console its tables go to."""
+
+    out: Path
+    quick: bool
+    seed: int
+    console: Console
+    overrides: Mapping[str, Any]
+    jobs: int
 
 
 def finished_records(folder: Path, cfg: RunConfig) -> Records | None:

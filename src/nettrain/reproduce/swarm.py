@@ -24,17 +24,13 @@ samples, ``E = 4``; the full run: 8, 16 and 32 agents on all 60,000 samples,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from types import MappingProxyType
 from typing import Any
-
-from rich.console import Console
 
 from nettrain.config import RunConfig, load_config
 from nettrain.report.plots import plot_metrics
 from nettrain.report.tables import rows_table, write_csv
 from nettrain.reproduce.claims import Claim
-from nettrain.reproduce.runner import run_all
+from nettrain.reproduce.runner import Request, run_all
 
 Records = list[dict[str, Any]]
 
@@ -102,17 +98,9 @@ def rounds_for(overrides: Mapping[str, Any], n: int, samples: int, epochs: int) 
     return max(1, round(passes * samples / (n * BATCH * steps)))
 
 
-def reproduce(
-    out: Path,
-    *,
-    quick: bool = False,
-    seed: int = 0,
-    console: Console,
-    overrides: Mapping[str, Any] = MappingProxyType({}),
-    jobs: int = 1,
-) -> list[Claim]:
-    """Run the experiment into ``out``; ``overrides`` (``--set``) change every run's config;
-    ``jobs`` runs at a time (see :func:`~nettrain.reproduce.runner.run_all`)."""
+def reproduce(ask: Request) -> list[Claim]:
+    """Run the experiment as ``ask`` says (:class:`~nettrain.reproduce.runner.Request`)."""
+    out, quick, seed, console, overrides, jobs = ask  # every field of the request
     sizes, samples, epochs = ((16,), 12_000, 4) if quick else ((8, 16, 32), 60_000, 10)
     middle = sizes[len(sizes) // 2]
     model = {} if quick else {"model": "cnn"}  # the paper's small CNN in the full run
