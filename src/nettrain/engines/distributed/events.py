@@ -1,10 +1,27 @@
 """Asynchronous runs of the distributed engine: each rank makes its events at its own pace.
 
 The simulator's event engine (:mod:`nettrain.engines.sim.events`) with one agent per
-process: the same draws (:class:`~nettrain.engines.draws.Draws`), exchanges over rpc
-(:mod:`.gossip` for pairwise gossip, :mod:`~nettrain.engines.centre` for the parameter
-servers), records and an end agreed in the rendezvous store that survive dead workers
-(:mod:`.finish`).
+process, drawing the same partners, step counts and losses
+(:class:`~nettrain.engines.draws.Draws`). Gossip: ``rounds`` events, event ``e`` in this
+agent's round ``e``: add what exchanges answered since the last event to the iterate,
+``interact`` (local phase, then one exchange over rpc with the drawn neighbour's
+:class:`~.gossip.Peer`), publish. Centre: ``rounds / tau`` events, event ``e`` in round
+``e tau``: local phase, then one exchange with every parameter server
+(:mod:`~nettrain.engines.centre`).
+
+Faults (:mod:`nettrain.faults`, the simulator's semantics): in a round where this agent
+is down it makes no event and draws nothing, its peer refuses the others' exchanges, and
+it idles as long as its average event so far (so the window lasts about as long in wall
+time as the events it misses). An exchange loses its request, its reply or neither by
+this agent's own draw, and its request when the partner is down, across the split, or
+found dead (its rpc failed and its heartbeat stopped). A straggler (``slowdown > 1``)
+sleeps ``slowdown - 1`` times its measured compute after each event.
+
+The end, agreed in the rendezvous store, survives dead workers (:mod:`.finish`): the
+records name the dead ranks (``crashed_ranks``) and evaluate the survivors' models only
+(a dead rank's last model is gone with it); rank 0 returns those rows, the others their
+own row. Where a rank died, this rank's rpc session is left without waiting for
+everyone (``session.graceful`` is False).
 """
 
 from __future__ import annotations
@@ -13,7 +30,6 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -36,42 +52,15 @@ from nettrain.wrappers import losing
 def run_events(
     job: Job, folder: RunFolder, rank: int, comm: DistCommunicator, timeout_s: float
 ) -> RunResult:
-    """An asynchronous algorithm: this rank makes its events at its own pace.
-
-    Gossip (``rounds`` events, event ``e`` in this agent's round ``e``): add what
-    exchanges answered since the last event to the iterate, draw a neighbour (the
-    simulator's draw for this agent), ``interact`` (local phase, then one exchange
-    over rpc), publish. Centre (``rounds / tau`` events, event ``e`` in round
-    ``e tau``): local phase, then one exchange with every server.
-
-    Faults (:mod:`nettrain.faults`, the simulator's semantics): in a round where
-    this agent is down it makes no event and draws nothing; its peer refuses the
-    others' exchanges, and it idles as long as its average event so far (so that
-    the window lasts about as long in wall time as the events it misses). Otherwise
-    the exchange loses its request, its reply or neither by this agent's own draw
-    (:meth:`Draws.losses`, drawn every event), and its request when the partner is
-    down or across the split in this agent's round, or found dead (its rpc failed).
-    A straggler (``slowdown > 1``) sleeps ``slowdown - 1`` times its measured
-    compute after each event, so it really is that much slower.
-
-    The end survives dead workers (:mod:`.finish`): every worker posts that it is
-    done, rank 0 decides which died, the survivors hand their final state over
-    through the store, and rank 0 checks that every exchange one survivor delivered
-    to another was answered (gossip) or applied by every server (centre) exactly
-    once. The records name the dead ranks (``crashed_ranks``) and evaluate the
-    survivors' models only (a dead rank's last model is gone with it); rank 0
-    returns those rows, the others their own row. Where a rank died, this rank's rpc
-    session is left without waiting for everyone (``session.graceful`` is False).
-    Every ``eval_every`` rounds before the end, a record of every live rank's state at
-    that round (:class:`DistEvents`).
-    """
+    """An asynchronous algorithm: this rank's events (module docstring), records every
+    ``eval_every`` rounds (:class:`DistEvents`) and the end."""
     start = time.perf_counter()
     events = DistEvents(job, rank, comm, timeout_s)
     drive(job, folder, events, start=start)
-    if events.rows is None:
+    if events.record is None:
         return RunResult(events.state.x, folder.records)
-    rows = events.rows
-    return RunResult(rows.x, folder.records, centre=rows.centre, buffers=rows.buffers)
+    snap = events.record[1]
+    return RunResult(snap.x, folder.records, centre=snap.centre, buffers=snap.buffers)
 
 
 class DistEvents:
@@ -82,7 +71,7 @@ class DistEvents:
     :meth:`Finish.post`) and goes on; rank 0, once its own events reach ``r``, waits
     until every live rank has posted (:meth:`Finish.gather`; a rank whose heartbeat
     stopped is left out and named in ``crashed_ranks``) and the driver writes the
-    record of round ``r`` from those states (:class:`Rows`). The ranks never stop
+    record of round ``r`` from those states (:func:`record_of`). The ranks never stop
     together, so the states of one record are each rank's at its own round ``r``, the
     centre the servers' when rank 0 reads it, and ``virtual_time_s`` is None. The last
     record is written at the end, once the survivors' final states are in; only it
@@ -125,7 +114,7 @@ class DistEvents:
         self.dead: tuple[int, ...] = ()  # rank 0: the ranks found dead so far
         self.talk = declared(comm, algo, job.seed, stream=self.generator)  # the algorithm's
         self.state = algo.init(x, self.oracle, self.talk)
-        self.rows: Rows | None = None  # rank 0: every live rank's, at the last evaluation
+        self.record: tuple[Counters, Snapshot] | None = None  # rank 0: of the live ranks
 
     def advance(self, stop: int) -> Iterator[Tick]:
         """This rank's events in its rounds before ``stop``; at an evaluation round, its
@@ -213,7 +202,7 @@ class DistEvents:
 
     def _interim(self, stop: int) -> None:
         """Evaluation round ``stop``: post this rank's part; rank 0 gathers everyone's."""
-        self.rows = None
+        self.record = None
         if self.failed:
             return
         key = f"eval/{stop}"
@@ -228,9 +217,8 @@ class DistEvents:
         self.dead = tuple(sorted((*self.dead, *gathered.dead)))
         parts = {0: mine} | gathered.posts
         ranks = sorted(parts)
-        self.rows = Rows.of(
-            self.job, self.comm, [parts[r] for r in ranks], ranks, self.dead, at=stop
-        )
+        live = [parts[r] for r in ranks]
+        self.record = record_of(self.job, self.comm, live, ranks, self.dead, stop)
 
     def _end(self) -> None:
         """The end agreed in the store (:mod:`.finish`); rank 0 collects the survivors."""
@@ -259,94 +247,65 @@ class DistEvents:
         survivors = [r for r in range(n) if r not in verdict.crashed]
         finals = {0: mine} | finish.collect(survivors[1:], job.x0.device)
         parts = [finals[r] for r in survivors]
-        self.rows = Rows.of(job, comm, parts, survivors, verdict.crashed, audit=True)
+        self.record = record_of(job, comm, parts, survivors, verdict.crashed, job.rounds, True)
 
     def counters(self) -> Counters:
-        rows = self.rows
-        if rows is None:  # no record here
+        if self.record is None:  # no record here
             return Counters({}, None, float("nan"), self.job.rounds)
-        return Counters(rows.totals, None, rows.train_loss, rows.round)
+        return self.record[0]
 
     def snapshot(self) -> Snapshot | None:
-        rows = self.rows
-        if rows is None:
-            return None
-        return Snapshot(rows.x, rows.buffers, rows.state, rows.centre, rows.fields, rows.judged)
+        return None if self.record is None else self.record[1]
 
     def checkpoint(self, stop: int) -> None:
         return None  # the ranks never stop together: no checkpoint
 
 
-@dataclass(frozen=True)
-class Rows:
-    """Rank 0's view of the live ranks at an evaluation round or at the end: what the
-    record reads."""
-
-    round: int
-    x: torch.Tensor  # (s, d)
-    state: Any  # (s, ...)
-    buffers: Any
-    centre: torch.Tensor | None
-    totals: dict[str, torch.Tensor]
-    train_loss: float
-    fields: dict[str, Any]
-    judged: Job
-
-    @classmethod
-    def of(
-        cls,
-        job: Job,
-        comm: DistCommunicator,
-        rows: list[dict[str, Any]],
-        survivors: list[int],
-        crashed: tuple[int, ...],
-        audit: bool = False,
-        at: int | None = None,
-    ) -> Rows:
-        """The rows of ``survivors`` (their parts, :meth:`DistEvents._mine`), at round
-        ``at`` (default: the last); ``audit``: at the end, check every exchange between
-        survivors (nothing is in flight any more)."""
-        n = job.n_agents
-        work = torch.stack([f["work"] for f in rows])  # (s, 3) samples, messages, bytes
-        totals = dict(zip(("samples", "messages", "bytes"), work.unbind(1), strict=True))
-        delivered = torch.stack([f["delivered"] for f in rows])  # (s, n): [k, j] k's to j
-        got = torch.stack([f["answered"] for f in rows])  # (s, n): [k, i] k answered i's
-        everyone = stack_states([f["state"] for f in rows])  # (s, ...)
-        loss_sum, loss_count = (sum(f["loss"][k] for f in rows) for k in (0, 1))
-        fields: dict[str, Any] = {"events": sum(f["events"] for f in rows)}
-        centre = None
-        if job.algorithm.partner == "neighbour":  # among survivors
-            if audit:
-                fields["interactions_answered"] = int(got.sum())
-                fields["interactions_unmatched"] = int(
-                    (delivered[:, survivors].T - got[:, survivors]).abs().sum()
-                )
-        else:
-            if audit:
-                initiated = torch.zeros(n, dtype=torch.int64)
-                initiated[survivors] = delivered[torch.arange(len(survivors)), survivors]
-                fields["exchanges_unmatched"] = unapplied_exchanges(comm, initiated, survivors)
-            fields |= staleness_fields(sum((f["staleness"] for f in rows), Counter()))
-            centre = comm.centre()
-        lost = sum(f["lost"] for f in rows)
-        if job.fault_spec.any or crashed or lost:
-            fields["exchanges_lost"] = lost
-        if crashed:
-            fields["crashed_ranks"] = list(crashed)
-        judged = job
-        if crashed:
-            judged = dataclasses.replace(job, shards=[job.shards[r] for r in survivors])
-        return cls(
-            round=job.rounds if at is None else at,
-            x=everyone.x,
-            state=everyone,
-            buffers=stack_buffers([f["buffers"] for f in rows]),
-            centre=centre,
-            totals=totals,
-            train_loss=loss_sum / loss_count if loss_count else float("nan"),
-            fields=fields,
-            judged=judged,
-        )
+def record_of(
+    job: Job,
+    comm: DistCommunicator,
+    parts: list[dict[str, Any]],
+    survivors: list[int],
+    crashed: tuple[int, ...],
+    at: int,
+    audit: bool = False,
+) -> tuple[Counters, Snapshot]:
+    """Rank 0's record of the live ranks ``survivors`` at round ``at``, from their
+    ``parts`` (:meth:`DistEvents._mine`); ``audit``: at the end, check every exchange
+    between survivors (nothing is in flight any more)."""
+    n = job.n_agents
+    work = torch.stack([f["work"] for f in parts])  # (s, 3) samples, messages, bytes
+    totals = dict(zip(("samples", "messages", "bytes"), work.unbind(1), strict=True))
+    delivered = torch.stack([f["delivered"] for f in parts])  # (s, n): [k, j] k's to j
+    got = torch.stack([f["answered"] for f in parts])  # (s, n): [k, i] k answered i's
+    everyone = stack_states([f["state"] for f in parts])  # (s, ...)
+    loss_sum, loss_count = (sum(f["loss"][k] for f in parts) for k in (0, 1))
+    fields: dict[str, Any] = {"events": sum(f["events"] for f in parts)}
+    centre = None
+    if job.algorithm.partner == "neighbour":  # among survivors
+        if audit:
+            fields["interactions_answered"] = int(got.sum())
+            fields["interactions_unmatched"] = int(
+                (delivered[:, survivors].T - got[:, survivors]).abs().sum()
+            )
+    else:
+        if audit:
+            initiated = torch.zeros(n, dtype=torch.int64)
+            initiated[survivors] = delivered[torch.arange(len(survivors)), survivors]
+            fields["exchanges_unmatched"] = unapplied_exchanges(comm, initiated, survivors)
+        fields |= staleness_fields(sum((f["staleness"] for f in parts), Counter()))
+        centre = comm.centre()
+    lost = sum(f["lost"] for f in parts)
+    if job.fault_spec.any or crashed or lost:
+        fields["exchanges_lost"] = lost
+    judged = job
+    if crashed:
+        fields["crashed_ranks"] = list(crashed)
+        judged = dataclasses.replace(job, shards=[job.shards[r] for r in survivors])
+    loss = loss_sum / loss_count if loss_count else float("nan")
+    buffers = stack_buffers([f["buffers"] for f in parts])
+    snapshot = Snapshot(everyone.x, buffers, everyone, centre, fields, judged)
+    return Counters(totals, None, loss, at), snapshot
 
 
 def unapplied_exchanges(

@@ -225,15 +225,11 @@ class Finish:
 
     def collect(self, ranks: Iterable[int], device: torch.device | None = None) -> dict[int, Any]:
         """Rank 0: the final states of the survivors ``ranks``, as they post them."""
-        out = {}
-        for r in ranks:
-            while not self._has(f"final/{r}"):
-                if self._silent(r):
-                    raise PeerError(
-                        f"rank 0: rank {r} died after the end of the run, before it handed "
-                        "its final state over"
-                    )
-                self._poll()
-            raw = self._call(f"reading rank {r}'s final state", self._get(f"final/{r}"))
-            out[r] = torch.load(io.BytesIO(raw), map_location=device, weights_only=False)
-        return out
+        got = self.gather("final", ranks, device)
+        assert got is not None  # a failure was the verdict's: nobody collects after it
+        if got.dead:
+            raise PeerError(
+                f"rank 0: rank {got.dead[0]} died after the end of the run, before it handed "
+                "its final state over"
+            )
+        return got.posts

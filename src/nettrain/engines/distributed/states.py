@@ -47,18 +47,27 @@ def stack_buffers(parts: list[Buffers]) -> Buffers | None:
     return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
 
+def _map_rows(
+    fn: Callable[[list[torch.Tensor]], torch.Tensor], states: list[Any], n: int | None
+) -> Any:
+    """``states[0]`` with ``fn([s.f for s in states])`` in place of every tensor field
+    ``f`` whose leading axis has length ``n`` (None: every tensor field), nested
+    dataclasses too; the other fields kept."""
+    changes = {}
+    for f in dataclasses.fields(states[0]):
+        values = [getattr(s, f.name) for s in states]
+        first = values[0]
+        if isinstance(first, torch.Tensor) and (n is None or first.shape[:1] == (n,)):
+            changes[f.name] = fn(values)
+        elif dataclasses.is_dataclass(first) and not isinstance(first, type):
+            changes[f.name] = _map_rows(fn, values, n)
+    return dataclasses.replace(states[0], **changes)
+
+
 def stack_states(states: list[Any]) -> Any:
     """One state of ``k`` agents from ``k`` ranks' ``(1, ...)`` states (nested dataclasses
     too), in the order given: :func:`gather_state` for states handed over by the store."""
-    first = states[0]
-    changes = {}
-    for f in dataclasses.fields(first):
-        value = getattr(first, f.name)
-        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == 1:
-            changes[f.name] = torch.cat([getattr(s, f.name) for s in states])
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            changes[f.name] = stack_states([getattr(s, f.name) for s in states])
-    return dataclasses.replace(first, **changes)
+    return _map_rows(torch.cat, states, 1)
 
 
 def gather_state(state: Any, gather: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -66,27 +75,13 @@ def gather_state(state: Any, gather: Callable[[torch.Tensor], torch.Tensor]) -> 
 
     Tensors with a leading local-agent axis are gathered; other fields are kept.
     """
-    changes = {}
-    for f in dataclasses.fields(state):
-        value = getattr(state, f.name)
-        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == 1:
-            changes[f.name] = gather(value)
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            changes[f.name] = gather_state(value, gather)
-    return dataclasses.replace(state, **changes)
+    return _map_rows(lambda values: gather(values[0]), [state], 1)
 
 
 def own_rows(state: Any, rank: int, n: int, device: torch.device) -> Any:
     """The inverse of :func:`gather_state`: this rank's ``(1, ...)`` rows of a state that
     holds every agent's ``(n, ...)`` (a checkpoint's), on ``device`` (nested dataclasses
-    too). Tensors with a leading agent axis of length ``n`` are sliced; other tensors are
-    kept whole."""
-    changes: dict[str, Any] = {}
-    for f in dataclasses.fields(state):
-        value = getattr(state, f.name)
-        if isinstance(value, torch.Tensor):
-            agents = value.dim() >= 1 and value.shape[0] == n
-            changes[f.name] = (value[rank : rank + 1] if agents else value).to(device, copy=True)
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            changes[f.name] = own_rows(value, rank, n, device)
-    return dataclasses.replace(state, **changes)
+    too). Tensors with a leading agent axis of length ``n`` are sliced; other fields are
+    kept."""
+    state = _map_rows(lambda values: values[0][rank : rank + 1], [state], n)
+    return _map_rows(lambda values: values[0].to(device, copy=True), [state], None)
