@@ -125,55 +125,48 @@ class SharedMemoryEngine:
                 stacklevel=2,
             )
         with self._machines() as averager:
-            return self._run(job, folder, averager, blocks)
-
-    def _run(
-        self, job: Job, folder: RunFolder, averager: ModelAverager | None, blocks: int
-    ) -> RunResult:
-        P, algo, problem = self.processes, job.algorithm, job.problem
-        ctx = mp.get_context("spawn")
-        board = Board.create(job.x0, blocks, P, not algo.shared_writes, ctx)
-        pool, data = torch.cat(list(job.shards)), problem.data  # drawn from every shard
-        oracle = partial(  # worker c's is oracle(c), built in its process
-            BlockGradient,
-            problem.model,
-            problem.loss,
-            problem.regularizer,
-            data.x_train,
-            data.y_train,
-            pool,
-            job.batch_size,
-            blocks,
-            job.seed,
-        )
-        procs = [
-            ctx.Process(
-                target=worker_main,
-                args=(c, board, algo, oracle, job.rounds * P, self.timeout_s),
-                name=f"nettrain-worker-{c}",
-                daemon=True,
+            P, algo, problem = self.processes, job.algorithm, job.problem
+            ctx = mp.get_context("spawn")
+            board = Board.create(job.x0, blocks, P, not algo.shared_writes, ctx)
+            pool, data = torch.cat(list(job.shards)), problem.data  # drawn from every shard
+            oracle = partial(  # worker c's is oracle(c), built in its process
+                BlockGradient,
+                problem.model,
+                problem.loss,
+                problem.regularizer,
+                data.x_train,
+                data.y_train,
+                pool,
+                job.batch_size,
+                blocks,
+                job.seed,
             )
-            for c in range(P)
-        ]
-        for p in procs:
-            p.start()
-        steps = SharedSteps(job, board, procs, averager, self.average_every, self.is_main)
-        try:
-            steps.wait(lambda: bool(board.ready.all()), self.timeout_s, "start")
-            drive(job, folder, steps)
-            steps.wait(lambda: not any(p.is_alive() for p in procs), self.timeout_s)
-            return RunResult(board.x.clone()[None], folder.records)
-        finally:
+            procs = [
+                ctx.Process(
+                    target=worker_main,
+                    args=(c, board, algo, oracle, job.rounds * P, self.timeout_s),
+                    name=f"nettrain-worker-{c}",
+                    daemon=True,
+                )
+                for c in range(P)
+            ]
             for p in procs:
-                if p.is_alive():
-                    p.terminate()
-                p.join()
+                p.start()
+            steps = SharedSteps(job, board, procs, averager, self.average_every, self.is_main)
+            try:
+                steps.wait(lambda: bool(board.ready.all()), self.timeout_s, "start")
+                drive(job, folder, steps)
+                steps.wait(lambda: not any(p.is_alive() for p in procs), self.timeout_s)
+                return RunResult(board.x.clone()[None], folder.records)
+            finally:
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                    p.join()
 
 
 class SharedSteps:
-    """The main process's view of the workers, for :func:`drive`: it holds them after
-    exactly ``round * P`` steps at each evaluation, and averages the machines' models
-    every ``average_every`` rounds (and at the end, once the workers have stopped)."""
+    """The main process's view of the workers, for :func:`drive` (see the module)."""
 
     measured = True
 
