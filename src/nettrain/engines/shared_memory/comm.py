@@ -1,11 +1,7 @@
-"""The shared-model pattern on a :class:`~nettrain.engines.shared_memory.board.Board`.
-
-Worker ``c``'s :class:`~nettrain.patterns.SharedModel`: it reads and writes the
-board's ``x`` in place, without locks, and keeps the board's counters, each row
-written by this worker only (``updates[c]``, ``stale_sum[c]``, ``stale_max[c]``,
-``reads[c]``) but for the per-block ``versions``, which every worker bumps without a
-lock (so an increment may be lost, and staleness is approximate, as Hogwild is).
-"""
+"""The shared-model pattern on a :class:`~nettrain.engines.shared_memory.board.Board`:
+worker ``c``'s :class:`~nettrain.patterns.SharedModel`, which reads and writes the
+board's ``x`` in place and keeps its counters (who writes what without a lock: the
+board's module)."""
 
 from __future__ import annotations
 

@@ -1,30 +1,24 @@
 """The ``shared_memory`` engine: ``P`` worker processes updating one model in shared memory.
 
-The main process puts the model ``x: (d,)`` and the counters in shared memory
-(:class:`~nettrain.engines.shared_memory.board.Board`) and spawns ``processes=P``
-workers (``torch.multiprocessing``, spawn context, one thread each). Each runs the
-method's own ``shared_step`` against the shared-model pattern
-(:class:`~nettrain.patterns.SharedModel`; :mod:`~nettrain.engines.shared_memory.worker`):
-the engine runs any method with ``shared_memory`` in its ``engines`` (built in:
-``block_async``, each worker writing its own blocks without locks; ``hogwild``, every
-worker writing every block; ``allreduce``, synchronous data-parallel SGD through
-barriers and a mean gradient). The model is cut into ``shared_blocks(P)`` blocks; a
-board for the mean gradient is made for a method without ``shared_writes``. One
-round is ``P`` steps, whoever takes them: a faster worker takes more.
+What it runs and how, for users: ``docs/shared-memory.md``. The main process puts the
+model ``x: (d,)`` and the counters on a :class:`~nettrain.engines.shared_memory.board.Board`,
+cut into the method's ``shared_blocks(P)`` blocks (with rows for ``mean_shared`` for a
+method without ``shared_writes``), and spawns ``processes=P`` workers
+(:mod:`~nettrain.engines.shared_memory.worker`). One round is ``P`` steps, whoever
+takes them.
 
-Every ``eval_every`` rounds the workers are held after exactly ``round * P`` steps;
-the main process evaluates the model and :func:`~nettrain.engines.driver.drive` appends
-the record every engine writes (``train_time_s``: wall time less the evaluation pauses;
-``samples_per_s = samples / train_time_s``; ``train_loss``: mean over the steps since
-the last record; no virtual clock; messages and bytes: this machine's averagings), with
-the workers' counters: ``processes``, ``machines``, ``averagings``,
-``staleness_mean``/``staleness_max`` (writes a block received between a worker's read
-and its write), ``updates_per_block``, and the per-worker step counts
+Every ``eval_every`` rounds :class:`SharedSteps` holds the workers after exactly
+``round * P`` steps and :func:`~nettrain.engines.driver.drive` appends the record every
+engine writes (``train_time_s``: wall time less the evaluation pauses; ``train_loss``:
+mean over the steps since the last record; no virtual clock; messages and bytes: this
+machine's averagings), with the workers' counters: ``processes``, ``machines``,
+``averagings``, the staleness and writes per block
+(:func:`~nettrain.patterns.shared_fields`), and the per-worker step counts
 ``steps_min``/``steps_max``.
 
 Under ``torchrun`` each launched process is one machine with its own ``P`` workers
 and model; with ``average_every=K`` its main process averages the machines' models
-every ``K`` rounds (of its own workers) over gloo, ``x += mean - snapshot``
+every ``K`` rounds (of its own workers) over gloo
 (:mod:`~nettrain.engines.shared_memory.averaging`), and once more at the end, when
 the workers have stopped, so all machines finish with the same model, bit for bit.
 Rank 0 writes the run folder; its records describe machine 0.
@@ -51,20 +45,14 @@ from nettrain.engines.distributed.engine import launched_rank
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.shared_memory.averaging import ModelAverager
 from nettrain.engines.shared_memory.board import Board
-from nettrain.engines.shared_memory.worker import WorkerSpec, worker_main
+from nettrain.engines.shared_memory.worker import worker_main
 from nettrain.errors import ConfigError, DataError, DivergenceError, WorkerFailed
 from nettrain.patterns import shared_fields
+from nettrain.problem.block_oracle import BlockGradient
 from nettrain.recording import RunFolder
 
 POLL_S = 1e-3  # how often the main process looks at the counters
 ERRORS = {"DivergenceError": DivergenceError, "ConfigError": ConfigError, "DataError": DataError}
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 class SharedMemoryEngine:
@@ -93,31 +81,25 @@ class SharedMemoryEngine:
     @contextmanager
     def _machines(self) -> Iterator[ModelAverager | None]:
         """The averager over the machines launched by torchrun, or None for one machine."""
-        if launched_rank() is None:
-            if self.average_every:
-                raise ConfigError(
-                    f"average_every={self.average_every} averages the models of several "
-                    "machines: launch one process per machine with torchrun (`torchrun "
-                    "--nnodes M --nproc-per-node 1 -m nettrain run engine=shared_memory ...`), "
-                    "or set average_every=0"
-                )
-            yield None
-            return
         if not self.average_every:
-            yield None  # independent machines: nothing to exchange
+            yield None  # one machine, or independent ones: nothing to exchange
             return
+        if launched_rank() is None:
+            raise ConfigError(
+                f"average_every={self.average_every} averages the models of several "
+                "machines: launch one process per machine with torchrun (`torchrun "
+                "--nnodes M --nproc-per-node 1 -m nettrain run engine=shared_memory ...`), "
+                "or set average_every=0"
+            )
         if dist.is_initialized():  # the caller owns the group of machines
             yield ModelAverager()
             return
         timeout = timedelta(seconds=self.timeout_s)
         dist.init_process_group("gloo", init_method="env://", timeout=timeout)
-        clean = False
         try:
             yield ModelAverager()
-            clean = True
+            dist.barrier()  # without it gloo may abort a peer still in its last call
         finally:
-            if clean:
-                dist.barrier()  # without it gloo may abort a peer still in its last call
             dist.destroy_process_group()
 
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
@@ -131,93 +113,60 @@ class SharedMemoryEngine:
                 "Use a model without buffers (e.g. GroupNorm or LayerNorm instead of "
                 "BatchNorm) or engine=sim"
             )
-        algo = job.algorithm
-        check_engine(self.name, algo)
-        blocks = algo.shared_blocks(self.processes)  # checks the workers it was built for
-        if self.processes > usable_cores():
+        check_engine(self.name, job.algorithm)
+        blocks = job.algorithm.shared_blocks(self.processes)  # checks the workers it was built for
+        affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+        cores = len(affinity(0)) if affinity else os.cpu_count() or 1
+        if self.processes > cores:
             warnings.warn(
-                f"processes={self.processes} is more than the {usable_cores()} cores this "
+                f"processes={self.processes} is more than the {cores} cores this "
                 "process may use: workers will share cores and samples/s will suffer",
                 RuntimeWarning,
                 stacklevel=2,
             )
         with self._machines() as averager:
-            return self._run(job, folder, averager, blocks)
-
-    def _run(
-        self, job: Job, folder: RunFolder, averager: ModelAverager | None, blocks: int
-    ) -> RunResult:
-        P, algo = self.processes, job.algorithm
-        ctx = mp.get_context("spawn")
-        board = Board.create(job.x0, blocks, P, not algo.shared_writes, ctx)
-        data = job.problem.data
-        spec = WorkerSpec(
-            model=job.problem.model,
-            loss=job.problem.loss,
-            regularizer=job.problem.regularizer,
-            x_train=data.x_train,
-            y_train=data.y_train,
-            pool=torch.cat(list(job.shards)),
-            batch_size=job.batch_size,
-            seed=job.seed,
-            rounds=job.rounds,
-            workers=P,
-            blocks=blocks,
-            algorithm=algo,
-            stability_hint=algo.stability_hint,
-            timeout_s=self.timeout_s,
-        )
-        procs = [
-            ctx.Process(target=worker_main, args=(c, spec, board), name=f"nettrain-worker-{c}")
-            for c in range(P)
-        ]
-        for p in procs:
-            p.daemon = True
-            p.start()
-        try:
-            wait = partial(self._wait, board, procs)
-            wait(lambda: bool(board.ready.all()), self.timeout_s, "start")
-            steps = SharedSteps(job, board, P, self.average_every, averager, wait, self.is_main)
-            drive(job, folder, steps)
-            wait(lambda: not any(p.is_alive() for p in procs), self.timeout_s)
-            return RunResult(board.x.clone()[None], folder.records)
-        finally:
+            P, algo, problem = self.processes, job.algorithm, job.problem
+            ctx = mp.get_context("spawn")
+            board = Board.create(job.x0, blocks, P, not algo.shared_writes, ctx)
+            pool, data = torch.cat(list(job.shards)), problem.data  # drawn from every shard
+            oracle = partial(  # worker c's is oracle(c), built in its process
+                BlockGradient,
+                problem.model,
+                problem.loss,
+                problem.regularizer,
+                data.x_train,
+                data.y_train,
+                pool,
+                job.batch_size,
+                blocks,
+                job.seed,
+            )
+            procs = [
+                ctx.Process(
+                    target=worker_main,
+                    args=(c, board, algo, oracle, job.rounds * P, self.timeout_s),
+                    name=f"nettrain-worker-{c}",
+                    daemon=True,
+                )
+                for c in range(P)
+            ]
             for p in procs:
-                if p.is_alive():
-                    p.terminate()
-                p.join()
-
-    def _wait(
-        self,
-        board: Board,
-        procs: list[Any],
-        ready: Any,
-        timeout_s: float | None = None,
-        what: str = "",
-    ) -> None:
-        """Poll until ``ready()``; raise a worker's error, or on a dead worker, at once."""
-        deadline = None if timeout_s is None else time.perf_counter() + timeout_s
-        while not ready():
-            if not board.errors.empty():
-                c, kind, message = board.errors.get()
-                raise ERRORS.get(kind, WorkerFailed)(
-                    message if kind in ERRORS else f"worker {c} failed ({kind}): {message}"
-                )
-            dead = [p.name for p in procs if p.exitcode not in (None, 0)]
-            if dead:
-                raise WorkerFailed(f"worker process(es) {', '.join(dead)} died")
-            if deadline is not None and time.perf_counter() > deadline:
-                raise WorkerFailed(
-                    f"the workers did not {what or 'finish'} within {timeout_s:.0f} s "
-                    "(timeout_s=); the machine may be overloaded"
-                )
-            time.sleep(POLL_S)
+                p.start()
+            steps = SharedSteps(job, board, procs, averager, self.average_every, self.is_main)
+            try:
+                steps.wait(lambda: bool(board.ready.all()), self.timeout_s, "start")
+                drive(job, folder, steps)
+                steps.wait(lambda: not any(p.is_alive() for p in procs), self.timeout_s)
+                return RunResult(board.x.clone()[None], folder.records)
+            finally:
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                    p.join()
 
 
 class SharedSteps:
-    """The main process's view of the workers, for :func:`drive`: it holds them after
-    exactly ``round * P`` steps at each evaluation, and averages the machines' models
-    every ``average_every`` rounds (and at the end, once the workers have stopped)."""
+    """The main process's view of the workers, for :func:`drive` (see the module)."""
 
     measured = True
 
@@ -225,23 +174,38 @@ class SharedSteps:
         self,
         job: Job,
         board: Board,
-        processes: int,
-        average_every: int,
+        procs: list[Any],
         averager: ModelAverager | None,
-        wait: Callable[[Callable[[], bool]], None],
+        average_every: int,
         main: bool,
     ) -> None:
-        self.job, self.board, self.P, self.averager, self.wait = (
-            job,
-            board,
-            processes,
-            averager,
-            wait,
-        )
-        self.main, self.label = main, f"{job.algorithm.name} x{processes} (shared memory)"
+        self.job, self.board, self.procs, self.averager = job, board, procs, averager
+        self.main, self.P = main, len(procs)
+        self.label = f"{job.algorithm.name} x{self.P} (shared memory)"
         rounds, K = job.rounds, average_every
-        self.averagings = set(range(K, rounds + 1, K)) | {rounds} if K and averager else set()
+        self.averagings = set(range(K, rounds + 1, K)) | {rounds} if averager else set()
         self.round, self.last = 0, (0.0, 0)  # (loss sum, steps) at the previous record
+
+    def wait(
+        self, ready: Callable[[], bool], timeout_s: float | None = None, what: str = "finish"
+    ) -> None:
+        """Poll until ``ready()``; raise a worker's error, or on a dead worker, at once."""
+        deadline = None if timeout_s is None else time.perf_counter() + timeout_s
+        while not ready():
+            if not self.board.errors.empty():
+                c, kind, message = self.board.errors.get()
+                raise ERRORS.get(kind, WorkerFailed)(
+                    message if kind in ERRORS else f"worker {c} failed ({kind}): {message}"
+                )
+            dead = [p.name for p in self.procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise WorkerFailed(f"worker process(es) {', '.join(dead)} died")
+            if deadline is not None and time.perf_counter() > deadline:
+                raise WorkerFailed(
+                    f"the workers did not {what} within {timeout_s:.0f} s (timeout_s=); "
+                    "the machine may be overloaded"
+                )
+            time.sleep(POLL_S)
 
     def advance(self, stop: int) -> Iterator[Tick]:
         board, P = self.board, self.P
@@ -259,11 +223,10 @@ class SharedSteps:
         loss_sum, steps = float(board.loss_sum.sum()), board.finished()
         loss = (loss_sum - self.last[0]) / max(steps - self.last[1], 1)
         self.last = (loss_sum, steps)
-        count = averager.count if averager is not None else 0
         totals = {  # this machine's, (1,) each
             "samples": board.samples.sum().reshape(1),
-            "messages": torch.tensor([count]),
-            "bytes": torch.tensor([averager.bytes_sent if averager is not None else 0]),
+            "messages": torch.tensor([averager.count if averager else 0]),
+            "bytes": torch.tensor([averager.bytes_sent if averager else 0]),
         }
         return Counters(totals, None, loss, self.round)
 
@@ -273,8 +236,8 @@ class SharedSteps:
         board, averager = self.board, self.averager
         fields = {
             "processes": self.P,
-            "machines": averager.machines if averager is not None else 1,
-            "averagings": averager.count if averager is not None else 0,
+            "machines": averager.machines if averager else 1,
+            "averagings": averager.count if averager else 0,
             "steps_min": int(board.steps.min()),
             "steps_max": int(board.steps.max()),
             **shared_fields(
