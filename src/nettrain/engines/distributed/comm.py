@@ -193,7 +193,10 @@ class DistCommunicator(Communicator):
         ops = [dist.P2POp(dist.isend, buffer, j, self.group, tag) for j in send]
         got = {j: torch.empty_like(buffer) for j in recv}
         ops += [dist.P2POp(dist.irecv, got[j], j, self.group, tag) for j in recv]
-        works = guarded(f"posting the exchange of round {t}", lambda: batch_isend_irecv(ops))
+        works = guarded(
+            f"posting the exchange of round {t}",
+            lambda: dist.batch_isend_irecv(ops) if ops else [],  # it fails on an empty batch
+        )
         peers = [f"sending to rank {j}" for j in send] + [f"receiving from rank {j}" for j in recv]
         if len(works) != len(peers):  # one request for the whole batch (NCCL)
             peers = [f"the exchange with ranks {send + recv}"] * len(works)
@@ -296,14 +299,12 @@ class DistCommunicator(Communicator):
             self.lost += 1
             return sent.clone()
         begin = time.perf_counter()
-        calls = []
-        for owner, cols in zip(self.server_ranks, self._slices, strict=True):
-            part = sent[0, cols].clone()  # owns its storage: the wire carries only the slice
-            shard = self.rpc.remote(owner, "centre")
-            if synchronous:
-                calls.append(shard.rpc_async("exchange_sync", self.rank, self.sync_rounds, part))
-            else:
-                calls.append(shard.rpc_async("exchange", self.rank, part))
+        method = "exchange_sync" if synchronous else "exchange"
+        head = (self.rank, self.sync_rounds) if synchronous else (self.rank,)
+        calls = [  # each slice cloned to own its storage: the wire carries only the slice
+            self.rpc.remote(owner, "centre").rpc_async(method, *head, sent[0, cols].clone())
+            for owner, cols in zip(self.server_ranks, self._slices, strict=True)
+        ]
         self.sync_rounds += synchronous
         answers = self.rpc.wait(calls, "the exchange with the parameter servers")
         self.talk_s += time.perf_counter() - begin
@@ -320,7 +321,3 @@ class DistCommunicator(Communicator):
             raise RuntimeError("no parameter servers attached (uses_centre)")
         calls = [self.rpc.remote(r, "centre").rpc_async("centre") for r in self.server_ranks]
         return torch.cat(self.rpc.wait(calls, "reading the centre from the servers"))
-
-
-def batch_isend_irecv(ops: list[dist.P2POp]) -> list[dist.Work]:
-    return dist.batch_isend_irecv(ops) if ops else []

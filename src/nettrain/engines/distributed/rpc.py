@@ -172,14 +172,12 @@ class RpcSession:
         rank: int,
         world_size: int,
         name_of: Callable[[int], str],
-        timeout_s: float,
         store: dist.Store | None = None,
         serial: int = 0,
     ) -> None:
         self.rank = rank
         self.world_size = world_size
         self.name_of = name_of
-        self.timeout_s = timeout_s
         self.store = store
         self.serial = serial
         self.graceful = True
@@ -295,7 +293,7 @@ def rpc_session(
         rpc_timeout=timeout_s,
         num_worker_threads=num_worker_threads,
     )
-    session = RpcSession(rank, world_size, name_of, timeout_s, store, next(_serials))
+    session = RpcSession(rank, world_size, name_of, store, next(_serials))
     _registry.wait_s = timeout_s
     try:
         with warnings.catch_warnings():  # init_rpc's own use of its internal gloo group
