@@ -13,11 +13,11 @@ import dataclasses
 import sys
 
 import torch
+from rpc_mailbox import Mailbox
 
 from nettrain.algorithms.baselines import AllReduceSGD, SGDRunState
 from nettrain.config import load_config
 from nettrain.engines.distributed.engine import DistributedEngine
-from nettrain.engines.distributed.rpc import Mailbox
 from nettrain.experiment import build_job
 from nettrain.recording import RunFolder
 

@@ -4,8 +4,8 @@
 each rank joins a gloo process group (torchrun's environment), then an rpc session
 beside it (``SPEC["store"]``: ``"shared"`` rendezvouses in torchrun's store at
 ``MASTER_PORT``, ``"port"`` in a store of its own on ``SPEC["port"]``). Rank 0 hosts a
-:class:`~nettrain.engines.distributed.rpc.Mailbox`; every rank ``s`` in
-``SPEC["plan"]`` posts its messages to it with ``rpc_async``, all in flight at once,
+:class:`~rpc_mailbox.Mailbox`; every rank ``s`` in ``SPEC["plan"]`` posts its messages
+to it with ``rpc_async``, all in flight at once, counting them (:class:`~rpc_mailbox.Counted`),
 and waits for them. The senders' own counts then travel to rank 0 over the gloo group.
 Rank 0 checks them against the plan and the mailbox and writes ``OUT/result.json``;
 every rank writes ``OUT/pid.<rank>`` so the test can check that no process is left.
@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from rpc_mailbox import Counted, Mailbox, Tally
 
-from nettrain.engines.distributed.rpc import Mailbox, rpc_session
+from nettrain.engines.distributed.rpc import rpc_session
 from nettrain.errors import PeerError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "int64": torch.int64}
@@ -49,17 +50,17 @@ def count(spec: dict, out: Path) -> None:
         addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
         store = dist.TCPStore(addr, port, world, False, timedelta(seconds=60))
     plan = spec["plan"].get(str(rank), [])
-    mailbox = Mailbox()
+    mailbox, sent = Mailbox(), Tally()
     errors: dict[str, str] = {}
     started = time.perf_counter()
     with rpc_session(rank, world, store=store, master_port=spec.get("port"), timeout_s=30) as s:
         if rank == 0:
             s.host("mailbox", mailbox)
-        box = s.remote(0, "mailbox")
+        box = Counted(s.remote(0, "mailbox"), sent)
         futures = [box.rpc_async("post", rank, *tensors(message)) for message in plan]
         replies = s.wait(futures, "posting to the mailbox")
-        sent = s.sent.total()
-        mine = {"messages": sent.messages, "bytes": sent.bytes, "replied_bytes": sum(replies)}
+        total = sent.total()
+        mine = {"messages": total.messages, "bytes": total.bytes, "replied_bytes": sum(replies)}
         senders: list[dict] = [{} for _ in range(world)]
         dist.all_gather_object(senders, mine)  # the gloo group, while rpc is up
         during = mailbox.received()

@@ -25,14 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from engines.distributed.rpc_mailbox import Counted, Counts, Mailbox, Tally, payload_bytes
 from helpers import free_port, torchrun_command, wait_or_fail
-from nettrain.engines.distributed.rpc import (
-    Counts,
-    Mailbox,
-    default_rpc_port,
-    payload_bytes,
-    rpc_session,
-)
+from nettrain.engines.distributed.rpc import default_rpc_port, rpc_session
 from nettrain.errors import PeerError
 
 WORKER = Path(__file__).with_name("rpc_worker.py")
@@ -159,25 +154,27 @@ class Faulty:
 def test_one_rank_hosts_and_calls_itself_and_errors_are_clear(monkeypatch) -> None:
     monkeypatch.setenv("MASTER_PORT", str(free_port() - 1))  # own store: MASTER_PORT + 1
     mailbox = Mailbox(keep=True)
+    sent = Tally()  # what this rank's calls sent, by the rank called
     with rpc_session(0, 1, timeout_s=20, num_worker_threads=2) as session:
         session.host("mailbox", mailbox)
         session.host("faulty", Faulty())
         with pytest.raises(ValueError, match="already hosted"):
             session.host("mailbox", Mailbox())
-        box = session.remote(0, "mailbox")
+        box = Counted(session.remote(0, "mailbox"), sent)
         futures = [box.rpc_async("post", 0, torch.zeros(k + 1)) for k in range(10)]
         assert session.wait(futures) == [4 * (k + 1) for k in range(10)]
         assert box.rpc_sync("post", 7, torch.zeros(2, dtype=torch.float64), torch.ones(3)) == 28
         with pytest.raises(ValueError, match=r"there is no rank 1 .* ranks are 0\.\.0"):
             session.remote(1, "mailbox")
-        late = session.remote(0, "late").rpc_async("post", 3, torch.zeros(5))  # waits for it
+        late = Counted(session.remote(0, "late"), sent)
+        late_call = late.rpc_async("post", 3, torch.zeros(5))  # waits for it
         time.sleep(0.2)
         session.host("late", Mailbox())
-        assert session.wait([late]) == [20]
+        assert session.wait([late_call]) == [20]
         with pytest.raises(ValueError, match=r"(?s)On WorkerInfo.*bad sender 1"):  # its own error
-            session.remote(0, "faulty").rpc_sync("post", 1)
+            Counted(session.remote(0, "faulty"), sent).rpc_sync("post", 1)
     assert mailbox.received() == {0: Counts(10, 4 * 55), 7: Counts(1, 28)}
-    assert session.sent.by_key() == {0: Counts(13, 4 * 55 + 28 + 20)}  # late and faulty too
+    assert sent.by_key() == {0: Counts(13, 4 * 55 + 28 + 20)}  # late and faulty too
     assert [s for s, _ in mailbox.kept()].count(0) == 10
     with pytest.raises(PeerError, match="rank 0: calling 'mailbox' on rank 0 after the rpc"):
         box.rpc_async("post", 0, torch.ones(1))

@@ -41,16 +41,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from nettrain.compression import Compressor, Identity
+from nettrain.compression import Identity
 from nettrain.compression.payloads import pack, unpack
 from nettrain.engines.distributed.liveness import beating
+from nettrain.engines.distributed.rpc import RpcSession, peer_error
 from nettrain.errors import PeerError
 from nettrain.patterns import (
     Codec,
@@ -63,9 +64,6 @@ from nettrain.patterns import (
 )
 from nettrain.topology import Topology
 
-if TYPE_CHECKING:
-    from nettrain.engines.distributed.rpc import RpcSession
-
 TAG_CYCLE = 1 << 20  # tags of successive mixes; tells apart mixes in flight together
 T = TypeVar("T")
 
@@ -76,81 +74,22 @@ def guarded(what: str, call: Callable[[], T]) -> T:
         return call()
     except RuntimeError as err:  # DistError and gloo's plain RuntimeErrors
         rank = dist.get_rank() if dist.is_initialized() else "?"
-        raise PeerError(
-            f"rank {rank}: {what} failed: {str(err).strip()}. Another process of the run "
-            "probably died or stopped answering (see its own error); raise timeout_s= if "
-            "it was only slow"
-        ) from err
+        raise peer_error(rank, what, err) from err
 
 
 @dataclass
-class _Mix:
-    """A neighbour exchange in flight; ``wait()`` applies row ``i`` of ``W(t)``."""
+class _Exchange:
+    """Requests in flight; ``wait()`` waits for every one, then returns ``finish()``, the
+    result read from the buffers they filled."""
 
-    works: list[tuple[str, dist.Work]]  # (what, request)
-    weights: torch.Tensor  # (k,) W_ij for the k contributing j, ascending j
-    values: list[torch.Tensor]  # k tensors (d,): x_j received, or x_i itself
+    works: Sequence[tuple[str, dist.Work | None]]  # (what, request)
+    finish: Callable[[], torch.Tensor]
 
     def wait(self) -> torch.Tensor:
         for what, work in self.works:
-            guarded(what, work.wait)
-        return self.weights[None, :] @ torch.stack(self.values)  # (1, k) @ (k, d) -> (1, d)
-
-
-@dataclass
-class _DecodedMix:
-    """A compressed neighbour exchange in flight; ``wait()`` decodes every received
-    payload against this agent's ``x_i``, then applies row ``i`` of ``W(t)``."""
-
-    works: list[tuple[str, dist.Work]]  # (what, request)
-    weights: torch.Tensor  # (k,) W_ij for the k contributing j, ascending j
-    buffers: list[torch.Tensor | None]  # k packed payloads received, None for x_i itself
-    x: torch.Tensor  # (1, d) this agent's model: its own term and the decoding reference
-    like: object  # this agent's own payload: the layout of the received ones
-    compressor: Compressor
-
-    def wait(self) -> torch.Tensor:
-        for what, work in self.works:
-            guarded(what, work.wait)
-        values = [
-            self.x[0] if b is None else self.compressor.decode(unpack(b, self.like), self.x)[0]
-            for b in self.buffers
-        ]
-        return self.weights[None, :] @ torch.stack(values)  # (1, k) @ (k, d) -> (1, d)
-
-
-@dataclass
-class _DecodedMean:
-    """An all-gather of payloads in flight; ``wait()`` decodes each against ``x_i`` and
-    averages them in rank order."""
-
-    work: dist.Work | None
-    buffers: list[torch.Tensor]  # n packed payloads, rank order, filled by the all-gather
-    x: torch.Tensor  # (1, d) the decoding reference
-    like: object  # this agent's own payload
-    compressor: Compressor
-
-    def wait(self) -> torch.Tensor:
-        if self.work is not None:
-            guarded("the all-gather of a compressed mean", self.work.wait)
-        total = torch.zeros_like(self.x)  # (1, d)
-        for b in self.buffers:
-            total += self.compressor.decode(unpack(b, self.like), self.x)
-        return total / len(self.buffers)
-
-
-@dataclass
-class _Mean:
-    """An all-reduce in flight; ``wait()`` divides the sum by ``n``."""
-
-    work: dist.Work | None
-    total: torch.Tensor  # (1, d), summed in place by the all-reduce
-    n: int
-
-    def wait(self) -> torch.Tensor:
-        if self.work is not None:
-            guarded("the all-reduce", self.work.wait)
-        return self.total.div_(self.n)
+            if work is not None:
+                guarded(what, work.wait)
+        return self.finish()
 
 
 class DistCommunicator(Communicator):
@@ -211,18 +150,38 @@ class DistCommunicator(Communicator):
         return out
 
     def start_mix(self, x: torch.Tensor, t: int, *, codec: Codec | None = None) -> Handle:
-        if codec is not None:
-            return self._start_decoded_mix(x, t, codec.compressor, codec.generator)
         send, recv, row = self._peers(t)
-        mine = x[0].contiguous()  # (d,)
-        labelled, got = self._post(mine, send, recv, t)
-        got[self.rank] = mine
-        order = sorted(j for j in got if row[j] != 0)  # ascending j, as in W @ x
+        mine, nbytes, read = self._message(x, codec)
+        works, got = self._post(mine, send, recv, t)
+        self.traffic.add(torch.tensor([len(send)]), torch.as_tensor(len(send) * nbytes))
+        own = mine if codec is None else x[0]  # (d,) this agent's own term
+        order = row.nonzero().flatten().tolist()  # recv, and i if W_ii != 0: ascending j
         weights = row[order].to(device=x.device, dtype=x.dtype)
-        self.traffic.add(
-            torch.tensor([len(send)]), torch.tensor([len(send) * mine.numel() * x.element_size()])
-        )
-        return _Mix(labelled, weights, [got[j] for j in order])
+
+        def combine() -> torch.Tensor:  # (1, k) @ (k, d) -> (1, d), the row of W @ x
+            values = [own if j == self.rank else read(got[j])[0] for j in order]
+            return weights[None, :] @ torch.stack(values)
+
+        return _Exchange(works, combine)
+
+    @staticmethod
+    def _message(
+        x: torch.Tensor, codec: Codec | None
+    ) -> tuple[torch.Tensor, int | torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """What this agent sends of ``x``: the buffer (``x_i``; with a codec its payload,
+        encoded once and packed into one ``uint8`` buffer whose length is fixed by ``d``
+        and the compressor), its bytes, and ``read``: a received buffer of that layout as
+        a ``(1, d)`` row, decoded against ``x``."""
+        if codec is None:
+            mine = x[0].contiguous()  # (d,)
+            return mine, mine.numel() * x.element_size(), lambda b: b[None]
+        compressor = codec.compressor
+        payload = compressor.encode(x, generator=codec.generator)
+
+        def read(b: torch.Tensor) -> torch.Tensor:
+            return compressor.decode(unpack(b, payload), x)
+
+        return pack(payload), compressor.nbytes(payload), read
 
     def _post(
         self, buffer: torch.Tensor, send: list[int], recv: list[int], t: int
@@ -234,53 +193,39 @@ class DistCommunicator(Communicator):
         ops = [dist.P2POp(dist.isend, buffer, j, self.group, tag) for j in send]
         got = {j: torch.empty_like(buffer) for j in recv}
         ops += [dist.P2POp(dist.irecv, got[j], j, self.group, tag) for j in recv]
-        works = guarded(f"posting the exchange of round {t}", lambda: batch_isend_irecv(ops))
+        works = guarded(
+            f"posting the exchange of round {t}",
+            lambda: dist.batch_isend_irecv(ops) if ops else [],  # it fails on an empty batch
+        )
         peers = [f"sending to rank {j}" for j in send] + [f"receiving from rank {j}" for j in recv]
         if len(works) != len(peers):  # one request for the whole batch (NCCL)
             peers = [f"the exchange with ranks {send + recv}"] * len(works)
         return [(f"round {t}: {p}", w) for p, w in zip(peers, works, strict=True)], got
 
-    def _start_decoded_mix(
-        self, x: torch.Tensor, t: int, compressor: Compressor, generator: torch.Generator | None
-    ) -> Handle:
-        """The compressed mix: one packed payload (fixed length given ``d`` and the
-        compressor) to each out-neighbour, decoded against ``x_i`` in ``wait()``."""
-        send, recv, row = self._peers(t)
-        payload = compressor.encode(x, generator=generator)  # x_i encoded once
-        labelled, got = self._post(pack(payload), send, recv, t)
-        order = [j for j in range(self.n_agents) if row[j] != 0 and (j == self.rank or j in got)]
-        weights = row[order].to(device=x.device, dtype=x.dtype)
-        self.traffic.add(torch.tensor([len(send)]), len(send) * compressor.nbytes(payload))
-        buffers = [None if j == self.rank else got[j] for j in order]
-        return _DecodedMix(labelled, weights, buffers, x, payload, compressor)
-
     def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
-        if codec is not None:
-            return self._start_decoded_mean(x, codec.compressor, codec.generator)
-        messages, nbytes = ring_allreduce_cost(self.n_agents, x.shape[1], x.element_size())
-        self.traffic.add(torch.tensor([messages]), torch.tensor([nbytes]))
-        total = x.clone(memory_format=torch.contiguous_format)  # (1, d)
-        work = guarded(
-            "the all-reduce",
-            lambda: dist.all_reduce(total, dist.ReduceOp.SUM, group=self.group, async_op=True),
-        )
-        return _Mean(work, total, self.n_agents)
-
-    def _start_decoded_mean(
-        self, x: torch.Tensor, compressor: Compressor, generator: torch.Generator | None
-    ) -> Handle:
-        """The compressed mean: an all-gather of the packed payloads, counted as a ring
-        all-gather (``n - 1`` messages, ``(n - 1) nbytes`` bytes)."""
         n = self.n_agents
-        payload = compressor.encode(x, generator=generator)  # x_i encoded once
-        mine = pack(payload)  # (B,) uint8, the same length on every rank
-        buffers = [torch.empty_like(mine) for _ in range(n)]
-        self.traffic.add(torch.tensor([n - 1]), (n - 1) * compressor.nbytes(payload))
-        work = guarded(
-            "the all-gather of a compressed mean",
-            lambda: dist.all_gather(buffers, mine, group=self.group, async_op=True),
-        )
-        return _DecodedMean(work, buffers, x, payload, compressor)
+        if codec is None:
+            messages, nbytes = ring_allreduce_cost(n, x.shape[1], x.element_size())
+            self.traffic.add(torch.tensor([messages]), torch.tensor([nbytes]))
+            total = x.clone(memory_format=torch.contiguous_format)  # (1, d)
+            what = "the all-reduce"
+            work = guarded(
+                what, lambda: dist.all_reduce(total, dist.ReduceOp.SUM, self.group, async_op=True)
+            )
+            return _Exchange([(what, work)], lambda: total.div_(n))
+        mine, nbytes, read = self._message(x, codec)
+        buffers = [torch.empty_like(mine) for _ in range(n)]  # the same length on every rank
+        self.traffic.add(torch.tensor([n - 1]), torch.as_tensor((n - 1) * nbytes))
+        what = "the all-gather of a compressed mean"
+        work = guarded(what, lambda: dist.all_gather(buffers, mine, self.group, async_op=True))
+
+        def average() -> torch.Tensor:  # every payload decoded against x_i, in rank order
+            total = torch.zeros_like(x)  # (1, d)
+            for b in buffers:
+                total += read(b)
+            return total / n
+
+        return _Exchange([(what, work)], average)
 
     def swap(
         self,
@@ -354,14 +299,12 @@ class DistCommunicator(Communicator):
             self.lost += 1
             return sent.clone()
         begin = time.perf_counter()
-        calls = []
-        for owner, cols in zip(self.server_ranks, self._slices, strict=True):
-            part = sent[0, cols].clone()  # owns its storage: the wire carries only the slice
-            shard = self.rpc.remote(owner, "centre")
-            if synchronous:
-                calls.append(shard.rpc_async("exchange_sync", self.rank, self.sync_rounds, part))
-            else:
-                calls.append(shard.rpc_async("exchange", self.rank, part))
+        method = "exchange_sync" if synchronous else "exchange"
+        head = (self.rank, self.sync_rounds) if synchronous else (self.rank,)
+        calls = [  # each slice cloned to own its storage: the wire carries only the slice
+            self.rpc.remote(owner, "centre").rpc_async(method, *head, sent[0, cols].clone())
+            for owner, cols in zip(self.server_ranks, self._slices, strict=True)
+        ]
         self.sync_rounds += synchronous
         answers = self.rpc.wait(calls, "the exchange with the parameter servers")
         self.talk_s += time.perf_counter() - begin
@@ -378,7 +321,3 @@ class DistCommunicator(Communicator):
             raise RuntimeError("no parameter servers attached (uses_centre)")
         calls = [self.rpc.remote(r, "centre").rpc_async("centre") for r in self.server_ranks]
         return torch.cat(self.rpc.wait(calls, "reading the centre from the servers"))
-
-
-def batch_isend_irecv(ops: list[dist.P2POp]) -> list[dist.Work]:
-    return dist.batch_isend_irecv(ops) if ops else []

@@ -9,29 +9,19 @@ whenever it likes, without the host taking part. This module gives that on
 
     with rpc_session(rank, n, store=store, timeout_s=60) as session:
         if rank == 0:
-            session.host("mailbox", mailbox := Mailbox())
-        box = session.remote(0, "mailbox")
-        futures = [box.rpc_async("post", rank, torch.ones(3)) for _ in range(5)]
-        session.wait(futures, "posting to the mailbox")
-    # here every call of every rank has finished; mailbox.received() is final
+            session.host("centre", centre)
+        shard = session.remote(0, "centre")
+        session.wait([shard.rpc_async("exchange", rank, x) for x in xs], "the exchanges")
+    # here every call of every rank has finished; rank 0 may read centre
 
-Hosting: :meth:`RpcSession.host` puts an object in this process's registry under a
-name; :meth:`RpcSession.remote` gives a :class:`Remote` handle to the object of that
-name on another rank, and ``handle.rpc_async(method, *args)`` runs
-``obj.method(*args)`` on the host's RPC thread pool and returns a
-``torch.futures.Future`` of the result. Every rank knows the names in advance (e.g.
-``"centre/3"``), so no handle has to be passed around (unlike ``rpc.RRef``). A call
-that arrives before its name is hosted waits for it, at most ``timeout_s``.
-
-Thread safety: the host runs calls on ``num_worker_threads`` threads at once, while
-its own main thread goes on; a hosted object must guard its state with a lock (see
-:class:`Mailbox`). Tensors arrive as fresh copies, never aliasing the sender's.
-
-Traffic: one call is one message; its bytes are those of the tensors in its
-arguments, ``numel * element_size``, counted by the caller in :attr:`RpcSession.sent`
-(replies are the host's sends: the hosted object counts them if it needs to). RPC
-pickles a tensor with its whole storage, so send contiguous tensors that own their
-storage (``.clone()`` a slice), or the wire carries more than is counted.
+Every rank knows the names in advance (e.g. ``"centre/3"``), so no handle has to be
+passed around (unlike ``rpc.RRef``). A call runs on the host's RPC thread pool,
+``num_worker_threads`` calls at once while the host's own main thread goes on: a
+hosted object must guard its state with a lock. Tensors arrive as fresh copies, never
+aliasing the sender's. A call that arrives before its name is hosted waits for it, at
+most ``timeout_s``. RPC pickles a tensor with its whole storage, so send
+contiguous tensors that own their storage (``.clone()`` a slice), or the wire carries
+more than the caller counts.
 
 Rendezvous, beside a process group: ``rpc.init_rpc`` builds its own TensorPipe agent
 and its own internal gloo group, so it works next to the default process group and
@@ -43,14 +33,7 @@ port (no server ever comes; the store's default timeout is 30 minutes); launched
 otherwise, rank 0 opens a second server on the port, which fails (``EADDRINUSE``)
 where the process group's store already holds it (checked with torch 2.13).
 :func:`rpc_session` therefore rendezvouses through its own URL scheme, handing
-``init_rpc`` exactly the store chosen here:
-
-* ``store=`` an existing store (the engine's rendezvous store, or a client of
-  torchrun's at ``MASTER_PORT``): shared, under the key prefix ``nettrain-rpc/``, no
-  new port. ``init_rpc`` sets that store's timeout to ``timeout_s``.
-* otherwise a store of its own on ``master_addr:master_port``, hosted by rank 0; the
-  port defaults to ``MASTER_PORT + 1`` (:func:`default_rpc_port`), next to the
-  process group's.
+``init_rpc`` exactly the store chosen there.
 
 Shutdown: leaving the ``with`` block normally is a graceful ``rpc.shutdown``: it
 returns once every rank has left its block and every call in flight, anywhere, has
@@ -72,13 +55,11 @@ import itertools
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
-import torch
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
 from torch.distributed.rendezvous import register_rendezvous_handler
@@ -104,76 +85,14 @@ def default_rpc_port() -> int:
     return int(os.environ.get("MASTER_PORT", DEFAULT_MASTER_PORT)) + RPC_PORT_OFFSET
 
 
-def payload_bytes(value: Any) -> int:
-    """Bytes of the tensors in ``value`` (nested tuples, lists, dict values): ``numel * size``."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, Mapping):
-        return sum(payload_bytes(v) for v in value.values())
-    if isinstance(value, (tuple, list)):
-        return sum(payload_bytes(v) for v in value)
-    return 0
-
-
-@dataclass(frozen=True)
-class Counts:
-    """Messages and bytes, of one sender or in all."""
-
-    messages: int = 0
-    bytes: int = 0
-
-    def __add__(self, other: Counts) -> Counts:
-        return Counts(self.messages + other.messages, self.bytes + other.bytes)
-
-
-class Tally:
-    """Thread-safe message and byte counters keyed by a sender (``None`` for oneself)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[Any, Counts] = {}
-
-    def add(self, nbytes: int, key: Any = None) -> None:
-        with self._lock:
-            self._counts[key] = self._counts.get(key, Counts()) + Counts(1, nbytes)
-
-    def by_key(self) -> dict[Any, Counts]:
-        with self._lock:
-            return dict(self._counts)
-
-    def total(self) -> Counts:
-        return sum(self.by_key().values(), Counts())
-
-
-class Mailbox:
-    """A hosted object that receives tensors and counts messages and bytes per sender.
-
-    ``post`` runs on the host's RPC threads, several at once: the counters take a lock.
-    With ``keep=True`` the received tensors are kept too, in arrival order.
-    """
-
-    def __init__(self, keep: bool = False) -> None:
-        self.tally = Tally()
-        self.keep = keep
-        self._lock = threading.Lock()
-        self._kept: list[tuple[int, tuple[torch.Tensor, ...]]] = []
-
-    def post(self, sender: int, *tensors: torch.Tensor) -> int:
-        """Count one message from ``sender`` with ``tensors``; return its bytes."""
-        nbytes = payload_bytes(tensors)
-        self.tally.add(nbytes, sender)
-        if self.keep:
-            with self._lock:
-                self._kept.append((sender, tensors))
-        return nbytes
-
-    def received(self) -> dict[int, Counts]:
-        """``{sender: Counts}`` of everything posted so far."""
-        return self.tally.by_key()
-
-    def kept(self) -> list[tuple[int, tuple[torch.Tensor, ...]]]:
-        with self._lock:
-            return list(self._kept)
+def peer_error(rank: int | str, what: str, err: BaseException) -> PeerError:
+    """The error of ``rank``'s ``what`` that failed with ``err`` in transit: a peer died or
+    did not answer in time."""
+    return PeerError(
+        f"rank {rank}: {what} failed: {str(err).strip()}. Another process of the run "
+        "probably died or stopped answering (see its own error); raise timeout_s= if it "
+        "was only slow"
+    )
 
 
 class _Registry:
@@ -216,38 +135,36 @@ def _invoke(name: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any
 
 
 class Remote:
-    """A handle to the object hosted as ``name`` on rank ``owner``; calls count as sent."""
+    """A handle to the object hosted as ``name`` on rank ``owner``."""
 
     def __init__(self, session: RpcSession, owner: int, name: str) -> None:
         self.session = session
         self.owner = owner
         self.name = name
         self.worker = session.name_of(owner)
+        self.what = f"calling {name!r} on rank {owner}"  # for errors
 
     def rpc_async(self, method: str, *args: Any, **kwargs: Any) -> Future[Any]:
         """Start ``obj.method(*args, **kwargs)`` on the owner; a future of its result."""
-        self.session.check_open(f"calling {self.name!r} on rank {self.owner}")
-        self.session.sent.add(payload_bytes((args, kwargs)), self.owner)
+        self.session.check_open(self.what)
         try:
             return rpc.rpc_async(self.worker, _invoke, args=(self.name, method, args, kwargs))
         except RuntimeError as err:
-            what = f"calling {self.name!r} on rank {self.owner}"
-            raise self.session.peer_error(what, err) from err
+            raise peer_error(self.session.rank, self.what, err) from err
 
     def rpc_sync(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """``obj.method(*args, **kwargs)`` on the owner, blocking until it returns."""
-        future = self.rpc_async(method, *args, **kwargs)
-        return self.session.wait([future], f"calling {self.name!r} on rank {self.owner}")[0]
+        return self.session.wait([self.rpc_async(method, *args, **kwargs)], self.what)[0]
 
 
 class RpcSession:
     """This rank's view of an open RPC group: host objects, reach the others' objects.
 
-    ``sent`` counts what this rank's handles sent, by destination rank. ``store`` is the
-    rendezvous store (shared, or the session's own), ``serial`` the number of sessions
-    this process opened before this one (the same on every rank that opens the same
-    sessions: a key prefix that a reused store has not seen). ``graceful``: whether
-    leaving the block waits for every rank (see the module docstring).
+    ``store`` is the rendezvous store (shared, or the session's own), ``serial`` the
+    number of sessions this process opened before this one (the same on every rank that
+    opens the same sessions: a key prefix that a reused store has not seen).
+    ``graceful``: whether leaving the block waits for every rank (see the module
+    docstring).
     """
 
     def __init__(
@@ -255,18 +172,15 @@ class RpcSession:
         rank: int,
         world_size: int,
         name_of: Callable[[int], str],
-        timeout_s: float,
         store: dist.Store | None = None,
         serial: int = 0,
     ) -> None:
         self.rank = rank
         self.world_size = world_size
         self.name_of = name_of
-        self.timeout_s = timeout_s
         self.store = store
         self.serial = serial
         self.graceful = True
-        self.sent = Tally()
         self.hosted: list[str] = []
         self.open = True
 
@@ -303,19 +217,12 @@ class RpcSession:
         if first is None:
             return results
         if isinstance(first, RuntimeError) and REMOTE_MARK not in str(first):
-            raise self.peer_error(what, first) from first
+            raise peer_error(self.rank, what, first) from first
         raise first
 
     def check_open(self, what: str) -> None:
         if not self.open:
             raise PeerError(f"rank {self.rank}: {what} after the rpc session was shut down")
-
-    def peer_error(self, what: str, err: BaseException) -> PeerError:
-        return PeerError(
-            f"rank {self.rank}: {what} failed: {str(err).strip()}. Another process of the run "
-            "probably died or stopped answering (see its own error); raise timeout_s= if it "
-            "was only slow"
-        )
 
 
 _stores: dict[str, dist.Store] = {}  # rendezvous stores handed to init_rpc, by token
@@ -366,10 +273,13 @@ def rpc_session(
 ) -> Iterator[RpcSession]:
     """Join the RPC group of ``world_size`` ranks as ``name_of(rank)``; shut it down at exit.
 
-    ``store``: rendezvous in this existing store (prefixed keys, no new port); else in
-    a store of its own on ``master_addr:master_port`` (default ``MASTER_PORT + 1``),
-    hosted by rank 0. ``timeout_s`` bounds the rendezvous, every call and the
-    shutdown's wait for the others. See the module docstring for the semantics.
+    ``store``: rendezvous in this existing store (the engine's rendezvous store, or a
+    client of torchrun's at ``MASTER_PORT``) under the key prefix ``nettrain-rpc/``, no
+    new port; ``init_rpc`` sets that store's timeout to ``timeout_s``. Else in a store of
+    its own on ``master_addr:master_port``, hosted by rank 0; the port defaults to
+    ``MASTER_PORT + 1`` (:func:`default_rpc_port`), next to the process group's.
+    ``timeout_s`` bounds the rendezvous, every call and the shutdown's wait for the
+    others. See the module docstring for the semantics.
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -383,7 +293,7 @@ def rpc_session(
         rpc_timeout=timeout_s,
         num_worker_threads=num_worker_threads,
     )
-    session = RpcSession(rank, world_size, name_of, timeout_s, store, next(_serials))
+    session = RpcSession(rank, world_size, name_of, store, next(_serials))
     _registry.wait_s = timeout_s
     try:
         with warnings.catch_warnings():  # init_rpc's own use of its internal gloo group
@@ -396,7 +306,7 @@ def rpc_session(
                 rpc_backend_options=options,
             )
     except RuntimeError as err:
-        raise session.peer_error("joining the rpc group", err) from err
+        raise peer_error(rank, "joining the rpc group", err) from err
     finally:
         del _stores[token]
     try:
@@ -410,6 +320,6 @@ def rpc_session(
         try:
             rpc.shutdown(graceful=session.graceful, timeout=timeout_s)
         except RuntimeError as err:
-            raise session.peer_error("the rpc shutdown", err) from err
+            raise peer_error(rank, "the rpc shutdown", err) from err
     finally:
         _registry.drop(session.hosted)
