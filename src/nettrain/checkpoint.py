@@ -1,17 +1,9 @@
 """Checkpoints: everything a run needs to continue exactly where it stopped.
 
-A checkpoint holds the rounds done, the algorithm's state (every variable: parameters,
-momentum buffers, trackers, step sizes), every agent's mini-batch generator, the
-virtual clock, the cumulative work counters, the number of records written and the
-wall time spent; what the communicator carries between rounds (error feedback's
-residual); the parameter servers' rows and counters for centre methods; and for
-asynchronous runs the event engine's state (every agent's running and next phase,
-event time, partner, random streams, the events done). It is one ``torch.save`` of
-plain containers, tensors and numbers, written to a temporary file and renamed over
-``checkpoint.pt`` (a crash leaves the previous checkpoint whole), and read back with
-``torch.load(weights_only=True)``: a checkpoint can carry data, never code.
-Topologies need nothing: ``W(t)`` is a function of ``(seed, t)``; nor do faults. Same
-seed, resumed or not: the same final parameters.
+What a checkpoint holds, how it is written and read back, and what resuming
+guarantees: docs/faults.md, "Checkpoints" (and :class:`Checkpoint`'s fields). It is one
+``torch.save`` of plain containers, tensors and numbers; topologies need nothing:
+``W(t)`` is a function of ``(seed, t)``.
 """
 
 from __future__ import annotations

@@ -10,14 +10,14 @@ from typing import Any, Protocol
 import torch
 
 from nettrain.algorithms.base import Algorithm, Method
-from nettrain.checkpoint import Checkpoint
+from nettrain.checkpoint import Checkpoint, load_state, state_dict
 from nettrain.engines.sim.clock import CostModel, VirtualClock
 from nettrain.errors import ConfigError, DivergenceError
 from nettrain.evaluation import model_metrics
 from nettrain.faults import Faults
 from nettrain.patterns import Communicator
 from nettrain.problem.buffers import Buffers, mean
-from nettrain.problem.oracle import Problem
+from nettrain.problem.oracle import Oracle, Problem
 from nettrain.recording import RunFolder
 from nettrain.topology import Topology
 from nettrain.wrappers import Compressed, ErrorFeedback
@@ -97,6 +97,56 @@ def declared(
         return comm
     compressed = Compressed(comm, compressor, seed, stream)
     return ErrorFeedback(compressed) if getattr(algorithm, "error_feedback", False) else compressed
+
+
+class Stack:
+    """The agents a process steps, for :func:`~nettrain.engines.driver.drive`: their
+    ``oracle``, the engine's ``comm`` and ``talk``, the same as the algorithm declares
+    its messages (:func:`declared`), the algorithm's ``state`` from ``x: (m, d)``, the
+    virtual ``clock`` and the work ``totals``, and what a checkpoint keeps of them. The
+    simulator's rounds and events and the distributed rounds build on it."""
+
+    main, measured = True, False
+
+    def __init__(
+        self,
+        job: Job,
+        x: torch.Tensor,
+        oracle: Oracle,
+        comm: Communicator,
+        totals: dict[str, torch.Tensor],
+        stream: torch.Generator | None = None,
+    ) -> None:
+        self.job, self.oracle, self.comm, self.totals = job, oracle, comm, totals
+        self.faults, self.clock = job.fault_spec, VirtualClock(job.cost)
+        self.talk = declared(comm, job.algorithm, job.seed, stream)  # what the algorithm talks to
+        self.state = job.algorithm.init(x, oracle, self.talk)
+
+    def restore(self, resume: Checkpoint, state: dict[str, Any], rng: list[Any]) -> None:
+        """Continue from ``resume``'s clock and totals, with ``state`` and ``rng``, its
+        algorithm's state and mini-batch generators (the fresh state is the template)."""
+        self.state = load_state(self.state, state)
+        self.oracle.load_local_state(rng)
+        self.clock.now = resume.clock
+        self.totals = {k: v.clone() for k, v in resume.totals.items()}
+
+    def saved(self, stop: int, state: Any, rng: list[Any], **parts: Any) -> Checkpoint:
+        """The checkpoint after round ``stop``: every agent's ``state`` and generator
+        (``rng``), the clock, the totals and the engine's ``parts`` (``servers``, ``comm``,
+        ``events``); the driver fills in ``records`` and ``wall_time_s``."""
+        state, clock = state_dict(state), self.clock.now
+        return Checkpoint(stop, state, rng, clock, self.totals, records=0, wall_time_s=0.0, **parts)
+
+    def result(self, records: list[dict[str, Any]]) -> RunResult:
+        """The end of a run that holds every agent: parameters, centre and buffers."""
+        centre = self.job.algorithm.centre(self.state, self.comm)
+        return RunResult(self.state.x, records, centre=centre, buffers=self.oracle.buffers or None)
+
+
+def take_work(oracle: Oracle, comm: Communicator) -> tuple[torch.Tensor, ...]:
+    """The samples, messages and bytes ``(m,)`` each counted since the last call."""
+    messages, nbytes = comm.traffic.reset()
+    return oracle.meter.reset(), messages, nbytes
 
 
 def work_totals(n: int, faults: Faults) -> dict[str, torch.Tensor]:

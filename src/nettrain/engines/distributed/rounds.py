@@ -1,14 +1,5 @@
-"""Synchronous rounds of the distributed engine, with checkpoints and resume.
-
-Each round every rank steps the same algorithm code as the simulator on its stack
-``x: (1, d)``, communicating through a :class:`DistCommunicator`. Each rank notes its
-rounds' work (samples, messages, bytes), loss and wall time; one small ``all_gather``
-every ``SETTLE_EVERY`` rounds (and at each evaluation or checkpoint) lets every rank
-replay the same virtual clock as the simulator
-(:class:`~nettrain.engines.sim.clock.CostModel`) and stop together on divergence,
-without a second collective in every round. Every ``eval_every`` rounds the states are
-gathered and rank 0 evaluates exactly what the simulator evaluates and writes the
-record.
+"""Synchronous rounds of the distributed engine, with checkpoints and resume: the
+simulator's rounds, one agent per rank (docs/architecture.md, "One synchronous round").
 """
 
 from __future__ import annotations
@@ -21,8 +12,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from nettrain.checkpoint import Checkpoint, load_state, state_dict
-from nettrain.engines.base import Job, RunResult, account_round, declared, work_totals
+from nettrain.checkpoint import Checkpoint
+from nettrain.engines.base import Job, RunResult, Stack, account_round, take_work, work_totals
 from nettrain.engines.distributed.comm import DistCommunicator, guarded
 from nettrain.engines.distributed.states import (
     all_gather_rows,
@@ -31,13 +22,13 @@ from nettrain.engines.distributed.states import (
     own_rows,
 )
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
-from nettrain.engines.sim.clock import VirtualClock
 from nettrain.errors import ConfigError
 from nettrain.recording import RunFolder
 
-# Rounds whose work counters are gathered together: one small all-gather per 32 rounds
-# (or per evaluation) instead of a second collective every round. Divergence is then
-# seen up to 32 rounds late, by every rank at the same round.
+# Rounds whose work counters (samples, messages, bytes, loss) are gathered together: one
+# small all-gather per 32 rounds (or per evaluation or checkpoint) replays the
+# simulator's virtual clock on every rank, instead of a second collective every round.
+# Divergence is then seen up to 32 rounds late, by every rank at the same round.
 SETTLE_EVERY = 32
 
 
@@ -58,48 +49,40 @@ def run_rounds(
     return RunResult(everyone, folder.records, centre=centre, buffers=buffers)
 
 
-class DistRounds:
+class DistRounds(Stack):
     """This rank's agent in synchronous rounds, for :func:`drive`.
 
-    Every ``checkpoint_every`` rounds, rank 0 writes the simulator's checkpoint, with
-    every agent's rows (one format for both engines, so a checkpoint has the same keys
-    and shapes whichever engine wrote it): the ranks settle their work counters first
-    (the virtual clock and the totals must be those of that round), then gather every
-    agent's state and mini-batch generator (the next batches depend on it), and rank 0
-    reads the parameter servers' slices of the centre. Resuming undoes each step:
-    each rank takes its own rows and generator, the clock and the totals.
+    Every ``checkpoint_every`` rounds rank 0 writes the simulator's checkpoint, the same
+    keys and shapes: the settled clock and totals, every agent's gathered state and
+    mini-batch generator, the parameter servers' slices of the centre. Resuming, each
+    rank takes its own rows and generator back.
     """
 
+    comm: DistCommunicator
     measured = True
 
     def __init__(
         self, job: Job, rank: int, comm: DistCommunicator, resume: Checkpoint | None
     ) -> None:
         n, device = job.n_agents, job.x0.device
-        self.job, self.rank, self.comm, self.main = job, rank, comm, rank == 0
-        self.label = f"{job.algorithm.name} x{n} (distributed)"
-        self.gather = partial(all_gather_rows, group=comm.group)
         x = job.x0[None, :].clone()  # (1, d)
-        self.oracle = job.problem.oracle(
+        oracle = job.problem.oracle(
             [job.shards[rank]], [rank], batch_size=job.batch_size, seed=job.seed
         )
-        self.clock = VirtualClock(job.cost)
-        self.faults = job.fault_spec
-        self.totals = work_totals(n, self.faults)
+        super().__init__(job, x, oracle, comm, work_totals(n, job.fault_spec))
+        self.rank, self.main = rank, rank == 0
+        self.label = f"{job.algorithm.name} x{n} (distributed)"
+        self.gather = partial(all_gather_rows, group=comm.group)
         self.slowdown = float(job.cost.slowdown[rank])
         self.pending: list[torch.Tensor] = []  # this rank's rows of rounds not yet settled
         self.everyone: tuple[int, Any] | None = None  # (round, every agent's state)
-        self.talk = declared(comm, job.algorithm, job.seed)  # what the algorithm talks to
-        self.state = job.algorithm.init(x, self.oracle, self.talk)
         self._account(torch.zeros(1))  # the initial gradients of tracking methods are work
         for _ in self._settle(-1):
             pass
         self.round, self.losses = 0, torch.zeros(n)
-        if resume is not None:  # the fresh state is the template the saved one fills
-            self.state = own_rows(load_state(self.state, resume.state), rank, n, device)
-            self.oracle.load_local_state([resume.rng[rank]])
-            self.clock.now = resume.clock
-            self.totals = {k: v.clone() for k, v in resume.totals.items()}
+        if resume is not None:
+            self.restore(resume, resume.state, [resume.rng[rank]])
+            self.state = own_rows(self.state, rank, n, device)
             self.round = resume.round
             if resume.comm is not None:  # this rank's rows of what the communicator carries
                 saved = {
@@ -112,8 +95,7 @@ class DistRounds:
 
     def _account(self, loss: torch.Tensor) -> None:
         """Note this round's work and loss of the local agent."""
-        samples = self.oracle.meter.reset()
-        messages, nbytes = self.comm.traffic.reset()
+        samples, messages, nbytes = take_work(self.oracle, self.comm)
         row = [samples[0], messages[0], nbytes[0], float(loss[0])]
         self.pending.append(torch.tensor(row, dtype=torch.float64))
 
@@ -179,18 +161,8 @@ class DistRounds:
         carried = self.talk.state_dict()  # every rank has the same wrappers
         if carried is not None:
             carried = {k: None if v is None else self.gather(v) for k, v in carried.items()}
-        if not self.main:
-            return None
-        return Checkpoint(
-            round=stop,
-            state=state_dict(everyone),
-            rng=rngs,
-            clock=self.clock.now,
-            totals=self.totals,
-            records=0,
-            wall_time_s=0.0,
-            servers=servers,
-            comm=carried,
+        return (
+            self.saved(stop, everyone, rngs, servers=servers, comm=carried) if self.main else None
         )
 
 

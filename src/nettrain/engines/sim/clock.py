@@ -57,10 +57,8 @@ class VirtualClock:
         messages: torch.Tensor,
         nbytes: torch.Tensor,
         extra: torch.Tensor | None = None,
-    ) -> float:
-        """Advance by one synchronous round (the slowest agent's time, with ``extra[i]``
-        seconds more for agent ``i``: resent messages) and return it."""
+    ) -> None:
+        """Advance by one synchronous round: the slowest agent's time, with ``extra[i]``
+        seconds more for agent ``i`` (resent messages)."""
         busy = self.cost.agent_seconds(samples, messages, nbytes)
-        dt = float((busy if extra is None else busy + extra).max())
-        self.now += dt
-        return dt
+        self.now += float((busy if extra is None else busy + extra).max())

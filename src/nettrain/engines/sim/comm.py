@@ -11,11 +11,8 @@ agent ``i`` sends ``x_i`` to every ``j != i`` with ``W_ji(t) != 0``; an all-redu
 costs the ring all-reduce's messages and bytes.
 
 With a codec (:class:`~nettrain.patterns.Codec`, from
-:class:`~nettrain.wrappers.Compressed`), a mix encodes every ``x_j`` once and decodes
-one row per edge ``j -> i`` against the receiver's ``x_i`` (once per sender when
-decoding ignores the reference), in chunks; each message costs the compressor's
-``nbytes``. A compressed mean decodes every payload against every receiver's reference
-and costs a ring all-gather of the payloads.
+:class:`~nettrain.wrappers.Compressed`) each message costs the compressor's ``nbytes``
+(the decoding: :meth:`SimCommunicator._decode_mix`, :meth:`SimCommunicator._decode_mean`).
 """
 
 from __future__ import annotations
@@ -88,8 +85,10 @@ class SimCommunicator(Communicator):
     def _decode_mix(
         self, x: torch.Tensor, payload: object, compressor: Compressor, t: int
     ) -> torch.Tensor:
-        """``W_ii x_i + sum_{j != i} W_ij decode(p_j, x_i)``, the edges ``j -> i`` in
-        ``(i, j)`` order and in chunks of at most ``DECODE_CHUNK`` decoded elements."""
+        """``W_ii x_i + sum_{j != i} W_ij decode(p_j, x_i)``: every ``x_j`` encoded once,
+        one row decoded per edge ``j -> i`` against the receiver's ``x_i`` (once per
+        sender when decoding ignores the reference), the edges in ``(i, j)`` order and in
+        chunks of at most ``DECODE_CHUNK`` decoded elements."""
         W = self.topology.weights(t)  # (n, n) float64
         off = W.clone().fill_diagonal_(0)
         recv, send = off.nonzero(as_tuple=True)  # (E,) edges j -> i with W_ij != 0

@@ -1,10 +1,8 @@
 """The ``sim`` engine: all agents stacked in one process, a virtual clock, determinism.
 
-Each round the algorithm steps the whole stack ``x: (n, d)`` (one vectorised oracle
-call, one ``W(t) @ x``); the engine then reads the work counted at the boundaries
-(samples at the oracle, messages and bytes at the communicator), advances the virtual
-clock by the slowest agent's time, and every ``eval_every`` rounds evaluates and
-appends a record. Same seed, same numbers, bit for bit on CPU.
+Each round the algorithm steps the whole stack ``x: (n, d)`` (docs/architecture.md,
+"One synchronous round"); asynchronous methods go to :mod:`.events`. Same seed, same
+numbers, bit for bit on CPU.
 """
 
 from __future__ import annotations
@@ -14,17 +12,17 @@ from collections.abc import Iterator
 
 import torch
 
-from nettrain.checkpoint import Checkpoint, load_state, state_dict
+from nettrain.checkpoint import Checkpoint
 from nettrain.engines.base import (
     Job,
     RunResult,
+    Stack,
     account_round,
     check_engine,
-    declared,
+    take_work,
     work_totals,
 )
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
-from nettrain.engines.sim.clock import VirtualClock
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.events import run_events
 from nettrain.engines.sim.servers import SimServers
@@ -44,47 +42,32 @@ class SimEngine:
         start = time.perf_counter()
         rounds = SimRounds(job, resume)
         drive(job, folder, rounds, resume, start)
-        state, comm, oracle = rounds.state, rounds.comm, rounds.oracle
-        centre = job.algorithm.centre(state, comm)
-        return RunResult(state.x, folder.records, centre=centre, buffers=oracle.buffers or None)
+        return rounds.result(folder.records)
 
 
-class SimRounds:
+class SimRounds(Stack):
     """Synchronous rounds of the whole stack ``x: (n, d)``, for :func:`drive`."""
 
-    main, measured = True, False
-
     def __init__(self, job: Job, resume: Checkpoint | None) -> None:
-        n = job.n_agents
-        self.job, self.label = job, f"{job.algorithm.name} x{n}"
+        n, algo = job.n_agents, job.algorithm
         x = job.x0.expand(n, -1).clone()  # (n, d)
-        servers = (
-            SimServers(job.x0, job.algorithm, n, job.cost) if job.algorithm.uses_centre else None
-        )
-        self.comm = comm = SimCommunicator(job.topology, x.device, x.dtype, servers)
-        self.oracle = job.problem.oracle(
-            job.shards, range(n), batch_size=job.batch_size, seed=job.seed
-        )
-        self.clock = VirtualClock(job.cost)
-        self.faults = job.fault_spec
-        self.totals = work_totals(n, self.faults)
-        self.talk = declared(comm, job.algorithm, job.seed)  # what the algorithm talks to
-        self.state = job.algorithm.init(x, self.oracle, self.talk)
+        servers = SimServers(job.x0, algo, n, job.cost) if algo.uses_centre else None
+        comm = SimCommunicator(job.topology, x.device, x.dtype, servers)
+        oracle = job.problem.oracle(job.shards, range(n), batch_size=job.batch_size, seed=job.seed)
+        super().__init__(job, x, oracle, comm, work_totals(n, job.fault_spec))
+        self.label = f"{algo.name} x{n}"
         self._account()  # the initial gradients of tracking methods are work too
         self.round, self.loss = 0, torch.zeros(n)
-        if resume is not None:  # the fresh state is the template the saved one fills
-            self.state = load_state(self.state, resume.state)
-            self.oracle.load_local_state(resume.rng)
-            self.clock.now, self.totals = resume.clock, dict(resume.totals)
+        if resume is not None:
+            self.restore(resume, resume.state, resume.rng)
             self.round = resume.round
             self.talk.load_state_dict(resume.comm)
-            if comm.servers is not None and resume.servers is not None:
-                comm.servers.load_state_dict(resume.servers)
+            if servers is not None and resume.servers is not None:
+                servers.load_state_dict(resume.servers)
 
     def _account(self, t: int = -1) -> None:
-        samples = self.oracle.meter.reset()
-        messages, nbytes = self.comm.traffic.reset()
-        account_round(self.clock, self.totals, self.faults, t, samples, messages, nbytes)
+        work = take_work(self.oracle, self.comm)
+        account_round(self.clock, self.totals, self.faults, t, *work)
 
     def advance(self, stop: int) -> Iterator[Tick]:
         algo = self.job.algorithm
@@ -104,14 +87,6 @@ class SimRounds:
 
     def checkpoint(self, stop: int) -> Checkpoint:
         servers = self.comm.servers
-        return Checkpoint(
-            round=stop,
-            state=state_dict(self.state),
-            rng=self.oracle.local_state(),
-            clock=self.clock.now,
-            totals=self.totals,
-            records=0,
-            wall_time_s=0.0,
-            servers=servers.state_dict() if servers else None,
-            comm=self.talk.state_dict(),
-        )
+        servers_state = servers.state_dict() if servers else None
+        rng, comm = self.oracle.local_state(), self.talk.state_dict()
+        return self.saved(stop, self.state, rng, servers=servers_state, comm=comm)

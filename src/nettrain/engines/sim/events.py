@@ -1,36 +1,7 @@
-"""Asynchronous methods in the simulator: events in virtual time (docs/async-simulation.md).
+"""Asynchronous methods in the simulator: events in virtual time.
 
-Every agent alternates a local phase and one interaction. Agent ``i``'s phase of
-``h`` local steps (``h = H``, or geometric with mean ``H``) lasts
-``h * samples_per_step_i * c * s_i`` virtual seconds (``s_i`` its straggler
-slow-down), or with Poisson clocks an exponential time of that mean. When it ends,
-``i`` interacts: with a neighbour drawn uniformly from the base graph (gossip), or
-with the centre held by the parameter servers (the EASGD family). Each agent draws
-its partners, step counts and durations from streams of its own, seeded by
-``(seed, i)``, so the distributed engine replays the same draws.
-
-* Gossip, non-blocking: the partner answers without stopping; the initiator starts
-  its next phase once its message is sent (latency + bytes / bandwidth). Blocking:
-  the initiator waits for the partner's phase to end, both exchange, both start anew.
-* Centre: each server is a FIFO queue. Worker ``w``'s message to server ``s`` reaches
-  it ``latency`` after the event, waits for the server's link to be free, occupies it
-  for ``bytes_s / bandwidth``, and the reply comes back ``latency + bytes_s /
-  bandwidth`` later; the worker's next phase starts when the last reply is in. The
-  staleness of an exchange is the number of centre updates by other workers since this
-  worker's previous exchange (recorded as mean, max and histogram).
-
-A fast agent therefore interacts more often than a slow one, and nobody waits for a
-straggler except its blocking partners.
-
-Events are processed in time order, in batches: the longest prefix of the time-ordered
-events in which no agent appears twice (as initiator or partner) and which ends
-before any of its agents' next events could come. The events of a batch then touch
-disjoint state (the centre's exchanges are applied one by one in time order), so
-running them as one vectorised ``interact`` gives what running them one by one gives;
-``max_batch = 1`` runs them one by one (the tests compare both). ``rounds`` scales the
-number of events: a round is ``n`` gossip events (every agent interacts about once) or
-``n / tau`` centre exchanges (every worker makes about one local step); records come
-every ``eval_every`` rounds.
+The model (every agent's local phases and interactions, the servers' queues, batches
+of events on disjoint agents, what a round is) is docs/async-simulation.md's.
 """
 
 from __future__ import annotations
@@ -43,8 +14,8 @@ from typing import cast
 import torch
 
 from nettrain.algorithms.base import AsyncAlgorithm
-from nettrain.checkpoint import Checkpoint, load_state, state_dict
-from nettrain.engines.base import Job, RunResult, declared
+from nettrain.checkpoint import Checkpoint
+from nettrain.engines.base import Job, RunResult, Stack, take_work
 from nettrain.engines.draws import CENTRE, Draws
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.sim.comm import SimCommunicator
@@ -59,28 +30,24 @@ from nettrain.wrappers import losing
 def run_events(
     job: Job, folder: RunFolder, max_batch: int = 0, resume: Checkpoint | None = None
 ) -> RunResult:
-    """Run the asynchronous ``job.algorithm``; ``max_batch`` caps a batch (0 = no cap);
-    with ``resume``, continue from that checkpoint."""
+    """Run the asynchronous ``job.algorithm``; ``max_batch`` caps a batch (0 = no cap; 1
+    runs the events one by one, which the tests compare with batches); with ``resume``,
+    continue from that checkpoint."""
     if job.algorithm.schedule != "events":
         raise TypeError(f"{job.algorithm.name} is not an event-driven algorithm")
     start = time.perf_counter()
     events = SimEvents(job, max_batch, resume)
     drive(job, folder, events, resume, start)
-    state, oracle = events.state, events.oracle
-    centre = job.algorithm.centre(state, events.comm)
-    return RunResult(state.x, folder.records, centre=centre, buffers=oracle.buffers or None)
+    return events.result(folder.records)
 
 
-class SimEvents:
-    """Every agent's events in virtual time, in batches (module docstring), for
+class SimEvents(Stack):
+    """Every agent's events in virtual time, in batches (docs/async-simulation.md), for
     :func:`drive`: round ``r`` ends after ``events_at(r)`` events."""
-
-    main, measured = True, False
 
     def __init__(self, job: Job, max_batch: int, resume: Checkpoint | None) -> None:
         algo = cast(AsyncAlgorithm, job.algorithm)  # schedule "events" (run_events)
-        n, faults = job.n_agents, job.fault_spec
-        self.job, self.algo, self.faults, self.max_batch = job, algo, faults, max_batch
+        n, self.algo, self.max_batch = job.n_agents, algo, max_batch
         self.label = f"{algo.name} x{n} (events)"
         x = job.x0.expand(n, -1).clone()  # (n, d)
         if algo.uses_centre:
@@ -91,10 +58,9 @@ class SimEvents:
                 raise ConfigError(
                     "an agent without neighbours cannot interact; use a connected graph"
                 )
-        self.oracle = oracle = job.problem.oracle(
-            job.shards, range(n), batch_size=job.batch_size, seed=job.seed
-        )
-        self.draws = [Draws(job.seed, i, neighbours[i], algo, faults.drop) for i in range(n)]
+        oracle = job.problem.oracle(job.shards, range(n), batch_size=job.batch_size, seed=job.seed)
+        drop = job.fault_spec.drop
+        self.draws = [Draws(job.seed, i, neighbours[i], algo, drop) for i in range(n)]
         self.generator = torch.Generator(device=x.device).manual_seed(job.seed)  # codes
 
         per_step = oracle.sizes if job.batch_size == 0 else torch.full((n,), job.batch_size)
@@ -108,29 +74,25 @@ class SimEvents:
         self.servers = None  # they read the event times in self.ends, updated in place
         if algo.uses_centre:
             self.servers = SimServers(job.x0, algo, n, job.cost, event_times=self.ends)
-        self.comm = comm = SimCommunicator(job.topology, x.device, x.dtype, self.servers)
+        comm = SimCommunicator(job.topology, x.device, x.dtype, self.servers)
         self.partner = torch.tensor([d.partner() for d in self.draws])
         keys = ("samples", "messages", "bytes", "lost")
-        self.totals = {k: torch.zeros(n, dtype=torch.int64) for k in keys}
-        self.talk = declared(comm, algo, job.seed, stream=self.generator)  # the algorithm's
-        self.state = algo.init(x, oracle, self.talk)
-        oracle.meter.reset()
-        comm.traffic.reset()
+        totals = {k: torch.zeros(n, dtype=torch.int64) for k in keys}
+        super().__init__(job, x, oracle, comm, totals, stream=self.generator)
+        take_work(oracle, comm)  # the initial work is not counted
 
         self.per_round = algo.events_per_round(n)
         self.total = max(1, round(job.rounds * self.per_round))
         # fault changes, by the event count where they take effect
         self.changes = {
-            self.events_at(r) if r else 0: r for r in faults.changes() if r < job.rounds
+            self.events_at(r) if r else 0: r for r in self.faults.changes() if r < job.rounds
         }
-        self.now, self.done, self.fault_round = 0.0, 0, -1
+        self.done, self.fault_round = 0, -1
         self.losses: list[torch.Tensor] = []
         if resume is not None:
             extra = resume.events
             assert extra is not None
-            self.state = load_state(self.state, resume.state)
-            oracle.load_local_state(resume.rng)
-            self.now, self.totals = resume.clock, dict(resume.totals)
+            self.restore(resume, resume.state, resume.rng)
             self.done, self.fault_round = extra["done"], extra["fault_round"]
             self.current, self.upcoming = extra["current"], extra["upcoming"]
             self.ends.copy_(extra["ends"])  # in place: the servers read it
@@ -159,7 +121,7 @@ class SimEvents:
             if self.faults.down(a, r) and math.isfinite(self.ends[a]):
                 self.ends[a] = math.inf
             elif not self.faults.down(a, r) and not math.isfinite(self.ends[a]):
-                self.ends[a] = self.now + self.current[a][1]
+                self.ends[a] = self.clock.now + self.current[a][1]
 
     def advance(self, stop: int) -> Iterator[Tick]:
         """The events up to round ``stop``, batches cut where the faults change."""
@@ -188,28 +150,23 @@ class SimEvents:
         talk = losing(self.talk, lost)
         self.state, loss = algo.interact(self.state, pairs, self.oracle, talk, steps)
         self.losses.append(loss)
-        samples = self.oracle.meter.reset()
-        messages, nbytes = self.comm.traffic.reset()
-        totals = self.totals
-        totals["samples"] += samples
-        totals["messages"] += messages
-        totals["bytes"] += nbytes
-        totals["lost"][i] += lost.reply.to(torch.int64)
+        samples, messages, nbytes = take_work(self.oracle, self.comm)
+        for key, value in (("samples", samples), ("messages", messages), ("bytes", nbytes)):
+            self.totals[key] += value
+        self.totals["lost"][i] += lost.reply.to(torch.int64)
         sent = cost.latency_s * messages.double() + nbytes.double() / cost.bandwidth_bytes_per_s
         if servers is not None:  # the last reply is in, or the worker gave up on it
             resume_at = servers.resume[i].clone()
             resume_at[lost.reply] = ends[i][lost.reply] + faults.resend_s
-            self.now = max(self.now, float(ends[i].max()))
             restart = i
         elif algo.blocking:  # both wait for the later phase, then both start anew
             met = torch.maximum(ends[i], ends[j])
-            self.now = max(self.now, float(met.max()))
             resume_at = torch.cat([met + sent[i], met + sent[j]])
             restart = torch.cat([i, j])
         else:
-            self.now = max(self.now, float(ends[i].max()))
             resume_at = ends[i] + sent[i]
             restart = i
+        self.clock.now = max(self.clock.now, float(ends[restart].max()))
         for a, at in zip(restart.tolist(), resume_at.tolist(), strict=True):
             current[a], upcoming[a] = upcoming[a], self.draw_phase(a)
             ends[a] = at + current[a][1]
@@ -220,7 +177,7 @@ class SimEvents:
         totals = {k: v for k, v in self.totals.items() if k != "lost"}
         loss = float(torch.cat(self.losses).mean())
         self.losses.clear()
-        return Counters(totals, self.now, loss, math.ceil(self.done / self.per_round - 1e-9))
+        return Counters(totals, self.clock.now, loss, math.ceil(self.done / self.per_round - 1e-9))
 
     def snapshot(self) -> Snapshot:
         fields: dict[str, object] = {"events": self.done}
@@ -233,26 +190,20 @@ class SimEvents:
         return Snapshot(self.state.x, self.oracle.buffers, self.state, centre, fields)
 
     def checkpoint(self, stop: int) -> Checkpoint:
-        return Checkpoint(
-            round=stop,
-            state=state_dict(self.state),
-            rng=self.oracle.local_state(),
-            clock=self.now,
-            totals=self.totals,
-            records=0,
-            wall_time_s=0.0,
-            servers=self.servers.state_dict() if self.servers is not None else None,
-            events={
-                "done": self.done,
-                "fault_round": self.fault_round,
-                "current": self.current,
-                "upcoming": self.upcoming,
-                "ends": self.ends.clone(),
-                "partner": self.partner,
-                "draws": [d.state_dict() for d in self.draws],
-                "generator": self.generator.get_state(),
-                "losses": torch.cat(self.losses) if self.losses else torch.zeros(0),
-            },
+        servers = self.servers.state_dict() if self.servers is not None else None
+        events = {
+            "done": self.done,
+            "fault_round": self.fault_round,
+            "current": self.current,
+            "upcoming": self.upcoming,
+            "ends": self.ends.clone(),
+            "partner": self.partner,
+            "draws": [d.state_dict() for d in self.draws],
+            "generator": self.generator.get_state(),
+            "losses": torch.cat(self.losses) if self.losses else torch.zeros(0),
+        }
+        return self.saved(
+            stop, self.state, self.oracle.local_state(), servers=servers, events=events
         )
 
 

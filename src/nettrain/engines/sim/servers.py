@@ -6,11 +6,9 @@ CentreShard`, the very object a server rank of the distributed engine hosts.
 Exchanges are applied in the order the engine gives them (time order); a synchronous
 round's exchanges all read the centre as the round found it.
 
-Staleness of an exchange: the updates other workers made to the server since this
-worker's previous exchange with it (the largest over the servers); with ``n`` workers
-of equal speed it is ``n - 1``. Timing (under the event engine, which hands its event
-times to the constructor): each server is a FIFO queue whose link takes ``bytes_s /
-bandwidth`` per message; ``resume[w]`` is when worker ``w``'s last reply arrives.
+Staleness and timing are docs/async-simulation.md's ("Servers in virtual time"); an
+exchange's staleness is the largest over the servers (``n - 1`` with ``n`` workers of
+equal speed), and ``resume[w]`` is when worker ``w``'s last reply arrives.
 """
 
 from __future__ import annotations
