@@ -30,7 +30,7 @@ from nettrain.algorithms.baselines import SGDRunState
 from nettrain.algorithms.sgd import SGDState
 from nettrain.checkpoint import Checkpoint
 from nettrain.config import load_config
-from nettrain.engines.distributed.states import own_rows
+from nettrain.engines.states import own_rows
 from nettrain.experiment import resume, run
 from nettrain.recording import RunFolder
 

@@ -19,7 +19,7 @@ from helpers import torchrun_command, wait_or_fail
 from nettrain.config import load_config
 from nettrain.engines.base import Job, RunResult
 from nettrain.engines.distributed.engine import DistributedEngine
-from nettrain.engines.distributed.states import gather_state
+from nettrain.engines.states import gather_state
 from nettrain.errors import ConfigError
 from nettrain.experiment import build_job, run
 

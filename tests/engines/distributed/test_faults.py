@@ -39,8 +39,8 @@ from nettrain.algorithms.swarm import SwarmSGD
 from nettrain.engines.distributed.finish import Finish, Verdict, read_verdict
 from nettrain.engines.distributed.gossip import Peer
 from nettrain.engines.distributed.liveness import Heartbeat, beating
-from nettrain.engines.distributed.states import stack_states
 from nettrain.engines.draws import Draws
+from nettrain.engines.states import stack_states
 from nettrain.faults import Faults, parse_crashes, parse_split
 
 N = 4

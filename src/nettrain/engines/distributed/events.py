@@ -39,9 +39,9 @@ from nettrain.engines.base import Job, RunResult, check_finite, declared, stalen
 from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.finish import DEAD_AFTER_S, Finish, events_prefix
 from nettrain.engines.distributed.gossip import Peer
-from nettrain.engines.distributed.states import stack_buffers, stack_states
 from nettrain.engines.draws import Draws
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
+from nettrain.engines.states import stack_buffers, stack_states
 from nettrain.errors import DivergenceError, PeerError
 from nettrain.patterns import Losses
 from nettrain.problem.oracle import agent_seed

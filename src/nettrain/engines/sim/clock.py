@@ -57,8 +57,10 @@ class VirtualClock:
         messages: torch.Tensor,
         nbytes: torch.Tensor,
         extra: torch.Tensor | None = None,
-    ) -> None:
-        """Advance by one synchronous round: the slowest agent's time, with ``extra[i]``
-        seconds more for agent ``i`` (resent messages)."""
+    ) -> float:
+        """Advance by one synchronous round (the slowest agent's time, with ``extra[i]``
+        seconds more for agent ``i``: resent messages) and return it."""
         busy = self.cost.agent_seconds(samples, messages, nbytes)
-        self.now += float((busy if extra is None else busy + extra).max())
+        dt = float((busy if extra is None else busy + extra).max())
+        self.now += dt
+        return dt

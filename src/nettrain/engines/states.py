@@ -1,9 +1,10 @@
-"""An algorithm's state between one rank's rows and every agent's.
+"""An algorithm's state between the rows one process holds and every agent's.
 
-Each rank of the distributed engine holds its agent's state, every tensor with a
-leading axis of length 1; records and checkpoints need every agent's, with the axis
-of length ``n`` the simulator has. These functions gather (:func:`gather_state`),
-stack states handed over otherwise (:func:`stack_states`) and take a rank's rows back
+A process holds the state of its ``m`` agents, every tensor with a leading axis of
+length ``m`` (1 in a rank of the distributed engine); records and checkpoints need
+every agent's, with the axis of length ``n`` the simulator has. These functions gather
+(:func:`gather_state`, :func:`gather_buffers`), stack states handed over otherwise
+(:func:`stack_states`, :func:`stack_buffers`) and take a process's rows back
 (:func:`own_rows`), nested dataclasses included.
 """
 
@@ -14,26 +15,16 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from nettrain.engines.distributed.comm import guarded
 from nettrain.problem.buffers import Buffers, BufferSpec
-
-
-def all_gather_rows(t: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """``(1, ...)`` on every rank of ``group`` -> ``(n, ...)``, rows in rank order."""
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
-    guarded(
-        "an all-gather of the engine", lambda: dist.all_gather(parts, t.contiguous(), group=group)
-    )
-    return torch.cat(parts)
 
 
 def gather_buffers(
     spec: BufferSpec, buffers: Buffers, gather: Callable[[torch.Tensor], torch.Tensor]
 ) -> Buffers | None:
-    """Every agent's buffers ``{name: (n, ...)}`` from each rank's ``(1, ...)``, sent as
-    one flat float64 row each (exact for counters); None for a model without buffers."""
+    """Every agent's buffers ``{name: (n, ...)}`` from each process's ``(m, ...)``, sent
+    as one flat float64 row an agent (exact for counters); None for a model without
+    buffers."""
     if not spec:
         return None
     device = next(iter(buffers.values())).device
@@ -70,18 +61,18 @@ def stack_states(states: list[Any]) -> Any:
     return _map_rows(torch.cat, states, 1)
 
 
-def gather_state(state: Any, gather: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """The state of every agent from each rank's ``(1, ...)`` state (nested dataclasses too).
+def gather_state(state: Any, gather: Callable[[torch.Tensor], torch.Tensor], m: int = 1) -> Any:
+    """The state of every agent from each process's state of ``m`` agents (nested
+    dataclasses too): tensors with a leading local-agent axis are gathered; other fields
+    are kept."""
+    return _map_rows(lambda values: gather(values[0]), [state], m)
 
-    Tensors with a leading local-agent axis are gathered; other fields are kept.
-    """
-    return _map_rows(lambda values: gather(values[0]), [state], 1)
 
-
-def own_rows(state: Any, rank: int, n: int, device: torch.device) -> Any:
-    """The inverse of :func:`gather_state`: this rank's ``(1, ...)`` rows of a state that
-    holds every agent's ``(n, ...)`` (a checkpoint's), on ``device`` (nested dataclasses
-    too). Tensors with a leading agent axis of length ``n`` are sliced; other fields are
-    kept."""
-    state = _map_rows(lambda values: values[0][rank : rank + 1], [state], n)
+def own_rows(state: Any, rows: int | list[int], n: int, device: torch.device) -> Any:
+    """The inverse of :func:`gather_state`: the rows ``rows`` (a rank, or a process's
+    agents) of a state that holds every agent's ``(n, ...)`` (a checkpoint's), on
+    ``device`` (nested dataclasses too). Tensors with a leading agent axis of length ``n``
+    are sliced; other fields are kept."""
+    index = [rows] if isinstance(rows, int) else rows
+    state = _map_rows(lambda values: values[0][index], [state], n)
     return _map_rows(lambda values: values[0].to(device, copy=True), [state], None)

@@ -1,0 +1,156 @@
+"""Synchronous rounds, for :func:`~nettrain.engines.driver.drive`: one loop for the
+simulator and the distributed engine (docs/architecture.md, "One synchronous round").
+
+:class:`Rounds` steps the agents this process holds, ``x: (m, d)``, through the
+algorithm's own ``step``, and notes each round's work and loss per agent. Notes are
+settled together, every ``settle_every`` rounds and at each evaluation or checkpoint:
+every agent's notes are gathered, the virtual clock and the work totals replayed in
+round order (:func:`~nettrain.engines.base.account_round`), and each round's losses
+``(n,)`` handed to the divergence check. An engine says only how rows, objects and
+the parameter servers' state are gathered: in the simulator
+(:class:`~nettrain.engines.sim.engine.SimRounds`) every agent is here, gathering is
+the identity and each round settles at once; in the distributed engine
+(:class:`~nettrain.engines.distributed.rounds.DistRounds`) one all-gather settles
+``SETTLE_EVERY`` rounds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from nettrain.checkpoint import Checkpoint
+from nettrain.engines.base import Job, RunResult, Stack, account_round, take_work, work_totals
+from nettrain.engines.driver import Counters, Snapshot, Tick
+from nettrain.engines.states import gather_buffers, gather_state, own_rows
+from nettrain.patterns import Communicator
+
+
+class Rounds(Stack):
+    """The synchronous rounds of the agents ``agents`` (global ids, this process's rows
+    in order), on ``comm``; with ``resume``, from that checkpoint (which holds every
+    agent's rows: this process takes its own)."""
+
+    settle_every = 1  # rounds whose notes are gathered together
+    slowdown = 1.0  # a straggler's real slow-down: its round taken again, in sleep
+
+    def __init__(
+        self,
+        job: Job,
+        agents: list[int],
+        comm: Communicator,
+        resume: Checkpoint | None,
+        label: str = "",
+    ) -> None:
+        n, device = job.n_agents, job.x0.device
+        x = job.x0.expand(len(agents), -1).clone()  # (m, d)
+        shards = [job.shards[i] for i in agents]
+        oracle = job.problem.oracle(shards, agents, batch_size=job.batch_size, seed=job.seed)
+        super().__init__(job, x, oracle, comm, work_totals(n, job.fault_spec))
+        self.agents, self.label = agents, f"{job.algorithm.name} x{n}{label}"
+        self.pending: list[torch.Tensor] = []  # (m, 4) notes of rounds not yet settled
+        self.everyone: tuple[int, Any] | None = None  # (round, every agent's state)
+        self._note(torch.zeros(len(agents)))  # the initial gradients of tracking methods
+        for _ in self._settle(-1):
+            pass
+        self.round, self.losses = 0, torch.zeros(n)
+        if resume is not None:
+            self.restore(resume, resume.state, [resume.rng[i] for i in agents])
+            self.state = own_rows(self.state, agents, n, device)
+            self.round = resume.round
+            if resume.comm is not None:  # these agents' rows of what the communicator carries
+                rows = {
+                    k: None if v is None else v[agents].to(device) for k, v in resume.comm.items()
+                }
+                self.talk.load_state_dict(rows)
+            if resume.servers is not None:
+                self.restore_servers(resume.servers)
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """This process's rows ``(m, ...)`` -> every agent's ``(n, ...)``, in agent order."""
+        return rows
+
+    def gather_objects(self, objects: list[Any]) -> list[Any]:
+        """One picklable object per local agent -> one per agent, in agent order."""
+        return objects
+
+    def servers_state(self) -> dict[str, Any] | None:
+        """The parameter servers' state for a checkpoint (None: no servers)."""
+        return None
+
+    def restore_servers(self, saved: dict[str, Any]) -> None:
+        """Give the parameter servers their saved state back."""
+
+    def _note(self, loss: torch.Tensor) -> None:
+        """Note this round's work (samples, messages, bytes) and loss of every local agent."""
+        work = [w.to(torch.float64) for w in take_work(self.oracle, self.comm)]
+        self.pending.append(torch.stack([*work, loss.detach().to("cpu", torch.float64)], 1))
+
+    def _settle(self, t: int) -> Iterator[Tick]:
+        """Gather every pending round's notes: replay the clock and the totals in round
+        order, and hand every round's losses ``(n,)`` to the finiteness check."""
+        n, k = self.job.n_agents, len(self.pending)
+        mine = torch.stack(self.pending, 1).reshape(len(self.agents), -1)  # (m, k * 4)
+        every = self.gather(mine.to(self.job.x0.device)).cpu().view(n, k, 4)  # agents, rounds
+        self.pending.clear()
+        for j in range(k):
+            work = every[:, j, :3].round().to(torch.int64).unbind(1)
+            account_round(self.clock, self.totals, self.faults, t - k + 1 + j, *work)
+            yield Tick(t - k + 2 + j, every[:, j, 3])
+        self.losses = every[:, -1, 3].to(self.job.x0.dtype)
+
+    def advance(self, stop: int) -> Iterator[Tick]:
+        """Rounds up to ``stop``; the notes are settled at ``stop`` (an evaluation or a
+        checkpoint) and every ``settle_every`` rounds."""
+        algo = self.job.algorithm
+        for t in range(self.round, stop):
+            self.faults.check_synchronous(t, algo.name)  # every process alike
+            begin = time.perf_counter()
+            self.state, loss = algo.step(self.state, t, self.oracle, self.talk.at(t))
+            if self.slowdown > 1:  # a straggler for real: its round (mostly compute) again
+                time.sleep((self.slowdown - 1) * (time.perf_counter() - begin))
+            self._note(loss)
+            self.round = t + 1
+            if t + 1 == stop or len(self.pending) == self.settle_every:
+                yield from self._settle(t)
+
+    def counters(self) -> Counters:
+        return Counters(self.totals, self.clock.now, float(self.losses.mean()), self.round)
+
+    def _everyone(self) -> Any:
+        """Every agent's state at this round, ``(n, ...)``, gathered once."""
+        if self.everyone is None or self.everyone[0] != self.round:
+            self.everyone = (self.round, gather_state(self.state, self.gather, len(self.agents)))
+        return self.everyone[1]
+
+    def _buffers(self) -> Any:
+        return gather_buffers(self.job.problem.buffer_spec, self.oracle.buffers, self.gather)
+
+    def snapshot(self) -> Snapshot | None:
+        everyone, buffers = self._everyone(), self._buffers()
+        if not self.main:
+            return None
+        centre = self.job.algorithm.centre(self.state, self.comm)
+        return Snapshot(everyone.x, buffers, everyone, centre)
+
+    def checkpoint(self, stop: int) -> Checkpoint | None:
+        """The checkpoint after round ``stop`` (settled), written by the main process:
+        every agent's state, mini-batch generator and communicator rows, the servers'."""
+        everyone = self._everyone()
+        servers = self.servers_state() if self.main else None
+        rngs = self.gather_objects(self.oracle.local_state())
+        carried = self.talk.state_dict()  # every process has the same wrappers
+        if carried is not None:
+            carried = {k: None if v is None else self.gather(v) for k, v in carried.items()}
+        return (
+            self.saved(stop, everyone, rngs, servers=servers, comm=carried) if self.main else None
+        )
+
+    def result(self, records: list[dict[str, Any]]) -> RunResult:
+        """Every agent's parameters and buffers (and the centre, in the main process)."""
+        x, buffers = self.gather(self.state.x), self._buffers()
+        centre = self.job.algorithm.centre(self.state, self.comm) if self.main else None
+        return RunResult(x, records, centre=centre, buffers=buffers)
