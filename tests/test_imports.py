@@ -41,7 +41,7 @@ PACKAGE = "nettrain"
 
 # Lowest first. A module imports modules of its own layer or of lower ones only.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "progress", "version"),
+    ("errors", "memory", "progress", "version"),
     ("topology", "compression", "data", "checkpoint", "faults", "analysis", "report"),
     ("problem", "patterns", "wrappers"),
     ("algorithms",),

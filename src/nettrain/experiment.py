@@ -41,6 +41,7 @@ from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.errors import ConfigError, DataError
 from nettrain.faults import Faults
+from nettrain.memory import peak_memory, reset_peak
 from nettrain.problem.flat import matmul_flops_per_sample
 from nettrain.problem.losses import LOSSES, Regularizer, get_loss, per_sample
 from nettrain.problem.models import build_model
@@ -247,6 +248,7 @@ def run(
     folder = RunFolder(out if getattr(engine, "is_main", True) else None, keep=keep)
     given = described(cfg, job, model, data, loss, algorithm)
     folder.write_config(cfg.to_dict() | given | {PROVENANCE: provenance()})
+    reset_peak()
     result = engine.run(job, folder, checkpoint) if checkpoint else engine.run(job, folder)
     dataset = data.name if data is not None else cfg.dataset
     model_name = type(model).__name__ if model is not None else cfg.model
@@ -265,6 +267,7 @@ def run(
             rounds=cfg.rounds,
             seed=cfg.seed,
         )
+        | peak_memory()
         | provenance()
     )
     folder.finish(summary, result.x, centre=result.centre, buffers=result.buffers)
