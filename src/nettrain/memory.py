@@ -5,7 +5,9 @@ is reset when a run starts (writing ``5`` to ``/proc/self/clear_refs``), so the 
 is the run's own even when one process runs several (``compare``, ``reproduce``);
 where the reset is not allowed it is the process's peak so far (``ru_maxrss``). With
 CUDA, the peak of the memory torch allocated on the current device is given too
-(``peak_cuda_memory_mb``), reset at the same point.
+(``peak_cuda_memory_mb``), reset at the same point. It is the memory of the process
+that writes the summary: rank 0's under ``engine=distributed``, the main process's (not
+its workers') under ``engine=shared_memory``.
 """
 
 from __future__ import annotations
