@@ -387,7 +387,7 @@ class Oracle:
         mini-batches drawn (a 0-d int64 tensor on the CPU), and for models with dropout or
         buffers a dict holding it (``"batches"``) with the dropout generator's state and
         the agent's buffers."""
-        batches = list(self.drawn.cpu().unbind())
+        batches = [torch.tensor(k, dtype=torch.int64) for k in self.drawn.tolist()]
         if self.problem.stateless:
             return batches
         out = []
