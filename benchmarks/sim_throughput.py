@@ -67,6 +67,7 @@ from nettrain.algorithms.baselines import LocalSGD, SGDRunState
 from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_step
 from nettrain.data import Dataset, load_dataset, partition
 from nettrain.engines.sim.comm import SimCommunicator
+from nettrain.problem.buffers import rows
 from nettrain.problem.flat import matmul_flops_per_sample
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
@@ -320,13 +321,14 @@ def breakdown(
     local = torch.arange(n)
     idx, w = oracle._sample(local)  # (n, B), (n, B)
     xb, yb = oracle.x[idx], oracle.y[idx]  # (n, B, F), (n, B)
-    g, _ = oracle._grad(x, xb, yb, w)  # (n, d)
+    buffers, keys = rows(oracle.buffers, local), oracle._keys(local)  # none, zeros: stateless
+    g, _ = oracle._grad(x, buffers, keys, xb, yb, w)  # (n, d)
     cfg, empty = SGDConfig(lr=LR), SGDState()
     parts: dict[str, Callable[[], object]] = {
         "round": sim.round,
         "sample": lambda: oracle._sample(local),
         "gather": lambda: (oracle.x[idx], oracle.y[idx]),
-        "vmap_forward_backward": lambda: oracle._grad(x, xb, yb, w),
+        "vmap_forward_backward": lambda: oracle._grad(x, buffers, keys, xb, yb, w),
         "sgd_step": lambda: sgd_step(x, g, empty, cfg),
         "clone_x": x.clone,  # one fresh (n, d) tensor: allocation + a pass over memory
     }

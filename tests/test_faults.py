@@ -74,7 +74,9 @@ def test_dropped_messages_cost_a_synchronous_method_time_not_accuracy() -> None:
 
 @pytest.mark.parametrize("algorithm", ["swarm", "easgd_async"])
 def test_an_agent_crashed_from_the_start_never_moves_and_the_others_learn(algorithm: str) -> None:
-    cfg = load_config(SMALL | {"algorithm": algorithm, "rounds": 30, "crash": "2@0"})
+    # 60 rounds: the asynchronous centre's accuracy at 30 is near 0.5 on some seeds (0.27
+    # to 0.49 over seeds 0-2), at 60 it is 0.62 to 0.76
+    cfg = load_config(SMALL | {"algorithm": algorithm, "rounds": 60, "crash": "2@0"})
     result = run(cfg)
     x0 = build_job(cfg).x0
     assert torch.equal(result.x[2], x0)  # no step, and its neighbours' requests were lost

@@ -26,7 +26,7 @@ S = TypeVar("S")
 class Checkpoint:
     round: int  # rounds completed
     state: dict[str, Any]  # the algorithm's state, see :func:`state_dict`
-    rng: list[torch.Tensor]  # every agent's mini-batch generator state
+    rng: list[Any]  # every agent's Oracle.local_state(): batches drawn, buffers, dropout
     clock: float  # virtual seconds
     totals: dict[str, torch.Tensor]  # cumulative samples, messages, bytes per agent
     records: int  # records written so far

@@ -124,14 +124,15 @@ class Stack:
 
     def restore(self, resume: Checkpoint, state: dict[str, Any], rng: list[Any]) -> None:
         """Continue from ``resume``'s clock and totals, with ``state`` and ``rng``, its
-        algorithm's state and mini-batch generators (the fresh state is the template)."""
+        algorithm's state and the oracle's local state (mini-batches drawn, buffers, dropout
+        streams; the fresh state is the template)."""
         self.state = load_state(self.state, state)
         self.oracle.load_local_state(rng)
         self.clock.now = resume.clock
         self.totals = {k: v.clone() for k, v in resume.totals.items()}
 
     def saved(self, stop: int, state: Any, rng: list[Any], **parts: Any) -> Checkpoint:
-        """The checkpoint after round ``stop``: every agent's ``state`` and generator
+        """The checkpoint after round ``stop``: every agent's ``state`` and oracle state
         (``rng``), the clock, the totals and the engine's ``parts`` (``servers``, ``comm``,
         ``events``); the driver fills in ``records`` and ``wall_time_s``."""
         state, clock = state_dict(state), self.clock.now

@@ -138,7 +138,8 @@ class Rounds(Stack):
 
     def checkpoint(self, stop: int) -> Checkpoint | None:
         """The checkpoint after round ``stop`` (settled), written by the main process:
-        every agent's state, mini-batch generator and communicator rows, the servers'."""
+        every agent's state, oracle state (mini-batches drawn) and communicator rows, the
+        servers'."""
         everyone = self._everyone()
         servers = self.servers_state() if self.main else None
         rngs = self.gather_objects(self.oracle.local_state())

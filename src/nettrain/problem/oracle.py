@@ -9,10 +9,16 @@ single agent (the distributed engine's ``m = 1``) plain ``torch.autograd.grad`` 
 about twice as fast as ``vmap`` and gives the same gradient up to rounding.
 
 Sampling: agent ``i`` draws its mini-batches uniformly with replacement from its own
-shard with its own generator, seeded by ``(seed, i)``. The sequence of batches an
-agent sees therefore depends only on the seed, the agent and how many batches it has
-drawn, never on how agents are grouped into processes: the simulator and the
-distributed engine see the same data.
+shard, by a counter-based generator (:func:`~nettrain.problem.random_layers.integers53`,
+SplitMix64). Position ``b`` of its ``k``-th batch (``k = 0, 1, ...``; batch size ``B``)
+is sample ``u mod |shard_i|`` of its shard, with ``u`` SplitMix64's output number
+``k * B + b`` from the key ``agent_seed(seed, i)``: a 53-bit integer, so each sample's
+probability is within a factor ``1 +- |shard_i| / 2^53`` of ``1 / |shard_i|`` (a modulo
+bias below ``2^-20`` for any shard of fewer than ``2^33`` samples). An agent's batches
+are thus a pure function of ``(seed, i, k, b)``, never of how agents are grouped into
+processes or which of them are sampled together: the simulator and the distributed
+engine see the same data. All the requested agents' batches are one vectorised draw
+on the data's device; the oracle keeps only each agent's count ``k`` of batches drawn.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from nettrain.problem.buffers import BUFFER_POLICIES, Buffers, BufferSpec, rows
 from nettrain.problem.flat import FlatSpec
 from nettrain.problem.linearization import Linearization
 from nettrain.problem.losses import Regularizer
-from nettrain.problem.random_layers import SeededDropout, seeded
+from nettrain.problem.random_layers import SeededDropout, integers53, seeded
 from nettrain.problem.vectorise import check_vectorisable, evaluation, training
 
 DROPOUT_STREAM = 0xD0  # the agents' dropout keys, apart from their mini-batches (stream 0)
@@ -221,10 +227,11 @@ class Oracle:
     ``agents[k]``). ``batch_size = 0`` means the full local batch: every sample of the
     shard, weighted ``1/|shard|``; shards of unequal size are padded and masked.
 
-    Also the local agents' model state beyond ``x``: their buffers
-    (:attr:`buffers`, ``{name: (m, ...)}``, updated by every training pass) and, for a
-    model with dropout, a generator per agent (seeded by ``(seed, agent, stream)``) that
-    draws each pass's dropout key. :meth:`local_state` holds all of it for checkpoints.
+    Also the local agents' model state beyond ``x``: how many mini-batches each has
+    drawn (:attr:`drawn`, see the module's "Sampling"), their buffers (:attr:`buffers`,
+    ``{name: (m, ...)}``, updated by every training pass) and, for a model with dropout,
+    a generator per agent (seeded by ``(seed, agent, stream)``) that draws each pass's
+    dropout key. :meth:`local_state` holds all of it for checkpoints.
     """
 
     def __init__(
@@ -253,7 +260,16 @@ class Oracle:
         self.sizes = sizes
         self.offsets = torch.cumsum(sizes, 0) - sizes  # (m,)
         self.meter = Meter.zeros(len(agents))
-        self.generators = [torch.Generator().manual_seed(agent_seed(seed, int(a))) for a in agents]
+        # Samples one call counts per agent: B, or the whole shard (B = 0).
+        self._counted = sizes.clone() if batch_size == 0 else torch.full_like(sizes, batch_size)
+        # Mini-batch streams (module docstring), on the data's device: each agent's key,
+        # its count of batches drawn, and its shard's size and offset in the local copy.
+        keys = [agent_seed(seed, int(a)) for a in agents]
+        self.keys = torch.tensor(keys, dtype=torch.int64, device=device)  # (m,)
+        self.drawn = torch.zeros(len(agents), dtype=torch.int64, device=device)  # (m,)
+        self._sizes = sizes.to(device)
+        self._offsets = self.offsets.to(device)
+        self._positions = torch.arange(batch_size, dtype=torch.int64, device=device)  # (B,)
         self.dropout_generators = [
             torch.Generator().manual_seed(agent_seed(seed, int(a), DROPOUT_STREAM))
             for a in (agents if problem.dropouts else ())
@@ -278,18 +294,24 @@ class Oracle:
         return idx.to(self.x.device), w.to(self.x.device)
 
     def _sample(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices into the local copy and weights, both ``(k, B)``, for local agents ``local``."""
+        """Indices into the local copy and weights, both ``(k, B)``, for the distinct local
+        agents ``local``; each of them then counts one more batch drawn.
+
+        Agent ``j``'s row is its batch number ``k = drawn[j]``: positions ``k * B + b``
+        hashed with its key (:func:`integers53`), modulo its shard's size (module
+        docstring). One vectorised draw for all of ``local``, on the data's device.
+        """
         if self.batch_size == 0:
             idx, w = self._full
             return idx[local], w[local]
         B = self.batch_size
-        draws = [
-            torch.randint(int(self.sizes[i]), (B,), generator=self.generators[i])
-            for i in local.tolist()
-        ]
-        idx = torch.stack(draws) + self.offsets[local, None]  # (k, B)
-        w = torch.full(idx.shape, 1.0 / B, dtype=self.x.dtype)
-        return idx.to(self.x.device), w.to(self.x.device)
+        local = local.to(self.drawn.device)
+        drawn = self.drawn[local]  # (k,)
+        u = integers53(self.keys[local], drawn[:, None] * B + self._positions)  # (k, B)
+        idx = u % self._sizes[local, None] + self._offsets[local, None]
+        self.drawn[local] = drawn + 1
+        w = torch.full(idx.shape, 1.0 / B, dtype=self.x.dtype, device=self.x.device)
+        return idx, w
 
     def grad(
         self, x: torch.Tensor, local: torch.Tensor | None = None, *, smooth: bool = False
@@ -316,7 +338,7 @@ class Oracle:
         if not smooth and self.with_regularizer and self.problem.regularizer.kind != "none":
             loss = loss + self.problem.regularizer.value(x)
             g = g + self.problem.regularizer.grad(x)
-        self.meter.samples[local] += (w > 0).sum(1).cpu()
+        self.meter.samples[local] += self._counted[local]
         return loss.detach(), g.detach()
 
     def _keys(self, local: torch.Tensor) -> torch.Tensor:
@@ -357,14 +379,15 @@ class Oracle:
         if local is None:
             local = torch.arange(self.m)
         idx, w = self._sample(local)
-        self.meter.samples[local] += (w > 0).sum(1).cpu()
+        self.meter.samples[local] += self._counted[local]
         return Linearization.at(self.problem, x, self.x[idx], self.y[idx], w)
 
     def local_state(self) -> list[Any]:
-        """Every local agent's state beyond its parameters, for checkpoints: its mini-batch
-        generator's state, and for models with dropout or buffers a dict holding it with
-        the dropout generator's state and the agent's buffers."""
-        batches = [g.get_state() for g in self.generators]
+        """Every local agent's state beyond its parameters, for checkpoints: its count of
+        mini-batches drawn (a 0-d int64 tensor on the CPU), and for models with dropout or
+        buffers a dict holding it (``"batches"``) with the dropout generator's state and
+        the agent's buffers."""
+        batches = [torch.tensor(k, dtype=torch.int64) for k in self.drawn.tolist()]
         if self.problem.stateless:
             return batches
         out = []
@@ -377,12 +400,34 @@ class Oracle:
         return out
 
     def load_local_state(self, states: Sequence[Any]) -> None:
-        """Restore what :meth:`local_state` returned (the same agents, in order)."""
-        for i, (g, state) in enumerate(zip(self.generators, states, strict=True)):
+        """Restore what :meth:`local_state` returned (the same agents, in order).
+
+        Raises a ConfigError for a checkpoint of an earlier nettrain, which saved each
+        agent's mini-batch ``torch.Generator`` state (a 1-d uint8 tensor) instead of its
+        count: its mini-batch streams differ from this version's, so it cannot be
+        continued. A count may be a 0-d integer tensor or an int.
+        """
+        if len(states) != self.m:
+            raise ValueError(f"{len(states)} agent states for {self.m} agents")
+        batches = [s["batches"] if isinstance(s, dict) else s for s in states]
+        if not all(_is_count(b) for b in batches):
+            raise ConfigError(
+                "this checkpoint was written by an earlier nettrain, whose mini-batch "
+                "streams differ from this version's (it saved a torch.Generator state per "
+                "agent, this version counts batches drawn): it cannot be continued; rerun "
+                "from the start"
+            )
+        for i, state in enumerate(states):
             if isinstance(state, dict):
                 if self.dropout_generators:
                     self.dropout_generators[i].set_state(state["dropout"])
                 for name, value in state["buffers"].items():
                     self.buffers[name][i] = value[0].to(self.buffers[name].device)
-                state = state["batches"]
-            g.set_state(state)
+        self.drawn.copy_(torch.tensor([int(b) for b in batches], dtype=torch.int64))
+
+
+def _is_count(value: Any) -> bool:
+    """A count of batches drawn: an int or a 0-d integer tensor (never a generator state)."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and not value.is_complex()
+    return isinstance(value, int)

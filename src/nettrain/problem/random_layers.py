@@ -9,7 +9,8 @@ and the element's position: a counter-based generator (the SplitMix64 finaliser,
 Steele et al. 2014) in int64 tensor arithmetic. The oracle draws each agent's key for
 each forward pass from that agent's own generator, seeded by ``(seed, agent)``, so a
 run is bit-for-bit deterministic and one agent gets the same masks in the simulator
-and in a process of its own.
+and in a process of its own. The same generator (:func:`integers53`) draws the
+oracle's mini-batch indices.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ def _shift(z: torch.Tensor, s: int) -> torch.Tensor:
     return (z >> s) & ((1 << (64 - s)) - 1)
 
 
+def _finalise(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser of int64 ``z``: ``z ^= z >> 30; z *= c1; z ^= z >> 27;
+    z *= c2; z ^= z >> 31`` (logical shifts; products wrap modulo ``2^64``)."""
+    z = (z ^ _shift(z, 30)) * _MIX1
+    z = (z ^ _shift(z, 27)) * _MIX2
+    return z ^ _shift(z, 31)
+
+
 def uniform(key: torch.Tensor, salt: int, shape: torch.Size) -> torch.Tensor:
     """Uniform numbers in ``[0, 1)`` of ``shape``, a pure function of ``(key, salt)``.
 
@@ -44,11 +53,22 @@ def uniform(key: torch.Tensor, salt: int, shape: torch.Size) -> torch.Tensor:
     for s in shape:
         n *= s
     counter = torch.arange(1, n + 1, dtype=torch.int64, device=key.device) + (salt << 32)
-    z = key + counter * _GOLDEN
-    z = (z ^ _shift(z, 30)) * _MIX1
-    z = (z ^ _shift(z, 27)) * _MIX2
-    z = z ^ _shift(z, 31)
+    z = _finalise(key + counter * _GOLDEN)
     return (_shift(z, 40).to(torch.float32) * 2.0**-24).reshape(shape)
+
+
+def integers53(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """Uniform integers in ``[0, 2^53)``, ``(k, B)`` int64: a pure function of each row's
+    key and each element's counter.
+
+    ``keys: (k,)`` and ``counters: (k, B)`` int64 (counters ``>= 0``). Element ``(j, b)``
+    is output number ``counters[j, b]`` of SplitMix64 seeded with ``keys[j]``:
+    ``z = keys[j] + (counters[j, b] + 1) * golden``, SplitMix64's finaliser, then the top
+    53 bits. Products wrap modulo ``2^64``; nothing depends on the other rows, so a row
+    is the same whatever rows are drawn with it.
+    """
+    z = _finalise(keys[:, None] + (counters + 1) * _GOLDEN)
+    return _shift(z, 11)
 
 
 class SeededDropout(nn.Module):

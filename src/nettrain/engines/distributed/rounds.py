@@ -69,7 +69,7 @@ class DistRounds(Rounds):
     def gather_objects(self, objects: list[Any]) -> list[Any]:
         every: list[Any] = [None] * self.job.n_agents  # rank order
         guarded(
-            "gathering the mini-batch generators for a checkpoint",
+            "gathering the oracles' local states for a checkpoint",
             lambda: dist.all_gather_object(every, objects[0], group=self.comm.group),
         )
         return every
