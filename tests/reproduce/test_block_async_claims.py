@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
+from nettrain.config import load_config
 from nettrain.reproduce.block_async import (
+    BASE,
     BATCH,
     PARTITIONED,
     SEQUENTIAL,
@@ -83,3 +85,10 @@ def test_rounds_give_equal_epochs_for_every_process_count() -> None:
     assert rounds_for(1, 6400, 2) == 2 * rounds_for(2, 6400, 2) == 2 * 6400 * 2 // (2 * BATCH)
     assert {SEQUENTIAL, PARTITIONED, SYNCHRONOUS} <= set(methods())
     assert methods()[SEQUENTIAL]["processes"] == 1
+
+
+def test_every_methods_config_is_valid() -> None:
+    """Each run's keys are ones its method uses (an unused method key is an error)."""
+    for label, extra in methods().items():
+        cfg = load_config(BASE | extra | {"dataset": "digits", "rounds": 10})
+        assert cfg.algorithm == extra["algorithm"], label

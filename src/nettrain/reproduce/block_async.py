@@ -3,8 +3,9 @@
 SGD, on real processes sharing one model (``engine=shared_memory``).
 
 The small CNN (two 3x3 convolutions, 11k parameters on 28x28 images), mini-batches of
-32, momentum 0.9, ``lr = 0.03`` with the diminishing step ``lr / (1 + step_decay lr
-k)``; every method gets the same number of epochs, and ``P`` in {1, 2} (this machine
+32, momentum 0.9, ``lr = 0.03``, for the asynchronous methods with the diminishing step
+``lr / (1 + step_decay lr k)`` (synchronous data-parallel SGD keeps ``lr``: it has no
+``step_decay``); every method gets the same number of epochs, and ``P`` in {1, 2} (this machine
 has 2 cores). The runs, one after the other in one command, in two passes (the second
 in reverse order, so that a change in the machine's load hits every method alike):
 
@@ -56,7 +57,6 @@ BASE: dict[str, Any] = {
     "batch_size": BATCH,
     "lr": 0.03,
     "momentum": 0.9,
-    "step_decay": 0.1,  # at the end the step is 1/5 to 1/9 of lr: a calmer final model
     "agents": 3,  # the data partition is pooled: every worker draws from all samples
     "topology": "complete",
     "progress": False,
@@ -69,17 +69,21 @@ SEQUENTIAL, PARTITIONED, HOGWILD, SYNCHRONOUS = (
 )
 
 
+DECAY = {"step_decay": 0.1}  # at the end the step is 1/5 to 1/9 of lr: a calmer final model
+
+
 def methods() -> dict[str, dict[str, Any]]:
     """Label -> overrides (``processes`` included)."""
     return {
-        SEQUENTIAL: {"algorithm": "hogwild", "processes": 1},
+        SEQUENTIAL: {"algorithm": "hogwild", "processes": 1} | DECAY,
         PARTITIONED: {
             "algorithm": "block_async",
             "processes": 2,
             "blocks": 2,
             "full_every": FULL_EVERY,
-        },
-        HOGWILD: {"algorithm": "hogwild", "processes": 2},
+        }
+        | DECAY,
+        HOGWILD: {"algorithm": "hogwild", "processes": 2} | DECAY,
         SYNCHRONOUS: {"algorithm": "allreduce", "processes": 2},
     }
 
