@@ -34,7 +34,7 @@ def main() -> None:
         for label in labels[rep % len(labels) :] + labels[: rep % len(labels)]:
             extra = methods()[label]
             rounds = rounds_for(extra["processes"], samples, args.epochs)
-            values = BASE | extra | {"dataset": args.dataset, "warmup": 20}
+            values = BASE | extra | {"dataset": args.dataset}  # warm-up: 20 full steps
             if args.dataset == "fashion_mnist":
                 values["train_samples"] = samples
             cfg = load_config(values | {"rounds": rounds, "eval_every": rounds})

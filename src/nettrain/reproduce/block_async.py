@@ -69,21 +69,21 @@ SEQUENTIAL, PARTITIONED, HOGWILD, SYNCHRONOUS = (
 )
 
 
-DECAY = {"step_decay": 0.1}  # at the end the step is 1/5 to 1/9 of lr: a calmer final model
-
-
-def methods() -> dict[str, dict[str, Any]]:
-    """Label -> overrides (``processes`` included)."""
+def methods(warmup: int = 20) -> dict[str, dict[str, Any]]:
+    """Label -> overrides (``processes`` included). The asynchronous methods take the
+    diminishing step and ``warmup`` full steps of each process before partitioning;
+    synchronous data-parallel SGD has neither."""
+    asynchronous = {"step_decay": 0.1, "warmup": warmup}  # final step 1/5 to 1/9 of lr
     return {
-        SEQUENTIAL: {"algorithm": "hogwild", "processes": 1} | DECAY,
+        SEQUENTIAL: {"algorithm": "hogwild", "processes": 1} | asynchronous,
         PARTITIONED: {
             "algorithm": "block_async",
             "processes": 2,
             "blocks": 2,
             "full_every": FULL_EVERY,
         }
-        | DECAY,
-        HOGWILD: {"algorithm": "hogwild", "processes": 2} | DECAY,
+        | asynchronous,
+        HOGWILD: {"algorithm": "hogwild", "processes": 2} | asynchronous,
         SYNCHRONOUS: {"algorithm": "allreduce", "processes": 2},
     }
 
@@ -108,9 +108,9 @@ def reproduce(ask: Request) -> list[Claim]:
     results: dict[str, list[Records]] = {label: [] for label in labels}
     for p in range(PASSES):  # the second pass in reverse order: drifting load evens out
         for label in labels if p % 2 == 0 else labels[::-1]:
-            extra = methods()[label]
+            extra = methods(warmup)[label]
             rounds = rounds_for(extra["processes"], samples, epochs)
-            values = BASE | extra | {"dataset": dataset, "seed": seed, "warmup": warmup}
+            values = BASE | extra | {"dataset": dataset, "seed": seed}
             schedule = {"rounds": rounds, "eval_every": -(-rounds // EVALS)}
             cfg = load_config(values | schedule | dict(overrides))
             result = run(cfg, out / f"{label.replace(' ', '_')}_pass{p + 1}")
