@@ -64,12 +64,14 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--out", default="runs/choco_sgd")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = parser.parse_args()
     config = {
         "engine": args.engine,
         "agents": args.agents,
         "rounds": args.rounds,
         "topology": "ring",
+        "dtype": args.dtype,
         "eval_every": 25,
         "progress": False,
     }

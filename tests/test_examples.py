@@ -89,21 +89,22 @@ def test_own_cnn_with_an_asynchronous_method_on_processes(tmp_path: Path) -> Non
 
 
 def test_choco_sgd_written_outside_runs_on_both_engines(tmp_path: Path) -> None:
-    """At most 60 lines of algorithm; the simulator and 4 processes agree within 1e-5,
-    and it learns (digits, 10 classes)."""
+    """At most 60 lines of algorithm; the simulator and 4 processes agree within 1e-9 in
+    float64 (float32 runs drift apart by rounding: 1.5e-5 after 60 rounds, as the own-CNN
+    example's), and it learns (digits, 10 classes)."""
     source = (EXAMPLES / "choco_sgd.py").read_text()
     algorithm = source[
         source.index("@dataclass(frozen=True)\nclass ChocoState") : source.index("def main")
     ]
     assert len(algorithm.strip().splitlines()) <= 60
-    args = ["--agents", "4", "--rounds", "60"]
+    args = ["--agents", "4", "--rounds", "60", "--dtype", "float64"]
     sim = python("choco_sgd.py", *args, "--out", "sim", cwd=tmp_path)
     dist = torchrun(
         4, "choco_sgd.py", *args, "--engine", "distributed", "--out", "dist", cwd=tmp_path
     )
     accuracy = float(re.search(r"test accuracy ([\d.]+)", sim).group(1))
     assert accuracy > 0.7 and f"test accuracy {accuracy:.4f}" in dist
-    torch.testing.assert_close(final(tmp_path / "dist"), final(tmp_path / "sim"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(final(tmp_path / "dist"), final(tmp_path / "sim"), atol=1e-9, rtol=0)
 
 
 def test_choco_sgd_from_the_command_line(tmp_path: Path) -> None:
