@@ -15,6 +15,10 @@ What is measured, for two cases and ``n`` in {16, 64, 256} agents:
   (``3 x matmul_flops_per_sample x batch`` per agent-step) is reported as a fraction
   of it.
 
+``w1``: workload W1, D-PSGD (mixing included) on a Metropolis ring of 256 agents in
+the ``small`` case, the simulator's ``DPSGD.step`` against ``n`` modules that take their
+gradients and then ``p_i <- sum_j W_ij p_j - lr g_i`` (``speedup_w1_n256``; goal 30x).
+
 Cases: ``small`` = MLP 64-32-10 on digits, batch 16; ``large`` = MLP 784-128-10 on
 Fashion-MNIST, batch 32. The three measurements of a case alternate within every
 repetition, so load from other processes hits them alike; the figures are the best
@@ -40,7 +44,7 @@ load it; ``--quick`` a quarter of that)::
 
 Output: one JSON line per case, ``n`` and allocator phase; with ``--breakdown`` one
 JSON line per case with the time of each part of a simulator round at n=256; the
-last line is a JSON summary with ``speedup_small_n64`` and
+last line is a JSON summary with ``speedup_w1_n256``, ``speedup_small_n64`` and
 ``matmul_fraction_large_n256`` (of the first allocator phase, ``default`` unless
 ``--allocator retain``), and with ``--allocator both`` the same keys ending ``_retain``.
 """
@@ -63,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nettrain.algorithms.baselines import LocalSGD, SGDRunState
+from nettrain.algorithms.baselines import DPSGD, LocalSGD, SGDRunState
 from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_step
 from nettrain.data import Dataset, load_dataset, partition
 from nettrain.engines.sim.comm import SimCommunicator
@@ -151,14 +155,17 @@ def make_problem(case: Case, data: Dataset) -> Problem:
 
 
 class SimRunner:
-    """``LocalSGD`` rounds (no averaging) on the stack of all ``n`` agents."""
+    """``LocalSGD`` rounds (no averaging) on the stack of all ``n`` agents; with
+    ``mixing``, ``DPSGD`` rounds on a Metropolis ring (W1, the engine's code path)."""
 
-    def __init__(self, problem: Problem, shards: Sequence[torch.Tensor], batch: int) -> None:
+    def __init__(
+        self, problem: Problem, shards: Sequence[torch.Tensor], batch: int, mixing: bool = False
+    ) -> None:
         n = len(shards)
         x0 = problem.initial_params(SEED).expand(n, -1).clone()  # (n, d)
         self.oracle = problem.oracle(shards, range(n), batch_size=batch, seed=SEED)
         self.comm = SimCommunicator(build_topology("ring", n, seed=SEED), x0.device, x0.dtype)
-        self.algorithm = LocalSGD(lr=LR, tau=NEVER)
+        self.algorithm = DPSGD(lr=LR) if mixing else LocalSGD(lr=LR, tau=NEVER)
         self.state: SGDRunState = self.algorithm.init(x0, self.oracle, self.comm)
         self.t = 0
 
@@ -214,6 +221,68 @@ class LoopRunner:
         for _ in range(k):
             self.step(self.next)
             self.next = (self.next + 1) % n
+
+
+class DPSGDLoop(LoopRunner):
+    """W1's plain side: every agent's module takes its gradient on its own mini-batch,
+    then ``p_i <- sum_j W_ij p_j - lr g_i`` over its ring neighbours, parameter by
+    parameter (D-PSGD written as ``n`` modules would be)."""
+
+    def __init__(
+        self, problem: Problem, case: Case, shards: Sequence[torch.Tensor], batch: int
+    ) -> None:
+        super().__init__(problem, case, shards, batch)
+        W = build_topology("ring", len(shards), seed=SEED).weights(0)  # (n, n), Metropolis
+        self.neighbours = [
+            [(j, float(W[i, j])) for j in W[i].nonzero().flatten().tolist()]
+            for i in range(len(shards))
+        ]
+
+    def round(self) -> None:
+        for i, (model, (x, y)) in enumerate(
+            zip(self.models, zip(self.xs, self.ys, strict=True), strict=True)
+        ):
+            idx = torch.randint(len(y), (self.batch,), generator=self.generators[i])
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+        params = [list(m.parameters()) for m in self.models]
+        with torch.no_grad():
+            new = [
+                [
+                    sum(w * params[j][k] for j, w in self.neighbours[i]) - LR * p.grad
+                    for k, p in enumerate(params[i])
+                ]
+                for i in range(len(params))
+            ]
+            for mine, values in zip(params, new, strict=True):
+                for p, v in zip(mine, values, strict=True):
+                    p.copy_(v)
+
+
+def measure_w1(data: Dataset, settings: Settings, n: int = 256) -> dict[str, Any]:
+    """W1 (``small`` case, D-PSGD on a Metropolis ring): agent-steps/s of the simulator
+    against the plain loop, rounds alternating in every repetition."""
+    case = CASES[0]
+    problem = make_problem(case, data)
+    shards = partition(data.y_train, n, "iid", seed=SEED)
+    sim = SimRunner(problem, shards, case.batch, mixing=True)
+    loop = DPSGDLoop(problem, case, shards, case.batch)
+    loop.round()  # warm-up
+    k_sim = calls_per_block(sim.round, settings.block_s)
+    runs = interleaved(
+        {"sim": rates(sim.round, k_sim, n), "loop": rates(loop.round, 1, n)}, settings.reps
+    )
+    sim_rate, loop_rate = max(runs["sim"]), max(runs["loop"])
+    return {
+        "case": "w1",
+        "n": n,
+        "sim_s_per_round": round(n / sim_rate, 5),
+        "loop_s_per_round": round(n / loop_rate, 5),
+        "speedup": round(sim_rate / loop_rate, 2),
+        "speedup_median": round(
+            statistics.median(runs["sim"]) / statistics.median(runs["loop"]), 2
+        ),
+    }
 
 
 class Matmul:
@@ -371,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     datasets = {case.name: load_dataset(case.dataset, seed=SEED) for case in CASES}
     results: dict[tuple[str, int, str], dict[str, Any]] = {}
     started = time.perf_counter()
+    w1 = measure_w1(datasets["small"], settings)  # with the allocator as the process starts
+    print(json.dumps(w1), flush=True)
     for phase in phases:
         if phase == "retain":
             malloc.retain()  # from here on; glibc cannot go back to its pristine state
@@ -386,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(row), flush=True)
 
     summary: dict[str, Any] = {"allocator": phases[0]}  # of the keys without a suffix
+    summary["speedup_w1_n256"] = w1["speedup"]
     for phase in phases:
         suffix = "" if phase == phases[0] else f"_{phase}"
         small, large = results["small", 64, phase], results["large", 256, phase]
