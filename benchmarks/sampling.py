@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -39,19 +38,14 @@ from typing import Any
 
 import torch
 
-from nettrain.algorithms.baselines import DPSGD
 from nettrain.data import Dataset, load_dataset, partition
-from nettrain.engines.sim.comm import SimCommunicator
-from nettrain.problem.losses import Regularizer, get_loss
-from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Oracle, Problem, agent_seed
-from nettrain.topology import build_topology
+from sim_throughput import CASES, SimRunner, calls_per_block, make_problem, run_facts, seconds
 
 SEED = 0
 BATCH = 16
 AGENTS = (64, 256, 4096)
 ROUND_AGENTS = 256
-LR = 0.1
 
 
 class OldSampling:
@@ -75,11 +69,6 @@ class OldSampling:
         return idx.to(o.x.device), w.to(o.x.device)
 
 
-def make_problem(data: Dataset) -> Problem:
-    model = build_model("mlp", data.feature_shape, data.n_outputs, hidden=(32,))
-    return Problem(model, get_loss("cross_entropy"), Regularizer(), data)
-
-
 def shards_for(data: Dataset, n: int) -> list[torch.Tensor]:
     """An IID partition when every agent gets 4 samples or more, else 8 samples per agent
     drawn with replacement (shards may overlap)."""
@@ -99,41 +88,11 @@ def oracles(problem: Problem, n: int) -> tuple[Oracle, Oracle]:
     return new, old
 
 
-class Rounds:
-    """D-PSGD rounds on a ring: the simulator's synchronous step on the stack of agents."""
-
-    def __init__(self, problem: Problem, oracle: Oracle) -> None:
-        n = oracle.m
-        x0 = problem.initial_params(SEED).expand(n, -1).clone()  # (n, d)
-        self.oracle = oracle
-        self.comm = SimCommunicator(build_topology("ring", n, seed=SEED), x0.device, x0.dtype)
-        self.algorithm = DPSGD(lr=LR)
-        self.state = self.algorithm.init(x0, oracle, self.comm)
-        self.t = 0
-
-    def round(self) -> None:
-        self.state, _ = self.algorithm.step(self.state, self.t, self.oracle, self.comm)
-        self.t += 1
-
-
-def seconds(fn: Callable[[], object], k: int) -> float:
-    start = time.perf_counter()
-    for _ in range(k):
-        fn()
-    return time.perf_counter() - start
-
-
-def per_block(fn: Callable[[], object], block_s: float) -> int:
-    """Calls of ``fn`` that fill about ``block_s`` seconds (after one warm-up call)."""
-    fn()
-    return max(1, math.ceil(block_s / max(seconds(fn, 1), 1e-6)))
-
-
 def interleaved(
     fns: dict[str, Callable[[], object]], reps: int, block_s: float
 ) -> dict[str, list[float]]:
     """Milliseconds per call of each ``fn``, one timed block of each per repetition, in turn."""
-    ks = {name: per_block(fn, block_s) for name, fn in fns.items()}
+    ks = {name: calls_per_block(fn, block_s) for name, fn in fns.items()}
     out: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
@@ -163,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     reps, block_s = (3, 0.1) if args.quick else (9, 0.2)
     started = time.perf_counter()
-    problem = make_problem(load_dataset("digits", seed=SEED))
+    problem = make_problem(CASES[0], load_dataset("digits", seed=SEED))  # MLP 64-32-10
 
     fns: dict[str, Callable[[], object]] = {}
     for n in AGENTS:
@@ -171,9 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         local = torch.arange(n)
         fns[f"sample_n{n}/new"] = lambda o=new, loc=local: o._sample(loc)
         fns[f"sample_n{n}/old"] = lambda o=old, loc=local: o._sample(loc)
-    new, old = oracles(problem, ROUND_AGENTS)
-    fns[f"round_n{ROUND_AGENTS}/new"] = Rounds(problem, new).round
-    fns[f"round_n{ROUND_AGENTS}/old"] = Rounds(problem, old).round
+    shards = shards_for(problem.data, ROUND_AGENTS)
+    rounds = {side: SimRunner(problem, shards, BATCH, mixing=True) for side in ("new", "old")}
+    rounds["old"].oracle._sample = OldSampling(rounds["old"].oracle, SEED)  # type: ignore[method-assign]
+    for side, runner in rounds.items():
+        fns[f"round_n{ROUND_AGENTS}/{side}"] = runner.round
     times = interleaved(fns, reps, block_s)
 
     summary: dict[str, Any] = {}
@@ -186,14 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  speedup {row['speedup_best']:5.2f}x (medians {row['speedup_median']:5.2f}x)",
             flush=True,
         )
-    summary |= {
-        "batch": BATCH,
-        "reps": reps,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "quick": args.quick,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    summary |= {"batch": BATCH, "reps": reps} | run_facts(args.quick, started)
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -322,6 +322,16 @@ def rates(fn: Callable[[], object], k: int, per_call: float) -> Callable[[], flo
     return lambda: per_call * k / seconds(fn, k)
 
 
+def run_facts(quick: bool, started: float) -> dict[str, Any]:
+    """What a benchmark's summary line says of the run: threads, torch, size, seconds."""
+    return {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "quick": quick,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
 def interleaved(thunks: dict[str, Callable[[], float]], reps: int) -> dict[str, list[float]]:
     """Each thunk once per repetition, in turn: load hits all of them alike."""
     out: dict[str, list[float]] = {name: [] for name in thunks}
@@ -467,12 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary[f"matmul_gflops{suffix}"] = large["matmul_gflops"]
         summary[f"speedup_small_n64{suffix}_met"] = small["speedup"] >= 10
         summary[f"matmul_fraction_large_n256{suffix}_met"] = large["matmul_fraction"] >= 0.5
-    summary |= {
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "quick": args.quick,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    summary |= run_facts(args.quick, started)
     print(json.dumps(summary), flush=True)
     return 0
 
