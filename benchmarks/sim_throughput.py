@@ -1,11 +1,13 @@
-"""Simulator throughput against a plain PyTorch loop, and against a big matrix product.
+"""Simulator throughput against a plain PyTorch loop, against a big matrix product, and
+as the network grows.
 
 What is measured, for two cases and ``n`` in {16, 64, 256} agents:
 
 * ``sim``: agent-steps per second of the simulator's real code path, a
   :class:`~nettrain.algorithms.baselines.LocalSGD` round between averagings
-  (``Oracle.grad`` over IID shards, one vmapped forward/backward for all agents, then
-  ``sgd_step`` on the stack ``x: (n, d)``), driven through a ``SimCommunicator``;
+  (``Oracle.grad`` over IID shards: one batched draw of the mini-batches, one batched
+  forward/backward pass of all agents, then ``sgd_step`` on the stack ``x: (n, d)``),
+  driven through a ``SimCommunicator``;
 * ``loop``: the same work as ``n`` separate ``nn.Module`` + ``torch.optim.SGD`` (lr 0.1,
   no momentum), stepped one after the other in a Python loop: each agent samples a
   mini-batch from its own shard with its own generator, forward, cross-entropy,
@@ -15,45 +17,46 @@ What is measured, for two cases and ``n`` in {16, 64, 256} agents:
   (``3 x matmul_flops_per_sample x batch`` per agent-step) is reported as a fraction
   of it.
 
+Cases: ``small`` = MLP 64-32-10 on digits, batch 16; ``large`` = MLP 784-128-10 on
+Fashion-MNIST, batch 32; ``cnn`` = the small CNN on Fashion-MNIST, batch 32, at n=64
+only. The three measurements of a case alternate within every repetition, so load
+from other processes hits them alike; the figures are the best repetition (the
+median is printed too). Every ratio is taken within one run.
+
 ``w1``: workload W1, D-PSGD (mixing included) on a Metropolis ring of 256 agents in
 the ``small`` case, the simulator's ``DPSGD.step`` against ``n`` modules that take their
-gradients and then ``p_i <- sum_j W_ij p_j - lr g_i`` (``speedup_w1_n256``; goal 30x).
+gradients and then ``p_i <- sum_j W_ij p_j - lr g_i`` (``speedup_w1_n256``).
 
-Cases: ``small`` = MLP 64-32-10 on digits, batch 16; ``large`` = MLP 784-128-10 on
-Fashion-MNIST, batch 32. The three measurements of a case alternate within every
-repetition, so load from other processes hits them alike; the figures are the best
-repetition (the median is printed too). Every ratio is taken within one run.
+``scaling``: W1's round at n in {256, 4096, 16384, 65536} agents on synthetic data
+(4 n samples): seconds per round and per agent-step, the process's peak resident
+memory, the part of it the run added, and what the run has to hold (the state
+``x: (n, d)`` and one chunk of the oracle, ``chunk_agents=auto``).
 
-Targets (from the issue): speedup >= 10x at n=64 on ``small``; >= 50% of the matmul
-GFLOP/s at n=256 on ``large``.
+Targets (``targets`` in the summary): ``speedup_w1_n256`` >= 30,
+``speedup_small_n64`` >= 20, ``matmul_fraction_large_n256`` >= 0.6,
+``cnn_speedup_n64`` >= 3.
 
-Allocator phases (``--allocator``): ``default`` runs with glibc's malloc as the process
-starts; ``retain`` then calls ``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD,
-2 GiB)`` so that freed memory stays in the heap instead of going back to the kernel.
-Without it each fresh 100 MB tensor (the gradient stack at n=256 on ``large``) is a new
-``mmap`` whose pages are faulted in and zeroed one by one, which costs more than the
-arithmetic. ``both`` (the default) measures ``default`` first, then ``retain`` (glibc
-cannot be put back into its pristine state), so ratios within a phase are side by side
-but a comparison across the two phases is not.
+Allocator (``--allocator``): ``nettrain`` (the default) sets the process up as
+``nettrain.run`` does (:func:`nettrain.memory.retain_freed_memory`: freed memory is
+reused instead of being handed back to the kernel and faulted in again); ``system``
+leaves glibc's malloc as the process starts; ``both`` measures ``system`` first, then
+``nettrain`` (glibc cannot be put back). Keys of the ``system`` phase end in
+``_system``. The scaling rows run last, in the last phase.
 
-Command (about one minute on an idle 2-core machine, up to six when other processes
-load it; ``--quick`` a quarter of that)::
+Command (a few minutes on an idle 2-core machine; ``--quick`` fewer repetitions,
+``--scaling ""`` without the scaling rows)::
 
     .venv/bin/python benchmarks/sim_throughput.py [--quick] [--threads N]
-        [--allocator default|retain|both] [--breakdown]
+        [--allocator nettrain|system|both] [--breakdown] [--scaling 256,4096]
 
-Output: one JSON line per case, ``n`` and allocator phase; with ``--breakdown`` one
-JSON line per case with the time of each part of a simulator round at n=256; the
-last line is a JSON summary with ``speedup_w1_n256``, ``speedup_small_n64`` and
-``matmul_fraction_large_n256`` (of the first allocator phase, ``default`` unless
-``--allocator retain``), and with ``--allocator both`` the same keys ending ``_retain``.
+Output: one JSON line per case, ``n`` and allocator phase, one per scaling row; with
+``--breakdown`` one JSON line per case with the time of each part of a simulator
+round at n=256; the last line is a JSON summary.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import math
 import statistics
@@ -71,11 +74,12 @@ from nettrain.algorithms.baselines import DPSGD, LocalSGD, SGDRunState
 from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_step
 from nettrain.data import Dataset, load_dataset, partition
 from nettrain.engines.sim.comm import SimCommunicator
+from nettrain.memory import peak_memory, reset_peak, retain_freed_memory
 from nettrain.problem.buffers import rows
 from nettrain.problem.flat import matmul_flops_per_sample
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
-from nettrain.problem.oracle import Oracle, Problem, agent_seed
+from nettrain.problem.oracle import Oracle, Problem, agent_seed, pass_bytes
 from nettrain.topology import build_topology
 
 LR = 0.1
@@ -89,18 +93,27 @@ NEVER = 2**62
 
 @dataclass(frozen=True)
 class Case:
-    """One model and data set: ``MLP(features, hidden, classes)``, mini-batch ``batch``."""
+    """One model and data set: ``model`` (``MLP(features, hidden, classes)`` or the small
+    CNN), mini-batch ``batch``."""
 
     name: str
     dataset: str
     hidden: tuple[int, ...]
     batch: int
+    model: str = "mlp"
+
+    def build(self, data: Dataset) -> nn.Module:
+        return build_model(self.model, data.feature_shape, data.n_outputs, hidden=self.hidden)
 
 
 CASES = (
     Case("small", "digits", (32,), 16),  # MLP 64-32-10, d = 2,410
     Case("large", "fashion_mnist", (128,), 32),  # MLP 784-128-10, d = 101,770
 )
+CNN = Case("cnn", "fashion_mnist", (), 32, model="cnn")  # SmallCNN, d = 11,274
+CNN_AGENTS = 64
+SCALING_AGENTS = (256, 4096, 16384, 65536)
+SCALING_SAMPLES_PER_AGENT = 4  # synthetic data: 4 n samples of 64 features, 10 classes
 
 
 @dataclass(frozen=True)
@@ -115,43 +128,11 @@ FULL = Settings(reps=5, block_s=0.2)
 QUICK = Settings(reps=2, block_s=0.1)
 
 
-# ---------------------------------------------------------------------------- allocator
-
-
-class Malloc:
-    """glibc's ``mallopt``: keep freed memory in the heap (``retain``) or not."""
-
-    M_TRIM_THRESHOLD = -1
-    M_MMAP_MAX = -4
-
-    def __init__(self) -> None:
-        name = ctypes.util.find_library("c")
-        libc = ctypes.CDLL(name) if name else None
-        glibc = libc is not None and hasattr(libc, "gnu_get_libc_version")
-        self._mallopt = libc.mallopt if glibc and libc is not None else None
-        if self._mallopt is not None:
-            self._mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-            self._mallopt.restype = ctypes.c_int
-
-    @property
-    def available(self) -> bool:
-        return self._mallopt is not None
-
-    def retain(self) -> None:
-        """No ``mmap`` for big blocks, no trimming: a freed block is reused, not refaulted."""
-        if self._mallopt is None:
-            raise RuntimeError("--allocator retain needs glibc (mallopt)")
-        ok = self._mallopt(self.M_MMAP_MAX, 0) and self._mallopt(self.M_TRIM_THRESHOLD, 2**31 - 1)
-        if not ok:
-            raise RuntimeError("mallopt refused M_MMAP_MAX=0 / M_TRIM_THRESHOLD=2GiB")
-
-
 # ------------------------------------------------------------------------------ runners
 
 
 def make_problem(case: Case, data: Dataset) -> Problem:
-    model = build_model("mlp", data.feature_shape, data.n_outputs, hidden=case.hidden)
-    return Problem(model, get_loss("cross_entropy"), Regularizer(), data)
+    return Problem(case.build(data), get_loss("cross_entropy"), Regularizer(), data)
 
 
 class SimRunner:
@@ -186,7 +167,7 @@ class LoopRunner:
         self.models: list[nn.Module] = []
         self.optimizers: list[torch.optim.Optimizer] = []
         for _ in shards:
-            model = build_model("mlp", data.feature_shape, data.n_outputs, hidden=case.hidden)
+            model = case.build(data)
             problem.spec.load_into(model, x0)
             self.models.append(model)
             self.optimizers.append(torch.optim.SGD(model.parameters(), lr=LR))
@@ -282,6 +263,45 @@ def measure_w1(data: Dataset, settings: Settings, n: int = 256) -> dict[str, Any
         "speedup_median": round(
             statistics.median(runs["sim"]) / statistics.median(runs["loop"]), 2
         ),
+    }
+
+
+def synthetic(samples: int, features: int = 64, classes: int = 10) -> Dataset:
+    """Gaussian features, labels of a random linear teacher: enough samples for any ``n``
+    (``samples``), no file to read."""
+    gen = torch.Generator().manual_seed(SEED)
+    x = torch.randn(samples, features, generator=gen)
+    y = (x @ torch.randn(features, classes, generator=gen)).argmax(1)
+    return Dataset("synthetic", x, y, x[:1000], y[:1000], n_classes=classes)
+
+
+def measure_scaling(n: int, settings: Settings) -> dict[str, Any]:
+    """W1's round (D-PSGD on a Metropolis ring, MLP 64-32-10, batch 16) at ``n`` agents on
+    synthetic data: seconds per round, the process's peak resident memory over building
+    and running, and what that memory has to hold (the state ``x: (n, d)``, and one
+    chunk of the oracle: ``chunk x pass_bytes``)."""
+    case = CASES[0]
+    reset_peak()
+    base = peak_memory()["peak_memory_mb"]
+    data = synthetic(SCALING_SAMPLES_PER_AGENT * n)
+    problem = make_problem(case, data)
+    shards = partition(data.y_train, n, "iid", seed=SEED)
+    sim = SimRunner(problem, shards, case.batch, mixing=True)
+    sim.round()  # warm-up
+    runs = [seconds(sim.round, 1) for _ in range(settings.reps)]
+    state_mb = sim.state.x.numel() * sim.state.x.element_size() / 2**20
+    chunk_mb = sim.oracle.chunk * pass_bytes(sim.oracle) / 2**20
+    peak = peak_memory()["peak_memory_mb"]
+    return {
+        "n": n,
+        "s_per_round": round(min(runs), 4),
+        "us_per_agent_step": round(1e6 * min(runs) / n, 2),
+        "peak_memory_mb": round(peak, 1),
+        "run_memory_mb": round(peak - base, 1),  # the peak less the process before building
+        "state_mb": round(state_mb, 1),
+        "chunk_agents": sim.oracle.chunk,
+        "chunk_mb": round(chunk_mb, 1),
+        "run_memory_over_state_plus_chunk": round((peak - base) / (state_mb + chunk_mb), 2),
     }
 
 
@@ -389,8 +409,9 @@ def breakdown(
 ) -> dict[str, Any]:
     """Milliseconds of each part of a simulator round: where the time goes.
 
-    Reaches into the oracle's parts (``_sample``, the local sample copy, ``_grad``) to
-    time them one by one; the parts are timed in turn, best of the repetitions.
+    Reaches into the oracle's parts (``_sample``, the local sample copy, the gradient
+    kernel ``_batched_grad``) to time them one by one; the parts are timed in turn,
+    best of the repetitions.
     """
     problem = make_problem(case, data)
     shards = partition(data.y_train, n, "iid", seed=SEED)
@@ -401,13 +422,13 @@ def breakdown(
     idx, w = oracle._sample(local)  # (n, B), (n, B)
     xb, yb = oracle.x[idx], oracle.y[idx]  # (n, B, F), (n, B)
     buffers, keys = rows(oracle.buffers, local), oracle._keys(local)  # none, zeros: stateless
-    g, _ = oracle._grad(x, buffers, keys, xb, yb, w)  # (n, d)
+    g, _, _ = oracle._batched_grad(x, buffers, keys, xb, yb, w)  # (n, d)
     cfg, empty = SGDConfig(lr=LR), SGDState()
     parts: dict[str, Callable[[], object]] = {
         "round": sim.round,
         "sample": lambda: oracle._sample(local),
         "gather": lambda: (oracle.x[idx], oracle.y[idx]),
-        "vmap_forward_backward": lambda: oracle._grad(x, buffers, keys, xb, yb, w),
+        "forward_backward": lambda: oracle._batched_grad(x, buffers, keys, xb, yb, w),
         "sgd_step": lambda: sgd_step(x, g, empty, cfg),
         "clone_x": x.clone,  # one fresh (n, d) tensor: allocation + a pass over memory
     }
@@ -432,51 +453,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = as is")
     parser.add_argument(
-        "--allocator", choices=("default", "retain", "both"), default="both", help="see above"
+        "--allocator", choices=("nettrain", "system", "both"), default="nettrain", help="see above"
     )
     parser.add_argument("--breakdown", action="store_true", help="time each part of a round")
+    parser.add_argument(
+        "--scaling", default=",".join(map(str, SCALING_AGENTS)),
+        help="agent counts of the scaling rows, comma separated; empty = none",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.threads < 0:
         parser.error(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else FULL
-    malloc = Malloc()
-    phases = ["default", "retain"] if args.allocator == "both" else [args.allocator]
-    if not malloc.available and "retain" in phases:
-        print("no glibc mallopt here: measuring the default allocator only", file=sys.stderr)
-        phases = ["default"]
-
-    datasets = {case.name: load_dataset(case.dataset, seed=SEED) for case in CASES}
+    phases = ["system", "nettrain"] if args.allocator == "both" else [args.allocator]
+    datasets = {case.name: load_dataset(case.dataset, seed=SEED) for case in (*CASES, CNN)}
     results: dict[tuple[str, int, str], dict[str, Any]] = {}
     started = time.perf_counter()
-    w1 = measure_w1(datasets["small"], settings)  # with the allocator as the process starts
-    print(json.dumps(w1), flush=True)
+    summary: dict[str, Any] = {}
     for phase in phases:
-        if phase == "retain":
-            malloc.retain()  # from here on; glibc cannot go back to its pristine state
-        for case in CASES:
-            for n in AGENTS:
+        if phase == "nettrain" and retain_freed_memory() != "retain":
+            print("no glibc mallopt here: nettrain leaves the allocator alone", file=sys.stderr)
+        suffix = "" if phase == "nettrain" else f"_{phase}"
+        w1 = measure_w1(datasets["small"], settings) | {"allocator": phase}
+        print(json.dumps(w1), flush=True)
+        summary[f"speedup_w1_n256{suffix}"] = w1["speedup"]
+        for case in (*CASES, CNN):
+            for n in AGENTS if case is not CNN else (CNN_AGENTS,):
                 print(f"[{time.perf_counter() - started:6.1f}s] {phase} {case.name} n={n}",
                       file=sys.stderr, flush=True)  # fmt: skip
                 row = measure(case, datasets[case.name], n, settings, phase)
                 results[case.name, n, phase] = row
                 print(json.dumps(row), flush=True)
-            if args.breakdown:
+            if args.breakdown and case is not CNN:
                 row = breakdown(case, datasets[case.name], max(AGENTS), settings, phase)
                 print(json.dumps(row), flush=True)
-
-    summary: dict[str, Any] = {"allocator": phases[0]}  # of the keys without a suffix
-    summary["speedup_w1_n256"] = w1["speedup"]
-    for phase in phases:
-        suffix = "" if phase == phases[0] else f"_{phase}"
         small, large = results["small", 64, phase], results["large", 256, phase]
         summary[f"speedup_small_n64{suffix}"] = small["speedup"]
         summary[f"matmul_fraction_large_n256{suffix}"] = large["matmul_fraction"]
+        summary[f"cnn_speedup_n{CNN_AGENTS}{suffix}"] = results["cnn", CNN_AGENTS, phase]["speedup"]
         summary[f"sim_gflops_large_n256{suffix}"] = large["sim_gflops"]
         summary[f"matmul_gflops{suffix}"] = large["matmul_gflops"]
-        summary[f"speedup_small_n64{suffix}_met"] = small["speedup"] >= 10
-        summary[f"matmul_fraction_large_n256{suffix}_met"] = large["matmul_fraction"] >= 0.5
+    scaling = []
+    for n in (int(k) for k in args.scaling.split(",") if k.strip()):
+        print(f"[{time.perf_counter() - started:6.1f}s] scaling n={n}", file=sys.stderr, flush=True)
+        scaling.append(measure_scaling(n, settings))
+        print(json.dumps({"scaling": scaling[-1]}), flush=True)
+    summary["scaling"] = scaling
+    if scaling:
+        first, last = scaling[0], scaling[-1]
+        summary["scaling_agent_step_ratio"] = round(
+            last["us_per_agent_step"] / first["us_per_agent_step"], 2
+        )
+    summary |= {
+        "targets": {
+            "speedup_w1_n256": 30,
+            "speedup_small_n64": 20,
+            "matmul_fraction_large_n256": 0.6,
+            f"cnn_speedup_n{CNN_AGENTS}": 3,
+        },
+        "allocator": phases[-1],
+    }
     summary |= run_facts(args.quick, started)
     print(json.dumps(summary), flush=True)
     return 0

@@ -23,11 +23,12 @@ def test_run_writes_a_complete_run_folder(tmp_path: Path, capsys) -> None:
     required = {
         *("algorithm", "engine", "agents", "topology", "rounds", "test_accuracy"),
         *("agent_test_accuracy_mean", "consensus_distance", "bytes_total", "messages_total"),
-        *("virtual_time_s", "wall_time_s", "peak_memory_mb"),
+        *("virtual_time_s", "wall_time_s", "peak_memory_mb", "allocator"),
     }
     assert required <= set(summary)
     assert summary["algorithm"] == "gradient_tracking" and summary["agents"] == 4
     assert summary["peak_memory_mb"] > 0
+    assert summary["allocator"] in ("retain", "system")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [10, 20]
     assert records[-1]["bytes_total"] > records[0]["bytes_total"] > 0

@@ -46,6 +46,7 @@ from nettrain.faults import Faults
 from nettrain.problem.buffers import BUFFER_POLICIES
 from nettrain.problem.losses import LOSSES, REGULARIZERS
 from nettrain.problem.models import MODELS
+from nettrain.problem.oracle import Execution
 from nettrain.topology import GRAPHS, SCHEDULES, WEIGHTS
 
 if sys.version_info >= (3, 11):
@@ -121,6 +122,14 @@ class RunKeys(Section):
     seed: int = key(0, "seed of every random choice (split, init, batches, topology, stragglers)")
     device: str = key("cpu", "where the simulator keeps its tensors", DEVICES)
     dtype: str = key("float32", "floating-point type of parameters and data", DTYPES)
+    chunk_agents: str = key(
+        "auto",
+        "agents per forward/backward pass of the oracle: auto = as many as fit in memory_gb, "
+        "or a number (bounds the memory of a round; same numbers either way)",
+    )
+    memory_gb: float = key(
+        0.0, "chunk_agents=auto: memory for one pass, GiB; 0 = a quarter of free memory", at_least=0
+    )
     eval_every: int = key(
         25, "rounds between evaluations (one metrics.jsonl record each)", at_least=1
     )
@@ -140,6 +149,9 @@ class RunKeys(Section):
         "record the social objective on the training set at the mean model, its "
         "prox-gradient stationarity and the sparsity (always on for next and dgd)",
     )
+
+    def check(self) -> None:
+        Execution.parse(self.chunk_agents, self.memory_gb)
 
 
 @dataclass(frozen=True)

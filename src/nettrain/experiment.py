@@ -41,11 +41,11 @@ from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.errors import ConfigError, DataError
 from nettrain.faults import Faults
-from nettrain.memory import peak_memory, reset_peak
+from nettrain.memory import peak_memory, reset_peak, retain_freed_memory
 from nettrain.problem.flat import matmul_flops_per_sample
 from nettrain.problem.losses import LOSSES, Regularizer, get_loss, per_sample
 from nettrain.problem.models import build_model
-from nettrain.problem.oracle import Problem
+from nettrain.problem.oracle import Execution, Problem
 from nettrain.recording import RunFolder, summarize
 from nettrain.report.plots import plot_runs
 from nettrain.report.tables import write_csv
@@ -107,7 +107,10 @@ def build_problem(
         model = copy.deepcopy(model)
     model = model.to(cfg.device, dtype)
     regularizer = Regularizer(cfg.regularizer, cfg.reg_lambda)
-    return Problem(model, loss_fn, regularizer, data, buffer_policy=cfg.buffers)
+    execution = Execution.parse(cfg.chunk_agents, cfg.memory_gb)
+    return Problem(
+        model, loss_fn, regularizer, data, buffer_policy=cfg.buffers, execution=execution
+    )
 
 
 def build_cost_model(cfg: RunConfig, problem: Problem) -> CostModel:
@@ -248,6 +251,7 @@ def run(
     folder = RunFolder(out if getattr(engine, "is_main", True) else None, keep=keep)
     given = described(cfg, job, model, data, loss, algorithm)
     folder.write_config(cfg.to_dict() | given | {PROVENANCE: provenance()})
+    allocator = retain_freed_memory()
     reset_peak()
     result = engine.run(job, folder, checkpoint) if checkpoint else engine.run(job, folder)
     dataset = data.name if data is not None else cfg.dataset
@@ -268,6 +272,7 @@ def run(
             seed=cfg.seed,
         )
         | peak_memory()
+        | {"allocator": allocator}
         | provenance()
     )
     folder.finish(summary, result.x, centre=result.centre, buffers=result.buffers)

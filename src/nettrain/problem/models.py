@@ -8,10 +8,10 @@ images ``(B, C, H, W)``. Data and oracle code never care which model runs.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import pairwise
 
-import torch
 from torch import nn
 
 from nettrain.errors import ConfigError
@@ -34,30 +34,33 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(nn.Sequential):
     """Two 3x3 convolutions with 2x2 max-pooling, then a linear classifier.
 
     ``conv(C->c1) -> ReLU -> pool -> conv(c1->c2) -> ReLU -> pool -> Linear`` on images
     ``(B, C, H, W)``; for 28x28 inputs with ``channels=(8, 16)`` that is 11k parameters.
+    The parameters are ``conv1.*``, ``conv2.*`` and ``head.*``.
     """
 
     def __init__(
         self, image_shape: tuple[int, int, int], n_outputs: int, channels: Sequence[int] = (8, 16)
     ) -> None:
-        super().__init__()
         c, h, w = image_shape
         if h < 4 or w < 4:
             raise ConfigError(f"model=cnn needs images of at least 4x4 pixels, got {h}x{w}")
         c1, c2 = channels
-        self.conv1 = nn.Conv2d(c, c1, 3, padding=1)
-        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.head = nn.Linear(c2 * (h // 4) * (w // 4), n_outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(torch.relu(self.conv1(x)))  # (B, c1, H/2, W/2)
-        x = self.pool(torch.relu(self.conv2(x)))  # (B, c2, H/4, W/4)
-        return self.head(x.flatten(1))
+        super().__init__(
+            OrderedDict(
+                conv1=nn.Conv2d(c, c1, 3, padding=1),
+                relu1=nn.ReLU(),
+                pool1=nn.MaxPool2d(2),  # (B, c1, H/2, W/2)
+                conv2=nn.Conv2d(c1, c2, 3, padding=1),
+                relu2=nn.ReLU(),
+                pool2=nn.MaxPool2d(2),  # (B, c2, H/4, W/4)
+                flatten=nn.Flatten(),
+                head=nn.Linear(c2 * (h // 4) * (w // 4), n_outputs),
+            )
+        )
 
 
 def build_model(

@@ -23,6 +23,8 @@ on the data's device; the oracle keeps only each agent's count ``k`` of batches 
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +36,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from nettrain.data import Dataset
 from nettrain.errors import ConfigError
+from nettrain.problem.batched import BatchedModel, batched_loss
 from nettrain.problem.buffers import BUFFER_POLICIES, Buffers, BufferSpec, rows
 from nettrain.problem.flat import FlatSpec
 from nettrain.problem.linearization import Linearization
@@ -47,6 +50,38 @@ DROPOUT_STREAM = 0xD0  # the agents' dropout keys, apart from their mini-batches
 def agent_seed(seed: int, agent: int, stream: int = 0) -> int:
     """A 63-bit seed for ``agent``'s private random stream, a pure function of its inputs."""
     return int(np.random.SeedSequence([seed, agent, stream]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the oracle runs, not what it computes: agents per pass and memory budget.
+
+    ``chunk_agents``: ``"auto"`` sizes the chunks from ``memory_gb`` (0 = a quarter of
+    the memory free when the oracle is built: the device's on CUDA, the machine's
+    available memory on the CPU), or a number of agents per pass. Chunks give the same
+    numbers as one pass (each agent's arithmetic is its own); they bound the activation
+    memory of a round by one chunk's.
+    """
+
+    chunk_agents: int | str = "auto"
+    memory_gb: float = 0.0
+
+    @classmethod
+    def parse(cls, chunk_agents: str, memory_gb: float) -> Execution:
+        """From the config's text: ``auto`` or a whole number."""
+        text = chunk_agents.strip()
+        return cls(int(text) if text.isdigit() else text, memory_gb)
+
+    def __post_init__(self) -> None:
+        auto = self.chunk_agents == "auto"
+        if not auto and not (isinstance(self.chunk_agents, int) and self.chunk_agents >= 1):
+            raise ConfigError(
+                f"chunk_agents must be auto or a number of agents >= 1, got {self.chunk_agents!r}"
+            )
+        if self.memory_gb < 0:
+            raise ConfigError(
+                f"memory_gb must be >= 0 (0 = a quarter of free memory), got {self.memory_gb}"
+            )
 
 
 @dataclass
@@ -89,10 +124,12 @@ class Problem:
     regularizer: Regularizer
     data: Dataset
     buffer_policy: str = "mix"  # mix: every agent evaluated with the mean buffers; local: own
+    execution: Execution = field(default_factory=Execution)
     template: nn.Module = field(init=False)  # the model as given (its own dropout layers)
     spec: FlatSpec = field(init=False)
     buffer_spec: BufferSpec = field(init=False)
     dropouts: tuple[SeededDropout, ...] = field(init=False)
+    batched: BatchedModel | None = field(init=False)  # the layer-wise form, where one exists
 
     def __post_init__(self) -> None:
         if self.buffer_policy not in BUFFER_POLICIES:
@@ -104,6 +141,7 @@ class Problem:
         self.model, self.dropouts = seeded(self.model)
         self.spec = FlatSpec.of(self.model)
         self.buffer_spec = BufferSpec.of(self.model)
+        self.batched = BatchedModel.of(self.model, tuple(self.data.feature_shape))
 
     @property
     def dim(self) -> int:
@@ -220,6 +258,45 @@ class Problem:
         return Oracle(self, shards, agents, batch_size, seed, with_regularizer)
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes free for new tensors: the CUDA device's free memory, or the machine's
+    available memory (``MemAvailable``, else free pages)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def pass_bytes(oracle: Oracle) -> int:
+    """Memory one agent adds to a pass, estimated from one real pass of agent 0 on one
+    batch: three times what autograd saves for the backward pass (the saved tensors,
+    their gradients and the layers' outputs), plus the batch's inputs and two rows of
+    ``d`` (the gradient and its copy into the stack)."""
+    problem = oracle.problem
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    B = oracle.batch_size or int(oracle.sizes.max())
+    idx = torch.arange(B, device=oracle.x.device) % int(oracle.sizes[0])
+    xb, yb = oracle.x[idx], oracle.y[idx]
+    x0 = problem.spec.flatten(problem.model).to(oracle.x)[None]
+    key = torch.zeros(1, dtype=torch.int64, device=oracle.x.device)
+    wb = torch.full((1, B), 1.0 / B).to(oracle.x)
+    buffers = rows(oracle.buffers, slice(0, 1))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), training(problem.model):
+        oracle._single_grad(x0, buffers, key, xb[None], yb[None], wb)
+    row = problem.dim * oracle.x.element_size()
+    return 3 * saved + xb.numel() * xb.element_size() + 2 * row
+
+
 class Oracle:
     """Loss and gradient of the local agents' objectives ``f_i(x) = E loss + r(x)``.
 
@@ -320,26 +397,63 @@ class Oracle:
 
         ``local`` indexes this oracle's agents (default: all of them, ``k = m``).
         ``smooth=True`` leaves out the regulariser (methods that apply its prox).
-        Each call consumes one mini-batch per agent and counts its samples.
+        Each call consumes one mini-batch per agent and counts its samples. The agents
+        are taken :attr:`chunk` at a time.
         """
         if local is None:
             local = torch.arange(self.m)
         idx, w = self._sample(local)
-        buffers, keys = rows(self.buffers, local), self._keys(local)
-        with training(self.problem.model):
-            if len(local) == 1:  # one agent (the distributed engine): plain autograd, no vmap
-                g, loss, buffers = self._single_grad(
-                    x[0], buffers, keys[0], self.x[idx[0]], self.y[idx[0]], w[0]
+        keys, c = self._keys(local), self.chunk
+        # One kernel for every chunk of the call, so that chunks change no number.
+        kernel = (
+            self._batched_grad
+            if self.problem.batched is not None
+            else self._single_grad
+            if len(local) == 1
+            else self._vmap_grad
+        )
+        if len(local) <= c:
+            loss, g = self._pass(kernel, x, local, keys, idx, w)
+        else:
+            loss, g = x.new_empty(len(local)), torch.empty_like(x)
+            for s in range(0, len(local), c):
+                part = slice(s, s + c)
+                loss[part], g[part] = self._pass(
+                    kernel, x[part], local[part], keys[part], idx[part], w[part]
                 )
-            else:  # (k, d), ((k,), {name: (k, ...)})
-                g, (loss, buffers) = self._grad(x, buffers, keys, self.x[idx], self.y[idx], w)
-        for name, value in buffers.items():
-            self.buffers[name][local] = value.detach()
         if not smooth and self.with_regularizer and self.problem.regularizer.kind != "none":
             loss = loss + self.problem.regularizer.value(x)
             g = g + self.problem.regularizer.grad(x)
         self.meter.samples[local] += self._counted[local]
+        return loss, g
+
+    def _pass(
+        self,
+        kernel: Callable[..., tuple[torch.Tensor, torch.Tensor, Buffers]],
+        x: torch.Tensor,
+        local: torch.Tensor,
+        keys: torch.Tensor,
+        idx: torch.Tensor,
+        w: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward and backward pass of the agents ``local`` on their batches ``idx``
+        by ``kernel``: ``(loss (k,), g (k, d))``, detached; their buffers updated."""
+        buffers = rows(self.buffers, local)
+        with training(self.problem.model):
+            g, loss, buffers = kernel(x, buffers, keys, self.x[idx], self.y[idx], w)
+        for name, value in buffers.items():
+            self.buffers[name][local] = value.detach()
         return loss.detach(), g.detach()
+
+    @functools.cached_property
+    def chunk(self) -> int:
+        """Agents per pass: :attr:`Execution.chunk_agents`, or with ``auto`` as many as
+        fit in the memory budget (:func:`pass_bytes` per agent), at least one."""
+        execution = self.problem.execution
+        if execution.chunk_agents != "auto":
+            return int(execution.chunk_agents)
+        budget = execution.memory_gb * 2**30 or free_memory(self.x.device) / 4
+        return max(1, int(budget // pass_bytes(self)))
 
     def _keys(self, local: torch.Tensor) -> torch.Tensor:
         """Each local agent's dropout key for its next pass ``(k,)`` int64 (zeros without
@@ -352,24 +466,65 @@ class Oracle:
         ]
         return torch.cat(keys).to(self.x.device)
 
-    def _single_grad(
+    # The kernels: (x (k, d), buffers, keys (k,), xb (k, B, ...), yb (k, B, ...), wb (k, B))
+    # -> (g (k, d), loss (k,), buffers (k, ...)).
+
+    def _vmap_grad(
         self,
         x: torch.Tensor,
         buffers: Buffers,
-        key: torch.Tensor,
+        keys: torch.Tensor,
         xb: torch.Tensor,
         yb: torch.Tensor,
         wb: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, Buffers]:
-        """``(g (1, d), loss (1,), buffers (1, ...))`` of one agent by ``torch.autograd.grad``:
-        vmap over a single agent costs about twice as much (measured in
-        benchmarks/distributed_overhead.py)."""
+        """Any model: ``vmap`` over agents of ``grad_and_value`` of one agent's loss."""
+        g, (loss, buffers) = self._grad(x, buffers, keys, xb, yb, wb)
+        return g, loss, buffers
+
+    def _single_grad(
+        self,
+        x: torch.Tensor,
+        buffers: Buffers,
+        keys: torch.Tensor,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        wb: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, Buffers]:
+        """One agent (``k = 1``) by ``torch.autograd.grad``: vmap over a single agent costs
+        about twice as much (measured in benchmarks/distributed_overhead.py)."""
         own = {name: b[0].clone() for name, b in buffers.items()}
         with torch.enable_grad():
-            p = x.detach().requires_grad_(True)
-            loss, own = self.problem.train_loss(p, own, key, xb, yb, wb)
+            p = x[0].detach().requires_grad_(True)
+            loss, own = self.problem.train_loss(p, own, keys[0], xb[0], yb[0], wb[0])
             (g,) = torch.autograd.grad(loss, p)
         return g[None], loss.detach()[None], {name: b[None] for name, b in own.items()}
+
+    def _batched_grad(
+        self,
+        x: torch.Tensor,
+        buffers: Buffers,
+        keys: torch.Tensor,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        wb: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, Buffers]:
+        """A model of known layers without buffers, by the layer-wise batched model
+        (:mod:`~nettrain.problem.batched`): ``L_i = sum_b w_ib loss(model(x_i; xb_ib), yb_ib)``
+        and one backward pass of ``sum_i L_i``, whose gradient with respect to the
+        parameters of agent ``i`` is ``grad L_i(x_i)``."""
+        spec, batched = self.problem.spec, self.problem.batched
+        assert batched is not None
+        with torch.enable_grad():
+            leaves = [p.detach().requires_grad_(True) for p in torch.split(x, spec.numels, 1)]
+            params = {
+                name: p.view(len(x), *shape)
+                for name, p, shape in zip(spec.names, leaves, spec.shapes, strict=True)
+            }
+            out = batched.forward(params, xb, keys)
+            loss = (batched_loss(self.problem.loss, out, yb) * wb).sum(1)
+            grads = torch.autograd.grad(loss.sum(), leaves)
+        return torch.cat(grads, 1), loss.detach(), buffers
 
     def linearize(self, x: torch.Tensor, local: torch.Tensor | None = None) -> Linearization:
         """The network linearised at ``x: (k, d)`` on each agent's next batch (no regulariser).

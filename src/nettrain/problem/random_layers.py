@@ -41,20 +41,26 @@ def _finalise(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shift(z, 31)
 
 
-def uniform(key: torch.Tensor, salt: int, shape: torch.Size) -> torch.Tensor:
-    """Uniform numbers in ``[0, 1)`` of ``shape``, a pure function of ``(key, salt)``.
+def uniform_at(key: torch.Tensor, salt: int, positions: torch.Tensor) -> torch.Tensor:
+    """Uniform numbers in ``[0, 1)``, float32, one for each element ``position`` (int64,
+    broadcast with ``key``): a pure function of ``(key, salt, position)``.
 
     ``z = key + (salt * 2^32 + position + 1) * golden``, then SplitMix64's finaliser
     ``z ^= z >> 30; z *= c1; z ^= z >> 27; z *= c2; z ^= z >> 31``; the top 24 bits
-    scaled to ``[0, 1)`` in float32 (exact, and fine enough for a dropout rate). Integer
-    products wrap modulo ``2^64``.
+    scaled to ``[0, 1)`` (exact, and fine enough for a dropout rate). Integer products
+    wrap modulo ``2^64``.
     """
+    z = _finalise(key + (positions + (1 + (salt << 32))) * _GOLDEN)
+    return _shift(z, 40).to(torch.float32) * 2.0**-24
+
+
+def uniform(key: torch.Tensor, salt: int, shape: torch.Size) -> torch.Tensor:
+    """:func:`uniform_at` of one key at the row-major positions of ``shape``."""
     n = 1
     for s in shape:
         n *= s
-    counter = torch.arange(1, n + 1, dtype=torch.int64, device=key.device) + (salt << 32)
-    z = _finalise(key + counter * _GOLDEN)
-    return (_shift(z, 40).to(torch.float32) * 2.0**-24).reshape(shape)
+    positions = torch.arange(n, dtype=torch.int64, device=key.device)
+    return uniform_at(key, salt, positions).reshape(shape)
 
 
 def integers53(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:

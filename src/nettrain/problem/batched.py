@@ -1,0 +1,219 @@
+"""The training pass of a stack of agents as batched kernels, layer by layer (no vmap).
+
+``torch.func.vmap`` runs any model over a stack of agents, but on small layers its
+batching rules pick slow kernels: a linear layer's weight gradient comes out
+transposed and is copied, and ``log_softmax`` over a short last axis is an order of
+magnitude slower than over a leading one. A model built only from the layers below
+runs instead as one batched kernel per layer, and plain autograd takes the gradient
+of ``sum_i L_i`` with respect to the stacked parameters: agent ``i``'s loss depends
+on its own rows only, so row ``i`` of that gradient is ``grad L_i(x_i)``, the same
+gradient the vmapped oracle computes (to rounding).
+
+Layouts of the activations (``m`` agents, ``B`` samples each):
+
+* ``rows``: the data as given, ``(m, B, *feature_shape)``;
+* ``features``: ``(m, F, B)``, feature-major, so that a linear layer is
+  ``baddbmm(b, W, h)`` with ``W: (m, O, F)``, whose weight gradient ``dY h^T`` is
+  produced in ``W``'s own layout, and the class axis of the logits is not the last;
+* ``images``: ``(B, m * C, H, W)``, so that a convolution of all agents is one
+  convolution with ``m`` times the groups (weights ``(m * O, C / g, k, k)``).
+
+Layers run here: ``nn.Sequential`` containers of ``Linear``, ``Conv2d`` (zero
+padding), ``MaxPool2d``, ``AvgPool2d``, ``Flatten``, ``Identity``, elementwise
+activations and the oracle's :class:`~nettrain.problem.random_layers.SeededDropout`,
+whose masks are the ones the vmapped oracle draws (same key, same element counters).
+A model with buffers (BatchNorm) or any other layer runs under ``vmap``
+(:meth:`BatchedModel.of` returns None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nettrain.problem.losses import cross_entropy
+from nettrain.problem.random_layers import SeededDropout, uniform_at
+
+ELEMENTWISE = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Identity,
+)
+KNOWN = (nn.Linear, nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten, SeededDropout, *ELEMENTWISE)
+
+
+def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]] | None:
+    """The layers of a tree of ``nn.Sequential`` in call order, with their parameter
+    prefixes; None if any module is neither a Sequential (or a subclass that keeps its
+    forward) nor a known layer."""
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+        out: list[tuple[str, nn.Module]] = []
+        for name, child in module.named_children():
+            inner = _leaves(child, f"{prefix}{name}.")
+            if inner is None:
+                return None
+            out += inner
+        return out
+    return [(prefix, module)] if isinstance(module, KNOWN) else None
+
+
+def _layout_after(layer: nn.Module, layout: str) -> str | None:
+    """The layout a layer's output takes from its input's, None where this module cannot
+    run it (a convolution of vectors, a linear layer of images, a flatten other than
+    over all of a sample's axes, channel dropout of vectors, padding other than zeros)."""
+    if isinstance(layer, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
+            return None
+        return "images" if layout in ("images", "rows3") else None
+    if isinstance(layer, nn.Linear):
+        return "features" if layout in ("features", "rows1") else None
+    if isinstance(layer, nn.Flatten):
+        return "features" if (layer.start_dim, layer.end_dim) == (1, -1) else None
+    if isinstance(layer, SeededDropout) and layer.channels:
+        return layout if layout == "images" else None
+    return layout
+
+
+@dataclass
+class Activation:
+    """Activations of ``m`` agents in one of the module's layouts."""
+
+    value: torch.Tensor
+    layout: str  # rows | features | images
+    m: int
+    B: int
+
+    def features(self) -> torch.Tensor:
+        """``(m, F, B)``: flattening each sample, as ``nn.Flatten`` does."""
+        if self.layout == "features":
+            return self.value
+        if self.layout == "rows":  # (m, B, *shape): a transposed view, no copy
+            return self.value.reshape(self.m, self.B, -1).transpose(1, 2)
+        return self.value.reshape(self.B, self.m, -1).permute(1, 2, 0)  # images
+
+    def images(self) -> torch.Tensor:
+        """``(B, m * C, H, W)``."""
+        if self.layout == "images":
+            return self.value
+        _, _, c, h, w = self.value.shape
+        return self.value.transpose(0, 1).reshape(self.B, self.m * c, h, w)
+
+
+def _positions(rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """``(rows, cols)`` int64: element ``(r, c)`` is ``r * cols + c``."""
+    return torch.arange(rows * cols, device=device).view(rows, cols)
+
+
+def _dropout(layer: SeededDropout, a: Activation, keys: torch.Tensor) -> torch.Tensor:
+    """``x * mask / (1 - p)``, the mask of each agent the one :class:`SeededDropout`
+    draws from its key: element ``j`` of the agent's ``(B, *shape)`` tensor (row-major;
+    ``(B, C)`` for channel dropout) keeps its value when ``uniform(key, salt)[j] >= p``."""
+    x, m, B = a.value, a.m, a.B
+    if not layer.training or layer.p == 0:
+        return x
+    if a.layout == "images":  # agents on axis 1 of (B, m, C, H, W)
+        _, mc, h, w = x.shape
+        c = mc // m
+        if layer.channels:
+            h = w = 1
+        counters = _positions(B, c * h * w, x.device).view(B, 1, c, h, w)
+        u = uniform_at(keys.view(1, m, 1, 1, 1), layer.salt, counters)  # (B, m, c, h, w)
+        return x * (u >= layer.p).to(x.dtype).view(B, mc, h, w) / (1 - layer.p)
+    if a.layout == "features":  # (m, F, B): element (f, b) is number b * F + f
+        counters = _positions(B, x.shape[1], x.device).T[None]
+    else:  # rows (m, B, *shape)
+        counters = torch.arange(x[0].numel(), device=x.device).view(1, *x.shape[1:])
+    u = uniform_at(keys.view(-1, *[1] * (x.dim() - 1)), layer.salt, counters)
+    return x * (u >= layer.p).to(x.dtype) / (1 - layer.p)
+
+
+@dataclass(frozen=True)
+class BatchedModel:
+    """A model's forward pass over a stack of agents, one batched kernel per layer."""
+
+    layers: tuple[tuple[str, nn.Module], ...]
+
+    @classmethod
+    def of(cls, model: nn.Module, feature_shape: tuple[int, ...]) -> BatchedModel | None:
+        """The batched form of ``model`` on samples of ``feature_shape``, or None if it has
+        buffers or a layer this module does not run (it then runs under vmap), or if its
+        output is not one vector a sample."""
+        layers = _leaves(model)
+        if not layers or list(model.buffers()):
+            return None
+        layout: str | None = f"rows{len(feature_shape)}"
+        for _, layer in layers:
+            layout = _layout_after(layer, layout)
+            if layout is None:
+                return None
+        return cls(tuple(layers)) if layout == "features" else None
+
+    def forward(
+        self, params: dict[str, torch.Tensor], inputs: torch.Tensor, keys: torch.Tensor
+    ) -> torch.Tensor:
+        """Outputs ``(m, K, B)`` of the agents' models: ``params: {name: (m, *shape)}``,
+        ``inputs: (m, B, *feature_shape)``, ``keys: (m,)`` the dropout keys."""
+        m, B = inputs.shape[:2]
+        a = Activation(inputs, "rows", m, B)
+        for prefix, layer in self.layers:
+            a = self._layer(prefix, layer, a, params, keys)
+        return a.features()
+
+    def _layer(
+        self,
+        prefix: str,
+        layer: nn.Module,
+        a: Activation,
+        params: dict[str, torch.Tensor],
+        keys: torch.Tensor,
+    ) -> Activation:
+        if isinstance(layer, nn.Linear):
+            w = params[prefix + "weight"]  # (m, O, F)
+            if layer.bias is None:
+                out = torch.bmm(w, a.features())
+            else:
+                out = torch.baddbmm(params[prefix + "bias"][:, :, None], w, a.features())
+            return Activation(out, "features", a.m, a.B)
+        if isinstance(layer, nn.Conv2d):
+            w = params[prefix + "weight"]  # (m, O, C / g, k, k)
+            bias = params[prefix + "bias"].reshape(-1) if layer.bias is not None else None
+            out = F.conv2d(
+                a.images(),
+                w.reshape(-1, *w.shape[2:]),
+                bias,
+                layer.stride,
+                layer.padding,
+                layer.dilation,
+                layer.groups * a.m,
+            )
+            return Activation(out, "images", a.m, a.B)
+        if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+            return Activation(layer(a.images()), "images", a.m, a.B)
+        if isinstance(layer, nn.Flatten):
+            return Activation(a.features(), "features", a.m, a.B)
+        if isinstance(layer, SeededDropout):
+            return Activation(_dropout(layer, a, keys), a.layout, a.m, a.B)
+        return Activation(layer(a.value), a.layout, a.m, a.B)  # elementwise
+
+
+def batched_loss(
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], out: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """Per-sample losses ``(m, B)`` of outputs ``out: (m, K, B)`` and targets
+    ``y: (m, B, ...)``: the built-in cross-entropy over the class axis 1 as it lies,
+    any other per-sample loss on the ``m * B`` samples as rows."""
+    m, k, b = out.shape
+    if loss is cross_entropy:
+        return F.cross_entropy(out, y, reduction="none")
+    rows = out.transpose(1, 2).reshape(m * b, k)
+    return loss(rows, y.reshape(m * b, *y.shape[2:])).view(m, b)

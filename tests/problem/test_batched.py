@@ -1,0 +1,127 @@
+"""The layer-wise batched oracle equals the vmapped one: losses, gradients, dropout masks."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from nettrain.data import Dataset
+from nettrain.problem.batched import BatchedModel
+from nettrain.problem.losses import Regularizer, get_loss
+from nettrain.problem.models import build_model
+from nettrain.problem.oracle import Problem
+
+
+def images(n: int = 60, classes: int = 3) -> Dataset:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 2, 6, 6, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, classes, (n,), generator=gen)
+    return Dataset("toy", x, y, x[:20], y[:20], n_classes=classes)
+
+
+def vectors(n: int = 60) -> Dataset:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 7, generator=gen, dtype=torch.float64)
+    y = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    return Dataset("toy", x, y, x[:20], y[:20], n_classes=0)
+
+
+def conv_net() -> nn.Module:
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(2, 4, 3, padding=1),
+            act=nn.Tanh(),
+            drop2d=nn.Dropout2d(0.3),
+            pool=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(4, 4, 3, stride=1, groups=2, bias=False),
+            drop=nn.Dropout(0.2),
+            avg=nn.AvgPool2d(1),
+            flat=nn.Flatten(),
+            head=nn.Sequential(nn.Linear(4, 5), nn.GELU(), nn.Linear(5, 3)),
+        )
+    )
+
+
+CASES = {
+    "mlp": (lambda: build_model("mlp", (2, 6, 6), 3, hidden=(8, 5)), images, "cross_entropy"),
+    "linear": (lambda: build_model("linear", (2, 6, 6), 3), images, "cross_entropy"),
+    "dropout on the input and hidden units": (
+        lambda: nn.Sequential(
+            nn.Dropout(0.25),
+            nn.Flatten(),
+            nn.Linear(72, 6),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(6, 3, bias=False),
+        ),
+        images,
+        "cross_entropy",
+    ),
+    "squared loss on classes": (lambda: build_model("mlp", (2, 6, 6), 3), images, "squared"),
+    "regression": (
+        lambda: nn.Sequential(nn.Linear(7, 4), nn.Sigmoid(), nn.Linear(4, 2)),
+        vectors,
+        "squared",
+    ),
+    "cnn": (lambda: build_model("cnn", (2, 6, 6), 3), images, "cross_entropy"),
+    "convolutions, channel dropout, pools": (conv_net, images, "cross_entropy"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_batched_oracle_equals_the_vmapped_one(case: str) -> None:
+    make, data, loss = CASES[case]
+    net, ds = make().double(), data()
+    fast = Problem(net, get_loss(loss, ds.n_classes > 0), Regularizer("l2", 0.01), ds)
+    slow = Problem(net, get_loss(loss, ds.n_classes > 0), Regularizer("l2", 0.01), ds)
+    assert fast.batched is not None
+    slow.batched = None
+    shards = [torch.arange(i, 60, 4) for i in range(4)]
+    x = torch.randn(4, fast.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    oracles = [p.oracle(shards, [0, 1, 2, 3], batch_size=5, seed=3) for p in (fast, slow)]
+    for _ in range(2):  # two batches: the streams and dropout keys advance alike
+        (lf, gf), (ls, gs) = (o.grad(x) for o in oracles)
+        torch.testing.assert_close(lf, ls, rtol=0, atol=1e-12)
+        torch.testing.assert_close(gf, gs, rtol=0, atol=1e-12)
+    local = torch.tensor([2, 0])
+    (lf, gf), (ls, gs) = (o.grad(x[local], local) for o in oracles)
+    torch.testing.assert_close(gf, gs, rtol=0, atol=1e-12)
+
+
+def test_dropout_masks_are_drawn_and_differ_per_agent() -> None:
+    """The batched dropout is active: equal parameters, different agents' keys, different
+    gradients; without dropout layers the same agents agree."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(72, 6), nn.Dropout(0.5), nn.Linear(6, 3)).double()
+    ds = images()
+    problem = Problem(net, get_loss("cross_entropy"), Regularizer(), ds)
+    same = [torch.arange(0, 60)] * 2
+    x = problem.initial_params(0).expand(2, -1)
+    _, g = problem.oracle(same, [0, 1], batch_size=0, seed=0).grad(x)
+    assert not torch.allclose(g[0], g[1])
+
+
+class Custom(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.mark.parametrize(
+    "net, shape",
+    [
+        (nn.Sequential(nn.Flatten(), nn.Linear(72, 3), Custom()), (2, 6, 6)),  # unknown layer
+        (nn.Sequential(nn.Flatten(), nn.BatchNorm1d(72), nn.Linear(72, 3)), (2, 6, 6)),  # buffers
+        (nn.Sequential(nn.Linear(6, 3)), (2, 6, 6)),  # a linear layer of images
+        (nn.Sequential(nn.Flatten(), nn.Conv2d(2, 2, 3)), (2, 6, 6)),  # a convolution of vectors
+        (nn.Sequential(nn.Conv2d(2, 2, 3)), (2, 6, 6)),  # images out
+        (
+            nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular"), nn.Flatten()),
+            (2, 6, 6),
+        ),
+        (nn.Sequential(nn.Flatten(0)), (2, 6, 6)),
+    ],
+)
+def test_models_the_batched_form_cannot_run_are_left_to_vmap(net: nn.Module, shape) -> None:
+    assert BatchedModel.of(net, shape) is None

@@ -1,0 +1,100 @@
+"""The oracle over agents in chunks: the same numbers as one pass, and a memory budget
+that sizes the chunks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from nettrain.data import Dataset
+from nettrain.errors import ConfigError
+from nettrain.problem.losses import Regularizer, get_loss
+from nettrain.problem.oracle import Execution, Problem, pass_bytes
+
+
+def data() -> Dataset:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 1, 4, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (80,), generator=gen)
+    return Dataset("images", x, y, x[:20], y[:20], n_classes=3)
+
+
+MODELS = {
+    "batched (mlp with dropout)": lambda: nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3)
+    ),
+    "vmapped (batchnorm)": lambda: nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1),
+        nn.BatchNorm2d(2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32, 3),
+    ),
+}
+
+
+def oracle(model: str, execution: Execution, agents: int = 8):
+    net = MODELS[model]().double()
+    problem = Problem(net, get_loss("auto"), Regularizer("l2", 0.01), data(), execution=execution)
+    shards = [torch.arange(i, 80, agents) for i in range(agents)]
+    return problem.oracle(shards, range(agents), batch_size=4, seed=2)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_chunks_give_the_numbers_of_one_pass_bit_for_bit(model: str) -> None:
+    """float64 on the CPU: losses, gradients and buffers equal, over three rounds and a
+    subset of agents (chunks of 3 over 8 agents, and of 1)."""
+    whole = oracle(model, Execution(chunk_agents=8))
+    parts = [oracle(model, Execution(chunk_agents=c)) for c in (3, 1)]
+    assert (whole.chunk, parts[0].chunk, parts[1].chunk) == (8, 3, 1)
+    x = torch.randn(8, whole.problem.dim, generator=torch.Generator().manual_seed(1)).double()
+    for local in (None, None, torch.tensor([6, 1, 4, 0, 7])):
+        k = x if local is None else x[local]
+        expected = whole.grad(k, local)
+        for o in parts:
+            got = o.grad(k, local)
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+            for name, b in whole.buffers.items():
+                assert torch.equal(o.buffers[name], b)
+
+
+def test_auto_chunks_fit_the_memory_budget() -> None:
+    per_agent = pass_bytes(oracle("batched (mlp with dropout)", Execution(chunk_agents=1)))
+    assert per_agent > 0
+    for agents in (1, 3, 5):
+        budget = Execution(memory_gb=agents * per_agent / 2**30)
+        assert oracle("batched (mlp with dropout)", budget).chunk == agents
+    assert oracle("batched (mlp with dropout)", Execution(memory_gb=1e-12)).chunk == 1
+    assert oracle("batched (mlp with dropout)", Execution()).chunk >= 8  # a quarter of free memory
+
+
+def test_a_pass_costs_more_with_a_bigger_batch() -> None:
+    small = oracle("vmapped (batchnorm)", Execution())
+    big = small.problem.oracle(
+        [torch.arange(i, 80, 8) for i in range(8)], range(8), batch_size=16, seed=2
+    )
+    assert pass_bytes(big) > 2 * pass_bytes(small)
+
+
+@pytest.mark.parametrize(
+    "chunk, memory, message",
+    [("0", 0.0, "chunk_agents must be auto or a number"), ("some", 0.0, "chunk_agents"),
+     ("auto", -1.0, "memory_gb must be >= 0")],
+)  # fmt: skip
+def test_bad_chunk_settings_are_refused(chunk: str, memory: float, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Execution.parse(chunk, memory)
+
+
+def test_execution_is_only_how_not_what() -> None:
+    """The run's settings accept chunk_agents and memory_gb, and a resumed run may change
+    them (they are not frozen on resume)."""
+    from nettrain.config import FROZEN_ON_RESUME, RunConfig
+
+    cfg = RunConfig.from_keys({"chunk_agents": "64", "memory_gb": 2.5})
+    assert (cfg.chunk_agents, cfg.memory_gb) == ("64", 2.5)
+    assert not {"chunk_agents", "memory_gb"} & set(FROZEN_ON_RESUME)
+    assert dataclasses.replace(Execution.parse("64", 2.5)).chunk_agents == 64
