@@ -314,3 +314,26 @@ def test_describe_one_peer_exponential_has_closed_form_expected_gap() -> None:
     # the shifts s = 1, 2, 4, 8 five times each, so the mean has eigenvalues averaged over s
     mean = [np.mean([math.cos(math.pi * k * s / 16) ** 2 for s in (1, 2, 4, 8)]) for k in range(16)]
     assert info["spectral_gap_expected"] == pytest.approx(1 - max(mean[1:]), abs=1e-12)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_sparse_weights_are_the_dense_weights(schedule: str) -> None:
+    topology = build_topology("erdos_renyi", 12, schedule=schedule, edge_prob=0.4, seed=3)
+    for t in range(4):
+        sparse = topology.sparse_weights(t)
+        assert sparse.is_sparse and sparse.is_coalesced()
+        assert torch.equal(sparse.to_dense(), topology.weights(t))
+
+
+def test_a_ring_of_65536_agents_needs_no_dense_matrix() -> None:
+    """3 n entries, the checks pass on the sparse form, and describe() leaves out the
+    eigendecomposition (a dense 65,536^2 float64 matrix would take 32 GiB)."""
+    n = 65_536
+    topology = build_topology("ring", n)
+    w = topology.sparse_weights(0)
+    assert w.values().numel() == 3 * n
+    torch.testing.assert_close(w.values()[:3], torch.tensor([1 / 3] * 3, dtype=torch.float64))
+    assert topology.neighbors(0, 0) == [1, n - 1]
+    summary = describe(topology)
+    assert summary["spectral_gap"] is None and summary["doubly_stochastic"]
+    assert summary["symmetric"] and summary["edges"] == n

@@ -38,36 +38,41 @@ def check_connected(graph: nx.Graph | nx.DiGraph) -> None:
 
 
 def check_symmetric(weights: torch.Tensor | np.ndarray, atol: float = 1e-10) -> None:
-    """Raise TopologyError unless ``max_ij |W_ij - W_ji| <= atol``; names the worst pair."""
-    w = _as_square(weights)
-    gap = (w - w.T).abs()
-    worst = int(gap.argmax())
-    i, j = divmod(worst, w.shape[0])
-    if gap[i, j] > atol:
+    """Raise TopologyError unless ``max_ij |W_ij - W_ji| <= atol``; names the worst pair.
+    ``weights`` dense or sparse."""
+    w = _as_sparse(weights)
+    gap = (w - w.t()).coalesce()
+    if gap.values().numel() == 0:
+        return
+    worst = int(gap.values().abs().argmax())
+    i, j = (int(k) for k in gap.indices()[:, worst])
+    if abs(gap.values()[worst]) > atol:
         raise TopologyError(
-            f"mixing matrix is not symmetric: W[{i},{j}]={w[i, j].item():.6g} but "
-            f"W[{j},{i}]={w[j, i].item():.6g}; build it with mixing_matrix(graph, "
+            f"mixing matrix is not symmetric: W[{i},{j}]={_entry(w, i, j):.6g} but "
+            f"W[{j},{i}]={_entry(w, j, i):.6g}; build it with mixing_matrix(graph, "
             "'metropolis') on an undirected graph"
         )
 
 
 def check_doubly_stochastic(weights: torch.Tensor | np.ndarray, atol: float = 1e-10) -> None:
     """Raise TopologyError unless ``W >= 0``, ``W 1 = 1`` and ``1^T W = 1^T`` within ``atol``.
+    ``weights`` dense or sparse.
 
     The message names the most negative entry or the row/column sum farthest from 1.
     """
-    w = _as_square(weights)
+    w = _as_sparse(weights)
+    (rows, cols), values, n = w.indices(), w.values(), w.shape[0]
     fix = "build W with mixing_matrix(graph, 'metropolis')"
-    if not torch.isfinite(w).all():
+    if not torch.isfinite(values).all():
         raise TopologyError(f"mixing matrix has NaN or infinite entries; {fix}")
-    low = int(w.argmin())
-    i, j = divmod(low, w.shape[0])
-    if w[i, j] < -atol:
+    if values.numel() and values.min() < -atol:
+        low = int(values.argmin())
+        i, j = int(rows[low]), int(cols[low])
         raise TopologyError(
-            f"mixing matrix has a negative entry W[{i},{j}]={w[i, j].item():.6g}; {fix}"
+            f"mixing matrix has a negative entry W[{i},{j}]={values[low].item():.6g}; {fix}"
         )
-    for axis, what in ((1, "row"), (0, "column")):
-        sums = w.sum(dim=axis)
+    for axis, what in ((rows, "row"), (cols, "column")):
+        sums = torch.zeros(n, dtype=values.dtype).index_add_(0, axis, values)
         k = int((sums - 1.0).abs().argmax())
         if abs(sums[k].item() - 1.0) > atol:
             raise TopologyError(
@@ -125,13 +130,35 @@ def is_b_connected(graphs: Sequence[nx.Graph | nx.DiGraph], window: int) -> bool
 
 
 def _as_square(weights: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Return ``weights`` as a float64 tensor, checking it is a non-empty square matrix."""
+    """Return ``weights`` as a dense float64 tensor, checking it is a non-empty square
+    matrix."""
+    if isinstance(weights, torch.Tensor) and weights.is_sparse:
+        weights = weights.to_dense()
     w = torch.as_tensor(weights, dtype=torch.float64)
     if w.ndim != 2 or w.shape[0] != w.shape[1] or w.shape[0] == 0:
         raise TopologyError(
             f"mixing matrix must be square (n, n) with n >= 1, got {tuple(w.shape)}"
         )
     return w
+
+
+def _entry(w: torch.Tensor, i: int, j: int) -> float:
+    """``W[i, j]`` of a coalesced sparse ``w``."""
+    (rows, cols), values = w.indices(), w.values()
+    return float(values[(rows == i) & (cols == j)].sum())
+
+
+def _as_sparse(weights: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Return ``weights`` as a coalesced sparse float64 tensor (a dense one converted,
+    its zeros dropped), checking it is a non-empty square matrix."""
+    if isinstance(weights, torch.Tensor) and weights.is_sparse:
+        w = weights.to(torch.float64).coalesce()
+        if w.ndim != 2 or w.shape[0] != w.shape[1] or w.shape[0] == 0:
+            raise TopologyError(
+                f"mixing matrix must be square (n, n) with n >= 1, got {tuple(w.shape)}"
+            )
+        return w
+    return _as_square(weights).to_sparse().coalesce()
 
 
 def _describe_components(components: list[set], shown: int = 4, per: int = 6) -> str:

@@ -41,12 +41,15 @@ from nettrain.topology.checks import (
     spectral_gap,
 )
 from nettrain.topology.graphs import GRAPHS, build_graph, edge_array
-from nettrain.topology.weights import check_scheme, mixing_matrix, mixing_matrix_from_edges
+from nettrain.topology.weights import check_scheme, sparse_matrix, sparse_mixing_matrix
 
 SCHEDULES: tuple[str, ...] = ("static", "edge_drop", "one_peer_exponential", "random_matching")
 
 DESCRIBE_ROUNDS = 20
 """Rounds ``0..DESCRIBE_ROUNDS-1`` that :func:`describe` samples for a time-varying topology."""
+SPECTRAL_MAX_AGENTS = 2048
+"""Beyond this many agents :func:`describe` leaves out the spectral gaps (an ``O(n^3)``
+eigendecomposition of a dense ``n x n`` matrix): ``None``."""
 
 
 class Topology(ABC):
@@ -60,9 +63,12 @@ class Topology(ABC):
         time_varying: whether ``W(t)`` depends on ``t``.
         base_graph: the static graph, or the graph whose edges every round draws from.
 
-    Subclasses implement :meth:`graph` and :meth:`_compute_weights`; :meth:`weights`
-    keeps the last round's matrix so that :meth:`neighbors` over all agents of one round
-    builds ``W(t)`` once. The returned tensor is shared: treat it as read-only.
+    Subclasses implement :meth:`graph` and :meth:`_compute_weights`, which gives ``W(t)``
+    as a sparse tensor (``O(n + edges)`` memory, so that a topology of tens of thousands
+    of agents is cheap); :meth:`weights` is its dense form, for small networks and
+    analysis. Both keep the last round's matrix, so that :meth:`neighbors` over all
+    agents of one round builds ``W(t)`` once. The returned tensors are shared: treat
+    them as read-only.
     """
 
     schedule: str
@@ -74,6 +80,7 @@ class Topology(ABC):
         self.scheme = scheme
         self.name = f"{base_graph.graph.get('kind', 'custom')}/{self.schedule}"
         self._last: tuple[int, torch.Tensor] | None = None
+        self._last_dense: tuple[int, torch.Tensor] | None = None
 
     @abstractmethod
     def graph(self, t: int) -> nx.Graph | nx.DiGraph:
@@ -81,14 +88,24 @@ class Topology(ABC):
 
     @abstractmethod
     def _compute_weights(self, t: int) -> torch.Tensor:
-        """Return ``W(t)``, ``(n, n)`` float64; ``t`` is already validated."""
+        """Return ``W(t)``, a coalesced sparse ``(n, n)`` float64 tensor; ``t`` is already
+        validated."""
 
-    def weights(self, t: int) -> torch.Tensor:
-        """Return the ``(n, n)`` float64 doubly stochastic mixing matrix of round ``t``."""
+    def sparse_weights(self, t: int) -> torch.Tensor:
+        """Return the doubly stochastic mixing matrix of round ``t``: coalesced sparse COO,
+        ``(n, n)`` float64, its entries in row-major order."""
         t = _check_round(t)
         if self._last is None or self._last[0] != t:
             self._last = (t, self._compute_weights(t))
         return self._last[1]
+
+    def weights(self, t: int) -> torch.Tensor:
+        """Return the ``(n, n)`` float64 doubly stochastic mixing matrix of round ``t``,
+        dense (``n^2`` values: for large networks use :meth:`sparse_weights`)."""
+        t = _check_round(t)
+        if self._last_dense is None or self._last_dense[0] != t:
+            self._last_dense = (t, self.sparse_weights(t).to_dense())
+        return self._last_dense[1]
 
     def neighbors(self, i: int, t: int) -> list[int]:
         """Return the agents ``j != i`` that ``i`` exchanges with in round ``t``, ascending:
@@ -96,10 +113,11 @@ class Topology(ABC):
         i = operator.index(i)
         if not 0 <= i < self.n:
             raise ConfigError(f"agent index must be in 0..{self.n - 1}, got {i}")
-        w = self.weights(t)  # (n, n)
-        talks = (w[i] != 0) | (w[:, i] != 0)  # (n,)
-        talks[i] = False
-        return torch.nonzero(talks).flatten().tolist()
+        w = self.sparse_weights(t)
+        (rows, cols), values = w.indices(), w.values()
+        talks = (values != 0) & (rows != cols) & ((rows == i) | (cols == i))
+        other = torch.where(rows == i, cols, rows)[talks]
+        return torch.unique(other).tolist()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, n={self.n}, scheme={self.scheme!r})"
@@ -113,7 +131,12 @@ class StaticTopology(Topology):
 
     def __init__(self, graph: nx.Graph, scheme: str = "metropolis") -> None:
         super().__init__(graph, scheme=scheme)
-        self._weights = mixing_matrix(graph, scheme)  # (n, n)
+        check_scheme(scheme)
+        if graph.is_directed():
+            raise TopologyError(
+                "mixing weights need an undirected graph; pass graph.to_undirected()"
+            )
+        self._weights = sparse_mixing_matrix(self.n, edge_array(graph), scheme)  # (n, n)
 
     def graph(self, t: int) -> nx.Graph:
         _check_round(t)
@@ -165,7 +188,7 @@ class EdgeDropSchedule(Topology):
         return _graph_on(self.n, self._kept_edges(_check_round(t)))
 
     def _compute_weights(self, t: int) -> torch.Tensor:
-        return mixing_matrix_from_edges(self.n, self._kept_edges(t), self.scheme)
+        return sparse_mixing_matrix(self.n, self._kept_edges(t), self.scheme)
 
 
 class OnePeerExponential(Topology):
@@ -200,10 +223,10 @@ class OnePeerExponential(Topology):
         return graph
 
     def _compute_weights(self, t: int) -> torch.Tensor:
-        receivers = (torch.arange(self.n) + self.shift(t)) % self.n  # (n,)
-        w = 0.5 * torch.eye(self.n, dtype=torch.float64)  # (n, n)
-        w[receivers, torch.arange(self.n)] += 0.5
-        return w
+        agents = torch.arange(self.n)
+        receivers = (agents + self.shift(t)) % self.n  # (n,)
+        rows, cols = torch.cat([agents, receivers]), torch.cat([agents, agents])
+        return sparse_matrix(self.n, rows, cols, torch.full((2 * self.n,), 0.5))
 
 
 class RandomMatching(Topology):
@@ -236,9 +259,12 @@ class RandomMatching(Topology):
     def _compute_weights(self, t: int) -> torch.Tensor:
         pairs = torch.from_numpy(self.matching(t))  # (|M|, 2)
         u, v = pairs[:, 0], pairs[:, 1]
-        w = torch.eye(self.n, dtype=torch.float64)  # (n, n)
-        w[u, u] = w[v, v] = w[u, v] = w[v, u] = 0.5
-        return w
+        diagonal = torch.ones(self.n, dtype=torch.float64)  # unmatched agents keep their own
+        diagonal[u] = diagonal[v] = 0.5
+        agents = torch.arange(self.n)
+        rows, cols = torch.cat([agents, u, v]), torch.cat([agents, v, u])
+        half = torch.full((2 * len(u),), 0.5, dtype=torch.float64)
+        return sparse_matrix(self.n, rows, cols, torch.cat([diagonal, half]))
 
 
 def greedy_matching(n: int, edges: np.ndarray, rank: np.ndarray) -> np.ndarray:
@@ -342,7 +368,7 @@ def build_topology(
         )
         topology = _SCHEDULE_BUILDERS[schedule](graph, weights, seed, drop_prob)
     check_connected(topology.base_graph)
-    check_doubly_stochastic(topology.weights(0))
+    check_doubly_stochastic(topology.sparse_weights(0))
     return topology
 
 
@@ -366,12 +392,14 @@ def describe(topology: Topology) -> dict[str, Any]:
     ``spectral_gap_expected = 1 - lambda_2(mean_t W(t)^T W(t))``: the ``p`` of Koloskova
     et al. ("A unified theory of decentralized SGD with changing topology and local
     updates", ICML 2020), for which ``E ||W x - x_bar||^2 <= (1 - p) ||x - x_bar||^2``.
-    It is on the scale of a squared contraction, not of ``spectral_gap``.
+    It is on the scale of a squared contraction, not of ``spectral_gap``. Both gaps are
+    ``None`` beyond :data:`SPECTRAL_MAX_AGENTS` agents.
     """
     base = topology.base_graph
     degrees = [d for _, d in base.degree()]
     rounds = range(DESCRIBE_ROUNDS if topology.time_varying else 1)
-    matrices = [topology.weights(t).clone() for t in rounds]  # each (n, n)
+    matrices = [topology.sparse_weights(t) for t in rounds]  # each (n, n), sparse
+    spectral = topology.n <= SPECTRAL_MAX_AGENTS
     summary: dict[str, Any] = {
         "kind": base.graph.get("kind", "custom"),
         "schedule": topology.schedule,
@@ -379,15 +407,18 @@ def describe(topology: Topology) -> dict[str, Any]:
         "edges": base.number_of_edges(),
         "min_degree": min(degrees),
         "max_degree": max(degrees),
-        "spectral_gap": spectral_gap(matrices[0]),
+        "spectral_gap": spectral_gap(matrices[0]) if spectral else None,
         "symmetric": all(_passes(check_symmetric, w) for w in matrices),
         "doubly_stochastic": all(_passes(check_doubly_stochastic, w) for w in matrices),
         "connected": _passes(check_connected, base),
         "weights": topology.scheme,
     }
     if topology.time_varying:
-        second_moment = sum(w.T @ w for w in matrices) / len(matrices)  # (n, n)
-        summary["spectral_gap_expected"] = spectral_gap(second_moment)
+        expected = None
+        if spectral:
+            dense = [w.to_dense() for w in matrices]
+            expected = spectral_gap(sum(w.T @ w for w in dense) / len(dense))  # (n, n)
+        summary["spectral_gap_expected"] = expected
     return summary
 
 

@@ -49,10 +49,17 @@ def mixing_matrix(graph: nx.Graph, scheme: str = "metropolis") -> torch.Tensor:
 
 
 def mixing_matrix_from_edges(n: int, edges: np.ndarray, scheme: str) -> torch.Tensor:
-    """Return the mixing matrix of the graph on ``0..n-1`` with undirected ``edges``.
+    """Return the dense ``(n, n)`` mixing matrix of the graph on ``0..n-1`` with undirected
+    ``edges`` (:func:`sparse_mixing_matrix`, densified)."""
+    return sparse_mixing_matrix(n, edges, scheme).to_dense()
 
-    Vectorised over the edge list: degrees by ``bincount``, one weight per edge, a scatter
-    into ``W`` and its transpose, then the diagonal remainder.
+
+def sparse_mixing_matrix(n: int, edges: np.ndarray, scheme: str) -> torch.Tensor:
+    """Return the mixing matrix of the graph on ``0..n-1`` with undirected ``edges`` as a
+    coalesced sparse COO tensor ``(n, n)`` float64: ``2 m + n`` entries, never ``n^2``.
+
+    Vectorised over the edge list: degrees by ``bincount``, one weight per edge, each
+    edge in both directions, then the diagonal remainder ``1 - sum_j W_ij``.
 
     Args:
         n: number of agents.
@@ -65,11 +72,25 @@ def mixing_matrix_from_edges(n: int, edges: np.ndarray, scheme: str) -> torch.Te
     u, v = edges[:, 0], edges[:, 1]  # (m,), (m,)
     degree = np.bincount(edges.ravel(), minlength=n)  # (n,)
     w = _EDGE_WEIGHTS[scheme](degree, u, v)  # (m,)
-    matrix = np.zeros((n, n), dtype=np.float64)
-    matrix[u, v] = w
-    matrix[v, u] = w
-    matrix[np.diag_indices(n)] = 1.0 - matrix.sum(axis=1)
-    return torch.from_numpy(matrix)
+    off = np.bincount(np.concatenate([u, v]), weights=np.concatenate([w, w]), minlength=n)
+    agents = np.arange(n)
+    rows = np.concatenate([u, v, agents])
+    cols = np.concatenate([v, u, agents])
+    values = np.concatenate([w, w, 1.0 - off])
+    return sparse_matrix(n, rows, cols, values)
+
+
+def sparse_matrix(
+    n: int,
+    rows: np.ndarray | torch.Tensor,
+    cols: np.ndarray | torch.Tensor,
+    values: np.ndarray | torch.Tensor,
+) -> torch.Tensor:
+    """The coalesced ``(n, n)`` float64 COO tensor with ``values`` at ``(rows, cols)``
+    (entries at the same place summed)."""
+    index = torch.stack([torch.as_tensor(rows), torch.as_tensor(cols)]).to(torch.int64)
+    values = torch.as_tensor(values, dtype=torch.float64)
+    return torch.sparse_coo_tensor(index, values, (n, n), check_invariants=True).coalesce()
 
 
 def check_scheme(scheme: str) -> None:

@@ -61,13 +61,13 @@ class SimCommunicator(Communicator):
         """``W(t)`` ready for ``@`` on the device, and the out-degree ``(n,)`` of each agent."""
         if self._static is not None:
             return self._static
-        W = self.topology.weights(t)  # (n, n) float64
-        nonzero = W != 0
-        sends = nonzero.sum(0) - nonzero.diagonal().to(torch.int64)  # j != i with W_ji != 0
-        W = W.to(device=self.device, dtype=self.dtype)
-        if nonzero.float().mean() < SPARSE_BELOW:
-            W = W.to_sparse()  # COO; torch.sparse.mm below
-        out = (W, sends)
+        W = self.topology.sparse_weights(t)  # (n, n) float64, coalesced
+        (rows, cols), n = W.indices(), self.n_agents
+        edges = (W.values() != 0) & (rows != cols)
+        sends = torch.bincount(cols[edges], minlength=n)  # agents i != j with W_ij != 0
+        if W.values().numel() >= SPARSE_BELOW * n * n:
+            W = W.to_dense()
+        out = (W.to(device=self.device, dtype=self.dtype), sends)
         if not self.topology.time_varying:
             self._static = out
         return out
@@ -89,12 +89,14 @@ class SimCommunicator(Communicator):
         one row decoded per edge ``j -> i`` against the receiver's ``x_i`` (once per
         sender when decoding ignores the reference), the edges in ``(i, j)`` order and in
         chunks of at most ``DECODE_CHUNK`` decoded elements."""
-        W = self.topology.weights(t)  # (n, n) float64
-        off = W.clone().fill_diagonal_(0)
-        recv, send = off.nonzero(as_tuple=True)  # (E,) edges j -> i with W_ij != 0
-        w = off[recv, send].to(device=x.device, dtype=x.dtype)  # (E,)
-        recv, send = recv.to(x.device), send.to(x.device)
-        out = x * W.diagonal().to(device=x.device, dtype=x.dtype)[:, None]  # (n, d)
+        W = self.topology.sparse_weights(t)  # (n, n) float64, entries in row-major order
+        (rows, cols), values = W.indices(), W.values()
+        edge = (values != 0) & (rows != cols)
+        recv, send = rows[edge].to(x.device), cols[edge].to(x.device)  # (E,) edges j -> i
+        w = values[edge].to(device=x.device, dtype=x.dtype)  # (E,)
+        diagonal = torch.zeros(self.n_agents, dtype=torch.float64)
+        diagonal[rows[rows == cols]] = values[rows == cols]
+        out = x * diagonal.to(device=x.device, dtype=x.dtype)[:, None]  # (n, d)
         decoded = None if reads_reference(compressor) else compressor.decode(payload)  # (n, d)
         step = max(1, DECODE_CHUNK // max(1, x.shape[1]))
         for a in range(0, len(recv), step):
