@@ -40,7 +40,11 @@ Command (about one minute on an idle 2-core machine, up to six when other proces
 load it; ``--quick`` a quarter of that)::
 
     .venv/bin/python benchmarks/sim_throughput.py [--quick] [--threads N]
-        [--allocator default|retain|both] [--breakdown]
+        [--allocator default|retain|both] [--breakdown] [--device cpu|cuda]
+
+``--device cuda`` (``benchmarks/gpu.sh``) puts the data, the models, the simulator's
+state and the matmul yardstick on the GPU; every timed block ends with
+``torch.cuda.synchronize()``.
 
 Output: one JSON line per case, ``n`` and allocator phase; with ``--breakdown`` one
 JSON line per case with the time of each part of a simulator round at n=256; the
@@ -60,7 +64,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -149,8 +153,16 @@ class Malloc:
 # ------------------------------------------------------------------------------ runners
 
 
+def on_device(data: Dataset, device: str) -> Dataset:
+    """``data`` with its training and test tensors on ``device``."""
+    splits = ("x_train", "y_train", "x_test", "y_test")
+    return replace(data, **{k: getattr(data, k).to(device) for k in splits})
+
+
 def make_problem(case: Case, data: Dataset) -> Problem:
+    """The case's MLP, on the device of ``data``."""
     model = build_model("mlp", data.feature_shape, data.n_outputs, hidden=case.hidden)
+    model = model.to(data.x_train.device)
     return Problem(model, get_loss("cross_entropy"), Regularizer(), data)
 
 
@@ -181,26 +193,30 @@ class LoopRunner:
         self, problem: Problem, case: Case, shards: Sequence[torch.Tensor], batch: int
     ) -> None:
         data = problem.data
+        device = data.x_train.device  # the models, their samples and generators
         x0 = problem.initial_params(SEED)  # (d,)
         self.batch = batch
         self.models: list[nn.Module] = []
         self.optimizers: list[torch.optim.Optimizer] = []
         for _ in shards:
             model = build_model("mlp", data.feature_shape, data.n_outputs, hidden=case.hidden)
+            model = model.to(device)
             problem.spec.load_into(model, x0)
             self.models.append(model)
             self.optimizers.append(torch.optim.SGD(model.parameters(), lr=LR))
         self.xs = [data.x_train[s] for s in shards]  # each agent's own samples (|shard|, ...)
         self.ys = [data.y_train[s] for s in shards]
         self.generators = [
-            torch.Generator().manual_seed(agent_seed(SEED, i)) for i in range(len(shards))
+            torch.Generator(device=device).manual_seed(agent_seed(SEED, i))
+            for i in range(len(shards))
         ]
         self.next = 0  # the agent whose turn it is
 
     def step(self, i: int) -> None:
         """One local SGD step of agent ``i`` on a mini-batch from its own shard."""
         x, y = self.xs[i], self.ys[i]
-        idx = torch.randint(len(y), (self.batch,), generator=self.generators[i])
+        gen = self.generators[i]
+        idx = torch.randint(len(y), (self.batch,), generator=gen, device=gen.device)
         loss = F.cross_entropy(self.models[i](x[idx]), y[idx])
         opt = self.optimizers[i]
         opt.zero_grad(set_to_none=True)
@@ -242,7 +258,8 @@ class DPSGDLoop(LoopRunner):
         for i, (model, (x, y)) in enumerate(
             zip(self.models, zip(self.xs, self.ys, strict=True), strict=True)
         ):
-            idx = torch.randint(len(y), (self.batch,), generator=self.generators[i])
+            gen = self.generators[i]
+            idx = torch.randint(len(y), (self.batch,), generator=gen, device=gen.device)
             model.zero_grad(set_to_none=True)
             F.cross_entropy(model(x[idx]), y[idx]).backward()
         params = [list(m.parameters()) for m in self.models]
@@ -288,11 +305,11 @@ def measure_w1(data: Dataset, settings: Settings, n: int = 256) -> dict[str, Any
 class Matmul:
     """A ``2048 x 2048`` float32 product: the machine's dense-arithmetic yardstick."""
 
-    def __init__(self, size: int = MATMUL_SIZE) -> None:
+    def __init__(self, size: int = MATMUL_SIZE, device: torch.device | str = "cpu") -> None:
         gen = torch.Generator().manual_seed(SEED)
-        self.a = torch.randn(size, size, generator=gen)
-        self.b = torch.randn(size, size, generator=gen)
-        self.out = torch.empty(size, size)
+        self.a = torch.randn(size, size, generator=gen).to(device)
+        self.b = torch.randn(size, size, generator=gen).to(device)
+        self.out = torch.empty(size, size, device=device)
         self.flops = 2 * size**3
 
     def round(self) -> None:
@@ -302,11 +319,20 @@ class Matmul:
 # ------------------------------------------------------------------------------ timing
 
 
+def sync() -> None:
+    """Wait for the GPU's queued work, once CUDA is in use (its kernels run
+    asynchronously); nothing on the CPU."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def seconds(fn: Callable[[], object], k: int) -> float:
-    """Wall seconds of ``k`` calls of ``fn``."""
+    """Wall seconds of ``k`` calls of ``fn`` (their GPU work included)."""
+    sync()
     start = time.perf_counter()
     for _ in range(k):
         fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -349,7 +375,7 @@ def measure(
     shards = partition(data.y_train, n, "iid", seed=SEED)
     sim = SimRunner(problem, shards, case.batch)
     loop = LoopRunner(problem, case, shards, case.batch)
-    mm = Matmul()
+    mm = Matmul(device=data.x_train.device)
     loop.round()  # warm-up: every agent's module, optimiser and shard touched once
     k_sim = calls_per_block(sim.round, settings.block_s)
     k_loop = calls_per_block(lambda: loop.steps(1), settings.block_s)  # agent-steps
@@ -435,7 +461,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--allocator", choices=("default", "retain", "both"), default="both", help="see above"
     )
     parser.add_argument("--breakdown", action="store_true", help="time each part of a round")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where data, models, state live"
+    )
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     if args.threads < 0:
         parser.error(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
@@ -447,7 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no glibc mallopt here: measuring the default allocator only", file=sys.stderr)
         phases = ["default"]
 
-    datasets = {case.name: load_dataset(case.dataset, seed=SEED) for case in CASES}
+    datasets = {
+        case.name: on_device(load_dataset(case.dataset, seed=SEED), args.device) for case in CASES
+    }
     results: dict[tuple[str, int, str], dict[str, Any]] = {}
     started = time.perf_counter()
     w1 = measure_w1(datasets["small"], settings)  # with the allocator as the process starts
@@ -478,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary[f"speedup_small_n64{suffix}_met"] = small["speedup"] >= 10
         summary[f"matmul_fraction_large_n256{suffix}_met"] = large["matmul_fraction"] >= 0.5
     summary |= run_facts(args.quick, started)
+    summary["device"] = args.device
     print(json.dumps(summary), flush=True)
     return 0
 

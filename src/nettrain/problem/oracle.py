@@ -323,7 +323,7 @@ class Oracle:
         Each call consumes one mini-batch per agent and counts its samples.
         """
         if local is None:
-            local = torch.arange(self.m)
+            local = torch.arange(self.m, device="cpu")  # agent ids, like the meters
         idx, w = self._sample(local)
         buffers, keys = rows(self.buffers, local), self._keys(local)
         with training(self.problem.model):
@@ -346,10 +346,8 @@ class Oracle:
         dropout), drawn from the agent's own generator."""
         if not self.dropout_generators:
             return torch.zeros(len(local), dtype=torch.int64, device=self.x.device)
-        keys = [
-            torch.randint(1 << 62, (1,), generator=self.dropout_generators[i])
-            for i in local.tolist()
-        ]
+        generators = [self.dropout_generators[i] for i in local.tolist()]
+        keys = [torch.randint(1 << 62, (1,), generator=g, device=g.device) for g in generators]
         return torch.cat(keys).to(self.x.device)
 
     def _single_grad(
@@ -377,7 +375,7 @@ class Oracle:
         Consumes and counts one batch per agent, like :meth:`grad`.
         """
         if local is None:
-            local = torch.arange(self.m)
+            local = torch.arange(self.m, device="cpu")  # agent ids, like the meters
         idx, w = self._sample(local)
         self.meter.samples[local] += self._counted[local]
         return Linearization.at(self.problem, x, self.x[idx], self.y[idx], w)
