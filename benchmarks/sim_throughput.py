@@ -48,6 +48,11 @@ Command (a few minutes on an idle 2-core machine; ``--quick`` fewer repetitions,
 
     .venv/bin/python benchmarks/sim_throughput.py [--quick] [--threads N]
         [--allocator nettrain|system|both] [--breakdown] [--scaling 256,4096]
+        [--device cpu|cuda]
+
+``--device cuda`` (``benchmarks/gpu.sh``) puts the data, the models, the simulator's
+state and the matmul yardstick on the GPU; every timed block ends with
+``torch.cuda.synchronize()``.
 
 Output: one JSON line per case, ``n`` and allocator phase, one per scaling row; with
 ``--breakdown`` one JSON line per case with the time of each part of a simulator
@@ -63,7 +68,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -131,8 +136,16 @@ QUICK = Settings(reps=2, block_s=0.1)
 # ------------------------------------------------------------------------------ runners
 
 
+def on_device(data: Dataset, device: str) -> Dataset:
+    """``data`` with its training and test tensors on ``device``."""
+    splits = ("x_train", "y_train", "x_test", "y_test")
+    return replace(data, **{k: getattr(data, k).to(device) for k in splits})
+
+
 def make_problem(case: Case, data: Dataset) -> Problem:
-    return Problem(case.build(data), get_loss("cross_entropy"), Regularizer(), data)
+    """The case's model, on the device of ``data``."""
+    model = case.build(data).to(data.x_train.device)
+    return Problem(model, get_loss("cross_entropy"), Regularizer(), data)
 
 
 class SimRunner:
@@ -162,26 +175,29 @@ class LoopRunner:
         self, problem: Problem, case: Case, shards: Sequence[torch.Tensor], batch: int
     ) -> None:
         data = problem.data
+        device = data.x_train.device  # the models, their samples and generators
         x0 = problem.initial_params(SEED)  # (d,)
         self.batch = batch
         self.models: list[nn.Module] = []
         self.optimizers: list[torch.optim.Optimizer] = []
         for _ in shards:
-            model = case.build(data)
+            model = case.build(data).to(device)
             problem.spec.load_into(model, x0)
             self.models.append(model)
             self.optimizers.append(torch.optim.SGD(model.parameters(), lr=LR))
         self.xs = [data.x_train[s] for s in shards]  # each agent's own samples (|shard|, ...)
         self.ys = [data.y_train[s] for s in shards]
         self.generators = [
-            torch.Generator().manual_seed(agent_seed(SEED, i)) for i in range(len(shards))
+            torch.Generator(device=device).manual_seed(agent_seed(SEED, i))
+            for i in range(len(shards))
         ]
         self.next = 0  # the agent whose turn it is
 
     def step(self, i: int) -> None:
         """One local SGD step of agent ``i`` on a mini-batch from its own shard."""
         x, y = self.xs[i], self.ys[i]
-        idx = torch.randint(len(y), (self.batch,), generator=self.generators[i])
+        gen = self.generators[i]
+        idx = torch.randint(len(y), (self.batch,), generator=gen, device=gen.device)
         loss = F.cross_entropy(self.models[i](x[idx]), y[idx])
         opt = self.optimizers[i]
         opt.zero_grad(set_to_none=True)
@@ -223,7 +239,8 @@ class DPSGDLoop(LoopRunner):
         for i, (model, (x, y)) in enumerate(
             zip(self.models, zip(self.xs, self.ys, strict=True), strict=True)
         ):
-            idx = torch.randint(len(y), (self.batch,), generator=self.generators[i])
+            gen = self.generators[i]
+            idx = torch.randint(len(y), (self.batch,), generator=gen, device=gen.device)
             model.zero_grad(set_to_none=True)
             F.cross_entropy(model(x[idx]), y[idx]).backward()
         params = [list(m.parameters()) for m in self.models]
@@ -275,7 +292,7 @@ def synthetic(samples: int, features: int = 64, classes: int = 10) -> Dataset:
     return Dataset("synthetic", x, y, x[:1000], y[:1000], n_classes=classes)
 
 
-def measure_scaling(n: int, settings: Settings) -> dict[str, Any]:
+def measure_scaling(n: int, settings: Settings, device: str = "cpu") -> dict[str, Any]:
     """W1's round (D-PSGD on a Metropolis ring, MLP 64-32-10, batch 16) at ``n`` agents on
     synthetic data: seconds per round, the process's peak resident memory over building
     and running, and what that memory has to hold (the state ``x: (n, d)``, and one
@@ -283,7 +300,7 @@ def measure_scaling(n: int, settings: Settings) -> dict[str, Any]:
     case = CASES[0]
     reset_peak()
     base = peak_memory()["peak_memory_mb"]
-    data = synthetic(SCALING_SAMPLES_PER_AGENT * n)
+    data = on_device(synthetic(SCALING_SAMPLES_PER_AGENT * n), device)
     problem = make_problem(case, data)
     shards = partition(data.y_train, n, "iid", seed=SEED)
     sim = SimRunner(problem, shards, case.batch, mixing=True)
@@ -308,11 +325,11 @@ def measure_scaling(n: int, settings: Settings) -> dict[str, Any]:
 class Matmul:
     """A ``2048 x 2048`` float32 product: the machine's dense-arithmetic yardstick."""
 
-    def __init__(self, size: int = MATMUL_SIZE) -> None:
+    def __init__(self, size: int = MATMUL_SIZE, device: torch.device | str = "cpu") -> None:
         gen = torch.Generator().manual_seed(SEED)
-        self.a = torch.randn(size, size, generator=gen)
-        self.b = torch.randn(size, size, generator=gen)
-        self.out = torch.empty(size, size)
+        self.a = torch.randn(size, size, generator=gen).to(device)
+        self.b = torch.randn(size, size, generator=gen).to(device)
+        self.out = torch.empty(size, size, device=device)
         self.flops = 2 * size**3
 
     def round(self) -> None:
@@ -322,11 +339,20 @@ class Matmul:
 # ------------------------------------------------------------------------------ timing
 
 
+def sync() -> None:
+    """Wait for the GPU's queued work, once CUDA is in use (its kernels run
+    asynchronously); nothing on the CPU."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def seconds(fn: Callable[[], object], k: int) -> float:
-    """Wall seconds of ``k`` calls of ``fn``."""
+    """Wall seconds of ``k`` calls of ``fn`` (their GPU work included)."""
+    sync()
     start = time.perf_counter()
     for _ in range(k):
         fn()
+    sync()
     return time.perf_counter() - start
 
 
@@ -369,7 +395,7 @@ def measure(
     shards = partition(data.y_train, n, "iid", seed=SEED)
     sim = SimRunner(problem, shards, case.batch)
     loop = LoopRunner(problem, case, shards, case.batch)
-    mm = Matmul()
+    mm = Matmul(device=data.x_train.device)
     loop.round()  # warm-up: every agent's module, optimiser and shard touched once
     k_sim = calls_per_block(sim.round, settings.block_s)
     k_loop = calls_per_block(lambda: loop.steps(1), settings.block_s)  # agent-steps
@@ -460,14 +486,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--scaling", default=",".join(map(str, SCALING_AGENTS)),
         help="agent counts of the scaling rows, comma separated; empty = none",
     )  # fmt: skip
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where data, models, state live"
+    )
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     if args.threads < 0:
         parser.error(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else FULL
     phases = ["system", "nettrain"] if args.allocator == "both" else [args.allocator]
-    datasets = {case.name: load_dataset(case.dataset, seed=SEED) for case in (*CASES, CNN)}
+    datasets = {
+        case.name: on_device(load_dataset(case.dataset, seed=SEED), args.device)
+        for case in (*CASES, CNN)
+    }
     results: dict[tuple[str, int, str], dict[str, Any]] = {}
     started = time.perf_counter()
     summary: dict[str, Any] = {}
@@ -497,14 +531,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     scaling = []
     for n in (int(k) for k in args.scaling.split(",") if k.strip()):
         print(f"[{time.perf_counter() - started:6.1f}s] scaling n={n}", file=sys.stderr, flush=True)
-        scaling.append(measure_scaling(n, settings))
+        scaling.append(measure_scaling(n, settings, args.device))
         print(json.dumps({"scaling": scaling[-1]}), flush=True)
     summary["scaling"] = scaling
-    if scaling:
-        first, last = scaling[0], scaling[-1]
-        summary["scaling_agent_step_ratio"] = round(
-            last["us_per_agent_step"] / first["us_per_agent_step"], 2
-        )
+    if len(scaling) > 1:  # the largest n against 4,096 (or the smallest measured)
+        base = next((row for row in scaling if row["n"] == 4096), scaling[0])
+        summary["scaling_agent_step_ratio"] = {
+            "n": [base["n"], scaling[-1]["n"]],
+            "ratio": round(scaling[-1]["us_per_agent_step"] / base["us_per_agent_step"], 2),
+        }
     summary |= {
         "targets": {
             "speedup_w1_n256": 30,
@@ -514,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "allocator": phases[-1],
     }
-    summary |= run_facts(args.quick, started)
+    summary |= run_facts(args.quick, started) | {"device": args.device}
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -17,11 +17,12 @@ def consensus_distance(x: torch.Tensor) -> float:
     return float((x - x.mean(0)).square().sum(1).mean())
 
 
-def evaluated_agents(n: int, limit: int) -> torch.Tensor:
-    """Agents evaluated individually: all, or ``limit`` evenly spaced ones."""
+def evaluated_agents(n: int, limit: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Agents evaluated individually: all, or ``limit`` evenly spaced ones (chosen on the
+    CPU, the same on every device), on ``device``."""
     if limit == 0 or limit >= n:
-        return torch.arange(n)
-    return torch.linspace(0, n - 1, limit).round().long()
+        return torch.arange(n, device=device)
+    return torch.linspace(0, n - 1, limit, device="cpu").round().long().to(device)
 
 
 def model_metrics(
@@ -39,7 +40,7 @@ def model_metrics(
     the training-set figures of :func:`social_metrics`.
     """
     mean = x.mean(0, keepdim=True)  # (1, d)
-    agents = evaluated_agents(x.shape[0], eval_agents).to(x.device)
+    agents = evaluated_agents(x.shape[0], eval_agents, x.device)
     rows = for_evaluation(buffers, agents, problem.buffer_policy) if buffers else None
     ev = problem.evaluate(torch.cat([mean, x[agents]]), rows)
     out: dict[str, Any] = {"test_loss": float(ev.loss[0])}
@@ -67,11 +68,13 @@ def social_metrics(
     """
     n = len(shards)
     idx = torch.cat(list(shards)).to(x.device)
-    weights = torch.cat([torch.full((len(s),), 1.0 / (n * len(s))) for s in shards])
+    weights = torch.cat(
+        [torch.full((len(s),), 1.0 / (n * len(s)), device=x.device) for s in shards]
+    )
     data = problem.data
     w = x.mean(0)
     g, loss = grad_and_value(problem.batch_loss)(
-        w, data.x_train[idx], data.y_train[idx], weights.to(x.device, x.dtype)
+        w, data.x_train[idx], data.y_train[idx], weights.to(dtype=x.dtype)
     )
     reg = problem.regularizer
     mapping = w - reg.prox(w - g, 1.0)

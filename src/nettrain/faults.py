@@ -131,9 +131,11 @@ class Faults:
         ``resend_s``): each of agent ``i``'s ``messages[i]`` messages is lost with
         probability ``drop`` (draws seeded by ``(seed, t)``; ``t = -1`` is the start)."""
         if not self.drop:
-            return torch.zeros(len(messages), dtype=torch.int64)
+            return torch.zeros_like(messages, dtype=torch.int64)
         rng = np.random.default_rng([self.seed, t + 1, 0xD2])
-        return torch.as_tensor(rng.binomial(messages.numpy(), self.drop), dtype=torch.int64)
+        return torch.as_tensor(
+            rng.binomial(messages.numpy(), self.drop), dtype=torch.int64, device=messages.device
+        )
 
 
 def parse_crashes(text: str, n: int) -> tuple[Crash, ...]:

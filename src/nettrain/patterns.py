@@ -150,7 +150,8 @@ class Communicator(ABC):
             raise ValueError(
                 f"agents {missing} are not held here (this process holds {list(where)})"
             )
-        return torch.tensor([where[int(a)] for a in ids if int(a) in where], dtype=torch.int64)
+        rows = [where[int(a)] for a in ids if int(a) in where]
+        return torch.tensor(rows, dtype=torch.int64, device=ids.device)
 
     def state_dict(self) -> dict[str, Any] | None:
         """What this communicator carries from round to round (error feedback's residual),

@@ -54,10 +54,10 @@ from nettrain.problem.oracle import Oracle, Problem, agent_seed
 DELAY_STREAM = 0xB10C  # random stream of the simulated read delays
 
 
-def block_index(d: int, blocks: int) -> torch.Tensor:
+def block_index(d: int, blocks: int, device: torch.device | None = None) -> torch.Tensor:
     """The block of every coordinate (blocks of :func:`block_slices`), ``(d,)`` int64."""
-    sizes = torch.tensor([s.stop - s.start for s in block_slices(d, blocks)])
-    return torch.repeat_interleave(torch.arange(blocks), sizes)
+    sizes = torch.tensor([s.stop - s.start for s in block_slices(d, blocks)], device=device)
+    return torch.repeat_interleave(torch.arange(blocks, device=device), sizes)
 
 
 def owned_blocks(worker: int, workers: int, blocks: int) -> tuple[int, ...]:
@@ -217,15 +217,15 @@ class BlockAsyncSGD(LocalStep, Algorithm[BlockAsyncState]):
 
     def written_mask(self, t: int) -> torch.Tensor:
         """``(n, blocks)`` bool: which blocks each worker writes in round ``t``."""
-        mask = torch.zeros(self.workers, self.blocks, dtype=torch.bool)
+        mask = torch.zeros(self.workers, self.blocks, dtype=torch.bool, device="cpu")
         for c in range(self.workers):
             mask[c, list(self.written(c, t))] = True
         return mask
 
     def owned_mask(self) -> torch.Tensor:
         """``(n, blocks)`` bool: block ``b`` owned by worker ``c`` (none for Hogwild)."""
-        b = torch.arange(self.blocks)
-        mask = (b[None, :] % self.workers) == torch.arange(self.workers)[:, None]
+        b = torch.arange(self.blocks, device="cpu")
+        mask = (b[None, :] % self.workers) == torch.arange(self.workers, device="cpu")[:, None]
         return mask if self.partitioned else torch.zeros_like(mask)
 
     def step(
@@ -247,26 +247,31 @@ class BlockAsyncSGD(LocalStep, Algorithm[BlockAsyncState]):
         to the end of the round, ``c``'s own write of this round excluded
         (what the shared-memory engine counts with its version counters).
         """
-        n, d = state.x.shape
+        (n, d), device = state.x.shape, state.x.device
         depth = self.max_delay + 1
-        blk = block_index(d, self.blocks)  # (d,)
+        blk = block_index(d, self.blocks, device)  # (d,)
+        # the draws and the version counters on the CPU, the same on every device
         gen = torch.Generator().manual_seed(agent_seed(self.seed, t, DELAY_STREAM))
-        delay = torch.randint(0, min(self.max_delay, t) + 1, (n, self.blocks), generator=gen)
+        delay = torch.randint(
+            0, min(self.max_delay, t) + 1, (n, self.blocks), generator=gen, device="cpu"
+        )
         delay = torch.where(self.owned_mask(), 0, delay)  # (n, blocks)
         slot = (t - delay) % depth  # (n, blocks) ring position of the version read
-        read = state.history[slot[:, blk], torch.arange(d)]  # (n, d) inconsistent reads
-        shard = torch.randperm(n, generator=gen)  # worker c draws from agent shard[c]'s data
+        # (n, d) inconsistent reads
+        read = state.history[slot.to(device)[:, blk], torch.arange(d, device=device)]
+        # worker c draws from agent shard[c]'s data
+        shard = torch.randperm(n, generator=gen, device="cpu").to(device)
         rows = torch.empty_like(read)
         rows[shard] = read
         loss, g = oracle.grad(rows)
         loss, g = loss[shard], g[shard]  # (n,), (n, d) back in worker order
         written = self.written_mask(t)  # (n, blocks)
-        mask = written[:, blk]  # (n, d)
+        mask = written.to(device)[:, blk]  # (n, d)
         direction, u = self.update(read, g, state.u, mask)
         shared = state.x[0] - self.step_size(t) * (direction * mask).sum(0)  # (d,)
         now = state.versions[t % depth]  # (blocks,) writes before this round
         after = now + written.sum(0)  # (blocks,)
-        seen = state.versions[slot, torch.arange(self.blocks)]  # (n, blocks)
+        seen = state.versions[slot, torch.arange(self.blocks, device="cpu")]  # (n, blocks)
         stale = after[None, :] - seen - written.long()  # (n, blocks)
         nxt = (t + 1) % depth
         history, versions = state.history.clone(), state.versions.clone()

@@ -294,14 +294,14 @@ class TreeEASGD(LocalStep, Algorithm[TreeState]):
         for level, size in enumerate(self.levels(comm.n_agents)):
             parents = nodes[offset : offset + size]
             if (t + 1) % self.period(level) == 0:
-                parent = torch.arange(len(below)) // self.branching
+                parent = torch.arange(len(below), device=x.device) // self.branching
                 pull = self.alpha * (below - parents[parent])  # (children, d)
                 below -= pull
                 parents.index_add_(0, parent, pull)
                 if level == 0:
                     comm.traffic.add(
-                        torch.ones(len(x), dtype=torch.int64),
-                        torch.full((len(x),), x.shape[1] * x.element_size()),
+                        torch.ones_like(comm.traffic.messages),
+                        torch.full_like(comm.traffic.bytes, x.shape[1] * x.element_size()),
                     )
             below, offset = parents, offset + size
         return TreeState(x, nodes), loss

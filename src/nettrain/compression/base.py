@@ -121,7 +121,7 @@ def packed_bytes(d: int, bits: int) -> int:
 
 def per_row(m: int, nbytes: int) -> torch.Tensor:
     """The same byte count for each of ``m`` rows, as ``(m,)`` int64 on the CPU."""
-    return torch.full((m,), nbytes, dtype=torch.int64)
+    return torch.full((m,), nbytes, dtype=torch.int64, device="cpu")
 
 
 def check_int(name: str, value: object, low: int, high: int, why: str = "") -> int:

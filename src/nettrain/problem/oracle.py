@@ -401,7 +401,7 @@ class Oracle:
         are taken :attr:`chunk` at a time.
         """
         if local is None:
-            local = torch.arange(self.m)
+            local = torch.arange(self.m, device="cpu")  # agent ids, like the meters
         idx, w = self._sample(local)
         keys, c = self._keys(local), self.chunk
         # One kernel for every chunk of the call, so that chunks change no number.
@@ -460,10 +460,8 @@ class Oracle:
         dropout), drawn from the agent's own generator."""
         if not self.dropout_generators:
             return torch.zeros(len(local), dtype=torch.int64, device=self.x.device)
-        keys = [
-            torch.randint(1 << 62, (1,), generator=self.dropout_generators[i])
-            for i in local.tolist()
-        ]
+        generators = [self.dropout_generators[i] for i in local.tolist()]
+        keys = [torch.randint(1 << 62, (1,), generator=g, device=g.device) for g in generators]
         return torch.cat(keys).to(self.x.device)
 
     # The kernels: (x (k, d), buffers, keys (k,), xb (k, B, ...), yb (k, B, ...), wb (k, B))
@@ -532,7 +530,7 @@ class Oracle:
         Consumes and counts one batch per agent, like :meth:`grad`.
         """
         if local is None:
-            local = torch.arange(self.m)
+            local = torch.arange(self.m, device="cpu")  # agent ids, like the meters
         idx, w = self._sample(local)
         self.meter.samples[local] += self._counted[local]
         return Linearization.at(self.problem, x, self.x[idx], self.y[idx], w)

@@ -111,7 +111,8 @@ class SimCommunicator(Communicator):
             return Ready(self._decode_mean(x, codec.compressor, codec.generator))
         messages, nbytes = ring_allreduce_cost(self.n_agents, x.shape[1], x.element_size())
         self.traffic.add(
-            torch.full((self.n_agents,), messages), torch.full((self.n_agents,), nbytes)
+            torch.full_like(self.traffic.messages, messages),
+            torch.full_like(self.traffic.bytes, nbytes),
         )
         return Ready(x.mean(0, keepdim=True).expand_as(x).clone())
 
@@ -122,7 +123,9 @@ class SimCommunicator(Communicator):
         the payloads: ``n - 1`` messages and ``(n - 1) nbytes(p_i)`` bytes an agent."""
         n = self.n_agents
         payload = compressor.encode(x, generator=generator)  # (n rows)
-        self.traffic.add(torch.full((n,), n - 1), (n - 1) * compressor.nbytes(payload))
+        self.traffic.add(
+            torch.full_like(self.traffic.messages, n - 1), (n - 1) * compressor.nbytes(payload)
+        )
         if not reads_reference(compressor):
             decoded = compressor.decode(payload)  # (n, d), the same for every receiver
             total = torch.zeros_like(x[:1])
@@ -150,14 +153,18 @@ class SimCommunicator(Communicator):
         payload = compressor.encode(x[senders], generator=codec and codec.generator)
         out = x.clone()
         out[receivers] = compressor.decode(payload, ref[receivers])
-        sent = torch.ones(len(senders), dtype=torch.bool)
+        sent = torch.ones(len(senders), dtype=torch.bool, device=senders.device)
         if losses is not None:  # what is lost leaves its receiver with its reference
             lost = torch.cat([losses.reply, losses.request])
             out[receivers[lost]] = ref[receivers[lost]]
             sent[: len(i)] = ~losses.request  # no request, no reply
-        messages = torch.zeros(self.n_agents, dtype=torch.int64)
-        nbytes = torch.zeros(self.n_agents, dtype=torch.int64)
-        messages.index_add_(0, senders[sent].cpu(), torch.ones(int(sent.sum()), dtype=torch.int64))
+        messages = torch.zeros_like(self.traffic.messages)  # (n,) int64, where the counters are
+        nbytes = torch.zeros_like(self.traffic.bytes)
+        messages.index_add_(
+            0,
+            senders[sent].cpu(),
+            torch.ones(int(sent.sum()), dtype=torch.int64, device=messages.device),
+        )
         nbytes.index_add_(0, senders[sent].cpu(), compressor.nbytes(payload)[sent.cpu()])
         self.traffic.add(messages, nbytes)
         return out
@@ -181,8 +188,8 @@ class SimCommunicator(Communicator):
             if kept.any():
                 replies[kept] = self.servers.exchange(sent[kept], workers[kept], synchronous)
             replies[losses.reply] = sent[losses.reply]
-        messages = torch.zeros(self.n_agents, dtype=torch.int64)
-        nbytes = torch.zeros(self.n_agents, dtype=torch.int64)
+        messages = torch.zeros_like(self.traffic.messages)  # (n,) int64, where the counters are
+        nbytes = torch.zeros_like(self.traffic.bytes)
         messages[workers.cpu()] = len(self.servers.slices)  # one slice to each server
         nbytes[workers.cpu()] = sent.shape[1] * sent.element_size()
         self.traffic.add(messages, nbytes)

@@ -139,12 +139,13 @@ class SimEvents(Stack):
         """One batch of events on distinct agents, none past event ``mark``."""
         algo, cost, faults, draws = self.algo, self.job.cost, self.faults, self.draws
         current, upcoming, ends, servers = self.current, self.upcoming, self.ends, self.servers
-        horizon = ends + cost.latency_s + torch.tensor([u[1] for u in upcoming])
+        horizon = ends + cost.latency_s + torch.tensor([u[1] for u in upcoming], device=ends.device)
         limit = min(mark - self.done, self.max_batch or mark)
         pairs = _batch(ends, self.partner, limit, horizon)
         i, j = pairs[:, 0], pairs[:, 1]
         steps = torch.tensor(
-            [[current[a][0], current[b][0] if b != CENTRE else 0] for a, b in pairs.tolist()]
+            [[current[a][0], current[b][0] if b != CENTRE else 0] for a, b in pairs.tolist()],
+            device=pairs.device,
         )
         lost = _losses(pairs, draws, faults, self.fault_round)
         talk = losing(self.talk, lost)
@@ -215,7 +216,8 @@ def _losses(pairs: torch.Tensor, draws: list[Draws], faults: Faults, t: int) -> 
         req, rep = draws[a].losses(faults.unreachable(a, b, t))
         request.append(req)
         reply.append(rep)
-    return Losses(torch.tensor(request, dtype=torch.bool), torch.tensor(reply, dtype=torch.bool))
+    on = {"dtype": torch.bool, "device": pairs.device}
+    return Losses(torch.tensor(request, **on), torch.tensor(reply, **on))
 
 
 def _batch(
@@ -246,4 +248,4 @@ def _batch(
             before = min(before, float(horizon[a]))
             if b != CENTRE:
                 before = min(before, float(horizon[b]))
-    return torch.tensor(pairs, dtype=torch.int64)
+    return torch.tensor(pairs, dtype=torch.int64, device=ends.device)
