@@ -307,7 +307,8 @@ def measure_scaling(n: int, settings: Settings, device: str = "cpu") -> dict[str
     sim.round()  # warm-up
     runs = [seconds(sim.round, 1) for _ in range(settings.reps)]
     state_mb = sim.state.x.numel() * sim.state.x.element_size() / 2**20
-    chunk_mb = sim.oracle.chunk * pass_bytes(sim.oracle) / 2**20
+    chunk = min(sim.oracle.chunk, n)
+    chunk_mb = chunk * pass_bytes(sim.oracle) / 2**20
     peak = peak_memory()["peak_memory_mb"]
     return {
         "n": n,
@@ -316,7 +317,7 @@ def measure_scaling(n: int, settings: Settings, device: str = "cpu") -> dict[str
         "peak_memory_mb": round(peak, 1),
         "run_memory_mb": round(peak - base, 1),  # the peak less the process before building
         "state_mb": round(state_mb, 1),
-        "chunk_agents": sim.oracle.chunk,
+        "chunk_agents": chunk,
         "chunk_mb": round(chunk_mb, 1),
         "run_memory_over_state_plus_chunk": round((peak - base) / (state_mb + chunk_mb), 2),
     }

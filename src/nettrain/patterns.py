@@ -40,7 +40,8 @@ from nettrain.compression import Compressor
 
 
 class Handle(Protocol):
-    """A communication in flight; ``wait()`` blocks until it is done and returns ``(m, d)``."""
+    """A communication in flight; ``wait()`` blocks until it is done and returns ``(m, d)``,
+    a new tensor that the caller owns (it may update it in place)."""
 
     def wait(self) -> torch.Tensor: ...
 

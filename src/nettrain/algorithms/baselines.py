@@ -138,7 +138,7 @@ class DPSGD(LocalStep, Algorithm[SGDRunState]):
         mixing = comm.start_mix(state.x, t)  # overlaps the gradient below
         loss, g = oracle.grad(state.x)
         direction, sgd = sgd_direction(state.x, g, state.sgd, self.sgd)
-        x = torch.add(mixing.wait(), direction, alpha=-self.sgd.lr)
+        x = mixing.wait().add_(direction, alpha=-self.sgd.lr)  # the mix is this round's own
         return SGDRunState(x, sgd), loss
 
 

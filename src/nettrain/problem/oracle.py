@@ -273,28 +273,30 @@ def free_memory(device: torch.device) -> int:
 
 def pass_bytes(oracle: Oracle) -> int:
     """Memory one agent adds to a pass, estimated from one real pass of agent 0 on one
-    batch: three times what autograd saves for the backward pass (the saved tensors,
-    their gradients and the layers' outputs), plus the batch's inputs and two rows of
-    ``d`` (the gradient and its copy into the stack)."""
+    batch: three times the activations autograd saves for the backward pass (the saved
+    tensors, their gradients and the layers' outputs; views of the parameters and of the
+    inputs cost nothing), plus the batch's inputs and two rows of ``d`` (the gradient
+    and its copy into the stack)."""
     problem = oracle.problem
+    B = oracle.batch_size or int(oracle.sizes.max())
+    idx = torch.arange(B, device=oracle.x.device) % int(oracle.sizes[0])
+    xb, yb = oracle.x[idx][None], oracle.y[idx][None]
+    x0 = problem.spec.flatten(problem.model).to(oracle.x)[None]
+    wb = torch.full((1, B), 1.0 / B).to(oracle.x)
+    key = torch.zeros(1, dtype=torch.int64, device=oracle.x.device)
+    free = {x0.untyped_storage().data_ptr(), xb.untyped_storage().data_ptr()}
     saved = 0
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         nonlocal saved
-        saved += t.numel() * t.element_size()
+        if t.untyped_storage().data_ptr() not in free:
+            saved += t.numel() * t.element_size()
         return t
 
-    B = oracle.batch_size or int(oracle.sizes.max())
-    idx = torch.arange(B, device=oracle.x.device) % int(oracle.sizes[0])
-    xb, yb = oracle.x[idx], oracle.y[idx]
-    x0 = problem.spec.flatten(problem.model).to(oracle.x)[None]
-    key = torch.zeros(1, dtype=torch.int64, device=oracle.x.device)
-    wb = torch.full((1, B), 1.0 / B).to(oracle.x)
     buffers = rows(oracle.buffers, slice(0, 1))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), training(problem.model):
-        oracle._single_grad(x0, buffers, key, xb[None], yb[None], wb)
-    row = problem.dim * oracle.x.element_size()
-    return 3 * saved + xb.numel() * xb.element_size() + 2 * row
+        oracle._single_grad(x0, buffers, key, xb, yb, wb)
+    return 3 * saved + xb.numel() * xb.element_size() + 2 * x0.numel() * x0.element_size()
 
 
 class Oracle:
