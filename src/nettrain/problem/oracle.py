@@ -282,7 +282,7 @@ def pass_bytes(oracle: Oracle) -> int:
     idx = torch.arange(B, device=oracle.x.device) % int(oracle.sizes[0])
     xb, yb = oracle.x[idx][None], oracle.y[idx][None]
     x0 = problem.spec.flatten(problem.model).to(oracle.x)[None]
-    wb = torch.full((1, B), 1.0 / B).to(oracle.x)
+    wb = torch.full((1, B), 1.0 / B, dtype=oracle.x.dtype, device=oracle.x.device)
     key = torch.zeros(1, dtype=torch.int64, device=oracle.x.device)
     free = {x0.untyped_storage().data_ptr(), xb.untyped_storage().data_ptr()}
     saved = 0

@@ -223,10 +223,10 @@ class OnePeerExponential(Topology):
         return graph
 
     def _compute_weights(self, t: int) -> torch.Tensor:
-        agents = torch.arange(self.n)
+        agents = torch.arange(self.n, device="cpu")
         receivers = (agents + self.shift(t)) % self.n  # (n,)
         rows, cols = torch.cat([agents, receivers]), torch.cat([agents, agents])
-        return sparse_matrix(self.n, rows, cols, torch.full((2 * self.n,), 0.5))
+        return sparse_matrix(self.n, rows, cols, torch.full((2 * self.n,), 0.5, device="cpu"))
 
 
 class RandomMatching(Topology):
@@ -259,11 +259,12 @@ class RandomMatching(Topology):
     def _compute_weights(self, t: int) -> torch.Tensor:
         pairs = torch.from_numpy(self.matching(t))  # (|M|, 2)
         u, v = pairs[:, 0], pairs[:, 1]
-        diagonal = torch.ones(self.n, dtype=torch.float64)  # unmatched agents keep their own
+        host = torch.device("cpu")  # a topology is host data, whatever the default device
+        diagonal = torch.ones(self.n, dtype=torch.float64, device=host)  # unmatched: own value
         diagonal[u] = diagonal[v] = 0.5
-        agents = torch.arange(self.n)
+        agents = torch.arange(self.n, device=host)
         rows, cols = torch.cat([agents, u, v]), torch.cat([agents, v, u])
-        half = torch.full((2 * len(u),), 0.5, dtype=torch.float64)
+        half = torch.full((2 * len(u),), 0.5, dtype=torch.float64, device=host)
         return sparse_matrix(self.n, rows, cols, torch.cat([diagonal, half]))
 
 

@@ -88,9 +88,13 @@ def sparse_matrix(
 ) -> torch.Tensor:
     """The coalesced ``(n, n)`` float64 COO tensor with ``values`` at ``(rows, cols)``
     (entries at the same place summed)."""
-    index = torch.stack([torch.as_tensor(rows), torch.as_tensor(cols)]).to(torch.int64)
-    values = torch.as_tensor(values, dtype=torch.float64)
-    return torch.sparse_coo_tensor(index, values, (n, n), check_invariants=True).coalesce()
+    host = torch.device("cpu")  # a topology is host data, whatever the default device
+    index = torch.stack([torch.as_tensor(rows, device=host), torch.as_tensor(cols, device=host)])
+    values = torch.as_tensor(values, dtype=torch.float64, device=host)
+    sparse = torch.sparse_coo_tensor(
+        index.to(torch.int64), values, (n, n), device=host, check_invariants=True
+    )
+    return sparse.coalesce()
 
 
 def check_scheme(scheme: str) -> None:

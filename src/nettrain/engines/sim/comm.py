@@ -1,8 +1,9 @@
 """In-process communicator: every agent in one stack ``x: (n, d)``.
 
-Neighbour mixing is one matrix product ``W(t) @ x`` (dense for small or dense
-graphs, sparse otherwise, so a 256-agent ring costs ``3 n d`` multiply-adds and
-not ``n^2 d``; COO, since CSR is still marked beta); the global mean is
+Neighbour mixing is ``W(t) @ x`` by the cheapest exact kernel for ``W(t)``
+(:mod:`~nettrain.engines.sim.mixing`: wrapped diagonals for rings and circulant
+graphs, dense for dense graphs, sparse otherwise, so a 256-agent ring costs
+``3 n d`` multiply-adds and not ``n^2 d``); the global mean is
 ``x.mean(0)``; a pairwise exchange encodes the senders' rows at once and decodes them
 against the receivers' references; exchanges with the centre go to the
 :class:`~nettrain.engines.sim.servers.SimServers`. Traffic is counted as the real
@@ -21,6 +22,7 @@ import torch
 
 from nettrain.compression import Compressor, Identity
 from nettrain.compression.payloads import reads_reference, take_rows
+from nettrain.engines.sim.mixing import Mixing
 from nettrain.engines.sim.servers import SimServers
 from nettrain.patterns import (
     Codec,
@@ -34,7 +36,6 @@ from nettrain.patterns import (
 )
 from nettrain.topology import Topology
 
-SPARSE_BELOW = 0.15  # use a sparse matrix for W when the share of nonzeros is below this
 DECODE_CHUNK = 1 << 22  # decoded elements held at once by a compressed mix
 
 
@@ -54,33 +55,31 @@ class SimCommunicator(Communicator):
         self.agents = torch.arange(topology.n)
         self.traffic = Traffic.zeros(topology.n)
         self.device, self.dtype = device, dtype
-        self._static: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._static: tuple[Mixing, torch.Tensor] | None = None
         self.servers = servers
 
-    def _weights(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``W(t)`` ready for ``@`` on the device, and the out-degree ``(n,)`` of each agent."""
+    def _weights(self, t: int) -> tuple[Mixing, torch.Tensor]:
+        """``W(t)``'s kernel on the device, and the out-degree ``(n,)`` of each agent."""
         if self._static is not None:
             return self._static
         W = self.topology.sparse_weights(t)  # (n, n) float64, coalesced
         (rows, cols), n = W.indices(), self.n_agents
         edges = (W.values() != 0) & (rows != cols)
         sends = torch.bincount(cols[edges], minlength=n)  # agents i != j with W_ij != 0
-        if W.values().numel() >= SPARSE_BELOW * n * n:
-            W = W.to_dense()
-        out = (W.to(device=self.device, dtype=self.dtype), sends)
+        out = (Mixing.of(W, self.device, self.dtype), sends)
         if not self.topology.time_varying:
             self._static = out
         return out
 
     def start_mix(self, x: torch.Tensor, t: int, *, codec: Codec | None = None) -> Handle:
-        W, sends = self._weights(t)
+        mixing, sends = self._weights(t)
         if codec is not None:
             compressor = codec.compressor
             payload = compressor.encode(x, generator=codec.generator)  # each x_j encoded once
             self.traffic.add(sends, sends * compressor.nbytes(payload))
             return Ready(self._decode_mix(x, payload, compressor, t))
         self.traffic.add(sends, sends * x.shape[1] * x.element_size())
-        return Ready(torch.sparse.mm(W, x) if W.is_sparse else W @ x)  # (n, n) @ (n, d)
+        return Ready(mixing(x))  # (n, n) @ (n, d)
 
     def _decode_mix(
         self, x: torch.Tensor, payload: object, compressor: Compressor, t: int
@@ -94,7 +93,7 @@ class SimCommunicator(Communicator):
         edge = (values != 0) & (rows != cols)
         recv, send = rows[edge].to(x.device), cols[edge].to(x.device)  # (E,) edges j -> i
         w = values[edge].to(device=x.device, dtype=x.dtype)  # (E,)
-        diagonal = torch.zeros(self.n_agents, dtype=torch.float64)
+        diagonal = torch.zeros(self.n_agents, dtype=torch.float64, device=values.device)
         diagonal[rows[rows == cols]] = values[rows == cols]
         out = x * diagonal.to(device=x.device, dtype=x.dtype)[:, None]  # (n, d)
         decoded = None if reads_reference(compressor) else compressor.decode(payload)  # (n, d)
