@@ -447,14 +447,14 @@ def breakdown(
     x = sim.state.x  # (n, d)
     local = torch.arange(n)
     idx, w = oracle._sample(local)  # (n, B), (n, B)
-    xb, yb = oracle.x[idx], oracle.y[idx]  # (n, B, F), (n, B)
+    xb, yb = oracle.samples(idx)  # (n, B, F), (n, B)
     buffers, keys = rows(oracle.buffers, local), oracle._keys(local)  # none, zeros: stateless
     g, _, _ = oracle._batched_grad(x, buffers, keys, xb, yb, w)  # (n, d)
     cfg, empty = SGDConfig(lr=LR), SGDState()
     parts: dict[str, Callable[[], object]] = {
         "round": sim.round,
         "sample": lambda: oracle._sample(local),
-        "gather": lambda: (oracle.x[idx], oracle.y[idx]),
+        "gather": lambda: oracle.samples(idx),
         "forward_backward": lambda: oracle._batched_grad(x, buffers, keys, xb, yb, w),
         "sgd_step": lambda: sgd_step(x, g, empty, cfg),
         "clone_x": x.clone,  # one fresh (n, d) tensor: allocation + a pass over memory

@@ -271,6 +271,12 @@ def free_memory(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``t[idx]`` for an index tensor ``idx`` of rows of ``t``."""
+    rows = torch.index_select(t.reshape(len(t), -1), 0, idx.reshape(-1))
+    return rows.view(*idx.shape, *t.shape[1:])
+
+
 def pass_bytes(oracle: Oracle) -> int:
     """Memory one agent adds to a pass, estimated from one real pass of agent 0 on one
     batch: three times the activations autograd saves for the backward pass (the saved
@@ -442,10 +448,16 @@ class Oracle:
         by ``kernel``: ``(loss (k,), g (k, d))``, detached; their buffers updated."""
         buffers = rows(self.buffers, local)
         with training(self.problem.model):
-            g, loss, buffers = kernel(x, buffers, keys, self.x[idx], self.y[idx], w)
+            g, loss, buffers = kernel(x, buffers, keys, *self.samples(idx), w)
         for name, value in buffers.items():
             self.buffers[name][local] = value.detach()
         return loss.detach(), g.detach()
+
+    def samples(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs ``(k, B, ...)`` and targets ``(k, B, ...)`` at the local copy's rows
+        ``idx: (k, B)``, by ``index_select`` on flat rows (about twice as fast as
+        advanced indexing on a large batch)."""
+        return take(self.x, idx), take(self.y, idx)
 
     @functools.cached_property
     def chunk(self) -> int:
@@ -535,7 +547,7 @@ class Oracle:
             local = torch.arange(self.m, device="cpu")  # agent ids, like the meters
         idx, w = self._sample(local)
         self.meter.samples[local] += self._counted[local]
-        return Linearization.at(self.problem, x, self.x[idx], self.y[idx], w)
+        return Linearization.at(self.problem, x, *self.samples(idx), w)
 
     def local_state(self) -> list[Any]:
         """Every local agent's state beyond its parameters, for checkpoints: its count of
