@@ -130,6 +130,11 @@ class RunKeys(Section):
     memory_gb: float = key(
         0.0, "chunk_agents=auto: memory for one pass, GiB; 0 = a quarter of free memory", at_least=0
     )
+    compile: bool = key(
+        False,
+        "compile the oracle's gradient with torch.compile (tens of seconds once per run on a "
+        "CPU; same numbers to rounding; warns and runs eagerly where compilation fails)",
+    )
     eval_every: int = key(
         25, "rounds between evaluations (one metrics.jsonl record each)", at_least=1
     )
@@ -151,7 +156,7 @@ class RunKeys(Section):
     )
 
     def check(self) -> None:
-        Execution.parse(self.chunk_agents, self.memory_gb)
+        Execution.parse(self.chunk_agents, self.memory_gb, self.compile)
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ def build_problem(
         model = copy.deepcopy(model)
     model = model.to(cfg.device, dtype)
     regularizer = Regularizer(cfg.regularizer, cfg.reg_lambda)
-    execution = Execution.parse(cfg.chunk_agents, cfg.memory_gb)
+    execution = Execution.parse(cfg.chunk_agents, cfg.memory_gb, cfg.compile)
     return Problem(
         model, loss_fn, regularizer, data, buffer_policy=cfg.buffers, execution=execution
     )

@@ -22,10 +22,13 @@ from torch import nn
 
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
-# SplitMix64's constants as signed int64 (torch has no uint64 arithmetic).
-_GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)
-_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
-_MIX2 = 0x94D049BB133111EB - (1 << 64)
+# SplitMix64's constants as signed int64 (torch has no uint64 arithmetic), held as 0-d
+# tensors: torch.compile's inductor folds a Python integer times an index (arange) in
+# exact integer arithmetic and fails on the overflow; a tensor operand is multiplied at
+# run time, wrapping modulo 2^64 like the eager product.
+_GOLDEN = torch.tensor(0x9E3779B97F4A7C15 - (1 << 64))
+_MIX1 = torch.tensor(0xBF58476D1CE4E5B9 - (1 << 64))
+_MIX2 = torch.tensor(0x94D049BB133111EB - (1 << 64))
 
 
 def _shift(z: torch.Tensor, s: int) -> torch.Tensor:

@@ -104,13 +104,15 @@ def blame(model: nn.Module) -> Iterator[None]:
 def check_vectorisable(problem: Any) -> None:
     """Run one training pass of two agents on two samples each, and evaluate two models
     on two test samples, with :func:`blame` around them (a cheap rehearsal before any
-    work)."""
+    work, eager even where the run compiles its oracle)."""
     data = problem.data
     if len(data.y_train) < 2:
         return
     x0 = problem.initial_params(0, reinitialise=False)
     shards = [torch.tensor([0]), torch.tensor([1])]
     with blame(problem.model):
-        oracle = problem.oracle(shards, [0, 1], batch_size=2, seed=0, with_regularizer=False)
+        oracle = problem.oracle(
+            shards, [0, 1], batch_size=2, seed=0, with_regularizer=False, compile=False
+        )
         oracle.grad(torch.stack([x0, x0]))
         problem.evaluate(torch.stack([x0, x0]), oracle.buffers or None, samples=2)
