@@ -52,8 +52,9 @@ import torch
 from nettrain.config import FIELDS
 from nettrain.data import Dataset, load_dataset, partition
 from nettrain.memory import retain_freed_memory
+from nettrain.problem.execution import Execution
 from nettrain.problem.losses import Regularizer, get_loss
-from nettrain.problem.oracle import Execution, Problem
+from nettrain.problem.oracle import Problem
 from sim_throughput import (
     CASES,
     FULL,

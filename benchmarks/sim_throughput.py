@@ -84,7 +84,7 @@ from nettrain.problem.buffers import rows
 from nettrain.problem.flat import matmul_flops_per_sample
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
-from nettrain.problem.oracle import Oracle, Problem, agent_seed, pass_bytes
+from nettrain.problem.oracle import Oracle, Problem, agent_seed
 from nettrain.topology import build_topology
 
 LR = 0.1
@@ -308,7 +308,7 @@ def measure_scaling(n: int, settings: Settings, device: str = "cpu") -> dict[str
     runs = [seconds(sim.round, 1) for _ in range(settings.reps)]
     state_mb = sim.state.x.numel() * sim.state.x.element_size() / 2**20
     chunk = min(sim.oracle.chunk, n)
-    chunk_mb = chunk * pass_bytes(sim.oracle) / 2**20
+    chunk_mb = chunk * sim.oracle.pass_bytes() / 2**20
     peak = peak_memory()["peak_memory_mb"]
     return {
         "n": n,

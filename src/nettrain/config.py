@@ -44,9 +44,9 @@ from nettrain.data import DATASETS, PARTITIONS, is_npz_path
 from nettrain.errors import ConfigError
 from nettrain.faults import Faults
 from nettrain.problem.buffers import BUFFER_POLICIES
+from nettrain.problem.execution import Execution
 from nettrain.problem.losses import LOSSES, REGULARIZERS
 from nettrain.problem.models import MODELS
-from nettrain.problem.oracle import Execution
 from nettrain.topology import GRAPHS, SCHEDULES, WEIGHTS
 
 if sys.version_info >= (3, 11):

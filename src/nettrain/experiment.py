@@ -42,10 +42,11 @@ from nettrain.engines.sim.engine import SimEngine
 from nettrain.errors import ConfigError, DataError
 from nettrain.faults import Faults
 from nettrain.memory import peak_memory, reset_peak, retain_freed_memory
+from nettrain.problem.execution import Execution
 from nettrain.problem.flat import matmul_flops_per_sample
 from nettrain.problem.losses import LOSSES, Regularizer, get_loss, per_sample
 from nettrain.problem.models import build_model
-from nettrain.problem.oracle import Execution, Problem
+from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder, summarize
 from nettrain.report.plots import plot_runs
 from nettrain.report.tables import write_csv

@@ -11,8 +11,9 @@ from torch import nn
 
 from nettrain.data import Dataset
 from nettrain.errors import ConfigError
+from nettrain.problem.execution import Execution
 from nettrain.problem.losses import Regularizer, get_loss
-from nettrain.problem.oracle import Execution, Problem, pass_bytes
+from nettrain.problem.oracle import Problem
 
 
 def data() -> Dataset:
@@ -62,7 +63,7 @@ def test_chunks_give_the_numbers_of_one_pass_bit_for_bit(model: str) -> None:
 
 
 def test_auto_chunks_fit_the_memory_budget() -> None:
-    per_agent = pass_bytes(oracle("batched (mlp with dropout)", Execution(chunk_agents=1)))
+    per_agent = oracle("batched (mlp with dropout)", Execution(chunk_agents=1)).pass_bytes()
     assert per_agent > 0
     for agents in (1, 3, 5):
         budget = Execution(memory_gb=agents * per_agent / 2**30)
@@ -76,7 +77,7 @@ def test_a_pass_costs_more_with_a_bigger_batch() -> None:
     big = small.problem.oracle(
         [torch.arange(i, 80, 8) for i in range(8)], range(8), batch_size=16, seed=2
     )
-    assert pass_bytes(big) > 2 * pass_bytes(small)
+    assert big.pass_bytes() > 2 * small.pass_bytes()
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,9 @@ import nettrain
 from nettrain.config import FROZEN_ON_RESUME, load_config
 from nettrain.data import Dataset, from_tensors
 from nettrain.errors import ConfigError
+from nettrain.problem.execution import Execution
 from nettrain.problem.losses import Regularizer, get_loss
-from nettrain.problem.oracle import Execution, Oracle, Problem
+from nettrain.problem.oracle import Oracle, Problem
 
 # inductor imports torch.utils.mkldnn, which declares a deprecated TorchScript method
 pytestmark = pytest.mark.filterwarnings(

@@ -24,7 +24,6 @@ on the data's device; the oracle keeps only each agent's count ``k`` of batches 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +38,7 @@ from nettrain.errors import ConfigError
 from nettrain.problem.batched import BatchedModel, batched_loss
 from nettrain.problem.buffers import BUFFER_POLICIES, Buffers, BufferSpec, rows
 from nettrain.problem.compiled import Compiled
+from nettrain.problem.execution import Execution, free_memory
 from nettrain.problem.flat import FlatSpec
 from nettrain.problem.linearization import Linearization
 from nettrain.problem.losses import Regularizer
@@ -51,53 +51,6 @@ DROPOUT_STREAM = 0xD0  # the agents' dropout keys, apart from their mini-batches
 def agent_seed(seed: int, agent: int, stream: int = 0) -> int:
     """A 63-bit seed for ``agent``'s private random stream, a pure function of its inputs."""
     return int(np.random.SeedSequence([seed, agent, stream]).generate_state(2, np.uint64)[0] >> 1)
-
-
-@dataclass(frozen=True)
-class Execution:
-    """How the oracle runs, not what it computes: agents per pass, memory budget and
-    compilation.
-
-    ``chunk_agents``: ``"auto"`` sizes the chunks from ``memory_gb`` (0 = a quarter of
-    the memory free when the oracle is built: the device's on CUDA, the machine's
-    available memory on the CPU), or a number of agents per pass. Chunks give the same
-    numbers as one pass (each agent's arithmetic is its own); they bound the activation
-    memory of a round by one chunk's.
-
-    ``compile``: the gradient kernel of a stack of agents runs compiled by
-    ``torch.compile`` (:mod:`~nettrain.problem.compiled`): the batched model's losses and
-    gradients as one graph (``torch.func.grad_and_value``), or the vmapped
-    ``grad_and_value`` of any other model (one agent's kernel stays eager). The first
-    call of each shape compiles (on the 2-core CPU: about 18 s in a fresh process, 5 s
-    when inductor's on-disk cache holds the graph); the numbers equal the eager
-    kernel's to rounding (1e-6 in float32). Where compilation fails the oracle warns
-    once and runs eagerly. Off by default: per round it was 1.1-1.5x faster on the CPU
-    in most runs but not in every run at every n, and the compilation makes a run of
-    the default 300 rounds slower at every n (``benchmarks/compile_oracle.py``).
-    """
-
-    chunk_agents: int | str = "auto"
-    memory_gb: float = 0.0
-    compile: bool = False
-
-    @classmethod
-    def parse(cls, chunk_agents: str, memory_gb: float, compile: bool = False) -> Execution:
-        """From the config's text: ``chunk_agents`` is ``auto`` or a whole number."""
-        text = chunk_agents.strip()
-        return cls(int(text) if text.isdigit() else text, memory_gb, compile)
-
-    def __post_init__(self) -> None:
-        auto = self.chunk_agents == "auto"
-        if not auto and not (isinstance(self.chunk_agents, int) and self.chunk_agents >= 1):
-            raise ConfigError(
-                f"chunk_agents must be auto or a number of agents >= 1, got {self.chunk_agents!r}"
-            )
-        if self.memory_gb < 0:
-            raise ConfigError(
-                f"memory_gb must be >= 0 (0 = a quarter of free memory), got {self.memory_gb}"
-            )
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
 
 
 @dataclass
@@ -277,51 +230,10 @@ class Problem:
         return Oracle(self, shards, agents, batch_size, seed, with_regularizer, compile=compile)
 
 
-def free_memory(device: torch.device) -> int:
-    """Bytes free for new tensors: the CUDA device's free memory, or the machine's
-    available memory (``MemAvailable``, else free pages)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``t[idx]`` for an index tensor ``idx`` of rows of ``t``."""
     rows = torch.index_select(t.reshape(len(t), -1), 0, idx.reshape(-1))
     return rows.view(*idx.shape, *t.shape[1:])
-
-
-def pass_bytes(oracle: Oracle) -> int:
-    """Memory one agent adds to a pass, estimated from one real pass of agent 0 on one
-    batch: three times the activations autograd saves for the backward pass (the saved
-    tensors, their gradients and the layers' outputs; views of the parameters and of the
-    inputs cost nothing), plus the batch's inputs and two rows of ``d`` (the gradient
-    and its copy into the stack)."""
-    problem = oracle.problem
-    B = oracle.batch_size or int(oracle.sizes.max())
-    idx = torch.arange(B, device=oracle.x.device) % int(oracle.sizes[0])
-    xb, yb = oracle.x[idx][None], oracle.y[idx][None]
-    x0 = problem.spec.flatten(problem.model).to(oracle.x)[None]
-    wb = torch.full((1, B), 1.0 / B, dtype=oracle.x.dtype, device=oracle.x.device)
-    key = torch.zeros(1, dtype=torch.int64, device=oracle.x.device)
-    free = {x0.untyped_storage().data_ptr(), xb.untyped_storage().data_ptr()}
-    saved = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        if t.untyped_storage().data_ptr() not in free:
-            saved += t.numel() * t.element_size()
-        return t
-
-    buffers = rows(oracle.buffers, slice(0, 1))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), training(problem.model):
-        oracle._single_grad(x0, buffers, key, xb, yb, wb)
-    return 3 * saved + xb.numel() * xb.element_size() + 2 * x0.numel() * x0.element_size()
 
 
 class Oracle:
@@ -521,12 +433,39 @@ class Oracle:
     @functools.cached_property
     def chunk(self) -> int:
         """Agents per pass: :attr:`Execution.chunk_agents`, or with ``auto`` as many as
-        fit in the memory budget (:func:`pass_bytes` per agent), at least one."""
+        fit in the memory budget (:meth:`pass_bytes` per agent), at least one."""
         execution = self.problem.execution
         if execution.chunk_agents != "auto":
             return int(execution.chunk_agents)
         budget = execution.memory_gb * 2**30 or free_memory(self.x.device) / 4
-        return max(1, int(budget // pass_bytes(self)))
+        return max(1, int(budget // self.pass_bytes()))
+
+    def pass_bytes(self) -> int:
+        """Memory one agent adds to a pass, estimated from one real pass of agent 0 on one
+        batch: three times the activations autograd saves for the backward pass (the saved
+        tensors, their gradients and the layers' outputs; views of the parameters and of the
+        inputs cost nothing), plus the batch's inputs and two rows of ``d`` (the gradient
+        and its copy into the stack)."""
+        problem = self.problem
+        B = self.batch_size or int(self.sizes.max())
+        idx = torch.arange(B, device=self.x.device) % int(self.sizes[0])
+        xb, yb = self.x[idx][None], self.y[idx][None]
+        x0 = problem.spec.flatten(problem.model).to(self.x)[None]
+        wb = torch.full((1, B), 1.0 / B, dtype=self.x.dtype, device=self.x.device)
+        key = torch.zeros(1, dtype=torch.int64, device=self.x.device)
+        free = {x0.untyped_storage().data_ptr(), xb.untyped_storage().data_ptr()}
+        saved = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal saved
+            if t.untyped_storage().data_ptr() not in free:
+                saved += t.numel() * t.element_size()
+            return t
+
+        buffers = rows(self.buffers, slice(0, 1))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), training(problem.model):
+            self._single_grad(x0, buffers, key, xb, yb, wb)
+        return 3 * saved + xb.numel() * xb.element_size() + 2 * x0.numel() * x0.element_size()
 
     def _keys(self, local: torch.Tensor) -> torch.Tensor:
         """Each local agent's dropout key for its next pass ``(k,)`` int64 (zeros without
