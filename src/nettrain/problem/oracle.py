@@ -449,7 +449,7 @@ class Oracle:
         problem = self.problem
         B = self.batch_size or int(self.sizes.max())
         idx = torch.arange(B, device=self.x.device) % int(self.sizes[0])
-        xb, yb = self.x[idx][None], self.y[idx][None]
+        xb, yb = self.samples(idx[None])  # (1, B, ...)
         x0 = problem.spec.flatten(problem.model).to(self.x)[None]
         wb = torch.full((1, B), 1.0 / B, dtype=self.x.dtype, device=self.x.device)
         key = torch.zeros(1, dtype=torch.int64, device=self.x.device)

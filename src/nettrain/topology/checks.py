@@ -129,17 +129,21 @@ def is_b_connected(graphs: Sequence[nx.Graph | nx.DiGraph], window: int) -> bool
     return True
 
 
-def _as_square(weights: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Return ``weights`` as a dense float64 tensor, checking it is a non-empty square
-    matrix."""
-    if isinstance(weights, torch.Tensor) and weights.is_sparse:
-        weights = weights.to_dense()
-    w = torch.as_tensor(weights, dtype=torch.float64)
+def _check_square(w: torch.Tensor) -> torch.Tensor:
+    """``w``, after checking it is a non-empty square matrix."""
     if w.ndim != 2 or w.shape[0] != w.shape[1] or w.shape[0] == 0:
         raise TopologyError(
             f"mixing matrix must be square (n, n) with n >= 1, got {tuple(w.shape)}"
         )
     return w
+
+
+def _as_square(weights: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Return ``weights`` as a dense float64 tensor, checking it is a non-empty square
+    matrix."""
+    if isinstance(weights, torch.Tensor) and weights.is_sparse:
+        weights = weights.to_dense()
+    return _check_square(torch.as_tensor(weights, dtype=torch.float64))
 
 
 def _entry(w: torch.Tensor, i: int, j: int) -> float:
@@ -152,12 +156,7 @@ def _as_sparse(weights: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Return ``weights`` as a coalesced sparse float64 tensor (a dense one converted,
     its zeros dropped), checking it is a non-empty square matrix."""
     if isinstance(weights, torch.Tensor) and weights.is_sparse:
-        w = weights.to(torch.float64).coalesce()
-        if w.ndim != 2 or w.shape[0] != w.shape[1] or w.shape[0] == 0:
-            raise TopologyError(
-                f"mixing matrix must be square (n, n) with n >= 1, got {tuple(w.shape)}"
-            )
-        return w
+        return _check_square(weights.to(torch.float64).coalesce())
     return _as_square(weights).to_sparse().coalesce()
 
 

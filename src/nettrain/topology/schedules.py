@@ -41,7 +41,13 @@ from nettrain.topology.checks import (
     spectral_gap,
 )
 from nettrain.topology.graphs import GRAPHS, build_graph, edge_array
-from nettrain.topology.weights import check_scheme, sparse_matrix, sparse_mixing_matrix
+from nettrain.topology.weights import (
+    check_scheme,
+    mixing_matrix,
+    nonzero_entries,
+    sparse_matrix,
+    sparse_mixing_matrix,
+)
 
 SCHEDULES: tuple[str, ...] = ("static", "edge_drop", "one_peer_exponential", "random_matching")
 
@@ -113,9 +119,8 @@ class Topology(ABC):
         i = operator.index(i)
         if not 0 <= i < self.n:
             raise ConfigError(f"agent index must be in 0..{self.n - 1}, got {i}")
-        w = self.sparse_weights(t)
-        (rows, cols), values = w.indices(), w.values()
-        talks = (values != 0) & (rows != cols) & ((rows == i) | (cols == i))
+        rows, cols, _ = nonzero_entries(self.sparse_weights(t))
+        talks = (rows != cols) & ((rows == i) | (cols == i))
         other = torch.where(rows == i, cols, rows)[talks]
         return torch.unique(other).tolist()
 
@@ -131,12 +136,7 @@ class StaticTopology(Topology):
 
     def __init__(self, graph: nx.Graph, scheme: str = "metropolis") -> None:
         super().__init__(graph, scheme=scheme)
-        check_scheme(scheme)
-        if graph.is_directed():
-            raise TopologyError(
-                "mixing weights need an undirected graph; pass graph.to_undirected()"
-            )
-        self._weights = sparse_mixing_matrix(self.n, edge_array(graph), scheme)  # (n, n)
+        self._weights = mixing_matrix(graph, scheme, sparse=True)  # (n, n)
 
     def graph(self, t: int) -> nx.Graph:
         _check_round(t)

@@ -31,8 +31,11 @@ from nettrain.topology.graphs import edge_array
 WEIGHTS: tuple[str, ...] = ("metropolis", "uniform", "max_degree")
 
 
-def mixing_matrix(graph: nx.Graph, scheme: str = "metropolis") -> torch.Tensor:
-    """Return the ``(n, n)`` float64 mixing matrix of ``graph`` under ``scheme``.
+def mixing_matrix(
+    graph: nx.Graph, scheme: str = "metropolis", *, sparse: bool = False
+) -> torch.Tensor:
+    """Return the ``(n, n)`` float64 mixing matrix of ``graph`` under ``scheme``, dense or
+    (``sparse=True``) as :func:`sparse_mixing_matrix` gives it.
 
     ``W[i, j]`` is the weight agent ``i`` gives to the value of agent ``j``; see the module
     docstring for the formulas. The result is symmetric and doubly stochastic.
@@ -45,13 +48,8 @@ def mixing_matrix(graph: nx.Graph, scheme: str = "metropolis") -> torch.Tensor:
     check_scheme(scheme)
     if graph.is_directed():
         raise TopologyError("mixing weights need an undirected graph; pass graph.to_undirected()")
-    return mixing_matrix_from_edges(graph.number_of_nodes(), edge_array(graph), scheme)
-
-
-def mixing_matrix_from_edges(n: int, edges: np.ndarray, scheme: str) -> torch.Tensor:
-    """Return the dense ``(n, n)`` mixing matrix of the graph on ``0..n-1`` with undirected
-    ``edges`` (:func:`sparse_mixing_matrix`, densified)."""
-    return sparse_mixing_matrix(n, edges, scheme).to_dense()
+    w = sparse_mixing_matrix(graph.number_of_nodes(), edge_array(graph), scheme)
+    return w if sparse else w.to_dense()
 
 
 def sparse_mixing_matrix(n: int, edges: np.ndarray, scheme: str) -> torch.Tensor:
@@ -95,6 +93,14 @@ def sparse_matrix(
         index.to(torch.int64), values, (n, n), device=host, check_invariants=True
     )
     return sparse.coalesce()
+
+
+def nonzero_entries(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rows, cols, values)`` of the nonzero entries of a coalesced sparse ``w``, in
+    row-major order."""
+    (rows, cols), values = w.indices(), w.values()
+    keep = values != 0
+    return rows[keep], cols[keep], values[keep]
 
 
 def check_scheme(scheme: str) -> None:

@@ -35,6 +35,7 @@ from nettrain.patterns import (
     ring_allreduce_cost,
 )
 from nettrain.topology import Topology
+from nettrain.topology.weights import nonzero_entries
 
 DECODE_CHUNK = 1 << 22  # decoded elements held at once by a compressed mix
 
@@ -63,9 +64,8 @@ class SimCommunicator(Communicator):
         if self._static is not None:
             return self._static
         W = self.topology.sparse_weights(t)  # (n, n) float64, coalesced
-        (rows, cols), n = W.indices(), self.n_agents
-        edges = (W.values() != 0) & (rows != cols)
-        sends = torch.bincount(cols[edges], minlength=n)  # agents i != j with W_ij != 0
+        rows, cols, _ = nonzero_entries(W)
+        sends = torch.bincount(cols[rows != cols], minlength=self.n_agents)  # i != j, W_ij != 0
         out = (Mixing.of(W, self.device, self.dtype), sends)
         if not self.topology.time_varying:
             self._static = out
@@ -88,13 +88,12 @@ class SimCommunicator(Communicator):
         one row decoded per edge ``j -> i`` against the receiver's ``x_i`` (once per
         sender when decoding ignores the reference), the edges in ``(i, j)`` order and in
         chunks of at most ``DECODE_CHUNK`` decoded elements."""
-        W = self.topology.sparse_weights(t)  # (n, n) float64, entries in row-major order
-        (rows, cols), values = W.indices(), W.values()
-        edge = (values != 0) & (rows != cols)
+        rows, cols, values = nonzero_entries(self.topology.sparse_weights(t))  # row-major
+        edge = rows != cols
         recv, send = rows[edge].to(x.device), cols[edge].to(x.device)  # (E,) edges j -> i
         w = values[edge].to(device=x.device, dtype=x.dtype)  # (E,)
         diagonal = torch.zeros(self.n_agents, dtype=torch.float64, device=values.device)
-        diagonal[rows[rows == cols]] = values[rows == cols]
+        diagonal[rows[~edge]] = values[~edge]
         out = x * diagonal.to(device=x.device, dtype=x.dtype)[:, None]  # (n, d)
         decoded = None if reads_reference(compressor) else compressor.decode(payload)  # (n, d)
         step = max(1, DECODE_CHUNK // max(1, x.shape[1]))

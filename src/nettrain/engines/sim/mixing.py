@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nettrain.topology.weights import nonzero_entries
+
 DENSE_FROM = 0.15  # share of nonzero entries from which W is multiplied as a dense matrix
 MAX_DIAGONALS = 4  # wrapped off-diagonals beyond which a sparse product reads less
 
@@ -34,9 +36,7 @@ class Mixing:
     def of(cls, W: torch.Tensor, device: torch.device, dtype: torch.dtype) -> Mixing:
         """The kernel for the coalesced sparse ``W: (n, n)``."""
         n = W.shape[0]
-        (rows, cols), values = W.indices(), W.values()
-        keep = values != 0
-        rows, cols, values = rows[keep], cols[keep], values[keep]
+        rows, cols, values = nonzero_entries(W)
         offsets = torch.unique((cols - rows) % n).tolist()
         off = [k for k in offsets if k != 0]
         if len(off) <= MAX_DIAGONALS:
