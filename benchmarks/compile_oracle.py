@@ -53,8 +53,6 @@ from nettrain.config import FIELDS
 from nettrain.data import Dataset, load_dataset, partition
 from nettrain.memory import retain_freed_memory
 from nettrain.problem.execution import Execution
-from nettrain.problem.losses import Regularizer, get_loss
-from nettrain.problem.oracle import Problem
 from sim_throughput import (
     CASES,
     FULL,
@@ -65,6 +63,7 @@ from sim_throughput import (
     SimRunner,
     calls_per_block,
     interleaved,
+    make_problem,
     rates,
     run_facts,
     seconds,
@@ -76,9 +75,7 @@ ROUNDS = FIELDS["rounds"].default  # a run of the default length
 
 def runner(case: Case, data: Dataset, n: int, compile: bool) -> SimRunner:
     """W1's D-PSGD rounds on ``n`` agents of ``case``, the oracle compiled or eager."""
-    model = case.build(data)
-    execution = Execution(compile=compile)
-    problem = Problem(model, get_loss("cross_entropy"), Regularizer(), data, execution=execution)
+    problem = make_problem(case, data, Execution(compile=compile))
     shards = partition(data.y_train, n, "iid", seed=SEED)
     return SimRunner(problem, shards, case.batch, mixing=True)
 

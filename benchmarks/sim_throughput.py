@@ -81,6 +81,7 @@ from nettrain.data import Dataset, load_dataset, partition
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.memory import peak_memory, reset_peak, retain_freed_memory
 from nettrain.problem.buffers import rows
+from nettrain.problem.execution import Execution
 from nettrain.problem.flat import matmul_flops_per_sample
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
@@ -142,10 +143,12 @@ def on_device(data: Dataset, device: str) -> Dataset:
     return replace(data, **{k: getattr(data, k).to(device) for k in splits})
 
 
-def make_problem(case: Case, data: Dataset) -> Problem:
-    """The case's model, on the device of ``data``."""
+def make_problem(case: Case, data: Dataset, execution: Execution | None = None) -> Problem:
+    """The case's model, on the device of ``data``; the oracle run as ``execution`` says
+    (default: as a run's defaults)."""
     model = case.build(data).to(data.x_train.device)
-    return Problem(model, get_loss("cross_entropy"), Regularizer(), data)
+    execution = execution or Execution()
+    return Problem(model, get_loss("cross_entropy"), Regularizer(), data, execution=execution)
 
 
 class SimRunner:
