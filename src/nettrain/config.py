@@ -41,6 +41,7 @@ from nettrain.algorithms import (
 )
 from nettrain.compression import COMPRESSORS, build_compressor
 from nettrain.data import DATASETS, PARTITIONS, is_npz_path
+from nettrain.engines.distributed.placement import Placement
 from nettrain.errors import ConfigError
 from nettrain.faults import Faults
 from nettrain.problem.buffers import BUFFER_POLICIES
@@ -390,8 +391,14 @@ class EngineKeys(Section):
     )
     nproc: int = key(
         0,
-        "engine=distributed: processes to launch, one per agent and server; 0 = that many",
+        "engine=distributed: processes to launch: P that hold the agents (agents/P each, "
+        "see placement) plus one per parameter server; 0 = one per agent and server",
         at_least=0,
+    )
+    placement: str = key(
+        "blocks",
+        "engine=distributed: which agents each process holds: blocks (contiguous), strided "
+        "(agent i on process i mod P), or each process's agents, e.g. 0-3;4-7",
     )
     backend: str = key(
         "auto", "engine=distributed: gloo (CPU), nccl (CUDA), auto = nccl on device=cuda", BACKENDS
@@ -533,12 +540,22 @@ class RunConfig:
         self._check_used(method)
         self._check_engine(method)
         asynchronous = method.schedule == "events"
-        if self.engine == "distributed" and self.nproc not in (0, self.world_size):
-            servers = f" plus {self.world_size - self.agents} servers" if self.uses_servers else ""
-            raise ConfigError(
-                f"engine=distributed runs one process per agent{servers}: nproc={self.nproc} "
-                f"but agents={self.agents}; set nproc={self.world_size} (or nproc=0)"
-            )
+        if self.engine == "distributed" and self.nproc:
+            servers = self.world_size - self.agents
+            one = asynchronous and self.nproc != self.world_size
+            if one or not servers < self.nproc <= self.world_size:
+                also = f" plus {servers} servers" if servers else ""
+                raise ConfigError(
+                    f"nproc={self.nproc} for agents={self.agents}{also}: "
+                    + (
+                        f"algorithm={self.algorithm} is asynchronous and runs one process per "
+                        f"agent; set nproc={self.world_size} (or nproc=0)"
+                        if one
+                        else f"set nproc between {servers + 1} and {self.world_size} "
+                        "(0 = one process per agent)"
+                    )
+                )
+            Placement.parse(self.placement, self.agents, self.nproc - servers)
         if asynchronous and self.checkpoint_every and self.engine != "sim":
             raise ConfigError(
                 f"algorithm={self.algorithm} is asynchronous: its runs are checkpointed in "

@@ -272,6 +272,7 @@ def run(
             rounds=cfg.rounds,
             seed=cfg.seed,
         )
+        | result.summary
         | peak_memory()
         | {"allocator": allocator}
         | provenance()

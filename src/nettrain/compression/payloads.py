@@ -7,7 +7,8 @@ all have the agent axis first (``codes: (m, d)``, ``scale: (m,)``, ``values: (m,
 and whose other fields (the working dtype, ``d``) are configuration both sides share.
 So, without knowing the compressor:
 
-* :func:`take_rows` picks senders' rows (the simulator decodes one row per edge);
+* :func:`take_rows` picks senders' rows (the simulator decodes one row per edge) and
+  :func:`cat_rows` joins the rows of several;
 * :func:`pack` lays one agent's payload out as one ``uint8`` buffer (one message on the
   wire) and :func:`unpack` reads it back given the receiver's own payload as a template.
   Given ``d`` and the compressor, the buffer has the same length on every agent, so a
@@ -50,8 +51,15 @@ def take_rows(payload: P, rows: torch.Tensor) -> P:
     return dataclasses.replace(payload, **picked)  # type: ignore[type-var]
 
 
+def cat_rows(payloads: list[P]) -> P:
+    """The payloads' rows one after another (the first payload's other fields)."""
+    fields = [tensor_fields(p) for p in payloads]
+    joined = {name: torch.cat([f[name] for f in fields]) for name in fields[0]}
+    return dataclasses.replace(payloads[0], **joined)  # type: ignore[type-var]
+
+
 def pack(payload: Any) -> torch.Tensor:
-    """One agent's payload (every tensor field has one row) as one flat ``uint8`` buffer."""
+    """A payload (one agent's, or the rows of several) as one flat ``uint8`` buffer."""
     parts = [t.contiguous().view(torch.uint8).reshape(-1) for t in tensor_fields(payload).values()]
     return torch.cat(parts)
 

@@ -67,6 +67,15 @@ class CentreShard:
                 self._cond.notify_all()
             return reply, self._count(worker)
 
+    def exchange_rows(
+        self, workers: list[int], round: int | None, sent: torch.Tensor
+    ) -> list[tuple[torch.Tensor, int]]:
+        """The exchanges of several workers of one process, ``sent: (k, d_s)``, in order:
+        :meth:`exchange` each, or :meth:`exchange_sync` of ``round`` when it is given."""
+        if round is None:
+            return [self.exchange(w, s) for w, s in zip(workers, sent, strict=True)]
+        return [self.exchange_sync(w, round, s) for w, s in zip(workers, sent, strict=True)]
+
     def _count(self, worker: int) -> int:
         stale = self.version - self.seen[worker]
         self.version += 1

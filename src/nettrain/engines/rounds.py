@@ -77,6 +77,10 @@ class Rounds(Stack):
         """One picklable object per local agent -> one per agent, in agent order."""
         return objects
 
+    def waited(self) -> float:
+        """Seconds this process has spent waiting for others (none in one process)."""
+        return 0.0
+
     def servers_state(self) -> dict[str, Any] | None:
         """The parameter servers' state for a checkpoint (None: no servers)."""
         return None
@@ -108,10 +112,11 @@ class Rounds(Stack):
         algo = self.job.algorithm
         for t in range(self.round, stop):
             self.faults.check_synchronous(t, algo.name)  # every process alike
-            begin = time.perf_counter()
+            begin, waited = time.perf_counter(), self.waited()
             self.state, loss = algo.step(self.state, t, self.oracle, self.talk.at(t))
-            if self.slowdown > 1:  # a straggler for real: its round (mostly compute) again
-                time.sleep((self.slowdown - 1) * (time.perf_counter() - begin))
+            if self.slowdown > 1:  # a straggler for real: its round's work, not waits, again
+                work = time.perf_counter() - begin - (self.waited() - waited)
+                time.sleep((self.slowdown - 1) * max(0.0, work))
             self._note(loss)
             self.round = t + 1
             if t + 1 == stop or len(self.pending) == self.settle_every:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from helpers import torchrun_command, wait_or_fail
+from nettrain.checkpoint import Checkpoint
 from nettrain.config import load_config
 from nettrain.engines.base import Job, RunResult
 from nettrain.engines.distributed.engine import DistributedEngine
@@ -74,6 +75,27 @@ CASES = {
         "dtype": "float64",
     },
 }
+# 32 agents on the same 4 processes, 8 a process: each runs the vectorised oracle over its
+# block and exchanges only the rows that cross processes.
+MANY = {
+    "many_allreduce": {"algorithm": "allreduce"},
+    "many_dpsgd_ring": {"algorithm": "dpsgd"},
+    "many_dpsgd_edge_drop": {"algorithm": "dpsgd", "schedule": "edge_drop", "drop_prob": 0.3},
+    "many_gradient_tracking": {"algorithm": "gradient_tracking"},
+    "many_next": {"algorithm": "next", "regularizer": "l1", "reg_lambda": 1e-3},
+    "many_dpsgd_torus_lattice": {
+        "algorithm": "dpsgd",
+        "topology": "torus",
+        "quantizer": "lattice",
+        "dtype": "float64",
+    },
+    # 30 agents in blocks of 8, 8, 7, 7; and a placement given by hand
+    "many_local_sgd_uneven": {"algorithm": "local_sgd", "tau": 4, "agents": 30},
+    "many_dpsgd_placed": {"algorithm": "dpsgd", "placement": "0-2;3-20;21-28;29-31"},
+    # 3 worker processes (11, 11, 10 agents) and one parameter server
+    "many_easgd": {"algorithm": "easgd"},
+}
+CASES |= {name: {"agents": 32, "checkpoint_every": 20} | case for name, case in MANY.items()}
 EXACT = (
     "round",
     "samples",
@@ -93,17 +115,32 @@ def torchrun(nproc: int, script: Path, *args: str, log: Path) -> subprocess.Pope
         return subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT)
 
 
+def _out(folder: Path, engine: str, name: str) -> dict[str, str]:
+    """The run folder of a case that writes a checkpoint (whose totals are per agent)."""
+    return {"_out": str(folder / engine / name)} if "checkpoint_every" in CASES[name] else {}
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[dict, RunResult]]:
+def run_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("dist")
+
+
+@pytest.fixture(scope="module")
+def runs(run_root: Path) -> dict[str, tuple[dict, RunResult]]:
     """``{case: (distributed {"x", "summary", "records"}, simulator RunResult)}``.
 
     One 4-process launch runs every case; the simulator runs them meanwhile.
     """
-    folder = tmp_path_factory.mktemp("dist")
+    folder = run_root
     out, log = folder / "results.pt", folder / "torchrun.log"
-    configs = [json.dumps(SMALL | case) for case in CASES.values()]
+    configs = [
+        json.dumps(SMALL | case | _out(folder, "dist", name)) for name, case in CASES.items()
+    ]
     proc = torchrun(4, Path(__file__).with_name("worker.py"), str(out), *configs, log=log)
-    sims = {name: run(load_config(SMALL | case)) for name, case in CASES.items()}
+    sims = {
+        name: run(load_config(SMALL | case), _out(folder, "sim", name).get("_out"))
+        for name, case in CASES.items()
+    }
     wait_or_fail(proc, log, 240)
     results = torch.load(out, weights_only=False)
     return {name: (results[text], sims[name]) for name, text in zip(CASES, configs, strict=True)}
@@ -112,7 +149,8 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, RunResult]]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_distributed_run_equals_the_simulator(name: str, runs) -> None:
     got, sim = runs[name]
-    assert got["x"].shape == sim.x.shape == (4, sim.x.shape[1])
+    n = CASES[name].get("agents", SMALL["agents"])
+    assert got["x"].shape == sim.x.shape == (n, sim.x.shape[1])
     torch.testing.assert_close(got["x"], sim.x, rtol=0, atol=1e-5)
     assert len(got["records"]) == len(sim.records) == 2
     for mine, ref in zip(got["records"], sim.records, strict=True):
@@ -124,6 +162,31 @@ def test_distributed_run_equals_the_simulator(name: str, runs) -> None:
     if name == "gradient_tracking":
         assert got["records"][-1]["tracking_error"] < 1e-4
     assert got["summary"]["engine"] == "distributed"
+
+
+@pytest.mark.parametrize("name", list(MANY))
+def test_many_agents_a_process_count_every_agents_work_as_the_simulator(
+    name: str, runs, run_root: Path
+) -> None:
+    """The checkpoints after the last round hold each agent's samples, messages and
+    bytes: equal to the simulator's, agent by agent."""
+    assert name in runs
+    dist_ck = Checkpoint.load(run_root / "dist" / name)
+    sim_ck = Checkpoint.load(run_root / "sim" / name)
+    assert dist_ck.round == sim_ck.round == SMALL["rounds"]
+    for key, total in sim_ck.totals.items():
+        assert torch.equal(dist_ck.totals[key], total), key
+    assert dist_ck.clock == pytest.approx(sim_ck.clock, rel=1e-9)
+
+
+def test_a_ring_sends_only_the_rows_that_cross_processes(runs) -> None:
+    """A ring over 4 blocks of 8 agents: each process sends one row to each of its two
+    neighbouring processes a round, 2 P rows in all, while the agents count 2 n."""
+    got, _ = runs["many_dpsgd_ring"]
+    d, rounds = got["x"].shape[1], SMALL["rounds"]
+    assert got["summary"]["process_messages"] == rounds * 2 * 4
+    assert got["summary"]["process_bytes"] == rounds * 2 * 4 * d * 4
+    assert got["records"][-1]["messages_total"] == rounds * 2 * 32
 
 
 def test_compressed_runs_count_the_encoded_bytes(runs) -> None:
@@ -152,17 +215,30 @@ def test_outside_a_launcher_the_engine_says_how_to_launch(monkeypatch) -> None:
         DistributedEngine().run(job, None)  # type: ignore[arg-type]
 
 
-def test_world_size_must_equal_the_number_of_agents(monkeypatch) -> None:
+def test_more_processes_than_agents_is_refused(monkeypatch) -> None:
     monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("WORLD_SIZE", "5")
     job: Job = build_job(load_config(SMALL | {"rounds": 1}))
-    with pytest.raises(ConfigError, match="WORLD_SIZE=3 and agents=4"):
+    with pytest.raises(ConfigError, match="WORLD_SIZE=5 for agents=4: launch between 1 and 4"):
         DistributedEngine().run(job, None)  # type: ignore[arg-type]
 
 
-def test_nproc_must_equal_agents() -> None:
-    with pytest.raises(ConfigError, match="nproc=3 but agents=4"):
-        load_config(SMALL | {"engine": "distributed", "nproc": 3})
+def test_asynchronous_methods_run_one_agent_a_process(monkeypatch) -> None:
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    job: Job = build_job(load_config(SMALL | {"rounds": 1, "algorithm": "swarm"}))
+    with pytest.raises(ConfigError, match="asynchronous and runs one process per agent"):
+        DistributedEngine().run(job, None)  # type: ignore[arg-type]
+
+
+def test_nproc_holds_between_one_and_every_agent() -> None:
+    load_config(SMALL | {"engine": "distributed", "nproc": 3})  # blocks of 2, 1, 1
+    with pytest.raises(ConfigError, match="nproc=5 for agents=4: set nproc between 1 and 4"):
+        load_config(SMALL | {"engine": "distributed", "nproc": 5})
+    with pytest.raises(ConfigError, match=r"swarm is asynchronous .* set nproc=4"):
+        load_config(SMALL | {"engine": "distributed", "nproc": 2, "algorithm": "swarm"})
+    with pytest.raises(ConfigError, match=r"exactly once .*missing \[3\]"):
+        load_config(SMALL | {"engine": "distributed", "nproc": 2, "placement": "0,1;2"})
 
 
 def test_gather_state_stacks_every_agent_axis_and_keeps_the_rest() -> None:

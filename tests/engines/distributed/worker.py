@@ -2,7 +2,8 @@
 
 ``python -m torch.distributed.run --nproc-per-node N worker.py OUT CONFIG_JSON...``:
 each rank joins one gloo group, runs every config with ``engine=distributed`` through
-:func:`nettrain.experiment.run` (the engine uses the group it finds), then leaves it;
+:func:`nettrain.experiment.run` (the engine uses the group it finds; a config's
+``_out`` is the run folder), then leaves it;
 rank 0 saves ``{label: {"x": (n, d), "summary": ..., "records": ...}}`` to ``OUT``.
 """
 
@@ -25,7 +26,8 @@ def main(out: str, configs: list[str]) -> None:
     results = {}
     for text in configs:
         overrides = json.loads(text)
-        result = run(load_config(overrides | {"engine": "distributed"}))
+        folder = overrides.pop("_out", None)  # a run folder, for the checkpoint's per-agent totals
+        result = run(load_config(overrides | {"engine": "distributed"}), folder)
         results[text] = {"x": result.x, "summary": result.summary, "records": result.records}
     if os.environ["RANK"] == "0":
         torch.save(results, out)

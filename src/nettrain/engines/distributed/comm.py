@@ -49,8 +49,11 @@ import torch
 import torch.distributed as dist
 
 from nettrain.compression import Identity
-from nettrain.compression.payloads import pack, unpack
+from nettrain.compression.payloads import cat_rows, pack, take_rows, unpack
+from nettrain.engines.coded import decode_mean, decode_mix
+from nettrain.engines.distributed.halo import Halo
 from nettrain.engines.distributed.liveness import beating
+from nettrain.engines.distributed.placement import Placement
 from nettrain.engines.distributed.rpc import RpcSession, peer_error
 from nettrain.errors import PeerError
 from nettrain.patterns import (
@@ -84,148 +87,169 @@ class _Exchange:
 
     works: Sequence[tuple[str, dist.Work | None]]  # (what, request)
     finish: Callable[[], torch.Tensor]
+    comm: DistCommunicator  # whose talk_s counts the seconds spent waiting
 
     def wait(self) -> torch.Tensor:
+        begin = time.perf_counter()
         for what, work in self.works:
             if work is not None:
                 guarded(what, work.wait)
+        self.comm.talk_s += time.perf_counter() - begin
         return self.finish()
 
 
 class DistCommunicator(Communicator):
-    """Agent ``rank`` of ``topology`` in this process; ``x`` is always ``(1, d)``.
+    """This process's agents ``placement.groups[rank]`` of ``topology``: ``x: (m, d)``.
 
-    Needs an initialised default process group whose size is ``topology.n``. The
-    constructor runs a barrier: the first point-to-point call of a group must follow
-    a call every rank takes part in. ``servers`` are the parameter servers of a centre
-    method: ranks ``n + s`` own the columns ``servers[s]``; ``sync_round`` is their next
-    synchronous round (not 0 when a run resumes).
+    Needs an initialised default process group (or ``group``) of ``placement.processes``
+    ranks. The constructor runs a barrier: the first point-to-point call of a group must
+    follow a call every rank takes part in. ``servers`` are the parameter servers of a
+    centre method: ranks ``P + s`` own the columns ``servers[s]``; ``sync_round`` is their
+    next synchronous round (not 0 when a run resumes). ``wire`` counts the messages and
+    bytes this process really sent to other processes (a mix sends the halo rows only;
+    the per-agent :attr:`traffic` counts what each agent sends, as the simulator does).
     """
 
     def __init__(
         self,
         topology: Topology,
+        placement: Placement | None = None,
         group: dist.ProcessGroup | None = None,
         rpc: RpcSession | None = None,
         servers: list[slice] | None = None,
         sync_round: int = 0,
     ) -> None:
         world = dist.get_world_size(group)
-        if world != topology.n:
-            raise ValueError(f"process group of {world} ranks for {topology.n} agents")
-        self.topology = topology
-        self.group = group
+        placement = placement or Placement.parse("blocks", topology.n, world)
+        if world != placement.processes or placement.n != topology.n:
+            raise ValueError(
+                f"process group of {world} ranks for a placement of {placement.n} agents on "
+                f"{placement.processes} processes ({topology.n} agents in the topology)"
+            )
+        self.topology, self.placement, self.group = topology, placement, group
         self.rank = dist.get_rank(group)
         self.n_agents = topology.n
-        self.agents = torch.tensor([self.rank])
-        self.traffic = Traffic.zeros(1)
+        self.agents = torch.tensor(placement.groups[self.rank])
+        self.traffic = Traffic.zeros(len(self.agents))
+        self.wire = Counter({"messages": 0, "bytes": 0})
         self.rpc = rpc  # the asynchronous patterns' session, for algorithms with uses_rpc
         self._slices = servers or []
-        self.server_ranks = [topology.n + s for s in range(len(self._slices))]
+        self.server_ranks = [placement.processes + s for s in range(len(self._slices))]
         self.sync_rounds = sync_round  # synchronous centre exchanges made: the servers' next
-        self.staleness: Counter[int] = Counter()  # of this worker's centre exchanges
+        self.staleness: Counter[int] = Counter()  # of this process's centre exchanges
         # asynchronous exchanges: requests that reached each partner (a centre exchange
         # counts under this rank), exchanges that lost their request or their reply,
-        # ranks found dead, and wall seconds spent waiting for rpc replies
+        # ranks found dead, and wall seconds spent waiting for other processes
         self.delivered: Counter[int] = Counter()
         self.lost = 0
         self.dead: set[int] = set()
         self.talk_s = 0.0
         self._calls = 0
-        self._static: tuple[list[int], list[int], torch.Tensor] | None = None
+        self._static: Halo | None = None
         dist.barrier(group)
 
-    def _peers(self, t: int) -> tuple[list[int], list[int], torch.Tensor]:
-        """Ranks to send to, ranks to receive from, and row ``i`` of ``W(t)`` (float64)."""
+    def _halo(self, t: int, x: torch.Tensor) -> Halo:
+        """This process's plan of round ``t``'s mix (:class:`~.halo.Halo`)."""
         if self._static is not None:
             return self._static
-        i = self.rank
-        W = self.topology.weights(t)  # (n, n) float64, shared: read only
-        row, col = W[i], W[:, i]
-        send = [j for j in col.nonzero().flatten().tolist() if j != i]
-        recv = [j for j in row.nonzero().flatten().tolist() if j != i]
-        out = (send, recv, row.clone())
+        W = self.topology.sparse_weights(t)  # (n, n) float64, coalesced, shared: read only
+        halo = Halo.of(W, self.placement, self.rank, x.device, x.dtype)
         if not self.topology.time_varying:
-            self._static = out
-        return out
+            self._static = halo
+        return halo
 
     def start_mix(self, x: torch.Tensor, t: int, *, codec: Codec | None = None) -> Handle:
-        send, recv, row = self._peers(t)
-        mine, nbytes, read = self._message(x, codec)
-        works, got = self._post(mine, send, recv, t)
-        self.traffic.add(torch.tensor([len(send)]), torch.as_tensor(len(send) * nbytes))
-        own = mine if codec is None else x[0]  # (d,) this agent's own term
-        order = row.nonzero().flatten().tolist()  # recv, and i if W_ii != 0: ascending j
-        weights = row[order].to(device=x.device, dtype=x.dtype)
-
-        def combine() -> torch.Tensor:  # (1, k) @ (k, d) -> (1, d), the row of W @ x
-            values = [own if j == self.rank else read(got[j])[0] for j in order]
-            return weights[None, :] @ torch.stack(values)
-
-        return _Exchange(works, combine)
-
-    @staticmethod
-    def _message(
-        x: torch.Tensor, codec: Codec | None
-    ) -> tuple[torch.Tensor, int | torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-        """What this agent sends of ``x``: the buffer (``x_i``; with a codec its payload,
-        encoded once and packed into one ``uint8`` buffer whose length is fixed by ``d``
-        and the compressor), its bytes, and ``read``: a received buffer of that layout as
-        a ``(1, d)`` row, decoded against ``x``."""
+        plan = self._halo(t, x)
         if codec is None:
-            mine = x[0].contiguous()  # (d,)
-            return mine, mine.numel() * x.element_size(), lambda b: b[None]
+            self.traffic.add(plan.sends, plan.sends * x.shape[1] * x.element_size())
+            sent = {q: x.index_select(0, rows) for q, rows in plan.send.items()}  # (k_q, d)
+            got = {q: x.new_empty(k, x.shape[1]) for q, k in plan.recv.items()}
+            works = self._post(sent, got, t)
+
+            def combine() -> torch.Tensor:  # row A of W @ x
+                halo = torch.cat([got[q] for q in plan.recv]) if got else x[:0]
+                return plan.combine(x, halo)
+
+            return _Exchange(works, combine, self)
         compressor = codec.compressor
-        payload = compressor.encode(x, generator=codec.generator)
+        payload = compressor.encode(x, generator=codec.generator)  # each x_j encoded once
+        self.traffic.add(plan.sends, plan.sends * compressor.nbytes(payload))
+        sent = {q: pack(take_rows(payload, rows)) for q, rows in plan.send.items()}
+        # what arrives from q: k_q payload rows, laid out like k_q of this process's rows
+        like = {
+            q: take_rows(payload, x.new_zeros(k, dtype=torch.int64)) for q, k in plan.recv.items()
+        }
+        got = {q: torch.empty_like(pack(p)) for q, p in like.items()}
+        works = self._post(sent, got, t)
 
-        def read(b: torch.Tensor) -> torch.Tensor:
-            return compressor.decode(unpack(b, payload), x)
+        def decode() -> torch.Tensor:  # W_ii x_i + sum_j W_ij decode(p_j, x_i)
+            received = [unpack(got[q], like[q]) for q in plan.recv]
+            return decode_mix(
+                x, cat_rows([payload, *received]), compressor, plan.edges, plan.diagonal
+            )
 
-        return pack(payload), compressor.nbytes(payload), read
+        return _Exchange(works, decode, self)
 
     def _post(
-        self, buffer: torch.Tensor, send: list[int], recv: list[int], t: int
-    ) -> tuple[list[tuple[str, dist.Work]], dict[int, torch.Tensor]]:
-        """``isend(buffer)`` to every ``send`` rank and an ``irecv`` of the same shape from
-        every ``recv`` rank, in one batch: the labelled requests and the receive buffers."""
+        self, sent: dict[int, torch.Tensor], got: dict[int, torch.Tensor], t: int
+    ) -> list[tuple[str, dist.Work]]:
+        """``isend(sent[q])`` to every process ``q`` and an ``irecv`` into ``got[q]`` from
+        every process ``q``, in one batch: the labelled requests."""
         tag = self._calls % TAG_CYCLE
         self._calls += 1
-        ops = [dist.P2POp(dist.isend, buffer, j, self.group, tag) for j in send]
-        got = {j: torch.empty_like(buffer) for j in recv}
-        ops += [dist.P2POp(dist.irecv, got[j], j, self.group, tag) for j in recv]
+        ops = [dist.P2POp(dist.isend, b.contiguous(), q, self.group, tag) for q, b in sent.items()]
+        ops += [dist.P2POp(dist.irecv, b, q, self.group, tag) for q, b in got.items()]
+        for b in sent.values():
+            self.wire.update(messages=1, bytes=b.numel() * b.element_size())
         works = guarded(
             f"posting the exchange of round {t}",
             lambda: dist.batch_isend_irecv(ops) if ops else [],  # it fails on an empty batch
         )
-        peers = [f"sending to rank {j}" for j in send] + [f"receiving from rank {j}" for j in recv]
+        peers = [f"sending to rank {q}" for q in sent] + [f"receiving from rank {q}" for q in got]
         if len(works) != len(peers):  # one request for the whole batch (NCCL)
-            peers = [f"the exchange with ranks {send + recv}"] * len(works)
-        return [(f"round {t}: {p}", w) for p, w in zip(peers, works, strict=True)], got
+            peers = [f"the exchange with ranks {[*sent, *got]}"] * len(works)
+        return [(f"round {t}: {p}", w) for p, w in zip(peers, works, strict=True)]
 
     def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
-        n = self.n_agents
+        n, m, processes = self.n_agents, len(x), self.placement.processes
         if codec is None:
             messages, nbytes = ring_allreduce_cost(n, x.shape[1], x.element_size())
-            self.traffic.add(torch.tensor([messages]), torch.tensor([nbytes]))
-            total = x.clone(memory_format=torch.contiguous_format)  # (1, d)
+            self.traffic.add(torch.full((m,), messages), torch.full((m,), nbytes))
+            self._count_wire(*ring_allreduce_cost(processes, x.shape[1], x.element_size()))
+            total = x.sum(0, keepdim=True)  # (1, d): this process's part of the sum
             what = "the all-reduce"
             work = guarded(
                 what, lambda: dist.all_reduce(total, dist.ReduceOp.SUM, self.group, async_op=True)
             )
-            return _Exchange([(what, work)], lambda: total.div_(n))
-        mine, nbytes, read = self._message(x, codec)
-        buffers = [torch.empty_like(mine) for _ in range(n)]  # the same length on every rank
-        self.traffic.add(torch.tensor([n - 1]), torch.as_tensor((n - 1) * nbytes))
+            return _Exchange([(what, work)], lambda: total.div_(n).expand_as(x).clone(), self)
+        compressor = codec.compressor
+        payload = compressor.encode(x, generator=codec.generator)
+        self.traffic.add(torch.full((m,), n - 1), (n - 1) * compressor.nbytes(payload))
+        # each process's rows laid out like as many of this one's, padded to the longest
+        like = [
+            take_rows(payload, x.new_zeros(len(g), dtype=torch.int64))
+            for g in self.placement.groups
+        ]
+        sizes = [pack(p).numel() for p in like]
+        mine = pack(payload)
+        longest = max(sizes)
+        buffers = [mine.new_empty(longest) for _ in range(processes)]
+        padded = torch.cat([mine, mine.new_zeros(longest - len(mine))])
+        self._count_wire(processes - 1, (processes - 1) * longest)  # a ring all-gather
         what = "the all-gather of a compressed mean"
-        work = guarded(what, lambda: dist.all_gather(buffers, mine, self.group, async_op=True))
+        work = guarded(what, lambda: dist.all_gather(buffers, padded, self.group, async_op=True))
 
-        def average() -> torch.Tensor:  # every payload decoded against x_i, in rank order
-            total = torch.zeros_like(x)  # (1, d)
-            for b in buffers:
-                total += read(b)
-            return total / n
+        def average() -> torch.Tensor:  # every payload decoded against x_i, in agent order
+            rows = [unpack(b[:k], p) for b, k, p in zip(buffers, sizes, like, strict=True)]
+            every = take_rows(cat_rows(rows), self.placement.position.to(x.device))
+            return decode_mean(x, every, compressor, n)
 
-        return _Exchange([(what, work)], average)
+        return _Exchange([(what, work)], average, self)
+
+    def _count_wire(self, messages: int, nbytes: int) -> None:
+        """Count what this process sends to other processes (alone, it sends nothing)."""
+        if self.placement.processes > 1:
+            self.wire.update(messages=messages, bytes=nbytes)
 
     def swap(
         self,
@@ -284,36 +308,46 @@ class DistCommunicator(Communicator):
         *,
         losses: Losses | None = None,
     ) -> torch.Tensor:
-        """This worker's exchange: its slices to every server at once (``rpc_async``),
-        then the replies; see :mod:`~nettrain.engines.centre`. Lost (by ``losses``):
-        ``sent``, the worker stays as it was."""
+        """The exchanges of ``workers`` (agents held here; ``sent`` their rows): every
+        server gets its slice of each row in one call (``rpc_async`` to all servers at
+        once), then the replies; see :mod:`~nettrain.engines.centre`. Lost (by
+        ``losses``): ``sent``, the worker stays as it was."""
         if self.rpc is None or not self._slices:
             raise RuntimeError("a centre exchange needs the engine's servers (uses_centre)")
-        if workers.tolist() != [self.rank]:
-            raise ValueError(f"rank {self.rank} can only make its own exchange, got {workers}")
-        request_lost, reply_lost = self._lost(losses)
-        self.traffic.add(  # sent, come what may
-            torch.tensor([len(self._slices)]), torch.tensor([sent.shape[1] * sent.element_size()])
+        rows = self.local_rows(workers)
+        request, reply = (
+            (losses.request.cpu(), losses.reply.cpu())
+            if losses is not None
+            else (torch.zeros(len(rows), dtype=torch.bool),) * 2
         )
-        if request_lost:
-            self.lost += 1
-            return sent.clone()
+        messages = torch.zeros_like(self.traffic.messages)
+        nbytes = torch.zeros_like(self.traffic.bytes)
+        messages[rows.cpu()] = len(self._slices)  # sent, come what may
+        nbytes[rows.cpu()] = sent.shape[1] * sent.element_size()
+        self.traffic.add(messages, nbytes)
+        out = sent.clone()
+        self.lost += int(reply.sum())  # a lost request loses its reply too
+        kept = (~request).nonzero().flatten()
+        if not len(kept):
+            return out
+        ids = workers[kept.to(workers.device)].tolist()
         begin = time.perf_counter()
-        method = "exchange_sync" if synchronous else "exchange"
-        head = (self.rank, self.sync_rounds) if synchronous else (self.rank,)
-        calls = [  # each slice cloned to own its storage: the wire carries only the slice
-            self.rpc.remote(owner, "centre").rpc_async(method, *head, sent[0, cols].clone())
-            for owner, cols in zip(self.server_ranks, self._slices, strict=True)
-        ]
+        head = (ids, self.sync_rounds) if synchronous else (ids, None)
+        calls = []
+        for owner, cols in zip(self.server_ranks, self._slices, strict=True):
+            slices = sent[kept.to(sent.device), cols].contiguous()  # the wire carries the slice
+            self._count_wire(1, slices.numel() * slices.element_size())
+            calls.append(self.rpc.remote(owner, "centre").rpc_async("exchange_rows", *head, slices))
         self.sync_rounds += synchronous
         answers = self.rpc.wait(calls, "the exchange with the parameter servers")
         self.talk_s += time.perf_counter() - begin
-        self.staleness[max(stale for _, stale in answers)] += 1
-        self.delivered[self.rank] += 1
-        if reply_lost:
-            self.lost += 1
-            return sent.clone()
-        return torch.cat([reply for reply, _ in answers])[None]
+        for k in range(len(ids)):
+            self.staleness[max(served[k][1] for served in answers)] += 1
+        self.delivered[self.rank] += len(ids)
+        replies = torch.cat([torch.stack([r for r, _ in served]) for served in answers], 1)
+        answered = kept[~reply[kept]].to(sent.device)
+        out[answered] = replies[~reply[kept].to(replies.device)].to(out.dtype)
+        return out
 
     def centre(self) -> torch.Tensor:
         """The centre, fetched from every server."""

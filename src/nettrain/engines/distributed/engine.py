@@ -1,8 +1,12 @@
-"""The ``distributed`` engine: one agent per process over torch.distributed.
+"""The ``distributed`` engine: the agents spread over processes with torch.distributed.
 
-Launched by ``torchrun`` (``nettrain run engine=distributed nproc=N ...`` starts it
-for you on one machine); rank ``r`` is agent ``r`` and holds only its own shard, and
-ranks ``n .. n + S - 1`` host the parameter servers of a centre-based method. This
+Launched by ``torchrun`` (``nettrain run engine=distributed nproc=P ...`` starts it
+for you on one machine). The first ``P`` ranks hold the agents, ``placement``
+(:mod:`.placement`; contiguous blocks by default, one agent a rank when ``P = n``)
+says which: each runs the simulator's vectorised oracle over its ``m`` agents and
+mixes them with one kernel, exchanging only the rows that cross processes
+(:mod:`.halo`). Ranks ``P .. P + S - 1`` host the parameter servers of a centre-based
+method. Asynchronous methods run one agent a process. This
 module joins the process group (rendezvous store bound to ``master_addr``, heartbeats,
 the final barrier) and hands the rank to its loop: :func:`~.rounds.run_rounds` for a
 synchronous algorithm, :func:`~.events.run_events` for an asynchronous one. Only rank 0
@@ -32,6 +36,7 @@ from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.events import run_events
 from nettrain.engines.distributed.finish import Silence, events_prefix, read_verdict
 from nettrain.engines.distributed.liveness import Heartbeat, silent_ranks
+from nettrain.engines.distributed.placement import Placement
 from nettrain.engines.distributed.rounds import run_rounds, servers_round
 from nettrain.engines.distributed.rpc import RpcSession, rpc_session
 from nettrain.engines.distributed.store import keep_on_loopback, open_store
@@ -53,13 +58,15 @@ def launched_rank() -> int | None:
 
 
 class DistributedEngine:
-    """Runs the agent ``RANK`` of a :class:`Job` in this process.
+    """Runs rank ``RANK``'s part of a :class:`Job` in this process: its agents, or a
+    parameter server.
 
     ``backend``: ``gloo`` (CPU tensors), ``nccl`` (CUDA tensors, one GPU per rank), or
     ``auto`` (``nccl`` when the problem lives on CUDA, else ``gloo``). ``timeout_s``
     bounds every collective: a dead peer turns into an error within that time instead
     of a hang. ``master_addr``/``master_port`` are used only where the launcher did not
-    set ``MASTER_ADDR``/``MASTER_PORT``.
+    set ``MASTER_ADDR``/``MASTER_PORT``. ``placement`` says which agents each process
+    holds (:meth:`.placement.Placement.parse`).
     """
 
     name = "distributed"
@@ -70,6 +77,7 @@ class DistributedEngine:
         timeout_s: float = 60.0,
         master_addr: str = "127.0.0.1",
         master_port: int = 29512,
+        placement: str = "blocks",
     ) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend!r} is not allowed; choose one of auto, gloo, nccl")
@@ -79,6 +87,7 @@ class DistributedEngine:
         self.timeout_s = timeout_s
         self.master_addr = master_addr
         self.master_port = master_port
+        self.placement = placement
 
     @classmethod
     def from_config(cls, cfg: Any) -> DistributedEngine:
@@ -89,7 +98,7 @@ class DistributedEngine:
         """
         if cfg.device == "cuda" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
-        return cls(cfg.backend, cfg.timeout_s, cfg.master_addr, cfg.master_port)
+        return cls(cfg.backend, cfg.timeout_s, cfg.master_addr, cfg.master_port, cfg.placement)
 
     @property
     def is_main(self) -> bool:
@@ -106,23 +115,36 @@ class DistributedEngine:
             raise ConfigError("backend=gloo runs on CPU tensors; use device=cpu or backend=nccl")
         return backend
 
+    def _placement(self, job: Job, servers: int) -> Placement:
+        """Which agents each agent process holds: the ``WORLD_SIZE - servers`` first ranks
+        hold the ``n`` agents as :attr:`placement` says."""
+        if launched_rank() is None:
+            raise ConfigError(f"engine=distributed needs a launcher (no RANK set): {LAUNCH_HINT}")
+        n, world = job.n_agents, int(os.environ.get("WORLD_SIZE", "1"))
+        processes = world - servers
+        if not 1 <= processes <= n or (job.algorithm.schedule == "events" and processes != n):
+            extra = f" + servers={servers}" if servers else ""
+            one = job.algorithm.schedule == "events"
+            raise ConfigError(
+                f"WORLD_SIZE={world} for agents={n}{extra}: "
+                + (
+                    f"algorithm={job.algorithm.name} is asynchronous and runs one process per "
+                    f"agent; launch {n + servers} processes (nproc={n + servers})"
+                    if one
+                    else f"launch between {1 + servers} and {n + servers} processes, "
+                    f"{servers} of them parameter servers"
+                )
+            )
+        return Placement.parse(self.placement, n, processes)
+
     @contextmanager
     def _process_group(
-        self, n: int, device: torch.device, servers: int = 0
+        self, world: int, device: torch.device
     ) -> Iterator[tuple[int, dist.Store | None]]:
-        """Join (or reuse) the default group of ``n`` agents and ``servers`` server ranks;
-        yield this rank and the rendezvous store (None when the caller owns the group)."""
+        """Join (or reuse) the default group of ``world`` ranks; yield this rank and the
+        rendezvous store (None when the caller owns the group)."""
         rank = launched_rank()
-        if rank is None:
-            raise ConfigError(f"engine=distributed needs a launcher (no RANK set): {LAUNCH_HINT}")
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world != n + servers:
-            extra = f" + servers={servers}" if servers else ""
-            raise ConfigError(
-                f"engine=distributed runs one process per agent (and per parameter server), "
-                f"but WORLD_SIZE={world} and agents={n}{extra}: set agents= to match, or "
-                f"launch {n + servers} processes (nproc={n + servers})"
-            )
+        assert rank is not None
         self._someone_died = False  # an asynchronous run outlived a rank: no final barrier
         if dist.is_initialized():  # the caller owns the group
             yield dist.get_rank(), None
@@ -155,7 +177,7 @@ class DistributedEngine:
             dist.destroy_process_group()
 
     def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
-        """Run this rank's part: agent ``RANK``, or parameter server ``RANK - agents``.
+        """Run this rank's part: its agents, or parameter server ``RANK - P``.
 
         With ``resume`` (synchronous algorithms only), continue from that checkpoint's
         round. Every rank is given the same :class:`Checkpoint`, the one the simulator
@@ -173,28 +195,38 @@ class DistributedEngine:
             )
         algo, n = job.algorithm, job.n_agents
         servers = algo.servers if algo.uses_centre else 0
-        with self._process_group(n, job.x0.device, servers) as (rank, store), ExitStack() as stack:
+        placement = self._placement(job, servers)
+        p = placement.processes
+        with (
+            self._process_group(p + servers, job.x0.device) as (rank, store),
+            ExitStack() as stack,
+        ):
             # Servers take no part in the workers' collectives; every rank creates the group.
-            group = dist.new_group(list(range(n))) if servers else None
+            group = dist.new_group(list(range(p))) if servers else None
             session = None
             if algo.uses_rpc:  # shut down before the group's final barrier
                 session = stack.enter_context(
                     rpc_session(
                         rank,
-                        n + servers,
+                        p + servers,
                         store=store,
                         timeout_s=self.timeout_s,
                         num_worker_threads=max(8, n + 2),  # synchronous rounds park n - 1
                     )
                 )
-            if rank >= n:
+            if rank >= p:
                 assert session is not None
                 watched = store if store is not None else session.store  # the caller's group
                 assert watched is not None
-                return self._serve(job, rank - n, session, watched)
+                return self._serve(job, rank - p, session, watched)
             slices = block_slices(job.problem.dim, servers) if servers else None
             comm = DistCommunicator(
-                job.topology, group, rpc=session, servers=slices, sync_round=servers_round(resume)
+                job.topology,
+                placement,
+                group,
+                rpc=session,
+                servers=slices,
+                sync_round=servers_round(resume),
             )
             try:
                 if algo.schedule != "events":
@@ -209,7 +241,7 @@ class DistributedEngine:
                         self._someone_died = session is not None and not session.graceful
             finally:
                 if servers and rank == 0:  # the servers may leave, even after a failure
-                    release_servers(comm, n, servers)
+                    release_servers(comm, p, servers)
 
     def _serve(self, job: Job, shard: int, session: RpcSession, store: dist.Store) -> RunResult:
         """Parameter server ``shard``: host its slice until rank 0 says the run is over.
@@ -242,10 +274,11 @@ class DistributedEngine:
         return RunResult(job.x0[None], [])
 
 
-def release_servers(comm: DistCommunicator, n: int, servers: int) -> None:
-    """Tell every parameter server that the run is over (best effort: a server that is
-    already gone, or leaves before its answer is out, needs no word)."""
+def release_servers(comm: DistCommunicator, p: int, servers: int) -> None:
+    """Tell every parameter server (ranks ``p .. p + servers - 1``) that the run is over
+    (best effort: a server that is already gone, or leaves before its answer is out,
+    needs no word)."""
     assert comm.rpc is not None
-    for rank in range(n, n + servers):
+    for rank in range(p, p + servers):
         with suppress(RuntimeError, PeerError):
             comm.rpc.remote(rank, "centre").rpc_sync("finish")

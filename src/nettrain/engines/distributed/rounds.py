@@ -1,6 +1,6 @@
 """Synchronous rounds of the distributed engine: the simulator's rounds
-(:class:`~nettrain.engines.rounds.Rounds`), one agent per rank, with checkpoints and
-resume (docs/architecture.md, "One synchronous round").
+(:class:`~nettrain.engines.rounds.Rounds`) over each process's agents, with checkpoints
+and resume (docs/architecture.md, "One synchronous round").
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch.distributed as dist
 from nettrain.checkpoint import Checkpoint
 from nettrain.engines.base import Job, RunResult
 from nettrain.engines.distributed.comm import DistCommunicator, guarded
+from nettrain.engines.distributed.placement import Placement
 from nettrain.engines.driver import drive
 from nettrain.engines.rounds import Rounds
 from nettrain.errors import ConfigError
@@ -40,19 +41,25 @@ def run_rounds(
     return rounds.result(folder.records)
 
 
-def all_gather_rows(t: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """``(1, ...)`` on every rank of ``group`` -> ``(n, ...)``, rows in rank order."""
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
-    guarded(
-        "an all-gather of the engine", lambda: dist.all_gather(parts, t.contiguous(), group=group)
-    )
-    return torch.cat(parts)
+def all_gather_rows(
+    t: torch.Tensor, placement: Placement, group: dist.ProcessGroup | None = None
+) -> torch.Tensor:
+    """Each process's rows ``(m_r, ...)`` (its agents') -> every agent's ``(n, ...)``, in
+    agent order; rows are padded to the largest ``m_r`` for the all-gather."""
+    largest = placement.largest
+    padded = t.new_zeros(largest, *t.shape[1:])
+    padded[: len(t)] = t
+    parts = [torch.empty_like(padded) for _ in range(placement.processes)]
+    guarded("an all-gather of the engine", lambda: dist.all_gather(parts, padded, group=group))
+    rows = torch.cat([part[: len(g)] for part, g in zip(parts, placement.groups, strict=True)])
+    return rows[placement.position.to(rows.device)]
 
 
 class DistRounds(Rounds):
-    """This rank's agent in synchronous rounds. Rank 0 writes the checkpoint, the
+    """This rank's agents in synchronous rounds. Rank 0 writes the checkpoint, the
     simulator's (the same keys and shapes), and reads the parameter servers' slices of
-    the centre over rpc; a straggler sleeps its slow-down for real."""
+    the centre over rpc; a process that holds a straggler sleeps its slow-down for real
+    (the slowest of its agents')."""
 
     comm: DistCommunicator
     measured, settle_every = True, SETTLE_EVERY
@@ -60,19 +67,37 @@ class DistRounds(Rounds):
     def __init__(
         self, job: Job, rank: int, comm: DistCommunicator, resume: Checkpoint | None
     ) -> None:
-        self.main, self.slowdown = rank == 0, float(job.cost.slowdown[rank])
-        super().__init__(job, [rank], comm, resume, " (distributed)")
+        agents = comm.agents.tolist()
+        self.main, self.slowdown = rank == 0, float(job.cost.slowdown[agents].max())
+        super().__init__(job, agents, comm, resume, " (distributed)")
+
+    def waited(self) -> float:
+        return self.comm.talk_s
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
-        return all_gather_rows(rows, self.comm.group)
+        return all_gather_rows(rows, self.comm.placement, self.comm.group)
 
     def gather_objects(self, objects: list[Any]) -> list[Any]:
-        every: list[Any] = [None] * self.job.n_agents  # rank order
+        parts: list[Any] = [None] * self.comm.placement.processes  # rank order
         guarded(
             "gathering the oracles' local states for a checkpoint",
-            lambda: dist.all_gather_object(every, objects[0], group=self.comm.group),
+            lambda: dist.all_gather_object(parts, objects, group=self.comm.group),
         )
-        return every
+        every = [o for part in parts for o in part]  # process order
+        return [every[k] for k in self.comm.placement.position.tolist()]
+
+    def result(self, records: list[dict[str, Any]]) -> RunResult:
+        """The simulator's result, and in its summary what crossed process boundaries:
+        ``process_messages`` and ``process_bytes`` sent by all processes together."""
+        out = super().result(records)
+        wire = self.comm.wire
+        sent = torch.tensor([wire["messages"], wire["bytes"]], dtype=torch.int64)
+        guarded(
+            "summing the traffic between processes",
+            lambda: dist.all_reduce(sent, group=self.comm.group),
+        )
+        out.summary.update(process_messages=int(sent[0]), process_bytes=int(sent[1]))
+        return out
 
     def servers_state(self) -> dict[str, Any] | None:
         # Called after the state's gather, when every worker is done with round t: rank

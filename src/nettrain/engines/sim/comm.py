@@ -13,7 +13,7 @@ costs the ring all-reduce's messages and bytes.
 
 With a codec (:class:`~nettrain.patterns.Codec`, from
 :class:`~nettrain.wrappers.Compressed`) each message costs the compressor's ``nbytes``
-(the decoding: :meth:`SimCommunicator._decode_mix`, :meth:`SimCommunicator._decode_mean`).
+(the decoding: :mod:`nettrain.engines.coded`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from nettrain.compression import Compressor, Identity
-from nettrain.compression.payloads import reads_reference, take_rows
+from nettrain.engines.coded import decode_mean, decode_mix
 from nettrain.engines.sim.mixing import Mixing
 from nettrain.engines.sim.servers import SimServers
 from nettrain.patterns import (
@@ -36,8 +36,6 @@ from nettrain.patterns import (
 )
 from nettrain.topology import Topology
 from nettrain.topology.weights import nonzero_entries
-
-DECODE_CHUNK = 1 << 22  # decoded elements held at once by a compressed mix
 
 
 class SimCommunicator(Communicator):
@@ -84,25 +82,13 @@ class SimCommunicator(Communicator):
     def _decode_mix(
         self, x: torch.Tensor, payload: object, compressor: Compressor, t: int
     ) -> torch.Tensor:
-        """``W_ii x_i + sum_{j != i} W_ij decode(p_j, x_i)``: every ``x_j`` encoded once,
-        one row decoded per edge ``j -> i`` against the receiver's ``x_i`` (once per
-        sender when decoding ignores the reference), the edges in ``(i, j)`` order and in
-        chunks of at most ``DECODE_CHUNK`` decoded elements."""
+        """Every agent's row of the compressed mix (:func:`~nettrain.engines.coded.decode_mix`),
+        the edges ``j -> i`` in ``(i, j)`` order."""
         rows, cols, values = nonzero_entries(self.topology.sparse_weights(t))  # row-major
         edge = rows != cols
-        recv, send = rows[edge].to(x.device), cols[edge].to(x.device)  # (E,) edges j -> i
-        w = values[edge].to(device=x.device, dtype=x.dtype)  # (E,)
         diagonal = torch.zeros(self.n_agents, dtype=torch.float64, device=values.device)
         diagonal[rows[~edge]] = values[~edge]
-        out = x * diagonal.to(device=x.device, dtype=x.dtype)[:, None]  # (n, d)
-        decoded = None if reads_reference(compressor) else compressor.decode(payload)  # (n, d)
-        step = max(1, DECODE_CHUNK // max(1, x.shape[1]))
-        for a in range(0, len(recv), step):
-            r, s = recv[a : a + step], send[a : a + step]
-            # (e, d): each receiver decodes against its own x_i, or the shared decoding
-            got = compressor.decode(take_rows(payload, s), x[r]) if decoded is None else decoded[s]
-            out.index_add_(0, r, got * w[a : a + step, None])
-        return out
+        return decode_mix(x, payload, compressor, (rows[edge], cols[edge], values[edge]), diagonal)
 
     def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
         if codec is not None:
@@ -124,17 +110,7 @@ class SimCommunicator(Communicator):
         self.traffic.add(
             torch.full_like(self.traffic.messages, n - 1), (n - 1) * compressor.nbytes(payload)
         )
-        if not reads_reference(compressor):
-            decoded = compressor.decode(payload)  # (n, d), the same for every receiver
-            total = torch.zeros_like(x[:1])
-            for j in range(n):  # ascending j, as each rank of the distributed engine adds
-                total += decoded[j : j + 1]
-            return (total / n).expand_as(x).clone()
-        total = torch.zeros_like(x)  # (n, d)
-        for j in range(n):  # every receiver decodes p_j against its own x_i
-            senders = torch.full((n,), j, dtype=torch.int64, device=x.device)
-            total += compressor.decode(take_rows(payload, senders), x)
-        return total / n
+        return decode_mean(x, payload, compressor, n)
 
     def swap(
         self,
