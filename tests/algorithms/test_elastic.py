@@ -261,8 +261,8 @@ def test_the_centre_read_between_rounds_leaves_out_the_next_rounds_exchanges() -
         ({"algorithm": "easgd", "alpha": 0.6, "agents": 4}, "unless 0 < beta < 2"),
         ({"algorithm": "tree_easgd", "engine": "distributed"}, "engine=sim only"),
         (
-            {"algorithm": "easgd", "engine": "distributed", "agents": 4, "servers": 2, "nproc": 4},
-            "set nproc=6",
+            {"algorithm": "easgd", "engine": "distributed", "agents": 4, "servers": 2, "nproc": 2},
+            "set nproc between 3 and 6",
         ),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -36,6 +37,25 @@ def test_compare_launches_torchrun_per_algorithm(tmp_path: Path, monkeypatch) ->
     got = torch.load(tmp_path / "dpsgd" / "final.pt", weights_only=True)
     torch.testing.assert_close(got, sim.x, rtol=0, atol=1e-5)
     assert not os.environ.get("RANK")
+
+
+def test_run_starts_torchrun_with_several_agents_a_process(tmp_path: Path, monkeypatch) -> None:
+    """``nettrain run engine=distributed agents=8 nproc=2``: two processes of four agents,
+    the simulator's parameters, and one message a round each way between them, with
+    the two rows at the ends of the sender's block (a ring of two blocks)."""
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    items = [*SMALL[1:], "agents=8", "algorithm=dpsgd"]
+    launch = [*items, "engine=distributed", "nproc=2", f"master_port={free_port()}"]
+    assert main(["run", *launch, "progress=false", "--out", str(tmp_path)]) == 0
+    sim = run(load_config(dict(i.split("=") for i in items)))
+    torch.testing.assert_close(
+        torch.load(tmp_path / "final.pt", weights_only=True), sim.x, rtol=0, atol=1e-5
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    d = sim.x.shape[1]
+    assert summary["process_messages"] == 6 * 2
+    assert summary["process_bytes"] == 6 * 2 * 2 * d * 4
 
 
 def test_two_launchers_join_one_run_like_two_machines(tmp_path: Path) -> None:
