@@ -374,8 +374,9 @@ class EngineKeys(Section):
 
     engine: str = key(
         "sim",
-        "who runs the agents: the in-process simulator, processes of agents/nproc agents each (torchrun), or "
-        "processes=P workers on one model in shared memory (block_async, hogwild, allreduce)",
+        "who runs the agents: the in-process simulator, processes of agents/nproc agents each "
+        "(torchrun), or processes=P workers on one model in shared memory (block_async, hogwild, "
+        "allreduce)",
         ENGINES,
     )
     processes: int = key(

@@ -4,10 +4,11 @@ One ``torchrun`` launch of 6 processes runs, for each case, three steps in a row
 uninterrupted run of 40 rounds, a run cut after 20 or 25 rounds that writes a
 checkpoint every 10, and ``resume`` of that run to 40 rounds. Each step is a run of its
 own, as a separate launch would make it: its own process group (the engine's, on a
-fresh port) of 4 processes (ranks 0-3; 4 and 5 sit it out) or of 6 (EASGD's 4 workers
-and 2 server ranks); the run folder and its ``checkpoint.pt`` are all that passes from
-the cut run to the resumed one. This file is the launch's script too (:func:`main`);
-one launch, not one per step, because starting processes is most of the cost here.
+fresh port) of 3, 4 or 6 processes (the others sit it out; EASGD's workers, then 2
+server ranks), one agent a process or several; the run folder and its
+``checkpoint.pt`` are all that passes from the cut run to the resumed one. This file is
+the launch's script too (:func:`main`); one launch, not one per step, because starting
+processes is most of the cost here.
 Meanwhile this process runs the same configurations in the simulator, whose last
 checkpoints the distributed ones must match key for key.
 """
@@ -54,7 +55,23 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
         4,
     ),
     "easgd_servers": ({"algorithm": "easgd", "servers": 2, "tau": 3}, 20, 6),
+    # several agents a process: 10 on 3 processes (4, 3, 3 rows), and 8 EASGD workers on
+    # 2 processes beside the 2 servers
+    "allreduce_momentum_topk_many": (
+        {
+            "algorithm": "allreduce",
+            "momentum": 0.9,
+            "quantizer": "topk",
+            "dtype": "float64",
+            "agents": 10,
+        },
+        20,
+        3,
+    ),
+    "easgd_servers_many": ({"algorithm": "easgd", "servers": 2, "tau": 3, "agents": 8}, 20, 4),
 }
+SERVERS = {"easgd_servers", "easgd_servers_many"}  # the cases with a centre on servers
+RESIDUAL = {"allreduce_momentum_topk", "allreduce_momentum_topk_many"}  # error feedback
 NPROC = max(nproc for _, _, nproc in CASES.values())
 ROUNDS = 40
 EXACT = ("round", "samples", "messages_total", "bytes_total", "bytes_max_agent")
@@ -149,7 +166,7 @@ def test_resumed_run_equals_the_uninterrupted_one(case: str, runs) -> None:
             got = torch.load(cut / name, weights_only=True)
             want = torch.load(whole / name, weights_only=True)
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-    assert (whole / "centre.pt").exists() == (case == "easgd_servers")
+    assert (whole / "centre.pt").exists() == (case in SERVERS)
     assert Checkpoint.load(cut).round == ROUNDS
     mine, ref = records(cut), records(whole)
     every = (SMALL | CASES[case][0])["eval_every"]
@@ -183,15 +200,16 @@ def test_the_checkpoint_is_the_simulators(case: str, runs) -> None:
     sim, dist = sims[case], Checkpoint.load(root / case / "whole")
     assert dist.round == sim.round == ROUNDS and dist.records == sim.records
     assert layout(dist.state) == layout(sim.state)
-    assert layout(dist.rng) == layout(sim.rng) and len(dist.rng) == SMALL["agents"]
+    assert layout(dist.rng) == layout(sim.rng)
+    assert len(dist.rng) == (SMALL | CASES[case][0])["agents"]
     assert layout(dist.totals) == layout(sim.totals)
-    assert (dist.servers is not None) == (sim.servers is not None) == (case == "easgd_servers")
+    assert (dist.servers is not None) == (sim.servers is not None) == (case in SERVERS)
     if sim.servers is not None:  # the shards; the simulator's queue model has more keys
         assert dist.servers is not None and set(dist.servers) == {"shards"} < set(sim.servers)
         assert layout(dist.servers["shards"]) == layout(sim.servers["shards"])
     torch.testing.assert_close(dist.state, sim.state, rtol=0, atol=1e-5)
     assert layout(dist.comm) == layout(sim.comm)
-    assert (sim.comm is not None) == (case == "allreduce_momentum_topk")
+    assert (sim.comm is not None) == (case in RESIDUAL)
     if sim.comm is not None and dist.comm is not None:
         assert sim.comm["residual"].abs().max() > 0
         torch.testing.assert_close(dist.comm, sim.comm, rtol=0, atol=1e-5)
