@@ -82,6 +82,8 @@ MANY = {
     "many_dpsgd_ring": {"algorithm": "dpsgd"},
     "many_dpsgd_edge_drop": {"algorithm": "dpsgd", "schedule": "edge_drop", "drop_prob": 0.3},
     "many_gradient_tracking": {"algorithm": "gradient_tracking"},
+    # stragglers (a process sleeps its slowest agent's slow-down) and resent messages
+    "many_dpsgd_faults": {"algorithm": "dpsgd", "stragglers": 0.25, "message_drop": 0.2},
     "many_next": {"algorithm": "next", "regularizer": "l1", "reg_lambda": 1e-3},
     "many_dpsgd_torus_lattice": {
         "algorithm": "dpsgd",
