@@ -1,27 +1,32 @@
-"""torch.distributed communicator: one agent per process (``m = 1``).
+"""torch.distributed communicator: this process's agents, ``x: (m, d)``.
 
-Every rank computes ``W(t)`` itself (a pure function of ``(seed, t)``, see
-:mod:`nettrain.topology.schedules`), so no rank ever asks another who its peers are.
+A :class:`~.placement.Placement` says which agents each process holds (one when there
+are as many processes as agents). Every rank computes ``W(t)`` itself (a pure function
+of ``(seed, t)``, see :mod:`nettrain.topology.schedules`), so no rank ever asks another
+who its peers are.
 
-* Neighbour mixing (Bluefog-style): agent ``i`` posts ``isend(x_i)`` to every
-  ``j != i`` with ``W_ji(t) != 0`` and ``irecv`` from every ``j != i`` with
-  ``W_ij(t) != 0`` in one ``batch_isend_irecv``; the handle's ``wait()`` waits those
-  requests and returns ``sum_j W_ij x_j`` with ``j`` in ascending order, as one
-  ``(1, k) @ (k, d)`` product, the row of the simulator's ``W @ x``.
-* Global mean: ``all_reduce(SUM, async_op=True)``, divided by ``n`` in ``wait()``.
+* Neighbour mixing: the process's :class:`~.halo.Halo` plan of ``W(t)``: the block of
+  its own agents as one kernel over ``x``, and in one ``batch_isend_irecv`` it sends
+  each other process the rows of ``x`` that process needs and receives the rows it
+  needs; the handle's ``wait()`` waits those requests and adds the received rows'
+  terms. Its result is this process's rows of the simulator's ``W @ x``.
+* Global mean: the local sum, ``all_reduce(SUM, async_op=True)``, divided by ``n`` in
+  ``wait()``.
 * With a codec (:class:`~nettrain.patterns.Codec`, from
-  :class:`~nettrain.wrappers.Compressed`), agent ``i`` encodes ``x_i`` once and packs
-  the payload into one ``uint8`` buffer (:func:`~nettrain.compression.payloads.pack`),
-  whose length is fixed by ``d`` and the compressor, so every receive is posted before
-  anything arrives. A mix sends that buffer where it would send ``x_i``; a mean
-  all-gathers the buffers. ``wait()`` decodes each received payload against ``x_i``
-  and combines as above.
+  :class:`~nettrain.wrappers.Compressed`), the process encodes its rows once; a mix
+  sends each process the payload rows it needs, packed into one ``uint8`` buffer
+  (:func:`~nettrain.compression.payloads.pack`) whose length both sides derive from
+  ``W(t)``, ``d`` and the compressor, so every receive is posted before anything
+  arrives; a mean all-gathers every process's packed payload (padded to the longest).
+  ``wait()`` decodes each received row against the receiving agent's ``x_i``
+  (:mod:`nettrain.engines.coded`, the simulator's functions).
 
-Traffic is counted from what this rank sends: one message of ``d`` elements per
-``isend``; an all-reduce counts as the ring all-reduce
-(:func:`~nettrain.patterns.ring_allreduce_cost`). A compressed message counts
-``compressor.nbytes`` (exact, bits packed); a compressed mean counts as a ring all-gather,
-``n - 1`` messages of one payload each.
+Traffic is counted per agent as the simulator counts it: agent ``j`` sends one message
+of ``d`` elements to each out-neighbour ``i != j`` of a mix, wherever ``i`` is held; an
+all-reduce counts as the ring all-reduce (:func:`~nettrain.patterns.ring_allreduce_cost`).
+A compressed message counts ``compressor.nbytes`` (exact, bits packed); a compressed
+mean counts as a ring all-gather, ``n - 1`` messages of one payload each. What really
+crosses processes is counted apart, per process (:attr:`DistCommunicator.wire`).
 
 A failed exchange (a peer died, or did not answer within the group's timeout) raises
 :class:`~nettrain.errors.PeerError`, naming this rank and, for neighbour mixing, the peer.
