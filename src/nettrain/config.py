@@ -145,6 +145,11 @@ class RunKeys(Section):
         at_least=0,
     )
     progress: bool = key(True, "show a progress bar on the terminal")
+    tensorboard: bool = key(
+        True,
+        "write TensorBoard event files in the run folder (every record's figures, the "
+        "hparams table); needs pip install 'nettrain[tensorboard]', without it none are written",
+    )
     checkpoint_every: int = key(
         0,
         "rounds between checkpoints (checkpoint.pt in the run folder, for --resume); 0 = none",
