@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/nettrain compare configs/default.toml --out runs/default
+	$(BIN)/nettrain compare configs/default.toml --out runs/default --force
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -762,6 +762,11 @@ def load_config(
     values: dict[str, Any] = {}
     if isinstance(source, (str, Path)):
         path = Path(source)
+        if path.suffix.lower() in (".yaml", ".yml"):
+            raise ConfigError(
+                f"{path} is YAML; nettrain reads only TOML (.toml) and JSON (.json) config "
+                "files: write the same keys as key = value lines in a .toml file"
+            )
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         text = path.read_text()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,12 @@ class RunFolder:
         :meth:`finish`; what was recorded stays."""
         if self.board is not None:
             self.board.close()
+
+
+def finished_runs(folders: Iterable[str | Path]) -> list[Path]:
+    """The ``folders`` that hold a finished run (its ``summary.json``): what the command
+    line never overwrites without ``--force``."""
+    return [Path(f) for f in folders if (Path(f) / "summary.json").is_file()]
 
 
 def summarize(records: list[dict[str, Any]], **identity: Any) -> dict[str, Any]:
