@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nettrain.experiment import resume, run
 from nettrain.recording import read_records
+from nettrain.report import board
 from nettrain.report.board import scalars
-
-event_accumulator = pytest.importorskip(
-    "tensorboard.backend.event_processing.event_accumulator",
-    reason="the tensorboard extra is not installed (pip install 'nettrain[tensorboard]')",
-)
 
 SMALL = {
     "dataset": "digits",
@@ -26,10 +23,13 @@ SMALL = {
 }
 
 
-def read_events(folder: Path) -> event_accumulator.EventAccumulator:
-    events = event_accumulator.EventAccumulator(
-        str(folder), size_guidance={"scalars": 0, "histograms": 0}
+def read_events(folder: Path) -> Any:
+    """TensorBoard's own reader of the event files in ``folder``, loaded."""
+    reader = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator",
+        reason="the tensorboard extra is not installed (pip install 'nettrain[tensorboard]')",
     )
+    events = reader.EventAccumulator(str(folder), size_guidance={"scalars": 0, "histograms": 0})
     return events.Reload()
 
 
@@ -43,10 +43,10 @@ def float32(value: float) -> float:
 def test_event_files_hold_every_record(tmp_path: Path) -> None:
     out = tmp_path / "run"
     run(SMALL, out)
+    events = read_events(out)
     records = read_records(out)
     assert [r["round"] for r in records] == [5, 10]
     assert list(out.glob("events.out.tfevents.*")), "no event file beside metrics.jsonl"
-    events = read_events(out)
     tags = events.Tags()
     expected = set().union(*(scalars(r) for r in records))
     assert {"test_accuracy", "consensus_distance", "bytes_total", "train_loss"} <= expected
@@ -76,10 +76,10 @@ def test_a_resumed_run_appends_and_replaces_what_followed_the_checkpoint(
     out = tmp_path / "run"
     run(SMALL | {"rounds": 6, "eval_every": 2, "checkpoint_every": 4}, out)
     resume(out, {"rounds": 8})
+    events = read_events(out)
     records = read_records(out)
     assert [r["round"] for r in records] == [2, 4, 6, 8]
     assert len(list(out.glob("events.out.tfevents.*"))) == 2
-    events = read_events(out)
     written = [(e.step, e.value) for e in events.Scalars("test_accuracy")]
     assert written == [(r["round"], float32(r["test_accuracy"])) for r in records]  # 6 once
 
@@ -88,4 +88,14 @@ def test_tensorboard_false_writes_no_event_file(tmp_path: Path) -> None:
     out = tmp_path / "run"
     run(SMALL | {"rounds": 5, "tensorboard": False}, out)
     assert json.loads((out / "config.json").read_text())["tensorboard"] is False
+    assert not list(out.glob("events.out.tfevents.*"))
+
+
+def test_without_the_tensorboard_package_runs_write_no_event_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(board, "available", lambda: False)
+    out = tmp_path / "run"
+    result = run(SMALL | {"rounds": 5}, out)  # tensorboard=true, the default: no error
+    assert result.records[-1]["round"] == 5
     assert not list(out.glob("events.out.tfevents.*"))
