@@ -11,11 +11,11 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,tensorboard]'
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/nettrain compare configs/default.toml --out runs/default
+	$(BIN)/nettrain compare configs/default.toml --out runs/default --force
 
 test: $(STAMP)
 	$(BIN)/ruff check .

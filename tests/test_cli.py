@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import torch
 
 from nettrain.cli import main
 from nettrain.config import FIELDS
+from nettrain.errors import ConfigError
 
 FAST = ["agents=4", "rounds=20", "eval_every=10", "progress=false", "hidden=8"]
 
@@ -121,3 +125,108 @@ def test_every_key_is_documented(capsys) -> None:
     assert table.strip() in doc, (
         "docs/config.md is stale: regenerate with `nettrain keys --markdown`"
     )
+
+
+def test_a_finished_run_is_not_overwritten_without_force(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    args = ["run", *FAST, "rounds=10", "--out", str(out)]
+    assert main(args) == 0
+    first = (out / "summary.json").read_text()
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already holds a finished run" in err
+    assert "--force" in err and f"--resume {out}" in err
+    assert (out / "summary.json").read_text() == first  # untouched
+    assert main([*args, "seed=3", "--force"]) == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 3
+
+
+def test_compare_does_not_overwrite_finished_runs_without_force(tmp_path: Path, capsys) -> None:
+    args = ["compare", *FAST, "rounds=10", "--algorithms", "dpsgd", "--out", str(tmp_path)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert f"{tmp_path / 'dpsgd'} already holds a finished run" in capsys.readouterr().err
+    assert main([*args, "--force"]) == 0
+
+
+def test_reproduce_refuses_finished_runs_of_another_config(tmp_path: Path, capsys) -> None:
+    """A run folder of the experiment that holds another config's finished run."""
+    folder = tmp_path / "somewhere"
+    assert main(["run", *FAST, "rounds=10", "--out", str(folder)]) == 0
+    from nettrain.reproduce.runner import refuse_overwrite
+
+    with pytest.raises(ConfigError, match="pass --force to overwrite them"):
+        refuse_overwrite([folder], force=False)
+    refuse_overwrite([folder], force=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--rounds", "50", "agents=4"], "use rounds=50"),
+        (["run", "agents=4", "--rounds=50"], "use rounds=50"),
+        (["compare", "--drop-prob", "0.3"], "use drop_prob=0.3"),
+        (["reproduce", "swarm", "--rounds", "5"], "use --set rounds=5"),
+        (["run", "rounds", "50"], "expected key=value or a config file (.toml or .json)"),
+        (["run", "--colour"], "unrecognized arguments: --colour"),
+        (["reproduce", "nope"], "no experiment 'nope' to reproduce; choose one of easgd"),
+    ],
+)
+def test_options_that_are_keys_are_told_the_key_value_form(
+    args: list[str], message: str, capsys
+) -> None:
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_config_file_may_stand_anywhere(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"algorithm": "local_sgd", "tau": 2, "rounds": 4}))
+    out = tmp_path / "r"
+    items = ["agents=4", "eval_every=2", str(cfg), "rounds=6", "progress=false", "hidden=8"]
+    assert main(["run", *items, "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["algorithm"], saved["tau"], saved["rounds"]) == ("local_sgd", 2, 6)
+
+
+def test_yaml_and_two_config_files_are_refused(tmp_path: Path, capsys) -> None:
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("agents: 4\n")
+    assert main(["run", "agents=4", str(yaml)]) == 2
+    assert "reads only TOML (.toml) and JSON (.json) config files" in capsys.readouterr().err
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text("agents = 4\n")
+    b.write_text("rounds = 4\n")
+    assert main(["run", str(a), str(b)]) == 2
+    assert "one config file at most" in capsys.readouterr().err
+
+
+def test_topology_help_lists_kinds_weights_and_schedules(capsys) -> None:
+    from nettrain.topology import GRAPHS, SCHEDULES, WEIGHTS
+
+    with pytest.raises(SystemExit) as done:
+        main(["topology", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    for name in (*GRAPHS, *WEIGHTS, *SCHEDULES):
+        assert name in text, name
+
+
+def test_help_imports_neither_torch_nor_matplotlib_nor_the_experiment() -> None:
+    """`nettrain --help` answers before torch would have loaded (benchmarks/cli_startup.py
+    times it)."""
+    code = (
+        "import sys\n"
+        "from nettrain.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = ('torch', 'matplotlib', 'nettrain.experiment', 'nettrain.config')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    src = str(Path(__file__).parents[1] / "src")
+    env = os.environ | {"PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -14,7 +14,8 @@ Edges of the import graph:
   gives the name: ``from nettrain.algorithms import DPSGD`` depends on
   ``algorithms/__init__.py``, which imports every algorithm);
 * the packages a module sits in are not edges. Python runs ``nettrain/__init__.py``
-  (which imports the experiment, hence nearly everything) before any submodule, so
+  (which names the experiment's functions, imported on first use, and counts here as
+  importing them, hence nearly everything) before any submodule, so
   counting it would put every module on one cycle; it is harmless as long as no module
   takes a name from a package ``__init__`` that imports that module back, and that is
   exactly a cycle through the package node, which the test does report.

@@ -16,8 +16,11 @@ processes. From Python, with your own model, data and loss::
     loaded = nettrain.load("runs/mine", model=MyNet())
 """
 
-from nettrain import algorithms, data
-from nettrain.config import RunConfig, load_config
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from nettrain.errors import (
     ConfigError,
     DataError,
@@ -25,9 +28,43 @@ from nettrain.errors import (
     NettrainError,
     TopologyError,
 )
-from nettrain.experiment import build_job, compare, resume, run
-from nettrain.result import Result, load
 from nettrain.version import __version__
+
+if TYPE_CHECKING:
+    from nettrain import algorithms, data
+    from nettrain.config import RunConfig, load_config
+    from nettrain.experiment import build_job, compare, resume, run
+    from nettrain.result import Result, load
+
+# Imported on first use (PEP 562), so that `nettrain --help` does not wait for torch.
+_LAZY = {
+    "algorithms": "nettrain.algorithms",
+    "data": "nettrain.data",
+    "RunConfig": "nettrain.config",
+    "load_config": "nettrain.config",
+    "build_job": "nettrain.experiment",
+    "compare": "nettrain.experiment",
+    "resume": "nettrain.experiment",
+    "run": "nettrain.experiment",
+    "Result": "nettrain.result",
+    "load": "nettrain.result",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The public names that need torch, imported when first asked for."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nettrain' has no attribute {name!r}")
+    loaded = importlib.import_module(module)
+    value = loaded if module == f"nettrain.{name}" else getattr(loaded, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ConfigError",

@@ -1,15 +1,23 @@
 """The ``nettrain`` command line.
 
-    nettrain run [CONFIG.toml] [key=value ...] [--out DIR]
+    nettrain run [CONFIG.toml] [key=value ...] [--out DIR] [--force]
     nettrain run --resume DIR [key=value ...]
-    nettrain compare [CONFIG.toml] [key=value ...] [--algorithms a,b,...] [--out DIR]
+    nettrain compare [CONFIG.toml] [key=value ...] [--algorithms a,b,...] [--out DIR] [--force]
     nettrain topology KIND --agents N [--weights W] [--schedule S] [--json]
     nettrain keys [--markdown]
-    nettrain reproduce NAME [--quick] [--seed S] [--out DIR]
+    nettrain reproduce NAME [--quick] [--seed S] [--out DIR] [--force]
+
+The config file (TOML or JSON) may stand anywhere among the ``key=value`` items; the
+items after it override its keys. A folder that holds a finished run (its
+``summary.json``) is never overwritten unless ``--force`` says so (``reproduce`` keeps a
+finished run of the same config, as it always has, and runs the others).
 
 Exit codes: 0 success, 1 the run diverged (``reproduce``: a claim does not hold), 2 bad
-input (unknown key, bad value, missing data, disconnected graph, ...), with a message
-that says how to fix it.
+input (unknown key, bad value, missing data, disconnected graph, a finished run in
+``--out``, ...), with a message that says how to fix it.
+
+Only what the chosen command needs is imported (torch, matplotlib and the experiment
+on first use), so ``nettrain --help`` answers at once (``benchmarks/cli_startup.py``).
 """
 
 from __future__ import annotations
@@ -20,34 +28,61 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from rich.console import Console
-from rich.table import Table
-
-from nettrain.config import (
-    SECTIONS,
-    RunConfig,
-    coerce,
-    describe_keys,
-    load_config,
-    parse_overrides,
-)
 from nettrain.errors import ConfigError, DataError, DivergenceError, NettrainError, TopologyError
-from nettrain.report.tables import summary_table
 from nettrain.version import __version__
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from nettrain.config import RunConfig
 
 BASELINES = ("allreduce", "local_sgd", "dpsgd", "gradient_tracking")
 
 
+def split_items(items: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The config file among ``items`` (the one item without ``=``, wherever it stands)
+    and the ``key=value`` overrides, in order."""
+    files = [item for item in items if "=" not in item]
+    for item in files:
+        if not Path(item).suffix and not Path(item).exists():
+            raise ConfigError(
+                f"expected key=value or a config file (.toml or .json), got {item!r}; a key "
+                f"takes its value after '=', e.g. {item if item.isidentifier() else 'rounds'}=50"
+            )
+    if len(files) > 1:
+        raise ConfigError(
+            f"one config file at most, got {', '.join(files)}; give the other settings as key=value"
+        )
+    return (files[0] if files else None), [item for item in items if "=" in item]
+
+
 def _config(items: Sequence[str]) -> RunConfig:
-    """First item may be a config file; the rest are key=value overrides."""
-    source = None
-    if items and "=" not in items[0]:
-        source, items = items[0], items[1:]
-    return load_config(source, parse_overrides(items))
+    """A config file anywhere among ``items``; the ``key=value`` items override its keys."""
+    from nettrain.config import load_config, parse_overrides
+
+    source, overrides = split_items(items)
+    return load_config(source, parse_overrides(overrides))
+
+
+def refuse_finished(folders: Sequence[Path], force: bool, advice: str = "") -> None:
+    """A ConfigError if one of ``folders`` holds a finished run and ``force`` is off."""
+    if force:
+        return
+    from nettrain.recording import finished_runs
+
+    finished = finished_runs(folders)
+    if finished:
+        names = ", ".join(map(str, finished))
+        one = len(finished) == 1
+        holds, them = ("holds a finished run", "it") if one else ("hold finished runs", "them")
+        raise ConfigError(
+            f"{names} already {holds} (summary.json), which nettrain does not overwrite: "
+            f"pass --force to overwrite {them}{advice}, or choose another --out"
+        )
 
 
 def _default_out(kind: str) -> Path:
@@ -55,12 +90,14 @@ def _default_out(kind: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from nettrain.config import parse_overrides
     from nettrain.experiment import run
+    from nettrain.report.tables import summary_table
 
     if args.resume:
         from nettrain.experiment import resume, resumed_config
 
-        if args.items and "=" not in args.items[0]:
+        if any("=" not in item for item in args.items):
             raise ConfigError("--resume DIR takes key=value overrides, not a config file")
         cfg = resumed_config(Path(args.resume), parse_overrides(args.items))
         if cfg.engine == "distributed" and os.environ.get("RANK") is None:
@@ -74,9 +111,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         return 0
     cfg = _config(args.items)
     out = Path(args.out) if args.out else _default_out(cfg.algorithm)
+    advice = f", continue it with `nettrain run --resume {out} rounds=N` (checkpoint_every>0)"
+    refuse_finished([out], args.force, advice)
     rank = os.environ.get("RANK")
     if cfg.engine == "distributed" and rank is None:
-        return launch_torchrun(cfg.nproc or cfg.world_size, cfg, [*args.items, "--out", str(out)])
+        force = ["--force"] if args.force else []
+        return launch_torchrun(
+            cfg.nproc or cfg.world_size, cfg, [*args.items, "--out", str(out), *force]
+        )
     result = run(cfg, out)
     if rank not in (None, "0"):
         return 0  # rank 0 reports for everyone
@@ -111,8 +153,10 @@ def launch_torchrun(nproc: int, cfg: RunConfig, arguments: Sequence[str]) -> int
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from nettrain.config import load_config
     from nettrain.experiment import compare, comparison_configs, write_comparison
     from nettrain.recording import read_records
+    from nettrain.report.tables import summary_table
 
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     source, shared, settings = _compare_items(args.items, algorithms)
@@ -122,6 +166,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     )
     cfg = next(iter(configs.values()))
     out = Path(args.out) if args.out else _default_out("compare")
+    refuse_finished([out / name for name in configs], args.force)
     if cfg.engine == "distributed" and os.environ.get("RANK") is None:
         summaries = []
         for k, (name, sub) in enumerate(configs.items()):
@@ -130,8 +175,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
             port = cfg.master_port + k
             items = [*args.items, *own, f"algorithm={name}", f"master_port={port}"]
             items = [i for i in items if i.partition("=")[0].rpartition(".")[0] not in algorithms]
+            force = ["--force"] if args.force else []
             code = launch_torchrun(
-                sub.nproc or sub.world_size, sub, [*items, "--out", str(out / name)]
+                sub.nproc or sub.world_size, sub, [*items, "--out", str(out / name), *force]
             )
             if code != 0:
                 console.print(f"the run of {name} failed (torchrun exit code {code})")
@@ -150,11 +196,11 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 def _compare_items(
     items: Sequence[str], algorithms: Sequence[str]
 ) -> tuple[str | None, dict[str, str], dict[str, dict[str, str]]]:
-    """The config file, the shared ``key=value`` items and each algorithm's own
-    (``swarm.local_steps=2``)."""
-    source = None
-    if items and "=" not in items[0]:
-        source, items = items[0], items[1:]
+    """The config file (anywhere among ``items``), the shared ``key=value`` items and
+    each algorithm's own (``swarm.local_steps=2``)."""
+    from nettrain.config import parse_overrides
+
+    source, items = split_items(items)
     shared: dict[str, str] = {}
     settings: dict[str, dict[str, str]] = {}
     for name, value in parse_overrides(items).items():
@@ -172,6 +218,8 @@ def _compare_items(
 
 
 def cmd_topology(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
     from nettrain.topology import build_topology, describe
 
     topo = build_topology(
@@ -195,6 +243,10 @@ def cmd_topology(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_keys(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    from nettrain.config import SECTIONS, describe_keys
+
     rows = describe_keys()
     sections = dict.fromkeys(r["section"] for r in rows)
     if args.markdown:
@@ -219,10 +271,15 @@ def cmd_keys(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
+    from nettrain.config import coerce, parse_overrides
     from nettrain.reproduce import EXPERIMENTS
     from nettrain.reproduce.claims import claims_table, write_claims
     from nettrain.reproduce.runner import Request
 
+    if args.name not in EXPERIMENTS:
+        raise ConfigError(
+            f"no experiment {args.name!r} to reproduce; choose one of {', '.join(EXPERIMENTS)}"
+        )
     overrides = parse_overrides(args.set)
     for name in overrides:
         coerce(name, overrides[name])  # an unknown key or bad value fails before any run
@@ -231,7 +288,7 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out) if args.out else _default_out(f"reproduce-{args.name}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    ask = Request(out, args.quick, args.seed, console, overrides, args.jobs)
+    ask = Request(out, args.quick, args.seed, console, overrides, args.jobs, args.force)
     claims = EXPERIMENTS[args.name](ask)
     write_claims(claims, out / "claims.json")
     console.print(claims_table(claims))
@@ -243,19 +300,67 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
     return 0 if held == len(claims) else 1
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose epilog may be computed when help is shown
+    (``epilog_from``), so that building the parser imports nothing heavy."""
+
+    def __init__(self, *args: Any, epilog_from: Callable[[], str] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.epilog_from = epilog_from
+
+    def format_help(self) -> str:
+        if self.epilog_from is not None and self.epilog is None:
+            self.epilog = self.epilog_from()
+        return super().format_help()
+
+
+class VersionAction(argparse.Action):
+    """``--version``: nettrain's and torch's versions (torch imported only here)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the versions and exit", **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kw: Any) -> None:
+        import torch
+
+        print(f"nettrain {__version__} (torch {torch.__version__})")
+        parser.exit()
+
+
+def topology_choices() -> str:
+    """``nettrain topology --help``'s list of graph kinds, weights and schedules."""
+    from nettrain.topology import GRAPHS, SCHEDULES, WEIGHTS
+
+    return (
+        f"kinds: {', '.join(GRAPHS)}; weights: {', '.join(WEIGHTS)}; "
+        f"schedules: {', '.join(SCHEDULES)}"
+    )
+
+
+def experiment_names() -> str:
+    """``nettrain reproduce --help``'s list of experiments."""
+    from nettrain.reproduce import EXPERIMENTS
+
+    return f"experiments: {', '.join(EXPERIMENTS)}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The parser of every command; it imports nothing heavy (help is instant)."""
+    parser = Parser(
         prog="nettrain", description="Train neural networks across a network of agents."
     )
-    parser.add_argument(
-        "--version", action="version", version=f"nettrain {__version__} (torch {torch.__version__})"
+    parser.add_argument("--version", action=VersionAction)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    items_help = (
+        "a config file (TOML or JSON) anywhere among key=value overrides (`nettrain keys` "
+        "lists keys)"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    items_help = "optional CONFIG.toml, then key=value overrides (`nettrain keys` lists keys)"
+    force_help = "overwrite the finished run(s) in --out"
 
     p = sub.add_parser("run", help="run one configuration and write a run folder")
     p.add_argument("items", nargs="*", help=items_help)
     p.add_argument("--out", help="run folder (default runs/<time>-<algorithm>)")
+    p.add_argument("--force", action="store_true", help=force_help)
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint.pt")
     p.set_defaults(func=cmd_run)
 
@@ -263,13 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", help=items_help)
     p.add_argument("--algorithms", default=",".join(BASELINES), help="comma-separated names")
     p.add_argument("--out", help="folder for the runs, summary.csv and compare.png")
+    p.add_argument("--force", action="store_true", help=force_help)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("topology", help="describe a topology: degrees, spectral gap, checks")
-    p.add_argument("kind")
+    p = sub.add_parser(
+        "topology",
+        help="describe a topology: degrees, spectral gap, checks",
+        epilog_from=topology_choices,
+    )
+    p.add_argument("kind", help="graph kind (listed below)")
     p.add_argument("--agents", type=int, required=True)
-    p.add_argument("--weights", default="metropolis")
-    p.add_argument("--schedule", default="static")
+    p.add_argument("--weights", default="metropolis", help="mixing weights (listed below)")
+    p.add_argument("--schedule", default="static", help="time-varying schedule (listed below)")
     p.add_argument("--drop-prob", type=float, default=0.0)
     p.add_argument("--degree", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
@@ -280,13 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true")
     p.set_defaults(func=cmd_keys)
 
-    from nettrain.reproduce import EXPERIMENTS
-
-    p = sub.add_parser("reproduce", help="check a paper's claims at small scale (claims.json)")
-    p.add_argument("name", choices=sorted(EXPERIMENTS))
+    p = sub.add_parser(
+        "reproduce",
+        help="check a paper's claims at small scale (claims.json)",
+        epilog_from=experiment_names,
+    )
+    p.add_argument("name", help="the experiment (listed below)")
     p.add_argument("--quick", action="store_true", help="the short version (minutes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for runs, plots, summary.csv and claims.json")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run again into --out even where it holds finished runs of other configs "
+        "(without it, finished runs of the same config are kept and others refused)",
+    )
     p.add_argument(
         "--jobs",
         type=int,
@@ -306,11 +424,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def option_as_key(argv: Sequence[str], unknown: Sequence[str], command: str | None) -> str:
+    """The message for options the parser does not know: a config key given as an
+    option (``--rounds 50``) is told its ``key=value`` form."""
+    from nettrain.config import FIELDS
+
+    for token in unknown:
+        if not token.startswith("--"):
+            continue
+        name, eq, value = token[2:].partition("=")
+        key = name.replace("-", "_")
+        if key not in FIELDS:
+            continue
+        if not eq:
+            at = list(argv).index(token)
+            following = argv[at + 1] if at + 1 < len(argv) else ""
+            value = following if following and not following.startswith("-") else "VALUE"
+        form = f"{key}={value}"
+        if command == "reproduce":
+            form = f"--set {form}"
+        return f"{token} is not an option: config keys are given as key=value; use {form}"
+    where = f"nettrain {command} --help" if command else "nettrain --help"
+    return f"unrecognized arguments: {' '.join(unknown)} (`{where}` lists the options)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Piped output (logs, CI) gets 120 columns instead of rich's default 80.
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    """Run the command ``argv`` (default: the process's arguments); the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if hasattr(args, "items"):  # items after an option (`--out DIR lr=0.1`) are items too
+        args.items += [token for token in unknown if not token.startswith("-")]
+        unknown = [token for token in unknown if token.startswith("-")]
     try:
+        if unknown:
+            raise ConfigError(option_as_key(argv, unknown, args.command))
+        from rich.console import Console
+
+        # Piped output (logs, CI) gets 120 columns instead of rich's default 80.
+        console = Console(width=None if sys.stdout.isatty() else 120)
         return args.func(args, console)
     except (ConfigError, DataError, TopologyError) as err:
         print(f"nettrain: error: {err}", file=sys.stderr)

@@ -145,6 +145,11 @@ class RunKeys(Section):
         at_least=0,
     )
     progress: bool = key(True, "show a progress bar on the terminal")
+    tensorboard: bool = key(
+        True,
+        "write TensorBoard event files in the run folder (every record's figures, the "
+        "hparams table); needs pip install 'nettrain[tensorboard]', without it none are written",
+    )
     checkpoint_every: int = key(
         0,
         "rounds between checkpoints (checkpoint.pt in the run folder, for --resume); 0 = none",
@@ -757,6 +762,11 @@ def load_config(
     values: dict[str, Any] = {}
     if isinstance(source, (str, Path)):
         path = Path(source)
+        if path.suffix.lower() in (".yaml", ".yml"):
+            raise ConfigError(
+                f"{path} is YAML; nettrain reads only TOML (.toml) and JSON (.json) config "
+                "files: write the same keys as key = value lines in a .toml file"
+            )
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         text = path.read_text()

@@ -32,7 +32,8 @@ def model_metrics(
     shards: Sequence[torch.Tensor] | None = None,
     buffers: Buffers | None = None,
 ) -> dict[str, Any]:
-    """Test loss/accuracy of the mean model, mean and worst agent accuracy, consensus distance.
+    """Test loss/accuracy of the mean model, each evaluated agent's accuracy (the agents of
+    :func:`evaluated_agents`, in order) with their mean and worst, consensus distance.
 
     A model with buffers is evaluated with every agent's ``buffers: {name: (n, ...)}``:
     the mean model with their mean, each agent as ``problem.buffer_policy`` says
@@ -48,6 +49,7 @@ def model_metrics(
         out["test_accuracy"] = float(ev.accuracy[0])
         out["agent_test_accuracy_mean"] = float(ev.accuracy[1:].mean())
         out["agent_test_accuracy_min"] = float(ev.accuracy[1:].min())
+        out["agent_test_accuracy"] = ev.accuracy[1:].tolist()  # the evaluated agents'
     else:
         out["agent_test_loss_mean"] = float(ev.loss[1:].mean())
     out["consensus_distance"] = consensus_distance(x)

@@ -249,35 +249,39 @@ def run(
     job = build_job(cfg, model=model, data=data, loss=loss, algorithm=algorithm)
     # Only the main process of a multi-process engine writes the run folder.
     keep = checkpoint.records if checkpoint is not None else None
-    folder = RunFolder(out if getattr(engine, "is_main", True) else None, keep=keep)
-    given = described(cfg, job, model, data, loss, algorithm)
-    folder.write_config(cfg.to_dict() | given | {PROVENANCE: provenance()})
-    allocator = retain_freed_memory()
-    reset_peak()
-    result = engine.run(job, folder, checkpoint) if checkpoint else engine.run(job, folder)
-    dataset = data.name if data is not None else cfg.dataset
-    model_name = type(model).__name__ if model is not None else cfg.model
-    summary = (
-        summarize(
-            result.records,
-            label=f"{job.algorithm.name} on {cfg.topology} ({cfg.agents} agents, {dataset})",
-            algorithm=cfg.algorithm,
-            engine=cfg.engine,
-            agents=cfg.agents,
-            topology=cfg.topology,
-            schedule=cfg.schedule,
-            dataset=dataset,
-            model=model_name,
-            params=job.problem.dim,
-            rounds=cfg.rounds,
-            seed=cfg.seed,
+    main = getattr(engine, "is_main", True)
+    folder = RunFolder(out if main else None, keep=keep, tensorboard=cfg.tensorboard)
+    try:
+        given = described(cfg, job, model, data, loss, algorithm)
+        folder.write_config(cfg.to_dict() | given | {PROVENANCE: provenance()})
+        allocator = retain_freed_memory()
+        reset_peak()
+        result = engine.run(job, folder, checkpoint) if checkpoint else engine.run(job, folder)
+        dataset = data.name if data is not None else cfg.dataset
+        model_name = type(model).__name__ if model is not None else cfg.model
+        summary = (
+            summarize(
+                result.records,
+                label=f"{job.algorithm.name} on {cfg.topology} ({cfg.agents} agents, {dataset})",
+                algorithm=cfg.algorithm,
+                engine=cfg.engine,
+                agents=cfg.agents,
+                topology=cfg.topology,
+                schedule=cfg.schedule,
+                dataset=dataset,
+                model=model_name,
+                params=job.problem.dim,
+                rounds=cfg.rounds,
+                seed=cfg.seed,
+            )
+            | result.summary
+            | peak_memory()
+            | {"allocator": allocator}
+            | provenance()
         )
-        | result.summary
-        | peak_memory()
-        | {"allocator": allocator}
-        | provenance()
-    )
-    folder.finish(summary, result.x, centre=result.centre, buffers=result.buffers)
+        folder.finish(summary, result.x, centre=result.centre, buffers=result.buffers)
+    finally:
+        folder.close()  # a failed run's TensorBoard events; finish() closes a finished run's
     return Result(
         x=result.x,
         records=result.records,
@@ -285,7 +289,7 @@ def run(
         centre=result.centre,
         buffers=result.buffers,
         model=job.problem.template,
-        is_main=getattr(engine, "is_main", True),
+        is_main=main,
     )
 
 

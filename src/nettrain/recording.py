@@ -9,6 +9,9 @@ A run folder holds::
     buffers.pt      every agent's buffers (BatchNorm statistics), {name: (n, ...)}, if any
     centre.pt       the centre variable (d,) of a centre-based method (EASGD family)
     plot.png        test accuracy and consensus distance against rounds, bytes, time
+    events.out.tfevents.*   TensorBoard's: every record's figures, the hparams table
+                    (``tensorboard=true`` and the tensorboard package installed;
+                    :mod:`nettrain.report.board`)
 
 ``RunFolder(None)`` keeps the records in memory only (for the Python API and tests).
 """
@@ -18,12 +21,14 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nettrain.checkpoint import Checkpoint
+from nettrain.report import board
 
 SUMMARY_FROM_RECORD = (
     "test_accuracy",
@@ -76,11 +81,15 @@ def read_records(folder: str | Path) -> list[dict[str, Any]]:
 class RunFolder:
     """Where a run writes what it produces; ``path=None`` keeps records in memory."""
 
-    def __init__(self, path: str | Path | None, keep: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path | None, keep: int | None = None, tensorboard: bool = False
+    ) -> None:
         """A fresh folder, or with ``keep``, an existing one whose first ``keep`` records stay
-        (a resumed run drops the records written after its checkpoint)."""
+        (a resumed run drops the records written after its checkpoint). ``tensorboard``:
+        also write TensorBoard event files, if the tensorboard package is installed."""
         self.path = Path(path) if path is not None else None
         self.records: list[dict[str, Any]] = []
+        self.board: board.Board | None = None
         if self.path is None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
@@ -93,6 +102,12 @@ class RunFolder:
         tmp = metrics.with_suffix(".jsonl.tmp")
         tmp.write_text(lines)
         os.replace(tmp, metrics)
+        if keep is None:
+            board.remove_events(self.path)
+        if tensorboard and board.available():
+            # a resumed run writes again from the round after the last record it keeps
+            purge = self.records[-1]["round"] + 1 if self.records else 1
+            self.board = board.Board(self.path, purge_step=purge if keep is not None else None)
 
     def checkpoint(self, ckpt: Checkpoint) -> None:
         if self.path is not None:
@@ -110,6 +125,8 @@ class RunFolder:
     def write_config(self, config: dict[str, Any]) -> None:
         if self.path is not None:
             write_json(self.path / "config.json", config_json(config))
+        if self.board is not None:
+            self.board.hparams(config_json(config), SUMMARY_FROM_RECORD)
 
     def append(self, record: dict[str, Any]) -> None:
         record = {k: _jsonable(v) for k, v in record.items()}
@@ -117,6 +134,8 @@ class RunFolder:
         if self.path is not None:
             with open(self.path / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.board is not None:
+            self.board.record(record)
 
     def finish(
         self,
@@ -127,9 +146,12 @@ class RunFolder:
         buffers: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """Write ``summary.json``, ``final.pt`` (``x: (n, d)`` on CPU), ``centre.pt`` and
-        ``buffers.pt`` (``{name: (n, ...)}``) if given, and the plot."""
+        ``buffers.pt`` (``{name: (n, ...)}``) if given, and the plot; close the
+        TensorBoard events."""
         if self.path is None:
             return
+        if self.board is not None:
+            self.board.close(finished=True)
         tensors: dict[str, Any] = {"final.pt": x.detach().cpu()}
         if centre is not None:
             tensors["centre.pt"] = centre.detach().cpu()
@@ -144,6 +166,18 @@ class RunFolder:
             from nettrain.report.plots import plot_run
 
             plot_run(self.records, self.path / "plot.png", title=summary.get("label", ""))
+
+    def close(self) -> None:
+        """Close what is open (the TensorBoard events) when a run stops before
+        :meth:`finish`; what was recorded stays."""
+        if self.board is not None:
+            self.board.close()
+
+
+def finished_runs(folders: Iterable[str | Path]) -> list[Path]:
+    """The ``folders`` that hold a finished run (its ``summary.json``): what the command
+    line never overwrites without ``--force``."""
+    return [Path(f) for f in folders if (Path(f) / "summary.json").is_file()]
 
 
 def summarize(records: list[dict[str, Any]], **identity: Any) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""run_all: finished runs are kept, changed or unfinished ones run again, parallel runs
-give the same numbers, and an error one run is allowed to raise leaves the others."""
+"""run_all: finished runs are kept, unfinished ones run again, changed ones only with
+force, parallel runs give the same numbers, and an error one run is allowed to raise
+leaves the others."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def numbers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def test_a_finished_run_is_kept_and_a_changed_one_runs_again(
+def test_a_finished_run_is_kept_and_a_changed_one_runs_again_with_force(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = run_all(plan(), tmp_path)
@@ -47,7 +48,15 @@ def test_a_finished_run_is_kept_and_a_changed_one_runs_again(
     monkeypatch.setattr(runner, "run", counted_run)
     notes: dict[str, str] = {}
     changed = plan() | {"b allreduce": tiny(algorithm="allreduce", lr=0.05)}
-    second = run_all(changed, tmp_path, done=lambda name, records, note: notes.update({name: note}))
+    with pytest.raises(ConfigError, match=r"b_allreduce: finished runs of another config"):
+        run_all(changed, tmp_path)  # the changed run's folder holds the first one's
+    assert ran == []  # refused before any run started
+    second = run_all(
+        changed,
+        tmp_path,
+        done=lambda name, records, note: notes.update({name: note}),
+        force=True,
+    )
     assert ran == ["b_allreduce"]  # the config changed: it ran again
     assert notes == {"a dpsgd": "kept", "b allreduce": ""}
     assert second["a dpsgd"] == first["a dpsgd"]

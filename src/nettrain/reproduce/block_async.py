@@ -41,7 +41,7 @@ from nettrain.recording import write_json
 from nettrain.report.plots import plot_metrics
 from nettrain.report.tables import rows_table, write_csv
 from nettrain.reproduce.claims import Claim
-from nettrain.reproduce.runner import Request
+from nettrain.reproduce.runner import Request, refuse_overwrite
 
 Records = list[dict[str, Any]]
 
@@ -96,7 +96,7 @@ def rounds_for(processes: int, samples: int, epochs: int) -> int:
 def reproduce(ask: Request) -> list[Claim]:
     """Run the experiment as ``ask`` says (:class:`~nettrain.reproduce.runner.Request`);
     ``ask.jobs`` must be 1: the claims are wall-clock speed-ups of real processes."""
-    out, quick, seed, console, overrides, jobs = ask  # every field of the request
+    out, quick, seed, console, overrides, jobs, force = ask  # every field of the request
     if jobs != 1:
         raise ConfigError(
             f"reproduce block-async measures wall-clock speed-ups, so its runs cannot share "
@@ -105,6 +105,13 @@ def reproduce(ask: Request) -> list[Claim]:
     dataset, samples, epochs = ("digits", 1437, 40) if quick else ("fashion_mnist", 60_000, 3)
     warmup = 20 if quick else 200  # full steps of each process before partitioning
     labels = list(methods())
+    folder = {
+        (label, p): out / f"{label.replace(' ', '_')}_pass{p + 1}"
+        for label in labels
+        for p in range(PASSES)
+    }
+    # wall-clock speed-ups: every run runs again, none is kept
+    refuse_overwrite(list(folder.values()), force, "finished runs of block-async")
     results: dict[str, list[Records]] = {label: [] for label in labels}
     for p in range(PASSES):  # the second pass in reverse order: drifting load evens out
         for label in labels if p % 2 == 0 else labels[::-1]:
@@ -113,7 +120,7 @@ def reproduce(ask: Request) -> list[Claim]:
             values = BASE | extra | {"dataset": dataset, "seed": seed}
             schedule = {"rounds": rounds, "eval_every": -(-rounds // EVALS)}
             cfg = load_config(values | schedule | dict(overrides))
-            result = run(cfg, out / f"{label.replace(' ', '_')}_pass{p + 1}")
+            result = run(cfg, folder[label, p])
             results[label].append(result.records)
             console.print(f"pass {p + 1}: " + describe(row(label, [result.records])))
     rows = [row(label, results[label]) for label in labels]

@@ -88,7 +88,7 @@ def settings(quick: bool) -> tuple[dict[str, Any], int]:
 
 def reproduce(ask: Request) -> list[Claim]:
     """Run the experiment as ``ask`` says (:class:`~nettrain.reproduce.runner.Request`)."""
-    out, quick, seed, console, overrides, jobs = ask  # every field of the request
+    out, quick, seed, console, overrides, jobs, force = ask  # every field of the request
     base, rounds = settings(quick)
     base = base | {"dataset": "fashion_mnist", "seed": seed, "progress": False, "servers": 1}
     base |= {"rounds": rounds, "eval_every": rounds // EVALS}
@@ -111,7 +111,7 @@ def reproduce(ask: Request) -> list[Claim]:
             error = 1 - records[-1].get("centre_test_accuracy", records[-1]["test_accuracy"])
             console.print(f"{name:26s} error {error:.4f} {note}")
 
-    found = run_all(configs, out, jobs=jobs, done=done, tolerate=(DivergenceError,))
+    found = run_all(configs, out, jobs=jobs, done=done, tolerate=(DivergenceError,), force=force)
     results = {
         key: with_errors(records, key[0]) if records else None
         for key, records in zip(plan, found.values(), strict=True)

@@ -119,7 +119,7 @@ PANELS = (
 def reproduce(ask: Request) -> list[Claim]:
     """Run every setting as ``ask`` says (:class:`~nettrain.reproduce.runner.Request`):
     run folders ``SETTING/METHOD``, plots and ``summary.csv`` in ``ask.out``."""
-    out, quick, seed, console, overrides, jobs = ask  # every field of the request
+    out, quick, seed, console, overrides, jobs, force = ask  # every field of the request
     eval_every = 10 if quick else 25
     plan = {}
     for setting in SETTINGS:
@@ -135,7 +135,7 @@ def reproduce(ask: Request) -> list[Claim]:
             shown = describe(final([with_test_error(r) for r in records]))
             console.print(f"{setting:14s} {label:26s} {shown} {note}")
 
-    found = run_all(plan, out, jobs=jobs, done=done)
+    found = run_all(plan, out, jobs=jobs, done=done, force=force)
     results: dict[str, dict[str, Records]] = {s.name: {} for s in SETTINGS}
     rows = []
     for name, records in ((k, v) for k, v in found.items() if v is not None):

@@ -6,7 +6,8 @@ config (``summary.json`` next to an equal ``config.json``), so an interrupted
 reproduction continues where it stopped, and runs the others one after another or in
 ``jobs`` worker processes of ``threads`` torch threads each. A run's numbers depend only
 on its config (the simulator is deterministic), so neither keeping nor parallelism
-changes them; only ``wall_time_s`` does.
+changes them; only ``wall_time_s`` does. A folder holding a finished run of another
+config is not overwritten unless ``force`` says so (``--force``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,7 +26,7 @@ from rich.console import Console
 from nettrain.config import PROVENANCE, RunConfig, load_config
 from nettrain.errors import ConfigError
 from nettrain.experiment import run
-from nettrain.recording import config_json, read_records
+from nettrain.recording import config_json, finished_runs, read_records
 
 Records = list[dict[str, Any]]
 
@@ -33,7 +34,8 @@ Records = list[dict[str, Any]]
 class Request(NamedTuple):
     """One ``nettrain reproduce NAME``: the folder ``out``, the quick or the full size,
     the seed, the ``--set`` overrides (applied to every run's config), ``jobs`` runs at a
-    time (:func:`run_all`) and the console its tables go to."""
+    time (:func:`run_all`), the console its tables go to, and ``force``: overwrite
+    finished runs of other configs."""
 
     out: Path
     quick: bool
@@ -41,6 +43,7 @@ class Request(NamedTuple):
     console: Console
     overrides: Mapping[str, Any]
     jobs: int
+    force: bool = False
 
 
 def finished_records(folder: Path, cfg: RunConfig) -> Records | None:
@@ -50,6 +53,21 @@ def finished_records(folder: Path, cfg: RunConfig) -> Records | None:
     saved = json.loads((folder / "config.json").read_text())
     saved.pop(PROVENANCE, None)
     return read_records(folder) if saved == config_json(cfg.to_dict()) else None
+
+
+def refuse_overwrite(
+    folders: Sequence[Path],
+    force: bool,
+    what: str = "finished runs of another config (another --quick, --seed or --set)",
+) -> None:
+    """A ConfigError naming ``--force`` if one of ``folders`` holds a finished run
+    (``what`` they are, for the message)."""
+    finished = finished_runs(folders)
+    if finished and not force:
+        raise ConfigError(
+            f"{', '.join(map(str, finished))}: {what}, which nettrain does not overwrite; "
+            "pass --force to overwrite them, or choose another --out"
+        )
 
 
 def folder_name(name: str) -> str:
@@ -75,6 +93,7 @@ def run_all(
     jobs: int = 1,
     done: Callable[[str, Records | None, str], None] = lambda name, records, note: None,
     tolerate: tuple[type[Exception], ...] = (),
+    force: bool = False,
 ) -> dict[str, Records | None]:
     """Run every ``plan[name]`` into ``out / folder_name(name)``; return the records in
     plan order.
@@ -83,7 +102,8 @@ def run_all(
     run was already in its folder) or "" (it ran). A run that raises one of ``tolerate``
     gets ``None`` for records and the error's message as ``note``; any other error stops
     the runs and is raised. With ``jobs > 1`` the runs go to that many worker processes
-    (spawned, so CUDA works in them).
+    (spawned, so CUDA works in them). A folder that holds a finished run of another
+    config is a ConfigError before any run starts, unless ``force``.
     """
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
@@ -103,7 +123,10 @@ def run_all(
             todo.append(name)
         else:
             results[name] = kept
-            done(name, kept, "kept")
+    refuse_overwrite([out / folder_name(name) for name in todo], force)
+    for name in plan:
+        if name not in todo:
+            done(name, results[name], "kept")
     if jobs == 1 or not todo:
         for name in todo:
             finish(name, lambda name=name: run(plan[name], out / folder_name(name)).records)

@@ -100,7 +100,7 @@ def rounds_for(overrides: Mapping[str, Any], n: int, samples: int, epochs: int) 
 
 def reproduce(ask: Request) -> list[Claim]:
     """Run the experiment as ``ask`` says (:class:`~nettrain.reproduce.runner.Request`)."""
-    out, quick, seed, console, overrides, jobs = ask  # every field of the request
+    out, quick, seed, console, overrides, jobs, force = ask  # every field of the request
     sizes, samples, epochs = ((16,), 12_000, 4) if quick else ((8, 16, 32), 60_000, 10)
     middle = sizes[len(sizes) // 2]
     model = {} if quick else {"model": "cnn"}  # the paper's small CNN in the full run
@@ -116,7 +116,7 @@ def reproduce(ask: Request) -> list[Claim]:
         if records is not None:  # always: no error is tolerated here
             console.print(f"{name:28s} {describe(table_row(records))} {note}")
 
-    found = run_all(plan, out, jobs=jobs, done=done)
+    found = run_all(plan, out, jobs=jobs, done=done, force=force)
     results = {name: records for name, records in found.items() if records is not None}
     rows = []
     for name, records in results.items():
