@@ -8,7 +8,9 @@ Every rank computes ``W(t)`` itself (a pure function of ``(seed, t)``, see
   ``W_ij(t) != 0`` in one ``batch_isend_irecv``; the handle's ``wait()`` waits those
   requests and returns ``sum_j W_ij x_j`` with ``j`` in ascending order, as one
   ``(1, k) @ (k, d)`` product, the row of the simulator's ``W @ x``.
-* Global mean: ``all_reduce(SUM, async_op=True)``, divided by ``n`` in ``wait()``.
+* Global mean: ``all_reduce(SUM, async_op=True)``, divided by ``n`` in ``wait()``; of a
+  gradient handed over bucket by bucket (``start_mean_parts``), one per bucket, each
+  started as the backward pass finishes it (:mod:`.buckets`).
 * With a codec (:class:`~nettrain.patterns.Codec`, from
   :class:`~nettrain.wrappers.Compressed`), agent ``i`` encodes ``x_i`` once and packs
   the payload into one ``uint8`` buffer (:func:`~nettrain.compression.payloads.pack`),
@@ -50,6 +52,7 @@ import torch.distributed as dist
 
 from nettrain.compression import Identity
 from nettrain.compression.payloads import pack, unpack
+from nettrain.engines.distributed.buckets import BucketedMean
 from nettrain.engines.distributed.liveness import beating
 from nettrain.engines.distributed.rpc import RpcSession, peer_error
 from nettrain.errors import PeerError
@@ -58,6 +61,7 @@ from nettrain.patterns import (
     Communicator,
     Handle,
     Losses,
+    PartsHandle,
     ServerRule,
     Traffic,
     ring_allreduce_cost,
@@ -226,6 +230,18 @@ class DistCommunicator(Communicator):
             return total / n
 
         return _Exchange([(what, work)], average)
+
+    def start_mean_parts(self, like: torch.Tensor) -> PartsHandle:
+        """The all-reduce of :meth:`start_mean`, each slice's started as soon as it is put
+        (:class:`~nettrain.engines.distributed.buckets.BucketedMean`), counted as one."""
+        messages, nbytes = ring_allreduce_cost(self.n_agents, like.shape[1], like.element_size())
+        self.traffic.add(torch.tensor([messages]), torch.tensor([nbytes]))
+        return BucketedMean(
+            like,
+            self.n_agents,
+            lambda b: dist.all_reduce(b, dist.ReduceOp.SUM, self.group, async_op=True),
+            guarded,
+        )
 
     def swap(
         self,
