@@ -8,7 +8,9 @@ method takes and returns the local stack ``x: (m, d)``.
 The patterns:
 
 * neighbour mixing ``x_i <- sum_j W_ij(t) x_j`` (:meth:`Communicator.start_mix`);
-* global mean ``x_i <- (1/n) sum_j x_j``, an all-reduce (:meth:`Communicator.start_mean`);
+* global mean ``x_i <- (1/n) sum_j x_j``, an all-reduce (:meth:`Communicator.start_mean`;
+  :meth:`Communicator.start_mean_parts` takes its input in column slices as they are
+  ready, e.g. a gradient bucket by bucket during the backward pass);
 * pairwise exchange on disjoint pairs (:meth:`Communicator.swap`);
 * worker-to-centre exchange with centre variables held by (sharded) parameter
   servers (:meth:`Communicator.centre_exchange`), each server applying the method's
@@ -31,6 +33,7 @@ patterns; each receiver then decodes against its own ``x_i``. Algorithms never p
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +47,39 @@ class Handle(Protocol):
     a new tensor that the caller owns (it may update it in place)."""
 
     def wait(self) -> torch.Tensor: ...
+
+
+class PartsHandle(Protocol):
+    """A pattern whose input ``(m, d)`` is handed over in column slices as they become
+    final (a gradient bucket by bucket, :class:`~nettrain.problem.buckets.GradientSink`),
+    so that it can start sending them before the rest exists."""
+
+    bucket_bytes: int  # the largest slice it wants at once, in bytes; 0: no preference
+
+    def put(self, cols: slice, part: torch.Tensor) -> None:
+        """Columns ``cols`` of the input are final: ``part = whole[:, cols]``."""
+        ...
+
+    def wait(self, whole: torch.Tensor) -> torch.Tensor:
+        """The result for the whole input ``whole: (m, d)``, a new tensor the caller owns.
+        The slices put so far must be ``whole``'s; columns never put are sent now."""
+        ...
+
+
+@dataclass
+class AtTheEnd:
+    """A :class:`PartsHandle` that sends nothing early: ``wait(whole)`` starts
+    ``start(whole)`` and waits for it (the simulator's, and a compressed exchange's,
+    which encodes the whole vector at once)."""
+
+    start: Callable[[torch.Tensor], Handle]
+    bucket_bytes: int = 0
+
+    def put(self, cols: slice, part: torch.Tensor) -> None:
+        return None
+
+    def wait(self, whole: torch.Tensor) -> torch.Tensor:
+        return self.start(whole).wait()
 
 
 class ServerRule(Protocol):
@@ -191,6 +227,15 @@ class Communicator(ABC):
         ring all-gather of the payloads costs: ``n - 1`` messages and ``(n - 1)`` payloads
         of ``nbytes`` bytes an agent (every payload has the same size).
         """
+
+    def start_mean_parts(self, like: torch.Tensor) -> PartsHandle:
+        """Start the all-reduce of :meth:`start_mean` on an input shaped like ``like:
+        (m, d)`` that is handed over in column slices (``put``) as they become final,
+        and finished by ``wait(whole)``: the same mean, counted the same way (one ring
+        all-reduce of ``d``). A communicator may send each slice as soon as it is put
+        (the distributed one, as DDP's buckets); by default nothing is sent before
+        ``wait`` (:class:`AtTheEnd`), which then is ``start_mean(whole).wait()``."""
+        return AtTheEnd(self.start_mean)
 
     def mix(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """``start_mix(x, t).wait()``."""

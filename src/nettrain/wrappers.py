@@ -41,7 +41,7 @@ from torch import Tensor
 
 from nettrain.compression import Compressor, Identity
 from nettrain.errors import ConfigError
-from nettrain.patterns import Codec, Communicator, Handle, Losses, Traffic
+from nettrain.patterns import AtTheEnd, Codec, Communicator, Handle, Losses, PartsHandle, Traffic
 from nettrain.problem.oracle import agent_seed
 
 CODE_STREAM = 1 << 32  # random streams of the codes, apart from the mini-batches' (stream 0)
@@ -78,6 +78,9 @@ class Wrapper(Communicator):
 
     def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
         return self.inner.start_mean(x, codec=codec)
+
+    def start_mean_parts(self, like: torch.Tensor) -> PartsHandle:
+        return self.inner.start_mean_parts(like)
 
     def swap(self, x: Tensor, pairs: Tensor, ref: Tensor, **options: Any) -> Tensor:
         return self.inner.swap(x, pairs, ref, **options)
@@ -144,6 +147,14 @@ class Compressed(Wrapper):
         self.exchanges += 1
         return self.inner.start_mean(x, codec=codec)
 
+    def start_mean_parts(self, like: torch.Tensor) -> PartsHandle:
+        """Sent as is (``Identity``): the inner pattern's, slices sent as they come; else
+        encoded whole at ``wait`` (a compressor such as top-k sees the whole vector)."""
+        if isinstance(self.compressor, Identity):
+            self.exchanges += 1
+            return self.inner.start_mean_parts(like)
+        return AtTheEnd(self.start_mean)
+
     def swap(self, x: Tensor, pairs: Tensor, ref: Tensor, **options: Any) -> Tensor:
         options["codec"] = Codec(self.compressor, self.stream)
         return self.inner.swap(x, pairs, ref, **options)
@@ -192,6 +203,10 @@ class ErrorFeedback(Wrapper):
 
     def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
         return self.inner.start_mean(self._corrected(x))
+
+    def start_mean_parts(self, like: torch.Tensor) -> PartsHandle:
+        """The residual is added to the whole message: sent at ``wait``."""
+        return AtTheEnd(self.start_mean)
 
     def state_dict(self) -> dict[str, Any]:
         """The residual, for a checkpoint."""

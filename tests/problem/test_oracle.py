@@ -271,3 +271,33 @@ def test_squared_loss_on_class_labels_runs_under_vmap() -> None:
         )
         target = torch.eye(3, dtype=torch.float64)[data.y_train[shard]]
         assert loss[i] == pytest.approx(float(0.5 * (out - target).square().sum(1).mean()))
+
+
+def test_mode_blocks_restore_every_module_as_it_was() -> None:
+    from nettrain.problem.vectorise import evaluation, training
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    net[1].eval()  # one module in evaluation mode, the rest training
+    with training(net):
+        assert all(m.training for m in net.modules())
+    assert net.training and net[0].training and not net[1].training
+    net.train()
+    with training(net):  # already so: nothing is set
+        assert all(m.training for m in net.modules())
+    with evaluation(net):
+        assert not any(m.training for m in net.modules())
+    assert all(m.training for m in net.modules())
+
+
+def test_the_oracle_reads_its_samples_without_copying_the_data_set() -> None:
+    problem = classification_problem()
+    shards = [torch.arange(0, 25), torch.arange(60, 90)]
+    oracle = problem.oracle(shards, [0, 1], batch_size=4, seed=0)
+    assert oracle.x is problem.data.x_train and oracle.y is problem.data.y_train
+    idx, _ = oracle._sample(None)  # local positions, agent after agent
+    xb, yb = oracle.samples(idx)  # (2, 4, ...)
+    rows = torch.cat(shards)[idx]
+    assert torch.equal(xb, problem.data.x_train[rows]) and torch.equal(
+        yb, problem.data.y_train[rows]
+    )
+    assert bool((rows[0] < 25).all()) and bool((rows[1] >= 60).all())  # each from its shard

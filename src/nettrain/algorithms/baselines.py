@@ -64,7 +64,10 @@ class AllReduceSGD(LocalStep, SharedDataParallel, Algorithm[SGDRunState]):
     so ``decode(p_i) + e_new == g_i + e_old``: nothing is dropped, only delayed. Every
     agent still holds the same ``x`` when decoding ignores the reference (QSGD, top-k,
     fp16/bf16); the lattice quantiser decodes a gradient against the receiver's own,
-    so it needs gradients within its radius of each other. On ``engine=shared_memory``
+    so it needs gradients within its radius of each other. The mean's all-reduce is
+    started bucket by bucket as the backward pass finishes each layer's gradient
+    (:meth:`~nettrain.patterns.Communicator.start_mean_parts`), as DDP overlaps it; the
+    numbers are those of ``comm.mean(g)``. On ``engine=shared_memory``
     its workers share one model (:class:`~nettrain.algorithms.shared.SharedDataParallel`).
     """
 
@@ -77,8 +80,9 @@ class AllReduceSGD(LocalStep, SharedDataParallel, Algorithm[SGDRunState]):
         return SGDRunState(x0, SGDState())
 
     def step(self, state: SGDRunState, t: int, oracle: Oracle, comm: Communicator):
-        loss, g = oracle.grad(state.x)  # (m,), (m, d)
-        x, sgd = sgd_step(state.x, comm.mean(g), state.sgd, self.sgd)
+        mean = comm.start_mean_parts(state.x)  # fed bucket by bucket by the backward pass
+        loss, g = oracle.grad(state.x, sink=mean)  # (m,), (m, d)
+        x, sgd = sgd_step(state.x, mean.wait(g), state.sgd, self.sgd)
         return SGDRunState(x, sgd), loss
 
 

@@ -8,6 +8,7 @@ views of that vector, produced by :meth:`FlatSpec.unflatten` (``torch.split`` +
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -38,6 +39,12 @@ class FlatSpec:
     def dim(self) -> int:
         """Length ``d`` of the flat vector."""
         return sum(self.numels)
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        """The columns of each parameter in the flat vector, in flat order."""
+        ends = list(itertools.accumulate(self.numels, initial=0))
+        return tuple(slice(a, b) for a, b in itertools.pairwise(ends))
 
     def unflatten(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of ``x: (d,)`` shaped like the module's parameters."""

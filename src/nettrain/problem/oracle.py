@@ -36,6 +36,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from nettrain.data import Dataset
 from nettrain.errors import ConfigError
 from nettrain.problem.batched import BatchedModel, batched_loss
+from nettrain.problem.buckets import BucketFeed, GradientSink
 from nettrain.problem.buffers import BUFFER_POLICIES, Buffers, BufferSpec, rows
 from nettrain.problem.compiled import Compiled
 from nettrain.problem.execution import Execution, free_memory
@@ -239,9 +240,10 @@ def take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 class Oracle:
     """Loss and gradient of the local agents' objectives ``f_i(x) = E loss + r(x)``.
 
-    Holds only its own agents' samples (``shards[k]`` are the training indices of
-    ``agents[k]``). ``batch_size = 0`` means the full local batch: every sample of the
-    shard, weighted ``1/|shard|``; shards of unequal size are padded and masked.
+    Reads only its own agents' samples (``shards[k]`` are the training indices of
+    ``agents[k]``), through their indices :attr:`rows`, without a copy. ``batch_size =
+    0`` means the full local batch: every sample of the shard, weighted ``1/|shard|``;
+    shards of unequal size are padded and masked.
 
     Also the local agents' model state beyond ``x``: how many mini-batches each has
     drawn (:attr:`drawn`, see the module's "Sampling"), their buffers (:attr:`buffers`,
@@ -276,23 +278,25 @@ class Oracle:
         self.compile = problem.execution.compile if compile is None else compile
         device = problem.data.x_train.device
         sizes = torch.tensor([len(s) for s in shards], dtype=torch.int64)
-        # Local copy of this process's samples, agent after agent.
-        order = torch.cat(list(shards)).to(device)
-        self.x = problem.data.x_train[order]  # (sum |shard|, F)
-        self.y = problem.data.y_train[order]
+        # This process's samples, agent after agent, as rows of the training set: read
+        # through these indices, never copied (a copy of a 15,000-sample Fashion-MNIST
+        # shard took a tenth of a second of a distributed run's clock on a loaded machine).
+        self.rows = torch.cat(list(shards)).to(device)  # (sum |shard|,) int64
+        self.x, self.y = problem.data.x_train, problem.data.y_train  # (N, ...), shared
         self.sizes = sizes
         self.offsets = torch.cumsum(sizes, 0) - sizes  # (m,)
         self.meter = Meter.zeros(len(agents))
         # Samples one call counts per agent: B, or the whole shard (B = 0).
         self._counted = sizes.clone() if batch_size == 0 else torch.full_like(sizes, batch_size)
         # Mini-batch streams (module docstring), on the data's device: each agent's key,
-        # its count of batches drawn, and its shard's size and offset in the local copy.
+        # its count of batches drawn, and its shard's size and offset in :attr:`rows`.
         keys = [agent_seed(seed, int(a)) for a in agents]
         self.keys = torch.tensor(keys, dtype=torch.int64, device=device)  # (m,)
         self.drawn = torch.zeros(len(agents), dtype=torch.int64, device=device)  # (m,)
         self._sizes = sizes.to(device)
         self._offsets = self.offsets.to(device)
         self._positions = torch.arange(batch_size, dtype=torch.int64, device=device)  # (B,)
+        self._weights: torch.Tensor | None = None  # (m, B) of 1 / B, read only
         self.dropout_generators = [
             torch.Generator().manual_seed(agent_seed(seed, int(a), DROPOUT_STREAM))
             for a in (agents if problem.dropouts else ())
@@ -316,9 +320,10 @@ class Oracle:
         w = mask.to(self.x.dtype) / self.sizes[:, None].to(self.x.dtype)
         return idx.to(self.x.device), w.to(self.x.device)
 
-    def _sample(self, local: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices into the local copy and weights, both ``(k, B)``, for the distinct local
-        agents ``local``; each of them then counts one more batch drawn.
+    def _sample(self, local: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Local positions (into :attr:`rows`) and weights, both ``(k, B)``, for the distinct local
+        agents ``local`` (None: all of them, in order); each of them then counts one more
+        batch drawn.
 
         Agent ``j``'s row is its batch number ``k = drawn[j]``: positions ``k * B + b``
         hashed with its key (:func:`integers53`), modulo its shard's size (module
@@ -326,18 +331,36 @@ class Oracle:
         """
         if self.batch_size == 0:
             idx, w = self._full
-            return idx[local], w[local]
+            return (idx, w) if local is None else (idx[local], w[local])
         B = self.batch_size
-        local = local.to(self.drawn.device)
-        drawn = self.drawn[local]  # (k,)
-        u = integers53(self.keys[local], drawn[:, None] * B + self._positions)  # (k, B)
-        idx = u % self._sizes[local, None] + self._offsets[local, None]
-        self.drawn[local] = drawn + 1
+        if local is None:  # every agent: no gathers and scatters of the counters
+            drawn, keys, sizes, offsets = self.drawn, self.keys, self._sizes, self._offsets
+        else:
+            local = local.to(self.drawn.device)
+            drawn, keys = self.drawn[local], self.keys[local]  # (k,)
+            sizes, offsets = self._sizes[local], self._offsets[local]
+        u = integers53(keys, drawn[:, None] * B + self._positions)  # (k, B)
+        idx = u % sizes[:, None] + offsets[:, None]
+        if local is None:
+            self.drawn.add_(1)
+        else:
+            self.drawn[local] = drawn + 1
+        if local is None:  # the same weights every call: made once
+            if self._weights is None:
+                self._weights = torch.full(
+                    idx.shape, 1.0 / B, dtype=self.x.dtype, device=idx.device
+                )
+            return idx, self._weights
         w = torch.full(idx.shape, 1.0 / B, dtype=self.x.dtype, device=self.x.device)
         return idx, w
 
     def grad(
-        self, x: torch.Tensor, local: torch.Tensor | None = None, *, smooth: bool = False
+        self,
+        x: torch.Tensor,
+        local: torch.Tensor | None = None,
+        *,
+        smooth: bool = False,
+        sink: GradientSink | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss ``(k,)`` and gradient ``(k, d)`` of local agents ``local`` at ``x: (k, d)``.
 
@@ -345,14 +368,28 @@ class Oracle:
         ``smooth=True`` leaves out the regulariser (methods that apply its prox).
         Each call consumes one mini-batch per agent and counts its samples. The agents
         are taken :attr:`chunk` at a time.
+
+        ``sink`` (:class:`~nettrain.problem.buckets.GradientSink`) gets the gradient's
+        columns bucket by bucket (:func:`~nettrain.problem.buckets.gradient_buckets`, at
+        most ``sink.bucket_bytes`` each, the last layers first), every column once, before
+        this returns: with the layer-wise batched kernel in one pass, each as soon as the
+        backward pass has finished it, from autograd hooks on the stacked per-layer
+        parameters; otherwise all of them after the pass. The gradient is the same either
+        way.
         """
+        every = local is None
         if local is None:
             local = torch.arange(self.m, device="cpu")  # agent ids, like the meters
-        idx, w = self._sample(local)
+        idx, w = self._sample(None if every else local)
         keys, c = self._keys(local), self.chunk
+        regular = not smooth and self.with_regularizer and self.problem.regularizer.kind != "none"
         # One kernel for every chunk of the call, so that chunks change no number.
         kernel = self._kernel(len(local))
-        if len(local) <= c:
+        feed = None
+        if sink is not None and len(local) <= c and kernel == self._batched_grad:
+            feed = self._feed(x.new_empty(x.shape), sink, x if regular else None)
+            loss, g = self._pass(kernel, x, local, keys, idx, w, feed)
+        elif len(local) <= c:
             loss, g = self._pass(kernel, x, local, keys, idx, w)
         else:
             loss, g = x.new_empty(len(local)), torch.empty_like(x)
@@ -361,11 +398,35 @@ class Oracle:
                 loss[part], g[part] = self._pass(
                     kernel, x[part], local[part], keys[part], idx[part], w[part]
                 )
-        if not smooth and self.with_regularizer and self.problem.regularizer.kind != "none":
+        if regular:
             loss = loss + self.problem.regularizer.value(x)
+        if sink is not None and feed is None:  # every bucket, now: the regulariser added in
+            g = self._feed(g, sink, x if regular else None).finish()
+        elif regular and feed is None:
             g = g + self.problem.regularizer.grad(x)
-        self.meter.samples[local] += self._counted[local]
+        if every:
+            self.meter.samples += self._counted
+        else:
+            self.meter.samples[local] += self._counted[local]
         return loss, g
+
+    def _feed(self, out: torch.Tensor, sink: GradientSink, x: torch.Tensor | None) -> BucketFeed:
+        """A feed of ``out: (k, d)`` to ``sink``, adding the regulariser's gradient at
+        ``x: (k, d)`` to each bucket when ``x`` is given (elementwise: the same numbers as
+        adding it to the whole)."""
+        extra = None
+        if x is not None:
+            regularizer = self.problem.regularizer
+
+            def extra(cols: slice) -> torch.Tensor:
+                return regularizer.grad(x[:, cols])
+
+        return BucketFeed(out, self._param_slices, sink, extra)
+
+    @functools.cached_property
+    def _param_slices(self) -> tuple[slice, ...]:
+        """The columns of each parameter in the flat vector, in flat order."""
+        return self.problem.spec.slices
 
     def _pass(
         self,
@@ -375,21 +436,27 @@ class Oracle:
         keys: torch.Tensor,
         idx: torch.Tensor,
         w: torch.Tensor,
+        feed: BucketFeed | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward and backward pass of the agents ``local`` on their batches ``idx``
-        by ``kernel``: ``(loss (k,), g (k, d))``, detached; their buffers updated."""
-        buffers = rows(self.buffers, local)
+        by ``kernel``: ``(loss (k,), g (k, d))``, detached; their buffers updated. With a
+        ``feed`` (the batched kernel only) the gradient is written into ``feed.out`` and
+        handed out bucket by bucket during the backward pass."""
+        buffers = rows(self.buffers, local) if self.buffers else {}
+        options = {} if feed is None else {"feed": feed}
         with training(self.problem.model):
-            g, loss, buffers = kernel(x, buffers, keys, *self.samples(idx), w)
+            g, loss, buffers = kernel(x, buffers, keys, *self.samples(idx), w, **options)
         for name, value in buffers.items():
             self.buffers[name][local] = value.detach()
         return loss.detach(), g.detach()
 
     def samples(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs ``(k, B, ...)`` and targets ``(k, B, ...)`` at the local copy's rows
-        ``idx: (k, B)``, by ``index_select`` on flat rows (about twice as fast as
-        advanced indexing on a large batch)."""
-        return take(self.x, idx), take(self.y, idx)
+        """Inputs ``(k, B, ...)`` and targets ``(k, B, ...)`` at the local positions
+        ``idx: (k, B)`` (agent after agent, :attr:`rows`), by ``index_select`` on flat
+        rows of the training set (about twice as fast as advanced indexing on a large
+        batch)."""
+        rows = self.rows[idx]  # (k, B) rows of the training set
+        return take(self.x, rows), take(self.y, rows)
 
     def _kernel(self, k: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor, Buffers]]:
         """The kernel of a call for ``k`` agents: the batched model where there is one,
@@ -520,17 +587,28 @@ class Oracle:
         xb: torch.Tensor,
         yb: torch.Tensor,
         wb: torch.Tensor,
+        feed: BucketFeed | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, Buffers]:
         """A model of known layers without buffers, by the layer-wise batched model
         (:mod:`~nettrain.problem.batched`): the losses ``L_i`` (:meth:`_batched_losses`)
         and one backward pass of ``sum_i L_i``, whose gradient with respect to the
-        parameters of agent ``i`` is ``grad L_i(x_i)``."""
+        parameters of agent ``i`` is ``grad L_i(x_i)``. With a ``feed``, each layer's
+        gradient goes from its leaf's autograd hook into ``feed.out``, and each bucket to
+        the feed's sink as soon as it is complete."""
         with torch.enable_grad():
             parts = torch.split(x, self.problem.spec.numels, 1)
             leaves = [p.detach().requires_grad_(True) for p in parts]  # (k, numel) each
+            hooked = feed is not None and feed.hooked
+            if hooked:  # each layer's gradient to its bucket as backward makes it
+                for j, leaf in enumerate(leaves):
+                    leaf.register_hook(feed.hook(j))
             loss = self._batched_losses(leaves, keys, xb, yb, wb)  # (k,)
             grads = torch.autograd.grad(loss.sum(), leaves)
-        return torch.cat(grads, 1), loss.detach(), buffers
+        if feed is None:
+            return torch.cat(grads, 1), loss.detach(), buffers  # (k, d)
+        if not hooked:  # one bucket: the whole gradient, now
+            torch.cat(grads, 1, out=feed.out)
+        return feed.finish(), loss.detach(), buffers
 
     def _batched_total(
         self,

@@ -11,7 +11,8 @@ who its peers are.
   needs; the handle's ``wait()`` waits those requests and adds the received rows'
   terms. Its result is this process's rows of the simulator's ``W @ x``.
 * Global mean: the local sum, ``all_reduce(SUM, async_op=True)``, divided by ``n`` in
-  ``wait()``.
+  ``wait()``; of a gradient handed over bucket by bucket (``start_mean_parts``), one
+  per bucket, each started as the backward pass finishes it (:mod:`.buckets`).
 * With a codec (:class:`~nettrain.patterns.Codec`, from
   :class:`~nettrain.wrappers.Compressed`), the process encodes its rows once; a mix
   sends each process the payload rows it needs, packed into one ``uint8`` buffer
@@ -56,6 +57,7 @@ import torch.distributed as dist
 from nettrain.compression import Identity
 from nettrain.compression.payloads import cat_rows, pack, take_rows, unpack
 from nettrain.engines.coded import decode_mean, decode_mix
+from nettrain.engines.distributed.buckets import BucketedMean
 from nettrain.engines.distributed.halo import Halo
 from nettrain.engines.distributed.liveness import beating
 from nettrain.engines.distributed.placement import Placement
@@ -66,6 +68,7 @@ from nettrain.patterns import (
     Communicator,
     Handle,
     Losses,
+    PartsHandle,
     ServerRule,
     Traffic,
     ring_allreduce_cost,
@@ -99,7 +102,7 @@ class _Exchange:
         for what, work in self.works:
             if work is not None:
                 guarded(what, work.wait)
-        self.comm.talk_s += time.perf_counter() - begin
+        self.comm._waited(time.perf_counter() - begin)
         return self.finish()
 
 
@@ -255,6 +258,25 @@ class DistCommunicator(Communicator):
         """Count what this process sends to other processes (alone, it sends nothing)."""
         if self.placement.processes > 1:
             self.wire.update(messages=messages, bytes=nbytes)
+
+    def start_mean_parts(self, like: torch.Tensor) -> PartsHandle:
+        """The all-reduce of :meth:`start_mean`, each slice's started as soon as it is put
+        (:class:`~nettrain.engines.distributed.buckets.BucketedMean`), counted as one."""
+        m, d, size = like.shape[0], like.shape[1], like.element_size()
+        messages, nbytes = ring_allreduce_cost(self.n_agents, d, size)
+        self.traffic.add(torch.full((m,), messages), torch.full((m,), nbytes))
+        self._count_wire(*ring_allreduce_cost(self.placement.processes, d, size))
+        return BucketedMean(
+            like,
+            self.n_agents,
+            lambda b: dist.all_reduce(b, dist.ReduceOp.SUM, self.group, async_op=True),
+            guarded,
+            waited=self._waited,
+        )
+
+    def _waited(self, seconds: float) -> None:
+        """Count ``seconds`` spent waiting for other processes (:attr:`talk_s`)."""
+        self.talk_s += seconds
 
     def swap(
         self,

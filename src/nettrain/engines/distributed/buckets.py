@@ -1,0 +1,85 @@
+"""The all-reduce of a gradient bucket by bucket, overlapping the backward pass.
+
+:class:`BucketedMean` is the distributed communicator's
+:meth:`~nettrain.patterns.Communicator.start_mean_parts`: each column slice put (a
+gradient bucket, handed over by the oracle from autograd hooks as soon as the backward
+pass has finished it, :mod:`nettrain.problem.buckets`) is copied into the result
+buffer and its ``all_reduce(SUM, async_op=True)`` starts at once, as
+``DistributedDataParallel``'s reducer launches its buckets; ``wait`` waits for them all
+and divides by ``n``. Every rank puts the same buckets in the same order (the same
+model, the same cut), so their collectives pair up.
+
+The mean is the one :meth:`~nettrain.engines.distributed.comm.DistCommunicator.start_mean`
+computes, column by column, up to the order in which gloo adds the ``n`` contributions
+of a column (which can depend on a buffer's length): float rounding. It is counted as
+that one ring all-reduce of ``d`` values, as the simulator counts it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+
+# DistributedDataParallel's default cap of its first bucket (torch.distributed's
+# _DEFAULT_FIRST_BUCKET_BYTES): smaller buckets start earlier but each costs a
+# collective's latency, which on a loaded machine is milliseconds.
+BUCKET_BYTES = 1 << 20
+
+
+class BucketedMean:
+    """``(1/n) sum_j v_j`` over every agent of the rows ``v: (m, d)`` this process holds,
+    reduced slice by slice as put: each slice's local sum, then its all-reduce.
+
+    ``start(buffer)`` launches the asynchronous all-reduce (SUM) of a contiguous
+    ``buffer`` and returns its request; ``guard(what, call)`` runs ``call`` turning a
+    failed collective into a :class:`~nettrain.errors.PeerError`; ``bucket_bytes`` caps
+    the buckets the oracle cuts (default :data:`BUCKET_BYTES`, read when built);
+    ``waited(seconds)`` is told how long :meth:`wait` waited for the other processes.
+    """
+
+    def __init__(
+        self,
+        like: torch.Tensor,
+        n: int,
+        start: Callable[[torch.Tensor], dist.Work],
+        guard: Callable[[str, Callable[[], object]], object],
+        bucket_bytes: int | None = None,
+        waited: Callable[[float], None] | None = None,
+    ) -> None:
+        self.n, self.start, self.guard, self.waited = n, start, guard, waited
+        self.m = like.shape[0]
+        self.bucket_bytes = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
+        self.total = torch.empty(like.shape, dtype=like.dtype, device=like.device)  # (1, d)
+        self.works: list[tuple[str, dist.Work]] = []
+        self.filled = 0  # columns put so far
+
+    def put(self, cols: slice, part: torch.Tensor) -> None:
+        """Sum ``part: (m, |cols|)`` over the local agents into the buffer and start its
+        all-reduce."""
+        bucket = self.total[0, cols]  # a contiguous view of the buffer
+        if self.m == 1:
+            bucket.copy_(part[0])
+        else:
+            torch.sum(part, 0, out=bucket)
+        what = f"the all-reduce of columns {cols.start}..{cols.stop - 1}"
+        self.works.append((what, self.guard(what, lambda: self.start(bucket))))  # type: ignore[arg-type]
+        self.filled += cols.stop - cols.start
+
+    def wait(self, whole: torch.Tensor) -> torch.Tensor:
+        """Wait for every bucket's all-reduce and return the mean, a row for each local
+        agent ``(m, d)``; with nothing put (a kernel without hooks), all-reduce ``whole``
+        now."""
+        if self.filled == 0:
+            self.put(slice(0, whole.shape[1]), whole)
+        elif self.filled != whole.shape[1]:
+            raise ValueError(f"{self.filled} of {whole.shape[1]} columns were put")
+        begin = time.perf_counter()
+        for what, work in self.works:
+            self.guard(what, work.wait)
+        if self.waited is not None:
+            self.waited(time.perf_counter() - begin)
+        mean = self.total.div_(self.n)
+        return mean if self.m == 1 else mean.expand(self.m, -1).clone()

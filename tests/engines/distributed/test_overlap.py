@@ -1,0 +1,50 @@
+"""The all-reduce of a gradient bucket by bucket, during the backward pass, equals the
+all-reduce of the whole gradient after it: 2 gloo processes on loopback (``a + b`` is
+``b + a`` in floating point, so the two are equal bit for bit), and all-reduce SGD
+through the engine equals the simulator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import torchrun_command, wait_or_fail
+from nettrain.config import load_config
+from nettrain.experiment import run
+
+WORKER = Path(__file__).with_name("overlap_worker.py")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("overlap")
+    out, log = folder / "results.pt", folder / "torchrun.log"
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            torchrun_command(2, str(WORKER), str(out)),
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    wait_or_fail(proc, log, 180)
+    return torch.load(out, weights_only=False)
+
+
+def test_bucketed_mean_equals_the_whole_mean_bit_for_bit(results) -> None:
+    n_params = 2 * (len(results["config"]["hidden"]) + 1)  # each linear layer's weight, bias
+    launched = {cap: works for cap, (_, _, works) in results["parts"].items()}
+    assert launched == {0: 1, 4: n_params, 1 << 20: 1}
+    for cap, (fed, whole, _) in results["parts"].items():
+        assert fed.shape == whole.shape and torch.equal(fed, whole), cap
+
+
+def test_engine_with_buckets_equals_the_simulator(results) -> None:
+    default, small = results["runs"].values()
+    assert torch.equal(default, small)  # one bucket, or one a parameter: the same bits
+    sim = run(load_config(results["config"] | {"agents": results["n"]}))
+    torch.testing.assert_close(small, sim.x, rtol=0, atol=1e-5)
