@@ -52,7 +52,7 @@ class BucketedMean:
         self.n, self.start, self.guard, self.waited = n, start, guard, waited
         self.m = like.shape[0]
         self.bucket_bytes = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
-        self.total = torch.empty(like.shape, dtype=like.dtype, device=like.device)  # (1, d)
+        self.total = like.new_empty(1, like.shape[1])  # (1, d): the sum over every agent
         self.works: list[tuple[str, dist.Work]] = []
         self.filled = 0  # columns put so far
 
