@@ -102,7 +102,7 @@ class _Exchange:
         for what, work in self.works:
             if work is not None:
                 guarded(what, work.wait)
-        self.comm._waited(time.perf_counter() - begin)
+        self.comm.count_wait(time.perf_counter() - begin)
         return self.finish()
 
 
@@ -271,10 +271,10 @@ class DistCommunicator(Communicator):
             self.n_agents,
             lambda b: dist.all_reduce(b, dist.ReduceOp.SUM, self.group, async_op=True),
             guarded,
-            waited=self._waited,
+            waited=self.count_wait,
         )
 
-    def _waited(self, seconds: float) -> None:
+    def count_wait(self, seconds: float) -> None:
         """Count ``seconds`` spent waiting for other processes (:attr:`talk_s`)."""
         self.talk_s += seconds
 
