@@ -17,7 +17,7 @@ the identity and each round settles at once; in the distributed engine
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -35,7 +35,6 @@ class Rounds(Stack):
     agent's rows: this process takes its own)."""
 
     settle_every = 1  # rounds whose notes are gathered together
-    overlap_settle = False  # gather them during the next round (seen a round later)
     slowdown = 1.0  # a straggler's real slow-down: its round taken again, in sleep
 
     def __init__(
@@ -53,7 +52,6 @@ class Rounds(Stack):
         super().__init__(job, x, oracle, comm, work_totals(n, job.fault_spec))
         self.agents, self.label = agents, f"{job.algorithm.name} x{n}{label}"
         self.pending: list[torch.Tensor] = []  # (m, 4) notes of rounds not yet settled
-        self.inflight: tuple[int, int, Callable[[], torch.Tensor]] | None = None
         self.everyone: tuple[int, Any] | None = None  # (round, every agent's state)
         self._note(torch.zeros(len(agents)))  # the initial gradients of tracking methods
         for _ in self._settle(-1):
@@ -95,38 +93,18 @@ class Rounds(Stack):
         work = [w.to(torch.float64) for w in take_work(self.oracle, self.comm)]
         self.pending.append(torch.stack([*work, loss.detach().to("cpu", torch.float64)], 1))
 
-    def start_gather(self, rows: torch.Tensor) -> Callable[[], torch.Tensor]:
-        """:meth:`gather` begun now and finished by the returned call (the engine may
-        overlap it with the next round; here it is done at once)."""
-        every = self.gather(rows)
-        return lambda: every
-
-    def _start_settle(self, t: int) -> None:
-        """Begin gathering the pending notes, up to round ``t``; :meth:`_collect` ends it."""
-        k = len(self.pending)
-        mine = torch.stack(self.pending, 1).reshape(len(self.agents), -1)  # (m, k * 4)
-        self.inflight = (t, k, self.start_gather(mine.to(self.job.x0.device)))
-        self.pending.clear()
-
-    def _collect(self) -> Iterator[Tick]:
-        """End the gather in flight, if any: replay the clock and the totals in round
+    def _settle(self, t: int) -> Iterator[Tick]:
+        """Gather every pending round's notes: replay the clock and the totals in round
         order, and hand every round's losses ``(n,)`` to the finiteness check."""
-        if self.inflight is None:
-            return
-        (t, k, finish), self.inflight = self.inflight, None
-        every = finish().cpu().view(self.job.n_agents, k, 4)  # agents, rounds, notes
+        n, k = self.job.n_agents, len(self.pending)
+        mine = torch.stack(self.pending, 1).reshape(len(self.agents), -1)  # (m, k * 4)
+        every = self.gather(mine.to(self.job.x0.device)).cpu().view(n, k, 4)  # agents, rounds
+        self.pending.clear()
         for j in range(k):
             work = every[:, j, :3].round().to(torch.int64).unbind(1)
             account_round(self.clock, self.totals, self.faults, t - k + 1 + j, *work)
             yield Tick(t - k + 2 + j, every[:, j, 3])
         self.losses = every[:, -1, 3].to(self.job.x0.dtype)
-
-    def _settle(self, t: int) -> Iterator[Tick]:
-        """Settle every round up to ``t`` now: the gather in flight, then the pending notes."""
-        yield from self._collect()
-        if self.pending:
-            self._start_settle(t)
-            yield from self._collect()
 
     def advance(self, stop: int) -> Iterator[Tick]:
         """Rounds up to ``stop``; the notes are settled at ``stop`` (an evaluation or a
@@ -141,15 +119,8 @@ class Rounds(Stack):
                 time.sleep((self.slowdown - 1) * max(0.0, work))
             self._note(loss)
             self.round = t + 1
-            if self.overlap_settle:
-                yield from self._collect()  # begun a round ago: done by now, or soon
-            if t + 1 == stop:
+            if t + 1 == stop or len(self.pending) == self.settle_every:
                 yield from self._settle(t)
-            elif len(self.pending) == self.settle_every:
-                if self.overlap_settle:
-                    self._start_settle(t)
-                else:
-                    yield from self._settle(t)
 
     def counters(self) -> Counters:
         return Counters(self.totals, self.clock.now, float(self.losses.mean()), self.round)

@@ -6,7 +6,6 @@ and resume (docs/architecture.md, "One synchronous round").
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,10 +22,8 @@ from nettrain.recording import RunFolder
 
 # Rounds whose notes (samples, messages, bytes, loss) are gathered together: one small
 # all-gather per 32 rounds (or per evaluation or checkpoint) replays the simulator's
-# virtual clock on every rank, instead of a second collective every round. It is
-# started after round t and waited for after round t + 1, so it runs behind that
-# round's work. Divergence is then seen up to 33 rounds late, by every rank at the
-# same round.
+# virtual clock on every rank, instead of a second collective every round. Divergence
+# is then seen up to 32 rounds late, by every rank at the same round.
 SETTLE_EVERY = 32
 
 
@@ -49,27 +46,13 @@ def all_gather_rows(
 ) -> torch.Tensor:
     """Each process's rows ``(m_r, ...)`` (its agents') -> every agent's ``(n, ...)``, in
     agent order; rows are padded to the largest ``m_r`` for the all-gather."""
-    return start_all_gather_rows(t, placement, group)()
-
-
-def start_all_gather_rows(
-    t: torch.Tensor, placement: Placement, group: dist.ProcessGroup | None = None
-) -> Callable[[], torch.Tensor]:
-    """:func:`all_gather_rows` started (``async_op``); the returned call waits for it and
-    gives every agent's rows."""
-    what = "an all-gather of the engine"
-    padded = t.new_zeros(placement.largest, *t.shape[1:])
+    largest = placement.largest
+    padded = t.new_zeros(largest, *t.shape[1:])
     padded[: len(t)] = t
     parts = [torch.empty_like(padded) for _ in range(placement.processes)]
-    work = guarded(what, lambda: dist.all_gather(parts, padded, group=group, async_op=True))
-
-    def finish() -> torch.Tensor:
-        guarded(what, work.wait)
-        rows = [part[: len(g)] for part, g in zip(parts, placement.groups, strict=True)]
-        every = torch.cat(rows)
-        return every[placement.position.to(every.device)]
-
-    return finish
+    guarded("an all-gather of the engine", lambda: dist.all_gather(parts, padded, group=group))
+    rows = torch.cat([part[: len(g)] for part, g in zip(parts, placement.groups, strict=True)])
+    return rows[placement.position.to(rows.device)]
 
 
 class DistRounds(Rounds):
@@ -79,7 +62,7 @@ class DistRounds(Rounds):
     (the slowest of its agents')."""
 
     comm: DistCommunicator
-    measured, settle_every, overlap_settle = True, SETTLE_EVERY, True
+    measured, settle_every = True, SETTLE_EVERY
 
     def __init__(
         self, job: Job, rank: int, comm: DistCommunicator, resume: Checkpoint | None
@@ -93,17 +76,6 @@ class DistRounds(Rounds):
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         return all_gather_rows(rows, self.comm.placement, self.comm.group)
-
-    def start_gather(self, rows: torch.Tensor) -> Callable[[], torch.Tensor]:
-        finish = start_all_gather_rows(rows, self.comm.placement, self.comm.group)
-
-        def waited() -> torch.Tensor:  # the wait counts as waiting for the others
-            begin = time.perf_counter()
-            every = finish()
-            self.comm.count_wait(time.perf_counter() - begin)
-            return every
-
-        return waited
 
     def gather_objects(self, objects: list[Any]) -> list[Any]:
         parts: list[Any] = [None] * self.comm.placement.processes  # rank order
