@@ -84,12 +84,12 @@ class Halo:
             dense[cross[0], cross[1]] = cross[2]
             dense = dense.to(device, dtype)
 
-        # what the other processes need of A: per process, its edges out of A
+        # what the other processes need of A: per process, its agents with edges out of A
         leaving = (owner[cols] == rank) & (owner[rows] != rank)
-        send = {}
-        for q in torch.unique(owner[rows[leaving]]).tolist():
-            needed = torch.unique(cols[leaving & (owner[rows] == q)])  # ascending agent id
-            send[q] = local_row[needed].to(device)
+        needed = torch.unique(owner[rows[leaving]] * n + cols[leaving])  # by process, then id
+        procs, counts = torch.unique_consecutive(needed // n, return_counts=True)
+        parts = local_row[needed % n].to(device).split(counts.tolist())
+        send = dict(zip(procs.tolist(), parts, strict=True))
 
         extended = torch.where(held, local_row[c], m + halo_row[c])  # rows of [x; halo]
         edge = r != c
