@@ -64,7 +64,7 @@ SHARED_MEMORY_ALGORITHMS = tuple(
 # what an engine is, for a method that cannot run there
 ENGINE_NOTES = {
     "sim": "simulates every agent in one process",
-    "distributed": "runs one process per agent",
+    "distributed": "runs the agents in processes over torch.distributed",
     "shared_memory": "runs one model shared by processes=P workers",
 }
 PHASES = ("fixed", "poisson")
