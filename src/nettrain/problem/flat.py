@@ -8,6 +8,7 @@ views of that vector, produced by :meth:`FlatSpec.unflatten` (``torch.split`` +
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -40,9 +41,9 @@ class FlatSpec:
         """Length ``d`` of the flat vector."""
         return sum(self.numels)
 
-    @property
+    @functools.cached_property
     def slices(self) -> tuple[slice, ...]:
-        """The columns of each parameter in the flat vector, in flat order."""
+        """The columns of each parameter in the flat vector, in flat order (computed once)."""
         ends = list(itertools.accumulate(self.numels, initial=0))
         return tuple(slice(a, b) for a, b in itertools.pairwise(ends))
 

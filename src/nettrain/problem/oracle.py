@@ -341,18 +341,13 @@ class Oracle:
             sizes, offsets = self._sizes[local], self._offsets[local]
         u = integers53(keys, drawn[:, None] * B + self._positions)  # (k, B)
         idx = u % sizes[:, None] + offsets[:, None]
-        if local is None:
-            self.drawn.add_(1)
-        else:
+        if local is not None:
             self.drawn[local] = drawn + 1
-        if local is None:  # the same weights every call: made once
-            if self._weights is None:
-                self._weights = torch.full(
-                    idx.shape, 1.0 / B, dtype=self.x.dtype, device=idx.device
-                )
-            return idx, self._weights
-        w = torch.full(idx.shape, 1.0 / B, dtype=self.x.dtype, device=self.x.device)
-        return idx, w
+            return idx, torch.full(idx.shape, 1.0 / B, dtype=self.x.dtype, device=idx.device)
+        self.drawn.add_(1)
+        if self._weights is None:  # the same weights every call: made once
+            self._weights = torch.full(idx.shape, 1.0 / B, dtype=self.x.dtype, device=idx.device)
+        return idx, self._weights
 
     def grad(
         self,
@@ -421,12 +416,7 @@ class Oracle:
             def extra(cols: slice) -> torch.Tensor:
                 return regularizer.grad(x[:, cols])
 
-        return BucketFeed(out, self._param_slices, sink, extra)
-
-    @functools.cached_property
-    def _param_slices(self) -> tuple[slice, ...]:
-        """The columns of each parameter in the flat vector, in flat order."""
-        return self.problem.spec.slices
+        return BucketFeed(out, self.problem.spec.slices, sink, extra)
 
     def _pass(
         self,
