@@ -137,7 +137,10 @@ class RunKeys(Section):
         "CPU; same numbers to rounding; warns and runs eagerly where compilation fails)",
     )
     eval_every: int = key(
-        25, "rounds between evaluations (one metrics.jsonl record each)", at_least=1
+        0,
+        "rounds between evaluations (one metrics.jsonl record each, and one at round 0); "
+        "0 = rounds/20, so that a run has about 20 points",
+        at_least=0,
     )
     eval_agents: int = key(
         0,

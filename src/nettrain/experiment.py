@@ -54,6 +54,8 @@ from nettrain.result import Result
 from nettrain.topology import build_topology
 from nettrain.version import __version__
 
+EVALUATIONS = 20  # records of a run whose eval_every is not set (eval_every=0)
+
 ENGINES: dict[str, type[Engine]] = {
     "sim": SimEngine,
     "distributed": DistributedEngine,
@@ -172,7 +174,7 @@ def build_job(
         rounds=cfg.rounds,
         batch_size=cfg.batch_size if cfg.batch_size >= 0 else algorithm.default_batch_size,
         seed=cfg.seed,
-        eval_every=cfg.eval_every,
+        eval_every=cfg.eval_every or max(1, cfg.rounds // EVALUATIONS),
         cost=build_cost_model(cfg, problem),
         eval_agents=cfg.eval_agents,
         train_objective=cfg.train_objective or algorithm.records_objective,

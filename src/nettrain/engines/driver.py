@@ -7,7 +7,7 @@ alike for every engine and schedule::
     for stop in the evaluation and checkpoint rounds:
         for tick in run.advance(stop):      # the engine's rounds, events or steps
             divergence check of tick.loss, progress bar
-        every eval_every rounds and at the last: snapshot, record, status line
+        at round 0, every eval_every rounds and at the last: snapshot, record, status line
         every checkpoint_every rounds: run.checkpoint(stop)
 
 Every record has the keys :data:`BASE_KEYS` in every engine, then the model's
@@ -138,7 +138,8 @@ def drive(
     start = time.perf_counter() if start is None else start
     if resume is not None:
         start -= resume.wall_time_s
-    evals = {*range(job.eval_every, job.rounds, job.eval_every), job.rounds}
+    # A fresh run records round 0 (the initial state) too; a resumed one starts after it.
+    evals = {*range(job.eval_every if first else 0, job.rounds, job.eval_every), job.rounds}
     saves = set()
     if job.checkpoint_every:
         saves = set(range(job.checkpoint_every, job.rounds + 1, job.checkpoint_every))
@@ -147,7 +148,7 @@ def drive(
     with progress_bar(job.rounds, run.label, job.progress and run.main) as bar:
         done = first
         bar(done, "")
-        for stop in sorted(r for r in evals | saves if r > first):
+        for stop in sorted(r for r in evals | saves if r > first or r == first == 0):
             for tick in run.advance(stop):
                 if tick.loss is not None:
                     at = tick.done - 1 if tick.at is None else tick.at
@@ -201,7 +202,7 @@ def _record(
         "samples": traffic["samples"],
         "samples_per_s": measured["samples_per_s"],
         **traffic,
-        "train_loss": counters.train_loss,
+        "train_loss": counters.train_loss if counters.round else None,  # none trained yet
         **judged.metrics(snap.x, snap.buffers),
     }
     if snap.state is not None:

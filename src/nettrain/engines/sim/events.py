@@ -108,8 +108,8 @@ class SimEvents(Stack):
             self.apply_faults(0)
 
     def events_at(self, r: int) -> int:
-        """The events done at the end of round ``r``."""
-        return min(self.total, max(1, round(r * self.per_round)))
+        """The events done at the end of round ``r`` (at least one after round 0)."""
+        return min(self.total, max(1, round(r * self.per_round))) if r else 0
 
     def draw_phase(self, a: int) -> tuple[int, float]:
         h = self.draws[a].steps()
@@ -176,7 +176,7 @@ class SimEvents(Stack):
 
     def counters(self) -> Counters:
         totals = {k: v for k, v in self.totals.items() if k != "lost"}
-        loss = float(torch.cat(self.losses).mean())
+        loss = float(torch.cat(self.losses).mean()) if self.losses else math.nan
         self.losses.clear()
         return Counters(totals, self.clock.now, loss, math.ceil(self.done / self.per_round - 1e-9))
 
