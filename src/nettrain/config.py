@@ -153,6 +153,13 @@ class RunKeys(Section):
         "write TensorBoard event files in the run folder (every record's figures, the "
         "hparams table); needs pip install 'nettrain[tensorboard]', without it none are written",
     )
+    timeline: bool = key(
+        False,
+        "write timeline.jsonl and timeline.png in the run folder: each agent's computing, "
+        "sending and waiting in the first timeline_rounds rounds (engine=sim: virtual time; "
+        "engine=distributed, synchronous methods: measured time)",
+    )
+    timeline_rounds: int = key(20, "timeline=true: rounds whose intervals are recorded", at_least=1)
     checkpoint_every: int = key(
         0,
         "rounds between checkpoints (checkpoint.pt in the run folder, for --resume); 0 = none",
@@ -580,6 +587,14 @@ class RunConfig:
             raise ConfigError(
                 f"quantizer={self.quantizer} compresses what agents send; engine=shared_memory "
                 "workers share one model and send nothing. Set quantizer=none"
+            )
+        if self.timeline and (
+            self.engine == "shared_memory" or (asynchronous and self.engine == "distributed")
+        ):
+            raise ConfigError(
+                "timeline=true is recorded in engine=sim (virtual time) and for synchronous "
+                f"methods in engine=distributed; algorithm={self.algorithm} on engine="
+                f"{self.engine} has none. Set timeline=false, or run it with engine=sim"
             )
         if self.checkpoint_every and self.engine == "shared_memory":
             raise ConfigError(

@@ -182,6 +182,7 @@ def build_job(
         phase=cfg.phase,
         progress=cfg.progress,
         faults=Faults.from_config(cfg),
+        timeline_rounds=cfg.timeline_rounds if cfg.timeline else 0,
     )
 
 

@@ -9,6 +9,8 @@ A run folder holds::
     buffers.pt      every agent's buffers (BatchNorm statistics), {name: (n, ...)}, if any
     centre.pt       the centre variable (d,) of a centre-based method (EASGD family)
     plot.png        test accuracy and consensus distance against rounds, bytes, time
+    timeline.jsonl  what each agent did when in the first rounds (``timeline=true``;
+                    :mod:`nettrain.report.timeline`), drawn in timeline.png
     events.out.tfevents.*   TensorBoard's: every record's figures, the hparams table
                     (``tensorboard=true`` and the tensorboard package installed;
                     :mod:`nettrain.report.board`)
@@ -28,7 +30,7 @@ from typing import Any
 import torch
 
 from nettrain.checkpoint import Checkpoint
-from nettrain.report import board
+from nettrain.report import board, timeline
 
 SUMMARY_FROM_RECORD = (
     "test_accuracy",
@@ -96,8 +98,9 @@ class RunFolder:
         metrics = self.path / "metrics.jsonl"
         if keep is not None and metrics.is_file():
             self.records = read_records(self.path)[:keep]
-        if keep is None:  # a fresh run: a summary of an earlier run here is no longer true
-            (self.path / "summary.json").unlink(missing_ok=True)
+        if keep is None:  # a fresh run: what an earlier run here wrote is no longer true
+            for name in ("summary.json", timeline.FILE, timeline.PLOT):
+                (self.path / name).unlink(missing_ok=True)
         lines = "".join(json.dumps(r) + "\n" for r in self.records)
         tmp = metrics.with_suffix(".jsonl.tmp")
         tmp.write_text(lines)
@@ -128,6 +131,12 @@ class RunFolder:
         if self.board is not None:
             self.board.hparams(config_json(config), SUMMARY_FROM_RECORD)
 
+    def write_timeline(self, events: list[dict[str, Any]], since: int = 0) -> None:
+        """Write ``timeline.jsonl``: ``events``, after the intervals of the rounds before
+        ``since`` that a resumed run's folder holds."""
+        if self.path is not None:
+            timeline.write_timeline(self.path, events, since)
+
     def append(self, record: dict[str, Any]) -> None:
         record = {k: _jsonable(v) for k, v in record.items()}
         self.records.append(record)
@@ -146,8 +155,8 @@ class RunFolder:
         buffers: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """Write ``summary.json``, ``final.pt`` (``x: (n, d)`` on CPU), ``centre.pt`` and
-        ``buffers.pt`` (``{name: (n, ...)}``) if given, and the plot; close the
-        TensorBoard events."""
+        ``buffers.pt`` (``{name: (n, ...)}``) if given, the plot and the timeline's;
+        close the TensorBoard events."""
         if self.path is None:
             return
         if self.board is not None:
@@ -166,6 +175,9 @@ class RunFolder:
             from nettrain.report.plots import plot_run
 
             plot_run(self.records, self.path / "plot.png", title=summary.get("label", ""))
+        if plot and (self.path / timeline.FILE).is_file():
+            events = timeline.read_timeline(self.path)
+            timeline.plot_timeline(events, self.path / timeline.PLOT, summary.get("label", ""))
 
     def close(self) -> None:
         """Close what is open (the TensorBoard events) when a run stops before

@@ -12,6 +12,7 @@ import torch
 from nettrain.algorithms.base import Algorithm, Method
 from nettrain.checkpoint import Checkpoint, load_state, state_dict
 from nettrain.engines.sim.clock import CostModel, VirtualClock
+from nettrain.engines.timeline import Timeline
 from nettrain.errors import ConfigError, DivergenceError
 from nettrain.evaluation import model_metrics
 from nettrain.faults import Faults
@@ -53,6 +54,7 @@ class Job:
     phase: str = "fixed"  # asynchronous local phases: fixed durations or Poisson clocks
     progress: bool = False
     faults: Faults | None = None  # message drops, crashes, a split (None: none)
+    timeline_rounds: int = 0  # rounds whose intervals the timeline notes; 0 = no timeline
 
     @property
     def n_agents(self) -> int:
@@ -165,11 +167,18 @@ def account_round(
     samples: torch.Tensor,
     messages: torch.Tensor,
     nbytes: torch.Tensor,
+    timeline: Timeline | None = None,
 ) -> None:
     """Synchronous round ``t``'s work ``(n,)`` each, in both engines: advance ``clock``
-    (dropped messages resent, :meth:`Faults.resent`) and add it to ``totals``."""
+    (dropped messages resent, :meth:`Faults.resent`) and add it to ``totals``; with a
+    ``timeline``, note the round on the virtual clock (round ``t + 1``)."""
     resent = faults.resent(messages, t)
-    clock.sync_round(samples, messages, nbytes, resent * faults.resend_s)
+    start, extra = clock.now, resent * faults.resend_s
+    clock.sync_round(samples, messages, nbytes, extra)
+    if timeline is not None and timeline.wants(t + 1):
+        cost = clock.cost
+        send = cost.send_seconds(messages, nbytes) + extra
+        timeline.sync_round(t + 1, start, clock.now, cost.compute_seconds(samples), send)
     work = {"samples": samples, "messages": messages, "bytes": nbytes, "resent": resent}
     for key in totals:
         totals[key] += work[key]

@@ -38,6 +38,7 @@ import torch
 
 from nettrain.checkpoint import Checkpoint
 from nettrain.engines.base import Job, centre_fields, check_finite, status_line, traffic_fields
+from nettrain.engines.timeline import Timeline
 from nettrain.errors import DivergenceError
 from nettrain.problem.buffers import Buffers
 from nettrain.progress import progress_bar
@@ -129,10 +130,13 @@ def drive(
     run: Run,
     resume: Checkpoint | None = None,
     start: float | None = None,
+    timeline: Timeline | None = None,
 ) -> None:
     """Advance ``run`` to ``job.rounds``, evaluating, checking and saving on the way.
 
-    With ``resume``, continue after its round (the engine has loaded its state)."""
+    With ``resume``, continue after its round (the engine has loaded its state). The
+    run's ``timeline`` (None: none) goes to the folder at the first stop after its last
+    round (every process takes it there), or at the end."""
     first = resume.round if resume is not None else 0
     saved = first if resume is not None else None  # the round of the last checkpoint
     start = time.perf_counter() if start is None else start
@@ -159,6 +163,8 @@ def drive(
                 bar(tick.done - done, "")
                 done = tick.done
             held = time.perf_counter()
+            if timeline is not None and not timeline.taken and done >= timeline.rounds:
+                folder.write_timeline(timeline.take(), timeline.since)
             if stop in evals:
                 train_s = held - start - paused
                 record = _record(job, run, held - start, train_s, last)
@@ -175,6 +181,8 @@ def drive(
                     )
                 saved = stop
             paused += time.perf_counter() - held
+    if timeline is not None and not timeline.taken:  # a run shorter than the timeline
+        folder.write_timeline(timeline.take(), timeline.since)
 
 
 def _record(

@@ -26,6 +26,7 @@ from nettrain.checkpoint import Checkpoint
 from nettrain.engines.base import Job, RunResult, Stack, account_round, take_work, work_totals
 from nettrain.engines.driver import Counters, Snapshot, Tick
 from nettrain.engines.states import gather_buffers, gather_state, own_rows
+from nettrain.engines.timeline import Interval, Timeline
 from nettrain.patterns import Communicator
 
 
@@ -53,6 +54,7 @@ class Rounds(Stack):
         self.agents, self.label = agents, f"{job.algorithm.name} x{n}{label}"
         self.pending: list[torch.Tensor] = []  # (m, 4) notes of rounds not yet settled
         self.everyone: tuple[int, Any] | None = None  # (round, every agent's state)
+        self.timeline = Timeline.of(job.timeline_rounds, resume, self.gather_events)
         self._note(torch.zeros(len(agents)))  # the initial gradients of tracking methods
         for _ in self._settle(-1):
             pass
@@ -76,6 +78,15 @@ class Rounds(Stack):
     def gather_objects(self, objects: list[Any]) -> list[Any]:
         """One picklable object per local agent -> one per agent, in agent order."""
         return objects
+
+    def gather_events(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every process's timeline intervals, put together (every process calls it)."""
+        return events
+
+    def talks(self, more: bool) -> list[Interval]:
+        """The communicator's intervals since the last call (real processes only; none
+        here); ``more``: whether it goes on noting them."""
+        return []
 
     def waited(self) -> float:
         """Seconds this process has spent waiting for others (none in one process)."""
@@ -102,7 +113,8 @@ class Rounds(Stack):
         self.pending.clear()
         for j in range(k):
             work = every[:, j, :3].round().to(torch.int64).unbind(1)
-            account_round(self.clock, self.totals, self.faults, t - k + 1 + j, *work)
+            virtual = None if self.measured else self.timeline  # real processes: measured
+            account_round(self.clock, self.totals, self.faults, t - k + 1 + j, *work, virtual)
             yield Tick(t - k + 2 + j, every[:, j, 3])
         self.losses = every[:, -1, 3].to(self.job.x0.dtype)
 
@@ -119,6 +131,9 @@ class Rounds(Stack):
                 time.sleep((self.slowdown - 1) * max(0.0, work))
             self._note(loss)
             self.round = t + 1
+            if self.measured and self.timeline is not None and self.timeline.wants(t + 1):
+                talks = self.talks(self.timeline.wants(t + 2))
+                self.timeline.measured_round(t + 1, self.agents, begin, time.perf_counter(), talks)
             if t + 1 == stop or len(self.pending) == self.settle_every:
                 yield from self._settle(t)
 

@@ -37,7 +37,7 @@ def run_rounds(
     """Synchronous rounds, from round 0 or from ``resume.round`` (:class:`DistRounds`)."""
     start = time.perf_counter()
     rounds = DistRounds(job, rank, comm, resume)
-    drive(job, folder, rounds, resume, start)
+    drive(job, folder, rounds, resume, start, rounds.timeline)
     return rounds.result(folder.records)
 
 

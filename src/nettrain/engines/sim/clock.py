@@ -35,13 +35,20 @@ class CostModel:
             s[torch.as_tensor(chosen)] = factor
         return s
 
+    def compute_seconds(self, samples: torch.Tensor) -> torch.Tensor:
+        """Computing time ``(n,)`` of each agent: ``s_i * c * samples_i``."""
+        return self.slowdown * self.seconds_per_sample * samples.double()
+
+    def send_seconds(self, messages: torch.Tensor, nbytes: torch.Tensor) -> torch.Tensor:
+        """Sending time ``(n,)`` of each agent: ``latency * messages_i + bytes_i / bandwidth``."""
+        return self.latency_s * messages.double() + nbytes.double() / self.bandwidth_bytes_per_s
+
     def agent_seconds(
         self, samples: torch.Tensor, messages: torch.Tensor, nbytes: torch.Tensor
     ) -> torch.Tensor:
-        """Busy time ``(n,)`` of each agent for the given per-agent work."""
-        compute = self.slowdown * self.seconds_per_sample * samples.double()
-        comm = self.latency_s * messages.double() + nbytes.double() / self.bandwidth_bytes_per_s
-        return compute + comm
+        """Busy time ``(n,)`` of each agent for the given per-agent work: computing plus
+        sending."""
+        return self.compute_seconds(samples) + self.send_seconds(messages, nbytes)
 
 
 @dataclass

@@ -32,7 +32,7 @@ class SimEngine:
             return run_events(job, folder, resume=resume)
         start = time.perf_counter()
         rounds = SimRounds(job, resume)
-        drive(job, folder, rounds, resume, start)
+        drive(job, folder, rounds, resume, start, rounds.timeline)
         return rounds.result(folder.records)
 
 

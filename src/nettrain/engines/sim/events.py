@@ -37,7 +37,7 @@ def run_events(
         raise TypeError(f"{job.algorithm.name} is not an event-driven algorithm")
     start = time.perf_counter()
     events = SimEvents(job, max_batch, resume)
-    drive(job, folder, events, resume, start)
+    drive(job, folder, events, resume, start, events.timeline)
     return events.result(folder.records)
 
 
@@ -155,7 +155,7 @@ class SimEvents(Stack):
         for key, value in (("samples", samples), ("messages", messages), ("bytes", nbytes)):
             self.totals[key] += value
         self.totals["lost"][i] += lost.reply.to(torch.int64)
-        sent = cost.latency_s * messages.double() + nbytes.double() / cost.bandwidth_bytes_per_s
+        sent = cost.send_seconds(messages, nbytes)
         if servers is not None:  # the last reply is in, or the worker gave up on it
             resume_at = servers.resume[i].clone()
             resume_at[lost.reply] = ends[i][lost.reply] + faults.resend_s
