@@ -71,10 +71,16 @@ class Timeline:
         """Consecutive intervals of ``agent`` from ``start``: each ``(kind, end)`` of
         ``parts`` runs from where the one before ended (never back in time). Returns the
         last end."""
+        merged: list[list[Any]] = []  # [kind, start, end]: one interval of adjacent same kinds
         for kind, end in parts:
             end = max(end, start)
-            self.add(agent, kind, start, end, r)
+            if merged and merged[-1][0] == kind:
+                merged[-1][2] = end
+            elif end > start:
+                merged.append([kind, start, end])
             start = end
+        for kind, begin, finish in merged:
+            self.add(agent, kind, begin, finish, r)
         return start
 
     def sync_round(

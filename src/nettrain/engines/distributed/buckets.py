@@ -37,7 +37,8 @@ class BucketedMean:
     ``buffer`` and returns its request; ``guard(what, call)`` runs ``call`` turning a
     failed collective into a :class:`~nettrain.errors.PeerError`; ``bucket_bytes`` caps
     the buckets the oracle cuts (default :data:`BUCKET_BYTES`, read when built);
-    ``waited(seconds)`` is told how long :meth:`wait` waited for the other processes.
+    ``waited(begin)`` is told when :meth:`wait` began waiting for the other processes
+    (a ``time.perf_counter()`` reading; it ends as ``waited`` is called).
     """
 
     def __init__(
@@ -80,6 +81,6 @@ class BucketedMean:
         for what, work in self.works:
             self.guard(what, work.wait)
         if self.waited is not None:
-            self.waited(time.perf_counter() - begin)
+            self.waited(begin)
         mean = self.total.div_(self.n)
         return mean if self.m == 1 else mean.expand(self.m, -1).clone()

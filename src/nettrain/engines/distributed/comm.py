@@ -102,7 +102,7 @@ class _Exchange:
         for what, work in self.works:
             if work is not None:
                 guarded(what, work.wait)
-        self.comm.count_wait(time.perf_counter() - begin)
+        self.comm.count_wait(begin)
         return self.finish()
 
 
@@ -152,6 +152,9 @@ class DistCommunicator(Communicator):
         self.lost = 0
         self.dead: set[int] = set()
         self.talk_s = 0.0
+        # with a timeline: the (kind, start, end) perf_counter intervals of sending (posting
+        # requests) and of waiting for them, since the engine last took them; None: not noted
+        self.talks: list[tuple[str, float, float]] | None = None
         self._calls = 0
         self._static: Halo | None = None
         dist.barrier(group)
@@ -209,10 +212,12 @@ class DistCommunicator(Communicator):
         ops += [dist.P2POp(dist.irecv, b, q, self.group, tag) for q, b in got.items()]
         for b in sent.values():
             self.wire.update(messages=1, bytes=b.numel() * b.element_size())
+        begin = time.perf_counter()
         works = guarded(
             f"posting the exchange of round {t}",
             lambda: dist.batch_isend_irecv(ops) if ops else [],  # it fails on an empty batch
         )
+        self._talked("send", begin)
         peers = [f"sending to rank {q}" for q in sent] + [f"receiving from rank {q}" for q in got]
         if len(works) != len(peers):  # one request for the whole batch (NCCL)
             peers = [f"the exchange with ranks {[*sent, *got]}"] * len(works)
@@ -225,10 +230,11 @@ class DistCommunicator(Communicator):
             self.traffic.add(torch.full((m,), messages), torch.full((m,), nbytes))
             self._count_wire(*ring_allreduce_cost(processes, x.shape[1], x.element_size()))
             total = x.sum(0, keepdim=True)  # (1, d): this process's part of the sum
-            what = "the all-reduce"
+            what, begin = "the all-reduce", time.perf_counter()
             work = guarded(
                 what, lambda: dist.all_reduce(total, dist.ReduceOp.SUM, self.group, async_op=True)
             )
+            self._talked("send", begin)
             return _Exchange([(what, work)], lambda: total.div_(n).expand_as(x).clone(), self)
         compressor = codec.compressor
         payload = compressor.encode(x, generator=codec.generator)
@@ -244,8 +250,9 @@ class DistCommunicator(Communicator):
         buffers = [mine.new_empty(longest) for _ in range(processes)]
         padded = torch.cat([mine, mine.new_zeros(longest - len(mine))])
         self._count_wire(processes - 1, (processes - 1) * longest)  # a ring all-gather
-        what = "the all-gather of a compressed mean"
+        what, begin = "the all-gather of a compressed mean", time.perf_counter()
         work = guarded(what, lambda: dist.all_gather(buffers, padded, self.group, async_op=True))
+        self._talked("send", begin)
 
         def average() -> torch.Tensor:  # every payload decoded against x_i, in agent order
             rows = [unpack(b[:k], p) for b, k, p in zip(buffers, sizes, like, strict=True)]
@@ -266,17 +273,24 @@ class DistCommunicator(Communicator):
         messages, nbytes = ring_allreduce_cost(self.n_agents, d, size)
         self.traffic.add(torch.full((m,), messages), torch.full((m,), nbytes))
         self._count_wire(*ring_allreduce_cost(self.placement.processes, d, size))
-        return BucketedMean(
-            like,
-            self.n_agents,
-            lambda b: dist.all_reduce(b, dist.ReduceOp.SUM, self.group, async_op=True),
-            guarded,
-            waited=self.count_wait,
-        )
+        def start(bucket: torch.Tensor) -> dist.Work:
+            begin = time.perf_counter()
+            work = dist.all_reduce(bucket, dist.ReduceOp.SUM, self.group, async_op=True)
+            self._talked("send", begin)
+            return work
 
-    def count_wait(self, seconds: float) -> None:
-        """Count ``seconds`` spent waiting for other processes (:attr:`talk_s`)."""
-        self.talk_s += seconds
+        return BucketedMean(like, self.n_agents, start, guarded, waited=self.count_wait)
+
+    def count_wait(self, begin: float) -> None:
+        """Count the time since ``begin`` (a ``time.perf_counter()`` reading) as waiting
+        for other processes (:attr:`talk_s`, and a ``wait`` interval of :attr:`talks`)."""
+        self.talk_s += time.perf_counter() - begin
+        self._talked("wait", begin)
+
+    def _talked(self, kind: str, begin: float) -> None:
+        """Note ``kind`` from ``begin`` to now in :attr:`talks`, if they are noted."""
+        if self.talks is not None:
+            self.talks.append((kind, begin, time.perf_counter()))
 
     def swap(
         self,
@@ -311,7 +325,7 @@ class DistCommunicator(Communicator):
                 store = self.rpc.store
                 if store is None or not beating(store, partner):
                     self.dead.add(partner)
-            self.talk_s += time.perf_counter() - begin
+            self.count_wait(begin)
         if reply is not None:  # None: the partner is down and refused the request
             self.delivered[partner] += 1
         if reply is None or reply_lost:
@@ -367,7 +381,7 @@ class DistCommunicator(Communicator):
             calls.append(self.rpc.remote(owner, "centre").rpc_async("exchange_rows", *head, slices))
         self.sync_rounds += synchronous
         answers = self.rpc.wait(calls, "the exchange with the parameter servers")
-        self.talk_s += time.perf_counter() - begin
+        self.count_wait(begin)
         for k in range(len(ids)):
             self.staleness[max(served[k][1] for served in answers)] += 1
         self.delivered[self.rank] += len(ids)

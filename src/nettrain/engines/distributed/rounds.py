@@ -17,6 +17,7 @@ from nettrain.engines.distributed.comm import DistCommunicator, guarded
 from nettrain.engines.distributed.placement import Placement
 from nettrain.engines.driver import drive
 from nettrain.engines.rounds import Rounds
+from nettrain.engines.timeline import Interval
 from nettrain.errors import ConfigError
 from nettrain.recording import RunFolder
 
@@ -70,6 +71,21 @@ class DistRounds(Rounds):
         agents = comm.agents.tolist()
         self.main, self.slowdown = rank == 0, float(job.cost.slowdown[agents].max())
         super().__init__(job, agents, comm, resume, " (distributed)")
+        if self.timeline is not None:  # the initial all-gather has just lined processes up
+            comm.talks, self.timeline.origin = [], time.perf_counter()
+
+    def talks(self, more: bool) -> list[Interval]:
+        talks = self.comm.talks or []
+        self.comm.talks = [] if more else None
+        return talks
+
+    def gather_events(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        parts: list[Any] = [None] * self.comm.placement.processes
+        guarded(
+            "gathering the timeline",
+            lambda: dist.all_gather_object(parts, events, group=self.comm.group),
+        )
+        return [e for part in parts for e in part]
 
     def waited(self) -> float:
         return self.comm.talk_s

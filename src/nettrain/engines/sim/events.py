@@ -20,6 +20,7 @@ from nettrain.engines.draws import CENTRE, Draws
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.servers import SimServers
+from nettrain.engines.timeline import Timeline
 from nettrain.errors import ConfigError
 from nettrain.faults import Faults
 from nettrain.patterns import Losses
@@ -80,6 +81,10 @@ class SimEvents(Stack):
         totals = {k: torch.zeros(n, dtype=torch.int64) for k in keys}
         super().__init__(job, x, oracle, comm, totals, stream=self.generator)
         take_work(oracle, comm)  # the initial work is not counted
+        self.timeline = Timeline.of(job.timeline_rounds, resume)
+        self.began: dict[int, float] = {}  # with a timeline: when each agent's phase began
+        if self.timeline is not None and self.servers is not None:
+            self.servers.served = []
 
         self.per_round = algo.events_per_round(n)
         self.total = max(1, round(job.rounds * self.per_round))
@@ -167,12 +172,54 @@ class SimEvents(Stack):
         else:
             resume_at = ends[i] + sent[i]
             restart = i
+        if self.timeline is not None and self.timeline.wants(self._round(self.done)):
+            self._trace(pairs, lost, restart.tolist(), resume_at.tolist())
         self.clock.now = max(self.clock.now, float(ends[restart].max()))
         for a, at in zip(restart.tolist(), resume_at.tolist(), strict=True):
             current[a], upcoming[a] = upcoming[a], self.draw_phase(a)
             ends[a] = at + current[a][1]
             self.partner[a] = draws[a].partner()
         self.done += len(pairs)
+
+    def _trace(
+        self, pairs: torch.Tensor, lost: Losses, restart: list[int], resume_at: list[float]
+    ) -> None:
+        """Note a batch in the timeline (docs/async-simulation.md's timing): each restarted
+        agent computed its local phase up to its event time, then sent (non-blocking
+        gossip); waited for its partner's phase to end, then sent (blocking); or sent,
+        waited in the servers' queue, and had its reply back (centre: the server whose
+        reply came last; a lost reply, waited until the worker gave up). Servers serve."""
+        timeline, ends, n = self.timeline, self.ends.tolist(), self.job.n_agents
+        assert timeline is not None
+        latency, again = self.job.cost.latency_s, dict(zip(restart, resume_at, strict=True))
+        served: dict[int, list[tuple[int, float, float, float]]] = {}
+        for s, w, begin, end, reply in self.servers.served if self.servers is not None else []:
+            served.setdefault(w, []).append((s, begin, end, reply))
+        for k, (a, b) in enumerate(pairs.tolist()):
+            r = self._round(self.done + k)
+            if not timeline.wants(r):
+                continue
+            for c in (a, b) if b in again else (a,):
+                phase = max(self.began.get(c, -math.inf), ends[c] - self.current[c][1])
+                if b == CENTRE and not bool(lost.reply[k]):
+                    _, begin, _, reply = max(served[c], key=lambda msg: msg[3])
+                    talk = [("send", ends[c] + latency), ("wait", begin), ("send", again[c])]
+                elif b == CENTRE:
+                    talk = [("send", ends[c] + latency), ("wait", again[c])]
+                else:  # the later phase end of a blocking pair: sending starts there
+                    met = max(ends[a], ends[b]) if b in again else ends[c]
+                    talk = [("wait", met), ("send", again[c])]
+                timeline.tile(c, r, phase, [("compute", ends[c]), *talk])
+            for s, begin, end, _ in served.get(a, []):
+                timeline.add(n + s, "serve", begin, end, r)
+        self.began |= again
+        if self.servers is not None:  # what the next batch serves, while it is wanted
+            more = timeline.wants(self._round(self.done + len(pairs)))
+            self.servers.served = [] if more else None
+
+    def _round(self, k: int) -> int:
+        """The round of event ``k`` (from 0), counted from 1."""
+        return int(k // self.per_round) + 1
 
     def counters(self) -> Counters:
         totals = {k: v for k, v in self.totals.items() if k != "lost"}

@@ -51,6 +51,8 @@ class SimServers:
         self.event_times = event_times
         self.resume = torch.zeros(n_workers, dtype=torch.float64)
         self._staleness: Counter[int] = Counter()
+        # with a timeline: (server, worker, begin, end, reply) of each message served
+        self.served: list[tuple[int, int, float, float, float]] | None = None
 
     def centre(self) -> torch.Tensor:
         return torch.cat([shard.centre() for shard in self.shards])
@@ -83,7 +85,10 @@ class SimServers:
         link = nbytes / self.cost.bandwidth_bytes_per_s
         begin = max(float(self.event_times[w]) + self.cost.latency_s, self.free[s])
         self.free[s] = begin + link
-        return self.free[s] + self.cost.latency_s + link
+        reply = self.free[s] + self.cost.latency_s + link
+        if self.served is not None:
+            self.served.append((s, w, begin, self.free[s], reply))
+        return reply
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps: every shard's rows and counters, the queues."""
