@@ -91,7 +91,7 @@ def plot_timeline(events: Sequence[dict[str, Any]], path: str | Path, title: str
         fig.legend(handles=handles, loc="outside lower center", ncols=len(kinds))
     step = max(1, len(shown) // 32)  # a readable number of labels
     ax.set_yticks(range(0, len(shown), step), [str(a) for a in shown[::step]])
-    ax.set_ylim(len(shown) - 0.5, -0.5)  # agent 0 at the top
+    ax.set_ylim(max(len(shown), 1) - 0.5, -0.5)  # agent 0 at the top
     ax.set_ylabel("agent")
     ax.set_xlabel("time (s)")
     ax.grid(axis="x", alpha=0.3)

@@ -273,6 +273,7 @@ class DistCommunicator(Communicator):
         messages, nbytes = ring_allreduce_cost(self.n_agents, d, size)
         self.traffic.add(torch.full((m,), messages), torch.full((m,), nbytes))
         self._count_wire(*ring_allreduce_cost(self.placement.processes, d, size))
+
         def start(bucket: torch.Tensor) -> dist.Work:
             begin = time.perf_counter()
             work = dist.all_reduce(bucket, dist.ReduceOp.SUM, self.group, async_op=True)
