@@ -12,6 +12,10 @@ the parameter servers' state are gathered: in the simulator
 the identity and each round settles at once; in the distributed engine
 (:class:`~nettrain.engines.distributed.rounds.DistRounds`) one all-gather settles
 ``SETTLE_EVERY`` rounds.
+
+With a timeline (``timeline=true``, :mod:`nettrain.engines.timeline`), the simulator
+notes each round's intervals on the virtual clock as the round is settled, and real
+processes note the round's measured span with the communicator's ``talks`` in it.
 """
 
 from __future__ import annotations

@@ -67,10 +67,9 @@ class Timeline:
                 {"agent": agent, "kind": kind, "start": start, "end": end, "round": r}
             )
 
-    def tile(self, agent: int, r: int, start: float, parts: Iterable[tuple[str, float]]) -> float:
+    def tile(self, agent: int, r: int, start: float, parts: Iterable[tuple[str, float]]) -> None:
         """Consecutive intervals of ``agent`` from ``start``: each ``(kind, end)`` of
-        ``parts`` runs from where the one before ended (never back in time). Returns the
-        last end."""
+        ``parts`` runs from where the one before ended (never back in time)."""
         merged: list[list[Any]] = []  # [kind, start, end]: one interval of adjacent same kinds
         for kind, end in parts:
             end = max(end, start)
@@ -81,7 +80,6 @@ class Timeline:
             start = end
         for kind, begin, finish in merged:
             self.add(agent, kind, begin, finish, r)
-        return start
 
     def sync_round(
         self, r: int, start: float, end: float, compute: torch.Tensor, send: torch.Tensor

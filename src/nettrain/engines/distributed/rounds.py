@@ -71,7 +71,8 @@ class DistRounds(Rounds):
         agents = comm.agents.tolist()
         self.main, self.slowdown = rank == 0, float(job.cost.slowdown[agents].max())
         super().__init__(job, agents, comm, resume, " (distributed)")
-        if self.timeline is not None:  # the initial all-gather has just lined processes up
+        if self.timeline is not None and self.timeline.wants(self.round + 1):
+            # the initial all-gather has just lined the processes up
             comm.talks, self.timeline.origin = [], time.perf_counter()
 
     def talks(self, more: bool) -> list[Interval]:
