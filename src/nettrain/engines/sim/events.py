@@ -202,7 +202,7 @@ class SimEvents(Stack):
             for c in (a, b) if b in again else (a,):
                 phase = max(self.began.get(c, -math.inf), ends[c] - self.current[c][1])
                 if b == CENTRE and not bool(lost.reply[k]):
-                    _, begin, _, reply = max(served[c], key=lambda msg: msg[3])
+                    begin = max(served[c], key=lambda msg: msg[3])[1]  # the last reply
                     talk = [("send", ends[c] + latency), ("wait", begin), ("send", again[c])]
                 elif b == CENTRE:
                     talk = [("send", ends[c] + latency), ("wait", again[c])]
