@@ -64,7 +64,7 @@ def test_synchronous_rounds_tile_the_virtual_clock(tmp_path: Path) -> None:
     assert sorted(slow.tolist()) == [1.0, 1.0, 1.0, 4.0]
     c, d = job.cost.seconds_per_sample, job.problem.dim
     send = 2 * (job.cost.latency_s + d * 4 / job.cost.bandwidth_bytes_per_s)  # two float32 rows
-    ends = [0.0] + [r["virtual_time_s"] for r in on.records]
+    ends = {rec["round"]: rec["virtual_time_s"] for rec in on.records}  # round 0: the start
     for r in range(1, 5):
         start, end = ends[r - 1], ends[r]
         for agent in range(4):
@@ -90,7 +90,8 @@ def test_initial_work_is_round_zero(tmp_path: Path) -> None:
     assert {e["round"] for e in events} == {0, 1, 2}
     first = min(e["start"] for e in events if e["round"] == 1)
     assert first == max(e["end"] for e in events if e["round"] == 0) > 0
-    assert max(e["end"] for e in events) == result.records[1]["virtual_time_s"]
+    ends = {rec["round"]: rec["virtual_time_s"] for rec in result.records}
+    assert first == ends[0] and max(e["end"] for e in events) == ends[2]
 
 
 def test_a_resumed_run_adds_the_rounds_after_its_checkpoint(tmp_path: Path) -> None:
