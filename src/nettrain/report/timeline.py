@@ -9,8 +9,8 @@ start::
 ``agent`` is the agent's id (``n + s`` for parameter server ``s`` of a run with ``n``
 agents, as the distributed engine numbers its server ranks); ``start`` and ``end`` are
 seconds (``start < end``); ``round`` is the round the interval belongs to, counted from
-1 as records count them (round 0: the work of a method's initialisation in the simulator, e.g. gradient
-tracking's first gradients). ``kind`` is one of :data:`KINDS`:
+1 as records count them (round 0: the work of a method's initialisation in the
+simulator, e.g. gradient tracking's first gradients). ``kind`` is one of :data:`KINDS`:
 
 * ``compute``: local work. In the simulator's synchronous rounds ``s_i * c *
   samples_i`` (slow-down, seconds per sample, samples read: :class:`~nettrain.engines.
