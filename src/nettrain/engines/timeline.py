@@ -24,6 +24,7 @@ import torch
 from nettrain.checkpoint import Checkpoint
 
 Interval = tuple[str, float, float]  # (kind, start, end)
+Gather = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]  # every process's intervals
 
 
 class Timeline:
@@ -35,7 +36,7 @@ class Timeline:
         self,
         rounds: int,
         since: int = 0,
-        gather: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+        gather: Gather | None = None,
     ) -> None:
         self.rounds, self.since = rounds, since
         self.gather = gather or (lambda events: events)
@@ -48,7 +49,7 @@ class Timeline:
         cls,
         rounds: int,
         resume: Checkpoint | None,
-        gather: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+        gather: Gather | None = None,
     ) -> Timeline | None:
         """A run's timeline of its first ``rounds`` rounds (0: None, no timeline); a run
         resumed from ``resume`` notes the rounds after its checkpoint's."""
