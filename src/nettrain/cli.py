@@ -2,15 +2,28 @@
 
     nettrain run [CONFIG.toml] [key=value ...] [--out DIR] [--force]
     nettrain run --resume DIR [key=value ...]
-    nettrain compare [CONFIG.toml] [key=value ...] [--algorithms a,b,...] [--out DIR] [--force]
+    nettrain compare [CONFIG.toml] [key=value ...] [key=a,b,...] [--algorithms a,b,...]
+                     [--jobs N] [--out DIR] [--force]
     nettrain topology KIND --agents N [--weights W] [--schedule S] [--json]
     nettrain keys [--markdown]
-    nettrain reproduce NAME [--quick] [--seed S] [--out DIR] [--force]
+    nettrain reproduce NAME [--quick] [--seed S] [--jobs N] [--out DIR] [--force]
 
 The config file (TOML or JSON) may stand anywhere among the ``key=value`` items; the
-items after it override its keys. A folder that holds a finished run (its
-``summary.json``) is never overwritten unless ``--force`` says so (``reproduce`` keeps a
-finished run of the same config, as it always has, and runs the others).
+items after it override its keys. ``run`` never overwrites a folder that holds a
+finished run (its ``summary.json``) unless ``--force`` says so. ``compare`` and
+``reproduce`` keep a finished run of the same config in its folder (run them again
+after an interruption and only the rest run) and refuse one of another config unless
+``--force``.
+
+``compare`` runs every combination of the values given as comma lists
+(``topology=ring,torus seed=0,1,2``; the algorithms, ``--algorithms a,b`` or
+``algorithm=a,b``, are one more axis), each in its own folder ``OUT/ALGORITHM`` or
+``OUT/ALGORITHM/KEY=VALUE,...``; a key whose one value is itself a comma list
+(``hidden``, ``tree_periods``, ``crash``, ``placement``) is swept in brackets,
+``'hidden=[64],[64,32]'``. ``NAME.KEY=VALUE`` gives one algorithm a key of its own
+(one value). Every config is validated before any run starts. When a key other than
+the algorithm varies, ``aggregate.csv`` and the table printed hold the mean ± std over
+seeds of each group of runs (see :mod:`nettrain.sweeps`).
 
 Exit codes: 0 success, 1 the run diverged (``reproduce``: a claim does not hold), 2 bad
 input (unknown key, bad value, missing data, disconnected graph, a finished run in
