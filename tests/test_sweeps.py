@@ -128,6 +128,14 @@ def test_algorithm_items_are_one_more_axis() -> None:
         "allreduce/topology=complete",
     ]
     assert plan.group_keys == ("algorithm", "topology")
+    scoped = _compare_items(["swarm.local_steps=2", "seed=0,1"], ["swarm", "dpsgd"])
+    plan = plan_sweep({}, scoped.grid, scoped.algorithms, scoped.settings)
+    assert {name: cfg.local_steps for name, cfg in plan.configs.items()} == {
+        "swarm/seed=0": 2,
+        "swarm/seed=1": 2,
+        "dpsgd/seed=0": 1,
+        "dpsgd/seed=1": 1,
+    }
     with pytest.raises(ConfigError, match="given twice"):
         _compare_items(["algorithm=dpsgd"], ["allreduce"])
     with pytest.raises(ConfigError, match="a grid maps each key to a list"):

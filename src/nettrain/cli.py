@@ -183,7 +183,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         )
     out = Path(args.out) if args.out else _default_out("compare")
 
-    def kept(name: str, records: object, note: str) -> None:
+    def kept(name: str, records: list[dict[str, Any]] | None, note: str) -> None:
         if note == "kept":
             console.print(f"{out / name}: kept (a finished run of the same config)")
 
