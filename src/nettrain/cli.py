@@ -198,6 +198,8 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         execute=_torchrun_execute(args.force) if launch else None,
         done=kept,
     )
+    if not result.rows:
+        return 0  # another rank of a compare under torchrun: rank 0 reports for everyone
     first = result.rows[0]
     title = f"{first['dataset']}: {first['agents']} agents"
     title += "" if "topology" in result.by else f" on {first['topology']}"

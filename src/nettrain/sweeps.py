@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -239,6 +240,8 @@ def sweep(
         execute=execute,
         what="finished runs of another config",
     )
+    if os.environ.get("RANK", "0") != "0":  # a rank of `torchrun ... compare`: rank 0 reports
+        return SweepResult([], [], plan.group_keys)
     summaries = {
         name: json.loads((out / name / "summary.json").read_text()) for name in plan.configs
     }
