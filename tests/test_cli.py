@@ -143,12 +143,20 @@ def test_a_finished_run_is_not_overwritten_without_force(tmp_path: Path, capsys)
 
 
 def test_compare_does_not_overwrite_finished_runs_without_force(tmp_path: Path, capsys) -> None:
+    """The same config again keeps the finished run; another is refused without --force."""
     args = ["compare", *FAST, "rounds=10", "--algorithms", "dpsgd", "--out", str(tmp_path)]
     assert main(args) == 0
+    first = (tmp_path / "dpsgd" / "summary.json").read_text()
     capsys.readouterr()
-    assert main(args) == 2
-    assert f"{tmp_path / 'dpsgd'} already holds a finished run" in capsys.readouterr().err
-    assert main([*args, "--force"]) == 0
+    assert main(args) == 0
+    assert f"{tmp_path / 'dpsgd'}: kept" in capsys.readouterr().out
+    assert (tmp_path / "dpsgd" / "summary.json").read_text() == first  # not run again
+    assert main([*args, "seed=3"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'dpsgd'}: finished runs of another config" in err and "--force" in err
+    assert (tmp_path / "dpsgd" / "summary.json").read_text() == first  # untouched
+    assert main([*args, "seed=3", "--force"]) == 0
+    assert json.loads((tmp_path / "dpsgd" / "config.json").read_text())["seed"] == 3
 
 
 def test_reproduce_refuses_finished_runs_of_another_config(tmp_path: Path, capsys) -> None:

@@ -51,6 +51,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("config",),
     ("experiment",),
     ("reproduce",),
+    ("sweeps",),  # runs its grids through reproduce.runner.run_all
     ("cli",),
     ("__main__", ""),  # "": the package's own __init__, the public face of nettrain
 )

@@ -107,11 +107,12 @@ def test_sections_hold_every_key_once_and_read_flat_too(tmp_path) -> None:
 
 
 def test_compare_scopes_keys_to_one_algorithm() -> None:
-    source, shared, settings = _compare_items(
+    items = _compare_items(
         ["swarm.local_steps=2", "quantizer=lattice", "agents=4"], ["swarm", "dpsgd"]
     )
-    assert source is None and shared == {"quantizer": "lattice", "agents": "4"}
-    configs = comparison_configs(shared, ["swarm", "dpsgd"], settings)
+    assert items.source is None and items.shared == {"quantizer": "lattice", "agents": "4"}
+    assert items.grid == {} and items.algorithms == ["swarm", "dpsgd"]
+    configs = comparison_configs(items.shared, ["swarm", "dpsgd"], items.settings)
     assert configs["swarm"].local_steps == 2 and configs["dpsgd"].local_steps == 1
     assert configs["dpsgd"].quantizer == "lattice"
     with pytest.raises(ConfigError, match="local_steps=2 is not used by algorithm=dpsgd"):

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from nettrain.config import RunConfig, load_config
     from nettrain.experiment import build_job, compare, resume, run
     from nettrain.result import Result, load
+    from nettrain.sweeps import sweep
 
 # Imported on first use (PEP 562), so that `nettrain --help` does not wait for torch.
 _LAZY = {
@@ -48,6 +49,7 @@ _LAZY = {
     "run": "nettrain.experiment",
     "Result": "nettrain.result",
     "load": "nettrain.result",
+    "sweep": "nettrain.sweeps",
 }
 
 
@@ -83,4 +85,5 @@ __all__ = [
     "load_config",
     "resume",
     "run",
+    "sweep",
 ]

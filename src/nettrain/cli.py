@@ -2,15 +2,28 @@
 
     nettrain run [CONFIG.toml] [key=value ...] [--out DIR] [--force]
     nettrain run --resume DIR [key=value ...]
-    nettrain compare [CONFIG.toml] [key=value ...] [--algorithms a,b,...] [--out DIR] [--force]
+    nettrain compare [CONFIG.toml] [key=value ...] [key=a,b,...] [--algorithms a,b,...]
+                     [--jobs N] [--out DIR] [--force]
     nettrain topology KIND --agents N [--weights W] [--schedule S] [--json]
     nettrain keys [--markdown]
-    nettrain reproduce NAME [--quick] [--seed S] [--out DIR] [--force]
+    nettrain reproduce NAME [--quick] [--seed S] [--jobs N] [--out DIR] [--force]
 
 The config file (TOML or JSON) may stand anywhere among the ``key=value`` items; the
-items after it override its keys. A folder that holds a finished run (its
-``summary.json``) is never overwritten unless ``--force`` says so (``reproduce`` keeps a
-finished run of the same config, as it always has, and runs the others).
+items after it override its keys. ``run`` never overwrites a folder that holds a
+finished run (its ``summary.json``) unless ``--force`` says so. ``compare`` and
+``reproduce`` keep a finished run of the same config in its folder (run them again
+after an interruption and only the rest run) and refuse one of another config unless
+``--force``.
+
+``compare`` runs every combination of the values given as comma lists
+(``topology=ring,torus seed=0,1,2``; the algorithms, ``--algorithms a,b`` or
+``algorithm=a,b``, are one more axis), each in its own folder ``OUT/ALGORITHM`` or
+``OUT/ALGORITHM/KEY=VALUE,...``; a key whose one value is itself a comma list
+(``hidden``, ``tree_periods``, ``crash``, ``placement``) is swept in brackets,
+``'hidden=[64],[64,32]'``. ``NAME.KEY=VALUE`` gives one algorithm a key of its own
+(one value). Every config is validated before any run starts. When a key other than
+the algorithm varies, ``aggregate.csv`` and the table printed hold the mean ± std over
+seeds of each group of runs (see :mod:`nettrain.sweeps`).
 
 Exit codes: 0 success, 1 the run diverged (``reproduce``: a claim does not hold), 2 bad
 input (unknown key, bad value, missing data, disconnected graph, a finished run in
@@ -30,7 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nettrain.errors import ConfigError, DataError, DivergenceError, NettrainError, TopologyError
 from nettrain.version import __version__
@@ -154,67 +167,134 @@ def launch_torchrun(nproc: int, cfg: RunConfig, arguments: Sequence[str]) -> int
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from nettrain.config import load_config
-    from nettrain.experiment import compare, comparison_configs, write_comparison
-    from nettrain.recording import read_records
-    from nettrain.report.tables import summary_table
+    from nettrain.report.tables import aggregate_table, summary_table
+    from nettrain.sweeps import sweep
 
-    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
-    source, shared, settings = _compare_items(args.items, algorithms)
-    # every algorithm's config is validated before any run starts
-    configs = comparison_configs(
-        load_config(source, shared).to_dict() if source else shared, algorithms, settings
-    )
-    cfg = next(iter(configs.values()))
+    given = [a.strip() for a in args.algorithms.split(",") if a.strip()] if args.algorithms else []
+    items = _compare_items(args.items, given)
+    if items.source:  # the file's keys, validated, under the command line's
+        items.shared.update(load_config(items.source).to_dict() | items.shared)
+    engines = items.grid.get("engine") or [items.shared.get("engine", "sim")]
+    launch = "distributed" in engines and os.environ.get("RANK") is None
+    if launch and args.jobs != 1:
+        raise ConfigError(
+            f"--jobs {args.jobs}: engine=distributed runs launch one torchrun at a time, "
+            "each with its own processes; drop --jobs"
+        )
     out = Path(args.out) if args.out else _default_out("compare")
-    refuse_finished([out / name for name in configs], args.force)
-    if cfg.engine == "distributed" and os.environ.get("RANK") is None:
-        summaries = []
-        for k, (name, sub) in enumerate(configs.items()):
-            # One torchrun per algorithm; a fresh port each, so no launch waits on the last.
-            own = [f"{key}={value}" for key, value in settings.get(name, {}).items()]
-            port = cfg.master_port + k
-            items = [*args.items, *own, f"algorithm={name}", f"master_port={port}"]
-            items = [i for i in items if i.partition("=")[0].rpartition(".")[0] not in algorithms]
-            force = ["--force"] if args.force else []
-            code = launch_torchrun(
-                sub.nproc or sub.world_size, sub, [*items, "--out", str(out / name), *force]
-            )
-            if code != 0:
-                console.print(f"the run of {name} failed (torchrun exit code {code})")
-                return code
-            summaries.append(json.loads((out / name / "summary.json").read_text()))
-        curves = {name: read_records(out / name) for name in configs}
-        write_comparison(cfg, summaries, curves, out)
-    else:
-        summaries = compare(cfg.to_dict(), algorithms, out, settings=settings)
-    title = f"{cfg.dataset}: {cfg.agents} agents on {cfg.topology}, {cfg.rounds} rounds"
-    console.print(summary_table(summaries, title=title))
+
+    def kept(name: str, records: list[dict[str, Any]] | None, note: str) -> None:
+        if note == "kept":
+            console.print(f"{out / name}: kept (a finished run of the same config)")
+
+    result = sweep(
+        items.shared,
+        items.grid,
+        out,
+        algorithms=items.algorithms,
+        settings=items.settings,
+        jobs=args.jobs,
+        force=args.force,
+        execute=_torchrun_execute(args.force) if launch else None,
+        done=kept,
+    )
+    if not result.rows:
+        return 0  # another rank of a compare under torchrun: rank 0 reports for everyone
+    first = result.rows[0]
+    title = f"{first['dataset']}: {first['agents']} agents"
+    title += "" if "topology" in result.by else f" on {first['topology']}"
+    title += "" if "rounds" in result.by else f", {first['rounds']} rounds"
+    if result.aggregate:
+        console.print(aggregate_table(result.aggregate, result.by, title=f"{title}, mean ± std"))
+        console.print(f"runs: {out}/ALGORITHM/KEY=VALUE,...")
+        console.print(
+            f"tables: {out / 'summary.csv'} (runs), {out / 'aggregate.csv'} (groups)   "
+            f"plot: {out / 'compare.png'}"
+        )
+        return 0
+    console.print(summary_table(result.rows, title=title))
     console.print(f"table: {out / 'summary.csv'}   plot: {out / 'compare.png'}")
     return 0
 
 
-def _compare_items(
-    items: Sequence[str], algorithms: Sequence[str]
-) -> tuple[str | None, dict[str, str], dict[str, dict[str, str]]]:
-    """The config file (anywhere among ``items``), the shared ``key=value`` items and
-    each algorithm's own (``swarm.local_steps=2``)."""
+def _torchrun_execute(force: bool) -> Callable[[RunConfig, Path], list[dict[str, Any]]]:
+    """How ``nettrain compare engine=distributed`` runs one run: ``nettrain run`` of its
+    config (a JSON file) under its own torchrun; a failed launch raises NettrainError.
+    A run of another engine runs in this process."""
+    import tempfile
+
+    from nettrain.recording import config_json, read_records
+
+    def execute(cfg: RunConfig, folder: Path) -> list[dict[str, Any]]:
+        if cfg.engine != "distributed":  # a sweep over engine=sim,distributed
+            from nettrain.experiment import run
+
+            return run(cfg, folder).records
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.json"
+            path.write_text(json.dumps(config_json(cfg.to_dict())))
+            extra = ["--force"] if force else []
+            code = launch_torchrun(
+                cfg.nproc or cfg.world_size, cfg, [str(path), "--out", str(folder), *extra]
+            )
+        if code != 0:
+            raise NettrainError(f"the run in {folder} failed (torchrun exit code {code})")
+        return read_records(folder)
+
+    return execute
+
+
+class CompareItems(NamedTuple):
+    """``nettrain compare``'s items: the config file, the shared single values, the
+    swept keys with their values, each algorithm's own keys, and the algorithms."""
+
+    source: str | None
+    shared: dict[str, Any]
+    grid: dict[str, list[str]]
+    settings: dict[str, dict[str, str]]
+    algorithms: list[str]
+
+
+def _compare_items(items: Sequence[str], algorithms: Sequence[str] = ()) -> CompareItems:
+    """The config file (anywhere among ``items``), the shared ``key=value`` items, the
+    swept ones (``lr=0.05,0.1``: see :func:`nettrain.sweeps.split_values`) and each
+    algorithm's own (``swarm.local_steps=2``). The algorithms are ``algorithms``
+    (``--algorithms``), or ``algorithm=a,b`` among the items, not both; else the
+    baselines."""
     from nettrain.config import parse_overrides
+    from nettrain.sweeps import split_values
 
     source, items = split_items(items)
-    shared: dict[str, str] = {}
+    values = {name: split_values(name, text) for name, text in parse_overrides(items).items()}
+    named = values.pop("algorithm", None)
+    if named and algorithms:
+        raise ConfigError(
+            f"the algorithms are given twice (algorithm={','.join(named)} and --algorithms "
+            f"{','.join(algorithms)}); keep one"
+        )
+    chosen = list(algorithms or named or BASELINES)
+    shared: dict[str, Any] = {}
+    grid: dict[str, list[str]] = {}
     settings: dict[str, dict[str, str]] = {}
-    for name, value in parse_overrides(items).items():
+    for name, found in values.items():
         scope, dot, key = name.rpartition(".")
-        if dot and scope in algorithms:
-            settings.setdefault(scope, {})[key] = value
-        elif dot:
+        if dot and scope not in chosen:
             raise ConfigError(
-                f"{name}={value}: {scope!r} is not one of the compared algorithms "
-                f"({', '.join(algorithms)}); scope a key to one of them as NAME.KEY=VALUE"
+                f"{name}={','.join(found)}: {scope!r} is not one of the compared algorithms "
+                f"({', '.join(chosen)}); scope a key to one of them as NAME.KEY=VALUE"
             )
+        if dot and len(found) > 1:
+            raise ConfigError(
+                f"{name}={','.join(found)}: a key scoped to one algorithm takes one value; "
+                f"sweep {key}={','.join(found)} for every algorithm, or compare {scope} alone"
+            )
+        if dot:
+            settings.setdefault(scope, {})[key] = found[0]
+        elif len(found) > 1:
+            grid[name] = found
         else:
-            shared[name] = value
-    return source, shared, settings
+            shared[name] = found[0]
+    return CompareItems(source, shared, grid, settings, chosen)
 
 
 def cmd_topology(args: argparse.Namespace, console: Console) -> int:
@@ -364,11 +444,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint.pt")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("compare", help="run several algorithms on one problem")
-    p.add_argument("items", nargs="*", help=items_help)
-    p.add_argument("--algorithms", default=",".join(BASELINES), help="comma-separated names")
-    p.add_argument("--out", help="folder for the runs, summary.csv and compare.png")
-    p.add_argument("--force", action="store_true", help=force_help)
+    p = sub.add_parser(
+        "compare",
+        help="run several algorithms, or every combination of some keys' values "
+        "(lr=0.05,0.1 seed=0,1,2), on one problem",
+    )
+    p.add_argument(
+        "items",
+        nargs="*",
+        help=f"{items_help}; KEY=A,B,... sweeps a key (a list-valued key in brackets: "
+        "'hidden=[64],[64,32]'); NAME.KEY=VALUE gives a key to one algorithm",
+    )
+    p.add_argument(
+        "--algorithms",
+        help=f"comma-separated names, like algorithm=a,b (default {','.join(BASELINES)})",
+    )
+    p.add_argument(
+        "--out", help="folder for the runs, summary.csv, aggregate.csv (a sweep) and compare.png"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="run again into --out where it holds finished runs of other configs (without "
+        "it, finished runs of the same config are kept and others refused)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, each in its own process with the cores shared out (default 1)",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(

@@ -2,7 +2,7 @@
 
 ``config -> (problem, shards, topology, algorithm, cost model) -> engine.run -> records
 -> run folder``. This is the Python API behind ``nettrain run`` and ``nettrain
-compare``::
+compare`` (whose sweeps over several keys are :mod:`nettrain.sweeps`'s)::
 
     from nettrain import load_config, run
     result = run(load_config(overrides={"algorithm": "dpsgd", "agents": 16}), out="runs/x")
@@ -431,7 +431,9 @@ def compare(
     ``algorithms`` are names or method objects (``SwarmSGD(local_steps=2)``);
     ``settings[name]`` holds keys for that algorithm alone (``{"swarm": {"local_steps":
     2}}``). A key of the shared config that one of the algorithms does not use is a
-    ConfigError naming those that do."""
+    ConfigError naming those that do. To vary other keys too (every combination of
+    ``lr`` and ``seed``, mean ± std over seeds, runs in parallel and kept when
+    finished), see :func:`nettrain.sweeps.sweep`."""
     if not algorithms:
         raise ConfigError("compare needs at least one algorithm (algorithms=dpsgd,allreduce)")
     runs = comparison_configs(config, algorithms, settings)

@@ -100,3 +100,55 @@ def plot_metrics(
         fig.suptitle(title)
     fig.savefig(path, dpi=110)
     return Path(path)
+
+
+def plot_bands(
+    groups: Mapping[str, Sequence[Sequence[dict[str, Any]]]],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Runs over seeds: one line per group, the mean over its runs of the test metric
+    (left) and the consensus distance (right) at each round, in a band of ± one sample
+    standard deviation (none for one run). Only the rounds every run of a group
+    recorded are drawn."""
+    import numpy as np
+
+    first = next((runs[0] for runs in groups.values() if runs and runs[0]), [])
+    accuracy = bool(first) and first[0].get("test_accuracy") is not None
+    panels = (
+        (
+            "test_accuracy" if accuracy else "test_loss",
+            "test accuracy" if accuracy else "test loss",
+            False,
+        ),
+        ("consensus_distance", "consensus distance", True),
+    )
+    fig = Figure(figsize=(11, 4.2), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    palette = colormaps["tab20" if len(groups) > 10 else "tab10"].colors
+    for ax, (key, label, log) in zip(axes, panels, strict=True):
+        for k, (name, runs) in enumerate(groups.items()):
+            series = [{r["round"]: r[key] for r in rs if r.get(key) is not None} for rs in runs]
+            rounds = sorted(set.intersection(*(set(s) for s in series))) if series else []
+            if not rounds:
+                continue
+            values = np.array([[s[t] for t in rounds] for s in series], dtype=float)
+            mean = values.mean(axis=0)
+            std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
+            low, high = mean - std, mean + std
+            if log:
+                mean, low, high = (np.maximum(v, 1e-30) for v in (mean, low, high))
+            color = palette[k % len(palette)]
+            ax.plot(rounds, mean, label=f"{name} ({len(values)})", color=color)
+            ax.fill_between(rounds, low, high, color=color, alpha=0.2, linewidth=0)
+        ax.set_xlabel("round")
+        ax.set_ylabel(label)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small", title="group (runs)")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    return Path(path)

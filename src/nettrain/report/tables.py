@@ -1,8 +1,10 @@
-"""Tables of run summaries: on the terminal (rich) and as CSV."""
+"""Tables of run summaries: on the terminal (rich) and as CSV, one row per run or, for
+runs over several seeds, one per group with the mean ± std of each metric."""
 
 from __future__ import annotations
 
 import csv
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,9 @@ COLUMNS = (
     ("virtual_time_s", "virtual s"),
     ("wall_time_s", "wall s"),
 )
+METRICS = tuple(key for key, _ in COLUMNS if key != "algorithm")  # what aggregate() averages
+# what aggregate_table() shows (two numbers a cell): the results, not the costs
+SPREAD = ("test_accuracy", "centre_test_accuracy", "agent_test_accuracy_min", "test_loss")
 
 
 def _fmt(value: Any) -> str:
@@ -66,3 +71,48 @@ def write_csv(summaries: Sequence[dict[str, Any]], path: str | Path) -> Path:
         writer.writeheader()
         writer.writerows(summaries)
     return Path(path)
+
+
+def aggregate(
+    rows: Sequence[dict[str, Any]], by: Sequence[str], metrics: Sequence[str] = METRICS
+) -> list[dict[str, Any]]:
+    """One row per group of ``rows`` with equal values of the keys ``by``, in the order
+    the groups first appear: those values, ``runs`` and, for each metric every run of
+    the group has, ``<metric>_mean`` and ``<metric>_std`` (the sample standard
+    deviation, ``None`` for a group of one run: one seed says nothing of the spread)."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(str(row.get(k)) for k in by), []).append(row)
+    out = []
+    for members in groups.values():
+        line = {k: members[0].get(k) for k in by} | {"runs": len(members)}
+        for metric in metrics:
+            values = [m.get(metric) for m in members]
+            if any(v is None for v in values):
+                continue
+            line[f"{metric}_mean"] = statistics.fmean(values)
+            line[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        out.append(line)
+    return out
+
+
+def aggregate_table(
+    rows: Sequence[dict[str, Any]],
+    by: Sequence[str],
+    title: str = "",
+    metrics: Sequence[str] = SPREAD,
+) -> Table:
+    """:func:`aggregate`'s rows on the terminal: the group's keys, its runs, and each of
+    ``metrics`` the rows have as ``mean ± std`` (the mean alone for one run)."""
+    table = Table(title=title or None, box=box.SIMPLE_HEAD)
+    headers = dict(COLUMNS)
+    metrics = [(k, headers[k]) for k in metrics if any(f"{k}_mean" in r for r in rows)]
+    for i, header in enumerate([*by, "runs", *(h for _, h in metrics)]):
+        table.add_column(header, justify="left" if i < len(by) else "right")
+    for row in rows:
+        cells = [_fmt(row.get(k)) for k in [*by, "runs"]]
+        for key, _ in metrics:
+            mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+            cells.append(_fmt(mean) if std is None else f"{_fmt(mean)} ± {_fmt(std)}")
+        table.add_row(*cells)
+    return table

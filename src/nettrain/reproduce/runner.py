@@ -7,7 +7,8 @@ reproduction continues where it stopped, and runs the others one after another o
 ``jobs`` worker processes of ``threads`` torch threads each. A run's numbers depend only
 on its config (the simulator is deterministic), so neither keeping nor parallelism
 changes them; only ``wall_time_s`` does. A folder holding a finished run of another
-config is not overwritten unless ``force`` says so (``--force``).
+config is not overwritten unless ``force`` says so (``--force``). ``nettrain compare``
+runs its sweeps through :func:`run_all` too (:mod:`nettrain.sweeps`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from nettrain.experiment import run
 from nettrain.recording import config_json, finished_runs, read_records
 
 Records = list[dict[str, Any]]
+ANOTHER_CONFIG = "finished runs of another config (another --quick, --seed or --set)"
 
 
 class Request(NamedTuple):
@@ -58,7 +60,7 @@ def finished_records(folder: Path, cfg: RunConfig) -> Records | None:
 def refuse_overwrite(
     folders: Sequence[Path],
     force: bool,
-    what: str = "finished runs of another config (another --quick, --seed or --set)",
+    what: str = ANOTHER_CONFIG,
 ) -> None:
     """A ConfigError naming ``--force`` if one of ``folders`` holds a finished run
     (``what`` they are, for the message)."""
@@ -94,6 +96,8 @@ def run_all(
     done: Callable[[str, Records | None, str], None] = lambda name, records, note: None,
     tolerate: tuple[type[Exception], ...] = (),
     force: bool = False,
+    execute: Callable[[RunConfig, Path], Records] | None = None,
+    what: str = ANOTHER_CONFIG,
 ) -> dict[str, Records | None]:
     """Run every ``plan[name]`` into ``out / folder_name(name)``; return the records in
     plan order.
@@ -103,10 +107,15 @@ def run_all(
     gets ``None`` for records and the error's message as ``note``; any other error stops
     the runs and is raised. With ``jobs > 1`` the runs go to that many worker processes
     (spawned, so CUDA works in them). A folder that holds a finished run of another
-    config is a ConfigError before any run starts, unless ``force``.
+    config is a ConfigError before any run starts, unless ``force`` (``what`` such
+    runs are, for its message). ``execute(cfg, folder)`` runs one run in place of
+    :func:`~nettrain.experiment.run` and returns its records (``nettrain compare``
+    launches torchrun with it); it runs in this process, so it takes ``jobs=1``.
     """
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if execute is not None and jobs != 1:
+        raise ConfigError(f"--jobs {jobs}: these runs are launched one at a time; drop --jobs")
     results: dict[str, Records | None] = {}
 
     def finish(name: str, outcome: Callable[[], Records]) -> None:
@@ -123,13 +132,14 @@ def run_all(
             todo.append(name)
         else:
             results[name] = kept
-    refuse_overwrite([out / folder_name(name) for name in todo], force)
+    refuse_overwrite([out / folder_name(name) for name in todo], force, what)
     for name in plan:
         if name not in todo:
             done(name, results[name], "kept")
     if jobs == 1 or not todo:
+        one = execute or (lambda cfg, folder: run(cfg, folder).records)
         for name in todo:
-            finish(name, lambda name=name: run(plan[name], out / folder_name(name)).records)
+            finish(name, lambda name=name: one(plan[name], out / folder_name(name)))
         return {name: results[name] for name in plan}
     threads = threads_per_job(jobs)
     context = multiprocessing.get_context("spawn")
