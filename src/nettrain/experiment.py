@@ -47,7 +47,7 @@ from nettrain.problem.flat import matmul_flops_per_sample
 from nettrain.problem.losses import LOSSES, Regularizer, get_loss, per_sample
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
-from nettrain.recording import RunFolder, summarize
+from nettrain.recording import RunFolder, read_config, summarize
 from nettrain.report.plots import plot_runs
 from nettrain.report.tables import write_csv
 from nettrain.result import Result
@@ -259,10 +259,11 @@ def run(
         result = engine.run(job, folder, checkpoint) if checkpoint else engine.run(job, folder)
         dataset = data.name if data is not None else cfg.dataset
         model_name = type(model).__name__ if model is not None else cfg.model
+        graph = f" on {cfg.topology}" if job.algorithm.uses_graph else ""
         summary = (
             summarize(
                 result.records,
-                label=f"{job.algorithm.name} on {cfg.topology} ({cfg.agents} agents, {dataset})",
+                label=f"{job.algorithm.name}{graph} ({cfg.agents} agents, {dataset})",
                 algorithm=cfg.algorithm,
                 engine=cfg.engine,
                 agents=cfg.agents,
@@ -484,7 +485,10 @@ def write_comparison(
     curves: Mapping[str, Sequence[dict[str, Any]]],
     out: Path,
 ) -> None:
-    """``summary.csv`` (one row per run) and ``compare.png`` in ``out``."""
+    """``summary.csv`` (one row per run) and ``compare.png`` in ``out``; the plot's title
+    and legend say what the runs share and where they differ (their ``config.json``)."""
     write_csv(summaries, out / "summary.csv")
-    title = f"{cfg.dataset}, {cfg.agents} agents on {cfg.topology} ({cfg.partition})"
-    plot_runs(curves, out / "compare.png", title=title)
+    configs = {name: read_config(out / name) for name in curves}
+    known = {name: c for name, c in configs.items() if c is not None}
+    title = "" if known else f"{cfg.dataset}, {cfg.agents} agents ({cfg.partition})"
+    plot_runs(curves, out / "compare.png", title, configs=known)

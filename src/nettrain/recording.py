@@ -8,7 +8,7 @@ A run folder holds::
     final.pt        every agent's parameters, a tensor of shape (n, d)
     buffers.pt      every agent's buffers (BatchNorm statistics), {name: (n, ...)}, if any
     centre.pt       the centre variable (d,) of a centre-based method (EASGD family)
-    plot.png        test accuracy and consensus distance against rounds, bytes, time
+    plot.png        every recorded metric against rounds, samples, bytes, virtual time
     events.out.tfevents.*   TensorBoard's: every record's figures, the hparams table
                     (``tensorboard=true`` and the tensorboard package installed;
                     :mod:`nettrain.report.board`)
@@ -78,6 +78,12 @@ def read_records(folder: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def read_config(folder: str | Path) -> dict[str, Any] | None:
+    """The ``config.json`` of a run folder, or None if it has none."""
+    path = Path(folder) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 class RunFolder:
     """Where a run writes what it produces; ``path=None`` keeps records in memory."""
 
@@ -89,6 +95,7 @@ class RunFolder:
         also write TensorBoard event files, if the tensorboard package is installed."""
         self.path = Path(path) if path is not None else None
         self.records: list[dict[str, Any]] = []
+        self.config: dict[str, Any] | None = None  # as config.json holds it, once written
         self.board: board.Board | None = None
         if self.path is None:
             return
@@ -123,8 +130,9 @@ class RunFolder:
         )
 
     def write_config(self, config: dict[str, Any]) -> None:
+        self.config = config_json(config)
         if self.path is not None:
-            write_json(self.path / "config.json", config_json(config))
+            write_json(self.path / "config.json", self.config)
         if self.board is not None:
             self.board.hparams(config_json(config), SUMMARY_FROM_RECORD)
 
@@ -165,7 +173,8 @@ class RunFolder:
         if plot and self.records:
             from nettrain.report.plots import plot_run
 
-            plot_run(self.records, self.path / "plot.png", title=summary.get("label", ""))
+            title = "" if self.config else summary.get("label", "")
+            plot_run(self.records, self.path / "plot.png", title=title, config=self.config)
 
     def close(self) -> None:
         """Close what is open (the TensorBoard events) when a run stops before
