@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from matplotlib import colormaps
 from matplotlib.axes import Axes
@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import (
     EngFormatter,
+    Formatter,
     FuncFormatter,
     LogLocator,
     MaxNLocator,
@@ -185,6 +186,17 @@ def _log_ticks(axis: Axis, values: Sequence[float], unit: str | None) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _unit(key: str) -> str | None:
+    """The unit of engineering notation for ``key``'s ticks (None: plain numbers)."""
+    return "B" if key in BYTES else "" if key in COUNTS else None
+
+
+def _formatter(key: str) -> Formatter:
+    """Tick labels of a linear axis of ``key``: ``2 MB``, ``7 k`` or ``0.025``."""
+    unit = _unit(key)
+    return EngFormatter(unit=unit) if unit is not None else FuncFormatter(_short)
+
+
 def _points(records: Sequence[Record], xkey: str, ykey: str) -> list[tuple[float, float]]:
     return [
         (float(r[xkey]), float(r[ykey]))
@@ -209,20 +221,19 @@ def _draw_cell(
             xs, ys = zip(*kept, strict=True)
             marker = "o" if len(kept) < 12 else None
             ax.plot(xs, ys, color=colors[name], marker=marker, markersize=3, linewidth=1.4)
-    unit = "B" if xkey in BYTES else "" if xkey in COUNTS else None
     if log_x:
         ax.set_xscale("log")
-        _log_ticks(ax.xaxis, xs_all, unit)
+        _log_ticks(ax.xaxis, xs_all, _unit(xkey))
     else:
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-        ax.xaxis.set_major_formatter(
-            EngFormatter(unit=unit) if unit is not None else FuncFormatter(_short)
-        )
+        ax.xaxis.set_major_formatter(_formatter(xkey))
     if panel.log:
         ax.set_yscale("log")
-        _log_ticks(ax.yaxis, [py for points in curves.values() for _, py in points], None)
-    elif panel.key in BYTES:
-        ax.yaxis.set_major_formatter(EngFormatter(unit="B"))
+        _log_ticks(
+            ax.yaxis, [py for points in curves.values() for _, py in points], _unit(panel.key)
+        )
+    else:
+        ax.yaxis.set_major_formatter(_formatter(panel.key))
     ax.set_xlabel(xlabel, fontsize="small")
     ax.set_ylabel(panel.label, fontsize="small")
     if panel.part:
@@ -234,6 +245,56 @@ def _draw_cell(
 def _colors(names: Sequence[str]) -> dict[str, Any]:
     palette = colormaps["tab20" if len(names) > 10 else "tab10"].colors  # distinct lines
     return {name: palette[k % len(palette)] for k, name in enumerate(names)}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the panels stand in a figure, in inches: a fixed grid (no layout engine to
+    run, which a figure of dozens of panels would wait seconds for)."""
+
+    rows: int
+    columns: int
+    title_lines: int
+    legend_rows: int
+
+    LEFT: ClassVar[float] = 0.8  # y tick labels and label of the first column
+    GAP_W: ClassVar[float] = 0.85  # between columns: the next one's y labels
+    GAP_H: ClassVar[float] = 0.75  # between rows: x tick labels, x label, a panel title
+    RIGHT: ClassVar[float] = 0.2
+
+    @property
+    def top(self) -> float:
+        return 0.3 + 0.22 * self.title_lines
+
+    @property
+    def bottom(self) -> float:
+        return 0.6 + 0.28 * self.legend_rows
+
+    @property
+    def size(self) -> tuple[float, float]:
+        width, height = PANEL_SIZE
+        return width * self.columns, height * self.rows + self.top + self.bottom
+
+    def grid(self) -> dict[str, float]:
+        """``gridspec_kw`` of ``Figure.subplots`` for this layout."""
+        fig_w, fig_h = self.size
+        top, bottom = self.top, self.bottom
+        inner_w = fig_w - self.LEFT - self.RIGHT - (self.columns - 1) * self.GAP_W
+        inner_h = fig_h - top - bottom - (self.rows - 1) * self.GAP_H
+        return {
+            "left": self.LEFT / fig_w,
+            "right": 1 - self.RIGHT / fig_w,
+            "top": 1 - top / fig_h,
+            "bottom": bottom / fig_h,
+            "wspace": self.GAP_W / (inner_w / self.columns),
+            "hspace": self.GAP_H / (inner_h / self.rows),
+        }
+
+
+def _legend_columns(labels: Sequence[str], width: float) -> int:
+    """How many legend entries fit side by side in ``width`` inches."""
+    longest = max((len(label) for label in labels), default=1)
+    return max(1, min(len(labels), int(width / (0.075 * longest + 0.7))))
 
 
 def draw_panels(
@@ -248,24 +309,36 @@ def draw_panels(
     the runs' legend (``labels[name]``, default the name) below them."""
     columns = max(1, min(columns, len(cells)))
     rows = max(1, math.ceil(len(cells) / columns))
-    width, height = PANEL_SIZE
-    fig = Figure(figsize=(width * columns, height * rows + 0.9), layout="constrained")
+    names = [(labels or {}).get(n, n) for n in runs]
+    legend_columns = _legend_columns(names, PANEL_SIZE[0] * columns)
+    layout = Layout(
+        rows, columns, title.count("\n") + 1 if title else 0, -(-len(names) // legend_columns)
+    )
+    fig = Figure(figsize=layout.size)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, columns, squeeze=False).flat
+    axes = list(fig.subplots(rows, columns, squeeze=False, gridspec_kw=layout.grid()).flat)
     colors = _colors(list(runs))
     for ax, (panel, x) in zip(axes, cells, strict=False):
         _draw_cell(ax, panel, x, runs, colors)
-    for ax in list(axes)[len(cells) :] if len(cells) else []:
+    for ax in axes[len(cells) :]:
         ax.set_visible(False)
     if not cells:
-        fig.axes[0].text(0.5, 0.5, "nothing recorded to plot", ha="center", va="center")
-    labels = labels or {}
-    handles = [Line2D([], [], color=colors[n], label=labels.get(n, n)) for n in runs]
-    if handles:
-        ncols = min(len(handles), max(1, columns * 2 if len(handles) > 4 else len(handles)))
-        fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False)
+        axes[0].set_visible(True)
+        axes[0].text(0.5, 0.5, "nothing recorded to plot", ha="center", va="center")
+    if names:
+        handles = [
+            Line2D([], [], color=colors[n], label=label)
+            for n, label in zip(runs, names, strict=True)
+        ]
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncols=legend_columns,
+            frameon=False,
+            bbox_to_anchor=(0.5, 0.01),
+        )
     if title:
-        fig.suptitle(title, fontsize="medium")
+        fig.suptitle(title, fontsize="medium", y=1 - 0.12 / layout.size[1], va="top")
     fig.savefig(path, dpi=100)
     return Path(path)
 
