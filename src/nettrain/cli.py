@@ -6,6 +6,7 @@
     nettrain topology KIND --agents N [--weights W] [--schedule S] [--json]
     nettrain keys [--markdown]
     nettrain reproduce NAME [--quick] [--seed S] [--out DIR] [--force]
+    nettrain report DIR [DIR ...] [--out report.html] [--title TEXT]
 
 The config file (TOML or JSON) may stand anywhere among the ``key=value`` items; the
 items after it override its keys. A folder that holds a finished run (its
@@ -300,6 +301,15 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
     return 0 if held == len(claims) else 1
 
 
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    """One self-contained HTML page of the runs in ``args.dirs``; the page's path."""
+    from nettrain.report.html import write_report
+
+    out = write_report(args.dirs, args.out, args.title)
+    console.print(f"report: {out}")
+    return 0
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose epilog may be computed when help is shown
     (``epilog_from``), so that building the parser imports nothing heavy."""
@@ -421,6 +431,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="override every run's config, e.g. --set model=cnn device=cuda",
     )
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser(
+        "report",
+        help="one HTML page of run folders: config differences, summaries, claims, metrics",
+    )
+    p.add_argument(
+        "dirs",
+        nargs="+",
+        metavar="DIR",
+        help="a run folder, or a folder of runs (nettrain compare, reproduce); a single run "
+        "folder is also plotted again (plot.png)",
+    )
+    p.add_argument("--out", help="the HTML file (default DIR/report.html for one DIR)")
+    p.add_argument("--title", default="", help="the page's heading")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
