@@ -49,7 +49,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("evaluation", "recording", "result"),
     ("engines",),
     ("config",),
-    ("experiment",),
+    ("experiment", "reporting"),
     ("reproduce",),
     ("cli",),
     ("__main__", ""),  # "": the package's own __init__, the public face of nettrain

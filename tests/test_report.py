@@ -14,7 +14,7 @@ import pytest
 from nettrain.cli import main
 from nettrain.report.html import FIGURE_MAKERS, config_differences
 from nettrain.report.plots import choose_panels, plot_run, plot_runs, x_axes
-from nettrain.report.titles import describe
+from nettrain.reporting import describe_runs
 from nettrain.reproduce.claims import Claim, write_claims
 
 TINY = [
@@ -192,7 +192,7 @@ def test_titles_leave_out_what_a_method_does_not_use() -> None:
         "dpsgd": base | {"algorithm": "dpsgd", "quantizer": "lattice", "stragglers": 0.25},
         "swarm": base | {"algorithm": "swarm", "local_steps": 2},
     }
-    about = describe(configs)
+    about = describe_runs(configs)
     assert "topology" not in about.title() and "agents=8" in about.title()
     assert "topology" not in about.label("allreduce") and "topology" not in about.label("easgd")
     assert "tau=4" in about.label("easgd") and "tau" not in about.label("dpsgd")

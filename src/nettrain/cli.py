@@ -303,7 +303,7 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     """One self-contained HTML page of the runs in ``args.dirs``; the page's path."""
-    from nettrain.report.html import write_report
+    from nettrain.reporting import write_report
 
     out = write_report(args.dirs, args.out, args.title)
     console.print(f"report: {out}")

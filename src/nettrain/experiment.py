@@ -47,9 +47,10 @@ from nettrain.problem.flat import matmul_flops_per_sample
 from nettrain.problem.losses import LOSSES, Regularizer, get_loss, per_sample
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
-from nettrain.recording import RunFolder, read_config, summarize
+from nettrain.recording import RunFolder, config_json, read_config, summarize
 from nettrain.report.plots import plot_runs
 from nettrain.report.tables import write_csv
+from nettrain.reporting import describe_runs
 from nettrain.result import Result
 from nettrain.topology import build_topology
 from nettrain.version import __version__
@@ -253,7 +254,8 @@ def run(
     folder = RunFolder(out if main else None, keep=keep, tensorboard=cfg.tensorboard)
     try:
         given = described(cfg, job, model, data, loss, algorithm)
-        folder.write_config(cfg.to_dict() | given | {PROVENANCE: provenance()})
+        config = cfg.to_dict() | given
+        folder.write_config(config | {PROVENANCE: provenance()})
         allocator = retain_freed_memory()
         reset_peak()
         result = engine.run(job, folder, checkpoint) if checkpoint else engine.run(job, folder)
@@ -280,7 +282,8 @@ def run(
             | {"allocator": allocator}
             | provenance()
         )
-        folder.finish(summary, result.x, centre=result.centre, buffers=result.buffers)
+        title = describe_runs({cfg.algorithm: config_json(config)}).title()
+        folder.finish(summary, result.x, centre=result.centre, buffers=result.buffers, title=title)
     finally:
         folder.close()  # a failed run's TensorBoard events; finish() closes a finished run's
     return Result(
@@ -489,6 +492,6 @@ def write_comparison(
     and legend say what the runs share and where they differ (their ``config.json``)."""
     write_csv(summaries, out / "summary.csv")
     configs = {name: read_config(out / name) for name in curves}
-    known = {name: c for name, c in configs.items() if c is not None}
-    title = "" if known else f"{cfg.dataset}, {cfg.agents} agents ({cfg.partition})"
-    plot_runs(curves, out / "compare.png", title, configs=known)
+    about = describe_runs({name: c for name, c in configs.items() if c is not None})
+    title = about.title() or f"{cfg.dataset}, {cfg.agents} agents ({cfg.partition})"
+    plot_runs(curves, out / "compare.png", title, labels=about.labels(curves))

@@ -95,7 +95,6 @@ class RunFolder:
         also write TensorBoard event files, if the tensorboard package is installed."""
         self.path = Path(path) if path is not None else None
         self.records: list[dict[str, Any]] = []
-        self.config: dict[str, Any] | None = None  # as config.json holds it, once written
         self.board: board.Board | None = None
         if self.path is None:
             return
@@ -130,9 +129,8 @@ class RunFolder:
         )
 
     def write_config(self, config: dict[str, Any]) -> None:
-        self.config = config_json(config)
         if self.path is not None:
-            write_json(self.path / "config.json", self.config)
+            write_json(self.path / "config.json", config_json(config))
         if self.board is not None:
             self.board.hparams(config_json(config), SUMMARY_FROM_RECORD)
 
@@ -152,10 +150,11 @@ class RunFolder:
         plot: bool = True,
         centre: torch.Tensor | None = None,
         buffers: dict[str, torch.Tensor] | None = None,
+        title: str | None = None,
     ) -> None:
         """Write ``summary.json``, ``final.pt`` (``x: (n, d)`` on CPU), ``centre.pt`` and
-        ``buffers.pt`` (``{name: (n, ...)}``) if given, and the plot; close the
-        TensorBoard events."""
+        ``buffers.pt`` (``{name: (n, ...)}``) if given, and the plot (titled ``title``,
+        default the summary's label); close the TensorBoard events."""
         if self.path is None:
             return
         if self.board is not None:
@@ -173,8 +172,8 @@ class RunFolder:
         if plot and self.records:
             from nettrain.report.plots import plot_run
 
-            title = "" if self.config else summary.get("label", "")
-            plot_run(self.records, self.path / "plot.png", title=title, config=self.config)
+            title = summary.get("label", "") if title is None else title
+            plot_run(self.records, self.path / "plot.png", title=title)
 
     def close(self) -> None:
         """Close what is open (the TensorBoard events) when a run stops before

@@ -8,9 +8,9 @@ a reproduction drew, and each run's extra figures (:data:`FIGURE_MAKERS`). Image
 inlined as base64 PNG data URIs and the style sheet is inline: the file needs nothing
 else to be read, and links to nothing outside it.
 
-A folder given is a run folder (``config.json`` and ``metrics.jsonl``), or a folder
-holding run folders at any depth (``nettrain compare``, ``nettrain reproduce``). The
-runs of one folder are drawn together, one figure per x axis.
+The page is built from data (:class:`Run`, claims, titles); finding and reading the
+folders is :func:`nettrain.reporting.write_report`'s part. The runs of one group (the
+folder that holds them) are drawn together, one figure per x axis.
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nettrain.errors import DataError
-from nettrain.recording import read_config, read_records
-from nettrain.report.plots import X_AXES, plot_run, plot_runs, x_axes
+from nettrain.report.plots import X_AXES, plot_runs, x_axes
 from nettrain.report.tables import COLUMNS
 from nettrain.report.tables import _fmt as fmt_value
-from nettrain.report.titles import describe, fmt
+from nettrain.report.titles import fmt
 
 PROVENANCE = "provenance"  # config.json's versions and command line, shown apart
 # summary.json's keys that say what ran rather than what it gave (the config table has them)
@@ -62,56 +60,6 @@ class Run:
 # with its title. Add one with ``FIGURE_MAKERS.append(("timeline", make_timeline))``.
 FigureMaker = Callable[[Run, Path], Path | None]
 FIGURE_MAKERS: list[tuple[str, FigureMaker]] = []
-
-
-def is_run(folder: Path) -> bool:
-    """Whether ``folder`` is a run folder: its ``config.json`` and ``metrics.jsonl``."""
-    return (folder / "config.json").is_file() and (folder / "metrics.jsonl").is_file()
-
-
-def run_folders(folder: Path) -> list[Path]:
-    """``folder`` if it is a run folder, else the run folders under it, in path order."""
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder; give a run, compare or reproduce folder")
-    if is_run(folder):
-        return [folder]
-    found = sorted(p.parent for p in folder.rglob("metrics.jsonl") if is_run(p.parent))
-    if not found:
-        raise DataError(
-            f"{folder} holds no run (a folder with config.json and metrics.jsonl); give a "
-            "folder written by `nettrain run`, `nettrain compare` or `nettrain reproduce`"
-        )
-    return found
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not valid JSON ({err}); rewrite or remove it") from err
-
-
-def load_runs(folders: Sequence[str | Path]) -> list[Run]:
-    """The runs of ``folders``, named by their path under the folder given (prefixed with
-    that folder's name when several are given), grouped by the folder that holds them."""
-    runs = []
-    for top in map(Path, folders):
-        prefix = top.resolve().name if len(folders) > 1 else ""
-        for folder in run_folders(top):
-            rel = folder.relative_to(top).as_posix() if folder != top else ""
-            name = "/".join(p for p in (prefix, rel) if p) or top.resolve().name
-            group = name.rpartition("/")[0] if rel else ""
-            runs.append(
-                Run(
-                    name=name,
-                    group=group,
-                    folder=folder,
-                    config=read_config(folder) or {},
-                    records=read_records(folder),
-                    summary=_read_json(folder / "summary.json") or {},
-                )
-            )
-    return runs
 
 
 def groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
@@ -201,13 +149,10 @@ def summary_section(runs: Sequence[Run]) -> str:
     return f"<h2>Summary</h2>{note}{table(['run', *columns], rows, 'summary')}"
 
 
-def claims_section(folders: Sequence[str | Path]) -> str:
-    """The claims of every reproduction folder among ``folders`` (``claims.json``)."""
+def claims_section(claims: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """The claims of each reproduction (``claims.json``'s list, by the folder's name)."""
     parts = []
-    for folder in map(Path, folders):
-        claims = _read_json(folder / "claims.json")
-        if not claims:
-            continue
+    for folder, listed in claims.items():
         rows = [
             [
                 c.get("claim"),
@@ -215,11 +160,11 @@ def claims_section(folders: Sequence[str | Path]) -> str:
                 c.get("expected"),
                 c.get("measured"),
             ]
-            for c in claims
+            for c in listed
         ]
-        held = sum(bool(c.get("holds")) for c in claims)
+        held = sum(bool(c.get("holds")) for c in listed)
         parts.append(
-            f"<h3>{html.escape(folder.resolve().name)}: {held} of {len(claims)} claims hold</h3>"
+            f"<h3>{html.escape(folder)}: {held} of {len(listed)} claims hold</h3>"
             + table(["claim", "holds", "expected", "measured"], rows, "claims")
         )
     return "<h2>Claims</h2>" + "\n".join(parts) if parts else ""
@@ -235,32 +180,28 @@ def figure(path: Path, caption: str) -> str:
     return f"<figure>{image(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
-def metrics_section(runs: Sequence[Run], scratch: Path) -> str:
-    """Every recorded metric of each group of runs, a figure per x axis they have."""
+def metrics_section(
+    runs: Sequence[Run], titles: Mapping[str, str], labels: Mapping[str, str], scratch: Path
+) -> str:
+    """Every recorded metric of each group of runs, a figure per x axis they have, titled
+    ``titles[group]``, a run's line labelled ``labels[name]``."""
     parts = ["<h2>Metrics</h2>"]
     for k, (group, members) in enumerate(groups(runs).items()):
         curves = {run.label: run.records for run in members}
-        configs = {run.label: run.config for run in members if run.config}
+        legend = {run.label: labels.get(run.name, run.label) for run in members}
         if group:
             parts.append(f"<h3>{html.escape(group)}</h3>")
         for key, label in x_axes(curves, X_AXES):
-            path = plot_runs(
-                curves, scratch / f"metrics{k}_{key}.png", configs=configs, x=[(key, label)]
-            )
-            parts.append(
-                figure(path, f"{group + ': ' if group else ''}every metric against {label}")
-            )
+            path = scratch / f"metrics{k}_{key}.png"
+            plot_runs(curves, path, titles.get(group, ""), labels=legend, x=[(key, label)])
+            where = f"{group}: " if group else ""
+            parts.append(figure(path, f"{where}every recorded metric against {label}"))
     return "\n".join(parts)
 
 
-def drawn_figures_section(folders: Sequence[str | Path]) -> str:
-    """The figures a reproduction drew at its top level (its ``*.png``)."""
-    parts = []
-    for folder in map(Path, folders):
-        if not (folder / "claims.json").is_file():
-            continue
-        for path in sorted(folder.glob("*.png")):
-            parts.append(figure(path, f"{folder.resolve().name}: {path.name}"))
+def drawn_figures_section(paths: Sequence[Path]) -> str:
+    """Figures drawn before (a reproduction's own plots), inlined."""
+    parts = [figure(path, f"{path.parent.name}/{path.name}") for path in paths]
     return "<h2>Figures of the reproduction</h2>" + "\n".join(parts) if parts else ""
 
 
@@ -301,52 +242,34 @@ window.addEventListener("load", function () {
 """
 
 
-def build_report(folders: Sequence[str | Path], title: str = "") -> str:
-    """The HTML page of the runs in ``folders``."""
-    runs = load_runs(folders)
-    names = ", ".join(str(f) for f in folders)
-    heading = title or f"nettrain report: {names}"
-    about = describe({run.name: run.config for run in runs if run.config}).title()
+def build_page(
+    runs: Sequence[Run],
+    heading: str,
+    about: str = "",
+    titles: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    claims: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    drawn: Sequence[Path] = (),
+) -> str:
+    """The HTML page of ``runs``: ``heading``, ``about`` (what the runs share), each
+    group's figure title (``titles``) and each run's legend label (``labels``), the
+    reproductions' ``claims`` (by folder name) and the figures they ``drawn``."""
     with tempfile.TemporaryDirectory(prefix="nettrain-report-") as tmp:
         scratch = Path(tmp)
         sections = [
             config_section(runs),
             summary_section(runs),
-            claims_section(folders),
-            metrics_section(runs, scratch),
-            drawn_figures_section(folders),
+            claims_section(claims or {}),
+            metrics_section(runs, titles or {}, labels or {}, scratch),
+            drawn_figures_section(drawn),
             extra_figures_section(runs, scratch),
         ]
     body = "\n".join(f'<section class="overflow">{s}</section>' for s in sections if s)
+    count = f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(heading)}</title>\n<style>{STYLE}</style>\n"
         f"<script>{SCRIPT}</script>\n</head>\n<body>\n<h1>{html.escape(heading)}</h1>\n"
-        f"<p>{len(runs)} run{'s' if len(runs) != 1 else ''}: {html.escape(about)}</p>\n"
+        f"<p>{html.escape(count + (': ' + about if about else ''))}</p>\n"
         f"{body}\n</body>\n</html>\n"
     )
-
-
-def write_report(
-    folders: Sequence[str | Path], out: str | Path | None = None, title: str = ""
-) -> Path:
-    """Write the report of ``folders`` to ``out`` (default ``report.html`` in the one
-    folder given); a single run folder is also plotted again (its ``plot.png``)."""
-    if not folders:
-        raise DataError("give at least one folder to report on")
-    if out is None:
-        if len(folders) > 1:
-            raise DataError("with several folders, say where the report goes: --out FILE.html")
-        out = Path(folders[0]) / "report.html"
-    page = build_report(folders, title)
-    if len(folders) == 1 and is_run(Path(folders[0])):
-        replot(Path(folders[0]))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
-    return out
-
-
-def replot(folder: Path) -> Path:
-    """Draw a run folder's ``plot.png`` again from its records."""
-    return plot_run(read_records(folder), folder / "plot.png", config=read_config(folder))

@@ -4,9 +4,9 @@
 (:func:`choose_panels`), against each x axis the runs have (round, samples, bytes,
 virtual time). A metric whose runs lie orders of magnitude apart (all-reduce's consensus
 distance of 1e-13 next to gossip's 1e-2) gets one panel per scale; a metric that spans
-decades gets a log axis with labelled ticks. The legend stands below the panels, and
-titles and legend labels say what the runs share and where they differ
-(:mod:`nettrain.report.titles`).
+decades gets a log axis with labelled ticks. The legend stands below the panels; titles
+and legend labels saying what the runs share and where they differ come from
+:func:`nettrain.reporting.describe_runs`.
 
 matplotlib's non-interactive Agg backend is used explicitly, so plotting works on
 machines without a display and never changes the caller's global backend.
@@ -35,8 +35,6 @@ from matplotlib.ticker import (
     MaxNLocator,
     NullFormatter,
 )
-
-from nettrain.report.titles import describe
 
 Record = Mapping[str, Any]
 Runs = Mapping[str, Sequence[Record]]
@@ -311,9 +309,8 @@ def draw_panels(
     rows = max(1, math.ceil(len(cells) / columns))
     names = [(labels or {}).get(n, n) for n in runs]
     legend_columns = _legend_columns(names, PANEL_SIZE[0] * columns)
-    layout = Layout(
-        rows, columns, title.count("\n") + 1 if title else 0, -(-len(names) // legend_columns)
-    )
+    legend_rows = -(-len(names) // legend_columns) if len(names) > 1 else 0
+    layout = Layout(rows, columns, title.count("\n") + 1 if title else 0, legend_rows)
     fig = Figure(figsize=layout.size)
     FigureCanvasAgg(fig)
     axes = list(fig.subplots(rows, columns, squeeze=False, gridspec_kw=layout.grid()).flat)
@@ -325,7 +322,7 @@ def draw_panels(
     if not cells:
         axes[0].set_visible(True)
         axes[0].text(0.5, 0.5, "nothing recorded to plot", ha="center", va="center")
-    if names:
+    if len(names) > 1:  # one run's line needs no key
         handles = [
             Line2D([], [], color=colors[n], label=label)
             for n, label in zip(runs, names, strict=True)
@@ -348,36 +345,23 @@ def plot_runs(
     path: str | Path,
     title: str = "",
     *,
-    configs: Mapping[str, Mapping[str, Any]] | None = None,
+    labels: Mapping[str, str] | None = None,
     x: Sequence[tuple[str, str]] = X_AXES,
     metrics: Sequence[str] | None = None,
 ) -> Path:
     """Every numeric metric of ``runs`` (or those of ``metrics``), a row of panels each,
     against each x axis of ``x`` the runs have (a column each; with one x axis the
-    panels wrap three to a row). With ``configs`` (each run's ``config.json``) the title
-    says what the runs share, under ``title`` if given, and the legend what differs."""
-    labels: dict[str, str] = {}
-    if configs:
-        about = describe(configs)
-        title = "\n".join(t for t in (title, about.title()) if t)
-        labels = {name: about.label(name) for name in runs if name in configs}
+    panels wrap three to a row); the legend below says ``labels[name]`` (default the
+    run's name). :func:`nettrain.reporting.describe_runs` gives a title and labels."""
     axes = x_axes(runs, x)
     cells = [(panel, ax) for panel in choose_panels(runs, metrics) for ax in axes]
     columns = len(axes) if len(axes) > 1 else 3
     return draw_panels(runs, cells, path, title, columns, labels)
 
 
-def plot_run(
-    records: Sequence[Record],
-    path: str | Path,
-    title: str = "",
-    *,
-    config: Mapping[str, Any] | None = None,
-) -> Path:
-    """The plot of one run (see :func:`plot_runs`); ``config``: its ``config.json``."""
-    name = str(config.get("algorithm", "run")) if config else title or "run"
-    configs = {name: config} if config else None
-    return plot_runs({name: records}, path, title, configs=configs)
+def plot_run(records: Sequence[Record], path: str | Path, title: str = "") -> Path:
+    """The plot of one run (see :func:`plot_runs`)."""
+    return plot_runs({"run": records}, path, title)
 
 
 def plot_metrics(
