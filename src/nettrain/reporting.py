@@ -23,8 +23,8 @@ from typing import Any
 from nettrain.algorithms import Method, resolve
 from nettrain.config import FIELDS, SECTION_OF, used_keys
 from nettrain.errors import ConfigError, DataError
-from nettrain.recording import read_config, read_records
-from nettrain.report.html import Run, build_page
+from nettrain.recording import read_records
+from nettrain.report.html import Run, build_page, groups
 from nettrain.report.plots import plot_run
 from nettrain.report.titles import Description, describe
 
@@ -183,8 +183,7 @@ def read_json(path: Path) -> Any:
 
 def load_runs(folders: Sequence[str | Path]) -> list[Run]:
     """The runs of ``folders``, named by their path under the folder given (prefixed with
-    that folder's name when several are given), grouped by the folder that holds them,
-    each labelled with the keys that set it apart within its group."""
+    that folder's name when several are given), grouped by the folder that holds them."""
     runs = []
     for top in map(Path, folders):
         prefix = top.resolve().name if len(folders) > 1 else ""
@@ -192,19 +191,27 @@ def load_runs(folders: Sequence[str | Path]) -> list[Run]:
             rel = folder.relative_to(top).as_posix() if folder != top else ""
             name = "/".join(p for p in (prefix, rel) if p) or top.resolve().name
             group = name.rpartition("/")[0] if rel else ""
-            config = read_config(folder) or {}
+            config = read_json(folder / "config.json") or {}
             summary = read_json(folder / "summary.json") or {}
-            runs.append(Run(name, group, folder, config, read_records(folder), summary))
+            runs.append(Run(name, group, folder, config, records(folder), summary))
     return runs
+
+
+def records(folder: Path) -> list[dict[str, Any]]:
+    """The records of a run folder, or a DataError that names a broken line."""
+    try:
+        return read_records(folder)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{folder / 'metrics.jsonl'} has a line that is not JSON ({err}); remove that "
+            "line (a run killed while writing leaves one) and report again"
+        ) from err
 
 
 def group_titles(runs: Sequence[Run]) -> tuple[dict[str, str], dict[str, str]]:
     """Each group's title (what its runs share) and each run's legend label."""
     titles, labels = {}, {}
-    members: dict[str, list[Run]] = {}
-    for run in runs:
-        members.setdefault(run.group, []).append(run)
-    for group, group_runs in members.items():
+    for group, group_runs in groups(runs).items():
         about = describe_runs({run.label: run.config for run in group_runs})
         titles[group] = about.title()
         labels |= {run.name: about.label(run.label) for run in group_runs}
@@ -244,5 +251,5 @@ def write_report(
 
 def replot(folder: Path) -> Path:
     """Draw a run folder's ``plot.png`` again from its records."""
-    about = describe_runs({folder.name: read_config(folder) or {}})
-    return plot_run(read_records(folder), folder / "plot.png", title=about.title())
+    about = describe_runs({folder.name: read_json(folder / "config.json") or {}})
+    return plot_run(records(folder), folder / "plot.png", title=about.title())

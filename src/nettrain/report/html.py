@@ -29,7 +29,7 @@ from nettrain.report.tables import COLUMNS
 from nettrain.report.tables import _fmt as fmt_value
 from nettrain.report.titles import fmt
 
-PROVENANCE = "provenance"  # config.json's versions and command line, shown apart
+PROVENANCE = "provenance"  # config.json's versions and command line: not a setting
 # summary.json's keys that say what ran rather than what it gave (the config table has them)
 IDENTITY = frozenset(
     {"label", "algorithm", "engine", "agents", "topology", "schedule", "dataset", "model"}
@@ -177,6 +177,7 @@ def image(path: Path, alt: str) -> str:
 
 
 def figure(path: Path, caption: str) -> str:
+    """``path`` (a PNG) inlined, with ``caption`` under it."""
     return f"<figure>{image(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 

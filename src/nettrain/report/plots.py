@@ -29,7 +29,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import (
     EngFormatter,
-    Formatter,
     FuncFormatter,
     LogLocator,
     MaxNLocator,
@@ -189,10 +188,13 @@ def _unit(key: str) -> str | None:
     return "B" if key in BYTES else "" if key in COUNTS else None
 
 
-def _formatter(key: str) -> Formatter:
-    """Tick labels of a linear axis of ``key``: ``2 MB``, ``7 k`` or ``0.025``."""
+def _linear_ticks(axis: Axis, key: str) -> None:
+    """At most six ticks on a linear ``axis`` of ``key``, bytes and counts in engineering
+    notation (``2 MB``, ``7 k``), other numbers as matplotlib writes them."""
+    axis.set_major_locator(MaxNLocator(nbins=5))
     unit = _unit(key)
-    return EngFormatter(unit=unit) if unit is not None else FuncFormatter(_short)
+    if unit is not None:
+        axis.set_major_formatter(EngFormatter(unit=unit))
 
 
 def _points(records: Sequence[Record], xkey: str, ykey: str) -> list[tuple[float, float]]:
@@ -223,15 +225,14 @@ def _draw_cell(
         ax.set_xscale("log")
         _log_ticks(ax.xaxis, xs_all, _unit(xkey))
     else:
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-        ax.xaxis.set_major_formatter(_formatter(xkey))
+        _linear_ticks(ax.xaxis, xkey)
     if panel.log:
         ax.set_yscale("log")
         _log_ticks(
             ax.yaxis, [py for points in curves.values() for _, py in points], _unit(panel.key)
         )
     else:
-        ax.yaxis.set_major_formatter(_formatter(panel.key))
+        _linear_ticks(ax.yaxis, panel.key)
     ax.set_xlabel(xlabel, fontsize="small")
     ax.set_ylabel(panel.label, fontsize="small")
     if panel.part:
