@@ -158,6 +158,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from nettrain.experiment import compare, comparison_configs, write_comparison
     from nettrain.recording import read_records
     from nettrain.report.tables import summary_table
+    from nettrain.reporting import describe_runs
 
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     source, shared, settings = _compare_items(args.items, algorithms)
@@ -188,7 +189,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         write_comparison(cfg, summaries, curves, out)
     else:
         summaries = compare(cfg.to_dict(), algorithms, out, settings=settings)
-    title = f"{cfg.dataset}: {cfg.agents} agents on {cfg.topology}, {cfg.rounds} rounds"
+    title = describe_runs({name: sub.to_dict() for name, sub in configs.items()}).title()
     console.print(summary_table(summaries, title=title))
     console.print(f"table: {out / 'summary.csv'}   plot: {out / 'compare.png'}")
     return 0

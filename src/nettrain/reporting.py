@@ -127,6 +127,11 @@ def _used(config: Mapping[str, Any]) -> set[str]:
     return keys
 
 
+def _plain(value: Any) -> Any:
+    """A value as ``config.json`` holds it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def shown_keys(config: Mapping[str, Any]) -> dict[str, Any]:
     """The keys of ``config`` (a ``config.json``) that describe its run, in order."""
     used = _used(config)
@@ -134,11 +139,9 @@ def shown_keys(config: Mapping[str, Any]) -> dict[str, Any]:
     for name in KEYS:
         if name not in config or name not in used or not WHEN.get(name, bool)(config):
             continue
-        value = config[name]
+        value = _plain(config[name])
         field = FIELDS.get(name)
-        default = field.default if field is not None else None
-        if isinstance(default, tuple):
-            default = list(default)  # config.json holds tuples as lists
+        default = _plain(field.default) if field is not None else None
         if name in ALWAYS or name in WHEN or value != default:
             out[name] = value
     return out
