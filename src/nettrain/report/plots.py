@@ -333,7 +333,7 @@ def draw_panels(
             loc="lower center",
             ncols=legend_columns,
             frameon=False,
-            bbox_to_anchor=(0.5, 0.01),
+            bbox_to_anchor=(0.5, 0.08 / layout.size[1]),  # inches above the bottom
         )
     if title:
         fig.suptitle(title, fontsize="medium", y=1 - 0.12 / layout.size[1], va="top")
