@@ -49,7 +49,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("evaluation", "recording", "result"),
     ("engines",),
     ("config",),
-    ("experiment",),
+    ("experiment", "reporting"),
     ("reproduce",),
     ("sweeps",),  # runs its grids through reproduce.runner.run_all
     ("cli",),

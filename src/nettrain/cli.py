@@ -7,6 +7,7 @@
     nettrain topology KIND --agents N [--weights W] [--schedule S] [--json]
     nettrain keys [--markdown]
     nettrain reproduce NAME [--quick] [--seed S] [--jobs N] [--out DIR] [--force]
+    nettrain report DIR [DIR ...] [--out report.html] [--title TEXT]
 
 The config file (TOML or JSON) may stand anywhere among the ``key=value`` items; the
 items after it override its keys. ``run`` never overwrites a folder that holds a
@@ -168,6 +169,7 @@ def launch_torchrun(nproc: int, cfg: RunConfig, arguments: Sequence[str]) -> int
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from nettrain.config import load_config
     from nettrain.report.tables import aggregate_table, summary_table
+    from nettrain.reporting import describe_runs
     from nettrain.sweeps import sweep
 
     given = [a.strip() for a in args.algorithms.split(",") if a.strip()] if args.algorithms else []
@@ -200,10 +202,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     )
     if not result.rows:
         return 0  # another rank of a compare under torchrun: rank 0 reports for everyone
-    first = result.rows[0]
-    title = f"{first['dataset']}: {first['agents']} agents"
-    title += "" if "topology" in result.by else f" on {first['topology']}"
-    title += "" if "rounds" in result.by else f", {first['rounds']} rounds"
+    title = describe_runs({name: cfg.to_dict() for name, cfg in result.configs.items()}).title()
     if result.aggregate:
         console.print(aggregate_table(result.aggregate, result.by, title=f"{title}, mean ± std"))
         console.print(f"runs: {out}/ALGORITHM/KEY=VALUE,...")
@@ -380,6 +379,15 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
     return 0 if held == len(claims) else 1
 
 
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    """One self-contained HTML page of the runs in ``args.dirs``; the page's path."""
+    from nettrain.reporting import write_report
+
+    out = write_report(args.dirs, args.out, args.title)
+    console.print(f"report: {out}")
+    return 0
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose epilog may be computed when help is shown
     (``epilog_from``), so that building the parser imports nothing heavy."""
@@ -526,6 +534,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="override every run's config, e.g. --set model=cnn device=cuda",
     )
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser(
+        "report",
+        help="one HTML page of run folders: config differences, summaries, claims, metrics",
+    )
+    p.add_argument(
+        "dirs",
+        nargs="+",
+        metavar="DIR",
+        help="a run folder, or a folder of runs (nettrain compare, reproduce); a single run "
+        "folder is also plotted again (plot.png)",
+    )
+    p.add_argument("--out", help="the HTML file (default DIR/report.html for one DIR)")
+    p.add_argument("--title", default="", help="the page's heading")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

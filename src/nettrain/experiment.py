@@ -47,9 +47,10 @@ from nettrain.problem.flat import matmul_flops_per_sample
 from nettrain.problem.losses import LOSSES, Regularizer, get_loss, per_sample
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
-from nettrain.recording import RunFolder, summarize
+from nettrain.recording import RunFolder, config_json, read_config, summarize
 from nettrain.report.plots import plot_runs
 from nettrain.report.tables import write_csv
+from nettrain.reporting import describe_runs
 from nettrain.result import Result
 from nettrain.topology import build_topology
 from nettrain.version import __version__
@@ -256,16 +257,18 @@ def run(
     folder = RunFolder(out if main else None, keep=keep, tensorboard=cfg.tensorboard)
     try:
         given = described(cfg, job, model, data, loss, algorithm)
-        folder.write_config(cfg.to_dict() | given | {PROVENANCE: provenance()})
+        config = cfg.to_dict() | given
+        folder.write_config(config | {PROVENANCE: provenance()})
         allocator = retain_freed_memory()
         reset_peak()
         result = engine.run(job, folder, checkpoint) if checkpoint else engine.run(job, folder)
         dataset = data.name if data is not None else cfg.dataset
         model_name = type(model).__name__ if model is not None else cfg.model
+        graph = f" on {cfg.topology}" if job.algorithm.uses_graph else ""
         summary = (
             summarize(
                 result.records,
-                label=f"{job.algorithm.name} on {cfg.topology} ({cfg.agents} agents, {dataset})",
+                label=f"{job.algorithm.name}{graph} ({cfg.agents} agents, {dataset})",
                 algorithm=cfg.algorithm,
                 engine=cfg.engine,
                 agents=cfg.agents,
@@ -282,7 +285,8 @@ def run(
             | {"allocator": allocator}
             | provenance()
         )
-        folder.finish(summary, result.x, centre=result.centre, buffers=result.buffers)
+        title = describe_runs({cfg.algorithm: config_json(config)}).title()
+        folder.finish(summary, result.x, centre=result.centre, buffers=result.buffers, title=title)
     finally:
         folder.close()  # a failed run's TensorBoard events; finish() closes a finished run's
     return Result(
@@ -489,7 +493,10 @@ def write_comparison(
     curves: Mapping[str, Sequence[dict[str, Any]]],
     out: Path,
 ) -> None:
-    """``summary.csv`` (one row per run) and ``compare.png`` in ``out``."""
+    """``summary.csv`` (one row per run) and ``compare.png`` in ``out``; the plot's title
+    and legend say what the runs share and where they differ (their ``config.json``)."""
     write_csv(summaries, out / "summary.csv")
-    title = f"{cfg.dataset}, {cfg.agents} agents on {cfg.topology} ({cfg.partition})"
-    plot_runs(curves, out / "compare.png", title=title)
+    configs = {name: read_config(out / name) for name in curves}
+    about = describe_runs({name: c for name, c in configs.items() if c is not None})
+    title = about.title() or f"{cfg.dataset}, {cfg.agents} agents ({cfg.partition})"
+    plot_runs(curves, out / "compare.png", title, labels=about.labels(curves))

@@ -8,7 +8,7 @@ A run folder holds::
     final.pt        every agent's parameters, a tensor of shape (n, d)
     buffers.pt      every agent's buffers (BatchNorm statistics), {name: (n, ...)}, if any
     centre.pt       the centre variable (d,) of a centre-based method (EASGD family)
-    plot.png        test accuracy and consensus distance against rounds, bytes, time
+    plot.png        every recorded metric against rounds, samples, bytes, virtual time
     timeline.jsonl  what each agent did when in the first rounds (``timeline=true``;
                     :mod:`nettrain.report.timeline`), drawn in timeline.png
     events.out.tfevents.*   TensorBoard's: every record's figures, the hparams table
@@ -78,6 +78,12 @@ def read_records(folder: str | Path) -> list[dict[str, Any]]:
     """The records of a run folder's ``metrics.jsonl``."""
     lines = (Path(folder) / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+def read_config(folder: str | Path) -> dict[str, Any] | None:
+    """The ``config.json`` of a run folder, or None if it has none."""
+    path = Path(folder) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 class RunFolder:
@@ -153,10 +159,11 @@ class RunFolder:
         plot: bool = True,
         centre: torch.Tensor | None = None,
         buffers: dict[str, torch.Tensor] | None = None,
+        title: str | None = None,
     ) -> None:
         """Write ``summary.json``, ``final.pt`` (``x: (n, d)`` on CPU), ``centre.pt`` and
-        ``buffers.pt`` (``{name: (n, ...)}``) if given, the plot and the timeline's;
-        close the TensorBoard events."""
+        ``buffers.pt`` (``{name: (n, ...)}``) if given, the plot (titled ``title``,
+        default the summary's label) and the timeline's; close the TensorBoard events."""
         if self.path is None:
             return
         if self.board is not None:
@@ -171,13 +178,14 @@ class RunFolder:
             torch.save(value, tmp)
             os.replace(tmp, self.path / name)
         write_json(self.path / "summary.json", {k: _jsonable(v) for k, v in summary.items()})
+        title = summary.get("label", "") if title is None else title
         if plot and self.records:
             from nettrain.report.plots import plot_run
 
-            plot_run(self.records, self.path / "plot.png", title=summary.get("label", ""))
+            plot_run(self.records, self.path / "plot.png", title=title)
         if plot and (self.path / timeline.FILE).is_file():
             events = timeline.read_timeline(self.path)
-            timeline.plot_timeline(events, self.path / timeline.PLOT, summary.get("label", ""))
+            timeline.plot_timeline(events, self.path / timeline.PLOT, title)
 
     def close(self) -> None:
         """Close what is open (the TensorBoard events) when a run stops before

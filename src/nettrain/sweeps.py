@@ -195,12 +195,13 @@ def plan_sweep(
 
 class SweepResult(NamedTuple):
     """What a sweep reports: ``rows``, one per run (the varied keys, then its summary),
-    ``aggregate``, one per group of runs (empty for a plain comparison), and ``by``,
-    the keys the runs are grouped by."""
+    ``aggregate``, one per group of runs (empty for a plain comparison), ``by``, the
+    keys the runs are grouped by, and the ``configs`` of the runs, by run name."""
 
     rows: list[dict[str, Any]]
     aggregate: list[dict[str, Any]]
     by: tuple[str, ...]
+    configs: dict[str, RunConfig]
 
 
 def sweep(
@@ -241,7 +242,7 @@ def sweep(
         what="finished runs of another config",
     )
     if os.environ.get("RANK", "0") != "0":  # a rank of `torchrun ... compare`: rank 0 reports
-        return SweepResult([], [], plan.group_keys)
+        return SweepResult([], [], plan.group_keys, plan.configs)
     summaries = {
         name: json.loads((out / name / "summary.json").read_text()) for name in plan.configs
     }
@@ -258,7 +259,7 @@ def write_sweep(
     first = next(iter(plan.configs.values()))
     if not plan.is_sweep:
         write_comparison(first, list(summaries.values()), curves, out)
-        return SweepResult(list(summaries.values()), [], plan.group_keys)
+        return SweepResult(list(summaries.values()), [], plan.group_keys, plan.configs)
     rows = [
         {k: plain(v) for k, v in plan.values[name].items()} | summaries[name]
         for name in plan.configs
@@ -269,4 +270,4 @@ def write_sweep(
     groups = {label: [curves[n] for n in names] for label, names in plan.groups().items()}
     title = f"{first.dataset}, {first.agents} agents ({first.partition}): mean ± std over seeds"
     plot_bands(groups, out / "compare.png", title=title)
-    return SweepResult(rows, table, plan.group_keys)
+    return SweepResult(rows, table, plan.group_keys, plan.configs)

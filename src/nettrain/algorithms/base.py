@@ -78,6 +78,9 @@ class Method(ABC, Generic[S]):
     # (block_async, hogwild: ``shared_step`` uses ``write_shared`` only); a method on
     # engine=shared_memory without it synchronises its workers through ``mean_shared``
     shared_writes: ClassVar[bool] = False
+    # exchanges along the communication graph (``topology``, ``weights``, ``schedule``);
+    # all-reduce, centre and shared-model methods do not (reports leave those keys out)
+    uses_graph: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -200,6 +203,7 @@ class CentreRule(ABC):
     """
 
     uses_centre: ClassVar[bool] = True
+    uses_graph: ClassVar[bool] = False
     centre_rows: ClassVar[int] = 1
     servers: int  # S, the servers the centre is sharded over
 

@@ -71,6 +71,7 @@ class AllReduceSGD(LocalStep, SharedDataParallel, Algorithm[SGDRunState]):
     its workers share one model (:class:`~nettrain.algorithms.shared.SharedDataParallel`).
     """
 
+    uses_graph = False  # an all-reduce, not the graph
     compressor: Compressor | None = None  # of the gradients averaged
     error_feedback: bool = True  # with a compressor: carry what it drops
     name = "allreduce"
@@ -95,6 +96,7 @@ class LocalSGD(LocalStep, Algorithm[SGDRunState]):
     Converges Fast and Communicates Little"). ``tau = 1`` is model averaging every step.
     """
 
+    uses_graph = False  # an all-reduce, not the graph
     tau: int = 4
     compressor: Compressor | None = None  # of the models averaged
     name = "local_sgd"

@@ -99,6 +99,7 @@ class BlockAsyncSGD(LocalStep, Algorithm[BlockAsyncState]):
     max_delay: int = 1
     seed: int = 0
     name = "block_async"
+    uses_graph = False  # one shared model
     partitioned: ClassVar[bool] = True
     engines = frozenset({"sim", "shared_memory"})
     engines_note = (

@@ -244,6 +244,7 @@ class TreeEASGD(LocalStep, Algorithm[TreeState]):
     tau: int = 1
     tree_periods: tuple[int, ...] = ()  # per level, leaves first
     name = "tree_easgd"
+    uses_graph = False  # its own tree (branching), not the topology
     stability_hint = "Lower the learning rate (lr=) or the moving rate (alpha=)"
     engines = frozenset({"sim"})
     engines_note = "runs in engine=sim only (the tree's inner nodes live in one process)"
