@@ -64,7 +64,7 @@ def test_resumed_run_equals_the_uninterrupted_one(case: str, tmp_path: Path) -> 
     final = torch.load(tmp_path / "cut" / "final.pt", weights_only=True)
     assert torch.equal(final, whole.x)
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["round"] for line in lines] == [10, 20, 30, 40]
+    assert [json.loads(line)["round"] for line in lines] == [0, 10, 20, 30, 40]
     assert without_wall_time(resumed.records) == without_wall_time(whole.records)
 
 
@@ -117,6 +117,6 @@ def test_checkpoints_are_written_atomically_and_load_without_code(tmp_path: Path
     run(load_config(SMALL | {"rounds": 20}), tmp_path)
     assert not list(tmp_path.glob("*.tmp"))
     saved = torch.load(tmp_path / FILENAME, weights_only=True)  # plain data only
-    assert saved["round"] == 20 and saved["records"] == 2
+    assert saved["round"] == 20 and saved["records"] == 3  # rounds 0, 10 and 20
     assert math.isclose(saved["clock"], json.loads((tmp_path / "summary.json").read_text())[
         "virtual_time_s"])  # fmt: skip

@@ -34,8 +34,8 @@ def test_run_writes_a_complete_run_folder(tmp_path: Path, capsys) -> None:
     assert summary["peak_memory_mb"] > 0
     assert summary["allocator"] in ("retain", "system")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == [10, 20]
-    assert records[-1]["bytes_total"] > records[0]["bytes_total"] > 0
+    assert [r["round"] for r in records] == [0, 10, 20]
+    assert records[-1]["bytes_total"] > records[1]["bytes_total"] > records[0]["bytes_total"] == 0
     assert "tracking_error" in records[-1]
     x = torch.load(out / "final.pt", weights_only=True)
     assert x.shape == (4, summary["params"])

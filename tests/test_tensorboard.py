@@ -45,7 +45,7 @@ def test_event_files_hold_every_record(tmp_path: Path) -> None:
     run(SMALL, out)
     events = read_events(out)
     records = read_records(out)
-    assert [r["round"] for r in records] == [5, 10]
+    assert [r["round"] for r in records] == [0, 5, 10]
     assert list(out.glob("events.out.tfevents.*")), "no event file beside metrics.jsonl"
     tags = events.Tags()
     expected = set().union(*(scalars(r) for r in records))
@@ -78,7 +78,7 @@ def test_a_resumed_run_appends_and_replaces_what_followed_the_checkpoint(
     resume(out, {"rounds": 8})
     events = read_events(out)
     records = read_records(out)
-    assert [r["round"] for r in records] == [2, 4, 6, 8]
+    assert [r["round"] for r in records] == [0, 2, 4, 6, 8]
     assert len(list(out.glob("events.out.tfevents.*"))) == 2
     written = [(e.step, e.value) for e in events.Scalars("test_accuracy")]
     assert written == [(r["round"], float32(r["test_accuracy"])) for r in records]  # 6 once

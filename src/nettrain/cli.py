@@ -213,6 +213,11 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         return 0
     console.print(summary_table(result.rows, title=title))
     console.print(f"table: {out / 'summary.csv'}   plot: {out / 'compare.png'}")
+    timelines = [out / name / "timeline.png" for name in result.configs]
+    drawn = [str(path) for path in timelines if path.is_file()]
+    if drawn:
+        console.print(f"timelines: {', '.join(drawn)}")
+    console.print(f"one page of every run: nettrain report {out}")
     return 0
 
 

@@ -13,8 +13,11 @@ from nettrain.problem.oracle import Problem
 
 
 def consensus_distance(x: torch.Tensor) -> float:
-    """``(1/n) sum_i ||x_i - mean x||^2`` for ``x: (n, d)``."""
-    return float((x - x.mean(0)).square().sum(1).mean())
+    """``(1/n) sum_i ||x_i - mean x||^2`` for ``x: (n, d)``, computed about the first
+    row (the same value), so that equal rows give exactly 0, not rounding error."""
+    y = x - x[0]
+    y -= y.mean(0)
+    return float(y.square_().sum(1).mean())
 
 
 def evaluated_agents(n: int, limit: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -48,7 +48,7 @@ from nettrain.problem.losses import LOSSES, Regularizer, get_loss, per_sample
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder, config_json, read_config, summarize
-from nettrain.report.plots import plot_runs
+from nettrain.report.plots import HEADLINE, X_AXES, plot_runs
 from nettrain.report.tables import write_csv
 from nettrain.reporting import describe_runs
 from nettrain.result import Result
@@ -499,4 +499,6 @@ def write_comparison(
     configs = {name: read_config(out / name) for name in curves}
     about = describe_runs({name: c for name, c in configs.items() if c is not None})
     title = about.title() or f"{cfg.dataset}, {cfg.agents} agents ({cfg.partition})"
-    plot_runs(curves, out / "compare.png", title, labels=about.labels(curves))
+    x = [axis for axis in X_AXES if axis[0] != "samples"]
+    labels = about.labels(curves)
+    plot_runs(curves, out / "compare.png", title, labels=labels, x=x, metrics=HEADLINE)

@@ -58,7 +58,7 @@ def test_block_async_reaches_the_optimum_and_updates_every_block() -> None:
     result = SharedMemoryEngine(processes=P).run(job, RunFolder(None))
     torch.testing.assert_close(result.x[0], optimum, rtol=0, atol=1e-6)
     records = result.records
-    assert [r["round"] for r in records] == [100, 200, 300, 400]
+    assert [r["round"] for r in records] == [0, 100, 200, 300, 400]
     last = records[-1]
     assert last["samples"] == rounds * P * N  # full batches: every step reads all N
     assert last["epoch"] == rounds * P
@@ -184,7 +184,7 @@ def test_the_command_line_writes_a_run_folder(tmp_path: Path, monkeypatch) -> No
     items += ["model=linear", "rounds=20", "eval_every=10", "batch_size=8", "progress=false"]
     assert main(["run", *items, "--out", str(tmp_path)]) == 0
     records = read_records(tmp_path)
-    assert [r["round"] for r in records] == [10, 20]
+    assert [r["round"] for r in records] == [0, 10, 20]
     assert records[-1]["samples"] == 20 * 2 * 8
     assert len(records[-1]["updates_per_block"]) == 3
     x = torch.load(tmp_path / "final.pt", weights_only=True)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nettrain.report import timeline
 from nettrain.report.plots import X_AXES, plot_runs, x_axes
-from nettrain.report.tables import COLUMNS
-from nettrain.report.tables import _fmt as fmt_value
+from nettrain.report.tables import COLUMNS, fmt_value
 from nettrain.report.titles import fmt
 
 PROVENANCE = "provenance"  # config.json's versions and command line: not a setting
@@ -59,7 +59,20 @@ class Run:
 # timeline.jsonl). Each is tried on every run; a figure it returns is shown under the run
 # with its title. Add one with ``FIGURE_MAKERS.append(("timeline", make_timeline))``.
 FigureMaker = Callable[[Run, Path], Path | None]
-FIGURE_MAKERS: list[tuple[str, FigureMaker]] = []
+
+
+def timeline_figure(run: Run, out: Path) -> Path | None:
+    """The run's timeline of computing, sending and waiting: its ``timeline.png``, drawn
+    again from ``timeline.jsonl`` where it is missing; None for a run without one."""
+    if not (run.folder / timeline.FILE).is_file():
+        return None
+    if (run.folder / timeline.PLOT).is_file():
+        return run.folder / timeline.PLOT
+    events = timeline.read_timeline(run.folder)
+    return timeline.plot_timeline(events, out / timeline.PLOT, title=run.name)
+
+
+FIGURE_MAKERS: list[tuple[str, FigureMaker]] = [("timeline", timeline_figure)]
 
 
 def groups(runs: Sequence[Run]) -> dict[str, list[Run]]:

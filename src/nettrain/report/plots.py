@@ -44,6 +44,15 @@ X_AXES = (
     ("bytes_total", "bytes sent (all agents)"),
     ("virtual_time_s", "virtual time (s)"),
 )
+# what a comparison's figure draws against rounds, bytes and virtual time
+HEADLINE = (
+    "test_accuracy",
+    "centre_test_accuracy",
+    "agent_test_accuracy_min",
+    "test_loss",
+    "train_loss",
+    "consensus_distance",
+)
 # x axes drawn on a log scale where their values span a decade or more
 LOG_X = frozenset({"bytes_total"})
 # counters of a run's progress: x axes, not metrics drawn against them
@@ -71,6 +80,8 @@ LABELS = {
     "round_wall_time_s": "wall-clock time of a round (s)",
     "samples_per_s": "samples per second",
 }
+# shares in [0, 1], read on a linear axis whatever their span
+LINEAR = frozenset({key for key in LABELS if "accuracy" in key} | {"sparsity"})
 BYTES = frozenset({"bytes_total", "bytes_max_agent"})
 COUNTS = frozenset({"samples", "messages_total", "messages_max_agent"})  # 7 k, 1.2 M
 LOG_DECADES = 1.0  # a panel whose positive values span this many decades is drawn on log
@@ -161,7 +172,7 @@ def choose_panels(
             values = [v for name in group for v in series[name]]
             label = (labels or LABELS).get(key, key.replace("_", " "))
             part = ", ".join(group) if len(groups) > 1 else ""
-            scale = spans_decades(values) if log is None else log
+            scale = spans_decades(values) and key not in LINEAR if log is None else log
             panels.append(Panel(key, label, scale, group, part))
     return panels
 
@@ -361,8 +372,9 @@ def plot_runs(
 
 
 def plot_run(records: Sequence[Record], path: str | Path, title: str = "") -> Path:
-    """The plot of one run (see :func:`plot_runs`)."""
-    return plot_runs({"run": records}, path, title)
+    """The plot of one run: every metric against rounds (see :func:`plot_runs`; the
+    report draws them against samples, bytes and virtual time too)."""
+    return plot_runs({"run": records}, path, title, x=X_AXES[:1])
 
 
 def plot_metrics(

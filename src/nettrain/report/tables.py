@@ -28,7 +28,7 @@ METRICS = tuple(key for key, _ in COLUMNS if key != "algorithm")  # what aggrega
 SPREAD = ("test_accuracy", "centre_test_accuracy", "agent_test_accuracy_min", "test_loss")
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -44,7 +44,7 @@ def summary_table(summaries: Sequence[dict[str, Any]], title: str = "") -> Table
     for i, (_, header) in enumerate(keys):
         table.add_column(header, justify="left" if i == 0 else "right")
     for s in summaries:
-        table.add_row(*(_fmt(s.get(k)) for k, _ in keys))
+        table.add_row(*(fmt_value(s.get(k)) for k, _ in keys))
     return table
 
 
@@ -57,7 +57,7 @@ def rows_table(
     for i, column in enumerate(columns):
         table.add_column(column, justify="left" if i < left else "right")
     for row in rows:
-        table.add_row(*(_fmt(row.get(c)) for c in columns))
+        table.add_row(*(fmt_value(row.get(c)) for c in columns))
     return table
 
 
@@ -110,9 +110,10 @@ def aggregate_table(
     for i, header in enumerate([*by, "runs", *(h for _, h in metrics)]):
         table.add_column(header, justify="left" if i < len(by) else "right")
     for row in rows:
-        cells = [_fmt(row.get(k)) for k in [*by, "runs"]]
+        cells = [fmt_value(row.get(k)) for k in [*by, "runs"]]
         for key, _ in metrics:
             mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
-            cells.append(_fmt(mean) if std is None else f"{_fmt(mean)} ± {_fmt(std)}")
+            spread = "" if std is None else f" ± {fmt_value(std)}"
+            cells.append(fmt_value(mean) + spread)
         table.add_row(*cells)
     return table

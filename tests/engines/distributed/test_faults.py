@@ -48,6 +48,7 @@ TIMEOUT_S = 10
 ROUNDS = 40
 WORKER = Path(__file__).with_name("fault_worker.py")
 COMMON = [f"agents={N}", "hidden=8", "batch_size=8", "progress=false", f"timeout_s={TIMEOUT_S}"]
+COMMON += ["eval_every=25"]
 ABORT = "terminate called"  # gloo's or TensorPipe's abort at exit
 
 
@@ -99,9 +100,9 @@ def records_of(out: Path) -> list[dict[str, Any]]:
 
 
 def record_of(out: Path) -> dict[str, Any]:
-    """The last record (``eval_every`` is 25: an intermediate record at round 25)."""
+    """The last record (``eval_every`` is 25: records at rounds 0 and 25 before it)."""
     records = records_of(out)
-    assert [r["round"] for r in records] == [25, ROUNDS]
+    assert [r["round"] for r in records] == [0, 25, ROUNDS]
     return records[-1]
 
 
@@ -153,7 +154,8 @@ def outlive(tmp_path: Path, world: int, *items: str) -> tuple[dict[str, Any], Pa
     )
     assert not any(ABORT in t for t in text.values()), text
     assert elapsed < TIMEOUT_S + 20, elapsed
-    first, record = records_of(out)  # round 25: rank 2 is dead by then
+    start, first, record = records_of(out)  # round 25: rank 2 is dead by then
+    assert start["round"] == 0 and "crashed_ranks" not in start
     assert first["crashed_ranks"] == record["crashed_ranks"] == [2]
     assert first["round"] == 25 and record["round"] == ROUNDS
     return record, out
