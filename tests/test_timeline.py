@@ -170,3 +170,15 @@ def test_timeline_off_records_nothing() -> None:
     job = build_job(load_config(TINY | {"agents": 4}))
     assert job.timeline_rounds == 0
     assert SimRounds(job, None).timeline is None
+
+
+def test_the_report_shows_the_timeline_of_a_run_that_has_one(tmp_path: Path) -> None:
+    """``nettrain report`` draws the timeline of the run that recorded one, only it."""
+    out = tmp_path / "cmp"
+    items = ["dataset=digits", "agents=4", "rounds=4", "progress=false", "tensorboard=false"]
+    compare = ["compare", *items, "--algorithms", "dpsgd,allreduce", "dpsgd.timeline=true"]
+    assert main([*compare, "--out", str(out)]) == 0
+    (out / "dpsgd" / "timeline.png").unlink()  # drawn again from timeline.jsonl
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "dpsgd: timeline" in page and "allreduce: timeline" not in page

@@ -202,7 +202,8 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     )
     if not result.rows:
         return 0  # another rank of a compare under torchrun: rank 0 reports for everyone
-    title = describe_runs({name: cfg.to_dict() for name, cfg in result.configs.items()}).title()
+    about = describe_runs({name: cfg.to_dict() for name, cfg in result.configs.items()})
+    title = about.title(width=10**4)  # one line: the terminal wraps it
     if result.aggregate:
         console.print(aggregate_table(result.aggregate, result.by, title=f"{title}, mean ± std"))
         console.print(f"runs: {out}/ALGORITHM/KEY=VALUE,...")

@@ -45,6 +45,7 @@ from nettrain.errors import ConfigError
 from nettrain.experiment import as_config, comparison_configs, write_comparison
 from nettrain.report.plots import plot_bands
 from nettrain.report.tables import METRICS, aggregate, write_csv
+from nettrain.reporting import describe_runs
 from nettrain.reproduce.runner import Records, run_all
 
 # Keys whose one value is itself a comma list (a tuple of ints, or a spec of items):
@@ -268,6 +269,6 @@ def write_sweep(
     table = aggregate(rows, plan.group_keys, METRICS)
     write_csv(table, out / "aggregate.csv")
     groups = {label: [curves[n] for n in names] for label, names in plan.groups().items()}
-    title = f"{first.dataset}, {first.agents} agents ({first.partition}): mean ± std over seeds"
-    plot_bands(groups, out / "compare.png", title=title)
+    about = describe_runs({name: cfg.to_dict() for name, cfg in plan.configs.items()})
+    plot_bands(groups, out / "compare.png", title=about.title(prefix="mean ± std over seeds"))
     return SweepResult(rows, table, plan.group_keys, plan.configs)

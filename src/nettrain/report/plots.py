@@ -37,6 +37,8 @@ from matplotlib.ticker import (
 
 Record = Mapping[str, Any]
 Runs = Mapping[str, Sequence[Record]]
+# a run's band about its line, by key: (round, low, high) at each round
+Bands = Mapping[str, Mapping[str, Sequence[tuple[float, float, float]]]]
 
 X_AXES = (
     ("round", "round"),
@@ -217,9 +219,15 @@ def _points(records: Sequence[Record], xkey: str, ykey: str) -> list[tuple[float
 
 
 def _draw_cell(
-    ax: Axes, panel: Panel, x: tuple[str, str], runs: Runs, colors: Mapping[str, Any]
+    ax: Axes,
+    panel: Panel,
+    x: tuple[str, str],
+    runs: Runs,
+    colors: Mapping[str, Any],
+    bands: Bands | None = None,
 ) -> None:
-    """``panel``'s metric against ``x``: one line per run, the axes scaled and labelled."""
+    """``panel``'s metric against ``x``: one line per run (in its band against rounds,
+    where ``bands`` has one), the axes scaled and labelled."""
     xkey, xlabel = x
     curves = {name: _points(runs[name], xkey, panel.key) for name in panel.runs}
     xs_all = [px for points in curves.values() for px, _ in points]
@@ -232,6 +240,10 @@ def _draw_cell(
             xs, ys = zip(*kept, strict=True)
             marker = "o" if len(kept) < 12 else None
             ax.plot(xs, ys, color=colors[name], marker=marker, markersize=3, linewidth=1.4)
+        band = (bands or {}).get(name, {}).get(panel.key) if xkey == "round" else None
+        if band:
+            ts, lows, highs = zip(*band, strict=True)
+            ax.fill_between(ts, lows, highs, color=colors[name], alpha=0.2, linewidth=0)
     if log_x:
         ax.set_xscale("log")
         _log_ticks(ax.xaxis, xs_all, _unit(xkey))
@@ -314,9 +326,11 @@ def draw_panels(
     title: str = "",
     columns: int = 3,
     labels: Mapping[str, str] | None = None,
+    bands: Bands | None = None,
 ) -> Path:
     """Save a figure of ``cells`` (a panel against an x axis each), ``columns`` to a row,
-    the runs' legend (``labels[name]``, default the name) below them."""
+    the runs' legend (``labels[name]``, default the name) below them; a run's line
+    against rounds stands in its band where ``bands`` has one."""
     columns = max(1, min(columns, len(cells)))
     rows = max(1, math.ceil(len(cells) / columns))
     names = [(labels or {}).get(n, n) for n in runs]
@@ -328,7 +342,7 @@ def draw_panels(
     axes = list(fig.subplots(rows, columns, squeeze=False, gridspec_kw=layout.grid()).flat)
     colors = _colors(list(runs))
     for ax, (panel, x) in zip(axes, cells, strict=False):
-        _draw_cell(ax, panel, x, runs, colors)
+        _draw_cell(ax, panel, x, runs, colors, bands)
     for ax in axes[len(cells) :]:
         ax.set_visible(False)
     if not cells:
@@ -398,53 +412,57 @@ def plot_metrics(
     return draw_panels(runs, cells, path, title, columns=3)
 
 
+def seed_mean(
+    runs: Sequence[Sequence[Record]], log: Mapping[str, bool]
+) -> tuple[list[Record], dict[str, list[tuple[float, float, float]]]]:
+    """The mean of ``runs`` (one per seed) at every round they all recorded, for each
+    key of ``log``, and its band of ± one sample standard deviation over the runs (none
+    for one run): arithmetic, or for a key drawn on a log axis (``log[key]``) geometric,
+    the mean and spread of ``log10`` of its positive values."""
+    if not runs:
+        return [], {}
+    at = [{r["round"]: r for r in records} for records in runs]
+    rounds = sorted(set.intersection(*(set(a) for a in at)))
+    means: list[Record] = []
+    band: dict[str, list[tuple[float, float, float]]] = {}
+    for t in rounds:
+        mean: dict[str, Any] = {"round": t}
+        for key, on_log in log.items():
+            values = [float(a[t][key]) for a in at if _number(a[t].get(key))]
+            values = [v for v in values if v > 0] if on_log else values
+            if not values:
+                continue
+            ys = [math.log10(v) for v in values] if on_log else values
+            centre = statistics.fmean(ys)
+            spread = statistics.stdev(ys) if len(ys) > 1 else 0.0
+            low, mid, high = (centre - spread, centre, centre + spread)
+            if on_log:
+                low, mid, high = 10**low, 10**mid, 10**high
+            mean[key] = mid
+            band.setdefault(key, []).append((t, low, high))
+        means.append(mean)
+    return means, band
+
+
 def plot_bands(
-    groups: Mapping[str, Sequence[Sequence[dict[str, Any]]]],
+    groups: Mapping[str, Sequence[Sequence[Record]]],
     path: str | Path,
     title: str = "",
+    metrics: Sequence[str] = HEADLINE,
 ) -> Path:
-    """Runs over seeds: one line per group, the mean over its runs of the test metric
-    (left) and the consensus distance (right) at each round, in a band of ± one sample
-    standard deviation (none for one run). Only the rounds every run of a group
-    recorded are drawn."""
-    import numpy as np
-
-    first = next((runs[0] for runs in groups.values() if runs and runs[0]), [])
-    accuracy = bool(first) and first[0].get("test_accuracy") is not None
-    panels = (
-        (
-            "test_accuracy" if accuracy else "test_loss",
-            "test accuracy" if accuracy else "test loss",
-            False,
-        ),
-        ("consensus_distance", "consensus distance", True),
-    )
-    fig = Figure(figsize=(11, 4.2), constrained_layout=True)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    palette = colormaps["tab20" if len(groups) > 10 else "tab10"].colors
-    for ax, (key, label, log) in zip(axes, panels, strict=True):
-        for k, (name, runs) in enumerate(groups.items()):
-            series = [{r["round"]: r[key] for r in rs if r.get(key) is not None} for rs in runs]
-            rounds = sorted(set.intersection(*(set(s) for s in series))) if series else []
-            if not rounds:
-                continue
-            values = np.array([[s[t] for t in rounds] for s in series], dtype=float)
-            mean = values.mean(axis=0)
-            std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
-            low, high = mean - std, mean + std
-            if log:
-                mean, low, high = (np.maximum(v, 1e-30) for v in (mean, low, high))
-            color = palette[k % len(palette)]
-            ax.plot(rounds, mean, label=f"{name} ({len(values)})", color=color)
-            ax.fill_between(rounds, low, high, color=color, alpha=0.2, linewidth=0)
-        ax.set_xlabel("round")
-        ax.set_ylabel(label)
-        if log:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small", title="group (runs)")
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    """Runs over seeds: one line per group, the mean over its runs (:func:`seed_mean`)
+    of each of ``metrics`` at each round, in a band of ± one standard deviation; the
+    legend says each group's number of runs."""
+    every = {f"{name} {k}": runs[k] for name, runs in groups.items() for k in range(len(runs))}
+    log = {panel.key: panel.log for panel in choose_panels(every, metrics)}
+    means: dict[str, Sequence[Record]] = {}
+    bands: dict[str, Mapping[str, Sequence[tuple[float, float, float]]]] = {}
+    for name, runs in groups.items():
+        means[name], bands[name] = seed_mean(runs, log)
+    cells = [
+        (panel, X_AXES[0])
+        for key in metrics
+        for panel in choose_panels(means, [key], log=log.get(key))
+    ]
+    labels = {name: f"{name} ({len(runs)} runs)" for name, runs in groups.items()}
+    return draw_panels(means, cells, path, title, 3, labels, bands)
