@@ -19,13 +19,17 @@ from nettrain.algorithms import (
     TreeEASGD,
 )
 from nettrain.config import load_config
+from nettrain.data import Dataset
 from nettrain.engines.base import Job
 from nettrain.engines.centre import CentreShard, shard_rows
 from nettrain.engines.sim.clock import CostModel
+from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.engines.sim.events import run_events
 from nettrain.engines.sim.servers import SimServers
 from nettrain.errors import ConfigError
+from nettrain.problem.losses import Regularizer, get_loss
+from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder
 from nettrain.topology import build_topology
 
@@ -271,3 +275,80 @@ def test_bad_settings_are_refused_with_the_fix(overrides, message) -> None:
 
     with pytest.raises(ConfigError, match=message):
         build_job(load_config(overrides))
+
+
+def identity_quadratics(targets: torch.Tensor) -> tuple[Problem, list[torch.Tensor]]:
+    """A problem whose agent ``i`` has ``f_i(x) = ||x - a_i||^2 / 2`` exactly, for the rows
+    ``a_i`` of ``targets: (n, d)``, and its shards.
+
+    A linear model without bias ``x -> <p, x>`` and the squared loss; agent ``i`` holds the
+    ``d`` samples ``(sqrt(d) e_k, sqrt(d) a_ik)``, so its mean loss is
+    ``(1/d) sum_k (sqrt(d) p_k - sqrt(d) a_ik)^2 / 2 = ||p - a_i||^2 / 2`` and its
+    gradient ``p - a_i``: known by hand, whatever nettrain computes."""
+    n, d = targets.shape
+    scale = d**0.5
+    features = (scale * torch.eye(d, dtype=torch.float64)).repeat(n, 1)  # (n d, d)
+    data = Dataset(
+        "quadratics",
+        features,
+        scale * targets.reshape(-1),
+        features,
+        scale * targets.reshape(-1),
+        n_classes=0,
+    )
+    model = torch.nn.Linear(d, 1, bias=False).double()
+    problem = Problem(model, get_loss("squared"), Regularizer(), data)
+    return problem, [torch.arange(i * d, (i + 1) * d) for i in range(n)]
+
+
+def test_synchronous_easgd_step_from_distinct_workers_and_centre() -> None:
+    """One exchange round from four different workers, a centre elsewhere and different
+    data per worker (``f_i = ||x - a_i||^2 / 2``, gradient ``x_i - a_i``), against the
+    module docstring's rule written out here::
+
+        x_i <- x_i - lr (x_i - a_i) - alpha (x_i - x~)
+        x~  <- x~ + alpha sum_i (x_i - x~)
+
+    The engine's own step test starts every worker at the centre, where the elastic
+    terms vanish; here every term is non-zero, so a wrong pull (``alpha / 2``), a wrong
+    gradient or a centre update read after the local step fails."""
+    n, d, lr, alpha = N, 3, 0.1, 0.15
+    targets = random_rows(n, d, 10)
+    problem, shards = identity_quadratics(targets)
+    algo = EASGD(lr=lr, alpha=alpha, tau=1, servers=2)
+    x0, centre = random_rows(n, d, 11), random_rows(1, d, 12)[0]
+    servers = SimServers(centre, algo, n, CHEAP)
+    comm = SimCommunicator(
+        build_topology("complete", n), torch.device("cpu"), torch.float64, servers
+    )
+    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    state = algo.init(x0.clone(), oracle, comm)
+    state, loss = algo.step(state, 0, oracle, comm)
+    expected_x = x0 - lr * (x0 - targets) - alpha * (x0 - centre)
+    expected_centre = centre + alpha * (x0 - centre).sum(0)
+    torch.testing.assert_close(state.x, expected_x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(servers.centre(), expected_centre, rtol=0, atol=1e-12)
+    torch.testing.assert_close(loss, 0.5 * (x0 - targets).square().sum(1), rtol=0, atol=1e-12)
+    assert state.exchanges.tolist() == [1] * n
+
+
+def test_synchronous_easgd_reaches_the_elastic_fixed_point_of_different_quadratics() -> None:
+    """``f_i = ||x - a_i||^2 / 2`` with different ``a_i``: a fixed point of the rule
+    ``x_i <- x_i - lr (x_i - a_i) - alpha (x_i - x~)``, ``x~ <- x~ + alpha sum_i (x_i - x~)``
+    has ``sum_i (x_i - x~) = 0`` (the centre is the workers' mean) and
+    ``lr (x_i - a_i) = -alpha (x_i - x~)``; averaging the latter gives ``x~ = mean a``, so
+    ``x_i = (a_i + rho x~) / (1 + rho)`` with ``rho = alpha / lr``: the workers stop part
+    way between their own optimum and the centre. A pull of ``alpha / 2`` on the workers
+    stops them elsewhere (``rho / 2``)."""
+    n, d, lr, alpha = N, 3, 0.1, 0.15
+    targets = random_rows(n, d, 13)
+    problem, shards = identity_quadratics(targets)
+    topo = build_topology("complete", n)
+    j = sim_job(problem, shards, topo, EASGD(lr=lr, alpha=alpha, tau=1), rounds=500)
+    result = SimEngine().run(j, RunFolder(None))
+    rho = alpha / lr
+    centre = targets.mean(0)
+    workers = (targets + rho * centre) / (1 + rho)
+    torch.testing.assert_close(result.centre, centre, rtol=0, atol=1e-10)
+    torch.testing.assert_close(result.x, workers, rtol=0, atol=1e-10)
+    assert (workers - centre).norm(dim=1).min() > 0.1  # heterogeneous: not at consensus
