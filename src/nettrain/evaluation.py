@@ -73,14 +73,12 @@ def social_metrics(
     """
     n = len(shards)
     idx = torch.cat(list(shards)).to(x.device)
-    weights = torch.cat(
-        [torch.full((len(s),), 1.0 / (n * len(s)), device=x.device) for s in shards]
+    weights = torch.cat(  # in x's dtype: float32 weights would cap a float64 objective
+        [torch.full((len(s),), 1.0 / (n * len(s)), device=x.device, dtype=x.dtype) for s in shards]
     )
     data = problem.data
     w = x.mean(0)
-    g, loss = grad_and_value(problem.batch_loss)(
-        w, data.x_train[idx], data.y_train[idx], weights.to(dtype=x.dtype)
-    )
+    g, loss = grad_and_value(problem.batch_loss)(w, data.x_train[idx], data.y_train[idx], weights)
     reg = problem.regularizer
     mapping = w - reg.prox(w - g, 1.0)
     return {
