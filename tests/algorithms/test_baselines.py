@@ -12,10 +12,13 @@ from helpers import (
     regression_data,
     sim_job,
 )
-from nettrain.algorithms.baselines import GradientTracking, TrackingState
+from nettrain.algorithms.baselines import DPSGD, GradientTracking, TrackingState
 from nettrain.config import build_algorithm, load_config
+from nettrain.data import Dataset
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.engine import SimEngine
+from nettrain.problem.losses import Regularizer, get_loss
+from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder
 from nettrain.topology import build_topology
 
@@ -83,3 +86,111 @@ def test_gradient_tracking_invariant_every_round(schedule: str) -> None:
         torch.testing.assert_close(state.y.sum(0), state.g.sum(0), rtol=0, atol=1e-12)
         assert algo.diagnostics(state)["tracking_error"] < 1e-12
     assert not torch.allclose(state.y[0], state.y[1])  # the trackers are genuinely local
+
+
+def per_agent_least_squares(
+    n: int, k: int, d: int
+) -> tuple[Problem, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Agent ``i`` holds ``k`` samples ``(A_i, b_i)`` of its own; a linear model without
+    bias and the squared loss give ``f_i(x) = ||A_i x - b_i||^2 / (2k)``, whose gradient
+    ``A_i^T (A_i x - b_i) / k`` the reference below computes by hand. Returns the problem,
+    the shards and every agent's ``A_i`` and ``b_i``."""
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(n * k, d, generator=gen, dtype=torch.float64)
+    b = torch.randn(n * k, generator=gen, dtype=torch.float64) + torch.arange(n * k) // k
+    data = Dataset("per_agent", a, b, a, b, n_classes=0)
+    problem = Problem(
+        torch.nn.Linear(d, 1, bias=False).double(), get_loss("squared"), Regularizer(), data
+    )
+    shards = [torch.arange(i * k, (i + 1) * k) for i in range(n)]
+    return problem, shards, [a[s] for s in shards], [b[s] for s in shards]
+
+
+def hand_gradient(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return a.T @ (a @ x - b) / len(b)
+
+
+class MomentumBuffer:
+    """``torch.optim.SGD``'s momentum for one agent: ``buf = g`` at the first step, then
+    ``buf = momentum buf + g``; the direction is ``buf``, or ``g + momentum buf`` with
+    Nesterov."""
+
+    def __init__(self, momentum: float, nesterov: bool) -> None:
+        self.momentum, self.nesterov, self.buf = momentum, nesterov, None
+
+    def direction(self, g: torch.Tensor) -> torch.Tensor:
+        self.buf = g.clone() if self.buf is None else self.momentum * self.buf + g
+        return g + self.momentum * self.buf if self.nesterov else self.buf
+
+
+MOMENTA = [pytest.param(0.9, False, id="heavy_ball"), pytest.param(0.8, True, id="nesterov")]
+STEPS = 6
+
+
+def run_steps(algo, x0: torch.Tensor, problem: Problem, shards, topology) -> torch.Tensor:
+    """``STEPS`` rounds of ``algo`` from the rows ``x0`` (every agent its own start)."""
+    comm = SimCommunicator(topology, torch.device("cpu"), torch.float64)
+    oracle = problem.oracle(shards, range(len(shards)), batch_size=0, seed=0)
+    state = algo.init(x0.clone(), oracle, comm)
+    for t in range(STEPS):
+        state, _ = algo.step(state, t, oracle, comm)
+    return state.x
+
+
+@pytest.mark.parametrize(("momentum", "nesterov"), MOMENTA)
+def test_dpsgd_with_momentum_is_the_per_agent_reference(momentum: float, nesterov: bool) -> None:
+    """D-PSGD with momentum against a loop over agents written from its docstring: each
+    agent's gradient at its own pre-mixing point, its own momentum buffer, then
+    ``x_i <- sum_j W_ij x_j - lr d_i``. Agents start apart on different data, on a ring,
+    so a wrong order (mixing before the gradient), a shared buffer or a wrong momentum
+    recursion fails."""
+    n, lr = 4, 0.05
+    problem, shards, a, b = per_agent_least_squares(n, 3, 2)
+    topology = build_topology("ring", n)
+    x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    got = run_steps(
+        DPSGD(lr=lr, momentum=momentum, nesterov=nesterov), x0, problem, shards, topology
+    )
+    W = topology.weights(0).to(torch.float64)
+    bufs = [MomentumBuffer(momentum, nesterov) for _ in range(n)]
+    x = [row.clone() for row in x0]
+    for _ in range(STEPS):
+        d = [bufs[i].direction(hand_gradient(a[i], b[i], x[i])) for i in range(n)]
+        x = [sum(W[i, j] * x[j] for j in range(n)) - lr * d[i] for i in range(n)]
+    torch.testing.assert_close(got, torch.stack(x), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(("momentum", "nesterov"), MOMENTA)
+def test_gradient_tracking_with_momentum_is_the_per_agent_reference(
+    momentum: float, nesterov: bool
+) -> None:
+    """Gradient tracking (DIGing) with momentum against a loop over agents written from
+    its docstring, momentum applied to the tracker ``y_i`` ("``y`` is the local step's
+    gradient")::
+
+        x_i <- sum_j W_ij x_j - lr d(y_i)
+        y_i <- sum_j W_ij y_j + g_i(x_i new) - g_i(x_i old),   y_i[0] = g_i(x_i[0])
+    """
+    n, lr = 4, 0.05
+    problem, shards, a, b = per_agent_least_squares(n, 3, 2)
+    topology = build_topology("ring", n)
+    x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    got = run_steps(
+        GradientTracking(lr=lr, momentum=momentum, nesterov=nesterov),
+        x0,
+        problem,
+        shards,
+        topology,
+    )
+    W = topology.weights(0).to(torch.float64)
+    bufs = [MomentumBuffer(momentum, nesterov) for _ in range(n)]
+    x = [row.clone() for row in x0]
+    g = [hand_gradient(a[i], b[i], x[i]) for i in range(n)]
+    y = list(g)
+    for _ in range(STEPS):
+        d = [bufs[i].direction(y[i]) for i in range(n)]
+        x = [sum(W[i, j] * x[j] for j in range(n)) - lr * d[i] for i in range(n)]
+        new_g = [hand_gradient(a[i], b[i], x[i]) for i in range(n)]
+        y = [sum(W[i, j] * y[j] for j in range(n)) + new_g[i] - g[i] for i in range(n)]
+        g = new_g
+    torch.testing.assert_close(got, torch.stack(x), rtol=0, atol=1e-10)
