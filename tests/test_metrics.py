@@ -18,6 +18,7 @@ from nettrain.algorithms.next_sca import NextState
 from nettrain.data import Dataset
 from nettrain.engines.base import staleness_fields, traffic_fields
 from nettrain.evaluation import consensus_distance, model_metrics, social_metrics
+from nettrain.patterns import shared_fields
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.oracle import Problem
 
@@ -193,3 +194,24 @@ def test_next_diagnostics_of_a_hand_made_state() -> None:
     assert out["sparsity"] == 3 / 8
     assert out["alpha"] == 0.25
     assert "tracking_error" not in DGD().diagnostics(state)
+
+
+def test_shared_model_fields_of_hand_made_counters() -> None:
+    """A shared model's counters: 4 block reads that missed 6 writes in all, at most 3
+    at once; writes per block (2, 5, 1): staleness mean 6/4 = 1.5 over the reads (not
+    per worker or per block), max 3, writes per block fewest 1, most 5. No read yet:
+    mean 0, not a division by zero."""
+    out = shared_fields(torch.tensor(6), torch.tensor(4), torch.tensor(3), torch.tensor([2, 5, 1]))
+    assert out == {
+        "staleness_mean": 1.5,
+        "staleness_max": 3,
+        "updates_per_block_min": 1,
+        "updates_per_block_max": 5,
+        "updates_per_block": [2, 5, 1],
+    }
+    assert (
+        shared_fields(torch.tensor(0), torch.tensor(0), torch.tensor(0), torch.zeros(2))[
+            "staleness_mean"
+        ]
+        == 0.0
+    )

@@ -67,7 +67,9 @@ def test_block_async_reaches_the_optimum_and_updates_every_block() -> None:
     assert len(updates) == blocks and min(updates) > 0  # every block is updated
     # a partitioned step writes 2 of the 4 blocks, a full step all 4
     assert 2 * rounds * P < sum(updates) < 4 * rounds * P
-    assert last["staleness_mean"] >= 0 and last["staleness_max"] >= 0
+    # a mean over the block reads (not their sum) cannot pass the largest; exact values
+    # of the counters' formulas: tests/test_metrics.py
+    assert last["staleness_mean"] <= last["staleness_max"]
     assert last["samples_per_s"] > 0 and last["train_time_s"] <= last["wall_time_s"]
     assert last["machines"] == 1 and last["bytes_total"] == 0
 
