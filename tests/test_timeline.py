@@ -145,6 +145,28 @@ def test_distributed_rounds_record_every_agent(tmp_path: Path, monkeypatch) -> N
     assert not os.environ.get("RANK")
 
 
+@pytest.mark.parametrize("algorithm", ["swarm", "easgd_async"])
+def test_distributed_events_record_every_agent(tmp_path: Path, monkeypatch, algorithm) -> None:
+    """Asynchronous methods on processes: each agent's measured events, never
+    overlapping, in the first rounds only; the exchanges show as sending or waiting."""
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    workers = 3
+    items = ["dataset=digits", f"agents={workers}", "hidden=8", "rounds=8", "batch_size=8"]
+    items += [f"algorithm={algorithm}", "engine=distributed", "timeout_s=60"]
+    items += ["progress=false", "tensorboard=false", "timeline=true", "timeline_rounds=4"]
+    items += ["servers=1", "tau=2"] if algorithm == "easgd_async" else []
+    assert main(["run", *items, f"master_port={free_port()}", "--out", str(tmp_path)]) == 0
+    events = read_timeline(tmp_path)
+    assert_in_time_order(events)
+    assert sorted(by_agent(events)) == list(range(workers))  # the workers, not the server
+    assert {e["round"] for e in events} <= {1, 2, 3, 4} and 1 in {e["round"] for e in events}
+    assert "compute" in {e["kind"] for e in events}
+    assert {"send", "wait"} & {e["kind"] for e in events}
+    assert (tmp_path / "timeline.png").stat().st_size > 0
+
+
 def test_plot_timeline_writes_a_png(tmp_path: Path) -> None:
     """70 agents: the first 64 are drawn."""
     events = [
@@ -161,8 +183,6 @@ def test_plot_timeline_writes_a_png(tmp_path: Path) -> None:
 def test_timeline_is_refused_where_nothing_records_it() -> None:
     with pytest.raises(ConfigError, match="timeline=true"):
         load_config(overrides={"timeline": True, "engine": "shared_memory", "algorithm": "hogwild"})
-    with pytest.raises(ConfigError, match="timeline=true"):
-        load_config(overrides={"timeline": True, "engine": "distributed", "algorithm": "swarm"})
 
 
 def test_timeline_off_records_nothing() -> None:

@@ -157,7 +157,7 @@ class RunKeys(Section):
         False,
         "write timeline.jsonl and timeline.png in the run folder: each agent's computing, "
         "sending and waiting in the first timeline_rounds rounds (engine=sim: virtual time; "
-        "engine=distributed, synchronous methods: measured time)",
+        "engine=distributed: measured time)",
     )
     timeline_rounds: int = key(20, "timeline=true: rounds whose intervals are recorded", at_least=1)
     checkpoint_every: int = key(
@@ -588,13 +588,11 @@ class RunConfig:
                 f"quantizer={self.quantizer} compresses what agents send; engine=shared_memory "
                 "workers share one model and send nothing. Set quantizer=none"
             )
-        if self.timeline and (
-            self.engine == "shared_memory" or (asynchronous and self.engine == "distributed")
-        ):
+        if self.timeline and self.engine == "shared_memory":
             raise ConfigError(
-                "timeline=true is recorded in engine=sim (virtual time) and for synchronous "
-                f"methods in engine=distributed; algorithm={self.algorithm} on engine="
-                f"{self.engine} has none. Set timeline=false, or run it with engine=sim"
+                "timeline=true is recorded in engine=sim (virtual time) and engine=distributed "
+                f"(measured); engine={self.engine} has none. Set timeline=false, or run it with "
+                "engine=sim"
             )
         if self.checkpoint_every and self.engine == "shared_memory":
             raise ConfigError(

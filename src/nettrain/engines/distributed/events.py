@@ -42,6 +42,7 @@ from nettrain.engines.distributed.gossip import Peer
 from nettrain.engines.draws import Draws
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.states import stack_buffers, stack_states
+from nettrain.engines.timeline import Timeline
 from nettrain.errors import DivergenceError, PeerError
 from nettrain.patterns import Losses
 from nettrain.problem.oracle import agent_seed
@@ -57,6 +58,8 @@ def run_events(
     start = time.perf_counter()
     events = DistEvents(job, rank, comm, timeout_s)
     drive(job, folder, events, start=start)
+    if events.timelines is not None:  # rank 0: every survivor's intervals
+        folder.write_timeline(events.timelines)
     if events.record is None:
         return RunResult(events.state.x, folder.records)
     snap = events.record[1]
@@ -115,6 +118,12 @@ class DistEvents:
         self.talk = declared(comm, algo, job.seed, stream=self.generator)  # the algorithm's
         self.state = algo.init(x, self.oracle, self.talk)
         self.record: tuple[Counters, Snapshot] | None = None  # rank 0: of the live ranks
+        # timeline=true: this rank's measured events (the communicator notes its talks);
+        # rank 0 gathers every survivor's at the end, into ``timelines``
+        self.timeline = Timeline.of(job.timeline_rounds, None)
+        self.timelines: list[dict[str, Any]] | None = None
+        if self.timeline is not None:
+            comm.talks, self.timeline.origin = [], time.perf_counter()
 
     def advance(self, stop: int) -> Iterator[Tick]:
         """This rank's events in its rounds before ``stop``; at an evaluation round, its
@@ -157,6 +166,10 @@ class DistEvents:
             compute_s = time.perf_counter() - begin - (comm.talk_s - talk_s)
             time.sleep((self.slowdown - 1) * max(compute_s, 0.0))
         self.busy_s += time.perf_counter() - begin
+        if self.timeline is not None and self.timeline.wants(t + 1):
+            talks, more = comm.talks or [], self.timeline.wants(t + 1 + self.tau)
+            comm.talks = [] if more else None
+            self.timeline.measured_round(t + 1, [rank], begin, time.perf_counter(), talks)
         if peer is not None:
             peer.publish(state.x[0])
         self.made, self.loss_count = self.made + 1, self.loss_count + loss.numel()
@@ -241,12 +254,16 @@ class DistEvents:
             peer.close()  # every survivor is done: nothing is in flight any more
         mine = self._mine()
         self.state = mine["state"]
+        if self.timeline is not None:
+            mine["timeline"] = self.timeline.events
         if rank != 0:
             finish.post(mine)
             return
         survivors = [r for r in range(n) if r not in verdict.crashed]
         finals = {0: mine} | finish.collect(survivors[1:], job.x0.device)
         parts = [finals[r] for r in survivors]
+        if self.timeline is not None:
+            self.timelines = [e for part in parts for e in part["timeline"]]
         self.record = record_of(job, comm, parts, survivors, verdict.crashed, job.rounds, True)
 
     def counters(self) -> Counters:
