@@ -17,7 +17,12 @@ from nettrain.algorithms import DGD, NEXT
 from nettrain.algorithms.next_sca import NextState
 from nettrain.data import Dataset
 from nettrain.engines.base import staleness_fields, traffic_fields
-from nettrain.evaluation import consensus_distance, model_metrics, social_metrics
+from nettrain.evaluation import (
+    consensus_distance,
+    evaluated_agents,
+    model_metrics,
+    social_metrics,
+)
 from nettrain.patterns import shared_fields
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.oracle import Problem
@@ -32,6 +37,31 @@ def test_consensus_distance_is_the_mean_squared_distance_to_the_mean() -> None:
     x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [1.0, 3.0]], dtype=F64)
     assert consensus_distance(x) == pytest.approx(8 / 3, rel=1e-14)
     assert consensus_distance(x[:1].expand(5, -1)) == 0.0  # equal rows: exactly zero
+
+
+def test_consensus_distance_of_close_rows_far_from_the_origin_is_exact() -> None:
+    """Rows 1e16 and 1e16 + 2 (both exact in float64, spacing 2): mean 1e16 + 1, each row
+    1 away, so the distance is 1, computed exactly about the first row (about a shifted
+    point such as ``x + x_0`` the rows 2e16 and 2e16 + 2 round together, spacing 4, to 0).
+    A single agent is at distance 0 from itself."""
+    x = torch.tensor([[1e16], [1e16 + 2]], dtype=F64)
+    assert consensus_distance(x) == 1.0
+    assert consensus_distance(torch.tensor([[3.0, -1.0]], dtype=F64)) == 0.0
+
+
+def test_evaluated_agents_are_chosen_on_the_cpu_and_returned_on_the_device() -> None:
+    """All agents when ``limit`` is 0 or at least ``n``; else ``limit`` evenly spaced ones,
+    ``round(linspace(0, n - 1, limit))``: 0, 3, 6, 9 of 10 and 0, 2, 4 of 5 (by hand).
+    Computed on the CPU whatever the default device (here ``meta``, which holds no values),
+    then moved to ``device`` (default: the CPU)."""
+    assert evaluated_agents(4, 0).tolist() == [0, 1, 2, 3]
+    assert evaluated_agents(3, 3).tolist() == [0, 1, 2]
+    assert evaluated_agents(3, 7).tolist() == [0, 1, 2]
+    assert evaluated_agents(10, 4).tolist() == [0, 3, 6, 9]
+    with torch.device("meta"):
+        assert evaluated_agents(5, 3, "cpu").tolist() == [0, 2, 4]
+    assert evaluated_agents(5, 3, "meta").device.type == "meta"
+    assert evaluated_agents(5, 0, "meta").device.type == "meta"
 
 
 def scalar_regression() -> Dataset:
@@ -70,6 +100,25 @@ def test_objective_stationarity_and_disagreement_by_hand() -> None:
     assert out["disagreement"] == pytest.approx(0.5, rel=1e-14)
     # f_0(1.5) = 0.125; f_1(1.5) = ((3-1)^2 + (-1.5)^2 + (4.5-3)^2)/6 = 8.5/6
     assert out["objective"] == pytest.approx((0.125 + 8.5 / 6) / 2, rel=1e-14)
+
+
+def test_objective_and_stationarity_with_an_l2_regulariser_by_hand() -> None:
+    """The problem above with ``r(w) = w^2 / 4`` (l2, ``lam = 1/4``), ``x = (1, 2)``:
+    ``w = 3/2``, ``F'(w) = 17/12``, ``F(w) = (1/8 + 8.5/6)/2``. Objective
+    ``F + r = F + 9/16``. ``prox_r(v, 1) = v / (1 + 2 lam) = 2v/3`` at ``v = w - F' = 1/12``:
+    1/18, so stationarity ``3/2 - 1/18 = 13/9`` (with step 2, or at ``w + F'``, other
+    values)."""
+    problem = Problem(
+        torch.nn.Linear(1, 1, bias=False).double(),
+        get_loss("squared"),
+        Regularizer("l2", 0.25),
+        scalar_regression(),
+    )
+    shards = [torch.tensor([0]), torch.tensor([1, 2, 3])]
+    out = social_metrics(problem, shards, torch.tensor([[1.0], [2.0]], dtype=F64))
+    assert out["objective"] == pytest.approx((0.125 + 8.5 / 6) / 2 + 9 / 16, rel=1e-14)
+    assert out["stationarity"] == pytest.approx(13 / 9, rel=1e-14)
+    assert out["disagreement"] == pytest.approx(0.5, rel=1e-14)
 
 
 def test_disagreement_is_the_largest_distance_not_the_mean() -> None:
@@ -143,6 +192,63 @@ def test_evaluated_agents_are_the_evenly_spaced_ones() -> None:
     assert out["agent_test_accuracy_mean"] == 0.625
     assert out["agent_test_accuracy_min"] == 0.5
     assert out["test_accuracy"] == 0.5
+
+
+def test_worst_agent_first_is_still_the_worst() -> None:
+    """The agents of :data:`AGENTS` reordered (swap, I, diag(1, 3)): 1, 3 and 2 of 4 right,
+    the worst one first: worst 1/4, mean 1/2. With the agents' shards the figures of
+    :func:`social_metrics` (checked by hand above) are added to the test figures."""
+    problem = counted_classification()
+    x = AGENTS[[1, 0, 2]]
+    out = model_metrics(problem, x)
+    assert out["agent_test_accuracy"] == [0.25, 0.75, 0.5]
+    assert out["agent_test_accuracy_min"] == 0.25
+    assert out["agent_test_accuracy_mean"] == 0.5
+    shards = [torch.tensor([0, 1]), torch.tensor([2]), torch.tensor([3])]
+    both = model_metrics(problem, x, shards=shards)
+    assert both == out | social_metrics(problem, shards, x)
+    assert set(both) == set(out) | {"objective", "stationarity", "disagreement"}
+
+
+def normalised_regression(policy: str) -> Problem:
+    """``out = (w a - mu) / sqrt(var)``: a scalar linear model then BatchNorm without
+    affine part or epsilon, squared loss ``(out - y)^2 / 2``, one test point ``a = 1``,
+    ``y = 0``; every agent's buffers: running mean ``mu``, running variance 1."""
+    model = torch.nn.Sequential(
+        torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1, eps=0.0, affine=False)
+    ).double()
+    one = torch.ones(1, 1, dtype=F64)
+    zero = torch.zeros(1, dtype=F64)
+    data = Dataset("normalised", one, zero, one, zero, n_classes=0)
+    return Problem(model, get_loss("squared"), Regularizer(), data, buffer_policy=policy)
+
+
+@pytest.mark.parametrize(
+    ("policy", "agent_losses"), [("local", [0.5, 2.0]), ("mix", [0.125, 3.125])]
+)
+def test_models_with_buffers_are_evaluated_with_the_agents_buffers(
+    policy: str, agent_losses: list[float]
+) -> None:
+    """Two agents ``w = 1, 3`` with running means ``mu = 0, 1`` (loss ``(w - mu)^2 / 2``).
+    The mean model ``w = 2`` with the mean ``mu = 1/2``: 9/8 (with the template's ``mu = 0``
+    it would be 2). Each agent with its own ``mu`` (local): 1/2 and 2; with the mean
+    (mix): 1/8 and 25/8. A regression: the agents' mean test loss is reported."""
+    problem = normalised_regression(policy)
+    x = torch.tensor([[1.0], [3.0]], dtype=F64)
+    buffers = {
+        "1.running_mean": torch.tensor([[0.0], [1.0]], dtype=F64),
+        "1.running_var": torch.ones(2, 1, dtype=F64),
+        "1.num_batches_tracked": torch.zeros(2, dtype=torch.long),
+    }
+    assert set(buffers) == set(problem.buffer_spec.names)
+    out = model_metrics(problem, x, buffers=buffers)
+    assert out["test_loss"] == pytest.approx(9 / 8, rel=1e-14)
+    assert out["agent_test_loss_mean"] == pytest.approx(sum(agent_losses) / 2, rel=1e-14)
+    assert "test_accuracy" not in out
+    assert out["consensus_distance"] == 1.0
+    # one evaluated agent (the first): its loss alone
+    first = model_metrics(problem, x, eval_agents=1, buffers=buffers)
+    assert first["agent_test_loss_mean"] == pytest.approx(agent_losses[0], rel=1e-14)
 
 
 def test_staleness_fields_of_a_hand_made_counter() -> None:

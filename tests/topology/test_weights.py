@@ -20,6 +20,7 @@ from nettrain.topology import (
     mixing_matrix,
     spectral_gap,
 )
+from nettrain.topology.weights import nonzero_entries, sparse_matrix, sparse_mixing_matrix
 
 IRREGULAR = [("star", 9), ("tree", 12), ("erdos_renyi", 20)]
 REGULAR = [("ring", 8), ("torus", 12), ("complete", 6), ("hypercube", 16), ("exponential", 10)]
@@ -75,8 +76,40 @@ def test_metropolis_on_a_path_by_hand() -> None:
 
 
 def test_uniform_on_a_star_raises_and_says_use_metropolis() -> None:
-    with pytest.raises(TopologyError, match=r"regular graphs.*degrees from 1 to 7.*metropolis"):
+    with pytest.raises(
+        TopologyError,
+        match=r"^uniform weights .*regular graphs.*degrees from 1 to 7\. "
+        r"Use scheme='metropolis' \(or 'max_degree'\)$",
+    ):
         mixing_matrix(build_graph("star", 8), "uniform")
+
+
+def test_an_isolated_last_agent_has_degree_0() -> None:
+    """A triangle on agents 0..2 and agent 3 without edges: degrees (2, 2, 2, 0), so the
+    graph is irregular (uniform refused) and agent 3 keeps its own value, ``W_33 = 1``."""
+    edges = np.array([[0, 1], [1, 2], [0, 2]])
+    with pytest.raises(TopologyError, match="degrees from 0 to 2"):
+        sparse_mixing_matrix(4, edges, "uniform")
+    third = 1 / 3
+    expected = [[third] * 3 + [0.0]] * 3 + [[0.0, 0.0, 0.0, 1.0]]
+    for scheme in ("metropolis", "max_degree"):
+        w = sparse_mixing_matrix(4, edges, scheme).to_dense()
+        torch.testing.assert_close(w, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_no_agents_give_the_empty_matrix() -> None:
+    for scheme in WEIGHTS:
+        assert mixing_matrix(nx.empty_graph(0), scheme).shape == (0, 0)
+
+
+def test_nonzero_entries_drop_stored_zeros_in_row_major_order() -> None:
+    """Entries given out of order, one of them a stored 0 and one a 1: the 0 is dropped,
+    the rest comes sorted by row then column."""
+    w = sparse_matrix(3, [2, 0, 1, 0], [0, 2, 1, 1], [0.25, 1.0, 0.0, 0.5])
+    rows, cols, values = nonzero_entries(w)
+    assert rows.tolist() == [0, 0, 2]
+    assert cols.tolist() == [1, 2, 0]
+    assert values.tolist() == [0.5, 1.0, 0.25]
 
 
 def test_unknown_scheme_lists_the_known_ones() -> None:
@@ -85,7 +118,10 @@ def test_unknown_scheme_lists_the_known_ones() -> None:
 
 
 def test_directed_graph_is_refused() -> None:
-    with pytest.raises(TopologyError, match="to_undirected"):
+    with pytest.raises(
+        TopologyError,
+        match=r"^mixing weights need an undirected graph; pass graph\.to_undirected\(\)$",
+    ):
         mixing_matrix(nx.DiGraph(nx.cycle_graph(4)))
 
 
