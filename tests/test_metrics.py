@@ -121,6 +121,17 @@ def test_objective_and_stationarity_with_an_l2_regulariser_by_hand() -> None:
     assert out["disagreement"] == pytest.approx(0.5, rel=1e-14)
 
 
+def test_metrics_are_computed_on_the_device_of_the_parameters() -> None:
+    """CPU parameters under ``with torch.device("meta")`` (a default device that holds no
+    values, standing for an accelerator): every tensor the metrics make is made on the
+    parameters' device, so the figures are those computed without it."""
+    problem = counted_classification()
+    shards = [torch.tensor([0, 1]), torch.tensor([2]), torch.tensor([3])]
+    expected = model_metrics(problem, AGENTS, shards=shards)
+    with torch.device("meta"):
+        assert model_metrics(problem, AGENTS, shards=shards) == expected
+
+
 def test_disagreement_is_the_largest_distance_not_the_mean() -> None:
     """Rows (0, 0), (2, 0), (1, 3) about the mean (1, 1): distances sqrt(2), sqrt(2), 2."""
     problem = Problem(

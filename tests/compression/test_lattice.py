@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from nettrain.compression import QSGD, Lattice
+from nettrain.errors import ConfigError
 
 EPS = 2.0**-10  # a power of two: every test point below is exact in float64
 
@@ -113,3 +116,52 @@ def test_a_reference_beats_quantising_without_one_at_the_same_bit_budget():
     assert (lat_bytes <= qsgd_bytes).all()
     assert 10 * rms(with_ref) < rms(unbiased)
     assert 100 * rms(with_ref) < rms(no_ref)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-3, math.inf, math.nan, True, "1e-3", None])
+def test_eps_must_be_a_finite_number_above_zero(eps):
+    """``bool`` is refused although it is an ``int``; a string or ``None`` too (not only
+    values that compare badly)."""
+    with pytest.raises(
+        ConfigError,
+        match=r"^lattice eps must be a finite number > 0, got .*; it is the quantisation "
+        r"step \(error <= eps/2\), e\.g\. 1e-3$",
+    ):
+        Lattice(eps=eps)
+
+
+def test_a_whole_number_eps_is_a_number():
+    assert Lattice(eps=2, q=4).radius == 3.0  # (q - 1) eps / 2
+
+
+def test_q_and_bits_messages_name_the_usual_settings():
+    with pytest.raises(
+        ConfigError, match=r"^give the lattice q or bits \(q = 2\^bits\), not both$"
+    ):
+        Lattice(q=256, bits=8)
+    with pytest.raises(
+        ConfigError,
+        match=r"^lattice q must be an integer in 2\.\.65536, got 1 "
+        r"\(residues per coordinate; 256 for 8 bits, 65536 for 16\)$",
+    ):
+        Lattice(q=1)
+
+
+def test_the_default_is_16_bits():
+    lat = Lattice()
+    assert (lat.q, lat.bits, lat.eps) == (2**16, 16, 1e-3)
+
+
+@pytest.mark.parametrize("q", [3, 200, 257, 40000, 65536])
+def test_decoding_is_exact_far_from_zero(q):
+    """float64 values up to ``2^50 eps``, references within 40% of the radius: the decoded
+    value is ``eps round(x / eps)`` exactly. ``q = 40000`` does not divide ``2^16``: its
+    int16 codes (negative for residues >= 2^15) must be read back modulo ``2^16``."""
+    lat = Lattice(eps=1.0, q=q)
+    g = gen(q)
+    x = 2.0**50 * (2 * torch.rand(4, 500, generator=g, dtype=torch.float64) - 1)
+    ref = x + 0.4 * lat.radius * (2 * torch.rand(4, 500, generator=g, dtype=torch.float64) - 1)
+    codes = lat.encode(x).codes
+    if q == 40000:
+        assert (codes < 0).any()  # residues >= 2^15 travel as negative int16
+    assert torch.equal(lat.decode(lat.encode(x), ref), torch.round(x))

@@ -20,7 +20,12 @@ from nettrain.topology import (
     mixing_matrix,
     spectral_gap,
 )
-from nettrain.topology.weights import nonzero_entries, sparse_matrix, sparse_mixing_matrix
+from nettrain.topology.weights import (
+    _check_edges,
+    nonzero_entries,
+    sparse_matrix,
+    sparse_mixing_matrix,
+)
 
 IRREGULAR = [("star", 9), ("tree", 12), ("erdos_renyi", 20)]
 REGULAR = [("ring", 8), ("torus", 12), ("complete", 6), ("hypercube", 16), ("exponential", 10)]
@@ -110,6 +115,48 @@ def test_nonzero_entries_drop_stored_zeros_in_row_major_order() -> None:
     assert rows.tolist() == [0, 0, 2]
     assert cols.tolist() == [1, 2, 0]
     assert values.tolist() == [0.5, 1.0, 0.25]
+
+
+def test_sparse_matrix_has_the_given_size_and_refuses_entries_outside_it() -> None:
+    """The size is ``(n, n)`` even when the last rows and columns are empty; an entry
+    outside it is an error, not a silently larger or corrupt matrix."""
+    w = sparse_matrix(4, [0], [1], [2.0])
+    assert w.shape == (4, 4)
+    assert w.to_dense()[0, 1] == 2.0
+    with pytest.raises(RuntimeError, match="size is inconsistent with indices"):
+        sparse_matrix(2, [0], [2], [1.0])
+
+
+def test_a_topology_is_built_on_the_cpu_whatever_the_default_device() -> None:
+    """Under ``with torch.device("meta")`` (a default device holding no values) the mixing
+    matrix is still a CPU tensor with its values: the ring's 1/3 weights (metropolis)."""
+    with torch.device("meta"):
+        dense = mixing_matrix(nx.cycle_graph(4))
+        sparse = mixing_matrix(nx.cycle_graph(4), sparse=True)
+    expected = (
+        torch.tensor([[1, 1, 0, 1], [1, 1, 1, 0], [0, 1, 1, 1], [1, 0, 1, 1]], dtype=torch.float64)
+        / 3
+    )
+    for w in (dense, sparse):
+        assert w.device == torch.device("cpu")
+        torch.testing.assert_close(w.to_dense(), expected)
+
+
+def test_edges_are_checked_and_returned_as_int64_pairs() -> None:
+    """Labels outside ``0..n-1`` (below or at ``n``) and self-loops are refused, naming
+    the range; other integer (or whole-number float) arrays come back as int64 pairs."""
+    for bad in ([[-1, 0]], [[0, 3]]):
+        with pytest.raises(TopologyError, match=r"^edge endpoints must be agent ids in 0\.\.2$"):
+            sparse_mixing_matrix(3, np.array(bad), "metropolis")
+    with pytest.raises(
+        TopologyError,
+        match=r"^edges must not contain self-loops; W_ii is set by the scheme$",
+    ):
+        sparse_mixing_matrix(3, np.array([[0, 1], [2, 2]]), "metropolis")
+    for given in (np.array([0, 1, 1, 2], dtype=np.int32), np.array([[0.0, 1.0], [1.0, 2.0]])):
+        edges = _check_edges(3, given)
+        assert edges.dtype == np.int64
+        assert edges.tolist() == [[0, 1], [1, 2]]
 
 
 def test_unknown_scheme_lists_the_known_ones() -> None:
