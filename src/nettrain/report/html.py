@@ -27,7 +27,7 @@ from typing import Any
 from nettrain.report import timeline
 from nettrain.report.plots import X_AXES, plot_runs, x_axes
 from nettrain.report.tables import COLUMNS, fmt_value
-from nettrain.report.titles import fmt
+from nettrain.report.titles import describe, fmt
 
 PROVENANCE = "provenance"  # config.json's versions and command line: not a setting
 # summary.json's keys that say what ran rather than what it gave (the config table has them)
@@ -88,15 +88,11 @@ def config_differences(
 ) -> tuple[list[str], dict[str, Any]]:
     """The keys whose values differ between ``configs`` (a key some lack counts as
     differing), and the common keys with their value; provenance is left out."""
-    keys = list(dict.fromkeys(k for c in configs.values() for k in c if k != PROVENANCE))
-    differ, common = [], {}
-    for key in keys:
-        values = {json.dumps(c.get(key), sort_keys=True) for c in configs.values()}
-        if len(values) > 1 or any(key not in c for c in configs.values()):
-            differ.append(key)
-        else:
-            common[key] = next(iter(configs.values()))[key]
-    return differ, common
+    about = describe(
+        {name: {k: v for k, v in c.items() if k != PROVENANCE} for name, c in configs.items()}
+    )
+    differ = list(dict.fromkeys(k for own in about.own.values() for k in own))
+    return differ, about.common
 
 
 def _cell(value: Any) -> str:
