@@ -7,6 +7,7 @@ import torch
 
 from nettrain.compression import (
     QSGD,
+    EFState,
     ErrorFeedback,
     HalfPrecision,
     Identity,
@@ -63,3 +64,30 @@ def test_identity_leaves_no_residual_and_bytes_are_the_inner_ones():
 def test_state_of_another_shape_is_refused():
     with pytest.raises(ConfigError, match=r"ef_init\(x\)"):
         ef_step(TopK(k=1), torch.ones(2, 3), ef_init(torch.ones(2, 4)))
+
+
+def test_the_reference_and_the_generator_reach_the_compressor():
+    """Error feedback around the lattice quantiser (which decodes against ``ref``) and
+    QSGD (which draws from ``generator``) gives the wrapped compressor's own round trip
+    of ``x + e``; a reference of the wrong shape is refused."""
+    g = torch.Generator().manual_seed(3)
+    x = 40 * torch.randn(3, 16, generator=g, dtype=torch.float64)  # far from 0: ref matters
+    ref = x + 0.1 * torch.randn(3, 16, generator=g, dtype=torch.float64)
+    residual = 0.01 * torch.randn(3, 16, generator=g, dtype=torch.float64)
+    lattice = Lattice.with_bits(8, eps=0.01)
+    _, x_hat, state = ErrorFeedback(lattice).step(x, EFState(residual), ref)
+    torch.testing.assert_close(x_hat, lattice.roundtrip(x + residual, ref)[0], rtol=0, atol=0)
+    torch.testing.assert_close(state.residual, x + residual - x_hat, rtol=0, atol=0)
+    assert (x_hat - (x + residual)).abs().max() <= 0.005 + 1e-12  # decoded against ref
+
+    qsgd = QSGD(bits=2)
+    _, x_hat, _ = ErrorFeedback(qsgd).step(x, EFState(residual), generator=seeded(5))
+    expected = qsgd.roundtrip(x + residual, generator=seeded(5))[0]
+    torch.testing.assert_close(x_hat, expected, rtol=0, atol=0)
+
+    with pytest.raises(ConfigError, match="ref must have the shape"):
+        ErrorFeedback(TopK(k=2)).step(x, EFState(residual), ref[:2])
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nettrain.compression import QSGD, Compressor, HalfPrecision, Identity, Lattice, TopK
+from nettrain.errors import ConfigError
 
 ALL: list[Compressor] = [
     Identity(),
@@ -100,3 +101,27 @@ def test_cuda_matches_cpu(comp):
     assert nbytes.device.type == "cpu"
     if not comp.stochastic:
         torch.testing.assert_close(on_gpu.cpu(), comp.roundtrip(x, ref)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("comp", ALL, ids=ids)
+def test_a_reference_of_another_shape_or_dtype_is_refused(comp):
+    """Every compressor checks ``ref``, also those whose codes do not depend on it: a
+    caller passing the wrong rows learns it at once, whichever compressor is configured."""
+    x, ref = stack(torch.float64)
+    payload = comp.encode(x, ref, generator=seeded())
+    shape = r"ref must have the shape of the encoded stack \(5, 40\), got \(5, 39\)"
+    with pytest.raises(ConfigError, match=shape):
+        comp.encode(x, ref[:, :-1], generator=seeded())
+    with pytest.raises(ConfigError, match=shape):
+        comp.decode(payload, ref[:, :-1])
+    with pytest.raises(ConfigError, match=r"ref must be floating point, got dtype torch\.int64"):
+        comp.decode(payload, ref.to(torch.int64))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("comp", ALL, ids=ids)
+def test_a_payload_names_the_senders_working_dtype(comp, dtype):
+    """The payloads that carry ``dtype`` (shared configuration, not sent) carry ``x``'s."""
+    x, ref = stack(dtype)
+    payload = comp.encode(x, ref, generator=seeded())
+    assert getattr(payload, "dtype", dtype) == dtype

@@ -51,3 +51,20 @@ def test_indices_are_int32_and_decode_ignores_ref():
 def test_k_larger_than_d_is_refused():
     with pytest.raises(ConfigError, match=r"k=11 exceeds the row length d=10"):
         TopK(k=11).encode(torch.ones(2, 10))
+
+
+@pytest.mark.parametrize("setting", [{"k": True}, {"ratio": True}])
+def test_a_boolean_k_or_ratio_is_refused(setting):
+    with pytest.raises(ConfigError, match="got True"):
+        TopK(**setting)
+
+
+def test_rows_up_to_2_to_the_31_minus_1_fit_int32_indices():
+    """Shapes only, on the meta device (no memory): the longest row int32 can index is
+    encoded, one coordinate more is refused with the reason."""
+    longest = torch.empty(1, 2**31 - 1, device="meta")
+    assert TopK(k=3).encode(longest).indices.shape == (1, 3)
+    with pytest.raises(
+        ConfigError, match=r"^topk sends int32 indices; d=2147483648 exceeds 2\^31 - 1$"
+    ):
+        TopK(k=3).encode(torch.empty(1, 2**31, device="meta"))

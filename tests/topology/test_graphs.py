@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import networkx as nx
 import pytest
@@ -173,3 +174,43 @@ def test_edge_array_is_sorted_unique_and_independent_of_insertion_order() -> Non
 def test_edge_array_rejects_labels_other_than_agent_ids() -> None:
     with pytest.raises(TopologyError, match="convert_node_labels_to_integers"):
         edge_array(nx.path_graph(["a", "b", "c"]))
+
+
+@pytest.mark.parametrize(
+    ("n", "sizes"), [(4, "[9, 12]"), (10, "[9, 12, 15]"), (22, "[20, 21, 24, 25]")]
+)
+def test_torus_error_names_the_two_nearest_sizes_on_each_side(n: int, sizes: str) -> None:
+    """Sizes with at least 3 rows: 9 = 3x3, 12 = 3x4, 15 = 3x5, 20 = 4x5, 21 = 3x7,
+    24 = 4x6, 25 = 5x5 (10 = 2x5, 22 = 2x11, 23 and 4 = 2x2 do not); none below 9."""
+    tail = f"n={n} gives 2 x {n // 2}. Use e.g. n in {sizes} (9, 12, 16, 20, 25, ... work)"
+    with pytest.raises(TopologyError, match=re.escape(tail) + "$"):
+        build_graph("torus", n)
+
+
+def test_random_regular_of_degree_1_is_one_edge_and_nothing_larger() -> None:
+    assert edge_set(build_graph("random_regular", 2, degree=1)) == {frozenset((0, 1))}
+    message = (
+        "random_regular with degree 1 is a perfect matching, disconnected for n=4; use degree >= 3"
+    )
+    with pytest.raises(TopologyError, match=f"^{message}$"):
+        build_graph("random_regular", 4, degree=1)
+
+
+def test_random_regular_of_degree_2_is_a_cycle_through_every_agent() -> None:
+    graph = build_graph("random_regular", 6, degree=2, seed=1)
+    assert degrees(graph) == {2} and nx.is_connected(graph)
+
+
+def test_random_regular_gives_up_and_names_the_fix() -> None:
+    """A random 2-regular graph on 200 agents is a union of cycles, rarely one."""
+    message = (
+        "random_regular(n=200, degree=2) was disconnected in all 2 tries; use degree >= 3 or "
+        "raise max_tries"
+    )
+    with pytest.raises(TopologyError, match=rf"^{re.escape(message)}$"):
+        build_graph("random_regular", 200, degree=2, max_tries=2)
+
+
+def test_erdos_renyi_refuses_a_boolean_edge_prob() -> None:
+    with pytest.raises(ConfigError, match=r"^edge_prob must be a number in \(0, 1\], got True$"):
+        build_graph("erdos_renyi", 10, edge_prob=True)
