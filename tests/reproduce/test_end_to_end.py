@@ -1,0 +1,204 @@
+"""`nettrain reproduce NAME --quick` end to end, at a tiny size given with ``--set``.
+
+The claim checks are tested on hand-made records (``test_*_claims.py``); here every
+experiment runs through the command line (``nettrain.cli.main``, in this process), as a
+user runs it, and each test checks that:
+
+* the exit code is 0 exactly when every claim in ``claims.json`` holds, 1 otherwise;
+* ``claims.json`` is a list of the experiment's claims, each with its four keys and a
+  boolean ``holds``;
+* every run folder the experiment declares holds a finished run of the ``--set`` config
+  (``config.json``, ``summary.json``, ``metrics.jsonl`` up to the last round, ``final.pt``);
+* ``summary.csv`` has one row per run (per method for block-async), and the plots and
+  files the experiment promises are written;
+* the same command again keeps the finished runs: no run starts, no file of a run
+  folder changes, and the claims come out the same. block-async, whose claims are
+  wall-clock speed-ups, keeps none: it refuses (exit 2, naming ``--force``) and leaves
+  them untouched.
+
+The sizes shrink rounds (and data) for every run with ``--set``; easgd and swarm train on
+scikit-learn's digits in place of Fashion-MNIST, which is read again and evaluated on
+its 10,000 test images in every run (seconds each). At this size the claims need not
+hold; the exit code is checked against ``claims.json`` whichever way they come out.
+Every run also draws its own ``plot.png`` (``tests/test_cli.py`` checks it); at about a
+second each for 62 runs that would be most of the time, so the tests replace it with a
+stub that counts the runs that finish. block-async takes the longest: each of its 8 runs
+starts fresh worker processes, which import torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+from nettrain.cli import main
+from nettrain.reproduce import block_async, easgd, next_sca, swarm
+from nettrain.reproduce.runner import folder_name
+
+Row = dict[str, str]
+
+
+class Case(NamedTuple):
+    """One experiment: its ``--set`` sizes, what it declares, and what it writes."""
+
+    name: str
+    sizes: dict[str, str]  # --set KEY=VALUE, every run
+    claims: int
+    runs: list[str]  # run folders, relative to --out
+    row_key: Callable[[Row], str]  # a row of summary.csv -> the run (method) it is about
+    rows: list[str]  # the rows summary.csv must have, by row_key
+    files: list[str]  # the plots and tables beside summary.csv and claims.json
+
+
+def next_case() -> Case:
+    runs = [f"{s.name}/{folder_name(m)}" for s in next_sca.SETTINGS for m in s.methods()]
+    return Case(
+        "next",
+        {"rounds": "10"},
+        4,
+        runs,
+        lambda r: f"{r['setting']}/{folder_name(r['method'])}",
+        runs,
+        [f"{s.name}.png" for s in next_sca.SETTINGS],
+    )
+
+
+def easgd_case() -> Case:
+    plan = [(4, "allreduce", 1)] + [(4, m, t) for t in easgd.TAUS for m in easgd.METHODS]
+    tau = easgd.SCALING["tau"]
+    plan += [(n, m, tau) for n in easgd.SCALING["workers"] for m in easgd.SCALING["methods"]]
+    runs = [f"n{n}_{m}_tau{t}" for n, m, t in plan]
+    plots = [
+        f"tau{t}_{x}.png" for t in easgd.TAUS for x in ("virtual_time_s", "exchanges_per_worker")
+    ]
+    return Case(
+        "easgd",
+        # every tau divides 64 rounds (local steps per worker): tau = 64 exchanges once
+        {"dataset": "digits", "train_samples": "640", "rounds": "64", "eval_every": "32"},
+        4,
+        runs,
+        lambda r: f"n{r['n']}_{r['method']}_tau{r['tau']}",
+        runs,
+        [*plots, "stability.png", "stability.csv", "stability_summary.csv"],
+    )
+
+
+def swarm_case() -> Case:
+    runs = [folder_name(f"n16 {label}") for label in swarm.methods() | swarm.extra_methods()]
+    return Case(
+        "swarm",
+        {"dataset": "digits", "train_samples": "1024", "rounds": "8"},
+        5,
+        runs,
+        lambda r: folder_name(f"n{r['n']} {r['method']}"),
+        runs,
+        ["n16.png"],
+    )
+
+
+def block_async_case() -> Case:
+    labels = list(block_async.methods())
+    return Case(
+        "block-async",
+        # about 30 steps per process: the 20 full ones of the (hard-coded) warm-up, then
+        # partitioned ones
+        {"rounds": "30"},
+        2,
+        [f"{folder_name(m)}_pass{p + 1}" for m in labels for p in range(block_async.PASSES)],
+        lambda r: r["method"],
+        labels,
+        ["accuracy.png", "speedup.json"],
+    )
+
+
+CASES = {c.name: c for c in (next_case(), easgd_case(), swarm_case(), block_async_case())}
+COUNTS = {"next": 18, "easgd": 23, "swarm": 13, "block-async": 8}  # runs, counted by hand
+
+
+def reproduce(case: Case, out: Path) -> int:
+    sets = [f"{k}={v}" for k, v in case.sizes.items()] + ["tensorboard=false"]
+    return main(["reproduce", case.name, "--quick", "--out", str(out), "--set", *sets])
+
+
+def stamps(out: Path, runs: list[str]) -> dict[str, tuple[int, int]]:
+    """(modification time, size) of every file in the run folders."""
+    return {
+        str(path): (path.stat().st_mtime_ns, path.stat().st_size)
+        for run in runs
+        for path in sorted((out / run).iterdir())
+    }
+
+
+def check_run_folder(folder: Path, sizes: dict[str, str]) -> None:
+    for name in ("config.json", "summary.json", "metrics.jsonl", "final.pt"):
+        assert (folder / name).is_file(), folder / name
+    config = json.loads((folder / "config.json").read_text())
+    assert {k: str(config[k]) for k in sizes} == sizes, folder
+    assert config["tensorboard"] is False
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["round"] == 0 and records[-1]["round"] == int(sizes["rounds"]), folder
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["rounds"] == int(sizes["rounds"]), folder
+
+
+def check_file(path: Path) -> None:
+    """A plot is a PNG image, a table has rows, a JSON file an object."""
+    assert path.is_file(), path
+    if path.suffix == ".png":
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+        assert path.stat().st_size > 10_000, path
+    elif path.suffix == ".csv":
+        assert len(path.read_text().splitlines()) >= 2, path
+    else:
+        assert json.loads(path.read_text()), path
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_reproduce_runs_end_to_end_and_keeps_its_runs(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    case = CASES[name]
+    assert len(case.runs) == len(set(case.runs)) == COUNTS[name]
+    finished: list[str] = []
+
+    def plot_run(records: Any, path: Path, title: str = "", **kw: Any) -> None:
+        finished.append(str(Path(path).parent.relative_to(tmp_path)))
+
+    monkeypatch.setattr("nettrain.report.plots.plot_run", plot_run)
+
+    code = reproduce(case, tmp_path)
+    capsys.readouterr()
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert isinstance(claims, list) and len(claims) == case.claims
+    for claim in claims:
+        assert set(claim) == {"claim", "expected", "measured", "holds"}
+        assert isinstance(claim["holds"], bool)
+        assert claim["claim"] and claim["expected"] and claim["measured"]
+    assert code == (0 if all(c["holds"] for c in claims) else 1)
+
+    assert sorted(finished) == sorted(case.runs)  # every declared run ran, once
+    for run in case.runs:
+        check_run_folder(tmp_path / run, case.sizes)
+    with open(tmp_path / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(map(case.row_key, rows)) == sorted(case.rows)
+    for file in case.files:
+        check_file(tmp_path / file)
+
+    before = stamps(tmp_path, case.runs)
+    finished.clear()
+    again = reproduce(case, tmp_path)
+    assert finished == []  # no run ran again
+    assert stamps(tmp_path, case.runs) == before
+    if name == "block-async":
+        err = capsys.readouterr().err
+        assert again == 2  # its claims are wall-clock speed-ups: it keeps no run
+        assert "finished runs of block-async" in err and "pass --force" in err
+    else:
+        assert again == code
+    assert json.loads((tmp_path / "claims.json").read_text()) == claims
