@@ -92,7 +92,10 @@ def test_needs_a_generator():
         QSGD().encode(torch.ones(2, 3))
 
 
-@pytest.mark.parametrize(("bits", "dtype"), [(1, torch.int8), (7, torch.int8), (8, torch.int16)])
+CODE_DTYPES = [(1, torch.int8), (7, torch.int8), (8, torch.int16), (15, torch.int16)]
+
+
+@pytest.mark.parametrize(("bits", "dtype"), [*CODE_DTYPES, (16, torch.int32)])
 def test_levels_in_range_and_scale_bounds_every_coordinate(bits, dtype):
     qsgd = QSGD(bits=bits, norm="linf")
     # float64 values whose max is not a float32 number: the scale must round up
@@ -113,3 +116,24 @@ def test_zero_rows_decode_to_zero():
     assert torch.isfinite(x_hat).all()
     assert torch.equal(x_hat[0], torch.zeros(10))
     assert torch.equal(x_hat[2], torch.zeros(10))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_levels_are_the_rule_applied_to_the_generators_uniforms(norm, dtype):
+    """``r = s |x| / c``, ``l = floor(r)``, level ``l + 1`` when ``u < r - l`` for the
+    generator's next uniforms ``u`` of ``x``'s shape and dtype (one draw per coordinate),
+    with ``c`` the norm rounded up to float32; ``x_hat = c sign(x) level / s``."""
+    qsgd = QSGD(bits=3, norm=norm)
+    x = torch.randn(4, 30, generator=gen(12), dtype=dtype)
+    payload = qsgd.encode(x, generator=gen(13))
+    # c is the smallest float32 at or above the norm
+    below = torch.nextafter(payload.scale, torch.full_like(payload.scale, -math.inf))
+    assert (payload.scale.to(dtype) >= scale_of(x, norm)).all()
+    assert (below.to(dtype) < scale_of(x, norm)).all()
+    c = payload.scale.to(dtype)[:, None]
+    r = x.abs() / c * qsgd.levels
+    u = torch.rand(x.shape, generator=gen(13), dtype=dtype)
+    level = r.floor() + (u < r - r.floor()).to(dtype)
+    assert torch.equal(payload.codes.to(dtype), level * x.sign())
+    assert torch.equal(qsgd.decode(payload), payload.codes.to(dtype) * (c / qsgd.levels))

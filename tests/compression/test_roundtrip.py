@@ -125,3 +125,16 @@ def test_a_payload_names_the_senders_working_dtype(comp, dtype):
     x, ref = stack(dtype)
     payload = comp.encode(x, ref, generator=seeded())
     assert getattr(payload, "dtype", dtype) == dtype
+
+
+@pytest.mark.parametrize("comp", ALL, ids=ids)
+def test_codes_are_made_where_x_is_whatever_the_default_device(comp):
+    """Under ``torch.device("meta")`` (a default device that holds no values) every
+    tensor a compressor makes without ``device=`` would land on the meta device: the
+    round trip of a CPU stack must give the same numbers there."""
+    x, ref = stack(torch.float64)
+    expected = comp.roundtrip(x, ref, generator=seeded())
+    with torch.device("meta"):
+        got = comp.roundtrip(x, ref, generator=seeded())
+    assert got[0].device == x.device and torch.equal(got[0], expected[0])
+    assert torch.equal(got[1], expected[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import networkx as nx
 import numpy as np
@@ -25,6 +26,7 @@ from nettrain.topology import (
     describe,
     is_b_connected,
     mixing_matrix,
+    schedules,
     spectral_gap,
 )
 from nettrain.topology.schedules import greedy_matching
@@ -337,3 +339,81 @@ def test_a_ring_of_65536_agents_needs_no_dense_matrix() -> None:
     summary = describe(topology)
     assert summary["spectral_gap"] is None and summary["doubly_stochastic"]
     assert summary["symmetric"] and summary["edges"] == n
+
+
+def test_defaults_are_metropolis_weights_and_seed_0() -> None:
+    ring = build_graph("ring", 8)
+    static = StaticTopology(ring)
+    assert static.scheme == "metropolis"
+    assert torch.equal(static.weights(0), mixing_matrix(ring, "metropolis"))
+    for default, seeded in [
+        (EdgeDropSchedule(ring, 0.5), EdgeDropSchedule(ring, 0.5, "metropolis", seed=0)),
+        (RandomMatching(ring), RandomMatching(ring, seed=0)),
+    ]:
+        assert all(torch.equal(default.weights(t), seeded.weights(t)) for t in range(8))
+
+
+def test_fixed_rule_schedules_name_their_weights() -> None:
+    assert OnePeerExponential(8).scheme == "one_peer_average"
+    assert RandomMatching(build_graph("ring", 8)).scheme == "pairwise_average"
+    assert describe(OnePeerExponential(8))["weights"] == "one_peer_average"
+    assert repr(OnePeerExponential(8)) == (
+        "OnePeerExponential(name='exponential/one_peer_exponential', n=8, "
+        "scheme='one_peer_average')"
+    )
+
+
+@pytest.mark.parametrize("schedule", ["edge_drop", "one_peer_exponential", "random_matching"])
+def test_weights_are_built_on_the_cpu_whatever_the_default_device(schedule: str) -> None:
+    """Under ``torch.device("meta")`` a tensor made without ``device=`` holds no values:
+    every round's matrix must still be the one built on the CPU."""
+    expected = [make(schedule).sparse_weights(t).to_dense() for t in range(4)]
+    topology = make(schedule)
+    with torch.device("meta"):
+        got = [topology.sparse_weights(t) for t in range(4)]
+    assert all(w.device.type == "cpu" for w in got)
+    assert all(torch.equal(w.to_dense(), e) for w, e in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("bad", [True, 1.0, "2"])
+def test_one_peer_exponential_needs_an_integer(bad) -> None:
+    message = f"one_peer_exponential needs an integer n >= 2, got {bad!r}"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        OnePeerExponential(bad)
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "0"])
+def test_a_schedule_seed_must_be_a_whole_number_from_0(bad) -> None:
+    message = f"seed must be an integer >= 0, got {bad!r}"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        RandomMatching(build_graph("ring", 6), seed=bad)
+    assert RandomMatching(build_graph("ring", 6), seed=np.int64(3)).seed == 3
+
+
+def test_edge_drop_refuses_a_boolean_drop_prob_and_uniform_weights_with_the_fix() -> None:
+    with pytest.raises(ConfigError, match=r"^drop_prob must be a number in \[0, 1\), got True$"):
+        EdgeDropSchedule(build_graph("ring", 6), True)
+    message = (
+        "edge_drop cannot use uniform weights: dropped edges make the graph irregular and "
+        "uniform weights are then not doubly stochastic; use scheme='metropolis'"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        EdgeDropSchedule(build_graph("ring", 6), 0.1, "uniform")
+
+
+def test_describe_gives_the_gaps_up_to_the_agent_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At :data:`SPECTRAL_MAX_AGENTS` agents the gaps are computed, one more leaves them
+    out (``None``); a graph without a kind is ``custom``."""
+    monkeypatch.setattr(schedules, "SPECTRAL_MAX_AGENTS", 6)
+    at_limit, beyond = describe(make_ring(6)), describe(make_ring(7))
+    assert at_limit["kind"] == "custom"
+    assert at_limit["spectral_gap"] == pytest.approx(spectral_gap(make_ring(6).weights(0)))
+    assert beyond["spectral_gap"] is None
+    matching = RandomMatching(build_graph("complete", 7))
+    assert describe(matching)["spectral_gap_expected"] is None
+    assert describe(RandomMatching(build_graph("complete", 6)))["spectral_gap_expected"] > 0
+
+
+def make_ring(n: int) -> StaticTopology:
+    """A ring given as a plain networkx graph (no ``kind``)."""
+    return StaticTopology(nx.cycle_graph(n))
