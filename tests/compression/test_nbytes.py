@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nettrain.compression import QSGD, Compressor, HalfPrecision, Identity, Lattice, TopK
+from nettrain.compression.base import packed_bytes
 
 M, D = 3, 10
 
@@ -50,3 +51,8 @@ def test_in_memory_codes_match_the_wire_for_whole_byte_formats():
         assert codes.element_size() * codes.shape[1] == per_row
     half = HalfPrecision().encode(x).values
     assert half.element_size() * half.shape[1] == 2 * D
+
+
+@pytest.mark.parametrize(("d", "bits", "expected"), [(10, 5, 7), (8, 1, 1), (9, 1, 2), (3, 8, 3)])
+def test_packed_bytes_are_whole_bytes_rounded_up(d: int, bits: int, expected: int):
+    assert type(packed_bytes(d, bits)) is int and packed_bytes(d, bits) == expected

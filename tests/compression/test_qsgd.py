@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -88,7 +89,11 @@ def test_same_seed_same_bits_and_no_global_rng():
 
 
 def test_needs_a_generator():
-    with pytest.raises(ConfigError, match=r"generator=torch\.Generator"):
+    message = (
+        "the qsgd compressor rounds at random and never uses the global generator; "
+        "pass generator=torch.Generator(device=x.device).manual_seed(seed)"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         QSGD().encode(torch.ones(2, 3))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -48,7 +50,7 @@ def test_decode_has_the_shape_dtype_and_device_of_x(comp, dtype):
     assert x_hat.dtype == dtype
     assert x_hat.device == x.device
     assert torch.isfinite(x_hat).all()
-    assert nbytes.shape == (5,)
+    assert nbytes.shape == (5,) and nbytes.dtype == torch.int64
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -109,7 +111,10 @@ def test_a_reference_of_another_shape_or_dtype_is_refused(comp):
     caller passing the wrong rows learns it at once, whichever compressor is configured."""
     x, ref = stack(torch.float64)
     payload = comp.encode(x, ref, generator=seeded())
-    shape = r"ref must have the shape of the encoded stack \(5, 40\), got \(5, 39\)"
+    shape = re.escape(
+        "ref must have the shape of the encoded stack (5, 40), got (5, 39); pass the "
+        "receivers' own vectors, one row per encoded row"
+    )
     with pytest.raises(ConfigError, match=shape):
         comp.encode(x, ref[:, :-1], generator=seeded())
     with pytest.raises(ConfigError, match=shape):

@@ -6,6 +6,9 @@ exact in float64, so replies, centres and staleness are compared with ``==``.
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
 
 from nettrain.algorithms import EASGD, EASGDAsync, MomentumDownpour
@@ -74,3 +77,24 @@ def test_a_loaded_shard_continues_as_the_saved_one() -> None:
     again = loaded.exchange_rows([1, 0], 1, torch.stack([f64(8, 8), f64(0, 0)]))
     assert [(r.tolist(), s) for r, s in again] == [([2, 2], 0), ([2, 2], 2)]
     assert torch.equal(loaded.centre(), f64(4, 4))  # 2 + (8 - 2) / 2 + (0 - 2) / 2
+
+
+def test_a_round_read_while_it_fills_is_the_centre_it_began_with() -> None:
+    """Worker 0's exchange of round 0 is in, worker 1's not yet: the centre read is still
+    ``x~ = 4`` (a record between rounds), then ``4 + (8 - 4) / 2 + (6 - 4) / 2 = 7``."""
+    centre = shard(EASGD(lr=0.1, alpha=0.5), f64(4), 2)
+    centre.exchange_sync(0, 0, f64(8))
+    assert torch.equal(centre.centre(), f64(4))
+    centre.exchange_sync(1, 0, f64(6))
+    assert torch.equal(centre.centre(), f64(7))
+
+
+def test_a_worker_a_round_ahead_waits_then_says_for_whom() -> None:
+    centre = CentreShard(EASGD(lr=0.1, alpha=0.5), f64(0)[None], 2, 0.05)
+    centre.exchange_sync(0, 0, f64(1))
+    message = "worker 0 waited 0.05 s at round 1 for the other workers' exchanges of round 0"
+    with pytest.raises(TimeoutError, match=f"^{re.escape(message)}$"):
+        centre.exchange_sync(0, 1, f64(1))
+    assert not centre.finished.is_set()
+    centre.finish()
+    assert centre.finished.is_set()

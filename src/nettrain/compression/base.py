@@ -124,8 +124,9 @@ def per_row(m: int, nbytes: int) -> torch.Tensor:
     return torch.full((m,), nbytes, dtype=torch.int64, device="cpu")
 
 
-def check_int(name: str, value: object, low: int, high: int, why: str = "") -> int:
-    """Return ``value`` as an int in ``[low, high]``, or raise :class:`ConfigError` naming it."""
+def check_int(name: str, value: object, low: int, high: int, why: str) -> int:
+    """Return ``value`` as an int in ``[low, high]``, or raise :class:`ConfigError` naming it
+    and saying why (``why``: what the setting means, appended to the message)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an integer in {low}..{high}, got {value!r}{why}")
     if not low <= value <= high:
