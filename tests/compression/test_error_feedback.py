@@ -75,7 +75,8 @@ def test_the_reference_and_the_generator_reach_the_compressor():
     ref = x + 0.1 * torch.randn(3, 16, generator=g, dtype=torch.float64)
     residual = 0.01 * torch.randn(3, 16, generator=g, dtype=torch.float64)
     lattice = Lattice.with_bits(8, eps=0.01)
-    _, x_hat, state = ErrorFeedback(lattice).step(x, EFState(residual), ref)
+    payload, x_hat, state = ErrorFeedback(lattice).step(x, EFState(residual), ref)
+    assert torch.equal(ErrorFeedback(lattice).decode(payload, ref), x_hat)  # the receiver's
     torch.testing.assert_close(x_hat, lattice.roundtrip(x + residual, ref)[0], rtol=0, atol=0)
     torch.testing.assert_close(state.residual, x + residual - x_hat, rtol=0, atol=0)
     assert (x_hat - (x + residual)).abs().max() <= 0.005 + 1e-12  # decoded against ref

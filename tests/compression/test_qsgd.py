@@ -131,6 +131,8 @@ def test_levels_are_the_rule_applied_to_the_generators_uniforms(norm, dtype):
     with ``c`` the norm rounded up to float32; ``x_hat = c sign(x) level / s``."""
     qsgd = QSGD(bits=3, norm=norm)
     x = torch.randn(4, 30, generator=gen(12), dtype=dtype)
+    x[1] *= 1e-3  # a norm below 1
+    x[2, :5] = 0.0
     payload = qsgd.encode(x, generator=gen(13))
     # c is the smallest float32 at or above the norm
     below = torch.nextafter(payload.scale, torch.full_like(payload.scale, -math.inf))
@@ -142,3 +144,15 @@ def test_levels_are_the_rule_applied_to_the_generators_uniforms(norm, dtype):
     level = r.floor() + (u < r - r.floor()).to(dtype)
     assert torch.equal(payload.codes.to(dtype), level * x.sign())
     assert torch.equal(qsgd.decode(payload), payload.codes.to(dtype) * (c / qsgd.levels))
+
+
+def test_bad_settings_are_named_with_their_meaning():
+    message = (
+        "qsgd bits must be an integer in 1..16, got 17 (magnitude bits per coordinate; a sign "
+        "bit is sent besides)"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        QSGD(bits=17)
+    message = "qsgd norm='l1' is unknown; choose one of l2, linf"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        QSGD(norm="l1")

@@ -98,3 +98,10 @@ def test_a_worker_a_round_ahead_waits_then_says_for_whom() -> None:
     assert not centre.finished.is_set()
     centre.finish()
     assert centre.finished.is_set()
+
+
+@pytest.mark.parametrize("round", [None, 0])
+def test_a_worker_list_and_rows_of_different_lengths_are_refused(round) -> None:
+    centre = shard(EASGD(lr=0.1, alpha=0.5), f64(0), 2)
+    with pytest.raises(ValueError, match="zip"):
+        centre.exchange_rows([0, 1], round, f64(1)[None])

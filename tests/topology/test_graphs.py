@@ -10,7 +10,7 @@ import pytest
 
 from nettrain.errors import ConfigError, TopologyError
 from nettrain.topology import GRAPHS, build_graph
-from nettrain.topology.graphs import edge_array
+from nettrain.topology.graphs import derived_seed, edge_array
 
 
 def edge_set(graph: nx.Graph) -> set[frozenset[int]]:
@@ -177,11 +177,13 @@ def test_edge_array_rejects_labels_other_than_agent_ids() -> None:
 
 
 @pytest.mark.parametrize(
-    ("n", "sizes"), [(4, "[9, 12]"), (10, "[9, 12, 15]"), (22, "[20, 21, 24, 25]")]
+    ("n", "sizes"),
+    [(4, "[9, 12]"), (10, "[9, 12, 15]"), (14, "[9, 12, 15, 16]"), (22, "[20, 21, 24, 25]")],
 )
 def test_torus_error_names_the_two_nearest_sizes_on_each_side(n: int, sizes: str) -> None:
-    """Sizes with at least 3 rows: 9 = 3x3, 12 = 3x4, 15 = 3x5, 20 = 4x5, 21 = 3x7,
-    24 = 4x6, 25 = 5x5 (10 = 2x5, 22 = 2x11, 23 and 4 = 2x2 do not); none below 9."""
+    """Sizes with at least 3 rows: 9 = 3x3, 12 = 3x4, 15 = 3x5, 16 = 4x4, 20 = 4x5, 21 = 3x7,
+    24 = 4x6, 25 = 5x5 (10 = 2x5, 11, 13, 14 = 2x7, 22 = 2x11, 23 and 4 = 2x2 do not);
+    none below 9."""
     tail = f"n={n} gives 2 x {n // 2}. Use e.g. n in {sizes} (9, 12, 16, 20, 25, ... work)"
     with pytest.raises(TopologyError, match=re.escape(tail) + "$"):
         build_graph("torus", n)
@@ -214,3 +216,21 @@ def test_random_regular_gives_up_and_names_the_fix() -> None:
 def test_erdos_renyi_refuses_a_boolean_edge_prob() -> None:
     with pytest.raises(ConfigError, match=r"^edge_prob must be a number in \(0, 1\], got True$"):
         build_graph("erdos_renyi", 10, edge_prob=True)
+
+
+def test_derived_seeds_are_distinct_across_streams_and_fixed_by_the_seed() -> None:
+    seeds = [derived_seed(7, stream) for stream in range(10)]
+    assert len(set(seeds)) == 10 and all(0 <= s < 2**32 for s in seeds)
+    assert seeds == [derived_seed(7, stream) for stream in range(10)]
+    assert seeds != [derived_seed(8, stream) for stream in range(10)]
+
+
+def test_erdos_renyi_takes_edge_prob_1_and_names_its_default_when_it_gives_up() -> None:
+    assert edge_set(build_graph("erdos_renyi", 6, edge_prob=1.0)) == edge_set(nx.complete_graph(6))
+    message = (
+        "erdos_renyi(n=30, edge_prob=0.01) was disconnected in all 3 tries; raise edge_prob "
+        "above the connectivity threshold ln(n)/n = 0.1134 (the default is 0.2267) or raise "
+        "max_tries"
+    )
+    with pytest.raises(TopologyError, match=f"^{re.escape(message)}$"):
+        build_graph("erdos_renyi", 30, edge_prob=0.01, max_tries=3)

@@ -13,6 +13,7 @@ import torch
 
 from nettrain.errors import ConfigError, TopologyError
 from nettrain.topology import (
+    GRAPHS,
     SCHEDULES,
     EdgeDropSchedule,
     OnePeerExponential,
@@ -391,8 +392,8 @@ def test_a_schedule_seed_must_be_a_whole_number_from_0(bad) -> None:
 
 
 def test_edge_drop_refuses_a_boolean_drop_prob_and_uniform_weights_with_the_fix() -> None:
-    with pytest.raises(ConfigError, match=r"^drop_prob must be a number in \[0, 1\), got True$"):
-        EdgeDropSchedule(build_graph("ring", 6), True)
+    with pytest.raises(ConfigError, match=r"^drop_prob must be a number in \[0, 1\), got False$"):
+        EdgeDropSchedule(build_graph("ring", 6), False)
     message = (
         "edge_drop cannot use uniform weights: dropped edges make the graph irregular and "
         "uniform weights are then not doubly stochastic; use scheme='metropolis'"
@@ -417,3 +418,28 @@ def test_describe_gives_the_gaps_up_to_the_agent_limit(monkeypatch: pytest.Monke
 def make_ring(n: int) -> StaticTopology:
     """A ring given as a plain networkx graph (no ``kind``)."""
     return StaticTopology(nx.cycle_graph(n))
+
+
+def test_build_topology_passes_its_defaults_and_every_graph_argument_on() -> None:
+    def edges(topology: Topology) -> set[frozenset[int]]:
+        return {frozenset(e) for e in topology.base_graph.edges()}
+
+    def graph_edges(graph: nx.Graph) -> set[frozenset[int]]:
+        return {frozenset(e) for e in graph.edges()}
+
+    assert edges(build_topology("random_regular", 10)) == graph_edges(
+        build_graph("random_regular", 10, seed=0, degree=4)
+    )
+    assert edges(build_topology("random_regular", 10, seed=3)) == graph_edges(
+        build_graph("random_regular", 10, seed=3, degree=4)
+    )
+    assert edges(build_topology("tree", 13)) == graph_edges(build_graph("tree", 13, branching=2))
+    assert edges(build_topology("tree", 13, branching=3)) == graph_edges(
+        build_graph("tree", 13, branching=3)
+    )
+    assert edges(build_topology("erdos_renyi", 20, edge_prob=0.9)) == graph_edges(
+        build_graph("erdos_renyi", 20, edge_prob=0.9)
+    )
+    message = f"unknown graph kind 'mesh'; choose one of {', '.join(GRAPHS)}"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        build_topology("mesh", 8)

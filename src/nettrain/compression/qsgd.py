@@ -24,6 +24,7 @@ the simulator leaves out. The scale is rounded *up* to float32, so it still boun
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -110,13 +111,13 @@ class QSGD(Compressor[QSGDPayload]):
         low = r.floor()
         u = torch.rand(x.shape, generator=gen, dtype=x.dtype, device=x.device)
         level = low + (u < r - low).to(x.dtype)  # l + 1 with probability r - l
-        codes = (level * x.sign()).to(_code_dtype(self.bits))
+        codes = torch.copysign(level, x).to(_code_dtype(self.bits))  # sign(x_i) l_i
         return QSGDPayload(codes, scale, x.dtype)
 
     def decode(self, payload: QSGDPayload, ref: torch.Tensor | None = None) -> torch.Tensor:
         check_ref(ref, tuple(payload.codes.shape))
         step = payload.scale.to(payload.dtype) / self.levels  # (m,)
-        return payload.codes.to(payload.dtype) * step[:, None]
+        return payload.codes * step[:, None]  # integer codes promote to the working dtype
 
     def nbytes(self, payload: QSGDPayload) -> torch.Tensor:
         m, d = payload.codes.shape
@@ -124,9 +125,9 @@ class QSGD(Compressor[QSGDPayload]):
 
     def _scale(self, x: torch.Tensor) -> torch.Tensor:
         """Per-row norm rounded up to float32, ``(m,)``."""
-        norm = torch.linalg.vector_norm(x, ord=2 if self.norm == "l2" else float("inf"), dim=1)
+        norm = torch.linalg.vector_norm(x, ord=2 if self.norm == "l2" else math.inf, dim=1)
         scale = norm.to(torch.float32)
-        low = scale.to(x.dtype) < norm
+        low = scale < norm  # compared in x's dtype (float64 if x is)
         return torch.where(low, torch.nextafter(scale, torch.full_like(scale, torch.inf)), scale)
 
 

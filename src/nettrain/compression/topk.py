@@ -14,7 +14,6 @@ Byte count: the ``k`` values in the working dtype plus ``k`` int32 indices,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 
@@ -68,8 +67,9 @@ class TopK(Compressor[SparsePayload]):
 
     def k_of(self, d: int) -> int:
         """The number of coordinates kept in a row of length ``d``."""
-        if self.k is None:  # a ratio: __post_init__ asks for exactly one of the two
-            return max(1, min(d, round(cast(float, self.ratio) * d)))
+        if self.ratio is not None:
+            return max(1, min(d, round(self.ratio * d)))
+        assert self.k is not None  # __post_init__ asks for exactly one of the two
         if self.k > d:
             raise ConfigError(
                 f"topk k={self.k} exceeds the row length d={d}; use k <= d or a ratio"

@@ -22,6 +22,7 @@ kind               edges (indices mod n where relevant)
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -172,10 +173,15 @@ def _torus_shape(n: int) -> tuple[int, int]:
 
 
 def _torus_sizes_near(n: int, count: int = 2) -> list[int]:
-    """Return up to ``count`` agent counts below and above ``n`` that make a torus."""
-    below = [m for m in range(n - 1, 8, -1) if _torus_shape(m)[0] >= 3][:count]
-    above = [m for m in range(max(n + 1, 9), 4 * n + 16) if _torus_shape(m)[0] >= 3][:count]
-    return sorted(below + above)
+    """Return up to ``count`` agent counts below and ``count`` above ``n`` that make a
+    torus (every multiple of 3 from 9 does, as ``3 x m/3``: the search above ends)."""
+
+    def fits(m: int) -> bool:
+        return _torus_shape(m)[0] >= 3
+
+    below = itertools.islice(filter(fits, range(n - 1, 8, -1)), count)
+    above = itertools.islice(filter(fits, itertools.count(max(n + 1, 9))), count)
+    return sorted([*below, *above])
 
 
 def _torus(n: int, p: _Params) -> nx.Graph:
@@ -211,8 +217,9 @@ def _tree(n: int, p: _Params) -> nx.Graph:
 
 
 def _exponential(n: int, p: _Params) -> nx.Graph:
-    """Circulant graph with offsets ``2^k < n``: edges ``{i, (i + 2^k) mod n}``."""
-    offsets = [2**k for k in range((n - 1).bit_length()) if 2**k < n]
+    """Circulant graph with offsets ``2^k < n``: edges ``{i, (i + 2^k) mod n}``
+    (``k < ceil(log2 n)``, the bit length of ``n - 1``)."""
+    offsets = [2**k for k in range((n - 1).bit_length())]
     return _canonical(nx.circulant_graph(n, offsets))
 
 
