@@ -10,7 +10,7 @@ import pytest
 
 from nettrain.errors import ConfigError, TopologyError
 from nettrain.topology import GRAPHS, build_graph
-from nettrain.topology.graphs import derived_seed, edge_array
+from nettrain.topology.graphs import _canonical, derived_seed, edge_array
 
 
 def edge_set(graph: nx.Graph) -> set[frozenset[int]]:
@@ -234,3 +234,55 @@ def test_erdos_renyi_takes_edge_prob_1_and_names_its_default_when_it_gives_up() 
     )
     with pytest.raises(TopologyError, match=f"^{re.escape(message)}$"):
         build_graph("erdos_renyi", 30, edge_prob=0.01, max_tries=3)
+
+
+def test_build_graph_defaults() -> None:
+    """Seed 0, degree 4, branching 2, 100 tries."""
+    assert edge_set(build_graph("random_regular", 10)) == edge_set(
+        build_graph("random_regular", 10, seed=0, degree=4)
+    )
+    assert edge_set(build_graph("tree", 13)) == edge_set(build_graph("tree", 13, branching=2))
+    with pytest.raises(TopologyError, match="disconnected in all 100 tries"):
+        build_graph("erdos_renyi", 30, edge_prob=0.01)
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        ("seed", -1, "seed must be >= 0, got -1"),
+        ("seed", 1.5, "seed must be an integer, got 1.5"),
+        ("degree", 0, "degree must be >= 1, got 0"),
+        ("branching", 0, "branching must be >= 1, got 0"),
+        ("max_tries", 0, "max_tries must be >= 1, got 0"),
+        ("max_tries", True, "max_tries must be an integer, got True"),
+    ],
+)
+def test_build_graph_arguments_are_checked_by_name(argument: str, value, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        build_graph("ring", 5, **{argument: value})
+
+
+def test_one_try_is_enough_when_it_is_connected() -> None:
+    assert nx.is_connected(build_graph("random_regular", 10, degree=3, max_tries=1))
+
+
+def test_edges_need_agents_0_to_n_minus_1_and_come_sorted_once() -> None:
+    message = (
+        "graph nodes must be the agent ids 0..n-1; relabel with "
+        "networkx.convert_node_labels_to_integers(graph)"
+    )
+    with pytest.raises(TopologyError, match=f"^{re.escape(message)}$"):
+        edge_array(nx.Graph([(1, 2)]))
+    graph = nx.Graph([(3, 1), (0, 3), (2, 2)])  # a self-loop, edges given high to low
+    assert edge_array(graph).tolist() == [[0, 3], [1, 3]]
+    assert edge_array(nx.Graph()).shape == (0, 2)
+
+
+def test_a_graph_is_relabelled_to_a_plain_graph_on_agents_in_order() -> None:
+    shuffled = nx.Graph([(2, 0), (0, 1)])  # nodes in the order 2, 0, 1
+    canonical = _canonical(shuffled)
+    assert list(canonical.nodes) == [0, 1, 2] and edge_set(canonical) == edge_set(shuffled)
+    multi = _canonical(nx.MultiGraph([(0, 1), (0, 1), (1, 2)]))
+    assert type(multi) is nx.Graph and multi.number_of_edges() == 2
+    plain = nx.path_graph(3)
+    assert _canonical(plain) is plain

@@ -407,7 +407,7 @@ def test_describe_gives_the_gaps_up_to_the_agent_limit(monkeypatch: pytest.Monke
     out (``None``); a graph without a kind is ``custom``."""
     monkeypatch.setattr(schedules, "SPECTRAL_MAX_AGENTS", 6)
     at_limit, beyond = describe(make_ring(6)), describe(make_ring(7))
-    assert at_limit["kind"] == "custom"
+    assert at_limit["kind"] == "custom" and make_ring(6).name == "custom/static"
     assert at_limit["spectral_gap"] == pytest.approx(spectral_gap(make_ring(6).weights(0)))
     assert beyond["spectral_gap"] is None
     matching = RandomMatching(build_graph("complete", 7))
@@ -443,3 +443,10 @@ def test_build_topology_passes_its_defaults_and_every_graph_argument_on() -> Non
     message = f"unknown graph kind 'mesh'; choose one of {', '.join(GRAPHS)}"
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         build_topology("mesh", 8)
+
+
+@pytest.mark.parametrize("bad", [True, -1, 1.5])
+def test_a_round_must_be_a_whole_number_from_0(bad) -> None:
+    message = f"round t must be an integer >= 0, got {bad!r}"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        build_topology("ring", 5).weights(bad)

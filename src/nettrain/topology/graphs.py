@@ -118,8 +118,6 @@ def edge_array(graph: nx.Graph) -> np.ndarray:
             "networkx.convert_node_labels_to_integers(graph)"
         )
     edges = np.array(list(graph.edges()), dtype=np.int64).reshape(-1, 2)  # (m, 2)
-    if n == 0:
-        return edges
     edges = np.sort(edges, axis=1)
     edges = edges[edges[:, 0] != edges[:, 1]]
     codes = np.unique(edges[:, 0] * n + edges[:, 1])  # sorted, deduplicated
