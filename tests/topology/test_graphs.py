@@ -6,6 +6,7 @@ import math
 import re
 
 import networkx as nx
+import numpy as np
 import pytest
 
 from nettrain.errors import ConfigError, TopologyError
@@ -275,7 +276,8 @@ def test_edges_need_agents_0_to_n_minus_1_and_come_sorted_once() -> None:
         edge_array(nx.Graph([(1, 2)]))
     graph = nx.Graph([(3, 1), (0, 3), (2, 2)])  # a self-loop, edges given high to low
     assert edge_array(graph).tolist() == [[0, 3], [1, 3]]
-    assert edge_array(nx.Graph()).shape == (0, 2)
+    empty = edge_array(nx.Graph())
+    assert empty.shape == (0, 2) and empty.dtype == np.int64
 
 
 def test_a_graph_is_relabelled_to_a_plain_graph_on_agents_in_order() -> None:

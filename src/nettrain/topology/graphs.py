@@ -74,8 +74,9 @@ def build_graph(
             the families that constrain ``n``).
         seed: seed of the random families (``erdos_renyi``, ``random_regular``).
         degree: degree of ``random_regular``.
-        edge_prob: edge probability of ``erdos_renyi``; default ``min(1, 2 ln(n) / n)``,
-            twice the connectivity threshold ``ln(n) / n`` (Erdős & Rényi, 1960).
+        edge_prob: edge probability of ``erdos_renyi``; default ``2 ln(n) / n`` (below 1
+            for every ``n``), twice the connectivity threshold ``ln(n) / n`` (Erdős &
+            Rényi, 1960).
         branching: number of children per node of ``tree``.
         max_tries: how many seeds the random families try before giving up on
             connectivity.
@@ -250,7 +251,7 @@ def _first_connected(
 def _erdos_renyi(n: int, p: _Params) -> nx.Graph:
     """G(n, p) sampled with ``nx.fast_gnp_random_graph`` (O(n + m)), resampled until connected."""
     threshold = math.log(n) / n
-    prob = min(1.0, 2.0 * threshold) if p.edge_prob is None else p.edge_prob
+    prob = 2.0 * threshold if p.edge_prob is None else p.edge_prob  # 2 ln(n)/n <= 2/e
     if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 < prob <= 1.0:
         raise ConfigError(f"edge_prob must be a number in (0, 1], got {prob!r}")
     graph = _first_connected(
@@ -262,7 +263,7 @@ def _erdos_renyi(n: int, p: _Params) -> nx.Graph:
         raise TopologyError(
             f"erdos_renyi(n={n}, edge_prob={prob:.4g}) was disconnected in all {p.max_tries} "
             f"tries; raise edge_prob above the connectivity threshold ln(n)/n = {threshold:.4g} "
-            f"(the default is {min(1.0, 2.0 * threshold):.4g}) or raise max_tries"
+            f"(the default is {2.0 * threshold:.4g}) or raise max_tries"
         )
     return graph
 
