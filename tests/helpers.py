@@ -20,6 +20,24 @@ from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
 
 
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed``."""
+    return torch.Generator().manual_seed(seed)
+
+
+MASK64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment
+
+
+def splitmix64(state: int) -> int:
+    """SplitMix64's finaliser (Steele, Lea and Flood 2014) of ``state`` modulo ``2^64``, in
+    Python integers: the reference for nettrain's int64 tensor version."""
+    z = state & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
 def regression_data(n_samples: int = 120, n_features: int = 5, seed: int = 0) -> Dataset:
     """Noisy linear data ``y = a^T w + b + noise`` in float64."""
     gen = torch.Generator().manual_seed(seed)
@@ -27,6 +45,32 @@ def regression_data(n_samples: int = 120, n_features: int = 5, seed: int = 0) ->
     w = torch.randn(n_features, generator=gen, dtype=torch.float64)
     y = a @ w + 0.5 + 0.3 * torch.randn(n_samples, generator=gen, dtype=torch.float64)
     return Dataset("linreg", a, y, a[:20], y[:20], n_classes=0)
+
+
+def identity_quadratics(
+    targets: torch.Tensor, reg: Regularizer | None = None
+) -> tuple[Problem, list[torch.Tensor]]:
+    """A problem whose agent ``i`` has ``f_i(x) = ||x - a_i||^2 / 2`` exactly, for the rows
+    ``a_i`` of ``targets: (n, d)`` (plus the regulariser ``reg``), and its shards.
+
+    A linear model without bias ``x -> <p, x>`` and the squared loss; agent ``i`` holds the
+    ``d`` samples ``(sqrt(d) e_k, sqrt(d) a_ik)``, so its mean loss is
+    ``(1/d) sum_k (sqrt(d) p_k - sqrt(d) a_ik)^2 / 2 = ||p - a_i||^2 / 2`` and its
+    gradient ``p - a_i``: known by hand, whatever nettrain computes."""
+    n, d = targets.shape
+    scale = d**0.5
+    features = (scale * torch.eye(d, dtype=torch.float64)).repeat(n, 1)  # (n d, d)
+    data = Dataset(
+        "quadratics",
+        features,
+        scale * targets.reshape(-1),
+        features,
+        scale * targets.reshape(-1),
+        n_classes=0,
+    )
+    model = torch.nn.Linear(d, 1, bias=False).double()
+    problem = Problem(model, get_loss("squared"), reg or Regularizer(), data)
+    return problem, [torch.arange(i * d, (i + 1) * d) for i in range(n)]
 
 
 def least_squares_problem(data: Dataset, reg: Regularizer | None = None) -> Problem:

@@ -270,7 +270,6 @@ class Communicator(ABC):
         self,
         sent: torch.Tensor,
         workers: torch.Tensor,
-        rule: ServerRule,
         synchronous: bool = False,
         *,
         losses: Losses | None = None,
@@ -278,7 +277,8 @@ class Communicator(ABC):
         """Exchanges of ``workers: (k,)`` (global ids, local here) with the centre servers.
 
         Worker ``w`` sends ``sent[w]: (d,)``, split into the servers' contiguous slices;
-        each server applies ``rule.serve`` to its slice atomically (a lock per server,
+        each server applies its rule (the method's :class:`ServerRule`, given to the servers
+        when they were built) to its slice atomically (a lock per server,
         none global) and replies. Returns the replies ``(k, d)``. Asynchronous: exchanges
         are applied in row order, each on the centre as the earlier ones left it.
         Synchronous (one call per round by every worker): every exchange of the round

@@ -12,11 +12,19 @@ from helpers import (
     regression_data,
     sim_job,
 )
-from nettrain.algorithms.baselines import DPSGD, GradientTracking, TrackingState
+from nettrain.algorithms.baselines import (
+    DPSGD,
+    AllReduceSGD,
+    GradientTracking,
+    LocalSGD,
+    TrackingState,
+)
+from nettrain.compression import TopK
 from nettrain.config import build_algorithm, load_config
 from nettrain.data import Dataset
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.engine import SimEngine
+from nettrain.errors import ConfigError
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder
@@ -125,6 +133,7 @@ class MomentumBuffer:
 
 MOMENTA = [pytest.param(0.9, False, id="heavy_ball"), pytest.param(0.8, True, id="nesterov")]
 STEPS = 6
+DECAY = 0.01  # weight decay: the gradient of (DECAY / 2) ||x||^2 joins the step's gradient
 
 
 def run_steps(algo, x0: torch.Tensor, problem: Problem, shards, topology) -> torch.Tensor:
@@ -139,8 +148,8 @@ def run_steps(algo, x0: torch.Tensor, problem: Problem, shards, topology) -> tor
 
 @pytest.mark.parametrize(("momentum", "nesterov"), MOMENTA)
 def test_dpsgd_with_momentum_is_the_per_agent_reference(momentum: float, nesterov: bool) -> None:
-    """D-PSGD with momentum against a loop over agents written from its docstring: each
-    agent's gradient at its own pre-mixing point, its own momentum buffer, then
+    """D-PSGD with momentum and weight decay against a loop over agents written from its
+    docstring: each agent's gradient at its own pre-mixing point, its own momentum buffer, then
     ``x_i <- sum_j W_ij x_j - lr d_i``. Agents start apart on different data, on a ring,
     so a wrong order (mixing before the gradient), a shared buffer or a wrong momentum
     recursion fails."""
@@ -148,14 +157,13 @@ def test_dpsgd_with_momentum_is_the_per_agent_reference(momentum: float, nestero
     problem, shards, a, b = per_agent_least_squares(n, 3, 2)
     topology = build_topology("ring", n)
     x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
-    got = run_steps(
-        DPSGD(lr=lr, momentum=momentum, nesterov=nesterov), x0, problem, shards, topology
-    )
+    algo = DPSGD(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=DECAY)
+    got = run_steps(algo, x0, problem, shards, topology)
     W = topology.weights(0).to(torch.float64)
     bufs = [MomentumBuffer(momentum, nesterov) for _ in range(n)]
     x = [row.clone() for row in x0]
     for _ in range(STEPS):
-        d = [bufs[i].direction(hand_gradient(a[i], b[i], x[i])) for i in range(n)]
+        d = [bufs[i].direction(hand_gradient(a[i], b[i], x[i]) + DECAY * x[i]) for i in range(n)]
         x = [sum(W[i, j] * x[j] for j in range(n)) - lr * d[i] for i in range(n)]
     torch.testing.assert_close(got, torch.stack(x), rtol=0, atol=1e-10)
 
@@ -164,33 +172,106 @@ def test_dpsgd_with_momentum_is_the_per_agent_reference(momentum: float, nestero
 def test_gradient_tracking_with_momentum_is_the_per_agent_reference(
     momentum: float, nesterov: bool
 ) -> None:
-    """Gradient tracking (DIGing) with momentum against a loop over agents written from
-    its docstring, momentum applied to the tracker ``y_i`` ("``y`` is the local step's
-    gradient")::
+    """Gradient tracking (DIGing) with momentum and weight decay against a loop over agents
+    written from its docstring, momentum applied to the tracker ``y_i`` ("``y`` is the local
+    step's gradient", the decay's ``DECAY x_i`` added to it)::
 
-        x_i <- sum_j W_ij x_j - lr d(y_i)
+        x_i <- sum_j W_ij x_j - lr d(y_i + DECAY x_i)
         y_i <- sum_j W_ij y_j + g_i(x_i new) - g_i(x_i old),   y_i[0] = g_i(x_i[0])
     """
     n, lr = 4, 0.05
     problem, shards, a, b = per_agent_least_squares(n, 3, 2)
     topology = build_topology("ring", n)
     x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    got = run_steps(
-        GradientTracking(lr=lr, momentum=momentum, nesterov=nesterov),
-        x0,
-        problem,
-        shards,
-        topology,
-    )
+    algo = GradientTracking(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=DECAY)
+    got = run_steps(algo, x0, problem, shards, topology)
     W = topology.weights(0).to(torch.float64)
     bufs = [MomentumBuffer(momentum, nesterov) for _ in range(n)]
     x = [row.clone() for row in x0]
     g = [hand_gradient(a[i], b[i], x[i]) for i in range(n)]
     y = list(g)
     for _ in range(STEPS):
-        d = [bufs[i].direction(y[i]) for i in range(n)]
+        d = [bufs[i].direction(y[i] + DECAY * x[i]) for i in range(n)]
         x = [sum(W[i, j] * x[j] for j in range(n)) - lr * d[i] for i in range(n)]
         new_g = [hand_gradient(a[i], b[i], x[i]) for i in range(n)]
         y = [sum(W[i, j] * y[j] for j in range(n)) + new_g[i] - g[i] for i in range(n)]
         g = new_g
     torch.testing.assert_close(got, torch.stack(x), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", [LocalSGD, DPSGD, GradientTracking])
+def test_top_k_on_a_method_that_sends_models_is_refused_by_name(method) -> None:
+    with pytest.raises(ConfigError, match=rf"\(algorithm=allreduce\); {method.name} sends models"):
+        method(lr=0.1, compressor=TopK(k=2))
+
+
+class RecordingParts:
+    """A :class:`~nettrain.patterns.PartsHandle` that records the slices put into it."""
+
+    def __init__(self, comm: SimCommunicator, like: torch.Tensor) -> None:
+        self.comm, self.like, self.parts = comm, like, []
+        self.bucket_bytes = 8 * 2  # two float64 columns a slice
+
+    def put(self, cols: slice, part: torch.Tensor) -> None:
+        self.parts.append((cols, part.clone()))
+
+    def wait(self, whole: torch.Tensor) -> torch.Tensor:
+        return self.comm.mean(whole)
+
+
+@pytest.mark.parametrize(("momentum", "nesterov"), MOMENTA)
+def test_allreduce_with_momentum_is_sgd_on_the_mean_gradient(momentum: float, nesterov: bool):
+    """All-reduce SGD: one ``torch.optim.SGD``-style buffer on ``mean_i g_i(x) + DECAY x``,
+    the same ``x`` everywhere. The mean is fed slice by slice by the backward pass: every
+    column of every agent's final gradient is put once, then waited for."""
+    n, lr = 4, 0.05
+    problem, shards, a, b = per_agent_least_squares(n, 3, 5)
+    comm = SimCommunicator(build_topology("ring", n), torch.device("cpu"), torch.float64)
+    handles: list[RecordingParts] = []
+
+    def start_mean_parts(like: torch.Tensor) -> RecordingParts:
+        handles.append(RecordingParts(comm, like))
+        return handles[-1]
+
+    comm.start_mean_parts = start_mean_parts  # type: ignore[method-assign]
+    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    algo = AllReduceSGD(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=DECAY)
+    x0 = torch.randn(5, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    state = algo.init(x0.expand(n, -1).clone(), oracle, comm)
+    buf, x = MomentumBuffer(momentum, nesterov), x0.clone()
+    for t in range(STEPS):
+        before = state.x
+        state, _ = algo.step(state, t, oracle, comm)
+        grads = torch.stack([hand_gradient(a[i], b[i], x) for i in range(n)])
+        x = x - lr * buf.direction(grads.mean(0) + DECAY * x)
+        torch.testing.assert_close(state.x, x.expand(n, -1), rtol=0, atol=1e-12)
+        handle = handles[t]
+        assert handle.like is before
+        columns = sorted(c for cols, _ in handle.parts for c in range(5)[cols])
+        assert columns == list(range(5))  # every column put once
+        for cols, part in handle.parts:
+            torch.testing.assert_close(part, grads[:, cols], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("momentum", "nesterov"), MOMENTA)
+def test_local_sgd_with_momentum_is_the_per_agent_reference(momentum: float, nesterov: bool):
+    """Local SGD with ``tau = 3``: every agent steps with its own momentum buffer (kept
+    local, never averaged) and weight decay; after rounds 3 and 6 the models are replaced
+    by their mean."""
+    n, lr, tau = 4, 0.05, 3
+    problem, shards, a, b = per_agent_least_squares(n, 3, 2)
+    x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    algo = LocalSGD(lr=lr, tau=tau, momentum=momentum, nesterov=nesterov, weight_decay=DECAY)
+    comm = SimCommunicator(build_topology("ring", n), torch.device("cpu"), torch.float64)
+    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    state = algo.init(x0.clone(), oracle, comm)
+    bufs = [MomentumBuffer(momentum, nesterov) for _ in range(n)]
+    x = [row.clone() for row in x0]
+    for t in range(7):
+        state, _ = algo.step(state, t, oracle, comm)
+        x = [x[i] - lr * bufs[i].direction(hand_gradient(a[i], b[i], x[i]) + DECAY * x[i])
+             for i in range(n)]  # fmt: skip
+        if t in (2, 5):
+            x = [torch.stack(x).mean(0)] * n
+        torch.testing.assert_close(state.x, torch.stack(x), rtol=0, atol=1e-12)
+    assert not torch.allclose(state.x[0], state.x[1])  # round 7 is local again

@@ -7,14 +7,21 @@ import itertools
 import pytest
 import torch
 
-from helpers import least_squares_optimum, least_squares_problem, regression_data, sim_job
+from helpers import (
+    identity_quadratics,
+    least_squares_optimum,
+    least_squares_problem,
+    regression_data,
+    sim_job,
+)
 from nettrain.algorithms import ALGORITHMS, BlockAsyncSGD, Hogwild
-from nettrain.algorithms.block_async import block_index, owned_blocks
+from nettrain.algorithms.block_async import DELAY_STREAM, block_index, owned_blocks
 from nettrain.config import load_config
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.errors import ConfigError
 from nettrain.experiment import build_job, run
 from nettrain.problem.flat import block_slices
+from nettrain.problem.oracle import agent_seed
 from nettrain.recording import RunFolder
 from nettrain.topology import build_topology
 
@@ -150,3 +157,68 @@ def test_registered_and_checked() -> None:
         load_config(overrides={"algorithm": "hogwild", "engine": "distributed", "agents": 4})
     with pytest.raises(ConfigError, match="step_decay must be >= 0"):
         BlockAsyncSGD(workers=2, blocks=2, step_decay=-1)
+    assert BlockAsyncSGD(blocks=4).for_network(3).workers == 3  # 0: one per agent
+    three = BlockAsyncSGD(workers=3, blocks=4)
+    assert three.for_network(5).workers == 3  # as configured, then refused by init
+    with pytest.raises(ConfigError, match=r"^block_async was configured for 3 workers, got 5$"):
+        three.init(torch.zeros(5, 4), oracle=None, comm=None)  # type: ignore[arg-type]
+    problem = least_squares_problem(regression_data(n_features=3))  # dim 4 with the bias
+    BlockAsyncSGD(workers=1, blocks=4).check(problem)  # one coordinate a block
+    with pytest.raises(ConfigError, match=r"^blocks=5 is more than the model's 4 parameters"):
+        BlockAsyncSGD(workers=1, blocks=5).check(problem)
+
+
+def test_simulated_rounds_are_the_read_delay_model_written_out() -> None:
+    """Three workers, three blocks, different quadratics, momentum, weight decay and a
+    diminishing step, reads up to two rounds old, partitioned and full rounds mixed,
+    against the model of :meth:`BlockAsyncSGD.step` written out block by block: worker
+    ``c`` reads its own blocks now and block ``b`` of the others as it was ``s`` rounds
+    ago (the seeded draws), takes the gradient of agent ``pi_t(c)``'s quadratic there,
+    moves its momentum on the blocks it writes, and all writes land together; staleness
+    counts the writes a read missed, its own excluded."""
+    n, d, nb, lr, m, wd, decay = 3, 7, 3, 0.1, 0.5, 0.01, 0.2
+    targets = torch.randn(n, d, generator=torch.Generator().manual_seed(40), dtype=torch.float64)
+    problem, shards = identity_quadratics(targets)
+    algo = BlockAsyncSGD(
+        lr=lr, momentum=m, weight_decay=wd, workers=n, blocks=nb, step_decay=decay,
+        warmup=1, full_every=3, max_delay=2, seed=9,
+    )  # fmt: skip
+    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    x0 = torch.randn(1, d, generator=torch.Generator().manual_seed(41), dtype=torch.float64)
+    state = algo.init(x0.expand(n, -1).clone(), oracle, comm=None)  # type: ignore[arg-type]
+    assert state.history.shape == (3, d) and state.versions.shape == (3, nb)
+    assert all(t.dtype == torch.int64 for t in (state.versions, state.updates, state.reads))
+    block = [range(s.start, s.stop) for s in block_slices(d, nb)]
+    models, counts = [x0[0].clone()], [[0] * nb]  # the model and writes at each round's start
+    u = torch.zeros(n, d, dtype=torch.float64)
+    stale_sum, stale_max = [0] * n, [0] * n
+    for t in range(7):
+        gen = torch.Generator().manual_seed(agent_seed(9, t, DELAY_STREAM))
+        delay = torch.randint(0, min(2, t) + 1, (n, nb), generator=gen).tolist()
+        shard = torch.randperm(n, generator=gen).tolist()
+        writes = [algo.written(c, t) for c in range(n)]
+        new, total = models[t].clone(), list(counts[t])
+        for c in range(n):
+            for b in writes[c]:
+                total[b] += 1
+        for c in range(n):
+            read = torch.empty(d, dtype=torch.float64)
+            for b in range(nb):
+                s = 0 if b in owned_blocks(c, n, nb) else delay[c][b]
+                read[block[b]] = models[t - s][block[b]]
+                missed = total[b] - counts[t - s][b] - (b in writes[c])
+                stale_sum[c] += missed
+                stale_max[c] = max(stale_max[c], missed)
+            g = read - targets[shard[c]] + wd * read
+            for b in writes[c]:
+                u[c, block[b]] = m * u[c, block[b]] + g[block[b]]
+                new[block[b]] -= lr / (1 + decay * lr * t) * u[c, block[b]]
+        models.append(new)
+        counts.append(total)
+        state, _ = algo.step(state, t, oracle, comm=None)  # type: ignore[arg-type]
+        torch.testing.assert_close(state.x, new.expand(n, -1), rtol=0, atol=1e-12)
+        torch.testing.assert_close(state.u, u, rtol=0, atol=1e-12)
+    assert state.stale_sum.tolist() == stale_sum and state.stale_max.tolist() == stale_max
+    assert state.reads.tolist() == [7 * nb] * n
+    assert state.updates.sum(0).tolist() == counts[-1]
+    assert max(stale_max) > 0 and any(not algo.full(t) for t in range(7))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nettrain.algorithms import ALGORITHMS, AsyncAlgorithm, Method
+from nettrain.algorithms import ALGORITHMS, DPSGD, AsyncAlgorithm, Method
 from nettrain.algorithms.base import ENGINE_NAMES
 from nettrain.config import ENGINES, SHARED_MEMORY_ALGORITHMS, load_config
 from nettrain.errors import ConfigError
@@ -68,3 +68,17 @@ def test_each_engine_refuses_exactly_the_methods_that_do_not_name_it(
     assert cls.engines_note in str(err.value)
     for allowed in cls.engines:  # and it says where the method does run
         assert f"engine={allowed}" in str(err.value)
+
+
+def test_a_method_without_a_name_is_named_after_its_class() -> None:
+    """A user's subclass that sets no ``name`` takes its class name; one that sets it
+    keeps it, and the parent's name is untouched."""
+
+    class MyGossip(DPSGD):
+        pass
+
+    class Named(DPSGD):
+        name = "named_gossip"
+
+    assert MyGossip.name == "MyGossip" and Named.name == "named_gossip"
+    assert DPSGD.name == "dpsgd"

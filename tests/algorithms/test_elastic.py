@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from helpers import least_squares_optimum, least_squares_problem, regression_data, sim_job
+from helpers import (
+    identity_quadratics,
+    least_squares_optimum,
+    least_squares_problem,
+    regression_data,
+    sim_job,
+)
 from nettrain.algorithms import (
     ADMM,
     EAMSGD,
@@ -18,8 +27,8 @@ from nettrain.algorithms import (
     MomentumDownpour,
     TreeEASGD,
 )
+from nettrain.algorithms.elastic import check_moving_rate
 from nettrain.config import load_config
-from nettrain.data import Dataset
 from nettrain.engines.base import Job
 from nettrain.engines.centre import CentreShard, shard_rows
 from nettrain.engines.sim.clock import CostModel
@@ -28,8 +37,6 @@ from nettrain.engines.sim.engine import SimEngine
 from nettrain.engines.sim.events import run_events
 from nettrain.engines.sim.servers import SimServers
 from nettrain.errors import ConfigError
-from nettrain.problem.losses import Regularizer, get_loss
-from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder
 from nettrain.topology import build_topology
 
@@ -277,45 +284,21 @@ def test_bad_settings_are_refused_with_the_fix(overrides, message) -> None:
         build_job(load_config(overrides))
 
 
-def identity_quadratics(targets: torch.Tensor) -> tuple[Problem, list[torch.Tensor]]:
-    """A problem whose agent ``i`` has ``f_i(x) = ||x - a_i||^2 / 2`` exactly, for the rows
-    ``a_i`` of ``targets: (n, d)``, and its shards.
-
-    A linear model without bias ``x -> <p, x>`` and the squared loss; agent ``i`` holds the
-    ``d`` samples ``(sqrt(d) e_k, sqrt(d) a_ik)``, so its mean loss is
-    ``(1/d) sum_k (sqrt(d) p_k - sqrt(d) a_ik)^2 / 2 = ||p - a_i||^2 / 2`` and its
-    gradient ``p - a_i``: known by hand, whatever nettrain computes."""
-    n, d = targets.shape
-    scale = d**0.5
-    features = (scale * torch.eye(d, dtype=torch.float64)).repeat(n, 1)  # (n d, d)
-    data = Dataset(
-        "quadratics",
-        features,
-        scale * targets.reshape(-1),
-        features,
-        scale * targets.reshape(-1),
-        n_classes=0,
-    )
-    model = torch.nn.Linear(d, 1, bias=False).double()
-    problem = Problem(model, get_loss("squared"), Regularizer(), data)
-    return problem, [torch.arange(i * d, (i + 1) * d) for i in range(n)]
-
-
 def test_synchronous_easgd_step_from_distinct_workers_and_centre() -> None:
     """One exchange round from four different workers, a centre elsewhere and different
-    data per worker (``f_i = ||x - a_i||^2 / 2``, gradient ``x_i - a_i``), against the
-    module docstring's rule written out here::
+    data per worker (``f_i = ||x - a_i||^2 / 2``, gradient ``x_i - a_i``, weight decay
+    ``w``), against the module docstring's rule written out here::
 
-        x_i <- x_i - lr (x_i - a_i) - alpha (x_i - x~)
+        x_i <- x_i - lr (x_i - a_i + w x_i) - alpha (x_i - x~)
         x~  <- x~ + alpha sum_i (x_i - x~)
 
     The engine's own step test starts every worker at the centre, where the elastic
     terms vanish; here every term is non-zero, so a wrong pull (``alpha / 2``), a wrong
     gradient or a centre update read after the local step fails."""
-    n, d, lr, alpha = N, 3, 0.1, 0.15
+    n, d, lr, alpha, decay = N, 3, 0.1, 0.15, 0.01
     targets = random_rows(n, d, 10)
     problem, shards = identity_quadratics(targets)
-    algo = EASGD(lr=lr, alpha=alpha, tau=1, servers=2)
+    algo = EASGD(lr=lr, alpha=alpha, tau=1, servers=2, weight_decay=decay)
     x0, centre = random_rows(n, d, 11), random_rows(1, d, 12)[0]
     servers = SimServers(centre, algo, n, CHEAP)
     comm = SimCommunicator(
@@ -324,7 +307,7 @@ def test_synchronous_easgd_step_from_distinct_workers_and_centre() -> None:
     oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
     state = algo.init(x0.clone(), oracle, comm)
     state, loss = algo.step(state, 0, oracle, comm)
-    expected_x = x0 - lr * (x0 - targets) - alpha * (x0 - centre)
+    expected_x = x0 - lr * (x0 - targets + decay * x0) - alpha * (x0 - centre)
     expected_centre = centre + alpha * (x0 - centre).sum(0)
     torch.testing.assert_close(state.x, expected_x, rtol=0, atol=1e-12)
     torch.testing.assert_close(servers.centre(), expected_centre, rtol=0, atol=1e-12)
@@ -352,3 +335,256 @@ def test_synchronous_easgd_reaches_the_elastic_fixed_point_of_different_quadrati
     torch.testing.assert_close(result.centre, centre, rtol=0, atol=1e-10)
     torch.testing.assert_close(result.x, workers, rtol=0, atol=1e-10)
     assert (workers - centre).norm(dim=1).min() > 0.1  # heterogeneous: not at consensus
+
+
+def test_tree_levels_and_periods_are_the_documented_formulas() -> None:
+    """Levels above ``n`` leaves hold ``ceil(n / b^l)`` nodes up to a single root; level
+    ``l`` exchanges every ``tree_periods[l]`` rounds, past the list every
+    ``tree_periods[-1] * b^(l - len + 1)``, with ``(tau,)`` for an empty list."""
+    binary = TreeEASGD(lr=0.1, branching=2, tree_periods=(2, 3))
+    assert binary.levels(5) == [3, 2, 1]
+    assert binary.levels(4) == [2, 1]
+    assert binary.levels(2) == [1]
+    assert binary.levels(1) == [1]
+    assert TreeEASGD(lr=0.1, branching=3).levels(10) == [4, 2, 1]
+    assert [binary.period(level) for level in range(5)] == [2, 3, 6, 12, 24]
+    ternary = TreeEASGD(lr=0.1, branching=3, tau=2)
+    assert [ternary.period(level) for level in range(3)] == [2, 6, 18]
+
+
+def test_tree_easgd_rounds_are_the_elastic_exchanges_of_a_tree_written_out() -> None:
+    """Five workers with different quadratics and weight decay, a binary tree with
+    inner levels of 3, 2 and 1 nodes, exchanging every 1, 2 and 4 rounds, against a
+    loop over children written here: after the local step, each level from the leaves
+    up pulls every child and its parent together by ``alpha (child - parent)``, the
+    parent taking the sum of its children's pulls, and the next level sees the
+    parents so updated. Distinct starting nodes make every pull non-zero."""
+    n, d, lr, alpha, decay, b = 5, 3, 0.1, 0.3, 0.01, 2
+    targets = random_rows(n, d, 20)
+    problem, shards = identity_quadratics(targets)
+    algo = TreeEASGD(lr=lr, alpha=alpha, branching=b, tree_periods=(1, 2), weight_decay=decay)
+    comm = SimCommunicator(build_topology("complete", n), torch.device("cpu"), torch.float64)
+    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    x0 = random_rows(n, d, 21)
+    state = algo.init(x0.clone(), oracle, comm)
+    assert state.nodes.shape == (3 + 2 + 1, d)
+    torch.testing.assert_close(state.nodes, x0[:1].expand(6, -1), rtol=0, atol=0)
+    state = dataclasses.replace(state, nodes=random_rows(6, d, 22))
+
+    x, nodes = state.x.clone(), state.nodes.clone()
+    levels = [nodes[0:3], nodes[3:5], nodes[5:6]]  # views: updates land in nodes
+    for t in range(5):
+        x = x - lr * ((x - targets) + decay * x)
+        children = x
+        for level, parents in enumerate(levels):
+            if (t + 1) % [1, 2, 4][level] == 0:
+                before = parents.clone()
+                for child in range(len(children)):
+                    pull = alpha * (children[child] - before[child // b])
+                    children[child] -= pull
+                    parents[child // b] += pull
+            children = parents
+        state, _ = algo.step(state, t, oracle, comm)
+        torch.testing.assert_close(state.x, x, rtol=0, atol=1e-12)
+        torch.testing.assert_close(state.nodes, nodes, rtol=0, atol=1e-12)
+    torch.testing.assert_close(algo.centre(state, comm), nodes[-1], rtol=0, atol=0)
+    messages, nbytes = comm.traffic.reset()
+    assert messages.tolist() == [5] * n  # the leaves exchange every round
+    assert nbytes.tolist() == [5 * d * 8] * n
+
+
+def test_admm_exchanges_are_the_documented_rule_written_out() -> None:
+    """Two of three workers (different quadratics, weight decay ``w``, multipliers and
+    pulled centres of their own) make ``tau = 2`` steps on their augmented Lagrangians
+    ``g = (x - a_i) - l_i + rho (x - x~_i) + w x``, then ``l_i <- l_i - rho (x_i - x~_i)``,
+    send ``(u_i' - u_i) / n`` for ``u_i = x_i - l_i / rho``, and pull the centre as the
+    server left it after their own message (row order)."""
+    n, d, lr, alpha, decay = 3, 2, 0.1, 0.3, 0.01
+    targets = random_rows(n, d, 30)
+    problem, shards = identity_quadratics(targets)
+    algo = ADMM(lr=lr, alpha=alpha, tau=2, weight_decay=decay)
+    rho = alpha / lr
+    x0 = random_rows(n, d, 31)
+    centre = random_rows(1, d, 32)[0]
+    servers = SimServers(centre, algo, n, CHEAP)
+    comm = SimCommunicator(
+        build_topology("complete", n), torch.device("cpu"), torch.float64, servers
+    )
+    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    state = algo.init(x0.clone(), oracle, comm)
+    assert state.exchanges.dtype == torch.int64 and state.exchanges.tolist() == [0] * n
+    state = dataclasses.replace(state, dual=random_rows(n, d, 33), pulled=random_rows(n, d, 34))
+    dual, pulled, term = state.dual.clone(), state.pulled.clone(), state.term.clone()
+    x, expected_centre, losses = x0.clone(), centre.clone(), []
+    for i in (2, 0):  # the rows' order
+        for _ in range(2):
+            g = (x[i] - targets[i]) - dual[i] + rho * (x[i] - pulled[i]) + decay * x[i]
+            loss = 0.5 * (x[i] - targets[i]).square().sum()
+            x[i] = x[i] - lr * g
+        losses.append(loss)
+        dual[i] = dual[i] - rho * (x[i] - pulled[i])
+        new_term = x[i] - dual[i] / rho
+        expected_centre = expected_centre + (new_term - term[i]) / n
+        term[i], pulled[i] = new_term, expected_centre
+    pairs = torch.tensor([[2, -1], [0, -1]])
+    state, loss = algo.interact(state, pairs, oracle, comm, torch.tensor([[2, 0], [2, 0]]))
+    for got, want in [(state.x, x), (state.dual, dual), (state.term, term), (state.pulled, pulled)]:
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(servers.centre(), expected_centre, rtol=0, atol=1e-12)
+    torch.testing.assert_close(loss, torch.stack(losses), rtol=0, atol=1e-12)
+    assert state.exchanges.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("method", [EASGD, EASGDAsync, ADMM])
+def test_the_default_moving_rate_is_fixed_for_the_network(method) -> None:
+    """``alpha = 0`` becomes ``0.9 / n``; a given ``alpha`` is kept; an unstable one is
+    refused with the method's name."""
+    assert method(lr=0.1).for_network(6).alpha == 0.9 / 6
+    assert method(lr=0.1, alpha=0.2).for_network(6).alpha == 0.2
+    with pytest.raises(ConfigError, match=rf"^{method.name}: alpha=0.5 with 6 workers"):
+        method(lr=0.1, alpha=0.5).for_network(6)
+    with pytest.raises(ConfigError, match=r"^alpha must be >= 0 \(0 = 0.9 / agents\), got -0.1$"):
+        method(lr=0.1, alpha=-0.1)
+
+
+def test_the_momentum_server_replies_the_look_ahead_point() -> None:
+    """Momentum DOWNPOUR's server: ``v~ <- delta v~ + D``, ``x~ <- x~ + v~``, and the reply
+    is the look-ahead ``x~ + delta v~`` (not ``x~ + v~``)."""
+    delta = 0.5
+    algo = MomentumDownpour(lr=0.1, momentum=delta)
+    centre, velocity, sent = random_rows(3, 4, 50)
+    rows, reply = algo.serve(torch.stack([centre, velocity]), sent)
+    new_velocity = delta * velocity + sent
+    torch.testing.assert_close(rows, torch.stack([centre + new_velocity, new_velocity]))
+    torch.testing.assert_close(reply, centre + new_velocity + delta * new_velocity)
+
+
+@pytest.mark.parametrize(
+    "method, hint",
+    [
+        (EASGDAsync, "(algorithm=eamsgd has momentum)"),
+        (EASGD, "(eamsgd has momentum)"),
+        (TreeEASGD, "(the tree's exchanges are elastic averaging)"),
+        (ADMM, "on the workers"),
+        (Downpour, "on the workers (algorithm=mdownpour has momentum on the server)"),
+    ],
+)
+def test_methods_with_plain_local_steps_refuse_momentum_with_a_hint(method, hint: str) -> None:
+    message = f"{method.name} takes plain SGD steps; set momentum=0 {hint}"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        method(lr=0.1, momentum=0.9)
+
+
+def test_tree_easgd_settings_and_defaults() -> None:
+    """``alpha = 0`` is ``0.9 / branching``; branching below 2 and any period below 1
+    (``tau`` or one of ``tree_periods`` alone) are refused; the whole tree must be in one
+    process."""
+    assert TreeEASGD(lr=0.1).alpha == 0.9 / 2 and TreeEASGD(lr=0.1, branching=3).alpha == 0.3
+    with pytest.raises(
+        ConfigError, match=r"^tree_easgd needs branching >= 2 children per node, got 1$"
+    ):
+        TreeEASGD(lr=0.1, branching=1)
+    for periods in [{"tau": 0}, {"tree_periods": (2, 0)}]:
+        with pytest.raises(ConfigError, match=r"^tau and tree_periods must be >= 1, got "):
+            TreeEASGD(lr=0.1, **periods)
+    with pytest.raises(ConfigError, match=r"^tree_easgd: alpha=0.5 with 4 workers per centre"):
+        TreeEASGD(lr=0.1, alpha=0.5, branching=4)
+    split = SimpleNamespace(agents=torch.arange(2), n_agents=4)  # half the agents here
+    message = "tree_easgd runs in engine=sim (it keeps the whole tree in one process)"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        TreeEASGD(lr=0.1).init(torch.zeros(2, 3), None, split)  # type: ignore[arg-type]
+
+
+def test_eamsgd_exchanges_are_nesterov_steps_then_the_elastic_pull() -> None:
+    """Two of three EAMSGD workers (different quadratics, weight decay ``w``, their own
+    velocities) make 3 and 1 local steps ``v <- delta v - lr (g(x + delta v) + w (x +
+    delta v)); x <- x + v``, then exchange in row order: ``d = alpha (x_i - x~)``,
+    ``x_i <- x_i - d``, ``x~ <- x~ + d``, each on the centre the previous one left."""
+    n, d, lr, alpha, delta, decay = 3, 2, 0.1, 0.2, 0.6, 0.01
+    targets = random_rows(n, d, 60)
+    problem, shards = identity_quadratics(targets)
+    algo = EAMSGD(lr=lr, momentum=delta, alpha=alpha, weight_decay=decay)
+    x0, centre = random_rows(n, d, 61), random_rows(1, d, 62)[0]
+    servers = SimServers(centre, algo, n, CHEAP)
+    comm = SimCommunicator(
+        build_topology("complete", n), torch.device("cpu"), torch.float64, servers
+    )
+    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    state = algo.init(x0.clone(), oracle, comm)
+    state = dataclasses.replace(state, v=random_rows(n, d, 63))
+    x, v, expected_centre, losses = x0.clone(), state.v.clone(), centre.clone(), []
+    for i, steps in [(2, 3), (0, 1)]:
+        for _ in range(steps):
+            point = x[i] + delta * v[i]
+            loss = 0.5 * (point - targets[i]).square().sum()
+            v[i] = delta * v[i] - lr * (point - targets[i] + decay * point)
+            x[i] = x[i] + v[i]
+        losses.append(loss)
+        pull = alpha * (x[i] - expected_centre)
+        x[i], expected_centre = x[i] - pull, expected_centre + pull
+    pairs, steps = torch.tensor([[2, -1], [0, -1]]), torch.tensor([[3, 0], [1, 0]])
+    state, loss = algo.interact(state, pairs, oracle, comm, steps)
+    torch.testing.assert_close(state.x, x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(state.v, v, rtol=0, atol=1e-12)
+    torch.testing.assert_close(servers.centre(), expected_centre, rtol=0, atol=1e-12)
+    torch.testing.assert_close(loss, torch.stack(losses), rtol=0, atol=1e-12)
+    assert state.exchanges.tolist() == [1, 0, 1]
+
+
+def test_downpour_exchanges_push_the_accumulated_steps_and_pull_the_centre() -> None:
+    """Two of three DOWNPOUR workers make 2 and 1 plain SGD steps (weight decay ``w``),
+    push ``D = x_i - x_pulled`` (server: ``x~ <- x~ + D``) in row order and pull the
+    centre as their own push left it; the third keeps its model and count."""
+    n, d, lr, decay = 3, 2, 0.1, 0.01
+    targets = random_rows(n, d, 70)
+    problem, shards = identity_quadratics(targets)
+    algo = Downpour(lr=lr, weight_decay=decay, servers=2)
+    x0, centre = random_rows(n, d, 71), random_rows(1, d, 72)[0]
+    servers = SimServers(centre, algo, n, CHEAP)
+    comm = SimCommunicator(
+        build_topology("complete", n), torch.device("cpu"), torch.float64, servers
+    )
+    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    state = algo.init(x0.clone(), oracle, comm)
+    assert state.exchanges.dtype == torch.int64
+    state = dataclasses.replace(state, pulled=random_rows(n, d, 73))
+    x, pulled, expected_centre = x0.clone(), state.pulled.clone(), centre.clone()
+    for i, steps in [(1, 2), (0, 1)]:
+        for _ in range(steps):
+            x[i] = x[i] - lr * (x[i] - targets[i] + decay * x[i])
+        expected_centre = expected_centre + (x[i] - pulled[i])
+        x[i], pulled[i] = expected_centre, expected_centre
+    pairs, steps = torch.tensor([[1, -1], [0, -1]]), torch.tensor([[2, 0], [1, 0]])
+    state, _ = algo.interact(state, pairs, oracle, comm, steps)
+    torch.testing.assert_close(state.x, torch.stack([x[0], x[1], x0[2]]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(state.pulled[:2], pulled[:2], rtol=0, atol=1e-12)
+    torch.testing.assert_close(servers.centre(), expected_centre, rtol=0, atol=1e-12)
+    state, _ = algo.interact(state, pairs[1:], oracle, comm, steps[1:])
+    assert state.exchanges.tolist() == [2, 1, 0]
+
+
+def test_moving_rate_messages_and_the_edge_of_stability() -> None:
+    """``alpha = 0`` left unresolved is refused with where it is resolved; ``beta = n
+    alpha`` must be in ``(0, 2)``: exactly 2 is refused, with the figures of the fix."""
+    message = (
+        "easgd: alpha=0 stands for 0.9 / agents, fixed when the run is built "
+        "(nettrain.run, or the method's for_network(n) in your own loop)"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        check_moving_rate(0.0, 4, "easgd")
+    check_moving_rate(0.49, 4, "easgd")
+    message = (
+        "easgd: alpha=0.5 with 4 workers per centre gives beta = 2; the centre's update "
+        "x~ <- (1 - beta) x~ + beta mean x is unstable unless 0 < beta < 2. Use alpha < 0.5 "
+        "(default 0.9/4)"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        check_moving_rate(0.5, 4, "easgd")
+    for key in ("tau", "servers"):
+        with pytest.raises(ConfigError, match=f"^{key} must be >= 1, got 0$"):
+            EASGD(lr=0.1, **{key: 0})
+
+
+def test_a_round_of_a_centre_method_is_one_local_step_of_every_worker() -> None:
+    assert EASGDAsync(lr=0.1, tau=4).events_per_round(8) == 2.0
+    assert Downpour(lr=0.1, tau=3).events_per_round(6) == 2.0

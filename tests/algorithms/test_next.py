@@ -19,6 +19,7 @@ from sklearn.linear_model import Lasso
 
 import nettrain.algorithms.surrogates as surrogates
 from helpers import (
+    identity_quadratics,
     iid_shards,
     least_squares_optimum,
     least_squares_problem,
@@ -26,10 +27,12 @@ from helpers import (
     sim_job,
 )
 from nettrain.algorithms import DGD, NEXT, SurrogateConfig
+from nettrain.algorithms.next_sca import NextState, StepRule
 from nettrain.algorithms.surrogates import Subproblem, minimize
 from nettrain.data import Dataset, load_dataset
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.engine import SimEngine
+from nettrain.errors import ConfigError
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
@@ -255,3 +258,114 @@ def test_the_surrogate_minimiser_is_stationary() -> None:
     grad = sp.share * (sp.lin.vjp(sp.lin.loss_grad(out)) - sp.g) + sp.y + cfg.tau * v
     grad = grad + reg.grad(w_tilde)
     assert grad.norm(dim=1).max() < 1e-8
+
+
+@pytest.mark.parametrize("tracking", [True, False], ids=["next", "dgd"])
+def test_next_rounds_are_the_update_rule_written_out(tracking: bool) -> None:
+    """Two rounds on ``f_i = ||w - a_i||^2 / 2`` (a linear model, so the Gauss-Newton
+    surrogate is ``f_i`` itself, ``J^T W J = I``) with ``r = lam ||w||^2``, four agents
+    starting apart on a ring, against the module docstring's rule with the surrogate
+    minimiser in closed form, ``w~ = w - (y + 2 lam w) / (1/n + tau + 2 lam)``::
+
+        z = w + alpha (w~ - w);  w <- C z;  y <- C y + g(w new) - g(w old)
+
+    (DGD: ``y`` is the local gradient), ``alpha[k+1] = alpha[k] (1 - eps alpha[k])``; the
+    reported loss adds the regulariser."""
+    n, d, lam, tau, alpha, eps = 4, 3, 0.05, 0.7, 0.3, 0.2
+    targets = torch.randn(n, d, generator=torch.Generator().manual_seed(80), dtype=torch.float64)
+    problem, shards = identity_quadratics(targets, Regularizer("l2", lam))
+    algo = NEXT("gauss_newton", prox_tau=tau, solver="direct", step0=alpha, step_decay=eps,
+                tracking=tracking)  # fmt: skip
+    topology = build_topology("ring", n)
+    comm = SimCommunicator(topology, torch.device("cpu"), torch.float64)
+    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    w = torch.randn(n, d, generator=torch.Generator().manual_seed(81), dtype=torch.float64)
+    state = algo.init(w.clone(), oracle, comm)
+    C = topology.weights(0).to(torch.float64)
+    g = w - targets
+    y = g
+    for t in range(2):
+        w_tilde = w - (y + 2 * lam * w) / (1 / n + tau + 2 * lam)
+        w = C @ (w + alpha * (w_tilde - w))
+        new_g = w - targets
+        y = C @ y + new_g - g if tracking else new_g
+        g, alpha = new_g, alpha * (1 - eps * alpha)
+        state, loss = algo.step(state, t, oracle, comm)
+        torch.testing.assert_close(state.w_tilde, w_tilde, rtol=0, atol=1e-12)
+        torch.testing.assert_close(state.x, w, rtol=0, atol=1e-12)
+        torch.testing.assert_close(state.y, y, rtol=0, atol=1e-12)
+        assert state.alpha == pytest.approx(alpha, rel=1e-15)
+        expected = 0.5 * (w - targets).square().sum(1) + lam * w.square().sum(1)
+        torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+
+
+# --- the step rule's bounds, and the diagnostics ---------------------------------------
+
+
+def step0_message(step0: float) -> str:
+    return f"step0 (alpha[0] of NEXT) must be in (0, 1], got {step0}"
+
+
+def decay_message(decay: float, step0: float) -> str:
+    return (
+        "step_decay must be >= 0 and step_decay * step0 < 1 (else alpha[1] <= 0), "
+        f"got step_decay={decay}, step0={step0}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("step0", "decay"), [(1.0, 0.0), (1.0, 0.999), (0.5, 1.998), (1e-9, 0.0), (0.1, 0.01)]
+)
+def test_step_rule_accepts_its_closed_bounds(step0: float, decay: float) -> None:
+    """``step0 = 1`` is allowed (the interval is ``(0, 1]``), ``decay = 0`` too, and any
+    ``decay * step0`` below 1; the rule then holds ``alpha[0] = step0``."""
+    rule = StepRule(step0, decay)
+    assert (rule.step0, rule.decay) == (step0, decay)
+    assert rule.next(step0) == step0 * (1 - decay * step0) > 0
+    algo = NEXT(step0=step0, step_decay=decay)
+    assert algo.steps == rule
+
+
+@pytest.mark.parametrize(
+    ("step0", "decay", "message"),
+    [
+        (0.0, 0.0, step0_message(0.0)),
+        (-0.5, 0.0, step0_message(-0.5)),
+        (1.000001, 0.0, step0_message(1.000001)),
+        (2.0, 0.1, step0_message(2.0)),
+        (0.5, 2.0, decay_message(2.0, 0.5)),  # decay * step0 exactly 1: alpha[1] = 0
+        (1.0, 1.0, decay_message(1.0, 1.0)),
+        (0.5, 3.0, decay_message(3.0, 0.5)),
+        (0.5, -0.1, decay_message(-0.1, 0.5)),
+    ],
+)
+def test_step_rule_refuses_out_of_range_values_with_its_message(
+    step0: float, decay: float, message: str
+) -> None:
+    """The whole message, from the rule itself and from NEXT's constructor."""
+    with pytest.raises(ConfigError) as raised:
+        StepRule(step0, decay)
+    assert str(raised.value) == message
+    with pytest.raises(ConfigError) as raised:
+        NEXT(step0=step0, step_decay=decay)
+    assert str(raised.value) == message
+
+
+def test_diagnostics_of_a_hand_made_state() -> None:
+    """``alpha`` as held; ``sparsity``: 3 exact zeros (one of them ``-0.0``) among the 8
+    entries of ``w~`` (none in ``x``, which must not be counted): 0.375; tracking error
+    ``||sum_i y_i - sum_i g_i|| = ||(4, 6) - (1, 2)|| = ||(3, 4)|| = 5``. Without
+    tracking (``tracking=False``, DGD) no tracking error is reported."""
+    x = torch.ones(2, 4, dtype=torch.float64)
+    y = torch.tensor([[1.0, 2.0, 0.0, 0.0], [3.0, 4.0, 0.0, 0.0]], dtype=torch.float64)
+    g = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0]], dtype=torch.float64)
+    w_tilde = torch.tensor([[0.0, 1.0, -0.0, 2.0], [3.0, 1e-300, 0.0, -4.0]], dtype=torch.float64)
+    state = NextState(x, y, g, w_tilde, 0.125)
+    out = NEXT().diagnostics(state)
+    assert set(out) == {"alpha", "sparsity", "tracking_error"}
+    assert out["alpha"] == 0.125
+    assert out["sparsity"] == 0.375
+    assert isinstance(out["sparsity"], float)
+    assert out["tracking_error"] == pytest.approx(5.0, rel=1e-15)
+    for untracked in (NEXT(tracking=False), DGD()):
+        assert untracked.diagnostics(state) == {"alpha": 0.125, "sparsity": 0.375}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 import numpy as np
@@ -15,6 +16,7 @@ from nettrain.engines.base import Job
 from nettrain.engines.draws import Draws
 from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.events import _batch, run_events
+from nettrain.errors import ConfigError
 from nettrain.recording import RunFolder
 from nettrain.topology import build_topology
 
@@ -167,3 +169,18 @@ def test_poisson_clocks_make_event_counts_poisson() -> None:
     assert (counts["fixed"] == 200).all()
     assert counts["poisson"].sum() == 200 * N
     assert 0.4 * 14.1 < counts["poisson"].std() < 2.0 * 14.1  # sqrt(200)
+
+
+@pytest.mark.parametrize(
+    "setting", [{"local_steps": 2}, {"blocking": True}, {"geometric_steps": True}]
+)
+def test_adpsgd_refuses_each_setting_only_swarm_varies(setting: dict) -> None:
+    """AD-PSGD is one local step and a non-blocking exchange; each other setting alone is
+    refused with the fix."""
+    message = (
+        "adpsgd makes one local step and a non-blocking exchange (local_steps=1, "
+        "blocking=false, geometric_steps=false); algorithm=swarm varies them"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        ADPSGD(lr=0.05, **setting)
+    SwarmSGD(lr=0.05, **setting)  # allowed there

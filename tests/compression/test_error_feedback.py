@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import generator
 from nettrain.compression import (
     QSGD,
     EFState,
@@ -82,13 +83,9 @@ def test_the_reference_and_the_generator_reach_the_compressor():
     assert (x_hat - (x + residual)).abs().max() <= 0.005 + 1e-12  # decoded against ref
 
     qsgd = QSGD(bits=2)
-    _, x_hat, _ = ErrorFeedback(qsgd).step(x, EFState(residual), generator=seeded(5))
-    expected = qsgd.roundtrip(x + residual, generator=seeded(5))[0]
+    _, x_hat, _ = ErrorFeedback(qsgd).step(x, EFState(residual), generator=generator(5))
+    expected = qsgd.roundtrip(x + residual, generator=generator(5))[0]
     torch.testing.assert_close(x_hat, expected, rtol=0, atol=0)
 
     with pytest.raises(ConfigError, match="ref must have the shape"):
         ErrorFeedback(TopK(k=2)).step(x, EFState(residual), ref[:2])
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)

@@ -7,21 +7,18 @@ import math
 import pytest
 import torch
 
+from helpers import generator
 from nettrain.compression import QSGD, Lattice
 from nettrain.errors import ConfigError
 
 EPS = 2.0**-10  # a power of two: every test point below is exact in float64
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 @pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_decoding_inside_the_guarantee_is_the_nearest_lattice_point(bits, dtype):
     lat = Lattice.with_bits(bits, eps=1e-3)
-    g = gen(bits)
+    g = generator(bits)
     x = (3 * torch.randn(16, 500, generator=g, dtype=torch.float64)).to(dtype)
     # |x - b| up to 99% of the radius (q - 1) eps / 2, in both directions
     u = 2 * torch.rand(16, 500, generator=g, dtype=torch.float64) - 1
@@ -43,8 +40,8 @@ def test_guarantee_is_tight(bits):
     """``|x - b| = (q - 1) eps / 2 -+ 2 g eps``: exact inside, off by ``q eps`` outside."""
     lat = Lattice.with_bits(bits, eps=EPS)
     q, g = lat.q, 2.0**-6
-    k = torch.randint(-5000, 5000, (4, 64), generator=gen(1)).double()
-    side = torch.where(torch.rand(4, 64, generator=gen(2)) < 0.5, -1.0, 1.0).double()
+    k = torch.randint(-5000, 5000, (4, 64), generator=generator(1)).double()
+    side = torch.where(torch.rand(4, 64, generator=generator(2)) < 0.5, -1.0, 1.0).double()
     # x rounds to eps k; it sits eps (1/2 - g) from eps k, on the side of b
     x = EPS * (k + side * (0.5 - g))
     inside = EPS * (k + side * (q / 2 - 3 * g))
@@ -65,7 +62,7 @@ def test_guarantee_is_tight(bits):
 @pytest.mark.parametrize("q", [2, 3, 5, 200, 256, 257, 4096, 65536])
 def test_codes_fit_in_the_advertised_bits(q):
     lat = Lattice(eps=1e-2, q=q)
-    x = 1e3 * torch.randn(8, 4000, generator=gen(q), dtype=torch.float64)
+    x = 1e3 * torch.randn(8, 4000, generator=generator(q), dtype=torch.float64)
     codes = lat.encode(x).codes
     unsigned = torch.remainder(codes.to(torch.int64), 2**16)  # the bits as sent
 
@@ -88,7 +85,7 @@ def test_int16_codes_are_the_uint16_residues():
 def test_without_reference_zero_is_the_reference():
     lat = Lattice.with_bits(8, eps=EPS)
     small = (lat.radius * 0.99) * (
-        2 * torch.rand(2, 300, generator=gen(3), dtype=torch.float64) - 1
+        2 * torch.rand(2, 300, generator=generator(3), dtype=torch.float64) - 1
     )
     big = small + 5 * lat.q * EPS
     assert torch.equal(lat.decode(lat.encode(small)), torch.round(small / EPS) * EPS)
@@ -99,7 +96,7 @@ def test_without_reference_zero_is_the_reference():
 
 def test_a_reference_beats_quantising_without_one_at_the_same_bit_budget():
     """Vectors near the receiver's model: SwarmSGD's claim that the reference helps."""
-    g = gen(4)
+    g = generator(4)
     b = torch.randn(8, 2000, generator=g, dtype=torch.float64)  # receivers' models
     x = b + 0.1 * (2 * torch.rand(8, 2000, generator=g, dtype=torch.float64) - 1)
     lattice = Lattice.with_bits(8, eps=1e-3)  # radius 0.1275 > 0.1
@@ -110,7 +107,7 @@ def test_a_reference_beats_quantising_without_one_at_the_same_bit_budget():
 
     with_ref, lat_bytes = lattice.roundtrip(x, b)
     no_ref = lattice.decode(lattice.encode(x))
-    unbiased, qsgd_bytes = qsgd.roundtrip(x, generator=gen(5))
+    unbiased, qsgd_bytes = qsgd.roundtrip(x, generator=generator(5))
 
     assert ((with_ref - x).abs() <= lattice.eps / 2).all()
     assert (lat_bytes <= qsgd_bytes).all()
@@ -158,7 +155,7 @@ def test_decoding_is_exact_far_from_zero(q):
     value is ``eps round(x / eps)`` exactly. ``q = 40000`` does not divide ``2^16``: its
     int16 codes (negative for residues >= 2^15) must be read back modulo ``2^16``."""
     lat = Lattice(eps=1.0, q=q)
-    g = gen(q)
+    g = generator(q)
     x = 2.0**50 * (2 * torch.rand(4, 500, generator=g, dtype=torch.float64) - 1)
     ref = x + 0.4 * lat.radius * (2 * torch.rand(4, 500, generator=g, dtype=torch.float64) - 1)
     codes = lat.encode(x).codes

@@ -8,12 +8,9 @@ import re
 import pytest
 import torch
 
+from helpers import generator
 from nettrain.compression import QSGD
 from nettrain.errors import ConfigError
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def scale_of(x: torch.Tensor, norm: str) -> torch.Tensor:
@@ -30,10 +27,10 @@ def test_unbiased(bits, norm, dtype):
     chance that any exceeds ``t = (c/s) sqrt(log(2 d / delta) / (2 n))`` is below ``delta``.
     """
     qsgd, n, d, delta = QSGD(bits=bits, norm=norm), 20_000, 64, 1e-6
-    x = torch.randn(d, generator=gen(0), dtype=torch.float64).to(dtype)
+    x = torch.randn(d, generator=generator(0), dtype=torch.float64).to(dtype)
     stack = x.expand(n, d)  # n agents holding the same vector: n independent draws
 
-    x_hat, _ = qsgd.roundtrip(stack, generator=gen(1))
+    x_hat, _ = qsgd.roundtrip(stack, generator=generator(1))
 
     width = float(scale_of(x.double(), norm)) / qsgd.levels
     t = width * math.sqrt(math.log(2 * d / delta) / (2 * n))
@@ -49,14 +46,14 @@ def test_variance_within_the_papers_bound(bits):
     variance within 6 standard errors, and both are within the bound.
     """
     qsgd, n, d = QSGD(bits=bits), 4000, 100
-    x = torch.randn(d, generator=gen(2), dtype=torch.float64)
+    x = torch.randn(d, generator=generator(2), dtype=torch.float64)
     s, c = qsgd.levels, float(x.norm())
     r = s * x.abs() / c
     p = r - r.floor()
     exact = float(((c / s) ** 2 * p * (1 - p)).sum())
     bound = min(d / s**2, math.sqrt(d) / s) * c**2
 
-    x_hat, _ = qsgd.roundtrip(x.expand(n, d), generator=gen(3))
+    x_hat, _ = qsgd.roundtrip(x.expand(n, d), generator=generator(3))
     sq_err = (x_hat - x).square().sum(1)  # (n,)
 
     stderr = float(sq_err.std()) / math.sqrt(n)
@@ -68,8 +65,8 @@ def test_variance_within_the_papers_bound(bits):
 def test_linf_scaling_variance_bound():
     """With max scaling each coordinate's variance is at most ``(c/s)^2 / 4``."""
     qsgd, n, d = QSGD(bits=3, norm="linf"), 4000, 100
-    x = torch.randn(d, generator=gen(4), dtype=torch.float64)
-    x_hat, _ = qsgd.roundtrip(x.expand(n, d), generator=gen(5))
+    x = torch.randn(d, generator=generator(4), dtype=torch.float64)
+    x_hat, _ = qsgd.roundtrip(x.expand(n, d), generator=generator(5))
     per_coord = (x_hat - x).square().mean(0)  # (d,)
     cap = (float(x.abs().max()) / qsgd.levels) ** 2 / 4
     assert (per_coord <= 1.2 * cap).all()  # 4000 draws: relative error of each mean ~ 3%
@@ -78,10 +75,10 @@ def test_linf_scaling_variance_bound():
 
 def test_same_seed_same_bits_and_no_global_rng():
     qsgd = QSGD(bits=4)
-    x = torch.randn(5, 300, generator=gen(6))
+    x = torch.randn(5, 300, generator=generator(6))
     before = torch.random.get_rng_state()
-    a, b = qsgd.encode(x, generator=gen(7)), qsgd.encode(x, generator=gen(7))
-    c = qsgd.encode(x, generator=gen(8))
+    a, b = qsgd.encode(x, generator=generator(7)), qsgd.encode(x, generator=generator(7))
+    c = qsgd.encode(x, generator=generator(8))
     assert torch.equal(torch.random.get_rng_state(), before)
     assert torch.equal(a.codes, b.codes)
     assert torch.equal(a.scale, b.scale)
@@ -104,8 +101,8 @@ CODE_DTYPES = [(1, torch.int8), (7, torch.int8), (8, torch.int16), (15, torch.in
 def test_levels_in_range_and_scale_bounds_every_coordinate(bits, dtype):
     qsgd = QSGD(bits=bits, norm="linf")
     # float64 values whose max is not a float32 number: the scale must round up
-    x = torch.randn(6, 200, generator=gen(9), dtype=torch.float64) * (1 + 2.0**-40)
-    payload = qsgd.encode(x, generator=gen(10))
+    x = torch.randn(6, 200, generator=generator(9), dtype=torch.float64) * (1 + 2.0**-40)
+    payload = qsgd.encode(x, generator=generator(10))
     assert payload.codes.dtype == dtype
     assert payload.scale.dtype == torch.float32
     assert (payload.scale.double() >= x.abs().amax(1)).all()
@@ -117,7 +114,7 @@ def test_levels_in_range_and_scale_bounds_every_coordinate(bits, dtype):
 def test_zero_rows_decode_to_zero():
     x = torch.zeros(3, 10)
     x[1] = torch.arange(10.0)
-    x_hat, _ = QSGD(bits=2).roundtrip(x, generator=gen(11))
+    x_hat, _ = QSGD(bits=2).roundtrip(x, generator=generator(11))
     assert torch.isfinite(x_hat).all()
     assert torch.equal(x_hat[0], torch.zeros(10))
     assert torch.equal(x_hat[2], torch.zeros(10))
@@ -130,17 +127,17 @@ def test_levels_are_the_rule_applied_to_the_generators_uniforms(norm, dtype):
     generator's next uniforms ``u`` of ``x``'s shape and dtype (one draw per coordinate),
     with ``c`` the norm rounded up to float32; ``x_hat = c sign(x) level / s``."""
     qsgd = QSGD(bits=3, norm=norm)
-    x = torch.randn(4, 30, generator=gen(12), dtype=dtype)
+    x = torch.randn(4, 30, generator=generator(12), dtype=dtype)
     x[1] *= 1e-3  # a norm below 1
     x[2, :5] = 0.0
-    payload = qsgd.encode(x, generator=gen(13))
+    payload = qsgd.encode(x, generator=generator(13))
     # c is the smallest float32 at or above the norm
     below = torch.nextafter(payload.scale, torch.full_like(payload.scale, -math.inf))
     assert (payload.scale.to(dtype) >= scale_of(x, norm)).all()
     assert (below.to(dtype) < scale_of(x, norm)).all()
     c = payload.scale.to(dtype)[:, None]
     r = x.abs() / c * qsgd.levels
-    u = torch.rand(x.shape, generator=gen(13), dtype=dtype)
+    u = torch.rand(x.shape, generator=generator(13), dtype=dtype)
     level = r.floor() + (u < r - r.floor()).to(dtype)
     assert torch.equal(payload.codes.to(dtype), level * x.sign())
     assert torch.equal(qsgd.decode(payload), payload.codes.to(dtype) * (c / qsgd.levels))

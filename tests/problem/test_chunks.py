@@ -99,3 +99,8 @@ def test_execution_is_only_how_not_what() -> None:
     assert (cfg.chunk_agents, cfg.memory_gb) == ("64", 2.5)
     assert not {"chunk_agents", "memory_gb"} & set(FROZEN_ON_RESUME)
     assert dataclasses.replace(Execution.parse("64", 2.5)).chunk_agents == 64
+
+
+def test_execution_is_parsed_from_the_configs_text() -> None:
+    assert Execution.parse(" 12 ", 2.5, compile=True) == Execution(12, 2.5, True)
+    assert Execution.parse("auto", 0.0) == Execution("auto", 0.0, False)

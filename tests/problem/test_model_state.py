@@ -119,16 +119,29 @@ def test_seeded_copies_and_leaves_the_model_given_alone() -> None:
 
 
 def test_evaluation_uses_mean_or_own_buffers() -> None:
-    bufs = {"m": torch.tensor([[1.0], [3.0], [8.0]]), "k": torch.tensor([1, 2, 4])}
+    bufs = {"m": torch.tensor([[1.0], [3.0], [8.0]]), "k": torch.tensor([1, 2, 2])}
     avg = mean(bufs)
-    assert avg["m"].tolist() == [[4.0]] and avg["k"].tolist() == [2]  # counters rounded
+    assert avg["m"].tolist() == [[4.0]] and avg["k"].tolist() == [2]  # 5/3 rounded, not cut
+    assert avg["m"].dtype == torch.float32 and avg["k"].dtype == torch.int64
     agents = torch.tensor([0, 2])
     assert for_evaluation(bufs, agents, "local")["m"].flatten().tolist() == [4.0, 1.0, 8.0]
     assert for_evaluation(bufs, agents, "mix")["m"].flatten().tolist() == [4.0, 4.0, 4.0]
+    assert mean({"v": torch.tensor([[1.0, 2.0], [3.0, 6.0]])})["v"].tolist() == [[2.0, 4.0]]
+
+
+def test_buffers_flatten_to_float64_rows_and_back_exactly() -> None:
+    """Rows ``[running_mean, running_var, num_batches_tracked]`` per agent, in float64;
+    back to each buffer's shape and dtype, counters exact up to ``2^53``."""
     spec = BufferSpec.of(nn.BatchNorm1d(2))
+    assert spec.names == ("running_mean", "running_var", "num_batches_tracked")
     stacked = spec.stack(nn.BatchNorm1d(2), 3)
-    stacked["num_batches_tracked"] += 5
-    back = spec.unflatten(spec.flatten(stacked))
+    stacked["running_mean"] += torch.tensor([[0.25, -1.5], [2.0, 3.0], [0.1, 0.2]])
+    stacked["num_batches_tracked"] += torch.tensor([5, 2**53 - 1, 0])
+    flat = spec.flatten(stacked)
+    assert flat.dtype == torch.float64 and flat.shape == (3, 5)
+    assert flat[1].tolist() == [2.0, 3.0, 1.0, 1.0, float(2**53 - 1)]
+    torch.testing.assert_close(flat[:, :2], stacked["running_mean"].double(), rtol=0, atol=0)
+    back = spec.unflatten(flat)
     assert all(torch.equal(back[k], stacked[k]) and back[k].dtype == stacked[k].dtype for k in back)
 
 
@@ -160,6 +173,19 @@ def test_a_layer_that_cannot_be_vectorised_is_named(model, layer, advice) -> Non
     with pytest.raises(ConfigError) as caught:
         problem(model).check()
     assert layer in str(caught.value) and advice in str(caught.value)
+
+
+def test_the_rehearsal_needs_two_training_samples_and_no_more() -> None:
+    """Two samples are enough to rehearse (and refuse) a model; with one there is
+    nothing to run two agents on, and the check is left to the run's own errors."""
+    for n, refused in [(2, True), (1, False)]:
+        data = image_data(n)
+        tiny = Problem(ItemBranch().double(), get_loss("auto"), Regularizer(), data)
+        if refused:
+            with pytest.raises(ConfigError, match="'ItemBranch'"):
+                tiny.check()
+        else:
+            tiny.check()
 
 
 def test_a_vectorisable_model_passes_the_check() -> None:

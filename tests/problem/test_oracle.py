@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from helpers import iid_shards, least_squares_problem, regression_data
+from helpers import GOLDEN, iid_shards, least_squares_problem, regression_data, splitmix64
 from nettrain.data import Dataset
 from nettrain.errors import ConfigError
 from nettrain.problem.flat import FlatSpec, matmul_flops_per_sample
@@ -74,15 +75,10 @@ def test_agent_batches_do_not_depend_on_grouping() -> None:
 
 # ------------------------------------------------------------------- mini-batch streams
 
-MASK64 = (1 << 64) - 1
-
 
 def splitmix64_53(seed: int, k: int) -> int:
     """SplitMix64's output number ``k`` from ``seed``, top 53 bits: Python integers."""
-    z = (seed + (k + 1) * 0x9E3779B97F4A7C15) & MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    return (z ^ (z >> 31)) >> 11
+    return splitmix64(seed + (k + 1) * GOLDEN) >> 11
 
 
 def test_integers53_is_splitmix64_row_by_row() -> None:
@@ -190,6 +186,9 @@ def test_local_state_round_trip_continues_the_streams(stateful: bool) -> None:
     assert all(b.shape == () and b.dtype == torch.int64 for b in batches)
     assert [int(b) for b in batches] == [2, 3, 2]
     assert all(isinstance(s, dict) for s in state) == stateful
+    for i, entry in enumerate(state if stateful else []):  # agent i's own buffer rows
+        assert entry["buffers"].keys() == first.buffers.keys()
+        assert all(torch.equal(b, first.buffers[k][i : i + 1]) for k, b in entry["buffers"].items())
     resumed = problem.oracle(shards, range(3), batch_size=4, seed=5)
     resumed.load_local_state(state)
     for _ in range(2):
@@ -215,6 +214,8 @@ def test_a_checkpoint_with_generator_states_is_refused(stateful: bool) -> None:
     with pytest.raises(ConfigError, match=r"earlier nettrain.*rerun from the start"):
         oracle.load_local_state(state)
     assert oracle.drawn.tolist() == [0, 0, 0]  # nothing loaded
+    with pytest.raises(ValueError, match=r"^2 agent states for 3 agents$"):
+        oracle.load_local_state(state[:2])
     if not stateful:  # plain ints count batches too
         oracle.load_local_state([4, 0, 9])
         assert oracle.drawn.tolist() == [4, 0, 9]
@@ -301,3 +302,31 @@ def test_the_oracle_reads_its_samples_without_copying_the_data_set() -> None:
         yb, problem.data.y_train[rows]
     )
     assert bool((rows[0] < 25).all()) and bool((rows[1] >= 60).all())  # each from its shard
+
+
+def test_the_small_cnn_is_the_documented_network() -> None:
+    """``conv(C->8) -> ReLU -> pool -> conv(8->16) -> ReLU -> pool -> Linear`` written out
+    with ``torch.nn.functional`` on the model's own weights; images below 4x4 refused."""
+    net = build_model("cnn", (2, 9, 6), 5).double()
+    p = dict(net.named_parameters())
+    x = torch.randn(3, 2, 9, 6, dtype=torch.float64)
+    h = F.max_pool2d(F.relu(F.conv2d(x, p["conv1.weight"], p["conv1.bias"], padding=1)), 2)
+    h = F.max_pool2d(F.relu(F.conv2d(h, p["conv2.weight"], p["conv2.bias"], padding=1)), 2)
+    expected = F.linear(h.flatten(1), p["head.weight"], p["head.bias"])
+    assert p["head.weight"].shape == (5, 16 * 2 * 1)
+    torch.testing.assert_close(net(x), expected, rtol=0, atol=1e-12)
+    for shape in [(1, 3, 8), (1, 8, 3)]:
+        with pytest.raises(ConfigError, match=r"at least 4x4 pixels, got \d+x\d+"):
+            build_model("cnn", shape, 5)
+
+
+def test_a_linearisation_consumes_and_counts_one_batch_per_agent() -> None:
+    """Like :meth:`Oracle.grad`: every agent by default, only ``local`` when given; the
+    meter counts the samples drawn, the streams move on by one batch."""
+    problem = least_squares_problem(regression_data(60, 3))
+    oracle = problem.oracle(iid_shards(60, 3), range(3), batch_size=4, seed=0)
+    x = problem.initial_params(0).expand(3, -1)
+    oracle.linearize(x)
+    oracle.linearize(x[1:2], torch.tensor([1]))
+    assert oracle.meter.reset().tolist() == [4, 8, 4]
+    assert oracle.drawn.tolist() == [1, 2, 1]

@@ -24,7 +24,7 @@ def paths(*sizes: int) -> nx.Graph:
     graph = nx.Graph()
     start = 0
     for size in sizes:
-        nx.add_path(graph, range(start, start + size)) if size > 1 else graph.add_node(start)
+        nx.add_path(graph, range(start, start + size))
         start += size
     return graph
 

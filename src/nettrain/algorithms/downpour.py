@@ -32,7 +32,7 @@ from nettrain.algorithms.elastic import (
     nesterov_steps,
 )
 from nettrain.algorithms.local import Tensors, local_phase
-from nettrain.algorithms.sgd import LocalStep
+from nettrain.algorithms.sgd import LocalStep, decayed
 from nettrain.errors import ConfigError
 from nettrain.patterns import Communicator
 from nettrain.problem.oracle import Oracle
@@ -72,7 +72,7 @@ class Downpour(LocalStep, CentreAlgorithm[PulledState]):
         (x, _), loss = local_phase(
             (state.x[rows], torch.zeros_like(state.x[rows])), rows, steps[:, 0], oracle, update
         )
-        pulled = comm.centre_exchange(x - state.pulled[rows], pairs[:, 0], self)
+        pulled = comm.centre_exchange(x - state.pulled[rows], pairs[:, 0])
         new_x, new_pulled, count = state.x.clone(), state.pulled.clone(), state.exchanges.clone()
         new_x[rows] = pulled
         new_pulled[rows] = pulled
@@ -124,7 +124,7 @@ class ADMM(LocalStep, CentreAlgorithm[ADMMState]):
 
     def for_network(self, n_agents: int) -> ADMM:
         alpha = moving_rate(self.alpha, n_agents, self.name)
-        return self if alpha == self.alpha else dataclasses.replace(self, alpha=alpha)
+        return dataclasses.replace(self, alpha=alpha)
 
     @property
     def rho(self) -> float:
@@ -153,9 +153,7 @@ class ADMM(LocalStep, CentreAlgorithm[ADMMState]):
         def update(r: Tensors, grad) -> Tensors:
             x, dual, pulled = r
             _, g = grad(x)
-            g = g - dual + rho * (x - pulled)
-            if sgd.weight_decay:
-                g = torch.add(g, x, alpha=sgd.weight_decay)
+            g = decayed(g - dual + rho * (x - pulled), x, sgd.weight_decay)
             return (torch.add(x, g, alpha=-sgd.lr), dual, pulled)
 
         (x, dual, pulled), loss = local_phase(
@@ -163,7 +161,7 @@ class ADMM(LocalStep, CentreAlgorithm[ADMMState]):
         )
         dual = dual - rho * (x - pulled)
         term = x - dual / rho
-        centre = comm.centre_exchange((term - state.term[rows]) / comm.n_agents, pairs[:, 0], self)
+        centre = comm.centre_exchange((term - state.term[rows]) / comm.n_agents, pairs[:, 0])
         new = {k: getattr(state, k).clone() for k in ("x", "dual", "term", "pulled", "exchanges")}
         new["x"][rows], new["dual"][rows], new["term"][rows] = x, dual, term
         new["pulled"][rows] = centre

@@ -40,7 +40,7 @@ import torch
 
 from nettrain.algorithms.base import Algorithm, CentreAlgorithm, CentreRule
 from nettrain.algorithms.local import Tensors, local_phase
-from nettrain.algorithms.sgd import LocalStep, SGDConfig
+from nettrain.algorithms.sgd import LocalStep, SGDConfig, decayed
 from nettrain.errors import ConfigError
 from nettrain.patterns import Communicator
 from nettrain.problem.oracle import Oracle
@@ -97,7 +97,7 @@ class ElasticRule(CentreRule):
 
     def for_network(self, n_agents: int) -> ElasticRule:
         alpha = moving_rate(self.alpha, n_agents, self.name)
-        return self if alpha == self.alpha else dataclasses.replace(self, alpha=alpha)  # type: ignore[type-var]
+        return dataclasses.replace(self, alpha=alpha)  # type: ignore[type-var]
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> ElasticState:
         check_moving_rate(self.alpha, comm.n_agents, self.name)
@@ -128,12 +128,11 @@ class EASGD(LocalStep, ElasticRule, Algorithm[ElasticState]):
 
     def step(self, state: ElasticState, t: int, oracle: Oracle, comm: Communicator):
         loss, g = oracle.grad(state.x)
-        if self.sgd.weight_decay:
-            g = torch.add(g, state.x, alpha=self.sgd.weight_decay)
+        g = decayed(g, state.x, self.weight_decay)
         x = torch.add(state.x, g, alpha=-self.sgd.lr)
         exchanges = state.exchanges
         if t % self.tau == 0:
-            centre = comm.centre_exchange(state.x, comm.agents, self, synchronous=True)
+            centre = comm.centre_exchange(state.x, comm.agents, synchronous=True)
             x = torch.add(x, state.x - centre, alpha=-self.alpha)
             exchanges = exchanges + 1
         return ElasticState(x, state.v, exchanges), loss
@@ -147,8 +146,7 @@ def nesterov_steps(sgd: SGDConfig, delta: float):
         x, v, *rest = rows
         point = torch.add(x, v, alpha=delta) if delta else x
         _, g = grad(point)
-        if sgd.weight_decay:
-            g = torch.add(g, point, alpha=sgd.weight_decay)
+        g = decayed(g, point, sgd.weight_decay)
         v = torch.add(v * delta, g, alpha=-sgd.lr) if delta else -sgd.lr * g
         return (x + v, v, *rest)
 
@@ -186,7 +184,7 @@ class EASGDAsync(LocalStep, ElasticRule, CentreAlgorithm[ElasticState]):
             oracle,
             nesterov_steps(self.sgd, self.delta),
         )
-        centre = comm.centre_exchange(x, pairs[:, 0], self)
+        centre = comm.centre_exchange(x, pairs[:, 0])
         new_x, new_v, count = state.x.clone(), state.v.clone(), state.exchanges.clone()
         new_x[rows] = torch.add(x, x - centre, alpha=-self.alpha)
         new_v[rows] = v
@@ -287,8 +285,7 @@ class TreeEASGD(LocalStep, Algorithm[TreeState]):
 
     def step(self, state: TreeState, t: int, oracle: Oracle, comm: Communicator):
         loss, g = oracle.grad(state.x)
-        if self.sgd.weight_decay:
-            g = torch.add(g, state.x, alpha=self.sgd.weight_decay)
+        g = decayed(g, state.x, self.weight_decay)
         x = torch.add(state.x, g, alpha=-self.sgd.lr)
         nodes = state.nodes.clone()
         below, offset = x, 0  # the level whose nodes exchange with their parents

@@ -77,12 +77,16 @@ class SGDState:
     buf: torch.Tensor | None = None
 
 
+def decayed(g: torch.Tensor, x: torch.Tensor, weight_decay: float) -> torch.Tensor:
+    """The gradient of ``f(x) + (weight_decay / 2) ||x||^2``: ``g + weight_decay * x``."""
+    return torch.add(g, x, alpha=weight_decay) if weight_decay else g
+
+
 def sgd_direction(
     x: torch.Tensor, g: torch.Tensor, state: SGDState, cfg: SGDConfig
 ) -> tuple[torch.Tensor, SGDState]:
     """The step direction ``d: (m, d)`` for gradient ``g`` at ``x``, and the new state."""
-    if cfg.weight_decay:
-        g = torch.add(g, x, alpha=cfg.weight_decay)
+    g = decayed(g, x, cfg.weight_decay)
     if cfg.momentum == 0:
         return g, state
     buf = g.clone() if state.buf is None else torch.add(g, state.buf, alpha=cfg.momentum)

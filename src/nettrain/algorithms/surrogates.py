@@ -201,8 +201,9 @@ def _accelerated_prox_gradient(cfg: SurrogateConfig, sp: Subproblem, c: slice) -
     """``inner_steps`` of accelerated proximal gradient on block ``c`` (Beck and Teboulle 2009).
 
     ``q`` is ``tau``-strongly convex with an ``L``-Lipschitz gradient, ``L = s * h *
-    lambda_max(J^T W J) + tau`` (``h = 1`` for squared loss, ``1/2`` for cross-entropy);
-    constant momentum ``(sqrt(L/tau) - 1) / (sqrt(L/tau) + 1)`` (Nesterov 2004, 2.2.19).
+    lambda_max(J^T W J) + tau`` (``h = 1`` for squared loss, ``1/2`` for cross-entropy),
+    taken 5% above the power iteration's estimate of ``lambda_max`` (an estimate from
+    below); constant momentum ``(sqrt(L/tau) - 1) / (sqrt(L/tau) + 1)`` (Nesterov 2004, 2.2.19).
     """
     assert sp.lin is not None and sp.g is not None
     lin, d = sp.lin, sp.w.shape[1]

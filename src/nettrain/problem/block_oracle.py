@@ -87,8 +87,5 @@ class BlockGradient:
         g = torch.zeros_like(x)  # (d,)
         for (a, b), gp in zip(where, grads, strict=True):
             g[a:b] = gp.reshape(-1)
-        value = float(loss.detach())
-        if self.regularizer.kind != "none":
-            value += float(self.regularizer.value(x))
-            g += self.regularizer.grad(x)
-        return value, g
+        g += self.regularizer.grad(x)
+        return float(loss.detach()) + float(self.regularizer.value(x)), g

@@ -57,21 +57,17 @@ class BufferSpec:
         return {n: own[n].detach().expand(m, *own[n].shape).clone() for n in self.names}
 
     def flatten(self, buffers: Buffers) -> torch.Tensor:
-        """``(m, numel)`` float64 rows, exact for integer counters (for transport)."""
-        if not self.names:
-            return torch.zeros(0, 0, dtype=torch.float64)
+        """``(m, numel)`` float64 rows, exact for integer counters below ``2^53`` (for
+        transport); for a module with buffers."""
         m = buffers[self.names[0]].shape[0]
         return torch.cat([buffers[n].reshape(m, -1).to(torch.float64) for n in self.names], 1)
 
-    def unflatten(self, flat: torch.Tensor, device: torch.device | None = None) -> Buffers:
+    def unflatten(self, flat: torch.Tensor) -> Buffers:
         """The inverse of :meth:`flatten`: ``(m, numel)`` back to ``{name: (m, *shape)}``."""
         m = flat.shape[0]
         parts = torch.split(flat, [s.numel() for s in self.shapes], 1)
-        out = {}
-        for n, p, s, dt in zip(self.names, parts, self.shapes, self.dtypes, strict=True):
-            value = p.round() if not dt.is_floating_point else p
-            out[n] = value.reshape(m, *s).to(device=device or flat.device, dtype=dt)
-        return out
+        names = zip(self.names, parts, self.shapes, self.dtypes, strict=True)
+        return {n: p.reshape(m, *s).to(dt) for n, p, s, dt in names}
 
 
 def rows(buffers: Buffers, index: torch.Tensor | slice) -> Buffers:

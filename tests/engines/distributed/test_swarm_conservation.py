@@ -21,7 +21,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 import torch
 
 from helpers import torchrun_command
@@ -32,11 +31,12 @@ N, ROUNDS = 4, 20  # as in conservation_worker.py
 ATOL = 1e-5
 
 
-@pytest.mark.parametrize("algorithm", ["swarm", "adpsgd"])
-def test_exchanges_conserve_the_sum_of_the_models(tmp_path: Path, algorithm: str) -> None:
+def test_exchanges_conserve_the_sum_of_the_models(tmp_path: Path) -> None:
+    """SwarmSGD's non-blocking exchange (AD-PSGD is the same exchange with one local step,
+    ``conservation_worker.py adpsgd``; left out of the suite for its 30 s)."""
     log = tmp_path / "log.txt"
     worker = str(Path(__file__).with_name("conservation_worker.py"))
-    command = torchrun_command(N, worker, str(tmp_path), algorithm)
+    command = torchrun_command(N, worker, str(tmp_path), "swarm")
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     with open(log, "wb") as sink:
         proc = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=180)

@@ -69,7 +69,6 @@ from nettrain.patterns import (
     Handle,
     Losses,
     PartsHandle,
-    ServerRule,
     Traffic,
     ring_allreduce_cost,
 )
@@ -345,7 +344,6 @@ class DistCommunicator(Communicator):
         self,
         sent: torch.Tensor,
         workers: torch.Tensor,
-        rule: ServerRule,
         synchronous: bool = False,
         *,
         losses: Losses | None = None,

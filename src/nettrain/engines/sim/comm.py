@@ -30,7 +30,6 @@ from nettrain.patterns import (
     Handle,
     Losses,
     Ready,
-    ServerRule,
     Traffic,
     ring_allreduce_cost,
 )
@@ -147,7 +146,6 @@ class SimCommunicator(Communicator):
         self,
         sent: torch.Tensor,
         workers: torch.Tensor,
-        rule: ServerRule,
         synchronous: bool = False,
         *,
         losses: Losses | None = None,
