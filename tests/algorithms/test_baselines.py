@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -275,3 +277,10 @@ def test_local_sgd_with_momentum_is_the_per_agent_reference(momentum: float, nes
             x = [torch.stack(x).mean(0)] * n
         torch.testing.assert_close(state.x, torch.stack(x), rtol=0, atol=1e-12)
     assert not torch.allclose(state.x[0], state.x[1])  # round 7 is local again
+
+
+def test_local_sgd_averages_after_at_least_one_step() -> None:
+    LocalSGD(lr=0.1, tau=1)  # model averaging every step
+    message = "tau must be >= 1 (local steps between averagings), got 0"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        LocalSGD(lr=0.1, tau=0)

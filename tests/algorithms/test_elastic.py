@@ -313,6 +313,9 @@ def test_synchronous_easgd_step_from_distinct_workers_and_centre() -> None:
     torch.testing.assert_close(servers.centre(), expected_centre, rtol=0, atol=1e-12)
     torch.testing.assert_close(loss, 0.5 * (x0 - targets).square().sum(1), rtol=0, atol=1e-12)
     assert state.exchanges.tolist() == [1] * n
+    for t in (1, 2):  # tau = 1: every round exchanges
+        state, _ = algo.step(state, t, oracle, comm)
+    assert state.exchanges.tolist() == [3] * n
 
 
 def test_synchronous_easgd_reaches_the_elastic_fixed_point_of_different_quadratics() -> None:
@@ -413,6 +416,8 @@ def test_admm_exchanges_are_the_documented_rule_written_out() -> None:
     oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
     state = algo.init(x0.clone(), oracle, comm)
     assert state.exchanges.dtype == torch.int64 and state.exchanges.tolist() == [0] * n
+    assert torch.equal(state.dual, torch.zeros(n, d, dtype=torch.float64))
+    assert torch.equal(state.pulled, x0) and torch.equal(state.term, x0)
     state = dataclasses.replace(state, dual=random_rows(n, d, 33), pulled=random_rows(n, d, 34))
     dual, pulled, term = state.dual.clone(), state.pulled.clone(), state.term.clone()
     x, expected_centre, losses = x0.clone(), centre.clone(), []
@@ -432,7 +437,9 @@ def test_admm_exchanges_are_the_documented_rule_written_out() -> None:
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     torch.testing.assert_close(servers.centre(), expected_centre, rtol=0, atol=1e-12)
     torch.testing.assert_close(loss, torch.stack(losses), rtol=0, atol=1e-12)
-    assert state.exchanges.tolist() == [1, 0, 1]
+    assert comm.traffic.reset()[0].tolist() == [1, 0, 1]  # one message each, to the server
+    state, _ = algo.interact(state, pairs[:1], oracle, comm, torch.tensor([[1, 0]]))
+    assert state.exchanges.tolist() == [1, 0, 2]
 
 
 @pytest.mark.parametrize("method", [EASGD, EASGDAsync, ADMM])

@@ -9,6 +9,7 @@ optimum), far above float64 rounding and far below any visible bias (DGD's is ~1
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -369,3 +370,27 @@ def test_diagnostics_of_a_hand_made_state() -> None:
     assert out["tracking_error"] == pytest.approx(5.0, rel=1e-15)
     for untracked in (NEXT(tracking=False), DGD()):
         assert untracked.diagnostics(state) == {"alpha": 0.125, "sparsity": 0.375}
+
+
+def test_next_checks_the_loss_the_model_and_the_blocks_of_its_surrogate() -> None:
+    """The linearising surrogates are written for one loss each and a model without
+    buffers or dropout; blocks cannot outnumber the parameters; the linear surrogate
+    takes any of them."""
+    squared_problem = least_squares_problem(regression_data(n_features=3))  # dim 4
+    NEXT("gauss_newton", blocks=4).check(squared_problem)
+    NEXT("linear").check(squared_problem)
+    message = (
+        "surrogate=cross_entropy linearises the network inside the cross-entropy loss; "
+        "use loss=cross_entropy or surrogate=linear"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        NEXT("cross_entropy").check(squared_problem)
+    with pytest.raises(ConfigError, match="more than"):
+        NEXT("linear", blocks=5).check(squared_problem)
+    data = regression_data(n_features=3)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.1), torch.nn.Linear(3, 1))
+    dropped = Problem(net.double(), get_loss("squared"), Regularizer(), data)
+    with pytest.raises(ConfigError, match=r"^surrogate=gauss_newton linearises the network, .*"
+                       r"\(Sequential has them\); use surrogate=linear$"):  # fmt: skip
+        NEXT("gauss_newton").check(dropped)
+    NEXT("linear").check(dropped)
