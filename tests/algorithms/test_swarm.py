@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import least_squares_problem, regression_data, sim_job
+from helpers import identity_quadratics, least_squares_problem, regression_data, sim_job
 from nettrain.algorithms import ADPSGD, SwarmSGD
 from nettrain.compression import Lattice
 from nettrain.engines.base import Job
 from nettrain.engines.draws import Draws
 from nettrain.engines.sim.clock import CostModel
+from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.events import _batch, run_events
 from nettrain.errors import ConfigError
 from nettrain.recording import RunFolder
@@ -184,3 +185,57 @@ def test_adpsgd_refuses_each_setting_only_swarm_varies(setting: dict) -> None:
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         ADPSGD(lr=0.05, **setting)
     SwarmSGD(lr=0.05, **setting)  # allowed there
+
+
+@pytest.mark.parametrize("blocking", [False, True], ids=["nonblocking", "blocking"])
+def test_interactions_are_the_documented_exchange_written_out(blocking: bool) -> None:
+    """Two disjoint pairs of five agents with different quadratics (weight decay ``w``),
+    initiators making 3 and 1 local steps ``x <- x - lr (x - a + w x)``, partners 2 and 0
+    (their steps count only when blocking), against the module docstring:
+    non-blocking ``x_i <- (x_i + x_j) / 2 + (x_i' - x_i)``, ``x_j <- (x_i + x_j) / 2``;
+    blocking ``x_i, x_j <- (x_i' + x_j') / 2``. Interactions count both sides."""
+    n, d, lr, decay = 5, 2, 0.1, 0.01
+    targets = torch.randn(n, d, generator=torch.Generator().manual_seed(90), dtype=torch.float64)
+    problem, shards = identity_quadratics(targets)
+    algo = SwarmSGD(lr=lr, weight_decay=decay, local_steps=1, blocking=blocking)
+    comm = SimCommunicator(build_topology("complete", n), torch.device("cpu"), torch.float64)
+    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    x0 = torch.randn(n, d, generator=torch.Generator().manual_seed(91), dtype=torch.float64)
+    state = algo.init(x0.clone(), oracle, comm)
+    assert state.interactions.dtype == torch.int64
+
+    def steps(i: int, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, loss = x0[i].clone(), None
+        for _ in range(k):
+            loss = 0.5 * (x - targets[i]).square().sum()
+            x = x - lr * (x - targets[i] + decay * x)
+        return x, loss
+
+    pairs, counts = torch.tensor([[3, 0], [1, 4]]), torch.tensor([[3, 2], [1, 0]])
+    expected, losses = x0.clone(), []
+    for (i, j), (ki, kj) in zip(pairs.tolist(), counts.tolist(), strict=True):
+        moved_i, loss = steps(i, ki)
+        losses.append(loss)
+        if blocking:
+            moved_j = steps(j, kj)[0] if kj else x0[j]
+            expected[i] = expected[j] = (moved_i + moved_j) / 2
+        else:
+            mean = (x0[i] + x0[j]) / 2
+            expected[i], expected[j] = mean + (moved_i - x0[i]), mean
+    state, loss = algo.interact(state, pairs, oracle, comm, counts)
+    torch.testing.assert_close(state.x, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(loss, torch.stack(losses), rtol=0, atol=1e-12)
+    assert state.interactions.tolist() == [1, 1, 0, 1, 1]
+
+
+def test_swarm_refuses_negative_local_steps_and_momentum() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^local_steps must be >= 0 \(0 = pure gossip\), got -1$"
+    ):
+        SwarmSGD(lr=0.1, local_steps=-1)
+    message = (
+        "swarm takes plain SGD steps; set momentum=0 "
+        "(momentum buffers across asynchronous averaging are not implemented)"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        SwarmSGD(lr=0.1, momentum=0.9)
