@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -222,3 +223,38 @@ def test_simulated_rounds_are_the_read_delay_model_written_out() -> None:
     assert state.reads.tolist() == [7 * nb] * n
     assert state.updates.sum(0).tolist() == counts[-1]
     assert max(stale_max) > 0 and any(not algo.full(t) for t in range(7))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"workers": -1},
+            "block_async needs workers >= 0 (0 = one per agent or process) and blocks >= 1",
+        ),
+        (
+            {"blocks": 0},
+            "block_async needs workers >= 0 (0 = one per agent or process) and blocks >= 1",
+        ),
+        ({"max_delay": -1}, "max_delay must be >= 0, got -1"),
+        ({"warmup": -1}, "warmup and full_every must be >= 0, got -1 and 0"),
+        ({"full_every": -1}, "warmup and full_every must be >= 0, got 0 and -1"),
+        ({"workers": 1, "blocks": 0}, "block_async needs workers >= 0"),
+    ],
+)
+def test_bad_settings_are_refused_each_alone(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        BlockAsyncSGD(**settings)
+
+
+def test_every_worker_must_own_a_block_and_full_steps_follow_the_warmup() -> None:
+    """One worker owning one block is fine (blocks >= workers at equality); ``full_every
+    = 1`` makes every step after the warm-up full, counted from the warm-up's end."""
+    BlockAsyncSGD(workers=1, blocks=1)
+    BlockAsyncSGD(workers=3, blocks=3)
+    with pytest.raises(ConfigError, match="blocks=2, workers=3"):
+        BlockAsyncSGD(workers=3, blocks=2)
+    every = BlockAsyncSGD(workers=2, blocks=2, full_every=1)
+    assert all(every.full(k) for k in range(6))
+    third = BlockAsyncSGD(workers=2, blocks=2, warmup=2, full_every=3)
+    assert [third.full(k) for k in range(8)] == [1, 1, 0, 0, 1, 0, 0, 1]

@@ -17,6 +17,7 @@ chosen spectrum of ``A^T W A``. The references are written out here on explicit 
 from __future__ import annotations
 
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -32,6 +33,7 @@ from nettrain.algorithms.surrogates import (
     _top_eigenvalue,
     minimize,
 )
+from nettrain.errors import ConfigError
 from nettrain.problem.flat import FlatSpec, block_slices
 from nettrain.problem.linearization import Linearization
 from nettrain.problem.losses import Regularizer, cross_entropy, squared
@@ -531,3 +533,21 @@ def test_blocks_of_a_separable_surrogate_give_the_one_block_answer(parallel: boo
         out = minimize(SurrogateConfig("linear", tau=0.5, blocks=blocks, parallel=parallel), sp)
         assert out.shape == (2, 6)
         assert torch.equal(out, one)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"kind": "newton"},
+            "surrogate='newton' is unknown; choose one of linear, gauss_newton, cross_entropy",
+        ),
+        ({"solver": "lu"}, "solver='lu' is unknown; choose one of auto, direct, cg"),
+        ({"tau": 0.0}, "prox_tau must be > 0 (it makes the surrogate strongly convex), got 0.0"),
+        ({"blocks": 0}, "blocks and inner_steps must be >= 1, got 0 and 10"),
+        ({"inner_steps": 0}, "blocks and inner_steps must be >= 1, got 1 and 0"),
+    ],
+)
+def test_bad_surrogate_settings_are_refused_each_alone(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        SurrogateConfig(**({"kind": "linear"} | settings))
