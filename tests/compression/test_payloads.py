@@ -63,6 +63,11 @@ def test_rows_picked_and_joined_decode_to_those_rows(comp: Compressor) -> None:
     assert all(
         getattr(joined, k) == getattr(payload, k) for k in ("dtype", "d") if hasattr(payload, k)
     )
+    alone = cat_rows([payload])  # one payload joined is itself
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(tensor_fields(alone).values(), tensor_fields(payload).values(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("comp", FORMATS, ids=lambda c: c.name)
