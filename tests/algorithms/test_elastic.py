@@ -284,6 +284,20 @@ def test_bad_settings_are_refused_with_the_fix(overrides, message) -> None:
         build_job(load_config(overrides))
 
 
+def with_servers(algo, n: int, d: int, seed: int):
+    """``n`` workers of different quadratics ``f_i = ||x - a_i||^2 / 2`` (rows of seed
+    ``seed``), distinct starts ``x0`` and a centre elsewhere on ``algo``'s servers: the
+    targets, ``x0``, the centre, the servers, a communicator and the oracle."""
+    targets = random_rows(n, d, seed)
+    problem, shards = identity_quadratics(targets)
+    x0, centre = random_rows(n, d, seed + 1), random_rows(1, d, seed + 2)[0]
+    servers = SimServers(centre, algo, n, CHEAP)
+    topology = build_topology("complete", n)
+    comm = SimCommunicator(topology, torch.device("cpu"), torch.float64, servers)
+    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    return targets, x0, centre, servers, comm, oracle
+
+
 def test_synchronous_easgd_step_from_distinct_workers_and_centre() -> None:
     """One exchange round from four different workers, a centre elsewhere and different
     data per worker (``f_i = ||x - a_i||^2 / 2``, gradient ``x_i - a_i``, weight decay
@@ -296,15 +310,8 @@ def test_synchronous_easgd_step_from_distinct_workers_and_centre() -> None:
     terms vanish; here every term is non-zero, so a wrong pull (``alpha / 2``), a wrong
     gradient or a centre update read after the local step fails."""
     n, d, lr, alpha, decay = N, 3, 0.1, 0.15, 0.01
-    targets = random_rows(n, d, 10)
-    problem, shards = identity_quadratics(targets)
     algo = EASGD(lr=lr, alpha=alpha, tau=1, servers=2, weight_decay=decay)
-    x0, centre = random_rows(n, d, 11), random_rows(1, d, 12)[0]
-    servers = SimServers(centre, algo, n, CHEAP)
-    comm = SimCommunicator(
-        build_topology("complete", n), torch.device("cpu"), torch.float64, servers
-    )
-    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    targets, x0, centre, servers, comm, oracle = with_servers(algo, n, d, 10)
     state = algo.init(x0.clone(), oracle, comm)
     state, loss = algo.step(state, 0, oracle, comm)
     expected_x = x0 - lr * (x0 - targets + decay * x0) - alpha * (x0 - centre)
@@ -403,17 +410,9 @@ def test_admm_exchanges_are_the_documented_rule_written_out() -> None:
     send ``(u_i' - u_i) / n`` for ``u_i = x_i - l_i / rho``, and pull the centre as the
     server left it after their own message (row order)."""
     n, d, lr, alpha, decay = 3, 2, 0.1, 0.3, 0.01
-    targets = random_rows(n, d, 30)
-    problem, shards = identity_quadratics(targets)
     algo = ADMM(lr=lr, alpha=alpha, tau=2, weight_decay=decay)
     rho = alpha / lr
-    x0 = random_rows(n, d, 31)
-    centre = random_rows(1, d, 32)[0]
-    servers = SimServers(centre, algo, n, CHEAP)
-    comm = SimCommunicator(
-        build_topology("complete", n), torch.device("cpu"), torch.float64, servers
-    )
-    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    targets, x0, centre, servers, comm, oracle = with_servers(algo, n, d, 30)
     state = algo.init(x0.clone(), oracle, comm)
     assert state.exchanges.dtype == torch.int64 and state.exchanges.tolist() == [0] * n
     assert torch.equal(state.dual, torch.zeros(n, d, dtype=torch.float64))
@@ -508,15 +507,8 @@ def test_eamsgd_exchanges_are_nesterov_steps_then_the_elastic_pull() -> None:
     delta v)); x <- x + v``, then exchange in row order: ``d = alpha (x_i - x~)``,
     ``x_i <- x_i - d``, ``x~ <- x~ + d``, each on the centre the previous one left."""
     n, d, lr, alpha, delta, decay = 3, 2, 0.1, 0.2, 0.6, 0.01
-    targets = random_rows(n, d, 60)
-    problem, shards = identity_quadratics(targets)
     algo = EAMSGD(lr=lr, momentum=delta, alpha=alpha, weight_decay=decay)
-    x0, centre = random_rows(n, d, 61), random_rows(1, d, 62)[0]
-    servers = SimServers(centre, algo, n, CHEAP)
-    comm = SimCommunicator(
-        build_topology("complete", n), torch.device("cpu"), torch.float64, servers
-    )
-    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    targets, x0, centre, servers, comm, oracle = with_servers(algo, n, d, 60)
     state = algo.init(x0.clone(), oracle, comm)
     state = dataclasses.replace(state, v=random_rows(n, d, 63))
     x, v, expected_centre, losses = x0.clone(), state.v.clone(), centre.clone(), []
@@ -543,15 +535,8 @@ def test_downpour_exchanges_push_the_accumulated_steps_and_pull_the_centre() -> 
     push ``D = x_i - x_pulled`` (server: ``x~ <- x~ + D``) in row order and pull the
     centre as their own push left it; the third keeps its model and count."""
     n, d, lr, decay = 3, 2, 0.1, 0.01
-    targets = random_rows(n, d, 70)
-    problem, shards = identity_quadratics(targets)
     algo = Downpour(lr=lr, weight_decay=decay, servers=2)
-    x0, centre = random_rows(n, d, 71), random_rows(1, d, 72)[0]
-    servers = SimServers(centre, algo, n, CHEAP)
-    comm = SimCommunicator(
-        build_topology("complete", n), torch.device("cpu"), torch.float64, servers
-    )
-    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    targets, x0, centre, servers, comm, oracle = with_servers(algo, n, d, 70)
     state = algo.init(x0.clone(), oracle, comm)
     assert state.exchanges.dtype == torch.int64
     state = dataclasses.replace(state, pulled=random_rows(n, d, 73))
