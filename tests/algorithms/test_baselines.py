@@ -203,7 +203,12 @@ def test_gradient_tracking_with_momentum_is_the_per_agent_reference(
 
 @pytest.mark.parametrize("method", [LocalSGD, DPSGD, GradientTracking])
 def test_top_k_on_a_method_that_sends_models_is_refused_by_name(method) -> None:
-    with pytest.raises(ConfigError, match=rf"\(algorithm=allreduce\); {method.name} sends models"):
+    message = (
+        "quantizer=topk keeps the largest 1% of the coordinates and zeros the rest: it is "
+        f"meant for gradients under error feedback (algorithm=allreduce); {method.name} sends "
+        "models, which it would shrink towards 0. Use quantizer=lattice, qsgd, fp16 or bf16"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         method(lr=0.1, compressor=TopK(k=2))
 
 

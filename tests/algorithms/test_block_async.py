@@ -169,18 +169,20 @@ def test_registered_and_checked() -> None:
         BlockAsyncSGD(workers=1, blocks=5).check(problem)
 
 
-def test_simulated_rounds_are_the_read_delay_model_written_out() -> None:
-    """Three workers, three blocks, different quadratics, momentum, weight decay and a
+@pytest.mark.parametrize("method", [BlockAsyncSGD, Hogwild])
+def test_simulated_rounds_are_the_read_delay_model_written_out(method: type) -> None:
+    """Three workers, four blocks, different quadratics, momentum, weight decay and a
     diminishing step, reads up to two rounds old, partitioned and full rounds mixed,
     against the model of :meth:`BlockAsyncSGD.step` written out block by block: worker
-    ``c`` reads its own blocks now and block ``b`` of the others as it was ``s`` rounds
-    ago (the seeded draws), takes the gradient of agent ``pi_t(c)``'s quadratic there,
-    moves its momentum on the blocks it writes, and all writes land together; staleness
-    counts the writes a read missed, its own excluded."""
-    n, d, nb, lr, m, wd, decay = 3, 7, 3, 0.1, 0.5, 0.01, 0.2
+    ``c`` reads its own blocks now (Hogwild owns none) and block ``b`` of the others as
+    it was ``s`` rounds ago (the seeded draws), takes the gradient of agent ``pi_t(c)``'s
+    quadratic there, moves its momentum on the blocks it writes, and all writes land
+    together; staleness counts the writes a read missed, its own excluded. The steps
+    run under a meta default device: every tensor they make is on the state's device."""
+    n, d, nb, lr, m, wd, decay = 3, 7, 4, 0.1, 0.5, 0.01, 0.2
     targets = torch.randn(n, d, generator=torch.Generator().manual_seed(40), dtype=torch.float64)
     problem, shards = identity_quadratics(targets)
-    algo = BlockAsyncSGD(
+    algo = method(
         lr=lr, momentum=m, weight_decay=wd, workers=n, blocks=nb, step_decay=decay,
         warmup=1, full_every=3, max_delay=2, seed=9,
     )  # fmt: skip
@@ -188,6 +190,7 @@ def test_simulated_rounds_are_the_read_delay_model_written_out() -> None:
     x0 = torch.randn(1, d, generator=torch.Generator().manual_seed(41), dtype=torch.float64)
     state = algo.init(x0.expand(n, -1).clone(), oracle, comm=None)  # type: ignore[arg-type]
     assert state.history.shape == (3, d) and state.versions.shape == (3, nb)
+    owned = [owned_blocks(c, n, nb) if method.partitioned else () for c in range(n)]
     assert all(t.dtype == torch.int64 for t in (state.versions, state.updates, state.reads))
     block = [range(s.start, s.stop) for s in block_slices(d, nb)]
     models, counts = [x0[0].clone()], [[0] * nb]  # the model and writes at each round's start
@@ -205,7 +208,7 @@ def test_simulated_rounds_are_the_read_delay_model_written_out() -> None:
         for c in range(n):
             read = torch.empty(d, dtype=torch.float64)
             for b in range(nb):
-                s = 0 if b in owned_blocks(c, n, nb) else delay[c][b]
+                s = 0 if b in owned[c] else delay[c][b]
                 read[block[b]] = models[t - s][block[b]]
                 missed = total[b] - counts[t - s][b] - (b in writes[c])
                 stale_sum[c] += missed
@@ -216,13 +219,21 @@ def test_simulated_rounds_are_the_read_delay_model_written_out() -> None:
                 new[block[b]] -= lr / (1 + decay * lr * t) * u[c, block[b]]
         models.append(new)
         counts.append(total)
-        state, _ = algo.step(state, t, oracle, comm=None)  # type: ignore[arg-type]
+        with torch.device("meta"):
+            state, _ = algo.step(state, t, oracle, comm=None)  # type: ignore[arg-type]
         torch.testing.assert_close(state.x, new.expand(n, -1), rtol=0, atol=1e-12)
         torch.testing.assert_close(state.u, u, rtol=0, atol=1e-12)
     assert state.stale_sum.tolist() == stale_sum and state.stale_max.tolist() == stale_max
     assert state.reads.tolist() == [7 * nb] * n
-    assert state.updates.sum(0).tolist() == counts[-1]
-    assert max(stale_max) > 0 and any(not algo.full(t) for t in range(7))
+    reads = 7 * nb * n
+    assert algo.diagnostics(state) == {
+        "staleness_mean": sum(stale_sum) / reads,
+        "staleness_max": max(stale_max),
+        "updates_per_block_min": min(counts[-1]),
+        "updates_per_block_max": max(counts[-1]),
+        "updates_per_block": counts[-1],
+    }
+    assert max(stale_max) > 0 and any(not algo.full(t) for t in range(7)) == method.partitioned
 
 
 @pytest.mark.parametrize(

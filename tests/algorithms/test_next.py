@@ -385,6 +385,15 @@ def test_next_checks_the_loss_the_model_and_the_blocks_of_its_surrogate() -> Non
     )
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         NEXT("cross_entropy").check(squared_problem)
+    x = squared_problem.data.x_train
+    labels = (x[:, 0] > 0).long()
+    two_classes = Dataset("signs", x, labels, x, labels, n_classes=2)
+    entropy_problem = Problem(
+        torch.nn.Linear(3, 2).double(), get_loss("cross_entropy"), Regularizer(), two_classes
+    )
+    NEXT("cross_entropy").check(entropy_problem)
+    with pytest.raises(ConfigError, match=r"^surrogate=gauss_newton .* inside the squared loss;"):
+        NEXT("gauss_newton").check(entropy_problem)
     with pytest.raises(ConfigError, match="more than"):
         NEXT("linear", blocks=5).check(squared_problem)
     data = regression_data(n_features=3)

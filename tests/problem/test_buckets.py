@@ -47,6 +47,18 @@ def test_buckets_cover_every_column_once_last_layers_first(numels: list[int], ca
         assert buckets == (slice(0, d),)
 
 
+def test_a_bucket_closes_only_before_the_parameter_that_would_pass_the_cap() -> None:
+    """From the last parameter: 3 + 15 = 18 fit a cap of 18, the 5 before them does not;
+    a parameter larger than the cap is a bucket of its own; no parameters, no bucket."""
+    assert gradient_buckets([30, 5, 15, 3], 18) == (slice(35, 53), slice(30, 35), slice(0, 30))
+    assert gradient_buckets([30, 5, 15, 3], 17) == (
+        slice(50, 53), slice(35, 50), slice(30, 35), slice(0, 30),
+    )  # fmt: skip
+    assert gradient_buckets([4, 4, 4], 1) == (slice(8, 12), slice(4, 8), slice(0, 4))
+    assert gradient_buckets([2, 0, 3], 3) == (slice(2, 5), slice(0, 2))
+    assert gradient_buckets([], 5) == () and gradient_buckets([], 0) == ()
+
+
 def test_the_fashion_mnist_mlp_splits_before_its_first_weight() -> None:
     assert gradient_buckets([100352, 128, 1280, 10], 2000) == (
         slice(100352, 101770),  # the output layer and the hidden bias: 1,418 columns

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -8,6 +10,7 @@ from torch.nn import functional as F
 from helpers import GOLDEN, iid_shards, least_squares_problem, regression_data, splitmix64
 from nettrain.data import Dataset
 from nettrain.errors import ConfigError
+from nettrain.problem.execution import Execution
 from nettrain.problem.flat import FlatSpec, matmul_flops_per_sample
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
@@ -15,13 +18,16 @@ from nettrain.problem.oracle import Oracle, Problem, agent_seed
 from nettrain.problem.random_layers import integers53
 
 
-def classification_problem(model: str = "mlp") -> Problem:
+def classification_problem(model: str = "mlp", execution: Execution | None = None) -> Problem:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(90, 1, 4, 4, generator=gen, dtype=torch.float64)  # (N, C, H, W)
     y = torch.randint(0, 3, (90,), generator=gen)
     data = Dataset("toy", x, y, x[:30], y[:30], n_classes=3)
     net = build_model(model, (1, 4, 4), 3, hidden=(8,)).double()
-    return Problem(net, get_loss("cross_entropy"), Regularizer("l2", 0.01), data)
+    return Problem(
+        net, get_loss("cross_entropy"), Regularizer("l2", 0.01), data,
+        execution=execution or Execution(),
+    )  # fmt: skip
 
 
 def test_flat_views_round_trip() -> None:
@@ -162,20 +168,23 @@ def test_agents_and_seeds_have_their_own_streams() -> None:
     assert not (again == idx).all(1).any()
 
 
-def stateful_problem() -> Problem:
-    """BatchNorm and dropout: ``local_state`` is the dict form."""
+def stateful_problem(execution: Execution | None = None, dropout: bool = True) -> Problem:
+    """BatchNorm (and dropout): ``local_state`` is the dict form."""
     problem = classification_problem()
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3),
-        nn.Linear(8, 3),
+        nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(),
+        nn.Dropout(0.3) if dropout else nn.Identity(), nn.Linear(8, 3),
     ).double()  # fmt: skip
-    return Problem(net, get_loss("cross_entropy"), Regularizer(), problem.data)
+    return Problem(
+        net, get_loss("cross_entropy"), Regularizer(), problem.data,
+        execution=execution or Execution(),
+    )  # fmt: skip
 
 
-@pytest.mark.parametrize("stateful", [False, True])
-def test_local_state_round_trip_continues_the_streams(stateful: bool) -> None:
-    problem = stateful_problem() if stateful else classification_problem()
+@pytest.mark.parametrize(("stateful", "dropout"), [(False, False), (True, False), (True, True)])
+def test_local_state_round_trip_continues_the_streams(stateful: bool, dropout: bool) -> None:
+    problem = stateful_problem(dropout=dropout) if stateful else classification_problem()
     shards = iid_shards(90, 3)
     x = problem.initial_params(0).expand(3, -1).clone()
     first = problem.oracle(shards, range(3), batch_size=4, seed=5)
@@ -187,6 +196,7 @@ def test_local_state_round_trip_continues_the_streams(stateful: bool) -> None:
     assert [int(b) for b in batches] == [2, 3, 2]
     assert all(isinstance(s, dict) for s in state) == stateful
     for i, entry in enumerate(state if stateful else []):  # agent i's own buffer rows
+        assert ("dropout" in entry) == dropout
         assert entry["buffers"].keys() == first.buffers.keys()
         assert all(torch.equal(b, first.buffers[k][i : i + 1]) for k, b in entry["buffers"].items())
     resumed = problem.oracle(shards, range(3), batch_size=4, seed=5)
@@ -211,7 +221,12 @@ def test_a_checkpoint_with_generator_states_is_refused(stateful: bool) -> None:
         state[1] = state[1] | {"batches": old}
     else:
         state[1] = old
-    with pytest.raises(ConfigError, match=r"earlier nettrain.*rerun from the start"):
+    message = (
+        "this checkpoint was written by an earlier nettrain, whose mini-batch streams differ "
+        "from this version's (it saved a torch.Generator state per agent, this version "
+        "counts batches drawn): it cannot be continued; rerun from the start"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         oracle.load_local_state(state)
     assert oracle.drawn.tolist() == [0, 0, 0]  # nothing loaded
     with pytest.raises(ValueError, match=r"^2 agent states for 3 agents$"):
@@ -330,3 +345,32 @@ def test_a_linearisation_consumes_and_counts_one_batch_per_agent() -> None:
     oracle.linearize(x[1:2], torch.tensor([1]))
     assert oracle.meter.reset().tolist() == [4, 8, 4]
     assert oracle.drawn.tolist() == [1, 2, 1]
+
+
+@pytest.mark.parametrize("model", ["mlp", "batchnorm"])
+def test_the_functions_compile_would_compile_give_the_eager_numbers(
+    model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``compile=true`` with ``torch.compile`` replaced by the identity: the functions it
+    would compile (``grad_and_value`` of the batched model's summed loss, the vmapped
+    gradient with buffers) give the eager oracle's losses, gradients and buffers, for
+    every agent and for a subset. The compiler itself is tested in test_compile.py."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
+    make = classification_problem if model == "mlp" else stateful_problem
+    problem = make()
+    shards = iid_shards(90, 3)
+    x = problem.initial_params(0) + 0.1 * torch.randn(
+        3, problem.dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
+    eager = problem.oracle(shards, range(3), batch_size=4, seed=5)
+    compiling = make(execution=Execution(compile=True))
+    compiled = compiling.oracle(shards, range(3), batch_size=4, seed=5)
+    assert (compiled.problem.batched is None) == (model == "batchnorm")
+    for local in (None, torch.tensor([2, 0])):
+        rows = x if local is None else x[local]
+        for got, expected in zip(compiled.grad(rows, local), eager.grad(rows, local), strict=True):
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+        for name, value in eager.buffers.items():
+            torch.testing.assert_close(compiled.buffers[name], value, rtol=0, atol=1e-12)
+    kernel = compiled._compiled_vmap if model == "batchnorm" else compiled._compiled_batched
+    assert kernel.compiled is not None and kernel.failed is None

@@ -28,7 +28,13 @@ def test_uniforms_are_splitmix64_written_out(key: int) -> None:
         got = uniform_at(torch.tensor(key), salt, positions)
         assert got.dtype == torch.float32
         assert got.tolist() == [reference_uniform(key, salt, int(p)) for p in positions]
-    shaped = uniform(torch.tensor(key), 2, torch.Size([2, 3]))
+    torch.set_default_dtype(torch.float64)
+    try:  # float32 whatever the default: 24 random bits
+        assert uniform_at(torch.tensor(key), 0, positions).dtype == torch.float32
+    finally:
+        torch.set_default_dtype(torch.float32)
+    with torch.device("meta"):  # made on the key's device
+        shaped = uniform(torch.tensor(key, device="cpu"), 2, torch.Size([2, 3]))
     assert shaped.shape == (2, 3)
     assert shaped.flatten().tolist() == [reference_uniform(key, 2, p) for p in range(6)]
 
@@ -83,11 +89,16 @@ def per_agent(layer: SeededDropout, keys: list[int], rows: list[torch.Tensor]) -
     return torch.stack(outs)
 
 
+@pytest.mark.parametrize(("keys", "B"), [([7, 9], 3), ([7], 1)])
 @pytest.mark.parametrize("layout", ["rows", "features", "images"])
-def test_batched_dropout_at_the_boundary_and_in_evaluation(layout: str) -> None:
+def test_batched_dropout_at_the_boundary_and_in_evaluation(
+    layout: str, keys: list[int], B: int
+) -> None:
     """Every layout of the batched oracle gives each agent the mask of its own layer, also
-    for the element drawn exactly at the rate; evaluation mode changes nothing."""
-    keys, m, B = [7, 9], 2, 3
+    for the element drawn exactly at the rate and for one agent with one sample;
+    evaluation mode changes nothing. Run under a meta default device: every tensor it
+    makes is on the activation's device."""
+    m = len(keys)
     channels = layout == "images"
     layer = boundary_layer(nn.Dropout2d(0.5) if channels else nn.Dropout(0.5), keys[0])
     x = torch.randn(m, B, 4, 2, 2) if channels else torch.randn(m, B, 6)
@@ -101,6 +112,19 @@ def test_batched_dropout_at_the_boundary_and_in_evaluation(layout: str) -> None:
         value = x.transpose(0, 1).reshape(B, m * 4, 2, 2)
         reference = reference.transpose(0, 1).reshape(B, m * 4, 2, 2)
     activation = Activation(value, layout, m, B)
-    torch.testing.assert_close(_dropout(layer, activation, torch.tensor(keys)), reference)
+    keys_t = torch.tensor(keys)
+    with torch.device("meta"):
+        out = _dropout(layer, activation, keys_t)
+    torch.testing.assert_close(out, reference)
+    layer.p = 1.0
+    assert torch.equal(_dropout(layer, activation, keys_t), torch.zeros_like(value))
     layer.eval()
-    assert torch.equal(_dropout(layer, activation, torch.tensor(keys)), value)
+    assert torch.equal(_dropout(layer, activation, keys_t), value)
+
+
+@pytest.mark.parametrize("original", [nn.Dropout(1.0), nn.Dropout2d(1.0)])
+def test_a_rate_of_one_drops_everything_as_torch_does(original: nn.Module) -> None:
+    layer = SeededDropout(original, salt=0)
+    layer.key = torch.tensor(3)
+    x = torch.randn(4, 5, 2, 3)
+    assert torch.equal(layer(x), original(x)) and not layer(x).any()

@@ -123,7 +123,7 @@ class BlockAsyncSGD(LocalStep, Algorithm[BlockAsyncState]):
             raise ConfigError(
                 f"warmup and full_every must be >= 0, got {self.warmup} and {self.full_every}"
             )
-        if self.partitioned and self.workers > 0 and self.blocks < self.workers:
+        if self.partitioned and self.blocks < self.workers:  # blocks >= 1 > workers = 0
             raise ConfigError(
                 f"algorithm={self.name} needs blocks >= workers so that every worker owns a "
                 f"block (the workers are the processes of engine=shared_memory, the agents of "

@@ -119,9 +119,10 @@ def _positions(rows: int, cols: int, device: torch.device) -> torch.Tensor:
 
 
 def _dropout(layer: SeededDropout, a: Activation, keys: torch.Tensor) -> torch.Tensor:
-    """``x * mask / (1 - p)``, the mask of each agent the one :class:`SeededDropout`
-    draws from its key: element ``j`` of the agent's ``(B, *shape)`` tensor (row-major;
-    ``(B, C)`` for channel dropout) keeps its value when ``uniform(key, salt)[j] >= p``."""
+    """``x * mask / (1 - p)`` (:meth:`SeededDropout.masked`), the mask of each agent the
+    one :class:`SeededDropout` draws from its key: element ``j`` of the agent's
+    ``(B, *shape)`` tensor (row-major; ``(B, C)`` for channel dropout) keeps its value
+    when ``uniform(key, salt)[j] >= p``."""
     x, m, B = a.value, a.m, a.B
     if not layer.training or layer.p == 0:
         return x
@@ -132,13 +133,13 @@ def _dropout(layer: SeededDropout, a: Activation, keys: torch.Tensor) -> torch.T
             h = w = 1
         counters = _positions(B, c * h * w, x.device).view(B, 1, c, h, w)
         u = uniform_at(keys.view(1, m, 1, 1, 1), layer.salt, counters)  # (B, m, c, h, w)
-        return x * (u >= layer.p).to(x.dtype).view(B, mc, h, w) / (1 - layer.p)
+        return layer.masked(x, u.view(B, mc, h, w))
     if a.layout == "features":  # (m, F, B): element (f, b) is number b * F + f
         counters = _positions(B, x.shape[1], x.device).T[None]
     else:  # rows (m, B, *shape)
         counters = torch.arange(x[0].numel(), device=x.device).view(1, *x.shape[1:])
     u = uniform_at(keys.view(-1, *[1] * (x.dim() - 1)), layer.salt, counters)
-    return x * (u >= layer.p).to(x.dtype) / (1 - layer.p)
+    return layer.masked(x, u)
 
 
 @dataclass(frozen=True)

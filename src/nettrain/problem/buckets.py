@@ -17,6 +17,7 @@ collectives in the same order.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -39,21 +40,15 @@ def gradient_buckets(numels: Sequence[int], cap: int) -> tuple[slice, ...]:
     flat order): parameters taken from the last to the first, a bucket closed before the
     parameter that would take it past ``cap`` elements (``cap <= 0``: one bucket). The
     buckets come in that reverse order and cover ``range(sum(numels))`` exactly once."""
-    ends = [0]
-    for k in numels:
-        ends.append(ends[-1] + k)
-    d = ends[-1]
-    if cap <= 0 or d == 0:
-        return (slice(0, d),)
+    ends = [0, *itertools.accumulate(numels)]
     buckets: list[slice] = []
-    stop = d
-    for j in reversed(range(len(numels))):
-        start = ends[j]
-        if stop - start > cap and stop > ends[j + 1]:  # parameter j opens the next bucket
+    stop = ends[-1]
+    for j in reversed(range(len(numels)) if cap > 0 else ()):
+        if stop - ends[j] > cap:  # parameter j opens the next bucket
             buckets.append(slice(ends[j + 1], stop))
             stop = ends[j + 1]
     buckets.append(slice(0, stop))
-    return tuple(b for b in buckets if b.stop > b.start)
+    return tuple(b for b in buckets if b.stop > b.start)  # empty before a parameter > cap
 
 
 @functools.lru_cache(maxsize=64)
@@ -91,7 +86,7 @@ class BucketFeed:
         extra: Callable[[slice], torch.Tensor] | None = None,
     ) -> None:
         self.out, self.params, self.sink, self.extra = out, params, sink, extra
-        cap = sink.bucket_bytes // out.element_size() if sink.bucket_bytes > 0 else 0
+        cap = sink.bucket_bytes // out.element_size()  # <= 0: one bucket
         numels = tuple(p.stop - p.start for p in params)
         self.buckets, self.of, sizes = bucket_layout(numels, cap)
         self.missing = list(sizes)  # parameters still missing per bucket

@@ -640,10 +640,9 @@ class Oracle:
 
         Consumes and counts one batch per agent, like :meth:`grad`.
         """
-        if local is None:
-            local = torch.arange(self.m, device="cpu")  # agent ids, like the meters
         idx, w = self._sample(local)
-        self.meter.samples[local] += self._counted[local]
+        every = slice(None) if local is None else local
+        self.meter.samples[every] += self._counted[every]
         return Linearization.at(self.problem, x, *self.samples(idx), w)
 
     def local_state(self) -> list[Any]:
@@ -651,7 +650,7 @@ class Oracle:
         mini-batches drawn (a 0-d int64 tensor on the CPU), and for models with dropout or
         buffers a dict holding it (``"batches"``) with the dropout generator's state and
         the agent's buffers."""
-        batches = [torch.tensor(k, dtype=torch.int64) for k in self.drawn.tolist()]
+        batches = [torch.tensor(k) for k in self.drawn.tolist()]  # int64
         if self.problem.stateless:
             return batches
         out = []
@@ -686,8 +685,8 @@ class Oracle:
                 if self.dropout_generators:
                     self.dropout_generators[i].set_state(state["dropout"])
                 for name, value in state["buffers"].items():
-                    self.buffers[name][i] = value[0].to(self.buffers[name].device)
-        self.drawn.copy_(torch.tensor([int(b) for b in batches], dtype=torch.int64))
+                    self.buffers[name][i] = value[0]  # copied to the buffers' device
+        self.drawn.copy_(torch.tensor([int(b) for b in batches]))
 
 
 def _is_count(value: Any) -> bool:

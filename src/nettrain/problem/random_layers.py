@@ -16,6 +16,7 @@ oracle's mini-batch indices.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -59,10 +60,7 @@ def uniform_at(key: torch.Tensor, salt: int, positions: torch.Tensor) -> torch.T
 
 def uniform(key: torch.Tensor, salt: int, shape: torch.Size) -> torch.Tensor:
     """:func:`uniform_at` of one key at the row-major positions of ``shape``."""
-    n = 1
-    for s in shape:
-        n *= s
-    positions = torch.arange(n, dtype=torch.int64, device=key.device)
+    positions = torch.arange(math.prod(shape), device=key.device)
     return uniform_at(key, salt, positions).reshape(shape)
 
 
@@ -83,7 +81,8 @@ def integers53(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
 class SeededDropout(nn.Module):
     """Dropout whose mask comes from :attr:`key` (set by the oracle for each pass).
 
-    ``y = x * mask / (1 - p)`` with ``mask = uniform(key, salt) >= p``, drawn per element
+    ``y = x * mask / (1 - p)`` with ``mask = uniform(key, salt) >= p`` (``y = 0`` at
+    ``p = 1``), drawn per element
     (``channels=False``, ``nn.Dropout``) or per channel (``Dropout1d/2d/3d``: one draw for
     each ``(sample, channel)``). With no key (a module used outside the oracle) it is
     torch's dropout on the global generator.
@@ -102,8 +101,14 @@ class SeededDropout(nn.Module):
         if self.key is None:
             return self.fallback(x)
         shape = x.shape[:2] + (1,) * (x.dim() - 2) if self.channels else x.shape
-        keep = uniform(self.key, self.salt, shape) >= self.p
-        return x * keep.to(x.dtype) / (1 - self.p)
+        return self.masked(x, uniform(self.key, self.salt, shape))
+
+    def masked(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """``x * [u >= p] / (1 - p)`` for uniforms ``u`` broadcast to ``x``; zeros at
+        ``p = 1``, as torch's dropout (not ``0 / 0``)."""
+        if self.p == 1:
+            return torch.zeros_like(x)
+        return x * (u >= self.p).to(x.dtype) / (1 - self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, salt={self.salt}, channels={self.channels}"
