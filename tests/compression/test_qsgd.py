@@ -153,3 +153,28 @@ def test_bad_settings_are_named_with_their_meaning():
     message = "qsgd norm='l1' is unknown; choose one of l2, linf"
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         QSGD(norm="l1")
+
+
+@pytest.mark.parametrize("bits", [2, 8, 16])
+def test_a_zero_row_is_sent_as_zero_levels(bits: int) -> None:
+    """A zero row has scale ``c = 0`` and every level ``0``, within ``[-s, s]`` whatever the
+    code dtype (int32 for 16 bits), not only a zero estimate."""
+    x = torch.zeros(2, 6, dtype=torch.float64)
+    x[1] = torch.tensor([1.0, -2.0, 0.0, 3.0, 0.5, -0.25], dtype=torch.float64)
+    payload = QSGD(bits=bits).encode(x, generator=generator(14))
+    assert float(payload.scale[0]) == 0.0
+    assert torch.equal(payload.codes[0], torch.zeros(6, dtype=payload.codes.dtype))
+
+
+def test_a_whole_level_is_sent_exactly_whatever_the_uniform() -> None:
+    """Where ``r = s |x_i| / c`` is a whole number the level is ``l + 1`` with probability
+    ``r - l = 0``: zeros are sent as 0 and ``|x_i| = c`` as ``s``, for every uniform ``u``,
+    ``u = 0`` included (``u < 0`` is never true). bfloat16 uniforms have 8 random bits, so
+    about 1 in 256 of them is exactly 0: this generator draws some."""
+    x = torch.zeros(1, 512, dtype=torch.bfloat16)
+    x[0, ::3], x[0, 1::7] = 1.0, -1.0  # linf scale c = 1: r = s there, r = 0 elsewhere
+    u = torch.rand(x.shape, generator=generator(19), dtype=torch.bfloat16)
+    assert ((u == 0) & (x == 0)).any() and ((u == 0) & (x != 0)).any()
+    qsgd = QSGD(bits=4, norm="linf")
+    payload = qsgd.encode(x, generator=generator(19))
+    assert torch.equal(payload.codes.to(torch.int64), x.to(torch.int64) * qsgd.levels)

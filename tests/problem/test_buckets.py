@@ -176,3 +176,24 @@ def test_at_the_end_is_the_plain_mean() -> None:
     handle = AtTheEnd(lambda v: Ready(v.mean(0, keepdim=True).expand_as(v).clone()))
     handle.put(slice(0, 5), x)  # ignored: everything is sent at wait
     assert torch.equal(handle.wait(x), x.mean(0, keepdim=True).expand_as(x))
+
+
+@pytest.mark.parametrize("chunk", ["auto", 2])
+@pytest.mark.parametrize("smooth", [True, False])
+def test_a_fed_gradient_is_the_plain_one_with_dropout_and_without_the_regulariser(
+    chunk: int | str, smooth: bool
+) -> None:
+    """With dropout (each agent's key reaches the hooked pass) and with ``smooth=True``
+    (methods that apply the regulariser's prox: no regulariser in any bucket), fed from
+    the hooks (one chunk) or after the pass (chunks of 2), bit for bit."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Dropout(0.4), nn.Linear(5, 3))
+    prob = problem(net, "l2", chunk)
+    shards = [torch.arange(k * 20, k * 20 + 20) for k in range(4)]
+    plain, fed = (prob.oracle(shards, range(4), batch_size=5, seed=3) for _ in range(2))
+    x = torch.randn(4, prob.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    sink = Recorder(8 * 8, [])
+    loss0, g0 = plain.grad(x, smooth=smooth)
+    loss1, g1 = fed.grad(x, smooth=smooth, sink=sink)
+    assert torch.equal(loss0, loss1) and torch.equal(g0, g1)
+    assert len(sink.parts) > 1

@@ -4,6 +4,8 @@ that sizes the chunks."""
 from __future__ import annotations
 
 import dataclasses
+import io
+import re
 
 import pytest
 import torch
@@ -83,11 +85,16 @@ def test_a_pass_costs_more_with_a_bigger_batch() -> None:
 @pytest.mark.parametrize(
     "chunk, memory, message",
     [("0", 0.0, "chunk_agents must be auto or a number"), ("some", 0.0, "chunk_agents"),
-     ("auto", -1.0, "memory_gb must be >= 0")],
+     ("auto", -1.0, re.escape("memory_gb must be >= 0 (0 = a quarter of free memory), got -1.0"))],
 )  # fmt: skip
 def test_bad_chunk_settings_are_refused(chunk: str, memory: float, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Execution.parse(chunk, memory)
+
+
+def test_compile_must_be_a_boolean() -> None:
+    with pytest.raises(ConfigError, match=r"^compile must be true or false, got 'yes'$"):
+        Execution(compile="yes")  # type: ignore[arg-type]
 
 
 def test_execution_is_only_how_not_what() -> None:
@@ -104,3 +111,67 @@ def test_execution_is_only_how_not_what() -> None:
 def test_execution_is_parsed_from_the_configs_text() -> None:
     assert Execution.parse(" 12 ", 2.5, compile=True) == Execution(12, 2.5, True)
     assert Execution.parse("auto", 0.0) == Execution("auto", 0.0, False)
+
+
+MEMINFO = "MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   12345678 kB\n"
+
+
+def test_free_memory_on_the_cpu_is_the_machines_available_memory(monkeypatch) -> None:
+    """``MemAvailable`` of /proc/meminfo in bytes; without it (or without the file), the
+    free pages."""
+    from nettrain.problem import execution
+
+    def fake_open(text: str | None):
+        def opener(path: str):
+            assert path == "/proc/meminfo"
+            if text is None:
+                raise OSError("no such file")
+            return io.StringIO(text)
+
+        return opener
+
+    sysconf = {"SC_AVPHYS_PAGES": 3000, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(execution.os, "sysconf", sysconf.__getitem__)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(execution, "open", fake_open(MEMINFO), raising=False)
+    assert execution.free_memory(cpu) == 12345678 * 1024
+    for broken in (None, MEMINFO.replace("MemAvailable", "Cached"), "MemAvailable: lots kB\n"):
+        monkeypatch.setattr(execution, "open", fake_open(broken), raising=False)
+        assert execution.free_memory(cpu) == 3000 * 4096
+
+
+def test_free_memory_on_cuda_is_the_devices_free_memory(monkeypatch) -> None:
+    from nettrain.problem import execution
+
+    cuda = torch.device("cuda", 1)
+
+    def mem_get_info(device: torch.device) -> tuple[int, int]:
+        assert device == cuda
+        return 777, 1000  # free, total
+
+    monkeypatch.setattr(execution.torch.cuda, "mem_get_info", mem_get_info)
+    assert execution.free_memory(cuda) == 777
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+@pytest.mark.parametrize("batch_size", [4, 0])
+def test_a_pass_costs_three_times_its_saved_activations_plus_the_batch_and_two_rows(
+    hidden: bool, batch_size: int
+) -> None:
+    """float64, squared loss, batch B (4, or the larger shard's 6 for the full batch), inputs
+    of 3 features and 2 outputs. Autograd saves the residual (B, 2) and the per-sample losses
+    (B,) that the weights multiply; the inputs, views of the batch, and the weights, views of
+    the parameters, cost nothing. With a hidden layer of 5 ReLUs it also saves their output
+    (B, 5) twice (for the ReLU and as the next layer's input). Then a pass costs 3x that,
+    plus the batch (B, 3) and two rows of d."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(9, 2, generator=gen, dtype=torch.float64)
+    net = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)) if hidden else nn.Linear(3, 2)
+    data = Dataset("v", x, y, x, y, 0)
+    problem = Problem(net.double(), get_loss("squared"), Regularizer("none", 0.0), data)
+    shards = [torch.arange(0, 3), torch.arange(3, 9)]
+    o = problem.oracle(shards, range(2), batch_size=batch_size, seed=0)
+    B, d = batch_size or 6, (3 * 5 + 5 + 5 * 2 + 2) if hidden else (3 * 2 + 2)
+    saved = B * 2 + B + (2 * B * 5 if hidden else 0)
+    assert o.pass_bytes() == 8 * (3 * saved + B * 3 + 2 * d)

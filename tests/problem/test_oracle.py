@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,8 +15,9 @@ from nettrain.problem.execution import Execution
 from nettrain.problem.flat import FlatSpec, matmul_flops_per_sample
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
-from nettrain.problem.oracle import Oracle, Problem, agent_seed
+from nettrain.problem.oracle import DROPOUT_STREAM, Oracle, Problem, agent_seed
 from nettrain.problem.random_layers import integers53
+from nettrain.problem.vectorise import training
 
 
 def classification_problem(model: str = "mlp", execution: Execution | None = None) -> Problem:
@@ -290,7 +292,7 @@ def test_squared_loss_on_class_labels_runs_under_vmap() -> None:
 
 
 def test_mode_blocks_restore_every_module_as_it_was() -> None:
-    from nettrain.problem.vectorise import evaluation, training
+    from nettrain.problem.vectorise import evaluation
 
     net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
     net[1].eval()  # one module in evaluation mode, the rest training
@@ -347,7 +349,16 @@ def test_a_linearisation_consumes_and_counts_one_batch_per_agent() -> None:
     assert oracle.drawn.tolist() == [1, 2, 1]
 
 
-@pytest.mark.parametrize("model", ["mlp", "batchnorm"])
+def dropout_problem(execution: Execution | None = None) -> Problem:
+    """A batched model with dropout: the compiled kernel takes each agent's key."""
+    problem = classification_problem()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3))
+    return Problem(net.double(), get_loss("cross_entropy"), Regularizer(), problem.data,
+                   execution=execution or Execution())  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["mlp", "dropout", "batchnorm"])
 def test_the_functions_compile_would_compile_give_the_eager_numbers(
     model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -356,7 +367,7 @@ def test_the_functions_compile_would_compile_give_the_eager_numbers(
     gradient with buffers) give the eager oracle's losses, gradients and buffers, for
     every agent and for a subset. The compiler itself is tested in test_compile.py."""
     monkeypatch.setattr(torch, "compile", lambda fn, **_: fn)
-    make = classification_problem if model == "mlp" else stateful_problem
+    make = {"mlp": classification_problem, "dropout": dropout_problem}.get(model, stateful_problem)
     problem = make()
     shards = iid_shards(90, 3)
     x = problem.initial_params(0) + 0.1 * torch.randn(
@@ -374,3 +385,140 @@ def test_the_functions_compile_would_compile_give_the_eager_numbers(
             torch.testing.assert_close(compiled.buffers[name], value, rtol=0, atol=1e-12)
     kernel = compiled._compiled_vmap if model == "batchnorm" else compiled._compiled_batched
     assert kernel.compiled is not None and kernel.failed is None
+
+
+@pytest.mark.parametrize("batch_size", [4, 0])
+@pytest.mark.parametrize("layer", ["dropout", "batchnorm"])
+def test_the_oracles_state_lives_on_the_datas_device(layer: str, batch_size: int) -> None:
+    """Training data on the ``meta`` device (shapes without storage): the counters, keys,
+    weights, buffers and results of every call are there too, for all agents, a subset,
+    in chunks of 2 over 3 agents; a tensor left on the CPU would make an operation fail."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 3, generator=gen), torch.randint(0, 2, (12,), generator=gen)
+    data = Dataset("v", x, y, x, y, n_classes=2)
+    object.__setattr__(data, "x_train", x.to("meta"))  # past the data set's value checks
+    object.__setattr__(data, "y_train", y.to("meta"))
+    middle = nn.Dropout(0.5) if layer == "dropout" else nn.BatchNorm1d(4)
+    net = nn.Sequential(nn.Linear(3, 4), middle, nn.Linear(4, 2)).to("meta")
+    problem = Problem(net, get_loss("auto"), Regularizer("l2", 0.1), data,
+                      execution=Execution(chunk_agents=2))  # fmt: skip
+    shards = [torch.arange(0, 6), torch.arange(6, 12), torch.arange(12)]
+    oracle = problem.oracle(shards, range(3), batch_size=batch_size, seed=0)
+    meta = torch.device("meta")
+    state = [oracle.keys, oracle.drawn, *oracle.buffers.values()]
+    for local in (None, torch.tensor([2, 0])):
+        k = 3 if local is None else 2
+        loss, g = oracle.grad(torch.zeros(k, problem.dim, device=meta), local)
+        assert (loss.shape, g.shape) == ((k,), (k, problem.dim))
+        assert {t.device for t in (loss, g, *state, *oracle._sample(local))} == {meta}
+    assert (layer == "batchnorm") == bool(oracle.buffers)
+
+
+# --------------------------------------------------------------- the oracle's own details
+
+
+def test_agent_seeds_are_numpys_seed_sequence_words() -> None:
+    """The first 64-bit word of ``SeedSequence([seed, agent, stream])``, top 63 bits;
+    stream 0 (the mini-batches) by default, the dropout stream apart from it."""
+    for seed, agent, stream in [(0, 0, 0), (7, 3, 0), (7, 3, DROPOUT_STREAM), (2**40, 9, 5)]:
+        word = np.random.SeedSequence([seed, agent, stream]).generate_state(4, np.uint64)[0]
+        assert agent_seed(seed, agent, stream) == int(word) >> 1 < 2**63
+    assert agent_seed(7, 3) == agent_seed(7, 3, 0) != agent_seed(7, 3, DROPOUT_STREAM)
+
+
+def test_a_batch_is_splitmix64_of_the_agents_key_at_its_position() -> None:
+    """Position ``b`` of agent ``i``'s ``k``-th batch is sample ``u mod |shard_i|`` of its
+    shard, ``u`` SplitMix64's output ``k * B + b`` from ``agent_seed(seed, i)`` (the
+    module's "Sampling"), over three batches of agents with shards of unequal sizes;
+    every weight is ``1 / B`` in the data's dtype."""
+    problem = least_squares_problem(regression_data())
+    shards, B = shuffled_shards([17, 40, 23]), 6
+    oracle = problem.oracle(shards, [4, 1, 9], batch_size=B, seed=7)
+    for k in range(3):
+        idx, w = oracle._sample(None) if k != 1 else oracle._sample(torch.tensor([0, 1, 2]))
+        for j, (agent, shard) in enumerate(zip([4, 1, 9], shards, strict=True)):
+            key = agent_seed(7, agent)
+            expected = [shard[splitmix64_53(key, k * B + b) % len(shard)] for b in range(B)]
+            assert torch.cat(shards)[idx[j]].tolist() == torch.stack(expected).tolist()
+        assert w.dtype == torch.float64
+        assert torch.equal(w, torch.full((3, B), 1 / B, dtype=torch.float64))
+
+
+def test_full_batch_weights_are_one_over_each_shards_size() -> None:
+    """``batch_size=0``: each agent's whole shard, padded to the largest, weights ``1/|shard|``
+    on real samples and 0 on the padding, in the data's dtype, the same every call."""
+    problem = least_squares_problem(regression_data())
+    shards = shuffled_shards([3, 5])
+    oracle = problem.oracle(shards, [0, 1], batch_size=0, seed=7)
+    for local in (None, torch.tensor([1, 0]), None):
+        idx, w = oracle._sample(local)
+        order = [0, 1] if local is None else [1, 0]
+        assert w.dtype == torch.float64
+        for row, j in enumerate(order):
+            n = len(shards[j])
+            assert w[row].tolist() == [1 / n] * n + [0.0] * (5 - n)
+            assert torch.cat(shards)[idx[row, :n]].tolist() == shards[j].tolist()
+    assert oracle.drawn.tolist() == [0, 0]  # the full batch has no stream to move on
+
+
+def test_the_meter_adds_each_calls_samples() -> None:
+    problem = least_squares_problem(regression_data())
+    oracle = problem.oracle(shuffled_shards([17, 40, 23]), range(3), batch_size=4, seed=0)
+    x = problem.initial_params(0).expand(3, -1)
+    oracle.grad(x)
+    oracle.grad(x)
+    oracle.grad(x[[2, 0]], torch.tensor([2, 0]))
+    oracle.grad(x[[2]], torch.tensor([2]))
+    assert oracle.meter.reset().tolist() == [12, 8, 16]
+
+
+def test_the_oracles_settings_reach_it_and_bad_ones_are_refused() -> None:
+    """``with_regularizer`` (default on) and ``compile`` (default the problem's) are passed
+    through; shards and agents must match, the batch size must be >= 0."""
+    problem = classification_problem()
+    shards = iid_shards(90, 3)
+    assert Oracle(problem, shards, range(3), 4, 0).with_regularizer
+    assert not problem.oracle(shards, range(3), batch_size=4, seed=0).compile
+    off = problem.oracle(shards, range(3), batch_size=4, seed=0, with_regularizer=False)
+    x = torch.zeros(3, problem.dim, dtype=torch.float64) + 0.5
+    with_reg = problem.oracle(shards, range(3), batch_size=4, seed=0).grad(x)
+    without = off.grad(x)
+    torch.testing.assert_close(with_reg[0] - without[0], problem.regularizer.value(x))
+    assert problem.oracle(shards, range(3), batch_size=4, seed=0, compile=True).compile
+    compiling = classification_problem(execution=Execution(compile=True))
+    assert not Oracle(compiling, shards, range(3), 4, 0, compile=False).compile
+    with pytest.raises(ValueError, match=r"^2 shards for 3 agents$"):
+        Oracle(problem, shards[:2], range(3), 4, 0)
+    with pytest.raises(
+        ConfigError, match=re.escape("batch_size must be >= 0 (0 = full local batch), got -1")
+    ):
+        Oracle(problem, shards, range(3), -1, 0)
+    with pytest.raises(ConfigError, match=r"^buffers='own' is unknown; choose one of mix, local$"):
+        Problem(problem.model, problem.loss, problem.regularizer, problem.data, "own")
+
+
+def test_dropout_keys_come_from_each_agents_own_seeded_stream() -> None:
+    """Agent ``a``'s dropout generator is seeded with ``agent_seed(seed, a, DROPOUT_STREAM)``:
+    apart from its mini-batch key, and different for another run seed."""
+    problem = stateful_problem()
+    oracle = problem.oracle(iid_shards(90, 3), [5, 0, 2], batch_size=4, seed=3)
+    seeds = [g.initial_seed() for g in oracle.dropout_generators]
+    assert seeds == [agent_seed(3, a, DROPOUT_STREAM) for a in (5, 0, 2)]
+    assert not set(seeds) & set(oracle.keys.tolist())
+    keys = oracle._keys(torch.tensor([2, 0]))
+    assert keys.dtype == torch.int64 and keys.shape == (2,)
+    again = problem.oracle(iid_shards(90, 3), [5, 0, 2], batch_size=4, seed=3)
+    assert torch.equal(again._keys(torch.tensor([2, 0])), keys)
+
+
+def test_a_keyed_forward_pass_leaves_the_dropout_layers_unkeyed() -> None:
+    """The key reaches every dropout layer for one call only: afterwards each layer is
+    back to torch's global generator (``key is None``), also when the call fails."""
+    problem = stateful_problem()
+    x, inputs = problem.initial_params(0), problem.data.x_train[:4]
+    with training(problem.model):
+        problem.forward(x, inputs, key=torch.tensor(5))
+        assert [layer.key for layer in problem.dropouts] == [None]
+        with pytest.raises(RuntimeError):
+            problem.forward(x, inputs[:, :, :2], key=torch.tensor(5))  # wrong feature shape
+    assert [layer.key for layer in problem.dropouts] == [None]

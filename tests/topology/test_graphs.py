@@ -78,7 +78,7 @@ def test_tree_is_a_full_rary_tree_in_bfs_order(n: int, branching: int) -> None:
     assert edge_set(graph) == {frozenset((i, (i - 1) // branching)) for i in range(1, n)}
 
 
-@pytest.mark.parametrize(("n", "degree"), [(8, 5), (12, 6), (16, 7), (5, 4)])
+@pytest.mark.parametrize(("n", "degree"), [(8, 5), (12, 6), (16, 7), (5, 4), (2, 1)])
 def test_exponential_links_i_to_i_plus_powers_of_2(n: int, degree: int) -> None:
     graph = build_graph("exponential", n)
     expected = {frozenset((i, (i + 2**k) % n)) for i in range(n) for k in range(n) if 2**k < n}

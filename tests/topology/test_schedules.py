@@ -140,6 +140,21 @@ def test_edge_drop_recomputes_metropolis_on_the_surviving_graph() -> None:
         torch.testing.assert_close(topo.weights(t), mixing_matrix(topo.graph(t)))
 
 
+def test_edge_drop_keeps_an_edge_whose_uniform_equals_drop_prob() -> None:
+    """Round ``t`` keeps edge ``e`` (edges sorted) when the ``e``-th uniform ``u_e`` of
+    ``default_rng([seed, t])`` is ``>= drop_prob``: ``P(u >= p) = 1 - p`` exactly for ``u``
+    uniform on the grid ``k 2^-53`` and ``p`` on it, where ``u > p`` would keep with
+    ``1 - p - 2^-53``. With ``drop_prob`` one of the round's uniforms, that edge stays."""
+    graph = build_graph("ring", 8)
+    edges = sorted(tuple(sorted(e)) for e in graph.edges())
+    u = np.random.default_rng([5, 3]).random(len(edges))
+    drop_prob = float(np.sort(u)[4])  # the 5th smallest of 8 distinct uniforms: 4 kept
+    topo = EdgeDropSchedule(graph, drop_prob, seed=5)
+    kept = {edges[e] for e in range(len(edges)) if u[e] >= drop_prob}
+    assert len(kept) == 4
+    assert {tuple(sorted(e)) for e in topo.graph(3).edges()} == kept
+
+
 @pytest.mark.parametrize("drop_prob", [1.0, -0.1, 1.5])
 def test_edge_drop_rejects_drop_prob_outside_0_1(drop_prob: float) -> None:
     with pytest.raises(ConfigError, match=r"drop_prob must be a number in \[0, 1\)"):

@@ -50,8 +50,9 @@ DROPOUT_STREAM = 0xD0  # the agents' dropout keys, apart from their mini-batches
 
 
 def agent_seed(seed: int, agent: int, stream: int = 0) -> int:
-    """A 63-bit seed for ``agent``'s private random stream, a pure function of its inputs."""
-    return int(np.random.SeedSequence([seed, agent, stream]).generate_state(2, np.uint64)[0] >> 1)
+    """A 63-bit seed for ``agent``'s private random stream, a pure function of its inputs:
+    the first 64-bit word of NumPy's ``SeedSequence([seed, agent, stream])``, top 63 bits."""
+    return int(np.random.SeedSequence([seed, agent, stream]).generate_state(1, np.uint64)[0] >> 1)
 
 
 @dataclass
