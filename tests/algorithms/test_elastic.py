@@ -580,3 +580,45 @@ def test_moving_rate_messages_and_the_edge_of_stability() -> None:
 def test_a_round_of_a_centre_method_is_one_local_step_of_every_worker() -> None:
     assert EASGDAsync(lr=0.1, tau=4).events_per_round(8) == 2.0
     assert Downpour(lr=0.1, tau=3).events_per_round(6) == 2.0
+
+
+@pytest.mark.parametrize("method", [EASGD, EASGDAsync])
+def test_an_unresolved_moving_rate_is_refused_at_init_with_the_methods_name(method) -> None:
+    """``alpha = 0`` that no ``for_network`` resolved reaches ``init``: refused there, the
+    message naming the method that was built."""
+    algo = method(lr=0.1)
+    message = (
+        f"{algo.name}: alpha=0 stands for 0.9 / agents, fixed when the run is built "
+        "(nettrain.run, or the method's for_network(n) in your own loop)"
+    )
+    x0 = torch.zeros(N, 3, dtype=torch.float64)
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        algo.init(x0, None, SimpleNamespace(n_agents=N))  # type: ignore[arg-type]
+
+
+def test_synchronous_easgd_counts_exchanges_in_int64_and_keeps_a_zero_velocity() -> None:
+    """:class:`ElasticState`: ``exchanges`` is ``(m,)`` int64 from the start, and ``v``
+    stays the zero velocity of a method without momentum after a step."""
+    n, d = N, 3
+    algo = EASGD(lr=0.1, alpha=0.15, tau=1)
+    _, x0, _, _, comm, oracle = with_servers(algo, n, d, 30)
+    state = algo.init(x0.clone(), oracle, comm)
+    assert state.exchanges.dtype == torch.int64 and state.exchanges.tolist() == [0] * n
+    state, _ = algo.step(state, 0, oracle, comm)
+    assert state.exchanges.dtype == torch.int64 and state.exchanges.tolist() == [1] * n
+    torch.testing.assert_close(state.v, torch.zeros(n, d, dtype=torch.float64), rtol=0, atol=0)
+
+
+def test_tree_easgd_makes_its_parent_index_on_the_leaves_device() -> None:
+    """A round on leaves on the ``meta`` device (no numbers; a stand-in oracle whose
+    gradient is the iterate): every index the tree's exchanges build lives on the leaves'
+    device, so the round runs and its results stay there."""
+    n, d = 5, 3
+    algo = TreeEASGD(lr=0.1, alpha=0.3, branching=2, tree_periods=(1, 1, 1))
+    comm = SimCommunicator(build_topology("complete", n), torch.device("cpu"), torch.float64)
+    oracle = SimpleNamespace(grad=lambda x: (x.sum(1), x))
+    x0 = torch.zeros(n, d, dtype=torch.float64, device="meta")
+    state = algo.init(x0, oracle, comm)  # type: ignore[arg-type]
+    state, loss = algo.step(state, 0, oracle, comm)  # type: ignore[arg-type]
+    assert state.x.device.type == state.nodes.device.type == loss.device.type == "meta"
+    assert state.nodes.shape == (3 + 2 + 1, d)

@@ -403,3 +403,69 @@ def test_next_checks_the_loss_the_model_and_the_blocks_of_its_surrogate() -> Non
                        r"\(Sequential has them\); use surrogate=linear$"):  # fmt: skip
         NEXT("gauss_newton").check(dropped)
     NEXT("linear").check(dropped)
+
+
+def test_linear_next_rounds_are_the_closed_form_and_draw_one_batch_each() -> None:
+    """Two rounds of the linear surrogate on ``f_i = ||w - a_i||^2 / 2`` with
+    ``r = lam ||w||^2``, four agents on a ring, against the module docstrings: the
+    surrogate minimiser in closed form ``w~ = (tau w - y) / (tau + 2 lam)``, then
+    ``z = w + alpha (w~ - w)``, ``w <- C z``, ``y <- C y + g(w new) - g(w old)``. The
+    linear surrogate needs no linearisation, so each round draws exactly one batch per
+    agent (its gradient, counted as the shard's ``d`` samples), after the one of
+    ``init``. Before any round ``w~`` is the
+    start (its zeros are the sparsity reported)."""
+    n, d, lam, tau, alpha, eps = 4, 3, 0.05, 0.7, 0.3, 0.2
+    targets = torch.randn(n, d, generator=torch.Generator().manual_seed(82), dtype=torch.float64)
+    problem, shards = identity_quadratics(targets, Regularizer("l2", lam))
+    algo = NEXT("linear", prox_tau=tau, step0=alpha, step_decay=eps)
+    topology = build_topology("ring", n)
+    comm = SimCommunicator(topology, torch.device("cpu"), torch.float64)
+    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    w = torch.randn(n, d, generator=torch.Generator().manual_seed(83), dtype=torch.float64)
+    w[0, :] = 0.0  # 3 of the 12 entries
+    state = algo.init(w.clone(), oracle, comm)
+    torch.testing.assert_close(state.w_tilde, w, rtol=0, atol=0)
+    assert algo.diagnostics(state)["sparsity"] == 0.25
+    assert oracle.meter.samples.tolist() == [d] * n  # a full batch: the shard's d samples
+    C = topology.weights(0).to(torch.float64)
+    g = y = w - targets
+    for t in range(2):
+        w_tilde = (tau * w - y) / (tau + 2 * lam)
+        w = C @ (w + alpha * (w_tilde - w))
+        new_g = w - targets
+        y, g, alpha = C @ y + new_g - g, new_g, alpha * (1 - eps * alpha)
+        state, loss = algo.step(state, t, oracle, comm)
+        torch.testing.assert_close(state.w_tilde, w_tilde, rtol=0, atol=1e-12)
+        torch.testing.assert_close(state.x, w, rtol=0, atol=1e-12)
+        torch.testing.assert_close(state.y, y, rtol=0, atol=1e-12)
+        expected = 0.5 * (w - targets).square().sum(1) + lam * w.square().sum(1)
+        torch.testing.assert_close(loss, expected, rtol=0, atol=1e-12)
+        assert oracle.meter.samples.tolist() == [d * (t + 2)] * n
+
+
+def test_the_linearised_surrogate_uses_the_gradient_of_its_own_mini_batch() -> None:
+    """``f_i`` of one parameter whose samples share the feature 1 and differ in target,
+    read in mini-batches of one sample: every batch's loss is ``(w - t_b)^2 / 2``, of
+    curvature 1, so the Gauss-Newton surrogate of the round's batch, with its own
+    gradient ``g``, is ``q(v) = s v^2 / 2 + y v + tau v^2 / 2`` whatever the sample
+    (``grad q(0) = y``), and with ``r = lam |w|`` its minimiser is the soft-threshold
+    ``w~ = soft(w - y / (s + tau), lam / (s + tau))`` (accelerated proximal gradient,
+    converged). The gradient of an earlier batch would leave ``s (t_b' - t_b)`` in
+    ``grad q(0)``."""
+    n, lam, tau = 2, 0.01, 0.5
+    targets = torch.tensor([0.0, 1.0, -2.0, 3.0, 0.5, -1.0, 2.0, -3.0], dtype=torch.float64)
+    ones = torch.ones(len(targets), 1, dtype=torch.float64)
+    data = Dataset("targets", ones, targets, ones, targets, n_classes=0)
+    model = torch.nn.Linear(1, 1, bias=False).double()
+    problem = Problem(model, get_loss("squared"), Regularizer("l1", lam), data)
+    shards = [torch.arange(4), torch.arange(4, 8)]
+    oracle = problem.oracle(shards, range(n), batch_size=1, seed=0)
+    comm = SimCommunicator(build_topology("complete", n), torch.device("cpu"), torch.float64)
+    algo = NEXT("gauss_newton", prox_tau=tau, inner_steps=60, step0=0.5, step_decay=0.0)
+    state = algo.init(torch.tensor([[0.3], [-0.7]], dtype=torch.float64), oracle, comm)
+    s = 1 / n
+    for t in range(4):
+        u = state.x - state.y / (s + tau)
+        expected = u.sign() * (u.abs() - lam / (s + tau)).clamp_min(0)
+        state, _ = algo.step(state, t, oracle, comm)
+        torch.testing.assert_close(state.w_tilde, expected, rtol=0, atol=1e-12)

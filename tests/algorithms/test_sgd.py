@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 import pytest
 import torch
 
-from nettrain.algorithms.sgd import SGDConfig, SGDState, sgd_step
+from nettrain.algorithms.sgd import LocalStep, SGDConfig, SGDState, sgd_step
 from nettrain.errors import ConfigError
 
 
@@ -48,3 +51,21 @@ def test_sgd_step_equals_torch_optim_sgd(cfg: SGDConfig) -> None:
 def test_bad_sgd_settings(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         SGDConfig(**kwargs)
+
+
+def test_nesterov_without_momentum_is_refused_with_the_fix() -> None:
+    message = "nesterov=true needs momentum > 0 (e.g. momentum=0.9)"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        SGDConfig(lr=0.1, nesterov=True)
+
+
+@dataclass(frozen=True)
+class Unnamed(LocalStep):
+    """A method of the user's own without a ``name``."""
+
+
+def test_refusing_momentum_names_a_method_without_a_name_by_its_class() -> None:
+    message = "Unnamed takes plain SGD steps; set momentum=0 (a hint)"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        Unnamed(momentum=0.9).refuse_momentum("(a hint)")
+    Unnamed(momentum=0.0).refuse_momentum("(a hint)")  # nothing to refuse

@@ -18,6 +18,7 @@ from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.events import _batch, run_events
 from nettrain.errors import ConfigError
+from nettrain.patterns import Communicator, Traffic
 from nettrain.recording import RunFolder
 from nettrain.topology import build_topology
 
@@ -239,3 +240,52 @@ def test_swarm_refuses_negative_local_steps_and_momentum() -> None:
     )
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         SwarmSGD(lr=0.1, momentum=0.9)
+
+
+class HalfHeld(Communicator):
+    """A process holding agents 0 and 1 of four (the distributed engine's view); the
+    models of the agents held elsewhere are ``remote``'s rows, what ``swap`` receives
+    from them."""
+
+    n_agents = 4
+
+    def __init__(self, remote: torch.Tensor) -> None:
+        self.agents = torch.tensor([0, 1])
+        self.traffic = Traffic.zeros(2)
+        self.remote = remote
+
+    def start_mix(self, x, t, *, codec=None):
+        raise NotImplementedError
+
+    def start_mean(self, x, *, codec=None):
+        raise NotImplementedError
+
+    def swap(self, x, pairs, ref, *, codec=None, losses=None):
+        received = x.clone()
+        for i, j in pairs.tolist():
+            received[i] = self.remote[j]  # the initiators are held here, their partners not
+        return received
+
+
+def test_a_partner_held_by_another_process_is_left_to_it() -> None:
+    """Agent 0 (held here, 2 local steps ``x <- x - lr (x - a_0)``) initiates a
+    non-blocking exchange with agent 3, held by another process: here only the
+    initiator moves, ``x_0 <- (x_0 + x_3) / 2 + (x_0' - x_0)``; agent 1 (held here, in
+    no pair) keeps its model; only the initiator's interaction is counted here."""
+    lr = 0.1
+    targets = torch.randn(2, 3, generator=torch.Generator().manual_seed(95), dtype=torch.float64)
+    problem, shards = identity_quadratics(targets)
+    oracle = problem.oracle(shards, range(2), batch_size=0, seed=0)
+    remote = torch.randn(4, 3, generator=torch.Generator().manual_seed(96), dtype=torch.float64)
+    comm = HalfHeld(remote)
+    algo = SwarmSGD(lr=lr, local_steps=2)
+    x0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(97), dtype=torch.float64)
+    state = algo.init(x0.clone(), oracle, comm)
+    moved = x0[0]
+    for _ in range(2):
+        moved = moved - lr * (moved - targets[0])
+    state, _ = algo.interact(state, torch.tensor([[0, 3]]), oracle, comm, torch.tensor([[2, 0]]))
+    expected = x0.clone()
+    expected[0] = (x0[0] + remote[3]) / 2 + (moved - x0[0])
+    torch.testing.assert_close(state.x, expected, rtol=0, atol=1e-12)
+    assert state.interactions.tolist() == [1, 0]
