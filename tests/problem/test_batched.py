@@ -13,6 +13,7 @@ from nettrain.problem.batched import BatchedModel
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
+from nettrain.problem.random_layers import SeededDropout
 
 
 def images(n: int = 60, classes: int = 3) -> Dataset:
@@ -108,6 +109,13 @@ class Custom(nn.Module):
         return x
 
 
+class Doubled(nn.Sequential):
+    """A Sequential whose own forward is not its children in a row."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
 @pytest.mark.parametrize(
     "net, shape",
     [
@@ -121,6 +129,11 @@ class Custom(nn.Module):
             (2, 6, 6),
         ),
         (nn.Sequential(nn.Flatten(0)), (2, 6, 6)),
+        (Doubled(nn.Flatten(), nn.Linear(72, 3)), (2, 6, 6)),  # a forward of its own
+        # a convolution of vectors, then back to one vector a sample
+        (nn.Sequential(nn.Flatten(), nn.Conv2d(2, 2, 1), nn.Flatten(), nn.Linear(8, 3)), (2, 6, 6)),
+        # channel dropout of vectors
+        (nn.Sequential(nn.Linear(7, 4), SeededDropout(nn.Dropout2d(0.5), salt=0)), (7,)),
     ],
 )
 def test_models_the_batched_form_cannot_run_are_left_to_vmap(net: nn.Module, shape) -> None:

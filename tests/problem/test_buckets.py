@@ -197,3 +197,14 @@ def test_a_fed_gradient_is_the_plain_one_with_dropout_and_without_the_regularise
     loss1, g1 = fed.grad(x, smooth=smooth, sink=sink)
     assert torch.equal(loss0, loss1) and torch.equal(g0, g1)
     assert len(sink.parts) > 1
+
+
+def test_buckets_smaller_than_one_element_hold_one_parameter_each() -> None:
+    """A sink asking for fewer bytes than one element (4 bytes of float64) gets the smallest
+    buckets there are, one parameter each, as for 8 bytes; never the whole gradient."""
+    out = torch.zeros(2, 6, dtype=torch.float64)
+    params = (slice(0, 3), slice(3, 5), slice(5, 6))
+    for bucket_bytes in (4, 8):
+        feed = BucketFeed(out, params, Recorder(bucket_bytes, []))
+        assert feed.buckets == (slice(5, 6), slice(3, 5), slice(0, 3)) and feed.hooked
+    assert not BucketFeed(out, params, Recorder(0, [])).hooked

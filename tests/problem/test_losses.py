@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from nettrain.errors import ConfigError
 from nettrain.problem.flat import FlatSpec
-from nettrain.problem.losses import Regularizer, per_sample
+from nettrain.problem.losses import Regularizer, cross_entropy, get_loss, per_sample, squared
 
 B = 4
 
@@ -118,6 +118,54 @@ def test_a_callable_with_a_broken_signature_goes_one_sample_at_a_time() -> None:
     assert got.shape == (B,) and torch.allclose(got, (out - target).abs().amax(1))
 
 
+# --- the built-in losses ---
+
+
+def test_auto_is_cross_entropy_for_class_labels_and_squared_for_targets() -> None:
+    """``auto`` (classification by default) picks the loss from the kind of target; a
+    loss given by name is that loss whatever the targets."""
+    assert get_loss("auto") is cross_entropy
+    assert get_loss("auto", classification=True) is cross_entropy
+    assert get_loss("auto", classification=False) is squared
+    assert get_loss("squared") is squared
+    assert get_loss("cross_entropy", classification=False) is cross_entropy
+
+
+def test_an_unknown_loss_is_refused_with_the_known_ones() -> None:
+    message = r"^loss='hinge' is unknown; choose one of auto, cross_entropy, squared$"
+    with pytest.raises(ConfigError, match=message):
+        get_loss("hinge")
+
+
+def test_squared_loss_of_class_labels_over_any_leading_axes() -> None:
+    """``||out - onehot(y)||^2 / 2`` over the last (class) axis, whatever the axes before
+    it: one sample ``(K,)`` with a 0-d label gives a 0-d loss, a stack ``(2, 2, K)`` one
+    loss per ``(2, 2)`` entry. Values worked out by hand."""
+    one = squared(torch.tensor([0.5, -1.0, 2.0]), torch.tensor(2))  # diff (0.5, -1, 1)
+    assert one.shape == () and one.item() == 1.125
+    out = torch.tensor([[[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]], [[1.0, 1.0, 1.0], [2.0, 0.0, 0.0]]])
+    got = squared(out, torch.tensor([[2, 0], [1, 0]]))
+    assert torch.equal(got, torch.tensor([[1.125, 0.5], [1.0, 0.5]]))
+
+
+def test_squared_loss_of_targets_is_in_the_outputs_dtype() -> None:
+    """Float targets are cast to the outputs' dtype: float64 targets do not turn a float32
+    model's loss into float64."""
+    out = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    got = squared(out, torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64))
+    assert got.dtype == torch.float32 and got.tolist() == [2.5, 6.5]
+
+
+def test_squared_loss_of_class_labels_stays_on_the_outputs_device() -> None:
+    """The one-hot classes are made on the outputs' device, not the default one: CPU
+    outputs and labels under a meta default device give the CPU values worked out above
+    (a meta ``arange`` could not be compared with CPU labels)."""
+    out = torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.0, 0.0]])
+    with torch.device("meta"):
+        got = squared(out, torch.tensor([2, 0], device="cpu"))
+    assert got.device.type == "cpu" and got.tolist() == [1.125, 0.5]
+
+
 # --- Regularizer (value, gradient, proximal operator) ---
 
 X = torch.tensor([[1.0, -2.0, 0.0], [0.5, 3.0, -1.5]], dtype=torch.float64)
@@ -133,6 +181,16 @@ def test_the_regularizers_values_over_the_last_axis() -> None:
     none = Regularizer("none", 0.3).value(X)
     assert none.shape == (2,) and none.dtype == torch.float64 and not none.any()
     assert Regularizer().value(X[0]).shape == ()
+
+
+def test_the_regularizers_values_of_one_vector_and_of_a_stack() -> None:
+    """``x: (d,)`` (one agent's parameters, as the block oracle passes them) gives one
+    value ``()``; ``x: (2, 1, d)`` gives ``(2, 1)``: the sum is over the last axis only."""
+    for kind, want in [("l2", 0.5 * 5.0), ("l1", 0.5 * 3.0)]:
+        got = Regularizer(kind, 0.5).value(X[0])
+        assert got.shape == () and got.item() == want
+    l1 = Regularizer("l1", 0.5).value(X[:, None])
+    assert l1.shape == (2, 1) and l1.flatten().tolist() == [0.5 * 3.0, 0.5 * 5.0]
 
 
 def test_the_regularizers_gradients() -> None:
@@ -175,3 +233,18 @@ def test_a_flat_specs_repr_names_its_size_and_layers() -> None:
     """``FlatSpec(d=<d>: <name><shape>, ...)`` in parameter order."""
     spec = FlatSpec.of(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1)))
     assert repr(spec) == "FlatSpec(d=19: 0.weight(3, 4), 0.bias(3,), 2.weight(1, 3), 2.bias(1,))"
+
+
+def test_loading_into_a_module_with_other_parameters_is_refused() -> None:
+    """``load_into`` copies the spec's tensors into a module with the same parameters; a
+    module with one more or one fewer parameter tensor raises a ValueError rather than
+    being loaded in part in silence (the tensors before the mismatch are copied)."""
+    spec = FlatSpec.of(nn.Linear(4, 3))
+    x = torch.arange(15.0)
+    same = nn.Linear(4, 3)
+    spec.load_into(same, x)
+    assert torch.equal(same.weight, x[:12].view(3, 4)) and torch.equal(same.bias, x[12:])
+    with pytest.raises(ValueError, match=r"^zip\(\) argument 2 is shorter than argument 1$"):
+        spec.load_into(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1)), x)
+    with pytest.raises(ValueError, match=r"^zip\(\) argument 2 is longer than argument 1$"):
+        spec.load_into(nn.Linear(4, 3, bias=False), x)

@@ -10,6 +10,7 @@ from torch import nn
 from nettrain.data import Dataset
 from nettrain.errors import ConfigError
 from nettrain.problem.buffers import BufferSpec, for_evaluation, mean
+from nettrain.problem.execution import Execution
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.oracle import Problem
 from nettrain.problem.random_layers import SeededDropout, seeded, uniform
@@ -145,6 +146,29 @@ def test_buffers_flatten_to_float64_rows_and_back_exactly() -> None:
     assert all(torch.equal(back[k], stacked[k]) and back[k].dtype == stacked[k].dtype for k in back)
 
 
+class Counter(nn.Module):
+    """A model with one buffer (a step counter), not BatchNorm's three."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 3)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x.flatten(1))
+
+
+def test_a_single_buffer_flattens_to_float64_rows_and_back() -> None:
+    """One 0-d int64 buffer per agent: rows of one float64 value, exact to ``2^53 - 1``."""
+    spec = BufferSpec.of(Counter())
+    assert spec.names == ("steps",)
+    stacked = {"steps": torch.tensor([3, 2**53 - 1])}
+    flat = spec.flatten(stacked)
+    assert flat.dtype == torch.float64 and flat.tolist() == [[3.0], [float(2**53 - 1)]]
+    back = spec.unflatten(flat)
+    assert back["steps"].dtype == torch.int64 and torch.equal(back["steps"], stacked["steps"])
+
+
 class ItemBranch(nn.Module):
     """Reads a tensor's value into Python: cannot be vectorised."""
 
@@ -190,3 +214,88 @@ def test_the_rehearsal_needs_two_training_samples_and_no_more() -> None:
 
 def test_a_vectorisable_model_passes_the_check() -> None:
     problem().check()
+
+
+def test_the_rehearsal_keeps_the_models_own_parameters() -> None:
+    """The check runs the template's own parameters (``reinitialise=False``): a pretrained
+    model is not re-initialised by it."""
+    p = problem()
+    with torch.no_grad():
+        for param in p.model.parameters():
+            param.fill_(0.125)
+    p.check()
+    assert all(bool((param == 0.125).all()) for param in p.model.parameters())
+
+
+class ItemInEvaluation(nn.Module):
+    """Reads its buffer into Python in evaluation mode only: it trains under vmap, but
+    cannot be evaluated with a buffer per agent (as the run's metrics evaluate it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 3)
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lin(x.flatten(1))
+        return out if self.training else out * self.scale.item()
+
+
+def test_the_rehearsal_evaluates_with_the_agents_buffers() -> None:
+    """The rehearsal's evaluation passes the oracle's per-agent buffers (not the
+    template's, which vmap does not batch): the layer is named, whole message."""
+    message = (
+        "layer 'ItemInEvaluation' (ItemInEvaluation) cannot run in nettrain's vectorised "
+        "oracle (torch.func.vmap over agents): it reads a tensor's value into Python "
+        "(.item(), float(t), or an if on a tensor). To fix it: keep values as tensors: "
+        "torch.where instead of if, no .item()"
+    )
+    with pytest.raises(ConfigError) as caught:
+        problem(ItemInEvaluation()).check()
+    assert str(caught.value) == message
+
+
+def test_the_rehearsal_runs_eagerly_where_the_run_compiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile=true``: the check never calls ``torch.compile`` (replaced here by a
+    recording identity), while the run's own oracle does."""
+    calls: list[object] = []
+
+    def compile(fn: object, **_: object) -> object:
+        calls.append(fn)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", compile)
+    net = Net().double()
+    data, compiling = image_data(), Execution(compile=True)
+    p = Problem(net, get_loss("auto"), Regularizer(), data, execution=compiling)
+    p.check()
+    assert calls == []
+    x = p.initial_params(0, reinitialise=False).expand(2, -1)
+    p.oracle(SHARDS[:2], [0, 1], batch_size=2, seed=0).grad(x)
+    assert len(calls) == 1
+
+
+class Shapes(nn.Module):
+    """Records the mode and the input shape of every forward pass (shapes are static
+    under vmap: one agent's ``(B, C, H, W)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 3)
+        self.seen: list[tuple[bool, tuple[int, ...]]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((self.training, tuple(x.shape)))
+        return self.lin(x.flatten(1))
+
+
+def test_the_rehearsal_trains_and_evaluates_on_two_samples() -> None:
+    """Training passes on two samples an agent and an evaluation on two test samples (of
+    the 20): the cheap rehearsal the docstring describes (shapes only: how often the
+    oracle calls the model is its own business)."""
+    p = problem(Shapes())
+    model = p.model
+    assert isinstance(model, Shapes)
+    model.seen.clear()
+    p.check()
+    assert set(model.seen) == {(True, (2, 1, 4, 4)), (False, (2, 1, 4, 4))}

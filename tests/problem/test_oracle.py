@@ -337,6 +337,20 @@ def test_the_small_cnn_is_the_documented_network() -> None:
             build_model("cnn", shape, 5)
 
 
+def test_build_model_refuses_unknown_models_and_a_cnn_of_vectors() -> None:
+    """Whole messages: the known models listed; the cnn's need for ``(C, H, W)`` samples,
+    with the shape it got and what to use instead."""
+    with pytest.raises(ConfigError) as caught:
+        build_model("resnet", 6, 3)
+    assert str(caught.value) == "model='resnet' is unknown; choose one of mlp, linear, cnn"
+    with pytest.raises(ConfigError) as caught:
+        build_model("cnn", 30, 3)
+    assert str(caught.value) == (
+        "model=cnn needs an image data set (digits, fashion_mnist) whose samples have shape "
+        "(C, H, W), got (30,); use model=mlp for tabular data"
+    )
+
+
 def test_a_linearisation_consumes_and_counts_one_batch_per_agent() -> None:
     """Like :meth:`Oracle.grad`: every agent by default, only ``local`` when given; the
     meter counts the samples drawn, the streams move on by one batch."""

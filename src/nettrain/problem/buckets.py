@@ -86,7 +86,8 @@ class BucketFeed:
         extra: Callable[[slice], torch.Tensor] | None = None,
     ) -> None:
         self.out, self.params, self.sink, self.extra = out, params, sink, extra
-        cap = sink.bucket_bytes // out.element_size()  # <= 0: one bucket
+        # at least one element a bucket when any size is asked for; <= 0: one bucket
+        cap = max(sink.bucket_bytes // out.element_size(), 1) if sink.bucket_bytes > 0 else 0
         numels = tuple(p.stop - p.start for p in params)
         self.buckets, self.of, sizes = bucket_layout(numels, cap)
         self.missing = list(sizes)  # parameters still missing per bucket
