@@ -200,11 +200,13 @@ def test_a_fed_gradient_is_the_plain_one_with_dropout_and_without_the_regularise
 
 
 def test_buckets_smaller_than_one_element_hold_one_parameter_each() -> None:
-    """A sink asking for fewer bytes than one element (4 bytes of float64) gets the smallest
-    buckets there are, one parameter each, as for 8 bytes; never the whole gradient."""
-    out = torch.zeros(2, 6, dtype=torch.float64)
-    params = (slice(0, 3), slice(3, 5), slice(5, 6))
-    for bucket_bytes in (4, 8):
+    """A sink asking for fewer bytes than one element (1 or 4 bytes of float64) gets the
+    smallest buckets there are, one parameter each, as for 8 bytes; never the whole
+    gradient. 16 bytes hold the two last parameters of one element."""
+    out = torch.zeros(2, 5, dtype=torch.float64)
+    params = (slice(0, 3), slice(3, 4), slice(4, 5))
+    for bucket_bytes in (1, 4, 8):
         feed = BucketFeed(out, params, Recorder(bucket_bytes, []))
-        assert feed.buckets == (slice(5, 6), slice(3, 5), slice(0, 3)) and feed.hooked
+        assert feed.buckets == (slice(4, 5), slice(3, 4), slice(0, 3)) and feed.hooked
+    assert BucketFeed(out, params, Recorder(16, [])).buckets == (slice(3, 5), slice(0, 3))
     assert not BucketFeed(out, params, Recorder(0, [])).hooked
