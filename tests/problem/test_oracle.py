@@ -170,17 +170,22 @@ def test_agents_and_seeds_have_their_own_streams() -> None:
     assert not (again == idx).all(1).any()
 
 
+def sequential_problem(*layers: nn.Module, execution: Execution | None = None) -> Problem:
+    """``Flatten`` then ``layers`` (built by the caller, under its seed), float64, with
+    cross-entropy and no regulariser, on :func:`classification_problem`'s data."""
+    net = nn.Sequential(nn.Flatten(), *layers).double()
+    return Problem(
+        net, get_loss("cross_entropy"), Regularizer(), classification_problem().data,
+        execution=execution or Execution(),
+    )  # fmt: skip
+
+
 def stateful_problem(execution: Execution | None = None, dropout: bool = True) -> Problem:
     """BatchNorm (and dropout): ``local_state`` is the dict form."""
-    problem = classification_problem()
     torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(),
-        nn.Dropout(0.3) if dropout else nn.Identity(), nn.Linear(8, 3),
-    ).double()  # fmt: skip
-    return Problem(
-        net, get_loss("cross_entropy"), Regularizer(), problem.data,
-        execution=execution or Execution(),
+    return sequential_problem(
+        nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(),
+        nn.Dropout(0.3) if dropout else nn.Identity(), nn.Linear(8, 3), execution=execution,
     )  # fmt: skip
 
 
@@ -365,11 +370,10 @@ def test_a_linearisation_consumes_and_counts_one_batch_per_agent() -> None:
 
 def dropout_problem(execution: Execution | None = None) -> Problem:
     """A batched model with dropout: the compiled kernel takes each agent's key."""
-    problem = classification_problem()
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3))
-    return Problem(net.double(), get_loss("cross_entropy"), Regularizer(), problem.data,
-                   execution=execution or Execution())  # fmt: skip
+    return sequential_problem(
+        nn.Linear(16, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3), execution=execution
+    )
 
 
 @pytest.mark.parametrize("model", ["mlp", "dropout", "batchnorm"])
