@@ -119,6 +119,19 @@ class Ready:
         return self.value
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """A handle that computes its result when waited for: the simulator's mixing, whose
+    ``(m, d)`` result then does not exist while the work it overlaps (a gradient) runs,
+    one stack less at a round's peak. Its input must not change before ``wait``, as for
+    any exchange in flight."""
+
+    compute: Callable[[], torch.Tensor]
+
+    def wait(self) -> torch.Tensor:
+        return self.compute()
+
+
 @dataclass
 class Traffic:
     """Messages and bytes sent by each local agent since the last :meth:`reset`."""

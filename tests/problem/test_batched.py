@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from nettrain.data import Dataset
-from nettrain.problem.batched import BatchedModel
+from nettrain.problem.batched import Activation, BatchedModel
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
@@ -46,6 +46,35 @@ def conv_net() -> nn.Module:
     )
 
 
+def sparse_images(n: int = 60, classes: int = 3) -> Dataset:
+    """Images that are zero but for one 2x2 patch: the pooling windows of the
+    background hold equal values (the convolution's bias), so ties are the rule."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(n, 2, 12, 12, dtype=torch.float64)
+    x[:, :, 2:4, 4:8] = torch.randn(n, 2, 2, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, classes, (n,), generator=gen)
+    return Dataset("toy", x, y, x[:20], y[:20], n_classes=classes)
+
+
+def tied_net() -> nn.Module:
+    """ReLU before max-pooling (which the batched form swaps), a LeakyReLU before one
+    (which it keeps), a strided, dilated convolution; biases of both signs; 2x2 pixels
+    a channel at the flatten."""
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=2, stride=2, dilation=2),
+        nn.LeakyReLU(0.1),
+        nn.MaxPool2d(2, ceil_mode=True),  # (4, 3, 3) -> (4, 2, 2)
+        nn.Flatten(),
+        nn.Linear(16, 3),
+    )
+    with torch.no_grad():
+        net[0].bias.copy_(torch.tensor([0.5, -0.5, 0.0, 0.2]))
+    return net
+
+
 CASES = {
     "mlp": (lambda: build_model("mlp", (2, 6, 6), 3, hidden=(8, 5)), images, "cross_entropy"),
     "linear": (lambda: build_model("linear", (2, 6, 6), 3), images, "cross_entropy"),
@@ -69,6 +98,7 @@ CASES = {
     ),
     "cnn": (lambda: build_model("cnn", (2, 6, 6), 3), images, "cross_entropy"),
     "convolutions, channel dropout, pools": (conv_net, images, "cross_entropy"),
+    "ties in the pooling windows": (tied_net, sparse_images, "cross_entropy"),
 }
 
 
@@ -90,6 +120,47 @@ def test_batched_oracle_equals_the_vmapped_one(case: str) -> None:
     local = torch.tensor([2, 0])
     (lf, gf), (ls, gs) = (o.grad(x[local], local) for o in oracles)
     torch.testing.assert_close(gf, gs, rtol=0, atol=1e-12)
+
+
+def test_relu_before_max_pooling_runs_after_it_and_gives_the_same_gradient() -> None:
+    """The batched form pools first, then applies the ReLU (on a quarter of the
+    elements); with every window of the background tied, the gradient of each agent
+    is still the one its own model gives through ``torch.autograd`` in the order
+    written."""
+    net, ds = tied_net().double(), sparse_images()
+    batched = BatchedModel.of(net, (2, 12, 12))
+    assert batched is not None
+    kinds = [type(layer).__name__ for _, layer in batched.layers]
+    assert kinds[:6] == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "LeakyReLU", "MaxPool2d"]
+    problem = Problem(net, get_loss("cross_entropy"), Regularizer(), ds)
+    x0 = problem.initial_params(0)
+    xs = torch.stack([x0, x0 + 0.1 * torch.randn(x0.shape, dtype=torch.float64)])
+    _, g = problem.oracle([torch.arange(60)] * 2, [0, 1], batch_size=0, seed=0).grad(xs)
+    for x, gi in zip(xs, g, strict=True):
+        model = tied_net().double()
+        problem.spec.load_into(model, x)
+        loss = nn.functional.cross_entropy(model(ds.x_train), ds.y_train)
+        expected = torch.cat(
+            [p.flatten() for p in torch.autograd.grad(loss, list(model.parameters()))]
+        )
+        torch.testing.assert_close(gi, expected, rtol=0, atol=1e-12)
+
+
+def test_flattening_images_hands_back_a_channels_last_gradient() -> None:
+    """Images ``(B, m * C, H, W)`` to features ``(m, C * H * W, B)``: the values of the
+    reshape it stands for, and its gradient in the images' own (channels-last) layout."""
+    B, m, c, h, w = 3, 2, 4, 2, 5
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(B, m * c, h, w, generator=gen, dtype=torch.float64)
+    images = images.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = Activation(images, "images", m, B).features()
+    expected = images.reshape(B, m, c * h * w).permute(1, 2, 0)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(out, images, grad_out)
+    (grad_expected,) = torch.autograd.grad(expected, images, grad_out)
+    torch.testing.assert_close(grad, grad_expected, rtol=0, atol=0)
+    assert grad.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_dropout_masks_are_drawn_and_differ_per_agent() -> None:

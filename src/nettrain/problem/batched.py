@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,23 @@ def _layout_after(layer: nn.Module, layout: str) -> str | None:
     return layout
 
 
+def _pool_before_relu(
+    layers: list[tuple[str, nn.Module]],
+) -> tuple[tuple[str, nn.Module], ...]:
+    """``layers`` with every ``ReLU`` that a ``MaxPool2d`` follows moved after the pooling.
+
+    ``maxpool(relu(x)) = relu(maxpool(x))`` because ReLU is nondecreasing, and so are
+    the gradients: where a window's maximum is positive both pick the same first
+    maximal element; where it is not, ReLU's gradient is zero on either side. The
+    ReLU then runs on a quarter of the elements (2x2 pooling), forward and backward.
+    """
+    out = list(layers)
+    for i in range(len(out) - 1):
+        if isinstance(out[i][1], nn.ReLU) and isinstance(out[i + 1][1], nn.MaxPool2d):
+            out[i], out[i + 1] = out[i + 1], out[i]
+    return tuple(out)
+
+
 @dataclass
 class Activation:
     """Activations of ``m`` agents in one of the module's layouts."""
@@ -100,7 +118,7 @@ class Activation:
             return self.value
         if self.layout == "rows":  # (m, B, *shape): a transposed view, no copy
             return self.value.reshape(self.m, self.B, -1).transpose(1, 2)
-        return self.value.reshape(self.B, self.m, -1).permute(1, 2, 0)  # images
+        return _ImagesToFeatures.apply(self.value, self.m)
 
     def images(self) -> torch.Tensor:
         """``(B, m * C, H, W)``, channels last in memory: grouped convolutions and pooling
@@ -111,6 +129,33 @@ class Activation:
         _, _, c, h, w = self.value.shape
         images = self.value.transpose(0, 1).reshape(self.B, self.m * c, h, w)
         return images.contiguous(memory_format=torch.channels_last)
+
+
+class _ImagesToFeatures(torch.autograd.Function):
+    """``(B, m * C, H, W)`` images to ``(m, C * H * W, B)`` features (one copy), whose
+    gradient comes back channels last: autograd's own backward of the reshape would
+    hand the pooling and convolution layers below a gradient in the default layout,
+    which each of them would copy again."""
+
+    @staticmethod
+    def forward(images: torch.Tensor, m: int) -> torch.Tensor:  # type: ignore[override]
+        B = images.shape[0]
+        return images.reshape(B, m, -1).permute(1, 2, 0)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:  # type: ignore[override]
+        ctx.shape = inputs[0].shape
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        B, mc, h, w = ctx.shape
+        m = grad.shape[0]
+        out = torch.empty(
+            ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=torch.channels_last
+        )
+        pixels = out.permute(0, 2, 3, 1).view(B, h, w, m, mc // m)  # the memory's own order
+        pixels.permute(3, 4, 1, 2, 0).copy_(grad.view(m, mc // m, h, w, B))
+        return out, None
 
 
 def _positions(rows: int, cols: int, device: torch.device) -> torch.Tensor:
@@ -161,7 +206,7 @@ class BatchedModel:
             layout = _layout_after(layer, layout)
             if layout is None:
                 return None
-        return cls(tuple(layers)) if layout == "features" else None
+        return cls(_pool_before_relu(layers)) if layout == "features" else None
 
     def forward(
         self, params: dict[str, torch.Tensor], inputs: torch.Tensor, keys: torch.Tensor

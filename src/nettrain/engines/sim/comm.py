@@ -18,6 +18,8 @@ With a codec (:class:`~nettrain.patterns.Codec`, from
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from nettrain.compression import Compressor, Identity
@@ -27,6 +29,7 @@ from nettrain.engines.sim.servers import SimServers
 from nettrain.patterns import (
     Codec,
     Communicator,
+    Deferred,
     Handle,
     Losses,
     Ready,
@@ -76,7 +79,7 @@ class SimCommunicator(Communicator):
             self.traffic.add(sends, sends * compressor.nbytes(payload))
             return Ready(self._decode_mix(x, payload, compressor, t))
         self.traffic.add(sends, sends * x.shape[1] * x.element_size())
-        return Ready(mixing(x))  # (n, n) @ (n, d)
+        return Deferred(partial(mixing, x))  # (n, n) @ (n, d), at wait
 
     def _decode_mix(
         self, x: torch.Tensor, payload: object, compressor: Compressor, t: int
