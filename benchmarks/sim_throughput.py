@@ -30,7 +30,10 @@ gradients and then ``p_i <- sum_j W_ij p_j - lr g_i`` (``speedup_w1_n256``).
 ``scaling``: W1's round at n in {256, 4096, 16384, 65536} agents on synthetic data
 (4 n samples): seconds per round and per agent-step, the process's peak resident
 memory, the part of it the run added, and what the run has to hold (the state
-``x: (n, d)`` and one chunk of the oracle, ``chunk_agents=auto``).
+``x: (n, d)`` and one chunk of the oracle, ``chunk_agents=auto``). Each row runs in a
+fresh process (``--scaling-row N``) set up as ``nettrain.run`` sets itself up, so that
+what earlier rows left in the allocator's free lists does not enter its memory; a row
+of 16 agents runs first, uncounted, for the libraries' one-time set-up.
 
 Targets (``targets`` in the summary): ``speedup_w1_n256`` >= 30,
 ``speedup_small_n64`` >= 20, ``matmul_fraction_large_n256`` >= 0.6,
@@ -65,6 +68,7 @@ import argparse
 import json
 import math
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -478,6 +482,18 @@ def breakdown(
 # -------------------------------------------------------------------------------- main
 
 
+def scaling_row(n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`measure_scaling` at ``n`` in a fresh process of this script."""
+    command = [sys.executable, __file__, "--scaling-row", str(n), "--device", args.device]
+    allocator = "system" if args.allocator == "system" else "nettrain"  # the last phase's
+    command += ["--threads", str(args.threads), "--allocator", allocator]
+    command += ["--quick"] if args.quick else []
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"scaling row n={n} failed:\n{done.stderr}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repetitions")
@@ -493,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="where data, models, state live"
     )
+    parser.add_argument("--scaling-row", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
@@ -501,6 +518,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else FULL
+    if args.scaling_row:  # one scaling row, in this fresh process (see scaling_row)
+        if args.allocator != "system":
+            retain_freed_memory()
+        measure_scaling(16, QUICK, args.device)  # the libraries' one-time set-up, not counted
+        print(json.dumps(measure_scaling(args.scaling_row, settings, args.device)))
+        return 0
     phases = ["system", "nettrain"] if args.allocator == "both" else [args.allocator]
     datasets = {
         case.name: on_device(load_dataset(case.dataset, seed=SEED), args.device)
@@ -535,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scaling = []
     for n in (int(k) for k in args.scaling.split(",") if k.strip()):
         print(f"[{time.perf_counter() - started:6.1f}s] scaling n={n}", file=sys.stderr, flush=True)
-        scaling.append(measure_scaling(n, settings, args.device))
+        scaling.append(scaling_row(n, args))
         print(json.dumps({"scaling": scaling[-1]}), flush=True)
     summary["scaling"] = scaling
     if len(scaling) > 1:  # the largest n against 4,096 (or the smallest measured)
