@@ -44,6 +44,7 @@ from nettrain.data import DATASETS, PARTITIONS, is_npz_path
 from nettrain.engines.distributed.placement import Placement
 from nettrain.errors import ConfigError
 from nettrain.faults import Faults
+from nettrain.heterogeneity import parse_distribution
 from nettrain.problem.buffers import BUFFER_POLICIES
 from nettrain.problem.execution import Execution
 from nettrain.problem.losses import LOSSES, REGULARIZERS
@@ -120,7 +121,11 @@ class RunKeys(Section):
     rounds: int = key(
         300, "synchronous rounds; one round = one local step of every agent", at_least=1
     )
-    seed: int = key(0, "seed of every random choice (split, init, batches, topology, stragglers)")
+    seed: int = key(
+        0,
+        "seed of every random choice (split, init, batches, topology, stragglers, speeds "
+        "and bandwidths)",
+    )
     device: str = key("cpu", "where the simulator keeps its tensors", DEVICES)
     dtype: str = key("float32", "floating-point type of parameters and data", DTYPES)
     chunk_agents: str = key(
@@ -480,6 +485,22 @@ class ClockKeys(Section):
     bandwidth_gbps: float = key(10.0, "virtual link bandwidth, Gbit/s")
     stragglers: float = key(0.0, "fraction of agents that are slow (chosen by seed)")
     straggler_slowdown: float = key(4.0, "compute slow-down factor of a straggler")
+    speed: str = key(
+        "constant",
+        "per-agent compute speed factor (compute time / speed, times a straggler's slow-down), "
+        "drawn by seed: constant (1), lognormal:SIGMA (exp(N(0, SIGMA^2))) or uniform:LO:HI",
+    )
+    bandwidth: str = key(
+        "constant",
+        "per-agent link bandwidth factor (times bandwidth_gbps), drawn by seed: constant (1), "
+        "lognormal:SIGMA or uniform:LO:HI",
+    )
+    trace: str = key(
+        "",
+        "CSV file agent,speed,bandwidth_gbps,available_from,available_to: per-agent speed "
+        "and bandwidth, and availability windows in virtual seconds (docs/faults.md); "
+        "empty = none",
+    )
 
     def check(self) -> None:
         if not 0 <= self.stragglers <= 1:
@@ -490,6 +511,8 @@ class ClockKeys(Section):
             raise ConfigError(f"straggler_slowdown must be >= 1, got {self.straggler_slowdown}")
         if self.agent_gflops <= 0 or self.bandwidth_gbps <= 0:
             raise ConfigError("agent_gflops and bandwidth_gbps must be > 0")
+        parse_distribution("speed", self.speed)
+        parse_distribution("bandwidth", self.bandwidth)
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -638,8 +661,22 @@ class RunConfig:
             )
 
     def _check_faults(self, method: type[Method]) -> None:
-        """The fault spec parses, and the method and engine can run with it."""
-        if not Faults.from_config(self).any:
+        """The fault spec and the trace parse, and the method and engine can run with them."""
+        heterogeneous = self.speed != "constant" or self.bandwidth != "constant" or self.trace
+        if heterogeneous and self.engine == "shared_memory":
+            raise ConfigError(
+                "speed, bandwidth and trace shape the virtual clock of engine=sim and "
+                "engine=distributed; engine=shared_memory has none. Leave them out"
+            )
+        faults = Faults.from_config(self)  # reads the trace: a bad one fails before any work
+        if faults.availability is not None and self.engine == "distributed":
+            raise ConfigError(
+                f"trace={self.trace} has availability windows; they are virtual seconds, "
+                "enacted by engine=sim only (engine=distributed runs in real time). Use "
+                "engine=sim, or keep the trace's speed and bandwidth_gbps and leave "
+                "available_from and available_to empty"
+            )
+        if not faults.any:
             return
         if self.engine == "shared_memory":
             raise ConfigError(
@@ -648,13 +685,15 @@ class RunConfig:
             )
         if method.schedule == "events" and not method.tolerates_faults:
             raise ConfigError(
-                f"algorithm={self.algorithm} does not take message_drop, crash or split; the "
-                f"asynchronous methods that do: {', '.join(FAULT_TOLERANT)}"
+                f"algorithm={self.algorithm} does not take message_drop, crash or split (nor "
+                "a trace's availability windows); the asynchronous methods that do: "
+                f"{', '.join(FAULT_TOLERANT)}"
             )
         if self.blocking:
             raise ConfigError(
                 "blocking=true would wait forever for a lost or crashed partner; faults "
-                "(message_drop, crash, split) need blocking=false"
+                "(message_drop, crash, split, a trace's availability windows) need "
+                "blocking=false"
             )
 
     @property

@@ -41,6 +41,7 @@ from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.errors import ConfigError, DataError
 from nettrain.faults import Faults
+from nettrain.heterogeneity import agent_factors
 from nettrain.memory import peak_memory, reset_peak, retain_freed_memory
 from nettrain.problem.execution import Execution
 from nettrain.problem.flat import matmul_flops_per_sample
@@ -118,16 +119,25 @@ def build_problem(
 
 
 def build_cost_model(cfg: RunConfig, problem: Problem) -> CostModel:
+    """The virtual clock's cost model (:mod:`nettrain.engines.sim.clock`): seconds per
+    sample, latency and bandwidth, and per agent the slow-down ``straggler_i / speed_i``
+    and the bandwidth factor (:func:`nettrain.heterogeneity.agent_factors`)."""
     per_sample = cfg.compute_s_per_sample or (
         3 * matmul_flops_per_sample(problem.spec) / (cfg.agent_gflops * 1e9)
+    )
+    bandwidth = cfg.bandwidth_gbps * 1e9 / 8
+    slowdown = CostModel.straggler_slowdown(
+        cfg.agents, cfg.stragglers, cfg.straggler_slowdown, cfg.seed
+    )
+    speed, link = agent_factors(
+        cfg.speed, cfg.bandwidth, cfg.trace, cfg.agents, cfg.seed, bandwidth
     )
     return CostModel(
         seconds_per_sample=per_sample,
         latency_s=cfg.latency_s,
-        bandwidth_bytes_per_s=cfg.bandwidth_gbps * 1e9 / 8,
-        slowdown=CostModel.straggler_slowdown(
-            cfg.agents, cfg.stragglers, cfg.straggler_slowdown, cfg.seed
-        ),
+        bandwidth_bytes_per_s=bandwidth,
+        slowdown=slowdown if speed is None else slowdown / speed,
+        bandwidth_factor=link,
     )
 
 

@@ -10,7 +10,10 @@ process of the distributed engine see the same faults at the same rounds:
   before round ``R`` and, with ``:J``, comes back before round ``J`` with the state
   it had when it stopped;
 * a network split (``split=R:J``): from round ``R`` to round ``J`` (excluded) agents
-  ``[0, n/2)`` and ``[n/2, n)`` cannot reach each other (servers are on the first side).
+  ``[0, n/2)`` and ``[n/2, n)`` cannot reach each other (servers are on the first side);
+* availability windows (``trace=PATH``, :mod:`nettrain.heterogeneity`): in virtual
+  seconds, not rounds; an agent outside all its windows is away, as if crashed, and
+  comes back with its state when its next window opens.
 
 What the methods do with them:
 
@@ -21,9 +24,13 @@ What the methods do with them:
   request changes nobody; a lost reply leaves the initiator as it was while the
   partner (or the server) has taken the request in. A down agent makes no events.
   Neighbours do not renormalise anything: they keep drawing partners uniformly from
-  the graph and lose the exchanges with a down one.
+  the graph and lose the exchanges with a down one. An agent away (outside its
+  availability windows) is down the same way: its local phase, if a window's closing
+  interrupts it, starts again when its next window opens, so that its events all fall
+  inside its windows; a request to it at a time it is away is lost.
 * synchronous methods need every agent every round: a crash or a split stops the run
-  with a :class:`FaultError` naming the agents, at the round it starts. A dropped
+  with a :class:`FaultError` naming the agents, at the round it starts; so does a round
+  (on the virtual clock) that is not inside a window of every agent. A dropped
   message is resent after ``resend_s`` virtual seconds (a reliable transport's
   retransmission timeout): the numbers are those of a run without drops, the rounds
   take longer on the virtual clock. The round waits for the agent that lost most
@@ -43,6 +50,7 @@ import numpy as np
 import torch
 
 from nettrain.errors import ConfigError, FaultError
+from nettrain.heterogeneity import Availability, availability
 
 CENTRE = -1  # the servers' side of an exchange (engines/draws.py)
 _CRASH = re.compile(r"^(\d+)@(\d+)(?::(\d+))?$")
@@ -66,6 +74,7 @@ class Faults:
     crashes: tuple[Crash, ...] = ()
     split: tuple[int, int] | None = None
     resend_s: float = 0.01
+    availability: Availability | None = None  # a trace's windows, virtual seconds
 
     @classmethod
     def from_config(cls, cfg: Any) -> Faults:
@@ -76,12 +85,13 @@ class Faults:
             parse_crashes(cfg.crash, cfg.agents),
             parse_split(cfg.split),
             cfg.resend_s,
+            availability(cfg.trace, cfg.agents),
         )
 
     @property
     def any(self) -> bool:
         """Whether anything but stragglers is injected."""
-        return bool(self.drop or self.crashes or self.split)
+        return bool(self.drop or self.crashes or self.split or self.availability)
 
     def down(self, agent: int, t: int) -> bool:
         """Whether ``agent`` is crashed in round ``t`` (0-based)."""
@@ -97,9 +107,24 @@ class Faults:
         """0 for agents ``[0, n/2)`` and the servers, 1 for the others."""
         return 0 if agent == CENTRE or agent < self.n // 2 else 1
 
-    def unreachable(self, initiator: int, partner: int, t: int) -> bool:
-        """Whether a request from ``initiator`` to ``partner`` fails in round ``t``."""
+    def away(self, agent: int, at: float) -> bool:
+        """Whether ``agent`` is outside its availability windows at virtual time ``at``."""
+        return self.availability is not None and not self.availability.available(agent, at)
+
+    def phase_end(self, agent: int, start: float, duration: float) -> float:
+        """When ``agent``'s local phase of ``duration`` virtual seconds from ``start`` ends
+        (:meth:`Availability.phase_end`: restarted when a window closes on it; ``inf``
+        when no window is left); ``start + duration`` without windows."""
+        if self.availability is None:
+            return start + duration
+        return self.availability.phase_end(agent, start, duration)
+
+    def unreachable(self, initiator: int, partner: int, t: int, at: float | None = None) -> bool:
+        """Whether a request from ``initiator`` to ``partner`` fails in round ``t`` (at
+        virtual time ``at``, where the availability windows count)."""
         if partner != CENTRE and self.down(partner, t):
+            return True
+        if at is not None and partner != CENTRE and self.away(partner, at):
             return True
         return self.split_in(t) and self.side(initiator) != self.side(partner)
 
@@ -124,6 +149,22 @@ class Faults:
                 f"the network is split in round {t + 1}: agents 0..{half - 1} and "
                 f"{half}..{self.n - 1} cannot reach each other, and algorithm={method} is "
                 "synchronous. Use an asynchronous method, or drop split="
+            )
+
+    def check_available(self, t: int, start: float, end: float) -> None:
+        """Stop a synchronous run whose round ``t`` (0-based; -1: the start) spans the
+        virtual times ``[start, end]`` and is not inside a window of every agent."""
+        if self.availability is None:
+            return
+        away = [a for a in range(self.n) if not self.availability.covers(a, start, end)]
+        if away:
+            when = "at the start" if t < 0 else f"in round {t + 1}"
+            raise FaultError(
+                f"agent(s) {', '.join(map(str, away))} away {when} (virtual time {start:.6g} "
+                f"to {end:.6g} s is outside their availability windows in trace=): a "
+                "synchronous method needs every agent every round. Use an asynchronous method "
+                "(swarm, adpsgd, easgd_async, eamsgd) to carry on without them, or widen "
+                "their windows in the trace"
             )
 
     def resent(self, messages: torch.Tensor, t: int) -> torch.Tensor:

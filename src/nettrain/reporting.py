@@ -4,7 +4,7 @@ A run is described by the keys of its ``config.json`` that matter for it
 (:func:`shown_keys`): the method's own settings (:func:`nettrain.config.used_keys`), the
 graph's keys only for a method that exchanges along the graph (``uses_graph``), a key
 that refines another only when that one is set (``degree`` for
-``topology=random_regular``), and optional features (quantiser, stragglers, faults, ...)
+``topology=random_regular``), and optional features (quantiser, stragglers, speeds, faults, ...)
 only when they are switched on. :func:`describe_runs` says what runs share (plot titles)
 and where each differs (legend labels).
 
@@ -73,6 +73,9 @@ KEYS = (
     "blocking",
     "stragglers",
     "straggler_slowdown",
+    "speed",
+    "bandwidth",
+    "trace",
     "message_drop",
     "crash",
     "split",

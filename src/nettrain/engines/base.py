@@ -175,6 +175,7 @@ def account_round(
     resent = faults.resent(messages, t)
     start, extra = clock.now, resent * faults.resend_s
     clock.sync_round(samples, messages, nbytes, extra)
+    faults.check_available(t, start, clock.now)  # every process alike
     if timeline is not None and timeline.wants(t + 1):
         cost = clock.cost
         send = cost.send_seconds(messages, nbytes) + extra

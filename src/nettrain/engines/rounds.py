@@ -40,7 +40,7 @@ class Rounds(Stack):
     agent's rows: this process takes its own)."""
 
     settle_every = 1  # rounds whose notes are gathered together
-    slowdown = 1.0  # a straggler's real slow-down: its round taken again, in sleep
+    slowdown = 1.0  # a slow agent's real slow-down: its round taken again, in sleep
 
     def __init__(
         self,

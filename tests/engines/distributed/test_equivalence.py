@@ -40,6 +40,13 @@ CASES = {
     "dpsgd_edge_drop": {"algorithm": "dpsgd", "schedule": "edge_drop", "drop_prob": 0.3},
     # faults: a straggler 4x slower, dropped messages resent: the same clock as the simulator
     "dpsgd_faults": {"algorithm": "dpsgd", "stragglers": 0.25, "message_drop": 0.2},
+    # heterogeneous agents: drawn speeds (slow ones sleep) and bandwidths, with a straggler
+    "dpsgd_heterogeneous": {
+        "algorithm": "dpsgd",
+        "stragglers": 0.25,
+        "speed": "lognormal:0.5",
+        "bandwidth": "uniform:0.1:1",
+    },
     "gradient_tracking": {"algorithm": "gradient_tracking"},
     "next_linear_l1": {"algorithm": "next", "regularizer": "l1", "reg_lambda": 1e-3},
     "next_cross_entropy": {

@@ -14,8 +14,10 @@ is down it makes no event and draws nothing, its peer refuses the others' exchan
 it idles as long as its average event so far (so the window lasts about as long in wall
 time as the events it misses). An exchange loses its request, its reply or neither by
 this agent's own draw, and its request when the partner is down, across the split, or
-found dead (its rpc failed and its heartbeat stopped). A straggler (``slowdown > 1``)
-sleeps ``slowdown - 1`` times its measured compute after each event.
+found dead (its rpc failed and its heartbeat stopped). A slow agent (``slowdown > 1``:
+a straggler's slow-down over its speed, docs/faults.md "Heterogeneous agents") sleeps
+``slowdown - 1`` times its measured compute after each event; a faster one runs at the
+machine's speed. Availability windows are refused before the run (config.py).
 
 The end, agreed in the rendezvous store, survives dead workers (:mod:`.finish`): the
 records name the dead ranks (``crashed_ranks``) and evaluate the survivors' models only

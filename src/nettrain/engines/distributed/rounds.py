@@ -59,8 +59,8 @@ def all_gather_rows(
 class DistRounds(Rounds):
     """This rank's agents in synchronous rounds. Rank 0 writes the checkpoint, the
     simulator's (the same keys and shapes), and reads the parameter servers' slices of
-    the centre over rpc; a process that holds a straggler sleeps its slow-down for real
-    (the slowest of its agents')."""
+    the centre over rpc; a process that holds a slow agent (a straggler, or a speed
+    below 1) sleeps its slow-down for real (the slowest of its agents')."""
 
     comm: DistCommunicator
     measured, settle_every = True, SETTLE_EVERY

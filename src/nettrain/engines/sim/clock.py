@@ -1,13 +1,16 @@
 """The virtual clock: how long a round would take on the modelled hardware.
 
 Agent ``i`` in a synchronous round spends ``s_i * c * samples_i`` computing (``c``
-seconds per sample, ``s_i >= 1`` its slow-down) and ``latency * messages_i +
-bytes_i / bandwidth`` communicating. A synchronous round ends when the slowest agent
-is done::
+seconds per sample, ``s_i`` its slow-down) and ``latency * messages_i + bytes_i /
+bandwidth_i`` communicating. A synchronous round ends when the slowest agent is done::
 
-    T_round = max_i ( s_i c samples_i + latency messages_i + bytes_i / bandwidth )
+    T_round = max_i ( s_i c samples_i + latency messages_i + bytes_i / bandwidth_i )
 
-Stragglers are a seeded random subset of agents with ``s_i = slowdown``.
+``s_i = straggler_i / speed_i``: stragglers are a seeded random subset of agents with
+``straggler_i = straggler_slowdown`` (1 for the others), ``speed_i`` the agent's speed
+factor (``speed=``, ``trace=``: :mod:`nettrain.heterogeneity`; 1 by default).
+``bandwidth_i = bandwidth * f_i``, ``f_i`` the agent's bandwidth factor (``bandwidth=``,
+``trace=``; None: every ``f_i = 1``, the same numbers bit for bit).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ class CostModel:
     seconds_per_sample: float  # c
     latency_s: float
     bandwidth_bytes_per_s: float
-    slowdown: torch.Tensor  # (n,) float64, >= 1
+    slowdown: torch.Tensor  # (n,) float64 > 0: straggler slow-down / speed factor
+    bandwidth_factor: torch.Tensor | None = None  # (n,) float64 > 0 f_i; None = all 1
 
     @staticmethod
     def straggler_slowdown(n: int, fraction: float, factor: float, seed: int) -> torch.Tensor:
@@ -40,8 +44,23 @@ class CostModel:
         return self.slowdown * self.seconds_per_sample * samples.double()
 
     def send_seconds(self, messages: torch.Tensor, nbytes: torch.Tensor) -> torch.Tensor:
-        """Sending time ``(n,)`` of each agent: ``latency * messages_i + bytes_i / bandwidth``."""
-        return self.latency_s * messages.double() + nbytes.double() / self.bandwidth_bytes_per_s
+        """Sending time ``(n,)`` of each agent: ``latency * messages_i + bytes_i /
+        bandwidth_i``."""
+        return self.latency_s * messages.double() + nbytes.double() / self.agent_bandwidth()
+
+    def agent_bandwidth(self) -> torch.Tensor | float:
+        """Each agent's link bandwidth ``bandwidth * f_i`` in bytes/s, ``(n,)``; the one
+        bandwidth (a float) when every ``f_i`` is 1."""
+        if self.bandwidth_factor is None:
+            return self.bandwidth_bytes_per_s
+        return self.bandwidth_bytes_per_s * self.bandwidth_factor
+
+    def link_bytes_per_s(self, agent: int) -> float:
+        """The bandwidth of a transfer between ``agent`` and a parameter server: the slower
+        end's (a server has the base bandwidth)."""
+        if self.bandwidth_factor is None:
+            return self.bandwidth_bytes_per_s
+        return self.bandwidth_bytes_per_s * min(1.0, float(self.bandwidth_factor[agent]))
 
     def agent_seconds(
         self, samples: torch.Tensor, messages: torch.Tensor, nbytes: torch.Tensor

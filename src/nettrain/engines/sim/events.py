@@ -21,7 +21,7 @@ from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.servers import SimServers
 from nettrain.engines.timeline import Timeline
-from nettrain.errors import ConfigError
+from nettrain.errors import ConfigError, FaultError
 from nettrain.faults import Faults
 from nettrain.patterns import Losses
 from nettrain.recording import RunFolder
@@ -71,7 +71,9 @@ class SimEvents(Stack):
         # (steps, duration) of the running phase, and of the one after it, drawn in advance
         self.current = [self.draw_phase(a) for a in range(n)]
         self.upcoming = [self.draw_phase(a) for a in range(n)]
-        self.ends = torch.tensor([c[1] for c in self.current], dtype=torch.float64)  # (n,)
+        faults = job.fault_spec  # a phase that starts away starts when its window opens
+        ends = [faults.phase_end(a, 0.0, c[1]) for a, c in enumerate(self.current)]
+        self.ends = torch.tensor(ends, dtype=torch.float64)  # (n,)
         self.servers = None  # they read the event times in self.ends, updated in place
         if algo.uses_centre:
             self.servers = SimServers(job.x0, algo, n, job.cost, event_times=self.ends)
@@ -126,7 +128,7 @@ class SimEvents(Stack):
             if self.faults.down(a, r) and math.isfinite(self.ends[a]):
                 self.ends[a] = math.inf
             elif not self.faults.down(a, r) and not math.isfinite(self.ends[a]):
-                self.ends[a] = self.clock.now + self.current[a][1]
+                self.ends[a] = self.faults.phase_end(a, self.clock.now, self.current[a][1])
 
     def advance(self, stop: int) -> Iterator[Tick]:
         """The events up to round ``stop``, batches cut where the faults change."""
@@ -147,12 +149,19 @@ class SimEvents(Stack):
         horizon = ends + cost.latency_s + torch.tensor([u[1] for u in upcoming], device=ends.device)
         limit = min(mark - self.done, self.max_batch or mark)
         pairs = _batch(ends, self.partner, limit, horizon)
+        if not len(pairs):  # every agent down for good: crashed, or no window left
+            raise FaultError(
+                f"no agent can make an event after virtual time {self.clock.now:.6g} s (every "
+                "one crashed or past its last availability window) with "
+                f"{self.total - self.done} events to go; give the trace later windows, or "
+                "fewer rounds"
+            )
         i, j = pairs[:, 0], pairs[:, 1]
         steps = torch.tensor(
             [[current[a][0], current[b][0] if b != CENTRE else 0] for a, b in pairs.tolist()],
             device=pairs.device,
         )
-        lost = _losses(pairs, draws, faults, self.fault_round)
+        lost = _losses(pairs, draws, faults, self.fault_round, ends)
         talk = losing(self.talk, lost)
         self.state, loss = algo.interact(self.state, pairs, self.oracle, talk, steps)
         self.losses.append(loss)
@@ -177,7 +186,7 @@ class SimEvents(Stack):
         self.clock.now = max(self.clock.now, float(ends[restart].max()))
         for a, at in zip(restart.tolist(), resume_at.tolist(), strict=True):
             current[a], upcoming[a] = upcoming[a], self.draw_phase(a)
-            ends[a] = at + current[a][1]
+            ends[a] = faults.phase_end(a, at, current[a][1])
             self.partner[a] = draws[a].partner()
         self.done += len(pairs)
 
@@ -255,12 +264,15 @@ class SimEvents(Stack):
         )
 
 
-def _losses(pairs: torch.Tensor, draws: list[Draws], faults: Faults, t: int) -> Losses:
+def _losses(
+    pairs: torch.Tensor, draws: list[Draws], faults: Faults, t: int, ends: torch.Tensor
+) -> Losses:
     """What the batch's exchanges lose: each initiator's drawn drops, and every request to a
-    down partner or across the split (the faults as they stand since round ``t``)."""
+    down partner or across the split (the faults as they stand since round ``t``), or to a
+    partner away at the event's time ``ends[initiator]``."""
     request, reply = [], []
     for a, b in pairs.tolist():
-        req, rep = draws[a].losses(faults.unreachable(a, b, t))
+        req, rep = draws[a].losses(faults.unreachable(a, b, t, float(ends[a])))
         request.append(req)
         reply.append(rep)
     on = {"dtype": torch.bool, "device": pairs.device}

@@ -82,7 +82,7 @@ class SimServers:
         """Queue the message of worker ``w`` at server ``s``; when its reply is back."""
         if self.event_times is None:
             return 0.0
-        link = nbytes / self.cost.bandwidth_bytes_per_s
+        link = nbytes / self.cost.link_bytes_per_s(w)
         begin = max(float(self.event_times[w]) + self.cost.latency_s, self.free[s])
         self.free[s] = begin + link
         reply = self.free[s] + self.cost.latency_s + link
