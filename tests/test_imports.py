@@ -43,13 +43,22 @@ PACKAGE = "nettrain"
 # Lowest first. A module imports modules of its own layer or of lower ones only.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "memory", "progress", "version"),
-    ("topology", "compression", "data", "checkpoint", "faults", "analysis", "report"),
+    (
+        "topology",
+        "compression",
+        "data",
+        "checkpoint",
+        "heterogeneity",
+        "faults",
+        "analysis",
+        "report",
+    ),
     ("problem", "patterns", "wrappers"),
     ("algorithms",),
     ("evaluation", "recording", "result"),
     ("engines",),
     ("config",),
-    ("experiment", "reporting"),
+    ("experiment", "reporting", "calibration"),  # calibration measures what experiment builds
     ("reproduce",),
     ("sweeps",),  # runs its grids through reproduce.runner.run_all
     ("cli",),

@@ -8,6 +8,8 @@
     nettrain keys [--markdown]
     nettrain reproduce NAME [--quick] [--seed S] [--jobs N] [--out DIR] [--force]
     nettrain report DIR [DIR ...] [--out report.html] [--title TEXT]
+    nettrain calibrate [CONFIG.toml] [key=value ...] [--out profile.toml] [--processes P]
+                       [--min-bytes B] [--max-bytes B] [--repeats R]
 
 The config file (TOML or JSON) may stand anywhere among the ``key=value`` items; the
 items after it override its keys. ``run`` never overwrites a folder that holds a
@@ -394,6 +396,51 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace, console: Console) -> int:
+    """Measure this machine for the config's model and batch; write the profile, print
+    the link's fit per message size and a summary (rank 0 only under torchrun)."""
+    from rich.table import Table
+
+    from nettrain.calibration import calibrate
+
+    calibration = calibrate(
+        _config(args.items),
+        args.out,
+        processes=args.processes,
+        min_bytes=args.min_bytes,
+        max_bytes=args.max_bytes,
+        repeats=args.repeats,
+    )
+    if calibration is None:
+        return 0  # another rank under torchrun: rank 0 reports
+    table = Table(title="one-way time = latency + bytes / bandwidth, fitted")
+    for column in ("bytes", "measured us", "fitted us", "relative residual"):
+        table.add_column(column, justify="right")
+    for size, measured, fitted, residual in calibration.residuals():
+        table.add_row(
+            f"{size:,d}", f"{measured * 1e6:.1f}", f"{fitted * 1e6:.1f}", f"{residual:+.1%}"
+        )
+    console.print(table)
+    for line in calibration.summary():
+        console.print(line, highlight=False, soft_wrap=True)
+    return 0
+
+
+def byte_count(text: str) -> int:
+    """``--max-bytes``'s value: a number of bytes, or with a suffix k, M or G (powers of
+    1024: ``64M`` is 67,108,864)."""
+    scale = {"k": 2**10, "m": 2**20, "g": 2**30}.get(text[-1:].lower(), 1)
+    try:
+        value = int(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of bytes (e.g. 4096, 64k, 16M)"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least 1 byte")
+    return value
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose epilog may be computed when help is shown
     (``epilog_from``), so that building the parser imports nothing heavy."""
@@ -555,6 +602,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the HTML file (default DIR/report.html for one DIR)")
     p.add_argument("--title", default="", help="the page's heading")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="measure this machine's compute per sample, link latency and bandwidth, and "
+        "all-reduce time for a config's model and batch; write a profile for cost_model=",
+    )
+    p.add_argument("items", nargs="*", help=f"{items_help}: the model, data and batch_size")
+    p.add_argument("--out", default="profile.toml", help="the profile (default profile.toml)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="processes spawned on this machine for the link and the all-reduce (default 2; "
+        "under torchrun: the launched ranks)",
+    )
+    p.add_argument(
+        "--min-bytes", type=byte_count, default="1k", help="smallest message (default 1k)"
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=byte_count,
+        default="64M",
+        help="largest message; the sizes double from --min-bytes (default 64M)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=10, help="timings per figure, median kept (default 10)"
+    )
+    p.set_defaults(func=cmd_calibrate)
     return parser
 
 

@@ -501,8 +501,26 @@ class ClockKeys(Section):
         "and bandwidth, and availability windows in virtual seconds (docs/faults.md); "
         "empty = none",
     )
+    cost_model: str = key(
+        "",
+        "a calibration profile (TOML, written by `nettrain calibrate`) whose measured seconds "
+        "per sample, latency and bandwidth replace compute_s_per_sample, agent_gflops, "
+        "latency_s and bandwidth_gbps; empty = those keys",
+    )
 
     def check(self) -> None:
+        measured = ("compute_s_per_sample", "agent_gflops", "latency_s", "bandwidth_gbps")
+        given = [
+            f"{f.name}={getattr(self, f.name)}"
+            for f in dataclasses.fields(self)
+            if f.name in measured and getattr(self, f.name) != f.default
+        ]
+        if self.cost_model and given:
+            raise ConfigError(
+                f"cost_model={self.cost_model} gives the measured compute time, latency and "
+                f"bandwidth, and {', '.join(given)} would be ignored: remove "
+                f"{'it' if len(given) == 1 else 'them'}, or leave cost_model empty"
+            )
         if not 0 <= self.stragglers <= 1:
             raise ConfigError(
                 f"stragglers is a fraction of agents in [0, 1], got {self.stragglers}"

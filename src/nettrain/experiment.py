@@ -39,6 +39,7 @@ from nettrain.engines.distributed.engine import DistributedEngine
 from nettrain.engines.shared_memory.engine import SharedMemoryEngine
 from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.engine import SimEngine
+from nettrain.engines.sim.profile import load_profile
 from nettrain.errors import ConfigError, DataError
 from nettrain.faults import Faults
 from nettrain.heterogeneity import agent_factors
@@ -118,14 +119,27 @@ def build_problem(
     )
 
 
-def build_cost_model(cfg: RunConfig, problem: Problem) -> CostModel:
+def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = None) -> CostModel:
     """The virtual clock's cost model (:mod:`nettrain.engines.sim.clock`): seconds per
-    sample, latency and bandwidth, and per agent the slow-down ``straggler_i / speed_i``
-    and the bandwidth factor (:func:`nettrain.heterogeneity.agent_factors`)."""
+    sample, latency and bandwidth from the ``[clock]`` keys, or with ``cost_model=PATH``
+    the profile's measured ones in their place, once the profile is checked against the
+    run's model, ``batch_size`` (default: the config's, resolved as a run resolves it)
+    and parameter count; and per agent the slow-down ``straggler_i / speed_i`` and the
+    bandwidth factor (:func:`nettrain.heterogeneity.agent_factors`, relative to that
+    bandwidth)."""
     per_sample = cfg.compute_s_per_sample or (
         3 * matmul_flops_per_sample(problem.spec) / (cfg.agent_gflops * 1e9)
     )
-    bandwidth = cfg.bandwidth_gbps * 1e9 / 8
+    latency, bandwidth, profile = cfg.latency_s, cfg.bandwidth_gbps * 1e9 / 8, None
+    if cfg.cost_model:
+        profile = load_profile(cfg.cost_model)
+        if batch_size is None:
+            batch_size = (
+                cfg.batch_size if cfg.batch_size >= 0 else build_algorithm(cfg).default_batch_size
+            )
+        profile.check(cfg.model, batch_size, problem.dim, cfg.cost_model)
+        per_sample, latency = profile.seconds_per_sample, profile.latency_s
+        bandwidth = profile.bandwidth_bytes_per_s
     slowdown = CostModel.straggler_slowdown(
         cfg.agents, cfg.stragglers, cfg.straggler_slowdown, cfg.seed
     )
@@ -134,10 +148,11 @@ def build_cost_model(cfg: RunConfig, problem: Problem) -> CostModel:
     )
     return CostModel(
         seconds_per_sample=per_sample,
-        latency_s=cfg.latency_s,
+        latency_s=latency,
         bandwidth_bytes_per_s=bandwidth,
         slowdown=slowdown if speed is None else slowdown / speed,
         bandwidth_factor=link,
+        profile=profile,
     )
 
 
@@ -176,6 +191,7 @@ def build_job(
     )
     algorithm = build_algorithm(cfg) if algorithm is None else algorithm.for_network(cfg.workers)
     algorithm.check(problem)
+    batch_size = cfg.batch_size if cfg.batch_size >= 0 else algorithm.default_batch_size
     return Job(
         problem=problem,
         shards=shards,
@@ -183,10 +199,10 @@ def build_job(
         algorithm=algorithm,
         x0=problem.initial_params(cfg.seed, reinitialise=cfg.init == "seed"),
         rounds=cfg.rounds,
-        batch_size=cfg.batch_size if cfg.batch_size >= 0 else algorithm.default_batch_size,
+        batch_size=batch_size,
         seed=cfg.seed,
         eval_every=cfg.eval_every or max(1, cfg.rounds // EVALUATIONS),
-        cost=build_cost_model(cfg, problem),
+        cost=build_cost_model(cfg, problem, batch_size),
         eval_agents=cfg.eval_agents,
         train_objective=cfg.train_objective or algorithm.records_objective,
         checkpoint_every=cfg.checkpoint_every,

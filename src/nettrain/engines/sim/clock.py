@@ -10,7 +10,11 @@ bandwidth_i`` communicating. A synchronous round ends when the slowest agent is 
 ``straggler_i = straggler_slowdown`` (1 for the others), ``speed_i`` the agent's speed
 factor (``speed=``, ``trace=``: :mod:`nettrain.heterogeneity`; 1 by default).
 ``bandwidth_i = bandwidth * f_i``, ``f_i`` the agent's bandwidth factor (``bandwidth=``,
-``trace=``; None: every ``f_i = 1``, the same numbers bit for bit).
+``trace=``; None: every ``f_i = 1``, the same numbers bit for bit). The constants
+``c``, ``latency`` and ``bandwidth`` are the config's, or measured ones
+(``cost_model=PATH``: a calibration :class:`~nettrain.engines.sim.profile.Profile`,
+kept as :attr:`CostModel.profile` with the figures the clock does not use yet, such
+as an all-reduce's time).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nettrain.engines.sim.profile import Profile
+
 
 @dataclass(frozen=True)
 class CostModel:
@@ -28,6 +34,7 @@ class CostModel:
     bandwidth_bytes_per_s: float
     slowdown: torch.Tensor  # (n,) float64 > 0: straggler slow-down / speed factor
     bandwidth_factor: torch.Tensor | None = None  # (n,) float64 > 0 f_i; None = all 1
+    profile: Profile | None = None  # where the constants were measured (cost_model=PATH)
 
     @staticmethod
     def straggler_slowdown(n: int, fraction: float, factor: float, seed: int) -> torch.Tensor:

@@ -1,0 +1,58 @@
+"""The virtual clock calibrated: its constants measured on this machine.
+
+``nettrain calibrate`` (the Python API: :func:`calibrate`) measures, for the model and
+batch of a config (the keys ``nettrain run`` takes)::
+
+    compute    one agent's seconds per training sample: the oracle's forward and
+               backward pass, warm, median of repeats (compute.py)
+    link       latency and bandwidth: a gloo ping-pong between two processes over
+               message sizes from --min-bytes to --max-bytes (doubling), median of
+               repeats per size (pingpong.py), fitted by least squares as
+               one_way_seconds = latency + bytes / bandwidth (fit.py)
+    all-reduce seconds of an all-reduce of the model's d floats over P processes
+
+and writes them, with what they were measured for and on (date, host, versions,
+threads), as a profile (:class:`~nettrain.engines.sim.profile.Profile`, a TOML file)
+that ``cost_model=PATH`` loads into the clock. The processes are P spawned on this
+machine (``--processes``), meeting on loopback (``master_addr``, ``master_port``); under
+``torchrun`` they are the launched ranks, and the link is the one between ranks 0 and
+1 (across machines: between their machines). The oracle is timed before the processes
+start, so that they do not share its cores.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nettrain.calibration.fit import LinkFit, fit_link
+    from nettrain.calibration.measure import Calibration, calibrate
+    from nettrain.engines.sim.profile import Profile, load_profile
+
+# Imported on first use (PEP 562): the processes that measure the link import this
+# package, and should not wait for the experiment's imports.
+_LAZY = {
+    "Calibration": "nettrain.calibration.measure",
+    "calibrate": "nettrain.calibration.measure",
+    "LinkFit": "nettrain.calibration.fit",
+    "fit_link": "nettrain.calibration.fit",
+    "Profile": "nettrain.engines.sim.profile",
+    "load_profile": "nettrain.engines.sim.profile",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nettrain.calibration' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["Calibration", "LinkFit", "Profile", "calibrate", "fit_link", "load_profile"]

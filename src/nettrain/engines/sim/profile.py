@@ -1,0 +1,205 @@
+"""A calibration profile: the virtual clock's constants measured on a machine.
+
+``nettrain calibrate`` (:mod:`nettrain.calibration`) measures them and writes the
+profile as a TOML file; ``cost_model=PATH`` loads it into the clock
+(:func:`nettrain.experiment.build_cost_model`) in place of the guessed
+``compute_s_per_sample``/``agent_gflops``, ``latency_s`` and ``bandwidth_gbps``. The
+file has four tables::
+
+    [compute]    seconds_per_sample: one agent's forward and backward pass per sample,
+                 and what it was measured for (model, hidden, dataset, dtype, device,
+                 batch, d)
+    [link]       latency_s, bandwidth_bytes_per_s of one_way_s = latency + bytes /
+                 bandwidth, fitted to the measured one-way times of message_bytes
+    [allreduce]  seconds of an all-reduce of d floats over processes processes
+    [machine]    date, host, torch and nettrain versions, threads
+
+A profile holds for the model, batch and parameter count it was measured with:
+:meth:`Profile.check` refuses a run of another one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from nettrain.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# table -> the Profile fields it holds, in the file's order
+TABLES: dict[str, tuple[str, ...]] = {
+    "compute": (
+        "seconds_per_sample",
+        "model",
+        "hidden",
+        "dataset",
+        "dtype",
+        "device",
+        "batch",
+        "d",
+    ),
+    "link": ("latency_s", "bandwidth_bytes_per_s", "message_bytes", "one_way_s", "repeats"),
+    "allreduce": ("allreduce_s", "processes"),
+    "machine": ("date", "host", "torch_version", "nettrain_version", "threads"),
+}
+# the name of a field in its table, where it differs from the field's
+IN_TABLE = {"allreduce_s": "seconds"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What ``nettrain calibrate`` measured (the module says how the file is laid out).
+
+    ``seconds_per_sample``: median time of one agent's forward and backward pass over
+    one mini-batch of ``batch`` samples (0: the agent's whole shard), divided by the
+    samples it read. ``latency_s`` and ``bandwidth_bytes_per_s``: the link's fit
+    ``one_way = latency + bytes / bandwidth`` to the median one-way times ``one_way_s``
+    of the messages ``message_bytes``. ``allreduce_s``: median time of an all-reduce of
+    ``d`` floats of ``dtype`` over ``processes`` processes (the slowest rank's).
+    """
+
+    seconds_per_sample: float
+    latency_s: float
+    bandwidth_bytes_per_s: float
+    allreduce_s: float
+    processes: int
+    model: str
+    hidden: tuple[int, ...]
+    dataset: str
+    dtype: str
+    device: str
+    batch: int
+    d: int
+    message_bytes: tuple[int, ...]
+    one_way_s: tuple[float, ...]
+    repeats: int
+    date: str
+    host: str
+    torch_version: str
+    nettrain_version: str
+    threads: int
+
+    def __post_init__(self) -> None:
+        positive = ("seconds_per_sample", "bandwidth_bytes_per_s", "allreduce_s")
+        for name in positive:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.latency_s) and self.latency_s >= 0):
+            raise ValueError(f"latency_s must be a finite number >= 0, got {self.latency_s}")
+        if len(self.message_bytes) != len(self.one_way_s):
+            raise ValueError(
+                f"{len(self.message_bytes)} message sizes for {len(self.one_way_s)} times"
+            )
+
+    def fitted_s(self) -> list[float]:
+        """The fit's one-way time of each of :attr:`message_bytes`."""
+        return [self.latency_s + b / self.bandwidth_bytes_per_s for b in self.message_bytes]
+
+    def check(self, model: str, batch: int, d: int, path: str | Path = "") -> None:
+        """A ConfigError unless the profile was measured for ``model``, ``batch`` and ``d``
+        parameters (a run's), saying what differs and how to measure the run's."""
+        wrong = [
+            f"{name} {mine} (the run's: {theirs})"
+            for name, mine, theirs in (("model", self.model, model), ("batch", self.batch, batch))
+            if mine != theirs
+        ]
+        if self.d != d:
+            wrong.append(f"{self.d} parameters (the run's model has {d})")
+        if wrong:
+            raise ConfigError(
+                f"cost_model={path or 'the profile'} was calibrated for another problem: "
+                f"{', '.join(wrong)}; re-run `nettrain calibrate` with the run's keys (e.g. "
+                f"nettrain calibrate model={model} batch_size={batch} dataset=... hidden=... "
+                f"--out {path or 'profile.toml'})"
+            )
+
+    def to_toml(self) -> str:
+        """The profile as TOML text, table after table (:data:`TABLES`)."""
+        lines = [
+            "# The virtual clock's constants measured by `nettrain calibrate`;",
+            "# a run uses them with cost_model=PATH.",
+        ]
+        for table, names in TABLES.items():
+            lines.append(f"\n[{table}]")
+            lines += [f"{IN_TABLE.get(n, n)} = {toml_value(getattr(self, n))}" for n in names]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_toml(cls, text: str) -> Profile:
+        """The profile of TOML text written by :meth:`to_toml`; a ValueError or KeyError
+        (naming the entry) for anything else."""
+        data = tomllib.loads(text)
+        values: dict[str, Any] = {}
+        for table, names in TABLES.items():
+            section = data.get(table)
+            if not isinstance(section, Mapping):
+                raise KeyError(f"no table [{table}]")
+            for name in names:
+                entry = IN_TABLE.get(name, name)
+                if entry not in section:
+                    raise KeyError(f"no {entry} in [{table}]")
+                values[name] = section[entry]
+        kinds = {f.name: f.type for f in fields(cls)}
+        return cls(**{name: convert(name, kinds[name], v) for name, v in values.items()})
+
+    def write(self, path: str | Path) -> Path:
+        """Write the profile to ``path`` (its folder made if need be); the path."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(self.to_toml())
+        return out
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal of a string, bool, int, float or a sequence of them."""
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON's escapes are TOML's basic-string escapes
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML literal for {type(value).__name__}")
+
+
+def convert(name: str, kind: Any, value: Any) -> Any:
+    """``value`` read from TOML as the field's type (``kind``, a string annotation)."""
+    if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == "str" and isinstance(value, str):
+        return value
+    if kind.startswith("tuple[") and isinstance(value, list):
+        item = "int" if kind.startswith("tuple[int") else "float"
+        return tuple(convert(name, item, v) for v in value)
+    raise ValueError(f"{name} = {value!r} is not a {kind}")
+
+
+def load_profile(path: str | Path) -> Profile:
+    """The profile in ``path``; a ConfigError saying what is wrong with a missing or
+    malformed file and how to make one."""
+    source = Path(path)
+    remedy = f"write one with `nettrain calibrate KEY=VALUE ... --out {source}`"
+    if not source.is_file():
+        raise ConfigError(f"cost_model={source}: no such file; {remedy}")
+    try:
+        return Profile.from_toml(source.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cost_model={source} is not a TOML file ({err}); {remedy}") from None
+    except (KeyError, ValueError, TypeError) as err:
+        message = err.args[0] if err.args else err
+        raise ConfigError(
+            f"cost_model={source} is not a calibration profile ({message}); {remedy}"
+        ) from None

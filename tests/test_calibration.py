@@ -1,0 +1,169 @@
+"""The calibrated virtual clock: the profile's file, the link's fit, ``cost_model=``, and
+one real ``nettrain calibrate`` on two local gloo processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import free_port
+from nettrain.calibration import fit_link
+from nettrain.cli import byte_count, main
+from nettrain.config import load_config
+from nettrain.engines.sim.profile import Profile, load_profile
+from nettrain.errors import ConfigError
+from nettrain.experiment import build_cost_model, build_problem
+
+KEYS = {"dataset": "digits", "model": "mlp", "hidden": "8", "batch_size": 4, "agents": 4}
+
+
+def profile_for(d: int, **changes: object) -> Profile:
+    """A profile of made-up figures, none of them the clock's defaults, for ``d``
+    parameters of the MLP of :data:`KEYS`."""
+    values = dict(
+        seconds_per_sample=3.25e-6,
+        latency_s=4.5e-5,
+        bandwidth_bytes_per_s=1.75e9,
+        allreduce_s=2.5e-4,
+        processes=2,
+        model="mlp",
+        hidden=(8,),
+        dataset="digits",
+        dtype="float32",
+        device="cpu",
+        batch=4,
+        d=d,
+        message_bytes=(1024, 2048, 4096),
+        one_way_s=(4.6e-5, 4.7e-5, 4.8e-5),
+        repeats=7,
+        date="2026-01-02T03:04:05+00:00",
+        host='a "quoted" host',
+        torch_version=torch.__version__,
+        nettrain_version="0.1.0",
+        threads=3,
+    )
+    return Profile(**(values | changes))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def dim() -> int:
+    return build_problem(load_config(overrides=KEYS)).dim
+
+
+def test_a_profile_round_trips_and_sets_the_clock(tmp_path: Path, dim: int) -> None:
+    profile = profile_for(dim)
+    path = profile.write(tmp_path / "sub" / "profile.toml")
+    assert load_profile(path) == profile
+    cfg = load_config(overrides=KEYS | {"cost_model": str(path)})
+    cost = build_cost_model(cfg, build_problem(cfg))
+    assert cost.seconds_per_sample == profile.seconds_per_sample
+    assert cost.latency_s == profile.latency_s
+    assert cost.bandwidth_bytes_per_s == profile.bandwidth_bytes_per_s
+    assert cost.profile == profile and cost.profile.allreduce_s == 2.5e-4
+    sent = cost.send_seconds(torch.tensor([1, 3]), torch.tensor([0, 7_000_000]))
+    expected = [4.5e-5, 3 * 4.5e-5 + 7_000_000 / 1.75e9]
+    assert sent.tolist() == pytest.approx(expected, rel=1e-12)
+
+
+def test_without_a_profile_the_keys_set_the_clock(dim: int) -> None:
+    cfg = load_config(overrides=KEYS | {"latency_s": 1e-3, "bandwidth_gbps": 8.0})
+    cost = build_cost_model(cfg, build_problem(cfg))
+    assert (cost.latency_s, cost.bandwidth_bytes_per_s, cost.profile) == (1e-3, 1e9, None)
+
+
+@pytest.mark.parametrize(("latency", "bandwidth"), [(3e-5, 2e9), (2e-3, 1.25e8), (5e-7, 4e10)])
+def test_the_fit_recovers_a_synthetic_ping_pong(latency: float, bandwidth: float) -> None:
+    sizes = [1024 * 2**i for i in range(17)]
+    noise = [0.03 * math.sin(2.7 * i + 1) for i in range(len(sizes))]  # deterministic, ±3%
+    times = [(latency + b / bandwidth) * (1 + e) for b, e in zip(sizes, noise, strict=True)]
+    fit = fit_link(sizes, times)
+    assert fit.latency_s == pytest.approx(latency, rel=0.05)
+    assert fit.bandwidth_bytes_per_s == pytest.approx(bandwidth, rel=0.05)
+    residuals = fit.residuals()
+    assert len(residuals) == len(sizes) and max(map(abs, residuals)) < 0.06
+    assert fit.fitted_s()[0] == pytest.approx(fit.latency_s + 1024 / fit.bandwidth_bytes_per_s)
+
+
+def test_the_fit_refuses_times_that_do_not_grow_with_the_size() -> None:
+    with pytest.raises(ConfigError, match="do not grow with the message size"):
+        fit_link([1024, 2048, 4096], [5e-5, 4e-5, 3e-5])
+    with pytest.raises(ConfigError, match="at least 2 message sizes"):
+        fit_link([1024, 1024], [5e-5, 5e-5])
+
+
+def test_a_missing_or_malformed_profile_is_a_config_error(tmp_path: Path, dim: int) -> None:
+    cfg = load_config(overrides=KEYS | {"cost_model": str(tmp_path / "none.toml")})
+    with pytest.raises(ConfigError, match=r"no such file; write one with `nettrain calibrate"):
+        build_cost_model(cfg, build_problem(cfg))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[compute\nseconds_per_sample = 1\n")
+    with pytest.raises(ConfigError, match="is not a TOML file"):
+        load_profile(bad)
+    text = profile_for(dim).to_toml()
+    bad.write_text(text.replace("[allreduce]", "[other]"))
+    with pytest.raises(ConfigError, match=r"not a calibration profile \(no table \[allreduce\]\)"):
+        load_profile(bad)
+    bad.write_text(text.replace("latency_s = 4.5e-05", 'latency_s = "fast"'))
+    with pytest.raises(ConfigError, match=r"latency_s = 'fast' is not a float"):
+        load_profile(bad)
+    bad.write_text(
+        text.replace("bandwidth_bytes_per_s = 1750000000.0", "bandwidth_bytes_per_s = 0")
+    )
+    with pytest.raises(ConfigError, match="bandwidth_bytes_per_s must be a finite number > 0"):
+        load_profile(bad)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model": "linear"}, "model linear (the run's: mlp)"),
+        ({"batch": 32}, "batch 32 (the run's: 4)"),
+        ({"d": 10}, "10 parameters (the run's model has"),
+    ],
+)
+def test_a_profile_of_another_problem_is_refused(
+    tmp_path: Path, dim: int, changes: dict[str, object], message: str
+) -> None:
+    path = profile_for(**({"d": dim} | changes)).write(tmp_path / "other.toml")
+    cfg = load_config(overrides=KEYS | {"cost_model": str(path)})
+    with pytest.raises(ConfigError, match="re-run `nettrain calibrate` with the run's keys") as err:
+        build_cost_model(cfg, build_problem(cfg))
+    assert message in str(err.value)
+
+
+def test_cost_model_and_the_keys_it_replaces_are_not_given_together() -> None:
+    with pytest.raises(ConfigError, match=r"latency_s=0.001 would be ignored: remove it"):
+        load_config(overrides={"cost_model": "p.toml", "latency_s": 1e-3})
+    assert load_config(overrides={"cost_model": "p.toml"}).cost_model == "p.toml"
+
+
+def test_byte_counts_take_binary_suffixes() -> None:
+    assert [byte_count(t) for t in ("4096", "1k", "64M", "1G")] == [4096, 1024, 2**26, 2**30]
+
+
+def test_calibrate_measures_two_local_processes(tmp_path: Path, capfd, dim: int) -> None:
+    out = tmp_path / "profile.toml"
+    items = [f"{k}={v}" for k, v in KEYS.items()] + [f"master_port={free_port()}"]
+    args = ["calibrate", *items, "--out", str(out), "--max-bytes", "16M", "--repeats", "3"]
+    assert main(args) == 0
+    profile = load_profile(out)
+    assert profile.latency_s > 0 and profile.bandwidth_bytes_per_s > 0
+    assert profile.seconds_per_sample > 0 and profile.allreduce_s > 0
+    # up to 16 MB: on a loopback where a small message may take 2 ms, the largest sizes
+    # still take longer than that, so that the fit finds a bandwidth
+    assert profile.message_bytes == tuple(1024 * 2**i for i in range(15))
+    assert len(profile.one_way_s) == 15 and all(t > 0 for t in profile.one_way_s)
+    assert (profile.model, profile.batch, profile.d, profile.processes) == ("mlp", 4, dim, 2)
+    assert profile.repeats == 3 and profile.hidden == (8,)
+    shown = capfd.readouterr()  # the spawned processes' stderr too
+    assert "relative residual" in shown.out and "16,777,216" in shown.out
+    assert f"use it with cost_model={out}" in shown.out
+    assert "calibrate: ping-pong between ranks 0 and 1" in shown.err
+    assert "calibrate:   16,777,216 bytes:" in shown.err
+    cfg = load_config(overrides=KEYS | {"cost_model": str(out)})
+    cost = build_cost_model(cfg, build_problem(cfg))
+    assert dataclasses.astuple(cost.profile) == dataclasses.astuple(profile)
