@@ -111,6 +111,12 @@ def same_keys(records: list[dict[str, Any]], sim: list[dict[str, Any]]) -> None:
     assert all(set(BASE_KEYS) <= set(r) for r in sim)
     assert all(r[k] is None for r in sim for k in WALL_KEYS)
     assert all(r[k] is not None for r in records for k in WALL_KEYS)
+    assert all(r["predicted_over_measured"] is None for r in sim)
+    for r in records:  # the virtual clock's time over the training time measured
+        if r["virtual_time_s"] is None or not r["train_time_s"]:
+            assert r["predicted_over_measured"] is None
+        else:
+            assert r["predicted_over_measured"] == r["virtual_time_s"] / r["train_time_s"] > 0
 
 
 @pytest.mark.parametrize("name", list(DISTRIBUTED))

@@ -21,7 +21,10 @@ is None. The throughput of real processes (:attr:`Run.measured`, :data:`WALL_KEY
 ``round_wall_time_s``, the training wall time per round since the previous record;
 ``samples_per_s = samples / train_time_s``. They are None in the simulator, where one
 process computes every agent (its records are then the same, bit for bit, whenever
-the run is repeated or resumed; ``wall_time_s`` alone is measured). The asynchronous
+the run is repeated or resumed; ``wall_time_s`` alone is measured). Where a run has
+both, ``predicted_over_measured = virtual_time_s / train_time_s`` compares the virtual
+clock's prediction of the training time (calibrated with ``cost_model=``) with the
+time measured; it is None elsewhere and before anything has run. The asynchronous
 ``distributed`` run writes its records at the same rounds from every rank's state
 at that round, posted as each rank reaches it
 (:class:`~nettrain.engines.distributed.events.DistEvents`).
@@ -53,6 +56,7 @@ BASE_KEYS = (
     "round_wall_time_s",
     "samples",
     "samples_per_s",
+    "predicted_over_measured",
     "messages_total",
     "bytes_total",
     "messages_max_agent",
@@ -209,6 +213,7 @@ def _record(
         "round_wall_time_s": measured["round_wall_time_s"],
         "samples": traffic["samples"],
         "samples_per_s": measured["samples_per_s"],
+        "predicted_over_measured": _ratio(counters.clock, measured["train_time_s"]),
         **traffic,
         "train_loss": counters.train_loss if counters.round else None,  # none trained yet
         **judged.metrics(snap.x, snap.buffers),
@@ -217,6 +222,13 @@ def _record(
         record |= job.algorithm.diagnostics(snap.state)
     record |= snap.fields
     return record | centre_fields(job, snap.centre, snap.buffers)
+
+
+def _ratio(predicted: float | None, measured: float | None) -> float | None:
+    """``predicted / measured``; None where either is None or ``measured`` is not > 0."""
+    if predicted is None or measured is None or measured <= 0:
+        return None
+    return predicted / measured
 
 
 def _repeats(folder: RunFolder, record: dict[str, Any]) -> bool:
