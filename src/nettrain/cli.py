@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -118,7 +117,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         cfg = resumed_config(Path(args.resume), parse_overrides(args.items))
         if cfg.engine == "distributed" and os.environ.get("RANK") is None:
             extra = ["--resume", args.resume, *args.items]
-            return launch_torchrun(cfg.nproc or cfg.world_size, cfg, extra)
+            return launch_processes(cfg.nproc or cfg.world_size, cfg, extra)
         result = resume(args.resume, parse_overrides(args.items))
         if os.environ.get("RANK") not in (None, "0"):
             return 0
@@ -132,7 +131,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     rank = os.environ.get("RANK")
     if cfg.engine == "distributed" and rank is None:
         force = ["--force"] if args.force else []
-        return launch_torchrun(
+        return launch_processes(
             cfg.nproc or cfg.world_size, cfg, [*args.items, "--out", str(out), *force]
         )
     result = run(cfg, out)
@@ -143,29 +142,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def launch_torchrun(nproc: int, cfg: RunConfig, arguments: Sequence[str]) -> int:
-    """Run ``nettrain run ARGUMENTS`` in ``nproc`` local processes under torchrun.
+def launch_processes(nproc: int, cfg: RunConfig, arguments: Sequence[str]) -> int:
+    """Run ``nettrain run ARGUMENTS`` as ``nproc`` processes on this machine, meeting at
+    ``master_addr:master_port`` (:mod:`nettrain.engines.distributed.launch`); the first
+    non-zero exit status of a rank, else 0."""
+    from nettrain.engines.distributed.launch import launch_local
 
-    One thread per process (``OMP_NUM_THREADS=1``): the agents share this machine's
-    cores. Returns torchrun's exit status (non-zero when any rank failed).
-    """
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(nproc),
-        "--master-addr",
-        cfg.master_addr,
-        "--master-port",
-        str(cfg.master_port),
-        "-m",
-        "nettrain",
-        "run",
-        *arguments,
-    ]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, env=env, check=False).returncode
+    return launch_local(nproc, ["run", *arguments], cfg.master_addr, cfg.master_port)
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
@@ -182,8 +165,8 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     launch = "distributed" in engines and os.environ.get("RANK") is None
     if launch and args.jobs != 1:
         raise ConfigError(
-            f"--jobs {args.jobs}: engine=distributed runs launch one torchrun at a time, "
-            "each with its own processes; drop --jobs"
+            f"--jobs {args.jobs}: engine=distributed runs go one at a time, each with its "
+            "own processes; drop --jobs"
         )
     out = Path(args.out) if args.out else _default_out("compare")
 
@@ -199,7 +182,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         settings=items.settings,
         jobs=args.jobs,
         force=args.force,
-        execute=_torchrun_execute(args.force) if launch else None,
+        execute=_processes_execute(args.force) if launch else None,
         done=kept,
     )
     if not result.rows:
@@ -224,9 +207,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _torchrun_execute(force: bool) -> Callable[[RunConfig, Path], list[dict[str, Any]]]:
+def _processes_execute(force: bool) -> Callable[[RunConfig, Path], list[dict[str, Any]]]:
     """How ``nettrain compare engine=distributed`` runs one run: ``nettrain run`` of its
-    config (a JSON file) under its own torchrun; a failed launch raises NettrainError.
+    config (a JSON file) in processes of its own; a failed launch raises NettrainError.
     A run of another engine runs in this process."""
     import tempfile
 
@@ -241,11 +224,11 @@ def _torchrun_execute(force: bool) -> Callable[[RunConfig, Path], list[dict[str,
             path = Path(tmp) / "config.json"
             path.write_text(json.dumps(config_json(cfg.to_dict())))
             extra = ["--force"] if force else []
-            code = launch_torchrun(
+            code = launch_processes(
                 cfg.nproc or cfg.world_size, cfg, [str(path), "--out", str(folder), *extra]
             )
         if code != 0:
-            raise NettrainError(f"the run in {folder} failed (torchrun exit code {code})")
+            raise NettrainError(f"the run in {folder} failed (a process exited with {code})")
         return read_records(folder)
 
     return execute

@@ -27,7 +27,7 @@ import torch
 
 from engines.distributed.rpc_mailbox import Counted, Counts, Mailbox, Tally, payload_bytes
 from helpers import free_port, torchrun_command, wait_or_fail
-from nettrain.engines.distributed.rpc import default_rpc_port, rpc_session
+from nettrain.engines.distributed.rpc import default_rpc_port, plain, rpc_session
 from nettrain.errors import PeerError
 
 WORKER = Path(__file__).with_name("rpc_worker.py")
@@ -178,6 +178,32 @@ def test_one_rank_hosts_and_calls_itself_and_errors_are_clear(monkeypatch) -> No
     assert [s for s, _ in mailbox.kept()].count(0) == 10
     with pytest.raises(PeerError, match="rank 0: calling 'mailbox' on rank 0 after the rpc"):
         box.rpc_async("post", 0, torch.ones(1))
+
+
+class Leaky:
+    """Replies with an object of its own, which the pattern must not send back."""
+
+    def post(self, sender: int) -> object:
+        return Faulty()
+
+
+def test_calls_and_replies_carry_plain_values_only(monkeypatch) -> None:
+    """Tensors, numbers, strings and containers or dataclasses of them go through; any
+    other object is refused before it is sent, as an argument or as a reply."""
+    payload = Counts(1, 2)  # a dataclass of numbers, as a compressor's payload is
+    assert plain((1, 2.0, True, None, "s", [torch.ones(1)], {"k": (payload,)}, {3: 4}))
+    for bad in (Faulty(), lambda: 0, {object(): 1}, [Counts(1, Faulty())], Counts, b"bytes"):
+        assert not plain(bad)
+    monkeypatch.setenv("MASTER_PORT", str(free_port() - 1))
+    with rpc_session(0, 1, timeout_s=20) as session:
+        session.host("mailbox", Mailbox())
+        session.host("leaky", Leaky())
+        box = session.remote(0, "mailbox")
+        with pytest.raises(TypeError, match="calling 'mailbox' on rank 0 may carry only"):
+            box.rpc_async("post", 0, Faulty())
+        with pytest.raises(TypeError, match=r"(?s)the reply of leaky\.post may carry only"):
+            session.remote(0, "leaky").rpc_sync("post", 0)
+        assert box.rpc_sync("post", 0, torch.ones(2)) == 8
 
 
 def test_an_exception_inside_the_session_shuts_down_and_propagates(monkeypatch) -> None:

@@ -35,6 +35,13 @@ where the process group's store already holds it (checked with torch 2.13).
 :func:`rpc_session` therefore rendezvouses through its own URL scheme, handing
 ``init_rpc`` exactly the store chosen there.
 
+What crosses the wire: a call is the hosted object's name, the method's name and its
+arguments; a call and its reply carry only tensors (and dtypes), numbers, strings,
+None, and tuples, lists, dicts and dataclasses (a compressor's payload) of them
+(:func:`plain`, checked on both sides before anything is sent), never an object of
+the user's configuration.
+RPC itself authenticates no one and unpickles what arrives (docs/security.md).
+
 Shutdown: leaving the ``with`` block normally is a graceful ``rpc.shutdown``: it
 returns once every rank has left its block and every call in flight, anywhere, has
 finished, so the host may read its objects afterwards. It waits at most
@@ -51,6 +58,7 @@ start.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import threading
@@ -60,6 +68,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
+import torch
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
 from torch.distributed.rendezvous import register_rendezvous_handler
@@ -129,9 +138,38 @@ class _Registry:
 _registry = _Registry()
 
 
+PLAIN = (torch.Tensor, torch.dtype, bool, int, float, str, type(None))
+
+
+def plain(value: Any) -> bool:
+    """Whether ``value`` is what an rpc call or reply may carry: tensors (and dtypes),
+    numbers, strings, None, and tuples, lists, dicts (of string or integer keys) and dataclass
+    instances of them."""
+    if isinstance(value, PLAIN):
+        return True
+    if isinstance(value, (tuple, list)):
+        return all(plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and plain(v) for k, v in value.items())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return all(plain(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return False
+
+
+def check_plain(value: Any, what: str) -> Any:
+    """``value``, or a TypeError naming ``what`` if it is not :func:`plain`."""
+    if not plain(value):
+        raise TypeError(
+            f"{what} may carry only tensors, numbers, strings, None and containers or "
+            f"dataclasses of them, got {value!r:.200}"
+        )
+    return value
+
+
 def _invoke(name: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run on the host by RPC: ``obj.method(*args, **kwargs)`` for the object hosted as ``name``."""
-    return getattr(_registry.get(name), method)(*args, **kwargs)
+    reply = getattr(_registry.get(name), method)(*args, **kwargs)
+    return check_plain(reply, f"the reply of {name}.{method}")
 
 
 class Remote:
@@ -147,6 +185,7 @@ class Remote:
     def rpc_async(self, method: str, *args: Any, **kwargs: Any) -> Future[Any]:
         """Start ``obj.method(*args, **kwargs)`` on the owner; a future of its result."""
         self.session.check_open(self.what)
+        check_plain((args, kwargs), self.what)
         try:
             return rpc.rpc_async(self.worker, _invoke, args=(self.name, method, args, kwargs))
         except RuntimeError as err:

@@ -6,7 +6,9 @@ and gloo and TensorPipe pick an interface from the host name. A run on one machi
 the store's host binds its socket to ``master_addr`` itself and hands it over
 (``master_listen_fd``), and gloo and TensorPipe are pointed at the loopback
 interface (``GLOO_SOCKET_IFNAME``, ``TP_SOCKET_IFNAME``) unless the user set them.
-Set ``master_addr`` to an address other machines can reach to train across machines.
+Set ``master_addr`` to an address other machines can reach to train across machines;
+rank 0 then says once, on stderr, that the ports it opens authenticate no one
+(:func:`warn_if_reachable`, docs/security.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import sys
 from datetime import timedelta
 
 import torch.distributed as dist
@@ -33,6 +36,25 @@ def is_loopback(addr: str) -> bool:
         return False
 
 
+REACHABLE_WARNING = (
+    "nettrain: this run listens on {addr}, which other machines can reach. The rendezvous "
+    "store, gloo and the rpc pattern authenticate no one, and the rpc pattern unpickles what "
+    "peers send: whoever reaches these ports can join the run or run code in it. Run on a "
+    "private network or through a tunnel, with the ports closed to others (docs/security.md)"
+)
+_warned: set[str] = set()
+
+
+def warn_if_reachable(addr: str) -> bool:
+    """Say once per process and address, on stderr, that a run listening on ``addr``
+    (not loopback) is open to whoever reaches it; whether this call said it."""
+    if is_loopback(addr) or addr in _warned:
+        return False
+    _warned.add(addr)
+    print(REACHABLE_WARNING.format(addr=addr), file=sys.stderr, flush=True)
+    return True
+
+
 def keep_on_loopback(addr: str) -> None:
     """Point gloo and TensorPipe at the loopback interface when the run is local."""
     if is_loopback(addr) and os.path.exists(f"/sys/class/net/{LOOPBACK_INTERFACE}"):
@@ -46,6 +68,7 @@ def open_store(addr: str, port: int, world: int, host: bool, timeout_s: float) -
     timeout = timedelta(seconds=timeout_s)
     if not host:
         return dist.TCPStore(addr, port, world, False, timeout, wait_for_workers=False)
+    warn_if_reachable(addr)
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
