@@ -213,7 +213,9 @@ def _record(
         "round_wall_time_s": measured["round_wall_time_s"],
         "samples": traffic["samples"],
         "samples_per_s": measured["samples_per_s"],
-        "predicted_over_measured": _ratio(counters.clock, measured["train_time_s"]),
+        "predicted_over_measured": (
+            _ratio(counters.clock, measured["train_time_s"]) if counters.round else None
+        ),
         **traffic,
         "train_loss": counters.train_loss if counters.round else None,  # none trained yet
         **judged.metrics(snap.x, snap.buffers),
