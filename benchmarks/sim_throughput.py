@@ -303,10 +303,12 @@ def measure_scaling(n: int, settings: Settings, device: str = "cpu") -> dict[str
     """W1's round (D-PSGD on a Metropolis ring, MLP 64-32-10, batch 16) at ``n`` agents on
     synthetic data: seconds per round, the process's peak resident memory over building
     and running, and what that memory has to hold (the state ``x: (n, d)``, and one
-    chunk of the oracle: ``chunk x pass_bytes``)."""
+    chunk of the oracle: ``chunk x pass_bytes``). On CUDA the memory is the GPU's: the
+    peak PyTorch allocated there, less what it held before building."""
     case = CASES[0]
     reset_peak()
-    base = peak_memory()["peak_memory_mb"]
+    cpu = device == "cpu"
+    base = peak_memory()["peak_memory_mb"] if cpu else torch.cuda.memory_allocated() / 2**20
     data = on_device(synthetic(SCALING_SAMPLES_PER_AGENT * n), device)
     problem = make_problem(case, data)
     shards = partition(data.y_train, n, "iid", seed=SEED)
@@ -316,7 +318,7 @@ def measure_scaling(n: int, settings: Settings, device: str = "cpu") -> dict[str
     state_mb = sim.state.x.numel() * sim.state.x.element_size() / 2**20
     chunk = min(sim.oracle.chunk, n)
     chunk_mb = chunk * sim.oracle.pass_bytes() / 2**20
-    peak = peak_memory()["peak_memory_mb"]
+    peak = peak_memory()["peak_memory_mb" if cpu else "peak_cuda_memory_mb"]
     return {
         "n": n,
         "s_per_round": round(min(runs), 4),

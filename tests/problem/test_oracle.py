@@ -540,3 +540,29 @@ def test_a_keyed_forward_pass_leaves_the_dropout_layers_unkeyed() -> None:
         with pytest.raises(RuntimeError):
             problem.forward(x, inputs[:, :, :2], key=torch.tensor(5))  # wrong feature shape
     assert [layer.key for layer in problem.dropouts] == [None]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_run_starts_from_the_same_parameters_on_every_device() -> None:
+    """The initialisation draws on the CPU's generator whatever the model's device: the
+    same ``x0`` on the GPU as on the CPU, BatchNorm's statistics reset there too, and the
+    GPU's own generator left as it was."""
+    net = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 6, generator=gen), torch.randint(0, 3, (40,), generator=gen)
+    data = Dataset("toy", x, y, x[:10], y[:10], n_classes=3)
+    cpu = Problem(net, get_loss("cross_entropy"), Regularizer(), data)
+    x0 = cpu.initial_params(5)
+    gpu_net = net.to("cuda")
+    with torch.no_grad():
+        gpu_net[1].running_mean.fill_(7.0)  # statistics a re-initialisation must reset
+    on_cuda = {k: getattr(data, k).to("cuda") for k in ("x_train", "y_train", "x_test", "y_test")}
+    gpu = Problem(
+        gpu_net, get_loss("cross_entropy"), Regularizer(), Dataset("toy", **on_cuda, n_classes=3)
+    )
+    state = torch.cuda.get_rng_state()
+    x0_gpu = gpu.initial_params(5)
+    assert x0_gpu.device.type == "cuda"
+    torch.testing.assert_close(x0_gpu.cpu(), x0, rtol=0, atol=0)
+    assert float(gpu_net[1].running_mean.abs().max()) == 0.0
+    assert torch.equal(torch.cuda.get_rng_state(), state)

@@ -23,6 +23,7 @@ on the data's device; the oracle keeps only each agent's count ``k`` of batches 
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -128,15 +129,24 @@ class Problem:
         (``reinitialise=False``: the template's own parameters, e.g. pretrained ones).
 
         Re-initialising also resets the template's buffers (BatchNorm's statistics), the
-        agents' starting buffers. The global RNG is forked, so seeding here leaves the
-        caller's stream untouched.
+        agents' starting buffers. It draws on the CPU's generator whatever the model's
+        device, so a run starts from the same parameters on every device (a GPU's
+        generator gives other numbers for the same seed); that generator is forked, so
+        seeding here leaves the caller's streams untouched.
         """
         if reinitialise:
+            tensors = self.model.state_dict(keep_vars=True)
+            on_cpu = all(t.device.type == "cpu" for t in tensors.values())
+            model = self.model if on_cpu else copy.deepcopy(self.model).cpu()
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                for module in self.model.modules():
+                torch.random.default_generator.manual_seed(seed)
+                for module in model.modules():
                     if hasattr(module, "reset_parameters"):
                         module.reset_parameters()
+            if model is not self.model:
+                with torch.no_grad():
+                    for name, value in model.state_dict().items():
+                        tensors[name].copy_(value)
         return self.spec.flatten(self.model).clone()
 
     def forward(
