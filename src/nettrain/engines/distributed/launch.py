@@ -10,18 +10,21 @@ its own store on every interface, so a run on one machine does not go through it
 Every process runs to its end: a rank that dies does not take the others down, so an
 asynchronous run carries on without a dead worker (the engine names it in
 ``crashed_ranks``) and a synchronous one stops with the engine's error naming it. The
-exit status is the first non-zero status of a rank, else 0. Ctrl-C (SIGINT) reaches
-every process; they get ``GRACE_S`` seconds to stop before they are killed.
+exit status is the first non-zero status of a rank, else 0. SIGINT and SIGTERM sent to
+the launcher are passed on to every process still running.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
-GRACE_S = 10.0
+FORWARDED = (signal.SIGINT, signal.SIGTERM)
 
 
 def rank_environment(rank: int, nproc: int, master_addr: str, master_port: int) -> dict[str, str]:
@@ -45,17 +48,17 @@ def launch_local(nproc: int, arguments: Sequence[str], master_addr: str, master_
         subprocess.Popen(command, env=rank_environment(r, nproc, master_addr, master_port))
         for r in range(nproc)
     ]
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    main = threading.current_thread() is threading.main_thread()  # where handlers may be set
+    before = {s: signal.signal(s, forward) for s in FORWARDED} if main else {}
     try:
         codes = [p.wait() for p in processes]
-    except KeyboardInterrupt:  # the terminal sent SIGINT to every process already
-        codes = [_stop(p) for p in processes]
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
     return next((c for c in codes if c != 0), 0)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> int:
-    """Its exit status, once it has stopped: within ``GRACE_S``, or killed."""
-    try:
-        return process.wait(GRACE_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
