@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nettrain.engines.distributed.store import keep_on_loopback, open_store
+from nettrain.engines.distributed.store import hosts_store, keep_on_loopback, open_store
 from nettrain.errors import ConfigError, PeerError
 
 POLL_S = 0.05  # how often the spawning process looks at its processes
@@ -167,9 +167,7 @@ def launched_group(rank: int, world: int, timeout_s: float) -> Iterator[None]:
             f"WORLD_SIZE={world}: the link is measured between two processes; launch 2 or more"
         )
     addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"])
-    # torchrun's agent hosts the store; launched otherwise, rank 0 does.
-    host = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
-    with process_group(rank, world, addr, port, timeout_s, host):
+    with process_group(rank, world, addr, port, timeout_s, hosts_store(rank)):
         yield
 
 

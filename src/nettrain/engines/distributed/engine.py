@@ -39,7 +39,12 @@ from nettrain.engines.distributed.liveness import Heartbeat, silent_ranks
 from nettrain.engines.distributed.placement import Placement
 from nettrain.engines.distributed.rounds import run_rounds, servers_round
 from nettrain.engines.distributed.rpc import RpcSession, rpc_session
-from nettrain.engines.distributed.store import keep_on_loopback, open_store, warn_if_reachable
+from nettrain.engines.distributed.store import (
+    hosts_store,
+    keep_on_loopback,
+    open_store,
+    warn_if_reachable,
+)
 from nettrain.errors import ConfigError, DivergenceError, FaultError, PeerError
 from nettrain.problem.flat import block_slices
 from nettrain.recording import RunFolder
@@ -153,8 +158,7 @@ class DistributedEngine:
         timeout = timedelta(seconds=self.timeout_s)
         addr = os.environ.get("MASTER_ADDR", self.master_addr)
         port = int(os.environ.get("MASTER_PORT", self.master_port))
-        # torchrun's agent hosts the store; launched otherwise, rank 0 does.
-        hosted = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+        hosted = hosts_store(rank)
         keep_on_loopback(addr)
         if rank == 0:  # torchrun's agent may host the store: rank 0 warns all the same
             warn_if_reachable(addr)

@@ -55,6 +55,12 @@ def warn_if_reachable(addr: str) -> bool:
     return True
 
 
+def hosts_store(rank: int) -> bool:
+    """Whether rank ``rank`` hosts the rendezvous store: rank 0, unless torchrun's agent
+    hosts it (``TORCHELASTIC_USE_AGENT_STORE=True``)."""
+    return rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+
+
 def keep_on_loopback(addr: str) -> None:
     """Point gloo and TensorPipe at the loopback interface when the run is local."""
     if is_loopback(addr) and os.path.exists(f"/sys/class/net/{LOOPBACK_INTERFACE}"):
