@@ -613,12 +613,6 @@ class RunConfig:
                     )
                 )
             Placement.parse(self.placement, self.agents, self.nproc - servers)
-        if asynchronous and self.checkpoint_every and self.engine != "sim":
-            raise ConfigError(
-                f"algorithm={self.algorithm} is asynchronous: its runs are checkpointed in "
-                "engine=sim only (processes never stop at one round together); set "
-                "checkpoint_every=0"
-            )
         if asynchronous and self.engine == "distributed" and self.blocking:
             raise ConfigError(
                 "blocking=true runs in engine=sim only; the distributed SwarmSGD is "

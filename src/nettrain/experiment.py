@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nettrain.algorithms import Method, algorithm_name
+from nettrain.algorithms import Method, algorithm_name, resolve
 from nettrain.checkpoint import Checkpoint
 from nettrain.config import (
     FIELDS,
@@ -36,6 +36,7 @@ from nettrain.config import (
 from nettrain.data import Dataset, load_dataset, partition
 from nettrain.engines.base import Engine, Job
 from nettrain.engines.distributed.engine import DistributedEngine
+from nettrain.engines.distributed.snapshots import Snapshots
 from nettrain.engines.shared_memory.engine import SharedMemoryEngine
 from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.engine import SimEngine
@@ -49,7 +50,7 @@ from nettrain.problem.flat import matmul_flops_per_sample
 from nettrain.problem.losses import LOSSES, Regularizer, get_loss, per_sample
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
-from nettrain.recording import RunFolder, config_json, read_config, summarize
+from nettrain.recording import RunFolder, config_json, read_config, read_records, summarize
 from nettrain.report.plots import HEADLINE, X_AXES, plot_runs
 from nettrain.report.tables import write_csv
 from nettrain.reporting import describe_runs
@@ -255,7 +256,7 @@ def method_keys(cfg: RunConfig, algorithm: Method) -> dict[str, Any]:
 def run(
     config: RunConfig | Mapping[str, Any] | str | Path | None = None,
     out: str | Path | None = None,
-    checkpoint: Checkpoint | None = None,
+    checkpoint: Checkpoint | Snapshots | None = None,
     *,
     model: nn.Module | None = None,
     data: Dataset | None = None,
@@ -280,7 +281,7 @@ def run(
     # Only the main process of a multi-process engine writes the run folder.
     keep = checkpoint.records if checkpoint is not None else None
     main = getattr(engine, "is_main", True)
-    folder = RunFolder(out if main else None, keep=keep, tensorboard=cfg.tensorboard)
+    folder = RunFolder(out if main else None, keep=keep, tensorboard=cfg.tensorboard, home=out)
     try:
         given = described(cfg, job, model, data, loss, algorithm)
         config = cfg.to_dict() | given
@@ -387,11 +388,14 @@ def resume(
     loss: Callable[..., torch.Tensor] | None = None,
     algorithm: Method | None = None,
 ) -> Result:
-    """Continue the run in folder ``out`` from its ``checkpoint.pt``.
+    """Continue the run in folder ``out`` from its ``checkpoint.pt`` (an asynchronous
+    method under ``engine=distributed``: from every rank's own snapshot, see
+    :mod:`nettrain.engines.distributed.snapshots`).
 
     ``overrides`` may change anything but what defines the problem and the state
     (:data:`~nettrain.config.FROZEN_ON_RESUME`), e.g. a larger ``rounds``. With no change
-    but ``rounds``, the final parameters equal those of an uninterrupted run. A run of
+    but ``rounds``, the final parameters equal those of an uninterrupted run (but for
+    the asynchronous distributed runs, whose processes never repeat their timing). A run of
     the user's own objects is resumed with the same objects (the data's hash is checked).
     """
     folder = Path(out)
@@ -403,13 +407,22 @@ def resume(
             f"the data given differ from the run's in {folder} (another sha256); resume "
             "with the same data"
         )
-    checkpoint = Checkpoint.load(folder)
+    checkpoint = resume_point(folder, cfg)
     if checkpoint.round >= cfg.rounds:
         raise ConfigError(
             f"the checkpoint is at round {checkpoint.round} and rounds={cfg.rounds}: "
             f"nothing left to run; resume with rounds= larger than {checkpoint.round}"
         )
     return run(cfg, folder, checkpoint, algorithm=algorithm, **objects)
+
+
+def resume_point(folder: Path, cfg: RunConfig) -> Checkpoint | Snapshots:
+    """Where the run in ``folder`` goes on from: its ``checkpoint.pt``, or for an
+    asynchronous method under ``engine=distributed``, every rank's own snapshot."""
+    if cfg.engine == "distributed" and resolve(cfg.algorithm).schedule == "events":
+        rounds = [r["round"] for r in read_records(folder)]
+        return Snapshots.read(folder, cfg.world_size, rounds)
+    return Checkpoint.load(folder)
 
 
 def resumed_config(

@@ -90,12 +90,19 @@ class RunFolder:
     """Where a run writes what it produces; ``path=None`` keeps records in memory."""
 
     def __init__(
-        self, path: str | Path | None, keep: int | None = None, tensorboard: bool = False
+        self,
+        path: str | Path | None,
+        keep: int | None = None,
+        tensorboard: bool = False,
+        home: str | Path | None = None,
     ) -> None:
         """A fresh folder, or with ``keep``, an existing one whose first ``keep`` records stay
         (a resumed run drops the records written after its checkpoint). ``tensorboard``:
-        also write TensorBoard event files, if the tensorboard package is installed."""
+        also write TensorBoard event files, if the tensorboard package is installed.
+        ``home``: the run folder on every process of a run, also those that do not write
+        its records (``path`` None); each writes its own snapshots there (default: ``path``)."""
         self.path = Path(path) if path is not None else None
+        self.home = Path(home) if home is not None else self.path
         self.records: list[dict[str, Any]] = []
         self.board: board.Board | None = None
         if self.path is None:

@@ -15,6 +15,11 @@ adds up their changes; a worker already at round ``r + 1`` waits (on the shard's
 condition variable, on an rpc thread) until all ``n`` exchanges of round ``r`` are in.
 So the result is the simulator's whatever the arrival order, up to the order of a
 floating-point sum.
+
+Asynchronous exchanges of a resumed distributed run carry the worker's event number
+``seq`` (:mod:`~nettrain.engines.distributed.snapshots`): a shard answers ``None`` to
+one it applied already (before the crash the worker resumed from), so that no
+exchange is applied twice.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class CentreShard:
         self.version = 0  # exchanges applied
         self.seen = [0] * n_workers  # version after each worker's last exchange
         self.applied: Counter[int] = Counter()  # exchanges applied, by worker
+        self.last: dict[int, int] = {}  # the event number of each worker's last exchange
         self.sync_round, self._arrived, self._base = 0, 0, self.rows.clone()
         self.finished = threading.Event()
 
@@ -67,13 +73,28 @@ class CentreShard:
                 self._cond.notify_all()
             return reply, self._count(worker)
 
+    def exchange_once(
+        self, worker: int, seq: int, sent: torch.Tensor
+    ) -> tuple[torch.Tensor, int] | None:
+        """:meth:`exchange` of ``worker``'s exchange number ``seq``; None (and no change)
+        where it was applied already."""
+        with self._cond:
+            if seq <= self.last.get(worker, -1):
+                return None
+            self.last[worker] = seq
+            return self.exchange(worker, sent)
+
     def exchange_rows(
-        self, workers: list[int], round: int | None, sent: torch.Tensor
-    ) -> list[tuple[torch.Tensor, int]]:
+        self, workers: list[int], round: int | None, sent: torch.Tensor, seq: int | None = None
+    ) -> list[tuple[torch.Tensor, int] | None]:
         """The exchanges of several workers of one process, ``sent: (k, d_s)``, in order:
-        :meth:`exchange` each, or :meth:`exchange_sync` of ``round`` when it is given."""
+        :meth:`exchange` each (:meth:`exchange_once` with ``seq``), or
+        :meth:`exchange_sync` of ``round`` when it is given."""
         if round is None:
-            return [self.exchange(w, s) for w, s in zip(workers, sent, strict=True)]
+            pairs = zip(workers, sent, strict=True)
+            if seq is not None:
+                return [self.exchange_once(w, seq, s) for w, s in pairs]
+            return [self.exchange(w, s) for w, s in pairs]
         return [self.exchange_sync(w, round, s) for w, s in zip(workers, sent, strict=True)]
 
     def _count(self, worker: int) -> int:
@@ -104,6 +125,7 @@ class CentreShard:
                 "version": self.version,
                 "seen": list(self.seen),
                 "applied": dict(self.applied),
+                "last": dict(self.last),
                 "sync_round": self.sync_round,
             }
 
@@ -111,7 +133,7 @@ class CentreShard:
         with self._cond:
             self.rows, self._base = saved["rows"].clone(), saved["rows"].clone()
             self.version, self.seen = saved["version"], list(saved["seen"])
-            self.applied = Counter(saved["applied"])
+            self.applied, self.last = Counter(saved["applied"]), dict(saved.get("last", {}))
             self.sync_round, self._arrived = saved["sync_round"], 0
 
     def finish(self) -> None:

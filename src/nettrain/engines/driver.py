@@ -102,6 +102,17 @@ class Snapshot:
     job: Job | None = None
 
 
+class ResumePoint(Protocol):
+    """Where a resumed run goes on from (a :class:`Checkpoint`, or the snapshots of an
+    asynchronous distributed run): its round and the wall time spent before it."""
+
+    @property
+    def round(self) -> int: ...
+
+    @property
+    def wall_time_s(self) -> float: ...
+
+
 class Run(Protocol):
     """What an engine supplies to :func:`drive`."""
 
@@ -132,7 +143,7 @@ def drive(
     job: Job,
     folder: RunFolder,
     run: Run,
-    resume: Checkpoint | None = None,
+    resume: ResumePoint | None = None,
     start: float | None = None,
     timeline: Timeline | None = None,
 ) -> None:
@@ -156,7 +167,7 @@ def drive(
     with progress_bar(job.rounds, run.label, job.progress and run.main) as bar:
         done = first
         bar(done, "")
-        for stop in sorted(r for r in evals | saves if r > first or r == first == 0):
+        for stop in sorted(r for r in evals | saves if r > first or (r == 0 and resume is None)):
             for tick in run.advance(stop):
                 if tick.loss is not None:
                     at = tick.done - 1 if tick.at is None else tick.at

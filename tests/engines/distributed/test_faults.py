@@ -20,12 +20,8 @@ one launch where nothing dies) with the launcher's environment.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -34,7 +30,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from helpers import free_port
+from engines.distributed import processes
+from engines.distributed.processes import Launch, spec
 from nettrain.algorithms.swarm import SwarmSGD
 from nettrain.engines.distributed.finish import Finish, Verdict, read_verdict
 from nettrain.engines.distributed.gossip import Peer
@@ -46,53 +43,19 @@ from nettrain.faults import Faults, parse_crashes, parse_split
 N = 4
 TIMEOUT_S = 10
 ROUNDS = 40
-WORKER = Path(__file__).with_name("fault_worker.py")
 COMMON = [f"agents={N}", "hidden=8", "batch_size=8", "progress=false", f"timeout_s={TIMEOUT_S}"]
 COMMON += ["eval_every=25"]
 ABORT = "terminate called"  # gloo's or TensorPipe's abort at exit
 
 
-@dataclass
-class Launch:
-    """``world`` worker processes, one log each."""
-
-    procs: list[subprocess.Popen]
-    logs: list[Path]
-
-    def text(self, rank: int) -> str:
-        return self.logs[rank].read_text()
-
-    def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-
-
 def run_spec(out: Path, *items: str) -> str:
     """One run of the worker: ``nettrain run engine=distributed`` into ``out``."""
-    args = ["run", "engine=distributed", *COMMON, *items, "--out", str(out)]
-    return json.dumps({"port": free_port(), "args": args})
+    return spec("run", "engine=distributed", *COMMON, *items, "--out", str(out))
 
 
 def launch(folder: Path, runs: list[str], world: int = N, kill: str | None = None) -> Launch:
     """Start ``world`` processes of the worker with ``runs``; ``kill``: ``RANK:EVENT``."""
-    procs, logs = [], []
-    for rank in range(world):
-        env = os.environ | {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "OMP_NUM_THREADS": "1",
-        }
-        if kill is not None:
-            env["KILL_AT"] = kill
-        logs.append(folder / f"rank{rank}.log")
-        with open(logs[-1], "wb") as sink:
-            command = [sys.executable, str(WORKER), *runs]
-            procs.append(subprocess.Popen(command, env=env, stdout=sink, stderr=sink))
-    return Launch(procs, logs)
+    return processes.launch(folder, runs, world, kill)
 
 
 def records_of(out: Path) -> list[dict[str, Any]]:

@@ -40,7 +40,9 @@ its reference (``swap``) or what it sent (``centre_exchange``). A gossip partner
 rpc fails is a lost request too; if its heartbeat has stopped as well (the process is
 dead, :mod:`.liveness`) it joins :attr:`dead` and is never called again, while a slow
 but live partner is called again at its next draw. The parameter servers must not
-die: a failed call to one raises.
+die: a failed call to one raises. Each asynchronous exchange carries :attr:`seq`, the
+engine's event number: after a resume, an exchange the partner (or a server) answered
+before the crash is refused and counted in :attr:`replayed` (:mod:`.snapshots`).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from nettrain.compression import Identity
 from nettrain.compression.payloads import cat_rows, pack, take_rows, unpack
 from nettrain.engines.coded import decode_mean, decode_mix
 from nettrain.engines.distributed.buckets import BucketedMean
+from nettrain.engines.distributed.gossip import REPLAYED
 from nettrain.engines.distributed.halo import Halo
 from nettrain.engines.distributed.liveness import beating
 from nettrain.engines.distributed.placement import Placement
@@ -144,11 +147,13 @@ class DistCommunicator(Communicator):
         self.server_ranks = [placement.processes + s for s in range(len(self._slices))]
         self.sync_rounds = sync_round  # synchronous centre exchanges made: the servers' next
         self.staleness: Counter[int] = Counter()  # of this process's centre exchanges
-        # asynchronous exchanges: requests that reached each partner (a centre exchange
-        # counts under this rank), exchanges that lost their request or their reply,
-        # ranks found dead, and wall seconds spent waiting for other processes
+        # asynchronous exchanges: requests that reached each partner (or server rank),
+        # exchanges that lost their request or their reply, ranks found dead, and wall
+        # seconds spent waiting for other processes
         self.delivered: Counter[int] = Counter()
         self.lost = 0
+        self.seq: int | None = None  # the event number of the next asynchronous exchange
+        self.replayed = 0  # exchanges refused as answered before a resumed crash
         self.dead: set[int] = set()
         self.talk_s = 0.0
         # with a timeline: the (kind, start, end) perf_counter intervals of sending (posting
@@ -320,12 +325,16 @@ class DistCommunicator(Communicator):
         if not request_lost and partner not in self.dead:
             begin = time.perf_counter()
             try:
-                reply = self.rpc.remote(partner, "peer").rpc_sync("exchange", me, payload)
+                call = self.rpc.remote(partner, "peer")
+                reply = call.rpc_sync("exchange", me, payload, self.seq)
             except PeerError:  # no answer within timeout_s: dead, or alive but slow
                 store = self.rpc.store
                 if store is None or not beating(store, partner):
                     self.dead.add(partner)
             self.count_wait(begin)
+        if isinstance(reply, str) and reply == REPLAYED:
+            self.replayed += 1
+            return ref.clone()
         if reply is not None:  # None: the partner is down and refused the request
             self.delivered[partner] += 1
         if reply is None or reply_lost:
@@ -373,18 +382,26 @@ class DistCommunicator(Communicator):
         ids = workers[kept.to(workers.device)].tolist()
         begin = time.perf_counter()
         head = (ids, self.sync_rounds) if synchronous else (ids, None)
-        calls = []
+        calls, kept_sent = [], sent[kept.to(sent.device)]
         for owner, cols in zip(self.server_ranks, self._slices, strict=True):
-            slices = sent[kept.to(sent.device), cols].contiguous()  # the wire carries the slice
+            slices = kept_sent[:, cols].contiguous()  # the wire carries the slice
             self._count_wire(1, slices.numel() * slices.element_size())
-            calls.append(self.rpc.remote(owner, "centre").rpc_async("exchange_rows", *head, slices))
+            rows = self.rpc.remote(owner, "centre")
+            calls.append(rows.rpc_async("exchange_rows", *head, slices, self.seq))
         self.sync_rounds += synchronous
         answers = self.rpc.wait(calls, "the exchange with the parameter servers")
         self.count_wait(begin)
         for k in range(len(ids)):
-            self.staleness[max(served[k][1] for served in answers)] += 1
-        self.delivered[self.rank] += len(ids)
-        replies = torch.cat([torch.stack([r for r, _ in served]) for served in answers], 1)
+            served = [a[k] for a in answers if a[k] is not None]
+            if served:
+                self.staleness[max(stale for _, stale in served)] += 1
+        blocks = []  # each server's slice of the replies; sent where it refused a replay
+        for owner, cols, served in zip(self.server_ranks, self._slices, answers, strict=True):
+            self.delivered[owner] += sum(a is not None for a in served)
+            self.replayed += sum(a is None for a in served)
+            rows = [kept_sent[k, cols] if a is None else a[0] for k, a in enumerate(served)]
+            blocks.append(torch.stack(rows))
+        replies = torch.cat(blocks, 1)
         answered = kept[~reply[kept]].to(sent.device)
         out[answered] = replies[~reply[kept].to(replies.device)].to(out.dtype)
         return out

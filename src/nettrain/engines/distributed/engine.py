@@ -39,6 +39,7 @@ from nettrain.engines.distributed.liveness import Heartbeat, silent_ranks
 from nettrain.engines.distributed.placement import Placement
 from nettrain.engines.distributed.rounds import run_rounds, servers_round
 from nettrain.engines.distributed.rpc import RpcSession, rpc_session
+from nettrain.engines.distributed.snapshots import Snapshots, write_snapshot
 from nettrain.engines.distributed.store import (
     hosts_store,
     keep_on_loopback,
@@ -182,10 +183,13 @@ class DistributedEngine:
                 dist.barrier()  # without it gloo may abort a peer still in its last call
             dist.destroy_process_group()
 
-    def run(self, job: Job, folder: RunFolder, resume: Checkpoint | None = None) -> RunResult:
+    def run(
+        self, job: Job, folder: RunFolder, resume: Checkpoint | Snapshots | None = None
+    ) -> RunResult:
         """Run this rank's part: its agents, or parameter server ``RANK - P``.
 
-        With ``resume`` (synchronous algorithms only), continue from that checkpoint's
+        With ``resume``, continue: an asynchronous algorithm from every rank's own
+        snapshot (:class:`~.snapshots.Snapshots`), a synchronous one from the checkpoint's
         round. Every rank is given the same :class:`Checkpoint`, the one the simulator
         writes, with every agent's rows: each process loads ``checkpoint.pt`` from the run
         folder itself (:func:`nettrain.experiment.resume`), so on several machines the run
@@ -194,12 +198,14 @@ class DistributedEngine:
         its slice of the centre back. See :func:`~.rounds.run_rounds` for what is saved.
         """
         check_engine(self.name, job.algorithm)
-        if resume is not None and job.algorithm.schedule == "events":
-            raise ConfigError(
-                f"algorithm={job.algorithm.name} is asynchronous: its processes never stop at "
-                "one round together, so engine=distributed cannot resume it; use engine=sim"
-            )
         algo, n = job.algorithm, job.n_agents
+        snapshots = resume if isinstance(resume, Snapshots) else None
+        if (snapshots is not None) != (resume is not None and algo.schedule == "events"):
+            kind = "asynchronous" if algo.schedule == "events" else "synchronous"
+            raise ConfigError(
+                f"algorithm={algo.name} is {kind}: resume it from "
+                + ("every rank's snapshots" if kind == "asynchronous" else "a checkpoint.pt")
+            )
         servers = algo.servers if algo.uses_centre else 0
         placement = self._placement(job, servers)
         p = placement.processes
@@ -224,7 +230,7 @@ class DistributedEngine:
                 assert session is not None
                 watched = store if store is not None else session.store  # the caller's group
                 assert watched is not None
-                return self._serve(job, rank - p, session, watched)
+                return self._serve(job, rank - p, session, watched, folder, snapshots)
             slices = block_slices(job.problem.dim, servers) if servers else None
             comm = DistCommunicator(
                 job.topology,
@@ -232,25 +238,39 @@ class DistributedEngine:
                 group,
                 rpc=session,
                 servers=slices,
-                sync_round=servers_round(resume),
+                sync_round=servers_round(None if snapshots else resume),
             )
             try:
                 if algo.schedule != "events":
+                    assert not isinstance(resume, Snapshots)
                     return run_rounds(job, folder, rank, comm, resume)
                 with ExitStack() as beating:
                     if store is None:  # the caller owns the group: beat from here
                         assert session is not None and session.store is not None
                         beating.enter_context(Heartbeat(session.store, rank))
                     try:
-                        return run_events(job, folder, rank, comm, self.timeout_s)
+                        return run_events(job, folder, rank, comm, self.timeout_s, snapshots)
                     finally:  # a rank died: leave without the final barrier
                         self._someone_died = session is not None and not session.graceful
             finally:
                 if servers and rank == 0:  # the servers may leave, even after a failure
                     release_servers(comm, p, servers)
 
-    def _serve(self, job: Job, shard: int, session: RpcSession, store: dist.Store) -> RunResult:
+    def _serve(
+        self,
+        job: Job,
+        shard: int,
+        session: RpcSession,
+        store: dist.Store,
+        folder: RunFolder,
+        resume: Snapshots | None,
+    ) -> RunResult:
         """Parameter server ``shard``: host its slice until rank 0 says the run is over.
+
+        Serving an asynchronous method with ``checkpoint_every=K``, it writes its slice
+        as a snapshot (:mod:`.snapshots`) whenever ``n K / tau`` exchanges (as many as the
+        workers make between two of their own snapshots) were applied since the last, and
+        at the end; ``resume`` starts it from its last.
 
         While it waits it watches rank 0's heartbeat: if it stops for ``timeout_s``, the
         run is gone and the server fails instead of waiting forever. After an
@@ -261,13 +281,34 @@ class DistributedEngine:
         algo = job.algorithm
         cols = block_slices(job.problem.dim, algo.servers)[shard]
         centre = CentreShard(algo, shard_rows(job.x0, algo, cols), job.n_agents, self.timeout_s)
+        rank, began = job.n_agents + shard, time.perf_counter()
+        if resume is not None:
+            centre.load_state_dict(resume.load(rank)["shard"])
+            began -= resume.wall_time_s
         session.host("centre", centre)
-        silence = Silence(store)
+        every = 0  # exchanges between two snapshots; 0: none
+        if job.checkpoint_every and algo.schedule == "events" and folder.home is not None:
+            every = max(1, job.n_agents * job.checkpoint_every // algo.local_steps)
+
+        def snapshot() -> None:
+            saved = {"shard": centre.state_dict()}
+            entry = {"server": shard, "version": saved["shard"]["version"]}
+            assert folder.home is not None
+            write_snapshot(
+                folder.home, rank, saved, entry | {"wall_time_s": time.perf_counter() - began}
+            )
+
+        written, silence = centre.version, Silence(store)
         while not centre.finished.wait(0.5):
             if silence.seconds(0) > self.timeout_s:
                 raise PeerError(
                     f"parameter server {shard}: rank 0 stopped responding for {self.timeout_s} s"
                 )
+            if every and centre.version >= written + every:
+                written = centre.version
+                snapshot()
+        if every:
+            snapshot()
         if algo.schedule == "events":
             try:
                 verdict = read_verdict(store, events_prefix(session.serial))

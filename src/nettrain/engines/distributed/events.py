@@ -24,6 +24,9 @@ records name the dead ranks (``crashed_ranks``) and evaluate the survivors' mode
 (a dead rank's last model is gone with it); rank 0 returns those rows, the others their
 own row. Where a rank died, this rank's rpc session is left without waiting for
 everyone (``session.graceful`` is False).
+
+With ``checkpoint_every=K`` each rank writes its own snapshot every ``K`` of its rounds
+(:mod:`.snapshots`), and a run resumed from them goes on from each rank's own.
 """
 
 from __future__ import annotations
@@ -32,15 +35,18 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 
 from nettrain.algorithms.base import AsyncAlgorithm, GossipAlgorithm
+from nettrain.checkpoint import load_state, state_dict
 from nettrain.engines.base import Job, RunResult, check_finite, declared, staleness_fields
 from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.finish import DEAD_AFTER_S, Finish, events_prefix
 from nettrain.engines.distributed.gossip import Peer
+from nettrain.engines.distributed.snapshots import Snapshots, crash_offsets, write_snapshot
 from nettrain.engines.draws import Draws
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.states import stack_buffers, stack_states
@@ -53,13 +59,19 @@ from nettrain.wrappers import losing
 
 
 def run_events(
-    job: Job, folder: RunFolder, rank: int, comm: DistCommunicator, timeout_s: float
+    job: Job,
+    folder: RunFolder,
+    rank: int,
+    comm: DistCommunicator,
+    timeout_s: float,
+    resume: Snapshots | None = None,
 ) -> RunResult:
     """An asynchronous algorithm: this rank's events (module docstring), records every
-    ``eval_every`` rounds (:class:`DistEvents`) and the end."""
+    ``eval_every`` rounds (:class:`DistEvents`) and the end; with ``resume``, from this
+    rank's snapshot."""
     start = time.perf_counter()
-    events = DistEvents(job, rank, comm, timeout_s)
-    drive(job, folder, events, start=start)
+    events = DistEvents(job, rank, comm, timeout_s, folder.home, resume)
+    drive(job, folder, events, resume=resume, start=start)
     if events.timelines is not None:  # rank 0: every survivor's intervals
         folder.write_timeline(events.timelines)
     if events.record is None:
@@ -82,11 +94,22 @@ class DistEvents:
     record is written at the end, once the survivors' final states are in; only it
     carries the audit of the exchanges (``interactions_answered``,
     ``interactions_unmatched``, ``exchanges_unmatched``), which needs nothing in flight.
-    No record is written after a rank diverged (the run then ends with its error)."""
+    No record is written after a rank diverged (the run then ends with its error).
+
+    ``home``: the run folder, where :meth:`checkpoint` writes this rank's snapshot (None:
+    none); ``resume``: the snapshots to go on from (:mod:`.snapshots`)."""
 
     measured = True
 
-    def __init__(self, job: Job, rank: int, comm: DistCommunicator, timeout_s: float) -> None:
+    def __init__(
+        self,
+        job: Job,
+        rank: int,
+        comm: DistCommunicator,
+        timeout_s: float,
+        home: Path | None = None,
+        resume: Snapshots | None = None,
+    ) -> None:
         algo = cast(AsyncAlgorithm, job.algorithm)  # schedule "events" (engine.run)
         assert comm.rpc is not None
         n, session, faults = job.n_agents, comm.rpc, job.fault_spec
@@ -126,6 +149,34 @@ class DistEvents:
         self.timelines: list[dict[str, Any]] | None = None
         if self.timeline is not None:
             comm.talks, self.timeline.origin = [], time.perf_counter()
+        self.home, self.began = home, time.perf_counter()
+        # [j, i]: exchanges of initiator i with j (an agent, or server rank n + s) that the
+        # snapshots of a resumed run disagree on (lost at the crash), for the audit
+        servers = len(comm.server_ranks)
+        self.offsets = torch.zeros(n + servers, n, dtype=torch.int64)
+        self.resumed = resume is not None
+        if resume is not None:
+            self.began -= resume.wall_time_s
+            self._restore(resume.load(rank))
+            if self.main:
+                self.offsets = crash_offsets(resume, n, servers)
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        """Go on from this rank's snapshot (:meth:`checkpoint`)."""
+        comm, counters = self.comm, saved["counters"]
+        self.state = load_state(self.state, saved["state"])
+        self.oracle.load_local_state(saved["oracle"])
+        self.draws.load_state_dict(saved["draws"])
+        self.generator.set_state(saved["generator"])
+        if self.peer is not None:
+            self.peer.load_state(saved["peer"], self.state.x[0])
+        comm.delivered, comm.lost = Counter(saved["comm"]["delivered"]), saved["comm"]["lost"]
+        comm.staleness = Counter(saved["comm"]["staleness"])
+        self.e, self.made, self.busy_s = counters["e"], counters["made"], counters["busy_s"]
+        self.loss_sum, self.loss_count = counters["loss_sum"], counters["loss_count"]
+        self.work = counters["work"].clone()
+        self.oracle.meter.reset()  # the start's work was counted before the snapshot
+        comm.traffic.reset()
 
     def advance(self, stop: int) -> Iterator[Tick]:
         """This rank's events in its rounds before ``stop``; at an evaluation round, its
@@ -150,6 +201,7 @@ class DistEvents:
             time.sleep(self.busy_s / self.made if self.made else 0.0)
             return
         partner, steps = draws.partner(), draws.steps()
+        comm.seq = e
         request, reply = draws.losses(faults.unreachable(rank, partner, t))
         lost = Losses(torch.tensor([request]), torch.tensor([reply]))
         state = self.state
@@ -186,13 +238,18 @@ class DistEvents:
                 self.failed = True
                 self.e = self.events - 1  # no more events
 
+    def _fold_work(self) -> None:
+        """Add the work counted since the last call to :attr:`work`."""
+        samples = self.oracle.meter.reset()
+        messages, nbytes = self.comm.traffic.reset()
+        self.work += torch.cat([samples, messages, nbytes]).to(torch.int64)
+
     def _mine(self) -> dict[str, Any]:
         """This rank's part of a record: its state (with what exchanges added since its
         last event), work so far, and loss and staleness since its previous part."""
         n, comm, peer, state = self.job.n_agents, self.comm, self.peer, self.state
-        samples = self.oracle.meter.reset()
-        messages, nbytes = comm.traffic.reset()
-        self.work += torch.cat([samples, messages, nbytes]).to(torch.int64)
+        self._fold_work()
+        world = n + len(comm.server_ranks)
         answered = torch.zeros(n, dtype=torch.int64)
         replies = torch.zeros(3, dtype=torch.int64)  # the replies this rank's peer sent
         if peer is not None:
@@ -206,7 +263,7 @@ class DistEvents:
         return {
             "state": state,
             "work": self.work + replies,
-            "delivered": torch.tensor([comm.delivered[r] for r in range(n)], dtype=torch.int64),
+            "delivered": torch.tensor([comm.delivered[r] for r in range(world)]),
             "answered": answered,
             "lost": comm.lost,
             "events": self.made,
@@ -233,7 +290,9 @@ class DistEvents:
         parts = {0: mine} | gathered.posts
         ranks = sorted(parts)
         live = [parts[r] for r in ranks]
-        self.record = record_of(self.job, self.comm, live, ranks, self.dead, stop)
+        self.record = record_of(
+            self.job, self.comm, live, ranks, self.dead, stop, self._lost_at_crash()
+        )
 
     def _end(self) -> None:
         """The end agreed in the store (:mod:`.finish`); rank 0 collects the survivors."""
@@ -266,7 +325,10 @@ class DistEvents:
         parts = [finals[r] for r in survivors]
         if self.timeline is not None:
             self.timelines = [e for part in parts for e in part["timeline"]]
-        self.record = record_of(job, comm, parts, survivors, verdict.crashed, job.rounds, True)
+        lost = self._lost_at_crash()
+        self.record = record_of(
+            job, comm, parts, survivors, verdict.crashed, job.rounds, lost, True
+        )
 
     def counters(self) -> Counters:
         if self.record is None:  # no record here
@@ -276,8 +338,46 @@ class DistEvents:
     def snapshot(self) -> Snapshot | None:
         return None if self.record is None else self.record[1]
 
+    def _lost_at_crash(self) -> torch.Tensor | None:
+        """Rank 0 of a resumed run: :attr:`offsets`, the exchanges lost at the crash."""
+        return self.offsets if self.resumed else None
+
     def checkpoint(self, stop: int) -> None:
-        return None  # the ranks never stop together: no checkpoint
+        """Write this rank's snapshot at its round ``stop`` (:mod:`.snapshots`): its state
+        with what exchanges added since its last event, taken with its peer's counters;
+        its random streams and batches drawn; its counters. Returns None: the ranks never
+        stop together, so no rank writes a checkpoint of the run."""
+        if self.home is None or self.failed:
+            return None
+        comm, state, peer = self.comm, self.state, None
+        if self.peer is not None:
+            shift, peer = self.peer.take_state()
+            self.state = state = dataclasses.replace(state, x=state.x + shift[None])
+        self._fold_work()
+        saved = {
+            "state": state_dict(state),
+            "oracle": self.oracle.local_state(),
+            "draws": self.draws.state_dict(),
+            "generator": self.generator.get_state(),
+            "peer": peer,
+            "comm": {
+                "delivered": dict(comm.delivered),
+                "lost": comm.lost,
+                "staleness": dict(comm.staleness),
+            },
+            "counters": {
+                "e": self.e,
+                "made": self.made,
+                "busy_s": self.busy_s,
+                "loss_sum": self.loss_sum,
+                "loss_count": self.loss_count,
+                "work": self.work.clone(),
+            },
+        }
+        wall = time.perf_counter() - self.began
+        entry = {"round": stop, "events": self.e, "wall_time_s": wall}
+        write_snapshot(self.home, self.rank, saved, entry)
+        return None
 
 
 def record_of(
@@ -287,15 +387,20 @@ def record_of(
     survivors: list[int],
     crashed: tuple[int, ...],
     at: int,
+    lost_at_crash: torch.Tensor | None = None,
     audit: bool = False,
 ) -> tuple[Counters, Snapshot]:
     """Rank 0's record of the live ranks ``survivors`` at round ``at``, from their
     ``parts`` (:meth:`DistEvents._mine`); ``audit``: at the end, check every exchange
-    between survivors (nothing is in flight any more)."""
+    between survivors (nothing is in flight any more) but those a resumed run lost at
+    its crash (``lost_at_crash``, :attr:`DistEvents.offsets`)."""
     n = job.n_agents
+    offsets = torch.zeros(n + len(comm.server_ranks), n, dtype=torch.int64)
+    if lost_at_crash is not None:
+        offsets = lost_at_crash
     work = torch.stack([f["work"] for f in parts])  # (s, 3) samples, messages, bytes
     totals = dict(zip(("samples", "messages", "bytes"), work.unbind(1), strict=True))
-    delivered = torch.stack([f["delivered"] for f in parts])  # (s, n): [k, j] k's to j
+    delivered = torch.stack([f["delivered"] for f in parts])  # (s, n + S): [k, j] k's to j
     got = torch.stack([f["answered"] for f in parts])  # (s, n): [k, i] k answered i's
     everyone = stack_states([f["state"] for f in parts])  # (s, ...)
     loss_sum, loss_count = (sum(f["loss"][k] for f in parts) for k in (0, 1))
@@ -304,19 +409,20 @@ def record_of(
     if job.algorithm.partner == "neighbour":  # among survivors
         if audit:
             fields["interactions_answered"] = int(got.sum())
+            off = offsets[survivors][:, survivors]
             fields["interactions_unmatched"] = int(
-                (delivered[:, survivors].T - got[:, survivors]).abs().sum()
+                (delivered[:, survivors].T - got[:, survivors] - off).abs().sum()
             )
     else:
         if audit:
-            initiated = torch.zeros(n, dtype=torch.int64)
-            initiated[survivors] = delivered[torch.arange(len(survivors)), survivors]
-            fields["exchanges_unmatched"] = unapplied_exchanges(comm, initiated, survivors)
+            fields["exchanges_unmatched"] = unapplied_exchanges(comm, delivered, survivors, offsets)
         fields |= staleness_fields(sum((f["staleness"] for f in parts), Counter()))
         centre = comm.centre()
     lost = sum(f["lost"] for f in parts)
     if job.fault_spec.any or crashed or lost:
         fields["exchanges_lost"] = lost
+    if lost_at_crash is not None:
+        fields["exchanges_lost_at_crash"] = int(lost_at_crash.abs().sum())
     judged = job
     if crashed:
         fields["crashed_ranks"] = list(crashed)
@@ -328,16 +434,18 @@ def record_of(
 
 
 def unapplied_exchanges(
-    comm: DistCommunicator, initiated: torch.Tensor, workers: list[int] | None = None
+    comm: DistCommunicator, delivered: torch.Tensor, workers: list[int], offsets: torch.Tensor
 ) -> int:
-    """``sum_s sum_w |applied_s[w] - initiated[w]|`` over ``workers`` (default: all):
-    exchanges a server lost or doubled. ``initiated[w]``: worker ``w``'s exchanges whose
-    request reached the servers."""
+    """``sum_s sum_w |delivered_w[s] - applied_s[w] - offsets[s, w]|`` over ``workers``:
+    exchanges a server lost or doubled, but those lost at a resumed crash. Row ``k`` of
+    ``delivered`` counts worker ``workers[k]``'s requests that reached each server rank
+    ``s``."""
     assert comm.rpc is not None
-    if workers is None:
-        workers = list(range(len(initiated)))
     off = 0
     for rank in comm.server_ranks:
         applied = comm.rpc.remote(rank, "centre").rpc_sync("counts")
-        off += sum(abs(applied.get(w, 0) - int(initiated[w])) for w in workers)
+        off += sum(
+            abs(int(delivered[k, rank]) - applied.get(w, 0) - int(offsets[rank, w]))
+            for k, w in enumerate(workers)
+        )
     return off

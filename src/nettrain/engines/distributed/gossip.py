@@ -12,6 +12,11 @@ never calls another rank, so exchanges cannot wait on each other: no deadlock.
 Faults (:mod:`nettrain.faults`): while its agent is down (:meth:`Peer.set_down`) or
 after the run (:meth:`Peer.close`), a peer refuses every exchange: it answers ``None``,
 which the initiator counts as a lost request, and changes nothing.
+
+Resumed runs (:mod:`.snapshots`): an exchange carries its initiator's event number
+``seq``; the peer refuses (answers :data:`REPLAYED`) one whose number it has answered
+already, which happens only when an initiator resumed from a snapshot older than the
+exchange, so that no exchange is applied twice.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import torch
 
 from nettrain.algorithms.base import GossipAlgorithm
 
+REPLAYED = "replayed"  # the answer to an exchange answered already, before a resume
+
 
 class Peer:
     """This agent's published model ``(d,)``, exchanged on the other ranks' calls."""
@@ -35,16 +42,22 @@ class Peer:
         self.published = x.clone()
         self._shift = torch.zeros_like(x)
         self.answered: Counter[int] = Counter()  # exchanges answered, by initiator
+        self.last: dict[int, int] = {}  # the event number of each initiator's last one
         self.reply_bytes = 0
         self.down = False  # refuse every exchange (the agent is down, or the run is over)
 
-    def exchange(self, sender: int, payload: Any) -> Any:
-        """Answer ``sender``: reply with this published model, then absorb theirs; ``None``
-        (and no change) while this agent is down."""
+    def exchange(self, sender: int, payload: Any, seq: int | None = None) -> Any:
+        """Answer ``sender``'s exchange number ``seq``: reply with this published model,
+        then absorb theirs; ``None`` (and no change) while this agent is down,
+        :data:`REPLAYED` where ``seq`` was answered already."""
         codec = self._algorithm.compressor
         with self._lock:
             if self.down:
                 return None
+            if seq is not None:
+                if seq <= self.last.get(sender, -1):
+                    return REPLAYED
+                self.last[sender] = seq
             own = self.published
             reply = codec.encode(own[None], generator=self._generator)
             received = codec.decode(payload, own[None])[0]
@@ -73,5 +86,29 @@ class Peer:
     def take_shift(self) -> torch.Tensor:
         """What exchanges added since the last call, for the main thread's iterate."""
         with self._lock:
-            shift, self._shift = self._shift, torch.zeros_like(self._shift)
+            return self._take()
+
+    def _take(self) -> torch.Tensor:
+        shift, self._shift = self._shift, torch.zeros_like(self._shift)
         return shift
+
+    def take_state(self) -> tuple[torch.Tensor, dict[str, Any]]:
+        """:meth:`take_shift` and, taken with it under the lock, the counters that go
+        with the iterate it completes (a snapshot's ``peer``)."""
+        with self._lock:
+            shift = self._take()
+            saved = {
+                "answered": dict(self.answered),
+                "last": dict(self.last),
+                "reply_bytes": self.reply_bytes,
+                "generator": self._generator.get_state(),
+            }
+        return shift, saved
+
+    def load_state(self, saved: dict[str, Any], x: torch.Tensor) -> None:
+        """Resume from a snapshot's ``peer`` (:meth:`take_state`), publishing ``x``."""
+        with self._lock:
+            self.answered, self.last = Counter(saved["answered"]), dict(saved["last"])
+            self.reply_bytes = saved["reply_bytes"]
+            self._generator.set_state(saved["generator"])
+            self.published, self._shift = x.clone(), torch.zeros_like(x)

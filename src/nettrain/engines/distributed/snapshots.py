@@ -1,0 +1,126 @@
+"""Snapshots of asynchronous distributed runs: every rank's own state, written as it goes.
+
+The processes of an asynchronous run never stop at one round together, so no
+checkpoint can hold every agent at one point. With ``checkpoint_every=K`` each worker
+writes its own state every ``K`` of its own rounds, and each parameter server its
+shard as often: ``<run>/snapshots/rank-<r>.pt``, one ``torch.save`` written to a
+temporary file then renamed (a crash mid-write leaves the previous snapshot). After
+each, the rank enters its snapshot's round, events and wall time in
+``snapshots/manifest.json`` (under a file lock: ranks update it concurrently).
+
+``nettrain run --resume DIR`` (:class:`Snapshots`) restarts every rank from its latest
+snapshot. What is guaranteed: each agent's own state (parameters, optimiser state,
+random streams, batches drawn, counters) is exactly as it was at its snapshot, and
+the agents replay their own draws from there. Exchanges whose two sides are not in
+the snapshots alike (one side's snapshot was taken after the exchange, the other's
+before) are lost at the crash, never applied twice: an exchange carries its
+initiator's event number and a partner or server that answered it before the crash
+refuses it when it is replayed. They are counted, from the snapshots, as
+``exchanges_lost_at_crash``, and the audit of the last record
+(``interactions_unmatched``, ``exchanges_unmatched``) leaves them out
+(:func:`crash_offsets`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nettrain.errors import DataError
+
+DIR = "snapshots"
+MANIFEST = "manifest.json"
+
+
+def snapshot_path(folder: Path, rank: int) -> Path:
+    return folder / DIR / f"rank-{rank}.pt"
+
+
+def write_snapshot(folder: Path, rank: int, saved: dict[str, Any], entry: dict[str, Any]) -> None:
+    """Write rank ``rank``'s snapshot ``saved`` atomically, then its ``entry`` (round,
+    events, wall time) in the manifest."""
+    path = snapshot_path(folder, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(saved | {"entry": entry}, tmp)
+    os.replace(tmp, path)
+    with open(folder / DIR / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = read_manifest(folder)
+        manifest[rank] = entry
+        text = json.dumps({"ranks": {str(r): e for r, e in sorted(manifest.items())}}, indent=1)
+        tmp = folder / DIR / f".{MANIFEST}.{rank}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, folder / DIR / MANIFEST)
+
+
+def read_manifest(folder: Path) -> dict[int, dict[str, Any]]:
+    """The manifest's entries by rank (empty where none was written)."""
+    path = folder / DIR / MANIFEST
+    if not path.is_file():
+        return {}
+    return {int(r): e for r, e in json.loads(path.read_text())["ranks"].items()}
+
+
+@dataclass(frozen=True)
+class Snapshots:
+    """What every rank of a resumed asynchronous run is handed.
+
+    ``round``: the records go on after the last one written (a rank whose snapshot is
+    past an evaluation round posts its state as it is for that round's record, as a
+    rank does that is ahead in any asynchronous run); ``records``: the records kept,
+    all of them; ``wall_time_s``: the furthest rank's.
+    """
+
+    folder: Path
+    entries: Mapping[int, dict[str, Any]]
+    round: int
+    records: int
+    wall_time_s: float
+
+    @classmethod
+    def read(cls, folder: Path, world: int, rounds: list[int]) -> Snapshots:
+        """The snapshots of the run in ``folder`` (``world`` ranks); ``rounds``: the
+        rounds of the records written."""
+        entries = read_manifest(folder)
+        missing = [r for r in range(world) if r not in entries]
+        if missing:
+            raise DataError(
+                f"{folder / DIR} holds no snapshot of rank(s) {missing}: the run stopped "
+                "before every rank wrote one (each writes after checkpoint_every of its own "
+                "rounds); start it again"
+            )
+        wall = max(e["wall_time_s"] for e in entries.values())
+        return cls(folder, entries, max(rounds, default=0), len(rounds), wall)
+
+    def load(self, rank: int) -> dict[str, Any]:
+        """Rank ``rank``'s snapshot."""
+        return torch.load(snapshot_path(self.folder, rank), weights_only=True)
+
+
+def crash_offsets(snapshots: Snapshots, workers: int, servers: int) -> torch.Tensor:
+    """The exchanges the snapshots disagree on: ``(n + S, n)``, entry ``[j, i]`` is what
+    initiator ``i``'s snapshot counts as delivered to ``j`` (an agent, or server rank
+    ``n + s``) less what ``j``'s snapshot counts as answered or applied for ``i``.
+
+    Positive: ``j`` lost what ``i`` kept; negative: ``i`` lost what ``j`` kept (its
+    replay is refused). ``|offsets|.sum()`` is ``exchanges_lost_at_crash``."""
+    offsets = torch.zeros(workers + servers, workers, dtype=torch.int64)
+    for j in range(workers + servers):
+        saved = snapshots.load(j)
+        if j < workers:
+            for partner, count in saved["comm"]["delivered"].items():
+                offsets[partner, j] += count
+        answered = (
+            saved["shard"]["applied"] if j >= workers else (saved["peer"] or {}).get("answered", {})
+        )
+        for i, count in answered.items():
+            offsets[j, i] -= count
+    return offsets
