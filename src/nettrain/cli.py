@@ -119,8 +119,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             extra = ["--resume", args.resume, *args.items]
             return launch_processes(cfg.nproc or cfg.world_size, cfg, extra)
         result = resume(args.resume, parse_overrides(args.items))
-        if os.environ.get("RANK") not in (None, "0"):
-            return 0
+        if not result.is_main:
+            return 0  # the rank that writes the run folder reports for everyone
         console.print(summary_table([result.summary], title=result.summary["label"]))
         console.print(f"run folder: {args.resume}")
         return 0
@@ -135,8 +135,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             cfg.nproc or cfg.world_size, cfg, [*args.items, "--out", str(out), *force]
         )
     result = run(cfg, out)
-    if rank not in (None, "0"):
-        return 0  # rank 0 reports for everyone
+    if not result.is_main:
+        return 0  # the rank that writes the run folder reports for everyone
     console.print(summary_table([result.summary], title=result.summary["label"]))
     console.print(f"run folder: {out}")
     return 0
@@ -148,7 +148,7 @@ def launch_processes(nproc: int, cfg: RunConfig, arguments: Sequence[str]) -> in
     non-zero exit status of a rank, else 0."""
     from nettrain.engines.distributed.launch import launch_local
 
-    return launch_local(nproc, ["run", *arguments], cfg.master_addr, cfg.master_port)
+    return launch_local(nproc, ["run", *arguments], cfg.master_addr, cfg.master_port, cfg.timeout_s)
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:

@@ -323,7 +323,7 @@ def run(
         centre=result.centre,
         buffers=result.buffers,
         model=job.problem.template,
-        is_main=main,
+        is_main=main or folder.adopted,
     )
 
 

@@ -103,6 +103,7 @@ class RunFolder:
         its records (``path`` None); each writes its own snapshots there (default: ``path``)."""
         self.path = Path(path) if path is not None else None
         self.home = Path(home) if home is not None else self.path
+        self.adopted = False  # this process took the folder over (:meth:`adopt`)
         self.records: list[dict[str, Any]] = []
         self.board: board.Board | None = None
         if self.path is None:
@@ -124,6 +125,14 @@ class RunFolder:
             # a resumed run writes again from the round after the last record it keeps
             purge = self.records[-1]["round"] + 1 if self.records else 1
             self.board = board.Board(self.path, purge_step=purge if keep is not None else None)
+
+    def adopt(self) -> None:
+        """Write the folder ``home`` from now on, in place of the process that wrote it
+        and died: the records written so far are kept, the next ones appended."""
+        if self.path is not None or self.home is None:
+            return
+        self.path, self.adopted = self.home, True
+        self.records = read_records(self.path) if (self.path / "metrics.jsonl").is_file() else []
 
     def checkpoint(self, ckpt: Checkpoint) -> None:
         if self.path is not None:

@@ -133,6 +133,12 @@ class Run(Protocol):
         None where this process writes no record."""
         ...
 
+    def late(self) -> list[tuple[Counters, Snapshot]]:
+        """The records of earlier evaluation rounds that this process could only gather
+        now, oldest first (an asynchronous distributed run whose leader died), written
+        before this one's; ``[]`` in every other run."""
+        ...
+
     def checkpoint(self, stop: int) -> Checkpoint | None:
         """The checkpoint after round ``stop`` (``records`` and ``wall_time_s`` are filled
         in by the driver); None where this process writes none, or the engine cannot resume."""
@@ -182,11 +188,12 @@ def drive(
                 folder.write_timeline(timeline.take(), timeline.since)
             if stop in evals:
                 train_s = held - start - paused
-                record = _record(job, run, held - start, train_s, last)
-                if record is not None and not _repeats(folder, record):
-                    folder.append(record)
-                    bar(0, status_line(record))
-                    last = (record["round"], train_s)
+                for counters, snap in [*run.late(), (run.counters(), run.snapshot())]:
+                    record = _record(job, counters, snap, run.measured, held - start, train_s, last)
+                    if record is not None and not _repeats(folder, record):
+                        folder.append(record)
+                        bar(0, status_line(record))
+                        last = (record["round"], train_s)
             if stop in saves:
                 checkpoint = run.checkpoint(stop)
                 if checkpoint is not None:
@@ -201,31 +208,36 @@ def drive(
 
 
 def _record(
-    job: Job, run: Run, wall_s: float, train_s: float, last: tuple[int, float]
+    job: Job,
+    counters: Counters,
+    snap: Snapshot | None,
+    measured: bool,
+    wall_s: float,
+    train_s: float,
+    last: tuple[int, float],
 ) -> dict[str, Any] | None:
-    """The record at this point (None where this process writes none)."""
-    counters = run.counters()
-    snap = run.snapshot()
+    """The record of ``counters`` and ``snap`` (None where this process writes none);
+    ``measured``: real processes, whose throughput it gives."""
     if snap is None:
         return None
     judged = snap.job or job
     traffic = traffic_fields(counters.totals)
     rounds = max(counters.round - last[0], 1)
-    measured = dict.fromkeys(WALL_KEYS)
-    if run.measured:
+    wall = dict.fromkeys(WALL_KEYS)
+    if measured:
         speeds = (train_s, (train_s - last[1]) / rounds, traffic["samples"] / max(train_s, 1e-9))
-        measured = dict(zip(WALL_KEYS, speeds, strict=True))
+        wall = dict(zip(WALL_KEYS, speeds, strict=True))
     record: dict[str, Any] = {
         "round": counters.round,
         "epoch": traffic["samples"] / len(job.problem.data.y_train),
         "virtual_time_s": counters.clock,
         "wall_time_s": wall_s,
-        "train_time_s": measured["train_time_s"],
-        "round_wall_time_s": measured["round_wall_time_s"],
+        "train_time_s": wall["train_time_s"],
+        "round_wall_time_s": wall["round_wall_time_s"],
         "samples": traffic["samples"],
-        "samples_per_s": measured["samples_per_s"],
+        "samples_per_s": wall["samples_per_s"],
         "predicted_over_measured": (
-            _ratio(counters.clock, measured["train_time_s"]) if counters.round else None
+            _ratio(counters.clock, wall["train_time_s"]) if counters.round else None
         ),
         **traffic,
         "train_loss": counters.train_loss if counters.round else None,  # none trained yet

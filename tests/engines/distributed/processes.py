@@ -42,19 +42,29 @@ def spec(*args: str) -> str:
 
 
 def launch(
-    folder: Path, runs: list[str], world: int, kill: str | None = None, tag: str = "rank"
+    folder: Path,
+    runs: list[str],
+    world: int,
+    kill: str | None = None,
+    tag: str = "rank",
+    extra: dict[str, str] | None = None,
 ) -> Launch:
     """Start ``world`` processes of the worker with ``runs`` (logs ``<tag><rank>.log`` in
-    ``folder``); ``kill``: ``RANK:EVENT``, that rank kills itself at that event."""
+    ``folder``), with ``extra`` added to their environment; ``kill``: ``RANK:EVENT``, that
+    rank kills itself at that event."""
     procs, logs = [], []
     for rank in range(world):
-        env = os.environ | {
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "OMP_NUM_THREADS": "1",
-        }
+        env = (
+            os.environ
+            | (extra or {})
+            | {
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": str(world),
+                "MASTER_ADDR": "127.0.0.1",
+                "OMP_NUM_THREADS": "1",
+            }
+        )
         if kill is not None:
             env["KILL_AT"] = kill
         logs.append(folder / f"{tag}{rank}.log")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -32,10 +33,12 @@ import torch.distributed as dist
 
 from engines.distributed import processes
 from engines.distributed.processes import Launch, spec
+from helpers import free_port
 from nettrain.algorithms.swarm import SwarmSGD
 from nettrain.engines.distributed.finish import Finish, Verdict, read_verdict
 from nettrain.engines.distributed.gossip import Peer
 from nettrain.engines.distributed.liveness import Heartbeat, beating
+from nettrain.engines.distributed.store import HOSTED
 from nettrain.engines.draws import Draws
 from nettrain.engines.states import stack_states
 from nettrain.faults import Faults, parse_crashes, parse_split
@@ -53,9 +56,15 @@ def run_spec(out: Path, *items: str) -> str:
     return spec("run", "engine=distributed", *COMMON, *items, "--out", str(out))
 
 
-def launch(folder: Path, runs: list[str], world: int = N, kill: str | None = None) -> Launch:
+def launch(
+    folder: Path,
+    runs: list[str],
+    world: int = N,
+    kill: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> Launch:
     """Start ``world`` processes of the worker with ``runs``; ``kill``: ``RANK:EVENT``."""
-    return processes.launch(folder, runs, world, kill)
+    return processes.launch(folder, runs, world, kill, extra=extra)
 
 
 def records_of(out: Path) -> list[dict[str, Any]]:
@@ -97,14 +106,23 @@ def test_a_killed_rank_makes_the_others_exit_naming_it(tmp_path: Path) -> None:
         assert "Rank(s) 2 stopped responding" in log, log[-3000:]
 
 
-def outlive(tmp_path: Path, world: int, *items: str) -> tuple[dict[str, Any], Path]:
-    """An asynchronous run whose rank 2 SIGKILLs itself at its 5th event: the survivors
-    exit 0 within ``timeout_s`` of its death, with no abort; rank 0's record and folder."""
+def outlive(
+    tmp_path: Path,
+    world: int,
+    *items: str,
+    killed: int = 2,
+    spec_: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """An asynchronous run whose rank ``killed`` SIGKILLs itself at its 5th event: the
+    survivors exit 0 within ``timeout_s`` of its death, with no abort; the last record
+    and the run folder (``spec_``: the run, default ``run_spec`` of ``items``)."""
     out = tmp_path / "run"
-    run = launch(tmp_path, [run_spec(out, *items)], world, kill="2:5")
-    survivors = [r for r in range(world) if r != 2]
+    runs = [spec_ or run_spec(out, *items)]
+    run = launch(tmp_path, runs, world, kill=f"{killed}:5", extra=extra)
+    survivors = [r for r in range(world) if r != killed]
     try:
-        assert run.procs[2].wait(timeout=180) == -signal.SIGKILL, run.text(2)[-3000:]
+        assert run.procs[killed].wait(timeout=180) == -signal.SIGKILL, run.text(killed)[-3000:]
         died = time.monotonic()
         codes = {r: run.procs[r].wait(timeout=TIMEOUT_S + 30) for r in survivors}
         elapsed = time.monotonic() - died
@@ -117,9 +135,9 @@ def outlive(tmp_path: Path, world: int, *items: str) -> tuple[dict[str, Any], Pa
     )
     assert not any(ABORT in t for t in text.values()), text
     assert elapsed < TIMEOUT_S + 20, elapsed
-    start, first, record = records_of(out)  # round 25: rank 2 is dead by then
+    start, first, record = records_of(out)  # round 25: the killed rank is dead by then
     assert start["round"] == 0 and "crashed_ranks" not in start
-    assert first["crashed_ranks"] == record["crashed_ranks"] == [2]
+    assert first["crashed_ranks"] == record["crashed_ranks"] == [killed]
     assert first["round"] == 25 and record["round"] == ROUNDS
     return record, out
 
@@ -135,6 +153,24 @@ def test_gossip_survivors_of_a_killed_rank_finish(tmp_path: Path) -> None:
     assert record["messages_total"] == record["events"] + record["interactions_answered"]
     x = torch.load(out / "final.pt", weights_only=True)
     assert x.shape[0] == N - 1 and bool(torch.isfinite(x).all())  # the survivors' models
+
+
+def test_the_survivors_of_rank_0_take_over_the_run_and_its_folder(tmp_path: Path) -> None:
+    """The rendezvous store hosted outside the ranks, as ``nettrain run ... nproc=P``
+    hosts it: SwarmSGD whose rank 0 dies at its 5th event. Rank 1 leads from then on:
+    it writes the records of rounds 25 and 40 after rank 0's of round 0, and the run
+    folder's summary and final models (the survivors'); the exchanges balance."""
+    port = free_port()
+    store = dist.TCPStore("127.0.0.1", port, N, True, timedelta(seconds=60), wait_for_workers=False)
+    args = ["run", "engine=distributed", *COMMON, "algorithm=swarm", f"rounds={ROUNDS}"]
+    runs = json.dumps({"port": port, "args": [*args, "--out", str(tmp_path / "run")]})
+    record, out = outlive(tmp_path, N, killed=0, spec_=runs, extra={HOSTED: "1"})
+    del store
+    assert record["events"] == (N - 1) * ROUNDS
+    assert record["interactions_unmatched"] == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == ROUNDS and summary["test_accuracy"] == record["test_accuracy"]
+    assert torch.load(out / "final.pt", weights_only=True).shape[0] == N - 1
 
 
 def test_centre_survivors_of_a_killed_worker_finish(tmp_path: Path) -> None:

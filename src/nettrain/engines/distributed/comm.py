@@ -50,6 +50,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -405,6 +406,14 @@ class DistCommunicator(Communicator):
         answered = kept[~reply[kept]].to(sent.device)
         out[answered] = replies[~reply[kept].to(replies.device)].to(out.dtype)
         return out
+
+    def release_servers(self) -> None:
+        """Tell every parameter server that the run is over (best effort: a server that is
+        already gone, or leaves before its answer is out, needs no word)."""
+        assert self.rpc is not None
+        for rank in self.server_ranks:
+            with suppress(RuntimeError, PeerError):
+                self.rpc.remote(rank, "centre").rpc_sync("finish")
 
     def centre(self) -> torch.Tensor:
         """The centre, fetched from every server."""

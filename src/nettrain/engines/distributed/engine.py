@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -230,7 +230,7 @@ class DistributedEngine:
                 assert session is not None
                 watched = store if store is not None else session.store  # the caller's group
                 assert watched is not None
-                return self._serve(job, rank - p, session, watched, folder, snapshots)
+                return self._serve(job, rank - p, p, session, watched, folder, snapshots)
             slices = block_slices(job.problem.dim, servers) if servers else None
             comm = DistCommunicator(
                 job.topology,
@@ -254,34 +254,36 @@ class DistributedEngine:
                         self._someone_died = session is not None and not session.graceful
             finally:
                 if servers and rank == 0:  # the servers may leave, even after a failure
-                    release_servers(comm, p, servers)
+                    comm.release_servers()
 
     def _serve(
         self,
         job: Job,
         shard: int,
+        workers: int,
         session: RpcSession,
         store: dist.Store,
         folder: RunFolder,
         resume: Snapshots | None,
     ) -> RunResult:
-        """Parameter server ``shard``: host its slice until rank 0 says the run is over.
+        """Parameter server ``shard``: host its slice until the leader (rank 0, or the
+        lowest live worker rank of an asynchronous run) says the run is over.
 
         Serving an asynchronous method with ``checkpoint_every=K``, it writes its slice
         as a snapshot (:mod:`.snapshots`) whenever ``n K / tau`` exchanges (as many as the
         workers make between two of their own snapshots) were applied since the last, and
         at the end; ``resume`` starts it from its last.
 
-        While it waits it watches rank 0's heartbeat: if it stops for ``timeout_s``, the
-        run is gone and the server fails instead of waiting forever. After an
-        asynchronous run it reads rank 0's verdict (:mod:`.finish`): where a worker died
-        (or failed, or the verdict cannot be read because rank 0 has left already), the
-        rpc session ends without waiting for everyone, and without the final barrier.
+        While it waits it watches the ``workers`` heartbeats: if every one stops for
+        ``timeout_s``, the run is gone and the server fails instead of waiting forever.
+        After an asynchronous run it reads the leader's verdict (:mod:`.finish`): where a
+        worker died (or failed, or the verdict cannot be read because the store is gone),
+        the rpc session ends without waiting for everyone, and without the final barrier.
         """
         algo = job.algorithm
         cols = block_slices(job.problem.dim, algo.servers)[shard]
         centre = CentreShard(algo, shard_rows(job.x0, algo, cols), job.n_agents, self.timeout_s)
-        rank, began = job.n_agents + shard, time.perf_counter()
+        rank, began = workers + shard, time.perf_counter()
         if resume is not None:
             centre.load_state_dict(resume.load(rank)["shard"])
             began -= resume.wall_time_s
@@ -300,9 +302,10 @@ class DistributedEngine:
 
         written, silence = centre.version, Silence(store)
         while not centre.finished.wait(0.5):
-            if silence.seconds(0) > self.timeout_s:
+            if min(silence.seconds(r) for r in range(workers)) > self.timeout_s:
                 raise PeerError(
-                    f"parameter server {shard}: rank 0 stopped responding for {self.timeout_s} s"
+                    f"parameter server {shard}: every worker stopped responding for "
+                    f"{self.timeout_s} s"
                 )
             if every and centre.version >= written + every:
                 written = centre.version
@@ -312,20 +315,10 @@ class DistributedEngine:
         if algo.schedule == "events":
             try:
                 verdict = read_verdict(store, events_prefix(session.serial))
-            except RuntimeError:  # the store is gone: rank 0 left without waiting for anyone
+            except RuntimeError:  # the store is gone: its host left without waiting for anyone
                 verdict = None
             if verdict is None or not verdict.clean:
                 session.graceful = False
                 self._someone_died = verdict is None or bool(verdict.crashed)
-                time.sleep(0.1)  # lets the answer to rank 0's "finish" out first
+                time.sleep(0.1)  # lets the answer to the leader's "finish" out first
         return RunResult(job.x0[None], [])
-
-
-def release_servers(comm: DistCommunicator, p: int, servers: int) -> None:
-    """Tell every parameter server (ranks ``p .. p + servers - 1``) that the run is over
-    (best effort: a server that is already gone, or leaves before its answer is out,
-    needs no word)."""
-    assert comm.rpc is not None
-    for rank in range(p, p + servers):
-        with suppress(RuntimeError, PeerError):
-            comm.rpc.remote(rank, "centre").rpc_sync("finish")

@@ -21,8 +21,9 @@ machine's speed. Availability windows are refused before the run (config.py).
 
 The end, agreed in the rendezvous store, survives dead workers (:mod:`.finish`): the
 records name the dead ranks (``crashed_ranks``) and evaluate the survivors' models only
-(a dead rank's last model is gone with it); rank 0 returns those rows, the others their
-own row. Where a rank died, this rank's rpc session is left without waiting for
+(a dead rank's last model is gone with it); the leader (rank 0, or after its death the
+lowest live rank, which then takes over the run folder) returns those rows, the others
+their own row. Where a rank died, this rank's rpc session is left without waiting for
 everyone (``session.graceful`` is False).
 
 With ``checkpoint_every=K`` each rank writes its own snapshot every ``K`` of its rounds
@@ -35,7 +36,6 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -70,9 +70,9 @@ def run_events(
     ``eval_every`` rounds (:class:`DistEvents`) and the end; with ``resume``, from this
     rank's snapshot."""
     start = time.perf_counter()
-    events = DistEvents(job, rank, comm, timeout_s, folder.home, resume)
+    events = DistEvents(job, rank, comm, timeout_s, folder, resume)
     drive(job, folder, events, resume=resume, start=start)
-    if events.timelines is not None:  # rank 0: every survivor's intervals
+    if events.timelines is not None:  # the leader: every survivor's intervals
         folder.write_timeline(events.timelines)
     if events.record is None:
         return RunResult(events.state.x, folder.records)
@@ -96,8 +96,10 @@ class DistEvents:
     ``interactions_unmatched``, ``exchanges_unmatched``), which needs nothing in flight.
     No record is written after a rank diverged (the run then ends with its error).
 
-    ``home``: the run folder, where :meth:`checkpoint` writes this rank's snapshot (None:
-    none); ``resume``: the snapshots to go on from (:mod:`.snapshots`)."""
+    The duties of rank 0 fall to the lowest live rank once rank 0 is dead
+    (:meth:`Finish.leads`): it adopts the run folder and gathers the next records. This
+    rank's snapshots go to ``folder.home`` (:meth:`checkpoint`); ``resume``: the
+    snapshots to go on from (:mod:`.snapshots`)."""
 
     measured = True
 
@@ -107,7 +109,7 @@ class DistEvents:
         rank: int,
         comm: DistCommunicator,
         timeout_s: float,
-        home: Path | None = None,
+        folder: RunFolder | None = None,
         resume: Snapshots | None = None,
     ) -> None:
         algo = cast(AsyncAlgorithm, job.algorithm)  # schedule "events" (engine.run)
@@ -139,27 +141,24 @@ class DistEvents:
         self.made, self.busy_s, self.loss_sum, self.loss_count, self.e = 0, 0.0, 0.0, 0, 0
         self.work = torch.zeros(3, dtype=torch.int64)  # this rank's samples, messages, bytes
         self.failed = False  # this rank diverged: it posts no state any more
-        self.dead: tuple[int, ...] = ()  # rank 0: the ranks found dead so far
         self.talk = declared(comm, algo, job.seed, stream=self.generator)  # the algorithm's
         self.state = algo.init(x, self.oracle, self.talk)
-        self.record: tuple[Counters, Snapshot] | None = None  # rank 0: of the live ranks
+        self.record: tuple[Counters, Snapshot] | None = None  # the leader: of the live ranks
+        self.backlog: list[tuple[Counters, Snapshot]] = []  # records of rounds gone by
         # timeline=true: this rank's measured events (the communicator notes its talks);
         # rank 0 gathers every survivor's at the end, into ``timelines``
         self.timeline = Timeline.of(job.timeline_rounds, None)
         self.timelines: list[dict[str, Any]] | None = None
         if self.timeline is not None:
             comm.talks, self.timeline.origin = [], time.perf_counter()
-        self.home, self.began = home, time.perf_counter()
-        # [j, i]: exchanges of initiator i with j (an agent, or server rank n + s) that the
-        # snapshots of a resumed run disagree on (lost at the crash), for the audit
-        servers = len(comm.server_ranks)
-        self.offsets = torch.zeros(n + servers, n, dtype=torch.int64)
-        self.resumed = resume is not None
+        self.folder, self.began = folder, time.perf_counter()
+        self.resume = resume
+        # the leader of a resumed run, [j, i]: exchanges of initiator i with j (an agent,
+        # or server rank n + s) that the snapshots disagree on (lost at the crash)
+        self.offsets: torch.Tensor | None = None
         if resume is not None:
             self.began -= resume.wall_time_s
             self._restore(resume.load(rank))
-            if self.main:
-                self.offsets = crash_offsets(resume, n, servers)
 
     def _restore(self, saved: dict[str, Any]) -> None:
         """Go on from this rank's snapshot (:meth:`checkpoint`)."""
@@ -226,6 +225,8 @@ class DistEvents:
             self.timeline.measured_round(t + 1, [rank], begin, time.perf_counter(), talks)
         if peer is not None:
             peer.publish(state.x[0])
+        if comm.dead - self.finish.dead:  # partners found dead: every rank should know
+            self.finish.mark_dead(comm.dead)
         self.made, self.loss_count = self.made + 1, self.loss_count + loss.numel()
         self.loss_sum += float(loss.sum())
         if not bool(torch.isfinite(loss).all()):
@@ -273,29 +274,59 @@ class DistEvents:
         }
 
     def _interim(self, stop: int) -> None:
-        """Evaluation round ``stop``: post this rank's part; rank 0 gathers everyone's."""
+        """Evaluation round ``stop``: post this rank's part; the leader gathers everyone's."""
         self.record = None
         if self.failed:
             return
-        key = f"eval/{stop}"
-        if not self.main:
-            self.finish.post(self._mine(), key)
+        key, finish = f"eval/{stop}", self.finish
+        if not finish.leads():
+            finish.post(self._mine(), key)
             return
-        mine = self._mine()
-        live = [r for r in range(1, self.job.n_agents) if r not in self.dead]
-        gathered = self.finish.gather(key, live, self.job.x0.device)
-        if gathered is None:  # a rank diverged: the verdict at the end says so
-            return
-        self.dead = tuple(sorted((*self.dead, *gathered.dead)))
-        parts = {0: mine} | gathered.posts
+        for missed in self._lead(stop):  # posted here, and by the others, for a dead leader
+            record = self._gathered(missed, {})
+            if record is None:
+                return
+            self.backlog.append(record)
+        self.record = self._gathered(stop, {self.rank: self._mine()})
+
+    def _gathered(
+        self, stop: int, parts: dict[int, dict[str, Any]]
+    ) -> tuple[Counters, Snapshot] | None:
+        """The leader's record of evaluation round ``stop`` from ``parts`` and what every
+        other live rank posts for it; None if a rank diverged (the verdict says so)."""
+        finish, n = self.finish, self.job.n_agents
+        live = [r for r in range(n) if r not in parts and r not in finish.dead]
+        gathered = finish.gather(f"eval/{stop}", live, self.job.x0.device)
+        if gathered is None:
+            return None
+        parts = parts | gathered.posts
         ranks = sorted(parts)
-        live = [parts[r] for r in ranks]
-        self.record = record_of(
-            self.job, self.comm, live, ranks, self.dead, stop, self._lost_at_crash()
+        dead = tuple(sorted(finish.dead))
+        return record_of(
+            self.job, self.comm, [parts[r] for r in ranks], ranks, dead, stop, self.offsets
         )
 
+    def _lead(self, stop: int = 0) -> list[int]:
+        """This rank leads: it writes the run folder (taken over, where rank 0 died) and,
+        in a resumed run, counts the exchanges lost at the crash. The evaluation rounds
+        before ``stop`` that the folder has no record of (a leader died before it wrote
+        them): every live rank posted its part for them, this one too."""
+        if self.resume is not None and self.offsets is None:
+            n, servers = self.job.n_agents, len(self.comm.server_ranks)
+            self.offsets = crash_offsets(self.resume, n, servers)
+        if self.folder is None or self.folder.path is not None:
+            return []
+        self.folder.adopt()
+        written = self.folder.records[-1]["round"] if self.folder.records else 0
+        every = self.job.eval_every
+        return list(range(written + every - written % every, stop, every))
+
+    def late(self) -> list[tuple[Counters, Snapshot]]:
+        late, self.backlog = self.backlog, []
+        return late
+
     def _end(self) -> None:
-        """The end agreed in the store (:mod:`.finish`); rank 0 collects the survivors."""
+        """The end agreed in the store (:mod:`.finish`); the leader collects the survivors."""
         job, n, rank, comm = self.job, self.job.n_agents, self.rank, self.comm
         finish, peer = self.finish, self.peer
         session = comm.rpc
@@ -308,8 +339,8 @@ class DistEvents:
             raise DivergenceError(verdict.error)
         if rank in verdict.crashed:
             raise PeerError(
-                f"rank {rank}: rank 0 took this rank for dead (its heartbeat stopped for "
-                f"{finish.dead_after_s} s) and finished the run without it"
+                f"rank {rank}: rank {verdict.leader} took this rank for dead (its heartbeat "
+                f"stopped for {finish.dead_after_s} s) and finished the run without it"
             )
         if peer is not None:
             peer.close()  # every survivor is done: nothing is in flight any more
@@ -317,18 +348,23 @@ class DistEvents:
         self.state = mine["state"]
         if self.timeline is not None:
             mine["timeline"] = self.timeline.events
-        if rank != 0:
+        if rank != verdict.leader:
             finish.post(mine)
             return
+        for missed in self._lead(job.rounds):
+            record = self._gathered(missed, {})
+            if record is not None:
+                self.backlog.append(record)
         survivors = [r for r in range(n) if r not in verdict.crashed]
-        finals = {0: mine} | finish.collect(survivors[1:], job.x0.device)
+        others = [r for r in survivors if r != rank]
+        finals = {rank: mine} | finish.collect(others, job.x0.device)
         parts = [finals[r] for r in survivors]
         if self.timeline is not None:
             self.timelines = [e for part in parts for e in part["timeline"]]
-        lost = self._lost_at_crash()
-        self.record = record_of(
-            job, comm, parts, survivors, verdict.crashed, job.rounds, lost, True
-        )
+        at, crashed = job.rounds, verdict.crashed
+        self.record = record_of(job, comm, parts, survivors, crashed, at, self.offsets, True)
+        if comm.server_ranks:  # they may leave now
+            comm.release_servers()
 
     def counters(self) -> Counters:
         if self.record is None:  # no record here
@@ -338,16 +374,12 @@ class DistEvents:
     def snapshot(self) -> Snapshot | None:
         return None if self.record is None else self.record[1]
 
-    def _lost_at_crash(self) -> torch.Tensor | None:
-        """Rank 0 of a resumed run: :attr:`offsets`, the exchanges lost at the crash."""
-        return self.offsets if self.resumed else None
-
     def checkpoint(self, stop: int) -> None:
         """Write this rank's snapshot at its round ``stop`` (:mod:`.snapshots`): its state
         with what exchanges added since its last event, taken with its peer's counters;
         its random streams and batches drawn; its counters. Returns None: the ranks never
         stop together, so no rank writes a checkpoint of the run."""
-        if self.home is None or self.failed:
+        if self.folder is None or self.folder.home is None or self.failed:
             return None
         comm, state, peer = self.comm, self.state, None
         if self.peer is not None:
@@ -376,7 +408,7 @@ class DistEvents:
         }
         wall = time.perf_counter() - self.began
         entry = {"round": stop, "events": self.e, "wall_time_s": wall}
-        write_snapshot(self.home, self.rank, saved, entry)
+        write_snapshot(self.folder.home, self.rank, saved, entry)
         return None
 
 

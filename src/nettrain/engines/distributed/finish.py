@@ -4,31 +4,38 @@ A synchronous run ends with collectives, which need every rank. An asynchronous 
 (SwarmSGD, AD-PSGD, the asynchronous EASGD family, DOWNPOUR) must also end when a
 worker process died mid-run (SIGKILL, a lost machine): the others lose their exchanges
 with it and carry on. Its end therefore goes through the rendezvous store (a
-``TCPStore`` hosted by rank 0, or by torchrun's agent), which no worker's death takes
-down:
+``TCPStore`` hosted by nettrain's launcher, by torchrun's agent, or by rank 0), which
+no worker's death takes down (but rank 0's where rank 0 hosts it).
+
+The duties of a leader (gather the records, decide the end, collect the final
+states) fall to the lowest rank not known dead (:meth:`Finish.leader`): rank 0 while
+it lives. A rank that finds another dead (its heartbeat, ``alive/<rank>``, counted up
+by :class:`~nettrain.engines.distributed.liveness.Heartbeat`, has not moved for
+``dead_after_s``; or its rpc failed and its heartbeat stopped) marks it ``dead/<rank>``
+in the store, so that every rank agrees on who leads next.
 
 1. each worker posts ``finished/<rank>`` once its events are done (after
    ``failed/<rank>`` with the message, when it diverged) and keeps answering the
    others' exchanges on its rpc threads, since they may still be running;
-2. rank 0 waits until every worker has finished or is dead: its heartbeat
-   (``alive/<rank>``, counted up by :class:`~nettrain.engines.distributed.liveness.Heartbeat`)
-   has not moved for ``dead_after_s``. It posts the :class:`Verdict`: the dead ranks and
-   the first failure. Nobody initiates an exchange any more, so none is in flight;
+2. the leader waits until every worker has finished or is dead, and posts the
+   :class:`Verdict`: the dead ranks, the first failure and itself. Nobody initiates an
+   exchange any more, so none is in flight. A worker waiting for the verdict watches
+   the leader: if it falls silent, the next rank leads;
 3. every survivor reads the verdict and posts its final state (``final/<rank>``,
-   ``torch.save`` bytes); rank 0 reads them and writes the record.
+   ``torch.save`` bytes); the leader reads them and writes the record.
 
 Before the end, every worker posts its state at each evaluation point it passes
-(``eval/<round>/<rank>``, :meth:`Finish.post`); rank 0 gathers them
+(``eval/<round>/<rank>``, :meth:`Finish.post`); the leader gathers them
 (:meth:`Finish.gather`) as the workers reach that round, leaving out a worker whose
 heartbeat stopped, and writes the record of that round.
 
-Rank 0 and the parameter-server ranks must not die: rank 0 hosts the store (launched
-without torchrun), decides and writes the record; the servers hold the centre. A worker
-that finds rank 0 silent (or the store gone) raises :class:`PeerError`. Under torchrun
-the agent itself stops every worker as soon as one fails, so the survivors carry on
-only where the processes are launched otherwise (one per machine by a scheduler, or as
-the tests do: plain processes with ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
-``MASTER_PORT`` set).
+The parameter-server ranks must not die (they hold the centre), nor, where it hosts
+the store, rank 0. A worker that finds the store gone raises :class:`PeerError`.
+Under torchrun the agent itself stops every worker as soon as one fails, so the
+survivors carry on only where the processes are launched otherwise (by
+``nettrain run ... nproc=P``, one per machine by a scheduler, or as the tests do:
+plain processes with ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``
+set).
 
 Keys live under ``events/<restart>.<serial>/`` (:func:`events_prefix`): torchrun's
 restart count and the rpc session's serial, so that a store which outlives a run
@@ -63,26 +70,30 @@ def events_prefix(serial: int) -> str:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Rank 0's word on how the run ended: the workers that died, and the first failure."""
+    """The leader's word on how the run ended: the workers that died, the first failure,
+    and who decided (it collects the final states)."""
 
     crashed: tuple[int, ...] = ()
     error: str | None = None  # a worker's DivergenceError message
+    leader: int = 0
 
     @property
     def clean(self) -> bool:
         return not self.crashed and self.error is None
 
     def dumps(self) -> str:
-        return json.dumps({"crashed": list(self.crashed), "error": self.error})
+        return json.dumps(
+            {"crashed": list(self.crashed), "error": self.error, "leader": self.leader}
+        )
 
     @classmethod
     def loads(cls, text: bytes | str) -> Verdict:
         saved = json.loads(text)
-        return cls(tuple(saved["crashed"]), saved["error"])
+        return cls(tuple(saved["crashed"]), saved["error"], saved.get("leader", 0))
 
 
 def read_verdict(store: dist.Store, prefix: str) -> Verdict | None:
-    """The verdict, if rank 0 posted one (raises RuntimeError when the store is gone)."""
+    """The verdict, if the leader posted one (raises RuntimeError when the store is gone)."""
     key = prefix + "verdict"
     return Verdict.loads(store.get(key)) if store.check([key]) else None
 
@@ -131,6 +142,7 @@ class Finish:
         self.dead_after_s = dead_after_s
         self._poll = poll
         self._silence = Silence(store)
+        self.dead: set[int] = set()  # the ranks known dead
 
     def _call(self, what: str, call: Callable[[], T]) -> T:
         try:
@@ -138,7 +150,8 @@ class Finish:
         except RuntimeError as err:  # the store's host (rank 0) is gone
             raise PeerError(
                 f"rank {self.rank}: {what} failed: {str(err).strip()}. The rendezvous store "
-                "is gone: rank 0, which hosts it, died (rank 0 must outlive the run)"
+                "is gone: its host died (rank 0, where the processes were not started by "
+                "nettrain's launcher; it must then outlive the run)"
             ) from err
 
     def _set(self, key: str, value: str | bytes) -> None:
@@ -151,6 +164,30 @@ class Finish:
         seconds = self._call("reading the heartbeats", lambda: self._silence.seconds(rank))
         return seconds > self.dead_after_s
 
+    def mark_dead(self, ranks: Iterable[int]) -> None:
+        """Tell every rank that ``ranks`` are dead (``dead/<rank>``)."""
+        for r in sorted(set(ranks) - self.dead):
+            self._set(f"dead/{r}", "1")
+            self.dead.add(r)
+
+    def leader(self) -> int:
+        """The lowest rank not known dead (here, or in the store): the one that gathers the
+        records and decides the end."""
+        for r in range(self.n):
+            if r not in self.dead and (r == self.rank or not self._has(f"dead/{r}")):
+                return r
+            self.dead.add(r)
+        raise AssertionError("unreachable: this rank is alive")
+
+    def leads(self) -> bool:
+        """Whether this rank leads now; the leader found silent is marked dead first (its
+        heartbeat watched from one call to the next: ``dead_after_s`` without a beat)."""
+        leader = self.leader()
+        while leader != self.rank and self._silent(leader):
+            self.mark_dead([leader])
+            leader = self.leader()
+        return leader == self.rank
+
     def fail(self, message: str) -> None:
         """This worker failed (it diverged): the verdict carries ``message`` to everyone."""
         self._set(f"failed/{self.rank}", message)
@@ -160,18 +197,16 @@ class Finish:
         self._set(f"finished/{self.rank}", "1")
 
     def verdict(self) -> Verdict:
-        """Rank 0: wait until every worker has finished or died, then decide and post.
-        The others: wait for rank 0's verdict while its heartbeat goes on."""
-        if self.rank != 0:
-            while not self._has("verdict"):
-                if self._silent(0):
-                    raise PeerError(
-                        f"rank {self.rank}: rank 0 stopped responding for {self.dead_after_s} s "
-                        "at the end of the run (rank 0 must outlive the run)"
-                    )
-                self._poll()
+        """The leader: wait until every worker has finished or died, then decide and post.
+        The others: wait for the leader's verdict while its heartbeat goes on; if it stops,
+        the next rank leads (perhaps this one)."""
+        while not self.leads():
+            if self._has("verdict"):
+                return Verdict.loads(self._call("reading the verdict", self._get("verdict")))
+            self._poll()
+        if self._has("verdict"):  # a leader that died after its verdict: it stands
             return Verdict.loads(self._call("reading the verdict", self._get("verdict")))
-        waiting, crashed = set(range(self.n)), set()
+        waiting, crashed = set(range(self.n)) - self.dead, set(self.dead)
         while waiting:
             for r in sorted(waiting):
                 if self._has(f"finished/{r}"):
@@ -185,7 +220,8 @@ class Finish:
         error = None
         if failed:
             error = self._call("reading a failure", self._get(f"failed/{failed[0]}")).decode()
-        verdict = Verdict(tuple(sorted(crashed)), error)
+        self.mark_dead(crashed)
+        verdict = Verdict(tuple(sorted(crashed)), error, self.rank)
         self._set("verdict", verdict.dumps())
         return verdict
 
@@ -194,7 +230,7 @@ class Finish:
 
     def post(self, final: Any, key: str = "final") -> None:
         """A survivor's final state (or its state at an evaluation point: ``key``
-        ``eval/<round>``), for rank 0 (any object ``torch.save`` takes)."""
+        ``eval/<round>``), for the leader (any object ``torch.save`` takes)."""
         buffer = io.BytesIO()
         torch.save(final, buffer)
         self._set(f"{key}/{self.rank}", buffer.getvalue())
@@ -202,10 +238,10 @@ class Finish:
     def gather(
         self, key: str, ranks: Iterable[int], device: torch.device | None = None
     ) -> Gathered | None:
-        """Rank 0: what the workers ``ranks`` post under ``key`` (an evaluation point), as
-        they reach it. A worker whose heartbeat stops is left out (``dead``); None if one
-        of them failed (it never posts: the run ends with its error). Each post is
-        removed from the store once read."""
+        """The leader: what the workers ``ranks`` post under ``key`` (an evaluation point),
+        as they reach it. A worker whose heartbeat stops is left out (``dead``, and marked
+        so); None if one of them failed (it never posts: the run ends with its error).
+        Each post is removed from the store once read."""
         posts, dead = {}, []
         for r in ranks:
             name = f"{key}/{r}"
@@ -214,6 +250,7 @@ class Finish:
                     return None
                 if self._silent(r):
                     dead.append(r)
+                    self.mark_dead([r])
                     break
                 self._poll()
             else:
@@ -224,12 +261,12 @@ class Finish:
         return Gathered(posts, tuple(dead))
 
     def collect(self, ranks: Iterable[int], device: torch.device | None = None) -> dict[int, Any]:
-        """Rank 0: the final states of the survivors ``ranks``, as they post them."""
+        """The leader: the final states of the survivors ``ranks``, as they post them."""
         got = self.gather("final", ranks, device)
         assert got is not None  # a failure was the verdict's: nobody collects after it
         if got.dead:
             raise PeerError(
-                f"rank 0: rank {got.dead[0]} died after the end of the run, before it handed "
-                "its final state over"
+                f"rank {self.rank}: rank {got.dead[0]} died after the end of the run, before "
+                "it handed its final state over"
             )
         return got.posts

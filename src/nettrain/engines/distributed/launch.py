@@ -3,13 +3,15 @@
 Each process is ``python -m nettrain ARGUMENTS`` with the variables a launcher sets
 (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``,
 ``MASTER_PORT``) and one thread (``OMP_NUM_THREADS=1``: the processes share this
-machine's cores). Rank 0 hosts the rendezvous store, bound to ``master_addr`` only
-(:func:`~nettrain.engines.distributed.store.open_store`); torchrun's agent would host
-its own store on every interface, so a run on one machine does not go through it.
+machine's cores). The launcher itself hosts the rendezvous store, bound to
+``master_addr`` only (:func:`~nettrain.engines.distributed.store.open_store`), and
+tells the ranks so (``NETTRAIN_STORE_HOSTED=1``): the store outlives any rank, rank 0
+included. torchrun's agent would host its own store on every interface, so a run on
+one machine does not go through it.
 
 Every process runs to its end: a rank that dies does not take the others down, so an
-asynchronous run carries on without a dead worker (the engine names it in
-``crashed_ranks``) and a synchronous one stops with the engine's error naming it. The
+asynchronous run carries on without a dead worker, rank 0 included (the engine names
+it in ``crashed_ranks``), and a synchronous one stops with the engine's error naming it. The
 exit status is the first non-zero status of a rank, else 0. SIGINT and SIGTERM sent to
 the launcher are passed on to every process still running.
 """
@@ -24,6 +26,8 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from nettrain.engines.distributed.store import HOSTED, open_store
+
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -37,12 +41,17 @@ def rank_environment(rank: int, nproc: int, master_addr: str, master_port: int) 
         "MASTER_ADDR": master_addr,
         "MASTER_PORT": str(master_port),
         "OMP_NUM_THREADS": "1",
+        HOSTED: "1",
     }
 
 
-def launch_local(nproc: int, arguments: Sequence[str], master_addr: str, master_port: int) -> int:
-    """Run ``python -m nettrain ARGUMENTS`` as ranks ``0 .. nproc - 1`` on this machine
-    and wait for all of them; the first non-zero exit status of a rank, else 0."""
+def launch_local(
+    nproc: int, arguments: Sequence[str], master_addr: str, master_port: int, timeout_s: float
+) -> int:
+    """Run ``python -m nettrain ARGUMENTS`` as ranks ``0 .. nproc - 1`` on this machine,
+    hosting their rendezvous store, and wait for all of them; the first non-zero exit
+    status of a rank, else 0."""
+    store = open_store(master_addr, master_port, nproc, True, timeout_s)  # noqa: F841 (held open)
     command = [sys.executable, "-m", "nettrain", *arguments]
     processes = [
         subprocess.Popen(command, env=rank_environment(r, nproc, master_addr, master_port))

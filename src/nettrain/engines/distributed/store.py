@@ -55,10 +55,15 @@ def warn_if_reachable(addr: str) -> bool:
     return True
 
 
+HOSTED = "NETTRAIN_STORE_HOSTED"  # "1": the launcher hosts the store, no rank does
+
+
 def hosts_store(rank: int) -> bool:
-    """Whether rank ``rank`` hosts the rendezvous store: rank 0, unless torchrun's agent
-    hosts it (``TORCHELASTIC_USE_AGENT_STORE=True``)."""
-    return rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    """Whether rank ``rank`` hosts the rendezvous store: rank 0, unless a launcher hosts
+    it: nettrain's own (``NETTRAIN_STORE_HOSTED=1``, so that the store outlives any rank)
+    or torchrun's agent (``TORCHELASTIC_USE_AGENT_STORE=True``)."""
+    launcher = os.environ.get(HOSTED) == "1"
+    return rank == 0 and not launcher and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
 
 
 def keep_on_loopback(addr: str) -> None:

@@ -230,6 +230,9 @@ class SharedSteps:
         }
         return Counters(totals, None, loss, self.round)
 
+    def late(self) -> list[tuple[Counters, Snapshot]]:
+        return []  # every record is written at its round
+
     def snapshot(self) -> Snapshot | None:
         if not self.main:
             return None
