@@ -95,6 +95,7 @@ def test_config_file_and_overrides(tmp_path: Path) -> None:
         (["reproduce", "easgd", "--set", "colour=red"], "unknown config key 'colour'"),
         (["reproduce", "easgd", "--set", "lr"], "expected key=value, got 'lr'"),
         (["reproduce", "swarm", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+        (["reproduce", "swarm", "--seeds", "0"], "--seeds must be >= 1, got 0"),
     ],
 )
 def test_bad_input_exits_2_naming_the_problem(args: list[str], message: str, capsys) -> None:

@@ -13,9 +13,9 @@ import pytest
 
 from nettrain.cli import main
 from nettrain.report.html import FIGURE_MAKERS, config_differences
-from nettrain.report.plots import choose_panels, plot_run, plot_runs, x_axes
+from nettrain.report.plots import _band_at, choose_panels, plot_run, plot_runs, plot_seeds, x_axes
 from nettrain.reporting import describe_runs
-from nettrain.reproduce.claims import Claim, write_claims
+from nettrain.reproduce.claims import BY_CONSTRUCTION, EMPIRICAL, Claim, Measured, write_claims
 
 TINY = [
     *("dataset=digits", "agents=4", "rounds=6", "eval_every=2", "progress=false"),
@@ -93,8 +93,15 @@ def test_reproduction_report_has_the_claims_table(compared: Path, tmp_path: Path
     for name in ("dpsgd", "allreduce"):
         shutil.copytree(compared / name, repro / "setting" / name)
     claims = [
-        Claim("gossip <b>keeps</b> up", "accuracy gap <= 5 points", "gap 1 point", True),
-        Claim("all-reduce is cheaper", "bytes ratio < 1", "ratio 1.2", False),
+        Claim(
+            "gossip <b>keeps</b> up",
+            EMPIRICAL,
+            "accuracy gap <= 5 points",
+            Measured.of([1.0, 1.2], "gap 1 point"),
+            True,
+        ),
+        Claim("all-reduce is cheaper", EMPIRICAL, "ratio < 1", Measured.of([1.2], "1.2"), False),
+        Claim("8 bits are 4x fewer", BY_CONSTRUCTION, "ratio 4", Measured.of([3.9], "3.9"), False),
     ]
     write_claims(claims, repro / "claims.json")
     out = tmp_path / "page.html"
@@ -103,7 +110,8 @@ def test_reproduction_report_has_the_claims_table(compared: Path, tmp_path: Path
     table = table_html(page, "claims")
     assert "gossip &lt;b&gt;keeps&lt;/b&gt; up" in table  # user text escaped
     assert "<td>yes</td>" in table and "<td>NO</td>" in table
-    assert "1 of 2 claims hold" in page
+    assert "<td>gap 1 point</td>" in table and "<td>by construction</td>" in table
+    assert "1 of 2 empirical claims hold" in page  # the by-construction one not counted
     assert "setting/dpsgd" in table_html(page, "summary")
 
 
@@ -180,6 +188,17 @@ def test_plots_draw_with_or_without_round_zero_and_one_record(tmp_path: Path, ze
     assert plot_runs(runs, tmp_path / "all.png", "title").stat().st_size > 0
     assert plot_run(records(1e-1, rounds=0 if zero else 1, zero=zero), tmp_path / "one.png")
     assert plot_run([], tmp_path / "none.png").is_file()
+
+
+def test_a_band_over_seeds_stands_at_the_runs_x_values(tmp_path: Path) -> None:
+    mean = [{"round": t, "epoch": t / 4} for t in (0, 4, 8)]
+    band = [(0, 0.1, 0.2), (4, 0.3, 0.5), (8, 0.6, 0.9), (12, 0.7, 0.8)]
+    assert _band_at(mean, band, "epoch") == [(0.0, 0.1, 0.2), (1.0, 0.3, 0.5), (2.0, 0.6, 0.9)]
+    assert _band_at(mean, band, "round")[1] == (4.0, 0.3, 0.5)
+    seeds = {"dpsgd": [records(1e-1), records(2e-1)], "diverged": []}
+    panels = [("consensus_distance", "consensus", True), ("test_accuracy", "accuracy", False)]
+    path = plot_seeds(seeds, panels, tmp_path / "seeds.png", x=("samples", "samples"))
+    assert path.stat().st_size > 10_000
 
 
 def test_titles_leave_out_what_a_method_does_not_use() -> None:

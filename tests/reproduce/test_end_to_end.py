@@ -1,16 +1,18 @@
-"""`nettrain reproduce NAME --quick` end to end, at a tiny size given with ``--set``.
+"""`nettrain reproduce NAME --quick --seeds 2` end to end, at a tiny size given with ``--set``.
 
 The claim checks are tested on hand-made records (``test_*_claims.py``); here every
 experiment runs through the command line (``nettrain.cli.main``, in this process), as a
 user runs it, and each test checks that:
 
-* the exit code is 0 exactly when every claim in ``claims.json`` holds, 1 otherwise;
-* ``claims.json`` is a list of the experiment's claims, each with its four keys and a
-  boolean ``holds``;
-* every run folder the experiment declares holds a finished run of the ``--set`` config
-  (``config.json``, ``summary.json``, ``metrics.jsonl`` up to the last round, ``final.pt``);
-* ``summary.csv`` has one row per run (per method for block-async), and the plots and
-  files the experiment promises are written;
+* the exit code is 0 exactly when every empirical claim in ``claims.json`` holds, 1
+  otherwise;
+* ``claims.json`` is a list of the experiment's claims, each with its five keys, a
+  ``kind``, a boolean ``holds`` and ``measured`` figures for each of the 2 seeds;
+* every run folder the experiment declares holds, for each seed (``seed-<s>/``), a
+  finished run of the ``--set`` config at that seed (``config.json``, ``summary.json``,
+  ``metrics.jsonl`` up to the last round, ``final.pt``);
+* ``summary.csv`` has one row per run, ``aggregate.csv`` one per configuration, and the
+  plots and files the experiment promises are written;
 * the same command again keeps the finished runs: no run starts, no file of a run
   folder changes, and the claims come out the same. block-async, whose claims are
   wall-clock speed-ups, keeps none: it refuses (exit 2, naming ``--force``) and leaves
@@ -21,7 +23,7 @@ scikit-learn's digits in place of Fashion-MNIST, which is read again and evaluat
 its 10,000 test images in every run (seconds each). At this size the claims need not
 hold; the exit code is checked against ``claims.json`` whichever way they come out.
 Every run also draws its own ``plot.png`` (``tests/test_cli.py`` checks it); at about a
-second each for 62 runs that would be most of the time, so the tests replace it with a
+second each for 116 runs that would be most of the time, so the tests replace it with a
 stub that counts the runs that finish. block-async takes the longest: each of its 8 runs
 starts fresh worker processes, which import torch.
 """
@@ -38,9 +40,10 @@ import pytest
 
 from nettrain.cli import main
 from nettrain.reproduce import block_async, easgd, next_sca, swarm
-from nettrain.reproduce.runner import folder_name
+from nettrain.reproduce.runner import folder_name, seed_folder
 
 Row = dict[str, str]
+SEEDS = (3, 4)  # --seed 3 --seeds 2
 
 
 class Case(NamedTuple):
@@ -49,10 +52,14 @@ class Case(NamedTuple):
     name: str
     sizes: dict[str, str]  # --set KEY=VALUE, every run
     claims: int
-    runs: list[str]  # run folders, relative to --out
-    row_key: Callable[[Row], str]  # a row of summary.csv -> the run (method) it is about
-    rows: list[str]  # the rows summary.csv must have, by row_key
+    configs: list[str]  # a seed's run folders, relative to its seed-<s> folder
+    row_key: Callable[[Row], str]  # a row of summary.csv -> the run it is about (no seed)
     files: list[str]  # the plots and tables beside summary.csv and claims.json
+
+    @property
+    def runs(self) -> list[str]:
+        """Every run folder, relative to --out."""
+        return [f"{seed_folder(s)}/{run}" for s in SEEDS for run in self.configs]
 
 
 def next_case() -> Case:
@@ -63,7 +70,6 @@ def next_case() -> Case:
         4,
         runs,
         lambda r: f"{r['setting']}/{folder_name(r['method'])}",
-        runs,
         [f"{s.name}.png" for s in next_sca.SETTINGS],
     )
 
@@ -80,10 +86,9 @@ def easgd_case() -> Case:
         "easgd",
         # every tau divides 64 rounds (local steps per worker): tau = 64 exchanges once
         {"dataset": "digits", "train_samples": "640", "rounds": "64", "eval_every": "32"},
-        4,
+        5,
         runs,
         lambda r: f"n{r['n']}_{r['method']}_tau{r['tau']}",
-        runs,
         [*plots, "stability.png", "stability.csv", "stability_summary.csv"],
     )
 
@@ -96,7 +101,6 @@ def swarm_case() -> Case:
         5,
         runs,
         lambda r: folder_name(f"n{r['n']} {r['method']}"),
-        runs,
         ["n16.png"],
     )
 
@@ -109,20 +113,20 @@ def block_async_case() -> Case:
         # partitioned ones
         {"rounds": "30"},
         2,
-        [f"{folder_name(m)}_pass{p + 1}" for m in labels for p in range(block_async.PASSES)],
-        lambda r: r["method"],
-        labels,
+        [folder_name(m) for m in labels],
+        lambda r: folder_name(r["method"]),
         ["accuracy.png", "speedup.json"],
     )
 
 
 CASES = {c.name: c for c in (next_case(), easgd_case(), swarm_case(), block_async_case())}
-COUNTS = {"next": 18, "easgd": 23, "swarm": 13, "block-async": 8}  # runs, counted by hand
+COUNTS = {"next": 18, "easgd": 23, "swarm": 13, "block-async": 4}  # a seed's runs, by hand
 
 
 def reproduce(case: Case, out: Path) -> int:
     sets = [f"{k}={v}" for k, v in case.sizes.items()] + ["tensorboard=false"]
-    return main(["reproduce", case.name, "--quick", "--out", str(out), "--set", *sets])
+    seeds = ["--seed", str(SEEDS[0]), "--seeds", str(len(SEEDS))]
+    return main(["reproduce", case.name, "--quick", *seeds, "--out", str(out), "--set", *sets])
 
 
 def stamps(out: Path, runs: list[str]) -> dict[str, tuple[int, int]]:
@@ -134,12 +138,12 @@ def stamps(out: Path, runs: list[str]) -> dict[str, tuple[int, int]]:
     }
 
 
-def check_run_folder(folder: Path, sizes: dict[str, str]) -> None:
+def check_run_folder(folder: Path, sizes: dict[str, str], seed: int) -> None:
     for name in ("config.json", "summary.json", "metrics.jsonl", "final.pt"):
         assert (folder / name).is_file(), folder / name
     config = json.loads((folder / "config.json").read_text())
     assert {k: str(config[k]) for k in sizes} == sizes, folder
-    assert config["tensorboard"] is False
+    assert config["tensorboard"] is False and config["seed"] == seed
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["round"] == 0 and records[-1]["round"] == int(sizes["rounds"]), folder
     summary = json.loads((folder / "summary.json").read_text())
@@ -163,7 +167,7 @@ def test_reproduce_runs_end_to_end_and_keeps_its_runs(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     case = CASES[name]
-    assert len(case.runs) == len(set(case.runs)) == COUNTS[name]
+    assert len(case.configs) == len(set(case.configs)) == COUNTS[name]
     finished: list[str] = []
 
     def plot_run(records: Any, path: Path, title: str = "", **kw: Any) -> None:
@@ -176,17 +180,28 @@ def test_reproduce_runs_end_to_end_and_keeps_its_runs(
     claims = json.loads((tmp_path / "claims.json").read_text())
     assert isinstance(claims, list) and len(claims) == case.claims
     for claim in claims:
-        assert set(claim) == {"claim", "expected", "measured", "holds"}
+        assert set(claim) == {"claim", "kind", "expected", "measured", "holds"}
+        assert claim["kind"] in ("empirical", "by_construction")
         assert isinstance(claim["holds"], bool)
-        assert claim["claim"] and claim["expected"] and claim["measured"]
-    assert code == (0 if all(c["holds"] for c in claims) else 1)
+        assert claim["claim"] and claim["expected"] and claim["measured"]["text"]
+        assert set(claim["measured"]) == {"mean", "std", "per_seed", "text"}
+        assert len(claim["measured"]["per_seed"]) in (0, len(SEEDS))  # 0: an analysis
+    empirical = [c["holds"] for c in claims if c["kind"] == "empirical"]
+    assert empirical and code == (0 if all(empirical) else 1)
 
     assert sorted(finished) == sorted(case.runs)  # every declared run ran, once
-    for run in case.runs:
-        check_run_folder(tmp_path / run, case.sizes)
+    for seed in SEEDS:
+        for run in case.configs:
+            check_run_folder(tmp_path / seed_folder(seed) / run, case.sizes, seed)
     with open(tmp_path / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert sorted(map(case.row_key, rows)) == sorted(case.rows)
+    assert sorted(f"{seed_folder(int(r['seed']))}/{case.row_key(r)}" for r in rows) == sorted(
+        case.runs
+    )
+    with open(tmp_path / "aggregate.csv", newline="") as f:
+        groups = list(csv.DictReader(f))
+    assert sorted(map(case.row_key, groups)) == sorted(case.configs)
+    assert {g["runs"] for g in groups} == {str(len(SEEDS))}
     for file in case.files:
         check_file(tmp_path / file)
 

@@ -1,19 +1,23 @@
 """run_all: finished runs are kept, unfinished ones run again, changed ones only with
 force, parallel runs give the same numbers, and an error one run is allowed to raise
-leaves the others."""
+leaves the others; run_seeds: a folder per seed, finished seeds kept; seed_tables: a
+row per run and the mean ± std over the seeds."""
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from nettrain.config import RunConfig, load_config
 from nettrain.errors import ConfigError, DivergenceError
 from nettrain.recording import read_records
 from nettrain.reproduce import runner
-from nettrain.reproduce.runner import finished_records, run_all
+from nettrain.reproduce.runner import Request, finished_records, run_all, run_seeds, seed_tables
 
 
 def tiny(**overrides: Any) -> RunConfig:
@@ -99,3 +103,57 @@ def test_a_tolerated_error_gives_none_and_its_message(tmp_path: Path) -> None:
 def test_jobs_below_one_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--jobs"):
         run_all(plan(), tmp_path, jobs=0)
+
+
+def ask_for(out: Path, seeds: int, console: Console | None = None) -> Request:
+    return Request(out, True, 5, console or Console(), {}, 1, seeds=seeds)
+
+
+def seeded_plan(seed: int, quick: bool, overrides: Any) -> dict[str, RunConfig]:
+    return {"a dpsgd": tiny(algorithm="dpsgd", seed=seed)}
+
+
+def test_every_seed_has_its_folder_and_keeps_its_finished_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names: list[str] = []
+    found = run_seeds(ask_for(tmp_path, 2), seeded_plan, lambda name, r, note: names.append(name))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed-5", "seed-6"]
+    assert names == ["seed-5/a dpsgd", "seed-6/a dpsgd"]
+    for seed in (5, 6):
+        folder = tmp_path / f"seed-{seed}" / "a_dpsgd"
+        assert json.loads((folder / "config.json").read_text())["seed"] == seed
+        assert found[seed]["a dpsgd"] == read_records(folder)
+    assert numbers(found[5]["a dpsgd"]) != numbers(found[6]["a dpsgd"])  # another seed
+
+    ran: list[str] = []
+    real_run = runner.run
+
+    def counted_run(cfg: RunConfig, out: Path) -> Any:
+        ran.append(str(Path(out).relative_to(tmp_path)))
+        return real_run(cfg, out)
+
+    monkeypatch.setattr(runner, "run", counted_run)
+    again = run_seeds(ask_for(tmp_path, 3), seeded_plan, lambda name, r, note: None)
+    assert ran == ["seed-7/a_dpsgd"]  # seeds 5 and 6 were finished: kept
+    assert list(again) == [5, 6, 7] and again[5] == found[5]
+
+
+def test_seed_tables_write_each_run_and_print_mean_and_std(tmp_path: Path) -> None:
+    console = Console(record=True, width=200)
+    rows = [
+        {"method": "a", "seed": 0, "test_accuracy": 0.8},
+        {"method": "a", "seed": 1, "test_accuracy": 0.9},
+        {"method": "b", "seed": 0, "test_accuracy": 0.5},
+        {"method": "b", "seed": 1, "test_accuracy": 0.5},
+    ]
+    seed_tables(ask_for(tmp_path, 2, console), rows, ("method",), ("test_accuracy",), "T")
+    with open(tmp_path / "summary.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    with open(tmp_path / "aggregate.csv", newline="") as f:
+        groups = list(csv.DictReader(f))
+    assert [g["method"] for g in groups] == ["a", "b"]
+    assert float(groups[0]["test_accuracy_mean"]) == pytest.approx(0.85)
+    assert float(groups[0]["test_accuracy_std"]) == pytest.approx(0.0707, abs=1e-4)
+    shown = console.export_text()
+    assert "T: mean ± std over 2 seeds" in shown and "0.85 ± 0.07071" in shown

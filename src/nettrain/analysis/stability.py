@@ -56,7 +56,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -493,21 +493,50 @@ def stability_claim(
     Holds when (1) the EASGD sweep has predicted-stable points and all of them have
     ``radius < 1``, (2) some ADMM point with ``(eta, alpha = eta rho)`` inside EASGD's region
     has ``radius > 1 + tol``, and (3) EASGD itself, run at those same ``(eta, eta rho)`` with
-    the ADMM sweep's ``p`` and ``h``, has ``radius < 1`` there.
+    the ADMM sweep's ``p`` and ``h``, has ``radius < 1`` there. (1) is
+    :func:`easgd_stability`, (2) and (3) :func:`admm_instability`.
 
     Returns:
         ``(holds, measured)``, ``measured`` the counts and radii found, in words.
     """
+    stable, unstable = easgd_stability(easgd), admm_instability(admm, tol)
+    return stable.holds and unstable.holds, f"{stable.measured}; {unstable.measured}"
+
+
+class Verdict(NamedTuple):
+    """One half of :func:`stability_claim`: whether it holds, the counts and radii in
+    words, and the radius it rests on."""
+
+    holds: bool
+    measured: str
+    radius: float
+
+
+def easgd_stability(easgd: StabilitySweep) -> Verdict:
+    """Whether the EASGD sweep has predicted-stable points and all of them have
+    ``radius < 1`` (the condition evaluated: it holds by the theorem); ``radius``: the
+    largest at those points."""
     if easgd.method != "easgd":
         raise ConfigError(f"first sweep must be an EASGD sweep, got {easgd.method!r}")
-    if not admm.method.startswith("admm"):
-        raise ConfigError(f"second sweep must be an ADMM sweep, got {admm.method!r}")
     predicted = easgd.in_easgd_region
     n_predicted = int(predicted.sum())
     broken = int((predicted & ~easgd.stable).sum())
     worst = float(easgd.radius[predicted].max()) if n_predicted else float("nan")
+    measured = (
+        f"EASGD p={easgd.p}: {n_predicted - broken}/{n_predicted} predicted-stable grid points "
+        f"have radius < 1 (max {worst:.6f})"
+    )
+    return Verdict(n_predicted > 0 and broken == 0, measured, worst)
 
+
+def admm_instability(admm: StabilitySweep, tol: float = UNSTABLE_TOL) -> Verdict:
+    """Whether some ADMM point with ``(eta, alpha = eta rho)`` inside EASGD's region has
+    ``radius > 1 + tol`` while EASGD at those same ``(eta, eta rho)`` (the sweep's ``p``
+    and ``h``) has ``radius < 1``; ``radius``: the largest ADMM radius in the region."""
+    if not admm.method.startswith("admm"):
+        raise ConfigError(f"second sweep must be an ADMM sweep, got {admm.method!r}")
     region = admm.in_easgd_region
+    largest = float(admm.radius[region].max()) if region.any() else float("nan")
     unstable = region & (admm.radius > 1.0 + tol)
     n_unstable = int(unstable.sum())
     if n_unstable:
@@ -516,15 +545,12 @@ def stability_claim(
         mirror_max = float(mirror.max())
     else:
         mirror_max = float("nan")
-    holds = n_predicted > 0 and broken == 0 and n_unstable > 0 and mirror_max < 1.0
     measured = (
-        f"EASGD p={easgd.p}: {n_predicted - broken}/{n_predicted} predicted-stable grid points "
-        f"have radius < 1 (max {worst:.6f}); {admm.method} p={admm.p}: {n_unstable} of "
-        f"{int(region.sum())} points inside EASGD's region (alpha = eta*rho) have radius > 1 "
-        f"(max {float(admm.radius.max()):.6f}); EASGD at those points: max radius "
-        f"{mirror_max:.6f}"
+        f"{admm.method} p={admm.p}: {n_unstable} of {int(region.sum())} points inside "
+        f"EASGD's region (alpha = eta*rho) have radius > 1 (max {largest:.6f}); EASGD at "
+        f"those points: max radius {mirror_max:.6f}"
     )
-    return holds, measured
+    return Verdict(n_unstable > 0 and mirror_max < 1.0, measured, largest)
 
 
 # ----------------------------------------------------------------------------- plot

@@ -159,24 +159,34 @@ def summary_section(runs: Sequence[Run]) -> str:
 
 
 def claims_section(claims: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
-    """The claims of each reproduction (``claims.json``'s list, by the folder's name)."""
+    """The claims of each reproduction (``claims.json``'s list, by the folder's name): a
+    row each, what was measured in words; the count of those that hold is of the
+    empirical claims (a ``by_construction`` one is shown, not counted)."""
     parts = []
     for folder, listed in claims.items():
         rows = [
             [
                 c.get("claim"),
+                c.get("kind", "empirical").replace("_", " "),
                 "yes" if c.get("holds") else "NO",
                 c.get("expected"),
-                c.get("measured"),
+                measured_text(c.get("measured")),
             ]
             for c in listed
         ]
-        held = sum(bool(c.get("holds")) for c in listed)
+        counted = [c for c in listed if c.get("kind", "empirical") == "empirical"]
+        held = sum(bool(c.get("holds")) for c in counted)
         parts.append(
-            f"<h3>{html.escape(folder)}: {held} of {len(listed)} claims hold</h3>"
-            + table(["claim", "holds", "expected", "measured"], rows, "claims")
+            f"<h3>{html.escape(folder)}: {held} of {len(counted)} empirical claims hold</h3>"
+            + table(["claim", "kind", "holds", "expected", "measured"], rows, "claims")
         )
     return "<h2>Claims</h2>" + "\n".join(parts) if parts else ""
+
+
+def measured_text(measured: Any) -> Any:
+    """A claim's ``measured`` in words: its ``text`` (an object of figures per seed), or
+    itself (a claim written as text)."""
+    return measured.get("text") if isinstance(measured, Mapping) else measured
 
 
 def image(path: Path, alt: str) -> str:

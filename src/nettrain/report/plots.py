@@ -39,6 +39,7 @@ Record = Mapping[str, Any]
 Runs = Mapping[str, Sequence[Record]]
 # a run's band about its line, by key: (round, low, high) at each round
 Bands = Mapping[str, Mapping[str, Sequence[tuple[float, float, float]]]]
+Groups = Mapping[str, Sequence[Sequence[Record]]]  # a group's runs, one per seed
 
 X_AXES = (
     ("round", "round"),
@@ -218,6 +219,15 @@ def _points(records: Sequence[Record], xkey: str, ykey: str) -> list[tuple[float
     ]
 
 
+def _band_at(
+    records: Sequence[Record], band: Sequence[tuple[float, float, float]], xkey: str
+) -> list[tuple[float, float, float]]:
+    """``band`` (``(round, low, high)`` points) at the records' values of ``xkey`` in
+    place of the rounds; rounds without a value are left out."""
+    at = {r["round"]: r.get(xkey) for r in records if "round" in r}
+    return [(float(at[t]), low, high) for t, low, high in band if _number(at.get(t))]
+
+
 def _draw_cell(
     ax: Axes,
     panel: Panel,
@@ -226,8 +236,9 @@ def _draw_cell(
     colors: Mapping[str, Any],
     bands: Bands | None = None,
 ) -> None:
-    """``panel``'s metric against ``x``: one line per run (in its band against rounds,
-    where ``bands`` has one), the axes scaled and labelled."""
+    """``panel``'s metric against ``x``: one line per run (in its band, where ``bands``
+    has one: drawn at the run's value of ``x`` at each round), the axes scaled and
+    labelled."""
     xkey, xlabel = x
     curves = {name: _points(runs[name], xkey, panel.key) for name in panel.runs}
     xs_all = [px for points in curves.values() for px, _ in points]
@@ -240,10 +251,10 @@ def _draw_cell(
             xs, ys = zip(*kept, strict=True)
             marker = "o" if len(kept) < 12 else None
             ax.plot(xs, ys, color=colors[name], marker=marker, markersize=3, linewidth=1.4)
-        band = (bands or {}).get(name, {}).get(panel.key) if xkey == "round" else None
+        band = _band_at(runs[name], (bands or {}).get(name, {}).get(panel.key, ()), xkey)
         if band:
-            ts, lows, highs = zip(*band, strict=True)
-            ax.fill_between(ts, lows, highs, color=colors[name], alpha=0.2, linewidth=0)
+            xs, lows, highs = zip(*band, strict=True)
+            ax.fill_between(xs, lows, highs, color=colors[name], alpha=0.2, linewidth=0)
     if log_x:
         ax.set_xscale("log")
         _log_ticks(ax.xaxis, xs_all, _unit(xkey))
@@ -403,13 +414,19 @@ def plot_metrics(
 
     Runs whose records lack a key are left out of that panel.
     """
+    return draw_panels(runs, _metric_cells(runs, panels, x), path, title, columns=3)
+
+
+def _metric_cells(
+    runs: Runs, panels: Sequence[tuple[str, str, bool]], x: tuple[str, str]
+) -> list[tuple[Panel, tuple[str, str]]]:
+    """The cells of :func:`plot_metrics`: each ``(key, label, log_scale)`` against ``x``."""
     labels = {key: label for key, label, _ in panels}
-    cells = [
+    return [
         (panel, x)
         for key, _, log in panels
         for panel in choose_panels(runs, [key], log=log, labels=labels)
     ]
-    return draw_panels(runs, cells, path, title, columns=3)
 
 
 def seed_mean(
@@ -445,7 +462,7 @@ def seed_mean(
 
 
 def plot_bands(
-    groups: Mapping[str, Sequence[Sequence[Record]]],
+    groups: Groups,
     path: str | Path,
     title: str = "",
     metrics: Sequence[str] = HEADLINE,
@@ -455,14 +472,42 @@ def plot_bands(
     legend says each group's number of runs."""
     every = {f"{name} {k}": runs[k] for name, runs in groups.items() for k in range(len(runs))}
     log = {panel.key: panel.log for panel in choose_panels(every, metrics)}
-    means: dict[str, Sequence[Record]] = {}
-    bands: dict[str, Mapping[str, Sequence[tuple[float, float, float]]]] = {}
-    for name, runs in groups.items():
-        means[name], bands[name] = seed_mean(runs, log)
+    means, bands = _group_means(groups, log)
     cells = [
         (panel, X_AXES[0])
         for key in metrics
         for panel in choose_panels(means, [key], log=log.get(key))
     ]
-    labels = {name: f"{name} ({len(runs)} runs)" for name, runs in groups.items()}
-    return draw_panels(means, cells, path, title, 3, labels, bands)
+    return draw_panels(means, cells, path, title, 3, _run_counts(groups), bands)
+
+
+def _group_means(groups: Groups, log: Mapping[str, bool]) -> tuple[Runs, Bands]:
+    """:func:`seed_mean` of every group: its mean records and its bands, by name."""
+    means: dict[str, Sequence[Record]] = {}
+    bands: dict[str, Mapping[str, Sequence[tuple[float, float, float]]]] = {}
+    for name, runs in groups.items():
+        means[name], bands[name] = seed_mean(runs, log)
+    return means, bands
+
+
+def _run_counts(groups: Groups) -> dict[str, str]:
+    """Legend labels: each group's name and number of runs."""
+    return {name: f"{name} ({len(runs)} runs)" for name, runs in groups.items()}
+
+
+def plot_seeds(
+    groups: Groups,
+    panels: Sequence[tuple[str, str, bool]],
+    path: str | Path,
+    title: str = "",
+    x: tuple[str, str] = ("round", "iteration"),
+) -> Path:
+    """:func:`plot_metrics` over seeds: one line per group (its runs, one per seed), the
+    mean over its runs at each round they all recorded (:func:`seed_mean`; ``x`` is
+    averaged too) in a band of ± one standard deviation. Groups without runs are left
+    out; the legend says each group's number of runs."""
+    groups = {name: runs for name, runs in groups.items() if runs}
+    log = {key: on_log for key, _, on_log in panels} | {x[0]: False}
+    means, bands = _group_means(groups, log)
+    cells = _metric_cells(means, panels, x)
+    return draw_panels(means, cells, path, title, 3, _run_counts(groups), bands)

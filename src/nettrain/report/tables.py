@@ -103,10 +103,11 @@ def aggregate_table(
     metrics: Sequence[str] = SPREAD,
 ) -> Table:
     """:func:`aggregate`'s rows on the terminal: the group's keys, its runs, and each of
-    ``metrics`` the rows have as ``mean ± std`` (the mean alone for one run)."""
+    ``metrics`` the rows have as ``mean ± std`` (the mean alone for one run), headed as
+    :data:`COLUMNS` names them (others by their key)."""
     table = Table(title=title or None, box=box.SIMPLE_HEAD)
     headers = dict(COLUMNS)
-    metrics = [(k, headers[k]) for k in metrics if any(f"{k}_mean" in r for r in rows)]
+    metrics = [(k, headers.get(k, k)) for k in metrics if any(f"{k}_mean" in r for r in rows)]
     for i, header in enumerate([*by, "runs", *(h for _, h in metrics)]):
         table.add_column(header, justify="left" if i < len(by) else "right")
     for row in rows:

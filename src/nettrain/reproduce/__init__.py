@@ -1,9 +1,10 @@
 """``nettrain reproduce NAME``: one command per paper, checking its claims at small scale.
 
-Each experiment runs its configurations through :func:`nettrain.experiment.run` (every
-run leaves an ordinary run folder), draws its plots, and returns a list of
+Each experiment runs its configurations for every seed of the request through
+:func:`nettrain.experiment.run` (every run leaves an ordinary run folder, under
+``DIR/seed-<s>/``), draws its plots, and returns a list of
 :class:`~nettrain.reproduce.claims.Claim` written to ``DIR/claims.json``; the command
-exits 0 only if every claim holds.
+exits 0 only if every empirical claim holds (by-construction ones are reported only).
 """
 
 from __future__ import annotations

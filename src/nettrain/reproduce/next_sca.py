@@ -10,24 +10,33 @@ uniform weights, where every agent holds the exact average after each round (for
 linear surrogate that is centralised full-batch proximal gradient with step
 ``alpha[k] / tau``). Checked:
 
-1. NEXT's final social objective is within 1% of its centralised counterpart's.
-2. DGD with the same step is slower or biased: a larger final stationarity measure.
-3. l1 gives at least 50% exact zeros at a test error within 1 point of l2.
+1. NEXT's final social objective is within 1% of its centralised counterpart's (mean
+   over the seeds).
+2. DGD with the same step is slower or biased: a larger final stationarity measure than
+   NEXT's, by more than twice the standard error of the difference of the means, on
+   every data set; the ratio DGD / NEXT is stated.
+3. l1 gives at least 50% exact zeros at a test error within 1 point of l2 (means).
 4. The block-parallel step (2 blocks, block-Jacobi Gauss-Newton) reaches the
-   sequential run's objective (within 1%) in at most 10% more iterations.
+   sequential run's objective (within 1%) in at most 10% more iterations (mean of the
+   seeds' ratios).
+
+Every configuration runs for each seed (``seed-<s>/SETTING/METHOD``); the tables give
+the mean ± std over the seeds, the plots the mean in a band of ± one std. All four
+claims are empirical: :func:`figures` takes one seed's records to the numbers the
+claims test, :func:`check` the seeds' numbers to the claims.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from statistics import fmean
 from typing import Any
 
-from nettrain.config import load_config
-from nettrain.report.plots import plot_metrics
-from nettrain.report.tables import rows_table, write_csv
-from nettrain.reproduce.claims import Claim
-from nettrain.reproduce.runner import Request, run_all
+from nettrain.config import RunConfig, load_config
+from nettrain.report.plots import plot_seeds
+from nettrain.reproduce.claims import EMPIRICAL, Claim, Measured, better, quotient, spread
+from nettrain.reproduce.runner import Request, run_seeds, seed_tables
 
 Records = list[dict[str, Any]]
 
@@ -116,40 +125,55 @@ PANELS = (
 )
 
 
+def plan(seed: int, quick: bool, overrides: Mapping[str, Any]) -> dict[str, RunConfig]:
+    """One seed's runs, ``SETTING/METHOD`` -> config."""
+    eval_every = 10 if quick else 25
+    configs = {}
+    for setting in SETTINGS:
+        rounds = setting.rounds[0 if quick else 1]
+        schedule = {"rounds": rounds, "eval_every": eval_every, "seed": seed}
+        for label, extra in setting.methods().items():
+            values = BASE | setting.overrides | extra | schedule
+            configs[f"{setting.name}/{label}"] = load_config(values | dict(overrides))
+    return configs
+
+
 def reproduce(ask: Request) -> list[Claim]:
     """Run every setting as ``ask`` says (:class:`~nettrain.reproduce.runner.Request`):
-    run folders ``SETTING/METHOD``, plots and ``summary.csv`` in ``ask.out``."""
-    out, quick, seed, console, overrides, jobs, force = ask  # every field of the request
-    eval_every = 10 if quick else 25
-    plan = {}
-    for setting in SETTINGS:
-        for label, extra in setting.methods().items():
-            values = BASE | setting.overrides | extra
-            rounds = setting.rounds[0 if quick else 1]
-            schedule = {"rounds": rounds, "eval_every": eval_every, "seed": seed}
-            plan[f"{setting.name}/{label}"] = load_config(values | schedule | dict(overrides))
+    run folders ``seed-<s>/SETTING/METHOD``; plots, ``summary.csv`` and ``aggregate.csv``
+    in ``ask.out``."""
 
     def done(name: str, records: Records | None, note: str) -> None:
         if records is not None:  # always: no error is tolerated here
-            setting, label = name.split("/")
             shown = describe(final([with_test_error(r) for r in records]))
-            console.print(f"{setting:14s} {label:26s} {shown} {note}")
+            ask.console.print(f"{name:40s} {shown} {note}")
 
-    found = run_all(plan, out, jobs=jobs, done=done, force=force)
-    results: dict[str, dict[str, Records]] = {s.name: {} for s in SETTINGS}
-    rows = []
-    for name, records in ((k, v) for k, v in found.items() if v is not None):
-        setting, label = name.split("/")
-        results[setting][label] = [with_test_error(r) for r in records]
-        rows.append({"setting": setting, "method": label, **final(results[setting][label])})
+    found = run_seeds(ask, plan, done)
+    results = {seed: by_setting(runs) for seed, runs in found.items()}
+    rows = [
+        {"setting": setting, "method": label, "seed": seed, **final(records)}
+        for seed, settings in results.items()
+        for setting, runs in settings.items()
+        for label, records in runs.items()
+    ]
+    seed_tables(ask, rows, ("setting", "method"), (*FINAL, "wall_time_s"), "NEXT: final values")
     for setting in SETTINGS:
-        plot_metrics(
-            results[setting.name], PANELS, out / f"{setting.name}.png", title=setting.title
-        )
-    write_csv(rows, out / "summary.csv")
-    columns = ("setting", "method", *FINAL, "wall_time_s")
-    console.print(rows_table(rows, columns, title="NEXT: final values", left=2))
-    return check(results)
+        curves = {
+            label: [results[seed][setting.name][label] for seed in results]
+            for label in setting.methods()
+        }
+        plot_seeds(curves, PANELS, ask.out / f"{setting.name}.png", title=setting.title)
+    return check([figures(settings) for settings in results.values()])
+
+
+def by_setting(runs: Mapping[str, Records | None]) -> dict[str, dict[str, Records]]:
+    """One seed's records, ``SETTING/METHOD`` -> records, as setting -> method -> records
+    (with the test error)."""
+    out: dict[str, dict[str, Records]] = {s.name: {} for s in SETTINGS}
+    for name, records in runs.items():
+        setting, label = name.split("/")
+        out[setting][label] = [with_test_error(r) for r in records or []]
+    return out
 
 
 def with_test_error(record: dict[str, Any]) -> dict[str, Any]:
@@ -179,56 +203,141 @@ def first_round_below(records: Records, target: float) -> int | None:
     return next((r["round"] for r in records if r["objective"] <= target), None)
 
 
-def check(results: Mapping[str, Mapping[str, Records]]) -> list[Claim]:
-    """The four claims from the final records (see the module docstring)."""
+@dataclass(frozen=True)
+class Figures:
+    """The numbers one seed's runs give the claims.
+
+    ``gaps``: ``"SETTING NEXT s"`` -> ``(U_NEXT - U_central) / |U_central|`` (final
+    objectives); ``stationarity``: setting -> final stationarity of (DGD, NEXT linear);
+    ``sparsity``: share of exact zeros in the l1 run's ``w~`` (digits); ``errors``: test
+    error of the l1 and the l2 run (digits); ``block_rounds``: iterations of B = 1 and
+    B = 2 to B = 1's final objective + 1% (diabetes, Gauss-Newton; ``None``: never)."""
+
+    gaps: dict[str, float]
+    stationarity: dict[str, tuple[float, float]]
+    sparsity: float
+    errors: tuple[float, float]
+    block_rounds: tuple[int | None, int | None]
+
+    @property
+    def slowdown(self) -> float:
+        """Iterations of B = 2 over those of B = 1 (infinite if either never got there)."""
+        k_seq, k_par = self.block_rounds
+        return k_par / k_seq if k_par is not None and k_seq else float("inf")
+
+
+def figures(results: Mapping[str, Mapping[str, Records]]) -> Figures:
+    """One seed's :class:`Figures` from its records (setting -> method -> records)."""
     last = {s: {m: recs[-1] for m, recs in runs.items()} for s, runs in results.items()}
-    gaps = {
-        f"{s} {m}": (r["objective"] - last[s][m.replace("NEXT", "central")]["objective"])
-        / abs(last[s][m.replace("NEXT", "central")]["objective"])
-        for s, runs in last.items()
-        for m, r in runs.items()
-        if m.startswith("NEXT") and "B=" not in m
-    }
-    worst = max(gaps, key=lambda k: gaps[k])
-    ratios = {
-        s: runs["DGD"]["stationarity"] / runs["NEXT linear"]["stationarity"]
-        for s, runs in last.items()
-        if "DGD" in runs
-    }
-    l1, l2 = last["digits_l1"]["NEXT linear"], last["digits"]["NEXT linear"]
-    error_gap = l1["test_error"] - l2["test_error"]
+
+    def gap(setting: str, method: str) -> float:
+        central = last[setting][method.replace("NEXT", "central")]["objective"]
+        return (last[setting][method]["objective"] - central) / abs(central)
+
     seq = results["diabetes"]["NEXT gauss_newton"]
-    par = results["diabetes"]["NEXT gauss_newton B=2"]
     target = seq[-1]["objective"] * (1 + OBJECTIVE_TOL)
-    k_seq, k_par = first_round_below(seq, target), first_round_below(par, target)
-    slowdown = k_par / k_seq if k_par is not None and k_seq else float("inf")
-    return [
-        Claim(
-            "NEXT reaches the centralised objective",
-            f"(U_NEXT - U_central) / U_central <= {OBJECTIVE_TOL:.0%} for every data set and "
-            "surrogate (central: the same iteration with exact averaging)",
-            "; ".join(f"{k}: {v:+.2%}" for k, v in gaps.items()) + f" (worst {worst})",
-            gaps[worst] <= OBJECTIVE_TOL,
+    par = results["diabetes"]["NEXT gauss_newton B=2"]
+    return Figures(
+        gaps={
+            f"{s} {m}": gap(s, m)
+            for s, runs in last.items()
+            for m in runs
+            if m.startswith("NEXT") and "B=" not in m
+        },
+        stationarity={
+            s: (runs["DGD"]["stationarity"], runs["NEXT linear"]["stationarity"])
+            for s, runs in last.items()
+            if "DGD" in runs
+        },
+        sparsity=last["digits_l1"]["NEXT linear"]["sparsity"],
+        errors=(
+            last["digits_l1"]["NEXT linear"]["test_error"],
+            last["digits"]["NEXT linear"]["test_error"],
         ),
-        Claim(
-            "DGD with the same step is slower or biased",
-            "final stationarity of DGD / of NEXT (linear surrogate) > 1 on every data set",
-            "; ".join(f"{s}: {v:.2f}x" for s, v in ratios.items()),
-            all(v > 1 for v in ratios.values()),
+        block_rounds=(first_round_below(seq, target), first_round_below(par, target)),
+    )
+
+
+def check(seeds: Sequence[Figures]) -> list[Claim]:
+    """The four claims (see the module docstring) from every seed's :class:`Figures`."""
+    return [objective_claim(seeds), dgd_claim(seeds), l1_claim(seeds), block_claim(seeds)]
+
+
+def objective_claim(seeds: Sequence[Figures]) -> Claim:
+    """Claim 1: the worst mean gap to the centralised objective is at most 1%."""
+    gaps = {k: [f.gaps[k] for f in seeds] for k in seeds[0].gaps}
+    worst = max(gaps, key=lambda k: fmean(gaps[k]))
+    shown = "; ".join(f"{k}: {spread([100 * v for v in vs], '+.3f')}%" for k, vs in gaps.items())
+    return Claim(
+        "NEXT reaches the centralised objective",
+        EMPIRICAL,
+        f"mean over the seeds of (U_NEXT - U_central) / U_central <= {OBJECTIVE_TOL:.0%} for "
+        "every data set and surrogate (central: the same iteration with exact averaging)",
+        Measured.of(gaps[worst], f"{shown} (worst {worst})"),
+        fmean(gaps[worst]) <= OBJECTIVE_TOL,
+    )
+
+
+def dgd_claim(seeds: Sequence[Figures]) -> Claim:
+    """Claim 2: DGD's final stationarity is above NEXT's by more than 2 standard errors."""
+    settings = list(seeds[0].stationarity)
+    dgd = {s: [f.stationarity[s][0] for f in seeds] for s in settings}
+    nxt = {s: [f.stationarity[s][1] for f in seeds] for s in settings}
+    ratios = {s: list(map(quotient, dgd[s], nxt[s])) for s in settings}
+    compared = {s: better(nxt[s], dgd[s], lower=True) for s in settings}
+    ratio = {s: quotient(fmean(dgd[s]), fmean(nxt[s])) for s in settings}
+    weakest = min(settings, key=lambda s: (compared[s].holds, ratio[s]))  # failing first
+    shown = "; ".join(
+        f"{s}: ratio {ratio[s]:.2f}x (DGD {spread(dgd[s])}, "
+        f"NEXT {spread(nxt[s])}; {compared[s].describe()})"
+        for s in settings
+    )
+    return Claim(
+        "DGD with the same step is slower or biased",
+        EMPIRICAL,
+        "final stationarity of DGD above that of NEXT (linear surrogate) on every data set: "
+        "mean(DGD) - mean(NEXT) > 2 standard errors (the ratio DGD / NEXT of the means is "
+        "stated; measured: the seeds' ratios on a data set where it fails, else on the one "
+        "of the smallest ratio)",
+        Measured.of(ratios[weakest], shown),
+        all(c.holds for c in compared.values()),
+    )
+
+
+def l1_claim(seeds: Sequence[Figures]) -> Claim:
+    """Claim 3: l1 has >= 50% zeros (mean) at a mean test error within 1 point of l2's."""
+    sparsity = [f.sparsity for f in seeds]
+    gaps = [f.errors[0] - f.errors[1] for f in seeds]
+    zeros, gap = fmean(sparsity), fmean(gaps)
+    return Claim(
+        "l1 gives exact zeros at the accuracy of l2",
+        EMPIRICAL,
+        f"digits, means over the seeds: share of zeros in w~ >= {MIN_SPARSITY:.0%} and test "
+        f"error(l1) - test error(l2) <= {ERROR_POINTS * 100:.0f} point (measured: the "
+        "difference, in points)",
+        Measured.of(
+            [100 * g for g in gaps],
+            f"zeros {spread([100 * v for v in sparsity], '.1f')}%; test error l1 "
+            f"{spread([100 * f.errors[0] for f in seeds], '.2f')}%, l2 "
+            f"{spread([100 * f.errors[1] for f in seeds], '.2f')}% (difference "
+            f"{spread([100 * g for g in gaps], '+.2f')} points)",
         ),
-        Claim(
-            "l1 gives exact zeros at the accuracy of l2",
-            f"digits: share of zeros in w~ >= {MIN_SPARSITY:.0%} and test error(l1) - "
-            f"test error(l2) <= {ERROR_POINTS * 100:.0f} point",
-            f"zeros {l1['sparsity']:.1%}; test error l1 {l1['test_error']:.2%}, "
-            f"l2 {l2['test_error']:.2%} (difference {error_gap * 100:+.2f} points)",
-            l1["sparsity"] >= MIN_SPARSITY and error_gap <= ERROR_POINTS,
+        zeros >= MIN_SPARSITY and gap <= ERROR_POINTS,
+    )
+
+
+def block_claim(seeds: Sequence[Figures]) -> Claim:
+    """Claim 4: B = 2 needs at most 10% more iterations than B = 1 (mean ratio)."""
+    slowdowns = [f.slowdown for f in seeds]
+    rounds = ", ".join(f"{k_seq} / {k_par}" for k_seq, k_par in (f.block_rounds for f in seeds))
+    return Claim(
+        "the block-parallel step converges like the sequential one",
+        EMPIRICAL,
+        f"iterations of B=2 to reach the B=1 run's final objective + 1% <= "
+        f"{BLOCK_SLOWDOWN:.2f} x those of B=1, mean over the seeds (diabetes, Gauss-Newton)",
+        Measured.of(
+            slowdowns,
+            f"B=1 / B=2 iterations by seed: {rounds} (ratio {spread(slowdowns, '.2f')})",
         ),
-        Claim(
-            "the block-parallel step converges like the sequential one",
-            f"iterations of B=2 to reach the B=1 run's final objective + 1% <= "
-            f"{BLOCK_SLOWDOWN:.2f} x those of B=1 (diabetes, Gauss-Newton)",
-            f"B=1: {k_seq}, B=2: {k_par} iterations (ratio {slowdown:.2f})",
-            slowdown <= BLOCK_SLOWDOWN,
-        ),
-    ]
+        fmean(slowdowns) <= BLOCK_SLOWDOWN,
+    )

@@ -9,6 +9,11 @@ on its config (the simulator is deterministic), so neither keeping nor paralleli
 changes them; only ``wall_time_s`` does. A folder holding a finished run of another
 config is not overwritten unless ``force`` says so (``--force``). ``nettrain compare``
 runs its sweeps through :func:`run_all` too (:mod:`nettrain.sweeps`).
+
+A reproduction runs every configuration for ``K`` seeds, ``S, S+1, ..., S+K-1``
+(:class:`Request`), each seed's runs in a folder of their own, ``seed-<s>/``
+(:func:`run_seeds`); :func:`seed_tables` writes and prints their figures, a row per
+run and the mean ± std over the seeds of each configuration.
 """
 
 from __future__ import annotations
@@ -28,16 +33,19 @@ from nettrain.config import PROVENANCE, RunConfig, load_config
 from nettrain.errors import ConfigError
 from nettrain.experiment import run
 from nettrain.recording import config_json, finished_runs, read_records
+from nettrain.report.tables import aggregate, aggregate_table, write_csv
 
 Records = list[dict[str, Any]]
 ANOTHER_CONFIG = "finished runs of another config (another --quick, --seed or --set)"
+DEFAULT_SEEDS = {True: 3, False: 5}  # seeds of a reproduction: quick, full
 
 
 class Request(NamedTuple):
     """One ``nettrain reproduce NAME``: the folder ``out``, the quick or the full size,
-    the seed, the ``--set`` overrides (applied to every run's config), ``jobs`` runs at a
-    time (:func:`run_all`), the console its tables go to, and ``force``: overwrite
-    finished runs of other configs."""
+    the first seed, the ``--set`` overrides (applied to every run's config), ``jobs``
+    runs at a time (:func:`run_all`), the console its tables go to, ``force``: overwrite
+    finished runs of other configs, and ``seeds``: how many seeds from ``seed`` on
+    (``None``: :data:`DEFAULT_SEEDS`, 3 quick and 5 full)."""
 
     out: Path
     quick: bool
@@ -46,6 +54,14 @@ class Request(NamedTuple):
     overrides: Mapping[str, Any]
     jobs: int
     force: bool = False
+    seeds: int | None = None
+
+    def seed_list(self) -> list[int]:
+        """The seeds every configuration runs for: ``seed, seed + 1, ...``."""
+        count = DEFAULT_SEEDS[self.quick] if self.seeds is None else self.seeds
+        if count < 1:
+            raise ConfigError(f"--seeds must be >= 1, got {count}")
+        return list(range(self.seed, self.seed + count))
 
 
 def finished_records(folder: Path, cfg: RunConfig) -> Records | None:
@@ -75,6 +91,11 @@ def refuse_overwrite(
 def folder_name(name: str) -> str:
     """A run's folder in the experiment's folder: its name with ``_`` for spaces."""
     return name.replace(" ", "_")
+
+
+def seed_folder(seed: int) -> str:
+    """The folder of one seed's runs in the experiment's folder."""
+    return f"seed-{seed}"
 
 
 def threads_per_job(jobs: int) -> int:
@@ -157,3 +178,39 @@ def run_all(
             pool.shutdown(cancel_futures=True)
             raise
     return {name: results[name] for name in plan}
+
+
+def run_seeds(
+    ask: Request,
+    plan_of: Callable[[int, bool, Mapping[str, Any]], Mapping[str, RunConfig]],
+    done: Callable[[str, Records | None, str], None],
+    tolerate: tuple[type[Exception], ...] = (),
+) -> dict[int, dict[str, Records | None]]:
+    """Run ``plan_of(seed, ask.quick, ask.overrides)`` (one seed's runs, name -> config)
+    for every seed of ``ask`` into ``ask.out / seed-<seed>``, all seeds in one
+    :func:`run_all` (so ``ask.jobs`` spreads over them, and a finished run of the same
+    config is kept seed by seed); return each seed's records by run name. ``done`` gets
+    a run's name with its seed's folder in front (``seed-0/NAME``)."""
+    plans = {seed: plan_of(seed, ask.quick, ask.overrides) for seed in ask.seed_list()}
+    plan = {f"{seed_folder(s)}/{name}": cfg for s, p in plans.items() for name, cfg in p.items()}
+    found = run_all(plan, ask.out, jobs=ask.jobs, done=done, tolerate=tolerate, force=ask.force)
+    return {s: {name: found[f"{seed_folder(s)}/{name}"] for name in p} for s, p in plans.items()}
+
+
+def seed_tables(
+    ask: Request,
+    rows: Sequence[Mapping[str, Any]],
+    by: Sequence[str],
+    columns: Sequence[str],
+    title: str,
+) -> None:
+    """``summary.csv`` (``rows``, a row per run with its ``seed``) and ``aggregate.csv``
+    (a row per group of equal ``by``: the mean and std over the seeds of each of
+    ``columns``) in ``ask.out``; the groups printed as ``mean ± std``."""
+    write_csv(list(rows), ask.out / "summary.csv")
+    groups = aggregate(list(rows), by, columns)
+    write_csv(groups, ask.out / "aggregate.csv")
+    seeds = len(ask.seed_list())
+    ask.console.print(
+        aggregate_table(groups, by, f"{title}: mean ± std over {seeds} seeds", columns)
+    )

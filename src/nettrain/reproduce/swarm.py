@@ -8,29 +8,46 @@ default here: ``H = 2`` local steps, non-blocking, 8-bit lattice quantisation ag
 the receiver's model (``eps = 1e-3``). ``--quick``: 16 agents, 12,000 training
 samples, ``E = 4``; the full run: 8, 16 and 32 agents on all 60,000 samples,
 ``E = 10``, the small CNN (1 h 50 min on a 2-core CPU with ``--jobs 2``;
-``--set device=cuda`` on a GPU, or ``--set model=mlp`` for the MLP). Checked:
+``--set device=cuda`` on a GPU, or ``--set model=mlp`` for the MLP). Every
+configuration runs for each seed (``seed-<s>/n16_swarm_8-bit``, ...); the tables give
+the mean ± std over the seeds, the plots the mean in a band of ± one std. Checked:
 
-1. SwarmSGD's final accuracy is within 1 point of all-reduce SGD's (for every ``n``).
+1. SwarmSGD's final accuracy is within 1 point of all-reduce SGD's (for every ``n``,
+   mean over the seeds; empirical).
 2. To reach all-reduce's final accuracy minus 1 point, 8-bit SwarmSGD sends at least
-   4x fewer bytes than fp32 all-reduce.
+   4x fewer bytes than fp32 all-reduce (mean of the seeds' ratios; by construction: 8
+   bits against 32 is 4x before any run).
 3. The disagreement ``Gamma = (1/n) sum ||x_i - mu||^2`` grows with ``H`` (1, 2, 4 at
-   equal samples) and shrinks with the degree (complete graph below ring).
+   equal samples) and shrinks with the degree (complete graph below ring), in every
+   seed (empirical).
 4. With 10% of agents 4x slower, SwarmSGD reaches all-reduce's final accuracy minus
-   1 point at least 1.5x sooner in virtual time.
+   1 point at least 1.5x sooner in virtual time (mean of the seeds' ratios; by
+   construction: the cost model makes all-reduce wait for the slowest agent every
+   round).
 5. Quantising without a reference does worse: 8-bit QSGD (sign + 7 bits, the same
-   budget, no reference) ends with a lower accuracy than the 8-bit lattice.
+   budget, no reference) ends with a lower accuracy than the 8-bit lattice, by more
+   than twice the standard error of the difference of the means (empirical).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from statistics import fmean
 from typing import Any
 
 from nettrain.config import RunConfig, load_config
-from nettrain.report.plots import plot_metrics
-from nettrain.report.tables import rows_table, write_csv
-from nettrain.reproduce.claims import Claim
-from nettrain.reproduce.runner import Request, run_all
+from nettrain.report.plots import plot_seeds
+from nettrain.reproduce.claims import (
+    BY_CONSTRUCTION,
+    EMPIRICAL,
+    Claim,
+    Measured,
+    better,
+    ordered,
+    spread,
+)
+from nettrain.reproduce.runner import Request, run_seeds, seed_tables
 
 Records = list[dict[str, Any]]
 
@@ -98,37 +115,60 @@ def rounds_for(overrides: Mapping[str, Any], n: int, samples: int, epochs: int) 
     return max(1, round(passes * samples / (n * BATCH * steps)))
 
 
-def reproduce(ask: Request) -> list[Claim]:
-    """Run the experiment as ``ask`` says (:class:`~nettrain.reproduce.runner.Request`)."""
-    out, quick, seed, console, overrides, jobs, force = ask  # every field of the request
-    sizes, samples, epochs = ((16,), 12_000, 4) if quick else ((8, 16, 32), 60_000, 10)
-    middle = sizes[len(sizes) // 2]
+def sizes_of(quick: bool) -> tuple[tuple[int, ...], int, int]:
+    """The agent counts, training samples and epochs of the quick or the full run."""
+    return ((16,), 12_000, 4) if quick else ((8, 16, 32), 60_000, 10)
+
+
+def middle_size(sizes: Sequence[int]) -> int:
+    """The agent count of claims 2 to 5's runs."""
+    return sizes[len(sizes) // 2]
+
+
+def plan(seed: int, quick: bool, overrides: Mapping[str, Any]) -> dict[str, RunConfig]:
+    """One seed's runs, ``n{N} LABEL`` -> config."""
+    sizes, samples, epochs = sizes_of(quick)
     model = {} if quick else {"model": "cnn"}  # the paper's small CNN in the full run
-    plan: dict[str, RunConfig] = {}
+    configs: dict[str, RunConfig] = {}
     for n in sizes:
-        for label, extra in (methods() | (extra_methods() if n == middle else {})).items():
+        extra_runs = extra_methods() if n == middle_size(sizes) else {}
+        for label, extra in (methods() | extra_runs).items():
             values = BASE | model | extra | {"agents": n, "seed": seed, "train_samples": samples}
             rounds = rounds_for(values, n, samples, epochs)
             schedule = {"rounds": rounds, "eval_every": max(1, rounds // EVALS)}
-            plan[f"n{n} {label}"] = load_config(values | schedule | dict(overrides))
+            configs[f"n{n} {label}"] = load_config(values | schedule | dict(overrides))
+    return configs
+
+
+def reproduce(ask: Request) -> list[Claim]:
+    """Run the experiment as ``ask`` says (:class:`~nettrain.reproduce.runner.Request`)."""
+    sizes = sizes_of(ask.quick)[0]
 
     def done(name: str, records: Records | None, note: str) -> None:
         if records is not None:  # always: no error is tolerated here
-            console.print(f"{name:28s} {describe(table_row(records))} {note}")
+            ask.console.print(f"{name:36s} {describe(table_row(records))} {note}")
 
-    found = run_all(plan, out, jobs=jobs, done=done, force=force)
-    results = {name: records for name, records in found.items() if records is not None}
+    found = run_seeds(ask, plan, done)
+    results = {
+        seed: {name: records for name, records in runs.items() if records is not None}
+        for seed, runs in found.items()
+    }
     rows = []
-    for name, records in results.items():
-        n, label = name.split(" ", 1)
-        rows.append({"n": int(n[1:]), "method": label} | table_row(records))
+    for seed, runs in results.items():
+        for name, records in runs.items():
+            n, label = name.split(" ", 1)
+            rows.append({"n": int(n[1:]), "method": label, "seed": seed} | table_row(records))
+    seed_tables(
+        ask, rows, ("n", "method"), (*COLUMNS, "virtual_time_to_85%"), "SwarmSGD: final values"
+    )
     for n in sizes:
-        curves = {k.split(" ", 1)[1]: v for k, v in results.items() if k.startswith(f"n{n} ")}
-        plot_metrics(curves, PANELS, out / f"n{n}.png", title=f"Fashion-MNIST, {n} agents", x=X)
-    write_csv(rows, out / "summary.csv")
-    columns = ("n", "method", *COLUMNS, "virtual_time_to_85%")
-    console.print(rows_table(rows, columns, title="SwarmSGD: final values", left=2))
-    return check(results, sizes, middle)
+        labels = [name for name in next(iter(results.values())) if name.startswith(f"n{n} ")]
+        curves = {
+            name.split(" ", 1)[1]: [runs[name] for runs in results.values()] for name in labels
+        }
+        title = f"Fashion-MNIST, {n} agents"
+        plot_seeds(curves, PANELS, ask.out / f"n{n}.png", title=title, x=X)
+    return check([figures(runs, sizes, middle_size(sizes)) for runs in results.values()])
 
 
 COLUMNS = (
@@ -167,59 +207,153 @@ def first(records: Records, target: float, key: str) -> float | None:
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float:
+    """``numerator / denominator``; 0 where either is missing (a target never reached)."""
     if numerator is None or not denominator:
         return 0.0
     return numerator / denominator
 
 
-def check(results: Mapping[str, Records], sizes: Sequence[int], m: int) -> list[Claim]:
-    """The five claims (see the module docstring)."""
+def shown(value: float | None) -> str:
+    """A figure to a target in words: "never" where the target was not reached."""
+    return "never" if value is None else f"{value:.4g}"
+
+
+GAMMA_RUNS = ("swarm 8-bit H=1", "swarm 8-bit", "swarm 8-bit H=4", "swarm 8-bit complete")
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The numbers one seed's runs give the claims.
+
+    ``gaps``: n -> final accuracy of all-reduce minus that of 8-bit SwarmSGD;
+    ``byte_ratio``: bytes of all-reduce over those of 8-bit SwarmSGD to all-reduce's
+    final accuracy - 1 point (0 if SwarmSGD never got there); ``gamma``: final ``Gamma``
+    of the runs of :data:`GAMMA_RUNS`; ``speedup``: virtual time of all-reduce over
+    that of SwarmSGD to the target, with stragglers (0 if SwarmSGD never got there);
+    ``lattice``, ``qsgd``: final accuracy of 8-bit SwarmSGD with each quantiser. The
+    ``texts`` say what the ratios came from."""
+
+    gaps: dict[int, float]
+    byte_ratio: float
+    gamma: dict[str, float]
+    speedup: float
+    lattice: float
+    qsgd: float
+    texts: dict[str, str]
+
+
+def figures(results: Mapping[str, Records], sizes: Sequence[int], m: int) -> Figures:
+    """One seed's :class:`Figures` from its records (``n{N} LABEL`` -> records); ``m``
+    the agent count of claims 2 to 5."""
     acc = {k: v[-1]["test_accuracy"] for k, v in results.items()}
-    gaps = {n: acc[f"n{n} allreduce"] - acc[f"n{n} swarm 8-bit"] for n in sizes}
     target = acc[f"n{m} allreduce"] - 0.01
     bytes_ar = first(results[f"n{m} allreduce"], target, "bytes_total")
     bytes_sw = first(results[f"n{m} swarm 8-bit"], target, "bytes_total")
-    byte_ratio = ratio(bytes_ar, bytes_sw)
-    gamma = {k: results[f"n{m} {k}"][-1]["consensus_distance"] for k in (
-        "swarm 8-bit H=1", "swarm 8-bit", "swarm 8-bit H=4", "swarm 8-bit complete")}  # fmt: skip
-    h_grows = gamma["swarm 8-bit H=1"] < gamma["swarm 8-bit"] < gamma["swarm 8-bit H=4"]
-    degree = gamma["swarm 8-bit complete"] < gamma["swarm 8-bit"]
     slow_target = acc[f"n{m} allreduce stragglers"] - 0.01
     t_ar = first(results[f"n{m} allreduce stragglers"], slow_target, "virtual_time_s")
     t_sw = first(results[f"n{m} swarm 8-bit stragglers"], slow_target, "virtual_time_s")
-    speedup = ratio(t_ar, t_sw)
-    lattice, qsgd = acc[f"n{m} swarm 8-bit"], acc[f"n{m} swarm qsgd 8-bit"]
+    return Figures(
+        gaps={n: acc[f"n{n} allreduce"] - acc[f"n{n} swarm 8-bit"] for n in sizes},
+        byte_ratio=ratio(bytes_ar, bytes_sw),
+        gamma={k: results[f"n{m} {k}"][-1]["consensus_distance"] for k in GAMMA_RUNS},
+        speedup=ratio(t_ar, t_sw),
+        lattice=acc[f"n{m} swarm 8-bit"],
+        qsgd=acc[f"n{m} swarm qsgd 8-bit"],
+        texts={
+            "bytes": f"{shown(bytes_ar)} / {shown(bytes_sw)} to {target:.4f}",
+            "time": f"{shown(t_ar)} / {shown(t_sw)} to {slow_target:.4f}",
+        },
+    )
+
+
+def check(seeds: Sequence[Figures]) -> list[Claim]:
+    """The five claims (see the module docstring) from every seed's :class:`Figures`."""
     return [
-        Claim(
-            "SwarmSGD matches all-reduce SGD's accuracy (with the epoch multiplier)",
-            "accuracy(all-reduce) - accuracy(SwarmSGD 8-bit) <= 1 point, every n",
-            "; ".join(f"n={n}: {g * 100:+.2f} points" for n, g in gaps.items()),
-            all(g <= 0.01 for g in gaps.values()),
-        ),
-        Claim(
-            "8-bit SwarmSGD sends >= 4x fewer bytes than fp32 all-reduce to the same accuracy",
-            f"bytes to reach all-reduce's final accuracy - 1 point ({target:.4f}), n={m}",
-            f"all-reduce {bytes_ar or 'never'}, SwarmSGD {bytes_sw or 'never'} "
-            f"(ratio {byte_ratio:.2f})",
-            byte_ratio >= 4,
-        ),
-        Claim(
-            "Gamma grows with H and shrinks with the degree",
-            "Gamma(H=1) < Gamma(H=2) < Gamma(H=4); Gamma(complete) < Gamma(ring)",
-            ", ".join(f"{k}: {v:.3g}" for k, v in gamma.items()),
-            h_grows and degree,
-        ),
-        Claim(
-            "with 10% stragglers SwarmSGD reaches the target >= 1.5x sooner",
-            f"virtual time to all-reduce's final accuracy - 1 point ({slow_target:.4f}), "
-            "4x-slow stragglers",
-            f"all-reduce {t_ar}, SwarmSGD {t_sw} (speed-up {speedup:.2f})",
-            speedup >= 1.5,
-        ),
-        Claim(
-            "quantising without a reference does worse than the lattice",
-            "final accuracy: 8-bit QSGD (no reference) < 8-bit lattice",
-            f"QSGD {qsgd:.4f}, lattice {lattice:.4f}",
-            qsgd < lattice,
-        ),
+        parity_claim(seeds),
+        bytes_claim(seeds),
+        gamma_claim(seeds),
+        straggler_claim(seeds),
+        quantiser_claim(seeds),
     ]
+
+
+def parity_claim(seeds: Sequence[Figures]) -> Claim:
+    """Claim 1: SwarmSGD's mean accuracy within 1 point of all-reduce's, every n."""
+    gaps = {n: [100 * f.gaps[n] for f in seeds] for n in seeds[0].gaps}
+    worst = max(gaps, key=lambda n: fmean(gaps[n]))
+    shown = "; ".join(f"n={n}: {spread(g, '+.2f')} points" for n, g in gaps.items())
+    return Claim(
+        "SwarmSGD matches all-reduce SGD's accuracy (with the epoch multiplier)",
+        EMPIRICAL,
+        "accuracy(all-reduce) - accuracy(SwarmSGD 8-bit) <= 1 point, mean over the seeds, "
+        "every n (measured: the difference in points at the worst n)",
+        Measured.of(gaps[worst], shown),
+        all(fmean(g) <= 1.0 for g in gaps.values()),
+    )
+
+
+def bytes_claim(seeds: Sequence[Figures]) -> Claim:
+    """Claim 2 (by construction): the mean byte ratio to the target is at least 4."""
+    ratios = [f.byte_ratio for f in seeds]
+    per_seed = "; ".join(f.texts["bytes"] for f in seeds)
+    return Claim(
+        "8-bit SwarmSGD sends >= 4x fewer bytes than fp32 all-reduce to the same accuracy",
+        BY_CONSTRUCTION,
+        "bytes of all-reduce / bytes of SwarmSGD to reach all-reduce's final accuracy - 1 "
+        "point >= 4, mean of the seeds' ratios (0 where SwarmSGD never got there)",
+        Measured.of(ratios, f"ratio {spread(ratios, '.2f')} (all-reduce / SwarmSGD: {per_seed})"),
+        fmean(ratios) >= 4,
+    )
+
+
+def gamma_claim(seeds: Sequence[Figures]) -> Claim:
+    """Claim 3: Gamma(H=1) < Gamma(H=2) < Gamma(H=4) and complete < ring, every seed."""
+    gamma = {k: [f.gamma[k] for f in seeds] for k in GAMMA_RUNS}
+    h_grows = ordered([gamma["swarm 8-bit H=1"], gamma["swarm 8-bit"], gamma["swarm 8-bit H=4"]])
+    degree = ordered([gamma["swarm 8-bit complete"], gamma["swarm 8-bit"]])
+    shown = ", ".join(f"{k}: {spread(v, '.3g')}" for k, v in gamma.items())
+    return Claim(
+        "Gamma grows with H and shrinks with the degree",
+        EMPIRICAL,
+        "Gamma(H=1) < Gamma(H=2) < Gamma(H=4); Gamma(complete) < Gamma(ring), in every seed "
+        "(measured: Gamma(H=4) / Gamma(H=1))",
+        Measured.of(
+            [f.gamma["swarm 8-bit H=4"] / f.gamma["swarm 8-bit H=1"] for f in seeds],
+            f"{shown} (H ordered in every seed: {'yes' if h_grows else 'no'}; degree: "
+            f"{'yes' if degree else 'no'})",
+        ),
+        h_grows and degree,
+    )
+
+
+def straggler_claim(seeds: Sequence[Figures]) -> Claim:
+    """Claim 4 (by construction): with stragglers, the mean speed-up is at least 1.5."""
+    speedups = [f.speedup for f in seeds]
+    per_seed = "; ".join(f.texts["time"] for f in seeds)
+    return Claim(
+        "with 10% stragglers SwarmSGD reaches the target >= 1.5x sooner",
+        BY_CONSTRUCTION,
+        "virtual time of all-reduce / of SwarmSGD to all-reduce's final accuracy - 1 point, "
+        "4x-slow stragglers: >= 1.5, mean of the seeds' ratios",
+        Measured.of(
+            speedups, f"speed-up {spread(speedups, '.2f')} (all-reduce / SwarmSGD: {per_seed})"
+        ),
+        fmean(speedups) >= 1.5,
+    )
+
+
+def quantiser_claim(seeds: Sequence[Figures]) -> Claim:
+    """Claim 5: the lattice's mean accuracy above QSGD's by more than 2 standard errors."""
+    lattice, qsgd = [f.lattice for f in seeds], [f.qsgd for f in seeds]
+    compared = better(lattice, qsgd)
+    return Claim(
+        "quantising without a reference does worse than the lattice",
+        EMPIRICAL,
+        "final accuracy: mean(8-bit lattice) - mean(8-bit QSGD, no reference) > 2 standard "
+        "errors (measured: the difference, lattice minus QSGD)",
+        Measured.of(
+            [a - b for a, b in zip(lattice, qsgd, strict=True)],
+            f"QSGD {spread(qsgd)}, lattice {spread(lattice)}; {compared.describe()}",
+        ),
+        compared.holds,
+    )
