@@ -541,13 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="static", help="time-varying schedule (listed below)")
     p.add_argument("--drop-prob", type=float, default=0.0)
     p.add_argument("--degree", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
-    p.add_argument(
-        "--seeds",
-        type=int,
-        help="run every configuration for this many seeds, --seed, --seed + 1, ... "
-        "(default 3 with --quick, 5 without); tables show the mean ± std over them",
-    )
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_topology)
 

@@ -421,7 +421,7 @@ def resume_point(folder: Path, cfg: RunConfig) -> Checkpoint | Snapshots:
     asynchronous method under ``engine=distributed``, every rank's own snapshot."""
     if cfg.engine == "distributed" and resolve(cfg.algorithm).schedule == "events":
         rounds = [r["round"] for r in read_records(folder)]
-        return Snapshots.read(folder, cfg.world_size, rounds)
+        return Snapshots.read(folder, cfg.agents, cfg.world_size - cfg.agents, rounds)
     return Checkpoint.load(folder)
 
 

@@ -30,7 +30,6 @@ from nettrain.engines.centre import CentreShard
 from nettrain.engines.distributed.gossip import REPLAYED, Peer
 from nettrain.engines.distributed.snapshots import (
     Snapshots,
-    crash_offsets,
     read_manifest,
     write_snapshot,
 )
@@ -153,16 +152,16 @@ def test_snapshots_name_every_rank_and_count_what_the_crash_lost(tmp_path: Path)
         saved = {"comm": {"delivered": delivered[r]}, "peer": {"answered": answered[r]}}
         write_snapshot(tmp_path, r, saved, {"round": 20 * (r + 1), "wall_time_s": float(r)})
     with pytest.raises(DataError, match=r"no snapshot of rank\(s\) \[1\]"):
-        Snapshots.read(tmp_path, 3, [0, 50])
+        Snapshots.read(tmp_path, 3, 0, [0, 50])
     saved = {"comm": {"delivered": delivered[1]}, "peer": {"answered": answered[1]}}
     write_snapshot(tmp_path, 1, saved, {"round": 40, "wall_time_s": 7.0})
     assert sorted(read_manifest(tmp_path)) == [0, 1, 2]
-    snapshots = Snapshots.read(tmp_path, 3, [0, 50])
+    snapshots = Snapshots.read(tmp_path, 3, 0, [0, 50])
     assert (snapshots.round, snapshots.records, snapshots.wall_time_s) == (50, 2, 7.0)
-    offsets = crash_offsets(snapshots, 3, 0)
+    offsets = snapshots.offsets
     # [j, i]: i's delivered to j less j's answered for i
     assert offsets.tolist() == [[0, 3 - 3, 2 - 2], [5 - 4, 0, 0], [1 - 1, 0, 0]]
     answered[0][1] = 6  # agent 0 answered more of 1's than 1 kept: 1 lost them
     saved = {"comm": {"delivered": delivered[0]}, "peer": {"answered": answered[0]}}
     write_snapshot(tmp_path, 0, saved, {"round": 20, "wall_time_s": 0.0})
-    assert crash_offsets(Snapshots.read(tmp_path, 3, [0]), 3, 0)[0, 1] == 3 - 6
+    assert Snapshots.read(tmp_path, 3, 0, [0]).offsets[0, 1] == 3 - 6

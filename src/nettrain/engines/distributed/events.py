@@ -46,7 +46,7 @@ from nettrain.engines.base import Job, RunResult, check_finite, declared, stalen
 from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.finish import DEAD_AFTER_S, Finish, events_prefix
 from nettrain.engines.distributed.gossip import Peer
-from nettrain.engines.distributed.snapshots import Snapshots, crash_offsets, write_snapshot
+from nettrain.engines.distributed.snapshots import Snapshots, write_snapshot
 from nettrain.engines.draws import Draws
 from nettrain.engines.driver import Counters, Snapshot, Tick, drive
 from nettrain.engines.states import stack_buffers, stack_states
@@ -311,9 +311,8 @@ class DistEvents:
         in a resumed run, counts the exchanges lost at the crash. The evaluation rounds
         before ``stop`` that the folder has no record of (a leader died before it wrote
         them): every live rank posted its part for them, this one too."""
-        if self.resume is not None and self.offsets is None:
-            n, servers = self.job.n_agents, len(self.comm.server_ranks)
-            self.offsets = crash_offsets(self.resume, n, servers)
+        if self.resume is not None:
+            self.offsets = self.resume.offsets
         if self.folder is None or self.folder.path is not None:
             return []
         self.folder.adopt()

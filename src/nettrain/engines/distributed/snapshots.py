@@ -15,8 +15,8 @@ the agents replay their own draws from there. Exchanges whose two sides are not 
 the snapshots alike (one side's snapshot was taken after the exchange, the other's
 before) are lost at the crash, never applied twice: an exchange carries its
 initiator's event number and a partner or server that answered it before the crash
-refuses it when it is replayed. They are counted, from the snapshots, as
-``exchanges_lost_at_crash``, and the audit of the last record
+refuses it when it is replayed. They are counted, from the snapshots as every rank
+reads them when the run is resumed, as ``exchanges_lost_at_crash``, and the audit of the last record
 (``interactions_unmatched``, ``exchanges_unmatched``) leaves them out
 (:func:`crash_offsets`).
 """
@@ -26,7 +26,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,9 @@ class Snapshots:
     ``round``: the records go on after the last one written (a rank whose snapshot is
     past an evaluation round posts its state as it is for that round's record, as a
     rank does that is ahead in any asynchronous run); ``records``: the records kept,
-    all of them; ``wall_time_s``: the furthest rank's.
+    all of them; ``wall_time_s``: the furthest rank's; ``offsets``: the exchanges the
+    snapshots disagree on (:func:`crash_offsets`), counted when the run is resumed,
+    before any rank writes a new snapshot.
     """
 
     folder: Path
@@ -84,13 +86,14 @@ class Snapshots:
     round: int
     records: int
     wall_time_s: float
+    offsets: torch.Tensor
 
     @classmethod
-    def read(cls, folder: Path, world: int, rounds: list[int]) -> Snapshots:
-        """The snapshots of the run in ``folder`` (``world`` ranks); ``rounds``: the
-        rounds of the records written."""
+    def read(cls, folder: Path, workers: int, servers: int, rounds: list[int]) -> Snapshots:
+        """The snapshots of the run in ``folder`` (``workers`` agent ranks, then
+        ``servers`` server ranks); ``rounds``: the rounds of the records written."""
         entries = read_manifest(folder)
-        missing = [r for r in range(world) if r not in entries]
+        missing = [r for r in range(workers + servers) if r not in entries]
         if missing:
             raise DataError(
                 f"{folder / DIR} holds no snapshot of rank(s) {missing}: the run stopped "
@@ -98,29 +101,36 @@ class Snapshots:
                 "rounds); start it again"
             )
         wall = max(e["wall_time_s"] for e in entries.values())
-        return cls(folder, entries, max(rounds, default=0), len(rounds), wall)
+        saved = [load_snapshot(folder, r) for r in range(workers + servers)]
+        offsets = crash_offsets(saved, workers)
+        return cls(folder, entries, max(rounds, default=0), len(rounds), wall, offsets)
 
     def load(self, rank: int) -> dict[str, Any]:
         """Rank ``rank``'s snapshot."""
-        return torch.load(snapshot_path(self.folder, rank), weights_only=True)
+        return load_snapshot(self.folder, rank)
 
 
-def crash_offsets(snapshots: Snapshots, workers: int, servers: int) -> torch.Tensor:
-    """The exchanges the snapshots disagree on: ``(n + S, n)``, entry ``[j, i]`` is what
-    initiator ``i``'s snapshot counts as delivered to ``j`` (an agent, or server rank
-    ``n + s``) less what ``j``'s snapshot counts as answered or applied for ``i``.
+def load_snapshot(folder: Path, rank: int) -> dict[str, Any]:
+    """Rank ``rank``'s snapshot in the run folder ``folder``."""
+    return torch.load(snapshot_path(folder, rank), weights_only=True)
+
+
+def crash_offsets(saved: Sequence[dict[str, Any]], workers: int) -> torch.Tensor:
+    """The exchanges the snapshots ``saved`` (of every rank, in rank order: the
+    ``workers`` agents, then the servers) disagree on: ``(n + S, n)``, entry ``[j, i]``
+    is what initiator ``i``'s snapshot counts as delivered to ``j`` (an agent, or server
+    rank ``n + s``) less what ``j``'s snapshot counts as answered or applied for ``i``.
 
     Positive: ``j`` lost what ``i`` kept; negative: ``i`` lost what ``j`` kept (its
     replay is refused). ``|offsets|.sum()`` is ``exchanges_lost_at_crash``."""
-    offsets = torch.zeros(workers + servers, workers, dtype=torch.int64)
-    for j in range(workers + servers):
-        saved = snapshots.load(j)
+    offsets = torch.zeros(len(saved), workers, dtype=torch.int64)
+    for j, snapshot in enumerate(saved):
         if j < workers:
-            for partner, count in saved["comm"]["delivered"].items():
+            for partner, count in snapshot["comm"]["delivered"].items():
                 offsets[partner, j] += count
-        answered = (
-            saved["shard"]["applied"] if j >= workers else (saved["peer"] or {}).get("answered", {})
-        )
+            answered = (snapshot["peer"] or {}).get("answered", {})
+        else:
+            answered = snapshot["shard"]["applied"]
         for i, count in answered.items():
             offsets[j, i] -= count
     return offsets
