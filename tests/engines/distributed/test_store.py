@@ -87,7 +87,7 @@ def test_a_run_reachable_from_the_network_says_so_once(monkeypatch, capsys) -> N
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
 def test_a_run_of_several_processes_listens_on_loopback_only(tmp_path: Path) -> None:
     """``nettrain run engine=distributed nproc=3`` starts its ranks itself: while it runs,
-    the only socket listening on ``master_port`` is rank 0's store on 127.0.0.1
+    the only socket listening on ``master_port`` is the launcher's store on 127.0.0.1
     (torchrun's agent would listen on every interface), and every rank exits with 0."""
     port = free_port()
     command = [sys.executable, "-m", "nettrain", "run", "engine=distributed", "nproc=3"]
