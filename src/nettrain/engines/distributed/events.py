@@ -146,7 +146,7 @@ class DistEvents:
         self.record: tuple[Counters, Snapshot] | None = None  # the leader: of the live ranks
         self.backlog: list[tuple[Counters, Snapshot]] = []  # records of rounds gone by
         # timeline=true: this rank's measured events (the communicator notes its talks);
-        # rank 0 gathers every survivor's at the end, into ``timelines``
+        # the leader gathers every survivor's at the end, into ``timelines``
         self.timeline = Timeline.of(job.timeline_rounds, None)
         self.timelines: list[dict[str, Any]] | None = None
         if self.timeline is not None:
@@ -421,14 +421,14 @@ def record_of(
     lost_at_crash: torch.Tensor | None = None,
     audit: bool = False,
 ) -> tuple[Counters, Snapshot]:
-    """Rank 0's record of the live ranks ``survivors`` at round ``at``, from their
+    """The leader's record of the live ranks ``survivors`` at round ``at``, from their
     ``parts`` (:meth:`DistEvents._mine`); ``audit``: at the end, check every exchange
     between survivors (nothing is in flight any more) but those a resumed run lost at
     its crash (``lost_at_crash``, :attr:`DistEvents.offsets`)."""
     n = job.n_agents
-    offsets = torch.zeros(n + len(comm.server_ranks), n, dtype=torch.int64)
-    if lost_at_crash is not None:
-        offsets = lost_at_crash
+    offsets = lost_at_crash
+    if offsets is None:
+        offsets = torch.zeros(n + len(comm.server_ranks), n, dtype=torch.int64)
     work = torch.stack([f["work"] for f in parts])  # (s, 3) samples, messages, bytes
     totals = dict(zip(("samples", "messages", "bytes"), work.unbind(1), strict=True))
     delivered = torch.stack([f["delivered"] for f in parts])  # (s, n + S): [k, j] k's to j
