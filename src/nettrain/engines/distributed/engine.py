@@ -294,11 +294,10 @@ class DistributedEngine:
 
         def snapshot() -> None:
             saved = {"shard": centre.state_dict()}
-            entry = {"server": shard, "version": saved["shard"]["version"]}
+            wall = time.perf_counter() - began
+            entry = {"server": shard, "version": saved["shard"]["version"], "wall_time_s": wall}
             assert folder.home is not None
-            write_snapshot(
-                folder.home, rank, saved, entry | {"wall_time_s": time.perf_counter() - began}
-            )
+            write_snapshot(folder.home, rank, saved, entry)
 
         written, silence = centre.version, Silence(store)
         while not centre.finished.wait(0.5):

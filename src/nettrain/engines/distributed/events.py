@@ -152,10 +152,9 @@ class DistEvents:
         if self.timeline is not None:
             comm.talks, self.timeline.origin = [], time.perf_counter()
         self.folder, self.began = folder, time.perf_counter()
-        self.resume = resume
-        # the leader of a resumed run, [j, i]: exchanges of initiator i with j (an agent,
-        # or server rank n + s) that the snapshots disagree on (lost at the crash)
-        self.offsets: torch.Tensor | None = None
+        # a resumed run, [j, i]: exchanges of initiator i with j (an agent, or server
+        # rank n + s) that the snapshots disagree on (lost at the crash)
+        self.offsets = resume.offsets if resume is not None else None
         if resume is not None:
             self.began -= resume.wall_time_s
             self._restore(resume.load(rank))
@@ -282,12 +281,8 @@ class DistEvents:
         if not finish.leads():
             finish.post(self._mine(), key)
             return
-        for missed in self._lead(stop):  # posted here, and by the others, for a dead leader
-            record = self._gathered(missed, {})
-            if record is None:
-                return
-            self.backlog.append(record)
-        self.record = self._gathered(stop, {self.rank: self._mine()})
+        if self._take_over(stop):
+            self.record = self._gathered(stop, {self.rank: self._mine()})
 
     def _gathered(
         self, stop: int, parts: dict[int, dict[str, Any]]
@@ -306,19 +301,22 @@ class DistEvents:
             self.job, self.comm, [parts[r] for r in ranks], ranks, dead, stop, self.offsets
         )
 
-    def _lead(self, stop: int = 0) -> list[int]:
-        """This rank leads: it writes the run folder (taken over, where rank 0 died) and,
-        in a resumed run, counts the exchanges lost at the crash. The evaluation rounds
-        before ``stop`` that the folder has no record of (a leader died before it wrote
-        them): every live rank posted its part for them, this one too."""
-        if self.resume is not None:
-            self.offsets = self.resume.offsets
+    def _take_over(self, stop: int) -> bool:
+        """This rank leads: where it did not write the run folder (rank 0 died), it
+        adopts it and gathers, into :attr:`backlog`, the records of the evaluation rounds
+        before ``stop`` that the folder lacks (a leader died before it wrote them; every
+        live rank posted its part for them, this one too). False if a rank diverged."""
         if self.folder is None or self.folder.path is not None:
-            return []
+            return True
         self.folder.adopt()
         written = self.folder.records[-1]["round"] if self.folder.records else 0
         every = self.job.eval_every
-        return list(range(written + every - written % every, stop, every))
+        for missed in range(written + every - written % every, stop, every):
+            record = self._gathered(missed, {})
+            if record is None:
+                return False
+            self.backlog.append(record)
+        return True
 
     def late(self) -> list[tuple[Counters, Snapshot]]:
         late, self.backlog = self.backlog, []
@@ -350,10 +348,7 @@ class DistEvents:
         if rank != verdict.leader:
             finish.post(mine)
             return
-        for missed in self._lead(job.rounds):
-            record = self._gathered(missed, {})
-            if record is not None:
-                self.backlog.append(record)
+        self._take_over(job.rounds)  # nobody failed: the verdict says so
         survivors = [r for r in range(n) if r not in verdict.crashed]
         others = [r for r in survivors if r != rank]
         finals = {rank: mine} | finish.collect(others, job.x0.device)

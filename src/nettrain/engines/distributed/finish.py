@@ -200,12 +200,14 @@ class Finish:
         """The leader: wait until every worker has finished or died, then decide and post.
         The others: wait for the leader's verdict while its heartbeat goes on; if it stops,
         the next rank leads (perhaps this one)."""
-        while not self.leads():
-            if self._has("verdict"):
-                return Verdict.loads(self._call("reading the verdict", self._get("verdict")))
+        while not self._has("verdict"):  # one that a leader posted before it died stands
+            if self.leads():
+                return self._decide()
             self._poll()
-        if self._has("verdict"):  # a leader that died after its verdict: it stands
-            return Verdict.loads(self._call("reading the verdict", self._get("verdict")))
+        return Verdict.loads(self._call("reading the verdict", self._get("verdict")))
+
+    def _decide(self) -> Verdict:
+        """The leader's verdict, once every worker has finished or died."""
         waiting, crashed = set(range(self.n)) - self.dead, set(self.dead)
         while waiting:
             for r in sorted(waiting):
