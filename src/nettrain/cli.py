@@ -155,7 +155,9 @@ def launch_processes(nproc: int, cfg: RunConfig, arguments: Sequence[str]) -> in
     non-zero exit status of a rank, else 0."""
     from nettrain.engines.distributed.launch import launch_local
 
-    return launch_local(nproc, ["run", *arguments], cfg.master_addr, cfg.master_port, cfg.timeout_s)
+    return launch_local(
+        nproc, ["run", *arguments], cfg.master_addr, cfg.master_port, cfg.timeout_s, cfg.restarts
+    )
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:

@@ -429,6 +429,17 @@ class EngineKeys(Section):
     )
     master_addr: str = key("127.0.0.1", "engine=distributed: address of rank 0's rendezvous")
     master_port: int = key(29512, "engine=distributed: TCP port of rank 0's rendezvous")
+    rejoin: bool = key(
+        False,
+        "engine=distributed, gossip methods: a worker process started again mid-run (the "
+        "same command and RANK) rejoins it, from a live neighbour's model (docs/faults.md)",
+    )
+    restarts: int = key(
+        0,
+        "engine=distributed launched by nettrain: start a worker killed by a signal again, "
+        "at most this many times in all; implies rejoin=true",
+        at_least=0,
+    )
 
     def check(self) -> None:
         if self.timeout_s <= 0:
@@ -613,6 +624,15 @@ class RunConfig:
                     )
                 )
             Placement.parse(self.placement, self.agents, self.nproc - servers)
+        if (self.rejoin or self.restarts) and (
+            self.engine != "distributed" or method.partner != "neighbour"
+        ):
+            gossip = ", ".join(k for k, cls in ALGORITHMS.items() if cls.partner == "neighbour")
+            raise ConfigError(
+                f"rejoin/restarts let a worker process of engine=distributed come back into an "
+                f"asynchronous gossip run ({gossip}); engine={self.engine} "
+                f"algorithm={self.algorithm} cannot take one back. Remove rejoin and restarts"
+            )
         if asynchronous and self.engine == "distributed" and self.blocking:
             raise ConfigError(
                 "blocking=true runs in engine=sim only; the distributed SwarmSGD is "

@@ -61,7 +61,7 @@ from nettrain.compression import Identity
 from nettrain.compression.payloads import cat_rows, pack, take_rows, unpack
 from nettrain.engines.coded import decode_mean, decode_mix
 from nettrain.engines.distributed.buckets import BucketedMean
-from nettrain.engines.distributed.gossip import REPLAYED
+from nettrain.engines.distributed.gossip import REPLAYED, Reply
 from nettrain.engines.distributed.halo import Halo
 from nettrain.engines.distributed.liveness import beating
 from nettrain.engines.distributed.placement import Placement
@@ -114,7 +114,9 @@ class DistCommunicator(Communicator):
 
     Needs an initialised default process group (or ``group``) of ``placement.processes``
     ranks. The constructor runs a barrier: the first point-to-point call of a group must
-    follow a call every rank takes part in. ``servers`` are the parameter servers of a
+    follow a call every rank takes part in. A process outside the group (one that rejoined
+    an asynchronous run, whose group cannot take it back) gives its ``rank`` instead and
+    makes asynchronous exchanges only. ``servers`` are the parameter servers of a
     centre method: ranks ``P + s`` own the columns ``servers[s]``; ``sync_round`` is their
     next synchronous round (not 0 when a run resumes). ``wire`` counts the messages and
     bytes this process really sent to other processes (a mix sends the halo rows only;
@@ -129,16 +131,21 @@ class DistCommunicator(Communicator):
         rpc: RpcSession | None = None,
         servers: list[slice] | None = None,
         sync_round: int = 0,
+        rank: int | None = None,
     ) -> None:
-        world = dist.get_world_size(group)
-        placement = placement or Placement.parse("blocks", topology.n, world)
+        if rank is None:
+            world = dist.get_world_size(group)
+            placement = placement or Placement.parse("blocks", topology.n, world)
+        else:  # outside the process group: one agent a process
+            placement = placement or Placement.parse("blocks", topology.n, topology.n)
+            world = placement.processes
         if world != placement.processes or placement.n != topology.n:
             raise ValueError(
                 f"process group of {world} ranks for a placement of {placement.n} agents on "
                 f"{placement.processes} processes ({topology.n} agents in the topology)"
             )
         self.topology, self.placement, self.group = topology, placement, group
-        self.rank = dist.get_rank(group)
+        self.rank = dist.get_rank(group) if rank is None else rank
         self.n_agents = topology.n
         self.agents = torch.tensor(placement.groups[self.rank])
         self.traffic = Traffic.zeros(len(self.agents))
@@ -154,6 +161,8 @@ class DistCommunicator(Communicator):
         self.delivered: Counter[int] = Counter()
         self.lost = 0
         self.seq: int | None = None  # the event number of the next asynchronous exchange
+        self.incarnation = 0  # of this process (rejoin=true, :mod:`.gossip`)
+        self.met: dict[int, int] = {}  # the incarnation of each partner delivered to
         self.replayed = 0  # exchanges refused as answered before a resumed crash
         self.dead: set[int] = set()
         self.talk_s = 0.0
@@ -162,7 +171,8 @@ class DistCommunicator(Communicator):
         self.talks: list[tuple[str, float, float]] | None = None
         self._calls = 0
         self._static: Halo | None = None
-        dist.barrier(group)
+        if rank is None:
+            dist.barrier(group)
 
     def _halo(self, t: int, x: torch.Tensor) -> Halo:
         """This process's plan of round ``t``'s mix (:class:`~.halo.Halo`)."""
@@ -327,7 +337,7 @@ class DistCommunicator(Communicator):
             begin = time.perf_counter()
             try:
                 call = self.rpc.remote(partner, "peer")
-                reply = call.rpc_sync("exchange", me, payload, self.seq)
+                reply = call.rpc_sync("exchange", me, payload, self.seq, self.incarnation)
             except PeerError:  # no answer within timeout_s: dead, or alive but slow
                 store = self.rpc.store
                 if store is None or not beating(store, partner):
@@ -336,12 +346,14 @@ class DistCommunicator(Communicator):
         if isinstance(reply, str) and reply == REPLAYED:
             self.replayed += 1
             return ref.clone()
-        if reply is not None:  # None: the partner is down and refused the request
+        if isinstance(reply, Reply):  # else None: the partner is down and refused the request
+            if reply.incarnation > self.met.get(partner, 0):  # it rejoined: count afresh
+                self.met[partner], self.delivered[partner] = reply.incarnation, 0
             self.delivered[partner] += 1
-        if reply is None or reply_lost:
+        if not isinstance(reply, Reply) or reply_lost:
             self.lost += 1
             return ref.clone()
-        return compressor.decode(reply, ref)
+        return compressor.decode(reply.payload, ref)
 
     @staticmethod
     def _lost(losses: Losses | None) -> tuple[bool, bool]:

@@ -34,8 +34,13 @@ from nettrain.engines.base import Job, RunResult, check_engine
 from nettrain.engines.centre import CentreShard, shard_rows
 from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.engines.distributed.events import run_events
-from nettrain.engines.distributed.finish import Silence, events_prefix, read_verdict
-from nettrain.engines.distributed.liveness import Heartbeat, silent_ranks
+from nettrain.engines.distributed.finish import (
+    Silence,
+    events_prefix,
+    incarnation_key,
+    read_verdict,
+)
+from nettrain.engines.distributed.liveness import Heartbeat, last_beat, silent, silent_ranks
 from nettrain.engines.distributed.placement import Placement
 from nettrain.engines.distributed.rounds import run_rounds, servers_round
 from nettrain.engines.distributed.rpc import RpcSession, rpc_session
@@ -84,6 +89,7 @@ class DistributedEngine:
         master_addr: str = "127.0.0.1",
         master_port: int = 29512,
         placement: str = "blocks",
+        rejoin: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend!r} is not allowed; choose one of auto, gloo, nccl")
@@ -94,6 +100,7 @@ class DistributedEngine:
         self.master_addr = master_addr
         self.master_port = master_port
         self.placement = placement
+        self.rejoin = rejoin
 
     @classmethod
     def from_config(cls, cfg: Any) -> DistributedEngine:
@@ -104,12 +111,30 @@ class DistributedEngine:
         """
         if cfg.device == "cuda" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
-        return cls(cfg.backend, cfg.timeout_s, cfg.master_addr, cfg.master_port, cfg.placement)
+        rejoin = cfg.rejoin or cfg.restarts > 0
+        return cls(
+            cfg.backend, cfg.timeout_s, cfg.master_addr, cfg.master_port, cfg.placement, rejoin
+        )
 
     @property
     def is_main(self) -> bool:
-        """Whether this process writes the run folder (rank 0, or no launcher)."""
-        return (launched_rank() or 0) == 0
+        """Whether this process writes the run folder: rank 0 (or no launcher), unless it
+        is a process of rank 0 started again to rejoin the run (the store says so)."""
+        rank = launched_rank() or 0
+        if rank != 0 or not self.rejoin or hosts_store(rank):
+            return rank == 0
+        store = self._store(int(os.environ.get("WORLD_SIZE", "1")), False)
+        return not store.check([incarnation_key(rank)])
+
+    def _address(self) -> tuple[str, int]:
+        """The rendezvous address: the launcher's ``MASTER_ADDR``/``MASTER_PORT``, else ours."""
+        addr = os.environ.get("MASTER_ADDR", self.master_addr)
+        return addr, int(os.environ.get("MASTER_PORT", self.master_port))
+
+    def _store(self, world: int, host: bool) -> dist.Store:
+        """The rendezvous store (its server where ``host``), keys under ``nettrain/``."""
+        addr, port = self._address()
+        return dist.PrefixStore("nettrain", open_store(addr, port, world, host, self.timeout_s))
 
     def _backend(self, device: torch.device) -> str:
         backend = self.backend
@@ -146,31 +171,38 @@ class DistributedEngine:
     @contextmanager
     def _process_group(
         self, world: int, device: torch.device
-    ) -> Iterator[tuple[int, dist.Store | None]]:
-        """Join (or reuse) the default group of ``world`` ranks; yield this rank and the
-        rendezvous store (None when the caller owns the group)."""
+    ) -> Iterator[tuple[int, dist.Store | None, int]]:
+        """Join (or reuse) the default group of ``world`` ranks; yield this rank, the
+        rendezvous store (None when the caller owns the group) and this process's
+        incarnation (:func:`~.finish.incarnation_key`; with ``rejoin``, a process started
+        again for its rank joins no group: a group cannot take a rank back)."""
         rank = launched_rank()
         assert rank is not None
         self._someone_died = False  # an asynchronous run outlived a rank: no final barrier
         if dist.is_initialized():  # the caller owns the group
-            yield dist.get_rank(), None
+            yield dist.get_rank(), None, 0
             return
         backend = self._backend(device)
         timeout = timedelta(seconds=self.timeout_s)
-        addr = os.environ.get("MASTER_ADDR", self.master_addr)
-        port = int(os.environ.get("MASTER_PORT", self.master_port))
+        addr, _ = self._address()
         hosted = hosts_store(rank)
         keep_on_loopback(addr)
         if rank == 0:  # torchrun's agent may host the store: rank 0 warns all the same
             warn_if_reachable(addr)
-        tcp = open_store(addr, port, world, hosted, self.timeout_s)
-        store = dist.PrefixStore("nettrain", tcp)
+        store = self._store(world, hosted)
+        incarnation = store.add(incarnation_key(rank), 1) - 1 if self.rejoin else 0
+        self._down_since = last_beat(store, rank) if incarnation else None  # before ours
+        heartbeat = Heartbeat(self._store(world, False), rank)
+        if incarnation:
+            try:
+                yield rank, store, incarnation
+            finally:
+                heartbeat.stop()
+            return
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
-        beat_client = dist.TCPStore(addr, port, world, False, timeout, wait_for_workers=False)
-        heartbeat = Heartbeat(dist.PrefixStore("nettrain", beat_client), rank)
         clean = False
         try:
-            yield rank, store
+            yield rank, store, 0
             clean = True
         except (DivergenceError, FaultError):
             clean = True  # raised on every rank alike: leave together
@@ -210,13 +242,14 @@ class DistributedEngine:
         placement = self._placement(job, servers)
         p = placement.processes
         with (
-            self._process_group(p + servers, job.x0.device) as (rank, store),
+            self._process_group(p + servers, job.x0.device) as (rank, store, incarnation),
             ExitStack() as stack,
         ):
             # Servers take no part in the workers' collectives; every rank creates the group.
             group = dist.new_group(list(range(p))) if servers else None
             session = None
             if algo.uses_rpc:  # shut down before the group's final barrier
+                others = [r for r in range(p + servers) if r != rank]
                 session = stack.enter_context(
                     rpc_session(
                         rank,
@@ -224,8 +257,13 @@ class DistributedEngine:
                         store=store,
                         timeout_s=self.timeout_s,
                         num_worker_threads=max(8, n + 2),  # synchronous rounds park n - 1
+                        dynamic=self.rejoin,
+                        incarnation=incarnation,
+                        gone=silent(store, others) if incarnation and store else (),
                     )
                 )
+                if self.rejoin:  # no final barrier: a rank that rejoined is in no group
+                    session.graceful = False
             if rank >= p:
                 assert session is not None
                 watched = store if store is not None else session.store  # the caller's group
@@ -239,6 +277,7 @@ class DistributedEngine:
                 rpc=session,
                 servers=slices,
                 sync_round=servers_round(None if snapshots else resume),
+                rank=rank if incarnation else None,
             )
             try:
                 if algo.schedule != "events":
@@ -249,7 +288,10 @@ class DistributedEngine:
                         assert session is not None and session.store is not None
                         beating.enter_context(Heartbeat(session.store, rank))
                     try:
-                        return run_events(job, folder, rank, comm, self.timeout_s, snapshots)
+                        rejoined = (incarnation, self._down_since) if incarnation else None
+                        return run_events(
+                            job, folder, rank, comm, self.timeout_s, snapshots, rejoined
+                        )
                     finally:  # a rank died: leave without the final barrier
                         self._someone_died = session is not None and not session.graceful
             finally:

@@ -28,6 +28,14 @@ everyone (``session.graceful`` is False).
 
 With ``checkpoint_every=K`` each rank writes its own snapshot every ``K`` of its rounds
 (:mod:`.snapshots`), and a run resumed from them goes on from each rank's own.
+
+With ``rejoin=true`` a gossip worker's process started again mid-run (incarnation
+``k > 0``) rejoins it (:meth:`DistEvents._rejoin`): it takes the published model of the
+first live neighbour that answers (live recovery; its own state is gone with the old
+process) and goes on from that neighbour's event count, with random streams of its own
+(seeded by ``(seed, rank, k)``: the old ones' positions are gone too). Its neighbours
+found it dead, and find it alive again (:meth:`~.finish.Finish.refresh`); the records
+count the rejoins (``rejoins``: rank, incarnation, round, donor, downtime).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -44,7 +53,7 @@ from nettrain.algorithms.base import AsyncAlgorithm, GossipAlgorithm
 from nettrain.checkpoint import load_state, state_dict
 from nettrain.engines.base import Job, RunResult, check_finite, declared, staleness_fields
 from nettrain.engines.distributed.comm import DistCommunicator
-from nettrain.engines.distributed.finish import DEAD_AFTER_S, Finish, events_prefix
+from nettrain.engines.distributed.finish import DEAD_AFTER_S, Finish, events_prefix, read_verdict
 from nettrain.engines.distributed.gossip import Peer
 from nettrain.engines.distributed.snapshots import Snapshots, write_snapshot
 from nettrain.engines.draws import Draws
@@ -57,6 +66,17 @@ from nettrain.problem.oracle import agent_seed
 from nettrain.recording import RunFolder
 from nettrain.wrappers import losing
 
+REJOIN_STREAM = 1 << 16  # a rejoined process's streams: seed (seed, rank, this + k)
+
+
+@dataclass(frozen=True)
+class Rejoined:
+    """Where the process that rejoined goes on from, for :func:`drive`: the round of its
+    next event (its wall time so far is its predecessor's, gone with it)."""
+
+    round: int
+    wall_time_s: float = 0.0
+
 
 def run_events(
     job: Job,
@@ -65,13 +85,18 @@ def run_events(
     comm: DistCommunicator,
     timeout_s: float,
     resume: Snapshots | None = None,
+    rejoining: tuple[int, float | None] | None = None,
 ) -> RunResult:
     """An asynchronous algorithm: this rank's events (module docstring), records every
     ``eval_every`` rounds (:class:`DistEvents`) and the end; with ``resume``, from this
-    rank's snapshot."""
+    rank's snapshot; ``rejoining``: this process's incarnation ``k > 0`` and the wall time
+    of its predecessor's last heartbeat (module docstring)."""
     start = time.perf_counter()
-    events = DistEvents(job, rank, comm, timeout_s, folder, resume)
-    drive(job, folder, events, resume=resume, start=start)
+    events = DistEvents(job, rank, comm, timeout_s, folder, resume, rejoining)
+    point = resume
+    if rejoining is not None:
+        point = Rejoined(min(job.rounds, events.e * events.tau))
+    drive(job, folder, events, resume=point, start=start)
     if events.timelines is not None:  # the leader: every survivor's intervals
         folder.write_timeline(events.timelines)
     if events.record is None:
@@ -111,6 +136,7 @@ class DistEvents:
         timeout_s: float,
         folder: RunFolder | None = None,
         resume: Snapshots | None = None,
+        rejoining: tuple[int, float | None] | None = None,
     ) -> None:
         algo = cast(AsyncAlgorithm, job.algorithm)  # schedule "events" (engine.run)
         assert comm.rpc is not None
@@ -120,21 +146,24 @@ class DistEvents:
         self.job, self.algo, self.rank, self.comm, self.faults = job, algo, rank, comm, faults
         self.main, self.label = rank == 0, f"{algo.name} x{n} (distributed, asynchronous)"
         x = job.x0[None, :].clone()  # (1, d)
+        self.incarnation = comm.incarnation = rejoining[0] if rejoining else 0
+        seed = job.seed  # a rejoined process's streams are its own
+        if self.incarnation:
+            seed = agent_seed(job.seed, rank, REJOIN_STREAM + self.incarnation)
         self.oracle = job.problem.oracle(
-            [job.shards[rank]], [rank], batch_size=job.batch_size, seed=job.seed
+            [job.shards[rank]], [rank], batch_size=job.batch_size, seed=seed
         )
         self.peer = None
         if algo.partner == "neighbour":
-            generator = torch.Generator().manual_seed(agent_seed(job.seed, rank, 1))
-            self.peer = Peer(cast(GossipAlgorithm, algo), x[0], generator)
-            session.host("peer", self.peer)
+            generator = torch.Generator().manual_seed(agent_seed(seed, rank, 1))
+            self.peer = Peer(cast(GossipAlgorithm, algo), x[0], generator, self.incarnation)
             neighbours = sorted(job.topology.base_graph.neighbors(rank))
             self.events, self.tau = job.rounds, 1
         else:
             neighbours, self.tau = [], algo.local_steps
             self.events = max(1, round(job.rounds / self.tau))
-        self.draws = Draws(job.seed, rank, neighbours, algo, faults.drop)
-        self.generator = torch.Generator().manual_seed(agent_seed(job.seed, rank, 2))
+        self.draws = Draws(seed, rank, neighbours, algo, faults.drop)
+        self.generator = torch.Generator().manual_seed(agent_seed(seed, rank, 2))
         self.slowdown = float(job.cost.slowdown[rank])
         dead_after_s = min(DEAD_AFTER_S, timeout_s)
         self.finish = Finish(store, rank, n, events_prefix(session.serial), dead_after_s)
@@ -158,6 +187,44 @@ class DistEvents:
         if resume is not None:
             self.began -= resume.wall_time_s
             self._restore(resume.load(rank))
+        self.rejoined: dict[str, Any] | None = None  # this process's rejoin, for the record
+        if rejoining is not None:
+            self._rejoin(neighbours, rejoining[1])
+        if self.peer is not None:
+            session.host("peer", self.peer)
+
+    def _rejoin(self, neighbours: list[int], down_since: float | None) -> None:
+        """This rank's process started again: take the published model of the first live
+        neighbour that answers (:meth:`~.gossip.Peer.model`), and its event count as this
+        rank's; ``down_since``: the wall time of the previous process's last heartbeat."""
+        rank, session, peer, finish = self.rank, self.comm.rpc, self.peer, self.finish
+        assert session is not None and peer is not None
+        if read_verdict(finish.store, finish.prefix) is not None:
+            raise PeerError(f"rank {rank}: the run ended before this process could rejoin it")
+        for j in neighbours:
+            try:
+                x, events = session.remote(j, "peer").rpc_sync("model", rank, self.incarnation)
+                break
+            except PeerError:
+                continue  # dead too: the next one
+        else:
+            raise PeerError(
+                f"rank {rank}: no neighbour ({neighbours}) answered to hand its model over; "
+                "the run cannot take this process back"
+            )
+        self.e = min(events, self.events)
+        self.state = self.algo.init(x[None], self.oracle, self.talk)
+        peer.publish(self.state.x[0])
+        peer.events = self.e
+        finish.rejoined(self.e * self.tau)
+        self.rejoined = {
+            "rank": rank,
+            "incarnation": self.incarnation,
+            "round": self.e * self.tau,
+            "donor": j,
+            "downtime_s": time.time() - down_since if down_since is not None else None,
+            "model_sum": float(self.state.x[0].sum()),
+        }
 
     def _restore(self, saved: dict[str, Any]) -> None:
         """Go on from this rank's snapshot (:meth:`checkpoint`)."""
@@ -199,6 +266,8 @@ class DistEvents:
             time.sleep(self.busy_s / self.made if self.made else 0.0)
             return
         partner, steps = draws.partner(), draws.steps()
+        if partner in comm.dead:  # perhaps back: a process rejoined for it
+            comm.dead.difference_update(self.finish.refresh())
         comm.seq = e
         request, reply = draws.losses(faults.unreachable(rank, partner, t))
         lost = Losses(torch.tensor([request]), torch.tensor([reply]))
@@ -224,6 +293,7 @@ class DistEvents:
             self.timeline.measured_round(t + 1, [rank], begin, time.perf_counter(), talks)
         if peer is not None:
             peer.publish(state.x[0])
+            peer.events = e + 1
         if comm.dead - self.finish.dead:  # partners found dead: every rank should know
             self.finish.mark_dead(comm.dead)
         self.made, self.loss_count = self.made + 1, self.loss_count + loss.numel()
@@ -251,9 +321,13 @@ class DistEvents:
         self._fold_work()
         world = n + len(comm.server_ranks)
         answered = torch.zeros(n, dtype=torch.int64)
+        answered_met = torch.zeros(n, dtype=torch.int64)  # the incarnations they count
         replies = torch.zeros(3, dtype=torch.int64)  # the replies this rank's peer sent
+        donated: list[dict[str, Any]] = []
         if peer is not None:
             answered = torch.tensor([peer.answered[r] for r in range(n)], dtype=torch.int64)
+            answered_met = torch.tensor([peer.met.get(r, 0) for r in range(n)])
+            donated = list(peer.donated)
             replies[1:] = torch.tensor([int(answered.sum()), peer.reply_bytes])
             self.state = state = dataclasses.replace(state, x=state.x + peer.take_shift()[None])
             state = dataclasses.replace(state, interactions=state.interactions + answered.sum())
@@ -264,7 +338,12 @@ class DistEvents:
             "state": state,
             "work": self.work + replies,
             "delivered": torch.tensor([comm.delivered[r] for r in range(world)]),
+            "delivered_met": torch.tensor([comm.met.get(r, 0) for r in range(world)]),
             "answered": answered,
+            "answered_met": answered_met,
+            "incarnation": self.incarnation,
+            "rejoined": self.rejoined,
+            "donated": donated,
             "lost": comm.lost,
             "events": self.made,
             "loss": loss,
@@ -290,13 +369,14 @@ class DistEvents:
         """The leader's record of evaluation round ``stop`` from ``parts`` and what every
         other live rank posts for it; None if a rank diverged (the verdict says so)."""
         finish, n = self.finish, self.job.n_agents
+        finish.refresh()
         live = [r for r in range(n) if r not in parts and r not in finish.dead]
-        gathered = finish.gather(f"eval/{stop}", live, self.job.x0.device)
+        gathered = finish.gather(f"eval/{stop}", live, self.job.x0.device, stop)
         if gathered is None:
             return None
         parts = parts | gathered.posts
         ranks = sorted(parts)
-        dead = tuple(sorted(finish.dead))
+        dead = tuple(sorted(finish.dead | set(gathered.dead)))
         return record_of(
             self.job, self.comm, [parts[r] for r in ranks], ranks, dead, stop, self.offsets
         )
@@ -428,6 +508,11 @@ def record_of(
     totals = dict(zip(("samples", "messages", "bytes"), work.unbind(1), strict=True))
     delivered = torch.stack([f["delivered"] for f in parts])  # (s, n + S): [k, j] k's to j
     got = torch.stack([f["answered"] for f in parts])  # (s, n): [k, i] k answered i's
+    # a rejoined rank's counts start afresh: only those of the incarnations alive now count
+    now = torch.zeros(n, dtype=torch.int64)
+    now[survivors] = torch.tensor([f["incarnation"] for f in parts])
+    stale_d = torch.stack([f["delivered_met"][:n] for f in parts]) != now
+    got = got.masked_fill(torch.stack([f["answered_met"] for f in parts]) != now, 0)
     everyone = stack_states([f["state"] for f in parts])  # (s, ...)
     loss_sum, loss_count = (sum(f["loss"][k] for f in parts) for k in (0, 1))
     fields: dict[str, Any] = {"events": sum(f["events"] for f in parts)}
@@ -436,9 +521,8 @@ def record_of(
         if audit:
             fields["interactions_answered"] = int(got.sum())
             off = offsets[survivors][:, survivors]
-            fields["interactions_unmatched"] = int(
-                (delivered[:, survivors].T - got[:, survivors] - off).abs().sum()
-            )
+            sent = delivered[:, :n].masked_fill(stale_d, 0)[:, survivors]
+            fields["interactions_unmatched"] = int((sent.T - got[:, survivors] - off).abs().sum())
     else:
         if audit:
             fields["exchanges_unmatched"] = unapplied_exchanges(comm, delivered, survivors, offsets)
@@ -449,6 +533,13 @@ def record_of(
         fields["exchanges_lost"] = lost
     if lost_at_crash is not None:
         fields["exchanges_lost_at_crash"] = int(lost_at_crash.abs().sum())
+    rejoins = [f["rejoined"] for f in parts if f["rejoined"] is not None]
+    if rejoins:  # each with what its donor says it handed over
+        gifts = {(g["rank"], g["incarnation"]): g for f in parts for g in f["donated"]}
+        for r in rejoins:
+            gift = gifts.get((r["rank"], r["incarnation"]), {})
+            r["donor_model_sum"] = gift.get("model_sum")
+        fields["rejoins"] = rejoins
     judged = job
     if crashed:
         fields["crashed_ranks"] = list(crashed)

@@ -37,6 +37,13 @@ survivors carry on only where the processes are launched otherwise (by
 plain processes with ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``
 set).
 
+Workers that rejoin (``rejoin=true``, :mod:`.events`): every process counts up
+``incarnation/<rank>`` as it starts (:func:`incarnation_key`); one started again for a
+dead rank posts ``joined/<rank>``, the round it goes on from. A ``dead/<rank>`` mark
+names the incarnation found dead, so a later one is alive (:meth:`Finish.refresh`); the
+leader does not wait for a rank's post of an evaluation round before the one it
+rejoined at; and a rank that rejoined never leads (it holds no run folder).
+
 Keys live under ``events/<restart>.<serial>/`` (:func:`events_prefix`): torchrun's
 restart count and the rpc session's serial, so that a store which outlives a run
 (torchrun's, or the rpc session's own store that a later session reuses) never shows
@@ -66,6 +73,12 @@ T = TypeVar("T")
 def events_prefix(serial: int) -> str:
     """The keys of one asynchronous run: ``events/<torchrun restart>.<rpc session serial>/``."""
     return f"events/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}.{serial}/"
+
+
+def incarnation_key(rank: int) -> str:
+    """The store key counting the processes of ``rank`` started in a ``rejoin=true`` run
+    (each counts it up as it starts: the one running now is incarnation ``value - 1``)."""
+    return f"incarnation/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{rank}"
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,7 @@ class Finish:
         self._poll = poll
         self._silence = Silence(store)
         self.dead: set[int] = set()  # the ranks known dead
+        self._dead_as: dict[int, int] = {}  # the incarnation of each found dead
 
     def _call(self, what: str, call: Callable[[], T]) -> T:
         try:
@@ -164,20 +178,58 @@ class Finish:
         seconds = self._call("reading the heartbeats", lambda: self._silence.seconds(rank))
         return seconds > self.dead_after_s
 
+    def incarnation(self, rank: int) -> int:
+        """How many times ``rank``'s process started again in this run (0: never)."""
+        key = incarnation_key(rank)
+        return self._call("reading an incarnation", lambda: self.store.add(key, 0))
+
     def mark_dead(self, ranks: Iterable[int]) -> None:
-        """Tell every rank that ``ranks`` are dead (``dead/<rank>``)."""
+        """Tell every rank that ``ranks`` (their incarnations now) are dead (``dead/<rank>``)."""
         for r in sorted(set(ranks) - self.dead):
-            self._set(f"dead/{r}", "1")
+            self._dead_as[r] = self.incarnation(r)
+            self._set(f"dead/{r}", str(self._dead_as[r]))
             self.dead.add(r)
 
+    def _marked_dead(self, rank: int) -> bool:
+        """Whether the store marks ``rank``'s current incarnation dead (and note it here)."""
+        if not self._has(f"dead/{rank}"):
+            return False
+        marked = int(self._call("reading a death", self._get(f"dead/{rank}")))
+        if marked < self.incarnation(rank):
+            return False
+        self.dead.add(rank)
+        self._dead_as[rank] = marked
+        return True
+
+    def refresh(self) -> list[int]:
+        """Forget the ranks known dead whose process rejoined since; those ranks."""
+        back = [r for r in sorted(self.dead) if self.incarnation(r) > self._dead_as.get(r, 0)]
+        self.dead.difference_update(back)
+        return back
+
+    def rejoined(self, round: int) -> None:
+        """This rank's process started again and goes on from ``round``."""
+        self._set(f"joined/{self.rank}", str(round))
+
+    def joined(self, rank: int) -> int | None:
+        """The round from which ``rank``'s current process goes on, if it rejoined."""
+        if not self._has(f"joined/{rank}"):
+            return None
+        return int(self._call("reading a rejoin", self._get(f"joined/{rank}")))
+
     def leader(self) -> int:
-        """The lowest rank not known dead (here, or in the store): the one that gathers the
-        records and decides the end."""
+        """The lowest rank not known dead (here, or in the store) that never rejoined (a
+        process started again holds no run folder): the one that gathers the records and
+        decides the end."""
+        rejoined = None  # the lowest live rank that rejoined: leads only if all did
         for r in range(self.n):
-            if r not in self.dead and (r == self.rank or not self._has(f"dead/{r}")):
+            if r in self.dead or (r != self.rank and self._marked_dead(r)):
+                continue
+            if self.joined(r) is None:
                 return r
-            self.dead.add(r)
-        raise AssertionError("unreachable: this rank is alive")
+            rejoined = r if rejoined is None else rejoined
+        assert rejoined is not None, "unreachable: this rank is alive"
+        return rejoined
 
     def leads(self) -> bool:
         """Whether this rank leads now; the leader found silent is marked dead first (its
@@ -208,6 +260,7 @@ class Finish:
 
     def _decide(self) -> Verdict:
         """The leader's verdict, once every worker has finished or died."""
+        self.refresh()
         waiting, crashed = set(range(self.n)) - self.dead, set(self.dead)
         while waiting:
             for r in sorted(waiting):
@@ -238,12 +291,18 @@ class Finish:
         self._set(f"{key}/{self.rank}", buffer.getvalue())
 
     def gather(
-        self, key: str, ranks: Iterable[int], device: torch.device | None = None
+        self,
+        key: str,
+        ranks: Iterable[int],
+        device: torch.device | None = None,
+        at: int | None = None,
     ) -> Gathered | None:
-        """The leader: what the workers ``ranks`` post under ``key`` (an evaluation point),
-        as they reach it. A worker whose heartbeat stops is left out (``dead``, and marked
-        so); None if one of them failed (it never posts: the run ends with its error).
-        Each post is removed from the store once read."""
+        """The leader: what the workers ``ranks`` post under ``key`` (evaluation round
+        ``at``), as they reach it. A worker whose heartbeat stops is left out (``dead``,
+        and marked so), as is one whose process died and rejoined at round ``at`` or
+        later (``dead`` too: its state at ``at`` died); None if one of them failed (it
+        never posts: the run ends with its error). Each post is removed from the store
+        once read."""
         posts, dead = {}, []
         for r in ranks:
             name = f"{key}/{r}"
@@ -253,6 +312,10 @@ class Finish:
                 if self._silent(r):
                     dead.append(r)
                     self.mark_dead([r])
+                    break
+                joined = self.joined(r)
+                if at is not None and joined is not None and joined >= at:
+                    dead.append(r)
                     break
                 self._poll()
             else:

@@ -13,6 +13,13 @@ Faults (:mod:`nettrain.faults`): while its agent is down (:meth:`Peer.set_down`)
 after the run (:meth:`Peer.close`), a peer refuses every exchange: it answers ``None``,
 which the initiator counts as a lost request, and changes nothing.
 
+Workers that rejoin (``rejoin=true``): a rank's process started again is its next
+incarnation. An exchange carries its initiator's incarnation and the reply its
+partner's (:class:`Reply`); each side keeps its counts for the incarnation it met last
+(``met``) and starts them afresh on meeting a later one, so the final audit compares
+the counts of the incarnations alive at the end. A process that rejoins takes a live
+neighbour's model (:meth:`Peer.model`), which the neighbour notes in ``donated``.
+
 Resumed runs (:mod:`.snapshots`): an exchange carries its initiator's event number
 ``seq``; the peer refuses (answers :data:`REPLAYED`) one whose number it has answered
 already, which happens only when an initiator resumed from a snapshot older than the
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,11 +40,29 @@ from nettrain.algorithms.base import GossipAlgorithm
 REPLAYED = "replayed"  # the answer to an exchange answered already, before a resume
 
 
+@dataclass
+class Reply:
+    """A peer's answer to an exchange: its incarnation, and its encoded published model."""
+
+    incarnation: int
+    payload: Any
+
+
 class Peer:
     """This agent's published model ``(d,)``, exchanged on the other ranks' calls."""
 
-    def __init__(self, algorithm: GossipAlgorithm, x: torch.Tensor, generator: torch.Generator):
+    def __init__(
+        self,
+        algorithm: GossipAlgorithm,
+        x: torch.Tensor,
+        generator: torch.Generator,
+        incarnation: int = 0,
+    ):
         self._lock = threading.Lock()
+        self.incarnation = incarnation  # of this rank's process
+        self.met: dict[int, int] = {}  # the incarnation of each initiator counted (default 0)
+        self.donated: list[dict[str, Any]] = []  # models handed to ranks that rejoined
+        self.events = 0  # the events this agent made (set by its main thread)
         self._algorithm = algorithm
         self._generator = generator  # for stochastic codes of the replies
         self.published = x.clone()
@@ -46,14 +72,22 @@ class Peer:
         self.reply_bytes = 0
         self.down = False  # refuse every exchange (the agent is down, or the run is over)
 
-    def exchange(self, sender: int, payload: Any, seq: int | None = None) -> Any:
-        """Answer ``sender``'s exchange number ``seq``: reply with this published model,
-        then absorb theirs; ``None`` (and no change) while this agent is down,
-        :data:`REPLAYED` where ``seq`` was answered already."""
+    def exchange(
+        self, sender: int, payload: Any, seq: int | None = None, incarnation: int = 0
+    ) -> Reply | str | None:
+        """Answer exchange number ``seq`` of ``sender``'s ``incarnation``: reply with this
+        published model, then absorb theirs; ``None`` (and no change) while this agent is
+        down or from an incarnation older than one met already, :data:`REPLAYED` where
+        ``seq`` was answered already."""
         codec = self._algorithm.compressor
         with self._lock:
-            if self.down:
+            met = self.met.get(sender, 0)
+            if self.down or incarnation < met:
                 return None
+            if incarnation > met:  # a process that rejoined: its counts start afresh
+                self.met[sender] = incarnation
+                self.answered[sender] = 0
+                self.last.pop(sender, None)
             if seq is not None:
                 if seq <= self.last.get(sender, -1):
                     return REPLAYED
@@ -66,7 +100,16 @@ class Peer:
             self.published = new
             self.answered[sender] += 1
             self.reply_bytes += int(codec.nbytes(reply)[0])
-        return reply
+        return Reply(self.incarnation, reply)
+
+    def model(self, rank: int, incarnation: int) -> tuple[torch.Tensor, int]:
+        """For ``rank``'s process ``incarnation``, which rejoins: this published model and
+        the events this agent made (noted in :attr:`donated`)."""
+        with self._lock:
+            x = self.published.clone()
+            gift = {"rank": rank, "incarnation": incarnation, "model_sum": float(x.sum())}
+            self.donated.append(gift | {"events": self.events})
+        return x, self.events
 
     def set_down(self, down: bool) -> None:
         """Whether this agent is down now: a down peer refuses every exchange."""
@@ -99,6 +142,7 @@ class Peer:
             shift = self._take()
             saved = {
                 "answered": dict(self.answered),
+                "met": dict(self.met),
                 "last": dict(self.last),
                 "reply_bytes": self.reply_bytes,
                 "generator": self._generator.get_state(),
@@ -109,6 +153,7 @@ class Peer:
         """Resume from a snapshot's ``peer`` (:meth:`take_state`), publishing ``x``."""
         with self._lock:
             self.answered, self.last = Counter(saved["answered"]), dict(saved["last"])
+            self.met = dict(saved.get("met", {}))
             self.reply_bytes = saved["reply_bytes"]
             self._generator.set_state(saved["generator"])
             self.published, self._shift = x.clone(), torch.zeros_like(x)

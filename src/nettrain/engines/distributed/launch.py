@@ -11,9 +11,12 @@ one machine does not go through it.
 
 Every process runs to its end: a rank that dies does not take the others down, so an
 asynchronous run carries on without a dead worker, rank 0 included (the engine names
-it in ``crashed_ranks``), and a synchronous one stops with the engine's error naming it. The
-exit status is the first non-zero status of a rank, else 0. SIGINT and SIGTERM sent to
-the launcher are passed on to every process still running.
+it in ``crashed_ranks``), and a synchronous one stops with the engine's error naming it.
+With ``restarts=N`` (a gossip run: the configuration implies ``rejoin=true``) a process
+killed by a signal while others still run is started again, with the same command and
+rank, at most ``N`` times in all; it rejoins the run (:mod:`.events`). The exit status is
+the first non-zero status of a rank's last process, else 0. SIGINT and SIGTERM sent to
+the launcher are passed on to every process still running, and end the restarts.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from types import FrameType
 from nettrain.engines.distributed.store import HOSTED, open_store
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM)
+POLL_S = 0.2  # between two looks at the processes, while restarts are left
 
 
 def rank_environment(rank: int, nproc: int, master_addr: str, master_port: int) -> dict[str, str]:
@@ -46,19 +50,29 @@ def rank_environment(rank: int, nproc: int, master_addr: str, master_port: int) 
 
 
 def launch_local(
-    nproc: int, arguments: Sequence[str], master_addr: str, master_port: int, timeout_s: float
+    nproc: int,
+    arguments: Sequence[str],
+    master_addr: str,
+    master_port: int,
+    timeout_s: float,
+    restarts: int = 0,
+    command: Sequence[str] = (sys.executable, "-m", "nettrain"),
 ) -> int:
-    """Run ``python -m nettrain ARGUMENTS`` as ranks ``0 .. nproc - 1`` on this machine,
-    hosting their rendezvous store, and wait for all of them; the first non-zero exit
-    status of a rank, else 0."""
+    """Run ``COMMAND ARGUMENTS`` (``python -m nettrain ...``) as ranks ``0 .. nproc - 1``
+    on this machine, hosting their rendezvous store, and wait for all of them, starting
+    a rank killed by a signal again at most ``restarts`` times in all (module docstring);
+    the first non-zero exit status of a rank's last process, else 0."""
     store = open_store(master_addr, master_port, nproc, True, timeout_s)  # noqa: F841 (held open)
-    command = [sys.executable, "-m", "nettrain", *arguments]
-    processes = [
-        subprocess.Popen(command, env=rank_environment(r, nproc, master_addr, master_port))
-        for r in range(nproc)
-    ]
+    line = [*command, *arguments]
+
+    def start(rank: int) -> subprocess.Popen:
+        return subprocess.Popen(line, env=rank_environment(rank, nproc, master_addr, master_port))
+
+    processes = [start(r) for r in range(nproc)]
+    stopping = threading.Event()
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
         for p in processes:
             if p.poll() is None:
                 p.send_signal(signum)
@@ -66,6 +80,19 @@ def launch_local(
     main = threading.current_thread() is threading.main_thread()  # where handlers may be set
     before = {s: signal.signal(s, forward) for s in FORWARDED} if main else {}
     try:
+        while restarts and not stopping.is_set():
+            codes = [p.poll() for p in processes]
+            if all(c is not None for c in codes):
+                break
+            for rank, code in enumerate(codes):
+                if restarts and code is not None and code < 0 and not stopping.is_set():
+                    print(
+                        f"nettrain: rank {rank} was killed (signal {-code}); starting it again",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    processes[rank], restarts = start(rank), restarts - 1
+            stopping.wait(POLL_S)
         codes = [p.wait() for p in processes]
     finally:
         for s, handler in before.items():

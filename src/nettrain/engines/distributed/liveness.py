@@ -15,7 +15,9 @@ import torch.distributed as dist
 
 
 class Heartbeat:
-    """A daemon thread that increments the store key ``alive/<rank>`` every ``period_s``.
+    """A daemon thread that increments the store key ``alive/<rank>`` every ``period_s``
+    (and sets ``alive_at/<rank>`` to the wall time of that beat: when a process restarted
+    in its place finds its predecessor's last sign of life).
 
     It keeps beating while the main thread is blocked in a collective (torch releases
     the GIL there), so after a failure a silent counter means a dead or frozen process.
@@ -24,14 +26,15 @@ class Heartbeat:
     def __init__(self, store: dist.Store, rank: int, period_s: float = 0.25) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._beat, args=(store, f"alive/{rank}", period_s), daemon=True
+            target=self._beat, args=(store, rank, period_s), daemon=True
         )
         self._thread.start()
 
-    def _beat(self, store: dist.Store, key: str, period_s: float) -> None:
+    def _beat(self, store: dist.Store, rank: int, period_s: float) -> None:
         while not self._stop.is_set():
             try:
-                store.add(key, 1)
+                store.add(f"alive/{rank}", 1)
+                store.set(f"alive_at/{rank}", repr(time.time()))
             except RuntimeError:  # the store's host is gone: nothing left to tell
                 return
             self._stop.wait(period_s)
@@ -71,6 +74,12 @@ def silent_ranks(store: dist.Store, rank: int, n: int, hosted: bool, window_s: f
     return f" Rank(s) {', '.join(map(str, silent))} stopped responding: they died or froze."
 
 
+def last_beat(store: dist.Store, rank: int) -> float | None:
+    """The wall time (``time.time()``) of ``rank``'s last heartbeat, None if it never beat."""
+    key = f"alive_at/{rank}"
+    return float(store.get(key)) if store.check([key]) else None
+
+
 def beating(store: dist.Store, rank: int, window_s: float = 1.0) -> bool:
     """Whether ``rank``'s heartbeat moves within ``window_s`` (four beats): alive, if
     perhaps slow. ``False`` too when the store is gone."""
@@ -80,3 +89,10 @@ def beating(store: dist.Store, rank: int, window_s: float = 1.0) -> bool:
         return store.add(f"alive/{rank}", 0) != before
     except RuntimeError:
         return False
+
+
+def silent(store: dist.Store, ranks: list[int], window_s: float = 1.0) -> list[int]:
+    """Those of ``ranks`` whose heartbeat does not move within ``window_s`` (four beats)."""
+    before = [store.add(f"alive/{r}", 0) for r in ranks]
+    time.sleep(window_s)
+    return [r for r, b in zip(ranks, before, strict=True) if store.add(f"alive/{r}", 0) == b]

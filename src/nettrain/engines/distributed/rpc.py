@@ -42,6 +42,22 @@ None, and tuples, lists, dicts and dataclasses (a compressor's payload) of them
 the user's configuration.
 RPC itself authenticates no one and unpickles what arrives (docs/security.md).
 
+Members that come back (``dynamic=True``): a static group (``init_rpc`` given its
+``world_size``, the default) holds exactly the ranks that opened it, so a process
+restarted after a crash cannot take its old place. A dynamic group (``world_size`` not
+given to ``init_rpc``) lets ranks join while the others run. Every rank of such a group
+opens its session in rank order (each waits for the one before, so that no two join at
+once). A rank that comes back (``incarnation`` k > 0) joins under its old name with RPC
+id ``rank + k * world_size`` (TensorPipe keys its connections by id, and the old
+connection is broken), after :func:`_forget` took its old incarnation, and every member
+whose heartbeat stopped (``gone``), off the group's list in the store; it then tells
+every member to drop the old incarnation and reach the new one (:func:`_rejoined`), since
+a member that still knows the old one would send on its broken connection. Checked with
+torch 2.13, whose dynamic groups keep that list under ``names/_ALL_WORKER_INFOS``; each
+process opens one rpc session per run (RPC prefixes its keys with a per-process count).
+A dynamic session always ends with the local shutdown: the graceful one of a dynamic
+group calls every member, the dead included.
+
 Shutdown: leaving the ``with`` block normally is a graceful ``rpc.shutdown``: it
 returns once every rank has left its block and every call in flight, anywhere, has
 finished, so the host may read its objects afterwards. It waits at most
@@ -273,12 +289,52 @@ def _rendezvous(url: str, **kwargs: Any) -> Iterator[tuple[dist.Store, int, int]
     """``nettrain-rpc://<token>?rank=r&world_size=n``: the store that rpc_session chose."""
     parsed = urlparse(url)
     query = dict(parse_qsl(parsed.query))
-    yield _stores[parsed.netloc], int(query["rank"]), int(query["world_size"])
+    world = query.get("world_size")  # none for a dynamic group
+    yield _stores[parsed.netloc], int(query["rank"]), int(world) if world else 0
     raise RuntimeError("an rpc_session cannot rendezvous twice")
 
 
 with suppress(RuntimeError):  # registered already: this module was loaded twice
     register_rendezvous_handler(SCHEME, _rendezvous)
+
+
+MEMBERS = "names/_ALL_WORKER_INFOS"  # a dynamic group's list "name-id,name-id," (torch 2.13)
+
+
+def _forget(store: dist.Store, names: Iterable[str]) -> None:
+    """Take ``names`` (every incarnation of each) off the list of a dynamic group whose
+    keys ``store`` holds (``init_rpc``'s own prefix included), under the group's token."""
+    from torch.distributed.rpc._utils import _group_membership_management
+
+    names = set(names)
+    with _group_membership_management(store, f"forget-{os.getpid()}", True):
+        if not store.check([MEMBERS]):
+            return
+        kept = []
+        for entry in store.get(MEMBERS).decode().split(","):
+            if not entry:
+                continue
+            name, _, ident = entry.rpartition("-")
+            if name in names:
+                with suppress(RuntimeError):
+                    store.delete_key(f"names/{ident}")
+            else:
+                kept.append(entry + ",")
+        store.set(MEMBERS, "".join(kept))
+
+
+def _rejoined(name: str, ident: int) -> None:
+    """Run on a member by RPC: ``name`` is back as RPC id ``ident``; forget the
+    incarnation known here, if older, and reach the new one."""
+    from torch.distributed.rpc._utils import _update_group_membership
+
+    agent = rpc.api._get_current_rpc_agent()
+    with suppress(RuntimeError):  # a member that never knew the old one
+        old = agent.get_worker_info(name)
+        if old.id == ident:
+            return
+        _update_group_membership(old, [], {}, False)
+    _update_group_membership(rpc.WorkerInfo(name, ident), [], {}, True)
 
 
 _own_stores: dict[tuple[str, int, bool], dist.TCPStore] = {}
@@ -309,6 +365,9 @@ def rpc_session(
     timeout_s: float = 60.0,
     num_worker_threads: int = 8,
     name_of: Callable[[int], str] = agent_name,
+    dynamic: bool = False,
+    incarnation: int = 0,
+    gone: Iterable[int] = (),
 ) -> Iterator[RpcSession]:
     """Join the RPC group of ``world_size`` ranks as ``name_of(rank)``; shut it down at exit.
 
@@ -318,7 +377,9 @@ def rpc_session(
     its own on ``master_addr:master_port``, hosted by rank 0; the port defaults to
     ``MASTER_PORT + 1`` (:func:`default_rpc_port`), next to the process group's.
     ``timeout_s`` bounds the rendezvous, every call and the shutdown's wait for the
-    others. See the module docstring for the semantics.
+    others. ``dynamic``: a group that ranks may rejoin, as ``incarnation`` k > 0 of
+    ``rank`` (after the ranks ``gone`` are taken off it). See the module docstring for
+    the semantics.
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -326,7 +387,8 @@ def rpc_session(
         port = default_rpc_port() if master_port is None else master_port
         store = _own_store(master_addr, port, rank == 0, world_size, timeout_s)
     token = f"s{os.getpid()}-{next(_tokens)}"
-    _stores[token] = dist.PrefixStore(STORE_PREFIX, store)
+    keys = _stores[token] = dist.PrefixStore(STORE_PREFIX, store)
+    ident, group = rank + incarnation * world_size, None
     options = rpc.TensorPipeRpcBackendOptions(
         init_method=f"{SCHEME}://{token}",
         rpc_timeout=timeout_s,
@@ -335,15 +397,32 @@ def rpc_session(
     session = RpcSession(rank, world_size, name_of, store, next(_serials))
     _registry.wait_s = timeout_s
     try:
+        if dynamic:
+            group = dist.PrefixStore(f"rpc_prefix_{rpc._init_counter}", keys)  # init_rpc's
+            if incarnation:
+                _forget(group, [name_of(r) for r in {rank, *gone}])
+            elif rank:
+                group.wait([f"joined/{rank - 1}"])
         with warnings.catch_warnings():  # init_rpc's own use of its internal gloo group
             warnings.filterwarnings("ignore", "You are using a Backend", UserWarning)
             rpc.init_rpc(
                 name_of(rank),
                 backend=rpc.BackendType.TENSORPIPE,
-                rank=rank,
-                world_size=world_size,
+                rank=ident,
+                world_size=None if dynamic else world_size,
                 rpc_backend_options=options,
             )
+        if group is not None:
+            group.set(f"joined/{rank}", str(incarnation))
+        if incarnation:
+            others = [w.name for w in rpc.api._get_current_rpc_agent().get_worker_infos()]
+            calls = [
+                rpc.rpc_async(w, _rejoined, args=(name_of(rank), ident))
+                for w in others
+                if w != name_of(rank)
+            ]
+            for call in calls:
+                call.wait()
     except RuntimeError as err:
         raise peer_error(rank, "joining the rpc group", err) from err
     finally:
@@ -357,7 +436,7 @@ def rpc_session(
     else:
         session.open = False
         try:
-            rpc.shutdown(graceful=session.graceful, timeout=timeout_s)
+            rpc.shutdown(graceful=session.graceful and not dynamic, timeout=timeout_s)
         except RuntimeError as err:
             raise peer_error(rank, "the rpc shutdown", err) from err
     finally:
