@@ -1,7 +1,7 @@
 """Fault injection in the simulator: what drops, stragglers and a crash cost each method.
 
 What it measures. Four methods train the same problem from the same seed for the same
-rounds, under five scenarios, all in the simulator (``engine=sim``):
+rounds, under five scenarios (six for SwarmSGD), all in the simulator (``engine=sim``):
 
 * methods: SwarmSGD (``swarm``, H = 1, non-blocking) and D-PSGD (``dpsgd``) on a ring,
   asynchronous EASGD (``easgd_async``, ``tau = 4``, one parameter server) and all-reduce
@@ -9,7 +9,10 @@ rounds, under five scenarios, all in the simulator (``engine=sim``):
   agent for all four, so equal rounds are equal samples (no epoch multiplier);
 * scenarios: no faults; ``message_drop=0.1``; ``message_drop=0.3``; 10% stragglers
   (``stragglers=0.1 straggler_slowdown=4``: 2 of the 16 agents compute 4x slower); one
-  crashed agent (``crash=A@R`` at a third of the rounds, no rejoin).
+  crashed agent (``crash=A@R`` at a third of the rounds, no rejoin); for the gossip
+  method (``swarm``) only, one crashed agent that comes back with its first live
+  neighbour's model (``crash=A@R:J rejoin_model=neighbour``, ``R`` a third and ``J``
+  two fifths of the rounds: ``3@50:60`` at 150 rounds).
 
 For each (method, scenario) it reports
 
@@ -66,21 +69,27 @@ COMPUTE_S_PER_SAMPLE = 2e-5  # virtual seconds per training sample
 EVAL_EVERY = 10
 CRASH_AGENT = 3
 ASYNC = ("swarm", "easgd_async")
+GOSSIP = ("swarm",)  # the methods with a neighbour to rejoin from (rejoin_model=neighbour)
 METHODS = ("swarm", "easgd_async", "dpsgd", "allreduce")
 # chosen from runs without faults (150 rounds, batch 32; swarm: 300 rounds, batch 16):
 # allreduce 0.1/0.2/0.4, dpsgd 0.1/0.2/0.4, easgd_async 0.05/0.1/0.2, swarm 0.05/0.1/0.2
 LR = {"swarm": 0.2, "easgd_async": 0.1, "dpsgd": 0.2, "allreduce": 0.2}
 
 
-def scenarios(rounds: int) -> dict[str, dict[str, Any]]:
-    """Scenario name -> the config keys that inject its faults."""
-    return {
+def scenarios(rounds: int, method: str | None = None) -> dict[str, dict[str, Any]]:
+    """Scenario name -> the config keys that inject its faults, for ``method`` (None:
+    every scenario); the rejoin from a neighbour is for the gossip methods (``GOSSIP``)."""
+    out: dict[str, dict[str, Any]] = {
         "none": {},
         "drop 0.1": {"message_drop": 0.1},
         "drop 0.3": {"message_drop": 0.3},
         "stragglers 10%": {"stragglers": 0.1, "straggler_slowdown": 4.0},
         "crash": {"crash": f"{CRASH_AGENT}@{rounds // 3}"},
     }
+    if method is None or method in GOSSIP:
+        crash = f"{CRASH_AGENT}@{rounds // 3}:{2 * rounds // 5}"
+        out["crash, rejoin from a neighbour"] = {"crash": crash, "rejoin_model": "neighbour"}
+    return out
 
 
 def overrides(method: str, rounds: int, seed: int, faults: dict[str, Any]) -> dict[str, Any]:
@@ -214,13 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     rows: list[Row] = []
     for method in methods:
-        for name, faults in scenarios(rounds).items():
+        for name, faults in scenarios(rounds, method).items():
             cfg = overrides(method, rounds, args.seed, faults)
-            slug = name.replace(" ", "-").replace("%", "pct")
+            slug = name.replace(",", "").replace(" ", "-").replace("%", "pct")
             row = measure(method, name, cfg, args.target, args.out / "runs" / f"{method}-{slug}")
             rows.append(row)
             print(
-                f"{method:>12} {name:<15} accuracy {row.accuracy:.4f}, virtual "
+                f"{method:>12} {name:<30} accuracy {row.accuracy:.4f}, virtual "
                 f"{row.virtual_time_s:.3f} s, wall {row.wall_s:.1f} s",
                 file=sys.stderr,
                 flush=True,
@@ -241,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compute_s_per_sample": COMPUTE_S_PER_SAMPLE,
         "target": args.target,
         "scenarios": scenarios(rounds),
+        "rejoin_from_a_neighbour": [m for m in methods if m in GOSSIP],
         "threads": args.threads,
         "torch": torch.__version__,
         "seconds": round(seconds, 1),

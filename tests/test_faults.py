@@ -14,6 +14,7 @@ import torch
 from nettrain.algorithms.swarm import SwarmSGD, SwarmState
 from nettrain.config import load_config
 from nettrain.engines.sim.comm import SimCommunicator
+from nettrain.engines.sim.events import SimEvents
 from nettrain.errors import ConfigError, FaultError
 from nettrain.experiment import build_job, run
 from nettrain.faults import Crash, Faults, parse_crashes, parse_split
@@ -96,6 +97,60 @@ def test_a_crashed_agent_that_rejoins_goes_on_from_where_it_stopped() -> None:
     back = run(load_config(values | {"crash": "2@5:15"}))
     assert not torch.equal(stays.x[2], back.x[2])
     assert stays.records[-1]["exchanges_lost"] > back.records[-1]["exchanges_lost"]
+
+
+def states(values: dict, stops: list[int]) -> list[torch.Tensor]:
+    """Every agent's ``x`` after the simulator's events up to each round of ``stops`` (and
+    the fault changes at it), driving the event engine directly."""
+    events, out = SimEvents(build_job(load_config(values)), 0, None), []
+    for stop in stops:
+        for _ in events.advance(stop):
+            pass
+        out.append(events.state.x.clone())
+    return out
+
+
+@pytest.mark.parametrize("algorithm", ["swarm", "adpsgd"])
+def test_rejoin_model_neighbour_takes_the_first_live_neighbours_model(algorithm: str) -> None:
+    """Agent 2 is back before round 8 on agent 1's model (its sorted neighbours on the
+    complete graph: 0, down for good since round 2, then 1); ``own`` keeps its round-3
+    state; nobody else is touched either way."""
+    values = SMALL | {"algorithm": algorithm, "rounds": 10, "crash": "0@2,2@3:8"}
+    down, before, own = states(values, [3, 7, 8])  # round 7: the last events before it is back
+    taken = states(values | {"rejoin_model": "neighbour"}, [3, 7, 8])[2]  # the same batches
+    assert torch.equal(before[2], down[2]) and torch.equal(own[2], down[2])
+    assert torch.equal(taken[2], taken[1]) and not torch.equal(taken[2], down[2])
+    others = [a for a in range(8) if a != 2]
+    assert torch.equal(taken[others], own[others])
+    # and the run goes on from there, deterministically
+    ran = run(load_config(values | {"rejoin_model": "neighbour"}))
+    again = run(load_config(values | {"rejoin_model": "neighbour"}))
+    assert torch.equal(ran.x, again.x) and not torch.equal(ran.x, run(load_config(values)).x)
+
+
+def test_the_first_live_neighbour_is_read_in_sorted_order_skipping_the_down() -> None:
+    faults = Faults(8, crashes=parse_crashes("0@3,1@4:9,2@5:15", 8), rejoin_model="neighbour")
+    assert faults.rejoining(15) == [2] and faults.rejoining(9) == [1]
+    assert faults.rejoin_source(2, 15, [7, 1, 0, 3]) == 1
+    assert faults.rejoin_source(2, 8, [7, 1, 0, 3]) == 3  # 1 is still down in round 8
+    assert faults.rejoin_source(2, 15, [0]) is None  # every neighbour down: its own
+    assert Faults(8, crashes=faults.crashes).rejoin_source(2, 15, [1]) is None  # own
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"crash": "2@5"}, "no crash here ends"),
+        ({}, "no crash here ends"),
+        ({"algorithm": "easgd_async", "crash": "2@5:9"}, "asynchronous gossip methods"),
+        ({"algorithm": "dpsgd", "crash": "2@5:9"}, "algorithm=dpsgd is not one"),
+        ({"engine": "distributed", "crash": "2@5:9"}, "Use engine=sim"),
+        ({"crash": "2@5:9", "rejoin_model": "theirs"}, "choose one of own, neighbour"),
+    ],
+)
+def test_rejoin_model_neighbour_is_refused_where_it_cannot_run(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config({"algorithm": "swarm", "agents": 8, "rejoin_model": "neighbour"} | values)
 
 
 def test_lost_requests_change_nobody_and_kept_exchanges_preserve_the_pair_sum() -> None:

@@ -76,6 +76,8 @@ DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
 # the asynchronous methods that skip lost exchanges (faults.py)
 FAULT_TOLERANT = tuple(k for k, cls in ALGORITHMS.items() if cls.tolerates_faults)
+# the model a crashed agent comes back with: its own, or its first live neighbour's
+REJOIN_MODELS = ("own", "neighbour")
 
 
 def key(
@@ -465,6 +467,13 @@ class FaultKeys(Section):
         "agents that crash: AGENT@ROUND, or AGENT@ROUND:REJOIN to come back with the state "
         "they had, comma-separated (e.g. 3@100:200,5@150)",
     )
+    rejoin_model: str = key(
+        "own",
+        "the model an agent back from crash=A@R:J takes: own (the state it had when it "
+        "stopped) or neighbour (engine=sim, swarm and adpsgd: its first live neighbour's, "
+        "neighbours in sorted order)",
+        REJOIN_MODELS,
+    )
     split: str = key(
         "", "network split FROM:TO (rounds): agents [0, n/2) and [n/2, n) cannot reach each other"
     )
@@ -708,6 +717,7 @@ class RunConfig:
                 "engine=sim, or keep the trace's speed and bandwidth_gbps and leave "
                 "available_from and available_to empty"
             )
+        self._check_rejoin(method, faults)
         if not faults.any:
             return
         if self.engine == "shared_memory":
@@ -726,6 +736,30 @@ class RunConfig:
                 "blocking=true would wait forever for a lost or crashed partner; faults "
                 "(message_drop, crash, split, a trace's availability windows) need "
                 "blocking=false"
+            )
+
+    def _check_rejoin(self, method: type[Method], faults: Faults) -> None:
+        """``rejoin_model=neighbour`` needs a crash that ends (``crash=A@R:J``), an
+        asynchronous gossip method (partner ``neighbour``) and ``engine=sim``."""
+        if self.rejoin_model == "own":
+            return
+        if not any(c.rejoin is not None for c in faults.crashes):
+            raise ConfigError(
+                f"rejoin_model={self.rejoin_model} says what an agent back from a crash "
+                "takes, and no crash here ends: give one as crash=AGENT@ROUND:REJOIN (e.g. "
+                "crash=3@50:60), or drop rejoin_model"
+            )
+        if method.schedule != "events" or method.partner != "neighbour":
+            gossip = [k for k, cls in ALGORITHMS.items() if cls.partner == "neighbour"]
+            raise ConfigError(
+                f"rejoin_model={self.rejoin_model} takes a neighbour's model in the "
+                f"asynchronous gossip methods ({', '.join(gossip)}); algorithm="
+                f"{self.algorithm} is not one. Use one of them, or rejoin_model=own"
+            )
+        if self.engine != "sim":
+            raise ConfigError(
+                f"rejoin_model={self.rejoin_model} is enacted by engine=sim; engine="
+                f"{self.engine} does not take it. Use engine=sim, or rejoin_model=own"
             )
 
     @property

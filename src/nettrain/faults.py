@@ -8,7 +8,9 @@ process of the distributed engine see the same faults at the same rounds:
 * message drops (``message_drop=p``): every message is lost with probability ``p``;
 * crashes (``crash=A@R`` or ``crash=A@R:J``, comma-separated): agent ``A`` stops
   before round ``R`` and, with ``:J``, comes back before round ``J`` with the state
-  it had when it stopped;
+  it had when it stopped (``rejoin_model=own``) or, in the simulator's asynchronous
+  gossip methods, with its first live neighbour's model (``rejoin_model=neighbour``,
+  :meth:`Faults.rejoin_source`);
 * a network split (``split=R:J``): from round ``R`` to round ``J`` (excluded) agents
   ``[0, n/2)`` and ``[n/2, n)`` cannot reach each other (servers are on the first side);
 * availability windows (``trace=PATH``, :mod:`nettrain.heterogeneity`): in virtual
@@ -75,6 +77,7 @@ class Faults:
     split: tuple[int, int] | None = None
     resend_s: float = 0.01
     availability: Availability | None = None  # a trace's windows, virtual seconds
+    rejoin_model: str = "own"  # "own" or "neighbour": the model a crashed agent comes back with
 
     @classmethod
     def from_config(cls, cfg: Any) -> Faults:
@@ -86,6 +89,7 @@ class Faults:
             parse_split(cfg.split),
             cfg.resend_s,
             availability(cfg.trace, cfg.agents),
+            cfg.rejoin_model,
         )
 
     @property
@@ -99,6 +103,19 @@ class Faults:
             c.agent == agent and c.at <= t and (c.rejoin is None or t < c.rejoin)
             for c in self.crashes
         )
+
+    def rejoining(self, t: int) -> list[int]:
+        """The agents whose crash ends at round ``t`` (``crash=A@R:J`` with ``J = t``)."""
+        return sorted(c.agent for c in self.crashes if c.rejoin == t)
+
+    def rejoin_source(self, agent: int, t: int, neighbours: list[int]) -> int | None:
+        """Whose model ``agent``, back from its crash at round ``t``, takes: its first
+        neighbour in ``neighbours`` (sorted) that is not down in round ``t`` with
+        ``rejoin_model=neighbour``; ``None`` (it keeps its own) with ``rejoin_model=own``
+        or when every neighbour is down."""
+        if self.rejoin_model != "neighbour":
+            return None
+        return next((b for b in sorted(neighbours) if not self.down(b, t)), None)
 
     def split_in(self, t: int) -> bool:
         return self.split is not None and self.split[0] <= t < self.split[1]

@@ -78,6 +78,7 @@ KEYS = (
     "trace",
     "message_drop",
     "crash",
+    "rejoin_model",
     "split",
     "phase",
     "rounds",

@@ -17,6 +17,7 @@ configuration refuses a method on an engine not in its ``engines``.
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
@@ -190,6 +191,17 @@ class GossipAlgorithm(AsyncAlgorithm[S]):
     def absorb(self, own: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
         """The partner's side of an exchange: its new published model ``(d,)`` from its own
         and the decoded one it received (run on the partner's rpc thread when distributed)."""
+
+    def rejoin(self, state: S, agent: int, x: torch.Tensor) -> S:
+        """``state`` with ``agent`` (a local row) back from a crash on the model ``x: (d,)``
+        (``rejoin_model=neighbour``): its row of ``state.x`` is ``x``, and every other
+        field is kept, which is right for a state of models plus counters (SwarmSGD's and
+        AD-PSGD's exchange counts go on counting). A method whose state has other
+        per-agent fields (a momentum, a correction) overrides this to reset its row as
+        ``init`` would from ``x``."""
+        rows = state.x.clone()
+        rows[agent] = x
+        return dataclasses.replace(state, x=rows)  # type: ignore[type-var]
 
 
 class CentreRule(ABC):

@@ -13,7 +13,7 @@ from typing import cast
 
 import torch
 
-from nettrain.algorithms.base import AsyncAlgorithm
+from nettrain.algorithms.base import AsyncAlgorithm, GossipAlgorithm
 from nettrain.checkpoint import Checkpoint
 from nettrain.engines.base import Job, RunResult, Stack, take_work
 from nettrain.engines.draws import CENTRE, Draws
@@ -51,15 +51,15 @@ class SimEvents(Stack):
         n, self.algo, self.max_batch = job.n_agents, algo, max_batch
         self.label = f"{algo.name} x{n} (events)"
         x = job.x0.expand(n, -1).clone()  # (n, d)
-        if algo.uses_centre:
-            neighbours: list[list[int]] = [[] for _ in range(n)]
-        else:
+        neighbours: list[list[int]] = [[] for _ in range(n)]
+        if not algo.uses_centre:
             neighbours = [sorted(job.topology.base_graph.neighbors(i)) for i in range(n)]
             if any(not nb for nb in neighbours):
                 raise ConfigError(
                     "an agent without neighbours cannot interact; use a connected graph"
                 )
         oracle = job.problem.oracle(job.shards, range(n), batch_size=job.batch_size, seed=job.seed)
+        self.neighbours = neighbours  # sorted; a gossip agent's rejoin_model=neighbour source
         drop = job.fault_spec.drop
         self.draws = [Draws(job.seed, i, neighbours[i], algo, drop) for i in range(n)]
         self.generator = torch.Generator(device=x.device).manual_seed(job.seed)  # codes
@@ -123,7 +123,17 @@ class SimEvents(Stack):
         return h, self.draws[a].duration(h * self.step_s[a], self.poisson)
 
     def apply_faults(self, r: int) -> None:
-        """From round ``r`` on: a crashed agent stops; one back resumes its phase now."""
+        """From round ``r`` on: a crashed agent stops; one back resumes its phase now, with
+        the state it had or, a gossip agent with ``rejoin_model=neighbour``, with the model
+        of its first neighbour (sorted) not down in round ``r``, taken now
+        (:meth:`~nettrain.algorithms.base.GossipAlgorithm.rejoin`; with every neighbour
+        down it keeps its own)."""
+        if self.algo.partner == "neighbour":
+            gossip = cast(GossipAlgorithm, self.algo)
+            for a in self.faults.rejoining(r):
+                source = self.faults.rejoin_source(a, r, self.neighbours[a])
+                if source is not None:
+                    self.state = gossip.rejoin(self.state, a, self.state.x[source])
         for a in range(self.job.n_agents):
             if self.faults.down(a, r) and math.isfinite(self.ends[a]):
                 self.ends[a] = math.inf
