@@ -28,7 +28,7 @@ from helpers import (
     sim_job,
 )
 from nettrain.algorithms import DGD, NEXT, SurrogateConfig
-from nettrain.algorithms.next_sca import NextState, StepRule
+from nettrain.algorithms.next_sca import NextState, StepRule, sparse_average
 from nettrain.algorithms.surrogates import Subproblem, minimize
 from nettrain.data import Dataset, load_dataset
 from nettrain.engines.sim.comm import SimCommunicator
@@ -102,7 +102,22 @@ def test_lasso_reaches_scikit_learn_and_gives_exact_zeros(surrogate: str) -> Non
     opt = torch.from_numpy(ref.fit(design, data.y_train.numpy()).coef_)
     assert (opt == 0).sum() >= 3, "the reference solution should be sparse"
     assert (result.x - opt).norm(dim=1).max() < TOL
-    assert result.records[-1]["sparsity"] == pytest.approx(float((opt == 0).double().mean()))
+    zeros = float((opt == 0).double().mean())
+    last = result.records[-1]
+    assert last["sparsity"] == pytest.approx(zeros)
+    # the sparse model (w~ averaged, thresholded at its zeros) is the optimum, zeros included
+    assert last["sparse_zeros"] == pytest.approx(zeros)
+    assert last["sparse_test_loss"] == pytest.approx(last["test_loss"], rel=1e-3)
+
+
+def test_the_sparse_model_is_the_average_thresholded_back_to_the_share_of_zeros() -> None:
+    """Two agents, 4 coordinates, 3 zeros in 8 entries: the average keeps all but
+    round(3/8 * 4) = 2 of its entries, the largest in magnitude; without zeros it is
+    the plain mean."""
+    w = torch.tensor([[0.0, 0.4, -2.0, 0.0], [0.2, 0.0, -1.0, 0.6]])
+    assert torch.equal(sparse_average(w), torch.tensor([0.0, 0.0, -1.5, 0.3]))
+    w = torch.tensor([[1.0, 2.0], [3.0, -4.0]])
+    assert torch.equal(sparse_average(w), w.mean(0))
 
 
 def sparse_regression() -> Dataset:
@@ -363,13 +378,19 @@ def test_diagnostics_of_a_hand_made_state() -> None:
     w_tilde = torch.tensor([[0.0, 1.0, -0.0, 2.0], [3.0, 1e-300, 0.0, -4.0]], dtype=torch.float64)
     state = NextState(x, y, g, w_tilde, 0.125)
     out = NEXT().diagnostics(state)
-    assert set(out) == {"alpha", "sparsity", "tracking_error"}
+    assert set(out) == {"alpha", "sparsity", "sparse_zeros", "tracking_error"}
+    # the mean of w~ is (1.5, 0.5, 0, -1); round(0.375 * 4) = 2 smallest set to zero
+    assert out["sparse_zeros"] == 0.5
     assert out["alpha"] == 0.125
     assert out["sparsity"] == 0.375
     assert isinstance(out["sparsity"], float)
     assert out["tracking_error"] == pytest.approx(5.0, rel=1e-15)
     for untracked in (NEXT(tracking=False), DGD()):
-        assert untracked.diagnostics(state) == {"alpha": 0.125, "sparsity": 0.375}
+        assert untracked.diagnostics(state) == {
+            "alpha": 0.125,
+            "sparsity": 0.375,
+            "sparse_zeros": 0.5,
+        }
 
 
 def test_next_checks_the_loss_the_model_and_the_blocks_of_its_surrogate() -> None:

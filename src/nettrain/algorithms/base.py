@@ -105,6 +105,11 @@ class Method(ABC, Generic[S]):
         """Method-specific figures computed from the state of *all* agents (for records)."""
         return {}
 
+    def judged(self, state: S) -> dict[str, torch.Tensor]:
+        """Models ``(d,)`` besides the agents' own that the records evaluate, by name
+        (``<name>_test_loss``, ``<name>_test_accuracy``), from the state of *all* agents."""
+        return {}
+
     def centre(self, state: S, comm: Communicator) -> torch.Tensor | None:
         """The model a centre-based method is judged by ``(d,)`` (EASGD's ``x~``), or None."""
         return comm.centre() if self.uses_centre else None

@@ -145,10 +145,28 @@ class NEXT(Algorithm[NextState]):
         out: dict[str, Any] = {
             "alpha": state.alpha,
             "sparsity": float((state.w_tilde == 0).float().mean()),
+            "sparse_zeros": float((sparse_average(state.w_tilde) == 0).float().mean()),
         }
         if self.tracking:
             out["tracking_error"] = float((state.y.sum(0) - state.g.sum(0)).norm())
         return out
+
+    def judged(self, state: NextState) -> dict[str, torch.Tensor]:
+        """``sparse``: the surrogate minimisers averaged and thresholded at their share of
+        zeros (:func:`sparse_average`), the sparse model an l1 run delivers."""
+        return {"sparse": sparse_average(state.w_tilde)}
+
+
+def sparse_average(w_tilde: torch.Tensor) -> torch.Tensor:
+    """The mean of the agents' surrogate minimisers ``w~: (n, d)`` with its
+    ``round(z d)`` smallest entries in magnitude set to zero, ``z`` the share of exact
+    zeros in ``w~``: averaging alone keeps a coordinate unless every agent zeroed it, so
+    the average is thresholded back to the sparsity the l1 prox gave each agent."""
+    average = w_tilde.mean(0)
+    k = round(float((w_tilde == 0).float().mean()) * average.numel())
+    if k:
+        average[average.abs().argsort()[:k]] = 0
+    return average
 
 
 @dataclass(frozen=True)

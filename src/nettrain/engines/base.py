@@ -212,17 +212,18 @@ def check_finite(loss: torch.Tensor, t: int, hint: str = Method.stability_hint) 
         )
 
 
-def centre_fields(
-    job: Job, centre: torch.Tensor | None, buffers: Buffers | None = None
+def model_fields(
+    job: Job, name: str, model: torch.Tensor | None, buffers: Buffers | None = None
 ) -> dict[str, Any]:
-    """Test loss and accuracy of a centre-based method's centre variable ``(d,)`` (with
-    the agents' mean ``buffers``, for a model that has them)."""
-    if centre is None:
+    """``<name>_test_loss`` and ``<name>_test_accuracy`` of one model ``(d,)`` (with the
+    agents' mean ``buffers``, for a model that has them): a centre-based method's centre
+    variable, or a model an algorithm names (:meth:`~nettrain.algorithms.base.Method.judged`)."""
+    if model is None:
         return {}
-    ev = job.problem.evaluate(centre[None], mean(buffers) if buffers else None)
-    out = {"centre_test_loss": float(ev.loss[0])}
+    ev = job.problem.evaluate(model[None], mean(buffers) if buffers else None)
+    out = {f"{name}_test_loss": float(ev.loss[0])}
     if ev.accuracy is not None:
-        out["centre_test_accuracy"] = float(ev.accuracy[0])
+        out[f"{name}_test_accuracy"] = float(ev.accuracy[0])
     return out
 
 

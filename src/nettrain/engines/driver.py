@@ -40,7 +40,7 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from nettrain.checkpoint import Checkpoint
-from nettrain.engines.base import Job, centre_fields, check_finite, status_line, traffic_fields
+from nettrain.engines.base import Job, check_finite, model_fields, status_line, traffic_fields
 from nettrain.engines.timeline import Timeline
 from nettrain.errors import DivergenceError
 from nettrain.problem.buffers import Buffers
@@ -245,8 +245,10 @@ def _record(
     }
     if snap.state is not None:
         record |= job.algorithm.diagnostics(snap.state)
+        for name, model in job.algorithm.judged(snap.state).items():
+            record |= model_fields(judged, name, model, snap.buffers)
     record |= snap.fields
-    return record | centre_fields(job, snap.centre, snap.buffers)
+    return record | model_fields(job, "centre", snap.centre, snap.buffers)
 
 
 def _ratio(predicted: float | None, measured: float | None) -> float | None:

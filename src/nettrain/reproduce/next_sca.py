@@ -15,7 +15,10 @@ linear surrogate that is centralised full-batch proximal gradient with step
 2. DGD with the same step is slower or biased: a larger final stationarity measure than
    NEXT's, by more than twice the standard error of the difference of the means, on
    every data set; the ratio DGD / NEXT is stated.
-3. l1 gives at least 50% exact zeros at a test error within 1 point of l2 (means).
+3. l1 gives at least 50% exact zeros at a test error within 1 point of l2 (means): the
+   l1 run's sparse model (the agents' surrogate minimisers ``w~`` averaged and
+   thresholded at their share of zeros, the record's ``sparse_*`` fields) against the
+   l2 run's mean model; the zeros are counted in that sparse model.
 4. The block-parallel step (2 blocks, block-Jacobi Gauss-Newton) reaches the
    sequential run's objective (within 1%) in at most 10% more iterations (mean of the
    seeds' ratios).
@@ -209,9 +212,10 @@ class Figures:
 
     ``gaps``: ``"SETTING NEXT s"`` -> ``(U_NEXT - U_central) / |U_central|`` (final
     objectives); ``stationarity``: setting -> final stationarity of (DGD, NEXT linear);
-    ``sparsity``: share of exact zeros in the l1 run's ``w~`` (digits); ``errors``: test
-    error of the l1 and the l2 run (digits); ``block_rounds``: iterations of B = 1 and
-    B = 2 to B = 1's final objective + 1% (diabetes, Gauss-Newton; ``None``: never)."""
+    ``sparsity``: share of exact zeros in the l1 run's sparse model (digits); ``errors``:
+    test error of the l1 run's sparse model and of the l2 run's mean model (digits);
+    ``block_rounds``: iterations of B = 1 and B = 2 to B = 1's final objective + 1%
+    (diabetes, Gauss-Newton; ``None``: never)."""
 
     gaps: dict[str, float]
     stationarity: dict[str, tuple[float, float]]
@@ -249,9 +253,9 @@ def figures(results: Mapping[str, Mapping[str, Records]]) -> Figures:
             for s, runs in last.items()
             if "DGD" in runs
         },
-        sparsity=last["digits_l1"]["NEXT linear"]["sparsity"],
+        sparsity=last["digits_l1"]["NEXT linear"]["sparse_zeros"],
         errors=(
-            last["digits_l1"]["NEXT linear"]["test_error"],
+            1 - last["digits_l1"]["NEXT linear"]["sparse_test_accuracy"],
             last["digits"]["NEXT linear"]["test_error"],
         ),
         block_rounds=(first_round_below(seq, target), first_round_below(par, target)),
@@ -312,12 +316,13 @@ def l1_claim(seeds: Sequence[Figures]) -> Claim:
     return Claim(
         "l1 gives exact zeros at the accuracy of l2",
         EMPIRICAL,
-        f"digits, means over the seeds: share of zeros in w~ >= {MIN_SPARSITY:.0%} and test "
-        f"error(l1) - test error(l2) <= {ERROR_POINTS * 100:.0f} point (measured: the "
+        f"digits, means over the seeds: the l1 run's sparse model (w~ averaged, thresholded "
+        f"at its share of zeros) has >= {MIN_SPARSITY:.0%} exact zeros and test error(l1 "
+        f"sparse) - test error(l2) <= {ERROR_POINTS * 100:.0f} point (measured: the "
         "difference, in points)",
         Measured.of(
             [100 * g for g in gaps],
-            f"zeros {spread([100 * v for v in sparsity], '.1f')}%; test error l1 "
+            f"zeros {spread([100 * v for v in sparsity], '.1f')}%; test error l1 sparse "
             f"{spread([100 * f.errors[0] for f in seeds], '.2f')}%, l2 "
             f"{spread([100 * f.errors[1] for f in seeds], '.2f')}% (difference "
             f"{spread([100 * g for g in gaps], '+.2f')} points)",

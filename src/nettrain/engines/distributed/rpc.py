@@ -402,7 +402,7 @@ def rpc_session(
             if incarnation:
                 _forget(group, [name_of(r) for r in {rank, *gone}])
             elif rank:
-                group.wait([f"joined/{rank - 1}"])
+                group.wait([f"opened/{rank - 1}"])
         with warnings.catch_warnings():  # init_rpc's own use of its internal gloo group
             warnings.filterwarnings("ignore", "You are using a Backend", UserWarning)
             rpc.init_rpc(
@@ -413,14 +413,10 @@ def rpc_session(
                 rpc_backend_options=options,
             )
         if group is not None:
-            group.set(f"joined/{rank}", str(incarnation))
+            group.set(f"opened/{rank}", str(incarnation))
         if incarnation:
-            others = [w.name for w in rpc.api._get_current_rpc_agent().get_worker_infos()]
-            calls = [
-                rpc.rpc_async(w, _rejoined, args=(name_of(rank), ident))
-                for w in others
-                if w != name_of(rank)
-            ]
+            me, members = name_of(rank), rpc.api._get_current_rpc_agent().get_worker_infos()
+            calls = [rpc.rpc_async(w.name, _rejoined, (me, ident)) for w in members if w.name != me]
             for call in calls:
                 call.wait()
     except RuntimeError as err:
