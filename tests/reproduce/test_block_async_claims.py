@@ -10,6 +10,7 @@ from nettrain.config import load_config
 from nettrain.reproduce.block_async import (
     BASE,
     BATCH,
+    FULL_STEPS,
     PARTITIONED,
     SEQUENTIAL,
     SYNCHRONOUS,
@@ -69,6 +70,7 @@ def test_the_claims_hold_on_good_seeds() -> None:
     [
         (0, {PARTITIONED: (0.885, 1500.0)}, range(SEEDS)),  # 1.5 points below sequential SGD
         (0, {PARTITIONED: (0.86, 1500.0)}, range(1)),  # mean 1.57 points below
+        (0, {FULL_STEPS: (0.885, 1000.0)}, range(SEEDS)),  # the variant with full steps
         (1, {PARTITIONED: (0.90, 1100.0)}, range(SEEDS)),  # 1.1x synchronous data-parallel
         (1, {SYNCHRONOUS: (0.90, 1400.0)}, range(SEEDS)),
         (1, {SYNCHRONOUS: (0.90, 3000.0)}, range(1)),  # mean ratio 1.17
@@ -106,7 +108,9 @@ def test_the_paper_comparison_is_the_ratio_to_synchronous_data_parallel() -> Non
 
 def test_rounds_give_equal_epochs_for_every_process_count() -> None:
     assert rounds_for(1, 6400, 2) == 2 * rounds_for(2, 6400, 2) == 2 * 6400 * 2 // (2 * BATCH)
-    assert {SEQUENTIAL, PARTITIONED, SYNCHRONOUS} <= set(methods())
+    assert {SEQUENTIAL, PARTITIONED, FULL_STEPS, SYNCHRONOUS} <= set(methods())
+    assert methods()[PARTITIONED]["full_every"] == 0  # full steps in the warm-up only
+    assert methods()[FULL_STEPS]["full_every"] == 2
     assert methods()[SEQUENTIAL]["processes"] == 1
 
 

@@ -12,8 +12,10 @@ alike), each in ``seed-<s>/METHOD``:
 
 - sequential SGD: ``hogwild`` with one process (every step writes the whole model);
 - Hogwild, ``P = 2``: both processes write every block, no lock;
-- block-partitioned, ``P = 2``: 2 blocks, each process writes its own; a warm-up of
-  full steps, then every ``FULL_EVERY``-th step full;
+- block-partitioned, ``P = 2``: 2 blocks, each process writes its own only, after a
+  warm-up of full steps (the paper's method);
+- block-partitioned with full steps, ``P = 2``: the same, and after the warm-up every
+  ``FULL_EVERY``-th step full (every block written);
 - synchronous data-parallel SGD, ``P = 2`` (``allreduce``): mean gradient, barriers.
 
 The table, mean ± std over the seeds: samples/s (samples over training time,
@@ -21,9 +23,9 @@ evaluations excluded), training time to 85% test accuracy, final accuracy and re
 staleness. ``--quick``: scikit-learn's digits (8x8 images), 40 epochs; the full run:
 Fashion-MNIST (60,000 images), 3 epochs. Checked (both empirical):
 
-1. the partitioned method's final accuracy is within 1 point of sequential SGD's (mean
-   over the seeds);
-2. the paper's headline: the partitioned method processes at least 1.2x the samples/s
+1. both partitioned methods' final accuracies are within 1 point of sequential SGD's
+   (mean over the seeds);
+2. the paper's headline: the (purely) partitioned method processes at least 1.2x the samples/s
    of synchronous data-parallel SGD (mean of the seeds' ratios). The paper measured it
    on GPUs; on 2 CPU cores it may well fail, and the claim says the ratio found;
    ``DIR/speedup.json`` gives the ratios with the reasons the settings differ.
@@ -67,9 +69,10 @@ BASE: dict[str, Any] = {
     "topology": "complete",
     "progress": False,
 }
-SEQUENTIAL, PARTITIONED, HOGWILD, SYNCHRONOUS = (
+SEQUENTIAL, PARTITIONED, FULL_STEPS, HOGWILD, SYNCHRONOUS = (
     "sequential SGD",
     "block-partitioned",
+    "block-partitioned + full steps",
     "Hogwild",
     "sync data-parallel",
 )
@@ -82,7 +85,9 @@ def methods(warmup: int = 20) -> dict[str, dict[str, Any]]:
     asynchronous = {"step_decay": 0.1, "warmup": warmup}  # final step 1/5 to 1/9 of lr
     return {
         SEQUENTIAL: {"algorithm": "hogwild", "processes": 1} | asynchronous,
-        PARTITIONED: {
+        PARTITIONED: {"algorithm": "block_async", "processes": 2, "blocks": 2, "full_every": 0}
+        | asynchronous,
+        FULL_STEPS: {
             "algorithm": "block_async",
             "processes": 2,
             "blocks": 2,
@@ -236,20 +241,24 @@ def check(seeds: Sequence[Figures]) -> list[Claim]:
 
 
 def accuracy_claim(seeds: Sequence[Figures]) -> Claim:
-    """Claim 1: the partitioned method's mean accuracy within 1 point of sequential SGD's."""
+    """Claim 1: each partitioned method's mean accuracy (the pure one and the one with
+    full steps) within 1 point of sequential SGD's."""
     seq = [f[SEQUENTIAL]["test_accuracy"] for f in seeds]
-    part = [f[PARTITIONED]["test_accuracy"] for f in seeds]
-    gaps = [100 * (s - p) for s, p in zip(seq, part, strict=True)]
+    gaps, shown = {}, []
+    for label in (PARTITIONED, FULL_STEPS):
+        acc = [f[label]["test_accuracy"] for f in seeds]
+        gaps[label] = [100 * (s - a) for s, a in zip(seq, acc, strict=True)]
+        shown.append(f"{label} {spread(acc)} ({spread(gaps[label], '+.2f')} points)")
+    worst = max(gaps.values(), key=fmean)
     return Claim(
-        "the partitioned method matches sequential SGD's accuracy",
+        "the partitioned methods match sequential SGD's accuracy",
         EMPIRICAL,
-        "accuracy(sequential SGD) - accuracy(block-partitioned, P=2) <= 1 point (final "
-        "accuracy, mean over the seeds; measured: the difference in points)",
-        Measured.of(
-            gaps,
-            f"sequential {spread(seq)}, partitioned {spread(part)} ({spread(gaps, '+.2f')} points)",
-        ),
-        fmean(gaps) <= 1.0,
+        "accuracy(sequential SGD) - accuracy(block-partitioned, P=2) <= 1 point, for the "
+        "method that writes its own block only (after the warm-up) and for the one with "
+        f"every {FULL_EVERY}nd step full (final accuracy, mean over the seeds; measured: "
+        "the larger difference, in points)",
+        Measured.of(worst, f"sequential {spread(seq)}; " + "; ".join(shown)),
+        all(fmean(g) <= 1.0 for g in gaps.values()),
     )
 
 

@@ -1,8 +1,8 @@
 """Checkpoints of ``engine=distributed``: a resumed run equals the uninterrupted one.
 
 One ``torchrun`` launch of 6 processes runs, for each case, three steps in a row: an
-uninterrupted run of 40 rounds, a run cut after 20 or 25 rounds that writes a
-checkpoint every 10, and ``resume`` of that run to 40 rounds. Each step is a run of its
+uninterrupted run of 30 rounds, a run cut after 20 or 25 rounds that writes a
+checkpoint every 10, and ``resume`` of that run to 30 rounds. Each step is a run of its
 own, as a separate launch would make it: its own process group (the engine's, on a
 fresh port) of 3, 4 or 6 processes (the others sit it out; EASGD's workers, then 2
 server ranks), one agent a process or several; the run folder and its
@@ -73,7 +73,7 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
 SERVERS = {"easgd_servers", "easgd_servers_many"}  # the cases with a centre on servers
 RESIDUAL = {"allreduce_momentum_topk", "allreduce_momentum_topk_many"}  # error feedback
 NPROC = max(nproc for _, _, nproc in CASES.values())
-ROUNDS = 40
+ROUNDS = 30
 EXACT = ("round", "samples", "messages_total", "bytes_total", "bytes_max_agent")
 
 
@@ -125,7 +125,7 @@ def main(root: str, *texts: str) -> None:
 
 def without_plot(finish: Any) -> Any:
     """``RunFolder.finish`` without ``plot.png``: plots are not what this file tests, and
-    on 2 shared cores drawing one takes longer than a step's 40 rounds."""
+    on 2 shared cores drawing one takes longer than a step's 30 rounds."""
     return functools.partialmethod(finish, plot=False)
 
 
@@ -157,7 +157,7 @@ def records(folder: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_resumed_run_equals_the_uninterrupted_one(case: str, runs) -> None:
-    """Same final parameters (and centre) as 40 rounds in one go; the same records,
+    """Same final parameters (and centre) as 30 rounds in one go; the same records,
     those written after the last checkpoint dropped."""
     root, _ = runs
     whole, cut = root / case / "whole", root / case / "cut"
@@ -177,9 +177,10 @@ def test_resumed_run_equals_the_uninterrupted_one(case: str, runs) -> None:
         for k in ("virtual_time_s", "train_loss", "test_loss", "test_accuracy"):
             close = None if want[k] is None else pytest.approx(want[k], rel=1e-6, abs=1e-9)
             assert got[k] == close, k  # None: round 0's train_loss
-    # the resumed run's wall clock goes on from the checkpoint's (round 20)
+    # the resumed run's wall clock goes on from the checkpoint's (round 20): restarted
+    # at 0, its 10 rounds would take less than the cut run's first 20
     at = {r["round"]: r["wall_time_s"] for r in mine}
-    assert at[30] >= at[20] and at[40] >= at[30]
+    assert at[30] >= at[20]
 
 
 def layout(value: Any) -> Any:
@@ -220,7 +221,7 @@ def test_the_checkpoint_is_the_simulators(case: str, runs) -> None:
     if sim.servers is not None and dist.servers is not None:
         for mine, ref in zip(dist.servers["shards"], sim.servers["shards"], strict=True):
             torch.testing.assert_close(mine["rows"], ref["rows"], rtol=0, atol=1e-5)
-            # one synchronous exchange at t = 0, 3, ..., 39 (tau=3)
+            # one synchronous exchange at t = 0, 3, ..., 27 (tau=3)
             assert mine["sync_round"] == ref["sync_round"] == len(range(0, ROUNDS, 3))
             assert mine["version"] == ref["version"] and mine["applied"] == ref["applied"]
 
