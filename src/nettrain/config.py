@@ -323,6 +323,13 @@ class AlgorithmKeys(Section):
         "swarm, dpsgd, local_sgd, gradient_tracking, allreduce with quantizer=lattice: "
         "lattice step eps (error <= eps/2 while sender and receiver differ by < (2^bits-1) eps/2)",
     )
+    qsgd_bucket: int = key(
+        0,
+        "swarm, dpsgd, local_sgd, gradient_tracking, allreduce with quantizer=qsgd: "
+        "coordinates sharing one scale (a float32 each, 32/qsgd_bucket bits a coordinate); "
+        "0 = one scale for the whole vector sent, 512 in the QSGD paper (Alistarh et al. 2017)",
+        at_least=0,
+    )
     error_feedback: bool = key(
         True,
         "allreduce with a quantizer: carry what compression dropped into the next round's "
@@ -566,7 +573,8 @@ SECTIONS: dict[str, type[Section]] = {
 # every key, and the section that holds it (key names are unique across sections)
 FIELDS = {f.name: f for section in SECTIONS.values() for f in dataclasses.fields(section)}
 SECTION_OF = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
-COMPRESSOR_KEYS = ("quantizer", "bits", "lattice_eps")  # what builds a method's compressor
+# what builds a method's compressor
+COMPRESSOR_KEYS = ("quantizer", "bits", "lattice_eps", "qsgd_bucket")
 
 
 def used_keys(method: type[Method]) -> frozenset[str]:
@@ -789,8 +797,8 @@ class RunConfig:
 def build_algorithm(cfg: RunConfig) -> Method:
     """The method ``cfg.algorithm`` with its settings from the config: every dataclass field
     named like a key gets the key's value (``lr``, ``tau``, ``seed``...), a ``compressor``
-    is built from ``quantizer``, ``bits`` and ``lattice_eps``; then fixed for the run's
-    workers (:meth:`~nettrain.algorithms.Method.for_network`)."""
+    is built from ``quantizer``, ``bits``, ``lattice_eps`` and ``qsgd_bucket``; then fixed
+    for the run's workers (:meth:`~nettrain.algorithms.Method.for_network`)."""
     cls = resolve(cfg.algorithm)
     if not dataclasses.is_dataclass(cls):
         return cls().for_network(cfg.workers)
@@ -798,7 +806,9 @@ def build_algorithm(cfg: RunConfig) -> Method:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     settings = {name: values[name] for name in names if name in values}
     if "compressor" in names and cls.compresses and cfg.quantizer != "none":
-        settings["compressor"] = build_compressor(cfg.quantizer, bits=cfg.bits, eps=cfg.lattice_eps)
+        settings["compressor"] = build_compressor(
+            cfg.quantizer, bits=cfg.bits, eps=cfg.lattice_eps, bucket=cfg.qsgd_bucket
+        )
     return cls(**settings).for_network(cfg.workers)
 
 

@@ -69,6 +69,7 @@ KEYS = (
     "quantizer",
     "bits",
     "lattice_eps",
+    "qsgd_bucket",
     "error_feedback",
     "blocking",
     "stragglers",

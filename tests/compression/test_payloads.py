@@ -21,6 +21,7 @@ FORMATS: list[Compressor] = [
     Identity(),
     HalfPrecision(torch.bfloat16),
     QSGD(bits=4),
+    QSGD(bits=7, bucket=4),  # scales (m, 3): buckets of 4, 4 and 2 coordinates
     TopK(k=3),
     Lattice.with_bits(8, eps=0.01),
 ]
@@ -33,22 +34,29 @@ FIELDS = {  # the tensor fields of each payload, in declaration order, and their
 }
 
 
+def ids(comp: Compressor) -> str:
+    bucket = getattr(comp, "bucket", 0)
+    return f"{comp.name}-bucket{bucket}" if bucket else comp.name
+
+
 def encoded(comp: Compressor, rows: int = 4):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(rows, 10, generator=g, dtype=torch.float64)
     return x, comp.encode(x, x, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("comp", FORMATS, ids=lambda c: c.name)
+@pytest.mark.parametrize("comp", FORMATS, ids=ids)
 def test_tensor_fields_are_the_payloads_tensors_in_order(comp: Compressor) -> None:
     _, payload = encoded(comp)
     fields = tensor_fields(payload)
     assert {name: t.dtype for name, t in fields.items()} == FIELDS[comp.name]
     assert list(fields) == list(FIELDS[comp.name])
     assert all(t.shape[0] == 4 for t in fields.values())
+    if getattr(comp, "bucket", 0):
+        assert fields["scale"].shape == (4, 3)  # one scale per bucket of each row
 
 
-@pytest.mark.parametrize("comp", FORMATS, ids=lambda c: c.name)
+@pytest.mark.parametrize("comp", FORMATS, ids=ids)
 def test_rows_picked_and_joined_decode_to_those_rows(comp: Compressor) -> None:
     """``take_rows`` with repeats and ``cat_rows`` of two payloads decode, row for row, to
     the rows of the whole payload they came from."""
@@ -70,7 +78,7 @@ def test_rows_picked_and_joined_decode_to_those_rows(comp: Compressor) -> None:
     )
 
 
-@pytest.mark.parametrize("comp", FORMATS, ids=lambda c: c.name)
+@pytest.mark.parametrize("comp", FORMATS, ids=ids)
 def test_a_packed_payload_is_its_bytes_and_unpacks_to_itself(comp: Compressor) -> None:
     x, payload = encoded(comp)
     mine = take_rows(payload, torch.tensor([0, 1]))
@@ -90,4 +98,4 @@ def test_a_packed_payload_is_its_bytes_and_unpacks_to_itself(comp: Compressor) -
 
 
 def test_only_the_lattice_decodes_against_a_reference() -> None:
-    assert [reads_reference(c) for c in FORMATS] == [False, False, False, False, True]
+    assert [reads_reference(c) for c in FORMATS] == [False, False, False, False, False, True]

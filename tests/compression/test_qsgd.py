@@ -10,6 +10,7 @@ import torch
 
 from helpers import generator
 from nettrain.compression import QSGD
+from nettrain.config import build_algorithm, load_config
 from nettrain.errors import ConfigError
 
 
@@ -178,3 +179,119 @@ def test_a_whole_level_is_sent_exactly_whatever_the_uniform() -> None:
     qsgd = QSGD(bits=4, norm="linf")
     payload = qsgd.encode(x, generator=generator(19))
     assert torch.equal(payload.codes.to(torch.int64), x.to(torch.int64) * qsgd.levels)
+
+
+# Buckets (Alistarh et al. 2017 use 512): one scale per run of ``bucket`` coordinates.
+
+
+def bucket_scales(x: torch.Tensor, bucket: int, norm: str) -> torch.Tensor:
+    """Each bucket's norm, ``(m, nb)``, by a loop over buckets (the rule, not the code)."""
+    return torch.stack(
+        [scale_of(x[:, k : k + bucket], norm) for k in range(0, x.shape[1], bucket)], dim=1
+    )
+
+
+def per_coordinate(scales: torch.Tensor, bucket: int, d: int) -> torch.Tensor:
+    return scales.repeat_interleave(bucket, dim=1)[:, :d]
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_bucketed_decodes_are_unbiased(norm: str) -> None:
+    """As :func:`test_unbiased`, with each coordinate's width ``c_k / s`` that of its own
+    bucket; ``d = 70`` is not a multiple of the bucket (16, 16, 16, 16, 6)."""
+    qsgd, n, d, delta = QSGD(bits=2, norm=norm, bucket=16), 20_000, 70, 1e-6
+    x = torch.randn(d, generator=generator(20), dtype=torch.float64)
+    x[16:32] *= 100.0  # buckets of very different sizes
+    x_hat, _ = qsgd.roundtrip(x.expand(n, d), generator=generator(21))
+
+    width = per_coordinate(bucket_scales(x[None], 16, norm), 16, d)[0] / qsgd.levels
+    t = width * math.sqrt(math.log(2 * d / delta) / (2 * n))
+    assert ((x_hat.mean(0) - x).abs() < t).all()
+
+
+@pytest.mark.parametrize(("bits", "bucket", "d"), [(7, 512, 1300), (3, 5, 23), (1, 4, 4)])
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_each_bucket_has_its_own_scale_and_error_bound(
+    bits: int, bucket: int, d: int, norm: str
+) -> None:
+    """The payload has ``ceil(d / bucket)`` float32 scales a row, each the smallest float32
+    at or above its bucket's norm (the last bucket shorter); the levels lie in ``[-s, s]``
+    and follow the rule with the coordinate's own bucket scale; every coordinate's error
+    is below its own bucket's step ``c_k / s``."""
+    qsgd = QSGD(bits=bits, norm=norm, bucket=bucket)
+    x = torch.randn(3, d, generator=generator(22), dtype=torch.float64) * (1 + 2.0**-40)
+    x[1, :bucket] *= 1e-4
+    payload = qsgd.encode(x, generator=generator(23))
+    nb = -(-d // bucket)
+    assert payload.scale.shape == (3, nb) and payload.scale.dtype == torch.float32
+    want = bucket_scales(x, bucket, norm)
+    below = torch.nextafter(payload.scale, torch.full_like(payload.scale, -math.inf))
+    assert (payload.scale.double() >= want).all() and (below.double() < want).all()
+    assert int(payload.codes.abs().max()) <= qsgd.levels
+
+    c = per_coordinate(payload.scale.double(), bucket, d)
+    r = x.abs() / c * qsgd.levels
+    u = torch.rand(x.shape, generator=generator(23), dtype=torch.float64)
+    level = r.floor() + (u < r - r.floor()).double()
+    assert torch.equal(payload.codes.double(), level * x.sign())
+    x_hat = qsgd.decode(payload)
+    assert torch.equal(x_hat, payload.codes.double() * (c / qsgd.levels))
+    assert ((x_hat - x).abs() <= c / qsgd.levels).all()
+
+
+def test_a_bucket_of_small_values_is_quantised_finely_beside_a_huge_one() -> None:
+    """The point of buckets: with one scale for the row the huge bucket sets the step of
+    every coordinate, ``||x|| / 127`` (about 180 here), and values of 1e-3 are sent as 0 or
+    +-step; with buckets of 512 the small bucket's step is its own norm / 127 (about 2e-4)."""
+    d, bucket = 1024, 512
+    x = torch.randn(1, d, generator=generator(24), dtype=torch.float64)
+    x[0, :bucket] *= 1e-3  # small bucket
+    x[0, bucket:] *= 1e3  # huge bucket
+    small = slice(0, bucket)
+    errors = {}
+    for b in (0, bucket):
+        qsgd = QSGD(bits=7, bucket=b)
+        x_hat, _ = qsgd.roundtrip(x.expand(200, d), generator=generator(25))
+        errors[b] = float((x_hat[:, small] - x[:, small]).square().sum(1).mean())
+    step = float(x[0, small].norm()) / 127  # the bucketed step of the small bucket
+    assert errors[bucket] <= bucket * step**2 / 4  # p (1 - p) <= 1/4 a coordinate
+    assert errors[bucket] * 1e6 < errors[0]  # the whole row's step is ~1e6 x coarser
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_bucket_zero_and_a_bucket_as_wide_as_the_row_are_one_scale(norm: str) -> None:
+    """``bucket=0`` is one scale a row, ``(m,)`` (the format without buckets); a bucket
+    at least as wide as the row gives the same levels and estimate, with scales ``(m, 1)``
+    and the same byte count."""
+    x = torch.randn(4, 37, generator=generator(26))
+    whole = QSGD(bits=5, norm=norm)
+    assert whole.bucket == 0
+    a = whole.encode(x, generator=generator(27))
+    assert a.scale.shape == (4,)
+    for bucket in (37, 64):
+        wide = QSGD(bits=5, norm=norm, bucket=bucket)
+        b = wide.encode(x, generator=generator(27))
+        assert b.scale.shape == (4, 1) and torch.equal(b.scale[:, 0], a.scale)
+        assert torch.equal(b.codes, a.codes)
+        assert torch.equal(wide.decode(b), whole.decode(a))
+        assert torch.equal(wide.nbytes(b), whole.nbytes(a))
+
+
+@pytest.mark.parametrize("bucket", [-1, -512, 1.5, True, "512"])
+def test_a_bucket_must_be_a_whole_number_at_least_zero(bucket: object) -> None:
+    message = (
+        f"qsgd bucket must be an integer >= 0, got {bucket!r} (coordinates that share one "
+        "scale; 0 = one scale for the whole row, 512 in the QSGD paper)"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        QSGD(bucket=bucket)  # type: ignore[arg-type]
+
+
+def test_the_qsgd_bucket_key_builds_a_bucketed_compressor() -> None:
+    keys = {"algorithm": "swarm", "quantizer": "qsgd", "bits": 7}
+    assert build_algorithm(load_config(keys | {"qsgd_bucket": 512})).compressor == QSGD(
+        bits=7, bucket=512
+    )
+    assert build_algorithm(load_config(keys)).compressor == QSGD(bits=7)  # default 0
+    with pytest.raises(ConfigError, match=r"^qsgd_bucket must be >= 0, got -1$"):
+        load_config(keys | {"qsgd_bucket": -1})

@@ -30,6 +30,8 @@ def test_options_reach_the_compressor():
     assert build_compressor("lattice", bits=16, eps=0.01) == Lattice(eps=0.01, q=65536)
     assert build_compressor("lattice") == Lattice(eps=1e-3, q=256)
     assert build_compressor("qsgd", bits=3, norm="linf") == QSGD(bits=3, norm="linf")
+    assert build_compressor("qsgd", bits=7, bucket=512) == QSGD(bits=7, bucket=512)
+    assert build_compressor("qsgd").bucket == 0  # one scale for the whole row
     assert build_compressor("topk", k_ratio=0.1) == TopK(ratio=0.1)
     assert build_compressor("bf16") == HalfPrecision(torch.bfloat16)
     assert build_compressor("none", bits=99) == Identity()  # options it does not use
@@ -49,6 +51,7 @@ BAD = [
     (lambda: build_compressor("qsgd", bits=0), r"qsgd bits must be an integer in 1\.\.16, got 0"),
     (lambda: build_compressor("qsgd", bits=17), r"a sign bit is sent besides"),
     (lambda: build_compressor("qsgd", norm="l1"), r"qsgd norm='l1' is unknown; choose one of l2"),
+    (lambda: build_compressor("qsgd", bucket=-1), r"qsgd bucket must be an integer >= 0, got -1"),
     (lambda: build_compressor("topk", k_ratio=0.0), r"k_ratio must be a fraction in \(0, 1\]"),
     (lambda: build_compressor("topk", k_ratio=1.5), r"got 1\.5; e\.g\. 0\.01 keeps 1%"),
     (lambda: TopK(k=0), r"topk k must be an integer >= 1, got 0"),

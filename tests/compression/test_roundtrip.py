@@ -17,6 +17,7 @@ ALL: list[Compressor] = [
     HalfPrecision(torch.bfloat16),
     QSGD(bits=4),
     QSGD(bits=8, norm="linf"),
+    QSGD(bits=7, bucket=16),
     TopK(k=5),
     TopK(ratio=0.3),
     Lattice.with_bits(8, eps=0.01),
@@ -72,10 +73,16 @@ def test_deterministic_compressors_are_idempotent(comp, dtype):
 
 @pytest.mark.parametrize("comp", [c for c in ALL if c.stochastic], ids=ids)
 def test_stochastic_rounding_lands_on_a_neighbouring_level(comp):
-    """Each decoded coordinate is one of the two levels around ``x_i``: never further."""
+    """Each decoded coordinate is one of the two levels around ``x_i``: never further
+    (the levels of its row, or of its bucket when the scales are per bucket)."""
     x, _ = stack(torch.float64, seed=4)
     payload = comp.encode(x, generator=generator(1))
-    step = payload.scale.double()[:, None] / comp.levels  # (m, 1)
+    scale = payload.scale.double()
+    if scale.ndim == 2:  # (m, nb): one scale per bucket of comp.bucket coordinates
+        scale = scale.repeat_interleave(comp.bucket, dim=1)[:, : x.shape[1]]
+    else:
+        scale = scale[:, None]  # (m, 1)
+    step = scale / comp.levels
     assert ((comp.decode(payload) - x).abs() < step).all()
 
 

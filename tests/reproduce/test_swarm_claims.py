@@ -8,6 +8,7 @@ import pytest
 
 from nettrain.reproduce.claims import BY_CONSTRUCTION, EMPIRICAL
 from nettrain.reproduce.swarm import (
+    QSGD_RUN,
     Figures,
     check,
     extra_methods,
@@ -43,7 +44,7 @@ def good(seed: int = 0) -> dict[str, list[dict[str, Any]]]:
     runs[f"n{N} swarm 8-bit H=1"] = curve(0.81, gamma=0.02)
     runs[f"n{N} swarm 8-bit H=4"] = curve(0.81, gamma=0.09)
     runs[f"n{N} swarm 8-bit complete"] = curve(0.81, gamma=0.01)
-    runs[f"n{N} swarm qsgd 8-bit"] = curve(0.70 + jitter)
+    runs[f"n{N} {QSGD_RUN}"] = curve(0.70 + jitter)
     runs[f"n{N} allreduce stragglers"] = curve(0.80, vt=4.0)
     runs[f"n{N} swarm 8-bit stragglers"] = curve(0.80, vt=1.0)
     return runs
@@ -96,9 +97,9 @@ def test_every_claim_holds_on_good_seeds_and_two_are_by_construction() -> None:
         # ordered in the means, not in the first seed
         ({2}, seeds_with("swarm 8-bit H=4", {"final_acc": 0.81, "gamma": 0.04}, range(1))),
         ({3}, seeds_with("swarm 8-bit stragglers", {"final_acc": 0.80, "vt": 3.0})),
-        ({4}, seeds_with("swarm qsgd 8-bit", {"final_acc": 0.82})),
+        ({4}, seeds_with(QSGD_RUN, {"final_acc": 0.82})),
         # the lattice ahead in the means (0.808 against 0.769), but within 2 se
-        ({4}, seeds_with("swarm qsgd 8-bit", {"final_acc": 0.90}, range(1))),
+        ({4}, seeds_with(QSGD_RUN, {"final_acc": 0.90}, range(1))),
     ],
 )
 def test_each_claim_fails_when_its_seeds_say_so(failing: set[int], seeds: list[Figures]) -> None:
@@ -115,6 +116,16 @@ def test_a_target_never_reached_gives_no_byte_ratio() -> None:
 def test_one_seed_establishes_no_comparison() -> None:
     claims = check([figures(good(), (N,), N)])
     assert [c.holds for c in claims] == [True, True, True, True, False]
+
+
+def test_claim_5_compares_the_lattice_with_qsgd_in_buckets_of_512() -> None:
+    """QSGD at equal bits (sign + 7) with one scale per 512 coordinates (Alistarh et al.
+    2017), not one scale for the whole model."""
+    assert QSGD_RUN == "swarm qsgd 8-bit bucket 512"
+    qsgd, lattice = extra_methods()[QSGD_RUN], methods()["swarm 8-bit"]
+    assert qsgd == lattice | {"quantizer": "qsgd", "bits": 7, "qsgd_bucket": 512}
+    claim = check([figures(good(seed), (N,), N) for seed in ALL])[4]
+    assert "bucket 512" in claim.expected and "32/512 bits" in claim.expected
 
 
 def test_asynchronous_runs_get_the_epoch_multiplier() -> None:

@@ -31,13 +31,14 @@ class _Options:
     eps: float
     k_ratio: float
     norm: str
+    bucket: int
 
 
 _BUILDERS: dict[str, Callable[[_Options], Compressor[Any]]] = {
     "none": lambda o: Identity(),
     "fp16": lambda o: HalfPrecision(torch.float16),
     "bf16": lambda o: HalfPrecision(torch.bfloat16),
-    "qsgd": lambda o: QSGD(bits=o.bits, norm=o.norm),
+    "qsgd": lambda o: QSGD(bits=o.bits, norm=o.norm, bucket=o.bucket),
     "topk": lambda o: TopK(ratio=o.k_ratio),
     "lattice": lambda o: Lattice.with_bits(o.bits, eps=o.eps),
 }
@@ -50,6 +51,7 @@ def build_compressor(
     eps: float = DEFAULT_EPS,
     k_ratio: float = 0.01,
     norm: str = "l2",
+    bucket: int = 0,
 ) -> Compressor[Any]:
     """The compressor called ``name``; options a compressor does not use are ignored.
 
@@ -62,10 +64,12 @@ def build_compressor(
         k_ratio: ``topk`` fraction of coordinates kept, in (0, 1]. Default 0.01, the
             1% sparsity common in the top-k literature.
         norm: ``qsgd`` scaling, ``"l2"`` (the paper's) or ``"linf"``.
+        bucket: ``qsgd`` coordinates that share one scale, >= 0; 0 (default) = one scale
+            for the whole row, 512 in the QSGD paper's experiments.
 
     Raises:
         ConfigError: unknown ``name``, or an option out of range for that compressor.
     """
     if name not in _BUILDERS:
         raise ConfigError(f"compressor={name!r} is unknown; choose one of {', '.join(COMPRESSORS)}")
-    return _BUILDERS[name](_Options(bits=bits, eps=eps, k_ratio=k_ratio, norm=norm))
+    return _BUILDERS[name](_Options(bits=bits, eps=eps, k_ratio=k_ratio, norm=norm, bucket=bucket))
