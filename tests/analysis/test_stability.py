@@ -13,10 +13,12 @@ from matplotlib.figure import Figure
 from nettrain.analysis import (
     admm_round_robin_map,
     admm_worker_map,
+    closeness_levels,
     easgd_predicted_stable,
     easgd_round_robin_map,
     easgd_worker_map,
     format_radius_table,
+    largest_in_region,
     plot_stability_map,
     spectral_radius,
     stability_claim,
@@ -24,7 +26,7 @@ from nettrain.analysis import (
     stability_table,
     sweep,
 )
-from nettrain.analysis.stability import _heatmap
+from nettrain.analysis.stability import NEAR_ONE, _heatmap
 from nettrain.errors import ConfigError
 
 # Small grids: EASGD over and beyond its region, ADMM over the paper's Fig. 1 window.
@@ -219,11 +221,16 @@ def test_table_summary_and_text() -> None:
         "eta": pytest.approx(ETAS[1]),
         "alpha": pytest.approx(ALPHAS[1]),
         "radius": pytest.approx(result.radius[1, 1]),
+        "radius_minus_1": pytest.approx(result.radius[1, 1] - 1),
         "stable": bool(result.radius[1, 1] < 1),
         "easgd_predicted_stable": bool(easgd_predicted_stable(ETAS[1], ALPHAS[1])),
     }
     (summary,) = stability_summary([result])
     assert summary["stable"] + summary["unstable"] == summary["points"] == 20
+    region = result.in_easgd_region
+    assert summary["radius_max_in_region"] == pytest.approx(result.radius[region].max())
+    assert summary["at_max_in_region"].startswith("eta=")
+    assert summary["near_1"] == int((abs(result.radius - 1) < NEAR_ONE).sum())
     text = format_radius_table(sweep("easgd", [0.5, 2.2], [0.3], p=2))
     assert text.splitlines()[-1].rstrip().endswith("*")
     assert not text.splitlines()[-2].rstrip().endswith("*")
@@ -234,6 +241,45 @@ def test_plot_writes_a_png(tmp_path) -> None:
     admm = sweep("admm", ADMM_ETAS, ADMM_RHOS, p=3)
     path = plot_stability_map(easgd, admm, tmp_path / "stability.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    marked = plot_stability_map(
+        easgd, admm, tmp_path / "marked.png", easgd_point=(0.5, 0.3), admm_point=(5e-4, 5.0)
+    )
+    assert marked.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_summary_names_the_largest_admm_radius_in_easgds_region() -> None:
+    admm = sweep("admm", ADMM_ETAS, ADMM_RHOS, p=3)
+    largest = largest_in_region(admm)
+    region = admm.in_easgd_region
+    assert largest.radius == admm.radius[region].max() > 1
+    a, b = np.argwhere(admm.radius == largest.radius)[0]
+    assert (largest.eta, largest.second) == (admm.etas[a], admm.second[b])
+    (summary,) = stability_summary([admm])
+    assert summary["radius_max_in_region"] == largest.radius
+    assert summary["at_max_in_region"] == f"eta={largest.eta:.4g}, rho={largest.second:.4g}"
+    empty = sweep("easgd", [2.2], [0.3], p=2)  # beyond eta h = 2: no point in the region
+    assert np.isnan(largest_in_region(empty).radius)
+    assert stability_summary([empty])[0]["at_max_in_region"] == ""
+
+
+def test_closeness_levels_are_the_decades_around_1_inside_the_range() -> None:
+    assert closeness_levels(np.array([0.9902, 1.0014])) == pytest.approx(
+        [0.999, 0.9999, 1.0001, 1.001]
+    )
+    assert closeness_levels(np.array([0.5, 0.95])) == pytest.approx([0.9])
+    assert closeness_levels(np.array([0.2, 0.85])) == []
+    assert closeness_levels(np.array([0.5, 2.0])) == pytest.approx(
+        [0.9, 0.99, 0.999, 0.9999, 1.0001, 1.001, 1.01, 1.1]
+    )
+
+
+def test_heatmap_draws_the_closeness_contours_it_crosses() -> None:
+    admm = sweep("admm", ADMM_ETAS, ADMM_RHOS, p=3)
+    fig = Figure()
+    ax = fig.subplots()
+    _heatmap(fig, ax, admm)
+    drawn = [list(np.round(10 ** np.asarray(c.levels), 6)) for c in ax.collections[1:]]
+    assert drawn == [closeness_levels(admm.radius), [1.0]]
 
 
 def test_heatmap_without_a_radius_one_crossing_draws_no_contour() -> None:

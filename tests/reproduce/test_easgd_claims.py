@@ -10,11 +10,36 @@ import pytest
 from nettrain.analysis import ADMM_ETAS, ADMM_RHOS, Verdict, sweep
 from nettrain.analysis.stability import admm_instability, easgd_stability
 from nettrain.reproduce.claims import BY_CONSTRUCTION, EMPIRICAL
-from nettrain.reproduce.easgd import METHODS, TAUS, Figures, check, error_at, figures
+from nettrain.reproduce.easgd import (
+    CONVERGED,
+    DIVERGED,
+    METHODS,
+    TAUS,
+    UNSETTLED,
+    Figures,
+    RuntimeFigures,
+    check,
+    error_at,
+    figures,
+    runtime_claim,
+)
 
 Key = tuple[int, str, int]
 SEEDS = 3
 STABLE = (Verdict(True, "EASGD stable", 0.99), Verdict(True, "ADMM unstable", 1.02))
+# claim 5 on hand-made figures: the linearised ADMM unstable, EASGD stable; the runtime
+# ADMM 400 from the optimum (diverged), the runtime EASGD within 1e-4 of it
+RUNTIME = RuntimeFigures(
+    eta=5e-4,
+    rho=5.0,
+    alpha=2.5e-3,
+    rounds=24000,
+    admm_radius=1.0012,
+    easgd_radius=0.9996,
+    admm_distance=400.0,
+    admm_spread=150.0,
+    easgd_distance=1e-4,
+)
 
 
 def curve(final_error: float, *, tau: int = 1, vt: float = 1.0) -> list[dict[str, Any]]:
@@ -57,9 +82,9 @@ def test_figures_are_read_from_the_records() -> None:
 
 
 def test_every_claim_holds_on_good_seeds_and_two_are_by_construction() -> None:
-    claims = check(good_seeds(), STABLE)
-    assert [c.holds for c in claims] == [True] * 5
-    kinds = [EMPIRICAL, EMPIRICAL, BY_CONSTRUCTION, BY_CONSTRUCTION, EMPIRICAL]
+    claims = check(good_seeds(), STABLE, RUNTIME)
+    assert [c.holds for c in claims] == [True] * 6
+    kinds = [EMPIRICAL, EMPIRICAL, BY_CONSTRUCTION, BY_CONSTRUCTION, EMPIRICAL, EMPIRICAL]
     assert [c.kind for c in claims] == kinds
     # the closest to EAMSGD: DOWNPOUR at tau = 1, whose error falls as EAMSGD's rises
     assert claims[0].measured.per_seed == pytest.approx([0.015, 0.011, 0.007])
@@ -97,40 +122,40 @@ ALL = range(SEEDS)
     ],
 )
 def test_each_claim_fails_when_its_seeds_say_so(claim: int, seeds: list[Figures]) -> None:
-    claims = check(seeds, STABLE)
+    claims = check(seeds, STABLE, RUNTIME)
     assert not claims[claim].holds
-    assert sum(c.holds for c in claims) == 4
+    assert sum(c.holds for c in claims) == 5
 
 
 @pytest.mark.parametrize("half", [0, 1])
 def test_each_half_of_the_stability_claim_fails_on_its_verdict(half: int) -> None:
     verdicts = list(STABLE)
     verdicts[half] = Verdict(False, "no", 1.5)
-    claims = check(good_seeds(), (verdicts[0], verdicts[1]))
-    assert [c.holds for c in claims[3:]] == [half == 1, half == 0]
+    claims = check(good_seeds(), (verdicts[0], verdicts[1]), RUNTIME)
+    assert [c.holds for c in claims[3:5]] == [half == 1, half == 0]
     assert claims[3 + half].measured.text == "no"
 
 
 def test_one_seed_establishes_no_comparison() -> None:
-    claims = check(good_seeds()[:1], STABLE)
-    assert [c.holds for c in claims] == [False, False, True, True, True]
+    claims = check(good_seeds()[:1], STABLE, RUNTIME)
+    assert [c.holds for c in claims] == [False, False, True, True, True, True]
 
 
 def test_a_diverged_easgd_fails_its_growth_and_leaves_no_byte_ratio() -> None:
-    claims = check(replaced((4, "easgd", 64), None, ALL), STABLE)
-    assert [c.holds for c in claims] == [True, False, False, True, True]
+    claims = check(replaced((4, "easgd", 64), None, ALL), STABLE, RUNTIME)
+    assert [c.holds for c in claims] == [True, False, False, True, True, True]
     assert claims[2].measured.per_seed == [None] * SEEDS
 
 
 def test_a_diverged_downpour_counts_as_the_worse_degradation() -> None:
     seeds = replaced((4, "downpour", 64), None, ALL)
     assert [f.growth["downpour"] for f in seeds] == [1.0] * SEEDS
-    assert check(seeds, STABLE)[1].holds
+    assert check(seeds, STABLE, RUNTIME)[1].holds
 
 
 def test_the_best_tau_is_the_one_of_the_lowest_mean() -> None:
     seeds = [dataclasses.replace(f, errors=f.errors | {("easgd", 16): 0.151}) for f in good_seeds()]
-    claim = check(seeds, STABLE)[0]
+    claim = check(seeds, STABLE, RUNTIME)[0]
     assert "easgd (tau=16)" in claim.measured.text and "against easgd" in claim.measured.text
 
 
@@ -148,3 +173,49 @@ def test_the_stability_verdicts_are_the_analysis_ones() -> None:
     assert admm_instability(sweep("admm", ADMM_ETAS, ADMM_RHOS, p=3)).holds
     exact = admm_instability(sweep("admm-exact", ADMM_ETAS, ADMM_RHOS, p=3))
     assert not exact.holds and exact.radius <= 1
+
+
+def test_the_runtime_claim_holds_on_a_diverging_admm_and_a_converging_easgd() -> None:
+    claim = check(good_seeds(), STABLE, RUNTIME)[5]
+    assert claim.holds and claim.kind == EMPIRICAL
+    assert claim.measured.mean == 400.0 and claim.measured.per_seed == []
+    assert "linearised radius 1.001200" in claim.measured.text
+    assert "distance 0.0001" in claim.measured.text
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # an oscillating ADMM: near its start, but its centre swings by more than UNSETTLED
+        {"admm_distance": 0.9, "admm_spread": 2 * UNSETTLED},
+        # a diverging ADMM that has not yet grown tenfold still counts, by its spread
+        {"admm_distance": DIVERGED / 2, "admm_spread": 1.0},
+    ],
+)
+def test_the_runtime_claim_holds_on_an_oscillating_admm(change: dict[str, float]) -> None:
+    assert runtime_claim(dataclasses.replace(RUNTIME, **change)).holds
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # ADMM converges too
+        {"admm_distance": 1e-4, "admm_spread": 1e-5},
+        # ADMM settles near its start, neither diverging nor swinging
+        {"admm_distance": 0.9, "admm_spread": UNSETTLED / 2},
+        # EASGD does not converge within the tolerance
+        {"easgd_distance": 10 * CONVERGED},
+        # EASGD diverged too (an infinite or NaN distance is not converged)
+        {"easgd_distance": float("inf")},
+        {"easgd_distance": float("nan")},
+        # the setting is not one the analysis calls unstable for ADMM ...
+        {"admm_radius": 0.999},
+        {"admm_radius": 1.0},
+        # ... or stable for EASGD
+        {"easgd_radius": 1.0},
+    ],
+)
+def test_the_runtime_claim_fails_on_its_figures(change: dict[str, float]) -> None:
+    claim = runtime_claim(dataclasses.replace(RUNTIME, **change))
+    assert not claim.holds
+    assert check(good_seeds(), STABLE, dataclasses.replace(RUNTIME, **change))[5] == claim

@@ -88,10 +88,17 @@ def easgd_case() -> Case:
         "easgd",
         # every tau divides 64 rounds (local steps per worker): tau = 64 exchanges once
         {"dataset": "digits", "train_samples": "640", "rounds": "64", "eval_every": "32"},
-        5,
+        6,
         runs,
         lambda r: f"n{r['n']}_{r['method']}_tau{r['tau']}",
-        [*plots, "stability.png", "stability.csv", "stability_summary.csv"],
+        [
+            *plots,
+            "stability.png",
+            "stability.csv",
+            "stability_summary.csv",
+            "round_robin.csv",
+            "round_robin.png",
+        ],
         SEEDS[:1],
     )
 

@@ -48,7 +48,9 @@ Findings this module reproduces (see the tests): EASGD's condition
 (:func:`easgd_predicted_stable`) guarantees stability for every ``p``; the linearised ADMM
 of the paper is unstable at points with ``alpha = eta rho`` well inside that region (for
 example the paper's ``eta = 0.001``, ``rho = 2.5``, ``p = 3`` or ``8``); the exact-minimisation
-ADMM variant shows no unstable point on the same grid.
+ADMM variant shows no unstable point on the same grid. :mod:`nettrain.reproduce.round_robin`
+runs the runtime classes (``algorithm=admm``, ``easgd_async``) in this setting, where
+their update rules differ a little from these maps (its docstring says how).
 """
 
 from __future__ import annotations
@@ -81,6 +83,11 @@ ADMM_RHOS: Array = np.linspace(0.1, 10.0, 100)
 # A radius must exceed 1 by this much to count as evidence of instability (eigvals of these
 # small, well-scaled matrices are accurate to ~1e-14).
 UNSTABLE_TOL = 1e-9
+
+# How close to 1 a radius is: the map draws the contours radius = 1 ± 10^-k of these k
+# (those the grid crosses), the summary counts the points within NEAR_ONE of 1.
+CLOSENESS_DECADES = (1, 2, 3, 4)
+NEAR_ONE = 1e-3
 
 
 # ----------------------------------------------------------------------------- checks
@@ -415,8 +422,10 @@ def sweep(
 def stability_table(result: StabilitySweep) -> list[dict[str, Any]]:
     """One row per grid point (e.g. for :func:`nettrain.report.tables.write_csv`).
 
-    Keys: ``method, p, h, eta, alpha|rho, radius, stable, easgd_predicted_stable``; for ADMM
-    the last is EASGD's condition at ``alpha = eta rho``.
+    Keys: ``method, p, h, eta, alpha|rho, radius, radius_minus_1, stable,
+    easgd_predicted_stable``; ``radius_minus_1`` says how close to the edge of stability a
+    point is (``> 0``: unstable); for ADMM the last key is EASGD's condition at
+    ``alpha = eta rho``.
     """
     rows = []
     region = result.in_easgd_region
@@ -430,6 +439,7 @@ def stability_table(result: StabilitySweep) -> list[dict[str, Any]]:
                     "eta": float(eta),
                     result.second_name: float(value),
                     "radius": float(result.radius[a, b]),
+                    "radius_minus_1": float(result.radius[a, b] - 1.0),
                     "stable": bool(result.stable[a, b]),
                     "easgd_predicted_stable": bool(region[a, b]),
                 }
@@ -441,11 +451,15 @@ def stability_summary(results: Sequence[StabilitySweep]) -> list[dict[str, Any]]
     """One row per sweep: grid, counts of stable / unstable points, radius range.
 
     ``in_region``: points where EASGD's condition holds (``alpha = eta rho`` for ADMM);
-    ``unstable_in_region``: those of them with ``radius >= 1``.
+    ``unstable_in_region``: those of them with ``radius >= 1``; ``radius_max_in_region``
+    and ``at_max_in_region``: the largest radius there and its ``(eta, alpha|rho)`` (NaN
+    and empty without such points); ``near_1``: points with ``|radius - 1| <``
+    :data:`NEAR_ONE`.
     """
     rows = []
     for r in results:
         region = r.in_easgd_region
+        largest = largest_in_region(r)
         rows.append(
             {
                 "method": r.method,
@@ -461,9 +475,36 @@ def stability_summary(results: Sequence[StabilitySweep]) -> list[dict[str, Any]]
                 "unstable_in_region": int((region & ~r.stable).sum()),
                 "radius_min": float(r.radius.min()),
                 "radius_max": float(r.radius.max()),
+                "radius_max_in_region": largest.radius,
+                "at_max_in_region": largest.where(r.second_name),
+                "near_1": int((np.abs(r.radius - 1.0) < NEAR_ONE).sum()),
             }
         )
     return rows
+
+
+class GridPoint(NamedTuple):
+    """A point of a sweep's grid and its radius."""
+
+    eta: float
+    second: float  # alpha (EASGD) or rho (ADMM)
+    radius: float
+
+    def where(self, second_name: str) -> str:
+        """``"eta=..., rho=..."``; empty for the NaN point of an empty region."""
+        if np.isnan(self.radius):
+            return ""
+        return f"eta={self.eta:.4g}, {second_name}={self.second:.4g}"
+
+
+def largest_in_region(result: StabilitySweep) -> GridPoint:
+    """The point of the largest radius among those where EASGD's condition holds
+    (``alpha = eta rho`` for ADMM); all NaN when there is none."""
+    region = result.in_easgd_region
+    if not region.any():
+        return GridPoint(float("nan"), float("nan"), float("nan"))
+    a, b = np.unravel_index(np.argmax(np.where(region, result.radius, -np.inf)), region.shape)
+    return GridPoint(float(result.etas[a]), float(result.second[b]), float(result.radius[a, b]))
 
 
 def format_radius_table(result: StabilitySweep, rows: int = 8, cols: int = 8) -> str:
@@ -568,6 +609,7 @@ def _heatmap(fig: Figure, ax: Any, result: StabilitySweep) -> None:
         result.etas, result.second, log_r.T, shading="nearest", cmap="RdBu_r", norm=norm
     )
     fig.colorbar(mesh, ax=ax, label="log10 spectral radius (red: unstable)")
+    _closeness_contours(ax, result, log_r)
     if lo < 0.0 < hi and min(log_r.shape) >= 2:
         ax.contour(result.etas, result.second, log_r.T, levels=[0.0], colors="k")
     ax.set_xlabel("eta")
@@ -575,17 +617,56 @@ def _heatmap(fig: Figure, ax: Any, result: StabilitySweep) -> None:
     ax.set_title(f"{result.method}, p={result.p}, h={result.h:g}")
 
 
-def plot_stability_map(easgd: StabilitySweep, admm: StabilitySweep, path: str | Path) -> Path:
+def closeness_levels(radius: Array) -> list[float]:
+    """The radii ``1 ± 10^-k`` (``k`` in :data:`CLOSENESS_DECADES`) strictly inside the
+    range of ``radius``, ascending: the contours that show how close to 1 it comes."""
+    lo, hi = float(radius.min()), float(radius.max())
+    levels = [1.0 + sign * 10.0**-k for k in CLOSENESS_DECADES for sign in (-1.0, 1.0)]
+    return sorted(level for level in levels if lo < level < hi)
+
+
+def _closeness_contours(ax: Any, result: StabilitySweep, log_r: Array) -> None:
+    """Thin labelled contours at the radii of :func:`closeness_levels` (the grid must
+    cross a level: matplotlib warns at one it never reaches)."""
+    levels = closeness_levels(result.radius)
+    if not levels or min(log_r.shape) < 2:
+        return
+    lines = ax.contour(
+        result.etas,
+        result.second,
+        log_r.T,
+        levels=np.log10(levels),
+        colors="0.35",
+        linewidths=0.6,
+        linestyles=":",
+    )
+    ax.clabel(lines, fmt=lambda v: f"{10.0**v:.4g}", fontsize=6, inline=True)
+
+
+def plot_stability_map(
+    easgd: StabilitySweep,
+    admm: StabilitySweep,
+    path: str | Path,
+    *,
+    easgd_point: tuple[float, float] | None = None,
+    admm_point: tuple[float, float] | None = None,
+) -> Path:
     """Two heatmaps of ``log10`` radius: EASGD over ``(eta, alpha)``, ADMM over ``(eta, rho)``.
 
-    Both show the measured boundary ``radius = 1`` (black contour, where it crosses the grid)
-    and EASGD's predicted boundary (green, dashed): ``alpha = (4 - 2 eta h)/(4 - eta h)`` and
-    ``eta h = 2`` on the left; on the right the same curve mapped by ``rho = alpha / eta``.
+    Both show the measured boundary ``radius = 1`` (black contour, where it crosses the grid),
+    how close to 1 the radius comes (dotted, labelled contours at ``1 ± 10^-k``,
+    :func:`closeness_levels`) and EASGD's predicted boundary (green, dashed):
+    ``alpha = (4 - 2 eta h)/(4 - eta h)`` and ``eta h = 2`` on the left; on the right the
+    same curve mapped by ``rho = alpha / eta``. The right title names ADMM's largest radius
+    in EASGD's region and where it is (:func:`largest_in_region`). ``easgd_point``
+    ``(eta, alpha)`` and ``admm_point`` ``(eta, rho)``, if given, are marked (a star):
+    the settings at which the runtime algorithms were run.
     """
     fig = Figure(figsize=(12, 4.8), constrained_layout=True)
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     measured = Line2D([], [], color="k", label="radius = 1 (measured)")
+    near = Line2D([], [], color="0.35", lw=0.6, ls=":", label="radius = 1 ± 10^-k")
     predicted = Line2D([], [], **_PREDICTED, label="EASGD condition (predicted)")
 
     _heatmap(fig, left, easgd)
@@ -594,7 +675,11 @@ def plot_stability_map(easgd: StabilitySweep, admm: StabilitySweep, path: str | 
     left.axvline(2.0 / easgd.h, **_PREDICTED)
     left.set_xlim(easgd.etas.min(), easgd.etas.max())
     left.set_ylim(easgd.second.min(), easgd.second.max())
-    left.legend(handles=[measured, predicted], loc="upper right", fontsize="small")
+    left.legend(
+        handles=[measured, near, predicted, *_mark(left, easgd_point)],
+        loc="upper right",
+        fontsize="small",
+    )
 
     _heatmap(fig, right, admm)
     e = admm.etas[admm.etas * admm.h < 2.0]
@@ -603,11 +688,26 @@ def plot_stability_map(easgd: StabilitySweep, admm: StabilitySweep, path: str | 
     right.set_xlim(admm.etas.min(), admm.etas.max())
     right.set_ylim(admm.second.min(), admm.second.max())
     inside = int(admm.in_easgd_region.sum())
+    largest = largest_in_region(admm)
     right.set_title(
         f"{admm.method}, p={admm.p}: {inside}/{admm.radius.size} points in EASGD's "
-        "region (alpha = eta rho)",
+        f"region (alpha = eta rho);\nlargest radius there {largest.radius:.6f} "
+        f"({largest.where(admm.second_name)})",
         fontsize="medium",
     )
-    right.legend(handles=[measured, predicted], loc="upper right", fontsize="small")
+    right.legend(
+        handles=[measured, near, predicted, *_mark(right, admm_point)],
+        loc="upper right",
+        fontsize="small",
+    )
     fig.savefig(path, dpi=110)
     return Path(path)
+
+
+def _mark(ax: Any, point: tuple[float, float] | None) -> list[Line2D]:
+    """A star at ``point`` ``(eta, second)``; its legend handle (none without a point)."""
+    if point is None:
+        return []
+    (star,) = ax.plot(*point, marker="*", ms=13, mec="k", mfc="gold", ls="", clip_on=False)
+    star.set_label("runtime check")
+    return [star]

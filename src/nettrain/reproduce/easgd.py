@@ -28,7 +28,18 @@ plots the mean in a band of ± one std. Checked:
    :mod:`nettrain.analysis.stability`, table and map in the folder): EASGD is stable
    wherever its condition predicts (by construction: the theorem evaluated), and the
    linearised ADMM is unstable in part of that region, where EASGD is stable
-   (empirical).
+   (empirical). The map and ``stability_summary.csv`` show how close to 1 the radii
+   come (contours at ``1 ± 10^-k``; ADMM's largest radius in EASGD's region and where).
+5. The runtime ADMM diverges or oscillates where the runtime EASGD converges
+   (empirical): the classes ``algorithm=admm`` and ``algorithm=easgd_async`` run, with
+   their own update code and parameter server, in round robin on ``f(x) = x^2 / 2``
+   (``p = 3``, exact gradients, from ``x = 1``; :mod:`nettrain.reproduce.round_robin`)
+   for :data:`RUNTIME_ROUNDS` rounds, at a point of the analysis' ADMM sweep where the
+   linearised radius is above 1 (``eta = 5e-4``, ``rho = 5``: radius 1.0012) and at the
+   same ``eta`` with ``alpha = eta rho`` for EASGD (radius < 1). ADMM must end farther
+   than :data:`DIVERGED` from the optimum or its centre spread over more than
+   :data:`UNSETTLED` in the last :data:`RUNTIME_WINDOW` rounds; EASGD must end within
+   :data:`CONVERGED` of it. ``round_robin.csv`` and ``round_robin.png`` hold both runs.
 """
 
 from __future__ import annotations
@@ -48,17 +59,23 @@ from nettrain.analysis import (
     EASGD_ETAS,
     Verdict,
     admm_instability,
+    admm_round_robin_map,
+    easgd_round_robin_map,
     easgd_stability,
     format_radius_table,
+    largest_in_region,
     plot_stability_map,
+    spectral_radius,
     stability_summary,
     stability_table,
     sweep,
 )
+from nettrain.analysis.stability import UNSTABLE_TOL
 from nettrain.config import RunConfig, load_config
 from nettrain.errors import DivergenceError
 from nettrain.report.plots import plot_seeds
 from nettrain.report.tables import write_csv
+from nettrain.reproduce import round_robin
 from nettrain.reproduce.claims import (
     BY_CONSTRUCTION,
     EMPIRICAL,
@@ -67,6 +84,7 @@ from nettrain.reproduce.claims import (
     better,
     spread,
 )
+from nettrain.reproduce.round_robin import Trajectory
 from nettrain.reproduce.runner import Request, run_seeds, seed_tables
 
 Records = list[dict[str, Any]]
@@ -92,6 +110,21 @@ COLUMNS = (
     "virtual_time_s",
     "wall_time_s",
 )
+
+# Claim 5: the runtime algorithms at one grid point of the ADMM sweep (ADMM_ETAS[4],
+# ADMM_RHOS[49]) where the linearised radius is 1.0012, near the sweep's largest (1.0014
+# at eta = 2e-4, rho = 10): at that smaller eta EASGD, whose rate is bounded by eta h,
+# needs 2.5 times the rounds to converge. The runtime ADMM's radius there is 1.00064:
+# from x = 1 it first decays to 0.025 (round 8,300) and passes 10 near round 18,000.
+RUNTIME_ETA = 5e-4
+RUNTIME_RHO = 5.0
+RUNTIME_ALPHA = RUNTIME_ETA * RUNTIME_RHO  # EASGD's moving rate: alpha = eta rho
+RUNTIME_P = 3
+RUNTIME_ROUNDS = 24_000  # both runs: 12 s on the 2-core CPU, 30 s under load
+RUNTIME_WINDOW = 1_000  # rounds over which the centre's spread is taken
+DIVERGED = 10.0  # ADMM's distance to the optimum beyond this (10x the start): diverged
+UNSETTLED = 0.1  # its centre's spread over the window above this: oscillates
+CONVERGED = 1e-3  # EASGD's distance to the optimum below this: converged
 
 
 def settings(quick: bool) -> tuple[dict[str, Any], int]:
@@ -155,7 +188,7 @@ def reproduce(ask: Request) -> list[Claim]:
     seed_tables(ask, rows, ("n", "method", "tau"), COLUMNS, title)
     plots(results, ask.out)
     seeds = [figures(runs, budgets[seed]) for seed, runs in results.items()]
-    return check(seeds, stability(ask.out, ask.console))
+    return check(seeds, stability(ask.out, ask.console), runtime(ask.out, ask.console))
 
 
 def budget(runs: Mapping[Key, Records | None]) -> float:
@@ -259,9 +292,12 @@ def figures(results: Mapping[Key, Records | None], budget: float) -> Figures:
     )
 
 
-def check(seeds: Sequence[Figures], stability: tuple[Verdict, Verdict]) -> list[Claim]:
-    """The five claims (see the module docstring) from every seed's :class:`Figures`;
-    ``stability``: the analysis' verdicts on EASGD and on ADMM."""
+def check(
+    seeds: Sequence[Figures], stability: tuple[Verdict, Verdict], runtime: RuntimeFigures
+) -> list[Claim]:
+    """The six claims (see the module docstring) from every seed's :class:`Figures`;
+    ``stability``: the analysis' verdicts on EASGD and on ADMM; ``runtime``: the runtime
+    round-robin runs' figures."""
     easgd, admm = stability
     return [
         lowest_error_claim(seeds),
@@ -284,6 +320,7 @@ def check(seeds: Sequence[Figures], stability: tuple[Verdict, Verdict]) -> list[
             Measured.exact(admm.radius, admm.measured),
             admm.holds,
         ),
+        runtime_claim(runtime),
     ]
 
 
@@ -365,7 +402,120 @@ def stability(out: Path, console: Console) -> tuple[Verdict, Verdict]:
     admm = sweep("admm", ADMM_ETAS, ADMM_RHOS, p=3)
     write_csv(stability_table(easgd) + stability_table(admm), out / "stability.csv")
     write_csv(stability_summary([easgd, admm]), out / "stability_summary.csv")
-    plot_stability_map(easgd, admm, out / "stability.png")
+    plot_stability_map(easgd, admm, out / "stability.png", **stability_points())
     console.print(format_radius_table(easgd))
     console.print(format_radius_table(admm))
+    largest = largest_in_region(admm)
+    console.print(
+        f"largest ADMM radius in EASGD's region: {largest.radius:.6f} "
+        f"({largest.where(admm.second_name)})"
+    )
     return easgd_stability(easgd), admm_instability(admm)
+
+
+def stability_points() -> dict[str, tuple[float, float]]:
+    """Where claim 5 runs, marked on the stability map: ``(eta, alpha)`` and ``(eta, rho)``."""
+    return {
+        "easgd_point": (RUNTIME_ETA, RUNTIME_ALPHA),
+        "admm_point": (RUNTIME_ETA, RUNTIME_RHO),
+    }
+
+
+@dataclass(frozen=True)
+class RuntimeFigures:
+    """The numbers claim 5 tests: the analysis' radii at the two settings (the linearised
+    ADMM's at ``(eta, rho)``, EASGD's at ``(eta, alpha)``), and, after the runtime runs,
+    each one's distance to the optimum (the largest ``|x_i|``, ``|x~|``) and ADMM's
+    centre's spread over the last :data:`RUNTIME_WINDOW` rounds."""
+
+    eta: float
+    rho: float
+    alpha: float
+    rounds: int
+    admm_radius: float
+    easgd_radius: float
+    admm_distance: float
+    admm_spread: float
+    easgd_distance: float
+
+
+def diverged_or_oscillating(distance: float, spread: float) -> bool:
+    """ADMM fails to converge: farther than :data:`DIVERGED` from the optimum, or its
+    centre spread over more than :data:`UNSETTLED` at the end (NaN counts as neither)."""
+    return distance > DIVERGED or spread > UNSETTLED
+
+
+def converged(distance: float) -> bool:
+    """Within :data:`CONVERGED` of the optimum (NaN is not)."""
+    return distance < CONVERGED
+
+
+def runtime_figures(
+    admm_run: Trajectory, easgd_run: Trajectory, eta: float, rho: float, alpha: float
+) -> RuntimeFigures:
+    """:class:`RuntimeFigures` from the two runs and the analysis' maps at their settings
+    (``p`` = :data:`RUNTIME_P`, ``h = 1``)."""
+    return RuntimeFigures(
+        eta=eta,
+        rho=rho,
+        alpha=alpha,
+        rounds=admm_run.rounds,
+        admm_radius=spectral_radius(admm_round_robin_map(eta, rho, RUNTIME_P)),
+        easgd_radius=spectral_radius(easgd_round_robin_map(eta, alpha, RUNTIME_P)),
+        admm_distance=admm_run.final,
+        admm_spread=admm_run.spread(RUNTIME_WINDOW),
+        easgd_distance=easgd_run.final,
+    )
+
+
+def runtime_claim(f: RuntimeFigures) -> Claim:
+    """Claim 5: at a setting where the linearised ADMM's radius exceeds 1 and EASGD's is
+    below 1, the runtime ADMM diverges or oscillates (:func:`diverged_or_oscillating`)
+    and the runtime EASGD converges (:func:`converged`)."""
+    setting = f.admm_radius > 1.0 + UNSTABLE_TOL and f.easgd_radius < 1.0
+    holds = (
+        setting
+        and diverged_or_oscillating(f.admm_distance, f.admm_spread)
+        and converged(f.easgd_distance)
+    )
+    text = (
+        f"after {f.rounds} rounds: ADMM (eta={f.eta:g}, rho={f.rho:g}; linearised radius "
+        f"{f.admm_radius:.6f}) distance {f.admm_distance:.4g}, centre spread "
+        f"{f.admm_spread:.4g} over the last {RUNTIME_WINDOW}; EASGD (eta={f.eta:g}, "
+        f"alpha={f.alpha:g}; radius {f.easgd_radius:.6f}) distance {f.easgd_distance:.3g}"
+    )
+    return Claim(
+        "the runtime round-robin ADMM diverges or oscillates where the runtime EASGD converges",
+        EMPIRICAL,
+        f"algorithm=admm and easgd_async's own update code, round robin on f(x) = x^2/2, "
+        f"p = {RUNTIME_P}, from x = 1, {f.rounds} rounds, at a setting where the linearised "
+        f"ADMM's radius > 1 and EASGD's (same eta, alpha = eta rho) < 1: ADMM's distance "
+        f"to the optimum > {DIVERGED:g} or its centre's spread over the last "
+        f"{RUNTIME_WINDOW} rounds > {UNSETTLED:g}, and EASGD's distance < {CONVERGED:g} "
+        "(measured: ADMM's distance)",
+        Measured.exact(f.admm_distance, text),
+        holds,
+    )
+
+
+def runtime(out: Path, console: Console, rounds: int = RUNTIME_ROUNDS) -> RuntimeFigures:
+    """Run the runtime ADMM and EASGD in round robin (claim 5); write their distances
+    (``round_robin.csv``, every 100th round) and plot them (``round_robin.png``)."""
+    runs = {
+        "admm": round_robin.run(round_robin.admm(RUNTIME_ETA, RUNTIME_RHO), rounds, RUNTIME_P),
+        "easgd": round_robin.run(round_robin.easgd(RUNTIME_ETA, RUNTIME_ALPHA), rounds, RUNTIME_P),
+    }
+    write_csv(round_robin.trajectory_rows(runs), out / "round_robin.csv")
+    bounds = {"diverged": DIVERGED, "converged": CONVERGED}
+    shown = {
+        f"ADMM, eta={RUNTIME_ETA:g}, rho={RUNTIME_RHO:g}": runs["admm"],
+        f"EASGD, eta={RUNTIME_ETA:g}, alpha={RUNTIME_ALPHA:g}": runs["easgd"],
+    }
+    title = f"runtime round robin on f(x) = x^2/2, p = {RUNTIME_P}"
+    round_robin.plot_trajectories(shown, out / "round_robin.png", bounds, title)
+    found = runtime_figures(runs["admm"], runs["easgd"], RUNTIME_ETA, RUNTIME_RHO, RUNTIME_ALPHA)
+    console.print(
+        f"runtime round robin, {rounds} rounds: ADMM distance {found.admm_distance:.4g}, "
+        f"EASGD distance {found.easgd_distance:.3g}"
+    )
+    return found
