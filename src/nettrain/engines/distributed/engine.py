@@ -6,7 +6,8 @@ for you on one machine). The first ``P`` ranks hold the agents, ``placement``
 says which: each runs the simulator's vectorised oracle over its ``m`` agents and
 mixes them with one kernel, exchanging only the rows that cross processes
 (:mod:`.halo`). Ranks ``P .. P + S - 1`` host the parameter servers of a centre-based
-method. Asynchronous methods run one agent a process. This
+method. Asynchronous methods run one agent a process; with ``rejoin=true`` a gossip
+worker's process started again after a crash rejoins the run (:mod:`.events`). This
 module joins the process group (rendezvous store bound to ``master_addr``, heartbeats,
 the final barrier) and hands the rank to its loop: :func:`~.rounds.run_rounds` for a
 synchronous algorithm, :func:`~.events.run_events` for an asynchronous one. Only rank 0
