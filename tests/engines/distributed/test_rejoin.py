@@ -34,6 +34,7 @@ from nettrain.config import RunConfig
 from nettrain.engines.distributed.finish import Finish, incarnation_key
 from nettrain.engines.distributed.gossip import Peer, Reply
 from nettrain.engines.distributed.launch import launch_local
+from nettrain.engines.distributed.rpc import MEMBERS, _forget
 from nettrain.engines.distributed.store import HOSTED
 from nettrain.errors import ConfigError
 
@@ -177,3 +178,17 @@ def test_rejoin_is_refused_where_no_process_can_come_back() -> None:
     for keys in ({"algorithm": "swarm"}, {"engine": "distributed", "algorithm": "dpsgd"}):
         with pytest.raises(ConfigError, match="rejoin/restarts"):
             RunConfig.from_keys(keys | {"restarts": 1, "agents": 4})
+
+
+def test_forgetting_takes_every_incarnation_of_a_name_off_the_group() -> None:
+    """The dynamic group's list in the store loses the forgotten names (each incarnation,
+    with its id key) and keeps the others, in order; the group's token is free after."""
+    store = dist.HashStore()
+    store.set(MEMBERS, "agent0-0,agent2-2,agent1-1,agent2-6,")
+    for ident, name in ((0, "agent0"), (1, "agent1"), (2, "agent2"), (6, "agent2")):
+        store.set(f"names/{ident}", name)
+    _forget(store, ["agent2", "agent5"])
+    assert store.get(MEMBERS).decode() == "agent0-0,agent1-1,"
+    assert store.check(["names/0", "names/1"]) and not store.check(["names/2"])
+    assert not store.check(["names/6"])
+    assert store.get("RpcGroupManagementToken") == b""
