@@ -33,6 +33,8 @@ CASES = {
     "dpsgd_momentum": {"algorithm": "dpsgd", "momentum": 0.9, "schedule": "edge_drop"}
     | {"drop_prob": 0.3},
     "gradient_tracking": {"algorithm": "gradient_tracking", "lr": 0.05},
+    # checkpoint at round 20, mid-way through a warm-up of 30 rounds
+    "allreduce_warmup": {"algorithm": "allreduce", "momentum": 0.9, "lr_warmup": 30},
     "next_l1": {"algorithm": "next", "regularizer": "l1", "reg_lambda": 1e-3, "batch_size": 0},
     "easgd_servers": {"algorithm": "easgd", "servers": 2, "tau": 3},
     "tree_easgd": {"algorithm": "tree_easgd", "tau": 2},

@@ -272,6 +272,12 @@ class AlgorithmKeys(Section):
     momentum: float = key(0.0, "heavy-ball momentum of the local step, in [0, 1)")
     nesterov: bool = key(False, "Nesterov momentum (needs momentum > 0)")
     weight_decay: float = key(0.0, "decoupled from reg: g <- g + weight_decay * x", at_least=0)
+    lr_warmup: int = key(
+        0,
+        "allreduce, local_sgd, dpsgd: rounds of linear learning-rate warm-up, round t steps "
+        "lr * min(1, (t+1) / lr_warmup) (Goyal et al. 2017); 0 = none",
+        at_least=0,
+    )
     tau: int = key(
         4,
         "local_sgd, EASGD family, admm: local steps between two averagings or exchanges",

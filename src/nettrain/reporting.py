@@ -55,6 +55,7 @@ KEYS = (
     "momentum",
     "nesterov",
     "weight_decay",
+    "lr_warmup",
     "batch_size",
     "tau",
     "local_steps",

@@ -21,12 +21,14 @@ from nettrain.algorithms.baselines import (
     LocalSGD,
     TrackingState,
 )
+from nettrain.algorithms.sgd import SGDState, sgd_step
 from nettrain.compression import TopK
 from nettrain.config import build_algorithm, load_config
 from nettrain.data import Dataset
 from nettrain.engines.sim.comm import SimCommunicator
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.errors import ConfigError
+from nettrain.experiment import run
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder
@@ -289,3 +291,117 @@ def test_local_sgd_averages_after_at_least_one_step() -> None:
     message = "tau must be >= 1 (local steps between averagings), got 0"
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         LocalSGD(lr=0.1, tau=0)
+
+
+# --- the learning-rate warm-up, lr_warmup (WarmedStep; Goyal et al. 2017) ---
+
+WARM_D, ROUNDS = 5, 7
+
+
+def test_the_step_ramps_linearly_to_lr_at_round_lr_warmup_minus_1() -> None:
+    """``lr_t = lr * min(1, (t + 1) / lr_warmup)``: lr/4, 2lr/4, 3lr/4, then lr."""
+    algo = AllReduceSGD(lr=0.8, lr_warmup=4)
+    assert [algo.lr_at(t) for t in range(6)] == [0.8 * k / 4 for k in (1, 2, 3, 4)] + [0.8] * 2
+    assert [algo.sgd_at(t).lr for t in range(6)] == [algo.lr_at(t) for t in range(6)]
+    assert algo.sgd_at(4) is not None and algo.sgd_at(4) == algo.sgd
+    assert AllReduceSGD(lr=0.8, lr_warmup=1).lr_at(0) == 0.8  # one round: lr from round 0
+    none = AllReduceSGD(lr=0.8)
+    assert none.lr_warmup == 0 and all(none.sgd_at(t) == none.sgd for t in range(3))
+
+
+@pytest.mark.parametrize(("momentum", "nesterov"), [(0.0, False), (0.9, False), (0.8, True)])
+def test_allreduce_steps_lr_t_on_the_mean_gradient(momentum: float, nesterov: bool) -> None:
+    """All-reduce SGD with ``lr_warmup = 4``, momentum and weight decay, written out::
+
+        b <- mu b + (mean_i g_i(x) + DECAY x);   x <- x - lr (t + 1) / 4 * d   (t < 4)
+                                                 x <- x - lr d                 (t >= 4)
+
+    the momentum buffer untouched by the warm-up (it scales the step, not ``d``)."""
+    lr, warm = 0.2, 4
+    problem, shards, a, b = per_agent_least_squares(N, 3, WARM_D)
+    comm = SimCommunicator(build_topology("ring", N), torch.device("cpu"), torch.float64)
+    oracle = problem.oracle(shards, range(N), batch_size=0, seed=0)
+    algo = AllReduceSGD(
+        lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=DECAY, lr_warmup=warm
+    )
+    x0 = torch.randn(WARM_D, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    state = algo.init(x0.expand(N, -1).clone(), oracle, comm)
+    buf, x = MomentumBuffer(momentum, nesterov), x0.clone()
+    for t in range(ROUNDS):
+        state, _ = algo.step(state, t, oracle, comm)
+        grads = torch.stack([hand_gradient(a[i], b[i], x) for i in range(N)])
+        step = lr * (t + 1) / warm if t < warm else lr
+        d = buf.direction(grads.mean(0) + DECAY * x) if momentum else grads.mean(0) + DECAY * x
+        x = x - step * d
+        torch.testing.assert_close(state.x, x.expand(N, -1), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", [DPSGD, LocalSGD])
+def test_dpsgd_and_local_sgd_take_the_same_steps(method) -> None:
+    """D-PSGD (``x_i <- sum_j W_ij x_j - lr_t g_i(x_i)``) and local SGD (``tau = 3``:
+    ``x_i <- x_i - lr_t g_i(x_i)``, the mean after rounds 3 and 6), ``lr_warmup = 3``."""
+    lr, warm = 0.1, 3
+    problem, shards, a, b = per_agent_least_squares(N, 3, 2)
+    topology = build_topology("ring", N)
+    comm = SimCommunicator(topology, torch.device("cpu"), torch.float64)
+    oracle = problem.oracle(shards, range(N), batch_size=0, seed=0)
+    extra = {"tau": 3} if method is LocalSGD else {}
+    algo = method(lr=lr, lr_warmup=warm, **extra)
+    x0 = torch.randn(N, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    state = algo.init(x0.clone(), oracle, comm)
+    W = topology.weights(0).to(torch.float64)
+    x = [row.clone() for row in x0]
+    for t in range(ROUNDS):
+        state, _ = algo.step(state, t, oracle, comm)
+        step = lr * (t + 1) / warm if t < warm else lr
+        g = [hand_gradient(a[i], b[i], x[i]) for i in range(N)]
+        if method is DPSGD:
+            x = [sum(W[i, j] * x[j] for j in range(N)) - step * g[i] for i in range(N)]
+        else:
+            x = [x[i] - step * g[i] for i in range(N)]
+            if t in (2, 5):
+                x = [torch.stack(x).mean(0)] * N
+        torch.testing.assert_close(state.x, torch.stack(x), rtol=0, atol=1e-12)
+
+
+def test_lr_warmup_0_changes_nothing_bit_for_bit() -> None:
+    """``lr_warmup = 0`` steps exactly as ``sgd_step`` with ``lr`` (the rule without a
+    warm-up), bit for bit, with momentum."""
+    problem, shards, _, _ = per_agent_least_squares(N, 3, WARM_D)
+    comm = SimCommunicator(build_topology("ring", N), torch.device("cpu"), torch.float64)
+    oracle = problem.oracle(shards, range(N), batch_size=0, seed=0)
+    algo = AllReduceSGD(lr=0.2, momentum=0.9, lr_warmup=0)
+    x0 = torch.randn(WARM_D, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    state = algo.init(x0.expand(N, -1).clone(), oracle, comm)
+    x, sgd = state.x, SGDState()
+    for t in range(ROUNDS):
+        state, _ = algo.step(state, t, oracle, comm)
+        _, g = oracle.grad(x)
+        x, sgd = sgd_step(x, comm.mean(g), sgd, algo.sgd)
+        assert torch.equal(state.x, x)
+
+
+def test_a_run_with_lr_warmup_0_is_the_run_without_the_key(tmp_path) -> None:
+    base = {"dataset": "digits", "agents": 4, "hidden": [8], "batch_size": 8, "rounds": 12}
+    base |= {"algorithm": "allreduce", "momentum": 0.9, "eval_every": 6, "progress": False}
+    plain = run(load_config(base), tmp_path / "plain")
+    zero = run(load_config(base | {"lr_warmup": 0}), tmp_path / "zero")
+    assert torch.equal(plain.x, zero.x)
+    warmed = run(load_config(base | {"lr_warmup": 6}), tmp_path / "warmed")
+    assert not torch.equal(plain.x, warmed.x)
+
+
+def test_the_config_builds_it_and_refuses_it_where_unused() -> None:
+    algo = build_algorithm(load_config({"algorithm": "allreduce", "lr_warmup": 5}))
+    assert isinstance(algo, AllReduceSGD) and algo.lr_warmup == 5
+    message = (
+        "lr_warmup=5 is not used by algorithm=swarm; it is used by allreduce, local_sgd, "
+        "dpsgd. Remove it (in `nettrain compare`, give it to one algorithm: "
+        "allreduce.lr_warmup=...)"
+    )
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        load_config({"algorithm": "swarm", "lr_warmup": 5})
+    with pytest.raises(ConfigError, match="lr_warmup"):
+        load_config({"algorithm": "allreduce", "lr_warmup": -1})
+    with pytest.raises(ConfigError, match=r"^lr_warmup must be >= 0 \(rounds; 0 = none\)"):
+        AllReduceSGD(lr_warmup=-1)

@@ -138,6 +138,17 @@ def test_data_parallel_step_moves_its_own_block_by_the_mean_gradient(
         assert state[own].abs().min() > 0 and not state[~own].any()
 
 
+def test_the_shared_memory_step_writes_with_lr_t() -> None:
+    """``engine=shared_memory``: worker ``k``'s step writes with ``lr_at(k)``."""
+    algo = AllReduceSGD(lr=0.4, lr_warmup=4)
+    shared = FakeShared(worker=0, workers=2, blocks=algo.shared_blocks(2), x=X0)
+    oracle = QuadraticOracle(shared.slices)
+    state = algo.shared_init(shared.x)
+    for k in range(6):
+        state, _ = algo.shared_step(state, k, oracle, shared)
+    assert [lr for _, _, lr in shared.writes] == [0.1, 0.2, 0.4 * 3 / 4, 0.4, 0.4, 0.4]
+
+
 # --- BlockAsyncSGD / Hogwild ---
 
 

@@ -104,14 +104,16 @@ def easgd_case() -> Case:
 
 
 def swarm_case() -> Case:
-    runs = [folder_name(f"n16 {label}") for label in swarm.methods() | swarm.extra_methods()]
+    grid = swarm.baseline_grid(16, 8)  # the baseline's scaled points beside the plain one
+    labels = list(swarm.methods() | grid | swarm.extra_methods())
+    runs = [folder_name(f"n16 {label}") for label in labels]
     return Case(
         "swarm",
         {"dataset": "digits", "train_samples": "1024", "rounds": "8"},
         5,
         runs,
         lambda r: folder_name(f"n{r['n']} {r['method']}"),
-        ["n16.png"],
+        ["n16.png", "tuning.csv"],
     )
 
 
@@ -131,7 +133,7 @@ def block_async_case() -> Case:
 
 
 CASES = {c.name: c for c in (next_case(), easgd_case(), swarm_case(), block_async_case())}
-COUNTS = {"next": 18, "easgd": 23, "swarm": 13, "block-async": 5}  # a seed's runs, by hand
+COUNTS = {"next": 18, "easgd": 23, "swarm": 15, "block-async": 5}  # a seed's runs, by hand
 
 
 def reproduce(case: Case, out: Path) -> int:

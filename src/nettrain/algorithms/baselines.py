@@ -1,7 +1,10 @@
 """The baselines every comparison needs: all-reduce SGD, local SGD, D-PSGD, DIGing.
 
 Each is a few lines against the communication patterns; the local step is
-:func:`~nettrain.algorithms.sgd.sgd_step` (momentum, Nesterov, weight decay).
+:func:`~nettrain.algorithms.sgd.sgd_step` (momentum, Nesterov, weight decay). All-reduce
+SGD, local SGD and D-PSGD take ``lr_warmup`` (:class:`~nettrain.algorithms.sgd.WarmedStep`):
+round ``t`` steps ``lr_t = lr * min(1, (t + 1) / lr_warmup)`` in place of ``lr``, the
+gradual warm-up of Goyal et al. 2017 that goes with the linear scaling rule.
 
 Compression (``quantizer=`` in a config, a :class:`~nettrain.compression.Compressor` in
 code; ``None`` sends as is) is a setting the engine reads: it wraps the communicator
@@ -24,7 +27,7 @@ from typing import Any
 import torch
 
 from nettrain.algorithms.base import Algorithm
-from nettrain.algorithms.sgd import LocalStep, SGDState, sgd_direction, sgd_step
+from nettrain.algorithms.sgd import LocalStep, SGDState, WarmedStep, sgd_direction, sgd_step
 from nettrain.algorithms.shared import SharedDataParallel
 from nettrain.compression import Compressor, TopK
 from nettrain.errors import ConfigError
@@ -50,8 +53,8 @@ class SGDRunState:
 
 
 @dataclass(frozen=True)
-class AllReduceSGD(LocalStep, SharedDataParallel, Algorithm[SGDRunState]):
-    """Synchronous data-parallel SGD (what DDP does): ``x <- x - lr * mean_i g_i(x)``.
+class AllReduceSGD(WarmedStep, SharedDataParallel, Algorithm[SGDRunState]):
+    """Synchronous data-parallel SGD (what DDP does): ``x <- x - lr_t * mean_i g_i(x)``.
 
     Every agent holds the same ``x``; the gradients are averaged by an all-reduce each
     round (Goyal et al. 2017, "Accurate, Large Minibatch SGD"). With a ``compressor``
@@ -69,6 +72,9 @@ class AllReduceSGD(LocalStep, SharedDataParallel, Algorithm[SGDRunState]):
     (:meth:`~nettrain.patterns.Communicator.start_mean_parts`), as DDP overlaps it; the
     numbers are those of ``comm.mean(g)``. On ``engine=shared_memory``
     its workers share one model (:class:`~nettrain.algorithms.shared.SharedDataParallel`).
+    ``lr_t`` is ``lr`` after the warm-up of ``lr_warmup`` rounds
+    (:class:`~nettrain.algorithms.sgd.WarmedStep`): with the linear scaling rule
+    (``lr`` x k for a k times larger batch) it is Goyal et al.'s large-batch treatment.
     """
 
     uses_graph = False  # an all-reduce, not the graph
@@ -83,17 +89,19 @@ class AllReduceSGD(LocalStep, SharedDataParallel, Algorithm[SGDRunState]):
     def step(self, state: SGDRunState, t: int, oracle: Oracle, comm: Communicator):
         mean = comm.start_mean_parts(state.x)  # fed bucket by bucket by the backward pass
         loss, g = oracle.grad(state.x, sink=mean)  # (m,), (m, d)
-        x, sgd = sgd_step(state.x, mean.wait(g), state.sgd, self.sgd)
+        x, sgd = sgd_step(state.x, mean.wait(g), state.sgd, self.sgd_at(t))
         return SGDRunState(x, sgd), loss
 
 
 @dataclass(frozen=True)
-class LocalSGD(LocalStep, Algorithm[SGDRunState]):
+class LocalSGD(WarmedStep, Algorithm[SGDRunState]):
     """Local SGD / periodic averaging: ``tau`` local steps, then ``x_i <- mean_j x_j``.
 
-    ``x_i <- x_i - lr * g_i(x_i)`` every round; models averaged by an all-reduce after
-    rounds ``tau, 2 tau, ...``; momentum buffers stay local (Stich 2019, "Local SGD
-    Converges Fast and Communicates Little"). ``tau = 1`` is model averaging every step.
+    ``x_i <- x_i - lr_t * g_i(x_i)`` every round (``lr_t``: ``lr`` after the warm-up of
+    ``lr_warmup`` rounds, :class:`~nettrain.algorithms.sgd.WarmedStep`); models averaged
+    by an all-reduce after rounds ``tau, 2 tau, ...``; momentum buffers stay local (Stich
+    2019, "Local SGD Converges Fast and Communicates Little"). ``tau = 1`` is model
+    averaging every step.
     """
 
     uses_graph = False  # an all-reduce, not the graph
@@ -113,20 +121,21 @@ class LocalSGD(LocalStep, Algorithm[SGDRunState]):
 
     def step(self, state: SGDRunState, t: int, oracle: Oracle, comm: Communicator):
         loss, g = oracle.grad(state.x)
-        x, sgd = sgd_step(state.x, g, state.sgd, self.sgd)
+        x, sgd = sgd_step(state.x, g, state.sgd, self.sgd_at(t))
         if (t + 1) % self.tau == 0:  # compressed: decoded against each agent's own x_i
             x = comm.mean(x)
         return SGDRunState(x, sgd), loss
 
 
 @dataclass(frozen=True)
-class DPSGD(LocalStep, Algorithm[SGDRunState]):
-    """Decentralized parallel SGD: ``x_i <- sum_j W_ij(t) x_j - lr * g_i(x_i)``.
+class DPSGD(WarmedStep, Algorithm[SGDRunState]):
+    """Decentralized parallel SGD: ``x_i <- sum_j W_ij(t) x_j - lr_t * g_i(x_i)``.
 
     Combine-then-adapt form of Lian et al. 2017 ("Can Decentralized Algorithms
     Outperform Centralized Algorithms?"): the gradient is taken at the pre-mixing
     point, so the neighbour exchange overlaps the gradient computation. With momentum
-    or weight decay the local step's direction ``d`` replaces ``g``.
+    or weight decay the local step's direction ``d`` replaces ``g``; ``lr_t`` is ``lr``
+    after the warm-up of ``lr_warmup`` rounds (:class:`~nettrain.algorithms.sgd.WarmedStep`).
     """
 
     compressor: Compressor | None = None  # of the models mixed
@@ -143,8 +152,9 @@ class DPSGD(LocalStep, Algorithm[SGDRunState]):
     def step(self, state: SGDRunState, t: int, oracle: Oracle, comm: Communicator):
         mixing = comm.start_mix(state.x, t)  # overlaps the gradient below
         loss, g = oracle.grad(state.x)
-        direction, sgd = sgd_direction(state.x, g, state.sgd, self.sgd)
-        x = mixing.wait().add_(direction, alpha=-self.sgd.lr)  # the mix is this round's own
+        step = self.sgd_at(t)
+        direction, sgd = sgd_direction(state.x, g, state.sgd, step)
+        x = mixing.wait().add_(direction, alpha=-step.lr)  # the mix is this round's own
         return SGDRunState(x, sgd), loss
 
 

@@ -71,6 +71,40 @@ class LocalStep:
 
 
 @dataclass(frozen=True)
+class WarmedStep(LocalStep):
+    """:class:`LocalStep` with a gradual linear warm-up of the learning rate, ``lr_warmup``
+    rounds (Goyal et al. 2017, "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour",
+    section 2.2, gradual warm-up). The step of round ``t`` (0-based) is::
+
+        lr_t = lr * (t + 1) / lr_warmup    for t < lr_warmup
+        lr_t = lr                          for t >= lr_warmup
+
+    so round 0 steps ``lr / lr_warmup``, round ``lr_warmup - 1`` the full ``lr``;
+    ``lr_warmup = 0`` (the default) keeps ``lr`` from round 0, bit for bit. The step is a
+    pure function of the round: a run resumed from a checkpoint takes the same steps.
+    """
+
+    lr_warmup: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lr_warmup < 0:
+            raise ConfigError(f"lr_warmup must be >= 0 (rounds; 0 = none), got {self.lr_warmup}")
+
+    def lr_at(self, t: int) -> float:
+        """The learning rate of round ``t``: ``lr * min(1, (t + 1) / lr_warmup)``."""
+        if t >= self.lr_warmup:
+            return self.lr
+        return self.lr * (t + 1) / self.lr_warmup
+
+    def sgd_at(self, t: int) -> SGDConfig:
+        """The local step's settings in round ``t``: :attr:`sgd` with ``lr`` :meth:`lr_at`."""
+        if t >= self.lr_warmup:
+            return self.sgd
+        return SGDConfig(self.lr_at(t), self.momentum, self.nesterov, self.weight_decay)
+
+
+@dataclass(frozen=True)
 class SGDState:
     """Momentum buffer ``(m, d)``; ``None`` before the first step or without momentum."""
 
