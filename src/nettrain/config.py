@@ -196,6 +196,13 @@ class DataKeys(Section):
         0, "use a seeded subset of this many training samples; 0 = all", at_least=0
     )
     test_fraction: float = key(0.2, "test share of the scikit-learn data sets (no official split)")
+    validation: float = key(
+        0.0,
+        "share of the training samples held out of every agent's shard (drawn by seed, "
+        "class-stratified) as a validation split: records then carry val_loss and "
+        "val_accuracy of the mean model; 0 = none",
+        at_least=0,
+    )
     partition: str = key(
         "iid",
         "how training samples are split over agents (groups: whole groups of a data set "
@@ -223,6 +230,11 @@ class DataKeys(Section):
             )
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0 <= self.validation < 1:
+            raise ConfigError(
+                f"validation must be in [0, 1) (a share of the training samples), "
+                f"got {self.validation}"
+            )
 
 
 @dataclass(frozen=True)
@@ -830,6 +842,7 @@ FROZEN_ON_RESUME = (
     "data_dir",
     "train_samples",
     "test_fraction",
+    "validation",
     "partition",
     "classes_per_agent",
     "dirichlet_alpha",

@@ -41,7 +41,9 @@ def model_metrics(
     A model with buffers is evaluated with every agent's ``buffers: {name: (n, ...)}``:
     the mean model with their mean, each agent as ``problem.buffer_policy`` says
     (:func:`~nettrain.problem.buffers.for_evaluation`). With the agents' ``shards``, also
-    the training-set figures of :func:`social_metrics`.
+    the training-set figures of :func:`social_metrics`. With a validation split
+    (the ``validation`` key), the mean model's ``val_loss`` and ``val_accuracy``
+    (:func:`validation_metrics`).
     """
     mean = x.mean(0, keepdim=True)  # (1, d)
     agents = evaluated_agents(x.shape[0], eval_agents, x.device)
@@ -55,9 +57,24 @@ def model_metrics(
         out["agent_test_accuracy"] = ev.accuracy[1:].tolist()  # the evaluated agents'
     else:
         out["agent_test_loss_mean"] = float(ev.loss[1:].mean())
+    if problem.data.x_val is not None:
+        first = {n: b[:1] for n, b in rows.items()} if rows else None  # the mean model's
+        out |= validation_metrics(problem, mean, first)
     out["consensus_distance"] = consensus_distance(x)
     if shards is not None:
         out |= social_metrics(problem, shards, x)
+    return out
+
+
+def validation_metrics(
+    problem: Problem, mean: torch.Tensor, buffers: Buffers | None = None
+) -> dict[str, Any]:
+    """``val_loss`` (and ``val_accuracy`` for classification) of the mean model
+    ``mean: (1, d)`` on the validation split, evaluated as the test figures are."""
+    ev = problem.evaluate(mean, buffers, split="val")
+    out: dict[str, Any] = {"val_loss": float(ev.loss[0])}
+    if ev.accuracy is not None:
+        out["val_accuracy"] = float(ev.accuracy[0])
     return out
 
 

@@ -34,6 +34,7 @@ from nettrain.config import (
     used_keys,
 )
 from nettrain.data import Dataset, load_dataset, partition
+from nettrain.data.validation import hold_out
 from nettrain.engines.base import Engine, Job
 from nettrain.engines.distributed.engine import DistributedEngine
 from nettrain.engines.distributed.snapshots import Snapshots
@@ -82,7 +83,9 @@ def build_problem(
 ) -> Problem:
     """Data set on the configured device and dtype, model, loss and regulariser: the
     configured built-ins, or the user's own ``model`` (a template, copied: the object
-    given is never changed), ``data`` and ``loss``."""
+    given is never changed), ``data`` and ``loss``; with ``validation > 0`` that share
+    of the training samples held out as a validation split
+    (:func:`~nettrain.data.validation.hold_out`)."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but torch sees no CUDA device; use device=cpu")
     if data is None:
@@ -93,12 +96,13 @@ def build_problem(
             test_fraction=cfg.test_fraction,
             train_samples=cfg.train_samples or None,
         )
+    data = hold_out(data, cfg.validation, cfg.seed, min_train=cfg.agents)
     dtype = getattr(torch, cfg.dtype)
 
     def move(t: torch.Tensor) -> torch.Tensor:
         return t.to(cfg.device, dtype) if t.is_floating_point() else t.to(cfg.device)
 
-    splits = ("x_train", "y_train", "x_test", "y_test")
+    splits = [f"{xy}_{split}" for split in data.splits for xy in "xy"]
     moved = {name: move(getattr(data, name)) for name in splits}
     data = dataclasses.replace(data, **moved)
     classification = data.n_classes > 0

@@ -35,6 +35,8 @@ from nettrain.report import board, timeline
 SUMMARY_FROM_RECORD = (
     "test_accuracy",
     "test_loss",
+    "val_accuracy",
+    "val_loss",
     "agent_test_accuracy_mean",
     "agent_test_accuracy_min",
     "consensus_distance",

@@ -65,14 +65,15 @@ class Case(NamedTuple):
 
 
 def next_case() -> Case:
-    runs = [f"{s.name}/{folder_name(m)}" for s in next_sca.SETTINGS for m in s.methods()]
+    # every run of the quick plan: the settings' methods and claim 2's grid points
+    runs = [folder_name(name) for name in next_sca.plan(SEEDS[0], True, {})]
     return Case(
         "next",
         {"rounds": "10"},
         4,
         runs,
         lambda r: f"{r['setting']}/{folder_name(r['method'])}",
-        [f"{s.name}.png" for s in next_sca.SETTINGS],
+        [f"{s.name}.png" for s in next_sca.SETTINGS] + ["tuning.csv"],
     )
 
 
@@ -133,7 +134,7 @@ def block_async_case() -> Case:
 
 
 CASES = {c.name: c for c in (next_case(), easgd_case(), swarm_case(), block_async_case())}
-COUNTS = {"next": 18, "easgd": 23, "swarm": 15, "block-async": 5}  # a seed's runs, by hand
+COUNTS = {"next": 30, "easgd": 23, "swarm": 15, "block-async": 5}  # a seed's runs, by hand
 
 
 def reproduce(case: Case, out: Path) -> int:

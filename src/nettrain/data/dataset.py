@@ -43,6 +43,9 @@ class Dataset:
         n_classes: number of classes; 0 for regression.
         groups: optional ``(N,)`` int64 group id of each training sample (the writer,
             user or client it came from), for ``partition=groups``; ``None`` if unknown.
+        x_val, y_val: optional validation split, held out of the training samples
+            (:func:`~nettrain.data.validation.hold_out`, the ``validation`` key): no
+            agent trains on it; ``None`` (the default) when there is none.
 
     Construction raises :class:`DataError` when the tensors do not fit together. Use
     :func:`~nettrain.data.from_tensors` to build one from arrays of other dtypes.
@@ -55,13 +58,22 @@ class Dataset:
     y_test: torch.Tensor  # (M,) int64 or (M, *target_shape) float
     n_classes: int
     groups: torch.Tensor | None = None  # (N,) int64
+    x_val: torch.Tensor | None = None  # (V, *feature_shape)
+    y_val: torch.Tensor | None = None  # (V,) or (V, *target_shape)
 
     def __post_init__(self) -> None:
         _check_n_classes(self)
-        for split in ("train", "test"):
+        if (self.x_val is None) != (self.y_val is None):
+            raise DataError(f"data set {self.name!r}: give both x_val and y_val, or neither")
+        for split in self.splits:
             _check_split(self, split)
         _check_same_shapes(self)
         _check_groups(self)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits present: ``("train", "test")``, then ``"val"`` if there is one."""
+        return ("train", "test") + (("val",) if self.x_val is not None else ())
 
     @property
     def task(self) -> Literal["classification", "regression"]:
@@ -88,12 +100,15 @@ class Dataset:
 
         ``sha256`` is the first 16 hex digits of SHA-256 over, for each of ``x_train,
         y_train, x_test, y_test`` (then ``groups`` if present) in that order, its name,
-        dtype and shape followed by its bytes (a contiguous CPU copy). Equal hashes mean
+        dtype and shape followed by its bytes (a contiguous CPU copy), then ``x_val, y_val``
+        if there is a validation split. Equal hashes mean
         equal tensors; changing one value changes it.
         """
         tensors = {name: getattr(self, name) for name in _SPLITS}
         if self.groups is not None:
             tensors["groups"] = self.groups
+        if self.x_val is not None and self.y_val is not None:
+            tensors |= {"x_val": self.x_val, "y_val": self.y_val}
         info: dict[str, Any] = {
             "name": self.name,
             "task": self.task,
@@ -108,9 +123,10 @@ class Dataset:
 
     def __repr__(self) -> str:
         groups = "" if self.groups is None else f", groups={int(self.groups.unique().numel())}"
+        val = "" if self.x_val is None else f", val={tuple(self.x_val.shape)}"
         return (
             f"Dataset(name={self.name!r}, task={self.task!r}, train={tuple(self.x_train.shape)}, "
-            f"test={tuple(self.x_test.shape)}, n_classes={self.n_classes}{groups})"
+            f"test={tuple(self.x_test.shape)}{val}, n_classes={self.n_classes}{groups})"
         )
 
 
@@ -208,18 +224,20 @@ def _check_finite(ds: Dataset, key: str, t: torch.Tensor) -> None:
 
 
 def _check_same_shapes(ds: Dataset) -> None:
-    """Train and test agree in feature shape, target shape and dtypes."""
-    if ds.x_train.shape[1:] != ds.x_test.shape[1:]:
-        raise DataError(
-            f"data set {ds.name!r}: train samples have feature shape "
-            f"{tuple(ds.x_train.shape[1:])} but test samples {tuple(ds.x_test.shape[1:])}"
-        )
-    if ds.y_train.shape[1:] != ds.y_test.shape[1:] or ds.y_train.dtype != ds.y_test.dtype:
-        raise DataError(
-            f"data set {ds.name!r}: y_train (shape {tuple(ds.y_train.shape)} "
-            f"{ds.y_train.dtype}) and y_test (shape {tuple(ds.y_test.shape)} "
-            f"{ds.y_test.dtype}) must have the same dtype and target shape"
-        )
+    """Train, test and validation agree in feature shape, target shape and dtypes."""
+    for split in ds.splits[1:]:
+        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        if ds.x_train.shape[1:] != x.shape[1:]:
+            raise DataError(
+                f"data set {ds.name!r}: train samples have feature shape "
+                f"{tuple(ds.x_train.shape[1:])} but {split} samples {tuple(x.shape[1:])}"
+            )
+        if ds.y_train.shape[1:] != y.shape[1:] or ds.y_train.dtype != y.dtype:
+            raise DataError(
+                f"data set {ds.name!r}: y_train (shape {tuple(ds.y_train.shape)} "
+                f"{ds.y_train.dtype}) and y_{split} (shape {tuple(y.shape)} "
+                f"{y.dtype}) must have the same dtype and target shape"
+            )
 
 
 def _check_groups(ds: Dataset) -> None:

@@ -199,11 +199,16 @@ class Problem:
         buffers: Buffers | None = None,
         chunk: int = 16,
         samples: int | None = None,
+        split: str = "test",
     ) -> Evaluation:
         """Test loss and accuracy of each row of ``x: (k, d)`` in evaluation mode, with
         ``buffers: {name: (k, ...)}`` (else the template's), on the first ``samples`` test
-        samples (default: all); chunks of ``chunk`` vectors."""
-        xt, yt = self.data.x_test[:samples], self.data.y_test[:samples]
+        samples (default: all); chunks of ``chunk`` vectors. ``split="val"``: on the
+        validation samples in place of the test ones."""
+        xt, yt = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
+        if xt is None:
+            raise ConfigError(f"the data set has no {split} split (validation=0)")
+        xt, yt = xt[:samples], yt[:samples]
         buffers = buffers or {}
 
         def one(v: torch.Tensor, b: Buffers) -> tuple[torch.Tensor, torch.Tensor]:
