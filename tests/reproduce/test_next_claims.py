@@ -20,6 +20,7 @@ SEEDS = 3
 
 def record(round_: int = 100, **values: Any) -> dict[str, Any]:
     base = {"round": round_, "objective": 1.0, "stationarity": 0.01, "test_error": 0.05}
+    base["wall_time_s"] = 0.1 * round_
     return base | {"sparsity": 0.0} | values
 
 
@@ -39,7 +40,9 @@ def good_results(seed: int = 0) -> dict[str, dict[str, list[dict[str, Any]]]]:
     results["digits_l1"]["NEXT linear"] = [l1]
     curve = [record(10, objective=2.0), record(50, objective=1.005), record(100)]
     results["diabetes"]["NEXT gauss_newton"] = curve
-    results["diabetes"]["NEXT gauss_newton B=2"] = curve
+    # B=2: the same iterations in 60% of the wall time
+    faster = [r | {"wall_time_s": 0.6 * r["wall_time_s"]} for r in curve]
+    results["diabetes"]["NEXT gauss_newton B=2"] = faster
     return results
 
 
@@ -65,6 +68,7 @@ def test_figures_are_read_from_the_records() -> None:
     assert "digits_l1" not in got.races  # no DGD there
     assert (got.sparsity, got.errors) == (pytest.approx(0.69), pytest.approx((0.055, 0.05)))
     assert got.block_rounds == (50, 50) and got.slowdown == 1.0
+    assert got.block_seconds == pytest.approx((5.0, 3.0)) and got.time_ratio == pytest.approx(0.6)
 
 
 def test_every_claim_holds_on_good_seeds() -> None:
@@ -116,6 +120,7 @@ LEVEL = 0.011
         (2, everywhere(good_seeds(), errors=(0.07, 0.05))),  # 2 points worse than l2
         (3, everywhere(good_seeds(), block_rounds=(50, 100))),  # twice the iterations
         (3, with_seed(good_seeds(), 0, block_rounds=(50, None))),  # B=2 never got there
+        (3, everywhere(good_seeds(), block_seconds=(5.0, 5.5))),  # B=2 slower in wall time
     ],
 )
 def test_each_claim_fails_when_its_seeds_say_so(claim: int, seeds: list[Figures]) -> None:

@@ -27,8 +27,9 @@ linear surrogate that is centralised full-batch proximal gradient with step
    thresholded at their share of zeros, the record's ``sparse_*`` fields) against the
    l2 run's mean model; the zeros are counted in that sparse model.
 4. The block-parallel step (2 blocks, block-Jacobi Gauss-Newton) reaches the
-   sequential run's objective (within 1%) in at most 10% more iterations (mean of the
-   seeds' ratios).
+   sequential run's objective (within 1%) in at most 10% more iterations and in less
+   wall time (means of the seeds' ratios; the wall times are the runs' own, so they are
+   clean with ``--jobs 1``).
 
 Every configuration runs for each seed (``seed-<s>/SETTING/METHOD``; the grid points of
 claim 2 as ``METHOD step0=V``, the point at the base step being ``METHOD`` itself); the
@@ -303,6 +304,11 @@ def first_round_below(records: Records, target: float, key: str = "objective") -
     return next((r["round"] for r in records if r[key] <= target), None)
 
 
+def seconds_below(records: Records, target: float) -> float | None:
+    """The wall time of the first record whose objective is at most ``target``."""
+    return next((r["wall_time_s"] for r in records if r["objective"] <= target), None)
+
+
 @dataclass(frozen=True)
 class Race:
     """Claim 2 on one data set and seed: the ``level`` (the centralised linear run's final
@@ -350,19 +356,28 @@ class Figures:
     ``sparsity``: share of exact zeros in the l1 run's sparse model (digits); ``errors``:
     test error of the l1 run's sparse model and of the l2 run's mean model (digits);
     ``block_rounds``: iterations of B = 1 and B = 2 to B = 1's final objective + 1%
-    (diabetes, Gauss-Newton; ``None``: never)."""
+    (diabetes, Gauss-Newton; ``None``: never); ``block_seconds``: their wall times to it
+    (``wall_time_s`` of that record)."""
 
     gaps: dict[str, float]
     races: dict[str, Race]
     sparsity: float
     errors: tuple[float, float]
     block_rounds: tuple[int | None, int | None]
+    block_seconds: tuple[float | None, float | None] = (None, None)
 
     @property
     def slowdown(self) -> float:
         """Iterations of B = 2 over those of B = 1 (infinite if either never got there)."""
         k_seq, k_par = self.block_rounds
         return k_par / k_seq if k_par is not None and k_seq else float("inf")
+
+    @property
+    def time_ratio(self) -> float:
+        """Wall time of B = 2 over that of B = 1 to the target (infinite if either never
+        got there)."""
+        t_seq, t_par = self.block_seconds
+        return t_par / t_seq if t_par is not None and t_seq else float("inf")
 
 
 def figures(results: Mapping[str, Mapping[str, Records]]) -> Figures:
@@ -396,6 +411,7 @@ def figures(results: Mapping[str, Mapping[str, Records]]) -> Figures:
             last["digits"]["NEXT linear"]["test_error"],
         ),
         block_rounds=(first_round_below(seq, target), first_round_below(par, target)),
+        block_seconds=(seconds_below(seq, target), seconds_below(par, target)),
     )
 
 
@@ -478,17 +494,21 @@ def l1_claim(seeds: Sequence[Figures]) -> Claim:
 
 
 def block_claim(seeds: Sequence[Figures]) -> Claim:
-    """Claim 4: B = 2 needs at most 10% more iterations than B = 1 (mean ratio)."""
-    slowdowns = [f.slowdown for f in seeds]
+    """Claim 4: B = 2 needs at most 10% more iterations than B = 1 and less wall time
+    (mean ratios)."""
+    slowdowns, times = [f.slowdown for f in seeds], [f.time_ratio for f in seeds]
     rounds = ", ".join(f"{k_seq} / {k_par}" for k_seq, k_par in (f.block_rounds for f in seeds))
     return Claim(
-        "the block-parallel step converges like the sequential one",
+        "the block-parallel step converges like the sequential one, and sooner",
         EMPIRICAL,
         f"iterations of B=2 to reach the B=1 run's final objective + 1% <= "
-        f"{BLOCK_SLOWDOWN:.2f} x those of B=1, mean over the seeds (diabetes, Gauss-Newton)",
+        f"{BLOCK_SLOWDOWN:.2f} x those of B=1, and its wall time to it below B=1's (the "
+        "blocks' subproblems on a thread pool), means over the seeds (diabetes, "
+        "Gauss-Newton; wall times are the records', clean with --jobs 1)",
         Measured.of(
             slowdowns,
-            f"B=1 / B=2 iterations by seed: {rounds} (ratio {spread(slowdowns, '.2f')})",
+            f"B=1 / B=2 iterations by seed: {rounds} (ratio {spread(slowdowns, '.2f')}); "
+            f"wall time B=2 / B=1 {spread(times, '.2f')}",
         ),
-        fmean(slowdowns) <= BLOCK_SLOWDOWN,
+        fmean(slowdowns) <= BLOCK_SLOWDOWN and fmean(times) < 1.0,
     )
