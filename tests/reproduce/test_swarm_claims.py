@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
 
+from nettrain.errors import ConfigError
 from nettrain.reproduce.claims import BY_CONSTRUCTION, EMPIRICAL
 from nettrain.reproduce.swarm import (
     BASELINE,
+    CRITERION,
     QSGD_RUN,
     SCALED,
     SQRT_SCALED,
@@ -18,11 +21,11 @@ from nettrain.reproduce.swarm import (
     choose,
     extra_methods,
     figures,
-    final_loss,
     methods,
     plan,
     rounds_for,
 )
+from nettrain.reproduce.tuning import score
 
 N = 16
 SEEDS = 3
@@ -161,12 +164,18 @@ def test_the_baseline_grid_scales_lr_by_n_and_warms_up_over_5_percent() -> None:
     assert (cut[f"n16 {SCALED}"].lr, cut[f"n16 {SCALED}"].lr_warmup) == (0.8, 2)
 
 
-def test_the_grid_point_of_lowest_mean_final_training_loss_is_chosen() -> None:
-    assert final_loss([{"train_loss": 0.5}, {"train_loss": 0.3}]) == 0.3
-    assert final_loss(None) == final_loss([{"train_loss": float("nan")}]) == float("inf")
-    losses = {BASELINE: [0.40, 0.30], SQRT_SCALED: [0.30, 0.35], SCALED: [float("inf")] * 2}
+def test_the_grid_point_of_lowest_mean_final_validation_loss_is_chosen() -> None:
+    """On the validation split (every run holds one out), never the test set; a diverged
+    point (infinite) is never chosen, a tie goes to the first point."""
+    assert plan(0, True, {})[f"n16 {BASELINE}"].validation == 0.1
+    records = [{"val_loss": 0.5, "test_loss": 0.1}, {"val_loss": 0.3, "test_loss": 0.9}]
+    assert score(records, CRITERION) == 0.3
+    assert score(None, CRITERION) == score([{"val_loss": float("nan")}], CRITERION) == math.inf
+    losses = {BASELINE: [0.40, 0.30], SQRT_SCALED: [0.30, 0.35], SCALED: [math.inf] * 2}
     assert choose(losses) == SQRT_SCALED
     assert choose({BASELINE: [0.3], SCALED: [0.3]}) == BASELINE  # a tie: the first
+    with pytest.raises(ConfigError, match="every point"):
+        choose({BASELINE: [math.inf], SCALED: [math.inf]})
 
 
 def test_claims_1_and_2_compare_with_the_chosen_baseline() -> None:

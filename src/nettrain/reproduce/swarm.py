@@ -7,12 +7,14 @@ epoch multiplier: interactions per epoch scale with ``n``), and so does all-redu
 the claims' baseline: it processes as many samples as SwarmSGD. Its step averages
 ``n`` mini-batches of ``B = 32`` (a batch of ``n B``) where SwarmSGD's local step takes
 one, so the baseline gets the large-batch treatment of Goyal et al. 2017 ("Accurate,
-Large Minibatch SGD") as one point of a grid of two: the plain ``lr = 0.1``, and the
-linear scaling rule ``lr = 0.1 x (n B) / B = 0.1 n`` with a gradual warm-up over the
-first 5% of its rounds (``lr_warmup``). The grid's point with the lowest final training
-loss (``train_loss`` of the last record, mean over the seeds; never the test set) is
-the baseline of claims 1 and 2 (``tuning.csv``); the straggler run of claim 4 keeps the
-plain ``lr``. SwarmSGD's
+Large Minibatch SGD") as points of a grid of three: the plain ``lr = 0.1``, the
+square-root rule ``lr = 0.1 sqrt(n)`` and the linear scaling rule
+``lr = 0.1 x (n B) / B = 0.1 n``, the scaled two with a gradual warm-up over the first
+5% of their rounds (``lr_warmup``). Every run holds out 10% of its training samples as
+a validation split (``validation=0.1``); the grid's point with the lowest final
+validation loss (``val_loss`` of the last record, mean over the seeds; never the test
+set, :mod:`~nettrain.reproduce.tuning`) is the baseline of claims 1 and 2
+(``tuning.csv``); the straggler run of claim 4 keeps the plain ``lr``. SwarmSGD's
 default here: ``H = 2`` local steps, non-blocking, 8-bit lattice quantisation against
 the receiver's model (``eps = 1e-3``). ``--quick``: 16 agents, 12,000 training
 samples, ``E = 4``; the full run: 8, 16 and 32 agents on all 60,000 samples,
@@ -50,7 +52,7 @@ from statistics import fmean
 from typing import Any
 
 from nettrain.config import RunConfig, load_config
-from nettrain.errors import DivergenceError
+from nettrain.errors import ConfigError, DivergenceError
 from nettrain.report.plots import plot_seeds
 from nettrain.report.tables import write_csv
 from nettrain.reproduce.claims import (
@@ -63,6 +65,8 @@ from nettrain.reproduce.claims import (
     spread,
 )
 from nettrain.reproduce.runner import Request, run_seeds, seed_tables
+from nettrain.reproduce.tuning import choose as pick_index
+from nettrain.reproduce.tuning import final, score
 
 Records = list[dict[str, Any]]
 
@@ -75,6 +79,7 @@ BASE: dict[str, Any] = {
     "lr": 0.1,
     "topology": "ring",
     "eval_agents": 2,
+    "validation": 0.1,  # the baseline's grid is chosen on it
     "progress": False,
 }
 SWARM: dict[str, Any] = {
@@ -228,44 +233,45 @@ def reproduce(ask: Request) -> list[Claim]:
     return check([figures(runs, sizes, middle_size(sizes), chosen) for runs in results.values()])
 
 
-def final_loss(records: Records | None) -> float:
-    """``train_loss`` of the last record; infinite for a diverged run (``None``)."""
-    loss = None if records is None else records[-1].get("train_loss")
-    return math.inf if loss is None or not math.isfinite(loss) else float(loss)
+CRITERION = final("val_loss")  # the baseline's grid: the final validation loss
 
 
 def choose(losses: Mapping[str, Sequence[float]]) -> str:
-    """The grid point (label -> every seed's final training loss) of the lowest mean
-    loss; the first listed on a tie."""
-    return min(losses, key=lambda label: fmean(losses[label]))
+    """The grid point (label -> every seed's final validation loss, infinite where it
+    diverged) of the lowest mean loss; the first listed on a tie."""
+    labels = list(losses)
+    best = pick_index([fmean(v) for v in losses.values()])
+    if best is None:
+        raise ConfigError(f"every point of the all-reduce baseline's grid diverged: {labels}")
+    return labels[best]
 
 
 def tune(
     ask: Request, found: Mapping[int, Mapping[str, Records | None]], sizes: Sequence[int]
 ) -> dict[int, str]:
-    """The baseline's grid point at each ``n`` (n -> label), chosen by the final training
-    loss (:func:`choose`); printed, and written to ``tuning.csv`` with each point's
-    ``lr``, ``lr_warmup`` and losses."""
+    """The baseline's grid point at each ``n`` (n -> label), chosen by the final
+    validation loss (:func:`choose`); printed, and written to ``tuning.csv`` with each
+    point's ``lr``, ``lr_warmup`` and losses."""
     chosen: dict[int, str] = {}
     rows = []
     seeds = list(found)
     configs = plan(seeds[0], ask.quick, ask.overrides)  # lr and lr_warmup: alike every seed
     for n in sizes:
         labels = (BASELINE, SQRT_SCALED, SCALED)
-        losses = {lab: [final_loss(found[s][f"n{n} {lab}"]) for s in seeds] for lab in labels}
+        losses = {lab: [score(found[s][f"n{n} {lab}"], CRITERION) for s in seeds] for lab in labels}
         chosen[n] = choose(losses)
         for label in labels:
             cfg = configs[f"n{n} {label}"]
             rows.append(
                 {"n": n, "point": label, "lr": cfg.lr, "lr_warmup": cfg.lr_warmup}
-                | {"rounds": cfg.rounds, "train_loss_mean": fmean(losses[label])}
-                | {"train_loss_per_seed": " ".join(f"{v:.6g}" for v in losses[label])}
+                | {"rounds": cfg.rounds, "val_loss_mean": fmean(losses[label])}
+                | {"val_loss_per_seed": " ".join(f"{v:.6g}" for v in losses[label])}
                 | {"chosen": label == chosen[n]}
             )
         cfg = configs[f"n{n} {chosen[n]}"]
         ask.console.print(
             f"all-reduce baseline, n={n}: lr={cfg.lr:g} lr_warmup={cfg.lr_warmup} "
-            f"({chosen[n]}; final training loss "
+            f"({chosen[n]}; final validation loss "
             + ", ".join(f"{lab} {fmean(v):.4g}" for lab, v in losses.items())
             + ")"
         )
