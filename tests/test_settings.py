@@ -86,7 +86,7 @@ def test_a_key_the_method_does_not_use_names_the_methods_that_do() -> None:
 def test_used_keys_are_the_settings_fields() -> None:
     assert used_keys(ALGORITHMS["dpsgd"]) == {
         "lr", "momentum", "nesterov", "weight_decay", "quantizer", "bits", "lattice_eps",
-        "qsgd_bucket",
+        "qsgd_bucket", "lr_warmup",
     }  # fmt: skip
     assert "tau" in used_keys(ALGORITHMS["easgd_async"]) and "servers" in used_keys(EASGDAsync)
     assert "quantizer" not in used_keys(ADPSGD)  # it has the field, but sends uncompressed
