@@ -57,6 +57,7 @@ class Case(NamedTuple):
     row_key: Callable[[Row], str]  # a row of summary.csv -> the run it is about (no seed)
     files: list[str]  # the plots and tables beside summary.csv and claims.json
     seeds: tuple[int, ...] = SEEDS  # --seed seeds[0] --seeds len(seeds)
+    timing: tuple[str, ...] = ()  # runs that time something after the seeds', under --out
 
     @property
     def runs(self) -> list[str]:
@@ -74,6 +75,7 @@ def next_case() -> Case:
         runs,
         lambda r: f"{r['setting']}/{folder_name(r['method'])}",
         [f"{s.name}.png" for s in next_sca.SETTINGS] + ["tuning.csv"],
+        timing=tuple(next_sca.timing_runs()),
     )
 
 
@@ -203,7 +205,7 @@ def test_reproduce_runs_end_to_end_and_keeps_its_runs(
     empirical = [c["holds"] for c in claims if c["kind"] == "empirical"]
     assert empirical and code == (0 if all(empirical) else 1)
 
-    assert sorted(finished) == sorted(case.runs)  # every declared run ran, once
+    assert sorted(finished) == sorted([*case.runs, *case.timing])  # each ran, once
     for seed in case.seeds:
         for run in case.configs:
             check_run_folder(tmp_path / seed_folder(seed) / run, case.sizes, seed)
