@@ -38,7 +38,7 @@ from nettrain.engines.distributed.rpc import MEMBERS, _forget
 from nettrain.engines.distributed.store import HOSTED
 from nettrain.errors import ConfigError
 
-N, ROUNDS, KILLED = 4, 1000, 2
+N, ROUNDS, KILLED = 4, 2000, 2  # long enough for the process started again to find the run
 
 
 def test_a_killed_worker_started_again_rejoins_from_a_live_neighbour(tmp_path: Path) -> None:
@@ -48,7 +48,7 @@ def test_a_killed_worker_started_again_rejoins_from_a_live_neighbour(tmp_path: P
     store = dist.TCPStore("127.0.0.1", port, N, True, timedelta(seconds=60), wait_for_workers=False)
     out = tmp_path / "run"
     args = ["run", "engine=distributed", f"agents={N}", "hidden=8", "batch_size=8"]
-    args += ["progress=false", "timeout_s=10", "eval_every=100", "algorithm=swarm"]
+    args += ["progress=false", "timeout_s=10", "eval_every=200", "algorithm=swarm"]
     args += [f"rounds={ROUNDS}", "rejoin=true", "--out", str(out)]
     runs = json.dumps({"port": port, "args": args})
     run = processes.launch(tmp_path, [runs], N, kill=f"{KILLED}:50", extra={HOSTED: "1"})
@@ -77,7 +77,7 @@ def test_a_killed_worker_started_again_rejoins_from_a_live_neighbour(tmp_path: P
             again.kill()
     del store
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == list(range(0, ROUNDS + 1, 100))
+    assert [r["round"] for r in records] == list(range(0, ROUNDS + 1, 200))
     last = records[-1]
     (rejoin,) = last["rejoins"]
     back = rejoin["round"]

@@ -41,6 +41,7 @@ count the rejoins (``rejoins``: rank, incarnation, round, donor, downtime).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -93,9 +94,11 @@ def run_events(
     of its predecessor's last heartbeat (module docstring)."""
     start = time.perf_counter()
     events = DistEvents(job, rank, comm, timeout_s, folder, resume, rejoining)
+    if events.over:
+        return RunResult(events.state.x, [])
     point = resume
-    if rejoining is not None:
-        point = Rejoined(min(job.rounds, events.e * events.tau))
+    if rejoining is not None:  # before the last round, so that it reaches the end
+        point = Rejoined(min(job.rounds - 1, events.e * events.tau))
     drive(job, folder, events, resume=point, start=start)
     if events.timelines is not None:  # the leader: every survivor's intervals
         folder.write_timeline(events.timelines)
@@ -188,6 +191,7 @@ class DistEvents:
             self.began -= resume.wall_time_s
             self._restore(resume.load(rank))
         self.rejoined: dict[str, Any] | None = None  # this process's rejoin, for the record
+        self.over = False  # this process came back after the run's end: nothing to do
         if rejoining is not None:
             self._rejoin(neighbours, rejoining[1])
         if self.peer is not None:
@@ -199,8 +203,11 @@ class DistEvents:
         rank's; ``down_since``: the wall time of the previous process's last heartbeat."""
         rank, session, peer, finish = self.rank, self.comm.rpc, self.peer, self.finish
         assert session is not None and peer is not None
-        if read_verdict(finish.store, finish.prefix) is not None:
-            raise PeerError(f"rank {rank}: the run ended before this process could rejoin it")
+        if read_verdict(finish.store, finish.prefix) is not None:  # nothing to rejoin
+            ended = f"rank {rank}: the run ended before this process could rejoin it"
+            print(ended, file=sys.stderr)
+            self.over = True
+            return
         for j in neighbours:
             try:
                 x, events = session.remote(j, "peer").rpc_sync("model", rank, self.incarnation)
