@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 import socket
 import subprocess
 import sys
@@ -102,11 +104,32 @@ def iid_shards(n_samples: int, n_agents: int) -> list[torch.Tensor]:
     return list(torch.arange(n_samples).tensor_split(n_agents))
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nobody listens on right now."""
+_PORTS = random.Random()  # its own stream: a test that seeds ``random`` does not fix ports
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nobody listens on right now, and the next one too (the
+    distributed engine's rpc store may listen on ``MASTER_PORT + 1``), both below the
+    kernel's ephemeral range, so that no outgoing connection takes either meanwhile (a
+    port the kernel hands out, as ``bind(0)`` does, can be the next one's neighbour)."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    first = min(20000, low // 2)
+    for _ in range(1000):
+        port = _PORTS.randrange(first, low - 1)
+        if _bindable(port) and _bindable(port + 1):
+            return port
+    raise RuntimeError(f"no two free ports in a row in {first}..{low}")
 
 
 def torchrun_command(nproc: int, *args: str, port: int | None = None) -> list[str]:
