@@ -37,7 +37,7 @@ from nettrain.errors import DataError
 
 ROUNDS, EVERY, KILL_AFTER = 300, 20, 60
 COMMON = ["hidden=8", "batch_size=8", "progress=false", "timeout_s=10", f"rounds={ROUNDS}"]
-COMMON += ["eval_every=100", f"checkpoint_every={EVERY}"]
+COMMON += ["eval_every=100", f"checkpoint_every={EVERY}", "test_fraction=0.5"]
 
 
 def records_of(out: Path) -> list[dict[str, Any]]:
