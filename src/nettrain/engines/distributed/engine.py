@@ -193,7 +193,7 @@ class DistributedEngine:
         store = self._store(world, hosted)
         incarnation = store.add(incarnation_key(rank), 1) - 1 if self.rejoin else 0
         self._down_since = last_beat(store, rank) if incarnation else None  # before ours
-        heartbeat = Heartbeat(self._store(world, False), rank)
+        heartbeat = Heartbeat(self._store(world, False), rank, stamped=self.rejoin)
         if incarnation:
             try:
                 yield rank, store, incarnation

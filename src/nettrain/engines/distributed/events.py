@@ -514,22 +514,13 @@ def record_of(
     work = torch.stack([f["work"] for f in parts])  # (s, 3) samples, messages, bytes
     totals = dict(zip(("samples", "messages", "bytes"), work.unbind(1), strict=True))
     delivered = torch.stack([f["delivered"] for f in parts])  # (s, n + S): [k, j] k's to j
-    got = torch.stack([f["answered"] for f in parts])  # (s, n): [k, i] k answered i's
-    # a rejoined rank's counts start afresh: only those of the incarnations alive now count
-    now = torch.zeros(n, dtype=torch.int64)
-    now[survivors] = torch.tensor([f["incarnation"] for f in parts])
-    stale_d = torch.stack([f["delivered_met"][:n] for f in parts]) != now
-    got = got.masked_fill(torch.stack([f["answered_met"] for f in parts]) != now, 0)
     everyone = stack_states([f["state"] for f in parts])  # (s, ...)
     loss_sum, loss_count = (sum(f["loss"][k] for f in parts) for k in (0, 1))
     fields: dict[str, Any] = {"events": sum(f["events"] for f in parts)}
     centre = None
     if job.algorithm.partner == "neighbour":  # among survivors
         if audit:
-            fields["interactions_answered"] = int(got.sum())
-            off = offsets[survivors][:, survivors]
-            sent = delivered[:, :n].masked_fill(stale_d, 0)[:, survivors]
-            fields["interactions_unmatched"] = int((sent.T - got[:, survivors] - off).abs().sum())
+            fields |= gossip_audit(parts, survivors, n, offsets[survivors][:, survivors])
     else:
         if audit:
             fields["exchanges_unmatched"] = unapplied_exchanges(comm, delivered, survivors, offsets)
@@ -555,6 +546,26 @@ def record_of(
     buffers = stack_buffers([f["buffers"] for f in parts])
     snapshot = Snapshot(everyone.x, buffers, everyone, centre, fields, judged)
     return Counters(totals, None, loss, at), snapshot
+
+
+def gossip_audit(
+    parts: list[dict[str, Any]], survivors: list[int], n: int, offsets: torch.Tensor
+) -> dict[str, int]:
+    """The final audit of the survivors' pairwise exchanges: ``interactions_answered``
+    and ``interactions_unmatched = sum_k,j |delivered_k[j] - answered_j[k] - offsets|``,
+    each count taken only where it is of the incarnations alive now (a rank that rejoined
+    counts afresh, :mod:`.gossip`)."""
+    now = torch.zeros(n, dtype=torch.int64)
+    now[survivors] = torch.tensor([f["incarnation"] for f in parts])
+
+    def current(key: str, met: str) -> torch.Tensor:  # (s, n): [k, j] k's counts of j
+        counts = torch.stack([f[key][:n] for f in parts])
+        return counts.masked_fill(torch.stack([f[met][:n] for f in parts]) != now, 0)
+
+    sent = current("delivered", "delivered_met")[:, survivors]
+    got = current("answered", "answered_met")
+    unmatched = (sent.T - got[:, survivors] - offsets).abs().sum()
+    return {"interactions_answered": int(got.sum()), "interactions_unmatched": int(unmatched)}
 
 
 def unapplied_exchanges(

@@ -16,25 +16,28 @@ import torch.distributed as dist
 
 class Heartbeat:
     """A daemon thread that increments the store key ``alive/<rank>`` every ``period_s``
-    (and sets ``alive_at/<rank>`` to the wall time of that beat: when a process restarted
-    in its place finds its predecessor's last sign of life).
+    (and with ``stamped`` sets ``alive_at/<rank>`` to the wall time of that beat: where a
+    process restarted in its place finds its predecessor's last sign of life).
 
     It keeps beating while the main thread is blocked in a collective (torch releases
     the GIL there), so after a failure a silent counter means a dead or frozen process.
     """
 
-    def __init__(self, store: dist.Store, rank: int, period_s: float = 0.25) -> None:
+    def __init__(
+        self, store: dist.Store, rank: int, period_s: float = 0.25, stamped: bool = False
+    ) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._beat, args=(store, rank, period_s), daemon=True
+            target=self._beat, args=(store, rank, period_s, stamped), daemon=True
         )
         self._thread.start()
 
-    def _beat(self, store: dist.Store, rank: int, period_s: float) -> None:
+    def _beat(self, store: dist.Store, rank: int, period_s: float, stamped: bool) -> None:
         while not self._stop.is_set():
             try:
                 store.add(f"alive/{rank}", 1)
-                store.set(f"alive_at/{rank}", repr(time.time()))
+                if stamped:
+                    store.set(f"alive_at/{rank}", repr(time.time()))
             except RuntimeError:  # the store's host is gone: nothing left to tell
                 return
             self._stop.wait(period_s)
@@ -60,18 +63,16 @@ def silent_ranks(store: dist.Store, rank: int, n: int, hosted: bool, window_s: f
     """
     try:
         store.set(f"failed/{rank}", "1")
-        before = [store.add(f"alive/{r}", 0) for r in range(n)]
-        time.sleep(window_s)
-        after = [store.add(f"alive/{r}", 0) for r in range(n)]
+        stopped = silent(store, list(range(n)), window_s)
         left = [store.check([f"failed/{r}"]) for r in range(n)]
         if hosted:
             time.sleep(window_s)
     except RuntimeError:
         return ""
-    silent = [r for r in range(n) if after[r] == before[r] and not left[r]]
-    if not silent:
+    stopped = [r for r in stopped if not left[r]]
+    if not stopped:
         return ""
-    return f" Rank(s) {', '.join(map(str, silent))} stopped responding: they died or froze."
+    return f" Rank(s) {', '.join(map(str, stopped))} stopped responding: they died or froze."
 
 
 def last_beat(store: dist.Store, rank: int) -> float | None:
@@ -84,9 +85,7 @@ def beating(store: dist.Store, rank: int, window_s: float = 1.0) -> bool:
     """Whether ``rank``'s heartbeat moves within ``window_s`` (four beats): alive, if
     perhaps slow. ``False`` too when the store is gone."""
     try:
-        before = store.add(f"alive/{rank}", 0)
-        time.sleep(window_s)
-        return store.add(f"alive/{rank}", 0) != before
+        return not silent(store, [rank], window_s)
     except RuntimeError:
         return False
 
