@@ -76,6 +76,9 @@ DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
 # the asynchronous methods that skip lost exchanges (faults.py)
 FAULT_TOLERANT = tuple(k for k, cls in ALGORITHMS.items() if cls.tolerates_faults)
+# the pairwise gossip methods: a process that rejoins, or an agent back from a crash,
+# takes a neighbour's model
+GOSSIP = ", ".join(k for k, cls in ALGORITHMS.items() if cls.partner == "neighbour")
 # the model a crashed agent comes back with: its own, or its first live neighbour's
 REJOIN_MODELS = ("own", "neighbour")
 
@@ -662,10 +665,9 @@ class RunConfig:
         if (self.rejoin or self.restarts) and (
             self.engine != "distributed" or method.partner != "neighbour"
         ):
-            gossip = ", ".join(k for k, cls in ALGORITHMS.items() if cls.partner == "neighbour")
             raise ConfigError(
                 f"rejoin/restarts let a worker process of engine=distributed come back into an "
-                f"asynchronous gossip run ({gossip}); engine={self.engine} "
+                f"asynchronous gossip run ({GOSSIP}); engine={self.engine} "
                 f"algorithm={self.algorithm} cannot take one back. Remove rejoin and restarts"
             )
         if asynchronous and self.engine == "distributed" and self.blocking:
@@ -776,10 +778,9 @@ class RunConfig:
                 "crash=3@50:60), or drop rejoin_model"
             )
         if method.schedule != "events" or method.partner != "neighbour":
-            gossip = [k for k, cls in ALGORITHMS.items() if cls.partner == "neighbour"]
             raise ConfigError(
                 f"rejoin_model={self.rejoin_model} takes a neighbour's model in the "
-                f"asynchronous gossip methods ({', '.join(gossip)}); algorithm="
+                f"asynchronous gossip methods ({GOSSIP}); algorithm="
                 f"{self.algorithm} is not one. Use one of them, or rejoin_model=own"
             )
         if self.engine != "sim":
