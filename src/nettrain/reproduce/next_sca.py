@@ -517,10 +517,17 @@ def block_claim(seeds: Sequence[Figures], seconds: tuple[float, float]) -> Claim
 TIMED = {"B1": "diabetes/NEXT gauss_newton", "B2": "diabetes/NEXT gauss_newton B=2"}
 
 
+def timing_order(reps: int = 2) -> list[tuple[str, str]]:
+    """:func:`block_timing`'s runs in the order they run: ``(B1 or B2, folder under
+    --out)``, every second pass in reverse."""
+    names = list(TIMED)
+    order = [(k, names if k % 2 == 0 else names[::-1]) for k in range(reps)]
+    return [(name, f"{TIMING_FOLDER}/{name}-{k}") for k, turn in order for name in turn]
+
+
 def timing_runs(reps: int = 2) -> list[str]:
     """The folders of :func:`block_timing`'s runs under ``--out``, in the order they run."""
-    order = [list(TIMED) if k % 2 == 0 else list(TIMED)[::-1] for k in range(reps)]
-    return [f"{TIMING_FOLDER}/{name}-{k}" for k, names in enumerate(order) for name in names]
+    return [folder for _, folder in timing_order(reps)]
 
 
 def block_timing(
@@ -536,8 +543,7 @@ def block_timing(
     median of each: the time between the run's first record and its last, one
     evaluation apart, so start-up is left out."""
     times: dict[str, list[float]] = {name: [] for name in TIMED}
-    for folder in timing_runs(reps):
-        name = Path(folder).name.split("-")[0]
+    for name, folder in timing_order(reps):
         values = configs[TIMED[name]].to_dict() | {"rounds": rounds, "eval_every": rounds}
         cfg = load_config(values)
         records = finished_records(out / folder, cfg) or run(cfg, out / folder).records
