@@ -164,8 +164,11 @@ def predict(method: str, processes: int, straggler: bool, rounds: int, profile: 
 # ------------------------------------------------------------------------------- main
 
 
-def calibrated(args: argparse.Namespace, folder: Path) -> tuple[Path, dict[str, Any]]:
-    """The profile (measured now unless ``--profile``) and its figures."""
+def calibrated(
+    args: argparse.Namespace, folder: Path, processes: int
+) -> tuple[Path, dict[str, Any]]:
+    """The profile for runs of ``processes`` processes (measured now with that many
+    unless ``--profile``) and its figures."""
     from nettrain.calibration import calibrate, load_profile
 
     if args.profile:
@@ -173,18 +176,22 @@ def calibrated(args: argparse.Namespace, folder: Path) -> tuple[Path, dict[str, 
     else:
         torch.set_num_threads(1)  # the oracle's pace in a one-thread process
         cfg = load_config({**PROBLEM, "timeout_s": 300.0, "progress": False})
-        cal = calibrate(cfg, folder / "profile.toml", max_bytes=args.max_bytes, progress=False)
+        out = folder / f"profile-{processes}.toml"
+        cal = calibrate(cfg, out, processes=processes, max_bytes=args.max_bytes, progress=False)
         assert cal is not None and cal.path is not None
+        print(f"P = {processes}:")
         for line in cal.summary()[:-1]:
-            print(line)
+            print(f"  {line}")
         path = cal.path
     p = load_profile(path)
     return path, {
         "seconds_per_sample": p.seconds_per_sample,
+        "seconds_per_sample_alone": p.seconds_per_sample_alone,
         "latency_s": p.latency_s,
         "bandwidth_bytes_per_s": p.bandwidth_bytes_per_s,
         "allreduce_s": p.allreduce_s,
-        "allreduce_processes": p.processes,
+        "rpc_exchange_s": p.rpc_exchange_s,
+        "processes": p.processes,
         "batch": p.batch,
         "d": p.d,
         "threads": p.threads,
@@ -223,14 +230,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        profile, figures = calibrated(args, folder)
+        profiles = {p: calibrated(args, folder, p) for p in args.processes}
         measured = {p: launch(p, args, folder) for p in args.processes}
         cases = []
         for p in args.processes:
             for method, straggler in CASES:
                 reps = measured[p][f"{method}/{straggler}"]
                 seconds = statistics.median(reps)
-                predicted = predict(method, p, straggler, args.rounds, profile)
+                predicted = predict(method, p, straggler, args.rounds, profiles[p][0])
                 cases.append(
                     {
                         "method": method,
@@ -245,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
     load_after = os.getloadavg()
     print(
-        f"\n{PROBLEM['dataset']}, MLP 64-32-10 (d = {figures['d']:,}), batch "
+        f"\n{PROBLEM['dataset']}, MLP 64-32-10 (d = {next(iter(profiles.values()))[1]['d']:,}), "
+        "batch "
         f"{PROBLEM['batch_size']}, {args.rounds} rounds x {args.reps} repetitions; "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
@@ -264,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {
         "cases": cases,
         "within_20pct": within,
-        "profile": figures,
+        "profiles": {p: figures for p, (_, figures) in profiles.items()},
         "problem": PROBLEM,
         "rounds": args.rounds,
         "reps": args.reps,

@@ -26,9 +26,11 @@ def profile_for(d: int, **changes: object) -> Profile:
     parameters of the MLP of :data:`KEYS`."""
     values = dict(
         seconds_per_sample=3.25e-6,
+        seconds_per_sample_alone=2.5e-6,
         latency_s=4.5e-5,
         bandwidth_bytes_per_s=1.75e9,
         allreduce_s=2.5e-4,
+        rpc_exchange_s=6.5e-4,
         processes=2,
         model="mlp",
         hidden=(8,),
@@ -67,6 +69,25 @@ def test_a_profile_round_trips_and_sets_the_clock(tmp_path: Path, dim: int) -> N
     sent = cost.send_seconds(torch.tensor([1, 3]), torch.tensor([0, 7_000_000]))
     expected = [4.5e-5, 3 * 4.5e-5 + 7_000_000 / 1.75e9]
     assert sent.tolist() == pytest.approx(expected, rel=1e-12)
+    # an all-reduce of d float32 over 2 processes: 2 messages of d / 2, in 2.5e-4 s
+    ring = 2.5e-4 / 2 - dim * 4 / 2 / 1.75e9
+    assert cost.collective_latency_s == pytest.approx(ring, rel=1e-12)
+    # of the 3 messages of agent 1, 2 within an all-reduce: at the collective's latency
+    within = cost.send_seconds(torch.tensor([1, 3]), torch.tensor([0, 7]), torch.tensor([0, 2]))
+    expected = [4.5e-5, 4.5e-5 + 2 * ring + 7 / 1.75e9]
+    assert within.tolist() == pytest.approx(expected, rel=1e-12)
+    # an rpc exchange (d float32 each way) takes 6.5e-4 s: half of it a message
+    rpc = cost.over_rpc()
+    assert rpc.latency_s == cost.rpc_latency_s == pytest.approx(3.25e-4 - dim * 4 / 1.75e9)
+    assert (rpc.seconds_per_sample, rpc.profile) == (cost.seconds_per_sample, profile)
+
+
+def test_latencies_derived_from_a_profile_are_never_negative(dim: int) -> None:
+    """Exchanges measured faster than their bytes over the fitted bandwidth leave no
+    latency (0), and one process has no collective latency."""
+    fast = profile_for(dim, rpc_exchange_s=1e-9, allreduce_s=1e-9)
+    assert fast.rpc_latency_s(4) == 0.0 and fast.collective_latency_s(4) == 0.0
+    assert profile_for(dim, processes=1).collective_latency_s(4) is None
 
 
 def test_without_a_profile_the_keys_set_the_clock(dim: int) -> None:
@@ -162,8 +183,10 @@ def test_calibrate_measures_two_local_processes(tmp_path: Path, capfd, dim: int)
     shown = capfd.readouterr()  # the spawned processes' stderr too
     assert "relative residual" in shown.out and "16,777,216" in shown.out
     assert f"use it with cost_model={out}" in shown.out
-    assert "calibrate: ping-pong between ranks 0 and 1" in shown.err
+    assert "calibrate: 2 processes at once" in shown.err
     assert "calibrate:   16,777,216 bytes:" in shown.err
+    assert "calibrate:   rpc exchange of as many:" in shown.err
+    assert profile.rpc_exchange_s > 0 and profile.seconds_per_sample_alone > 0
     cfg = load_config(overrides=KEYS | {"cost_model": str(out)})
     cost = build_cost_model(cfg, build_problem(cfg))
     assert dataclasses.astuple(cost.profile) == dataclasses.astuple(profile)

@@ -123,6 +123,19 @@ def test_asynchronous_events_never_overlap(tmp_path: Path, algorithm: str) -> No
         assert "wait" in kinds  # workers that arrived together queue
 
 
+def test_a_non_blocking_initiator_waits_for_the_reply(tmp_path: Path) -> None:
+    """SwarmSGD without blocking: the initiator goes on from the average, which needs
+    the partner's reply, so each of its sends lasts two messages of the model's ``d``
+    float32: ``2 (latency + 4 d / bandwidth)``."""
+    keys = TINY | {"agents": 4, "algorithm": "swarm", "latency_s": 1e-3, "bandwidth_gbps": 8.0}
+    result = run(keys | {"timeline": True, "timeline_rounds": 3}, out=tmp_path)
+    d = result.x.shape[1]
+    sends = [e for e in read_timeline(tmp_path) if e["kind"] == "send"]
+    assert sends
+    for e in sends:
+        assert e["end"] - e["start"] == pytest.approx(2 * (1e-3 + 4 * d / 1e9), rel=1e-9)
+
+
 def test_distributed_rounds_record_every_agent(tmp_path: Path, monkeypatch) -> None:
     """Two processes of two agents: measured intervals for every agent, the same for the
     agents of one process."""

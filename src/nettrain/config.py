@@ -72,6 +72,7 @@ PHASES = ("fixed", "poisson")
 INITS = ("seed", "model")
 PROVENANCE = "provenance"  # config.json's versions and command line, not a key
 BACKENDS = ("auto", "gloo", "nccl")
+RPC_TRANSPORTS = ("auto", "shm", "uv")  # nettrain.engines.distributed.rpc.TRANSPORTS
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
 # the asynchronous methods that skip lost exchanges (faults.py)
@@ -456,6 +457,13 @@ class EngineKeys(Section):
     )
     timeout_s: float = key(
         60.0, "engine=distributed: seconds a collective may wait before the run fails"
+    )
+    rpc_transport: str = key(
+        "auto",
+        "engine=distributed, asynchronous methods and parameter servers: how rpc reaches a "
+        "process of the same machine: shm (shared memory, polled busily), uv (TCP), auto = "
+        "uv where the machine's processes outnumber its cores",
+        RPC_TRANSPORTS,
     )
     master_addr: str = key("127.0.0.1", "engine=distributed: address of rank 0's rendezvous")
     master_port: int = key(29512, "engine=distributed: TCP port of rank 0's rendezvous")

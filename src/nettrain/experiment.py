@@ -136,6 +136,7 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
         3 * matmul_flops_per_sample(problem.spec) / (cfg.agent_gflops * 1e9)
     )
     latency, bandwidth, profile = cfg.latency_s, cfg.bandwidth_gbps * 1e9 / 8, None
+    rpc_latency = collective_latency = None
     if cfg.cost_model:
         profile = load_profile(cfg.cost_model)
         if batch_size is None:
@@ -145,6 +146,9 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
         profile.check(cfg.model, batch_size, problem.dim, cfg.cost_model)
         per_sample, latency = profile.seconds_per_sample, profile.latency_s
         bandwidth = profile.bandwidth_bytes_per_s
+        itemsize = getattr(torch, cfg.dtype).itemsize
+        rpc_latency = profile.rpc_latency_s(itemsize)
+        collective_latency = profile.collective_latency_s(itemsize)
     slowdown = CostModel.straggler_slowdown(
         cfg.agents, cfg.stragglers, cfg.straggler_slowdown, cfg.seed
     )
@@ -158,6 +162,8 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
         slowdown=slowdown if speed is None else slowdown / speed,
         bandwidth_factor=link,
         profile=profile,
+        rpc_latency_s=rpc_latency,
+        collective_latency_s=collective_latency,
     )
 
 

@@ -134,23 +134,28 @@ class Deferred:
 
 @dataclass
 class Traffic:
-    """Messages and bytes sent by each local agent since the last :meth:`reset`."""
+    """Messages and bytes sent by each local agent since the last :meth:`reset`, and of
+    those messages the ones sent within collectives (all-reduces, all-gathers), which a
+    calibrated clock charges at the collective's own latency."""
 
     messages: torch.Tensor  # (m,) int64
     bytes: torch.Tensor  # (m,) int64
+    collective: torch.Tensor  # (m,) int64, messages within collectives (of ``messages``)
 
     @classmethod
     def zeros(cls, m: int) -> Traffic:
-        return cls(torch.zeros(m, dtype=torch.int64), torch.zeros(m, dtype=torch.int64))
+        return cls(*(torch.zeros(m, dtype=torch.int64) for _ in range(3)))
 
-    def add(self, messages: torch.Tensor, nbytes: torch.Tensor) -> None:
+    def add(self, messages: torch.Tensor, nbytes: torch.Tensor, collective: bool = False) -> None:
         self.messages += messages
         self.bytes += nbytes
+        if collective:
+            self.collective += messages
 
-    def reset(self) -> tuple[torch.Tensor, torch.Tensor]:
-        out = (self.messages, self.bytes)
-        self.messages = torch.zeros_like(self.messages)
-        self.bytes = torch.zeros_like(self.bytes)
+    def reset(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(messages, bytes, collective)`` since the last call, and start again from 0."""
+        out = (self.messages, self.bytes, self.collective)
+        self.messages, self.bytes, self.collective = (torch.zeros_like(t) for t in out)
         return out
 
 

@@ -152,7 +152,7 @@ def test_mix_bytes_are_the_encoded_payloads_one_message_per_neighbour() -> None:
     for name, compressor in (("none", None), ("fp16", HalfPrecision()), ("lattice", LATTICE8)):
         (comm if compressor is None else Compressed(comm, compressor)).mix(x, 0)
         counts[name] = comm.traffic.reset()
-    for messages, _ in counts.values():
+    for messages, _, _ in counts.values():
         assert messages.tolist() == [2] * N  # a ring: two neighbours each
     assert counts["none"][1].tolist() == [2 * 4 * d] * N
     assert (counts["fp16"][1] * 2 == counts["none"][1]).all()  # exactly half of fp32
@@ -185,7 +185,7 @@ def test_compressed_mean_is_an_all_gather_of_the_payloads() -> None:
     d = 200
     x = near_points(N, d, spread=0.06, seed=4)
     got = Compressed(comm, LATTICE8).mean(x)
-    messages, nbytes = comm.traffic.reset()
+    messages, nbytes, _ = comm.traffic.reset()
     assert torch.equal(got, got[:1].expand_as(got))  # every agent holds the same mean
     assert (got[0] - x.mean(0)).abs().max() <= LATTICE8.eps / 2 + 1e-12
     assert messages.tolist() == [N - 1] * N

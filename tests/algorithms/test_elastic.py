@@ -398,7 +398,7 @@ def test_tree_easgd_rounds_are_the_elastic_exchanges_of_a_tree_written_out() -> 
         torch.testing.assert_close(state.x, x, rtol=0, atol=1e-12)
         torch.testing.assert_close(state.nodes, nodes, rtol=0, atol=1e-12)
     torch.testing.assert_close(algo.centre(state, comm), nodes[-1], rtol=0, atol=0)
-    messages, nbytes = comm.traffic.reset()
+    messages, nbytes, _ = comm.traffic.reset()
     assert messages.tolist() == [5] * n  # the leaves exchange every round
     assert nbytes.tolist() == [5 * d * 8] * n
 

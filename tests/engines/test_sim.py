@@ -52,11 +52,11 @@ def test_traffic_is_counted_per_agent() -> None:
     n, d = 8, 10
     comm = comm_for("star", n)
     comm.mix(torch.zeros(n, d, dtype=torch.float64), 0)
-    messages, nbytes = comm.traffic.reset()
+    messages, nbytes, _ = comm.traffic.reset()
     assert messages.tolist() == [n - 1] + [1] * (n - 1)  # the hub sends to all
     assert nbytes.tolist() == [m * d * 8 for m in messages.tolist()]
     comm.mean(torch.zeros(n, d, dtype=torch.float64))
-    messages, nbytes = comm.traffic.reset()
+    messages, nbytes, _ = comm.traffic.reset()
     assert messages.tolist() == [2 * (n - 1)] * n
     assert ring_allreduce_cost(n, d, 8) == (14, 2 * 7 * 10 * 8 // 8)
 

@@ -63,6 +63,23 @@ def test_vectorised_gradient_equals_per_agent_autograd(model: str) -> None:
     assert oracle.meter.reset().tolist() == [25, 35, 30]
 
 
+def test_meter_times_the_passes_and_hands_them_over_once(monkeypatch) -> None:
+    """``meter.seconds`` adds the wall time of every gradient and linearisation (what a
+    distributed straggler sleeps a multiple of); ``take_seconds`` returns it and starts
+    again from 0. A clock that advances 0.25 s a reading makes each pass 0.25 s."""
+    problem = least_squares_problem(regression_data(60, 3))
+    oracle = problem.oracle(iid_shards(60, 3), range(3), batch_size=4, seed=0)
+    x = problem.initial_params(0).expand(3, -1)
+    ticks = iter(np.arange(0.0, 100.0, 0.25))
+    monkeypatch.setattr("nettrain.problem.oracle.time.perf_counter", lambda: float(next(ticks)))
+    oracle.grad(x)
+    oracle.grad(x[1:2], torch.tensor([1]))
+    assert oracle.meter.seconds == 0.5
+    oracle.linearize(x)
+    assert oracle.meter.take_seconds() == 0.75
+    assert oracle.meter.seconds == 0.0 and oracle.meter.take_seconds() == 0.0
+
+
 def test_agent_batches_do_not_depend_on_grouping() -> None:
     """Agent 2 draws the same batches alone (one process) as in a stack of four.
 

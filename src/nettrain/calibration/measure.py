@@ -30,6 +30,7 @@ from nettrain.calibration.pingpong import (
     measure,
     measure_local,
     message_sizes,
+    oracle_pass,
     say,
 )
 from nettrain.config import RunConfig
@@ -114,7 +115,9 @@ def link_plan(
 ) -> LinkPlan:
     """What the processes measure: ``sizes``, and an all-reduce of the model's ``d``
     floats of the run's dtype; each call bounded by ``timeout_s``."""
-    return LinkPlan(sizes, repeats, warmup, job.problem.dim, cfg.dtype, cfg.timeout_s, progress)
+    return LinkPlan(
+        sizes, repeats, warmup, job.problem.dim, cfg.dtype, cfg.timeout_s, progress, cfg
+    )
 
 
 def calibrate(
@@ -153,20 +156,22 @@ def calibrate(
         times: LinkTimes | None = measure_local(plan, processes, cfg.master_addr, cfg.master_port)
     else:  # every rank builds its job (for d), then waits while rank 0 times the oracle
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        with launched_group(rank, world, cfg.timeout_s):
+        with launched_group(rank, world, cfg.timeout_s) as store:
             job = build_job(cfg)
             dist.barrier()
             compute = time_compute(cfg, job, repeats, warmup, progress, log) if rank == 0 else None
             plan = link_plan(cfg, job, sizes, repeats, warmup, progress and rank == 0)
-            times = measure(rank, world, plan)
+            times = measure(rank, world, plan, oracle_pass(job, rank, cfg.seed), store)
     if times is None or compute is None:
         return None  # another rank under torchrun: rank 0 reports
     fit = fit_link(times.message_bytes, times.one_way_s)
     profile = Profile(
-        seconds_per_sample=compute.seconds_per_sample,
+        seconds_per_sample=times.compute_s / compute.samples_per_call,
+        seconds_per_sample_alone=compute.seconds_per_sample,
         latency_s=fit.latency_s,
         bandwidth_bytes_per_s=fit.bandwidth_bytes_per_s,
         allreduce_s=times.allreduce_s,
+        rpc_exchange_s=times.rpc_exchange_s,
         processes=times.processes,
         model=cfg.model,
         hidden=tuple(cfg.hidden),

@@ -1,31 +1,50 @@
-"""The link measured between processes over torch.distributed (gloo).
+"""What the processes measure, all of them at once, as the run's processes will run.
 
-Two figures: the one-way time of messages of growing size, by a ping-pong between
-ranks 0 and 1, and the time of an all-reduce over every rank.
+A profile is made for a run of ``P`` processes on the same machines (``--processes``,
+or the ranks torchrun launched): where they share cores, each one computes and
+communicates slower than it would alone, and that is what the run will see. So every
+figure is measured with the ``P`` processes busy together, in rounds shaped like the
+engine's: each process computes its oracle's pass (``step``: one mini-batch's forward
+and backward pass of the run's model), then communicates; the figure is a round's
+seconds less the seconds of a round of the pass alone.
 
-* Ping-pong of ``b`` bytes: rank 0 sends a ``uint8`` tensor of ``b`` bytes to rank 1
-  (``dist.send``), which sends it back; the one-way time is half the round trip, timed
-  on rank 0 with ``time.perf_counter``. ``warmup`` round trips are not timed, then
-  ``repeats`` are, and the median is kept.
-* All-reduce: a sum of ``numel`` elements of ``dtype`` over every rank. Every rank
-  times each call from a barrier on; the figure is the largest of the ranks' medians
-  (the call is over when the slowest rank has its result).
+* Compute: rounds of the pass alone; the median over the processes of their seconds a
+  round (the processes do not wait for each other).
+* Link, for each message size ``b``: an exchange with the ring neighbours
+  (``dist.batch_isend_irecv``: ``b`` bytes to and from each of ranks ``r - 1`` and
+  ``r + 1``; with ``P = 2`` the one other rank) posted before the pass and waited for
+  after it, as D-PSGD's round does. One message's one-way time is the round's extra
+  seconds over the neighbours' count (2, or 1 with ``P = 2``). Rounds of neighbours wait
+  for each other, so the figure is the slowest process's.
+* All-reduce: the pass, then a sum of ``numel`` elements of ``dtype`` over every rank.
+* Exchange over rpc (:mod:`~nettrain.engines.distributed.rpc`, as the asynchronous
+  engine's gossip and parameter servers use it): the pass, then one ``rpc_sync``
+  carrying ``numel`` elements to a ring neighbour drawn at random, answered with as
+  many (the peer's model, averaged with the one it got under a lock), while this
+  process answers the others' calls on its rpc threads.
+
+Each pattern runs ``warmup`` (at least 10) untimed rounds, then as many timed ones as fill
+``budget_s`` (rank 0 decides from one round, so that neighbours make the same count),
+at least ``repeats``; a process's figure is its mean round.
 
 Where: :func:`measure_local` spawns ``P`` processes on this machine, which meet at
 ``master_addr:master_port`` (loopback by default; their sockets stay on it, see
-:mod:`nettrain.engines.distributed.store`). Under ``torchrun`` every launched process
-joins :func:`launched_group` and calls :func:`measure`; ranks 0 and 1 ping-pong, so
-across machines the link measured is the one between the machines of ranks 0 and 1.
+:mod:`nettrain.engines.distributed.store`) and build the run's problem. Under
+``torchrun`` every launched process joins :func:`launched_group` and calls
+:func:`measure`, so across machines the link is the one between neighbouring ranks.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import queue
+import random
 import statistics
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,13 +58,18 @@ from nettrain.engines.distributed.store import hosts_store, keep_on_loopback, op
 from nettrain.errors import ConfigError, PeerError
 
 POLL_S = 0.05  # how often the spawning process looks at its processes
+BUDGET_S = 0.5  # seconds of timed rounds per figure
+WARMUP_ROUNDS = 10  # untimed rounds before each figure's, at least
+MOST_ROUNDS = 10_000
 
 
 @dataclass(frozen=True)
 class LinkPlan:
-    """What to measure: the message sizes (bytes), timed round trips per size after
-    ``warmup`` untimed ones, and the all-reduce's ``numel`` elements of ``dtype``
-    (timed ``repeats`` times after ``warmup``); ``timeout_s`` bounds each call."""
+    """What to measure: the message sizes (bytes), at least ``repeats`` timed rounds per
+    figure (as many as fill ``budget_s``) after ``warmup`` untimed ones, and the
+    all-reduce's and rpc exchange's ``numel`` elements of ``dtype``; ``timeout_s``
+    bounds each call; ``config``: the run's keys, from which spawned processes build
+    the problem whose pass they time."""
 
     message_bytes: tuple[int, ...]
     repeats: int
@@ -54,17 +78,22 @@ class LinkPlan:
     allreduce_dtype: str
     timeout_s: float
     progress: bool = True  # rank 0 prints each size's time on stderr
+    config: Any = None  # a RunConfig (spawned processes build its job)
+    budget_s: float = BUDGET_S
 
 
 @dataclass(frozen=True)
 class LinkTimes:
-    """The measured medians: one-way seconds of each message size, and the all-reduce's
-    seconds over ``processes`` processes."""
+    """The figures, each measured with ``processes`` processes at once: one pass's
+    seconds, one message's one-way seconds of each size, an all-reduce's seconds, an
+    rpc exchange's seconds."""
 
     message_bytes: tuple[int, ...]
     one_way_s: tuple[float, ...]
     allreduce_s: float
     processes: int
+    compute_s: float
+    rpc_exchange_s: float
 
 
 def message_sizes(min_bytes: int, max_bytes: int) -> tuple[int, ...]:
@@ -86,80 +115,149 @@ def say(text: str) -> None:
     print(f"calibrate: {text}", file=sys.stderr, flush=True)
 
 
-def ping_pong(rank: int, plan: LinkPlan) -> list[float]:
-    """Ranks 0 and 1: the median one-way seconds of each message size (rank 0's
-    timings; rank 1 only answers and gets an empty list)."""
-    out = []
-    for size in plan.message_bytes:
-        buf = torch.zeros(size, dtype=torch.uint8)
-        times = []
-        for _ in range(plan.warmup + plan.repeats):
-            if rank == 0:
-                start = time.perf_counter()
-                dist.send(buf, 1)
-                dist.recv(buf, 1)
-                times.append((time.perf_counter() - start) / 2)
-            else:
-                dist.recv(buf, 0)
-                dist.send(buf, 0)
-        if rank == 0:
-            out.append(statistics.median(times[plan.warmup :]))
-            if plan.progress:
-                say(f"  {size:>10,d} bytes: {out[-1] * 1e6:12.1f} us one way")
-    return out
-
-
-def all_reduce_seconds(plan: LinkPlan) -> float:
-    """Every rank: the largest of the ranks' median all-reduce times (the module says how)."""
-    x = torch.zeros(plan.allreduce_numel, dtype=getattr(torch, plan.allreduce_dtype))
-    times = []
-    for _ in range(plan.warmup + plan.repeats):
-        dist.barrier()
-        start = time.perf_counter()
-        dist.all_reduce(x)
-        times.append(time.perf_counter() - start)
-    slowest = torch.tensor([statistics.median(times[plan.warmup :])], dtype=torch.float64)
-    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-    return float(slowest)
-
-
-def measure(rank: int, world: int, plan: LinkPlan) -> LinkTimes | None:
-    """In a joined group of ``world`` ranks: the ping-pong, then the all-reduce; rank 0
-    gets the times, the others None."""
-    if plan.progress and rank == 0:
-        say(f"ping-pong between ranks 0 and 1, {plan.repeats} round trips per size (median)")
+def round_seconds(
+    round_: Callable[[], object], plan: LinkPlan, reduce: Callable[[list[float]], float]
+) -> float:
+    """Every rank: ``round_`` timed as the module says; ``reduce`` of the ranks' mean
+    rounds (the median for rounds that do not wait for each other, else the max)."""
+    for _ in range(max(plan.warmup, WARMUP_ROUNDS)):
+        round_()
     dist.barrier()
-    one_way = ping_pong(rank, plan) if rank < 2 else []
-    if plan.progress and rank == 0:
-        say(
-            f"all-reduce of {plan.allreduce_numel:,d} {plan.allreduce_dtype} over {world} processes"
-        )
-    seconds = all_reduce_seconds(plan)
+    begin = time.perf_counter()
+    round_()
+    count = torch.tensor([plan.budget_s / max(time.perf_counter() - begin, 1e-9)])
+    dist.broadcast(count, 0)  # rank 0's count: neighbours make as many rounds
+    rounds = min(MOST_ROUNDS, max(plan.repeats, math.ceil(float(count))))
+    dist.barrier()
+    begin = time.perf_counter()
+    for _ in range(rounds):
+        round_()
+    mine = torch.tensor([(time.perf_counter() - begin) / rounds], dtype=torch.float64)
+    every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    return reduce([float(t) for t in every])
+
+
+def neighbours(rank: int, world: int) -> list[int]:
+    """The ring neighbours of ``rank``: ``r - 1`` and ``r + 1``, or the other of 2 ranks."""
+    return [1 - rank] if world == 2 else [(rank - 1) % world, (rank + 1) % world]
+
+
+def exchange_round(
+    rank: int, world: int, size: int, step: Callable[[], object]
+) -> Callable[[], None]:
+    """A round of a neighbour exchange of ``size`` bytes with each ring neighbour, posted
+    before the pass and waited for after it, as D-PSGD's round overlaps them."""
+    peers = neighbours(rank, world)
+    out = torch.zeros(size, dtype=torch.uint8)
+    into = [torch.zeros(size, dtype=torch.uint8) for _ in peers]
+
+    def call() -> None:
+        ops = [dist.P2POp(dist.isend, out, p) for p in peers]
+        ops += [dist.P2POp(dist.irecv, buf, p) for buf, p in zip(into, peers, strict=True)]
+        works = dist.batch_isend_irecv(ops)
+        step()
+        for work in works:
+            work.wait()
+
+    return call
+
+
+def measure(
+    rank: int, world: int, plan: LinkPlan, step: Callable[[], object], store: dist.Store
+) -> LinkTimes | None:
+    """In a joined group of ``world`` ranks, every figure (the module says how); rank 0
+    gets them, the others None. ``step``: one pass of the oracle; ``store``: where the
+    rpc exchange's session meets."""
+    talk = plan.progress and rank == 0
+    if talk:
+        say(f"{world} processes at once, rounds of a pass then the pattern (mean round)")
+    compute = round_seconds(step, plan, statistics.median)
+    if talk:
+        say(f"  the pass alone: {compute * 1e3:.3g} ms a round")
+    peers, one_way = len(neighbours(rank, world)), []
+    for size in plan.message_bytes:
+        total = round_seconds(exchange_round(rank, world, size, step), plan, max)
+        one_way.append(max(total - compute, 1e-7) / peers)
+        if talk:
+            say(f"  {size:>10,d} bytes: {one_way[-1] * 1e6:12.1f} us one way")
+    x = torch.zeros(plan.allreduce_numel, dtype=getattr(torch, plan.allreduce_dtype))
+    total = round_seconds(lambda: (step(), dist.all_reduce(x)), plan, max)
+    allreduce = max(total - compute, 1e-7)
+    if talk:
+        what = f"{plan.allreduce_numel:,d} {plan.allreduce_dtype}"
+        say(f"  all-reduce of {what}: {allreduce * 1e3:.3g} ms")
+    rpc_exchange = rpc_seconds(rank, world, plan, step, store, x) - compute
+    if talk:
+        say(f"  rpc exchange of as many: {rpc_exchange * 1e3:.3g} ms")
     if rank != 0:
         return None
-    return LinkTimes(plan.message_bytes, tuple(one_way), seconds, world)
+    return LinkTimes(
+        plan.message_bytes, tuple(one_way), allreduce, world, compute, max(rpc_exchange, 1e-7)
+    )
+
+
+class Echo:
+    """A peer that answers an exchange as a gossip peer does: under its lock, its
+    published model as the reply, then the average of it and the one it got."""
+
+    def __init__(self, numel: int, dtype: torch.dtype) -> None:
+        self.model = torch.zeros(numel, dtype=dtype)
+        self.lock = threading.Lock()
+
+    def exchange(self, x: torch.Tensor) -> torch.Tensor:
+        with self.lock:
+            reply = self.model.clone()
+            self.model.add_(x).mul_(0.5)
+        return reply
+
+
+def rpc_seconds(
+    rank: int,
+    world: int,
+    plan: LinkPlan,
+    step: Callable[[], object],
+    store: dist.Store,
+    x: torch.Tensor,
+) -> float:
+    """The slowest rank's mean round of the pass then one rpc exchange of ``x`` with a
+    ring neighbour drawn at random (every rank hosts an :class:`Echo`)."""
+    from nettrain.engines.distributed.rpc import rpc_session
+
+    draw, peers = random.Random(rank), neighbours(rank, world)
+    with rpc_session(rank, world, store=store, timeout_s=plan.timeout_s) as session:
+        session.host("echo", Echo(len(x), x.dtype))
+        dist.barrier()  # every echo hosted
+        remotes = [session.remote(p, "echo") for p in peers]
+
+        def round_() -> None:
+            step()
+            draw.choice(remotes).rpc_sync("exchange", x)
+
+        seconds = round_seconds(round_, plan, max)
+    return seconds
 
 
 @contextmanager
 def process_group(
     rank: int, world: int, addr: str, port: int, timeout_s: float, host: bool
-) -> Iterator[None]:
+) -> Iterator[dist.Store]:
     """Join a gloo group of ``world`` ranks meeting at ``addr:port`` (whose store this
-    rank hosts if ``host``), sockets on loopback for a loopback ``addr``; leave it with a
-    barrier when the body finished cleanly."""
+    rank hosts if ``host``), sockets on loopback for a loopback ``addr``; the store (for
+    the rpc exchange); leave it with a barrier when the body finished cleanly."""
     keep_on_loopback(addr)
     store = dist.PrefixStore("nettrain-calibrate", open_store(addr, port, world, host, timeout_s))
     timeout = timedelta(seconds=timeout_s)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
     try:
-        yield
+        yield store
         dist.barrier()  # without it gloo may abort a peer still in its last call
     finally:
         dist.destroy_process_group()
 
 
 @contextmanager
-def launched_group(rank: int, world: int, timeout_s: float) -> Iterator[None]:
+def launched_group(rank: int, world: int, timeout_s: float) -> Iterator[dist.Store]:
     """Under torchrun (``MASTER_ADDR``, ``MASTER_PORT`` set), join the group of the
     ``world`` launched ranks as ``rank`` (see :func:`process_group`)."""
     if world < 2:
@@ -167,8 +265,17 @@ def launched_group(rank: int, world: int, timeout_s: float) -> Iterator[None]:
             f"WORLD_SIZE={world}: the link is measured between two processes; launch 2 or more"
         )
     addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ["MASTER_PORT"])
-    with process_group(rank, world, addr, port, timeout_s, hosts_store(rank)):
-        yield
+    with process_group(rank, world, addr, port, timeout_s, hosts_store(rank)) as store:
+        yield store
+
+
+def oracle_pass(job: Any, rank: int, seed: int) -> Callable[[], object]:
+    """One pass of the oracle of agent ``rank`` (mod the job's agents), at the job's
+    initial parameters."""
+    agent = rank % job.n_agents
+    oracle = job.problem.oracle([job.shards[agent]], [agent], batch_size=job.batch_size, seed=seed)
+    x = job.x0[None].clone()
+    return lambda: oracle.grad(x)
 
 
 def _worker(rank: int, world: int, addr: str, port: int, plan: LinkPlan, results: Any) -> None:
@@ -176,8 +283,11 @@ def _worker(rank: int, world: int, addr: str, port: int, plan: LinkPlan, results
     or ``(rank, error class name, message)`` on ``results``."""
     torch.set_num_threads(1)  # the processes share this machine's cores
     try:
-        with process_group(rank, world, addr, port, plan.timeout_s, host=rank == 0):
-            times = measure(rank, world, plan)
+        from nettrain.experiment import build_job
+
+        step = oracle_pass(build_job(plan.config), rank, plan.config.seed)
+        with process_group(rank, world, addr, port, plan.timeout_s, host=rank == 0) as store:
+            times = measure(rank, world, plan, step, store)
         results.put((rank, "ok", times))
     except Exception as err:  # reported to the spawning process, which raises it
         results.put((rank, type(err).__name__, str(err)))

@@ -147,9 +147,9 @@ class Stack:
 
 
 def take_work(oracle: Oracle, comm: Communicator) -> tuple[torch.Tensor, ...]:
-    """The samples, messages and bytes ``(m,)`` each counted since the last call."""
-    messages, nbytes = comm.traffic.reset()
-    return oracle.meter.reset(), messages, nbytes
+    """The samples, messages, bytes and messages within collectives ``(m,)`` each,
+    counted since the last call."""
+    return oracle.meter.reset(), *comm.traffic.reset()
 
 
 def work_totals(n: int, faults: Faults) -> dict[str, torch.Tensor]:
@@ -167,6 +167,7 @@ def account_round(
     samples: torch.Tensor,
     messages: torch.Tensor,
     nbytes: torch.Tensor,
+    collective: torch.Tensor | None = None,
     timeline: Timeline | None = None,
 ) -> None:
     """Synchronous round ``t``'s work ``(n,)`` each, in both engines: advance ``clock``
@@ -174,11 +175,11 @@ def account_round(
     ``timeline``, note the round on the virtual clock (round ``t + 1``)."""
     resent = faults.resent(messages, t)
     start, extra = clock.now, resent * faults.resend_s
-    clock.sync_round(samples, messages, nbytes, extra)
+    clock.sync_round(samples, messages, nbytes, extra, collective)
     faults.check_available(t, start, clock.now)  # every process alike
     if timeline is not None and timeline.wants(t + 1):
         cost = clock.cost
-        send = cost.send_seconds(messages, nbytes) + extra
+        send = cost.send_seconds(messages, nbytes, collective) + extra
         timeline.sync_round(t + 1, start, clock.now, cost.compute_seconds(samples), send)
     work = {"samples": samples, "messages": messages, "bytes": nbytes, "resent": resent}
     for key in totals:

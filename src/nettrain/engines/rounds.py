@@ -40,7 +40,7 @@ class Rounds(Stack):
     agent's rows: this process takes its own)."""
 
     settle_every = 1  # rounds whose notes are gathered together
-    slowdown = 1.0  # a slow agent's real slow-down: its round taken again, in sleep
+    slowdown = 1.0  # a slow agent's real slow-down: its round's computing again, in sleep
 
     def __init__(
         self,
@@ -92,10 +92,6 @@ class Rounds(Stack):
         here); ``more``: whether it goes on noting them."""
         return []
 
-    def waited(self) -> float:
-        """Seconds this process has spent waiting for others (none in one process)."""
-        return 0.0
-
     def servers_state(self) -> dict[str, Any] | None:
         """The parameter servers' state for a checkpoint (None: no servers)."""
         return None
@@ -104,7 +100,8 @@ class Rounds(Stack):
         """Give the parameter servers their saved state back."""
 
     def _note(self, loss: torch.Tensor) -> None:
-        """Note this round's work (samples, messages, bytes) and loss of every local agent."""
+        """Note this round's work (samples, messages, bytes, messages within collectives)
+        and loss of every local agent."""
         work = [w.to(torch.float64) for w in take_work(self.oracle, self.comm)]
         self.pending.append(torch.stack([*work, loss.detach().to("cpu", torch.float64)], 1))
 
@@ -112,15 +109,15 @@ class Rounds(Stack):
         """Gather every pending round's notes: replay the clock and the totals in round
         order, and hand every round's losses ``(n,)`` to the finiteness check."""
         n, k = self.job.n_agents, len(self.pending)
-        mine = torch.stack(self.pending, 1).reshape(len(self.agents), -1)  # (m, k * 4)
-        every = self.gather(mine.to(self.job.x0.device)).cpu().view(n, k, 4)  # agents, rounds
+        mine = torch.stack(self.pending, 1).reshape(len(self.agents), -1)  # (m, k * 5)
+        every = self.gather(mine.to(self.job.x0.device)).cpu().view(n, k, 5)  # agents, rounds
         self.pending.clear()
         for j in range(k):
-            work = every[:, j, :3].round().to(torch.int64).unbind(1)
+            work = every[:, j, :4].round().to(torch.int64).unbind(1)
             virtual = None if self.measured else self.timeline  # real processes: measured
             account_round(self.clock, self.totals, self.faults, t - k + 1 + j, *work, virtual)
-            yield Tick(t - k + 2 + j, every[:, j, 3])
-        self.losses = every[:, -1, 3].to(self.job.x0.dtype)
+            yield Tick(t - k + 2 + j, every[:, j, 4])
+        self.losses = every[:, -1, 4].to(self.job.x0.dtype)
 
     def advance(self, stop: int) -> Iterator[Tick]:
         """Rounds up to ``stop``; the notes are settled at ``stop`` (an evaluation or a
@@ -128,11 +125,10 @@ class Rounds(Stack):
         algo = self.job.algorithm
         for t in range(self.round, stop):
             self.faults.check_synchronous(t, algo.name)  # every process alike
-            begin, waited = time.perf_counter(), self.waited()
+            begin, _ = time.perf_counter(), self.oracle.meter.take_seconds()
             self.state, loss = algo.step(self.state, t, self.oracle, self.talk.at(t))
-            if self.slowdown > 1:  # a straggler for real: its round's work, not waits, again
-                work = time.perf_counter() - begin - (self.waited() - waited)
-                time.sleep((self.slowdown - 1) * max(0.0, work))
+            if self.slowdown > 1:  # a straggler for real: its round's computing, again
+                time.sleep((self.slowdown - 1) * self.oracle.meter.take_seconds())
             self._note(loss)
             self.round = t + 1
             if self.measured and self.timeline is not None and self.timeline.wants(t + 1):

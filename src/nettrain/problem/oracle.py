@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,9 +59,16 @@ def agent_seed(seed: int, agent: int, stream: int = 0) -> int:
 
 @dataclass
 class Meter:
-    """Per-agent work counted at the oracle's boundary; the engine reads and resets it."""
+    """Per-agent work counted at the oracle's boundary; the engine reads and resets it.
+
+    ``seconds``: wall time spent in the oracle's passes (all its agents together) since
+    the last :meth:`take_seconds`; a slow agent of the distributed engine sleeps a
+    multiple of it, so that what it repeats is its computing, as the virtual clock
+    charges (``s_i c samples_i``), not its communication.
+    """
 
     samples: torch.Tensor  # (m,) int64, samples processed since the last reset
+    seconds: float = 0.0
 
     @classmethod
     def zeros(cls, m: int) -> Meter:
@@ -68,6 +76,11 @@ class Meter:
 
     def reset(self) -> torch.Tensor:
         out, self.samples = self.samples, torch.zeros_like(self.samples)
+        return out
+
+    def take_seconds(self) -> float:
+        """The seconds spent computing since the last call, and start again from 0."""
+        out, self.seconds = self.seconds, 0.0
         return out
 
 
@@ -388,7 +401,7 @@ class Oracle:
         parameters; otherwise all of them after the pass. The gradient is the same either
         way.
         """
-        every = local is None
+        begin, every = time.perf_counter(), local is None
         if local is None:
             local = torch.arange(self.m, device="cpu")  # agent ids, like the meters
         idx, w = self._sample(None if every else local)
@@ -419,6 +432,7 @@ class Oracle:
             self.meter.samples += self._counted
         else:
             self.meter.samples[local] += self._counted[local]
+        self.meter.seconds += time.perf_counter() - begin
         return loss, g
 
     def _feed(self, out: torch.Tensor, sink: GradientSink, x: torch.Tensor | None) -> BucketFeed:
@@ -656,10 +670,13 @@ class Oracle:
 
         Consumes and counts one batch per agent, like :meth:`grad`.
         """
+        begin = time.perf_counter()
         idx, w = self._sample(local)
         every = slice(None) if local is None else local
         self.meter.samples[every] += self._counted[every]
-        return Linearization.at(self.problem, x, *self.samples(idx), w)
+        out = Linearization.at(self.problem, x, *self.samples(idx), w)
+        self.meter.seconds += time.perf_counter() - begin
+        return out
 
     def local_state(self) -> list[Any]:
         """Every local agent's state beyond its parameters, for checkpoints: its count of

@@ -27,7 +27,7 @@ import torch
 
 from engines.distributed.rpc_mailbox import Counted, Counts, Mailbox, Tally, payload_bytes
 from helpers import free_port, torchrun_command, wait_or_fail
-from nettrain.engines.distributed.rpc import default_rpc_port, plain, rpc_session
+from nettrain.engines.distributed.rpc import default_rpc_port, plain, rpc_session, transports
 from nettrain.errors import PeerError
 
 WORKER = Path(__file__).with_name("rpc_worker.py")
@@ -245,3 +245,17 @@ def test_the_own_store_is_next_to_the_process_groups(monkeypatch) -> None:
     assert default_rpc_port() == 29601
     with pytest.raises(ValueError, match="timeout_s must be > 0"), rpc_session(0, 1, timeout_s=0):
         pass
+
+
+def test_transport_auto_leaves_shared_memory_where_processes_outnumber_cores(monkeypatch) -> None:
+    """``auto``: TCP alone (``uv``) where this machine's ranks outnumber the cores this
+    process may use, TensorPipe's default (None) otherwise; ``uv`` and ``shm`` as given."""
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores + 1))
+    assert transports("auto") == transports("uv") == ["uv"] and transports("shm") is None
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
+    assert transports("auto") is None and transports("uv") == ["uv"]
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert transports("auto") is None  # one process
+    with pytest.raises(ValueError, match="choose one of auto, shm, uv"):
+        transports("tcp")

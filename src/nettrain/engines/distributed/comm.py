@@ -98,7 +98,7 @@ class _Exchange:
 
     works: Sequence[tuple[str, dist.Work | None]]  # (what, request)
     finish: Callable[[], torch.Tensor]
-    comm: DistCommunicator  # whose talk_s counts the seconds spent waiting
+    comm: DistCommunicator  # which notes the wait (count_wait)
 
     def wait(self) -> torch.Tensor:
         begin = time.perf_counter()
@@ -165,7 +165,6 @@ class DistCommunicator(Communicator):
         self.met: dict[int, int] = {}  # the incarnation of each partner delivered to
         self.replayed = 0  # exchanges refused as answered before a resumed crash
         self.dead: set[int] = set()
-        self.talk_s = 0.0
         # with a timeline: the (kind, start, end) perf_counter intervals of sending (posting
         # requests) and of waiting for them, since the engine last took them; None: not noted
         self.talks: list[tuple[str, float, float]] | None = None
@@ -242,7 +241,7 @@ class DistCommunicator(Communicator):
         n, m, processes = self.n_agents, len(x), self.placement.processes
         if codec is None:
             messages, nbytes = ring_allreduce_cost(n, x.shape[1], x.element_size())
-            self.traffic.add(torch.full((m,), messages), torch.full((m,), nbytes))
+            self.traffic.add(torch.full((m,), messages), torch.full((m,), nbytes), True)
             self._count_wire(*ring_allreduce_cost(processes, x.shape[1], x.element_size()))
             total = x.sum(0, keepdim=True)  # (1, d): this process's part of the sum
             what, begin = "the all-reduce", time.perf_counter()
@@ -253,7 +252,7 @@ class DistCommunicator(Communicator):
             return _Exchange([(what, work)], lambda: total.div_(n).expand_as(x).clone(), self)
         compressor = codec.compressor
         payload = compressor.encode(x, generator=codec.generator)
-        self.traffic.add(torch.full((m,), n - 1), (n - 1) * compressor.nbytes(payload))
+        self.traffic.add(torch.full((m,), n - 1), (n - 1) * compressor.nbytes(payload), True)
         # each process's rows laid out like as many of this one's, padded to the longest
         like = [
             take_rows(payload, x.new_zeros(len(g), dtype=torch.int64))
@@ -286,7 +285,7 @@ class DistCommunicator(Communicator):
         (:class:`~nettrain.engines.distributed.buckets.BucketedMean`), counted as one."""
         m, d, size = like.shape[0], like.shape[1], like.element_size()
         messages, nbytes = ring_allreduce_cost(self.n_agents, d, size)
-        self.traffic.add(torch.full((m,), messages), torch.full((m,), nbytes))
+        self.traffic.add(torch.full((m,), messages), torch.full((m,), nbytes), True)
         self._count_wire(*ring_allreduce_cost(self.placement.processes, d, size))
 
         def start(bucket: torch.Tensor) -> dist.Work:
@@ -298,9 +297,8 @@ class DistCommunicator(Communicator):
         return BucketedMean(like, self.n_agents, start, guarded, waited=self.count_wait)
 
     def count_wait(self, begin: float) -> None:
-        """Count the time since ``begin`` (a ``time.perf_counter()`` reading) as waiting
-        for other processes (:attr:`talk_s`, and a ``wait`` interval of :attr:`talks`)."""
-        self.talk_s += time.perf_counter() - begin
+        """Note the time since ``begin`` (a ``time.perf_counter()`` reading) as waiting
+        for other processes (a ``wait`` interval of :attr:`talks`)."""
         self._talked("wait", begin)
 
     def _talked(self, kind: str, begin: float) -> None:

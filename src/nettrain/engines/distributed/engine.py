@@ -78,7 +78,9 @@ class DistributedEngine:
     bounds every collective: a dead peer turns into an error within that time instead
     of a hang. ``master_addr``/``master_port`` are used only where the launcher did not
     set ``MASTER_ADDR``/``MASTER_PORT``. ``placement`` says which agents each process
-    holds (:meth:`.placement.Placement.parse`).
+    holds (:meth:`.placement.Placement.parse`); ``rejoin``: gossip workers may come back
+    (docs/faults.md); ``rpc_transport``: how rpc reaches a process of the same machine
+    (:func:`.rpc.transports`).
     """
 
     name = "distributed"
@@ -91,6 +93,7 @@ class DistributedEngine:
         master_port: int = 29512,
         placement: str = "blocks",
         rejoin: bool = False,
+        rpc_transport: str = "auto",
     ) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"backend={backend!r} is not allowed; choose one of auto, gloo, nccl")
@@ -102,6 +105,7 @@ class DistributedEngine:
         self.master_port = master_port
         self.placement = placement
         self.rejoin = rejoin
+        self.rpc_transport = rpc_transport
 
     @classmethod
     def from_config(cls, cfg: Any) -> DistributedEngine:
@@ -114,7 +118,13 @@ class DistributedEngine:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
         rejoin = cfg.rejoin or cfg.restarts > 0
         return cls(
-            cfg.backend, cfg.timeout_s, cfg.master_addr, cfg.master_port, cfg.placement, rejoin
+            cfg.backend,
+            cfg.timeout_s,
+            cfg.master_addr,
+            cfg.master_port,
+            cfg.placement,
+            rejoin,
+            cfg.rpc_transport,
         )
 
     @property
@@ -261,6 +271,7 @@ class DistributedEngine:
                         dynamic=self.rejoin,
                         incarnation=incarnation,
                         gone=silent(store, others) if incarnation and store else (),
+                        transport=self.rpc_transport,
                     )
                 )
                 if self.rejoin:  # no final barrier: a rank that rejoined is in no group

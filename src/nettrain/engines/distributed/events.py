@@ -16,8 +16,8 @@ time as the events it misses). An exchange loses its request, its reply or neith
 this agent's own draw, and its request when the partner is down, across the split, or
 found dead (its rpc failed and its heartbeat stopped). A slow agent (``slowdown > 1``:
 a straggler's slow-down over its speed, docs/faults.md "Heterogeneous agents") sleeps
-``slowdown - 1`` times its measured compute after each event; a faster one runs at the
-machine's speed. Availability windows are refused before the run (config.py).
+``slowdown - 1`` times its measured compute (the oracle's passes) after each event; a
+faster one runs at the machine's speed. Availability windows are refused before the run (config.py).
 
 The end, agreed in the rendezvous store, survives dead workers (:mod:`.finish`): the
 records name the dead ranks (``crashed_ranks``) and evaluate the survivors' models only
@@ -281,7 +281,7 @@ class DistEvents:
         state = self.state
         if peer is not None:
             state = dataclasses.replace(state, x=state.x + peer.take_shift()[None])
-        begin, talk_s = time.perf_counter(), comm.talk_s
+        begin, _ = time.perf_counter(), self.oracle.meter.take_seconds()
         state, loss = algo.interact(
             state,
             torch.tensor([[rank, partner]]),
@@ -290,9 +290,8 @@ class DistEvents:
             torch.tensor([[steps, 0]]),
         )
         self.state = state
-        if self.slowdown > 1:  # compute = the event's time but the rpc waits
-            compute_s = time.perf_counter() - begin - (comm.talk_s - talk_s)
-            time.sleep((self.slowdown - 1) * max(compute_s, 0.0))
+        if self.slowdown > 1:  # its computing (the oracle's passes), again
+            time.sleep((self.slowdown - 1) * self.oracle.meter.take_seconds())
         self.busy_s += time.perf_counter() - begin
         if self.timeline is not None and self.timeline.wants(t + 1):
             talks, more = comm.talks or [], self.timeline.wants(t + 1 + self.tau)
@@ -318,7 +317,7 @@ class DistEvents:
     def _fold_work(self) -> None:
         """Add the work counted since the last call to :attr:`work`."""
         samples = self.oracle.meter.reset()
-        messages, nbytes = self.comm.traffic.reset()
+        messages, nbytes, _ = self.comm.traffic.reset()
         self.work += torch.cat([samples, messages, nbytes]).to(torch.int64)
 
     def _mine(self) -> dict[str, Any]:

@@ -60,7 +60,8 @@ class DistRounds(Rounds):
     """This rank's agents in synchronous rounds. Rank 0 writes the checkpoint, the
     simulator's (the same keys and shapes), and reads the parameter servers' slices of
     the centre over rpc; a process that holds a slow agent (a straggler, or a speed
-    below 1) sleeps its slow-down for real (the slowest of its agents')."""
+    below 1) sleeps its slow-down for real: the slowest of its agents' ``s - 1`` times the
+    round's computing (the oracle's passes)."""
 
     comm: DistCommunicator
     measured, settle_every = True, SETTLE_EVERY
@@ -87,9 +88,6 @@ class DistRounds(Rounds):
             lambda: dist.all_gather_object(parts, events, group=self.comm.group),
         )
         return [e for part in parts for e in part]
-
-    def waited(self) -> float:
-        return self.comm.talk_s
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         return all_gather_rows(rows, self.comm.placement, self.comm.group)

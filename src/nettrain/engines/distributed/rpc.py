@@ -58,6 +58,14 @@ process opens one rpc session per run (RPC prefixes its keys with a per-process 
 A dynamic session always ends with the local shutdown: the graceful one of a dynamic
 group calls every member, the dead included.
 
+Transport between processes of one machine (``transport``): TensorPipe's default
+reaches a process of the same machine through shared memory (``shm``), whose reactor
+thread polls without sleeping. Where the machine's ranks outnumber its cores those
+threads take the cores the ranks compute on: 4 processes on 2 cores took 5 to 19 ms a
+call carrying 2,410 floats with ``shm``, 1.1 to 1.6 ms over TCP (``uv``), measured side
+by side. ``transport="auto"`` (:func:`transports`) therefore offers only ``uv`` then;
+between machines TensorPipe uses ``uv`` anyway.
+
 Shutdown: leaving the ``with`` block normally is a graceful ``rpc.shutdown``: it
 returns once every rank has left its block and every call in flight, anywhere, has
 finished, so the host may read its objects afterwards. It waits at most
@@ -339,6 +347,20 @@ def _rejoined(name: str, ident: int) -> None:
 
 _own_stores: dict[tuple[str, int, bool], dist.TCPStore] = {}
 
+TRANSPORTS = ("auto", "shm", "uv")
+
+
+def transports(choice: str) -> list[str] | None:
+    """TensorPipe's transports for ``choice`` (module docstring, "Transport"): ``uv``
+    alone for ``uv``, and for ``auto`` where this machine's ranks (``LOCAL_WORLD_SIZE``)
+    outnumber the cores this process may run on; None (TensorPipe's default, shared
+    memory first) otherwise."""
+    if choice not in TRANSPORTS:
+        raise ValueError(f"transport={choice!r}: choose one of {', '.join(TRANSPORTS)}")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    crowded = local > len(os.sched_getaffinity(0))
+    return ["uv"] if choice == "uv" or (choice == "auto" and crowded) else None
+
 
 def _own_store(addr: str, port: int, server: bool, world_size: int, timeout_s: float) -> dist.Store:
     """The store on ``addr:port`` (served here if ``server``), one per process and port.
@@ -368,6 +390,7 @@ def rpc_session(
     dynamic: bool = False,
     incarnation: int = 0,
     gone: Iterable[int] = (),
+    transport: str = "auto",
 ) -> Iterator[RpcSession]:
     """Join the RPC group of ``world_size`` ranks as ``name_of(rank)``; shut it down at exit.
 
@@ -379,7 +402,8 @@ def rpc_session(
     ``timeout_s`` bounds the rendezvous, every call and the shutdown's wait for the
     others. ``dynamic``: a group that ranks may rejoin, as ``incarnation`` k > 0 of
     ``rank`` (after the ranks ``gone`` are taken off it). See the module docstring for
-    the semantics.
+    the semantics. ``transport``: between processes of one machine, ``shm``, ``uv`` or
+    ``auto`` (:func:`transports`).
     """
     if timeout_s <= 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
@@ -393,6 +417,7 @@ def rpc_session(
         init_method=f"{SCHEME}://{token}",
         rpc_timeout=timeout_s,
         num_worker_threads=num_worker_threads,
+        _transports=transports(transport),
     )
     session = RpcSession(rank, world_size, name_of, store, next(_serials))
     _registry.wait_s = timeout_s

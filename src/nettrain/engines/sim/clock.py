@@ -13,12 +13,15 @@ factor (``speed=``, ``trace=``: :mod:`nettrain.heterogeneity`; 1 by default).
 ``trace=``; None: every ``f_i = 1``, the same numbers bit for bit). The constants
 ``c``, ``latency`` and ``bandwidth`` are the config's, or measured ones
 (``cost_model=PATH``: a calibration :class:`~nettrain.engines.sim.profile.Profile`,
-kept as :attr:`CostModel.profile` with the figures the clock does not use yet, such
-as an all-reduce's time).
+kept as :attr:`CostModel.profile`). A profile also gives a message's latency within a
+collective (an all-reduce's messages, :attr:`CostModel.collective_latency_s`) and over
+rpc, which the asynchronous methods' exchanges take in the distributed engine (gossip
+and parameter servers, :meth:`CostModel.over_rpc`); without one both are ``latency``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +38,14 @@ class CostModel:
     slowdown: torch.Tensor  # (n,) float64 > 0: straggler slow-down / speed factor
     bandwidth_factor: torch.Tensor | None = None  # (n,) float64 > 0 f_i; None = all 1
     profile: Profile | None = None  # where the constants were measured (cost_model=PATH)
+    rpc_latency_s: float | None = None  # a message's latency over rpc; None = latency_s
+    collective_latency_s: float | None = None  # within a collective; None = latency_s
+
+    def over_rpc(self) -> CostModel:
+        """The cost model of exchanges over rpc: :attr:`rpc_latency_s` as the latency."""
+        if self.rpc_latency_s is None:
+            return self
+        return dataclasses.replace(self, latency_s=self.rpc_latency_s)
 
     @staticmethod
     def straggler_slowdown(n: int, fraction: float, factor: float, seed: int) -> torch.Tensor:
@@ -50,10 +61,16 @@ class CostModel:
         """Computing time ``(n,)`` of each agent: ``s_i * c * samples_i``."""
         return self.slowdown * self.seconds_per_sample * samples.double()
 
-    def send_seconds(self, messages: torch.Tensor, nbytes: torch.Tensor) -> torch.Tensor:
+    def send_seconds(
+        self, messages: torch.Tensor, nbytes: torch.Tensor, collective: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Sending time ``(n,)`` of each agent: ``latency * messages_i + bytes_i /
-        bandwidth_i``."""
-        return self.latency_s * messages.double() + nbytes.double() / self.agent_bandwidth()
+        bandwidth_i``, the ``collective_i`` of those messages sent within collectives at
+        :attr:`collective_latency_s` instead."""
+        seconds = self.latency_s * messages.double() + nbytes.double() / self.agent_bandwidth()
+        if collective is not None and self.collective_latency_s is not None:
+            seconds += (self.collective_latency_s - self.latency_s) * collective.double()
+        return seconds
 
     def agent_bandwidth(self) -> torch.Tensor | float:
         """Each agent's link bandwidth ``bandwidth * f_i`` in bytes/s, ``(n,)``; the one
@@ -70,11 +87,15 @@ class CostModel:
         return self.bandwidth_bytes_per_s * min(1.0, float(self.bandwidth_factor[agent]))
 
     def agent_seconds(
-        self, samples: torch.Tensor, messages: torch.Tensor, nbytes: torch.Tensor
+        self,
+        samples: torch.Tensor,
+        messages: torch.Tensor,
+        nbytes: torch.Tensor,
+        collective: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Busy time ``(n,)`` of each agent for the given per-agent work: computing plus
         sending."""
-        return self.compute_seconds(samples) + self.send_seconds(messages, nbytes)
+        return self.compute_seconds(samples) + self.send_seconds(messages, nbytes, collective)
 
 
 @dataclass
@@ -90,10 +111,12 @@ class VirtualClock:
         messages: torch.Tensor,
         nbytes: torch.Tensor,
         extra: torch.Tensor | None = None,
+        collective: torch.Tensor | None = None,
     ) -> float:
         """Advance by one synchronous round (the slowest agent's time, with ``extra[i]``
-        seconds more for agent ``i``: resent messages) and return it."""
-        busy = self.cost.agent_seconds(samples, messages, nbytes)
+        seconds more for agent ``i``: resent messages; ``collective``: the messages sent
+        within collectives) and return it."""
+        busy = self.cost.agent_seconds(samples, messages, nbytes, collective)
         dt = float((busy if extra is None else busy + extra).max())
         self.now += dt
         return dt

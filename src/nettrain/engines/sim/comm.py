@@ -99,6 +99,7 @@ class SimCommunicator(Communicator):
         self.traffic.add(
             torch.full_like(self.traffic.messages, messages),
             torch.full_like(self.traffic.bytes, nbytes),
+            collective=True,
         )
         return Ready(x.mean(0, keepdim=True).expand_as(x).clone())
 
@@ -110,7 +111,9 @@ class SimCommunicator(Communicator):
         n = self.n_agents
         payload = compressor.encode(x, generator=generator)  # (n rows)
         self.traffic.add(
-            torch.full_like(self.traffic.messages, n - 1), (n - 1) * compressor.nbytes(payload)
+            torch.full_like(self.traffic.messages, n - 1),
+            (n - 1) * compressor.nbytes(payload),
+            collective=True,
         )
         return decode_mean(x, payload, compressor, n)
 

@@ -65,7 +65,8 @@ class SimEvents(Stack):
         self.generator = torch.Generator(device=x.device).manual_seed(job.seed)  # codes
 
         per_step = oracle.sizes if job.batch_size == 0 else torch.full((n,), job.batch_size)
-        cost = job.cost
+        # exchanges go over rpc in the distributed engine: its latency (a profile's)
+        self.cost = cost = job.cost.over_rpc()
         self.step_s = (per_step.double() * cost.seconds_per_sample * cost.slowdown).tolist()
         self.poisson = job.phase == "poisson"
         # (steps, duration) of the running phase, and of the one after it, drawn in advance
@@ -76,7 +77,7 @@ class SimEvents(Stack):
         self.ends = torch.tensor(ends, dtype=torch.float64)  # (n,)
         self.servers = None  # they read the event times in self.ends, updated in place
         if algo.uses_centre:
-            self.servers = SimServers(job.x0, algo, n, job.cost, event_times=self.ends)
+            self.servers = SimServers(job.x0, algo, n, cost, event_times=self.ends)
         comm = SimCommunicator(job.topology, x.device, x.dtype, self.servers)
         self.partner = torch.tensor([d.partner() for d in self.draws])
         keys = ("samples", "messages", "bytes", "lost")
@@ -154,7 +155,7 @@ class SimEvents(Stack):
 
     def _batch(self, mark: int) -> None:
         """One batch of events on distinct agents, none past event ``mark``."""
-        algo, cost, faults, draws = self.algo, self.job.cost, self.faults, self.draws
+        algo, cost, faults, draws = self.algo, self.cost, self.faults, self.draws
         current, upcoming, ends, servers = self.current, self.upcoming, self.ends, self.servers
         horizon = ends + cost.latency_s + torch.tensor([u[1] for u in upcoming], device=ends.device)
         limit = min(mark - self.done, self.max_batch or mark)
@@ -175,7 +176,7 @@ class SimEvents(Stack):
         talk = losing(self.talk, lost)
         self.state, loss = algo.interact(self.state, pairs, self.oracle, talk, steps)
         self.losses.append(loss)
-        samples, messages, nbytes = take_work(self.oracle, self.comm)
+        samples, messages, nbytes, _ = take_work(self.oracle, self.comm)  # no collectives
         for key, value in (("samples", samples), ("messages", messages), ("bytes", nbytes)):
             self.totals[key] += value
         self.totals["lost"][i] += lost.reply.to(torch.int64)
@@ -188,8 +189,8 @@ class SimEvents(Stack):
             met = torch.maximum(ends[i], ends[j])
             resume_at = torch.cat([met + sent[i], met + sent[j]])
             restart = torch.cat([i, j])
-        else:
-            resume_at = ends[i] + sent[i]
+        else:  # the initiator goes on from the average: once the partner's reply is in
+            resume_at = ends[i] + sent[i] + sent[j]
             restart = i
         if self.timeline is not None and self.timeline.wants(self._round(self.done)):
             self._trace(pairs, lost, restart.tolist(), resume_at.tolist())
@@ -210,7 +211,7 @@ class SimEvents(Stack):
         reply came last; a lost reply, waited until the worker gave up). Servers serve."""
         timeline, ends, n = self.timeline, self.ends.tolist(), self.job.n_agents
         assert timeline is not None
-        latency, again = self.job.cost.latency_s, dict(zip(restart, resume_at, strict=True))
+        latency, again = self.cost.latency_s, dict(zip(restart, resume_at, strict=True))
         served: dict[int, list[tuple[int, float, float, float]]] = {}
         for s, w, begin, end, reply in self.servers.served if self.servers is not None else []:
             served.setdefault(w, []).append((s, begin, end, reply))

@@ -6,13 +6,21 @@ profile as a TOML file; ``cost_model=PATH`` loads it into the clock
 ``compute_s_per_sample``/``agent_gflops``, ``latency_s`` and ``bandwidth_gbps``. The
 file has four tables::
 
-    [compute]    seconds_per_sample: one agent's forward and backward pass per sample,
-                 and what it was measured for (model, hidden, dataset, dtype, device,
-                 batch, d)
+    [compute]    seconds_per_sample: one agent's forward and backward pass per sample
+                 with every process computing, and seconds_per_sample_alone with no
+                 other process running; what it was measured for (model, hidden,
+                 dataset, dtype, device, batch, d)
     [link]       latency_s, bandwidth_bytes_per_s of one_way_s = latency + bytes /
-                 bandwidth, fitted to the measured one-way times of message_bytes
-    [allreduce]  seconds of an all-reduce of d floats over processes processes
-    [machine]    date, host, torch and nettrain versions, threads
+                 bandwidth, fitted to the measured one-way times of message_bytes in
+                 neighbour exchanges
+    [allreduce]  seconds of an all-reduce of d floats
+    [rpc]        exchange_s: seconds of an rpc call carrying d floats, answered with d
+    [machine]    processes (measured together), date, host, torch and nettrain
+                 versions, threads
+
+Every figure but ``seconds_per_sample_alone`` was measured with ``processes``
+processes busy at once (:mod:`nettrain.calibration.pingpong`): the profile predicts a
+run of that many processes on those machines.
 
 A profile holds for the model, batch and parameter count it was measured with:
 :meth:`Profile.check` refuses a run of another one.
@@ -39,6 +47,7 @@ else:  # pragma: no cover
 TABLES: dict[str, tuple[str, ...]] = {
     "compute": (
         "seconds_per_sample",
+        "seconds_per_sample_alone",
         "model",
         "hidden",
         "dataset",
@@ -48,29 +57,34 @@ TABLES: dict[str, tuple[str, ...]] = {
         "d",
     ),
     "link": ("latency_s", "bandwidth_bytes_per_s", "message_bytes", "one_way_s", "repeats"),
-    "allreduce": ("allreduce_s", "processes"),
-    "machine": ("date", "host", "torch_version", "nettrain_version", "threads"),
+    "allreduce": ("allreduce_s",),
+    "rpc": ("rpc_exchange_s",),
+    "machine": ("processes", "date", "host", "torch_version", "nettrain_version", "threads"),
 }
 # the name of a field in its table, where it differs from the field's
-IN_TABLE = {"allreduce_s": "seconds"}
+IN_TABLE = {"allreduce_s": "seconds", "rpc_exchange_s": "exchange_s"}
 
 
 @dataclass(frozen=True)
 class Profile:
     """What ``nettrain calibrate`` measured (the module says how the file is laid out).
 
-    ``seconds_per_sample``: median time of one agent's forward and backward pass over
-    one mini-batch of ``batch`` samples (0: the agent's whole shard), divided by the
-    samples it read. ``latency_s`` and ``bandwidth_bytes_per_s``: the link's fit
-    ``one_way = latency + bytes / bandwidth`` to the median one-way times ``one_way_s``
-    of the messages ``message_bytes``. ``allreduce_s``: median time of an all-reduce of
-    ``d`` floats of ``dtype`` over ``processes`` processes (the slowest rank's).
+    ``seconds_per_sample``: time of one agent's forward and backward pass over one
+    mini-batch of ``batch`` samples (0: the agent's whole shard), divided by the samples
+    it read, with ``processes`` processes computing at once (``_alone``: this process
+    alone). ``latency_s`` and ``bandwidth_bytes_per_s``: the link's fit ``one_way =
+    latency + bytes / bandwidth`` to the one-way times ``one_way_s`` of the messages
+    ``message_bytes``. ``allreduce_s``: time of an all-reduce of ``d`` floats of
+    ``dtype`` over the ``processes`` processes (the slowest rank's); ``rpc_exchange_s``:
+    of an rpc call carrying ``d`` floats and its reply of as many.
     """
 
     seconds_per_sample: float
+    seconds_per_sample_alone: float
     latency_s: float
     bandwidth_bytes_per_s: float
     allreduce_s: float
+    rpc_exchange_s: float
     processes: int
     model: str
     hidden: tuple[int, ...]
@@ -89,7 +103,13 @@ class Profile:
     threads: int
 
     def __post_init__(self) -> None:
-        positive = ("seconds_per_sample", "bandwidth_bytes_per_s", "allreduce_s")
+        positive = (
+            "seconds_per_sample",
+            "seconds_per_sample_alone",
+            "bandwidth_bytes_per_s",
+            "allreduce_s",
+            "rpc_exchange_s",
+        )
         for name in positive:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -100,6 +120,23 @@ class Profile:
             raise ValueError(
                 f"{len(self.message_bytes)} message sizes for {len(self.one_way_s)} times"
             )
+
+    def rpc_latency_s(self, itemsize: int) -> float:
+        """One message's latency over rpc: half an exchange of ``d`` elements of
+        ``itemsize`` bytes (a call and its reply), less its bytes over the bandwidth
+        (at least 0)."""
+        return max(0.0, self.rpc_exchange_s / 2 - self.d * itemsize / self.bandwidth_bytes_per_s)
+
+    def collective_latency_s(self, itemsize: int) -> float | None:
+        """One message's latency within an all-reduce: a ring all-reduce of ``d``
+        elements over ``P = processes`` sends ``2 (P - 1)`` messages of ``d / P``, so
+        ``allreduce_s / (2 (P - 1))`` less a message's bytes over the bandwidth (at least
+        0); None for one process."""
+        p = self.processes
+        if p < 2:
+            return None
+        each = self.d * itemsize / p / self.bandwidth_bytes_per_s
+        return max(0.0, self.allreduce_s / (2 * (p - 1)) - each)
 
     def fitted_s(self) -> list[float]:
         """The fit's one-way time of each of :attr:`message_bytes`."""
