@@ -41,7 +41,7 @@ from nettrain.algorithms import (
 )
 from nettrain.compression import COMPRESSORS, build_compressor
 from nettrain.data import DATASETS, PARTITIONS, is_npz_path
-from nettrain.engines.distributed.placement import Placement
+from nettrain.engines.distributed.placement import Placement, check_grouped_events
 from nettrain.errors import ConfigError
 from nettrain.faults import Faults
 from nettrain.heterogeneity import parse_distribution
@@ -656,20 +656,23 @@ class RunConfig:
         asynchronous = method.schedule == "events"
         if self.engine == "distributed" and self.nproc:
             servers = self.world_size - self.agents
-            one = asynchronous and self.nproc != self.world_size
-            if one or not servers < self.nproc <= self.world_size:
+            if not servers < self.nproc <= self.world_size:
                 also = f" plus {servers} servers" if servers else ""
                 raise ConfigError(
-                    f"nproc={self.nproc} for agents={self.agents}{also}: "
-                    + (
-                        f"algorithm={self.algorithm} is asynchronous and runs one process per "
-                        f"agent; set nproc={self.world_size} (or nproc=0)"
-                        if one
-                        else f"set nproc between {servers + 1} and {self.world_size} "
-                        "(0 = one process per agent)"
-                    )
+                    f"nproc={self.nproc} for agents={self.agents}{also}: set nproc between "
+                    f"{servers + 1} and {self.world_size} (0 = one process per agent)"
                 )
             Placement.parse(self.placement, self.agents, self.nproc - servers)
+            if asynchronous:
+                check_grouped_events(
+                    self.algorithm,
+                    self.agents,
+                    self.nproc - servers,
+                    servers,
+                    rejoin=self.rejoin or self.restarts > 0,
+                    checkpoint_every=self.checkpoint_every,
+                    faults=Faults.from_config(self).any,
+                )
         if (self.rejoin or self.restarts) and (
             self.engine != "distributed" or method.partner != "neighbour"
         ):

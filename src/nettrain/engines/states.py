@@ -32,7 +32,8 @@ def gather_buffers(
 
 
 def stack_buffers(parts: list[Buffers]) -> Buffers | None:
-    """One ``{name: (k, ...)}`` from ``k`` ranks' ``(1, ...)`` buffers handed over whole."""
+    """One ``{name: (k, ...)}`` from ranks' ``(m_r, ...)`` buffers handed over whole
+    (``k = sum_r m_r``)."""
     if not parts or not parts[0]:
         return None
     return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
@@ -55,10 +56,12 @@ def _map_rows(
     return dataclasses.replace(states[0], **changes)
 
 
-def stack_states(states: list[Any]) -> Any:
-    """One state of ``k`` agents from ``k`` ranks' ``(1, ...)`` states (nested dataclasses
-    too), in the order given: :func:`gather_state` for states handed over by the store."""
-    return _map_rows(torch.cat, states, 1)
+def stack_states(states: list[Any], m: int = 1) -> Any:
+    """One state of every agent from ranks' states (nested dataclasses too), in the order
+    given: :func:`gather_state` for states handed over by the store. The first rank's
+    holds ``m`` agents (tensors with a leading axis of length ``m`` are joined), the
+    others any number."""
+    return _map_rows(torch.cat, states, m)
 
 
 def gather_state(state: Any, gather: Callable[[torch.Tensor], torch.Tensor], m: int = 1) -> Any:

@@ -32,17 +32,24 @@ crosses processes is counted apart, per process (:attr:`DistCommunicator.wire`).
 A failed exchange (a peer died, or did not answer within the group's timeout) raises
 :class:`~nettrain.errors.PeerError`, naming this rank and, for neighbour mixing, the peer.
 
-Asynchronous exchanges (``swap``, ``centre_exchange``) take the engine's faults
+Asynchronous exchanges (``swap``, ``centre_exchange``) are made by this process's agents,
+several at once when it holds several: a gossip partner held here is exchanged in place,
+as the simulator does (no call; both sides' messages counted), one held elsewhere with one
+call to the :class:`~.gossip.Peer` its process hosts for it (:func:`peer_name`), the calls
+of one batch all started before any is waited for. They take the engine's faults
 (``losses``, from :class:`~nettrain.wrappers.Lossy`, :mod:`nettrain.faults`): a lost request
 makes no call (its message and bytes still count: they were sent); a lost reply makes
 the call, so the partner or the servers take the request in, and hands the initiator
 its reference (``swap``) or what it sent (``centre_exchange``). A gossip partner whose
-rpc fails is a lost request too; if its heartbeat has stopped as well (the process is
-dead, :mod:`.liveness`) it joins :attr:`dead` and is never called again, while a slow
-but live partner is called again at its next draw. The parameter servers must not
-die: a failed call to one raises. Each asynchronous exchange carries :attr:`seq`, the
-engine's event number: after a resume, an exchange the partner (or a server) answered
-before the crash is refused and counted in :attr:`replayed` (:mod:`.snapshots`).
+rpc fails is a lost request too; if its process's heartbeat has stopped as well (the
+process is dead, :mod:`.liveness`) that process joins :attr:`dead` and is never called
+again, while a slow but live partner is called again at its next draw. The parameter
+servers must not die: a failed call to one raises. Each asynchronous exchange carries
+:attr:`seq`, the engine's event number: after a resume, an exchange the partner (or a
+server) answered before the crash is refused and counted in :attr:`replayed`
+(:mod:`.snapshots`). :attr:`delivered` counts, by (initiator, partner), the requests
+that reached the partner: an agent, or server ``s`` as ``n + s``; :attr:`answered`
+the exchanges answered in place, by (partner, initiator).
 """
 
 from __future__ import annotations
@@ -52,16 +59,17 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.futures import Future
 
-from nettrain.compression import Identity
+from nettrain.compression import Compressor, Identity
 from nettrain.compression.payloads import cat_rows, pack, take_rows, unpack
 from nettrain.engines.coded import decode_mean, decode_mix
 from nettrain.engines.distributed.buckets import BucketedMean
-from nettrain.engines.distributed.gossip import REPLAYED, Reply
+from nettrain.engines.distributed.gossip import REPLAYED, Reply, peer_name
 from nettrain.engines.distributed.halo import Halo
 from nettrain.engines.distributed.liveness import beating
 from nettrain.engines.distributed.placement import Placement
@@ -155,10 +163,12 @@ class DistCommunicator(Communicator):
         self.server_ranks = [placement.processes + s for s in range(len(self._slices))]
         self.sync_rounds = sync_round  # synchronous centre exchanges made: the servers' next
         self.staleness: Counter[int] = Counter()  # of this process's centre exchanges
-        # asynchronous exchanges: requests that reached each partner (or server rank),
-        # exchanges that lost their request or their reply, ranks found dead, and wall
-        # seconds spent waiting for other processes
-        self.delivered: Counter[int] = Counter()
+        # asynchronous exchanges (module docstring): requests that reached each partner,
+        # by (initiator, partner: an agent, or server s as n + s); exchanges answered in
+        # place, by (partner, initiator); exchanges that lost their request or their
+        # reply; ranks found dead; and wall seconds spent waiting for other processes
+        self.delivered: Counter[tuple[int, int]] = Counter()
+        self.answered: Counter[tuple[int, int]] = Counter()
         self.lost = 0
         self.seq: int | None = None  # the event number of the next asynchronous exchange
         self.incarnation = 0  # of this process (rejoin=true, :mod:`.gossip`)
@@ -315,50 +325,125 @@ class DistCommunicator(Communicator):
         codec: Codec | None = None,
         losses: Losses | None = None,
     ) -> torch.Tensor:
-        """This rank initiates ``pairs = [[rank, j]]``: one ``rpc_sync`` to ``j``'s peer
-        (:class:`~nettrain.engines.distributed.gossip.Peer`), which absorbs this model and
-        replies with its own published one, decoded here against ``ref``.
-
-        Lost (the request, or the reply, by ``losses``; ``j`` down or dead): ``ref``.
-        """
+        """This process's agents initiate ``pairs: (k, 2)`` (initiator, partner), on
+        disjoint rows of ``x: (m, d)``: a partner held here is exchanged in place, one held
+        elsewhere by one ``rpc`` to its :class:`~nettrain.engines.distributed.gossip.Peer`,
+        which absorbs the initiator's model and replies with its own published one
+        (module docstring). Returns the rows the simulator's swap returns: what each
+        initiator, and each partner held here, received, decoded against ``ref``; ``ref``
+        where it was lost (the request, or the reply, by ``losses``; the partner down or
+        dead)."""
         if self.rpc is None:
             raise RuntimeError("a pairwise exchange needs the engine's rpc session (uses_rpc)")
-        me, partner = int(pairs[0, 0]), int(pairs[0, 1])
-        if me != self.rank or len(pairs) != 1:
-            raise ValueError(f"rank {self.rank} can only initiate its own exchange, got {pairs}")
-        request_lost, reply_lost = self._lost(losses)
+        rows = self.local_rows(pairs[:, 0])  # raises for an initiator held elsewhere
         compressor = Identity() if codec is None else codec.compressor
-        payload = compressor.encode(x, generator=codec and codec.generator)
-        self.traffic.add(torch.tensor([1]), compressor.nbytes(payload))  # sent, come what may
-        reply = None
-        if not request_lost and partner not in self.dead:
-            begin = time.perf_counter()
-            try:
-                call = self.rpc.remote(partner, "peer")
-                reply = call.rpc_sync("exchange", me, payload, self.seq, self.incarnation)
-            except PeerError:  # no answer within timeout_s: dead, or alive but slow
-                store = self.rpc.store
-                if store is None or not beating(store, partner):
-                    self.dead.add(partner)
+        generator = codec and codec.generator
+        request_lost, reply_lost = self._lost(losses, len(pairs))
+        payload = compressor.encode(x[rows], generator=generator)  # the requests
+        sizes = compressor.nbytes(payload)  # (k,)
+        self._count(rows, sizes)  # sent, come what may
+        out, held, local = ref.clone(), self._rows(), rows.tolist()
+        calls: list[tuple[int, Future[Any] | None]] = []  # (pair, call) to partners elsewhere
+        for k, (me, partner) in enumerate(pairs.tolist()):
+            request, reply = take_rows(payload, torch.tensor([k])), None
+            if not request_lost[k] and partner in held:
+                j = held[partner]
+                out[j] = compressor.decode(request, ref[j][None])[0]
+                reply = Reply(self.incarnation, compressor.encode(x[j][None], generator=generator))
+                self._count(torch.tensor([j]), compressor.nbytes(reply.payload))
+                self.answered[(partner, me)] += 1
+            elif not request_lost[k] and self.owner(partner) not in self.dead:
+                calls.append((k, self._call(me, partner, request, int(sizes[k]))))
+                continue
+            row = local[k]
+            self._received(me, partner, reply, reply_lost[k], out[row], ref[row], compressor)
+        begin = time.perf_counter()
+        for k, call in calls:
+            me, partner = (int(a) for a in pairs[k])
+            reply = self._answer(partner, call)
+            row = local[k]
+            self._received(me, partner, reply, reply_lost[k], out[row], ref[row], compressor)
+        if calls:
             self.count_wait(begin)
+        return out
+
+    def owner(self, agent: int) -> int:
+        """The rank that holds ``agent``."""
+        return int(self.placement.owner[agent])
+
+    def _rows(self) -> dict[int, int]:
+        """The local row of each agent held here."""
+        return {int(a): k for k, a in enumerate(self.agents.tolist())}
+
+    def _count(self, rows: torch.Tensor, sizes: torch.Tensor) -> None:
+        """One message of ``sizes[k]`` bytes sent by the agent on local row ``rows[k]``."""
+        messages = torch.zeros_like(self.traffic.messages)
+        nbytes = torch.zeros_like(self.traffic.bytes)
+        messages.index_add_(0, rows.cpu(), torch.ones_like(rows.cpu()))
+        nbytes.index_add_(0, rows.cpu(), sizes.cpu().to(nbytes.dtype))
+        self.traffic.add(messages, nbytes)
+
+    def _call(self, me: int, partner: int, request: Any, nbytes: int) -> Future[Any] | None:
+        """Start ``me``'s exchange with ``partner``'s peer, held by another process (its
+        ``nbytes`` cross processes); None where the call could not even start."""
+        assert self.rpc is not None
+        self.wire.update(messages=1, bytes=nbytes)
+        begin = time.perf_counter()
+        try:
+            call = self.rpc.remote(self.owner(partner), peer_name(partner))
+            return call.rpc_async("exchange", me, request, self.seq, self.incarnation)
+        except PeerError:
+            return None
+        finally:
+            self._talked("send", begin)
+
+    def _answer(self, partner: int, call: Future[Any] | None) -> Reply | str | None:
+        """The reply of ``partner``'s peer to ``call``: a :class:`Reply`, :data:`REPLAYED`,
+        or None (refused, or no answer within ``timeout_s``: dead, or alive but slow; the
+        partner's process joins :attr:`dead` where its heartbeat stopped too)."""
+        assert self.rpc is not None
+        if call is not None:
+            try:
+                return self.rpc.wait([call], f"the exchange with agent {partner}")[0]
+            except PeerError:
+                pass
+        owner, store = self.owner(partner), self.rpc.store
+        if store is None or not beating(store, owner):
+            self.dead.add(owner)
+        return None
+
+    def _received(
+        self,
+        me: int,
+        partner: int,
+        reply: Reply | str | None,
+        reply_lost: bool,
+        out: torch.Tensor,
+        ref: torch.Tensor,
+        compressor: Compressor,
+    ) -> None:
+        """Count ``me``'s exchange with ``partner`` by its ``reply`` (None: the request was
+        lost, or the partner refused it), and write into ``out: (d,)`` what ``me``
+        received: the reply decoded against ``ref: (d,)``, or ``ref`` where it was lost."""
         if isinstance(reply, str) and reply == REPLAYED:
             self.replayed += 1
-            return ref.clone()
-        if isinstance(reply, Reply):  # else None: the partner is down and refused the request
+            return
+        if isinstance(reply, Reply):
             if reply.incarnation > self.met.get(partner, 0):  # it rejoined: count afresh
-                self.met[partner], self.delivered[partner] = reply.incarnation, 0
-            self.delivered[partner] += 1
+                self.met[partner] = reply.incarnation
+                self.delivered[(me, partner)] = 0
+            self.delivered[(me, partner)] += 1
         if not isinstance(reply, Reply) or reply_lost:
             self.lost += 1
-            return ref.clone()
-        return compressor.decode(reply.payload, ref)
+            return
+        out.copy_(compressor.decode(reply.payload, ref[None])[0])
 
     @staticmethod
-    def _lost(losses: Losses | None) -> tuple[bool, bool]:
-        """Whether this rank's exchange loses its request, and its reply."""
+    def _lost(losses: Losses | None, k: int) -> tuple[list[bool], list[bool]]:
+        """Whether each of ``k`` exchanges loses its request, and its reply."""
         if losses is None:
-            return False, False
-        return bool(losses.request[0]), bool(losses.reply[0])
+            return [False] * k, [False] * k
+        return losses.request.tolist(), losses.reply.tolist()
 
     def centre_exchange(
         self,
@@ -396,7 +481,7 @@ class DistCommunicator(Communicator):
         calls, kept_sent = [], sent[kept.to(sent.device)]
         for owner, cols in zip(self.server_ranks, self._slices, strict=True):
             slices = kept_sent[:, cols].contiguous()  # the wire carries the slice
-            self._count_wire(1, slices.numel() * slices.element_size())
+            self.wire.update(messages=1, bytes=slices.numel() * slices.element_size())
             rows = self.rpc.remote(owner, "centre")
             calls.append(rows.rpc_async("exchange_rows", *head, slices, self.seq))
         self.sync_rounds += synchronous
@@ -407,8 +492,9 @@ class DistCommunicator(Communicator):
             if served:
                 self.staleness[max(stale for _, stale in served)] += 1
         blocks = []  # each server's slice of the replies; sent where it refused a replay
-        for owner, cols, served in zip(self.server_ranks, self._slices, answers, strict=True):
-            self.delivered[owner] += sum(a is not None for a in served)
+        for s, (cols, served) in enumerate(zip(self._slices, answers, strict=True)):
+            column = self.n_agents + s  # server s
+            self.delivered.update((w, column) for w, a in zip(ids, served, strict=True) if a)
             self.replayed += sum(a is None for a in served)
             rows = [kept_sent[k, cols] if a is None else a[0] for k, a in enumerate(served)]
             blocks.append(torch.stack(rows))

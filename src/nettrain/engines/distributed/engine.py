@@ -6,8 +6,9 @@ for you on one machine). The first ``P`` ranks hold the agents, ``placement``
 says which: each runs the simulator's vectorised oracle over its ``m`` agents and
 mixes them with one kernel, exchanging only the rows that cross processes
 (:mod:`.halo`). Ranks ``P .. P + S - 1`` host the parameter servers of a centre-based
-method. Asynchronous methods run one agent a process; with ``rejoin=true`` a gossip
-worker's process started again after a crash rejoins the run (:mod:`.events`). This
+method. Asynchronous methods make each agent's events at its own pace, a process's agents
+in turn (:mod:`.events`); with one agent a process, and ``rejoin=true``, a gossip
+worker's process started again after a crash rejoins the run. This
 module joins the process group (rendezvous store bound to ``master_addr``, heartbeats,
 the final barrier) and hands the rank to its loop: :func:`~.rounds.run_rounds` for a
 synchronous algorithm, :func:`~.events.run_events` for an asynchronous one. Only rank 0
@@ -42,7 +43,7 @@ from nettrain.engines.distributed.finish import (
     read_verdict,
 )
 from nettrain.engines.distributed.liveness import Heartbeat, last_beat, silent, silent_ranks
-from nettrain.engines.distributed.placement import Placement
+from nettrain.engines.distributed.placement import Placement, check_grouped_events
 from nettrain.engines.distributed.rounds import run_rounds, servers_round
 from nettrain.engines.distributed.rpc import RpcSession, rpc_session
 from nettrain.engines.distributed.snapshots import Snapshots, write_snapshot
@@ -159,23 +160,28 @@ class DistributedEngine:
 
     def _placement(self, job: Job, servers: int) -> Placement:
         """Which agents each agent process holds: the ``WORLD_SIZE - servers`` first ranks
-        hold the ``n`` agents as :attr:`placement` says."""
+        hold the ``n`` agents as :attr:`placement` says (an asynchronous method's several
+        a process only without what needs one agent a process,
+        :func:`~.placement.check_grouped_events`)."""
         if launched_rank() is None:
             raise ConfigError(f"engine=distributed needs a launcher (no RANK set): {LAUNCH_HINT}")
         n, world = job.n_agents, int(os.environ.get("WORLD_SIZE", "1"))
         processes = world - servers
-        if not 1 <= processes <= n or (job.algorithm.schedule == "events" and processes != n):
+        if not 1 <= processes <= n:
             extra = f" + servers={servers}" if servers else ""
-            one = job.algorithm.schedule == "events"
             raise ConfigError(
-                f"WORLD_SIZE={world} for agents={n}{extra}: "
-                + (
-                    f"algorithm={job.algorithm.name} is asynchronous and runs one process per "
-                    f"agent; launch {n + servers} processes (nproc={n + servers})"
-                    if one
-                    else f"launch between {1 + servers} and {n + servers} processes, "
-                    f"{servers} of them parameter servers"
-                )
+                f"WORLD_SIZE={world} for agents={n}{extra}: launch between {1 + servers} and "
+                f"{n + servers} processes, {servers} of them parameter servers"
+            )
+        if job.algorithm.schedule == "events":
+            check_grouped_events(
+                job.algorithm.name,
+                n,
+                processes,
+                servers,
+                rejoin=self.rejoin,
+                checkpoint_every=job.checkpoint_every,
+                faults=job.fault_spec.any,
             )
         return Placement.parse(self.placement, n, processes)
 

@@ -1,8 +1,10 @@
 """Asynchronous pairwise gossip between processes: each agent's published model on rpc.
 
-Every rank hosts a :class:`Peer` holding its published model. An initiator sends its
-encoded model with one ``rpc_sync`` to the partner's ``exchange``, which runs on the
-partner's rpc thread while the partner's main thread keeps computing: under the
+Every rank hosts a :class:`Peer` for each agent it holds, named :func:`peer_name`, with
+that agent's published model. An initiator sends its encoded model with one ``rpc`` to
+the partner's ``exchange`` (a partner held by the initiator's own process is exchanged in
+place instead, :meth:`~.comm.DistCommunicator.swap`), which runs on the partner's rpc
+thread while the partner's main thread keeps computing: under the
 peer's lock it encodes its current published model as the reply, decodes the
 initiator's against it (the lattice reference), applies the algorithm's
 :meth:`~nettrain.algorithms.base.GossipAlgorithm.absorb` and remembers the change
@@ -38,6 +40,11 @@ import torch
 from nettrain.algorithms.base import GossipAlgorithm
 
 REPLAYED = "replayed"  # the answer to an exchange answered already, before a resume
+
+
+def peer_name(agent: int) -> str:
+    """The name under which the process holding ``agent`` hosts its :class:`Peer`."""
+    return f"peer/{agent}"
 
 
 @dataclass

@@ -107,6 +107,41 @@ class Placement:
         return max(len(g) for g in self.groups)
 
 
+def check_grouped_events(
+    algorithm: str,
+    n: int,
+    processes: int,
+    servers: int,
+    *,
+    rejoin: bool,
+    checkpoint_every: int,
+    faults: bool,
+) -> None:
+    """Raise :class:`ConfigError` where an asynchronous ``algorithm`` whose ``n`` agents
+    share ``processes < n`` agent processes asks for what only one agent a process does:
+    processes that rejoin (``rejoin``, ``restarts``), snapshots (``checkpoint_every``)
+    and injected faults (``message_drop``, ``crash``, ``split``). Each is a feature of a
+    process that is one agent: its death, its snapshot, its down windows."""
+    if processes >= n:
+        return
+    asked = [
+        name
+        for name, on in (
+            ("rejoin/restarts", rejoin),
+            (f"checkpoint_every={checkpoint_every}", checkpoint_every > 0),
+            ("message_drop, crash or split", faults),
+        )
+        if on
+    ]
+    if asked:
+        raise ConfigError(
+            f"algorithm={algorithm} is asynchronous, and with {n} agents on {processes} agent "
+            f"processes ({n / processes:.3g} a process) it cannot take {' and '.join(asked)}: "
+            "they need one process per agent. Set nproc="
+            f"{n + servers} (or nproc=0), or leave {' and '.join(asked)} out"
+        )
+
+
 def _agents(group: str) -> list[int]:
     """``"0,2,5-7"`` -> ``[0, 2, 5, 6, 7]`` (ValueError on anything else)."""
     out: list[int] = []
