@@ -235,20 +235,11 @@ def test_more_processes_than_agents_is_refused(monkeypatch) -> None:
         DistributedEngine().run(job, None)  # type: ignore[arg-type]
 
 
-def test_asynchronous_methods_run_one_agent_a_process(monkeypatch) -> None:
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    job: Job = build_job(load_config(SMALL | {"rounds": 1, "algorithm": "swarm"}))
-    with pytest.raises(ConfigError, match="asynchronous and runs one process per agent"):
-        DistributedEngine().run(job, None)  # type: ignore[arg-type]
-
-
 def test_nproc_holds_between_one_and_every_agent() -> None:
     load_config(SMALL | {"engine": "distributed", "nproc": 3})  # blocks of 2, 1, 1
     with pytest.raises(ConfigError, match="nproc=5 for agents=4: set nproc between 1 and 4"):
         load_config(SMALL | {"engine": "distributed", "nproc": 5})
-    with pytest.raises(ConfigError, match=r"swarm is asynchronous .* set nproc=4"):
-        load_config(SMALL | {"engine": "distributed", "nproc": 2, "algorithm": "swarm"})
+    load_config(SMALL | {"engine": "distributed", "nproc": 2, "algorithm": "swarm"})
     with pytest.raises(ConfigError, match=r"exactly once .*missing \[3\]"):
         load_config(SMALL | {"engine": "distributed", "nproc": 2, "placement": "0,1;2"})
 
