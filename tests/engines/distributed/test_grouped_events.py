@@ -134,6 +134,7 @@ def test_asynchronous_easgd_with_workers_grouped_a_process(tmp_path: Path) -> No
 
 SMALL = {"dataset": "digits", "agents": 4, "hidden": [8], "rounds": 4, "progress": False}
 GROUPED = SMALL | {"engine": "distributed", "nproc": 2, "algorithm": "swarm"}
+EASGD = {"algorithm": "easgd_async", "servers": 1, "nproc": 3}  # 2 worker processes
 
 
 @pytest.mark.parametrize(
@@ -145,12 +146,10 @@ GROUPED = SMALL | {"engine": "distributed", "nproc": 2, "algorithm": "swarm"}
         ({"message_drop": 0.1}, "message_drop, crash or split"),
         ({"crash": "3@2"}, "message_drop, crash or split"),
         ({"split": "1:3"}, "message_drop, crash or split"),
-        ({"algorithm": "easgd_async", "servers": 1, "nproc": 3, "checkpoint_every": 2}, "checkpoint_every=2"),
+        (EASGD | {"checkpoint_every": 2}, "checkpoint_every=2"),
     ],
 )
-def test_several_agents_a_process_refuse_what_needs_one(
-    change: dict[str, Any], named: str
-) -> None:
+def test_several_agents_a_process_refuse_what_needs_one(change: dict[str, Any], named: str) -> None:
     """What belongs to a process that is one agent (its rejoin, its snapshot, its
     injected faults) is refused, naming it and the fix."""
     with pytest.raises(ConfigError, match=r"asynchronous, and with 4 agents on 2 agent") as err:
