@@ -1,12 +1,13 @@
 """One torchrun process of an asynchronous gossip run whose local steps are summed.
 
-``python -m torch.distributed.run --nproc-per-node 4 conservation_worker.py OUT ALGORITHM``:
-``ALGORITHM`` (swarm or adpsgd, uncompressed) runs through ``DistributedEngine`` with
+``python -m torch.distributed.run --nproc-per-node P conservation_worker.py OUT ALGORITHM``:
+``ALGORITHM`` (swarm or adpsgd, uncompressed; 4 agents, ``4 / P`` a process) runs
+through ``DistributedEngine`` with
 a test-only subclass whose ``local_phase`` adds each phase's displacement
 ``moved - x`` (in float64) to this process's ``DISPLACEMENT``, and sleeps a little
 first, so that the others' exchanges reach this rank while its main thread computes.
-The engine's ``Peer`` is replaced by one that counts the events during which this
-rank answered an exchange (``overlapped``): the window between ``take_shift`` and
+The engine's ``Peer`` (every agent's) is replaced by one that counts the events during
+which it answered an exchange (``overlapped``): the window between ``take_shift`` and
 ``publish`` that the shift bookkeeping has to get right. Each rank saves its
 displacement and counts to ``OUT/rank<r>.pt``; rank 0 also saves ``x0``, every
 agent's final ``x`` and the last record to ``OUT/run.pt``.
@@ -42,9 +43,9 @@ class Summing:
     def local_phase(self, x, agents, steps, oracle):
         time.sleep(PHASE_SLEEP_S)
         moved, loss = super().local_phase(x, agents, steps, oracle)  # SwarmSGD's
-        step = (moved.double() - x.double()).sum(0)  # (d,) this rank's one row
+        step = (moved.double() - x.double()).sum(0)  # (d,) summed over this rank's rows
         DISPLACEMENT[0] += step
-        PHASES[0] += 1
+        PHASES[0] += len(agents)  # one phase an agent
         return moved, loss
 
 

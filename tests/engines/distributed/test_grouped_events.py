@@ -37,7 +37,10 @@ from nettrain.experiment import build_job, run
 N, ROUNDS = 8, 300
 COMMON = {"agents": N, "hidden": [32], "rounds": ROUNDS, "eval_every": ROUNDS}
 COMMON |= {"progress": False, "seed": 1}
-GAP = 0.01  # one point of test accuracy (measured: see the module's tests)
+# one point of test accuracy (3.6 of the 360 test images). Measured, seeds 0-4: swarm
+# within 0.28 points of the simulator on 2 and on 4 processes; AD-PSGD (seeds 1-3) and
+# asynchronous EASGD (seeds 1-2) within 0.28 too (its centre within 0.56)
+GAP = 0.01
 
 
 def arguments(config: dict[str, Any]) -> list[str]:
@@ -116,11 +119,14 @@ def test_adpsgd_with_agents_strided_over_processes(tmp_path: Path) -> None:
 def test_asynchronous_easgd_with_workers_grouped_a_process(tmp_path: Path) -> None:
     """Asynchronous EASGD: 8 workers on 2 processes and one parameter server. Each rank's
     workers exchange with the server in one call a batch; the server applied every
-    exchange each worker sent, exactly once."""
-    tau, rounds = 2, 60
+    exchange each worker sent, exactly once; the workers' mean model is within a point
+    of the simulator's."""
+    tau, rounds = 2, ROUNDS
     config = COMMON | {"algorithm": "easgd_async", "servers": 1, "tau": tau}
-    config |= {"rounds": rounds, "eval_every": rounds // 2}
     record, summary = launch(tmp_path / "dist", 3, config)
+    expected = run(load_config(config)).records[-1]
+    assert abs(record["test_accuracy"] - expected["test_accuracy"]) <= GAP
+    assert record["bytes_total"] == expected["bytes_total"]
     events = N * rounds // tau
     assert record["events"] == events
     assert record["exchanges_unmatched"] == 0

@@ -21,6 +21,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 from helpers import torchrun_command
@@ -31,18 +32,21 @@ N, ROUNDS = 4, 20  # as in conservation_worker.py
 ATOL = 1e-5
 
 
-def test_exchanges_conserve_the_sum_of_the_models(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [N, 2])
+def test_exchanges_conserve_the_sum_of_the_models(tmp_path: Path, processes: int) -> None:
     """SwarmSGD's non-blocking exchange (AD-PSGD is the same exchange with one local step,
-    ``conservation_worker.py adpsgd``; left out of the suite for its 30 s)."""
+    ``conservation_worker.py adpsgd``; left out of the suite for its 30 s), one agent a
+    process, and two a process (exchanges in place with the partner held alongside,
+    over rpc with the others)."""
     log = tmp_path / "log.txt"
     worker = str(Path(__file__).with_name("conservation_worker.py"))
-    command = torchrun_command(N, worker, str(tmp_path), "swarm")
+    command = torchrun_command(processes, worker, str(tmp_path), "swarm")
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     with open(log, "wb") as sink:
         proc = subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=180)
     assert proc.returncode == 0, log.read_text()[-6000:]
     run = torch.load(tmp_path / "run.pt", weights_only=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(N)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(processes)]
     x0, x = run["x0"].double(), run["x"].double()  # (d,), (n, d)
     assert x.shape == (N, x0.numel())
     displacement = torch.stack([r["d"] for r in ranks]).sum(0)  # (d,) sum_i D_i
@@ -56,7 +60,7 @@ def test_exchanges_conserve_the_sum_of_the_models(tmp_path: Path) -> None:
     assert (x - x.mean(0)).abs().max() > 1e2 * ATOL
     # ... every event made a local phase and an exchange, all answered ...
     record = run["record"]
-    assert [r["phases"] for r in ranks] == [ROUNDS] * N
+    assert [r["phases"] for r in ranks] == [ROUNDS * N // processes] * processes
     assert record["interactions_answered"] == N * ROUNDS
     assert record["interactions_unmatched"] == 0
     # ... and some were answered while the partner was in the middle of its own event

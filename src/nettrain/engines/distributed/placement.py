@@ -136,9 +136,9 @@ def check_grouped_events(
     if asked:
         raise ConfigError(
             f"algorithm={algorithm} is asynchronous, and with {n} agents on {processes} agent "
-            f"processes ({n / processes:.3g} a process) it cannot take {' and '.join(asked)}: "
-            "they need one process per agent. Set nproc="
-            f"{n + servers} (or nproc=0), or leave {' and '.join(asked)} out"
+            f"processes (several a process) it cannot take {' and '.join(asked)}: they need "
+            f"one process per agent. Set nproc={n + servers} (or nproc=0), or leave "
+            f"{' and '.join(asked)} out"
         )
 
 
