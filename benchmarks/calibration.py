@@ -4,11 +4,12 @@ seconds per round.
 What is done, in one invocation (MLP 64-32-10 on digits, ``d = 2,410``, batch 16 an
 agent, float32, gloo on loopback, one agent and one thread a process):
 
-1. **Calibrate** this machine for that model and batch
-   (:func:`nettrain.calibration.calibrate`, this process at one torch thread, its link
-   measured between 2 spawned processes, messages 1 KiB to ``--max-bytes``): seconds per
-   sample, latency, bandwidth and an all-reduce time, written to a profile (or
-   ``--profile PATH``: use that one instead);
+1. **Calibrate** this machine for that model and batch, for each P in {4, 8}: one
+   ``torchrun`` launch of P processes (``OMP_NUM_THREADS=1``, as the measured runs
+   below) runs ``nettrain calibrate`` (every figure with the P processes busy at once,
+   messages 1 KiB to ``--max-bytes``): seconds per sample, latency, bandwidth, an
+   all-reduce and an rpc exchange, written to a profile per P (or ``--profile PATH``:
+   use that one for every P);
 2. **Measure**: for P in {4, 8} one ``torchrun`` launch of P processes
    (``OMP_NUM_THREADS=1`` each, one gloo group that every run joins) runs, inside its
    ranks, every case through
@@ -16,14 +17,14 @@ agent, float32, gloo on loopback, one agent and one thread a process):
    (``algorithm=dpsgd topology=ring``), all-reduce SGD (``algorithm=allreduce``) and
    SwarmSGD non-blocking (``algorithm=swarm``), each without and with a 4x straggler
    (``stragglers=0.25 straggler_slowdown=4``: one agent of 4, two of 8, chosen by the
-   seed; in this engine a straggler sleeps 3x its measured compute every step). The
+   seed; in this engine a straggler sleeps 3x its oracle's time every step). The
    cases alternate within every repetition (the order reversed every other one), so
    load from other processes hits them alike. Measured seconds per round = the last
    record's ``train_time_s`` (wall time less the evaluation pauses; ``eval_every =
    rounds``) / its ``round``, rank 0's, the median over the repetitions; one untimed
    warm-up run of each method first;
-3. **Predict**: the same configs with ``engine=sim cost_model=<the profile>``: the last
-   record's ``virtual_time_s`` / ``round``.
+3. **Predict**: the same configs with ``engine=sim cost_model=<the profile of P>``: the
+   last record's ``virtual_time_s`` / ``round``.
 
 Printed: the profile's figures, then a table of every case (method, processes,
 straggler, measured, predicted, predicted / measured, within 20% or not) and, as the
@@ -140,12 +141,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+CAPTURE: dict[str, Any] = {"check": False, "capture_output": True, "text": True}
+
+
+def torchrun(processes: int) -> list[str]:
+    """The torchrun command line of ``processes`` local processes on loopback."""
+    return [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)),
+        *("--master-addr", "127.0.0.1", "--master-port", str(free_port())),
+    ]
+
+
 def launch(processes: int, args: argparse.Namespace, folder: Path) -> dict[str, list[float]]:
     """The measured cases on ``processes`` local processes (rank 0's figures)."""
     out = folder / f"p{processes}.json"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
-    command += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
-    command += [os.path.abspath(__file__), "--worker", str(out)]
+    command = [*torchrun(processes), os.path.abspath(__file__), "--worker", str(out)]
     command += ["--rounds", str(args.rounds), "--reps", str(args.reps)]
     command += ["--warmup", str(args.warmup)]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
@@ -169,20 +179,21 @@ def calibrated(
 ) -> tuple[Path, dict[str, Any]]:
     """The profile for runs of ``processes`` processes (measured now with that many
     unless ``--profile``) and its figures."""
-    from nettrain.calibration import calibrate, load_profile
+    from nettrain.calibration import load_profile
 
     if args.profile:
         path = Path(args.profile)
-    else:
-        torch.set_num_threads(1)  # the oracle's pace in a one-thread process
-        cfg = load_config({**PROBLEM, "timeout_s": 300.0, "progress": False})
-        out = folder / f"profile-{processes}.toml"
-        cal = calibrate(cfg, out, processes=processes, max_bytes=args.max_bytes, progress=False)
-        assert cal is not None and cal.path is not None
-        print(f"P = {processes}:")
-        for line in cal.summary()[:-1]:
-            print(f"  {line}")
-        path = cal.path
+    else:  # launched as the measured runs are: torchrun, one thread a process
+        path = folder / f"profile-{processes}.toml"
+        keys = [f"{k}={v}" for k, v in PROBLEM.items() if k != "hidden"]
+        keys += ["hidden=" + ",".join(map(str, PROBLEM["hidden"])), "timeout_s=300"]
+        command = [*torchrun(processes), "-m", "nettrain", "calibrate", *keys]
+        command += ["--out", str(path), "--max-bytes", str(args.max_bytes)]
+        done = subprocess.run(command, env=os.environ | {"OMP_NUM_THREADS": "1"}, **CAPTURE)
+        if done.returncode != 0:
+            raise SystemExit(f"calibrating {processes} processes failed:\n{done.stderr[-4000:]}")
+        summary = done.stdout[done.stdout.index("compute, ") :].splitlines()
+        print(f"P = {processes}:", *(f"  {line}" for line in summary[:-1]), sep="\n")
     p = load_profile(path)
     return path, {
         "seconds_per_sample": p.seconds_per_sample,

@@ -615,8 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--processes",
         type=int,
         default=2,
-        help="processes spawned on this machine for the link and the all-reduce (default 2; "
-        "under torchrun: the launched ranks)",
+        help="processes the run will have, spawned on this machine and measured busy at once "
+        "(default 2; under torchrun: the launched ranks)",
     )
     p.add_argument(
         "--min-bytes", type=byte_count, default="1k", help="smallest message (default 1k)"

@@ -1,23 +1,24 @@
 """The virtual clock calibrated: its constants measured on this machine.
 
 ``nettrain calibrate`` (the Python API: :func:`calibrate`) measures, for the model and
-batch of a config (the keys ``nettrain run`` takes)::
+batch of a config (the keys ``nettrain run`` takes) and with the run's ``P`` processes
+busy at once (pingpong.py says how)::
 
     compute    one agent's seconds per training sample: the oracle's forward and
-               backward pass, warm, median of repeats (compute.py)
-    link       latency and bandwidth: a gloo ping-pong between two processes over
-               message sizes from --min-bytes to --max-bytes (doubling), median of
-               repeats per size (pingpong.py), fitted by least squares as
+               backward pass, warm (and alone, median of repeats: compute.py)
+    link       latency and bandwidth: neighbour exchanges of message sizes from
+               --min-bytes to --max-bytes (doubling), fitted by least squares as
                one_way_seconds = latency + bytes / bandwidth (fit.py)
     all-reduce seconds of an all-reduce of the model's d floats over P processes
+    rpc        seconds of an rpc exchange of d floats each way
 
 and writes them, with what they were measured for and on (date, host, versions,
 threads), as a profile (:class:`~nettrain.engines.sim.profile.Profile`, a TOML file)
 that ``cost_model=PATH`` loads into the clock. The processes are P spawned on this
 machine (``--processes``), meeting on loopback (``master_addr``, ``master_port``); under
-``torchrun`` they are the launched ranks, and the link is the one between ranks 0 and
-1 (across machines: between their machines). The oracle is timed before the processes
-start, so that they do not share its cores.
+``torchrun`` they are the launched ranks, and the link is the one between neighbouring
+ranks (across machines: between their machines). The oracle's pass alone is timed
+before the processes start.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """``nettrain calibrate``: measure this machine for a config, write the profile.
 
 :func:`calibrate` builds the run's problem as ``nettrain run`` would (:func:`~nettrain.
-experiment.build_job`), times one agent's oracle (:mod:`.compute`) before any other
-process starts, so that none shares its cores, then measures the link and the
-all-reduce in ``processes`` spawned processes or the ranks torchrun launched
-(:mod:`.pingpong`), fits the link (:mod:`.fit`) and writes the
+experiment.build_job`), times one agent's oracle alone (:mod:`.compute`) before any
+other process starts, then every figure with ``processes`` spawned processes (or the
+ranks torchrun launched) busy at once (:mod:`.pingpong`), fits the link (:mod:`.fit`)
+and writes the
 :class:`~nettrain.engines.sim.profile.Profile`.
 """
 
@@ -61,7 +61,7 @@ class Calibration:
         return list(zip(fit.nbytes, fit.measured_s, fit.fitted_s(), fit.residuals(), strict=True))
 
     def summary(self) -> list[str]:
-        """A few lines: the three figures, how well the link's model fits, and how the
+        """A few lines: the figures, how well the link's model fits, and how the
         all-reduce compares with the ring all-reduce the fitted link predicts."""
         p, c = self.profile, self.compute
         ring = ring_allreduce_s(
@@ -70,15 +70,18 @@ class Calibration:
         worst = max(abs(r) for r in self.fit.residuals())
         us, ms, gb = 1e6, 1e3, 1e9
         bandwidth = p.bandwidth_bytes_per_s
+        busy = p.seconds_per_sample * c.samples_per_call
         lines = [
-            f"compute: {p.seconds_per_sample * us:.3g} us per sample "
-            f"({c.seconds_per_call * ms:.3g} ms per pass of {c.samples_per_call} samples; "
-            f"model={p.model}, d={p.d:,d}, {p.threads} threads)",
+            f"compute, {p.processes} processes at once: {p.seconds_per_sample * us:.3g} us per "
+            f"sample ({busy * ms:.3g} ms per pass of {c.samples_per_call} samples; alone "
+            f"{c.seconds_per_call * ms:.3g} ms; model={p.model}, d={p.d:,d}, {p.threads} "
+            "threads)",
             f"link: latency {p.latency_s * us:.3g} us, bandwidth {bandwidth / gb:.3g} GB/s "
             f"({bandwidth * 8 / gb:.3g} Gbit/s); largest relative residual {worst:.1%} over "
             f"{len(p.message_bytes)} sizes",
             f"all-reduce of {p.d:,d} {p.dtype} over {p.processes} processes: "
             f"{p.allreduce_s * ms:.3g} ms (a ring over the fitted link: {ring * ms:.3g} ms)",
+            f"rpc exchange of {p.d:,d} {p.dtype} each way: {p.rpc_exchange_s * ms:.3g} ms",
         ]
         if self.path is not None:
             lines.append(f"profile: {self.path} (use it with cost_model={self.path})")
@@ -135,8 +138,9 @@ def calibrate(
     """Measure this machine (the module says what and how) for ``config``'s model and
     batch; write the profile to ``out`` (None: do not write) and return it.
 
-    ``processes`` processes are spawned for the link (under torchrun: the launched
-    ranks; only rank 0 gets the result, the others None). Messages from ``min_bytes`` to
+    ``processes`` processes, as many as the run will have, are spawned and measured
+    busy at once (under torchrun: the launched ranks; only rank 0 gets the result, the
+    others None). Messages from ``min_bytes`` to
     ``max_bytes`` bytes; every figure is the median of ``repeats`` timings after
     ``warmup`` untimed ones. Progress goes to ``log`` (stderr) when ``progress``.
     """
