@@ -52,12 +52,15 @@ def test_traffic_is_counted_per_agent() -> None:
     n, d = 8, 10
     comm = comm_for("star", n)
     comm.mix(torch.zeros(n, d, dtype=torch.float64), 0)
-    messages, nbytes, _ = comm.traffic.reset()
+    messages, nbytes, collective = comm.traffic.reset()
     assert messages.tolist() == [n - 1] + [1] * (n - 1)  # the hub sends to all
     assert nbytes.tolist() == [m * d * 8 for m in messages.tolist()]
+    assert collective.tolist() == [0] * n  # neighbour messages
     comm.mean(torch.zeros(n, d, dtype=torch.float64))
-    messages, nbytes, _ = comm.traffic.reset()
-    assert messages.tolist() == [2 * (n - 1)] * n
+    comm.mix(torch.zeros(n, d, dtype=torch.float64), 1)
+    messages, nbytes, collective = comm.traffic.reset()
+    assert messages.tolist() == [2 * (n - 1) + n - 1] + [2 * (n - 1) + 1] * (n - 1)
+    assert collective.tolist() == [2 * (n - 1)] * n  # the all-reduce's, not the mix's
     assert ring_allreduce_cost(n, d, 8) == (14, 2 * 7 * 10 * 8 // 8)
 
 
