@@ -31,6 +31,7 @@ def profile_for(d: int, **changes: object) -> Profile:
         bandwidth_bytes_per_s=1.75e9,
         allreduce_s=2.5e-4,
         rpc_exchange_s=6.5e-4,
+        round_overhead_s=1.5e-4,
         processes=2,
         model="mlp",
         hidden=(8,),
@@ -80,6 +81,12 @@ def test_a_profile_round_trips_and_sets_the_clock(tmp_path: Path, dim: int) -> N
     rpc = cost.over_rpc()
     assert rpc.latency_s == cost.rpc_latency_s == pytest.approx(3.25e-4 - dim * 4 / 1.75e9)
     assert (rpc.seconds_per_sample, rpc.profile) == (cost.seconds_per_sample, profile)
+    # the engine's round besides the pass: added to an agent's computing, not scaled by
+    # its slow-down, and not to an agent that did not compute
+    assert cost.step_overhead_s == 1.5e-4
+    computing = cost.compute_seconds(torch.tensor([4, 0, 8, 4]))
+    busy = [4 * 3.25e-6 + 1.5e-4, 0.0, 8 * 3.25e-6 + 1.5e-4, 4 * 3.25e-6 + 1.5e-4]
+    assert computing.tolist() == pytest.approx(busy, rel=1e-12)
 
 
 def test_latencies_derived_from_a_profile_are_never_negative(dim: int) -> None:
@@ -187,6 +194,8 @@ def test_calibrate_measures_two_local_processes(tmp_path: Path, capfd, dim: int)
     assert "calibrate:   16,777,216 bytes:" in shown.err
     assert "calibrate:   rpc exchange of as many:" in shown.err
     assert profile.rpc_exchange_s > 0 and profile.seconds_per_sample_alone > 0
+    assert profile.round_overhead_s >= 0
+    assert "calibrate:   the engine's round besides the pass:" in shown.err
     cfg = load_config(overrides=KEYS | {"cost_model": str(out)})
     cost = build_cost_model(cfg, build_problem(cfg))
     assert dataclasses.astuple(cost.profile) == dataclasses.astuple(profile)

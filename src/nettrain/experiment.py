@@ -137,6 +137,7 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
     )
     latency, bandwidth, profile = cfg.latency_s, cfg.bandwidth_gbps * 1e9 / 8, None
     rpc_latency = collective_latency = None
+    overhead = 0.0
     if cfg.cost_model:
         profile = load_profile(cfg.cost_model)
         if batch_size is None:
@@ -149,6 +150,7 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
         itemsize = getattr(torch, cfg.dtype).itemsize
         rpc_latency = profile.rpc_latency_s(itemsize)
         collective_latency = profile.collective_latency_s(itemsize)
+        overhead = profile.round_overhead_s
     slowdown = CostModel.straggler_slowdown(
         cfg.agents, cfg.stragglers, cfg.straggler_slowdown, cfg.seed
     )
@@ -164,6 +166,7 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
         profile=profile,
         rpc_latency_s=rpc_latency,
         collective_latency_s=collective_latency,
+        step_overhead_s=overhead,
     )
 
 

@@ -11,6 +11,8 @@ busy at once (pingpong.py says how)::
                one_way_seconds = latency + bytes / bandwidth (fit.py)
     all-reduce seconds of an all-reduce of the model's d floats over P processes
     rpc        seconds of an rpc exchange of d floats each way
+    engine     seconds of the distributed engine's round besides the pass: a run of
+               local SGD that never averages
 
 and writes them, with what they were measured for and on (date, host, versions,
 threads), as a profile (:class:`~nettrain.engines.sim.profile.Profile`, a TOML file)

@@ -82,6 +82,7 @@ class Calibration:
             f"all-reduce of {p.d:,d} {p.dtype} over {p.processes} processes: "
             f"{p.allreduce_s * ms:.3g} ms (a ring over the fitted link: {ring * ms:.3g} ms)",
             f"rpc exchange of {p.d:,d} {p.dtype} each way: {p.rpc_exchange_s * ms:.3g} ms",
+            f"the engine's round besides the pass: {p.round_overhead_s * ms:.3g} ms",
         ]
         if self.path is not None:
             lines.append(f"profile: {self.path} (use it with cost_model={self.path})")
@@ -176,6 +177,7 @@ def calibrate(
         bandwidth_bytes_per_s=fit.bandwidth_bytes_per_s,
         allreduce_s=times.allreduce_s,
         rpc_exchange_s=times.rpc_exchange_s,
+        round_overhead_s=times.round_overhead_s,
         processes=times.processes,
         model=cfg.model,
         hidden=tuple(cfg.hidden),

@@ -10,6 +10,10 @@ seconds less the seconds of a round of the pass alone.
 
 * Compute: rounds of the pass alone; the median over the processes of their seconds a
   round (the processes do not wait for each other).
+* The engine's round: a distributed run of local SGD that never averages (one agent a
+  process, nothing to communicate; :func:`engine_round`): its training seconds a round
+  less the pass's are what the engine's round costs besides the pass and its messages
+  (the update, the work counted, the notes gathered every 32 rounds).
 * Link, for each message size ``b``: an exchange with the ring neighbours
   (``dist.batch_isend_irecv``: ``b`` bytes to and from each of ranks ``r - 1`` and
   ``r + 1``; with ``P = 2`` the one other rank) posted before the pass and waited for
@@ -42,12 +46,14 @@ import queue
 import random
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,7 +92,7 @@ class LinkPlan:
 class LinkTimes:
     """The figures, each measured with ``processes`` processes at once: one pass's
     seconds, one message's one-way seconds of each size, an all-reduce's seconds, an
-    rpc exchange's seconds."""
+    rpc exchange's seconds, and the engine's round's seconds besides the pass."""
 
     message_bytes: tuple[int, ...]
     one_way_s: tuple[float, ...]
@@ -94,6 +100,7 @@ class LinkTimes:
     processes: int
     compute_s: float
     rpc_exchange_s: float
+    round_overhead_s: float
 
 
 def message_sizes(min_bytes: int, max_bytes: int) -> tuple[int, ...]:
@@ -175,6 +182,9 @@ def measure(
     compute = round_seconds(step, plan, statistics.median)
     if talk:
         say(f"  the pass alone: {compute * 1e3:.3g} ms a round")
+    overhead = max(engine_round(plan, world, compute) - compute, 0.0)
+    if talk:
+        say(f"  the engine's round besides the pass: {overhead * 1e3:.3g} ms")
     peers, one_way = len(neighbours(rank, world)), []
     for size in plan.message_bytes:
         total = round_seconds(exchange_round(rank, world, size, step), plan, max)
@@ -193,8 +203,39 @@ def measure(
     if rank != 0:
         return None
     return LinkTimes(
-        plan.message_bytes, tuple(one_way), allreduce, world, compute, max(rpc_exchange, 1e-7)
+        plan.message_bytes,
+        tuple(one_way),
+        allreduce,
+        world,
+        compute,
+        max(rpc_exchange, 1e-7),
+        overhead,
     )
+
+
+def engine_round(plan: LinkPlan, world: int, pass_s: float) -> float:
+    """Every rank: the seconds a round of the distributed engine takes on these ``world``
+    processes, one agent each, with nothing to communicate: local SGD whose averaging
+    never comes, on the run's problem, as many rounds as fill ``budget_s`` at
+    ``pass_s`` a pass (rank 0's count), at least 64; rank 0's training seconds a round
+    (its last record's), sent to every rank."""
+    from nettrain.config import SECTION_OF, load_config
+    from nettrain.experiment import run
+
+    cfg = plan.config
+    count = torch.tensor([plan.budget_s / max(pass_s, 1e-9)])
+    dist.broadcast(count, 0)
+    rounds = min(MOST_ROUNDS, max(64, math.ceil(float(count))))
+    keys = {k: getattr(cfg, k) for k, s in SECTION_OF.items() if s in ("data", "problem")}
+    keys |= {"seed": cfg.seed, "device": cfg.device, "dtype": cfg.dtype, "agents": world}
+    keys |= {"algorithm": "local_sgd", "tau": rounds + 1, "rounds": rounds, "topology": "complete"}
+    keys |= {"eval_every": rounds, "progress": False, "tensorboard": False}
+    keys |= {"engine": "distributed", "timeout_s": cfg.timeout_s}
+    with tempfile.TemporaryDirectory() as folder:
+        records = run(load_config(keys), out=Path(folder) / "run").records
+    seconds = torch.tensor([records[-1]["train_time_s"] / rounds if records else 0.0])
+    dist.broadcast(seconds, 0)
+    return float(seconds)
 
 
 class Echo:
@@ -278,10 +319,19 @@ def oracle_pass(job: Any, rank: int, seed: int) -> Callable[[], object]:
     return lambda: oracle.grad(x)
 
 
+def launch_environment(rank: int, world: int) -> dict[str, str]:
+    """What a launcher tells rank ``rank`` of ``world`` processes on this machine, which
+    the distributed engine reads (the group it joins is the caller's)."""
+    ranks = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": world, "LOCAL_WORLD_SIZE": world}
+    return {name: str(value) for name, value in ranks.items()}
+
+
 def _worker(rank: int, world: int, addr: str, port: int, plan: LinkPlan, results: Any) -> None:
     """A spawned process of :func:`measure_local`: its part, then ``(rank, "ok", times)``
     or ``(rank, error class name, message)`` on ``results``."""
     torch.set_num_threads(1)  # the processes share this machine's cores
+    for name, value in launch_environment(rank, world).items():  # the engine's round
+        os.environ[name] = value
     try:
         from nettrain.experiment import build_job
 

@@ -1,10 +1,11 @@
 """The virtual clock: how long a round would take on the modelled hardware.
 
-Agent ``i`` in a synchronous round spends ``s_i * c * samples_i`` computing (``c``
-seconds per sample, ``s_i`` its slow-down) and ``latency * messages_i + bytes_i /
-bandwidth_i`` communicating. A synchronous round ends when the slowest agent is done::
+Agent ``i`` in a synchronous round spends ``s_i * c * samples_i + o`` computing (``c``
+seconds per sample, ``s_i`` its slow-down, ``o`` the engine's own cost of a step: 0
+unless a profile measured it) and ``latency * messages_i + bytes_i / bandwidth_i``
+communicating. A synchronous round ends when the slowest agent is done::
 
-    T_round = max_i ( s_i c samples_i + latency messages_i + bytes_i / bandwidth_i )
+    T_round = max_i ( s_i c samples_i + o + latency messages_i + bytes_i / bandwidth_i )
 
 ``s_i = straggler_i / speed_i``: stragglers are a seeded random subset of agents with
 ``straggler_i = straggler_slowdown`` (1 for the others), ``speed_i`` the agent's speed
@@ -40,6 +41,7 @@ class CostModel:
     profile: Profile | None = None  # where the constants were measured (cost_model=PATH)
     rpc_latency_s: float | None = None  # a message's latency over rpc; None = latency_s
     collective_latency_s: float | None = None  # within a collective; None = latency_s
+    step_overhead_s: float = 0.0  # o: the engine's own cost of a step (a profile's)
 
     def over_rpc(self) -> CostModel:
         """The cost model of exchanges over rpc: :attr:`rpc_latency_s` as the latency."""
@@ -58,8 +60,12 @@ class CostModel:
         return s
 
     def compute_seconds(self, samples: torch.Tensor) -> torch.Tensor:
-        """Computing time ``(n,)`` of each agent: ``s_i * c * samples_i``."""
-        return self.slowdown * self.seconds_per_sample * samples.double()
+        """Computing time ``(n,)`` of each agent: ``s_i * c * samples_i``, plus ``o`` for
+        an agent that computed."""
+        seconds = self.slowdown * self.seconds_per_sample * samples.double()
+        if self.step_overhead_s:
+            seconds += self.step_overhead_s * (samples > 0).double()
+        return seconds
 
     def send_seconds(
         self, messages: torch.Tensor, nbytes: torch.Tensor, collective: torch.Tensor | None = None

@@ -15,6 +15,8 @@ file has four tables::
                  neighbour exchanges
     [allreduce]  seconds of an all-reduce of d floats
     [rpc]        exchange_s: seconds of an rpc call carrying d floats, answered with d
+    [engine]     round_overhead_s: seconds of the distributed engine's round besides
+                 the pass and its messages
     [machine]    processes (measured together), date, host, torch and nettrain
                  versions, threads
 
@@ -59,6 +61,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "link": ("latency_s", "bandwidth_bytes_per_s", "message_bytes", "one_way_s", "repeats"),
     "allreduce": ("allreduce_s",),
     "rpc": ("rpc_exchange_s",),
+    "engine": ("round_overhead_s",),
     "machine": ("processes", "date", "host", "torch_version", "nettrain_version", "threads"),
 }
 # the name of a field in its table, where it differs from the field's
@@ -76,7 +79,8 @@ class Profile:
     latency + bytes / bandwidth`` to the one-way times ``one_way_s`` of the messages
     ``message_bytes``. ``allreduce_s``: time of an all-reduce of ``d`` floats of
     ``dtype`` over the ``processes`` processes (the slowest rank's); ``rpc_exchange_s``:
-    of an rpc call carrying ``d`` floats and its reply of as many.
+    of an rpc call carrying ``d`` floats and its reply of as many. ``round_overhead_s``:
+    what a round of the distributed engine costs besides the pass and its messages.
     """
 
     seconds_per_sample: float
@@ -85,6 +89,7 @@ class Profile:
     bandwidth_bytes_per_s: float
     allreduce_s: float
     rpc_exchange_s: float
+    round_overhead_s: float
     processes: int
     model: str
     hidden: tuple[int, ...]
@@ -114,8 +119,10 @@ class Profile:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        if not (math.isfinite(self.latency_s) and self.latency_s >= 0):
-            raise ValueError(f"latency_s must be a finite number >= 0, got {self.latency_s}")
+        for name in ("latency_s", "round_overhead_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if len(self.message_bytes) != len(self.one_way_s):
             raise ValueError(
                 f"{len(self.message_bytes)} message sizes for {len(self.one_way_s)} times"
