@@ -2,7 +2,7 @@
 
 ``nettrain calibrate`` (the Python API: :func:`calibrate`) measures, for the model and
 batch of a config (the keys ``nettrain run`` takes) and with the run's ``P`` processes
-busy at once (pingpong.py says how)::
+busy at once (loaded.py says how)::
 
     compute    one agent's seconds per training sample: the oracle's forward and
                backward pass, warm (and alone, median of repeats: compute.py)

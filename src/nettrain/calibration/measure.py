@@ -3,7 +3,7 @@
 :func:`calibrate` builds the run's problem as ``nettrain run`` would (:func:`~nettrain.
 experiment.build_job`), times one agent's oracle alone (:mod:`.compute`) before any
 other process starts, then every figure with ``processes`` spawned processes (or the
-ranks torchrun launched) busy at once (:mod:`.pingpong`), fits the link (:mod:`.fit`)
+ranks torchrun launched) busy at once (:mod:`.loaded`), fits the link (:mod:`.fit`)
 and writes the
 :class:`~nettrain.engines.sim.profile.Profile`.
 """
@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from nettrain.calibration.compute import ComputeTimes, time_oracle
 from nettrain.calibration.fit import LinkFit, fit_link
-from nettrain.calibration.pingpong import (
+from nettrain.calibration.loaded import (
     LinkPlan,
     LinkTimes,
     launched_group,

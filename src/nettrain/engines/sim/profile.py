@@ -21,7 +21,7 @@ file has four tables::
                  versions, threads
 
 Every figure but ``seconds_per_sample_alone`` was measured with ``processes``
-processes busy at once (:mod:`nettrain.calibration.pingpong`): the profile predicts a
+processes busy at once (:mod:`nettrain.calibration.loaded`): the profile predicts a
 run of that many processes on those machines.
 
 A profile holds for the model, batch and parameter count it was measured with:
