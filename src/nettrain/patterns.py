@@ -195,11 +195,15 @@ class Communicator(ABC):
     agents: torch.Tensor  # (m,) global ids of the agents held here
     traffic: Traffic
 
+    def held(self) -> dict[int, int]:
+        """The row of the local stack ``x: (m, d)`` of each agent held here, by global id."""
+        return {int(a): k for k, a in enumerate(self.agents.tolist())}
+
     def local_rows(self, ids: torch.Tensor, held_only: bool = False) -> torch.Tensor:
         """The rows of the local stack ``x: (m, d)`` that hold the global agent ids
         ``ids: (k,)``, in their order, ``(k,)`` int64. An id held by another process is
         an error, unless ``held_only``: then it is left out (a partner held elsewhere)."""
-        where = {int(a): k for k, a in enumerate(self.agents.tolist())}
+        where = self.held()
         missing = [int(a) for a in ids if int(a) not in where]
         if missing and not held_only:
             raise ValueError(

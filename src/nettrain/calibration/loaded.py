@@ -60,6 +60,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from nettrain.engines.distributed.launch import rank_variables
 from nettrain.engines.distributed.store import hosts_store, keep_on_loopback, open_store
 from nettrain.errors import ConfigError, PeerError
 
@@ -132,9 +133,7 @@ def round_seconds(
     dist.barrier()
     begin = time.perf_counter()
     round_()
-    count = torch.tensor([plan.budget_s / max(time.perf_counter() - begin, 1e-9)])
-    dist.broadcast(count, 0)  # rank 0's count: neighbours make as many rounds
-    rounds = min(MOST_ROUNDS, max(plan.repeats, math.ceil(float(count))))
+    rounds = agreed_rounds(time.perf_counter() - begin, plan.budget_s, plan.repeats)
     dist.barrier()
     begin = time.perf_counter()
     for _ in range(rounds):
@@ -143,6 +142,15 @@ def round_seconds(
     every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(every, mine)
     return reduce([float(t) for t in every])
+
+
+def agreed_rounds(seconds: float, budget_s: float, least: int) -> int:
+    """Every rank: as many rounds of ``seconds`` each as fill ``budget_s`` on rank 0
+    (broadcast, so that neighbours make as many), at least ``least``, at most
+    :data:`MOST_ROUNDS`."""
+    count = torch.tensor([budget_s / max(seconds, 1e-9)])
+    dist.broadcast(count, 0)
+    return min(MOST_ROUNDS, max(least, math.ceil(float(count))))
 
 
 def neighbours(rank: int, world: int) -> list[int]:
@@ -222,10 +230,7 @@ def engine_round(plan: LinkPlan, world: int, pass_s: float) -> float:
     from nettrain.config import SECTION_OF, load_config
     from nettrain.experiment import run
 
-    cfg = plan.config
-    count = torch.tensor([plan.budget_s / max(pass_s, 1e-9)])
-    dist.broadcast(count, 0)
-    rounds = min(MOST_ROUNDS, max(64, math.ceil(float(count))))
+    cfg, rounds = plan.config, agreed_rounds(pass_s, plan.budget_s, 64)
     keys = {k: getattr(cfg, k) for k, s in SECTION_OF.items() if s in ("data", "problem")}
     keys |= {"seed": cfg.seed, "device": cfg.device, "dtype": cfg.dtype, "agents": world}
     keys |= {"algorithm": "local_sgd", "tau": rounds + 1, "rounds": rounds, "topology": "complete"}
@@ -319,19 +324,11 @@ def oracle_pass(job: Any, rank: int, seed: int) -> Callable[[], object]:
     return lambda: oracle.grad(x)
 
 
-def launch_environment(rank: int, world: int) -> dict[str, str]:
-    """What a launcher tells rank ``rank`` of ``world`` processes on this machine, which
-    the distributed engine reads (the group it joins is the caller's)."""
-    ranks = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": world, "LOCAL_WORLD_SIZE": world}
-    return {name: str(value) for name, value in ranks.items()}
-
-
 def _worker(rank: int, world: int, addr: str, port: int, plan: LinkPlan, results: Any) -> None:
     """A spawned process of :func:`measure_local`: its part, then ``(rank, "ok", times)``
     or ``(rank, error class name, message)`` on ``results``."""
     torch.set_num_threads(1)  # the processes share this machine's cores
-    for name, value in launch_environment(rank, world).items():  # the engine's round
-        os.environ[name] = value
+    os.environ.update(rank_variables(rank, world))  # the engine's round reads them
     try:
         from nettrain.experiment import build_job
 

@@ -342,7 +342,7 @@ class DistCommunicator(Communicator):
         payload = compressor.encode(x[rows], generator=generator)  # the requests
         sizes = compressor.nbytes(payload)  # (k,)
         self._count(rows, sizes)  # sent, come what may
-        out, held, local = ref.clone(), self._rows(), rows.tolist()
+        out, held, local = ref.clone(), self.held(), rows.tolist()
         calls: list[tuple[int, Future[Any] | None]] = []  # (pair, call) to partners elsewhere
         for k, (me, partner) in enumerate(pairs.tolist()):
             request, reply = take_rows(payload, torch.tensor([k])), None
@@ -370,10 +370,6 @@ class DistCommunicator(Communicator):
     def owner(self, agent: int) -> int:
         """The rank that holds ``agent``."""
         return int(self.placement.owner[agent])
-
-    def _rows(self) -> dict[int, int]:
-        """The local row of each agent held here."""
-        return {int(a): k for k, a in enumerate(self.agents.tolist())}
 
     def _count(self, rows: torch.Tensor, sizes: torch.Tensor) -> None:
         """One message of ``sizes[k]`` bytes sent by the agent on local row ``rows[k]``."""

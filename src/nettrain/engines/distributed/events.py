@@ -402,7 +402,7 @@ class DistEvents:
         the initiator's incarnation counted); ``replies`` ``(m, 3)`` (the work of the
         peers' replies: none, messages, bytes)."""
         n, comm, m = self.job.n_agents, self.comm, len(self.agents)
-        world, row = n + len(comm.server_ranks), {a: k for k, a in enumerate(self.agents)}
+        world, row = n + len(comm.server_ranks), comm.held()
         delivered = torch.zeros(m, world, dtype=torch.int64)
         for (a, j), count in comm.delivered.items():
             delivered[row[a], j] += count

@@ -35,18 +35,25 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM)
 POLL_S = 0.2  # between two looks at the processes, while restarts are left
 
 
+def rank_variables(rank: int, nproc: int) -> dict[str, str]:
+    """Who rank ``rank`` of ``nproc`` processes on this machine is, as torchrun says it
+    (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``)."""
+    ranks = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": nproc, "LOCAL_WORLD_SIZE": nproc}
+    return {name: str(value) for name, value in ranks.items()}
+
+
 def rank_environment(rank: int, nproc: int, master_addr: str, master_port: int) -> dict[str, str]:
     """The environment of rank ``rank`` of ``nproc`` processes on this machine."""
-    return os.environ | {
-        "RANK": str(rank),
-        "LOCAL_RANK": str(rank),
-        "WORLD_SIZE": str(nproc),
-        "LOCAL_WORLD_SIZE": str(nproc),
-        "MASTER_ADDR": master_addr,
-        "MASTER_PORT": str(master_port),
-        "OMP_NUM_THREADS": "1",
-        HOSTED: "1",
-    }
+    return (
+        os.environ
+        | rank_variables(rank, nproc)
+        | {
+            "MASTER_ADDR": master_addr,
+            "MASTER_PORT": str(master_port),
+            "OMP_NUM_THREADS": "1",
+            HOSTED: "1",
+        }
+    )
 
 
 def launch_local(
