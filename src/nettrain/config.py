@@ -291,7 +291,8 @@ class AlgorithmKeys(Section):
     lr_warmup: int = key(
         0,
         "allreduce, local_sgd, dpsgd: rounds of linear learning-rate warm-up, round t steps "
-        "lr * min(1, (t+1) / lr_warmup) (Goyal et al. 2017); 0 = none",
+        "lr * min(1, (t+1) / lr_warmup) (Goyal et al. 2017); swarm, adpsgd: counted in "
+        "each agent's exchanges (t = those it took part in); 0 = none",
         at_least=0,
     )
     tau: int = key(

@@ -51,6 +51,7 @@ SUMMARY_FROM_RECORD = (
     "wall_time_s",
     "centre_test_accuracy",
     "centre_test_loss",
+    "centre_val_loss",
     "staleness_mean",
     "samples_per_s",
 )

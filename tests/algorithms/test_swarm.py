@@ -229,6 +229,37 @@ def test_interactions_are_the_documented_exchange_written_out(blocking: bool) ->
     assert state.interactions.tolist() == [1, 1, 0, 1, 1]
 
 
+@pytest.mark.parametrize("blocking", [False, True], ids=["nonblocking", "blocking"])
+def test_the_warm_up_steps_each_agent_by_its_own_exchanges(blocking: bool) -> None:
+    """``lr_warmup = 4``: an agent that took part in ``c`` exchanges steps
+    ``lr * min(1, (c + 1) / 4)``. Agents 0..3 with 0, 1, 3 and 7 exchanges behind them
+    each make one step on ``f_i(x) = ||x - a_i||^2 / 2`` (partners too when blocking),
+    against the rule written out; a warm-up of 0 keeps ``lr`` for all."""
+    n, d, lr, warmup = 4, 3, 0.2, 4
+    targets = torch.randn(n, d, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    problem, shards = identity_quadratics(targets)
+    comm = SimCommunicator(build_topology("complete", n), torch.device("cpu"), torch.float64)
+    oracle = problem.oracle(shards, range(n), batch_size=0, seed=0)
+    x0 = torch.randn(n, d, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    before = torch.tensor([0, 1, 3, 7])
+    pairs, counts = torch.tensor([[0, 1], [2, 3]]), torch.ones(2, 2, dtype=torch.int64)
+    for k, expected_lr in ((warmup, [lr / 4, lr / 2, lr, lr]), (0, [lr] * 4)):
+        algo = SwarmSGD(lr=lr, local_steps=1, blocking=blocking, lr_warmup=k)
+        state = algo.init(x0.clone(), oracle, comm)
+        state = type(state)(state.x, before.clone())
+        moved = x0 - torch.tensor(expected_lr, dtype=torch.float64)[:, None] * (x0 - targets)
+        expected = x0.clone()
+        for i, j in pairs.tolist():
+            if blocking:
+                expected[i] = expected[j] = (moved[i] + moved[j]) / 2
+            else:
+                mean = (x0[i] + x0[j]) / 2
+                expected[i], expected[j] = mean + (moved[i] - x0[i]), mean
+        state, _ = algo.interact(state, pairs, oracle, comm, counts)
+        torch.testing.assert_close(state.x, expected, rtol=0, atol=1e-12)
+        assert state.interactions.tolist() == [1, 2, 4, 8]
+
+
 def test_swarm_refuses_negative_local_steps_and_momentum() -> None:
     with pytest.raises(
         ConfigError, match=r"^local_steps must be >= 0 \(0 = pure gossip\), got -1$"

@@ -11,13 +11,16 @@ from nettrain.reproduce.block_async import (
     BASE,
     BATCH,
     FULL_STEPS,
+    LRS,
     PARTITIONED,
     SEQUENTIAL,
     SYNCHRONOUS,
     Figures,
     check,
     compare_with_paper,
+    config,
     methods,
+    point,
     rounds_for,
     row,
 )
@@ -119,3 +122,13 @@ def test_every_methods_config_is_valid() -> None:
     for label, extra in methods().items():
         cfg = load_config(BASE | extra | {"dataset": "digits", "rounds": 10})
         assert cfg.algorithm == extra["algorithm"], label
+
+
+def test_every_method_runs_the_same_grid_of_rates_on_a_validation_split() -> None:
+    """Each method at each rate of LRS (``--set lr`` does not move it), a tenth of the
+    training set held out to choose on; one folder a point."""
+    for label in methods():
+        cfgs = [config(label, lr, 0, True, {"lr": 0.5}) for lr in LRS]
+        assert [c.lr for c in cfgs] == list(LRS)
+        assert {c.validation for c in cfgs} == {0.1}
+    assert len({point(label, lr) for label in methods() for lr in LRS}) == 5 * len(LRS)

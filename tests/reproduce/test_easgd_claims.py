@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import pytest
@@ -13,15 +14,22 @@ from nettrain.reproduce.claims import BY_CONSTRUCTION, EMPIRICAL
 from nettrain.reproduce.easgd import (
     CONVERGED,
     DIVERGED,
+    LRS,
     METHODS,
     TAUS,
     UNSETTLED,
     Figures,
     RuntimeFigures,
     check,
+    chosen_lr,
+    criterion,
     error_at,
     figures,
+    grids,
+    keys,
+    plan,
     runtime_claim,
+    scaling_plan,
 )
 
 Key = tuple[int, str, int]
@@ -58,6 +66,7 @@ def good(seed: int = 0) -> dict[Key, list[dict[str, Any]] | None]:
     """One seed's runs on which every claim holds; ``seed`` moves the errors a little."""
     jitter = 0.002 * seed
     runs: dict[Key, list[dict[str, Any]] | None] = {(4, "allreduce", 1): curve(0.20 + jitter)}
+    runs[(4, "mallreduce", 1)] = curve(0.19 + jitter)
     for tau in TAUS:
         runs |= {(4, m, tau): curve(0.18 + jitter, tau=tau) for m in METHODS}
         runs[(4, "eamsgd", tau)] = curve(0.15 + jitter, tau=tau)
@@ -111,6 +120,7 @@ ALL = range(SEEDS)
     [
         (0, replaced((4, "mdownpour", 4), curve(0.14, tau=4), ALL)),
         (0, replaced((4, "allreduce", 1), curve(0.10), ALL)),
+        (0, replaced((4, "mallreduce", 1), curve(0.14), ALL)),  # the momentum baseline
         # EAMSGD lowest in two seeds of three, and in the means (0.152 against momentum
         # DOWNPOUR's 0.155), but one seed far below puts the difference within 2 se
         (0, replaced((4, "mdownpour", 4), curve(0.10, tau=4), range(1))),
@@ -219,3 +229,30 @@ def test_the_runtime_claim_fails_on_its_figures(change: dict[str, float]) -> Non
     claim = runtime_claim(dataclasses.replace(RUNTIME, **change))
     assert not claim.holds
     assert check(good_seeds(), STABLE, dataclasses.replace(RUNTIME, **change))[5] == claim
+
+
+def test_every_tuned_run_has_the_same_grid_and_the_rate_is_the_grid_s() -> None:
+    """Seven rates for every method, both baselines and every tau; ``--set lr`` does not
+    move the grid; a validation split is held out; the scaling runs take the rate their
+    method chose with 4 workers at the same tau."""
+    configs = plan(0, True, {"lr": 0.3})
+    assert len(configs) == len(keys()) * len(LRS) == 18 * 7
+    for run, names in grids().items():
+        assert [configs[name].lr for name in names] == list(LRS), run
+        assert {configs[name].validation for name in names} == {0.1}
+    assert configs["n4_mallreduce_tau1_lr0.02"].momentum == 0.9
+    assert configs["n4_eamsgd_tau16_lr0.02"].tau == 16
+    chosen = {run: names[k % len(LRS)] for k, (run, names) in enumerate(grids().items())}
+    assert chosen_lr(chosen, (4, "easgd", 4)) == LRS[6 % len(LRS)]  # the 7th tuned run
+    scaled = scaling_plan(chosen)(0, True, {})
+    assert (
+        scaled["n16_easgd_tau4"].lr == LRS[6 % len(LRS)] and scaled["n16_easgd_tau4"].agents == 16
+    )
+
+
+def test_the_criterion_is_the_centres_final_validation_loss() -> None:
+    """The centre's where the run has one, else the model's (all-reduce); never a test
+    figure; infinite without either."""
+    assert criterion([{"val_loss": 9.0, "centre_val_loss": 0.4, "centre_test_loss": 0.1}]) == 0.4
+    assert criterion([{"val_loss": 0.5, "test_loss": 0.1}]) == 0.5
+    assert criterion([{"test_loss": 0.1}]) == math.inf

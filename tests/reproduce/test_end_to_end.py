@@ -58,11 +58,17 @@ class Case(NamedTuple):
     files: list[str]  # the plots and tables beside summary.csv and claims.json
     seeds: tuple[int, ...] = SEEDS  # --seed seeds[0] --seeds len(seeds)
     timing: tuple[str, ...] = ()  # runs that time something after the seeds', under --out
+    # the runs summary.csv is about, from what --out holds (default: every run)
+    summarised: Callable[[Path], list[str]] | None = None
 
     @property
     def runs(self) -> list[str]:
         """Every run folder, relative to --out."""
         return [f"{seed_folder(s)}/{run}" for s in self.seeds for run in self.configs]
+
+    def tabled(self, out: Path) -> list[str]:
+        """The runs summary.csv has a row of, in a seed's folder."""
+        return self.summarised(out) if self.summarised else self.configs
 
 
 def next_case() -> Case:
@@ -79,23 +85,36 @@ def next_case() -> Case:
     )
 
 
+def chosen_points(out: Path, points: int) -> list[str]:
+    """The run folders of the grid points ``tuning.csv`` (one row for each of ``points``)
+    marks chosen."""
+    with open(out / "tuning.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == points
+    return [folder_name(r["run"]) for r in rows if r["chosen"] == "True"]
+
+
 def easgd_case() -> Case:
-    plan = [(4, "allreduce", 1)] + [(4, m, t) for t in easgd.TAUS for m in easgd.METHODS]
-    tau = easgd.SCALING["tau"]
-    plan += [(n, m, tau) for n in easgd.SCALING["workers"] for m in easgd.SCALING["methods"]]
-    runs = [f"n{n}_{m}_tau{t}" for n, m, t in plan]
+    tuned = list(easgd.plan(SEEDS[0], True, {}))  # every grid point of every tuned run
+    scaling = [easgd.run_name(key) for key in easgd.scaling_keys()]
     plots = [
         f"tau{t}_{x}.png" for t in easgd.TAUS for x in ("virtual_time_s", "exchanges_per_worker")
     ]
+
+    def row_key(r: Row) -> str:
+        key = f"n{r['n']}_{r['method']}_tau{r['tau']}"
+        return key if r["n"] != "4" else f"{key}_lr{float(r['lr']):g}"  # tuned: a grid point
+
     return Case(
         "easgd",
         # every tau divides 64 rounds (local steps per worker): tau = 64 exchanges once
         {"dataset": "digits", "train_samples": "640", "rounds": "64", "eval_every": "32"},
         6,
-        runs,
-        lambda r: f"n{r['n']}_{r['method']}_tau{r['tau']}",
+        tuned + scaling,
+        row_key,
         [
             *plots,
+            "tuning.csv",
             "stability.png",
             "stability.csv",
             "stability_summary.csv",
@@ -103,13 +122,12 @@ def easgd_case() -> Case:
             "round_robin.png",
         ],
         SEEDS[:1],
+        summarised=lambda out: chosen_points(out, len(tuned)) + scaling,
     )
 
 
 def swarm_case() -> Case:
-    grid = swarm.baseline_grid(16, 8)  # the baseline's scaled points beside the plain one
-    labels = list(swarm.methods() | grid | swarm.extra_methods())
-    runs = [folder_name(f"n16 {label}") for label in labels]
+    runs = [folder_name(name) for name in swarm.plan(SEEDS[0], True, {})]  # grids included
     return Case(
         "swarm",
         {"dataset": "digits", "train_samples": "1024", "rounds": "8"},
@@ -121,22 +139,27 @@ def swarm_case() -> Case:
 
 
 def block_async_case() -> Case:
-    labels = list(block_async.methods())
+    runs = [
+        folder_name(block_async.point(label, lr))
+        for label in block_async.methods()
+        for lr in block_async.LRS
+    ]
     return Case(
         "block-async",
         # about 30 steps per process: the 20 full ones of the (hard-coded) warm-up, then
         # partitioned ones
         {"rounds": "30"},
         2,
-        [folder_name(m) for m in labels],
-        lambda r: folder_name(r["method"]),
-        ["accuracy.png", "speedup.json"],
+        runs,
+        lambda r: folder_name(block_async.point(r["method"], float(r["lr"]))),
+        ["accuracy.png", "speedup.json", "tuning.csv"],
         SEEDS[:1],
+        summarised=lambda out: chosen_points(out, len(runs)),
     )
 
 
 CASES = {c.name: c for c in (next_case(), easgd_case(), swarm_case(), block_async_case())}
-COUNTS = {"next": 30, "easgd": 23, "swarm": 15, "block-async": 5}  # a seed's runs, by hand
+COUNTS = {"next": 30, "easgd": 132, "swarm": 19, "block-async": 20}  # a seed's runs, by hand
 
 
 def reproduce(case: Case, out: Path) -> int:
@@ -211,12 +234,13 @@ def test_reproduce_runs_end_to_end_and_keeps_its_runs(
             check_run_folder(tmp_path / seed_folder(seed) / run, case.sizes, seed)
     with open(tmp_path / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    tabled = case.tabled(tmp_path)
     assert sorted(f"{seed_folder(int(r['seed']))}/{case.row_key(r)}" for r in rows) == sorted(
-        case.runs
+        f"{seed_folder(s)}/{run}" for s in case.seeds for run in tabled
     )
     with open(tmp_path / "aggregate.csv", newline="") as f:
         groups = list(csv.DictReader(f))
-    assert sorted(map(case.row_key, groups)) == sorted(case.configs)
+    assert sorted(map(case.row_key, groups)) == sorted(tabled)
     assert {g["runs"] for g in groups} == {str(len(case.seeds))}
     for file in case.files:
         check_file(tmp_path / file)

@@ -28,6 +28,12 @@ Without compression, every exchange preserves ``x_i_pub + x_j_pub``: the mean of
 published models moves only by local steps. AD-PSGD (Lian et al. 2018, "Asynchronous
 Decentralized Parallel SGD") is the non-blocking form with one local step and no
 compression: ``x_i, x_j <- (x_i + x_j) / 2``, then ``x_i <- x_i - lr g_i``.
+
+``lr_warmup = K`` ramps an agent's step up over its first ``K`` interactions (Goyal et
+al. 2017's gradual warm-up, counted per agent as an asynchronous method has no common
+round): a local phase that starts when the agent has taken part in ``c`` exchanges
+steps ``lr * min(1, (c + 1) / K)``. An agent takes part in about two exchanges a round
+(it initiates one and is picked as a partner about once).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import torch
 
 from nettrain.algorithms.base import GossipAlgorithm
 from nettrain.algorithms.local import local_phase
-from nettrain.algorithms.sgd import LocalStep, SGDState, sgd_direction
+from nettrain.algorithms.sgd import SGDState, WarmedStep, sgd_direction
 from nettrain.compression import Compressor, Identity
 from nettrain.errors import ConfigError
 from nettrain.patterns import Communicator
@@ -53,7 +59,7 @@ class SwarmState:
 
 
 @dataclass(frozen=True)
-class SwarmSGD(LocalStep, GossipAlgorithm[SwarmState]):
+class SwarmSGD(WarmedStep, GossipAlgorithm[SwarmState]):
     """SwarmSGD; see the module docstring for the update rules."""
 
     local_steps: int = 1
@@ -79,18 +85,37 @@ class SwarmSGD(LocalStep, GossipAlgorithm[SwarmState]):
         return SwarmState(x0, torch.zeros(x0.shape[0], dtype=torch.int64))
 
     def local_phase(
-        self, x: torch.Tensor, agents: torch.Tensor, steps: torch.Tensor, oracle: Oracle
+        self,
+        x: torch.Tensor,
+        agents: torch.Tensor,
+        steps: torch.Tensor,
+        oracle: Oracle,
+        lr: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``steps[r]`` SGD steps of ``agents[r]`` from ``x: (k, d)``; the last losses ``(k,)``."""
+        """``steps[r]`` SGD steps of ``agents[r]`` from ``x: (k, d)``, at ``lr`` (each
+        row's step, ``(k, 1)``; ``self.lr`` where ``None``); the last losses ``(k,)``."""
 
         def update(rows, grad):
-            (x,) = rows
+            x, *rate = rows
             _, g = grad(x)
             direction, _ = sgd_direction(x, g, SGDState(), self.sgd)
-            return (torch.add(x, direction, alpha=-self.sgd.lr),)
+            if not rate:
+                return (torch.add(x, direction, alpha=-self.sgd.lr),)
+            return (torch.addcmul(x, direction, rate[0], value=-1), rate[0])
 
-        (x,), loss = local_phase((x,), agents, steps, oracle, update)
+        rows = (x,) if lr is None else (x, lr)
+        (x, *_), loss = local_phase(rows, agents, steps, oracle, update)
         return x, loss
+
+    def rates(self, state: SwarmState, rows: torch.Tensor) -> torch.Tensor | None:
+        """The warm-up's step of each of ``rows`` (local rows), ``(k, 1)``:
+        ``lr * min(1, (c + 1) / lr_warmup)`` for an agent with ``c`` exchanges so far;
+        ``None`` without a warm-up or once every one of them is past it."""
+        counts = state.interactions[rows]
+        if not self.lr_warmup or bool((counts >= self.lr_warmup).all()):
+            return None
+        ramp = (counts + 1).clamp(max=self.lr_warmup).to(state.x.dtype) / self.lr_warmup
+        return (self.lr * ramp)[:, None]
 
     def absorb(self, own: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
         """The exchange's rule on a published model: ``(own + Q(other)) / 2``."""
@@ -102,7 +127,9 @@ class SwarmSGD(LocalStep, GossipAlgorithm[SwarmState]):
         x = state.x  # (m, d) published models
         if self.blocking:
             movers = torch.cat([i, j])
-            moved, losses = self.local_phase(x[movers], movers, steps.T.flatten(), oracle)
+            moved, losses = self.local_phase(
+                x[movers], movers, steps.T.flatten(), oracle, self.rates(state, movers)
+            )
             sent = x.clone()
             sent[movers] = moved
             received = comm.swap(sent, pairs, ref=sent)
@@ -110,7 +137,7 @@ class SwarmSGD(LocalStep, GossipAlgorithm[SwarmState]):
             new[movers] = self.absorb(sent[movers], received[movers])
             loss = losses[: len(i)]
         else:
-            moved, loss = self.local_phase(x[i], i, steps[:, 0], oracle)
+            moved, loss = self.local_phase(x[i], i, steps[:, 0], oracle, self.rates(state, i))
             received = comm.swap(x, pairs, ref=x)
             new = x.clone()
             new[i] = self.absorb(x[i], received[i]) + (moved - x[i])

@@ -218,13 +218,17 @@ def model_fields(
 ) -> dict[str, Any]:
     """``<name>_test_loss`` and ``<name>_test_accuracy`` of one model ``(d,)`` (with the
     agents' mean ``buffers``, for a model that has them): a centre-based method's centre
-    variable, or a model an algorithm names (:meth:`~nettrain.algorithms.base.Method.judged`)."""
+    variable, or a model an algorithm names (:meth:`~nettrain.algorithms.base.Method.judged`).
+    With a validation split, also ``<name>_val_loss`` and ``<name>_val_accuracy``."""
     if model is None:
         return {}
-    ev = job.problem.evaluate(model[None], mean(buffers) if buffers else None)
-    out = {f"{name}_test_loss": float(ev.loss[0])}
-    if ev.accuracy is not None:
-        out[f"{name}_test_accuracy"] = float(ev.accuracy[0])
+    out: dict[str, Any] = {}
+    splits = ("test", "val") if job.problem.data.x_val is not None else ("test",)
+    for split in splits:
+        ev = job.problem.evaluate(model[None], mean(buffers) if buffers else None, split=split)
+        out[f"{name}_{split}_loss"] = float(ev.loss[0])
+        if ev.accuracy is not None:
+            out[f"{name}_{split}_accuracy"] = float(ev.accuracy[0])
     return out
 
 

@@ -3,12 +3,16 @@
 SGD, on real processes sharing one model (``engine=shared_memory``).
 
 The small CNN (two 3x3 convolutions, 11k parameters on 28x28 images), mini-batches of
-32, momentum 0.9, ``lr = 0.03``, for the asynchronous methods with the diminishing step
+32, momentum 0.9, for the asynchronous methods with the diminishing step
 ``lr / (1 + step_decay lr k)`` (synchronous data-parallel SGD keeps ``lr``: it has no
-``step_decay``); every method gets the same number of epochs, and ``P`` in {1, 2} (this machine
-has 2 cores). The runs, one after the other in one command, seed by seed (every
-second seed in reverse order, so that a change in the machine's load hits every method
-alike), each in ``seed-<s>/METHOD``:
+``step_decay``); every method gets the same number of epochs, and ``P`` in {1, 2} (this
+machine has 2 cores). Every method is tuned alike: it runs at each learning rate of the
+same grid :data:`LRS`, and the one of the lowest final validation loss (a tenth of the
+training set held out, ``validation=0.1``; mean over the seeds, never the test set;
+:func:`~nettrain.reproduce.tuning.over_seeds`, ``tuning.csv``) is the method's run in
+the table and the claims. The runs, one after the other in one command, seed by seed
+(every second seed in reverse order, so that a change in the machine's load hits every
+method alike), each in ``seed-<s>/METHOD_lr=LR``:
 
 - sequential SGD: ``hogwild`` with one process (every step writes the whole model);
 - Hogwild, ``P = 2``: both processes write every block, no lock;
@@ -20,8 +24,9 @@ alike), each in ``seed-<s>/METHOD``:
 
 The table, mean ± std over the seeds: samples/s (samples over training time,
 evaluations excluded), training time to 85% test accuracy, final accuracy and read
-staleness. ``--quick``: scikit-learn's digits (8x8 images), 40 epochs; the full run:
-Fashion-MNIST (60,000 images), 3 epochs. Checked (both empirical):
+staleness, each method at its chosen rate. ``--quick``: scikit-learn's digits (8x8
+images), 40 epochs; the full run: Fashion-MNIST (60,000 images), 3 epochs. Checked (both
+empirical):
 
 1. both partitioned methods' final accuracies are within 1 point of sequential SGD's
    (mean over the seeds);
@@ -38,10 +43,11 @@ from statistics import fmean
 from typing import Any
 
 from nettrain.config import RunConfig, load_config
-from nettrain.errors import ConfigError
+from nettrain.errors import ConfigError, DivergenceError
 from nettrain.experiment import run
 from nettrain.recording import write_json
 from nettrain.report.plots import plot_seeds
+from nettrain.report.tables import write_csv
 from nettrain.reproduce.claims import EMPIRICAL, Claim, Measured, quotient, spread
 from nettrain.reproduce.runner import (
     Request,
@@ -50,6 +56,7 @@ from nettrain.reproduce.runner import (
     seed_folder,
     seed_tables,
 )
+from nettrain.reproduce.tuning import final, over_seeds
 
 Records = list[dict[str, Any]]
 Figures = Mapping[str, Mapping[str, Any]]  # one seed: method -> its row (:func:`row`)
@@ -59,12 +66,14 @@ TARGET = 0.85  # the table's "time to 85% accuracy"
 EVALS = 10  # records per run
 FULL_EVERY = 2  # after the warm-up, every 2nd step of a process writes every block
 PAPER_SPEEDUP = 1.2  # the paper: on average 1.2x faster than data-parallel (GPUs)
+LRS = (0.003, 0.01, 0.03, 0.1)  # every method's grid of learning rates
+CRITERION = final("val_loss")
 BASE: dict[str, Any] = {
     "engine": "shared_memory",
     "model": "cnn",
     "batch_size": BATCH,
-    "lr": 0.03,
     "momentum": 0.9,
+    "validation": 0.1,  # the rates are chosen on it
     "agents": 3,  # the data partition is pooled: every worker draws from all samples
     "topology": "complete",
     "progress": False,
@@ -104,15 +113,23 @@ def rounds_for(processes: int, samples: int, epochs: int) -> int:
     return max(1, round(epochs * samples / (processes * BATCH)))
 
 
-def config(label: str, seed: int, quick: bool, overrides: Mapping[str, Any]) -> RunConfig:
-    """The config of ``label``'s run at ``seed``."""
+def config(
+    label: str, lr: float, seed: int, quick: bool, overrides: Mapping[str, Any]
+) -> RunConfig:
+    """The config of ``label``'s run at ``lr`` (which ``overrides`` do not change) and
+    ``seed``."""
     dataset, samples, epochs = ("digits", 1437, 40) if quick else ("fashion_mnist", 60_000, 3)
     warmup = 20 if quick else 200  # full steps of each process before partitioning
     extra = methods(warmup)[label]
     rounds = rounds_for(extra["processes"], samples, epochs)
     values = BASE | extra | {"dataset": dataset, "seed": seed}
     schedule = {"rounds": rounds, "eval_every": -(-rounds // EVALS)}
-    return load_config(values | schedule | dict(overrides))
+    return load_config(values | schedule | dict(overrides) | {"lr": lr})
+
+
+def point(label: str, lr: float) -> str:
+    """The run of ``label`` at ``lr``: ``LABEL lr=LR``."""
+    return f"{label} lr={lr:g}"
 
 
 def reproduce(ask: Request) -> list[Claim]:
@@ -124,21 +141,41 @@ def reproduce(ask: Request) -> list[Claim]:
             f"the machine: drop --jobs {ask.jobs}"
         )
     labels, seeds = list(methods()), ask.seed_list()
+    grids = {label: [point(label, lr) for lr in LRS] for label in labels}
     folder = {
-        (seed, label): ask.out / seed_folder(seed) / folder_name(label)
+        (seed, name): ask.out / seed_folder(seed) / folder_name(name)
         for seed in seeds
-        for label in labels
+        for names in grids.values()
+        for name in names
     }
     # wall-clock speed-ups: every run runs again, none is kept
     refuse_overwrite(list(folder.values()), ask.force, "finished runs of block-async")
-    results: dict[int, dict[str, Records]] = {seed: {} for seed in seeds}
+    found: dict[int, dict[str, Records | None]] = {seed: {} for seed in seeds}
     for k, seed in enumerate(seeds):  # every second seed in reverse: drifting load evens out
         for label in labels if k % 2 == 0 else labels[::-1]:
-            cfg = config(label, seed, ask.quick, ask.overrides)
-            results[seed][label] = run(cfg, folder[seed, label]).records
-            ask.console.print(f"seed {seed}: " + describe(row(label, results[seed][label])))
-    rows = [row(label, results[seed][label]) | {"seed": seed} for seed in seeds for label in labels]
-    seed_tables(ask, rows, ("method", "P"), COLUMNS, "block-async")
+            for lr in LRS if k % 2 == 0 else LRS[::-1]:
+                cfg = config(label, lr, seed, ask.quick, ask.overrides)
+                name = point(label, lr)
+                try:
+                    found[seed][name] = records = run(cfg, folder[seed, name]).records
+                except DivergenceError as error:  # a rate too large: never chosen
+                    found[seed][name] = None
+                    ask.console.print(f"seed {seed}: {name} diverged ({error})")
+                else:
+                    ask.console.print(f"seed {seed}: lr={lr:g} " + describe(row(label, records)))
+    chosen, tuning = over_seeds(found, grids, CRITERION)
+    write_csv(tuning, ask.out / "tuning.csv")
+    rates = {label: LRS[grids[label].index(chosen[label])] for label in labels}
+    ask.console.print(
+        "chosen learning rates: " + ", ".join(f"{m} {lr:g}" for m, lr in rates.items())
+    )
+    results = {seed: {label: found[seed][chosen[label]] for label in labels} for seed in seeds}
+    rows = [
+        row(label, results[seed][label]) | {"lr": rates[label], "seed": seed}
+        for seed in seeds
+        for label in labels
+    ]
+    seed_tables(ask, rows, ("method", "P", "lr"), COLUMNS, "block-async")
     name = "digits" if ask.quick else "Fashion-MNIST"
     curves = {label: [results[seed][label] for seed in seeds] for label in labels}
     plot_seeds(curves, PANELS, ask.out / "accuracy.png", title=f"{name}, small CNN", x=X)

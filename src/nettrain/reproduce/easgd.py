@@ -3,21 +3,28 @@
 "Deep learning with Elastic Averaging SGD" (arXiv 1412.6651), at small scale in the
 simulator's event engine: ``p = 4`` workers with the centre on one parameter server,
 ``tau`` in {1, 4, 16, 64} local steps between exchanges, for asynchronous EASGD,
-EAMSGD, DOWNPOUR and momentum DOWNPOUR, against all-reduce SGD; ``beta = p alpha =
-0.9`` (the paper's), Nesterov ``delta = 0.9``. The scaling table repeats EASGD, EAMSGD
-and DOWNPOUR at ``tau = 4`` with 8 and 16 workers. ``--quick``: Fashion-MNIST on
-6,000 training samples, MLP 784-64-10, mini-batches of 32; the full run: all 60,000
-samples, the small CNN, mini-batches of 128 (the paper's; hours on a 2-core CPU:
-``--set device=cuda`` on a GPU, or ``--set model=mlp hidden=128`` for an MLP). Every
-run has the same number of local steps per worker; a seed's time budget is the shortest
-virtual time any of its runs took, and a method's test error at the budget is its
+EAMSGD, DOWNPOUR and momentum DOWNPOUR, against all-reduce SGD, plain and with
+momentum; ``beta = p alpha = 0.9`` (the paper's), momentum 0.9 for every method that
+has one (EAMSGD's Nesterov ``delta``, momentum DOWNPOUR's, the momentum all-reduce's).
+Every method is tuned alike, at every ``tau`` as the paper did: each run picks its
+learning rate from the same grid :data:`LRS` (seven runs each), by the centre's final
+loss on a validation split of 10% carved from the training set (``validation=0.1``;
+the all-reduce's model for all-reduce; mean over the seeds, never the test set;
+:func:`~nettrain.reproduce.tuning.over_seeds`; ``tuning.csv``). The scaling table
+repeats EASGD, EAMSGD and DOWNPOUR at ``tau = 4`` with 8 and 16 workers, each at the
+rate its method chose with 4 workers. ``--quick``: Fashion-MNIST on 6,000 training
+samples, MLP 784-64-10, mini-batches of 32; the full run: all 60,000 samples, the small
+CNN, mini-batches of 128 (the paper's; many hours on a 2-core CPU: ``--set
+device=cuda`` on a GPU, or ``--set model=mlp hidden=128`` for an MLP). Every run has
+the same number of local steps per worker; a seed's time budget is the shortest virtual
+time any of its chosen runs took, and a method's test error at the budget is its
 centre's at its last record within it. Every configuration runs for each seed
-(``seed-<s>/n4_easgd_tau1``, ...); the tables give the mean ± std over the seeds, the
-plots the mean in a band of ± one std. Checked:
+(``seed-<s>/n4_easgd_tau1_lr0.05``, ...); the tables give the mean ± std over the
+seeds, the plots the mean in a band of ± one std. Checked:
 
 1. EAMSGD reaches the lowest test error at the time budget (empirical): each method at
-   its ``tau`` of the lowest mean error, all-reduce SGD included; EAMSGD's mean is below
-   every other's by more than twice the standard error of the difference.
+   its ``tau`` of the lowest mean error, both all-reduce baselines included; EAMSGD's
+   mean is below every other's by more than twice the standard error of the difference.
 2. EASGD degrades gracefully with ``tau`` (empirical): its final error grows by less
    from ``tau = 1`` to ``tau = 64`` than DOWNPOUR's, by more than twice the standard
    error (a diverged run counts as a growth of 1, the largest).
@@ -44,7 +51,8 @@ plots the mean in a band of ± one std. Checked:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -86,17 +94,23 @@ from nettrain.reproduce.claims import (
 )
 from nettrain.reproduce.round_robin import Trajectory
 from nettrain.reproduce.runner import Request, run_seeds, seed_tables
+from nettrain.reproduce.tuning import over_seeds
 
 Records = list[dict[str, Any]]
 Key = tuple[int, str, int]  # (workers, method, tau)
 
 METHODS: dict[str, dict[str, Any]] = {
-    "easgd": {"algorithm": "easgd_async", "lr": 0.05},
-    "eamsgd": {"algorithm": "eamsgd", "lr": 0.01, "momentum": 0.9},
-    "downpour": {"algorithm": "downpour", "lr": 0.02},
-    "mdownpour": {"algorithm": "mdownpour", "lr": 0.005, "momentum": 0.9},
+    "easgd": {"algorithm": "easgd_async"},
+    "eamsgd": {"algorithm": "eamsgd", "momentum": 0.9},
+    "downpour": {"algorithm": "downpour"},
+    "mdownpour": {"algorithm": "mdownpour", "momentum": 0.9},
 }
-ALLREDUCE = {"algorithm": "allreduce", "lr": 0.05}
+BASELINES: dict[str, dict[str, Any]] = {  # at tau = 1: one all-reduce a step
+    "allreduce": {"algorithm": "allreduce"},
+    "mallreduce": {"algorithm": "allreduce", "momentum": 0.9},
+}
+LRS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # every method's grid of learning rates
+VALIDATION = 0.1  # the share of the training set held out to choose the rates
 TAUS = (1, 4, 16, 64)
 SCALING = {"workers": (8, 16), "tau": 4, "methods": ("easgd", "eamsgd", "downpour")}
 EVALS = 16
@@ -136,31 +150,88 @@ def settings(quick: bool) -> tuple[dict[str, Any], int]:
 
 
 def keys() -> list[Key]:
-    """Every run of one seed: all-reduce, each method at each tau with 4 workers, and the
-    scaling runs."""
-    out: list[Key] = [(4, "allreduce", 1)]
-    out += [(4, m, tau) for tau in TAUS for m in METHODS]
+    """The tuned runs of one seed: both all-reduce baselines, and each method at each tau
+    with 4 workers."""
+    return [(4, b, 1) for b in BASELINES] + [(4, m, tau) for tau in TAUS for m in METHODS]
+
+
+def scaling_keys() -> list[Key]:
+    """The scaling runs: more workers at one tau, at the rates chosen with 4."""
     tau = SCALING["tau"]
-    out += [(n, m, tau) for n in SCALING["workers"] for m in SCALING["methods"]]
-    return out
+    return [(n, m, tau) for n in SCALING["workers"] for m in SCALING["methods"]]
 
 
-def run_name(key: Key) -> str:
+def run_name(key: Key, lr: float | None = None) -> str:
+    """``n{N}_{METHOD}_tau{TAU}``, with ``_lr{LR}`` for a grid point."""
     n, method, tau = key
-    return f"n{n}_{method}_tau{tau}"
+    return f"n{n}_{method}_tau{tau}" + ("" if lr is None else f"_lr{lr:g}")
+
+
+def config(key: Key, lr: float, seed: int, quick: bool, overrides: Mapping[str, Any]) -> RunConfig:
+    """The run of ``key`` at ``lr`` (which ``overrides`` do not change)."""
+    base, rounds = settings(quick)
+    base = base | {"dataset": "fashion_mnist", "seed": seed, "progress": False, "servers": 1}
+    base |= {"rounds": rounds, "eval_every": rounds // EVALS, "validation": VALIDATION}
+    n, method, tau = key
+    extra = BASELINES[method] if method in BASELINES else METHODS[method] | {"tau": tau}
+    return load_config(base | extra | {"agents": n} | dict(overrides) | {"lr": lr})
 
 
 def plan(seed: int, quick: bool, overrides: Mapping[str, Any]) -> dict[str, RunConfig]:
-    """One seed's runs, ``n{N}_{METHOD}_tau{TAU}`` -> config."""
-    base, rounds = settings(quick)
-    base = base | {"dataset": "fashion_mnist", "seed": seed, "progress": False, "servers": 1}
-    base |= {"rounds": rounds, "eval_every": rounds // EVALS}
-    configs = {}
-    for key in keys():
-        n, method, tau = key
-        extra = ALLREDUCE if method == "allreduce" else METHODS[method] | {"tau": tau}
-        configs[run_name(key)] = load_config(base | extra | {"agents": n} | dict(overrides))
-    return configs
+    """One seed's tuned runs: every key of :func:`keys` at every rate of :data:`LRS`."""
+    return {
+        run_name(key, lr): config(key, lr, seed, quick, overrides) for key in keys() for lr in LRS
+    }
+
+
+def grids() -> dict[str, list[str]]:
+    """Each tuned run's grid points, ``n4_easgd_tau1`` -> its run names in grid order."""
+    return {run_name(key): [run_name(key, lr) for lr in LRS] for key in keys()}
+
+
+def scaling_plan(chosen: Mapping[str, str]) -> Callable[..., dict[str, RunConfig]]:
+    """The plan of the scaling runs (:func:`scaling_keys`), each at the rate its method
+    chose at the same tau with 4 workers (``chosen``: :func:`tune`'s, run -> point)."""
+
+    def planned(seed: int, quick: bool, overrides: Mapping[str, Any]) -> dict[str, RunConfig]:
+        configs = {}
+        for key in scaling_keys():
+            _, method, tau = key
+            lr = chosen_lr(chosen, (4, method, tau))
+            configs[run_name(key)] = config(key, lr, seed, quick, overrides)
+        return configs
+
+    return planned
+
+
+def chosen_lr(chosen: Mapping[str, str], key: Key) -> float:
+    """The rate of ``key``'s chosen grid point."""
+    return LRS[grids()[run_name(key)].index(chosen[run_name(key)])]
+
+
+CRITERION_KEYS = ("centre_val_loss", "val_loss")  # the centre's, else the model's
+
+
+def criterion(records: Records) -> float:
+    """The final validation loss of the centre (of all-reduce's model for all-reduce)."""
+    last = records[-1]
+    value = next((last[k] for k in CRITERION_KEYS if k in last), None)
+    return math.inf if value is None else float(value)
+
+
+criterion.__name__ = "final validation loss"
+
+
+def tune(ask: Request, found: Mapping[int, Mapping[str, Records | None]]) -> dict[str, str]:
+    """Each tuned run's grid point (run -> the chosen point's name), by the mean final
+    validation loss over the seeds; printed, and written to ``tuning.csv``."""
+    chosen, rows = over_seeds(found, grids(), criterion)
+    for row in rows:
+        row["lr"] = LRS[grids()[row["method"]].index(row["run"])]
+    write_csv(rows, ask.out / "tuning.csv")
+    rates = ", ".join(f"{run_name(key)} {chosen_lr(chosen, key):g}" for key in keys())
+    ask.console.print(f"chosen learning rates: {rates}")
+    return chosen
 
 
 def reproduce(ask: Request) -> list[Claim]:
@@ -174,18 +245,23 @@ def reproduce(ask: Request) -> list[Claim]:
             ask.console.print(f"{name:34s} error {error:.4f} {note}")
 
     found = run_seeds(ask, plan, done, tolerate=(DivergenceError,))
+    chosen = tune(ask, found)
+    scaled = run_seeds(ask, scaling_plan(chosen), done, tolerate=(DivergenceError,))
+    rates = {key: chosen_lr(chosen, key) for key in keys()}
+    rates |= {key: chosen_lr(chosen, (4, key[1], key[2])) for key in scaling_keys()}
     results = {
-        seed: {key: with_errors(runs[run_name(key)], key[0]) for key in keys()}
+        seed: {key: with_errors(runs[chosen[run_name(key)]], key[0]) for key in keys()}
+        | {key: with_errors(scaled[seed][run_name(key)], key[0]) for key in scaling_keys()}
         for seed, runs in found.items()
     }
     budgets = {seed: budget(runs) for seed, runs in results.items()}
     rows = [
-        row(key, records, budgets[seed]) | {"seed": seed}
+        row(key, records, budgets[seed]) | {"lr": rates[key], "seed": seed}
         for seed, runs in results.items()
         for key, records in runs.items()
     ]
     title = f"EASGD family (time budget {spread(list(budgets.values()))} virtual s)"
-    seed_tables(ask, rows, ("n", "method", "tau"), COLUMNS, title)
+    seed_tables(ask, rows, ("n", "method", "tau", "lr"), COLUMNS, title)
     plots(results, ask.out)
     seeds = [figures(runs, budgets[seed]) for seed, runs in results.items()]
     return check(seeds, stability(ask.out, ask.console), runtime(ask.out, ask.console))
@@ -238,7 +314,7 @@ def plots(results: Mapping[int, Mapping[Key, Records | None]], out: Path) -> Non
     """Centre test error against virtual time and against exchanges, one figure per tau:
     each method's mean over the seeds (runs that diverged left out) in its band."""
     for tau in TAUS:
-        keys_at = {m: (4, m, tau) for m in METHODS} | {"allreduce": (4, "allreduce", 1)}
+        keys_at = {m: (4, m, tau) for m in METHODS} | {b: (4, b, 1) for b in BASELINES}
         curves = {
             m: [r for runs in results.values() if (r := runs[key])] for m, key in keys_at.items()
         }
@@ -259,7 +335,7 @@ class Figures:
     """The numbers one seed's runs give the claims.
 
     ``errors``: ``(method, tau)`` -> the centre's test error at the seed's time budget,
-    4 workers (``("allreduce", 1)`` too; 1 if diverged); ``growth``: method -> final
+    4 workers (the baselines' at ``tau = 1`` too; 1 if diverged); ``growth``: method -> final
     error at ``tau = 64`` minus at ``tau = 1`` (:data:`DIVERGED_GROWTH` if either
     diverged), for EASGD and DOWNPOUR; ``byte_ratios``: ``(method, tau)`` -> bytes per
     worker at ``tau = 1`` over those at ``tau`` (``None`` if either diverged)."""
@@ -286,7 +362,7 @@ def figures(results: Mapping[Key, Records | None], budget: float) -> Figures:
 
     errors = {(m, t): error_at(results[(4, m, t)], budget) for m in METHODS for t in TAUS}
     return Figures(
-        errors=errors | {("allreduce", 1): error_at(results[(4, "allreduce", 1)], budget)},
+        errors=errors | {(b, 1): error_at(results[(4, b, 1)], budget) for b in BASELINES},
         growth={m: growth(m) for m in ("easgd", "downpour")},
         byte_ratios={(m, t): byte_ratio(m, t) for m in METHODS for t in TAUS[1:]},
     )
@@ -332,7 +408,7 @@ def best_tau(seeds: Sequence[Figures], method: str) -> int:
 
 def lowest_error_claim(seeds: Sequence[Figures]) -> Claim:
     """Claim 1: EAMSGD's error at the budget is below every other method's by > 2 se."""
-    methods = [*METHODS, "allreduce"]
+    methods = [*METHODS, *BASELINES]
     tau = {m: best_tau(seeds, m) for m in methods}
     errors = {m: [f.errors[(m, tau[m])] for f in seeds] for m in methods}
     others = [m for m in methods if m != "eamsgd"]

@@ -6,26 +6,29 @@ learning rate 0.1, in the simulator's event engine. D-PSGD and local SGD train f
 epoch multiplier: interactions per epoch scale with ``n``), and so does all-reduce SGD,
 the claims' baseline: it processes as many samples as SwarmSGD. Its step averages
 ``n`` mini-batches of ``B = 32`` (a batch of ``n B``) where SwarmSGD's local step takes
-one, so the baseline gets the large-batch treatment of Goyal et al. 2017 ("Accurate,
-Large Minibatch SGD") as points of a grid of three: the plain ``lr = 0.1``, the
-square-root rule ``lr = 0.1 sqrt(n)`` and the linear scaling rule
-``lr = 0.1 x (n B) / B = 0.1 n``, the scaled two with a gradual warm-up over the first
-5% of their rounds (``lr_warmup``). Every run holds out 10% of its training samples as
-a validation split (``validation=0.1``); the grid's point with the lowest final
+one. The two methods of claims 1 and 2, all-reduce SGD and 8-bit SwarmSGD, are tuned
+alike: each picks its learning rate from the same grid of four, ``lr = 0.1 x {1, 2,
+sqrt(n), n}``, the points above 0.1 with a gradual warm-up over the first 5% of the run
+(``lr_warmup``: all-reduce's rounds; for SwarmSGD each agent's exchanges, about two a
+round). For all-reduce's batch of ``n B`` the last two points are the square-root rule
+and Goyal et al. 2017's linear scaling rule ("Accurate, Large Minibatch SGD": ``lr x
+(n B) / B``) with its warm-up. Every run holds out 10% of its training samples as a
+validation split (``validation=0.1``); each method's point of the lowest final
 validation loss (``val_loss`` of the last record, mean over the seeds; never the test
-set, :mod:`~nettrain.reproduce.tuning`) is the baseline of claims 1 and 2
-(``tuning.csv``); the straggler run of claim 4 keeps the plain ``lr``. SwarmSGD's
-default here: ``H = 2`` local steps, non-blocking, 8-bit lattice quantisation against
-the receiver's model (``eps = 1e-3``). ``--quick``: 16 agents, 12,000 training
-samples, ``E = 4``; the full run: 8, 16 and 32 agents on all 60,000 samples,
-``E = 10``, the small CNN (1 h 50 min on a 2-core CPU with ``--jobs 2``;
+set, :func:`~nettrain.reproduce.tuning.over_seeds`) is the one claims 1 and 2 use
+(``tuning.csv``). The other claims compare variants at the plain ``lr = 0.1`` (equal
+settings, no tuning): ``H``, the graph, the quantiser, and the straggler runs.
+SwarmSGD's default here: ``H = 2`` local steps, non-blocking, 8-bit lattice
+quantisation against the receiver's model (``eps = 1e-3``). ``--quick``: 16 agents,
+12,000 training samples, ``E = 4``; the full run: 8, 16 and 32 agents on all 60,000
+samples, ``E = 10``, the small CNN (about 3 h on a 2-core CPU with ``--jobs 2``;
 ``--set device=cuda`` on a GPU, or ``--set model=mlp`` for the MLP). Every
 configuration runs for each seed (``seed-<s>/n16_swarm_8-bit``, ...); the tables give
 the mean ± std over the seeds, the plots the mean in a band of ± one std. Checked:
 
-1. SwarmSGD's final accuracy is within 1 point of the tuned all-reduce SGD's (for every
-   ``n``, mean over the seeds; empirical).
-2. To reach the tuned all-reduce's final accuracy minus 1 point, 8-bit SwarmSGD sends at least
+1. Tuned SwarmSGD's final accuracy is within 1 point of the tuned all-reduce SGD's (for
+   every ``n``, mean over the seeds; empirical).
+2. To reach the tuned all-reduce's final accuracy minus 1 point, tuned 8-bit SwarmSGD sends at least
    4x fewer bytes than fp32 all-reduce (mean of the seeds' ratios; by construction: 8
    bits against 32 is 4x before any run).
 3. The disagreement ``Gamma = (1/n) sum ||x_i - mu||^2`` grows with ``H`` (1, 2, 4 at
@@ -52,7 +55,7 @@ from statistics import fmean
 from typing import Any
 
 from nettrain.config import RunConfig, load_config
-from nettrain.errors import ConfigError, DivergenceError
+from nettrain.errors import DivergenceError
 from nettrain.report.plots import plot_seeds
 from nettrain.report.tables import write_csv
 from nettrain.reproduce.claims import (
@@ -65,8 +68,7 @@ from nettrain.reproduce.claims import (
     spread,
 )
 from nettrain.reproduce.runner import Request, run_seeds, seed_tables
-from nettrain.reproduce.tuning import choose as pick_index
-from nettrain.reproduce.tuning import final, score
+from nettrain.reproduce.tuning import final, over_seeds
 
 Records = list[dict[str, Any]]
 
@@ -92,10 +94,10 @@ SWARM: dict[str, Any] = {
 QSGD_BUCKET = 512  # coordinates per QSGD scale, the bucket of Alistarh et al. 2017
 QSGD_RUN = f"swarm qsgd 8-bit bucket {QSGD_BUCKET}"  # claim 5's comparator
 MULTIPLIER = 2  # epochs of the asynchronous methods (and all-reduce) per epoch of the others
-BASELINE = "allreduce"  # the plain point of the baseline's grid
-SCALED = "allreduce lr x n"  # the large-batch point: linear scaling and warm-up
-SQRT_SCALED = "allreduce lr x sqrt(n)"  # between the two: square-root scaling and warm-up
-WARMUP_FRACTION = 0.05  # of the scaled baseline's rounds: Goyal et al.'s 5 of 90 epochs
+BASELINE = "allreduce"  # claims 1 and 2's baseline and its plain point
+TUNED = (BASELINE, "swarm 8-bit")  # the methods of claims 1 and 2, each with its grid
+WARMUP_FRACTION = 0.05  # of a scaled point's run: Goyal et al.'s 5 of 90 epochs
+EXCHANGES_PER_ROUND = 2  # an agent's exchanges a round: it initiates one, is picked once
 TARGET = 0.85  # the table's "virtual time to 85% accuracy" (None: not reached)
 EVALS = 16  # records per run
 PANELS = (
@@ -143,24 +145,29 @@ def rounds_for(overrides: Mapping[str, Any], n: int, samples: int, epochs: int) 
     return max(1, round(passes * samples / (n * BATCH * steps)))
 
 
-def baseline_grid(n: int, rounds: int, lr: float = BASE["lr"]) -> dict[str, dict[str, Any]]:
-    """The all-reduce baseline's grid at ``n`` agents, label -> overrides: the plain
-    ``lr``; Goyal et al. 2017's linear scaling rule with a gradual warm-up; and between
-    the two the square-root rule (Krizhevsky 2014, "One weird trick for parallelizing
-    convolutional neural networks") with the same warm-up.
+def grid(
+    label: str, n: int, rounds: int, lr: float = BASE["lr"], asynchronous: bool = False
+) -> dict[str, dict[str, Any]]:
+    """The learning-rate grid of a method of claims 1 and 2 at ``n`` agents, run label ->
+    overrides: ``lr x {1, 2, sqrt(n), n}`` (``label`` itself is the plain point). The
+    points above ``lr`` warm up (:class:`~nettrain.algorithms.sgd.WarmedStep`) over
+    :data:`WARMUP_FRACTION` of the ``rounds``, counted in each agent's exchanges for an
+    ``asynchronous`` method (:data:`EXCHANGES_PER_ROUND` a round).
 
-    All-reduce's step averages the gradients of ``n`` mini-batches of ``B``: a batch of
-    ``n B`` where SwarmSGD's local step (whose ``lr`` is the base) takes ``B``, so the
-    linear rule multiplies ``lr`` by ``n B / B = n`` (the square-root rule by
-    ``sqrt(n)``); the warm-up (:class:`~nettrain.algorithms.sgd.WarmedStep`) ramps the
-    step up over the first :data:`WARMUP_FRACTION` of the ``rounds``.
+    For all-reduce, whose step averages ``n`` mini-batches of ``B`` (a batch of ``n B``
+    where SwarmSGD's local step, whose ``lr`` is the base, takes ``B``), ``sqrt(n)`` is
+    the square-root rule (Krizhevsky 2014, "One weird trick for parallelizing
+    convolutional neural networks") and ``n = n B / B`` Goyal et al. 2017's linear
+    scaling rule, each with its gradual warm-up.
     """
     warmup = max(1, round(WARMUP_FRACTION * rounds))
-    return {
-        BASELINE: {"algorithm": "allreduce"},
-        SQRT_SCALED: {"algorithm": "allreduce", "lr": lr * math.sqrt(n), "lr_warmup": warmup},
-        SCALED: {"algorithm": "allreduce", "lr": lr * n, "lr_warmup": warmup},
-    }
+    if asynchronous:
+        warmup *= EXCHANGES_PER_ROUND
+    scaled = {"lr x 2": 2.0, "lr x sqrt(n)": math.sqrt(n), "lr x n": float(n)}
+    points: dict[str, dict[str, Any]] = {label: {}}
+    for name, factor in scaled.items():
+        points[f"{label} {name}"] = {"lr": lr * factor, "lr_warmup": warmup}
+    return points
 
 
 def sizes_of(quick: bool) -> tuple[tuple[int, ...], int, int]:
@@ -174,9 +181,9 @@ def middle_size(sizes: Sequence[int]) -> int:
 
 
 def plan(seed: int, quick: bool, overrides: Mapping[str, Any]) -> dict[str, RunConfig]:
-    """One seed's runs, ``n{N} LABEL`` -> config; the baseline's scaled points
-    (:func:`baseline_grid`, from the plain run's ``lr`` and rounds after ``overrides``)
-    right after the plain one."""
+    """One seed's runs, ``n{N} LABEL`` -> config; each method of :data:`TUNED` followed
+    by the other points of its :func:`grid` (from its run's ``lr`` and rounds after
+    ``overrides``)."""
     sizes, samples, epochs = sizes_of(quick)
     model = {} if quick else {"model": "cnn"}  # the paper's small CNN in the full run
     configs: dict[str, RunConfig] = {}
@@ -188,11 +195,22 @@ def plan(seed: int, quick: bool, overrides: Mapping[str, Any]) -> dict[str, RunC
             schedule = {"rounds": rounds, "eval_every": max(1, rounds // EVALS)}
             cfg = load_config(values | schedule | dict(overrides))
             configs[f"n{n} {label}"] = cfg
-            if label == BASELINE:
-                for point, scaled in baseline_grid(n, cfg.rounds, cfg.lr).items():
-                    if point != BASELINE:
-                        configs[f"n{n} {point}"] = load_config(cfg.to_dict() | scaled)
+            if label in TUNED:
+                asynchronous = cfg.algorithm == "swarm"
+                points = grid(label, n, cfg.rounds, cfg.lr, asynchronous)
+                for point, scaled in list(points.items())[1:]:
+                    configs[f"n{n} {point}"] = load_config(cfg.to_dict() | scaled)
     return configs
+
+
+def grid_runs(sizes: Sequence[int]) -> dict[str, list[str]]:
+    """``n{N} METHOD`` -> its grid's run names in grid order, for each method of
+    :data:`TUNED` at each ``n``."""
+    return {
+        f"n{n} {label}": [f"n{n} {point}" for point in grid(label, n, 1)]
+        for n in sizes
+        for label in TUNED
+    }
 
 
 def reproduce(ask: Request) -> list[Claim]:
@@ -200,15 +218,16 @@ def reproduce(ask: Request) -> list[Claim]:
     sizes = sizes_of(ask.quick)[0]
 
     def done(name: str, records: Records | None, note: str) -> None:
-        if records is None:  # a diverged run: only a grid point of the baseline may
+        if records is None:  # a diverged run: only a tuned method's scaled points may
             ask.console.print(f"{name:36s} diverged: {note}")
         else:
             ask.console.print(f"{name:36s} {describe(table_row(records))} {note}")
 
     found = run_seeds(ask, plan, done, tolerate=(DivergenceError,))
+    scaled = {name for names in grid_runs(sizes).values() for name in names[1:]}
     for runs in found.values():
         failed = [name for name, records in runs.items() if records is None]
-        if any(not name.endswith((f" {SCALED}", f" {SQRT_SCALED}")) for name in failed):
+        if any(name not in scaled for name in failed):
             raise DivergenceError(f"{', '.join(failed)} diverged (see above)")
     results = {
         seed: {name: records for name, records in runs.items() if records is not None}
@@ -223,8 +242,13 @@ def reproduce(ask: Request) -> list[Claim]:
     seed_tables(
         ask, rows, ("n", "method"), (*COLUMNS, "virtual_time_to_85%"), "SwarmSGD: final values"
     )
-    for n in sizes:
-        labels = [name for name in next(iter(results.values())) if name.startswith(f"n{n} ")]
+    passed_over = scaled - set(chosen.values())
+    for n in sizes:  # the plots leave out the scaled grid points not chosen
+        labels = [
+            name
+            for name in next(iter(results.values()))
+            if name.startswith(f"n{n} ") and name not in passed_over
+        ]
         curves = {
             name.split(" ", 1)[1]: [runs[name] for runs in results.values()] for name in labels
         }
@@ -233,49 +257,30 @@ def reproduce(ask: Request) -> list[Claim]:
     return check([figures(runs, sizes, middle_size(sizes), chosen) for runs in results.values()])
 
 
-CRITERION = final("val_loss")  # the baseline's grid: the final validation loss
-
-
-def choose(losses: Mapping[str, Sequence[float]]) -> str:
-    """The grid point (label -> every seed's final validation loss, infinite where it
-    diverged) of the lowest mean loss; the first listed on a tie."""
-    labels = list(losses)
-    best = pick_index([fmean(v) for v in losses.values()])
-    if best is None:
-        raise ConfigError(f"every point of the all-reduce baseline's grid diverged: {labels}")
-    return labels[best]
+CRITERION = final("val_loss")  # the tuned methods' grids: the final validation loss
 
 
 def tune(
     ask: Request, found: Mapping[int, Mapping[str, Records | None]], sizes: Sequence[int]
-) -> dict[int, str]:
-    """The baseline's grid point at each ``n`` (n -> label), chosen by the final
-    validation loss (:func:`choose`); printed, and written to ``tuning.csv`` with each
-    point's ``lr``, ``lr_warmup`` and losses."""
-    chosen: dict[int, str] = {}
-    rows = []
-    seeds = list(found)
-    configs = plan(seeds[0], ask.quick, ask.overrides)  # lr and lr_warmup: alike every seed
-    for n in sizes:
-        labels = (BASELINE, SQRT_SCALED, SCALED)
-        losses = {lab: [score(found[s][f"n{n} {lab}"], CRITERION) for s in seeds] for lab in labels}
-        chosen[n] = choose(losses)
-        for label in labels:
-            cfg = configs[f"n{n} {label}"]
-            rows.append(
-                {"n": n, "point": label, "lr": cfg.lr, "lr_warmup": cfg.lr_warmup}
-                | {"rounds": cfg.rounds, "val_loss_mean": fmean(losses[label])}
-                | {"val_loss_per_seed": " ".join(f"{v:.6g}" for v in losses[label])}
-                | {"chosen": label == chosen[n]}
-            )
-        cfg = configs[f"n{n} {chosen[n]}"]
-        ask.console.print(
-            f"all-reduce baseline, n={n}: lr={cfg.lr:g} lr_warmup={cfg.lr_warmup} "
-            f"({chosen[n]}; final validation loss "
-            + ", ".join(f"{lab} {fmean(v):.4g}" for lab, v in losses.items())
-            + ")"
-        )
+) -> dict[str, str]:
+    """Each tuned method's grid point at each ``n`` (``n{N} METHOD`` -> the chosen run's
+    name), chosen by the mean final validation loss over the seeds
+    (:func:`~nettrain.reproduce.tuning.over_seeds`); printed, and written to
+    ``tuning.csv`` with each point's ``lr``, ``lr_warmup`` and losses."""
+    chosen, rows = over_seeds(found, grid_runs(sizes), CRITERION)
+    configs = plan(next(iter(found)), ask.quick, ask.overrides)  # lr: alike every seed
+    for row in rows:
+        cfg = configs[row["run"]]
+        row |= {"lr": cfg.lr, "lr_warmup": cfg.lr_warmup, "rounds": cfg.rounds}
     write_csv(rows, ask.out / "tuning.csv")
+    for method, name in chosen.items():
+        cfg = configs[name]
+        mine = [r for r in rows if r["method"] == method]
+        losses = ", ".join(f"{r['run']} {r['criterion_mean']:.4g}" for r in mine)
+        ask.console.print(
+            f"tuned {method}: lr={cfg.lr:g} lr_warmup={cfg.lr_warmup} ({name}; final "
+            f"validation loss {losses})"
+        )
     return chosen
 
 
@@ -333,14 +338,14 @@ GAMMA_RUNS = ("swarm 8-bit H=1", "swarm 8-bit", "swarm 8-bit H=4", "swarm 8-bit 
 class Figures:
     """The numbers one seed's runs give the claims.
 
-    ``gaps``: n -> final accuracy of all-reduce minus that of 8-bit SwarmSGD;
-    ``byte_ratio``: bytes of all-reduce over those of 8-bit SwarmSGD to all-reduce's
+    ``gaps``: n -> final accuracy of the tuned all-reduce minus that of the tuned 8-bit
+    SwarmSGD; ``byte_ratio``: bytes of the one over those of the other to all-reduce's
     final accuracy - 1 point (0 if SwarmSGD never got there); ``gamma``: final ``Gamma``
     of the runs of :data:`GAMMA_RUNS`; ``speedup``: virtual time of all-reduce over
     that of SwarmSGD to the target, with stragglers (0 if SwarmSGD never got there);
     ``lattice``, ``qsgd``: final accuracy of 8-bit SwarmSGD with each quantiser (QSGD
-    with buckets of :data:`QSGD_BUCKET`). The
-    ``texts`` say what the ratios came from."""
+    with buckets of :data:`QSGD_BUCKET`), at the plain ``lr``. The ``texts`` say what
+    the ratios came from."""
 
     gaps: dict[int, float]
     byte_ratio: float
@@ -355,21 +360,27 @@ def figures(
     results: Mapping[str, Records],
     sizes: Sequence[int],
     m: int,
-    chosen: Mapping[int, str] | None = None,
+    chosen: Mapping[str, str] | None = None,
 ) -> Figures:
     """One seed's :class:`Figures` from its records (``n{N} LABEL`` -> records); ``m``
-    the agent count of claims 2 to 5; ``chosen``: n -> the label of the baseline's grid
-    point that claims 1 and 2 compare with (:func:`tune`; the plain one where missing)."""
+    the agent count of claims 2 to 5; ``chosen``: ``n{N} METHOD`` -> the run of the
+    method's grid point that claims 1 and 2 use (:func:`tune`; the plain one where
+    missing)."""
     acc = {k: v[-1]["test_accuracy"] for k, v in results.items()}
-    base = {n: f"n{n} {(chosen or {}).get(n, BASELINE)}" for n in sizes}
+
+    def tuned(n: int, label: str) -> str:
+        return (chosen or {}).get(f"n{n} {label}", f"n{n} {label}")
+
+    base = {n: tuned(n, BASELINE) for n in sizes}
+    swarm = {n: tuned(n, "swarm 8-bit") for n in sizes}
     target = acc[base[m]] - 0.01
     bytes_ar = first(results[base[m]], target, "bytes_total")
-    bytes_sw = first(results[f"n{m} swarm 8-bit"], target, "bytes_total")
+    bytes_sw = first(results[swarm[m]], target, "bytes_total")
     slow_target = acc[f"n{m} allreduce stragglers"] - 0.01
     t_ar = first(results[f"n{m} allreduce stragglers"], slow_target, "virtual_time_s")
     t_sw = first(results[f"n{m} swarm 8-bit stragglers"], slow_target, "virtual_time_s")
     return Figures(
-        gaps={n: acc[base[n]] - acc[f"n{n} swarm 8-bit"] for n in sizes},
+        gaps={n: acc[base[n]] - acc[swarm[n]] for n in sizes},
         byte_ratio=ratio(bytes_ar, bytes_sw),
         gamma={k: results[f"n{m} {k}"][-1]["consensus_distance"] for k in GAMMA_RUNS},
         speedup=ratio(t_ar, t_sw),

@@ -13,7 +13,9 @@ of whose points gives a finite criterion is a ConfigError.
 :func:`tune` runs every grid point of every method through
 :func:`~nettrain.reproduce.runner.run_all` (finished runs are kept, ``jobs`` runs at a
 time) and returns a :class:`Tuning`: the chosen values per method and a row per point
-with its criterion, which :func:`write_tuning` writes as ``tuning.csv``.
+with its criterion, which :func:`write_tuning` writes as ``tuning.csv``. Over several
+seeds, :func:`over_seeds` chooses each method's run of the smallest mean criterion
+(the seeds' runs of a grid point, a name per point, already made by the caller's plan).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from nettrain.config import RunConfig, load_config
@@ -164,3 +167,39 @@ def write_tuning(tuning: Tuning, path: Path) -> Path:
     """``tuning.csv``: a row per method and grid point, its criterion and whether chosen."""
     write_csv(tuning.rows, path)
     return path
+
+
+def over_seeds(
+    found: Mapping[int, Mapping[str, Records | None]],
+    grids: Mapping[str, Sequence[str]],
+    criterion: Criterion,
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Each method's grid point chosen on every seed's runs at once.
+
+    ``found``: seed -> run name -> records (``None``: diverged); ``grids``: method ->
+    the names of its runs at each grid point, in grid order. A point's score is the
+    mean over the seeds of :func:`score` (infinite when any seed diverged), and the
+    method's choice the point of the smallest finite one, the first of equal ones.
+    Returns method -> chosen name, and a row per method and point (``method``,
+    ``run``, ``criterion_mean``, ``criterion_per_seed``, ``chosen``) for ``tuning.csv``.
+    A method none of whose points has a finite mean is a ConfigError.
+    """
+    chosen: dict[str, str] = {}
+    rows: list[dict[str, Any]] = []
+    for method, names in grids.items():
+        scores = {name: [score(runs[name], criterion) for runs in found.values()] for name in names}
+        means = [fmean(v) if all(map(math.isfinite, v)) else math.inf for v in scores.values()]
+        best = choose(means)
+        if best is None:
+            raise ConfigError(
+                f"{method}: every point of its grid ({', '.join(names)}) diverged or gave no "
+                f"finite {criterion.__name__} in some seed; widen the grid to smaller values"
+            )
+        chosen[method] = names[best]
+        for k, (name, values) in enumerate(scores.items()):
+            per_seed = " ".join(f"{v:.6g}" for v in values)
+            rows.append(
+                {"method": method, "run": name, "criterion_mean": means[k]}
+                | {"criterion_per_seed": per_seed, "chosen": k == best}
+            )
+    return chosen, rows
