@@ -202,6 +202,8 @@ def calibrated(
         "bandwidth_bytes_per_s": p.bandwidth_bytes_per_s,
         "allreduce_s": p.allreduce_s,
         "rpc_exchange_s": p.rpc_exchange_s,
+        "round_overhead_s": p.round_overhead_s,
+        "event_overhead_s": p.event_overhead_s,
         "processes": p.processes,
         "batch": p.batch,
         "d": p.d,

@@ -32,6 +32,7 @@ def profile_for(d: int, **changes: object) -> Profile:
         allreduce_s=2.5e-4,
         rpc_exchange_s=6.5e-4,
         round_overhead_s=1.5e-4,
+        event_overhead_s=2.5e-4,
         processes=2,
         model="mlp",
         hidden=(8,),
@@ -87,6 +88,11 @@ def test_a_profile_round_trips_and_sets_the_clock(tmp_path: Path, dim: int) -> N
     computing = cost.compute_seconds(torch.tensor([4, 0, 8, 4]))
     busy = [4 * 3.25e-6 + 1.5e-4, 0.0, 8 * 3.25e-6 + 1.5e-4, 4 * 3.25e-6 + 1.5e-4]
     assert computing.tolist() == pytest.approx(busy, rel=1e-12)
+    # an asynchronous event's own cost is the profile's event_overhead_s instead
+    assert rpc.step_overhead_s == cost.event_overhead_s == 2.5e-4
+    event = rpc.compute_seconds(torch.tensor([4, 0, 8, 4]))
+    busy = [4 * 3.25e-6 + 2.5e-4, 0.0, 8 * 3.25e-6 + 2.5e-4, 4 * 3.25e-6 + 2.5e-4]
+    assert event.tolist() == pytest.approx(busy, rel=1e-12)
 
 
 def test_latencies_derived_from_a_profile_are_never_negative(dim: int) -> None:
@@ -194,8 +200,9 @@ def test_calibrate_measures_two_local_processes(tmp_path: Path, capfd, dim: int)
     assert "calibrate:   16,777,216 bytes:" in shown.err
     assert "calibrate:   rpc exchange of as many:" in shown.err
     assert profile.rpc_exchange_s > 0 and profile.seconds_per_sample_alone > 0
-    assert profile.round_overhead_s >= 0
+    assert profile.round_overhead_s >= 0 and profile.event_overhead_s >= 0
     assert "calibrate:   the engine's round besides the pass:" in shown.err
+    assert "calibrate:   the engine's event besides the pass and the exchange:" in shown.err
     cfg = load_config(overrides=KEYS | {"cost_model": str(out)})
     cost = build_cost_model(cfg, build_problem(cfg))
     assert dataclasses.astuple(cost.profile) == dataclasses.astuple(profile)

@@ -136,7 +136,7 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
         3 * matmul_flops_per_sample(problem.spec) / (cfg.agent_gflops * 1e9)
     )
     latency, bandwidth, profile = cfg.latency_s, cfg.bandwidth_gbps * 1e9 / 8, None
-    rpc_latency = collective_latency = None
+    rpc_latency = collective_latency = event_overhead = None
     overhead = 0.0
     if cfg.cost_model:
         profile = load_profile(cfg.cost_model)
@@ -150,7 +150,7 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
         itemsize = getattr(torch, cfg.dtype).itemsize
         rpc_latency = profile.rpc_latency_s(itemsize)
         collective_latency = profile.collective_latency_s(itemsize)
-        overhead = profile.round_overhead_s
+        overhead, event_overhead = profile.round_overhead_s, profile.event_overhead_s
     slowdown = CostModel.straggler_slowdown(
         cfg.agents, cfg.stragglers, cfg.straggler_slowdown, cfg.seed
     )
@@ -167,6 +167,7 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
         rpc_latency_s=rpc_latency,
         collective_latency_s=collective_latency,
         step_overhead_s=overhead,
+        event_overhead_s=event_overhead,
     )
 
 

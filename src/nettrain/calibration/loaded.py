@@ -26,6 +26,11 @@ seconds less the seconds of a round of the pass alone.
   carrying ``numel`` elements to a ring neighbour drawn at random, answered with as
   many (the peer's model, averaged with the one it got under a lock), while this
   process answers the others' calls on its rpc threads.
+* The engine's event: a distributed run of SwarmSGD (one local step, non-blocking, no
+  compression, a ring; one agent a process; :func:`engine_event`): its training seconds
+  a round (an event of every agent) less the pass and the rpc exchange are what the
+  asynchronous loop costs besides them (the peer's lock and checks, the counts, the
+  event's bookkeeping).
 
 Each pattern runs ``warmup`` (at least 10) untimed rounds, then as many timed ones as fill
 ``budget_s`` (rank 0 decides from one round, so that neighbours make the same count),
@@ -93,7 +98,8 @@ class LinkPlan:
 class LinkTimes:
     """The figures, each measured with ``processes`` processes at once: one pass's
     seconds, one message's one-way seconds of each size, an all-reduce's seconds, an
-    rpc exchange's seconds, and the engine's round's seconds besides the pass."""
+    rpc exchange's seconds, the engine's synchronous round's seconds besides the pass,
+    and its asynchronous event's besides the pass and the rpc exchange."""
 
     message_bytes: tuple[int, ...]
     one_way_s: tuple[float, ...]
@@ -102,6 +108,7 @@ class LinkTimes:
     compute_s: float
     rpc_exchange_s: float
     round_overhead_s: float
+    event_overhead_s: float
 
 
 def message_sizes(min_bytes: int, max_bytes: int) -> tuple[int, ...]:
@@ -205,9 +212,15 @@ def measure(
     if talk:
         what = f"{plan.allreduce_numel:,d} {plan.allreduce_dtype}"
         say(f"  all-reduce of {what}: {allreduce * 1e3:.3g} ms")
-    rpc_exchange = rpc_seconds(rank, world, plan, step, store, x) - compute
+    rpc_exchange = max(rpc_seconds(rank, world, plan, step, store, x) - compute, 1e-7)
     if talk:
         say(f"  rpc exchange of as many: {rpc_exchange * 1e3:.3g} ms")
+    event = engine_event(plan, world, compute + rpc_exchange)
+    event_overhead = max(event - compute - rpc_exchange, 0.0)
+    if talk:
+        say(
+            f"  the engine's event besides the pass and the exchange: {event_overhead * 1e3:.3g} ms"
+        )
     if rank != 0:
         return None
     return LinkTimes(
@@ -216,28 +229,53 @@ def measure(
         allreduce,
         world,
         compute,
-        max(rpc_exchange, 1e-7),
+        rpc_exchange,
         overhead,
+        event_overhead,
     )
 
 
 def engine_round(plan: LinkPlan, world: int, pass_s: float) -> float:
     """Every rank: the seconds a round of the distributed engine takes on these ``world``
     processes, one agent each, with nothing to communicate: local SGD whose averaging
-    never comes, on the run's problem, as many rounds as fill ``budget_s`` at
-    ``pass_s`` a pass (rank 0's count), at least 64; rank 0's training seconds a round
-    (its last record's), sent to every rank."""
+    never comes (:func:`engine_seconds`)."""
+    rounds = agreed_rounds(pass_s, plan.budget_s, 64)
+    keys = {"algorithm": "local_sgd", "tau": rounds + 1, "topology": "complete"}
+    return engine_seconds(plan, world, rounds, keys)
+
+
+EVENT_WARMUP = 32  # rounds of the untimed SwarmSGD run before the engine's event is timed
+
+
+def engine_event(plan: LinkPlan, world: int, event_s: float) -> float:
+    """Every rank: the seconds a round of SwarmSGD takes in the distributed engine on
+    these ``world`` processes, one agent each (one local step, non-blocking, no
+    compression, a ring (two processes: each other): one event of every agent a round;
+    :func:`engine_seconds`),
+    its rounds from ``event_s``, a guess of one's seconds, at least 300, after an
+    untimed run of :data:`EVENT_WARMUP` rounds (a run's first exchanges open the rpc
+    connections: tens of milliseconds, a millisecond a round in a short run)."""
+    graph = "ring" if world >= 3 else "complete"  # the ring's neighbours, as rpc_seconds'
+    keys = {"algorithm": "swarm", "local_steps": 1, "blocking": False, "topology": graph}
+    keys["quantizer"] = "none"
+    engine_seconds(plan, world, EVENT_WARMUP, keys)  # the rpc session's first connections
+    return engine_seconds(plan, world, agreed_rounds(event_s, plan.budget_s, 300), keys)
+
+
+def engine_seconds(plan: LinkPlan, world: int, rounds: int, keys: dict[str, Any]) -> float:
+    """Every rank: rank 0's training seconds a round (its last record's) of a
+    distributed run of ``rounds`` rounds on these ``world`` processes, one agent each,
+    on the run's problem with ``keys`` (the algorithm's), sent to every rank."""
     from nettrain.config import SECTION_OF, load_config
     from nettrain.experiment import run
 
-    cfg, rounds = plan.config, agreed_rounds(pass_s, plan.budget_s, 64)
-    keys = {k: getattr(cfg, k) for k, s in SECTION_OF.items() if s in ("data", "problem")}
-    keys |= {"seed": cfg.seed, "device": cfg.device, "dtype": cfg.dtype, "agents": world}
-    keys |= {"algorithm": "local_sgd", "tau": rounds + 1, "rounds": rounds, "topology": "complete"}
-    keys |= {"eval_every": rounds, "progress": False, "tensorboard": False}
-    keys |= {"engine": "distributed", "timeout_s": cfg.timeout_s}
+    cfg = plan.config
+    values = {k: getattr(cfg, k) for k, s in SECTION_OF.items() if s in ("data", "problem")}
+    values |= {"seed": cfg.seed, "device": cfg.device, "dtype": cfg.dtype, "agents": world}
+    values |= keys | {"rounds": rounds, "eval_every": rounds, "progress": False}
+    values |= {"tensorboard": False, "engine": "distributed", "timeout_s": cfg.timeout_s}
     with tempfile.TemporaryDirectory() as folder:
-        records = run(load_config(keys), out=Path(folder) / "run").records
+        records = run(load_config(values), out=Path(folder) / "run").records
     seconds = torch.tensor([records[-1]["train_time_s"] / rounds if records else 0.0])
     dist.broadcast(seconds, 0)
     return float(seconds)

@@ -83,6 +83,8 @@ class Calibration:
             f"{p.allreduce_s * ms:.3g} ms (a ring over the fitted link: {ring * ms:.3g} ms)",
             f"rpc exchange of {p.d:,d} {p.dtype} each way: {p.rpc_exchange_s * ms:.3g} ms",
             f"the engine's round besides the pass: {p.round_overhead_s * ms:.3g} ms",
+            f"the engine's asynchronous event besides the pass and the exchange: "
+            f"{p.event_overhead_s * ms:.3g} ms",
         ]
         if self.path is not None:
             lines.append(f"profile: {self.path} (use it with cost_model={self.path})")
@@ -178,6 +180,7 @@ def calibrate(
         allreduce_s=times.allreduce_s,
         rpc_exchange_s=times.rpc_exchange_s,
         round_overhead_s=times.round_overhead_s,
+        event_overhead_s=times.event_overhead_s,
         processes=times.processes,
         model=cfg.model,
         hidden=tuple(cfg.hidden),

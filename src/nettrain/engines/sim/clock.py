@@ -18,6 +18,8 @@ kept as :attr:`CostModel.profile`). A profile also gives a message's latency wit
 collective (an all-reduce's messages, :attr:`CostModel.collective_latency_s`) and over
 rpc, which the asynchronous methods' exchanges take in the distributed engine (gossip
 and parameter servers, :meth:`CostModel.over_rpc`); without one both are ``latency``.
+Its ``o`` is the synchronous round's, and an asynchronous event's apart
+(:attr:`CostModel.event_overhead_s`); without a profile ``o = 0``.
 """
 
 from __future__ import annotations
@@ -42,12 +44,18 @@ class CostModel:
     rpc_latency_s: float | None = None  # a message's latency over rpc; None = latency_s
     collective_latency_s: float | None = None  # within a collective; None = latency_s
     step_overhead_s: float = 0.0  # o: the engine's own cost of a step (a profile's)
+    event_overhead_s: float | None = None  # o of an asynchronous event; None = step's
 
     def over_rpc(self) -> CostModel:
-        """The cost model of exchanges over rpc: :attr:`rpc_latency_s` as the latency."""
-        if self.rpc_latency_s is None:
-            return self
-        return dataclasses.replace(self, latency_s=self.rpc_latency_s)
+        """The cost model of the asynchronous methods, whose exchanges go over rpc in the
+        distributed engine: :attr:`rpc_latency_s` as the latency and
+        :attr:`event_overhead_s` as a step's ``o``, where a profile measured them."""
+        changes: dict[str, float] = {}
+        if self.rpc_latency_s is not None:
+            changes["latency_s"] = self.rpc_latency_s
+        if self.event_overhead_s is not None:
+            changes["step_overhead_s"] = self.event_overhead_s
+        return dataclasses.replace(self, **changes) if changes else self
 
     @staticmethod
     def straggler_slowdown(n: int, fraction: float, factor: float, seed: int) -> torch.Tensor:

@@ -15,8 +15,9 @@ file has four tables::
                  neighbour exchanges
     [allreduce]  seconds of an all-reduce of d floats
     [rpc]        exchange_s: seconds of an rpc call carrying d floats, answered with d
-    [engine]     round_overhead_s: seconds of the distributed engine's round besides
-                 the pass and its messages
+    [engine]     round_overhead_s: seconds of the distributed engine's synchronous
+                 round besides the pass and its messages; event_overhead_s: of an
+                 asynchronous (gossip) event besides the pass and an rpc exchange
     [machine]    processes (measured together), date, host, torch and nettrain
                  versions, threads
 
@@ -61,7 +62,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "link": ("latency_s", "bandwidth_bytes_per_s", "message_bytes", "one_way_s", "repeats"),
     "allreduce": ("allreduce_s",),
     "rpc": ("rpc_exchange_s",),
-    "engine": ("round_overhead_s",),
+    "engine": ("round_overhead_s", "event_overhead_s"),
     "machine": ("processes", "date", "host", "torch_version", "nettrain_version", "threads"),
 }
 # the name of a field in its table, where it differs from the field's
@@ -80,7 +81,9 @@ class Profile:
     ``message_bytes``. ``allreduce_s``: time of an all-reduce of ``d`` floats of
     ``dtype`` over the ``processes`` processes (the slowest rank's); ``rpc_exchange_s``:
     of an rpc call carrying ``d`` floats and its reply of as many. ``round_overhead_s``:
-    what a round of the distributed engine costs besides the pass and its messages.
+    what a synchronous round of the distributed engine costs besides the pass and its
+    messages; ``event_overhead_s``: what an event of its asynchronous loop (a gossip
+    agent's local step and exchange) costs besides the pass and an rpc exchange.
     """
 
     seconds_per_sample: float
@@ -90,6 +93,7 @@ class Profile:
     allreduce_s: float
     rpc_exchange_s: float
     round_overhead_s: float
+    event_overhead_s: float
     processes: int
     model: str
     hidden: tuple[int, ...]
@@ -119,7 +123,7 @@ class Profile:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        for name in ("latency_s", "round_overhead_s"):
+        for name in ("latency_s", "round_overhead_s", "event_overhead_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
