@@ -64,11 +64,13 @@ def test_asynchronous_servers_apply_every_exchange_once(tmp_path: Path) -> None:
     assert bool(torch.isfinite(centre).all())
     # the record's figure is the saved centre's test accuracy (recomputed here; one test
     # sample of slack for a near-tie summed in another order), and training moved it
-    # from the start's (in the simulator: 0.09 at round 0, 0.30 at round 12)
+    # from the initial model's (in the simulator: 0.09 at round 0, 0.30 at round 12; the
+    # record of round 0 holds the servers' centre when rank 0 reads it, which fast
+    # workers may have finished by then)
     config = load_config(dict(item.split("=") for item in [*COMMON, "algorithm=easgd_async"]))
-    problem = build_job(config).problem
-    accuracy = problem.evaluate(centre[None]).accuracy
-    assert accuracy is not None
-    slack = 1.5 / len(problem.data.y_test)
+    job = build_job(config)
+    accuracy, start = (job.problem.evaluate(m[None]).accuracy for m in (centre, job.x0))
+    assert accuracy is not None and start is not None
+    slack = 1.5 / len(job.problem.data.y_test)
     assert abs(record["centre_test_accuracy"] - float(accuracy[0])) < slack
-    assert record["centre_test_accuracy"] > records[0]["centre_test_accuracy"]
+    assert record["centre_test_accuracy"] > float(start[0])
