@@ -395,12 +395,13 @@ def test_the_config_builds_it_and_refuses_it_where_unused() -> None:
     algo = build_algorithm(load_config({"algorithm": "allreduce", "lr_warmup": 5}))
     assert isinstance(algo, AllReduceSGD) and algo.lr_warmup == 5
     message = (
-        "lr_warmup=5 is not used by algorithm=swarm; it is used by allreduce, local_sgd, "
-        "dpsgd. Remove it (in `nettrain compare`, give it to one algorithm: "
-        "allreduce.lr_warmup=...)"
+        "lr_warmup=5 is not used by algorithm=gradient_tracking; it is used by allreduce, "
+        "local_sgd, dpsgd, swarm, adpsgd. Remove it (in `nettrain compare`, give it to one "
+        "algorithm: allreduce.lr_warmup=...)"
     )
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
-        load_config({"algorithm": "swarm", "lr_warmup": 5})
+        load_config({"algorithm": "gradient_tracking", "lr_warmup": 5})
+    assert build_algorithm(load_config({"algorithm": "swarm", "lr_warmup": 5})).lr_warmup == 5
     with pytest.raises(ConfigError, match="lr_warmup"):
         load_config({"algorithm": "allreduce", "lr_warmup": -1})
     with pytest.raises(ConfigError, match=r"^lr_warmup must be >= 0 \(rounds; 0 = none\)"):

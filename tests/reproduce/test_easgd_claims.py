@@ -12,6 +12,7 @@ from nettrain.analysis import ADMM_ETAS, ADMM_RHOS, Verdict, sweep
 from nettrain.analysis.stability import admm_instability, easgd_stability
 from nettrain.reproduce.claims import BY_CONSTRUCTION, EMPIRICAL
 from nettrain.reproduce.easgd import (
+    BASELINES,
     CONVERGED,
     DIVERGED,
     LRS,
@@ -256,3 +257,11 @@ def test_the_criterion_is_the_centres_final_validation_loss() -> None:
     assert criterion([{"val_loss": 9.0, "centre_val_loss": 0.4, "centre_test_loss": 0.1}]) == 0.4
     assert criterion([{"val_loss": 0.5, "test_loss": 0.1}]) == 0.5
     assert criterion([{"test_loss": 0.1}]) == math.inf
+
+
+def test_the_all_reduce_baselines_warm_up_over_5_percent_of_the_rounds() -> None:
+    """Goyal et al.'s large-batch treatment for both baselines (448 rounds: 22); the
+    workers' methods have no warm-up."""
+    configs = plan(0, True, {})
+    assert {configs[f"n4_{b}_tau1_lr{lr:g}"].lr_warmup for b in BASELINES for lr in LRS} == {22}
+    assert configs["n4_easgd_tau4_lr0.05"].lr_warmup == 0

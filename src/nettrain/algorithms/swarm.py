@@ -107,6 +107,22 @@ class SwarmSGD(WarmedStep, GossipAlgorithm[SwarmState]):
         (x, *_), loss = local_phase(rows, agents, steps, oracle, update)
         return x, loss
 
+    def phase(
+        self,
+        state: SwarmState,
+        x: torch.Tensor,
+        rows: torch.Tensor,
+        steps: torch.Tensor,
+        oracle: Oracle,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`local_phase` of the local ``rows``, at the warm-up's :meth:`rates` while
+        one of them is in it (``lr`` is passed only then: a subclass's ``local_phase``
+        without it keeps working where no warm-up is asked for)."""
+        lr = self.rates(state, rows)
+        if lr is None:
+            return self.local_phase(x, rows, steps, oracle)
+        return self.local_phase(x, rows, steps, oracle, lr)
+
     def rates(self, state: SwarmState, rows: torch.Tensor) -> torch.Tensor | None:
         """The warm-up's step of each of ``rows`` (local rows), ``(k, 1)``:
         ``lr * min(1, (c + 1) / lr_warmup)`` for an agent with ``c`` exchanges so far;
@@ -127,9 +143,7 @@ class SwarmSGD(WarmedStep, GossipAlgorithm[SwarmState]):
         x = state.x  # (m, d) published models
         if self.blocking:
             movers = torch.cat([i, j])
-            moved, losses = self.local_phase(
-                x[movers], movers, steps.T.flatten(), oracle, self.rates(state, movers)
-            )
+            moved, losses = self.phase(state, x[movers], movers, steps.T.flatten(), oracle)
             sent = x.clone()
             sent[movers] = moved
             received = comm.swap(sent, pairs, ref=sent)
@@ -137,7 +151,7 @@ class SwarmSGD(WarmedStep, GossipAlgorithm[SwarmState]):
             new[movers] = self.absorb(sent[movers], received[movers])
             loss = losses[: len(i)]
         else:
-            moved, loss = self.local_phase(x[i], i, steps[:, 0], oracle, self.rates(state, i))
+            moved, loss = self.phase(state, x[i], i, steps[:, 0], oracle)
             received = comm.swap(x, pairs, ref=x)
             new = x.clone()
             new[i] = self.absorb(x[i], received[i]) + (moved - x[i])

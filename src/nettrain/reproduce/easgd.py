@@ -6,9 +6,12 @@ simulator's event engine: ``p = 4`` workers with the centre on one parameter ser
 EAMSGD, DOWNPOUR and momentum DOWNPOUR, against all-reduce SGD, plain and with
 momentum; ``beta = p alpha = 0.9`` (the paper's), momentum 0.9 for every method that
 has one (EAMSGD's Nesterov ``delta``, momentum DOWNPOUR's, the momentum all-reduce's).
-Every method is tuned alike, at every ``tau`` as the paper did: each run picks its
-learning rate from the same grid :data:`LRS` (seven runs each), by the centre's final
-loss on a validation split of 10% carved from the training set (``validation=0.1``;
+All-reduce's step averages the ``p`` workers' mini-batches, a batch ``p`` times theirs,
+so its runs get Goyal et al. 2017's large-batch treatment, a gradual warm-up over the
+first 5% of the rounds (``lr_warmup``). Every method is tuned alike, at every ``tau``
+as the paper did: each run picks its learning rate from the same grid :data:`LRS`
+(seven runs each), by the centre's final loss on a validation split of 10% carved from
+the training set (``validation=0.1``;
 the all-reduce's model for all-reduce; mean over the seeds, never the test set;
 :func:`~nettrain.reproduce.tuning.over_seeds`; ``tuning.csv``). The scaling table
 repeats EASGD, EAMSGD and DOWNPOUR at ``tau = 4`` with 8 and 16 workers, each at the
@@ -111,6 +114,7 @@ BASELINES: dict[str, dict[str, Any]] = {  # at tau = 1: one all-reduce a step
 }
 LRS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # every method's grid of learning rates
 VALIDATION = 0.1  # the share of the training set held out to choose the rates
+WARMUP_FRACTION = 0.05  # the all-reduce baselines' warm-up: Goyal et al.'s 5 of 90 epochs
 TAUS = (1, 4, 16, 64)
 SCALING = {"workers": (8, 16), "tau": 4, "methods": ("easgd", "eamsgd", "downpour")}
 EVALS = 16
@@ -173,7 +177,10 @@ def config(key: Key, lr: float, seed: int, quick: bool, overrides: Mapping[str, 
     base = base | {"dataset": "fashion_mnist", "seed": seed, "progress": False, "servers": 1}
     base |= {"rounds": rounds, "eval_every": rounds // EVALS, "validation": VALIDATION}
     n, method, tau = key
-    extra = BASELINES[method] if method in BASELINES else METHODS[method] | {"tau": tau}
+    if method in BASELINES:  # the large-batch treatment: a warm-up of 5% of the rounds
+        extra = BASELINES[method] | {"lr_warmup": max(1, round(WARMUP_FRACTION * rounds))}
+    else:
+        extra = METHODS[method] | {"tau": tau}
     return load_config(base | extra | {"agents": n} | dict(overrides) | {"lr": lr})
 
 
