@@ -127,8 +127,10 @@ class SwarmSGD(WarmedStep, GossipAlgorithm[SwarmState]):
         """The warm-up's step of each of ``rows`` (local rows), ``(k, 1)``:
         ``lr * min(1, (c + 1) / lr_warmup)`` for an agent with ``c`` exchanges so far;
         ``None`` without a warm-up or once every one of them is past it."""
+        if not self.lr_warmup:
+            return None
         counts = state.interactions[rows]
-        if not self.lr_warmup or bool((counts >= self.lr_warmup).all()):
+        if bool((counts >= self.lr_warmup).all()):
             return None
         ramp = (counts + 1).clamp(max=self.lr_warmup).to(state.x.dtype) / self.lr_warmup
         return (self.lr * ramp)[:, None]
