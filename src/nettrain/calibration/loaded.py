@@ -249,15 +249,20 @@ EVENT_WARMUP = 32  # rounds of the untimed SwarmSGD run before the engine's even
 
 def engine_event(plan: LinkPlan, world: int, event_s: float) -> float:
     """Every rank: the seconds a round of SwarmSGD takes in the distributed engine on
-    these ``world`` processes, one agent each (one local step, non-blocking, no
-    compression, a ring (two processes: each other): one event of every agent a round;
-    :func:`engine_seconds`),
-    its rounds from ``event_s``, a guess of one's seconds, at least 300, after an
-    untimed run of :data:`EVENT_WARMUP` rounds (a run's first exchanges open the rpc
-    connections: tens of milliseconds, a millisecond a round in a short run)."""
+    these ``world`` processes, one agent each (:func:`engine_seconds`): one local step,
+    non-blocking, no compression, on a ring (two processes: each other), so a round is
+    one event of every agent. As many rounds as fill the budget at ``event_s`` (a guess
+    of one's seconds), at least 300, after an untimed run of :data:`EVENT_WARMUP` rounds
+    (a run's first exchanges open the rpc connections: tens of milliseconds, a
+    millisecond a round in a short run)."""
     graph = "ring" if world >= 3 else "complete"  # the ring's neighbours, as rpc_seconds'
-    keys = {"algorithm": "swarm", "local_steps": 1, "blocking": False, "topology": graph}
-    keys["quantizer"] = "none"
+    keys = {
+        "algorithm": "swarm",
+        "local_steps": 1,
+        "blocking": False,
+        "quantizer": "none",
+        "topology": graph,
+    }
     engine_seconds(plan, world, EVENT_WARMUP, keys)  # the rpc session's first connections
     return engine_seconds(plan, world, agreed_rounds(event_s, plan.budget_s, 300), keys)
 

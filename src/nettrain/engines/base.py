@@ -224,8 +224,9 @@ def model_fields(
         return {}
     out: dict[str, Any] = {}
     splits = ("test", "val") if job.problem.data.x_val is not None else ("test",)
+    averaged = mean(buffers) if buffers else None
     for split in splits:
-        ev = job.problem.evaluate(model[None], mean(buffers) if buffers else None, split=split)
+        ev = job.problem.evaluate(model[None], averaged, split=split)
         out[f"{name}_{split}_loss"] = float(ev.loss[0])
         if ev.accuracy is not None:
             out[f"{name}_{split}_accuracy"] = float(ev.accuracy[0])

@@ -213,7 +213,7 @@ def scaling_plan(chosen: Mapping[str, str]) -> Callable[..., dict[str, RunConfig
 
 def chosen_lr(chosen: Mapping[str, str], key: Key) -> float:
     """The rate of ``key``'s chosen grid point."""
-    return LRS[grids()[run_name(key)].index(chosen[run_name(key)])]
+    return LRS[[run_name(key, lr) for lr in LRS].index(chosen[run_name(key)])]
 
 
 CRITERION_KEYS = ("centre_val_loss", "val_loss")  # the centre's, else the model's
@@ -232,9 +232,10 @@ criterion.__name__ = "final validation loss"
 def tune(ask: Request, found: Mapping[int, Mapping[str, Records | None]]) -> dict[str, str]:
     """Each tuned run's grid point (run -> the chosen point's name), by the mean final
     validation loss over the seeds; printed, and written to ``tuning.csv``."""
-    chosen, rows = over_seeds(found, grids(), criterion)
+    points = grids()
+    chosen, rows = over_seeds(found, points, criterion)
     for row in rows:
-        row["lr"] = LRS[grids()[row["method"]].index(row["run"])]
+        row["lr"] = LRS[points[row["method"]].index(row["run"])]
     write_csv(rows, ask.out / "tuning.csv")
     rates = ", ".join(f"{run_name(key)} {chosen_lr(chosen, key):g}" for key in keys())
     ask.console.print(f"chosen learning rates: {rates}")
