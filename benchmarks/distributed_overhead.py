@@ -10,12 +10,13 @@ agent per process, ``OMP_NUM_THREADS=1`` each), in seconds per round:
   backward pass's hooks (``DistCommunicator.start_mean_parts``; buckets of at most
   ``--bucket-bytes``, default 1 MiB as DDP's first bucket, so this model's 407 KB
   gradient is one bucket on both sides), the SGD step, and the engine's per-round
-  bookkeeping (one ``all_gather`` of the work counters, loss and wall time per 32
-  rounds, the virtual clock, the divergence check). Seconds per round = the record's
-  ``wall_time_s`` / rounds: evaluation is excluded (``eval_every = rounds``, and
-  ``wall_time_s`` is taken before the evaluation); included are the oracle's and the
-  algorithm's set-up, one extra ``all_gather`` at the start and the final gather of
-  the states, about 40 ms over the whole run;
+  bookkeeping (the work counters and losses, gathered by one ``all_gather`` per 32
+  rounds that runs while the next 32 compute, the virtual clock, the divergence
+  check). Seconds per round = the last record's ``round_wall_time_s``: rank 0's
+  training time from the round-0 record to the last (``eval_every = rounds``), over
+  the rounds. Excluded, as DDP's construction is on its side: the set-up before the
+  first round (data, oracle, algorithm: about 40 ms a run), the evaluations and the
+  final gather of the states;
 * ``ddp``: the same model (``build_model``, loaded with the engine's initial
   parameters), the same mini-batches (each rank samples its own shard with the
   engine's generator, so both see identical batches), plain ``torch.optim.SGD`` with
@@ -81,6 +82,7 @@ from nettrain.problem.random_layers import integers53
 
 TARGET = 1.05
 METHODS = ("engine_allreduce", "ddp", "engine_dpsgd_ring")
+ARGV = "NETTRAIN_BENCHMARK_ARGV"  # the launcher's arguments, handed to the ranks
 
 
 # ------------------------------------------------------------------------------ launch
@@ -93,11 +95,15 @@ def free_port() -> int:
 
 
 def launch(argv: Sequence[str], nproc: int) -> int:
-    """Start this script under torchrun with ``nproc`` ranks of one thread each."""
+    """Start this script under torchrun with ``nproc`` ranks of one thread each.
+
+    The ranks get this script's arguments in the environment (``ARGV``), not on
+    torchrun's command line, whose parser would take ``--nproc`` for an abbreviation of
+    its own ``--nproc-per-node``."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
     command += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
-    command += [os.path.abspath(__file__), *argv]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    command += [os.path.abspath(__file__)]
+    env = os.environ | {"OMP_NUM_THREADS": "1", ARGV: json.dumps(list(argv))}
     return subprocess.run(command, env=env, check=False).returncode
 
 
@@ -124,10 +130,11 @@ def config(args: argparse.Namespace, world: int, **changes: Any) -> RunConfig:
 
 
 def engine_seconds(cfg: RunConfig, rounds: int) -> tuple[float, torch.Tensor]:
-    """Seconds per round of one engine run (rank 0's ``wall_time_s``), and ``x: (n, d)``."""
+    """Seconds per round of one engine run (rank 0's last ``round_wall_time_s``: its
+    training time from the round-0 record to the last, over the rounds), and
+    ``x: (n, d)``."""
     result = run(cfg.replace(rounds=rounds, eval_every=rounds))
-    wall = result.records[-1]["wall_time_s"] if result.records else float("nan")
-    return wall / rounds, result.x
+    return result.records[-1]["round_wall_time_s"] if result.records else float("nan"), result.x
 
 
 class DDPRunner:
@@ -306,7 +313,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv is None:
+        argv = json.loads(os.environ[ARGV]) if ARGV in os.environ else sys.argv[1:]
     args = parse(argv)
     if "RANK" not in os.environ:  # started by hand: become the launcher
         return launch(argv, args.nproc)

@@ -11,7 +11,12 @@ the parameter servers' state are gathered: in the simulator
 (:class:`~nettrain.engines.sim.engine.SimRounds`) every agent is here, gathering is
 the identity and each round settles at once; in the distributed engine
 (:class:`~nettrain.engines.distributed.rounds.DistRounds`) one all-gather settles
-``SETTLE_EVERY`` rounds.
+``SETTLE_EVERY`` rounds. That all-gather runs while the next rounds compute
+(``behind``): started after round ``t``, it is read when the next notes are due, at
+round ``t + SETTLE_EVERY`` (or at the next evaluation or checkpoint, which settles
+everything).
+A synchronisation of every process every 32 rounds cost 5 ms each time with 4
+processes on 2 cores: 0.2 ms a round.
 
 With a timeline (``timeline=true``, :mod:`nettrain.engines.timeline`), the simulator
 notes each round's intervals on the virtual clock as the round is settled, and real
@@ -21,7 +26,7 @@ processes note the round's measured span with the communicator's ``talks`` in it
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -40,6 +45,7 @@ class Rounds(Stack):
     agent's rows: this process takes its own)."""
 
     settle_every = 1  # rounds whose notes are gathered together
+    behind = False  # gather them while the next rounds run, ticks one settle behind
     slowdown = 1.0  # a slow agent's real slow-down: its round's computing again, in sleep
 
     def __init__(
@@ -56,7 +62,10 @@ class Rounds(Stack):
         oracle = job.problem.oracle(shards, agents, batch_size=job.batch_size, seed=job.seed)
         super().__init__(job, x, oracle, comm, work_totals(n, job.fault_spec))
         self.agents, self.label = agents, f"{job.algorithm.name} x{n}{label}"
-        self.pending: list[torch.Tensor] = []  # (m, 4) notes of rounds not yet settled
+        # notes of rounds not yet settled: work (4, m) int64 and loss (m,) of each round
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # notes whose gather is under way: (their last round, a wait for every agent's)
+        self.inflight: tuple[int, Callable[[], torch.Tensor]] | None = None
         self.everyone: tuple[int, Any] | None = None  # (round, every agent's state)
         self.timeline = Timeline.of(job.timeline_rounds, resume, self.gather_events)
         self._note(torch.zeros(len(agents)))  # the initial gradients of tracking methods
@@ -78,6 +87,11 @@ class Rounds(Stack):
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         """This process's rows ``(m, ...)`` -> every agent's ``(n, ...)``, in agent order."""
         return rows
+
+    def start_gather(self, rows: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """:meth:`gather` started: a function that waits for it and returns its result."""
+        every = self.gather(rows)
+        return lambda: every
 
     def gather_objects(self, objects: list[Any]) -> list[Any]:
         """One picklable object per local agent -> one per agent, in agent order."""
@@ -102,16 +116,45 @@ class Rounds(Stack):
     def _note(self, loss: torch.Tensor) -> None:
         """Note this round's work (samples, messages, bytes, messages within collectives)
         and loss of every local agent."""
-        work = [w.to(torch.float64) for w in take_work(self.oracle, self.comm)]
-        self.pending.append(torch.stack([*work, loss.detach().to("cpu", torch.float64)], 1))
+        self.pending.append((torch.stack(take_work(self.oracle, self.comm)), loss.detach()))
 
     def _settle(self, t: int) -> Iterator[Tick]:
-        """Gather every pending round's notes: replay the clock and the totals in round
-        order, and hand every round's losses ``(n,)`` to the finiteness check."""
-        n, k = self.job.n_agents, len(self.pending)
-        mine = torch.stack(self.pending, 1).reshape(len(self.agents), -1)  # (m, k * 5)
-        every = self.gather(mine.to(self.job.x0.device)).cpu().view(n, k, 5)  # agents, rounds
+        """Every pending round's notes (up to round ``t``), and those in flight before
+        them, gathered now: their ticks, in round order (:meth:`_replay`)."""
+        yield from self._land()
+        yield from self._replay(t, self._start(t)())
+
+    def _launch(self, t: int) -> Iterator[Tick]:
+        """The notes in flight, landed (their ticks); then the gather of the pending ones
+        (up to round ``t``) started, to land at the next settle: the collective runs while
+        the next rounds compute."""
+        yield from self._land()
+        self.inflight = (t, self._start(t))
+
+    def _land(self) -> Iterator[Tick]:
+        """The ticks of the notes in flight, if any (waiting for their gather)."""
+        if self.inflight is not None:
+            (t, done), self.inflight = self.inflight, None
+            yield from self._replay(t, done())
+
+    def _start(self, t: int) -> Callable[[], torch.Tensor]:
+        """Start gathering every pending round's notes (up to round ``t``): a wait for
+        every agent's ``(n, k, 5)``, agents by rounds by (samples, messages, bytes,
+        collective messages, loss)."""
+        k = len(self.pending)
+        works, losses = zip(*self.pending, strict=True)
+        work = torch.stack(works, 2).to(torch.float64)  # (4, m, k)
+        loss = torch.stack(losses, 1).to("cpu", torch.float64)[None]  # (1, m, k)
+        mine = torch.cat([work, loss]).permute(1, 2, 0).reshape(len(self.agents), -1)  # (m, k * 5)
         self.pending.clear()
+        wait = self.start_gather(mine.to(self.job.x0.device))
+        return lambda: wait().cpu().view(self.job.n_agents, k, 5)
+
+    def _replay(self, t: int, every: torch.Tensor) -> Iterator[Tick]:
+        """Replay the clock and the totals over the gathered notes ``every: (n, k, 5)`` of
+        rounds ``t - k + 1 .. t`` in round order, and hand every round's losses ``(n,)``
+        to the finiteness check."""
+        k = every.shape[1]
         for j in range(k):
             work = every[:, j, :4].round().to(torch.int64).unbind(1)
             virtual = None if self.measured else self.timeline  # real processes: measured
@@ -134,8 +177,10 @@ class Rounds(Stack):
             if self.measured and self.timeline is not None and self.timeline.wants(t + 1):
                 talks = self.talks(self.timeline.wants(t + 2))
                 self.timeline.measured_round(t + 1, self.agents, begin, time.perf_counter(), talks)
-            if t + 1 == stop or len(self.pending) == self.settle_every:
+            if t + 1 == stop or (len(self.pending) == self.settle_every and not self.behind):
                 yield from self._settle(t)
+            elif len(self.pending) == self.settle_every:
+                yield from self._launch(t)
 
     def counters(self) -> Counters:
         return Counters(self.totals, self.clock.now, float(self.losses.mean()), self.round)

@@ -302,6 +302,8 @@ class Oracle:
             raise ConfigError(f"batch_size must be >= 0 (0 = full local batch), got {batch_size}")
         self.problem = problem
         self.agents = torch.as_tensor(list(agents), dtype=torch.int64)
+        self._m = len(self.agents)
+        self._modules = tuple(problem.model.modules())  # listed once for each pass's mode
         self.batch_size = batch_size
         self.with_regularizer = with_regularizer
         self.compile = problem.execution.compile if compile is None else compile
@@ -338,7 +340,7 @@ class Oracle:
 
     @property
     def m(self) -> int:
-        return len(self.agents)
+        return self._m
 
     def _full_batch_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded indices ``(m, L)`` and weights ``(m, L)`` with ``1/|shard|`` on real samples."""
@@ -405,7 +407,8 @@ class Oracle:
         if local is None:
             local = torch.arange(self.m, device="cpu")  # agent ids, like the meters
         idx, w = self._sample(None if every else local)
-        keys, c = self._keys(local), self.chunk
+        keys = self._keys(local)
+        c = self.chunk if len(local) > 1 else 1  # one agent: no chunks (nor their sizing)
         regular = not smooth and self.with_regularizer and self.problem.regularizer.kind != "none"
         # One kernel for every chunk of the call, so that chunks change no number.
         kernel = self._kernel(len(local))
@@ -464,7 +467,7 @@ class Oracle:
         handed out bucket by bucket during the backward pass."""
         buffers = rows(self.buffers, local) if self.buffers else {}
         options = {} if feed is None else {"feed": feed}
-        with training(self.problem.model):
+        with training(self.problem.model, self._modules):
             g, loss, buffers = kernel(x, buffers, keys, *self.samples(idx), w, **options)
         for name, value in buffers.items():
             self.buffers[name][local] = value.detach()

@@ -11,7 +11,7 @@ is no vectorisation limit, such as a shape mismatch, names the layer that failed
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,12 +22,15 @@ from nettrain.errors import ConfigError
 
 
 @contextmanager
-def _mode(model: nn.Module, train: bool) -> Iterator[None]:
-    """``model`` and all its modules in mode ``train`` inside the block, as they were after.
-    When every module already is (the oracle's passes, one a round), nothing is set:
-    ``nn.Module.train`` walks the tree through ``__setattr__`` twice, a tenth of a
+def _mode(
+    model: nn.Module, train: bool, modules: Sequence[nn.Module] | None = None
+) -> Iterator[None]:
+    """``model`` and all its modules (``modules``: ``model.modules()`` listed once by the
+    caller, whose tree does not change) in mode ``train`` inside the block, as they were
+    after. When every module already is (the oracle's passes, one a round), nothing is
+    set: ``nn.Module.train`` walks the tree through ``__setattr__`` twice, a tenth of a
     millisecond a round for a small MLP."""
-    modules = list(model.modules())
+    modules = list(model.modules()) if modules is None else modules
     was = [m.training for m in modules]
     if all(w == train for w in was):
         yield
@@ -40,9 +43,10 @@ def _mode(model: nn.Module, train: bool) -> Iterator[None]:
             m.training = w
 
 
-def training(model: nn.Module) -> Any:
-    """``model`` in training mode inside the block (dropout on, BatchNorm on batch stats)."""
-    return _mode(model, True)
+def training(model: nn.Module, modules: Sequence[nn.Module] | None = None) -> Any:
+    """``model`` in training mode inside the block (dropout on, BatchNorm on batch stats);
+    ``modules``: its ``modules()``, when the caller holds them listed."""
+    return _mode(model, True, modules)
 
 
 def evaluation(model: nn.Module) -> Any:

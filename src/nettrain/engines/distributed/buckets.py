@@ -4,15 +4,16 @@
 :meth:`~nettrain.patterns.Communicator.start_mean_parts`: each column slice put (a
 gradient bucket, handed over by the oracle from autograd hooks as soon as the backward
 pass has finished it, :mod:`nettrain.problem.buckets`) is copied into the result
-buffer and its ``all_reduce(SUM, async_op=True)`` starts at once, as
-``DistributedDataParallel``'s reducer launches its buckets; ``wait`` waits for them all
-and divides by ``n``. Every rank puts the same buckets in the same order (the same
-model, the same cut), so their collectives pair up.
+buffer, divided by ``n``, and its ``all_reduce(SUM, async_op=True)`` starts at once, as
+``DistributedDataParallel``'s reducer divides and launches its buckets; ``wait`` waits
+for them all. Every rank puts the same buckets in the same order (the same model, the
+same cut), so their collectives pair up.
 
 The mean is the one :meth:`~nettrain.engines.distributed.comm.DistCommunicator.start_mean`
-computes, column by column, up to the order in which gloo adds the ``n`` contributions
-of a column (which can depend on a buffer's length): float rounding. It is counted as
-that one ring all-reduce of ``d`` values, as the simulator counts it.
+computes, column by column, up to float rounding: the order in which gloo adds the
+``n`` contributions of a column (which can depend on a buffer's length), and the
+division before the sum rather than after it (one pass over the gradient fewer). It is
+counted as that one ring all-reduce of ``d`` values, as the simulator counts it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ BUCKET_BYTES = 1 << 20
 
 class BucketedMean:
     """``(1/n) sum_j v_j`` over every agent of the rows ``v: (m, d)`` this process holds,
-    reduced slice by slice as put: each slice's local sum, then its all-reduce.
+    reduced slice by slice as put: each slice's local sum over ``n``, then its all-reduce.
 
     ``start(buffer)`` launches the asynchronous all-reduce (SUM) of a contiguous
     ``buffer`` and returns its request; ``guard(what, call)`` runs ``call`` turning a
@@ -58,13 +59,13 @@ class BucketedMean:
         self.filled = 0  # columns put so far
 
     def put(self, cols: slice, part: torch.Tensor) -> None:
-        """Sum ``part: (m, |cols|)`` over the local agents into the buffer and start its
-        all-reduce."""
+        """Sum ``part: (m, |cols|)`` over the local agents, divided by ``n``, into the
+        buffer and start its all-reduce."""
         bucket = self.total[0, cols]  # a contiguous view of the buffer
         if self.m == 1:
-            bucket.copy_(part[0])
+            torch.div(part[0], self.n, out=bucket)
         else:
-            torch.sum(part, 0, out=bucket)
+            torch.sum(part, 0, out=bucket).div_(self.n)
         what = f"the all-reduce of columns {cols.start}..{cols.stop - 1}"
         self.works.append((what, self.guard(what, lambda: self.start(bucket))))  # type: ignore[arg-type]
         self.filled += cols.stop - cols.start
@@ -82,5 +83,4 @@ class BucketedMean:
             self.guard(what, work.wait)
         if self.waited is not None:
             self.waited(begin)
-        mean = self.total.div_(self.n)
-        return mean if self.m == 1 else mean.expand(self.m, -1).clone()
+        return self.total if self.m == 1 else self.total.expand(self.m, -1).clone()

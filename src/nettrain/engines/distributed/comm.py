@@ -158,6 +158,10 @@ class DistCommunicator(Communicator):
         self.agents = torch.tensor(placement.groups[self.rank])
         self.traffic = Traffic.zeros(len(self.agents))
         self.wire = Counter({"messages": 0, "bytes": 0})
+        # (m, d, itemsize) -> an all-reduce's messages and bytes (m,), and across processes
+        self._allreduce_counts: dict[
+            tuple[int, int, int], tuple[torch.Tensor, torch.Tensor, tuple[int, int]]
+        ] = {}
         self.rpc = rpc  # the asynchronous patterns' session, for algorithms with uses_rpc
         self._slices = servers or []
         self.server_ranks = [placement.processes + s for s in range(len(self._slices))]
@@ -250,9 +254,7 @@ class DistCommunicator(Communicator):
     def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
         n, m, processes = self.n_agents, len(x), self.placement.processes
         if codec is None:
-            messages, nbytes = ring_allreduce_cost(n, x.shape[1], x.element_size())
-            self.traffic.add(torch.full((m,), messages), torch.full((m,), nbytes), True)
-            self._count_wire(*ring_allreduce_cost(processes, x.shape[1], x.element_size()))
+            self._count_allreduce(m, x.shape[1], x.element_size())
             total = x.sum(0, keepdim=True)  # (1, d): this process's part of the sum
             what, begin = "the all-reduce", time.perf_counter()
             work = guarded(
@@ -285,6 +287,19 @@ class DistCommunicator(Communicator):
 
         return _Exchange([(what, work)], average, self)
 
+    def _count_allreduce(self, m: int, d: int, size: int) -> None:
+        """Count a ring all-reduce of ``d`` values of ``size`` bytes: for each of the ``m``
+        local agents as the simulator counts it, and what crosses processes (the counts of
+        a shape are made once: this runs every round)."""
+        counts = self._allreduce_counts.get((m, d, size))
+        if counts is None:
+            messages, nbytes = ring_allreduce_cost(self.n_agents, d, size)
+            wire = ring_allreduce_cost(self.placement.processes, d, size)
+            counts = (torch.full((m,), messages), torch.full((m,), nbytes), wire)
+            self._allreduce_counts[m, d, size] = counts
+        self.traffic.add(counts[0], counts[1], True)
+        self._count_wire(*counts[2])
+
     def _count_wire(self, messages: int, nbytes: int) -> None:
         """Count what this process sends to other processes (alone, it sends nothing)."""
         if self.placement.processes > 1:
@@ -293,10 +308,7 @@ class DistCommunicator(Communicator):
     def start_mean_parts(self, like: torch.Tensor) -> PartsHandle:
         """The all-reduce of :meth:`start_mean`, each slice's started as soon as it is put
         (:class:`~nettrain.engines.distributed.buckets.BucketedMean`), counted as one."""
-        m, d, size = like.shape[0], like.shape[1], like.element_size()
-        messages, nbytes = ring_allreduce_cost(self.n_agents, d, size)
-        self.traffic.add(torch.full((m,), messages), torch.full((m,), nbytes), True)
-        self._count_wire(*ring_allreduce_cost(self.placement.processes, d, size))
+        self._count_allreduce(like.shape[0], like.shape[1], like.element_size())
 
         def start(bucket: torch.Tensor) -> dist.Work:
             begin = time.perf_counter()

@@ -6,6 +6,7 @@ and resume (docs/architecture.md, "One synchronous round").
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,8 +24,9 @@ from nettrain.recording import RunFolder
 
 # Rounds whose notes (samples, messages, bytes, loss) are gathered together: one small
 # all-gather per 32 rounds (or per evaluation or checkpoint) replays the simulator's
-# virtual clock on every rank, instead of a second collective every round. Divergence
-# is then seen up to 32 rounds late, by every rank at the same round.
+# virtual clock on every rank, instead of a second collective every round. It runs
+# while the next 32 rounds compute (Rounds.behind), so divergence is seen up to 64
+# rounds late, by every rank at the same round.
 SETTLE_EVERY = 32
 
 
@@ -47,13 +49,27 @@ def all_gather_rows(
 ) -> torch.Tensor:
     """Each process's rows ``(m_r, ...)`` (its agents') -> every agent's ``(n, ...)``, in
     agent order; rows are padded to the largest ``m_r`` for the all-gather."""
+    return start_all_gather_rows(t, placement, group)()
+
+
+def start_all_gather_rows(
+    t: torch.Tensor, placement: Placement, group: dist.ProcessGroup | None = None
+) -> Callable[[], torch.Tensor]:
+    """:func:`all_gather_rows` started (an asynchronous all-gather): a function that
+    waits for it and returns every agent's rows."""
     largest = placement.largest
     padded = t.new_zeros(largest, *t.shape[1:])
     padded[: len(t)] = t
     parts = [torch.empty_like(padded) for _ in range(placement.processes)]
-    guarded("an all-gather of the engine", lambda: dist.all_gather(parts, padded, group=group))
-    rows = torch.cat([part[: len(g)] for part, g in zip(parts, placement.groups, strict=True)])
-    return rows[placement.position.to(rows.device)]
+    what = "an all-gather of the engine"
+    work = guarded(what, lambda: dist.all_gather(parts, padded, group=group, async_op=True))
+
+    def rows() -> torch.Tensor:
+        guarded(what, work.wait)
+        every = torch.cat([p[: len(g)] for p, g in zip(parts, placement.groups, strict=True)])
+        return every[placement.position.to(every.device)]
+
+    return rows
 
 
 class DistRounds(Rounds):
@@ -64,7 +80,7 @@ class DistRounds(Rounds):
     round's computing (the oracle's passes)."""
 
     comm: DistCommunicator
-    measured, settle_every = True, SETTLE_EVERY
+    measured, settle_every, behind = True, SETTLE_EVERY, True
 
     def __init__(
         self, job: Job, rank: int, comm: DistCommunicator, resume: Checkpoint | None
@@ -91,6 +107,9 @@ class DistRounds(Rounds):
 
     def gather(self, rows: torch.Tensor) -> torch.Tensor:
         return all_gather_rows(rows, self.comm.placement, self.comm.group)
+
+    def start_gather(self, rows: torch.Tensor) -> Callable[[], torch.Tensor]:
+        return start_all_gather_rows(rows, self.comm.placement, self.comm.group)
 
     def gather_objects(self, objects: list[Any]) -> list[Any]:
         parts: list[Any] = [None] * self.comm.placement.processes  # rank order
