@@ -74,6 +74,34 @@ def test_auto_chunks_fit_the_memory_budget() -> None:
     assert oracle("batched (mlp with dropout)", Execution()).chunk >= 8  # a quarter of free memory
 
 
+def test_auto_chunks_on_the_cpu_fit_twice_the_last_level_cache(monkeypatch) -> None:
+    """With memory to spare, a chunk holds as many agents as twice the cache takes (at
+    least one); a machine that lists no cache leaves the memory budget alone."""
+    from nettrain.problem import oracle as module
+
+    per_agent = oracle("batched (mlp with dropout)", Execution(chunk_agents=1)).pass_bytes()
+    for cache, agents in ((2.5 * per_agent, 5), (per_agent, 2), (0.1 * per_agent, 1)):
+        monkeypatch.setattr(module, "last_level_cache", lambda c=cache: int(c))
+        assert oracle("batched (mlp with dropout)", Execution(memory_gb=1.0)).chunk == agents
+    monkeypatch.setattr(module, "last_level_cache", lambda: 0)
+    budget = Execution(memory_gb=3 * per_agent / 2**30)
+    assert oracle("batched (mlp with dropout)", budget).chunk == 3
+
+
+def test_the_last_level_cache_is_the_highest_level_listed(tmp_path) -> None:
+    for index, level, size in ((0, 1, "48K"), (2, 2, "1024K"), (3, 3, "32768K"), (1, 1, "32K")):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "size").write_text(f"{size}\n")
+    from nettrain.problem.execution import last_level_cache
+
+    assert last_level_cache(tmp_path) == 32 * 2**20
+    (tmp_path / "index3" / "size").write_text("lots\n")  # unreadable: the next level down
+    assert last_level_cache(tmp_path) == 2**20
+    assert last_level_cache(tmp_path / "none") == 0
+
+
 def test_a_pass_costs_more_with_a_bigger_batch() -> None:
     small = oracle("vmapped (batchnorm)", Execution())
     big = small.problem.oracle(

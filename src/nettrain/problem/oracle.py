@@ -41,7 +41,7 @@ from nettrain.problem.batched import BatchedModel, batched_loss
 from nettrain.problem.buckets import BucketFeed, GradientSink
 from nettrain.problem.buffers import BUFFER_POLICIES, Buffers, BufferSpec, rows
 from nettrain.problem.compiled import Compiled
-from nettrain.problem.execution import Execution, free_memory
+from nettrain.problem.execution import Execution, free_memory, last_level_cache
 from nettrain.problem.flat import FlatSpec
 from nettrain.problem.linearization import Linearization
 from nettrain.problem.losses import Regularizer
@@ -422,8 +422,8 @@ class Oracle:
             loss, g = x.new_empty(len(local)), torch.empty_like(x)
             for s in range(0, len(local), c):
                 part = slice(s, s + c)
-                loss[part], g[part] = self._pass(
-                    kernel, x[part], local[part], keys[part], idx[part], w[part]
+                loss[part], _ = self._pass(
+                    kernel, x[part], local[part], keys[part], idx[part], w[part], out=g[part]
                 )
         if regular:
             loss = loss + self.problem.regularizer.value(x)
@@ -460,17 +460,23 @@ class Oracle:
         idx: torch.Tensor,
         w: torch.Tensor,
         feed: BucketFeed | None = None,
+        out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward and backward pass of the agents ``local`` on their batches ``idx``
         by ``kernel``: ``(loss (k,), g (k, d))``, detached; their buffers updated. With a
         ``feed`` (the batched kernel only) the gradient is written into ``feed.out`` and
-        handed out bucket by bucket during the backward pass."""
+        handed out bucket by bucket during the backward pass. With ``out: (k, d)`` the
+        gradient is ``out`` (the batched kernel writes it there, any other is copied)."""
         buffers = rows(self.buffers, local) if self.buffers else {}
-        options = {} if feed is None else {"feed": feed}
+        options: dict[str, Any] = {} if feed is None else {"feed": feed}
+        if out is not None and kernel == self._batched_grad:
+            options["out"] = out
         with training(self.problem.model, self._modules):
             g, loss, buffers = kernel(x, buffers, keys, *self.samples(idx), w, **options)
         for name, value in buffers.items():
             self.buffers[name][local] = value.detach()
+        if out is not None and g is not out:
+            g = out.copy_(g)
         return loss.detach(), g.detach()
 
     def samples(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -523,12 +529,14 @@ class Oracle:
     @functools.cached_property
     def chunk(self) -> int:
         """Agents per pass: :attr:`Execution.chunk_agents`, or with ``auto`` as many as
-        fit in the memory budget (:meth:`pass_bytes` per agent), at least one."""
+        fit in the memory budget (:meth:`pass_bytes` per agent) and, on the CPU, in
+        twice the last-level cache, at least one."""
         execution = self.problem.execution
         if execution.chunk_agents != "auto":
             return int(execution.chunk_agents)
         budget = execution.memory_gb * 2**30 or free_memory(self.x.device) / 4
-        return max(1, int(budget // self.pass_bytes()))
+        cache = 2 * last_level_cache() if self.x.device.type == "cpu" else 0
+        return max(1, int(min(budget, cache or budget) // self.pass_bytes()))
 
     def pass_bytes(self) -> int:
         """Memory one agent adds to a pass, estimated from one real pass of agent 0 on one
@@ -611,13 +619,15 @@ class Oracle:
         yb: torch.Tensor,
         wb: torch.Tensor,
         feed: BucketFeed | None = None,
+        out: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, Buffers]:
         """A model of known layers without buffers, by the layer-wise batched model
         (:mod:`~nettrain.problem.batched`): the losses ``L_i`` (:meth:`_batched_losses`)
         and one backward pass of ``sum_i L_i``, whose gradient with respect to the
         parameters of agent ``i`` is ``grad L_i(x_i)``. With a ``feed``, each layer's
         gradient goes from its leaf's autograd hook into ``feed.out``, and each bucket to
-        the feed's sink as soon as it is complete."""
+        the feed's sink as soon as it is complete; else into ``out`` if given (a chunk's
+        rows of the whole gradient: no copy of it)."""
         with torch.enable_grad():
             parts = torch.split(x, self.problem.spec.numels, 1)
             leaves = [p.detach().requires_grad_(True) for p in parts]  # (k, numel) each
@@ -628,7 +638,7 @@ class Oracle:
             loss = self._batched_losses(leaves, keys, xb, yb, wb)  # (k,)
             grads = torch.autograd.grad(loss.sum(), leaves)
         if feed is None:
-            return torch.cat(grads, 1), loss.detach(), buffers  # (k, d)
+            return torch.cat(grads, 1, out=out), loss.detach(), buffers  # (k, d)
         if not hooked:  # one bucket: the whole gradient, now
             torch.cat(grads, 1, out=feed.out)
         return feed.finish(), loss.detach(), buffers
