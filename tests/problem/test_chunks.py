@@ -74,18 +74,21 @@ def test_auto_chunks_fit_the_memory_budget() -> None:
     assert oracle("batched (mlp with dropout)", Execution()).chunk >= 8  # a quarter of free memory
 
 
-def test_auto_chunks_on_the_cpu_fit_twice_the_last_level_cache(monkeypatch) -> None:
-    """With memory to spare, a chunk holds as many agents as twice the cache takes (at
-    least one); a machine that lists no cache leaves the memory budget alone."""
+def test_auto_chunks_of_a_cnn_on_the_cpu_fit_twice_the_last_level_cache(monkeypatch) -> None:
+    """With memory to spare, a chunk of a model with convolutions holds as many agents as
+    twice the cache takes (at least one); a machine that lists no cache, or a model
+    without convolutions, leaves the memory budget alone."""
     from nettrain.problem import oracle as module
 
-    per_agent = oracle("batched (mlp with dropout)", Execution(chunk_agents=1)).pass_bytes()
+    cnn, mlp = "vmapped (batchnorm)", "batched (mlp with dropout)"
+    per_agent = oracle(cnn, Execution(chunk_agents=1)).pass_bytes()
+    mlp_budget = 2**30 // oracle(mlp, Execution(chunk_agents=1)).pass_bytes()
     for cache, agents in ((2.5 * per_agent, 5), (per_agent, 2), (0.1 * per_agent, 1)):
         monkeypatch.setattr(module, "last_level_cache", lambda c=cache: int(c))
-        assert oracle("batched (mlp with dropout)", Execution(memory_gb=1.0)).chunk == agents
+        assert oracle(cnn, Execution(memory_gb=1.0)).chunk == agents
+        assert oracle(mlp, Execution(memory_gb=1.0)).chunk == mlp_budget  # no convolution
     monkeypatch.setattr(module, "last_level_cache", lambda: 0)
-    budget = Execution(memory_gb=3 * per_agent / 2**30)
-    assert oracle("batched (mlp with dropout)", budget).chunk == 3
+    assert oracle(cnn, Execution(memory_gb=3 * per_agent / 2**30)).chunk == 3
 
 
 def test_the_last_level_cache_is_the_highest_level_listed(tmp_path) -> None:

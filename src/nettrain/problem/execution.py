@@ -5,8 +5,8 @@ sizes them, and compilation (:class:`Execution`, the run's ``chunk_agents``,
 Agents are taken a chunk at a time; with ``chunk_agents=auto`` a chunk holds as many
 agents as fit in the budget (:func:`free_memory`), each costing
 :meth:`Oracle.pass_bytes <nettrain.problem.oracle.Oracle.pass_bytes>`, measured on one
-real pass of one agent; on the CPU, at most as many as fit in twice its last-level
-cache (:func:`last_level_cache`).
+real pass of one agent; for a model with convolutions on the CPU, at most as many as
+fit in twice its last-level cache (:func:`last_level_cache`).
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ class Execution:
     the memory free when the oracle is built: the device's on CUDA, the machine's
     available memory on the CPU), or a number of agents per pass. Chunks give the same
     numbers as one pass (each agent's arithmetic is its own); they bound the activation
-    memory of a round by one chunk's. On the CPU ``auto`` also keeps a chunk within
-    twice the last-level cache: a convolution's activations are many times its
-    parameters, and the small CNN's round of 64 agents ran 1.4x as fast in chunks of 4
-    to 8 agents (40 to 80 MB by ``pass_bytes``, on a 32 MB cache) as in one pass, while
-    the MLPs ran alike either way (``benchmarks/sim_throughput.py``).
+    memory of a round by one chunk's. For a model with convolutions on the CPU ``auto``
+    also keeps a chunk within twice the last-level cache: a convolution's activations
+    are many times its parameters, and the small CNN's round of 64 agents ran 1.4x as
+    fast in chunks of 4 to 8 agents (40 to 80 MB by ``pass_bytes``, on a 32 MB cache) as
+    in one pass. MLPs ran alike in chunks or not, so they keep the memory budget alone
+    (``benchmarks/sim_throughput.py``).
 
     ``compile``: the gradient kernel of a stack of agents runs compiled by
     ``torch.compile`` (:mod:`~nettrain.problem.compiled`): the batched model's losses and

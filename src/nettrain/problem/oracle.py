@@ -260,6 +260,17 @@ class Problem:
         return Oracle(self, shards, agents, batch_size, seed, with_regularizer, compile=compile)
 
 
+# layers whose activations are many times their parameters (Oracle.chunk)
+CONVOLUTIONS = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+
+
 def take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``t[idx]`` for an index tensor ``idx`` of rows of ``t``."""
     rows = torch.index_select(t.reshape(len(t), -1), 0, idx.reshape(-1))
@@ -529,13 +540,14 @@ class Oracle:
     @functools.cached_property
     def chunk(self) -> int:
         """Agents per pass: :attr:`Execution.chunk_agents`, or with ``auto`` as many as
-        fit in the memory budget (:meth:`pass_bytes` per agent) and, on the CPU, in
-        twice the last-level cache, at least one."""
+        fit in the memory budget (:meth:`pass_bytes` per agent) and, for a model with
+        convolutions on the CPU, in twice the last-level cache; at least one."""
         execution = self.problem.execution
         if execution.chunk_agents != "auto":
             return int(execution.chunk_agents)
         budget = execution.memory_gb * 2**30 or free_memory(self.x.device) / 4
-        cache = 2 * last_level_cache() if self.x.device.type == "cpu" else 0
+        convolves = any(isinstance(m, CONVOLUTIONS) for m in self._modules)
+        cache = 2 * last_level_cache() if convolves and self.x.device.type == "cpu" else 0
         return max(1, int(min(budget, cache or budget) // self.pass_bytes()))
 
     def pass_bytes(self) -> int:
