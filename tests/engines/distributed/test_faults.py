@@ -166,6 +166,23 @@ def test_gossip_survivors_of_a_killed_rank_0_take_over_the_run(tmp_path: Path) -
     assert x.shape[0] == N - 1 and bool(torch.isfinite(x).all())  # the survivors' models
 
 
+def test_gossip_survivors_of_a_killed_process_of_two_agents_finish(tmp_path: Path) -> None:
+    """SwarmSGD, 8 agents on 4 processes (2 each): the process of agents 4 and 5 dies at
+    its 5th event. Both its agents are dropped and the record names the rank; the other
+    six agents made all their events; their neighbours 3 and 6 lost exchanges with the
+    dead; every exchange one survivor delivered to another was answered once."""
+    n = 2 * N
+    items = [c for c in COMMON if not c.startswith("agents=")] + [f"agents={n}"]
+    args = ["run", "engine=distributed", *items, "algorithm=swarm", f"rounds={ROUNDS}"]
+    record, out = outlive(tmp_path, N, spec_=spec(*args, "--out", str(tmp_path / "run")))
+    assert record["events"] == (n - 2) * ROUNDS  # the survivors' agents'
+    assert record["interactions_unmatched"] == 0
+    assert record["exchanges_lost"] > 0
+    assert record["messages_total"] == record["events"] + record["interactions_answered"]
+    x = torch.load(out / "final.pt", weights_only=True)
+    assert x.shape[0] == n - 2 and bool(torch.isfinite(x).all())
+
+
 def test_centre_survivors_of_a_killed_worker_finish(tmp_path: Path) -> None:
     """Asynchronous EASGD, 4 workers and a parameter server: the dead worker 2 takes no
     one's exchange with it; the server applied every survivor's exchange exactly once."""
