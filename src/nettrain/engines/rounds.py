@@ -14,9 +14,8 @@ the identity and each round settles at once; in the distributed engine
 ``SETTLE_EVERY`` rounds. That all-gather runs while the next rounds compute
 (``behind``): started after round ``t``, it is read when the next notes are due, at
 round ``t + SETTLE_EVERY`` (or at the next evaluation or checkpoint, which settles
-everything).
-A synchronisation of every process every 32 rounds cost 5 ms each time with 4
-processes on 2 cores: 0.2 ms a round.
+everything); waited for at once, it cost 5 ms each time with 4 processes on 2 cores,
+0.2 ms a round.
 
 With a timeline (``timeline=true``, :mod:`nettrain.engines.timeline`), the simulator
 notes each round's intervals on the virtual clock as the round is settled, and real
