@@ -181,8 +181,11 @@ def build_job(
 ) -> Job:
     """Every piece of a run, validated, before any training starts: the configured
     built-ins, or the user's own model, data, loss and algorithm object."""
+    algorithm = build_algorithm(cfg) if algorithm is None else algorithm.for_network(cfg.workers)
     topology = build_topology(
-        cfg.topology,
+        # a method that never mixes along the graph (all-reduce, a shared model, a tree
+        # of its own) runs with one or two agents too, where no ring can be built
+        "complete" if cfg.agents < 3 and not algorithm.uses_graph else cfg.topology,
         cfg.agents,
         seed=cfg.seed,
         weights=cfg.weights,
@@ -204,7 +207,6 @@ def build_job(
         n_classes=problem.data.n_classes or None,
         groups=problem.data.groups,
     )
-    algorithm = build_algorithm(cfg) if algorithm is None else algorithm.for_network(cfg.workers)
     algorithm.check(problem)
     batch_size = cfg.batch_size if cfg.batch_size >= 0 else algorithm.default_batch_size
     return Job(

@@ -149,10 +149,17 @@ def test_unknown_kind_lists_the_known_ones() -> None:
         build_graph("mesh", 8)
 
 
-@pytest.mark.parametrize(("kind", "n"), [("ring", 2), ("complete", 1), ("star", 0), ("tree", 1)])
-def test_too_few_agents_is_an_error(kind: str, n: int) -> None:
-    with pytest.raises(TopologyError, match=f"needs n >= {3 if kind == 'ring' else 2}"):
+@pytest.mark.parametrize(
+    ("kind", "n", "minimum"), [("ring", 2, 3), ("complete", 0, 1), ("star", 0, 2), ("tree", 1, 2)]
+)
+def test_too_few_agents_is_an_error(kind: str, n: int, minimum: int) -> None:
+    with pytest.raises(TopologyError, match=f"needs n >= {minimum}"):
         build_graph(kind, n)
+
+
+def test_one_agent_is_a_complete_graph_of_one_node() -> None:
+    graph = build_graph("complete", 1)
+    assert list(graph.nodes) == [0] and graph.number_of_edges() == 0
 
 
 @pytest.mark.parametrize("bad", [2.0, "8", True, -3])

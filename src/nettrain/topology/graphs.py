@@ -70,8 +70,8 @@ def build_graph(
 
     Args:
         kind: one of :data:`GRAPHS`.
-        n: number of agents (at least 2; at least 3 for ``ring``; see the table above for
-            the families that constrain ``n``).
+        n: number of agents (at least 2, or 1 for ``complete``; at least 3 for ``ring``;
+            see the table above for the families that constrain ``n``).
         seed: seed of the random families (``erdos_renyi``, ``random_regular``).
         degree: degree of ``random_regular``.
         edge_prob: edge probability of ``erdos_renyi``; default ``2 ln(n) / n`` (below 1
@@ -88,7 +88,7 @@ def build_graph(
     if kind not in _BUILDERS:
         raise ConfigError(f"unknown graph kind {kind!r}; choose one of {', '.join(GRAPHS)}")
     n = _check_int("n", n, minimum=0)
-    minimum = 3 if kind == "ring" else 2
+    minimum = {"ring": 3, "complete": 1}.get(kind, 2)
     if n < minimum:
         raise TopologyError(f"graph {kind!r} needs n >= {minimum} agents, got n={n}")
     params = _Params(
