@@ -31,6 +31,7 @@ from nettrain.engines.distributed.gossip import REPLAYED, Peer
 from nettrain.engines.distributed.snapshots import (
     Snapshots,
     read_manifest,
+    snapshot_path,
     write_snapshot,
 )
 from nettrain.errors import DataError
@@ -169,6 +170,17 @@ def test_snapshots_name_every_rank_and_count_what_the_crash_lost(tmp_path: Path)
     offsets = snapshots.offsets
     # [j, i]: i's delivered to j less j's answered for i
     assert offsets.tolist() == [[0, 3 - 3, 2 - 2], [5 - 4, 0, 0], [1 - 1, 0, 0]]
+    # the counts come from the manifest (no rank loads another's state), or from the
+    # snapshot itself where its entry has none (written before the manifest held them)
+    manifest = tmp_path / "snapshots" / "manifest.json"
+    kept = manifest.read_text()
+    snapshot_path(tmp_path, 2).rename(tmp_path / "away.pt")
+    assert torch.equal(Snapshots.read(tmp_path, 3, 0, [0]).offsets, offsets)
+    (tmp_path / "away.pt").rename(snapshot_path(tmp_path, 2))
+    bare = {str(r): e | {"tally": None} for r, e in read_manifest(tmp_path).items()}
+    manifest.write_text(json.dumps({"ranks": bare}))
+    assert torch.equal(Snapshots.read(tmp_path, 3, 0, [0]).offsets, offsets)
+    manifest.write_text(kept)
     answered[0][1] = 6  # agent 0 answered more of 1's than 1 kept: 1 lost them
     saved = {"comm": {"delivered": delivered[0]}, "peer": {"answered": answered[0]}}
     write_snapshot(tmp_path, 0, saved, {"round": 20, "wall_time_s": 0.0})

@@ -18,7 +18,8 @@ initiator's event number and a partner or server that answered it before the cra
 refuses it when it is replayed. They are counted, from the snapshots as every rank
 reads them when the run is resumed, as ``exchanges_lost_at_crash``, and the audit of the last record
 (``interactions_unmatched``, ``exchanges_unmatched``) leaves them out
-(:func:`crash_offsets`).
+(:func:`crash_offsets`, from the counts each rank enters in the manifest with its
+snapshot: resuming reads only the manifest and the rank's own snapshot).
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ def snapshot_path(folder: Path, rank: int) -> Path:
 
 def write_snapshot(folder: Path, rank: int, saved: dict[str, Any], entry: dict[str, Any]) -> None:
     """Write rank ``rank``'s snapshot ``saved`` atomically, then its ``entry`` (round,
-    events, wall time) in the manifest."""
+    events, wall time) in the manifest, with the snapshot's exchange counts
+    (:func:`tally`)."""
     path = snapshot_path(folder, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    entry = entry | {"tally": tally(saved)}
     torch.save(saved | {"entry": entry}, tmp)
     os.replace(tmp, path)
     with open(folder / DIR / ".manifest.lock", "w") as lock:
@@ -101,8 +104,11 @@ class Snapshots:
                 "rounds); start it again"
             )
         wall = max(e["wall_time_s"] for e in entries.values())
-        saved = [load_snapshot(folder, r) for r in range(workers + servers)]
-        offsets = crash_offsets(saved, workers)
+        tallies = [  # from the manifest: no rank loads the others' states
+            entries[r].get("tally") or tally(load_snapshot(folder, r))  # (written before tallies)
+            for r in range(workers + servers)
+        ]
+        offsets = crash_offsets(tallies, workers)
         return cls(folder, entries, max(rounds, default=0), len(rounds), wall, offsets)
 
     def load(self, rank: int) -> dict[str, Any]:
@@ -115,22 +121,33 @@ def load_snapshot(folder: Path, rank: int) -> dict[str, Any]:
     return torch.load(snapshot_path(folder, rank), weights_only=True)
 
 
-def crash_offsets(saved: Sequence[dict[str, Any]], workers: int) -> torch.Tensor:
-    """The exchanges the snapshots ``saved`` (of every rank, in rank order: the
-    ``workers`` agents, then the servers) disagree on: ``(n + S, n)``, entry ``[j, i]``
-    is what initiator ``i``'s snapshot counts as delivered to ``j`` (an agent, or server
-    rank ``n + s``) less what ``j``'s snapshot counts as answered or applied for ``i``.
+def tally(saved: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """A snapshot's exchange counts: a worker's ``delivered`` (by partner) and
+    ``answered`` (by initiator), a server's ``answered`` (its updates applied, by
+    worker); keys as strings, as the manifest's JSON holds them."""
+    if "shard" in saved:
+        counts = {"answered": saved["shard"]["applied"]}
+    else:
+        counts = {
+            "delivered": saved["comm"]["delivered"],
+            "answered": (saved["peer"] or {}).get("answered", {}),
+        }
+    return {name: {str(k): int(c) for k, c in v.items()} for name, v in counts.items()}
+
+
+def crash_offsets(tallies: Sequence[dict[str, dict[str, int]]], workers: int) -> torch.Tensor:
+    """The exchanges the snapshots disagree on, from their :func:`tally` (of every
+    rank, in rank order: the ``workers`` agents, then the servers): ``(n + S, n)``,
+    entry ``[j, i]`` is what initiator ``i``'s snapshot counts as delivered to ``j`` (an
+    agent, or server rank ``n + s``) less what ``j``'s snapshot counts as answered or
+    applied for ``i``.
 
     Positive: ``j`` lost what ``i`` kept; negative: ``i`` lost what ``j`` kept (its
     replay is refused). ``|offsets|.sum()`` is ``exchanges_lost_at_crash``."""
-    offsets = torch.zeros(len(saved), workers, dtype=torch.int64)
-    for j, snapshot in enumerate(saved):
-        if j < workers:
-            for partner, count in snapshot["comm"]["delivered"].items():
-                offsets[partner, j] += count
-            answered = (snapshot["peer"] or {}).get("answered", {})
-        else:
-            answered = snapshot["shard"]["applied"]
-        for i, count in answered.items():
-            offsets[j, i] -= count
+    offsets = torch.zeros(len(tallies), workers, dtype=torch.int64)
+    for j, counts in enumerate(tallies):
+        for partner, count in counts.get("delivered", {}).items():
+            offsets[int(partner), j] += count
+        for i, count in counts["answered"].items():
+            offsets[j, int(i)] -= count
     return offsets
