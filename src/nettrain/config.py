@@ -406,7 +406,12 @@ class AlgorithmKeys(Section):
 class TopologyKeys(Section):
     """Keys of the communication graph and its mixing weights."""
 
-    topology: str = key("ring", "communication graph of the agents", GRAPHS)
+    topology: str = key(
+        "ring",
+        "communication graph of the agents (methods that never mix along it, as all-reduce, "
+        "run on one or two agents too)",
+        GRAPHS,
+    )
     weights: str = key("metropolis", "mixing weights derived from the graph", WEIGHTS)
     schedule: str = key("static", "how the graph changes from round to round", SCHEDULES)
     drop_prob: float = key(0.0, "schedule=edge_drop: probability an edge is down in a round")
