@@ -11,7 +11,9 @@ from nettrain.reproduce.block_async import (
     BASE,
     BATCH,
     FULL_STEPS,
+    GRID,
     LRS,
+    MOMENTA,
     PARTITIONED,
     SEQUENTIAL,
     SYNCHRONOUS,
@@ -124,11 +126,16 @@ def test_every_methods_config_is_valid() -> None:
         assert cfg.algorithm == extra["algorithm"], label
 
 
-def test_every_method_runs_the_same_grid_of_rates_on_a_validation_split() -> None:
-    """Each method at each rate of LRS (``--set lr`` does not move it), a tenth of the
-    training set held out to choose on; one folder a point."""
+def test_every_method_runs_the_same_grid_of_rates_and_momenta_on_a_validation_split() -> None:
+    """Each method at each rate of LRS with each momentum of MOMENTA (``--set lr`` or
+    ``momentum`` does not move them), a tenth of the training set held out to choose
+    on; one folder a point."""
+    grid = [dict(zip(GRID.keys, p, strict=True)) for p in GRID.points]
+    assert [(g["lr"], g["momentum"]) for g in grid] == [(r, m) for r in LRS for m in MOMENTA]
     for label in methods():
-        cfgs = [config(label, lr, 0, True, {"lr": 0.5}) for lr in LRS]
-        assert [c.lr for c in cfgs] == list(LRS)
+        cfgs = [config(label, at, 0, True, {"lr": 0.5, "momentum": 0.1}) for at in grid]
+        assert [(c.lr, c.momentum) for c in cfgs] == [(g["lr"], g["momentum"]) for g in grid]
         assert {c.validation for c in cfgs} == {0.1}
-    assert len({point(label, lr) for label in methods() for lr in LRS}) == 5 * len(LRS)
+    names = {point(label, at) for label in methods() for at in grid}
+    assert len(names) == 5 * len(LRS) * len(MOMENTA)
+    assert point(SEQUENTIAL, grid[0]) == "sequential SGD lr=0.003 momentum=0.5"

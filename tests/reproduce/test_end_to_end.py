@@ -139,10 +139,11 @@ def swarm_case() -> Case:
 
 
 def block_async_case() -> Case:
+    grid = block_async.GRID
     runs = [
-        folder_name(block_async.point(label, lr))
+        folder_name(block_async.point(label, grid.values(p)))
         for label in block_async.methods()
-        for lr in block_async.LRS
+        for p in grid.points
     ]
     return Case(
         "block-async",
@@ -151,7 +152,7 @@ def block_async_case() -> Case:
         {"rounds": "30"},
         2,
         runs,
-        lambda r: folder_name(block_async.point(r["method"], float(r["lr"]))),
+        lambda r: folder_name(block_async.point(r["method"], {k: float(r[k]) for k in grid.keys})),
         ["accuracy.png", "speedup.json", "tuning.csv"],
         SEEDS[:1],
         summarised=lambda out: chosen_points(out, len(runs)),
@@ -159,7 +160,7 @@ def block_async_case() -> Case:
 
 
 CASES = {c.name: c for c in (next_case(), easgd_case(), swarm_case(), block_async_case())}
-COUNTS = {"next": 30, "easgd": 132, "swarm": 19, "block-async": 20}  # a seed's runs, by hand
+COUNTS = {"next": 30, "easgd": 132, "swarm": 19, "block-async": 40}  # a seed's runs, by hand
 
 
 def reproduce(case: Case, out: Path) -> int:

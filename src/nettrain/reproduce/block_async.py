@@ -3,16 +3,18 @@
 SGD, on real processes sharing one model (``engine=shared_memory``).
 
 The small CNN (two 3x3 convolutions, 11k parameters on 28x28 images), mini-batches of
-32, momentum 0.9, for the asynchronous methods with the diminishing step
+32, heavy-ball momentum, for the asynchronous methods with the diminishing step
 ``lr / (1 + step_decay lr k)`` (synchronous data-parallel SGD keeps ``lr``: it has no
 ``step_decay``); every method gets the same number of epochs, and ``P`` in {1, 2} (this
-machine has 2 cores). Every method is tuned alike: it runs at each learning rate of the
-same grid :data:`LRS`, and the one of the lowest final validation loss (a tenth of the
-training set held out, ``validation=0.1``; mean over the seeds, never the test set;
-:func:`~nettrain.reproduce.tuning.over_seeds`, ``tuning.csv``) is the method's run in
-the table and the claims. The runs, one after the other in one command, seed by seed
-(every second seed in reverse order, so that a change in the machine's load hits every
-method alike), each in ``seed-<s>/METHOD_lr=LR``:
+machine has 2 cores). Every method is tuned alike: it runs at each point of the same
+grid :data:`GRID`, every learning rate of :data:`LRS` with every momentum of
+:data:`MOMENTA` (every method here has one), and the point of the lowest final
+validation loss (a tenth of the training set held out, ``validation=0.1``; mean over
+the seeds, never the test set; :func:`~nettrain.reproduce.tuning.over_seeds`,
+``tuning.csv``) is the method's run in the table and the claims. The runs, one after
+the other in one command, seed by seed (every second seed in reverse order, so that a
+change in the machine's load hits every method alike), each in
+``seed-<s>/METHOD_lr=LR_momentum=M``:
 
 - sequential SGD: ``hogwild`` with one process (every step writes the whole model);
 - Hogwild, ``P = 2``: both processes write every block, no lock;
@@ -56,7 +58,7 @@ from nettrain.reproduce.runner import (
     seed_folder,
     seed_tables,
 )
-from nettrain.reproduce.tuning import final, over_seeds
+from nettrain.reproduce.tuning import Grid, final, over_seeds, shown
 
 Records = list[dict[str, Any]]
 Figures = Mapping[str, Mapping[str, Any]]  # one seed: method -> its row (:func:`row`)
@@ -66,13 +68,14 @@ TARGET = 0.85  # the table's "time to 85% accuracy"
 EVALS = 10  # records per run
 FULL_EVERY = 2  # after the warm-up, every 2nd step of a process writes every block
 PAPER_SPEEDUP = 1.2  # the paper: on average 1.2x faster than data-parallel (GPUs)
-LRS = (0.003, 0.01, 0.03, 0.1)  # every method's grid of learning rates
+LRS = (0.003, 0.01, 0.03, 0.1)  # every method's learning rates
+MOMENTA = (0.5, 0.9)  # and momenta: 2x and 10x the step in the long run
+GRID = Grid.of(lr=LRS, momentum=MOMENTA)
 CRITERION = final("val_loss")
 BASE: dict[str, Any] = {
     "engine": "shared_memory",
     "model": "cnn",
     "batch_size": BATCH,
-    "momentum": 0.9,
     "validation": 0.1,  # the rates are chosen on it
     "agents": 3,  # the data partition is pooled: every worker draws from all samples
     "topology": "complete",
@@ -114,22 +117,22 @@ def rounds_for(processes: int, samples: int, epochs: int) -> int:
 
 
 def config(
-    label: str, lr: float, seed: int, quick: bool, overrides: Mapping[str, Any]
+    label: str, at: Mapping[str, float], seed: int, quick: bool, overrides: Mapping[str, Any]
 ) -> RunConfig:
-    """The config of ``label``'s run at ``lr`` (which ``overrides`` do not change) and
-    ``seed``."""
+    """The config of ``label``'s run at the grid point ``at`` (its ``lr`` and
+    ``momentum``, which ``overrides`` do not change) and ``seed``."""
     dataset, samples, epochs = ("digits", 1437, 40) if quick else ("fashion_mnist", 60_000, 3)
     warmup = 20 if quick else 200  # full steps of each process before partitioning
     extra = methods(warmup)[label]
     rounds = rounds_for(extra["processes"], samples, epochs)
     values = BASE | extra | {"dataset": dataset, "seed": seed}
     schedule = {"rounds": rounds, "eval_every": -(-rounds // EVALS)}
-    return load_config(values | schedule | dict(overrides) | {"lr": lr})
+    return load_config(values | schedule | dict(overrides) | dict(at))
 
 
-def point(label: str, lr: float) -> str:
-    """The run of ``label`` at ``lr``: ``LABEL lr=LR``."""
-    return f"{label} lr={lr:g}"
+def point(label: str, at: Mapping[str, float]) -> str:
+    """The run of ``label`` at the grid point ``at``: ``LABEL lr=LR momentum=M``."""
+    return f"{label} {shown(at)}"
 
 
 def reproduce(ask: Request) -> list[Claim]:
@@ -141,7 +144,8 @@ def reproduce(ask: Request) -> list[Claim]:
             f"the machine: drop --jobs {ask.jobs}"
         )
     labels, seeds = list(methods()), ask.seed_list()
-    grids = {label: [point(label, lr) for lr in LRS] for label in labels}
+    at = [GRID.values(p) for p in GRID.points]
+    grids = {label: [point(label, a) for a in at] for label in labels}
     folder = {
         (seed, name): ask.out / seed_folder(seed) / folder_name(name)
         for seed in seeds
@@ -153,29 +157,30 @@ def reproduce(ask: Request) -> list[Claim]:
     found: dict[int, dict[str, Records | None]] = {seed: {} for seed in seeds}
     for k, seed in enumerate(seeds):  # every second seed in reverse: drifting load evens out
         for label in labels if k % 2 == 0 else labels[::-1]:
-            for lr in LRS if k % 2 == 0 else LRS[::-1]:
-                cfg = config(label, lr, seed, ask.quick, ask.overrides)
-                name = point(label, lr)
+            for values in at if k % 2 == 0 else at[::-1]:
+                cfg = config(label, values, seed, ask.quick, ask.overrides)
+                name = point(label, values)
                 try:
                     found[seed][name] = records = run(cfg, folder[seed, name]).records
                 except DivergenceError as error:  # a rate too large: never chosen
                     found[seed][name] = None
                     ask.console.print(f"seed {seed}: {name} diverged ({error})")
                 else:
-                    ask.console.print(f"seed {seed}: lr={lr:g} " + describe(row(label, records)))
+                    shown_at = shown(values)
+                    ask.console.print(f"seed {seed}: {shown_at} " + describe(row(label, records)))
     chosen, tuning = over_seeds(found, grids, CRITERION)
     write_csv(tuning, ask.out / "tuning.csv")
-    rates = {label: LRS[grids[label].index(chosen[label])] for label in labels}
+    picked = {label: at[grids[label].index(chosen[label])] for label in labels}
     ask.console.print(
-        "chosen learning rates: " + ", ".join(f"{m} {lr:g}" for m, lr in rates.items())
+        "chosen: " + ", ".join(f"{m} {shown(values)}" for m, values in picked.items())
     )
     results = {seed: {label: found[seed][chosen[label]] for label in labels} for seed in seeds}
     rows = [
-        row(label, results[seed][label]) | {"lr": rates[label], "seed": seed}
+        row(label, results[seed][label]) | picked[label] | {"seed": seed}
         for seed in seeds
         for label in labels
     ]
-    seed_tables(ask, rows, ("method", "P", "lr"), COLUMNS, "block-async")
+    seed_tables(ask, rows, ("method", "P", *GRID.keys), COLUMNS, "block-async")
     name = "digits" if ask.quick else "Fashion-MNIST"
     curves = {label: [results[seed][label] for seed in seeds] for label in labels}
     plot_seeds(curves, PANELS, ask.out / "accuracy.png", title=f"{name}, small CNN", x=X)
