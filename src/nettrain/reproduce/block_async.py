@@ -58,7 +58,8 @@ from nettrain.reproduce.runner import (
     seed_folder,
     seed_tables,
 )
-from nettrain.reproduce.tuning import Grid, final, over_seeds, shown
+from nettrain.reproduce.tuning import Grid, final, over_seeds
+from nettrain.reproduce.tuning import shown as in_words
 
 Records = list[dict[str, Any]]
 Figures = Mapping[str, Mapping[str, Any]]  # one seed: method -> its row (:func:`row`)
@@ -132,7 +133,7 @@ def config(
 
 def point(label: str, at: Mapping[str, float]) -> str:
     """The run of ``label`` at the grid point ``at``: ``LABEL lr=LR momentum=M``."""
-    return f"{label} {shown(at)}"
+    return f"{label} {in_words(at)}"
 
 
 def reproduce(ask: Request) -> list[Claim]:
@@ -144,8 +145,8 @@ def reproduce(ask: Request) -> list[Claim]:
             f"the machine: drop --jobs {ask.jobs}"
         )
     labels, seeds = list(methods()), ask.seed_list()
-    at = [GRID.values(p) for p in GRID.points]
-    grids = {label: [point(label, a) for a in at] for label in labels}
+    points = [GRID.values(p) for p in GRID.points]  # {lr, momentum} each, in grid order
+    grids = {label: [point(label, at) for at in points] for label in labels}
     folder = {
         (seed, name): ask.out / seed_folder(seed) / folder_name(name)
         for seed in seeds
@@ -157,22 +158,23 @@ def reproduce(ask: Request) -> list[Claim]:
     found: dict[int, dict[str, Records | None]] = {seed: {} for seed in seeds}
     for k, seed in enumerate(seeds):  # every second seed in reverse: drifting load evens out
         for label in labels if k % 2 == 0 else labels[::-1]:
-            for values in at if k % 2 == 0 else at[::-1]:
-                cfg = config(label, values, seed, ask.quick, ask.overrides)
-                name = point(label, values)
+            for at in points if k % 2 == 0 else points[::-1]:
+                cfg = config(label, at, seed, ask.quick, ask.overrides)
+                name = point(label, at)
                 try:
                     found[seed][name] = records = run(cfg, folder[seed, name]).records
                 except DivergenceError as error:  # a rate too large: never chosen
                     found[seed][name] = None
                     ask.console.print(f"seed {seed}: {name} diverged ({error})")
                 else:
-                    shown_at = shown(values)
-                    ask.console.print(f"seed {seed}: {shown_at} " + describe(row(label, records)))
+                    ask.console.print(
+                        f"seed {seed}: {in_words(at)} " + describe(row(label, records))
+                    )
     chosen, tuning = over_seeds(found, grids, CRITERION)
     write_csv(tuning, ask.out / "tuning.csv")
-    picked = {label: at[grids[label].index(chosen[label])] for label in labels}
+    picked = {label: points[grids[label].index(chosen[label])] for label in labels}
     ask.console.print(
-        "chosen: " + ", ".join(f"{m} {shown(values)}" for m, values in picked.items())
+        "chosen: " + ", ".join(f"{m} {in_words(values)}" for m, values in picked.items())
     )
     results = {seed: {label: found[seed][chosen[label]] for label in labels} for seed in seeds}
     rows = [
