@@ -222,13 +222,19 @@ def test_compare_takes_the_same_objects(digits, tmp_path: Path) -> None:
     ).is_file()
 
 
-def test_a_method_off_the_graph_runs_on_one_and_two_agents(digits) -> None:
+def test_a_method_off_the_graph_runs_whatever_the_graph_and_its_size(digits) -> None:
     """All-reduce never mixes along the graph: two agents run though no ring of two exists,
-    and give what the complete graph gives; one agent is plain SGD on its batches."""
+    and give what the complete graph gives; a graph its size does not fit (a hypercube of
+    6) changes nothing either; one agent is plain SGD on its batches."""
     cfg = CONFIG | {"algorithm": "allreduce", "agents": 2, "lr": 0.1}
     on_ring = nettrain.run(cfg, data=digits).x
     assert torch.equal(on_ring, nettrain.run(cfg | {"topology": "complete"}, data=digits).x)
+    six = cfg | {"agents": 6}
+    cube = nettrain.run(six | {"topology": "hypercube"}, data=digits).x
+    assert torch.equal(cube, nettrain.run(six, data=digits).x)
     alone = nettrain.run(cfg | {"agents": 1}, data=digits)
     assert alone.records[-1]["test_accuracy"] > alone.records[0]["test_accuracy"] + 0.2
     with pytest.raises(nettrain.errors.TopologyError, match="needs n >= 3"):
         nettrain.run(cfg | {"algorithm": "dpsgd"}, data=digits)
+    with pytest.raises(nettrain.errors.TopologyError, match="hypercube"):
+        nettrain.run(six | {"algorithm": "dpsgd", "topology": "hypercube"}, data=digits)

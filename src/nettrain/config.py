@@ -408,8 +408,8 @@ class TopologyKeys(Section):
 
     topology: str = key(
         "ring",
-        "communication graph of the agents (methods that never mix along it, as all-reduce, "
-        "run on one or two agents too)",
+        "communication graph of the agents (a method that never mixes along it, as "
+        "all-reduce, runs on a ring where it cannot be built, or one or two agents)",
         GRAPHS,
     )
     weights: str = key("metropolis", "mixing weights derived from the graph", WEIGHTS)

@@ -42,7 +42,7 @@ from nettrain.engines.shared_memory.engine import SharedMemoryEngine
 from nettrain.engines.sim.clock import CostModel
 from nettrain.engines.sim.engine import SimEngine
 from nettrain.engines.sim.profile import load_profile
-from nettrain.errors import ConfigError, DataError
+from nettrain.errors import ConfigError, DataError, TopologyError
 from nettrain.faults import Faults
 from nettrain.heterogeneity import agent_factors
 from nettrain.memory import peak_memory, reset_peak, retain_freed_memory
@@ -56,7 +56,7 @@ from nettrain.report.plots import HEADLINE, X_AXES, plot_runs
 from nettrain.report.tables import write_csv
 from nettrain.reporting import describe_runs
 from nettrain.result import Result
-from nettrain.topology import build_topology
+from nettrain.topology import Topology, build_topology
 from nettrain.version import __version__
 
 EVALUATIONS = 20  # records of a run whose eval_every is not set (eval_every=0)
@@ -171,6 +171,33 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
     )
 
 
+def build_network(cfg: RunConfig, uses_graph: bool = True) -> Topology:
+    """The configured graph; for a method that never mixes along it (``uses_graph`` false:
+    all-reduce, a shared model, a tree of its own), where that graph cannot be built on
+    ``agents`` (too few, a size its family does not take, disconnected), a ring, or the
+    complete graph below three agents: the graph is then only its communicator's frame."""
+
+    def build(kind: str) -> Topology:
+        return build_topology(
+            kind,
+            cfg.agents,
+            seed=cfg.seed,
+            weights=cfg.weights,
+            schedule=cfg.schedule,
+            drop_prob=cfg.drop_prob,
+            degree=cfg.degree,
+            edge_prob=cfg.edge_prob or None,
+            branching=cfg.branching,
+        )
+
+    try:
+        return build(cfg.topology)
+    except TopologyError:
+        if uses_graph:
+            raise
+        return build("ring" if cfg.agents >= 3 else "complete")
+
+
 def build_job(
     cfg: RunConfig,
     *,
@@ -182,19 +209,7 @@ def build_job(
     """Every piece of a run, validated, before any training starts: the configured
     built-ins, or the user's own model, data, loss and algorithm object."""
     algorithm = build_algorithm(cfg) if algorithm is None else algorithm.for_network(cfg.workers)
-    topology = build_topology(
-        # a method that never mixes along the graph (all-reduce, a shared model, a tree
-        # of its own) runs with one or two agents too, where no ring can be built
-        "complete" if cfg.agents < 3 and not algorithm.uses_graph else cfg.topology,
-        cfg.agents,
-        seed=cfg.seed,
-        weights=cfg.weights,
-        schedule=cfg.schedule,
-        drop_prob=cfg.drop_prob,
-        degree=cfg.degree,
-        edge_prob=cfg.edge_prob or None,
-        branching=cfg.branching,
-    )
+    topology = build_network(cfg, algorithm.uses_graph)
     problem = build_problem(cfg, model, data, loss)
     problem.check()
     shards = partition(
