@@ -72,6 +72,9 @@ class Execution:
             raise ConfigError(f"compile must be true or false, got {self.compile!r}")
 
 
+UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}  # of the sizes Linux lists for caches
+
+
 def last_level_cache(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
     """Bytes of the CPU's last-level cache: the highest level listed under ``root``
     (Linux's ``index*/level`` and ``index*/size``, sizes like ``32768K``), or 0 where it
@@ -83,10 +86,9 @@ def last_level_cache(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) ->
             text = (index / "size").read_text().strip()
         except (OSError, ValueError):
             continue
-        units = {"K": 2**10, "M": 2**20, "G": 2**30}
-        number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "")
+        number, unit = (text[:-1], text[-1]) if text[-1:] in UNITS else (text, "")
         if number.isdigit():
-            sizes[level] = int(number) * units.get(unit, 1)
+            sizes[level] = int(number) * UNITS.get(unit, 1)
     return sizes[max(sizes)] if sizes else 0
 
 
