@@ -15,14 +15,16 @@ from nettrain.reproduce.easgd import (
     BASELINES,
     CONVERGED,
     DIVERGED,
-    LRS,
     METHODS,
+    PLAIN,
     TAUS,
     UNSETTLED,
+    WITH_A_MOMENTUM,
+    WITH_MOMENTUM,
     Figures,
     RuntimeFigures,
     check,
-    chosen_lr,
+    chosen_point,
     criterion,
     error_at,
     figures,
@@ -232,23 +234,34 @@ def test_the_runtime_claim_fails_on_its_figures(change: dict[str, float]) -> Non
     assert check(good_seeds(), STABLE, dataclasses.replace(RUNTIME, **change))[5] == claim
 
 
-def test_every_tuned_run_has_the_same_grid_and_the_rate_is_the_grid_s() -> None:
-    """Seven rates for every method, both baselines and every tau; ``--set lr`` does not
-    move the grid; a validation split is held out; the scaling runs take the rate their
-    method chose with 4 workers at the same tau."""
-    configs = plan(0, True, {"lr": 0.3})
-    assert len(configs) == len(keys()) * len(LRS) == 18 * 7
+def test_every_tuned_run_has_the_same_budget_and_the_values_are_the_grid_s() -> None:
+    """Eight runs for every method, both baselines and every tau: the plain ones at eight
+    rates with momentum 0, the momentum ones at four rates times two momenta, whose
+    effective steps ``lr / (1 - momentum)`` span the plain rates' range within a factor
+    of two; ``--set lr`` or ``momentum`` does not move the grid; a validation split is
+    held out; the scaling runs take the point their method chose with 4 workers at the
+    same tau."""
+    assert len(PLAIN.points) == len(WITH_MOMENTUM.points) == 8
+    plain = [lr for lr, _ in PLAIN.points]
+    effective = [lr / (1 - m) for lr, m in WITH_MOMENTUM.points]
+    assert max(effective) == pytest.approx(max(plain))
+    assert min(plain) <= min(effective) <= 2 * min(plain)
+    configs = plan(0, True, {"lr": 0.3, "momentum": 0.7})
+    assert len(configs) == len(keys()) * 8 == 18 * 8
     for run, names in grids().items():
-        assert [configs[name].lr for name in names] == list(LRS), run
+        grid = WITH_MOMENTUM if run.split("_")[1] in WITH_A_MOMENTUM else PLAIN
+        assert [(configs[n].lr, configs[n].momentum) for n in names] == list(grid.points), run
         assert {configs[name].validation for name in names} == {0.1}
-    assert configs["n4_mallreduce_tau1_lr0.02"].momentum == 0.9
-    assert configs["n4_eamsgd_tau16_lr0.02"].tau == 16
-    chosen = {run: names[k % len(LRS)] for k, (run, names) in enumerate(grids().items())}
-    assert chosen_lr(chosen, (4, "easgd", 4)) == LRS[6 % len(LRS)]  # the 7th tuned run
+    assert configs["n4_mallreduce_tau1 lr=0.02 momentum=0.9"].momentum == 0.9
+    assert configs["n4_eamsgd_tau16 lr=0.02 momentum=0.5"].tau == 16
+    assert configs["n4_easgd_tau16 lr=0.5 momentum=0"].algorithm == "easgd_async"
+    chosen = {run: names[k % 8] for k, (run, names) in enumerate(grids().items())}
+    # easgd tau 4 is the 7th tuned run (after the two baselines and tau 1's four methods)
+    assert chosen_point(chosen, (4, "easgd", 4)) == {"lr": 0.2, "momentum": 0.0}
+    assert chosen_point(chosen, (4, "eamsgd", 4)) == {"lr": 0.05, "momentum": 0.9}  # its 8th
     scaled = scaling_plan(chosen)(0, True, {})
-    assert (
-        scaled["n16_easgd_tau4"].lr == LRS[6 % len(LRS)] and scaled["n16_easgd_tau4"].agents == 16
-    )
+    assert (scaled["n16_easgd_tau4"].lr, scaled["n16_easgd_tau4"].agents) == (0.2, 16)
+    assert (scaled["n8_eamsgd_tau4"].lr, scaled["n8_eamsgd_tau4"].momentum) == (0.05, 0.9)
 
 
 def test_the_criterion_is_the_centres_final_validation_loss() -> None:
@@ -263,5 +276,6 @@ def test_the_all_reduce_baselines_warm_up_over_5_percent_of_the_rounds() -> None
     """Goyal et al.'s large-batch treatment for both baselines (448 rounds: 22); the
     workers' methods have no warm-up."""
     configs = plan(0, True, {})
-    assert {configs[f"n4_{b}_tau1_lr{lr:g}"].lr_warmup for b in BASELINES for lr in LRS} == {22}
-    assert configs["n4_easgd_tau4_lr0.05"].lr_warmup == 0
+    warmups = {configs[name].lr_warmup for b in BASELINES for name in grids()[f"n4_{b}_tau1"]}
+    assert warmups == {22}
+    assert configs["n4_easgd_tau4 lr=0.05 momentum=0"].lr_warmup == 0

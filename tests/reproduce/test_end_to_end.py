@@ -95,15 +95,16 @@ def chosen_points(out: Path, points: int) -> list[str]:
 
 
 def easgd_case() -> Case:
-    tuned = list(easgd.plan(SEEDS[0], True, {}))  # every grid point of every tuned run
+    tuned = [folder_name(name) for name in easgd.plan(SEEDS[0], True, {})]  # grid points
     scaling = [easgd.run_name(key) for key in easgd.scaling_keys()]
     plots = [
         f"tau{t}_{x}.png" for t in easgd.TAUS for x in ("virtual_time_s", "exchanges_per_worker")
     ]
 
-    def row_key(r: Row) -> str:
-        key = f"n{r['n']}_{r['method']}_tau{r['tau']}"
-        return key if r["n"] != "4" else f"{key}_lr{float(r['lr']):g}"  # tuned: a grid point
+    def row_key(r: Row) -> str:  # a tuned run's row (4 workers) is about its grid point
+        key = (int(r["n"]), r["method"], int(r["tau"]))
+        at = {k: float(r[k]) for k in ("lr", "momentum")}
+        return folder_name(easgd.run_name(key, at if key[0] == 4 else None))
 
     return Case(
         "easgd",
@@ -160,7 +161,7 @@ def block_async_case() -> Case:
 
 
 CASES = {c.name: c for c in (next_case(), easgd_case(), swarm_case(), block_async_case())}
-COUNTS = {"next": 30, "easgd": 132, "swarm": 19, "block-async": 40}  # a seed's runs, by hand
+COUNTS = {"next": 30, "easgd": 150, "swarm": 19, "block-async": 40}  # a seed's runs, by hand
 
 
 def reproduce(case: Case, out: Path) -> int:

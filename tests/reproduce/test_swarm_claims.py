@@ -80,12 +80,12 @@ def test_figures_are_read_from_the_records() -> None:
     assert (got.lattice, got.qsgd) == (pytest.approx(0.808), pytest.approx(0.702))
 
 
-def test_every_claim_holds_on_good_seeds_and_two_are_by_construction() -> None:
+def test_every_claim_holds_on_good_seeds_and_one_is_by_construction() -> None:
     claims = check([figures(good(seed), (N,), N) for seed in ALL])
     assert [c.holds for c in claims] == [True] * 5
     assert [c.kind for c in claims] == [
         EMPIRICAL,
-        BY_CONSTRUCTION,
+        EMPIRICAL,
         EMPIRICAL,
         BY_CONSTRUCTION,
         EMPIRICAL,

@@ -4,25 +4,27 @@
 simulator's event engine: ``p = 4`` workers with the centre on one parameter server,
 ``tau`` in {1, 4, 16, 64} local steps between exchanges, for asynchronous EASGD,
 EAMSGD, DOWNPOUR and momentum DOWNPOUR, against all-reduce SGD, plain and with
-momentum; ``beta = p alpha = 0.9`` (the paper's), momentum 0.9 for every method that
-has one (EAMSGD's Nesterov ``delta``, momentum DOWNPOUR's, the momentum all-reduce's).
-All-reduce's step averages the ``p`` workers' mini-batches, a batch ``p`` times theirs,
-so its runs get Goyal et al. 2017's large-batch treatment, a gradual warm-up over the
-first 5% of the rounds (``lr_warmup``). Every method is tuned alike, at every ``tau``
-as the paper did: each run picks its learning rate from the same grid :data:`LRS`
-(seven runs each), by the centre's final loss on a validation split of 10% carved from
-the training set (``validation=0.1``;
-the all-reduce's model for all-reduce; mean over the seeds, never the test set;
-:func:`~nettrain.reproduce.tuning.over_seeds`; ``tuning.csv``). The scaling table
-repeats EASGD, EAMSGD and DOWNPOUR at ``tau = 4`` with 8 and 16 workers, each at the
-rate its method chose with 4 workers. ``--quick``: Fashion-MNIST on 6,000 training
+momentum; ``beta = p alpha = 0.9`` (the paper's). All-reduce's step averages the ``p``
+workers' mini-batches, a batch ``p`` times theirs, so its runs get Goyal et al. 2017's
+large-batch treatment, a gradual warm-up over the first 5% of the rounds
+(``lr_warmup``). Every method is tuned alike, at every ``tau`` as the paper did, with
+the same budget of eight runs: a plain method (momentum 0) tries the eight learning
+rates of :data:`PLAIN`, a method with a momentum (EAMSGD's Nesterov ``delta``, momentum
+DOWNPOUR's, the momentum all-reduce's) the four rates times two momenta of
+:data:`WITH_MOMENTUM`, whose effective steps ``lr / (1 - momentum)`` span the same
+range, 0.004 to 0.5 against 0.002 to 0.5. Each run picks the point of the lowest final
+loss of the centre on a validation split of 10% carved from the training set
+(``validation=0.1``; the all-reduce's model for all-reduce; mean over the seeds, never
+the test set; :func:`~nettrain.reproduce.tuning.over_seeds`; ``tuning.csv``). The
+scaling table repeats EASGD, EAMSGD and DOWNPOUR at ``tau = 4`` with 8 and 16 workers,
+each at the point its method chose with 4 workers. ``--quick``: Fashion-MNIST on 6,000 training
 samples, MLP 784-64-10, mini-batches of 32; the full run: all 60,000 samples, the small
 CNN, mini-batches of 128 (the paper's; many hours on a 2-core CPU: ``--set
 device=cuda`` on a GPU, or ``--set model=mlp hidden=128`` for an MLP). Every run has
 the same number of local steps per worker; a seed's time budget is the shortest virtual
 time any of its chosen runs took, and a method's test error at the budget is its
 centre's at its last record within it. Every configuration runs for each seed
-(``seed-<s>/n4_easgd_tau1_lr0.05``, ...); the tables give the mean ± std over the
+(``seed-<s>/n4_easgd_tau1_lr=0.05_momentum=0``, ...); the tables give the mean ± std over the
 seeds, the plots the mean in a band of ± one std. Checked:
 
 1. EAMSGD reaches the lowest test error at the time budget (empirical): each method at
@@ -97,22 +99,27 @@ from nettrain.reproduce.claims import (
 )
 from nettrain.reproduce.round_robin import Trajectory
 from nettrain.reproduce.runner import Request, run_seeds, seed_tables
-from nettrain.reproduce.tuning import over_seeds
+from nettrain.reproduce.tuning import Grid, over_seeds
+from nettrain.reproduce.tuning import shown as in_words
 
 Records = list[dict[str, Any]]
 Key = tuple[int, str, int]  # (workers, method, tau)
 
 METHODS: dict[str, dict[str, Any]] = {
     "easgd": {"algorithm": "easgd_async"},
-    "eamsgd": {"algorithm": "eamsgd", "momentum": 0.9},
+    "eamsgd": {"algorithm": "eamsgd"},
     "downpour": {"algorithm": "downpour"},
-    "mdownpour": {"algorithm": "mdownpour", "momentum": 0.9},
+    "mdownpour": {"algorithm": "mdownpour"},
 }
 BASELINES: dict[str, dict[str, Any]] = {  # at tau = 1: one all-reduce a step
     "allreduce": {"algorithm": "allreduce"},
-    "mallreduce": {"algorithm": "allreduce", "momentum": 0.9},
+    "mallreduce": {"algorithm": "allreduce"},
 }
-LRS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # every method's grid of learning rates
+WITH_A_MOMENTUM = ("eamsgd", "mdownpour", "mallreduce")
+# Eight runs for every method: the plain ones' rates, and the momentum methods' four rates
+# times two momenta, whose effective steps lr / (1 - momentum) cover the same range.
+PLAIN = Grid.of(lr=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), momentum=(0.0,))
+WITH_MOMENTUM = Grid.of(lr=(0.002, 0.005, 0.02, 0.05), momentum=(0.5, 0.9))
 VALIDATION = 0.1  # the share of the training set held out to choose the rates
 WARMUP_FRACTION = 0.05  # the all-reduce baselines' warm-up: Goyal et al.'s 5 of 90 epochs
 TAUS = (1, 4, 16, 64)
@@ -165,14 +172,28 @@ def scaling_keys() -> list[Key]:
     return [(n, m, tau) for n in SCALING["workers"] for m in SCALING["methods"]]
 
 
-def run_name(key: Key, lr: float | None = None) -> str:
-    """``n{N}_{METHOD}_tau{TAU}``, with ``_lr{LR}`` for a grid point."""
+def grid(method: str) -> Grid:
+    """``method``'s grid: :data:`WITH_MOMENTUM` where it has a momentum, else :data:`PLAIN`."""
+    return WITH_MOMENTUM if method in WITH_A_MOMENTUM else PLAIN
+
+
+def points(key: Key) -> list[dict[str, float]]:
+    """The grid points of ``key``'s method, ``{lr, momentum}`` each, in grid order."""
+    methods_grid = grid(key[1])
+    return [methods_grid.values(p) for p in methods_grid.points]
+
+
+def run_name(key: Key, at: Mapping[str, float] | None = None) -> str:
+    """``n{N}_{METHOD}_tau{TAU}``, with `` lr=LR momentum=M`` for the grid point ``at``."""
     n, method, tau = key
-    return f"n{n}_{method}_tau{tau}" + ("" if lr is None else f"_lr{lr:g}")
+    return f"n{n}_{method}_tau{tau}" + ("" if at is None else f" {in_words(at)}")
 
 
-def config(key: Key, lr: float, seed: int, quick: bool, overrides: Mapping[str, Any]) -> RunConfig:
-    """The run of ``key`` at ``lr`` (which ``overrides`` do not change)."""
+def config(
+    key: Key, at: Mapping[str, float], seed: int, quick: bool, overrides: Mapping[str, Any]
+) -> RunConfig:
+    """The run of ``key`` at the grid point ``at`` (whose values ``overrides`` do not
+    change)."""
     base, rounds = settings(quick)
     base = base | {"dataset": "fashion_mnist", "seed": seed, "progress": False, "servers": 1}
     base |= {"rounds": rounds, "eval_every": rounds // EVALS, "validation": VALIDATION}
@@ -181,39 +202,46 @@ def config(key: Key, lr: float, seed: int, quick: bool, overrides: Mapping[str, 
         extra = BASELINES[method] | {"lr_warmup": max(1, round(WARMUP_FRACTION * rounds))}
     else:
         extra = METHODS[method] | {"tau": tau}
-    return load_config(base | extra | {"agents": n} | dict(overrides) | {"lr": lr})
+    return load_config(base | extra | {"agents": n} | dict(overrides) | dict(at))
 
 
 def plan(seed: int, quick: bool, overrides: Mapping[str, Any]) -> dict[str, RunConfig]:
-    """One seed's tuned runs: every key of :func:`keys` at every rate of :data:`LRS`."""
+    """One seed's tuned runs: every key of :func:`keys` at every point of its grid."""
     return {
-        run_name(key, lr): config(key, lr, seed, quick, overrides) for key in keys() for lr in LRS
+        run_name(key, at): config(key, at, seed, quick, overrides)
+        for key in keys()
+        for at in points(key)
     }
 
 
 def grids() -> dict[str, list[str]]:
     """Each tuned run's grid points, ``n4_easgd_tau1`` -> its run names in grid order."""
-    return {run_name(key): [run_name(key, lr) for lr in LRS] for key in keys()}
+    return {run_name(key): [run_name(key, at) for at in points(key)] for key in keys()}
 
 
 def scaling_plan(chosen: Mapping[str, str]) -> Callable[..., dict[str, RunConfig]]:
-    """The plan of the scaling runs (:func:`scaling_keys`), each at the rate its method
+    """The plan of the scaling runs (:func:`scaling_keys`), each at the point its method
     chose at the same tau with 4 workers (``chosen``: :func:`tune`'s, run -> point)."""
 
     def planned(seed: int, quick: bool, overrides: Mapping[str, Any]) -> dict[str, RunConfig]:
         configs = {}
         for key in scaling_keys():
             _, method, tau = key
-            lr = chosen_lr(chosen, (4, method, tau))
-            configs[run_name(key)] = config(key, lr, seed, quick, overrides)
+            at = chosen_point(chosen, (4, method, tau))
+            configs[run_name(key)] = config(key, at, seed, quick, overrides)
         return configs
 
     return planned
 
 
-def chosen_lr(chosen: Mapping[str, str], key: Key) -> float:
-    """The rate of ``key``'s chosen grid point."""
-    return LRS[[run_name(key, lr) for lr in LRS].index(chosen[run_name(key)])]
+def grid_values() -> dict[str, dict[str, float]]:
+    """Every grid point's run name -> its values, ``{lr, momentum}``."""
+    return {run_name(key, at): at for key in keys() for at in points(key)}
+
+
+def chosen_point(chosen: Mapping[str, str], key: Key) -> dict[str, float]:
+    """The values of ``key``'s chosen grid point (``chosen``: run -> point's name)."""
+    return grid_values()[chosen[run_name(key)]]
 
 
 CRITERION_KEYS = ("centre_val_loss", "val_loss")  # the centre's, else the model's
@@ -232,13 +260,13 @@ criterion.__name__ = "final validation loss"
 def tune(ask: Request, found: Mapping[int, Mapping[str, Records | None]]) -> dict[str, str]:
     """Each tuned run's grid point (run -> the chosen point's name), by the mean final
     validation loss over the seeds; printed, and written to ``tuning.csv``."""
-    points = grids()
-    chosen, rows = over_seeds(found, points, criterion)
+    chosen, rows = over_seeds(found, grids(), criterion)
+    values = grid_values()
     for row in rows:
-        row["lr"] = LRS[points[row["method"]].index(row["run"])]
+        row |= values[row["run"]]
     write_csv(rows, ask.out / "tuning.csv")
-    rates = ", ".join(f"{run_name(key)} {chosen_lr(chosen, key):g}" for key in keys())
-    ask.console.print(f"chosen learning rates: {rates}")
+    picked = ", ".join(run_name(key, chosen_point(chosen, key)) for key in keys())
+    ask.console.print(f"chosen: {picked}")
     return chosen
 
 
@@ -255,8 +283,8 @@ def reproduce(ask: Request) -> list[Claim]:
     found = run_seeds(ask, plan, done, tolerate=(DivergenceError,))
     chosen = tune(ask, found)
     scaled = run_seeds(ask, scaling_plan(chosen), done, tolerate=(DivergenceError,))
-    rates = {key: chosen_lr(chosen, key) for key in keys()}
-    rates |= {key: chosen_lr(chosen, (4, key[1], key[2])) for key in scaling_keys()}
+    picked = {key: chosen_point(chosen, key) for key in keys()}
+    picked |= {key: chosen_point(chosen, (4, key[1], key[2])) for key in scaling_keys()}
     results = {
         seed: {key: with_errors(runs[chosen[run_name(key)]], key[0]) for key in keys()}
         | {key: with_errors(scaled[seed][run_name(key)], key[0]) for key in scaling_keys()}
@@ -264,12 +292,12 @@ def reproduce(ask: Request) -> list[Claim]:
     }
     budgets = {seed: budget(runs) for seed, runs in results.items()}
     rows = [
-        row(key, records, budgets[seed]) | {"lr": rates[key], "seed": seed}
+        row(key, records, budgets[seed]) | picked[key] | {"seed": seed}
         for seed, runs in results.items()
         for key, records in runs.items()
     ]
     title = f"EASGD family (time budget {spread(list(budgets.values()))} virtual s)"
-    seed_tables(ask, rows, ("n", "method", "tau", "lr"), COLUMNS, title)
+    seed_tables(ask, rows, ("n", "method", "tau", "lr", "momentum"), COLUMNS, title)
     plots(results, ask.out)
     seeds = [figures(runs, budgets[seed]) for seed, runs in results.items()]
     return check(seeds, stability(ask.out, ask.console), runtime(ask.out, ask.console))
