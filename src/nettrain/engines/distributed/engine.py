@@ -262,8 +262,12 @@ class DistributedEngine:
             self._process_group(p + servers, job.x0.device) as (rank, store, incarnation),
             ExitStack() as stack,
         ):
-            # Servers take no part in the workers' collectives; every rank creates the group.
+            # Servers take no part in the workers' collectives; every rank creates the groups.
             group = dist.new_group(list(range(p))) if servers else None
+            # Synchronous rounds gather their notes on a group of their own: gloo runs a
+            # group's operations in order, so on the algorithm's group that all-gather
+            # would hold the next round's exchange until every rank had joined it.
+            notes = dist.new_group(list(range(p))) if algo.schedule != "events" else None
             session = None
             if algo.uses_rpc:  # shut down before the group's final barrier
                 others = [r for r in range(p + servers) if r != rank]
@@ -300,7 +304,7 @@ class DistributedEngine:
             try:
                 if algo.schedule != "events":
                     assert not isinstance(resume, Snapshots)
-                    return run_rounds(job, folder, rank, comm, resume)
+                    return run_rounds(job, folder, rank, comm, resume, notes)
                 with ExitStack() as beating:
                     if store is None:  # the caller owns the group: beat from here
                         assert session is not None and session.store is not None

@@ -26,7 +26,7 @@ from nettrain.recording import RunFolder
 # all-gather per 32 rounds (or per evaluation or checkpoint) replays the simulator's
 # virtual clock on every rank, instead of a second collective every round. It runs
 # while the next 32 rounds compute (Rounds.behind), so divergence is seen up to 64
-# rounds late, by every rank at the same round.
+# rounds late, by every rank at the same round. The engine gives it a group of its own.
 SETTLE_EVERY = 32
 
 
@@ -36,10 +36,12 @@ def run_rounds(
     rank: int,
     comm: DistCommunicator,
     resume: Checkpoint | None = None,
+    notes: dist.ProcessGroup | None = None,
 ) -> RunResult:
-    """Synchronous rounds, from round 0 or from ``resume.round`` (:class:`DistRounds`)."""
+    """Synchronous rounds, from round 0 or from ``resume.round`` (:class:`DistRounds`;
+    ``notes``: the group its notes are gathered on, default the communicator's)."""
     start = time.perf_counter()
-    rounds = DistRounds(job, rank, comm, resume)
+    rounds = DistRounds(job, rank, comm, resume, notes)
     drive(job, folder, rounds, resume, start, rounds.timeline)
     return rounds.result(folder.records)
 
@@ -77,15 +79,22 @@ class DistRounds(Rounds):
     simulator's (the same keys and shapes), and reads the parameter servers' slices of
     the centre over rpc; a process that holds a slow agent (a straggler, or a speed
     below 1) sleeps its slow-down for real: the slowest of its agents' ``s - 1`` times the
-    round's computing (the oracle's passes)."""
+    round's computing (the oracle's passes). The notes are gathered on ``notes``, a
+    group apart from the algorithm's exchanges where the engine gives one."""
 
     comm: DistCommunicator
     measured, settle_every, behind = True, SETTLE_EVERY, True
 
     def __init__(
-        self, job: Job, rank: int, comm: DistCommunicator, resume: Checkpoint | None
+        self,
+        job: Job,
+        rank: int,
+        comm: DistCommunicator,
+        resume: Checkpoint | None,
+        notes: dist.ProcessGroup | None = None,
     ) -> None:
         agents = comm.agents.tolist()
+        self.notes = notes if notes is not None else comm.group
         self.main, self.slowdown = rank == 0, float(job.cost.slowdown[agents].max())
         super().__init__(job, agents, comm, resume, " (distributed)")
         if self.timeline is not None and self.timeline.wants(self.round + 1):
@@ -109,7 +118,7 @@ class DistRounds(Rounds):
         return all_gather_rows(rows, self.comm.placement, self.comm.group)
 
     def start_gather(self, rows: torch.Tensor) -> Callable[[], torch.Tensor]:
-        return start_all_gather_rows(rows, self.comm.placement, self.comm.group)
+        return start_all_gather_rows(rows, self.comm.placement, self.notes)
 
     def gather_objects(self, objects: list[Any]) -> list[Any]:
         parts: list[Any] = [None] * self.comm.placement.processes  # rank order
