@@ -130,7 +130,7 @@ def test_every_method_runs_the_same_grid_of_rates_and_momenta_on_a_validation_sp
     """Each method at each rate of LRS with each momentum of MOMENTA (``--set lr`` or
     ``momentum`` does not move them), a tenth of the training set held out to choose
     on; one folder a point."""
-    grid = [dict(zip(GRID.keys, p, strict=True)) for p in GRID.points]
+    grid = GRID.every()
     assert [(g["lr"], g["momentum"]) for g in grid] == [(r, m) for r in LRS for m in MOMENTA]
     for label in methods():
         cfgs = [config(label, at, 0, True, {"lr": 0.5, "momentum": 0.1}) for at in grid]

@@ -142,9 +142,9 @@ def swarm_case() -> Case:
 def block_async_case() -> Case:
     grid = block_async.GRID
     runs = [
-        folder_name(block_async.point(label, grid.values(p)))
+        folder_name(block_async.point(label, at))
         for label in block_async.methods()
-        for p in grid.points
+        for at in grid.every()
     ]
     return Case(
         "block-async",

@@ -60,6 +60,7 @@ def test_a_two_key_grid_runs_the_product_in_order() -> None:
     grid = Grid.of(lr=(0.1, 0.01), momentum=(0.0, 0.9))
     assert grid.points == ((0.1, 0.0), (0.1, 0.9), (0.01, 0.0), (0.01, 0.9))
     assert grid.label(grid.points[1]) == "lr=0.1 momentum=0.9"
+    assert grid.every()[2] == {"lr": 0.01, "momentum": 0.0} and len(grid.every()) == 4
     with pytest.raises(ConfigError):
         Grid.of(a=(1,), b=(2,), c=(3,))
     plan = grid_plan({"DSGD": load_config({"algorithm": "dpsgd"})}, grid)

@@ -145,7 +145,7 @@ def reproduce(ask: Request) -> list[Claim]:
             f"the machine: drop --jobs {ask.jobs}"
         )
     labels, seeds = list(methods()), ask.seed_list()
-    points = [GRID.values(p) for p in GRID.points]  # {lr, momentum} each, in grid order
+    points = GRID.every()  # {lr, momentum} each, in grid order
     grids = {label: [point(label, at) for at in points] for label in labels}
     folder = {
         (seed, name): ask.out / seed_folder(seed) / folder_name(name)

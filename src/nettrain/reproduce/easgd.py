@@ -17,15 +17,15 @@ loss of the centre on a validation split of 10% carved from the training set
 (``validation=0.1``; the all-reduce's model for all-reduce; mean over the seeds, never
 the test set; :func:`~nettrain.reproduce.tuning.over_seeds`; ``tuning.csv``). The
 scaling table repeats EASGD, EAMSGD and DOWNPOUR at ``tau = 4`` with 8 and 16 workers,
-each at the point its method chose with 4 workers. ``--quick``: Fashion-MNIST on 6,000 training
-samples, MLP 784-64-10, mini-batches of 32; the full run: all 60,000 samples, the small
+each at the point its method chose with 4 workers. ``--quick``: Fashion-MNIST on 6,000
+training samples, MLP 784-64-10, mini-batches of 32; the full run: all 60,000 samples, the small
 CNN, mini-batches of 128 (the paper's; many hours on a 2-core CPU: ``--set
 device=cuda`` on a GPU, or ``--set model=mlp hidden=128`` for an MLP). Every run has
 the same number of local steps per worker; a seed's time budget is the shortest virtual
 time any of its chosen runs took, and a method's test error at the budget is its
 centre's at its last record within it. Every configuration runs for each seed
-(``seed-<s>/n4_easgd_tau1_lr=0.05_momentum=0``, ...); the tables give the mean ± std over the
-seeds, the plots the mean in a band of ± one std. Checked:
+(``seed-<s>/n4_easgd_tau1_lr=0.05_momentum=0``, ...); the tables give the mean ± std over
+the seeds, the plots the mean in a band of ± one std. Checked:
 
 1. EAMSGD reaches the lowest test error at the time budget (empirical): each method at
    its ``tau`` of the lowest mean error, both all-reduce baselines included; EAMSGD's
@@ -179,8 +179,7 @@ def grid(method: str) -> Grid:
 
 def points(key: Key) -> list[dict[str, float]]:
     """The grid points of ``key``'s method, ``{lr, momentum}`` each, in grid order."""
-    methods_grid = grid(key[1])
-    return [methods_grid.values(p) for p in methods_grid.points]
+    return grid(key[1]).every()
 
 
 def run_name(key: Key, at: Mapping[str, float] | None = None) -> str:

@@ -72,6 +72,10 @@ class Grid:
         """``point`` as ``{key: value}``."""
         return dict(zip(self.keys, point, strict=True))
 
+    def every(self) -> list[dict[str, Any]]:
+        """Every point as ``{key: value}`` (:meth:`values`), in grid order."""
+        return [self.values(p) for p in self.points]
+
     def label(self, point: tuple[Any, ...]) -> str:
         """``point`` in words: ``step0=0.25`` or ``lr=0.1 momentum=0.9``."""
         return shown(self.values(point))
