@@ -174,9 +174,10 @@ def test_snapshots_name_every_rank_and_count_what_the_crash_lost(tmp_path: Path)
     # snapshot itself where its entry has none (written before the manifest held them)
     manifest = tmp_path / "snapshots" / "manifest.json"
     kept = manifest.read_text()
-    snapshot_path(tmp_path, 2).rename(tmp_path / "away.pt")
+    file = snapshot_path(tmp_path, 2, read_manifest(tmp_path)[2])
+    file.rename(tmp_path / "away.pt")
     assert torch.equal(Snapshots.read(tmp_path, 3, 0, [0]).offsets, offsets)
-    (tmp_path / "away.pt").rename(snapshot_path(tmp_path, 2))
+    (tmp_path / "away.pt").rename(file)
     bare = {str(r): e | {"tally": None} for r, e in read_manifest(tmp_path).items()}
     manifest.write_text(json.dumps({"ranks": bare}))
     assert torch.equal(Snapshots.read(tmp_path, 3, 0, [0]).offsets, offsets)
@@ -185,3 +186,29 @@ def test_snapshots_name_every_rank_and_count_what_the_crash_lost(tmp_path: Path)
     saved = {"comm": {"delivered": delivered[0]}, "peer": {"answered": answered[0]}}
     write_snapshot(tmp_path, 0, saved, {"round": 20, "wall_time_s": 0.0})
     assert Snapshots.read(tmp_path, 3, 0, [0]).offsets[0, 1] == 3 - 6
+
+
+def test_a_crash_between_a_snapshot_and_its_manifest_entry_resumes_from_the_previous(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank killed after writing a snapshot's file but before entering it in the
+    manifest resumes from the snapshot the manifest names, whose counts the offsets were
+    taken from; each rank keeps one file once its entry is written."""
+    for r in (0, 1):
+        saved = {"comm": {"delivered": {1 - r: 4}}, "peer": {"answered": {1 - r: 4}}}
+        write_snapshot(tmp_path, r, saved, {"round": 20, "wall_time_s": 1.0})
+    newer = {"comm": {"delivered": {1: 9}}, "peer": {"answered": {1: 9}}}
+
+    def killed(*_: Any) -> None:
+        raise KeyboardInterrupt  # the process dies before its entry is written
+
+    monkeypatch.setattr("nettrain.engines.distributed.snapshots._enter", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_snapshot(tmp_path, 0, newer, {"round": 40, "wall_time_s": 2.0})
+    monkeypatch.undo()
+    snapshots = Snapshots.read(tmp_path, 2, 0, [0])
+    assert snapshots.load(0)["comm"]["delivered"] == {1: 4} and not snapshots.offsets.any()
+    write_snapshot(tmp_path, 0, newer, {"round": 40, "wall_time_s": 2.0})  # the resumed run
+    assert Snapshots.read(tmp_path, 2, 0, [0]).load(0)["comm"]["delivered"] == {1: 9}
+    files = sorted(f.name for f in (tmp_path / "snapshots").glob("rank-*.pt"))
+    assert files == ["rank-0.2.pt", "rank-1.1.pt"]

@@ -3,10 +3,12 @@
 The processes of an asynchronous run never stop at one round together, so no
 checkpoint can hold every agent at one point. With ``checkpoint_every=K`` each worker
 writes its own state every ``K`` of its own rounds, and each parameter server its
-shard as often: ``<run>/snapshots/rank-<r>.pt``, one ``torch.save`` written to a
-temporary file then renamed (a crash mid-write leaves the previous snapshot). After
-each, the rank enters its snapshot's round, events and wall time in
-``snapshots/manifest.json`` (under a file lock: ranks update it concurrently).
+shard as often: ``<run>/snapshots/rank-<r>.<k>.pt`` (its ``k``-th), one ``torch.save``
+written to a temporary file then renamed. After each, the rank enters its snapshot's
+file, round, events, wall time and exchange counts in ``snapshots/manifest.json``
+(under a file lock: ranks update it concurrently), then deletes its previous file.
+The manifest is the commit point: a crash before it is updated leaves it naming the
+previous snapshot, still on disk, whose counts are the ones it holds.
 
 ``nettrain run --resume DIR`` (:class:`Snapshots`) restarts every rank from its latest
 snapshot. What is guaranteed: each agent's own state (parameters, optimiser state,
@@ -40,20 +42,31 @@ DIR = "snapshots"
 MANIFEST = "manifest.json"
 
 
-def snapshot_path(folder: Path, rank: int) -> Path:
-    return folder / DIR / f"rank-{rank}.pt"
+def snapshot_path(folder: Path, rank: int, entry: Mapping[str, Any] | None = None) -> Path:
+    """The file of rank ``rank``'s snapshot that its manifest ``entry`` names (runs
+    written before entries named their file kept one, ``rank-<r>.pt``)."""
+    return folder / DIR / (entry or {}).get("file", f"rank-{rank}.pt")
 
 
 def write_snapshot(folder: Path, rank: int, saved: dict[str, Any], entry: dict[str, Any]) -> None:
-    """Write rank ``rank``'s snapshot ``saved`` atomically, then its ``entry`` (round,
-    events, wall time) in the manifest, with the snapshot's exchange counts
-    (:func:`tally`)."""
-    path = snapshot_path(folder, rank)
+    """Write rank ``rank``'s snapshot ``saved`` atomically into a new file, then its
+    ``entry`` (round, events, wall time) in the manifest with the file's name and the
+    snapshot's exchange counts (:func:`tally`), then delete the previous file."""
+    before = read_manifest(folder).get(rank)  # only this rank writes its own entry
+    number = (before or {}).get("number", 0) + 1
+    entry = entry | {"file": f"rank-{rank}.{number}.pt", "number": number, "tally": tally(saved)}
+    path = snapshot_path(folder, rank, entry)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    entry = entry | {"tally": tally(saved)}
     torch.save(saved | {"entry": entry}, tmp)
     os.replace(tmp, path)
+    _enter(folder, rank, entry)
+    if before is not None:
+        snapshot_path(folder, rank, before).unlink(missing_ok=True)
+
+
+def _enter(folder: Path, rank: int, entry: dict[str, Any]) -> None:
+    """Replace rank ``rank``'s entry in the manifest, atomically and under its lock."""
     with open(folder / DIR / ".manifest.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         manifest = read_manifest(folder)
@@ -105,7 +118,7 @@ class Snapshots:
             )
         wall = max(e["wall_time_s"] for e in entries.values())
         tallies = [  # from the manifest: no rank loads the others' states
-            entries[r].get("tally") or tally(load_snapshot(folder, r))  # (written before tallies)
+            entries[r].get("tally") or tally(load_snapshot(folder, r, entries[r]))  # older runs
             for r in range(workers + servers)
         ]
         offsets = crash_offsets(tallies, workers)
@@ -113,12 +126,13 @@ class Snapshots:
 
     def load(self, rank: int) -> dict[str, Any]:
         """Rank ``rank``'s snapshot."""
-        return load_snapshot(self.folder, rank)
+        return load_snapshot(self.folder, rank, self.entries[rank])
 
 
-def load_snapshot(folder: Path, rank: int) -> dict[str, Any]:
-    """Rank ``rank``'s snapshot in the run folder ``folder``."""
-    return torch.load(snapshot_path(folder, rank), weights_only=True)
+def load_snapshot(folder: Path, rank: int, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Rank ``rank``'s snapshot in the run folder ``folder``, the one its manifest
+    ``entry`` names."""
+    return torch.load(snapshot_path(folder, rank, entry), weights_only=True)
 
 
 def tally(saved: dict[str, Any]) -> dict[str, dict[str, int]]:
