@@ -102,6 +102,8 @@ CASES = {
     "batched, no regulariser": (mlp, "none", "auto", True),
     "batched, in chunks: after the pass": (mlp, "l2", 2, False),
     "vmap: after the pass": (with_batchnorm, "l2", "auto", False),
+    "one agent, its module, hooks": (mlp, "l2", "auto", True),
+    "one agent, l1, its module, hooks": (mlp, "l1", "auto", True),
 }
 
 
@@ -113,10 +115,11 @@ def test_the_oracle_puts_every_bucket_once_and_changes_no_number(
     build, reg, chunk, during = CASES[name]
     torch.manual_seed(0)
     prob = problem(build(), reg, chunk)
-    shards = [torch.arange(k * 20, k * 20 + 20) for k in range(4)]
-    plain = prob.oracle(shards, range(4), batch_size=5, seed=3)
-    fed = prob.oracle(shards, range(4), batch_size=5, seed=3)
-    x = torch.randn(4, prob.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    n = 1 if name.startswith("one agent") else 4
+    shards = [torch.arange(k * 20, k * 20 + 20) for k in range(n)]
+    plain = prob.oracle(shards, range(n), batch_size=5, seed=3)
+    fed = prob.oracle(shards, range(n), batch_size=5, seed=3)
+    x = torch.randn(n, prob.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     log: list[str] = []
     original = torch.autograd.grad
 

@@ -583,3 +583,51 @@ def test_a_run_starts_from_the_same_parameters_on_every_device() -> None:
     torch.testing.assert_close(x0_gpu.cpu(), x0, rtol=0, atol=0)
     assert float(gpu_net[1].running_mean.abs().max()) == 0.0
     assert torch.equal(torch.cuda.get_rng_state(), state)
+
+
+class Tied(nn.Module):
+    """An MLP whose two layers share one weight matrix (a parameter in two modules)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flat, self.a, self.b = nn.Flatten(), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.b.weight = self.a.weight
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.b(torch.relu(self.a(self.flat(x))))))
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn", "dropout", "tied"])
+def test_one_agent_by_its_own_module_is_the_stacks_row(model: str) -> None:
+    """A process of one agent runs the model itself (parameters viewing one flat
+    buffer), not the stacked kernel: its loss and gradient are the agent's row of a
+    stack of three, dropout masks included, its buffer and dropout layers its own; a
+    parameter shared by two modules has one place in the flat vector, so that model
+    runs through ``functional_call`` instead."""
+    if model == "tied":
+        base = classification_problem()
+        problem = Problem(Tied().double(), base.loss, base.regularizer, base.data)
+    elif model == "dropout":
+        problem = dropout_problem()
+    else:
+        problem = classification_problem(model)
+    shards = iid_shards(90, 3)
+    stack = problem.oracle(shards, [0, 1, 2], batch_size=6, seed=4)
+    one = problem.oracle(shards[1:2], [1], batch_size=6, seed=4)
+    assert (one._kernel(1) == one._module_grad) == (model != "tied")
+    assert stack._kernel(3) != stack._module_grad
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, problem.dim, generator=gen, dtype=torch.float64) * 0.3
+    for _ in range(2):  # a second batch (and dropout key) too
+        loss, g = stack.grad(x)
+        loss1, g1 = one.grad(x[1:2])
+        torch.testing.assert_close(loss1, loss[1:2], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g1, g[1:2], rtol=1e-12, atol=1e-12)
+        x = x - 0.5 * g
+    if model != "tied":
+        own = one._own
+        assert own is not None and own.flat.data_ptr() != x.data_ptr()
+        template = problem.model.parameters()
+        assert all(p.data_ptr() != q.data_ptr() for p, q in zip(own.params, template, strict=True))
+        assert [m.key for m in problem.dropouts] == [None] * len(problem.dropouts)

@@ -424,7 +424,7 @@ class Oracle:
         # One kernel for every chunk of the call, so that chunks change no number.
         kernel = self._kernel(len(local))
         feed = None
-        if sink is not None and len(local) <= c and kernel == self._batched_grad:
+        if sink is not None and len(local) <= c and kernel in self._feeding:
             feed = self._feed(x.new_empty(x.shape), sink, x if regular else None)
             loss, g = self._pass(kernel, x, local, keys, idx, w, feed)
         elif len(local) <= c:
@@ -480,7 +480,7 @@ class Oracle:
         gradient is ``out`` (the batched kernel writes it there, any other is copied)."""
         buffers = rows(self.buffers, local) if self.buffers else {}
         options: dict[str, Any] = {} if feed is None else {"feed": feed}
-        if out is not None and kernel == self._batched_grad:
+        if out is not None and kernel in self._feeding:
             options["out"] = out
         with training(self.problem.model, self._modules):
             g, loss, buffers = kernel(x, buffers, keys, *self.samples(idx), w, **options)
@@ -499,14 +499,27 @@ class Oracle:
         return take(self.x, rows), take(self.y, rows)
 
     def _kernel(self, k: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor, Buffers]]:
-        """The kernel of a call for ``k`` agents: the batched model where there is one,
-        else one agent's autograd (``k = 1``) or ``vmap``; compiled with :attr:`compile`
-        (the single agent's kernel never is)."""
-        if self.problem.batched is not None:
-            return self._compiled_batched if self.compile else self._batched_grad
+        """The kernel of a call for ``k`` agents: the batched model where there is one
+        (compiled with :attr:`compile`), else ``vmap`` (compiled with it too); for one
+        agent uncompiled, the model itself (:meth:`_module_grad`) where it has no
+        buffers, else one agent's autograd through ``functional_call``."""
+        if self.compile and self.problem.batched is not None:
+            return self._compiled_batched
         if k == 1:
-            return self._single_grad
+            return self._module_grad if self._own is not None else self._single_grad
+        if self.problem.batched is not None:
+            return self._batched_grad
         return self._compiled_vmap if self.compile else self._vmap_grad
+
+    @property
+    def _feeding(self) -> tuple[Callable[..., Any], ...]:
+        """The kernels that write the gradient into ``out`` and feed buckets as they go."""
+        return (self._batched_grad, self._module_grad)
+
+    @functools.cached_property
+    def _own(self) -> OwnModel | None:
+        """The model for one agent's pass (:meth:`_module_grad`), where it has no buffers."""
+        return OwnModel.of(self.problem) if not self.problem.buffer_spec else None
 
     @functools.cached_property
     def _compiled_batched(self) -> Compiled[tuple[torch.Tensor, torch.Tensor, Buffers]]:
@@ -621,6 +634,47 @@ class Oracle:
             loss, own = self.problem.train_loss(p, own, keys[0], xb[0], yb[0], wb[0])
             (g,) = torch.autograd.grad(loss, p)
         return g[None], loss.detach()[None], {name: b[None] for name, b in own.items()}
+
+    def _module_grad(
+        self,
+        x: torch.Tensor,
+        buffers: Buffers,
+        keys: torch.Tensor,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        wb: torch.Tensor,
+        feed: BucketFeed | None = None,
+        out: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, Buffers]:
+        """One agent (``k = 1``) of a model without buffers, by the model itself
+        (:class:`OwnModel`): its parameters take ``x``'s values (one copy), then the
+        module's forward pass and autograd's backward, as a plain training step runs them
+        (``functional_call`` or a batched kernel for one agent cost a third more on the
+        Fashion-MNIST MLP, benchmarks/distributed_overhead.py). Gradient, ``out`` and
+        ``feed`` as :meth:`_batched_grad`."""
+        own = self._own
+        assert own is not None
+        with torch.no_grad():
+            own.flat.copy_(x[0])
+        for layer in own.dropouts:
+            layer.key = keys[0]
+        hooked = feed is not None and feed.hooked
+        handles = (
+            [p.register_hook(feed.hook(j)) for j, p in enumerate(own.params)] if hooked else []
+        )
+        try:
+            with torch.enable_grad():
+                loss = (self.problem.loss(own.model(xb[0]), yb[0]) * wb[0]).sum()
+                grads = torch.autograd.grad(loss, own.params)
+        finally:
+            for handle in handles:
+                handle.remove()
+        flat, loss = [g.view(1, -1) for g in grads], loss.detach()[None]
+        if feed is None:
+            return torch.cat(flat, 1, out=out), loss, buffers
+        if not hooked:  # one bucket: the whole gradient, now
+            torch.cat(flat, 1, out=feed.out)
+        return feed.finish(), loss, buffers
 
     def _batched_grad(
         self,
@@ -752,3 +806,36 @@ def _is_count(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.dim() == 0 and not value.is_floating_point() and not value.is_complex()
     return isinstance(value, int)
+
+
+@dataclass(frozen=True)
+class OwnModel:
+    """A copy of a problem's model, in training mode, whose parameters are views of one
+    flat ``(d,)`` tensor in the flat order: one agent's pass sets them with one copy and
+    runs the module as it is (:meth:`Oracle._module_grad`)."""
+
+    model: nn.Module
+    flat: torch.Tensor
+    params: tuple[nn.Parameter, ...]
+    dropouts: tuple[SeededDropout, ...]
+
+    @classmethod
+    def of(cls, problem: Problem) -> OwnModel | None:
+        """The copy of ``problem.model``; None where a parameter is shared by several
+        modules (it has one place in the flat vector, and two in the copy)."""
+        spec = problem.spec
+        if len(list(problem.model.named_parameters(remove_duplicate=False))) != len(spec.names):
+            return None
+        model = copy.deepcopy(problem.model).train()
+        first = next(model.parameters())
+        flat = torch.empty(spec.dim, dtype=first.dtype, device=first.device)
+        params = []
+        for name, piece, shape in zip(
+            spec.names, flat.split(spec.numels), spec.shapes, strict=True
+        ):
+            owner, _, attr = name.rpartition(".")
+            param = nn.Parameter(piece.view(shape))
+            setattr(model.get_submodule(owner), attr, param)
+            params.append(param)
+        dropouts = tuple(m for m in model.modules() if isinstance(m, SeededDropout))
+        return cls(model, flat, tuple(params), dropouts)
