@@ -16,9 +16,10 @@ collectives in the same order.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -106,6 +107,25 @@ class BucketFeed:
                 self._put(self.next)
 
         return ready
+
+    @contextlib.contextmanager
+    def hooks(self, leaves: Sequence[torch.Tensor]) -> Iterator[None]:
+        """Parameter ``j``'s :meth:`hook` on ``leaves[j]`` while the block runs (none when
+        :attr:`hooked` is false)."""
+        on = leaves if self.hooked else ()  # one bucket: nothing to start early
+        handles = [leaf.register_hook(self.hook(j)) for j, leaf in enumerate(on)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def gradient(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The pass's gradient ``out``: each parameter's ``grads[j]`` (``(m, numel_j)``)
+        written in, unless the hooks did it, then every bucket not put yet."""
+        if not self.hooked:  # one bucket: the whole gradient, now
+            torch.cat(grads, 1, out=self.out)
+        return self.finish()
 
     def _put(self, b: int) -> None:
         cols = self.buckets[b]

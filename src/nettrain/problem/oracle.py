@@ -23,6 +23,7 @@ on the data's device; the oracle keeps only each agent's count ``k`` of batches 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import time
@@ -658,23 +659,10 @@ class Oracle:
             own.flat.copy_(x[0])
         for layer in own.dropouts:
             layer.key = keys[0]
-        hooked = feed is not None and feed.hooked
-        handles = (
-            [p.register_hook(feed.hook(j)) for j, p in enumerate(own.params)] if hooked else []
-        )
-        try:
-            with torch.enable_grad():
-                loss = (self.problem.loss(own.model(xb[0]), yb[0]) * wb[0]).sum()
-                grads = torch.autograd.grad(loss, own.params)
-        finally:
-            for handle in handles:
-                handle.remove()
-        flat, loss = [g.view(1, -1) for g in grads], loss.detach()[None]
-        if feed is None:
-            return torch.cat(flat, 1, out=out), loss, buffers
-        if not hooked:  # one bucket: the whole gradient, now
-            torch.cat(flat, 1, out=feed.out)
-        return feed.finish(), loss, buffers
+        with torch.enable_grad(), _hooks(feed, own.params):
+            loss = (self.problem.loss(own.model(xb[0]), yb[0]) * wb[0]).sum()
+            grads = [g.view(1, -1) for g in torch.autograd.grad(loss, own.params)]
+        return _gradient(grads, feed, out), loss.detach()[None], buffers
 
     def _batched_grad(
         self,
@@ -697,17 +685,10 @@ class Oracle:
         with torch.enable_grad():
             parts = torch.split(x, self.problem.spec.numels, 1)
             leaves = [p.detach().requires_grad_(True) for p in parts]  # (k, numel) each
-            hooked = feed is not None and feed.hooked
-            if hooked:  # each layer's gradient to its bucket as backward makes it
-                for j, leaf in enumerate(leaves):
-                    leaf.register_hook(feed.hook(j))
-            loss = self._batched_losses(leaves, keys, xb, yb, wb)  # (k,)
-            grads = torch.autograd.grad(loss.sum(), leaves)
-        if feed is None:
-            return torch.cat(grads, 1, out=out), loss.detach(), buffers  # (k, d)
-        if not hooked:  # one bucket: the whole gradient, now
-            torch.cat(grads, 1, out=feed.out)
-        return feed.finish(), loss.detach(), buffers
+            with _hooks(feed, leaves):  # each layer's gradient to its bucket as it is made
+                loss = self._batched_losses(leaves, keys, xb, yb, wb)  # (k,)
+                grads = torch.autograd.grad(loss.sum(), leaves)
+        return _gradient(list(grads), feed, out), loss.detach(), buffers
 
     def _batched_total(
         self,
@@ -806,6 +787,23 @@ def _is_count(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.dim() == 0 and not value.is_floating_point() and not value.is_complex()
     return isinstance(value, int)
+
+
+def _hooks(
+    feed: BucketFeed | None, leaves: Sequence[torch.Tensor]
+) -> contextlib.AbstractContextManager[None]:
+    """The ``feed``'s hooks on the parameters' ``leaves`` during the pass (none without
+    a feed)."""
+    return contextlib.nullcontext() if feed is None else feed.hooks(leaves)
+
+
+def _gradient(
+    grads: list[torch.Tensor], feed: BucketFeed | None, out: torch.Tensor | None
+) -> torch.Tensor:
+    """A kernel's gradient ``(k, d)`` from each parameter's ``grads[j]`` ``(k, numel_j)``:
+    the ``feed``'s (:meth:`~nettrain.problem.buckets.BucketFeed.gradient`), else
+    concatenated into ``out`` (a chunk's rows of the whole gradient: no copy of it)."""
+    return torch.cat(grads, 1, out=out) if feed is None else feed.gradient(grads)
 
 
 @dataclass(frozen=True)
