@@ -650,9 +650,9 @@ class Oracle:
         """One agent (``k = 1``) of a model without buffers, by the model itself
         (:class:`OwnModel`): its parameters take ``x``'s values (one copy), then the
         module's forward pass and autograd's backward, as a plain training step runs them
-        (``functional_call`` or a batched kernel for one agent cost a third more on the
-        Fashion-MNIST MLP, benchmarks/distributed_overhead.py). Gradient, ``out`` and
-        ``feed`` as :meth:`_batched_grad`."""
+        (on the Fashion-MNIST MLP a call of the batched kernel for one agent costs about 6%
+        more, one through ``functional_call`` about 17%: docs/simulator-speed.md).
+        Gradient, ``out`` and ``feed`` as :meth:`_batched_grad`."""
         own = self._own
         assert own is not None
         with torch.no_grad():
@@ -819,10 +819,12 @@ class OwnModel:
 
     @classmethod
     def of(cls, problem: Problem) -> OwnModel | None:
-        """The copy of ``problem.model``; None where a parameter is shared by several
-        modules (it has one place in the flat vector, and two in the copy)."""
+        """The copy of ``problem.model``; None where it has no parameters, or where one
+        is shared by several modules (it has one place in the flat vector, and two in the
+        copy)."""
         spec = problem.spec
-        if len(list(problem.model.named_parameters(remove_duplicate=False))) != len(spec.names):
+        named = list(problem.model.named_parameters(remove_duplicate=False))
+        if not named or len(named) != len(spec.names):
             return None
         model = copy.deepcopy(problem.model).train()
         first = next(model.parameters())
