@@ -16,7 +16,7 @@ from nettrain.problem.flat import FlatSpec, matmul_flops_per_sample
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import DROPOUT_STREAM, Oracle, Problem, agent_seed
-from nettrain.problem.random_layers import integers53
+from nettrain.problem.random_layers import _GOLDEN, _finalise, _integers53_numpy, _shift, integers53
 from nettrain.problem.vectorise import training
 
 
@@ -106,6 +106,11 @@ def splitmix64_53(seed: int, k: int) -> int:
     return splitmix64(seed + (k + 1) * GOLDEN) >> 11
 
 
+def _finalise_shift53(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """:func:`integers53`'s int64 tensor form (what runs on a device), on the CPU."""
+    return _shift(_finalise(keys[:, None] + (counters + 1) * _GOLDEN), 11)
+
+
 def test_integers53_is_splitmix64_row_by_row() -> None:
     assert integers53(torch.tensor([0]), torch.tensor([[0]])).item() == 0xE220A8397B1DCDAF >> 11
     keys = torch.tensor([0, 1, agent_seed(7, 3), (1 << 63) - 1])
@@ -118,6 +123,11 @@ def test_integers53_is_splitmix64_row_by_row() -> None:
     assert u.tolist() == expected and u.dtype == torch.int64
     assert int(u.min()) >= 0 and int(u.max()) < 1 << 53
     assert torch.equal(integers53(keys[2:3], counters[2:3]), u[2:3])  # rows are independent
+    # the CPU's numpy form and the int64 tensor form of other devices agree
+    many = torch.randint(-(1 << 62), 1 << 62, (5,), generator=torch.Generator().manual_seed(0))
+    wide = torch.arange(5 * 64).view(5, 64) * 7919 + (1 << 45)
+    assert torch.equal(_integers53_numpy(many, wide), _finalise_shift53(many, wide))
+    assert torch.equal(_integers53_numpy(keys, counters), u)
 
 
 def shuffled_shards(sizes: list[int], seed: int = 0) -> list[torch.Tensor]:

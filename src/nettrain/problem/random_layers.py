@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -74,8 +75,27 @@ def integers53(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
     53 bits. Products wrap modulo ``2^64``; nothing depends on the other rows, so a row
     is the same whatever rows are drawn with it.
     """
+    if keys.device.type == "cpu" and counters.device.type == "cpu":
+        return _integers53_numpy(keys, counters)
     z = _finalise(keys[:, None] + (counters + 1) * _GOLDEN)
     return _shift(z, 11)
+
+
+_U64 = tuple(np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _integers53_numpy(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """:func:`integers53` of CPU tensors, the same arithmetic in numpy's ``uint64``,
+    whose right shifts are logical and whose products wrap: a third of the operations'
+    dispatch cost of the ``int64`` form for a batch's few hundred draws (10 against 24
+    us for 64 agents of 16 samples here)."""
+    golden, mix1, mix2 = _U64
+    k = keys.numpy().view(np.uint64)[:, None]
+    z = k + (counters.numpy().view(np.uint64) + np.uint64(1)) * golden
+    z = (z ^ (z >> np.uint64(30))) * mix1
+    z = (z ^ (z >> np.uint64(27))) * mix2
+    z ^= z >> np.uint64(31)
+    return torch.from_numpy((z >> np.uint64(11)).view(np.int64))
 
 
 class SeededDropout(nn.Module):
