@@ -24,13 +24,15 @@ from torch import nn
 
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
-# SplitMix64's constants as signed int64 (torch has no uint64 arithmetic), held as 0-d
-# tensors: torch.compile's inductor folds a Python integer times an index (arange) in
-# exact integer arithmetic and fails on the overflow; a tensor operand is multiplied at
-# run time, wrapping modulo 2^64 like the eager product.
-_GOLDEN = torch.tensor(0x9E3779B97F4A7C15 - (1 << 64))
-_MIX1 = torch.tensor(0xBF58476D1CE4E5B9 - (1 << 64))
-_MIX2 = torch.tensor(0x94D049BB133111EB - (1 << 64))
+# SplitMix64's constants: the increment ("golden gamma") and the finaliser's multipliers.
+_SPLITMIX64 = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+# As signed int64 (torch has no uint64 arithmetic), held as 0-d tensors: torch.compile's
+# inductor folds a Python integer times an index (arange) in exact integer arithmetic
+# and fails on the overflow; a tensor operand is multiplied at run time, wrapping
+# modulo 2^64 like the eager product.
+_GOLDEN, _MIX1, _MIX2 = (torch.tensor(c - (1 << 64)) for c in _SPLITMIX64)
+# As numpy's uint64, for the CPU's form of integers53.
+_U64 = tuple(np.uint64(c) for c in _SPLITMIX64)
 
 
 def _shift(z: torch.Tensor, s: int) -> torch.Tensor:
@@ -79,9 +81,6 @@ def integers53(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
         return _integers53_numpy(keys, counters)
     z = _finalise(keys[:, None] + (counters + 1) * _GOLDEN)
     return _shift(z, 11)
-
-
-_U64 = tuple(np.uint64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
 
 
 def _integers53_numpy(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
