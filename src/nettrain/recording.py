@@ -5,6 +5,8 @@ A run folder holds::
     config.json     the full, validated configuration
     metrics.jsonl   one JSON record per evaluation, appended and flushed as the run goes
     summary.json    the last record's figures plus what identifies the run
+    failed.json     instead of summary.json, the error a run stopped with where its command
+                    went on without it (a reproduction's learning rate that diverged)
     final.pt        every agent's parameters, a tensor of shape (n, d)
     buffers.pt      every agent's buffers (BatchNorm statistics), {name: (n, ...)}, if any
     centre.pt       the centre variable (d,) of a centre-based method (EASGD family)
@@ -89,6 +91,9 @@ def read_config(folder: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+FAILED = "failed.json"  # a run's error, where its command went on without it
+
+
 class RunFolder:
     """Where a run writes what it produces; ``path=None`` keeps records in memory."""
 
@@ -116,7 +121,7 @@ class RunFolder:
         if keep is not None and metrics.is_file():
             self.records = read_records(self.path)[:keep]
         if keep is None:  # a fresh run: what an earlier run here wrote is no longer true
-            for name in ("summary.json", timeline.FILE, timeline.PLOT):
+            for name in ("summary.json", FAILED, timeline.FILE, timeline.PLOT):
                 (self.path / name).unlink(missing_ok=True)
         lines = "".join(json.dumps(r) + "\n" for r in self.records)
         tmp = metrics.with_suffix(".jsonl.tmp")

@@ -27,6 +27,7 @@ from nettrain.reproduce.block_async import (
     row,
 )
 from nettrain.reproduce.claims import EMPIRICAL
+from nettrain.reproduce.tuning import warmup_rounds
 
 
 def curve(final_acc: float, samples_per_s: float, processes: int = 2) -> list[dict[str, Any]]:
@@ -136,6 +137,10 @@ def test_every_method_runs_the_same_grid_of_rates_and_momenta_on_a_validation_sp
         cfgs = [config(label, at, 0, True, {"lr": 0.5, "momentum": 0.1}) for at in grid]
         assert [(c.lr, c.momentum) for c in cfgs] == [(g["lr"], g["momentum"]) for g in grid]
         assert {c.validation for c in cfgs} == {0.1}
+        # the all-reduce baseline, a batch of P x 32, warms up over 5% of its rounds
+        warmup = warmup_rounds(cfgs[0].rounds) if label == SYNCHRONOUS else 0
+        assert {c.lr_warmup for c in cfgs} == {warmup}
+    assert warmup_rounds(config(SYNCHRONOUS, grid[0], 0, True, {}).rounds) == 45  # of 898
     names = {point(label, at) for label in methods() for at in grid}
     assert len(names) == 5 * len(LRS) * len(MOMENTA)
     assert point(SEQUENTIAL, grid[0]) == "sequential SGD lr=0.003 momentum=0.5"

@@ -1,6 +1,7 @@
 """run_all: finished runs are kept, unfinished ones run again, changed ones only with
-force, parallel runs give the same numbers, and an error one run is allowed to raise
-leaves the others; run_seeds: a folder per seed, finished seeds kept; seed_tables: a
+force, parallel runs give the same numbers, an error one run is allowed to raise
+leaves the others and is kept as its outcome, a plan timed whole runs again whole if it
+stopped halfway; run_seeds: a folder per seed, finished seeds kept; seed_tables: a
 row per run and the mean ± std over the seeds."""
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ def numbers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def count_runs(monkeypatch: pytest.MonkeyPatch, root: Path) -> list[str]:
+    """From now on every run of run_all appends its folder, relative to ``root``, to the
+    list returned."""
+    ran: list[str] = []
+    real_run = runner.run
+
+    def counted_run(cfg: RunConfig, out: Path) -> Any:
+        ran.append(str(Path(out).relative_to(root)))
+        return real_run(cfg, out)
+
+    monkeypatch.setattr(runner, "run", counted_run)
+    return ran
+
+
 def test_a_finished_run_is_kept_and_a_changed_one_runs_again_with_force(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -42,14 +57,7 @@ def test_a_finished_run_is_kept_and_a_changed_one_runs_again_with_force(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dpsgd", "b_allreduce"]
     assert first["a dpsgd"] == read_records(tmp_path / "a_dpsgd")
 
-    ran: list[str] = []
-    real_run = runner.run
-
-    def counted_run(cfg: RunConfig, out: Path) -> Any:
-        ran.append(Path(out).name)
-        return real_run(cfg, out)
-
-    monkeypatch.setattr(runner, "run", counted_run)
+    ran = count_runs(monkeypatch, tmp_path)
     notes: dict[str, str] = {}
     changed = plan() | {"b allreduce": tiny(algorithm="allreduce", lr=0.05)}
     with pytest.raises(ConfigError, match=r"b_allreduce: finished runs of another config"):
@@ -85,7 +93,9 @@ def test_parallel_runs_give_the_same_numbers(tmp_path: Path) -> None:
         assert numbers(two[name]) == numbers(one[name])
 
 
-def test_a_tolerated_error_gives_none_and_its_message(tmp_path: Path) -> None:
+def test_a_tolerated_error_gives_none_and_its_message_and_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bad = tiny(algorithm="dpsgd", model="mlp", lr=1e6, rounds=30)  # diverges to inf
     notes: dict[str, str] = {}
     found = run_all(
@@ -96,8 +106,40 @@ def test_a_tolerated_error_gives_none_and_its_message(tmp_path: Path) -> None:
     )
     assert found["bad"] is None and "diverg" in notes["bad"]
     assert found["good"] is not None and notes["good"] == ""
-    with pytest.raises(DivergenceError):
+    assert json.loads((tmp_path / "bad" / "failed.json").read_text()) == {"error": notes["bad"]}
+
+    ran = count_runs(monkeypatch, tmp_path)
+    again = run_all(
+        {"bad": bad},
+        tmp_path,
+        done=lambda name, records, note: notes.update({name: note}),
+        tolerate=(DivergenceError,),
+    )
+    assert ran == [] and again == {"bad": None}  # its outcome kept, as a finished run is
+    assert notes["bad"].endswith("(kept)") and "diverg" in notes["bad"]
+    with pytest.raises(DivergenceError):  # not tolerated: it runs, and raises
         run_all({"bad": bad}, tmp_path)
+    assert ran == ["bad"] and not (tmp_path / "bad" / "failed.json").exists()
+
+
+def test_a_plan_timed_whole_runs_again_from_its_start_if_stopped_halfway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = run_all(plan(), tmp_path, whole=True)
+    ran = count_runs(monkeypatch, tmp_path)
+    notes: dict[str, str] = {}
+
+    def whole() -> dict[str, Any]:
+        done = lambda name, records, note: notes.update({name: note})  # noqa: E731
+        return run_all(plan(), tmp_path, done=done, whole=True)
+
+    assert numbers(whole()["b allreduce"]) == numbers(first["b allreduce"])
+    assert ran == [] and set(notes.values()) == {"kept"}  # every run had finished
+    (tmp_path / "b_allreduce" / "summary.json").unlink()  # stopped before its end
+    again = whole()
+    assert ran == ["a_dpsgd", "b_allreduce"]  # the finished one too, beside the other
+    assert notes == {"a dpsgd": "again", "b allreduce": ""}
+    assert numbers(again["a dpsgd"]) == numbers(first["a dpsgd"])
 
 
 def test_jobs_below_one_is_refused(tmp_path: Path) -> None:
@@ -126,14 +168,7 @@ def test_every_seed_has_its_folder_and_keeps_its_finished_run(
         assert found[seed]["a dpsgd"] == read_records(folder)
     assert numbers(found[5]["a dpsgd"]) != numbers(found[6]["a dpsgd"])  # another seed
 
-    ran: list[str] = []
-    real_run = runner.run
-
-    def counted_run(cfg: RunConfig, out: Path) -> Any:
-        ran.append(str(Path(out).relative_to(tmp_path)))
-        return real_run(cfg, out)
-
-    monkeypatch.setattr(runner, "run", counted_run)
+    ran = count_runs(monkeypatch, tmp_path)
     again = run_seeds(ask_for(tmp_path, 3), seeded_plan, lambda name, r, note: None)
     assert ran == ["seed-7/a_dpsgd"]  # seeds 5 and 6 were finished: kept
     assert list(again) == [5, 6, 7] and again[5] == found[5]

@@ -4,8 +4,10 @@ SGD, on real processes sharing one model (``engine=shared_memory``).
 
 The small CNN (two 3x3 convolutions, 11k parameters on 28x28 images), mini-batches of
 32, heavy-ball momentum, for the asynchronous methods with the diminishing step
-``lr / (1 + step_decay lr k)`` (synchronous data-parallel SGD keeps ``lr``: it has no
-``step_decay``); every method gets the same number of epochs, and ``P`` in {1, 2} (this
+``lr / (1 + step_decay lr k)`` (synchronous data-parallel SGD has no ``step_decay``;
+its step averages ``P`` mini-batches, so it warms up as a large batch does, over
+:func:`~nettrain.reproduce.tuning.warmup_rounds` of its rounds, and then keeps ``lr``);
+every method gets the same number of epochs, and ``P`` in {1, 2} (this
 machine has 2 cores). Every method is tuned alike: it runs at each point of the same
 grid :data:`GRID`, every learning rate of :data:`LRS` with every momentum of
 :data:`MOMENTA` (every method here has one), and the point of the lowest final
@@ -14,7 +16,9 @@ the seeds, never the test set; :func:`~nettrain.reproduce.tuning.over_seeds`,
 ``tuning.csv``) is the method's run in the table and the claims. The runs, one after
 the other in one command, seed by seed (every second seed in reverse order, so that a
 change in the machine's load hits every method alike), each in
-``seed-<s>/METHOD_lr=LR_momentum=M``:
+``seed-<s>/METHOD_lr=LR_momentum=M``. A seed's runs are timed side by side, so the
+command run again keeps a seed only whole: every seed whose runs all ended (finished,
+or diverged) is kept, and a seed stopped halfway runs again from its first run.
 
 - sequential SGD: ``hogwild`` with one process (every step writes the whole model);
 - Hogwild, ``P = 2``: both processes write every block, no lock;
@@ -46,19 +50,17 @@ from typing import Any
 
 from nettrain.config import RunConfig, load_config
 from nettrain.errors import ConfigError, DivergenceError
-from nettrain.experiment import run
 from nettrain.recording import write_json
 from nettrain.report.plots import plot_seeds
 from nettrain.report.tables import write_csv
 from nettrain.reproduce.claims import EMPIRICAL, Claim, Measured, quotient, spread
 from nettrain.reproduce.runner import (
     Request,
-    folder_name,
-    refuse_overwrite,
+    run_all,
     seed_folder,
     seed_tables,
 )
-from nettrain.reproduce.tuning import Grid, final, over_seeds
+from nettrain.reproduce.tuning import Grid, final, over_seeds, warmup_rounds
 from nettrain.reproduce.tuning import shown as in_words
 
 Records = list[dict[str, Any]]
@@ -126,6 +128,8 @@ def config(
     warmup = 20 if quick else 200  # full steps of each process before partitioning
     extra = methods(warmup)[label]
     rounds = rounds_for(extra["processes"], samples, epochs)
+    if label == SYNCHRONOUS:  # its step averages P batches: the large-batch warm-up
+        extra = extra | {"lr_warmup": warmup_rounds(rounds)}
     values = BASE | extra | {"dataset": dataset, "seed": seed}
     schedule = {"rounds": rounds, "eval_every": -(-rounds // EVALS)}
     return load_config(values | schedule | dict(overrides) | dict(at))
@@ -147,29 +151,32 @@ def reproduce(ask: Request) -> list[Claim]:
     labels, seeds = list(methods()), ask.seed_list()
     points = GRID.every()  # {lr, momentum} each, in grid order
     grids = {label: [point(label, at) for at in points] for label in labels}
-    folder = {
-        (seed, name): ask.out / seed_folder(seed) / folder_name(name)
-        for seed in seeds
-        for names in grids.values()
-        for name in names
-    }
-    # wall-clock speed-ups: every run runs again, none is kept
-    refuse_overwrite(list(folder.values()), ask.force, "finished runs of block-async")
-    found: dict[int, dict[str, Records | None]] = {seed: {} for seed in seeds}
+    where = {point(label, at): (label, at) for label in labels for at in points}
+    found: dict[int, dict[str, Records | None]] = {}
     for k, seed in enumerate(seeds):  # every second seed in reverse: drifting load evens out
-        for label in labels if k % 2 == 0 else labels[::-1]:
-            for at in points if k % 2 == 0 else points[::-1]:
-                cfg = config(label, at, seed, ask.quick, ask.overrides)
-                name = point(label, at)
-                try:
-                    found[seed][name] = records = run(cfg, folder[seed, name]).records
-                except DivergenceError as error:  # a rate too large: never chosen
-                    found[seed][name] = None
-                    ask.console.print(f"seed {seed}: {name} diverged ({error})")
-                else:
-                    ask.console.print(
-                        f"seed {seed}: {in_words(at)} " + describe(row(label, records))
-                    )
+
+        def done(name: str, records: Records | None, note: str, seed: int = seed) -> None:
+            label, at = where[name]
+            if records is None:
+                shown = f"diverged ({note})"
+            else:
+                shown = describe(row(label, records)) + (f" ({note})" if note else "")
+            ask.console.print(f"seed {seed}: {in_words(at)} {shown}")
+
+        plan = {
+            point(label, at): config(label, at, seed, ask.quick, ask.overrides)
+            for label in (labels if k % 2 == 0 else labels[::-1])
+            for at in (points if k % 2 == 0 else points[::-1])
+        }
+        # a seed's runs are timed side by side: kept only if every one of them had ended
+        found[seed] = run_all(
+            plan,
+            ask.out / seed_folder(seed),
+            done=done,
+            tolerate=(DivergenceError,),
+            force=ask.force,
+            whole=True,
+        )
     chosen, tuning = over_seeds(found, grids, CRITERION)
     write_csv(tuning, ask.out / "tuning.csv")
     picked = {label: points[grids[label].index(chosen[label])] for label in labels}

@@ -99,7 +99,7 @@ from nettrain.reproduce.claims import (
 )
 from nettrain.reproduce.round_robin import Trajectory
 from nettrain.reproduce.runner import Request, run_seeds, seed_tables
-from nettrain.reproduce.tuning import Grid, over_seeds
+from nettrain.reproduce.tuning import Grid, over_seeds, warmup_rounds
 from nettrain.reproduce.tuning import shown as in_words
 
 Records = list[dict[str, Any]]
@@ -121,7 +121,6 @@ WITH_A_MOMENTUM = ("eamsgd", "mdownpour", "mallreduce")
 PLAIN = Grid.of(lr=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), momentum=(0.0,))
 WITH_MOMENTUM = Grid.of(lr=(0.002, 0.005, 0.02, 0.05), momentum=(0.5, 0.9))
 VALIDATION = 0.1  # the share of the training set held out to choose the rates
-WARMUP_FRACTION = 0.05  # the all-reduce baselines' warm-up: Goyal et al.'s 5 of 90 epochs
 TAUS = (1, 4, 16, 64)
 SCALING = {"workers": (8, 16), "tau": 4, "methods": ("easgd", "eamsgd", "downpour")}
 EVALS = 16
@@ -198,7 +197,7 @@ def config(
     base |= {"rounds": rounds, "eval_every": rounds // EVALS, "validation": VALIDATION}
     n, method, tau = key
     if method in BASELINES:  # the large-batch treatment: a warm-up of 5% of the rounds
-        extra = BASELINES[method] | {"lr_warmup": max(1, round(WARMUP_FRACTION * rounds))}
+        extra = BASELINES[method] | {"lr_warmup": warmup_rounds(rounds)}
     else:
         extra = METHODS[method] | {"tau": tau}
     return load_config(base | extra | {"agents": n} | dict(overrides) | dict(at))

@@ -32,7 +32,7 @@ from rich.console import Console
 from nettrain.config import PROVENANCE, RunConfig, load_config
 from nettrain.errors import ConfigError
 from nettrain.experiment import run
-from nettrain.recording import config_json, finished_runs, read_records
+from nettrain.recording import FAILED, config_json, finished_runs, read_records, write_json
 from nettrain.report.tables import aggregate, aggregate_table, write_csv
 
 Records = list[dict[str, Any]]
@@ -64,13 +64,29 @@ class Request(NamedTuple):
         return list(range(self.seed, self.seed + count))
 
 
-def finished_records(folder: Path, cfg: RunConfig) -> Records | None:
-    """The records of the finished run of ``cfg`` in ``folder``, or ``None`` if there is none."""
-    if not (folder / "summary.json").is_file() or not (folder / "config.json").is_file():
-        return None
+def same_config(folder: Path, cfg: RunConfig) -> bool:
+    """Whether ``folder``'s ``config.json`` is ``cfg``'s (provenance aside)."""
+    if not (folder / "config.json").is_file():
+        return False
     saved = json.loads((folder / "config.json").read_text())
     saved.pop(PROVENANCE, None)
-    return read_records(folder) if saved == config_json(cfg.to_dict()) else None
+    return saved == config_json(cfg.to_dict())
+
+
+def finished_records(folder: Path, cfg: RunConfig) -> Records | None:
+    """The records of the finished run of ``cfg`` in ``folder``, or ``None`` if there is none."""
+    done = (folder / "summary.json").is_file() and same_config(folder, cfg)
+    return read_records(folder) if done else None
+
+
+def earlier_outcome(folder: Path, cfg: RunConfig) -> Records | str | None:
+    """What an earlier run of ``cfg`` left in ``folder``: its records if it finished, the
+    message of the error it stopped with if :func:`run_all` went on without it
+    (``failed.json``), ``None`` if neither (or the folder is another config's)."""
+    records = finished_records(folder, cfg)
+    if records is not None or not (folder / FAILED).is_file() or not same_config(folder, cfg):
+        return records
+    return str(json.loads((folder / FAILED).read_text())["error"])
 
 
 def refuse_overwrite(
@@ -119,56 +135,62 @@ def run_all(
     force: bool = False,
     execute: Callable[[RunConfig, Path], Records] | None = None,
     what: str = ANOTHER_CONFIG,
+    whole: bool = False,
 ) -> dict[str, Records | None]:
     """Run every ``plan[name]`` into ``out / folder_name(name)``; return the records in
     plan order.
 
     ``done(name, records, note)`` is called as each run ends, with ``note`` "kept" (the
-    run was already in its folder) or "" (it ran). A run that raises one of ``tolerate``
-    gets ``None`` for records and the error's message as ``note``; any other error stops
-    the runs and is raised. With ``jobs > 1`` the runs go to that many worker processes
-    (spawned, so CUDA works in them). A folder that holds a finished run of another
-    config is a ConfigError before any run starts, unless ``force`` (``what`` such
-    runs are, for its message). ``execute(cfg, folder)`` runs one run in place of
-    :func:`~nettrain.experiment.run` and returns its records (``nettrain compare``
-    launches torchrun with it); it runs in this process, so it takes ``jobs=1``.
+    run was already in its folder), "" (it ran) or "again" (it ran although an earlier
+    run of it had finished: ``whole``). A run that raises one of ``tolerate`` gets
+    ``None`` for records and the error's message as ``note``, and its folder keeps the
+    message (``failed.json``), so that a later call keeps that outcome as it keeps a
+    finished run; any other error stops the runs and is raised. ``whole``: the plan's
+    runs are timed side by side, so the earlier ones are kept only if every run of the
+    plan has its outcome; a plan stopped halfway runs again from its start. With
+    ``jobs > 1`` the runs go to that many worker processes (spawned, so CUDA works in
+    them). A folder that holds a finished run of another config is a ConfigError before
+    any run starts, unless ``force`` (``what`` such runs are, for its message).
+    ``execute(cfg, folder)`` runs one run in place of :func:`~nettrain.experiment.run`
+    and returns its records (``nettrain compare`` launches torchrun with it); it runs in
+    this process, so it takes ``jobs=1``.
     """
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     if execute is not None and jobs != 1:
         raise ConfigError(f"--jobs {jobs}: these runs are launched one at a time; drop --jobs")
+    folders = {name: out / folder_name(name) for name in plan}
+    earlier = {name: earlier_outcome(folders[name], cfg) for name, cfg in plan.items()}
+    if not tolerate:  # an error kept is one this call would tolerate
+        earlier = {name: None if isinstance(e, str) else e for name, e in earlier.items()}
+    again = whole and None in earlier.values()  # a plan timed side by side runs whole
+    todo = [name for name in plan if again or earlier[name] is None]
+    refuse_overwrite([folders[name] for name in todo if earlier[name] is None], force, what)
     results: dict[str, Records | None] = {}
 
     def finish(name: str, outcome: Callable[[], Records]) -> None:
         try:
-            results[name], note = outcome(), ""
+            results[name], note = outcome(), "" if earlier[name] is None else "again"
         except tolerate as err:
             results[name], note = None, str(err)
+            write_json(folders[name] / FAILED, {"error": note})
         done(name, results[name], note)
 
-    todo = []
-    for name, cfg in plan.items():
-        kept = finished_records(out / folder_name(name), cfg)
-        if kept is None:
-            todo.append(name)
-        else:
-            results[name] = kept
-    refuse_overwrite([out / folder_name(name) for name in todo], force, what)
-    for name in plan:
+    for name, before in earlier.items():
         if name not in todo:
-            done(name, results[name], "kept")
+            failed = isinstance(before, str)
+            results[name] = None if failed else before
+            done(name, results[name], f"{before} (kept)" if failed else "kept")
     if jobs == 1 or not todo:
         one = execute or (lambda cfg, folder: run(cfg, folder).records)
         for name in todo:
-            finish(name, lambda name=name: one(plan[name], out / folder_name(name)))
+            finish(name, lambda name=name: one(plan[name], folders[name]))
         return {name: results[name] for name in plan}
     threads = threads_per_job(jobs)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context) as pool:
         futures = {
-            pool.submit(
-                _run_in_worker, plan[name].to_dict(), str(out / folder_name(name)), threads
-            ): name
+            pool.submit(_run_in_worker, plan[name].to_dict(), str(folders[name]), threads): name
             for name in todo
         }
         try:

@@ -70,7 +70,7 @@ from nettrain.reproduce.claims import (
     spread,
 )
 from nettrain.reproduce.runner import Request, run_seeds, seed_tables
-from nettrain.reproduce.tuning import final, over_seeds
+from nettrain.reproduce.tuning import final, over_seeds, warmup_rounds
 
 Records = list[dict[str, Any]]
 
@@ -98,7 +98,6 @@ QSGD_RUN = f"swarm qsgd 8-bit bucket {QSGD_BUCKET}"  # claim 5's comparator
 MULTIPLIER = 2  # epochs of the asynchronous methods (and all-reduce) per epoch of the others
 BASELINE = "allreduce"  # claims 1 and 2's baseline and its plain point
 TUNED = (BASELINE, "swarm 8-bit")  # the methods of claims 1 and 2, each with its grid
-WARMUP_FRACTION = 0.05  # of a scaled point's run: Goyal et al.'s 5 of 90 epochs
 EXCHANGES_PER_ROUND = 2  # an agent's exchanges a round: it initiates one, is picked once
 TARGET = 0.85  # the table's "virtual time to 85% accuracy" (None: not reached)
 EVALS = 16  # records per run
@@ -153,8 +152,9 @@ def grid(
     """The learning-rate grid of a method of claims 1 and 2 at ``n`` agents, run label ->
     overrides: ``lr x {1, 2, sqrt(n), n}`` (``label`` itself is the plain point). The
     points above ``lr`` warm up (:class:`~nettrain.algorithms.sgd.WarmedStep`) over
-    :data:`WARMUP_FRACTION` of the ``rounds``, counted in each agent's exchanges for an
-    ``asynchronous`` method (:data:`EXCHANGES_PER_ROUND` a round).
+    :func:`~nettrain.reproduce.tuning.warmup_rounds` of the ``rounds``, counted in each
+    agent's exchanges for an ``asynchronous`` method (:data:`EXCHANGES_PER_ROUND` a
+    round).
 
     For all-reduce, whose step averages ``n`` mini-batches of ``B`` (a batch of ``n B``
     where SwarmSGD's local step, whose ``lr`` is the base, takes ``B``), ``sqrt(n)`` is
@@ -162,7 +162,7 @@ def grid(
     convolutional neural networks") and ``n = n B / B`` Goyal et al. 2017's linear
     scaling rule, each with its gradual warm-up.
     """
-    warmup = max(1, round(WARMUP_FRACTION * rounds))
+    warmup = warmup_rounds(rounds)
     if asynchronous:
         warmup *= EXCHANGES_PER_ROUND
     scaled = {"lr x 2": 2.0, "lr x sqrt(n)": math.sqrt(n), "lr x n": float(n)}

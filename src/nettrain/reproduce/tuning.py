@@ -16,6 +16,8 @@ time) and returns a :class:`Tuning`: the chosen values per method and a row per 
 with its criterion, which :func:`write_tuning` writes as ``tuning.csv``. Over several
 seeds, :func:`over_seeds` chooses each method's run of the smallest mean criterion
 (the seeds' runs of a grid point, a name per point, already made by the caller's plan).
+The all-reduce baselines get the large-batch treatment, a gradual warm-up of
+:func:`warmup_rounds`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ from nettrain.report.tables import write_csv
 from nettrain.reproduce.runner import Records, run_all
 
 Criterion = Callable[[Records], float]
+WARMUP_FRACTION = 0.05  # a large batch's warm-up: Goyal et al.'s 5 of 90 epochs
+
+
+def warmup_rounds(rounds: int) -> int:
+    """The gradual warm-up (``lr_warmup``) of a large-batch run of ``rounds`` rounds:
+    :data:`WARMUP_FRACTION` of them, at least one (Goyal et al. 2017, "Accurate, large
+    minibatch SGD": 5 of 90 epochs)."""
+    return max(1, round(WARMUP_FRACTION * rounds))
 
 
 def final(key: str) -> Criterion:
