@@ -185,9 +185,10 @@ class RunFolder:
         buffers: dict[str, torch.Tensor] | None = None,
         title: str | None = None,
     ) -> None:
-        """Write ``summary.json``, ``final.pt`` (``x: (n, d)`` on CPU), ``centre.pt`` and
-        ``buffers.pt`` (``{name: (n, ...)}``) if given, the plot (titled ``title``,
-        default the summary's label) and the timeline's; close the TensorBoard events."""
+        """Write ``final.pt`` (``x: (n, d)`` on CPU), ``centre.pt`` and ``buffers.pt``
+        (``{name: (n, ...)}``) if given, the plot (titled ``title``, default the summary's
+        label) and the timeline's, and last ``summary.json``, which marks the run
+        finished; close the TensorBoard events."""
         if self.path is None:
             return
         if self.board is not None:
@@ -201,7 +202,6 @@ class RunFolder:
             tmp = self.path / f"{name}.tmp"
             torch.save(value, tmp)
             os.replace(tmp, self.path / name)
-        write_json(self.path / "summary.json", {k: _jsonable(v) for k, v in summary.items()})
         title = summary.get("label", "") if title is None else title
         if plot and self.records:
             from nettrain.report.plots import plot_run
@@ -210,6 +210,8 @@ class RunFolder:
         if plot and (self.path / timeline.FILE).is_file():
             events = timeline.read_timeline(self.path)
             timeline.plot_timeline(events, self.path / timeline.PLOT, title)
+        # last: summary.json marks the run finished (what a rerun keeps)
+        write_json(self.path / "summary.json", {k: _jsonable(v) for k, v in summary.items()})
 
     def close(self) -> None:
         """Close what is open (the TensorBoard events) when a run stops before

@@ -85,6 +85,22 @@ def test_an_unfinished_run_is_not_kept(tmp_path: Path) -> None:
     assert finished_records(tmp_path / "x", cfg) is not None
 
 
+def test_a_run_whose_plot_fails_is_not_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """summary.json, which a rerun keeps the run by, is written last."""
+
+    def broken_plot(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("nettrain.report.plots.plot_run", broken_plot)
+    cfg = tiny(algorithm="dpsgd")
+    with pytest.raises(OSError, match="disk full"):
+        run_all({"x": cfg}, tmp_path)
+    assert (tmp_path / "x" / "final.pt").is_file()
+    assert finished_records(tmp_path / "x", cfg) is None  # it runs again next time
+
+
 def test_parallel_runs_give_the_same_numbers(tmp_path: Path) -> None:
     one = run_all(plan(), tmp_path / "one")
     two = run_all(plan(), tmp_path / "two", jobs=2)
