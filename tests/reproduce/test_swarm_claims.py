@@ -12,6 +12,7 @@ from nettrain.reproduce.claims import BY_CONSTRUCTION, EMPIRICAL
 from nettrain.reproduce.swarm import (
     BASELINE,
     CRITERION,
+    EVALS,
     QSGD_RUN,
     Figures,
     check,
@@ -147,6 +148,13 @@ def test_asynchronous_runs_and_all_reduce_get_the_epoch_multiplier() -> None:
     assert rounds_for({"algorithm": "swarm", "local_steps": 2}, 16, 12_000, 4) == 94
     assert rounds_for({"algorithm": "swarm", "local_steps": 4}, 16, 12_000, 4) == 47
     assert rounds_for({"algorithm": "allreduce"}, 32, 60_000, 10) == 1172  # was 586
+    # --set train_samples keeps the epochs; --set rounds is every run's, records follow
+    runs = plan(0, True, {"train_samples": 3_000})
+    assert (runs["n16 allreduce"].rounds, runs["n16 dpsgd"].rounds) == (47, 23)
+    assert runs["n16 allreduce"].eval_every == 47 // EVALS
+    runs = plan(0, True, {"rounds": 32})
+    assert {c.rounds for c in runs.values()} == {32}
+    assert {c.eval_every for c in runs.values()} == {2}
 
 
 def test_both_tuned_methods_get_the_same_grid_the_scaled_points_warmed_up() -> None:

@@ -185,7 +185,9 @@ def middle_size(sizes: Sequence[int]) -> int:
 def plan(seed: int, quick: bool, overrides: Mapping[str, Any]) -> dict[str, RunConfig]:
     """One seed's runs, ``n{N} LABEL`` -> config; each method of :data:`TUNED` followed
     by the other points of its :func:`grid` (from its run's ``lr`` and rounds after
-    ``overrides``)."""
+    ``overrides``). Each run's rounds give its epochs of the training samples, both
+    after ``overrides``; ``rounds`` given there is every run's, and its records follow
+    it."""
     sizes, samples, epochs = sizes_of(quick)
     model = {} if quick else {"model": "cnn"}  # the paper's small CNN in the full run
     configs: dict[str, RunConfig] = {}
@@ -193,7 +195,12 @@ def plan(seed: int, quick: bool, overrides: Mapping[str, Any]) -> dict[str, RunC
         extra_runs = extra_methods() if n == middle_size(sizes) else {}
         for label, extra in (methods() | extra_runs).items():
             values = BASE | model | extra | {"agents": n, "seed": seed, "train_samples": samples}
-            rounds = rounds_for(values, n, samples, epochs)
+            given = load_config(values | dict(overrides))  # --set train_samples counts too
+            rounds = (
+                given.rounds
+                if "rounds" in overrides
+                else rounds_for(given.to_dict(), n, given.train_samples, epochs)
+            )
             schedule = {"rounds": rounds, "eval_every": max(1, rounds // EVALS)}
             cfg = load_config(values | schedule | dict(overrides))
             configs[f"n{n} {label}"] = cfg
