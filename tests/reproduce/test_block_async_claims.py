@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from nettrain.config import load_config
+from nettrain.errors import ConfigError
 from nettrain.reproduce.block_async import (
     BASE,
     BATCH,
@@ -141,6 +142,10 @@ def test_every_method_runs_the_same_grid_of_rates_and_momenta_on_a_validation_sp
         warmup = warmup_rounds(cfgs[0].rounds) if label == SYNCHRONOUS else 0
         assert {c.lr_warmup for c in cfgs} == {warmup}
     assert warmup_rounds(config(SYNCHRONOUS, grid[0], 0, True, {}).rounds) == 45  # of 898
+    cut = config(SYNCHRONOUS, grid[0], 0, True, {"rounds": "40"})  # --set: what follows too
+    assert (cut.rounds, cut.lr_warmup, cut.eval_every) == (40, 2, 4)
+    with pytest.raises(ConfigError, match="rounds='many' is not a valid int"):
+        config(SYNCHRONOUS, grid[0], 0, True, {"rounds": "many"})
     names = {point(label, at) for label in methods() for at in grid}
     assert len(names) == 5 * len(LRS) * len(MOMENTA)
     assert point(SEQUENTIAL, grid[0]) == "sequential SGD lr=0.003 momentum=0.5"

@@ -56,6 +56,7 @@ from nettrain.report.tables import write_csv
 from nettrain.reproduce.claims import EMPIRICAL, Claim, Measured, quotient, spread
 from nettrain.reproduce.runner import (
     Request,
+    rounds_given,
     run_all,
     seed_folder,
     seed_tables,
@@ -127,7 +128,7 @@ def config(
     dataset, samples, epochs = ("digits", 1437, 40) if quick else ("fashion_mnist", 60_000, 3)
     warmup = 20 if quick else 200  # full steps of each process before partitioning
     extra = methods(warmup)[label]
-    rounds = rounds_for(extra["processes"], samples, epochs)
+    rounds = rounds_given(overrides, rounds_for(extra["processes"], samples, epochs))
     if label == SYNCHRONOUS:  # its step averages P batches: the large-batch warm-up
         extra = extra | {"lr_warmup": warmup_rounds(rounds)}
     values = BASE | extra | {"dataset": dataset, "seed": seed}

@@ -98,7 +98,7 @@ from nettrain.reproduce.claims import (
     spread,
 )
 from nettrain.reproduce.round_robin import Trajectory
-from nettrain.reproduce.runner import Request, run_seeds, seed_tables
+from nettrain.reproduce.runner import Request, rounds_given, run_seeds, seed_tables
 from nettrain.reproduce.tuning import Grid, over_seeds, warmup_rounds
 from nettrain.reproduce.tuning import shown as in_words
 
@@ -193,8 +193,9 @@ def config(
     """The run of ``key`` at the grid point ``at`` (whose values ``overrides`` do not
     change)."""
     base, rounds = settings(quick)
+    rounds = rounds_given(overrides, rounds)
     base = base | {"dataset": "fashion_mnist", "seed": seed, "progress": False, "servers": 1}
-    base |= {"rounds": rounds, "eval_every": rounds // EVALS, "validation": VALIDATION}
+    base |= {"rounds": rounds, "eval_every": max(1, rounds // EVALS), "validation": VALIDATION}
     n, method, tau = key
     if method in BASELINES:  # the large-batch treatment: a warm-up of 5% of the rounds
         extra = BASELINES[method] | {"lr_warmup": warmup_rounds(rounds)}

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from rich.console import Console
 
-from nettrain.config import PROVENANCE, RunConfig, load_config
+from nettrain.config import PROVENANCE, RunConfig, coerce, load_config
 from nettrain.errors import ConfigError
 from nettrain.experiment import run
 from nettrain.recording import FAILED, config_json, finished_runs, read_records, write_json
@@ -62,6 +62,12 @@ class Request(NamedTuple):
         if count < 1:
             raise ConfigError(f"--seeds must be >= 1, got {count}")
         return list(range(self.seed, self.seed + count))
+
+
+def rounds_given(overrides: Mapping[str, Any], rounds: int) -> int:
+    """A run's rounds: the experiment's ``rounds``, or ``--set rounds=R``, which is every
+    run's (what follows from the rounds, records and warm-ups, follows it)."""
+    return coerce("rounds", overrides["rounds"]) if "rounds" in overrides else rounds
 
 
 def same_config(folder: Path, cfg: RunConfig) -> bool:

@@ -69,7 +69,7 @@ from nettrain.reproduce.claims import (
     ordered,
     spread,
 )
-from nettrain.reproduce.runner import Request, run_seeds, seed_tables
+from nettrain.reproduce.runner import Request, rounds_given, run_seeds, seed_tables
 from nettrain.reproduce.tuning import final, over_seeds, warmup_rounds
 
 Records = list[dict[str, Any]]
@@ -196,11 +196,8 @@ def plan(seed: int, quick: bool, overrides: Mapping[str, Any]) -> dict[str, RunC
         for label, extra in (methods() | extra_runs).items():
             values = BASE | model | extra | {"agents": n, "seed": seed, "train_samples": samples}
             given = load_config(values | dict(overrides))  # --set train_samples counts too
-            rounds = (
-                given.rounds
-                if "rounds" in overrides
-                else rounds_for(given.to_dict(), n, given.train_samples, epochs)
-            )
+            epoch_rounds = rounds_for(given.to_dict(), n, given.train_samples, epochs)
+            rounds = rounds_given(overrides, epoch_rounds)
             schedule = {"rounds": rounds, "eval_every": max(1, rounds // EVALS)}
             cfg = load_config(values | schedule | dict(overrides))
             configs[f"n{n} {label}"] = cfg
