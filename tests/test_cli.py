@@ -136,7 +136,7 @@ def test_a_finished_run_is_not_overwritten_without_force(tmp_path: Path, capsys)
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert f"{out} already holds a finished run" in err
+    assert f"{out}: already holds a finished run" in err
     assert "--force" in err and f"--resume {out}" in err
     assert (out / "summary.json").read_text() == first  # untouched
     assert main([*args, "seed=3", "--force"]) == 0
@@ -164,11 +164,11 @@ def test_reproduce_refuses_finished_runs_of_another_config(tmp_path: Path, capsy
     """A run folder of the experiment that holds another config's finished run."""
     folder = tmp_path / "somewhere"
     assert main(["run", *FAST, "rounds=10", "--out", str(folder)]) == 0
-    from nettrain.reproduce.runner import refuse_overwrite
+    from nettrain.recording import refuse_finished
 
-    with pytest.raises(ConfigError, match="pass --force to overwrite them"):
-        refuse_overwrite([folder], force=False)
-    refuse_overwrite([folder], force=True)
+    with pytest.raises(ConfigError, match=r"somewhere: runs of X \(summary.json\), .* it,"):
+        refuse_finished([folder], force=False, what="runs of X")
+    refuse_finished([folder], force=True)
 
 
 @pytest.mark.parametrize(

@@ -90,23 +90,6 @@ def _config(items: Sequence[str]) -> RunConfig:
     return load_config(source, parse_overrides(overrides))
 
 
-def refuse_finished(folders: Sequence[Path], force: bool, advice: str = "") -> None:
-    """A ConfigError if one of ``folders`` holds a finished run and ``force`` is off."""
-    if force:
-        return
-    from nettrain.recording import finished_runs
-
-    finished = finished_runs(folders)
-    if finished:
-        names = ", ".join(map(str, finished))
-        one = len(finished) == 1
-        holds, them = ("holds a finished run", "it") if one else ("hold finished runs", "them")
-        raise ConfigError(
-            f"{names} already {holds} (summary.json), which nettrain does not overwrite: "
-            f"pass --force to overwrite {them}{advice}, or choose another --out"
-        )
-
-
 def _default_out(kind: str) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
 
@@ -134,7 +117,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     cfg = _config(args.items)
     out = Path(args.out) if args.out else _default_out(cfg.algorithm)
     advice = f", continue it with `nettrain run --resume {out} rounds=N` (checkpoint_every>0)"
-    refuse_finished([out], args.force, advice)
+    from nettrain.recording import refuse_finished
+
+    refuse_finished([out], args.force, advice=advice)
     rank = os.environ.get("RANK")
     if cfg.engine == "distributed" and rank is None:
         force = ["--force"] if args.force else []

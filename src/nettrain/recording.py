@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from nettrain.checkpoint import Checkpoint
+from nettrain.errors import ConfigError
 from nettrain.report import board, timeline
 
 SUMMARY_FROM_RECORD = (
@@ -224,6 +225,23 @@ def finished_runs(folders: Iterable[str | Path]) -> list[Path]:
     """The ``folders`` that hold a finished run (its ``summary.json``): what the command
     line never overwrites without ``--force``."""
     return [Path(f) for f in folders if (Path(f) / "summary.json").is_file()]
+
+
+def refuse_finished(
+    folders: Iterable[str | Path], force: bool, what: str = "", advice: str = ""
+) -> None:
+    """A ConfigError naming ``--force`` if one of ``folders`` holds a finished run and
+    ``force`` is off: ``what`` those runs are (default: a finished run), ``advice``
+    another way out, for the message."""
+    finished = [] if force else finished_runs(folders)
+    if finished:
+        one = len(finished) == 1
+        what = what or ("already holds a finished run" if one else "hold finished runs")
+        raise ConfigError(
+            f"{', '.join(map(str, finished))}: {what} (summary.json), which nettrain does "
+            f"not overwrite; pass --force to overwrite {'it' if one else 'them'}{advice}, "
+            "or choose another --out"
+        )
 
 
 def summarize(records: list[dict[str, Any]], **identity: Any) -> dict[str, Any]:

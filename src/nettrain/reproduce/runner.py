@@ -32,11 +32,11 @@ from rich.console import Console
 from nettrain.config import PROVENANCE, RunConfig, coerce, load_config
 from nettrain.errors import ConfigError
 from nettrain.experiment import run
-from nettrain.recording import FAILED, config_json, finished_runs, read_records, write_json
+from nettrain.recording import FAILED, config_json, read_records, refuse_finished, write_json
 from nettrain.report.tables import aggregate, aggregate_table, write_csv
 
 Records = list[dict[str, Any]]
-ANOTHER_CONFIG = "finished runs of another config (another --quick, --seed or --set)"
+ANOTHER_CONFIG = "finished runs of another config, another --quick, --seed or --set"
 DEFAULT_SEEDS = {True: 3, False: 5}  # seeds of a reproduction: quick, full
 
 
@@ -93,21 +93,6 @@ def earlier_outcome(folder: Path, cfg: RunConfig) -> Records | str | None:
     if records is not None or not (folder / FAILED).is_file() or not same_config(folder, cfg):
         return records
     return str(json.loads((folder / FAILED).read_text())["error"])
-
-
-def refuse_overwrite(
-    folders: Sequence[Path],
-    force: bool,
-    what: str = ANOTHER_CONFIG,
-) -> None:
-    """A ConfigError naming ``--force`` if one of ``folders`` holds a finished run
-    (``what`` they are, for the message)."""
-    finished = finished_runs(folders)
-    if finished and not force:
-        raise ConfigError(
-            f"{', '.join(map(str, finished))}: {what}, which nettrain does not overwrite; "
-            "pass --force to overwrite them, or choose another --out"
-        )
 
 
 def folder_name(name: str) -> str:
@@ -171,7 +156,7 @@ def run_all(
         earlier = {name: None if isinstance(e, str) else e for name, e in earlier.items()}
     again = whole and None in earlier.values()  # a plan timed side by side runs whole
     todo = [name for name in plan if again or earlier[name] is None]
-    refuse_overwrite([folders[name] for name in todo if earlier[name] is None], force, what)
+    refuse_finished([folders[name] for name in todo if earlier[name] is None], force, what)
     results: dict[str, Records | None] = {}
 
     def finish(name: str, outcome: Callable[[], Records]) -> None:
