@@ -39,6 +39,7 @@ from nettrain.algorithms import (
     Method,
     resolve,
 )
+from nettrain.algorithms.base import ENGINES
 from nettrain.compression import COMPRESSORS, build_compressor
 from nettrain.data import DATASETS, PARTITIONS, is_npz_path
 from nettrain.engines.distributed.placement import Placement, check_grouped_events
@@ -56,7 +57,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ENGINES = ("sim", "distributed", "shared_memory")
 # what engine=shared_memory runs (the built-ins with it in their engines): the
 # partitioned method, Hogwild, synchronous data-parallel SGD
 SHARED_MEMORY_ALGORITHMS = tuple(

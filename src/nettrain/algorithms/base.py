@@ -35,7 +35,8 @@ class HasParams(Protocol):
 
 S = TypeVar("S", bound=HasParams)
 
-ENGINE_NAMES = frozenset({"sim", "distributed", "shared_memory"})  # what ``engines`` may hold
+ENGINES = ("sim", "distributed", "shared_memory")  # the engines, in the order shown
+ENGINE_NAMES = frozenset(ENGINES)  # what a method's ``engines`` may hold
 
 
 class BlockOracle(Protocol):
