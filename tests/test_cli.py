@@ -166,7 +166,7 @@ def test_reproduce_refuses_finished_runs_of_another_config(tmp_path: Path, capsy
     assert main(["run", *FAST, "rounds=10", "--out", str(folder)]) == 0
     from nettrain.recording import refuse_finished
 
-    with pytest.raises(ConfigError, match=r"somewhere: runs of X \(summary.json\), .* it,"):
+    with pytest.raises(ConfigError, match=r"somewhere: runs of X, which .* overwrite it, or"):
         refuse_finished([folder], force=False, what="runs of X")
     refuse_finished([folder], force=True)
 

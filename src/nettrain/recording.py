@@ -231,16 +231,17 @@ def refuse_finished(
     folders: Iterable[str | Path], force: bool, what: str = "", advice: str = ""
 ) -> None:
     """A ConfigError naming ``--force`` if one of ``folders`` holds a finished run and
-    ``force`` is off: ``what`` those runs are (default: a finished run), ``advice``
-    another way out, for the message."""
+    ``force`` is off: ``what`` those runs are (default: finished runs, whose
+    ``summary.json`` marks them), ``advice`` another way out, for the message."""
     finished = [] if force else finished_runs(folders)
     if finished:
         one = len(finished) == 1
-        what = what or ("already holds a finished run" if one else "hold finished runs")
+        held = "already holds a finished run" if one else "hold finished runs"
+        what = what or f"{held} (summary.json)"
         raise ConfigError(
-            f"{', '.join(map(str, finished))}: {what} (summary.json), which nettrain does "
-            f"not overwrite; pass --force to overwrite {'it' if one else 'them'}{advice}, "
-            "or choose another --out"
+            f"{', '.join(map(str, finished))}: {what}, which nettrain does not overwrite; "
+            f"pass --force to overwrite {'it' if one else 'them'}{advice}, or choose "
+            "another --out"
         )
 
 

@@ -36,7 +36,7 @@ from nettrain.recording import FAILED, config_json, read_records, refuse_finishe
 from nettrain.report.tables import aggregate, aggregate_table, write_csv
 
 Records = list[dict[str, Any]]
-ANOTHER_CONFIG = "finished runs of another config, another --quick, --seed or --set"
+ANOTHER_CONFIG = "finished runs of another config (another --quick, --seed or --set)"
 DEFAULT_SEEDS = {True: 3, False: 5}  # seeds of a reproduction: quick, full
 
 
