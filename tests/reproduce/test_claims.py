@@ -19,8 +19,10 @@ from nettrain.reproduce.claims import (
     Measured,
     all_hold,
     better,
+    claims_table,
     counted,
     ordered,
+    quotient,
     spread,
     standard_error,
     write_claims,
@@ -42,6 +44,7 @@ def test_a_difference_beyond_two_standard_errors_holds() -> None:
     closer = better(a, [0.8, 1.0, 1.2])  # difference 0.2 < 2 se
     assert not closer.holds and closer.difference == pytest.approx(0.2)
     assert "not > 2 se" in closer.describe()
+    assert got.describe() == f"difference +0.5, standard error {se:.3g} (> 2 se)"
     assert not better(b, a).holds  # the other way round
 
 
@@ -60,7 +63,7 @@ def test_equal_values_over_seeds_need_only_a_positive_difference() -> None:
 def test_one_seed_cannot_establish_a_comparison() -> None:
     got = better([0.9], [0.1])
     assert got.se is None and not got.holds
-    assert "one seed" in got.describe() and "not established" in got.describe()
+    assert got.describe() == "difference +0.8; one seed: no standard error, not established"
 
 
 def test_an_ordering_must_hold_in_every_seed() -> None:
@@ -70,6 +73,14 @@ def test_an_ordering_must_hold_in_every_seed() -> None:
     # ordered in the means (1 < 2.33 < 3) but not in the third seed
     assert not ordered([low, [2.0, 2.0, 3.0], [3.0, 3.0, 2.5]])
     assert ordered([[1.0], [2.0]])  # one seed decides
+    assert not ordered([low, [1.0, 2.0, 2.0], high])  # a tie in a seed is no order
+    with pytest.raises(ValueError):  # every series holds every seed
+        ordered([low, [2.0, 2.0]])
+
+
+def test_a_ratio_to_nothing_is_infinite() -> None:
+    assert quotient(3.0, 2.0) == 1.5
+    assert quotient(3.0, 0.0) == math.inf
 
 
 def test_measured_keeps_every_seed_with_mean_and_std() -> None:
@@ -79,14 +90,17 @@ def test_measured_keeps_every_seed_with_mean_and_std() -> None:
     assert (one.mean, one.std, one.per_seed) == (4.0, None, [4.0])
     never = Measured.of([1.0, math.inf], "a target never reached")
     assert (never.mean, never.std, never.per_seed) == (None, None, [1.0, None])
+    assert never.text == "a target never reached"
     exact = Measured.exact(0.99, "an analysis")
     assert (exact.mean, exact.std, exact.per_seed) == (0.99, None, [])
+    assert Measured.exact(math.nan, "diverged").mean is None
 
 
 def test_spread_says_mean_and_std_or_each_seed() -> None:
     assert spread([1.0, 2.0, 3.0]) == "2 ± 1"
     assert spread([0.5]) == "0.5"
     assert spread([1.0, None, math.inf]) == "[1, -, -]"
+    assert spread([1e-5, 3e-5]) == "2e-05 ± 1.414e-05"
 
 
 def claim(kind: str, holds: bool) -> Claim:
@@ -97,6 +111,35 @@ def test_only_empirical_claims_count() -> None:
     claims = [claim(EMPIRICAL, True), claim(BY_CONSTRUCTION, False)]
     assert all_hold(claims) and counted(claims) == claims[:1]
     assert not all_hold([*claims, claim(EMPIRICAL, False)])
+
+
+def test_the_claims_table_says_each_claim_its_kind_and_whether_it_holds() -> None:
+    console = Console(record=True, width=200)
+    shown = [
+        Claim("faster", EMPIRICAL, "ratio >= 2", Measured.of([3.0], "3x"), True),
+        Claim("fewer bytes", BY_CONSTRUCTION, "by design", Measured.of([4.0], "4x"), False),
+    ]
+    console.print(claims_table(shown))
+    lines = [line.split() for line in console.export_text().splitlines() if line.strip()]
+    assert lines[0] == ["claims"]
+    assert lines[1] == ["claim", "kind", "expected", "measured", "holds"]
+    assert lines[3] == ["faster", "empirical", "ratio", ">=", "2", "3x", "yes"]
+    assert lines[4] == [
+        "fewer",
+        "bytes",
+        "by",
+        "construction",
+        "(not",
+        "counted)",
+        "by",
+        "design",
+        "4x",
+        "NO",
+    ]
+    assert len(lines) == 5
+    narrow = Console(record=True, width=50)  # a long figure folds, none of it is cut
+    narrow.print(claims_table([Claim("c", EMPIRICAL, "e", Measured.of([1.0], "z" * 60), True)]))
+    assert "".join(narrow.export_text().split()).count("z") == 60
 
 
 def test_claims_json_is_a_list_of_keyed_objects(tmp_path: Path) -> None:

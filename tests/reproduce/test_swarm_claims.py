@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -204,7 +205,9 @@ def test_the_grid_point_of_lowest_mean_final_validation_loss_is_chosen() -> None
     assert chosen == {"n16 allreduce": ar[1], "n16 swarm 8-bit": sw[0]}  # mean 0.325; a tie
     assert [r["chosen"] for r in rows] == [False, True, False, False, True, False, False, False]
     assert rows[2]["criterion_mean"] == math.inf  # diverged in seed 1
-    with pytest.raises(ConfigError, match="every point"):
+    assert rows[1]["criterion_per_seed"] == "0.3 0.35" and rows[1]["run"] == ar[1]
+    assert rows[1]["method"] == "n16 allreduce"
+    with pytest.raises(ConfigError, match=re.escape(f"every point of its grid ({ar[0]}, {ar[1]}")):
         over_seeds({0: {a: None for a in ar}}, {"n16 allreduce": ar}, CRITERION)
 
 
