@@ -137,8 +137,9 @@ class RunKeys(Section):
     chunk_agents: str = key(
         "auto",
         "agents per forward/backward pass of the oracle: auto = as many as fit in memory_gb "
-        "(and, for a CNN on the CPU, in twice its last-level cache), or a number (bounds the "
-        "memory of a round; same numbers either way)",
+        "(and, for a CNN on the CPU, in twice its last-level cache, at most 160 MiB), or a "
+        "number (bounds the memory of a round; the same numbers in float64, float32 up to "
+        "rounding)",
     )
     memory_gb: float = key(
         0.0, "chunk_agents=auto: memory for one pass, GiB; 0 = a quarter of free memory", at_least=0

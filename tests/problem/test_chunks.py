@@ -76,8 +76,9 @@ def test_auto_chunks_fit_the_memory_budget() -> None:
 
 def test_auto_chunks_of_a_cnn_on_the_cpu_fit_twice_the_last_level_cache(monkeypatch) -> None:
     """With memory to spare, a chunk of a model with convolutions holds as many agents as
-    twice the cache takes (at least one); a machine that lists no cache, or a model
-    without convolutions, leaves the memory budget alone."""
+    twice the cache takes (at least one), at most ``CONVOLUTION_CHUNK_BYTES``; a machine
+    that lists no cache, or a model without convolutions, leaves the memory budget
+    alone."""
     from nettrain.problem import oracle as module
 
     cnn, mlp = "vmapped (batchnorm)", "batched (mlp with dropout)"
@@ -87,6 +88,9 @@ def test_auto_chunks_of_a_cnn_on_the_cpu_fit_twice_the_last_level_cache(monkeypa
         monkeypatch.setattr(module, "last_level_cache", lambda c=cache: int(c))
         assert oracle(cnn, Execution(memory_gb=1.0)).chunk == agents
         assert oracle(mlp, Execution(memory_gb=1.0)).chunk == mlp_budget  # no convolution
+    monkeypatch.setattr(module, "CONVOLUTION_CHUNK_BYTES", int(3.5 * per_agent))
+    monkeypatch.setattr(module, "last_level_cache", lambda: 100 * per_agent)  # a big cache
+    assert oracle(cnn, Execution(memory_gb=1.0)).chunk == 3  # at most the fixed bytes
     monkeypatch.setattr(module, "last_level_cache", lambda: 0)
     assert oracle(cnn, Execution(memory_gb=3 * per_agent / 2**30)).chunk == 3
 

@@ -6,7 +6,8 @@ Agents are taken a chunk at a time; with ``chunk_agents=auto`` a chunk holds as 
 agents as fit in the budget (:func:`free_memory`), each costing
 :meth:`Oracle.pass_bytes <nettrain.problem.oracle.Oracle.pass_bytes>`, measured on one
 real pass of one agent; for a model with convolutions on the CPU, at most as many as
-fit in twice its last-level cache (:func:`last_level_cache`).
+fit in twice its last-level cache (:func:`last_level_cache`) and in
+:data:`CONVOLUTION_CHUNK_BYTES`.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ class Execution:
     available memory on the CPU), or a number of agents per pass. Chunks give the same
     numbers as one pass (each agent's arithmetic is its own); they bound the activation
     memory of a round by one chunk's. For a model with convolutions on the CPU ``auto``
-    also keeps a chunk within twice the last-level cache: a convolution's activations
-    are many times its parameters, and the small CNN's round of 64 agents ran 1.4x as
-    fast in chunks of 4 to 8 agents (40 to 80 MB by ``pass_bytes``, on a 32 MB cache) as
-    in one pass. MLPs ran alike in chunks or not, so they keep the memory budget alone
-    (``benchmarks/sim_throughput.py``).
+    also keeps a chunk within twice the last-level cache and within
+    :data:`CONVOLUTION_CHUNK_BYTES`: a convolution's activations are many times its
+    parameters, and the small CNN's round of 64 agents ran 1.4x as fast in chunks of 4
+    to 8 agents (40 to 80 MB by ``pass_bytes``) as in one pass on a CPU with a 32 MB
+    cache, and 1.3x as fast in chunks of 13 to 17 (130 to 170 MB) on one that lists a
+    300 MB cache shared with the server's other cores. MLPs ran alike in chunks or
+    not, so they keep the memory budget alone (``benchmarks/sim_throughput.py``).
 
     ``compile``: the gradient kernel of a stack of agents runs compiled by
     ``torch.compile`` (:mod:`~nettrain.problem.compiled`): the batched model's losses and
@@ -71,6 +74,11 @@ class Execution:
         if not isinstance(self.compile, bool):
             raise ConfigError(f"compile must be true or false, got {self.compile!r}")
 
+
+# The most activations (by Oracle.pass_bytes) a chunk of a model with convolutions
+# holds on the CPU, whatever cache the CPU lists: the small CNN ran fastest at 80 to 170
+# MB a chunk on a CPU listing 300 MB (batches of 16, 32 and 64), slower above.
+CONVOLUTION_CHUNK_BYTES = 160 * 2**20
 
 UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}  # of the sizes Linux lists for caches
 

@@ -42,7 +42,12 @@ from nettrain.problem.batched import BatchedModel, batched_loss
 from nettrain.problem.buckets import BucketFeed, GradientSink
 from nettrain.problem.buffers import BUFFER_POLICIES, Buffers, BufferSpec, rows
 from nettrain.problem.compiled import Compiled
-from nettrain.problem.execution import Execution, free_memory, last_level_cache
+from nettrain.problem.execution import (
+    CONVOLUTION_CHUNK_BYTES,
+    Execution,
+    free_memory,
+    last_level_cache,
+)
 from nettrain.problem.flat import FlatSpec
 from nettrain.problem.linearization import Linearization
 from nettrain.problem.losses import Regularizer
@@ -555,13 +560,16 @@ class Oracle:
     def chunk(self) -> int:
         """Agents per pass: :attr:`Execution.chunk_agents`, or with ``auto`` as many as
         fit in the memory budget (:meth:`pass_bytes` per agent) and, for a model with
-        convolutions on the CPU, in twice the last-level cache; at least one."""
+        convolutions on the CPU, in twice the last-level cache and in
+        :data:`~nettrain.problem.execution.CONVOLUTION_CHUNK_BYTES`; at least one."""
         execution = self.problem.execution
         if execution.chunk_agents != "auto":
             return int(execution.chunk_agents)
         budget = execution.memory_gb * 2**30 or free_memory(self.x.device) / 4
         convolves = any(isinstance(m, CONVOLUTIONS) for m in self._modules)
         cache = 2 * last_level_cache() if convolves and self.x.device.type == "cpu" else 0
+        if cache:
+            cache = min(cache, CONVOLUTION_CHUNK_BYTES)
         return max(1, int(min(budget, cache or budget) // self.pass_bytes()))
 
     def pass_bytes(self) -> int:
