@@ -14,7 +14,7 @@ from helpers import free_port
 from nettrain.calibration import fit_link
 from nettrain.cli import byte_count, main
 from nettrain.config import load_config
-from nettrain.engines.sim.profile import Profile, load_profile
+from nettrain.engines.sim.profile import Profile, convert, load_profile, toml_value
 from nettrain.errors import ConfigError
 from nettrain.experiment import build_cost_model, build_problem
 
@@ -101,6 +101,66 @@ def test_latencies_derived_from_a_profile_are_never_negative(dim: int) -> None:
     fast = profile_for(dim, rpc_exchange_s=1e-9, allreduce_s=1e-9)
     assert fast.rpc_latency_s(4) == 0.0 and fast.collective_latency_s(4) == 0.0
     assert profile_for(dim, processes=1).collective_latency_s(4) is None
+
+
+def test_a_collective_message_is_its_share_of_a_ring_all_reduce(dim: int) -> None:
+    """A ring all-reduce over P processes sends 2 (P - 1) messages of d / P elements."""
+    p4 = profile_for(dim, processes=4, allreduce_s=6e-3, bandwidth_bytes_per_s=1e9)
+    assert p4.collective_latency_s(4) == pytest.approx(6e-3 / 6 - dim * 4 / 4 / 1e9)
+    assert profile_for(dim).fitted_s() == pytest.approx(
+        [4.5e-5 + b / 1.75e9 for b in (1024, 2048, 4096)]
+    )
+
+
+@pytest.mark.parametrize("name", ["latency_s", "round_overhead_s", "event_overhead_s"])
+def test_overheads_and_the_latency_may_be_zero_not_negative_or_infinite(
+    dim: int, name: str
+) -> None:
+    assert getattr(profile_for(dim, **{name: 0.0}), name) == 0.0
+    for bad in (-1e-6, math.inf):
+        with pytest.raises(ValueError) as err:
+            profile_for(dim, **{name: bad})
+        assert str(err.value) == f"{name} must be a finite number >= 0, got {bad}"
+    with pytest.raises(ValueError) as err:
+        profile_for(dim, message_bytes=(1, 2))
+    assert str(err.value) == "2 message sizes for 3 times"
+
+
+def test_toml_literals_and_their_reading_back(tmp_path: Path, dim: int) -> None:
+    literals = [toml_value(v) for v in (True, False, 3, 0.5, "a")]
+    assert literals == ["true", "false", "3", "0.5", '"a"']
+    with pytest.raises(TypeError, match=r"^no TOML literal for object$"):
+        toml_value(object())
+    assert convert("n", "tuple[int, ...]", [1, 2]) == (1, 2)
+    assert convert("x", "tuple[float, ...]", [1, 2]) == (1.0, 2.0)
+    assert isinstance(convert("x", "tuple[float, ...]", [1])[0], float)
+    for kind, value in (("int", 1.5), ("float", "1"), ("tuple[int, ...]", 3), ("int", True)):
+        with pytest.raises(ValueError) as err:
+            convert("x", kind, value)
+        assert str(err.value) == f"x = {value!r} is not a {kind}"
+    with pytest.raises(ValueError, match=r"^n = 1.5 is not a int$"):
+        convert("n", "tuple[int, ...]", [1, 1.5])
+    deep = profile_for(dim).write(tmp_path / "a" / "b" / "profile.toml")  # folders made
+    assert deep.read_text().startswith(
+        "# The virtual clock's constants measured by `nettrain calibrate`;\n"
+        "# a run uses them with cost_model=PATH.\n"
+    )
+    text = deep.read_text().replace("repeats = 7\n", "")
+    deep.write_text(text)
+    with pytest.raises(ConfigError, match=r"is not a calibration profile \(no repeats in \["):
+        load_profile(deep)
+
+
+def test_a_profile_of_another_problem_names_the_differences(dim: int) -> None:
+    other = profile_for(dim + 1, model="cnn", batch=8)
+    with pytest.raises(ConfigError) as err:
+        other.check("mlp", 4, dim)
+    assert str(err.value) == (
+        f"cost_model=the profile was calibrated for another problem: model cnn (the run's: "
+        f"mlp), batch 8 (the run's: 4), {dim + 1} parameters (the run's model has {dim}); "
+        "re-run `nettrain calibrate` with the run's keys (e.g. nettrain calibrate model=mlp "
+        "batch_size=4 dataset=... hidden=... --out profile.toml)"
+    )
 
 
 def test_without_a_profile_the_keys_set_the_clock(dim: int) -> None:

@@ -18,6 +18,7 @@ from nettrain.engines.sim.events import SimEvents
 from nettrain.errors import ConfigError, FaultError
 from nettrain.experiment import build_job, run
 from nettrain.faults import Crash, Faults, parse_crashes, parse_split
+from nettrain.heterogeneity import Availability
 from nettrain.patterns import Losses
 from nettrain.topology import build_topology
 from nettrain.wrappers import Lossy
@@ -42,6 +43,7 @@ def test_the_spec_says_who_is_down_and_who_is_cut_off() -> None:
     [
         ("3", "not AGENT@ROUND"),
         ("9@5", "only agents 0..7"),
+        ("8@5", r"crash='8@5': there are only agents 0..7"),
         ("2@5:5", "must rejoin after"),
         ("2@5,2@9", "names an agent twice"),
         (",".join(f"{a}@1" for a in range(8)), "leave at least one"),
@@ -50,6 +52,70 @@ def test_the_spec_says_who_is_down_and_who_is_cut_off() -> None:
 def test_bad_crash_specs_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_crashes(text, 8)
+
+
+def test_a_malformed_crash_shows_the_forms() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_crashes("3", 8)
+    assert str(err.value) == (
+        "crash='3' is not AGENT@ROUND or AGENT@ROUND:REJOIN (e.g. crash=3@100 or crash=3@100:200)"
+    )
+
+
+@pytest.mark.parametrize("text", ["100", "a:b", "200:100", "100:100"])
+def test_a_split_runs_from_a_round_to_a_later_one(text: str) -> None:
+    expected = f"split='{text}' is not FROM:TO rounds with FROM < TO (e.g. split=100:200)"
+    with pytest.raises(ConfigError) as err:
+        parse_split(text)
+    assert str(err.value) == expected
+
+
+def test_a_split_holds_from_its_first_round_to_before_its_last_cutting_the_halves() -> None:
+    """``split=A:B`` cuts rounds ``A <= t < B``; side 0 is agents ``[0, n // 2)`` and the
+    servers, side 1 the others (odd ``n``: the larger half is side 1)."""
+    faults = Faults(7, split=parse_split("30:40"))
+    assert [faults.split_in(t) for t in (29, 30, 39, 40)] == [False, True, True, False]
+    assert [faults.side(a) for a in (-1, 0, 2, 3, 6)] == [0, 0, 0, 1, 1]
+    with pytest.raises(FaultError) as err:
+        faults.check_synchronous(30, "dpsgd")
+    assert str(err.value) == (
+        "the network is split in round 31: agents 0..2 and 3..6 cannot reach each other, "
+        "and algorithm=dpsgd is synchronous. Use an asynchronous method, or drop split="
+    )
+    crashed = Faults(8, crashes=parse_crashes("5@3,2@1", 8))
+    with pytest.raises(FaultError) as err:
+        crashed.check_synchronous(4, "allreduce")
+    assert str(err.value) == (
+        "agent(s) 2, 5 crashed before round 5: algorithm=allreduce is synchronous and needs "
+        "every agent every round. Use an asynchronous method (swarm, adpsgd, easgd_async, "
+        "eamsgd) to carry on without it, or drop crash="
+    )
+
+
+def test_a_synchronous_round_outside_a_window_names_the_agents_and_the_round() -> None:
+    faults = Faults(3, availability=Availability((((5.0, 10.0),), None, ((0.0, 1.0),))))
+    with pytest.raises(FaultError) as err:
+        faults.check_available(-1, 0.0, 0.5)
+    assert str(err.value) == (
+        "agent(s) 0 away at the start (virtual time 0 to 0.5 s is outside their availability "
+        "windows in trace=): a synchronous method needs every agent every round. Use an "
+        "asynchronous method (swarm, adpsgd, easgd_async, eamsgd) to carry on without them, "
+        "or widen their windows in the trace"
+    )
+    with pytest.raises(FaultError, match=r"^agent\(s\) 0, 2 away in round 1 \(virtual time 0.5 "):
+        faults.check_available(0, 0.5, 1.5)
+
+
+def test_resent_messages_are_a_seeded_binomial_draw_per_round() -> None:
+    messages = torch.full((4,), 1000, dtype=torch.int64)
+    assert Faults(4).resent(messages, 3).tolist() == [0, 0, 0, 0]
+    assert Faults(4).resent(messages, 3).dtype == torch.int64
+    faults = Faults(4, seed=5, drop=0.1)
+    drawn = faults.resent(messages, 3)
+    assert drawn.dtype == torch.int64 and torch.equal(drawn, faults.resent(messages, 3))
+    assert int(drawn.min()) >= 60 and int(drawn.max()) <= 140  # about 100 of 1000 each
+    assert not torch.equal(drawn, faults.resent(messages, 4))  # each round its own draw
+    assert not torch.equal(drawn, Faults(4, seed=6, drop=0.1).resent(messages, 3))
 
 
 def test_a_synchronous_method_stops_at_the_crash_naming_the_agent() -> None:

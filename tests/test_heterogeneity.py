@@ -26,6 +26,7 @@ from nettrain.errors import ConfigError, FaultError
 from nettrain.experiment import build_job, resume, run
 from nettrain.heterogeneity import (
     Availability,
+    agent_factors,
     draw_factors,
     load_trace,
     parse_distribution,
@@ -182,6 +183,12 @@ def test_the_trace_parses_windows_speeds_and_bandwidths(tmp_path: Path) -> None:
         ("1,2,,0,2\n1,3,,4,5\n", "agent 1 has speed 3.0 here and 2.0 on line 2"),
         ("1,2,,\n", "4 fields, expected 5"),
         ("1,nan,,,\n", "speed is nan"),
+        ("1,inf,,,\n", "speed must be > 0, got inf"),
+        ("1,,,4,4\n", r"window \[4.0, 4.0\) is empty or negative"),
+        ("1,2,,0,2\n2,,,,\n1,3,,4,5\n", "agent 1 has speed 3.0 here and 2.0 on line 2;"),
+        ("1,,fast,,\n", r"line 2: bandwidth_gbps='fast' is not a number"),
+        ("1,,,soon,\n", r"line 2: available_from='soon' is not a number"),
+        ("1,,,,later\n", r"line 2: available_to='later' is not a number"),
     ],
 )
 def test_bad_traces_say_what_is_wrong(tmp_path: Path, rows: str, message: str) -> None:
@@ -278,6 +285,116 @@ def test_a_synchronous_round_that_needs_an_away_agent_stops_the_run(tmp_path: Pa
     late = write_trace(tmp_path, "4,,,0.5,\n")
     with pytest.raises(FaultError, match=r"agent\(s\) 4 away (at the start|in round 1) "):
         run(load_config(values | {"trace": late}))
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            "1,2\n",
+            "2 fields, expected 5 (agent,speed,bandwidth_gbps,available_from,available_to; "
+            "leave a cell empty for its default)",
+        ),
+        ("1,fast,,,\n", "speed='fast' is not a number"),
+        ("1,,,soon,\n", "available_from='soon' is not a number"),
+        ("1,,,,later\n", "available_to='later' is not a number"),
+        (
+            "1,2,,0,2\n1,3,,4,5\n",
+            "agent 1 has speed 3.0 here and 2.0 on line 2; an agent has "
+            "one speed: give its rows the same value (or leave the cell empty)",
+        ),
+        (
+            "1,,,5,2\n",
+            "the window [5.0, 2.0) is empty or negative; available_from must be >= 0 "
+            "and below available_to (virtual seconds)",
+        ),
+    ],
+    ids=["fields", "speed", "from", "to", "two-speeds", "empty-window"],
+)
+def test_a_bad_trace_line_is_named_whole(tmp_path: Path, rows: str, message: str) -> None:
+    path = write_trace(tmp_path, rows)
+    with pytest.raises(ConfigError) as err:
+        load_trace(path, 8)
+    line = 3 if "line 2" in message else 2
+    assert str(err.value) == f"trace {path}, line {line}: {message}"
+
+
+def test_overlapping_windows_and_a_missing_file_are_named_whole(tmp_path: Path) -> None:
+    path = write_trace(tmp_path, "1,,,0,2\n1,,,1,3\n")
+    with pytest.raises(ConfigError) as err:
+        load_trace(path, 8)
+    assert str(err.value) == (
+        f"trace {path}: agent 1's windows overlap: [0.0, 2.0) on line 2 and [1.0, 3.0) on "
+        "line 3; merge them into one row or make them disjoint"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_trace(tmp_path / "none.csv", 8)
+    assert str(err.value) == (
+        f"trace={tmp_path / 'none.csv'}: no such file; give the path of a CSV file with the "
+        "header agent,speed,bandwidth_gbps,available_from,available_to"
+    )
+
+
+def test_a_wrong_header_shows_what_was_found(tmp_path: Path) -> None:
+    bad = write_trace(tmp_path, "1,1,1,0,1\n", header="agent,speed\n")
+    with pytest.raises(ConfigError, match=r"found agent,speed$"):
+        load_trace(bad, 8)
+    with pytest.raises(ConfigError, match=r"found nothing$"):
+        load_trace(write_trace(tmp_path, "", header="# only a comment\n"), 8)
+
+
+def test_agent_factors_multiply_the_drawn_ones_by_the_traces(tmp_path: Path) -> None:
+    """Speed: drawn 2 times the trace's 3 for agent 1; bandwidth: drawn 0.5 times the
+    trace's 4 Gbit/s over the cost model's 1 Gbit/s for agent 0; float64 throughout."""
+    trace = write_trace(tmp_path, "1,3,,,\n0,,4,,\n")
+    gbit = 1e9 / 8
+    speeds, links = agent_factors("uniform:2:2", "uniform:0.5:0.5", trace, 3, 0, gbit)
+    assert speeds is not None and links is not None
+    assert speeds.tolist() == [2.0, 6.0, 2.0] and speeds.dtype == torch.float64
+    assert links.tolist() == [2.0, 0.5, 0.5] and links.dtype == torch.float64
+    speeds, links = agent_factors("constant", "constant", trace, 3, 0, gbit)
+    assert speeds is not None and speeds.tolist() == [1.0, 3.0, 1.0]
+    assert speeds.dtype == torch.float64
+    assert links is not None and links.tolist() == [4.0, 1.0, 1.0] and links.dtype == torch.float64
+    windows = write_trace(tmp_path, "1,,,0,5\n")  # no speed, no bandwidth: no factors
+    assert agent_factors("constant", "constant", windows, 3, 0, gbit) == (None, None)
+    speeds, links = agent_factors("constant", "uniform:0.5:0.5", windows, 3, 0, gbit)
+    assert speeds is None and links is not None and links.tolist() == [0.5, 0.5, 0.5]
+    speeds, _ = agent_factors("uniform:1:2", "constant", "", 3, 0, gbit)
+    assert speeds is not None and speeds.shape == (3,)  # one factor an agent
+    with pytest.raises(ConfigError, match=r"^speed='fast' is not a distribution"):
+        agent_factors("fast", "constant", "", 3, 0, gbit)
+    with pytest.raises(ConfigError, match=r"^bandwidth='fast' is not a distribution"):
+        draw_factors("bandwidth", "fast", 3, 0)
+    with pytest.raises(ConfigError, match=r"^bandwidth='fast' is not a distribution"):
+        agent_factors("constant", "fast", "", 3, 0, gbit)
+
+
+def test_a_distribution_error_lists_every_form() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_distribution("speed", "normal:1")
+    assert str(err.value) == (
+        "speed='normal:1' is not a distribution of per-agent factors; use one of constant, "
+        "lognormal:SIGMA, uniform:LO:HI (e.g. speed=lognormal:0.5 or speed=uniform:0.5:2)"
+    )
+    assert draw_factors("speed", "uniform:1.5:1.5", 2, 0).tolist() == [1.5, 1.5]  # LO = HI
+    for text in ("constant", "lognormal:0.5", "uniform:1:2"):
+        assert draw_factors("bandwidth", text, 3, 0).dtype == torch.float64
+
+
+def test_away_lists_the_gaps_between_windows() -> None:
+    av = Availability((((2.0, 4.0), (6.0, 8.0)),))
+    assert av.away(0, 0.0, 10.0) == [(0.0, 2.0), (4.0, 6.0), (8.0, 10.0)]
+    assert av.away(0, 2.0, 8.0) == [(4.0, 6.0)]
+    assert av.away(0, 4.0, 6.0) == [(4.0, 6.0)]
+    assert av.away(0, 2.5, 3.5) == []
+
+
+def test_a_phase_that_ends_as_its_window_closes_waits_for_the_next() -> None:
+    """An event must fall inside a window ``[a, b)``: at ``b`` the agent is away."""
+    av = Availability((((0.0, 10.0), (20.0, 30.0)),))
+    assert av.phase_end(0, 4.0, 6.0) == 26.0
+    assert av.phase_end(0, 3.0, 6.0) == 9.0
 
 
 def test_availability_unit_rules() -> None:

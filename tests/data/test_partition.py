@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -200,7 +202,9 @@ def test_bad_settings_raise_config_error_naming_the_key(
 def test_unknown_scheme_lists_the_schemes(labels: torch.Tensor):
     with pytest.raises(ConfigError) as info:
         partition(labels, 4, "pathological")
-    assert all(name in str(info.value) for name in PARTITIONS)
+    assert str(info.value) == (
+        "unknown partition 'pathological': choose one of iid, shards, dirichlet, groups"
+    )
 
 
 # ---------------------------------------------------------------------- groups scheme
@@ -255,3 +259,110 @@ def test_fewer_groups_than_agents_raises_with_both_counts(labels: torch.Tensor):
 def test_groups_of_the_wrong_length_raise(labels: torch.Tensor):
     with pytest.raises(DataError, match=f"groups has 10 ids but there are {len(labels)}"):
         partition(labels, 4, "groups", groups=torch.arange(10))
+
+
+# ------------------------------------------------------------- inputs and their errors
+
+
+def test_labels_must_be_a_tensor_with_a_sample_axis():
+    with pytest.raises(DataError) as err:
+        partition(torch.tensor(3), 1)
+    assert str(err.value) == "labels must be a tensor of N training labels or targets, got ()"
+    with pytest.raises(DataError, match=r"targets, got <class 'list'>$"):
+        partition([0, 1, 1], 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "bad", [torch.zeros(6, 1, dtype=torch.int64), torch.zeros(6), np.zeros((2, 3), np.int64)]
+)
+def test_groups_must_be_one_integer_id_per_sample(bad):
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    with pytest.raises(DataError) as err:
+        partition(labels, 2, "groups", groups=bad)
+    assert str(err.value).startswith(
+        f"groups must be one integer id per training sample, got shape {tuple(bad.shape)} "
+    )
+    assert str(err.value).endswith("nettrain.data.from_tensors(..., groups=...) numbers string ids")
+    with pytest.raises(DataError) as err:
+        partition(labels, 2, "groups", groups=torch.tensor([0, 1]))
+    assert str(err.value) == (
+        "groups has 2 ids but there are 6 training samples; give one group id per training sample"
+    )
+    with pytest.raises(DataError) as err:
+        partition(labels, 2, "groups")
+    assert str(err.value) == (
+        "partition=groups needs per-sample group ids: from_tensors(..., groups=...) or an npz "
+        "with groups_train; or choose partition=iid, shards or dirichlet"
+    )
+
+
+def test_groups_as_a_list_and_as_many_groups_as_agents():
+    labels = torch.zeros(6, dtype=torch.int64)
+    parts = partition(labels, 3, "groups", groups=[2, 2, 0, 1, 1, 0])  # type: ignore[arg-type]
+    assert sorted(p.tolist() for p in parts) == [[0, 1], [2, 5], [3, 4]]
+
+
+@pytest.mark.parametrize("scheme", ["shards", "dirichlet"])
+def test_class_label_errors_name_the_scheme_and_the_labels(scheme: str):
+    with pytest.raises(DataError) as err:
+        partition(torch.linspace(0.0, 1.0, 20), 2, scheme)
+    assert str(err.value) == (
+        f"partition {scheme!r} splits by class label but the labels are float32 "
+        "(regression targets?); use the 'iid' partition instead"
+    )
+    with pytest.raises(DataError) as err:
+        partition(torch.tensor([0, -1, 1, 1]), 2, scheme)
+    assert str(err.value) == f"class labels must be >= 0 for partition {scheme!r}, found -1"
+    with pytest.raises(DataError) as err:
+        partition(torch.tensor([0, 2, 1, 1]), 2, scheme, n_classes=2)
+    assert str(err.value) == "n_classes=2 but the labels go up to 2"
+
+
+@pytest.mark.parametrize("scheme", ["shards", "dirichlet"])
+def test_n_classes_equal_to_the_labels_own_count_changes_nothing(labels: torch.Tensor, scheme: str):
+    implicit = partition(labels, 5, scheme, seed=2)
+    explicit = partition(labels, 5, scheme, seed=2, n_classes=10)
+    assert all(torch.equal(a, b) for a, b in zip(implicit, explicit, strict=True))
+
+
+def test_dirichlet_alpha_must_be_a_positive_number_not_a_bool(labels: torch.Tensor):
+    with pytest.raises(ConfigError, match=r"dirichlet_alpha must be a positive number, got True"):
+        partition(labels, 4, "dirichlet", alpha=True)
+
+
+def test_dirichlet_keeps_a_draw_where_every_agent_has_one_sample():
+    """Four samples, four agents, near-uniform proportions: some draw gives each agent
+    exactly one sample, and that draw is kept."""
+    parts = partition(torch.zeros(4, dtype=torch.int64), 4, "dirichlet", alpha=1000.0)
+    assert sorted(len(p) for p in parts) == [1, 1, 1, 1]
+
+
+def test_label_histogram_of_float_labels_and_of_no_parts():
+    labels = torch.tensor([0.0, 1.0, 1.0, 2.0])
+    hist = label_histogram(labels, [torch.tensor([0, 1]), torch.tensor([2, 3])], 3)
+    assert hist.tolist() == [[1, 1, 0], [0, 1, 1]] and hist.dtype == torch.int64
+    empty = label_histogram(labels, [], 3)
+    assert empty.shape == (0, 3) and empty.dtype == torch.int64
+
+
+def test_the_defaults_are_seed_0_and_alpha_one_half(labels: torch.Tensor):
+    given = partition(labels, 4, "dirichlet", seed=0, alpha=0.5)
+    default = partition(labels, 4, "dirichlet")
+    assert all(torch.equal(a, b) for a, b in zip(default, given, strict=True))
+
+
+def test_a_dirichlet_failure_names_the_empty_agent(monkeypatch):
+    """The error names an agent the last draw left empty (here agent 2 of 3)."""
+    module = importlib.import_module("nettrain.data.partition")  # the module, not the function
+
+    def draw(members, n_agents, alpha, rng):
+        return [np.arange(3), np.arange(3, 6), np.empty(0, np.int64)]
+
+    monkeypatch.setattr(module, "_dirichlet_draw", draw)
+    with pytest.raises(DataError) as err:
+        partition(torch.tensor([0, 1, 0, 1, 0, 1]), 3, "dirichlet", alpha=0.5)
+    assert str(err.value) == (
+        "dirichlet partition with dirichlet_alpha=0.5 left agent 2 without samples in 100 "
+        "draws (3 agents, 6 samples); use a larger dirichlet_alpha, fewer agents, or the "
+        "'iid' partition"
+    )

@@ -1,0 +1,58 @@
+"""The virtual clock's cost model, term by term, against hand-computed seconds.
+
+``T_round = max_i ( s_i c samples_i + o [samples_i > 0] + latency messages_i +
+bytes_i / bandwidth_i )``, with the messages sent within collectives at the collective
+latency (nettrain/engines/sim/clock.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nettrain.engines.sim.clock import CostModel, VirtualClock
+
+
+def model(**changes: object) -> CostModel:
+    values: dict[str, object] = {
+        "seconds_per_sample": 0.5,
+        "latency_s": 2.0,
+        "bandwidth_bytes_per_s": 100.0,
+        "slowdown": torch.tensor([1.0, 1.0, 4.0], dtype=torch.float64),
+    }
+    return CostModel(**(values | changes))  # type: ignore[arg-type]
+
+
+def counts(*values: int) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def test_a_step_overhead_is_paid_by_every_agent_that_computed_even_one_sample() -> None:
+    seconds = model(step_overhead_s=0.25).compute_seconds(counts(0, 1, 2))
+    assert seconds.tolist() == [0.0, 0.5 + 0.25, 4 * 0.5 * 2 + 0.25]
+
+
+def test_collective_messages_take_the_collective_latency_in_a_round() -> None:
+    cost = model(collective_latency_s=0.5)
+    messages, nbytes, collective = counts(4, 4, 0), counts(100, 0, 0), counts(3, 0, 0)
+    busy = cost.agent_seconds(counts(0, 0, 0), messages, nbytes, collective)
+    # agent 0: one plain message at 2 s, three in a collective at 0.5 s, 100 bytes at 100 B/s
+    assert busy.tolist() == [2.0 + 3 * 0.5 + 1.0, 4 * 2.0, 0.0]
+    clock = VirtualClock(cost)
+    assert clock.sync_round(counts(0, 0, 0), counts(4, 0, 0), counts(0, 0, 0), None, collective)
+    assert clock.now == 2.0 + 3 * 0.5  # not 4 * 2.0: the collective's latency counted
+
+
+@pytest.mark.parametrize(("factor", "expected"), [(0.25, 25.0), (1.0, 100.0), (1.5, 100.0)])
+def test_a_server_link_runs_at_the_slower_ends_bandwidth(factor: float, expected: float) -> None:
+    cost = model(bandwidth_factor=torch.tensor([factor, 1.0, 1.0], dtype=torch.float64))
+    assert cost.link_bytes_per_s(0) == expected
+
+
+@pytest.mark.parametrize(("n", "fraction"), [(8, 0.5), (10, 0.3), (5, 1.0), (7, 0.0)])
+def test_stragglers_are_round_fraction_n_distinct_agents(n: int, fraction: float) -> None:
+    for seed in range(20):
+        s = CostModel.straggler_slowdown(n, fraction, 4.0, seed)
+        assert s.dtype == torch.float64
+        assert int((s == 4.0).sum()) == round(fraction * n)  # without replacement: distinct
+        assert int((s == 1.0).sum()) == n - round(fraction * n)
