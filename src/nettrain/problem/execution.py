@@ -29,15 +29,16 @@ class Execution:
     ``chunk_agents``: ``"auto"`` sizes the chunks from ``memory_gb`` (0 = a quarter of
     the memory free when the oracle is built: the device's on CUDA, the machine's
     available memory on the CPU), or a number of agents per pass. Chunks give the same
-    numbers as one pass (each agent's arithmetic is its own); they bound the activation
-    memory of a round by one chunk's. For a model with convolutions on the CPU ``auto``
-    also keeps a chunk within twice the last-level cache and within
-    :data:`CONVOLUTION_CHUNK_BYTES`: a convolution's activations are many times its
-    parameters, and the small CNN's round of 64 agents ran 1.4x as fast in chunks of 4
-    to 8 agents (40 to 80 MB by ``pass_bytes``) as in one pass on a CPU with a 32 MB
-    cache, and 1.3x as fast in chunks of 13 to 17 (130 to 170 MB) on one that lists a
-    300 MB cache shared with the server's other cores. MLPs ran alike in chunks or
-    not, so they keep the memory budget alone (``benchmarks/sim_throughput.py``).
+    numbers as one pass in float64 (each agent's arithmetic is its own; in float32 a
+    convolution's CPU kernel, picked by the channels of the pass, can change the last
+    bits); they bound the activation memory of a round by one chunk's. For a model with
+    convolutions on the CPU ``auto`` also keeps a chunk within twice the last-level
+    cache and within :data:`CONVOLUTION_CHUNK_BYTES`: a convolution's activations are
+    many times its parameters, and the small CNN's round of 64 agents ran 1.4x as fast
+    in chunks of 4 to 8 agents (40 to 80 MB by ``pass_bytes``) as in one pass on a CPU
+    with a 32 MB cache, and 1.3x as fast in chunks of 13 to 17 (130 to 170 MB) on one
+    that lists a 300 MB cache shared with the server's other cores. MLPs ran alike in
+    chunks or not, so they keep the memory budget alone (``benchmarks/sim_throughput.py``).
 
     ``compile``: the gradient kernel of a stack of agents runs compiled by
     ``torch.compile`` (:mod:`~nettrain.problem.compiled`): the batched model's losses and
