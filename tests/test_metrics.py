@@ -8,6 +8,7 @@ wrong formula (a sum for a mean, a norm for a squared norm, the wrong agents) fa
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -260,6 +261,26 @@ def test_models_with_buffers_are_evaluated_with_the_agents_buffers(
     # one evaluated agent (the first): its loss alone
     first = model_metrics(problem, x, eval_agents=1, buffers=buffers)
     assert first["agent_test_loss_mean"] == pytest.approx(agent_losses[0], rel=1e-14)
+
+
+def test_the_validation_figures_use_the_mean_models_buffers() -> None:
+    """The problem above with a validation point ``a = 2, y = 0``: the mean model ``w = 2``
+    with the agents' mean ``mu = 1/2`` has ``(2 * 2 - 1/2)^2 / 2 = 49/8`` (with the
+    template's ``mu = 0``: 8; on the test point: 9/8)."""
+    plain = normalised_regression("local")
+    val = {"x_val": torch.full((1, 1), 2.0, dtype=F64), "y_val": torch.zeros(1, dtype=F64)}
+    data = dataclasses.replace(plain.data, **val)
+    problem = Problem(plain.model, plain.loss, Regularizer(), data, buffer_policy="local")
+    x = torch.tensor([[1.0], [3.0]], dtype=F64)
+    buffers = {
+        "1.running_mean": torch.tensor([[0.0], [1.0]], dtype=F64),
+        "1.running_var": torch.ones(2, 1, dtype=F64),
+        "1.num_batches_tracked": torch.zeros(2, dtype=torch.long),
+    }
+    out = model_metrics(problem, x, buffers=buffers)
+    assert out["val_loss"] == pytest.approx(49 / 8, rel=1e-14)
+    assert out["test_loss"] == pytest.approx(9 / 8, rel=1e-14)
+    assert "val_accuracy" not in out
 
 
 def test_staleness_fields_of_a_hand_made_counter() -> None:

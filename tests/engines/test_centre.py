@@ -105,3 +105,32 @@ def test_a_worker_list_and_rows_of_different_lengths_are_refused(round) -> None:
     centre = shard(EASGD(lr=0.1, alpha=0.5), f64(0), 2)
     with pytest.raises(ValueError, match="zip"):
         centre.exchange_rows([0, 1], round, f64(1)[None])
+
+
+def test_an_exchange_sent_again_is_applied_once() -> None:
+    """A worker that resends its exchange number ``seq`` (its reply was lost) gets None
+    and leaves the centre as it was; a later number, or another worker's, is applied."""
+    centre = shard(EASGDAsync(lr=0.1, alpha=0.5), f64(0), 2)
+    [(reply, stale)] = centre.exchange_rows([0], None, f64(8)[None], seq=0)
+    assert (reply.tolist(), stale) == ([0], 0) and torch.equal(centre.centre(), f64(4))
+    assert centre.exchange_rows([0], None, f64(8)[None], seq=0) == [None]
+    assert torch.equal(centre.centre(), f64(4)) and centre.counts() == {0: 1}
+    [(reply, stale)] = centre.exchange_rows([1], None, f64(0)[None], seq=0)
+    assert (reply.tolist(), stale) == ([4], 1) and torch.equal(centre.centre(), f64(2))
+    [(reply, _)] = centre.exchange_rows([0], None, f64(6)[None], seq=1)
+    assert reply.tolist() == [2] and torch.equal(centre.centre(), f64(4))
+
+
+def test_a_loaded_shard_still_knows_which_exchanges_it_applied() -> None:
+    centre = shard(EASGDAsync(lr=0.1, alpha=0.5), f64(0), 2)
+    centre.exchange_rows([0, 1], None, torch.stack([f64(8), f64(4)]), seq=3)
+    state = centre.state_dict()
+    assert state["last"] == {0: 3, 1: 3}
+    loaded = shard(EASGDAsync(lr=0.1, alpha=0.5), f64(0), 2)
+    loaded.load_state_dict(state)
+    assert loaded.exchange_rows([1], None, f64(4)[None], seq=3) == [None]  # applied before
+    assert loaded.exchange_rows([1], None, f64(4)[None], seq=4) != [None]
+    older = {k: v for k, v in state.items() if k != "last"}  # a checkpoint without it
+    fresh = shard(EASGDAsync(lr=0.1, alpha=0.5), f64(0), 2)
+    fresh.load_state_dict(older)
+    assert fresh.exchange_rows([1], None, f64(4)[None], seq=0) != [None]

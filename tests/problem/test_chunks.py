@@ -106,6 +106,10 @@ def test_the_last_level_cache_is_the_highest_level_listed(tmp_path) -> None:
     assert last_level_cache(tmp_path) == 32 * 2**20
     (tmp_path / "index3" / "size").write_text("lots\n")  # unreadable: the next level down
     assert last_level_cache(tmp_path) == 2**20
+    (tmp_path / "index3" / "size").write_text("3145728\n")  # bytes, without a unit
+    assert last_level_cache(tmp_path) == 3 * 2**20
+    (tmp_path / "index0" / "level").unlink()  # an index without a level is passed over
+    assert last_level_cache(tmp_path) == 3 * 2**20
     assert last_level_cache(tmp_path / "none") == 0
 
 

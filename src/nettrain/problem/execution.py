@@ -89,7 +89,7 @@ def last_level_cache(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) ->
     (Linux's ``index*/level`` and ``index*/size``, sizes like ``32768K``), or 0 where it
     lists none."""
     sizes = {}
-    for index in root.glob("index*"):
+    for index in sorted(root.glob("index*")):
         try:
             level = int((index / "level").read_text())
             text = (index / "size").read_text().strip()
