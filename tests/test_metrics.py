@@ -222,17 +222,33 @@ def test_worst_agent_first_is_still_the_worst() -> None:
     assert set(both) == set(out) | {"objective", "stationarity", "disagreement"}
 
 
-def normalised_regression(policy: str) -> Problem:
+def normalised_regression(policy: str, validation: float | None = None) -> Problem:
     """``out = (w a - mu) / sqrt(var)``: a scalar linear model then BatchNorm without
     affine part or epsilon, squared loss ``(out - y)^2 / 2``, one test point ``a = 1``,
-    ``y = 0``; every agent's buffers: running mean ``mu``, running variance 1."""
+    ``y = 0`` (and a validation point ``a = validation``, ``y = 0`` if given); every
+    agent's buffers: running mean ``mu``, running variance 1."""
     model = torch.nn.Sequential(
         torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1, eps=0.0, affine=False)
     ).double()
     one = torch.ones(1, 1, dtype=F64)
     zero = torch.zeros(1, dtype=F64)
     data = Dataset("normalised", one, zero, one, zero, n_classes=0)
+    if validation is not None:
+        data = dataclasses.replace(
+            data, x_val=torch.full((1, 1), validation, dtype=F64), y_val=zero
+        )
     return Problem(model, get_loss("squared"), Regularizer(), data, buffer_policy=policy)
+
+
+def two_agents() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Agents ``w = 1, 3`` with running means ``mu = 0, 1`` and variances 1."""
+    x = torch.tensor([[1.0], [3.0]], dtype=F64)
+    buffers = {
+        "1.running_mean": torch.tensor([[0.0], [1.0]], dtype=F64),
+        "1.running_var": torch.ones(2, 1, dtype=F64),
+        "1.num_batches_tracked": torch.zeros(2, dtype=torch.long),
+    }
+    return x, buffers
 
 
 @pytest.mark.parametrize(
@@ -246,12 +262,7 @@ def test_models_with_buffers_are_evaluated_with_the_agents_buffers(
     it would be 2). Each agent with its own ``mu`` (local): 1/2 and 2; with the mean
     (mix): 1/8 and 25/8. A regression: the agents' mean test loss is reported."""
     problem = normalised_regression(policy)
-    x = torch.tensor([[1.0], [3.0]], dtype=F64)
-    buffers = {
-        "1.running_mean": torch.tensor([[0.0], [1.0]], dtype=F64),
-        "1.running_var": torch.ones(2, 1, dtype=F64),
-        "1.num_batches_tracked": torch.zeros(2, dtype=torch.long),
-    }
+    x, buffers = two_agents()
     assert set(buffers) == set(problem.buffer_spec.names)
     out = model_metrics(problem, x, buffers=buffers)
     assert out["test_loss"] == pytest.approx(9 / 8, rel=1e-14)
@@ -267,16 +278,8 @@ def test_the_validation_figures_use_the_mean_models_buffers() -> None:
     """The problem above with a validation point ``a = 2, y = 0``: the mean model ``w = 2``
     with the agents' mean ``mu = 1/2`` has ``(2 * 2 - 1/2)^2 / 2 = 49/8`` (with the
     template's ``mu = 0``: 8; on the test point: 9/8)."""
-    plain = normalised_regression("local")
-    val = {"x_val": torch.full((1, 1), 2.0, dtype=F64), "y_val": torch.zeros(1, dtype=F64)}
-    data = dataclasses.replace(plain.data, **val)
-    problem = Problem(plain.model, plain.loss, Regularizer(), data, buffer_policy="local")
-    x = torch.tensor([[1.0], [3.0]], dtype=F64)
-    buffers = {
-        "1.running_mean": torch.tensor([[0.0], [1.0]], dtype=F64),
-        "1.running_var": torch.ones(2, 1, dtype=F64),
-        "1.num_batches_tracked": torch.zeros(2, dtype=torch.long),
-    }
+    problem = normalised_regression("local", validation=2.0)
+    x, buffers = two_agents()
     out = model_metrics(problem, x, buffers=buffers)
     assert out["val_loss"] == pytest.approx(49 / 8, rel=1e-14)
     assert out["test_loss"] == pytest.approx(9 / 8, rel=1e-14)

@@ -39,8 +39,8 @@ def test_collective_messages_take_the_collective_latency_in_a_round() -> None:
     # agent 0: one plain message at 2 s, three in a collective at 0.5 s, 100 bytes at 100 B/s
     assert busy.tolist() == [2.0 + 3 * 0.5 + 1.0, 4 * 2.0, 0.0]
     clock = VirtualClock(cost)
-    assert clock.sync_round(counts(0, 0, 0), counts(4, 0, 0), counts(0, 0, 0), None, collective)
-    assert clock.now == 2.0 + 3 * 0.5  # not 4 * 2.0: the collective's latency counted
+    dt = clock.sync_round(counts(0, 0, 0), counts(4, 0, 0), counts(0, 0, 0), None, collective)
+    assert dt == clock.now == 2.0 + 3 * 0.5  # not 4 * 2.0: the collective's latency counted
 
 
 @pytest.mark.parametrize(("factor", "expected"), [(0.25, 25.0), (1.0, 100.0), (1.5, 100.0)])

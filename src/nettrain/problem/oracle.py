@@ -567,8 +567,9 @@ class Oracle:
             return int(execution.chunk_agents)
         budget = execution.memory_gb * 2**30 or free_memory(self.x.device) / 4
         convolves = any(isinstance(m, CONVOLUTIONS) for m in self._modules)
-        on_cpu = convolves and self.x.device.type == "cpu"  # 0: no cache listed, no cap
-        cache = min(2 * last_level_cache(), CONVOLUTION_CHUNK_BYTES) if on_cpu else 0
+        capped = convolves and self.x.device.type == "cpu"
+        # cache 0 (none listed, or not capped): the memory budget alone
+        cache = min(2 * last_level_cache(), CONVOLUTION_CHUNK_BYTES) if capped else 0
         return max(1, int(min(budget, cache or budget) // self.pass_bytes()))
 
     def pass_bytes(self) -> int:
