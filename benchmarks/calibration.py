@@ -17,7 +17,7 @@ agent, float32, gloo on loopback, one agent and one thread a process):
    (``algorithm=dpsgd topology=ring``), all-reduce SGD (``algorithm=allreduce``) and
    SwarmSGD non-blocking (``algorithm=swarm``), each without and with a 4x straggler
    (``stragglers=0.25 straggler_slowdown=4``: one agent of 4, two of 8, chosen by the
-   seed; in this engine a straggler sleeps 3x its oracle's time every step). The
+   seed; in this engine a straggler sleeps 3x its passes' CPU time every step). The
    cases alternate within every repetition (the order reversed every other one), so
    load from other processes hits them alike. Measured seconds per round = the last
    record's ``train_time_s`` (wall time less the evaluation pauses; ``eval_every =

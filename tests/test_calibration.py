@@ -14,9 +14,10 @@ from helpers import free_port
 from nettrain.calibration import fit_link
 from nettrain.cli import byte_count, main
 from nettrain.config import load_config
+from nettrain.engines.sim.events import SimEvents
 from nettrain.engines.sim.profile import Profile, convert, load_profile, toml_value
 from nettrain.errors import ConfigError
-from nettrain.experiment import build_cost_model, build_problem
+from nettrain.experiment import build_cost_model, build_job, build_problem
 
 KEYS = {"dataset": "digits", "model": "mlp", "hidden": "8", "batch_size": 4, "agents": 4}
 
@@ -93,6 +94,14 @@ def test_a_profile_round_trips_and_sets_the_clock(tmp_path: Path, dim: int) -> N
     event = rpc.compute_seconds(torch.tensor([4, 0, 8, 4]))
     busy = [4 * 3.25e-6 + 2.5e-4, 0.0, 8 * 3.25e-6 + 2.5e-4, 4 * 3.25e-6 + 2.5e-4]
     assert event.tolist() == pytest.approx(busy, rel=1e-12)
+    # a straggler's extra computing at the pass alone: (c + (s - 1) c') samples
+    assert cost.alone_seconds_per_sample == profile.seconds_per_sample_alone
+    slow = load_config(overrides=KEYS | {"cost_model": str(path), "stragglers": 0.25})
+    cost = build_cost_model(slow, build_problem(slow))
+    computing = cost.compute_seconds(torch.full((4,), 4)) - 1.5e-4
+    busy = [4 * (3.25e-6 + 3 * 2.5e-6) if s == 4 else 4 * 3.25e-6 for s in cost.slowdown]
+    assert sorted(cost.slowdown.tolist()) == [1.0, 1.0, 1.0, 4.0]
+    assert computing.tolist() == pytest.approx(busy, rel=1e-12)
 
 
 def test_latencies_derived_from_a_profile_are_never_negative(dim: int) -> None:
@@ -163,10 +172,25 @@ def test_a_profile_of_another_problem_names_the_differences(dim: int) -> None:
     )
 
 
+def test_an_asynchronous_step_takes_the_profiles_event_and_pass_alone(
+    tmp_path: Path, dim: int
+) -> None:
+    """The simulator's gossip step with a profile: ``c B + o_event`` an agent, a 4x
+    straggler's ``(c + 3 c') B + o_event``."""
+    path = profile_for(dim).write(tmp_path / "profile.toml")
+    values = {"algorithm": "swarm", "cost_model": str(path), "stragglers": 0.25}
+    events = SimEvents(build_job(load_config(KEYS | values)), 0, None)
+    slowdown = events.cost.slowdown.tolist()
+    steps = [4 * (3.25e-6 + (s - 1) * 2.5e-6) + 2.5e-4 for s in slowdown]
+    assert sorted(slowdown) == [1.0, 1.0, 1.0, 4.0]
+    assert events.step_s == pytest.approx(steps, rel=1e-12)
+
+
 def test_without_a_profile_the_keys_set_the_clock(dim: int) -> None:
     cfg = load_config(overrides=KEYS | {"latency_s": 1e-3, "bandwidth_gbps": 8.0})
     cost = build_cost_model(cfg, build_problem(cfg))
     assert (cost.latency_s, cost.bandwidth_bytes_per_s, cost.profile) == (1e-3, 1e9, None)
+    assert cost.alone_seconds_per_sample is None
 
 
 @pytest.mark.parametrize(("latency", "bandwidth"), [(3e-5, 2e9), (2e-3, 1.25e8), (5e-7, 4e10)])

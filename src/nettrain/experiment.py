@@ -136,7 +136,7 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
         3 * matmul_flops_per_sample(problem.spec) / (cfg.agent_gflops * 1e9)
     )
     latency, bandwidth, profile = cfg.latency_s, cfg.bandwidth_gbps * 1e9 / 8, None
-    rpc_latency = collective_latency = event_overhead = None
+    rpc_latency = collective_latency = event_overhead = alone = None
     overhead = 0.0
     if cfg.cost_model:
         profile = load_profile(cfg.cost_model)
@@ -151,6 +151,7 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
         rpc_latency = profile.rpc_latency_s(itemsize)
         collective_latency = profile.collective_latency_s(itemsize)
         overhead, event_overhead = profile.round_overhead_s, profile.event_overhead_s
+        alone = profile.seconds_per_sample_alone
     slowdown = CostModel.straggler_slowdown(
         cfg.agents, cfg.stragglers, cfg.straggler_slowdown, cfg.seed
     )
@@ -168,6 +169,7 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
         collective_latency_s=collective_latency,
         step_overhead_s=overhead,
         event_overhead_s=event_overhead,
+        alone_seconds_per_sample=alone,
     )
 
 

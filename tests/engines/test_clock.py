@@ -2,7 +2,8 @@
 
 ``T_round = max_i ( s_i c samples_i + o [samples_i > 0] + latency messages_i +
 bytes_i / bandwidth_i )``, with the messages sent within collectives at the collective
-latency (nettrain/engines/sim/clock.py).
+latency and a slow agent's extra computing at the pass alone where a profile measured it
+(nettrain/engines/sim/clock.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ def test_collective_messages_take_the_collective_latency_in_a_round() -> None:
     clock = VirtualClock(cost)
     dt = clock.sync_round(counts(0, 0, 0), counts(4, 0, 0), counts(0, 0, 0), None, collective)
     assert dt == clock.now == 2.0 + 3 * 0.5  # not 4 * 2.0: the collective's latency counted
+
+
+def test_a_slow_agents_extra_computing_runs_at_the_pass_alone() -> None:
+    """With ``c' = 0.125``: ``(c + (s - 1) c') samples`` for ``s > 1``, ``s c samples``
+    for the others (a fast agent, ``s < 1``, too); without ``c'``, ``s c samples``."""
+    slowdown = torch.tensor([1.0, 4.0, 0.5], dtype=torch.float64)
+    cost = model(slowdown=slowdown, alone_seconds_per_sample=0.125)
+    assert cost.compute_seconds(counts(2, 2, 2)).tolist() == [1.0, 2 * (0.5 + 3 * 0.125), 0.5]
+    assert model(slowdown=slowdown).compute_seconds(counts(2, 2, 2)).tolist() == [1.0, 4.0, 0.5]
 
 
 @pytest.mark.parametrize(("factor", "expected"), [(0.25, 25.0), (1.0, 100.0), (1.5, 100.0)])

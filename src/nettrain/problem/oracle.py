@@ -67,18 +67,24 @@ def agent_seed(seed: int, agent: int, stream: int = 0) -> int:
 class Meter:
     """Per-agent work counted at the oracle's boundary; the engine reads and resets it.
 
-    ``seconds``: wall time spent in the oracle's passes (all its agents together) since
-    the last :meth:`take_seconds`; a slow agent of the distributed engine sleeps a
+    ``seconds``: time spent in the oracle's passes (all its agents together) since the
+    last :meth:`take_seconds`, read on :attr:`clock`: for state on the CPU the calling
+    thread's CPU time (``time.thread_time``), i.e. the passes' work without the time spent
+    waiting for a core that other processes hold; on an accelerator, whose kernels the
+    thread only launches, wall time. A slow agent of the distributed engine sleeps a
     multiple of it, so that what it repeats is its computing, as the virtual clock
-    charges (``s_i c samples_i``), not its communication.
+    charges (:meth:`~nettrain.engines.sim.clock.CostModel.compute_seconds`), not its
+    communication nor its waits.
     """
 
     samples: torch.Tensor  # (m,) int64, samples processed since the last reset
     seconds: float = 0.0
+    clock: Callable[[], float] = time.thread_time
 
     @classmethod
-    def zeros(cls, m: int) -> Meter:
-        return cls(torch.zeros(m, dtype=torch.int64))
+    def zeros(cls, m: int, device: torch.device | str = "cpu") -> Meter:
+        clock = time.thread_time if torch.device(device).type == "cpu" else time.perf_counter
+        return cls(torch.zeros(m, dtype=torch.int64), clock=clock)
 
     def reset(self) -> torch.Tensor:
         out, self.samples = self.samples, torch.zeros_like(self.samples)
@@ -333,7 +339,7 @@ class Oracle:
         self.x, self.y = problem.data.x_train, problem.data.y_train  # (N, ...), shared
         self.sizes = sizes
         self.offsets = torch.cumsum(sizes, 0) - sizes  # (m,)
-        self.meter = Meter.zeros(len(agents))
+        self.meter = Meter.zeros(len(agents), device)
         # Samples one call counts per agent: B, or the whole shard (B = 0).
         self._counted = sizes.clone() if batch_size == 0 else torch.full_like(sizes, batch_size)
         # Mini-batch streams (module docstring), on the data's device: each agent's key,
@@ -420,7 +426,7 @@ class Oracle:
         parameters; otherwise all of them after the pass. The gradient is the same either
         way.
         """
-        begin, every = time.perf_counter(), local is None
+        begin, every = self.meter.clock(), local is None
         if local is None:
             local = torch.arange(self.m, device="cpu")  # agent ids, like the meters
         idx, w = self._sample(None if every else local)
@@ -452,7 +458,7 @@ class Oracle:
             self.meter.samples += self._counted
         else:
             self.meter.samples[local] += self._counted[local]
-        self.meter.seconds += time.perf_counter() - begin
+        self.meter.seconds += self.meter.clock() - begin
         return loss, g
 
     def _feed(self, out: torch.Tensor, sink: GradientSink, x: torch.Tensor | None) -> BucketFeed:
@@ -738,12 +744,12 @@ class Oracle:
 
         Consumes and counts one batch per agent, like :meth:`grad`.
         """
-        begin = time.perf_counter()
+        begin = self.meter.clock()
         idx, w = self._sample(local)
         every = slice(None) if local is None else local
         self.meter.samples[every] += self._counted[every]
         out = Linearization.at(self.problem, x, *self.samples(idx), w)
-        self.meter.seconds += time.perf_counter() - begin
+        self.meter.seconds += self.meter.clock() - begin
         return out
 
     def local_state(self) -> list[Any]:

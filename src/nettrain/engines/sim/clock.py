@@ -20,6 +20,14 @@ rpc, which the asynchronous methods' exchanges take in the distributed engine (g
 and parameter servers, :meth:`CostModel.over_rpc`); without one both are ``latency``.
 Its ``o`` is the synchronous round's, and an asynchronous event's apart
 (:attr:`CostModel.event_overhead_s`); without a profile ``o = 0``.
+
+A profile's ``c`` is a pass measured with its ``processes`` busy at once, which on
+machines with fewer cores than processes includes waiting for a core. A slow agent's
+extra computing is its own device's, and takes no core from the others (the
+distributed engine enacts it by sleeping: :class:`~nettrain.problem.oracle.Meter`), so
+the clock charges it at the profile's pass alone ``c'``
+(:attr:`CostModel.alone_seconds_per_sample`): ``(c + (s_i - 1) c') samples_i`` for
+``s_i > 1``. With one process a core ``c' = c`` and this is ``s_i c samples_i``.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ class CostModel:
     collective_latency_s: float | None = None  # within a collective; None = latency_s
     step_overhead_s: float = 0.0  # o: the engine's own cost of a step (a profile's)
     event_overhead_s: float | None = None  # o of an asynchronous event; None = step's
+    # c' of a slow agent's extra computing (a profile's pass alone); None: c
+    alone_seconds_per_sample: float | None = None
 
     def over_rpc(self) -> CostModel:
         """The cost model of the asynchronous methods, whose exchanges go over rpc in the
@@ -69,8 +79,12 @@ class CostModel:
 
     def compute_seconds(self, samples: torch.Tensor) -> torch.Tensor:
         """Computing time ``(n,)`` of each agent: ``s_i * c * samples_i``, plus ``o`` for
-        an agent that computed."""
+        an agent that computed; with :attr:`alone_seconds_per_sample` ``c'``, a slow
+        agent's (``s_i > 1``) is ``(c + (s_i - 1) c') samples_i`` instead."""
         seconds = self.slowdown * self.seconds_per_sample * samples.double()
+        if self.alone_seconds_per_sample is not None:
+            slow = self.seconds_per_sample + (self.slowdown - 1) * self.alone_seconds_per_sample
+            seconds = torch.where(self.slowdown > 1, slow * samples.double(), seconds)
         if self.step_overhead_s:
             seconds += self.step_overhead_s * (samples > 0).double()
         return seconds

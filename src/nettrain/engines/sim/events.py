@@ -67,8 +67,7 @@ class SimEvents(Stack):
         per_step = oracle.sizes if job.batch_size == 0 else torch.full((n,), job.batch_size)
         # exchanges go over rpc in the distributed engine: its latency (a profile's)
         self.cost = cost = job.cost.over_rpc()
-        step_s = per_step.double() * cost.seconds_per_sample * cost.slowdown
-        self.step_s = (step_s + cost.step_overhead_s).tolist()
+        self.step_s = cost.compute_seconds(per_step).tolist()  # o included: every step computes
         self.poisson = job.phase == "poisson"
         # (steps, duration) of the running phase, and of the one after it, drawn in advance
         self.current = [self.draw_phase(a) for a in range(n)]

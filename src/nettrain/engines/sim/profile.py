@@ -23,7 +23,9 @@ file has four tables::
 
 Every figure but ``seconds_per_sample_alone`` was measured with ``processes``
 processes busy at once (:mod:`nettrain.calibration.loaded`): the profile predicts a
-run of that many processes on those machines.
+run of that many processes on those machines. The pass alone is what a slow agent's
+extra computing costs a second (the clock's ``c'``,
+:mod:`nettrain.engines.sim.clock`).
 
 A profile holds for the model, batch and parameter count it was measured with:
 :meth:`Profile.check` refuses a run of another one.
