@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nettrain.engines.base import account_round, account_rounds
 from nettrain.engines.sim.clock import CostModel, VirtualClock
+from nettrain.faults import Faults
 
 
 def model(**changes: object) -> CostModel:
@@ -66,3 +68,30 @@ def test_stragglers_are_round_fraction_n_distinct_agents(n: int, fraction: float
         assert s.dtype == torch.float64
         assert int((s == 4.0).sum()) == round(fraction * n)  # without replacement: distinct
         assert int((s == 1.0).sum()) == n - round(fraction * n)
+
+
+def test_rounds_accounted_at_once_equal_round_after_round() -> None:
+    """:func:`account_rounds` over ``k`` rounds of random work gives the clock and the
+    totals of :func:`account_round` called round after round, bit for bit (speeds,
+    bandwidth factors, a profile's alone pass and collective latency all in play)."""
+    n, k = 5, 7
+    gen = torch.Generator().manual_seed(0)
+    cost = model(
+        slowdown=torch.rand(n, generator=gen, dtype=torch.float64) * 3 + 0.5,
+        bandwidth_factor=torch.rand(n, generator=gen, dtype=torch.float64) + 0.5,
+        alone_seconds_per_sample=0.125,
+        collective_latency_s=0.75,
+        step_overhead_s=0.0625,
+    )
+    work = torch.randint(0, 1000, (4, k, n), generator=gen)
+    work[0, 2, 1] = 0  # an agent that computed nothing in a round
+    keys = ("samples", "messages", "bytes", "resent")
+    at_once, one_by_one = VirtualClock(cost, 0.5), VirtualClock(cost, 0.5)
+    totals = [{key: torch.zeros(n, dtype=torch.int64) for key in keys} for _ in range(2)]
+    account_rounds(at_once, totals[0], work)
+    for j in range(k):
+        account_round(one_by_one, totals[1], Faults(n), j, *work[:, j])
+    assert at_once.now == one_by_one.now > 0.5
+    for key in keys:
+        assert torch.equal(totals[0][key], totals[1][key])
+    assert totals[0]["samples"].tolist() == work[0].sum(0).tolist()

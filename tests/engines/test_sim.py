@@ -118,3 +118,23 @@ def test_sparse_path_run_is_bit_for_bit_repeatable() -> None:
     assert a.records == [
         {**r, "wall_time_s": a.records[i]["wall_time_s"]} for i, r in enumerate(b.records)
     ]
+
+
+def test_rounds_settled_together_name_the_round_a_divergence_began(monkeypatch) -> None:
+    """The simulator settles 32 rounds' notes at a time (fewer for large networks): a
+    run that diverges stops with the message of a run settled round by round, which
+    names the first round whose loss is not finite."""
+    from nettrain.config import load_config
+    from nettrain.engines.sim import engine
+    from nettrain.errors import DivergenceError
+    from nettrain.experiment import run
+
+    assert [engine.settle_rounds(n) for n in (1, 2048, 2049, 4096, 65536)] == [32, 32, 31, 16, 1]
+    cfg = load_config({"dataset": "digits", "agents": 4, "lr": 1e6, "rounds": 100})
+    with pytest.raises(DivergenceError) as together:
+        run(cfg)
+    monkeypatch.setattr(engine, "SETTLE_EVERY", 1)
+    with pytest.raises(DivergenceError) as alone:
+        run(cfg)
+    assert str(together.value) == str(alone.value)
+    assert "diverged at round" in str(alone.value) and "round 1:" not in str(alone.value)

@@ -186,6 +186,19 @@ def account_round(
         totals[key] += work[key]
 
 
+def account_rounds(
+    clock: VirtualClock, totals: dict[str, torch.Tensor], work: torch.Tensor
+) -> None:
+    """Synchronous rounds with nothing noted round by round (no dropped messages, no
+    availability windows, no timeline), their work ``(4, k, n)`` (samples, messages,
+    bytes, messages within collectives; a row a round) in one pass: the clock and the
+    totals of :func:`account_round` round after round, with the same numbers
+    (:meth:`VirtualClock.sync_rounds`)."""
+    clock.sync_rounds(*work)
+    for key, moved in zip(("samples", "messages", "bytes"), work, strict=False):
+        totals[key] += moved.sum(0)
+
+
 def traffic_fields(totals: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Cumulative samples, messages and bytes: totals and the busiest agent's; the
     messages resent, where counted (:func:`work_totals`)."""

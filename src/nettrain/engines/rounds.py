@@ -5,17 +5,18 @@ simulator and the distributed engine (docs/architecture.md, "One synchronous rou
 algorithm's own ``step``, and notes each round's work and loss per agent. Notes are
 settled together, every ``settle_every`` rounds and at each evaluation or checkpoint:
 every agent's notes are gathered, the virtual clock and the work totals replayed in
-round order (:func:`~nettrain.engines.base.account_round`), and each round's losses
-``(n,)`` handed to the divergence check. An engine says only how rows, objects and
-the parameter servers' state are gathered: in the simulator
-(:class:`~nettrain.engines.sim.engine.SimRounds`) every agent is here, gathering is
-the identity and each round settles at once; in the distributed engine
-(:class:`~nettrain.engines.distributed.rounds.DistRounds`) one all-gather settles
-``SETTLE_EVERY`` rounds. That all-gather runs while the next rounds compute
-(``behind``): started after round ``t``, it is read when the next notes are due, at
-round ``t + SETTLE_EVERY`` (or at the next evaluation or checkpoint, which settles
-everything); waited for at once, it cost 5 ms each time with 4 processes on 2 cores,
-0.2 ms a round.
+round order (:func:`~nettrain.engines.base.account_round`; in one pass where nothing
+is noted round by round, :func:`~nettrain.engines.base.account_rounds`), and each
+round's losses ``(n,)`` handed to the divergence check. An engine says only how rows,
+objects and the parameter servers' state are gathered: in the simulator
+(:class:`~nettrain.engines.sim.engine.SimRounds`) every agent is here, gathering is the
+identity and the rounds settle 32 at a time (fewer for large networks); in the
+distributed engine (:class:`~nettrain.engines.distributed.rounds.DistRounds`) one
+all-gather settles ``SETTLE_EVERY`` rounds. That all-gather runs while the next rounds
+compute (``behind``): started after round ``t``, it is read when the next notes are
+due, at round ``t + SETTLE_EVERY`` (or at the next evaluation or checkpoint, which
+settles everything); waited for at once, it cost 5 ms each time with 4 processes on 2
+cores, 0.2 ms a round.
 
 With a timeline (``timeline=true``, :mod:`nettrain.engines.timeline`), the simulator
 notes each round's intervals on the virtual clock as the round is settled, and real
@@ -31,7 +32,15 @@ from typing import Any
 import torch
 
 from nettrain.checkpoint import Checkpoint
-from nettrain.engines.base import Job, RunResult, Stack, account_round, take_work, work_totals
+from nettrain.engines.base import (
+    Job,
+    RunResult,
+    Stack,
+    account_round,
+    account_rounds,
+    take_work,
+    work_totals,
+)
 from nettrain.engines.driver import Counters, Snapshot, Tick
 from nettrain.engines.states import gather_buffers, gather_state, own_rows
 from nettrain.engines.timeline import Interval, Timeline
@@ -154,10 +163,15 @@ class Rounds(Stack):
         rounds ``t - k + 1 .. t`` in round order, and hand every round's losses ``(n,)``
         to the finiteness check."""
         k = every.shape[1]
+        work = every[:, :, :4].round().to(torch.int64).permute(2, 1, 0)  # (4, k, n)
+        virtual = None if self.measured else self.timeline  # real processes: measured
+        faults = self.faults
+        at_once = virtual is None and not faults.drop and faults.availability is None
+        if at_once:  # nothing to note or check round by round
+            account_rounds(self.clock, self.totals, work)
         for j in range(k):
-            work = every[:, j, :4].round().to(torch.int64).unbind(1)
-            virtual = None if self.measured else self.timeline  # real processes: measured
-            account_round(self.clock, self.totals, self.faults, t - k + 1 + j, *work, virtual)
+            if not at_once:
+                account_round(self.clock, self.totals, faults, t - k + 1 + j, *work[:, j], virtual)
             yield Tick(t - k + 2 + j, every[:, j, 4])
         self.losses = every[:, -1, 4].to(self.job.x0.dtype)
 

@@ -148,3 +148,17 @@ class VirtualClock:
         dt = float((busy if extra is None else busy + extra).max())
         self.now += dt
         return dt
+
+    def sync_rounds(
+        self,
+        samples: torch.Tensor,
+        messages: torch.Tensor,
+        nbytes: torch.Tensor,
+        collective: torch.Tensor | None = None,
+    ) -> None:
+        """Advance by ``k`` synchronous rounds of work ``(k, n)`` each (a row a round, in
+        round order), nothing resent: :meth:`sync_round` row after row, in one pass over
+        the rows (the same elementwise arithmetic and the same sums, in order)."""
+        busy = self.cost.agent_seconds(samples, messages, nbytes, collective)
+        for dt in busy.amax(1).tolist():
+            self.now += dt
