@@ -161,7 +161,7 @@ class Rounds(Stack):
     def _replay(self, t: int, every: torch.Tensor) -> Iterator[Tick]:
         """Replay the clock and the totals over the gathered notes ``every: (n, k, 5)`` of
         rounds ``t - k + 1 .. t`` in round order, and hand every round's losses ``(n,)``
-        to the finiteness check."""
+        to the finiteness check where one of them is not finite (else none: all pass)."""
         k = every.shape[1]
         work = every[:, :, :4].round().to(torch.int64).permute(2, 1, 0)  # (4, k, n)
         virtual = None if self.measured else self.timeline  # real processes: measured
@@ -169,10 +169,11 @@ class Rounds(Stack):
         at_once = virtual is None and not faults.drop and faults.availability is None
         if at_once:  # nothing to note or check round by round
             account_rounds(self.clock, self.totals, work)
+        finite = bool(torch.isfinite(every[:, :, 4]).all())  # else each round's is checked
         for j in range(k):
             if not at_once:
                 account_round(self.clock, self.totals, faults, t - k + 1 + j, *work[:, j], virtual)
-            yield Tick(t - k + 2 + j, every[:, j, 4])
+            yield Tick(t - k + 2 + j, None if finite else every[:, j, 4])
         self.losses = every[:, -1, 4].to(self.job.x0.dtype)
 
     def advance(self, stop: int) -> Iterator[Tick]:
