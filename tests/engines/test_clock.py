@@ -49,10 +49,12 @@ def test_collective_messages_take_the_collective_latency_in_a_round() -> None:
 def test_a_slow_agents_extra_computing_runs_at_the_pass_alone() -> None:
     """With ``c' = 0.125``: ``(c + (s - 1) c') samples`` for ``s > 1``, ``s c samples``
     for the others (a fast agent, ``s < 1``, too); without ``c'``, ``s c samples``."""
-    slowdown = torch.tensor([1.0, 4.0, 0.5], dtype=torch.float64)
+    slowdown = torch.tensor([1.0, 4.0, 0.5, 1.5], dtype=torch.float64)
     cost = model(slowdown=slowdown, alone_seconds_per_sample=0.125)
-    assert cost.compute_seconds(counts(2, 2, 2)).tolist() == [1.0, 2 * (0.5 + 3 * 0.125), 0.5]
-    assert model(slowdown=slowdown).compute_seconds(counts(2, 2, 2)).tolist() == [1.0, 4.0, 0.5]
+    slow = [2 * (0.5 + 3 * 0.125), 2 * (0.5 + 0.5 * 0.125)]
+    assert cost.compute_seconds(counts(2, 2, 2, 2)).tolist() == [1.0, slow[0], 0.5, slow[1]]
+    plain = model(slowdown=slowdown).compute_seconds(counts(2, 2, 2, 2))
+    assert plain.tolist() == [1.0, 4.0, 0.5, 1.5]
 
 
 @pytest.mark.parametrize(("factor", "expected"), [(0.25, 25.0), (1.0, 100.0), (1.5, 100.0)])
