@@ -82,7 +82,8 @@ class Meter:
     clock: Callable[[], float] = time.thread_time
 
     @classmethod
-    def zeros(cls, m: int, device: torch.device | str = "cpu") -> Meter:
+    def zeros(cls, m: int, device: torch.device | str) -> Meter:
+        """``m`` agents' meter, counting nothing yet, on the clock for state on ``device``."""
         clock = time.thread_time if torch.device(device).type == "cpu" else time.perf_counter
         return cls(torch.zeros(m, dtype=torch.int64), clock=clock)
 
