@@ -10,7 +10,8 @@ agent, float32, gloo on loopback, one agent and one thread a process):
    messages 1 KiB to ``--max-bytes``): seconds per sample, latency, bandwidth, an
    all-reduce and an rpc exchange, written to a profile per P (or ``--profile PATH``:
    use that one for every P);
-2. **Measure**: for P in {4, 8} one ``torchrun`` launch of P processes
+2. **Measure**: for P in {4, 8}, right after P's calibration (the machine's speed drifts
+   over minutes), one ``torchrun`` launch of P processes
    (``OMP_NUM_THREADS=1`` each, one gloo group that every run joins) runs, inside its
    ranks, every case through
    ``nettrain.experiment.run`` with ``engine=distributed``: D-PSGD on a Metropolis ring
@@ -243,8 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        profiles = {p: calibrated(args, folder, p) for p in args.processes}
-        measured = {p: launch(p, args, folder) for p in args.processes}
+        profiles, measured = {}, {}
+        for p in args.processes:  # measured right after their calibration
+            profiles[p] = calibrated(args, folder, p)
+            measured[p] = launch(p, args, folder)
         cases = []
         for p in args.processes:
             for method, straggler in CASES:

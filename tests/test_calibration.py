@@ -12,6 +12,7 @@ import torch
 
 from helpers import free_port
 from nettrain.calibration import fit_link
+from nettrain.calibration.loaded import PAIRS, paired
 from nettrain.cli import byte_count, main
 from nettrain.config import load_config
 from nettrain.engines.sim.events import SimEvents
@@ -204,6 +205,21 @@ def test_the_fit_recovers_a_synthetic_ping_pong(latency: float, bandwidth: float
     residuals = fit.residuals()
     assert len(residuals) == len(sizes) and max(map(abs, residuals)) < 0.06
     assert fit.fitted_s()[0] == pytest.approx(fit.latency_s + 1024 / fit.bandwidth_bytes_per_s)
+
+
+def test_a_paired_figure_holds_while_the_machine_drifts_and_drops_a_burst() -> None:
+    """Each block of the pattern less the pass just before it: a machine slowing down
+    block after block moves both alike; a burst that hits one pattern block is left out
+    by the median, as a mean would not."""
+    passes: list[float] = []
+    alone = iter([1.0, 1.5, 2.0, 2.5, 3.0])  # the pass, slower and slower
+    extra = iter([0.25, 0.25, 9.0, 0.25, 0.25])  # the pattern's own, one block hit
+
+    def pattern() -> float:
+        return passes[-1] + next(extra)
+
+    assert paired(pattern, lambda: next(alone), passes) == 0.25
+    assert passes == [1.0, 1.5, 2.0, 2.5, 3.0] and PAIRS == 5
 
 
 def test_the_fit_refuses_times_that_do_not_grow_with_the_size() -> None:

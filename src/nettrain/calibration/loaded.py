@@ -9,18 +9,22 @@ and backward pass of the run's model), then communicates; the figure is a round'
 seconds less the seconds of a round of the pass alone.
 
 * Compute: rounds of the pass alone; the median over the processes of their seconds a
-  round (the processes do not wait for each other).
+  round (the processes do not wait for each other). The figure is the median of every
+  block of the pass measured during the calibration (one before each paired figure).
 * The engine's round: a distributed run of local SGD that never averages (one agent a
   process, nothing to communicate; :func:`engine_round`): its training seconds a round
   less the pass's are what the engine's round costs besides the pass and its messages
-  (the update, the work counted, the notes gathered every 32 rounds).
+  (the update, the work counted, the notes gathered every 32 rounds). Paired
+  (:func:`paired`): the median over :data:`PAIRS` runs of each one's seconds less a
+  block of the pass measured just before it.
 * Link, for each message size ``b``: an exchange with the ring neighbours
   (``dist.batch_isend_irecv``: ``b`` bytes to and from each of ranks ``r - 1`` and
   ``r + 1``; with ``P = 2`` the one other rank) posted before the pass and waited for
   after it, as D-PSGD's round does. One message's one-way time is the round's extra
   seconds over the neighbours' count (2, or 1 with ``P = 2``). Rounds of neighbours wait
   for each other, so the figure is the slowest process's.
-* All-reduce: the pass, then a sum of ``numel`` elements of ``dtype`` over every rank.
+* All-reduce: the pass, then a sum of ``numel`` elements of ``dtype`` over every rank;
+  paired as the engine's round is.
 * Exchange over rpc (:mod:`~nettrain.engines.distributed.rpc`, as the asynchronous
   engine's gossip and parameter servers use it): the pass, then one ``rpc_sync``
   carrying ``numel`` elements to a ring neighbour drawn at random, answered with as
@@ -34,7 +38,12 @@ seconds less the seconds of a round of the pass alone.
 
 Each pattern runs ``warmup`` (at least 10) untimed rounds, then as many timed ones as fill
 ``budget_s`` (rank 0 decides from one round, so that neighbours make the same count),
-at least ``repeats``; a process's figure is its mean round.
+at least ``repeats``; a process's figure is its mean round. With more processes than
+cores one block's figures move by 10 to 20% from block to block, and drift over a
+calibration as the machine's other work comes and goes (8 processes on 2 cores: the
+all-reduce's from 13 to 18 ms in three calibrations a minute apart); the two figures
+every synchronous round adds to the pass, the engine's own round and the all-reduce,
+are therefore paired with the pass and taken as medians.
 
 Where: :func:`measure_local` spawns ``P`` processes on this machine, which meet at
 ``master_addr:master_port`` (loopback by default; their sockets stay on it, see
@@ -73,6 +82,7 @@ POLL_S = 0.05  # how often the spawning process looks at its processes
 BUDGET_S = 0.5  # seconds of timed rounds per figure
 WARMUP_ROUNDS = 10  # untimed rounds before each figure's, at least
 MOST_ROUNDS = 10_000
+PAIRS = 5  # blocks of a paired figure (the engine's round, the all-reduce)
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,19 @@ def agreed_rounds(seconds: float, budget_s: float, least: int) -> int:
     return min(MOST_ROUNDS, max(least, math.ceil(float(count))))
 
 
+def paired(pattern: Callable[[], float], alone: Callable[[], float], passes: list[float]) -> float:
+    """What ``pattern`` (seconds a round) costs besides the pass: the median over
+    :data:`PAIRS` blocks of ``pattern()`` less a block of the pass, ``alone()``, measured
+    just before it. Each pass's figure is appended to ``passes``. Both blocks of a pair
+    see the machine as it is that second, so their difference holds while its speed
+    drifts, and the median leaves out a pair that a burst of other work hit."""
+    extra = []
+    for _ in range(PAIRS):
+        passes.append(alone())
+        extra.append(pattern() - passes[-1])
+    return statistics.median(extra)
+
+
 def neighbours(rank: int, world: int) -> list[int]:
     """The ring neighbours of ``rank``: ``r - 1`` and ``r + 1``, or the other of 2 ranks."""
     return [1 - rank] if world == 2 else [(rank - 1) % world, (rank + 1) % world]
@@ -194,11 +217,18 @@ def measure(
     talk = plan.progress and rank == 0
     if talk:
         say(f"{world} processes at once, rounds of a pass then the pattern (mean round)")
-    compute = round_seconds(step, plan, statistics.median)
+    passes: list[float] = []  # every block of the pass alone, in order
+
+    def alone() -> float:
+        return round_seconds(step, plan, statistics.median)
+
+    def engine() -> float:
+        return engine_round(plan, world, passes[-1])
+
+    overhead = max(paired(engine, alone, passes), 0.0)
+    compute = statistics.median(passes)
     if talk:
-        say(f"  the pass alone: {compute * 1e3:.3g} ms a round")
-    overhead = max(engine_round(plan, world, compute) - compute, 0.0)
-    if talk:
+        say(f"  the pass alone: {compute * 1e3:.3g} ms a round ({len(passes)} blocks)")
         say(f"  the engine's round besides the pass: {overhead * 1e3:.3g} ms")
     peers, one_way = len(neighbours(rank, world)), []
     for size in plan.message_bytes:
@@ -207,11 +237,16 @@ def measure(
         if talk:
             say(f"  {size:>10,d} bytes: {one_way[-1] * 1e6:12.1f} us one way")
     x = torch.zeros(plan.allreduce_numel, dtype=getattr(torch, plan.allreduce_dtype))
-    total = round_seconds(lambda: (step(), dist.all_reduce(x)), plan, max)
-    allreduce = max(total - compute, 1e-7)
+
+    def reduced() -> float:
+        return round_seconds(lambda: (step(), dist.all_reduce(x)), plan, max)
+
+    allreduce = max(paired(reduced, alone, passes), 1e-7)
+    compute = statistics.median(passes)
     if talk:
         what = f"{plan.allreduce_numel:,d} {plan.allreduce_dtype}"
         say(f"  all-reduce of {what}: {allreduce * 1e3:.3g} ms")
+        say(f"  the pass alone, all {len(passes)} blocks: {compute * 1e3:.3g} ms a round")
     rpc_exchange = max(rpc_seconds(rank, world, plan, step, store, x) - compute, 1e-7)
     if talk:
         say(f"  rpc exchange of as many: {rpc_exchange * 1e3:.3g} ms")
