@@ -168,6 +168,14 @@ class Faults:
                 "synchronous. Use an asynchronous method, or drop split="
             )
 
+    @property
+    def round_by_round(self) -> bool:
+        """Whether a synchronous round's accounting depends on the round: messages
+        dropped and resent (:meth:`resent`, drawn for round ``t``) or availability
+        windows (:meth:`check_available`). Without them the rounds of a settle are
+        replayed in one pass (:func:`~nettrain.engines.base.account_rounds`)."""
+        return bool(self.drop) or self.availability is not None
+
     def check_available(self, t: int, start: float, end: float) -> None:
         """Stop a synchronous run whose round ``t`` (0-based; -1: the start) spans the
         virtual times ``[start, end]`` and is not inside a window of every agent."""

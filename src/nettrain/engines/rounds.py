@@ -166,7 +166,7 @@ class Rounds(Stack):
         work = every[:, :, :4].round().to(torch.int64).permute(2, 1, 0)  # (4, k, n)
         virtual = None if self.measured else self.timeline  # real processes: measured
         faults = self.faults
-        at_once = virtual is None and not faults.drop and faults.availability is None
+        at_once = virtual is None and not faults.round_by_round
         if at_once:  # nothing to note or check round by round
             account_rounds(self.clock, self.totals, work)
         finite = bool(torch.isfinite(every[:, :, 4]).all())  # else each round's is checked

@@ -78,14 +78,14 @@ class Meter:
     """
 
     samples: torch.Tensor  # (m,) int64, samples processed since the last reset
+    clock: Callable[[], float]
     seconds: float = 0.0
-    clock: Callable[[], float] = time.thread_time
 
     @classmethod
     def zeros(cls, m: int, device: torch.device | str) -> Meter:
         """``m`` agents' meter, counting nothing yet, on the clock for state on ``device``."""
         clock = time.thread_time if torch.device(device).type == "cpu" else time.perf_counter
-        return cls(torch.zeros(m, dtype=torch.int64), clock=clock)
+        return cls(torch.zeros(m, dtype=torch.int64), clock)
 
     def reset(self) -> torch.Tensor:
         out, self.samples = self.samples, torch.zeros_like(self.samples)
