@@ -344,6 +344,24 @@ def test_mode_blocks_restore_every_module_as_it_was() -> None:
     assert all(m.training for m in net.modules())
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_model_handed_over_in_evaluation_mode_still_trains(k: int) -> None:
+    """The oracle's passes are training passes whatever mode the user left the model in
+    (BatchNorm on the batch's statistics): the same losses, gradients and running
+    statistics as the model in training mode; the model is left in evaluation mode."""
+    shards = iid_shards(90, k)
+    results = []
+    for mode in ("train", "eval"):
+        problem = stateful_problem(dropout=False)
+        getattr(problem.model, mode)()
+        oracle = problem.oracle(shards, range(k), batch_size=4, seed=1)
+        x = problem.initial_params(0).expand(k, -1).clone()
+        results.append((*oracle.grad(x), oracle.buffers["2.running_mean"].clone()))
+        assert problem.model.training == (mode == "train")
+    for trained, evaluated in zip(*results, strict=True):
+        assert torch.equal(trained, evaluated)
+
+
 def test_the_oracle_reads_its_samples_without_copying_the_data_set() -> None:
     problem = classification_problem()
     shards = [torch.arange(0, 25), torch.arange(60, 90)]
