@@ -10,7 +10,7 @@ seconds less the seconds of a round of the pass alone.
 
 * Compute: rounds of the pass alone; the median over the processes of their seconds a
   round (the processes do not wait for each other). The figure is the median of every
-  block of the pass measured during the calibration (one before each paired figure).
+  block of the pass measured during the calibration (one in each pair below).
 * The engine's round: a distributed run of local SGD that never averages (one agent a
   process, nothing to communicate; :func:`engine_round`): its training seconds a round
   less the pass's are what the engine's round costs besides the pass and its messages
