@@ -106,6 +106,17 @@ def test_a_synchronous_round_outside_a_window_names_the_agents_and_the_round() -
         faults.check_available(0, 0.5, 1.5)
 
 
+def test_only_drops_and_windows_keep_the_rounds_accounted_one_by_one() -> None:
+    """Crashes and a split are checked before each round, not in its accounting: the
+    settled rounds of such a run are replayed in one pass."""
+    windows = Availability((((0.0, 10.0),), None, None))
+    assert not Faults(3).round_by_round
+    assert not Faults(3, crashes=parse_crashes("1@4", 3), split=parse_split("2:3")).round_by_round
+    assert Faults(3, drop=0.05).round_by_round
+    assert Faults(3, availability=windows).round_by_round
+    assert Faults(3, drop=0.05, availability=windows).round_by_round
+
+
 def test_resent_messages_are_a_seeded_binomial_draw_per_round() -> None:
     messages = torch.full((4,), 1000, dtype=torch.int64)
     assert Faults(4).resent(messages, 3).tolist() == [0, 0, 0, 0]
