@@ -279,8 +279,11 @@ def test_byte_counts_take_binary_suffixes() -> None:
     assert [byte_count(t) for t in ("4096", "1k", "64M", "1G")] == [4096, 1024, 2**26, 2**30]
 
 
-def test_calibrate_measures_two_local_processes(tmp_path: Path, capfd, dim: int) -> None:
+def test_calibrate_measures_two_local_processes(
+    tmp_path: Path, capfd, dim: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "profile.toml"
+    monkeypatch.setattr("nettrain.calibration.measure.usable_cores", lambda: 1)
     items = [f"{k}={v}" for k, v in KEYS.items()] + [f"master_port={free_port()}"]
     args = ["calibrate", *items, "--out", str(out), "--max-bytes", "16M", "--repeats", "3"]
     assert main(args) == 0
@@ -297,6 +300,7 @@ def test_calibrate_measures_two_local_processes(tmp_path: Path, capfd, dim: int)
     assert "relative residual" in shown.out and "16,777,216" in shown.out
     assert f"use it with cost_model={out}" in shown.out
     assert "calibrate: 2 processes at once" in shown.err
+    assert "calibrate: 2 processes on 1 core here: they share cores" in shown.err
     assert "calibrate:   16,777,216 bytes:" in shown.err
     assert "calibrate:   rpc exchange of as many:" in shown.err
     assert profile.rpc_exchange_s > 0 and profile.seconds_per_sample_alone > 0

@@ -39,6 +39,7 @@ from nettrain.engines.distributed.engine import launched_rank
 from nettrain.engines.sim.profile import Profile
 from nettrain.errors import ConfigError
 from nettrain.experiment import as_config, build_job
+from nettrain.machine import usable_cores
 from nettrain.version import __version__
 
 MIN_BYTES = 1024
@@ -154,6 +155,15 @@ def calibrate(
         cfg = cfg.replace(cost_model="")
     sizes = message_sizes(min_bytes, max_bytes)
     rank = launched_rank()
+    here = processes if rank is None else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = usable_cores()
+    if progress and rank in (None, 0) and here > cores:
+        log(
+            f"{here} processes on {cores} core{'s' * (cores > 1)} here: they share cores, so the "
+            "profile predicts runs laid out alike; there a slow agent's extra time partly "
+            "hides in the others' wait for a core, which the clock (one process a core) "
+            "charges whole"
+        )
     if rank is None:  # the oracle first, then the processes: nothing shares its cores
         job = build_job(cfg)
         compute = time_compute(cfg, job, repeats, warmup, progress, log)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -32,6 +31,7 @@ from rich.console import Console
 from nettrain.config import PROVENANCE, RunConfig, coerce, load_config
 from nettrain.errors import ConfigError
 from nettrain.experiment import run
+from nettrain.machine import usable_cores
 from nettrain.recording import FAILED, config_json, read_records, refuse_finished, write_json
 from nettrain.report.tables import aggregate, aggregate_table, write_csv
 
@@ -107,8 +107,7 @@ def seed_folder(seed: int) -> str:
 
 def threads_per_job(jobs: int) -> int:
     """Torch threads for each of ``jobs`` workers: this process's cores shared out."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // jobs)
+    return max(1, usable_cores() // jobs)
 
 
 def _run_in_worker(config: dict[str, Any], folder: str, threads: int) -> Records:

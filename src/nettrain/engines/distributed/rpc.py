@@ -100,6 +100,7 @@ from torch.futures import Future
 
 from nettrain.engines.distributed.store import keep_on_loopback, open_store
 from nettrain.errors import PeerError
+from nettrain.machine import usable_cores
 
 SCHEME = "nettrain-rpc"  # init_rpc's URL scheme for a store chosen by rpc_session
 STORE_PREFIX = "nettrain-rpc"  # keys of RPC's rendezvous in a shared store
@@ -358,7 +359,7 @@ def transports(choice: str) -> list[str] | None:
     if choice not in TRANSPORTS:
         raise ValueError(f"transport={choice!r}: choose one of {', '.join(TRANSPORTS)}")
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    crowded = local > len(os.sched_getaffinity(0))
+    crowded = local > usable_cores()
     return ["uv"] if choice == "uv" or (choice == "auto" and crowded) else None
 
 

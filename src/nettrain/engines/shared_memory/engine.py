@@ -26,7 +26,6 @@ Rank 0 writes the run folder; its records describe machine 0.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ from nettrain.engines.shared_memory.averaging import ModelAverager
 from nettrain.engines.shared_memory.board import Board
 from nettrain.engines.shared_memory.worker import worker_main
 from nettrain.errors import ConfigError, DataError, DivergenceError, WorkerFailed
+from nettrain.machine import usable_cores
 from nettrain.patterns import shared_fields
 from nettrain.problem.block_oracle import BlockGradient
 from nettrain.recording import RunFolder
@@ -115,8 +115,7 @@ class SharedMemoryEngine:
             )
         check_engine(self.name, job.algorithm)
         blocks = job.algorithm.shared_blocks(self.processes)  # checks the workers it was built for
-        affinity = getattr(os, "sched_getaffinity", None)  # Linux only
-        cores = len(affinity(0)) if affinity else os.cpu_count() or 1
+        cores = usable_cores()
         if self.processes > cores:
             warnings.warn(
                 f"processes={self.processes} is more than the {cores} cores this "
