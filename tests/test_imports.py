@@ -42,7 +42,7 @@ PACKAGE = "nettrain"
 
 # Lowest first. A module imports modules of its own layer or of lower ones only.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "memory", "progress", "version"),
+    ("errors", "machine", "memory", "progress", "version"),
     (
         "topology",
         "compression",
