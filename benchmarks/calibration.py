@@ -62,6 +62,7 @@ import torch.distributed as dist
 
 from nettrain.config import RunConfig, load_config
 from nettrain.experiment import run
+from nettrain.machine import usable_cores
 
 TARGET = 0.2  # |predicted / measured - 1| <= TARGET
 METHODS: dict[str, dict[str, Any]] = {
@@ -296,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "straggler": STRAGGLER,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
-        "cores": os.cpu_count(),
+        "cores": usable_cores(),
         "torch": torch.__version__,
         "seconds": round(time.perf_counter() - started, 1),
     }

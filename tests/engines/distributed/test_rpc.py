@@ -29,6 +29,7 @@ from engines.distributed.rpc_mailbox import Counted, Counts, Mailbox, Tally, pay
 from helpers import free_port, torchrun_command, wait_or_fail
 from nettrain.engines.distributed.rpc import default_rpc_port, plain, rpc_session, transports
 from nettrain.errors import PeerError
+from nettrain.machine import usable_cores
 
 WORKER = Path(__file__).with_name("rpc_worker.py")
 MESSAGES = {1: 5, 2: 7, 3: 11}  # sender rank -> messages it posts
@@ -250,7 +251,7 @@ def test_the_own_store_is_next_to_the_process_groups(monkeypatch) -> None:
 def test_transport_auto_leaves_shared_memory_where_processes_outnumber_cores(monkeypatch) -> None:
     """``auto``: TCP alone (``uv``) where this machine's ranks outnumber the cores this
     process may use, TensorPipe's default (None) otherwise; ``uv`` and ``shm`` as given."""
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores + 1))
     assert transports("auto") == transports("uv") == ["uv"] and transports("shm") is None
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
