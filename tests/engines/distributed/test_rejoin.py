@@ -38,7 +38,12 @@ from nettrain.engines.distributed.rpc import MEMBERS, _forget
 from nettrain.engines.distributed.store import HOSTED
 from nettrain.errors import ConfigError
 
-N, ROUNDS, KILLED = 4, 2000, 2  # long enough for the process started again to find the run
+# Every agent sleeps 9 times its computing after each event (stragglers=1,
+# straggler_slowdown=10), so that the survivors' events outlast the start of the new process
+# on a slow host too: without, they ran 1,950 of 2,000 events while it started (11 s) on
+# an idle one, all of them on a loaded one; with, it is back after 300 to 500 of 1,000.
+N, ROUNDS, KILLED = 4, 1000, 2
+SLOW = ["stragglers=1", "straggler_slowdown=10"]
 
 
 def test_a_killed_worker_started_again_rejoins_from_a_live_neighbour(tmp_path: Path) -> None:
@@ -49,7 +54,7 @@ def test_a_killed_worker_started_again_rejoins_from_a_live_neighbour(tmp_path: P
     out = tmp_path / "run"
     args = ["run", "engine=distributed", f"agents={N}", "hidden=8", "batch_size=8"]
     args += ["progress=false", "timeout_s=10", "eval_every=200", "algorithm=swarm"]
-    args += [f"rounds={ROUNDS}", "rejoin=true", "--out", str(out)]
+    args += [f"rounds={ROUNDS}", "rejoin=true", *SLOW, "--out", str(out)]
     runs = json.dumps({"port": port, "args": args})
     run = processes.launch(tmp_path, [runs], N, kill=f"{KILLED}:50", extra={HOSTED: "1"})
     again = None
