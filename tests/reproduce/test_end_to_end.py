@@ -20,10 +20,14 @@ user runs it, and each test checks that:
 
 The sizes shrink rounds (and data) for every run with ``--set``; easgd and swarm train on
 scikit-learn's digits in place of Fashion-MNIST, which is read again and evaluated on
-its 10,000 test images in every run (seconds each). At this size the claims need not
-hold; the exit code is checked against ``claims.json`` whichever way they come out.
+its 10,000 test images in every run (seconds each). The tuning grids of easgd and
+block-async shrink to two points a method (:data:`SMALL`: 42 runs of a seed in place of
+150, and 10 in place of 40), and easgd's runtime round robin (claim 5) to 2,000 rounds:
+the choice over a grid is tested in ``test_tuning.py`` and claim 5 at its full 24,000
+rounds in ``test_round_robin.py``. At this size the claims need not hold; the exit code
+is checked against ``claims.json`` whichever way they come out.
 Every run also draws its own ``plot.png`` (``tests/test_cli.py`` checks it); at about a
-second each for some 90 runs that would be most of the time, so the tests replace it with a
+second each for some 150 runs that would be most of the time, so the tests replace it with a
 stub that counts the runs that finish. block-async takes the longest: each of its runs
 starts fresh worker processes, which import torch.
 """
@@ -31,6 +35,7 @@ starts fresh worker processes, which import torch.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -41,9 +46,19 @@ import pytest
 from nettrain.cli import main
 from nettrain.reproduce import block_async, easgd, next_sca, swarm
 from nettrain.reproduce.runner import folder_name, seed_folder
+from nettrain.reproduce.tuning import Grid
 
 Row = dict[str, str]
 SEEDS = (3, 4)  # --seed 3 --seeds 2; the slowest two experiments run --seeds 1
+# module -> its grids, two points a method, set for the test (see the module docstring)
+SMALL = {
+    easgd: {
+        "PLAIN": Grid.of(lr=(0.01, 0.05), momentum=(0.0,)),
+        "WITH_MOMENTUM": Grid.of(lr=(0.005, 0.02), momentum=(0.9,)),
+    },
+    block_async: {"GRID": Grid.of(lr=(0.01, 0.03), momentum=(0.9,))},
+}
+RUNTIME_ROUNDS = 2_000  # easgd's runtime round robin here
 
 
 class Case(NamedTuple):
@@ -159,8 +174,13 @@ def block_async_case() -> Case:
     )
 
 
-CASES = {c.name: c for c in (next_case(), easgd_case(), swarm_case(), block_async_case())}
-COUNTS = {"next": 30, "easgd": 150, "swarm": 19, "block-async": 40}  # a seed's runs, by hand
+CASES = {
+    "next": next_case,
+    "easgd": easgd_case,
+    "swarm": swarm_case,
+    "block-async": block_async_case,
+}
+COUNTS = {"next": 30, "easgd": 42, "swarm": 19, "block-async": 10}  # a seed's runs, by hand
 
 
 def reproduce(case: Case, out: Path) -> int:
@@ -206,7 +226,11 @@ def check_file(path: Path) -> None:
 def test_reproduce_runs_end_to_end_and_keeps_its_runs(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    case = CASES[name]
+    for module, grids in SMALL.items():
+        for attribute, grid in grids.items():
+            monkeypatch.setattr(module, attribute, grid)
+    monkeypatch.setattr(easgd, "runtime", functools.partial(easgd.runtime, rounds=RUNTIME_ROUNDS))
+    case = CASES[name]()
     assert len(case.configs) == len(set(case.configs)) == COUNTS[name]
     finished: list[str] = []
 
