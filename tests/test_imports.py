@@ -58,7 +58,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("evaluation", "recording", "result"),
     ("engines",),
     ("config",),
-    ("experiment", "reporting", "calibration"),  # calibration measures what experiment builds
+    # calibration measures what experiment builds
+    ("experiment", "description", "reporting", "calibration"),
     ("reproduce",),
     ("sweeps",),  # runs its grids through reproduce.runner.run_all
     ("cli",),

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from nettrain.cli import main
+from nettrain.description import describe_runs
 from nettrain.report.html import FIGURE_MAKERS, config_differences
 from nettrain.report.plots import _band_at, choose_panels, plot_run, plot_runs, plot_seeds, x_axes
-from nettrain.reporting import describe_runs
 from nettrain.reproduce.claims import BY_CONSTRUCTION, EMPIRICAL, Claim, Measured, write_claims
 
 TINY = [

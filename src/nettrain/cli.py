@@ -147,8 +147,8 @@ def launch_processes(nproc: int, cfg: RunConfig, arguments: Sequence[str]) -> in
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from nettrain.config import load_config
+    from nettrain.description import describe_runs
     from nettrain.report.tables import aggregate_table, summary_table
-    from nettrain.reporting import describe_runs
     from nettrain.sweeps import sweep
 
     given = [a.strip() for a in args.algorithms.split(",") if a.strip()] if args.algorithms else []

@@ -35,6 +35,7 @@ from nettrain.config import (
 )
 from nettrain.data import Dataset, load_dataset, partition
 from nettrain.data.validation import hold_out
+from nettrain.description import describe_runs
 from nettrain.engines.base import Engine, Job
 from nettrain.engines.distributed.engine import DistributedEngine
 from nettrain.engines.distributed.snapshots import Snapshots
@@ -52,9 +53,7 @@ from nettrain.problem.losses import LOSSES, Regularizer, get_loss, per_sample
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
 from nettrain.recording import RunFolder, config_json, read_config, read_records, summarize
-from nettrain.report.plots import HEADLINE, X_AXES, plot_runs
 from nettrain.report.tables import write_csv
-from nettrain.reporting import describe_runs
 from nettrain.result import Result
 from nettrain.topology import Topology, build_topology
 from nettrain.version import __version__
@@ -567,6 +566,8 @@ def write_comparison(
 ) -> None:
     """``summary.csv`` (one row per run) and ``compare.png`` in ``out``; the plot's title
     and legend say what the runs share and where they differ (their ``config.json``)."""
+    from nettrain.report.plots import HEADLINE, X_AXES, plot_runs  # matplotlib: compare only
+
     write_csv(summaries, out / "summary.csv")
     configs = {name: read_config(out / name) for name in curves}
     about = describe_runs({name: c for name, c in configs.items() if c is not None})

@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from nettrain.config import FIELDS, RunConfig, coerce
+from nettrain.description import describe_runs
 from nettrain.errors import ConfigError
 from nettrain.experiment import as_config, comparison_configs, write_comparison
 from nettrain.report.plots import plot_bands
 from nettrain.report.tables import METRICS, aggregate, write_csv
-from nettrain.reporting import describe_runs
 from nettrain.reproduce.runner import Records, run_all
 
 # Keys whose one value is itself a comma list (a tuple of ints, or a spec of items):

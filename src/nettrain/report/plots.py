@@ -6,7 +6,7 @@ virtual time). A metric whose runs lie orders of magnitude apart (all-reduce's c
 distance of 1e-13 next to gossip's 1e-2) gets one panel per scale; a metric that spans
 decades gets a log axis with labelled ticks. The legend stands below the panels; titles
 and legend labels saying what the runs share and where they differ come from
-:func:`nettrain.reporting.describe_runs`.
+:func:`nettrain.description.describe_runs`.
 
 matplotlib's non-interactive Agg backend is used explicitly, so plotting works on
 machines without a display and never changes the caller's global backend.
@@ -389,7 +389,7 @@ def plot_runs(
     """Every numeric metric of ``runs`` (or those of ``metrics``), a row of panels each,
     against each x axis of ``x`` the runs have (a column each; with one x axis the
     panels wrap three to a row); the legend below says ``labels[name]`` (default the
-    run's name). :func:`nettrain.reporting.describe_runs` gives a title and labels."""
+    run's name). :func:`nettrain.description.describe_runs` gives a title and labels."""
     axes = x_axes(runs, x)
     cells = [(panel, ax) for panel in choose_panels(runs, metrics) for ax in axes]
     columns = len(axes) if len(axes) > 1 else 3

@@ -38,10 +38,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.patches import Patch
-
 FILE = "timeline.jsonl"
 PLOT = "timeline.png"  # what a run folder draws of it
 KINDS = ("compute", "send", "wait", "serve")
@@ -70,6 +66,12 @@ def read_timeline(folder: str | Path) -> list[dict[str, Any]]:
 def plot_timeline(events: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Draw ``events`` as one row of bars per agent (time on the x axis, one colour per
     kind) and write the figure to ``path``; at most :data:`MAX_ROWS` agents, the first."""
+    # here, not at the top: every process of a run imports this module to write the
+    # intervals, and matplotlib would add 0.3 s to each one's start
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
     agents = sorted({e["agent"] for e in events})
     shown = agents[:MAX_ROWS]
     if len(agents) > MAX_ROWS:

@@ -2,7 +2,7 @@
 legends and reports.
 
 Each run comes as the keys that describe it (which keys matter for a run's method is
-the configuration's business: :func:`nettrain.reporting.shown_keys`); a
+the configuration's business: :func:`nettrain.description.shown_keys`); a
 :class:`Description` splits them into the keys every run has with one value (a title)
 and each run's own (its legend label).
 """
