@@ -16,9 +16,10 @@ test set leaks into training::
 A path ending in ``.npz`` instead of a name loads the user's own arrays as they are
 (see :func:`nettrain.data.load_npz`).
 
-Nothing is ever downloaded: scikit-learn ships its small sets inside the package and
-Fashion-MNIST is read from a folder of the four standard IDX files (Debian's
-``dataset-fashion-mnist`` installs them under :data:`FASHION_MNIST_DIR`).
+Nothing is ever downloaded: scikit-learn ships its small sets inside the package (read
+from its files, :mod:`nettrain.data.bundled`) and Fashion-MNIST is read from a folder of
+the four standard IDX files (Debian's ``dataset-fashion-mnist`` installs them under
+:data:`FASHION_MNIST_DIR`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nettrain.data.bundled import read_bundled
 from nettrain.data.dataset import Dataset
 from nettrain.data.idx import read_idx
 from nettrain.data.user import is_npz_path, load_npz
@@ -265,18 +267,13 @@ Loader = Callable[[str | Path | None, int, float], Dataset]
 
 
 def _sklearn_loader(name: str, classification: bool) -> Loader:
-    """A loader for scikit-learn's bundled ``load_<name>`` (files inside the package).
-
-    scikit-learn is imported on first use: it takes over a second to import and the
-    Fashion-MNIST and synthetic sets do not need it.
-    """
+    """A loader for scikit-learn's bundled set ``name``, read from its package files
+    (:mod:`nettrain.data.bundled`; scikit-learn itself is not imported)."""
     feature_shape = (1, 8, 8) if name == "digits" else None  # digits are 8x8 images
 
     def loader(data_dir: str | Path | None, seed: int, test_fraction: float) -> Dataset:
         del data_dir  # bundled with scikit-learn
-        from sklearn import datasets as skdatasets
-
-        x, y = getattr(skdatasets, f"load_{name}")(return_X_y=True)
+        x, y = read_bundled(name)
         n_classes = int(y.max()) + 1 if classification else 0
         split = _split(x.astype(np.float64), y, test_fraction, classification, seed)
         return _tabular(name, split, n_classes, feature_shape)
