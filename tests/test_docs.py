@@ -1,8 +1,12 @@
-"""The project's documents: every link and image points at a file in the repository."""
+"""The project's documents: every link and image points at a file in the repository, and
+their Python examples parse and are formatted as ruff formats the code."""
 
 from __future__ import annotations
 
+import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import pytest
 ROOT = Path(__file__).parents[1]
 DOCUMENTS = sorted([ROOT / "README.md", ROOT / "benchmarks" / "README.md", *ROOT.glob("docs/*.md")])
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+PYTHON = re.compile(r"```python\n(.*?)```", flags=re.S)
 
 
 def links(document: Path) -> list[str]:
@@ -33,3 +38,12 @@ def test_the_link_pattern_finds_links_and_images(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text("see [a](a.md#x) and ![b](img/b.png)\n```\n[c](http://x)\n```\n")
     assert links(page) == ["a.md#x", "img/b.png"]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_examples_parse_and_are_formatted(document: Path) -> None:
+    for block in PYTHON.findall(document.read_text()):
+        ast.parse(block)
+        ruff = [sys.executable, "-m", "ruff", "format", "--check", "--line-length", "100", "-"]
+        checked = subprocess.run(ruff, input=block, capture_output=True, text=True)
+        assert checked.returncode == 0, f"{document.name}: ruff would reformat\n{block}"
