@@ -470,7 +470,7 @@ class EngineKeys(Section):
         "auto",
         "engine=distributed, asynchronous methods and parameter servers: how rpc reaches a "
         "process of the same machine: shm (shared memory, polled busily), uv (TCP), auto = "
-        "uv where the machine's processes outnumber its cores",
+        "uv where the machine has fewer than two cores a process",
         RPC_TRANSPORTS,
     )
     master_addr: str = key("127.0.0.1", "engine=distributed: address of rank 0's rendezvous")

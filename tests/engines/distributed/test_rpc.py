@@ -29,7 +29,6 @@ from engines.distributed.rpc_mailbox import Counted, Counts, Mailbox, Tally, pay
 from helpers import free_port, torchrun_command, wait_or_fail
 from nettrain.engines.distributed.rpc import default_rpc_port, plain, rpc_session, transports
 from nettrain.errors import PeerError
-from nettrain.machine import usable_cores
 
 WORKER = Path(__file__).with_name("rpc_worker.py")
 MESSAGES = {1: 5, 2: 7, 3: 11}  # sender rank -> messages it posts
@@ -248,15 +247,20 @@ def test_the_own_store_is_next_to_the_process_groups(monkeypatch) -> None:
         pass
 
 
-def test_transport_auto_leaves_shared_memory_where_processes_outnumber_cores(monkeypatch) -> None:
-    """``auto``: TCP alone (``uv``) where this machine's ranks outnumber the cores this
-    process may use, TensorPipe's default (None) otherwise; ``uv`` and ``shm`` as given."""
-    cores = usable_cores()
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores + 1))
-    assert transports("auto") == transports("uv") == ["uv"] and transports("shm") is None
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
-    assert transports("auto") is None and transports("uv") == ["uv"]
+def test_transport_auto_leaves_shared_memory_without_two_cores_a_process(monkeypatch) -> None:
+    """``auto``: TCP alone (``uv``) where this machine's ranks have fewer than two of the
+    cores this process may use each (shared memory's poller takes one), TensorPipe's
+    default (None) otherwise and for a lone process; ``uv`` and ``shm`` as given."""
+    monkeypatch.setattr("nettrain.engines.distributed.rpc.usable_cores", lambda: 8)
+    for local, expected in ((5, ["uv"]), (4, None), (2, None), (1, None)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local))
+        assert transports("auto") == expected, local
+        assert transports("uv") == ["uv"] and transports("shm") is None
+    monkeypatch.setattr("nettrain.engines.distributed.rpc.usable_cores", lambda: 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert transports("auto") == ["uv"]
+    monkeypatch.setattr("nettrain.engines.distributed.rpc.usable_cores", lambda: 1)
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    assert transports("auto") is None  # one process
+    assert transports("auto") is None  # one process: no other on its machine
     with pytest.raises(ValueError, match="choose one of auto, shm, uv"):
         transports("tcp")
