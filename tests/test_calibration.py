@@ -284,6 +284,7 @@ def test_calibrate_measures_two_local_processes(
 ) -> None:
     out = tmp_path / "profile.toml"
     monkeypatch.setattr("nettrain.calibration.measure.usable_cores", lambda: 1)
+    threads = torch.get_num_threads()
     items = [f"{k}={v}" for k, v in KEYS.items()] + [f"master_port={free_port()}"]
     args = ["calibrate", *items, "--out", str(out), "--max-bytes", "16M", "--repeats", "3"]
     assert main(args) == 0
@@ -296,6 +297,8 @@ def test_calibrate_measures_two_local_processes(
     assert len(profile.one_way_s) == 15 and all(t > 0 for t in profile.one_way_s)
     assert (profile.model, profile.batch, profile.d, profile.processes) == ("mlp", 4, dim, 2)
     assert profile.repeats == 3 and profile.hidden == (8,)
+    # the pass alone on one thread, as the spawned processes compute; the threads restored
+    assert profile.threads == 1 and torch.get_num_threads() == threads
     shown = capfd.readouterr()  # the spawned processes' stderr too
     assert "relative residual" in shown.out and "16,777,216" in shown.out
     assert f"use it with cost_model={out}" in shown.out

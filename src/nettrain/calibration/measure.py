@@ -2,10 +2,10 @@
 
 :func:`calibrate` builds the run's problem as ``nettrain run`` would (:func:`~nettrain.
 experiment.build_job`), times one agent's oracle alone (:mod:`.compute`) before any
-other process starts, then every figure with ``processes`` spawned processes (or the
-ranks torchrun launched) busy at once (:mod:`.loaded`), fits the link (:mod:`.fit`)
-and writes the
-:class:`~nettrain.engines.sim.profile.Profile`.
+other process starts (on one thread, as the spawned processes compute; under torchrun
+on the rank's own threads), then every figure with ``processes`` spawned processes (or
+the ranks torchrun launched) busy at once (:mod:`.loaded`), fits the link (:mod:`.fit`)
+and writes the :class:`~nettrain.engines.sim.profile.Profile`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,17 @@ def time_compute(
     return time_oracle(oracle, job.x0[None], repeats, warmup)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch's intra-op threads set to one inside the block, restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def link_plan(
     cfg: RunConfig, job: Job, sizes: tuple[int, ...], repeats: int, warmup: int, progress: bool
 ) -> LinkPlan:
@@ -166,7 +178,8 @@ def calibrate(
         )
     if rank is None:  # the oracle first, then the processes: nothing shares its cores
         job = build_job(cfg)
-        compute = time_compute(cfg, job, repeats, warmup, progress, log)
+        with one_thread():  # as the spawned processes and the launcher's ranks compute
+            compute = time_compute(cfg, job, repeats, warmup, progress, log)
         plan = link_plan(cfg, job, sizes, repeats, warmup, progress)
         if progress:
             log(f"{processes} processes meet at {cfg.master_addr}:{cfg.master_port}")
