@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -306,6 +307,7 @@ def test_calibrate_measures_two_local_processes(
     assert "calibrate: 2 processes on 1 core here: they share cores" in shown.err
     assert "calibrate:   16,777,216 bytes:" in shown.err
     assert "calibrate:   rpc exchange of as many:" in shown.err
+    assert re.search(r"^calibrate: timing the oracle: .*, 1 thread$", shown.err, re.M)
     assert profile.rpc_exchange_s > 0 and profile.seconds_per_sample_alone > 0
     assert profile.round_overhead_s >= 0 and profile.event_overhead_s >= 0
     assert "calibrate:   the engine's round besides the pass:" in shown.err

@@ -110,9 +110,10 @@ def time_compute(
 ) -> ComputeTimes:
     """One agent's oracle of ``job`` timed (:func:`.compute.time_oracle`)."""
     if progress:
+        threads = torch.get_num_threads()
         log(
             f"timing the oracle: model={cfg.model}, batch {job.batch_size}, "
-            f"d={job.problem.dim:,d}, {torch.get_num_threads()} threads"
+            f"d={job.problem.dim:,d}, {threads} thread{'s' * (threads > 1)}"
         )
     oracle = job.problem.oracle([job.shards[0]], [0], batch_size=job.batch_size, seed=cfg.seed)
     return time_oracle(oracle, job.x0[None], repeats, warmup)
