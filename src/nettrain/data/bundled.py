@@ -27,8 +27,14 @@ from nettrain.errors import DataError
 
 Arrays = tuple[np.ndarray, np.ndarray]  # features (n, d) float64, targets (n,)
 
-TABLES = {"iris": "iris.csv", "wine": "wine_data.csv", "breast_cancer": "breast_cancer.csv"}
-NAMES = ("digits", *TABLES, "diabetes")
+# the classification sets: their file and its header lines, the label in the last column
+TABLES = {
+    "digits": ("digits.csv.gz", 0),
+    "iris": ("iris.csv", 1),
+    "wine": ("wine_data.csv", 1),
+    "breast_cancer": ("breast_cancer.csv", 1),
+}
+NAMES = (*TABLES, "diabetes")
 
 
 def data_folder() -> Path:
@@ -48,11 +54,9 @@ def data_folder() -> Path:
 def read_bundled(name: str) -> Arrays:
     """The features and targets of scikit-learn's bundled set ``name`` (:data:`NAMES`)."""
     folder = data_folder()
-    if name == "digits":
-        table = np.loadtxt(folder / "digits.csv.gz", delimiter=",")
-        return table[:, :-1], table[:, -1].astype(int)
     if name in TABLES:
-        table = np.loadtxt(folder / TABLES[name], delimiter=",", skiprows=1)
+        file, header = TABLES[name]
+        table = np.loadtxt(folder / file, delimiter=",", skiprows=header)
         return table[:, :-1], table[:, -1].astype(int)
     if name == "diabetes":
         x = np.loadtxt(folder / "diabetes_data_raw.csv.gz")
