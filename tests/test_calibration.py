@@ -17,7 +17,13 @@ from nettrain.calibration.loaded import PAIRS, paired
 from nettrain.cli import byte_count, main
 from nettrain.config import load_config
 from nettrain.engines.sim.events import SimEvents
-from nettrain.engines.sim.profile import Profile, convert, load_profile, toml_value
+from nettrain.engines.sim.profile import (
+    Profile,
+    average_profiles,
+    convert,
+    load_profile,
+    toml_value,
+)
 from nettrain.errors import ConfigError
 from nettrain.experiment import build_cost_model, build_job, build_problem
 
@@ -315,3 +321,39 @@ def test_calibrate_measures_two_local_processes(
     cfg = load_config(overrides=KEYS | {"cost_model": str(out)})
     cost = build_cost_model(cfg, build_problem(cfg))
     assert dataclasses.astuple(cost.profile) == dataclasses.astuple(profile)
+
+
+def test_averaged_profiles_take_the_mean_of_every_time_and_line(dim: int) -> None:
+    sizes = (1024, 4096, 16384)
+
+    def on_line(latency: float, bandwidth: float, **changes: object) -> Profile:
+        times = tuple(latency + b / bandwidth for b in sizes)
+        return profile_for(
+            dim,
+            latency_s=latency,
+            bandwidth_bytes_per_s=bandwidth,
+            message_bytes=sizes,
+            one_way_s=times,
+            **changes,
+        )
+
+    a = on_line(4e-5, 2e9, seconds_per_sample=3e-6, allreduce_s=2e-4, date="first")
+    b = on_line(8e-5, 1e9, seconds_per_sample=5e-6, allreduce_s=4e-4, date="second")
+    mean = average_profiles([a, b])
+    assert mean.seconds_per_sample == pytest.approx(4e-6, rel=1e-12)
+    assert mean.allreduce_s == pytest.approx(3e-4, rel=1e-12)
+    assert mean.latency_s == pytest.approx(6e-5, rel=1e-12)
+    # seconds per byte averaged: (0.5 + 1) / 2 ns a byte, not (2 + 1) / 2 GB/s
+    assert mean.bandwidth_bytes_per_s == pytest.approx(1 / 0.75e-9, rel=1e-12)
+    halfway = [(s + t) / 2 for s, t in zip(a.one_way_s, b.one_way_s, strict=True)]
+    assert mean.one_way_s == pytest.approx(halfway)
+    # the mean line is the line of the mean times: the fit finds it back
+    fit = fit_link(mean.message_bytes, mean.one_way_s)
+    assert fit.latency_s == pytest.approx(mean.latency_s, rel=1e-9)
+    assert fit.bandwidth_bytes_per_s == pytest.approx(mean.bandwidth_bytes_per_s, rel=1e-9)
+    assert mean.fitted_s() == pytest.approx(mean.one_way_s, rel=1e-12)
+    assert (mean.repeats, mean.date) == (a.repeats + b.repeats, "second")
+    with pytest.raises(ValueError, match=r"processes \(2 and 4\)"):
+        average_profiles([a, on_line(4e-5, 2e9, processes=4)])
+    with pytest.raises(ValueError, match="no profiles"):
+        average_profiles([])

@@ -20,7 +20,8 @@ that ``cost_model=PATH`` loads into the clock. The processes are P spawned on th
 machine (``--processes``), meeting on loopback (``master_addr``, ``master_port``); under
 ``torchrun`` they are the launched ranks, and the link is the one between neighbouring
 ranks (across machines: between their machines). The oracle's pass alone is timed
-before the processes start.
+before the processes start. :func:`average_profiles` makes one profile of several
+calibrations of the same run (before and after it, say, on a machine whose load moves).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nettrain.calibration.fit import LinkFit, fit_link
     from nettrain.calibration.measure import Calibration, calibrate
-    from nettrain.engines.sim.profile import Profile, load_profile
+    from nettrain.engines.sim.profile import Profile, average_profiles, load_profile
 
 # Imported on first use (PEP 562): the processes that measure the link import this
 # package, and should not wait for the experiment's imports.
@@ -42,6 +43,7 @@ _LAZY = {
     "fit_link": "nettrain.calibration.fit",
     "Profile": "nettrain.engines.sim.profile",
     "load_profile": "nettrain.engines.sim.profile",
+    "average_profiles": "nettrain.engines.sim.profile",
 }
 
 
@@ -58,4 +60,12 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["Calibration", "LinkFit", "Profile", "calibrate", "fit_link", "load_profile"]
+__all__ = [
+    "Calibration",
+    "LinkFit",
+    "Profile",
+    "average_profiles",
+    "calibrate",
+    "fit_link",
+    "load_profile",
+]

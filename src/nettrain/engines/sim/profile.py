@@ -37,7 +37,7 @@ import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,51 @@ class Profile:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(self.to_toml())
         return out
+
+
+# What two profiles to be averaged must share: the problem, the processes, the sizes.
+SHARED = ("processes", "model", "hidden", "dataset", "dtype", "device", "batch", "d", "threads")
+SHARED += ("message_bytes",)
+# The measured seconds, averaged as they are (bandwidth is averaged as seconds per byte).
+SECONDS = ("seconds_per_sample", "seconds_per_sample_alone", "latency_s", "allreduce_s")
+SECONDS += ("rpc_exchange_s", "round_overhead_s", "event_overhead_s")
+
+
+def average_profiles(profiles: Sequence[Profile]) -> Profile:
+    """One profile of several calibrations of the same problem on the same machines:
+    every time the mean of theirs, one-way times included; the link the mean of their
+    lines (latency the mean latency, bandwidth the reciprocal of the mean seconds per
+    byte), which is the line of the mean times where each profile's times lie on its
+    own; the repeats summed; date, host and versions those of the last. A ValueError
+    where they differ in what they were measured for (:data:`SHARED`).
+
+    Calibrations a few minutes apart on a shared machine differ by 20 to 30% where
+    its load changes; those made before and after a run bracket the machine it ran on.
+    """
+    if not profiles:
+        raise ValueError("no profiles to average")
+    first, k = profiles[0], len(profiles)
+    for other in profiles[1:]:
+        differ = [n for n in SHARED if getattr(other, n) != getattr(first, n)]
+        if differ:
+            raise ValueError(
+                "profiles measured for different runs cannot be averaged: they differ in "
+                + ", ".join(f"{n} ({getattr(first, n)} and {getattr(other, n)})" for n in differ)
+            )
+
+    def mean(values: Sequence[float]) -> float:
+        return math.fsum(values) / k
+
+    times = {n: mean([getattr(p, n) for p in profiles]) for n in SECONDS}
+    per_byte = mean([1 / p.bandwidth_bytes_per_s for p in profiles])
+    one_way = tuple(mean(column) for column in zip(*(p.one_way_s for p in profiles), strict=True))
+    return replace(
+        profiles[-1],
+        **times,
+        bandwidth_bytes_per_s=1 / per_byte,
+        one_way_s=one_way,
+        repeats=sum(p.repeats for p in profiles),
+    )
 
 
 def toml_value(value: Any) -> str:
