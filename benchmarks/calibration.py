@@ -23,22 +23,28 @@ agent, float32, gloo on loopback, one agent and one thread a process):
    load from other processes hits them alike. Measured seconds per round = the last
    record's ``train_time_s`` (wall time less the evaluation pauses; ``eval_every =
    rounds``) / its ``round``, rank 0's, the median over the repetitions; one untimed
-   warm-up run of each method first;
-3. **Predict**: the same configs with ``engine=sim cost_model=<the profile of P>``: the
-   last record's ``virtual_time_s`` / ``round``.
+   warm-up run of each method first. Then P is calibrated again (``--no-bracket``: not),
+   and the two profiles averaged
+   (:func:`~nettrain.engines.sim.profile.average_profiles`): calibrations a few minutes
+   apart on this shared machine differ by up to 30% where other jobs come and go, and
+   the two bracket the machine the runs had;
+3. **Predict**: the same configs with ``engine=sim cost_model=<the averaged profile of
+   P>``: the last record's ``virtual_time_s`` / ``round``; and beside it the prediction
+   from the calibration before alone.
 
 Printed: the profile's figures, then a table of every case (method, processes,
-straggler, measured, predicted, predicted / measured, within 20% or not) and, as the
+straggler, measured, predicted, predicted / measured, within 20% or not, and the
+ratio with the calibration before alone) and, as the
 last line, a JSON object: ``cases`` (``method``, ``processes``, ``straggler``,
 ``measured_s_per_round``, ``predicted_s_per_round``, ``ratio``, every repetition), the
-profile's figures, the load average before and after, rounds, repetitions, seconds.
-Target: predicted / measured within [0.8, 1.2] in every case.
+profiles' figures (before, after, averaged), the load average before and after, rounds,
+repetitions, seconds. Target: predicted / measured within [0.8, 1.2] in every case.
 
 Command (run it directly: it starts ``torchrun`` itself; about 5 minutes on the shared
 2-core development machine, ``--quick``, P = 4 and fewer rounds, about 1)::
 
     .venv/bin/python benchmarks/calibration.py [--quick] [--rounds R] [--reps K]
-        [--processes 4 8] [--profile profile.toml] [--max-bytes B]
+        [--processes 4 8] [--profile profile.toml] [--max-bytes B] [--no-bracket]
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nettrain.calibration import average_profiles, load_profile
 from nettrain.config import RunConfig, load_config
 from nettrain.experiment import run
 from nettrain.machine import usable_cores
@@ -176,28 +183,39 @@ def predict(method: str, processes: int, straggler: bool, rounds: int, profile: 
 # ------------------------------------------------------------------------------- main
 
 
-def calibrated(
-    args: argparse.Namespace, folder: Path, processes: int
-) -> tuple[Path, dict[str, Any]]:
-    """The profile for runs of ``processes`` processes (measured now with that many
-    unless ``--profile``) and its figures."""
-    from nettrain.calibration import load_profile
-
+def calibrated(args: argparse.Namespace, folder: Path, processes: int, when: str) -> Path:
+    """The profile for runs of ``processes`` processes, measured now with that many
+    (``when``: "before" or "after" the measured runs), unless ``--profile``."""
     if args.profile:
-        path = Path(args.profile)
-    else:  # launched as the measured runs are: torchrun, one thread a process
-        path = folder / f"profile-{processes}.toml"
-        keys = [f"{k}={v}" for k, v in PROBLEM.items() if k != "hidden"]
-        keys += ["hidden=" + ",".join(map(str, PROBLEM["hidden"])), "timeout_s=300"]
-        command = [*torchrun(processes), "-m", "nettrain", "calibrate", *keys]
-        command += ["--out", str(path), "--max-bytes", str(args.max_bytes)]
-        done = subprocess.run(command, env=os.environ | {"OMP_NUM_THREADS": "1"}, **CAPTURE)
-        if done.returncode != 0:
-            raise SystemExit(f"calibrating {processes} processes failed:\n{done.stderr[-4000:]}")
-        summary = done.stdout[done.stdout.index("compute, ") :].splitlines()
-        print(f"P = {processes}:", *(f"  {line}" for line in summary[:-1]), sep="\n")
+        return Path(args.profile)
+    # launched as the measured runs are: torchrun, one thread a process
+    path = folder / f"profile-{processes}-{when}.toml"
+    keys = [f"{k}={v}" for k, v in PROBLEM.items() if k != "hidden"]
+    keys += ["hidden=" + ",".join(map(str, PROBLEM["hidden"])), "timeout_s=300"]
+    command = [*torchrun(processes), "-m", "nettrain", "calibrate", *keys]
+    command += ["--out", str(path), "--max-bytes", str(args.max_bytes)]
+    done = subprocess.run(command, env=os.environ | {"OMP_NUM_THREADS": "1"}, **CAPTURE)
+    if done.returncode != 0:
+        raise SystemExit(f"calibrating {processes} processes failed:\n{done.stderr[-4000:]}")
+    summary = done.stdout[done.stdout.index("compute, ") :].splitlines()
+    print(f"P = {processes}, {when}:", *(f"  {line}" for line in summary[:-1]), sep="\n")
+    return path
+
+
+def bracketed(folder: Path, processes: int, before: Path, after: Path | None) -> Path:
+    """The profile of the calibrations before and after the measured runs, averaged
+    (:func:`~nettrain.engines.sim.profile.average_profiles`); ``before`` without one
+    after."""
+    if after is None:
+        return before
+    mean = average_profiles([load_profile(before), load_profile(after)])
+    return mean.write(folder / f"profile-{processes}-mean.toml")
+
+
+def figures(path: Path) -> dict[str, Any]:
+    """A profile's figures, for the summary."""
     p = load_profile(path)
-    return path, {
+    return {
         "seconds_per_sample": p.seconds_per_sample,
         "seconds_per_sample_alone": p.seconds_per_sample_alone,
         "latency_s": p.latency_s,
@@ -226,6 +244,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-bytes", type=int, default=16 * 2**20, help="largest ping-pong message (bytes)"
     )
+    parser.add_argument(
+        "--no-bracket",
+        dest="bracket",
+        action="store_false",
+        help="calibrate before the measured runs only (default: before and after, averaged)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (100 if args.quick else 300)
@@ -245,16 +269,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        profiles, measured = {}, {}
-        for p in args.processes:  # measured right after their calibration
-            profiles[p] = calibrated(args, folder, p)
+        profiles: dict[int, dict[str, Path]] = {}
+        measured = {}
+        for p in args.processes:  # measured between two calibrations of their own
+            before = calibrated(args, folder, p, "before")
             measured[p] = launch(p, args, folder)
+            after = calibrated(args, folder, p, "after") if args.bracket else None
+            profiles[p] = {"before": before, "mean": bracketed(folder, p, before, after)}
+            if after is not None:
+                profiles[p]["after"] = after
         cases = []
         for p in args.processes:
             for method, straggler in CASES:
                 reps = measured[p][f"{method}/{straggler}"]
                 seconds = statistics.median(reps)
-                predicted = predict(method, p, straggler, args.rounds, profiles[p][0])
+                predicted = predict(method, p, straggler, args.rounds, profiles[p]["mean"])
+                alone = predict(method, p, straggler, args.rounds, profiles[p]["before"])
                 cases.append(
                     {
                         "method": method,
@@ -265,31 +295,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "ratio": round(predicted / seconds, 3),
                         "within_20pct": abs(predicted / seconds - 1) <= TARGET,
                         "measured_reps": [round(s, 6) for s in reps],
+                        "predicted_before_s_per_round": round(alone, 6),
+                        "ratio_before": round(alone / seconds, 3),
                     }
                 )
+        d = load_profile(profiles[args.processes[0]]["before"]).d
+        shown = {p: {k: figures(v) for k, v in ps.items()} for p, ps in profiles.items()}
     load_after = os.getloadavg()
     print(
-        f"\n{PROBLEM['dataset']}, MLP 64-32-10 (d = {next(iter(profiles.values()))[1]['d']:,}), "
+        f"\n{PROBLEM['dataset']}, MLP 64-32-10 (d = {d:,}), "
         "batch "
         f"{PROBLEM['batch_size']}, {args.rounds} rounds x {args.reps} repetitions; "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
     print(
         f"{'method':<11} {'P':>2} {'straggler':>9} {'measured ms':>12} {'predicted ms':>13} "
-        f"{'pred/meas':>10}  within 20%"
+        f"{'pred/meas':>10}  within 20%  {'calibration before alone':>24}"
     )
     for c in cases:
         print(
             f"{c['method']:<11} {c['processes']:>2} {'4x' if c['straggler'] else '-':>9} "
             f"{c['measured_s_per_round'] * 1e3:>12.2f} {c['predicted_s_per_round'] * 1e3:>13.2f} "
-            f"{c['ratio']:>10.3f}  {'yes' if c['within_20pct'] else 'no'}"
+            f"{c['ratio']:>10.3f}  {'yes' if c['within_20pct'] else 'no':>10}  "
+            f"{c['ratio_before']:>24.3f}"
         )
     within = sum(c["within_20pct"] for c in cases)
-    print(f"{within} of {len(cases)} cases within 20%")
+    alone = sum(abs(c["ratio_before"] - 1) <= TARGET for c in cases)
+    print(f"{within} of {len(cases)} cases within 20% ({alone} with the calibration before alone)")
     summary = {
         "cases": cases,
         "within_20pct": within,
-        "profiles": {p: figures for p, (_, figures) in profiles.items()},
+        "within_20pct_before": alone,
+        "bracketed": args.bracket and not args.profile,
+        "profiles": shown,
         "problem": PROBLEM,
         "rounds": args.rounds,
         "reps": args.reps,
