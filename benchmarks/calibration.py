@@ -26,7 +26,7 @@ agent, float32, gloo on loopback, one agent and one thread a process):
    warm-up run of each method first. Then P is calibrated again (``--no-bracket``: not),
    and the two profiles averaged
    (:func:`~nettrain.engines.sim.profile.average_profiles`): calibrations a few minutes
-   apart on this shared machine differ by up to 30% where other jobs come and go, and
+   apart on this shared machine differ by up to 35% where other jobs come and go, and
    the two bracket the machine the runs had;
 3. **Predict**: the same configs with ``engine=sim cost_model=<the averaged profile of
    P>``: the last record's ``virtual_time_s`` / ``round``; and beside it the prediction
@@ -41,7 +41,7 @@ profiles' figures (before, after, averaged), the load average before and after, 
 repetitions, seconds. Target: predicted / measured within [0.8, 1.2] in every case.
 
 Command (run it directly: it starts ``torchrun`` itself; about 5 minutes on the shared
-2-core development machine, ``--quick``, P = 4 and fewer rounds, about 1)::
+2-core development machine, ``--quick``, P = 4 and fewer rounds, about 1.5)::
 
     .venv/bin/python benchmarks/calibration.py [--quick] [--rounds R] [--reps K]
         [--processes 4 8] [--profile profile.toml] [--max-bytes B] [--no-bracket]
@@ -274,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in args.processes:  # measured between two calibrations of their own
             before = calibrated(args, folder, p, "before")
             measured[p] = launch(p, args, folder)
-            after = calibrated(args, folder, p, "after") if args.bracket else None
+            again = args.bracket and not args.profile
+            after = calibrated(args, folder, p, "after") if again else None
             profiles[p] = {"before": before, "mean": bracketed(folder, p, before, after)}
             if after is not None:
                 profiles[p]["after"] = after

@@ -226,8 +226,8 @@ def average_profiles(profiles: Sequence[Profile]) -> Profile:
     own; the repeats summed; date, host and versions those of the last. A ValueError
     where they differ in what they were measured for (:data:`SHARED`).
 
-    Calibrations a few minutes apart on a shared machine differ by 20 to 30% where
-    its load changes; those made before and after a run bracket the machine it ran on.
+    Calibrations minutes apart on a shared machine can differ by a third where its load
+    changes; those made before and after a run bracket the machine it ran on.
     """
     if not profiles:
         raise ValueError("no profiles to average")
