@@ -26,7 +26,9 @@ agent per process, ``OMP_NUM_THREADS=1`` each), in seconds per round:
 * ``engine_dpsgd_ring``: D-PSGD on a ring (Metropolis weights) through the engine,
   timed like ``engine_allreduce``: each round sends the parameters to the 2
   neighbours and receives theirs instead of an all-reduce (the exchange starts before
-  the forward pass, so it overlaps the whole gradient computation).
+  the forward pass, so it overlaps the whole gradient computation); left out with
+  fewer than 3 processes (``--nproc 1``: the engine's round against DDP's without
+  contention).
 
 The three alternate within every repetition (the order reversed every other one), so
 load from other processes hits them alike; one warm-up pass of each is excluded. The
@@ -82,6 +84,7 @@ from nettrain.problem.random_layers import integers53
 
 TARGET = 1.05
 METHODS = ("engine_allreduce", "ddp", "engine_dpsgd_ring")
+RING = 3  # processes a ring needs: with fewer, the D-PSGD ring is left out
 ARGV = "NETTRAIN_BENCHMARK_ARGV"  # the launcher's arguments, handed to the ranks
 
 
@@ -207,22 +210,24 @@ def rank_main(args: argparse.Namespace) -> int:
     allreduce = config(args, world)
     dpsgd = config(args, world, algorithm="dpsgd", topology="ring")
     ddp = DDPRunner(allreduce, rank)
+    methods = METHODS if world >= RING else METHODS[:2]
 
     # Warm-up and check: the engine and DDP from the same start, on the same batches.
     say(f"warm-up and check ({args.warmup} rounds each)")
     _, x_engine = engine_seconds(allreduce, args.warmup)
     ddp.seconds(args.warmup)
     diff = float((x_engine - ddp.params()[None, :]).abs().max())
-    engine_seconds(dpsgd, args.warmup)
+    if "engine_dpsgd_ring" in methods:
+        engine_seconds(dpsgd, args.warmup)
 
     measures: dict[str, Callable[[], float]] = {
         "engine_allreduce": lambda: engine_seconds(allreduce, args.rounds)[0],
         "ddp": lambda: ddp.seconds(args.rounds),
         "engine_dpsgd_ring": lambda: engine_seconds(dpsgd, args.rounds)[0],
     }
-    runs: dict[str, list[float]] = {name: [] for name in METHODS}
+    runs: dict[str, list[float]] = {name: [] for name in methods}
     for rep in range(args.reps):
-        order = METHODS if rep % 2 == 0 else METHODS[::-1]
+        order = methods if rep % 2 == 0 else methods[::-1]
         for name in order:
             runs[name].append(measures[name]())
         say(
@@ -248,7 +253,8 @@ def report(
     """The table, then the JSON summary as the last line."""
     median = {name: statistics.median(v) for name, v in runs.items()}
     ratio = median["engine_allreduce"] / median["ddp"]
-    ring = median["engine_dpsgd_ring"] / median["engine_allreduce"]
+    has_ring = "engine_dpsgd_ring" in median  # not below RING processes
+    ring = median["engine_dpsgd_ring"] / median["engine_allreduce"] if has_ring else None
     dim = build_job(cfg.replace(rounds=1)).problem.dim
     print(
         f"{world} gloo processes, {cfg.dataset}, {cfg.model} hidden={list(cfg.hidden)} "
@@ -256,17 +262,18 @@ def report(
         f"{args.reps} repetitions"
     )
     print(f"{'method':<20} {'median ms/round':>16} {'min':>8} {'max':>8}  vs DDP")
-    for name in METHODS:
+    for name in runs:
         v = [s * 1e3 for s in runs[name]]
         rel = median[name] / median["ddp"]
         print(f"{name:<20} {median[name] * 1e3:>16.3f} {min(v):>8.3f} {max(v):>8.3f}  {rel:.3f}")
     print(f"ratio engine all-reduce / DDP: {ratio:.3f} (target <= {TARGET})")
-    print(f"ratio D-PSGD ring / engine all-reduce: {ring:.3f}")
+    if ring is not None:
+        print(f"ratio D-PSGD ring / engine all-reduce: {ring:.3f}")
     print(f"max |x_engine - x_ddp| after {args.warmup} rounds: {diff:.2e}")
     summary = {
         "ratio_vs_ddp": round(ratio, 4),
         "ratio_vs_ddp_met": ratio <= TARGET,
-        "ratio_dpsgd_ring_vs_allreduce": round(ring, 4),
+        "ratio_dpsgd_ring_vs_allreduce": None if ring is None else round(ring, 4),
         "ms_per_round": {k: round(v * 1e3, 4) for k, v in median.items()},
         "ms_per_round_reps": {k: [round(s * 1e3, 4) for s in v] for k, v in runs.items()},
         "max_param_diff": diff,
@@ -297,7 +304,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="mlp")
     parser.add_argument("--hidden", default="128", help="MLP hidden widths, comma separated")
     parser.add_argument("--batch-size", type=int, default=32, help="mini-batch per rank")
-    parser.add_argument("--nproc", type=int, default=4, help="gloo processes (agents)")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=4,
+        help="gloo processes (agents); the D-PSGD ring needs 3, below it is left out",
+    )
     parser.add_argument(
         "--bucket-bytes",
         type=int,
