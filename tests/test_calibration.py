@@ -18,6 +18,7 @@ from nettrain.cli import byte_count, main
 from nettrain.config import load_config
 from nettrain.engines.sim.events import SimEvents
 from nettrain.engines.sim.profile import (
+    SECONDS,
     Profile,
     average_profiles,
     convert,
@@ -353,6 +354,9 @@ def test_averaged_profiles_take_the_mean_of_every_time_and_line(dim: int) -> Non
     assert fit.bandwidth_bytes_per_s == pytest.approx(mean.bandwidth_bytes_per_s, rel=1e-9)
     assert mean.fitted_s() == pytest.approx(mean.one_way_s, rel=1e-12)
     assert (mean.repeats, mean.date) == (a.repeats + b.repeats, "second")
+    # every measured figure is averaged: none is taken from the last profile unawares
+    floats = {f.name for f in dataclasses.fields(Profile) if f.type == "float"}
+    assert floats == {*SECONDS, "bandwidth_bytes_per_s"}
     with pytest.raises(ValueError, match=r"processes \(2 and 4\)"):
         average_profiles([a, on_line(4e-5, 2e9, processes=4)])
     with pytest.raises(ValueError, match="no profiles"):

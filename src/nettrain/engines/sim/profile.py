@@ -211,11 +211,28 @@ class Profile:
 
 
 # What two profiles to be averaged must share: the problem, the processes, the sizes.
-SHARED = ("processes", "model", "hidden", "dataset", "dtype", "device", "batch", "d", "threads")
-SHARED += ("message_bytes",)
+SHARED = (
+    "processes",
+    "model",
+    "hidden",
+    "dataset",
+    "dtype",
+    "device",
+    "batch",
+    "d",
+    "threads",
+    "message_bytes",
+)
 # The measured seconds, averaged as they are (bandwidth is averaged as seconds per byte).
-SECONDS = ("seconds_per_sample", "seconds_per_sample_alone", "latency_s", "allreduce_s")
-SECONDS += ("rpc_exchange_s", "round_overhead_s", "event_overhead_s")
+SECONDS = (
+    "seconds_per_sample",
+    "seconds_per_sample_alone",
+    "latency_s",
+    "allreduce_s",
+    "rpc_exchange_s",
+    "round_overhead_s",
+    "event_overhead_s",
+)
 
 
 def average_profiles(profiles: Sequence[Profile]) -> Profile:
