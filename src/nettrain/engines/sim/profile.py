@@ -210,19 +210,9 @@ class Profile:
         return out
 
 
-# What two profiles to be averaged must share: the problem, the processes, the sizes.
-SHARED = (
-    "processes",
-    "model",
-    "hidden",
-    "dataset",
-    "dtype",
-    "device",
-    "batch",
-    "d",
-    "threads",
-    "message_bytes",
-)
+# What two profiles to be averaged must share: what the pass was measured for (the
+# compute table's entries after its two figures), the processes, threads and sizes.
+SHARED = (*TABLES["compute"][2:], "processes", "threads", "message_bytes")
 # The measured seconds, averaged as they are (bandwidth is averaged as seconds per byte).
 SECONDS = (
     "seconds_per_sample",
