@@ -44,6 +44,8 @@ def test_the_link_pattern_finds_links_and_images(tmp_path: Path) -> None:
 def test_python_examples_parse_and_are_formatted(document: Path) -> None:
     for block in PYTHON.findall(document.read_text()):
         ast.parse(block)
-        ruff = [sys.executable, "-m", "ruff", "format", "--check", "--line-length", "100", "-"]
+        # a file name in the repository: ruff formats the block with pyproject.toml's settings
+        where = str(ROOT / "example.py")
+        ruff = [sys.executable, "-m", "ruff", "format", "--check", "--stdin-filename", where, "-"]
         checked = subprocess.run(ruff, input=block, capture_output=True, text=True)
         assert checked.returncode == 0, f"{document.name}: ruff would reformat\n{block}"

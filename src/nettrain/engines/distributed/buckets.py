@@ -34,7 +34,7 @@ BUCKET_BYTES = 1 << 20
 
 class BucketedMean:
     """``(1/n) sum_j v_j`` over every agent of the rows ``v: (m, d)`` this process holds,
-    reduced slice by slice as put: each slice's local sum over ``n``, then its all-reduce.
+    reduced slice by slice as put: each slice's local sum times ``1 / n``, then its all-reduce.
 
     ``start(buffer)`` launches the asynchronous all-reduce (SUM) of a contiguous
     ``buffer`` and returns its request; ``guard(what, call)`` runs ``call`` turning a
@@ -53,8 +53,8 @@ class BucketedMean:
         bucket_bytes: int | None = None,
         waited: Callable[[float], None] | None = None,
     ) -> None:
-        self.n, self.start, self.guard, self.waited = n, start, guard, waited
-        self.scale = 1.0 / n
+        self.start, self.guard, self.waited = start, guard, waited
+        self.scale = 1.0 / n  # each bucket's factor: the mean's 1/n, as DDP's reducer scales
         self.m = like.shape[0]
         self.bucket_bytes = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
         self.total = like.new_empty(1, like.shape[1])  # (1, d): the sum over every agent
