@@ -68,6 +68,7 @@ import torch.distributed as dist
 
 from nettrain.calibration import average_profiles, load_profile
 from nettrain.config import RunConfig, load_config
+from nettrain.engines.sim.profile import SECONDS
 from nettrain.experiment import run
 from nettrain.machine import usable_cores
 
@@ -213,24 +214,11 @@ def bracketed(folder: Path, processes: int, before: Path, after: Path | None) ->
 
 
 def figures(path: Path) -> dict[str, Any]:
-    """A profile's figures, for the summary."""
+    """A profile's figures (every time it holds, the bandwidth, what it was measured
+    for), for the summary."""
     p = load_profile(path)
-    return {
-        "seconds_per_sample": p.seconds_per_sample,
-        "seconds_per_sample_alone": p.seconds_per_sample_alone,
-        "latency_s": p.latency_s,
-        "bandwidth_bytes_per_s": p.bandwidth_bytes_per_s,
-        "allreduce_s": p.allreduce_s,
-        "rpc_exchange_s": p.rpc_exchange_s,
-        "round_overhead_s": p.round_overhead_s,
-        "event_overhead_s": p.event_overhead_s,
-        "processes": p.processes,
-        "batch": p.batch,
-        "d": p.d,
-        "threads": p.threads,
-        "date": p.date,
-        "host": p.host,
-    }
+    names = (*SECONDS, "bandwidth_bytes_per_s", "processes", "batch", "d", "threads")
+    return {name: getattr(p, name) for name in (*names, "date", "host")}
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:

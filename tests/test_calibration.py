@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import free_port
-from nettrain.calibration import fit_link
+from nettrain.calibration import fit_link, loaded, measure
 from nettrain.calibration.loaded import PAIRS, paired
 from nettrain.cli import byte_count, main
 from nettrain.config import load_config
@@ -43,6 +43,7 @@ def profile_for(d: int, **changes: object) -> Profile:
         rpc_exchange_s=6.5e-4,
         round_overhead_s=1.5e-4,
         event_overhead_s=2.5e-4,
+        message_overhead_s=3.5e-5,
         processes=2,
         model="mlp",
         hidden=(8,),
@@ -75,18 +76,20 @@ def test_a_profile_round_trips_and_sets_the_clock(tmp_path: Path, dim: int) -> N
     cfg = load_config(overrides=KEYS | {"cost_model": str(path)})
     cost = build_cost_model(cfg, build_problem(cfg))
     assert cost.seconds_per_sample == profile.seconds_per_sample
-    assert cost.latency_s == profile.latency_s
+    # a neighbour message: the link's latency and the engine's own work of a message
+    latency = 4.5e-5 + 3.5e-5
+    assert cost.latency_s == profile.latency_s + profile.message_overhead_s == latency
     assert cost.bandwidth_bytes_per_s == profile.bandwidth_bytes_per_s
     assert cost.profile == profile and cost.profile.allreduce_s == 2.5e-4
     sent = cost.send_seconds(torch.tensor([1, 3]), torch.tensor([0, 7_000_000]))
-    expected = [4.5e-5, 3 * 4.5e-5 + 7_000_000 / 1.75e9]
+    expected = [latency, 3 * latency + 7_000_000 / 1.75e9]
     assert sent.tolist() == pytest.approx(expected, rel=1e-12)
     # an all-reduce of d float32 over 2 processes: 2 messages of d / 2, in 2.5e-4 s
     ring = 2.5e-4 / 2 - dim * 4 / 2 / 1.75e9
     assert cost.collective_latency_s == pytest.approx(ring, rel=1e-12)
     # of the 3 messages of agent 1, 2 within an all-reduce: at the collective's latency
     within = cost.send_seconds(torch.tensor([1, 3]), torch.tensor([0, 7]), torch.tensor([0, 2]))
-    expected = [4.5e-5, 4.5e-5 + 2 * ring + 7 / 1.75e9]
+    expected = [latency, latency + 2 * ring + 7 / 1.75e9]
     assert within.tolist() == pytest.approx(expected, rel=1e-12)
     # an rpc exchange (d float32 each way) takes 6.5e-4 s: half of it a message
     rpc = cost.over_rpc()
@@ -130,7 +133,9 @@ def test_a_collective_message_is_its_share_of_a_ring_all_reduce(dim: int) -> Non
     )
 
 
-@pytest.mark.parametrize("name", ["latency_s", "round_overhead_s", "event_overhead_s"])
+@pytest.mark.parametrize(
+    "name", ["latency_s", "round_overhead_s", "event_overhead_s", "message_overhead_s"]
+)
 def test_overheads_and_the_latency_may_be_zero_not_negative_or_infinite(
     dim: int, name: str
 ) -> None:
@@ -163,6 +168,9 @@ def test_toml_literals_and_their_reading_back(tmp_path: Path, dim: int) -> None:
         "# The virtual clock's constants measured by `nettrain calibrate`;\n"
         "# a run uses them with cost_model=PATH.\n"
     )
+    # a profile of an earlier version, without the engine's cost of a message: none
+    deep.write_text(deep.read_text().replace("message_overhead_s = 3.5e-05\n", ""))
+    assert load_profile(deep) == dataclasses.replace(profile_for(dim), message_overhead_s=0.0)
     text = deep.read_text().replace("repeats = 7\n", "")
     deep.write_text(text)
     with pytest.raises(ConfigError, match=r"is not a calibration profile \(no repeats in \["):
@@ -228,6 +236,45 @@ def test_a_paired_figure_holds_while_the_machine_drifts_and_drops_a_burst() -> N
 
     assert paired(pattern, lambda: next(alone), passes) == 0.25
     assert passes == [1.0, 1.5, 2.0, 2.5, 3.0] and PAIRS == 5
+
+
+def test_the_engine_rounds_pair_local_sgd_with_the_pass_and_d_psgd_with_local_sgd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine's round less the pass before it, and D-PSGD's round less that local SGD
+    round, each a median over the pairs (a burst in one D-PSGD run left out); with one
+    process nothing is exchanged and no D-PSGD runs."""
+    local = iter([1.5, 2.0, 2.5, 3.0, 3.5])  # each pass + 0.5
+    mix = iter([0.25, 0.25, 7.0, 0.25, 0.25])  # D-PSGD's extra over local SGD
+    monkeypatch.setattr(loaded, "engine_round", lambda plan, world, pass_s: next(local))
+    monkeypatch.setattr(loaded, "engine_mix_round", lambda plan, world, s: s + next(mix))
+    passes: list[float] = []
+    alone = iter([1.0, 1.5, 2.0, 2.5, 3.0])
+    assert loaded.engine_rounds(None, 4, lambda: next(alone), passes) == (0.5, 0.25)  # type: ignore[arg-type]
+    assert passes == [1.0, 1.5, 2.0, 2.5, 3.0]
+    local, alone = iter([1.5] * PAIRS), iter([1.0] * PAIRS)
+    monkeypatch.setattr(loaded, "engine_mix_round", None)  # never called
+    assert loaded.engine_rounds(None, 1, lambda: next(alone), []) == (0.5, 0.0)  # type: ignore[arg-type]
+
+
+def test_a_message_costs_the_engine_what_it_measured_beyond_the_fitted_link(
+    monkeypatch: pytest.MonkeyPatch, dim: int
+) -> None:
+    """The profile's message_overhead_s: the engine's measured cost of a neighbour message
+    of d values less the fitted link's time for it; never below 0."""
+    sizes = (1024, 2048, 4096)
+    one_way = tuple(5e-5 + b / 2e9 for b in sizes)  # latency 5e-5 s, 2 GB/s
+    link = 5e-5 + dim * 4 / 2e9  # a message of d float32 over that link
+
+    def measured(engine_message_s: float) -> Profile:
+        times = loaded.LinkTimes(sizes, one_way, 1e-3, 2, 4e-4, 2e-3, 1e-4, 3e-4, engine_message_s)
+        monkeypatch.setattr(measure, "measure_local", lambda plan, processes, addr, port: times)
+        calibration = measure.calibrate(KEYS, None, progress=False, repeats=1, warmup=0)
+        assert calibration is not None and calibration.path is None
+        return calibration.profile
+
+    assert measured(link + 2e-5).message_overhead_s == pytest.approx(2e-5, rel=1e-6)
+    assert measured(link / 2).message_overhead_s == 0.0
 
 
 def test_the_fit_refuses_times_that_do_not_grow_with_the_size() -> None:
@@ -317,7 +364,10 @@ def test_calibrate_measures_two_local_processes(
     assert re.search(r"^calibrate: timing the oracle: .*, 1 thread$", shown.err, re.M)
     assert profile.rpc_exchange_s > 0 and profile.seconds_per_sample_alone > 0
     assert profile.round_overhead_s >= 0 and profile.event_overhead_s >= 0
+    assert profile.message_overhead_s >= 0
     assert "calibrate:   the engine's round besides the pass:" in shown.err
+    assert "calibrate:   the engine's round of D-PSGD, a message:" in shown.err
+    assert "the engine's own cost of a neighbour message beyond the link:" in shown.out
     assert "calibrate:   the engine's event besides the pass and the exchange:" in shown.err
     cfg = load_config(overrides=KEYS | {"cost_model": str(out)})
     cost = build_cost_model(cfg, build_problem(cfg))

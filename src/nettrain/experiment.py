@@ -144,7 +144,9 @@ def build_cost_model(cfg: RunConfig, problem: Problem, batch_size: int | None = 
                 cfg.batch_size if cfg.batch_size >= 0 else build_algorithm(cfg).default_batch_size
             )
         profile.check(cfg.model, batch_size, problem.dim, cfg.cost_model)
-        per_sample, latency = profile.seconds_per_sample, profile.latency_s
+        per_sample = profile.seconds_per_sample
+        # a neighbour message in the engine's round: the link's latency and its own work
+        latency = profile.latency_s + profile.message_overhead_s
         bandwidth = profile.bandwidth_bytes_per_s
         itemsize = getattr(torch, cfg.dtype).itemsize
         rpc_latency = profile.rpc_latency_s(itemsize)

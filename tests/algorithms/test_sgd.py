@@ -19,7 +19,10 @@ from nettrain.errors import ConfigError
         SGDConfig(lr=0.02, momentum=0.5, weight_decay=0.01),
     ],
 )
-def test_sgd_step_equals_torch_optim_sgd(cfg: SGDConfig) -> None:
+@pytest.mark.parametrize("owned", [False, True])
+def test_sgd_step_equals_torch_optim_sgd(cfg: SGDConfig, owned: bool) -> None:
+    """Also where the gradient is the caller's to overwrite (``owned``): a plain step then
+    writes the new parameters into its memory, the others leave it alone."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(4, 7, generator=gen, dtype=torch.float64)
     ref = x.clone().requires_grad_(True)
@@ -33,7 +36,10 @@ def test_sgd_step_equals_torch_optim_sgd(cfg: SGDConfig) -> None:
     state = SGDState()
     for _ in range(5):
         g = torch.randn(4, 7, generator=gen, dtype=torch.float64)
-        x, state = sgd_step(x, g, state, cfg)
+        given = g.clone()
+        x, state = sgd_step(x, given, state, cfg, owned=owned)
+        plain = cfg.momentum == 0 and cfg.weight_decay == 0
+        assert (x.data_ptr() == given.data_ptr()) == (owned and plain)
         ref.grad = g.clone()
         opt.step()
         torch.testing.assert_close(x, ref.detach(), rtol=0, atol=1e-14)

@@ -89,7 +89,7 @@ class AllReduceSGD(WarmedStep, SharedDataParallel, Algorithm[SGDRunState]):
     def step(self, state: SGDRunState, t: int, oracle: Oracle, comm: Communicator):
         mean = comm.start_mean_parts(state.x)  # fed bucket by bucket by the backward pass
         loss, g = oracle.grad(state.x, sink=mean)  # (m,), (m, d)
-        x, sgd = sgd_step(state.x, mean.wait(g), state.sgd, self.sgd_at(t))
+        x, sgd = sgd_step(state.x, mean.wait(g), state.sgd, self.sgd_at(t), owned=True)
         return SGDRunState(x, sgd), loss
 
 

@@ -15,8 +15,13 @@ seconds less the seconds of a round of the pass alone.
   process, nothing to communicate; :func:`engine_round`): its training seconds a round
   less the pass's are what the engine's round costs besides the pass and its messages
   (the update, the work counted, the notes gathered every 32 rounds). Paired
-  (:func:`paired`): the median over :data:`PAIRS` runs of each one's seconds less a
-  block of the pass measured just before it.
+  (:func:`engine_rounds`): the median over :data:`PAIRS` runs of each one's seconds less
+  a block of the pass measured just before it.
+* The engine's neighbour message: right after each of those runs, one of D-PSGD on the
+  ring (:func:`engine_mix_round`); its round less the local SGD run's, over the
+  neighbours' count, is what a neighbour message of ``d`` values costs in the engine's
+  round (the link's time and the engine's own: the rows selected and sent, the requests
+  posted and counted, the received rows combined). The median over the pairs.
 * Link, for each message size ``b``: an exchange with the ring neighbours
   (``dist.batch_isend_irecv``: ``b`` bytes to and from each of ranks ``r - 1`` and
   ``r + 1``; with ``P = 2`` the one other rank) posted before the pass and waited for
@@ -109,7 +114,8 @@ class LinkTimes:
     """The figures, each measured with ``processes`` processes at once: one pass's
     seconds, one message's one-way seconds of each size, an all-reduce's seconds, an
     rpc exchange's seconds, the engine's synchronous round's seconds besides the pass,
-    and its asynchronous event's besides the pass and the rpc exchange."""
+    its asynchronous event's besides the pass and the rpc exchange, and what a
+    neighbour message of ``d`` values adds to its synchronous round (0 for one process)."""
 
     message_bytes: tuple[int, ...]
     one_way_s: tuple[float, ...]
@@ -119,6 +125,7 @@ class LinkTimes:
     rpc_exchange_s: float
     round_overhead_s: float
     event_overhead_s: float
+    engine_message_s: float
 
 
 def message_sizes(min_bytes: int, max_bytes: int) -> tuple[int, ...]:
@@ -222,15 +229,15 @@ def measure(
     def alone() -> float:
         return round_seconds(step, plan, statistics.median)
 
-    def engine() -> float:
-        return engine_round(plan, world, passes[-1])
-
-    overhead = max(paired(engine, alone, passes), 0.0)
+    peers = len(neighbours(rank, world)) if world > 1 else 0
+    overhead, mix = engine_rounds(plan, world, alone, passes)
+    overhead, message = max(overhead, 0.0), max(mix, 0.0) / max(peers, 1)
     compute = statistics.median(passes)
     if talk:
         say(f"  the pass alone: {compute * 1e3:.3g} ms a round ({len(passes)} blocks)")
         say(f"  the engine's round besides the pass: {overhead * 1e3:.3g} ms")
-    peers, one_way = len(neighbours(rank, world)), []
+        say(f"  the engine's round of D-PSGD, a message: {message * 1e3:.3g} ms more")
+    one_way = []
     for size in plan.message_bytes:
         total = round_seconds(exchange_round(rank, world, size, step), plan, max)
         one_way.append(max(total - compute, 1e-7) / peers)
@@ -267,7 +274,25 @@ def measure(
         rpc_exchange,
         overhead,
         event_overhead,
+        message,
     )
+
+
+def engine_rounds(
+    plan: LinkPlan, world: int, alone: Callable[[], float], passes: list[float]
+) -> tuple[float, float]:
+    """Every rank: what the engine's synchronous round costs besides the pass, and what
+    its neighbour exchange adds to it, each the median over :data:`PAIRS` pairs: a block
+    of the pass (``alone()``, appended to ``passes``), then a run of local SGD
+    (:func:`engine_round`) less it, then a run of D-PSGD (:func:`engine_mix_round`) less
+    the local SGD run (0 with one process: no neighbours)."""
+    overhead, mix = [], []
+    for _ in range(PAIRS):
+        passes.append(alone())
+        local = engine_round(plan, world, passes[-1])
+        overhead.append(local - passes[-1])
+        mix.append(engine_mix_round(plan, world, local) - local if world > 1 else 0.0)
+    return statistics.median(overhead), statistics.median(mix)
 
 
 def engine_round(plan: LinkPlan, world: int, pass_s: float) -> float:
@@ -276,6 +301,15 @@ def engine_round(plan: LinkPlan, world: int, pass_s: float) -> float:
     never comes (:func:`engine_seconds`)."""
     rounds = agreed_rounds(pass_s, plan.budget_s, 64)
     keys = {"algorithm": "local_sgd", "tau": rounds + 1, "topology": "complete"}
+    return engine_seconds(plan, world, rounds, keys)
+
+
+def engine_mix_round(plan: LinkPlan, world: int, round_s: float) -> float:
+    """Every rank: the seconds a round of D-PSGD takes in the distributed engine on these
+    ``world`` processes, one agent each, on a ring (two processes: each other), as many
+    rounds as fill the budget at ``round_s`` (a guess of one's seconds), at least 64."""
+    rounds = agreed_rounds(round_s, plan.budget_s, 64)
+    keys = {"algorithm": "dpsgd", "topology": "ring" if world >= 3 else "complete"}
     return engine_seconds(plan, world, rounds, keys)
 
 

@@ -87,6 +87,8 @@ class Calibration:
             f"the engine's round besides the pass: {p.round_overhead_s * ms:.3g} ms",
             f"the engine's asynchronous event besides the pass and the exchange: "
             f"{p.event_overhead_s * ms:.3g} ms",
+            f"the engine's own cost of a neighbour message beyond the link: "
+            f"{p.message_overhead_s * ms:.3g} ms",
         ]
         if self.path is not None:
             lines.append(f"profile: {self.path} (use it with cost_model={self.path})")
@@ -199,6 +201,11 @@ def calibrate(
     if times is None or compute is None:
         return None  # another rank under torchrun: rank 0 reports
     fit = fit_link(times.message_bytes, times.one_way_s)
+    # a neighbour message of d values over the fitted link (the engine's adds its own work)
+    message_s = (
+        fit.latency_s
+        + job.problem.dim * getattr(torch, cfg.dtype).itemsize / fit.bandwidth_bytes_per_s
+    )
     profile = Profile(
         seconds_per_sample=times.compute_s / compute.samples_per_call,
         seconds_per_sample_alone=compute.seconds_per_sample,
@@ -208,6 +215,7 @@ def calibrate(
         rpc_exchange_s=times.rpc_exchange_s,
         round_overhead_s=times.round_overhead_s,
         event_overhead_s=times.event_overhead_s,
+        message_overhead_s=max(times.engine_message_s - message_s, 0.0),
         processes=times.processes,
         model=cfg.model,
         hidden=tuple(cfg.hidden),

@@ -327,6 +327,7 @@ class Oracle:
         self.problem = problem
         self.agents = torch.as_tensor(list(agents), dtype=torch.int64)
         self._m = len(self.agents)
+        self._local = torch.arange(self._m)  # every local agent, in order: read only
         self._modules = tuple(problem.model.modules())  # listed once for each pass's mode
         self.batch_size = batch_size
         self.with_regularizer = with_regularizer
@@ -352,6 +353,7 @@ class Oracle:
         self._offsets = self.offsets.to(device)
         self._positions = torch.arange(batch_size, dtype=torch.int64, device=device)  # (B,)
         self._weights: torch.Tensor | None = None  # (m, B) of 1 / B, read only
+        self._no_keys = torch.zeros(len(agents), dtype=torch.int64, device=self.x.device)
         self.dropout_generators = [
             torch.Generator().manual_seed(agent_seed(seed, int(a), DROPOUT_STREAM))
             for a in (agents if problem.dropouts else ())
@@ -429,7 +431,7 @@ class Oracle:
         """
         begin, every = self.meter.clock(), local is None
         if local is None:
-            local = torch.arange(self.m, device="cpu")  # agent ids, like the meters
+            local = self._local  # agent ids, like the meters
         idx, w = self._sample(None if every else local)
         keys = self._keys(local)
         c = self.chunk if len(local) > 1 else 1  # one agent: no chunks (nor their sizing)
@@ -495,7 +497,8 @@ class Oracle:
         options: dict[str, Any] = {} if feed is None else {"feed": feed}
         if out is not None and kernel in self._feeding:
             options["out"] = out
-        with training(self.problem.model, self._modules):
+        own = kernel == self._module_grad  # its own copy of the model, always training
+        with contextlib.nullcontext() if own else training(self.problem.model, self._modules):
             g, loss, buffers = kernel(x, buffers, keys, *self.samples(idx), w, **options)
         for name, value in buffers.items():
             self.buffers[name][local] = value.detach()
@@ -609,8 +612,8 @@ class Oracle:
     def _keys(self, local: torch.Tensor) -> torch.Tensor:
         """Each local agent's dropout key for its next pass ``(k,)`` int64 (zeros without
         dropout), drawn from the agent's own generator."""
-        if not self.dropout_generators:
-            return torch.zeros(len(local), dtype=torch.int64, device=self.x.device)
+        if not self.dropout_generators:  # read only
+            return self._no_keys[: len(local)]
         generators = [self.dropout_generators[i] for i in local.tolist()]
         keys = [torch.randint(1 << 62, (1,), generator=g, device=g.device) for g in generators]
         return torch.cat(keys).to(self.x.device)

@@ -14,10 +14,12 @@ factor (``speed=``, ``trace=``: :mod:`nettrain.heterogeneity`; 1 by default).
 ``trace=``; None: every ``f_i = 1``, the same numbers bit for bit). The constants
 ``c``, ``latency`` and ``bandwidth`` are the config's, or measured ones
 (``cost_model=PATH``: a calibration :class:`~nettrain.engines.sim.profile.Profile`,
-kept as :attr:`CostModel.profile`). A profile also gives a message's latency within a
-collective (an all-reduce's messages, :attr:`CostModel.collective_latency_s`) and over
-rpc, which the asynchronous methods' exchanges take in the distributed engine (gossip
-and parameter servers, :meth:`CostModel.over_rpc`); without one both are ``latency``.
+kept as :attr:`CostModel.profile`; its ``latency`` is the link's plus the distributed
+engine's own work of a neighbour message, ``message_overhead_s``). A profile also gives
+a message's latency within a collective (an all-reduce's messages,
+:attr:`CostModel.collective_latency_s`) and over rpc, which the asynchronous methods'
+exchanges take in the distributed engine (gossip and parameter servers,
+:meth:`CostModel.over_rpc`); without one both are ``latency``.
 Its ``o`` is the synchronous round's, and an asynchronous event's apart
 (:attr:`CostModel.event_overhead_s`); without a profile ``o = 0``.
 

@@ -17,7 +17,9 @@ file has four tables::
     [rpc]        exchange_s: seconds of an rpc call carrying d floats, answered with d
     [engine]     round_overhead_s: seconds of the distributed engine's synchronous
                  round besides the pass and its messages; event_overhead_s: of an
-                 asynchronous (gossip) event besides the pass and an rpc exchange
+                 asynchronous (gossip) event besides the pass and an rpc exchange;
+                 message_overhead_s: what a neighbour message of d values costs the
+                 engine's synchronous round beyond the link's fit
     [machine]    processes (measured together), date, host, torch and nettrain
                  versions, threads
 
@@ -64,11 +66,13 @@ TABLES: dict[str, tuple[str, ...]] = {
     "link": ("latency_s", "bandwidth_bytes_per_s", "message_bytes", "one_way_s", "repeats"),
     "allreduce": ("allreduce_s",),
     "rpc": ("rpc_exchange_s",),
-    "engine": ("round_overhead_s", "event_overhead_s"),
+    "engine": ("round_overhead_s", "event_overhead_s", "message_overhead_s"),
     "machine": ("processes", "date", "host", "torch_version", "nettrain_version", "threads"),
 }
 # the name of a field in its table, where it differs from the field's
 IN_TABLE = {"allreduce_s": "seconds", "rpc_exchange_s": "exchange_s"}
+# entries a profile written by an earlier version lacks, and what they then are
+ADDED = {"message_overhead_s": 0.0}
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,11 @@ class Profile:
     of an rpc call carrying ``d`` floats and its reply of as many. ``round_overhead_s``:
     what a synchronous round of the distributed engine costs besides the pass and its
     messages; ``event_overhead_s``: what an event of its asynchronous loop (a gossip
-    agent's local step and exchange) costs besides the pass and an rpc exchange.
+    agent's local step and exchange) costs besides the pass and an rpc exchange;
+    ``message_overhead_s``: what a neighbour message of ``d`` values costs a synchronous
+    round of the engine (D-PSGD's against local SGD's, a message) beyond ``latency +
+    bytes / bandwidth`` (at least 0): the engine's own work of an exchange, which the
+    clock adds to a neighbour message's latency.
     """
 
     seconds_per_sample: float
@@ -96,6 +104,7 @@ class Profile:
     rpc_exchange_s: float
     round_overhead_s: float
     event_overhead_s: float
+    message_overhead_s: float
     processes: int
     model: str
     hidden: tuple[int, ...]
@@ -125,7 +134,7 @@ class Profile:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        for name in ("latency_s", "round_overhead_s", "event_overhead_s"):
+        for name in ("latency_s", "round_overhead_s", "event_overhead_s", "message_overhead_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -196,9 +205,12 @@ class Profile:
                 raise KeyError(f"no table [{table}]")
             for name in names:
                 entry = IN_TABLE.get(name, name)
-                if entry not in section:
+                if entry in section:
+                    values[name] = section[entry]
+                elif entry in ADDED:
+                    values[name] = ADDED[entry]
+                else:
                     raise KeyError(f"no {entry} in [{table}]")
-                values[name] = section[entry]
         kinds = {f.name: f.type for f in fields(cls)}
         return cls(**{name: convert(name, kinds[name], v) for name, v in values.items()})
 
@@ -222,6 +234,7 @@ SECONDS = (
     "rpc_exchange_s",
     "round_overhead_s",
     "event_overhead_s",
+    "message_overhead_s",
 )
 
 
