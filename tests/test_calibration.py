@@ -366,7 +366,7 @@ def test_calibrate_measures_two_local_processes(
     assert profile.round_overhead_s >= 0 and profile.event_overhead_s >= 0
     assert profile.message_overhead_s >= 0
     assert "calibrate:   the engine's round besides the pass:" in shown.err
-    assert "calibrate:   the engine's round of D-PSGD, a message:" in shown.err
+    assert "calibrate:   the engine's D-PSGD round besides that:" in shown.err
     assert "the engine's own cost of a neighbour message beyond the link:" in shown.out
     assert "calibrate:   the engine's event besides the pass and the exchange:" in shown.err
     cfg = load_config(overrides=KEYS | {"cost_model": str(out)})

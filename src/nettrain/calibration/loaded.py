@@ -229,14 +229,14 @@ def measure(
     def alone() -> float:
         return round_seconds(step, plan, statistics.median)
 
-    peers = len(neighbours(rank, world)) if world > 1 else 0
+    peers = len(neighbours(rank, world))
     overhead, mix = engine_rounds(plan, world, alone, passes)
-    overhead, message = max(overhead, 0.0), max(mix, 0.0) / max(peers, 1)
+    overhead, message = max(overhead, 0.0), max(mix, 0.0) / peers
     compute = statistics.median(passes)
     if talk:
         say(f"  the pass alone: {compute * 1e3:.3g} ms a round ({len(passes)} blocks)")
         say(f"  the engine's round besides the pass: {overhead * 1e3:.3g} ms")
-        say(f"  the engine's round of D-PSGD, a message: {message * 1e3:.3g} ms more")
+        say(f"  the engine's D-PSGD round besides that: {message * 1e3:.3g} ms a message")
     one_way = []
     for size in plan.message_bytes:
         total = round_seconds(exchange_round(rank, world, size, step), plan, max)
