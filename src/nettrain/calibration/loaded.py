@@ -195,6 +195,12 @@ def neighbours(rank: int, world: int) -> list[int]:
     return [1 - rank] if world == 2 else [(rank - 1) % world, (rank + 1) % world]
 
 
+def ring_topology(world: int) -> str:
+    """The ``topology`` of an engine run whose agents have :func:`neighbours`' peers: the
+    ring, or the complete graph of 2 agents (a ring needs 3)."""
+    return "ring" if world >= 3 else "complete"
+
+
 def exchange_round(
     rank: int, world: int, size: int, step: Callable[[], object]
 ) -> Callable[[], None]:
@@ -309,7 +315,7 @@ def engine_mix_round(plan: LinkPlan, world: int, round_s: float) -> float:
     ``world`` processes, one agent each, on a ring (two processes: each other), as many
     rounds as fill the budget at ``round_s`` (a guess of one's seconds), at least 64."""
     rounds = agreed_rounds(round_s, plan.budget_s, 64)
-    keys = {"algorithm": "dpsgd", "topology": "ring" if world >= 3 else "complete"}
+    keys = {"algorithm": "dpsgd", "topology": ring_topology(world)}
     return engine_seconds(plan, world, rounds, keys)
 
 
@@ -324,13 +330,12 @@ def engine_event(plan: LinkPlan, world: int, event_s: float) -> float:
     of one's seconds), at least 300, after an untimed run of :data:`EVENT_WARMUP` rounds
     (a run's first exchanges open the rpc connections: tens of milliseconds, a
     millisecond a round in a short run)."""
-    graph = "ring" if world >= 3 else "complete"  # the ring's neighbours, as rpc_seconds'
     keys = {
         "algorithm": "swarm",
         "local_steps": 1,
         "blocking": False,
         "quantizer": "none",
-        "topology": graph,
+        "topology": ring_topology(world),  # the ring's neighbours, as rpc_seconds'
     }
     engine_seconds(plan, world, EVENT_WARMUP, keys)  # the rpc session's first connections
     return engine_seconds(plan, world, agreed_rounds(event_s, plan.budget_s, 300), keys)
