@@ -447,7 +447,8 @@ def breakdown(
 
     Reaches into the oracle's parts (``_sample``, the local sample copy, the gradient
     kernel ``_batched_grad``) to time them one by one; the parts are timed in turn,
-    best of the repetitions.
+    best of the repetitions. ``forward_backward_autograd`` is the same kernel with the
+    backward pass by autograd where the oracle writes it out (:mod:`nettrain.problem.backprop`).
     """
     problem = make_problem(case, data)
     shards = partition(data.y_train, n, "iid", seed=SEED)
@@ -459,12 +460,15 @@ def breakdown(
     xb, yb = oracle.samples(idx)  # (n, B, F), (n, B)
     buffers, keys = rows(oracle.buffers, local), oracle._keys(local)  # none, zeros: stateless
     g, _, _ = oracle._batched_grad(x, buffers, keys, xb, yb, w)  # (n, d)
+    autograd = problem.oracle(shards, range(n), batch_size=case.batch, seed=SEED)
+    autograd.__dict__["_by_hand"] = False  # the cached property, set
     cfg, empty = SGDConfig(lr=LR), SGDState()
     parts: dict[str, Callable[[], object]] = {
         "round": sim.round,
         "sample": lambda: oracle._sample(local),
         "gather": lambda: oracle.samples(idx),
         "forward_backward": lambda: oracle._batched_grad(x, buffers, keys, xb, yb, w),
+        "forward_backward_autograd": lambda: autograd._batched_grad(x, buffers, keys, xb, yb, w),
         "sgd_step": lambda: sgd_step(x, g, empty, cfg),
         "clone_x": x.clone,  # one fresh (n, d) tensor: allocation + a pass over memory
     }

@@ -11,6 +11,7 @@ from torch import nn
 
 from nettrain.data import Dataset
 from nettrain.patterns import AtTheEnd, Ready
+from nettrain.problem import oracle as oracle_module
 from nettrain.problem.buckets import BucketFeed, gradient_buckets
 from nettrain.problem.execution import Execution
 from nettrain.problem.losses import Regularizer, get_loss
@@ -121,15 +122,18 @@ def test_the_oracle_puts_every_bucket_once_and_changes_no_number(
     fed = prob.oracle(shards, range(n), batch_size=5, seed=3)
     x = torch.randn(n, prob.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     log: list[str] = []
-    original = torch.autograd.grad
 
-    def logged(*args, **kwargs):
-        log.append("backward")
-        out = original(*args, **kwargs)
-        log.append("returned")
-        return out
+    def logged(backward):  # autograd's, or the perceptron's written out
+        def run(*args, **kwargs):
+            log.append("backward")
+            out = backward(*args, **kwargs)
+            log.append("returned")
+            return out
 
-    monkeypatch.setattr(torch.autograd, "grad", logged)
+        return run
+
+    monkeypatch.setattr(torch.autograd, "grad", logged(torch.autograd.grad))
+    monkeypatch.setattr(oracle_module, "losses_and_grads", logged(oracle_module.losses_and_grads))
     for _ in range(2):  # two rounds: the second batch too
         sink = Recorder(cap_elements * 8, log)
         log.clear()
@@ -149,7 +153,7 @@ def test_the_oracle_puts_every_bucket_once_and_changes_no_number(
 
 def test_the_output_layer_is_put_before_the_first_layers_gradient_exists(monkeypatch) -> None:
     """Buckets go out during the backward pass: the output layer's bucket is put before
-    autograd has computed the first layer's weight gradient."""
+    the first layer's weight gradient is computed."""
     prob = problem(mlp(), "none")
     oracle = prob.oracle([torch.arange(20)], [0], batch_size=5, seed=0)
     x = torch.randn(1, prob.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

@@ -634,10 +634,10 @@ class Tied(nn.Module):
 @pytest.mark.parametrize("model", ["mlp", "cnn", "dropout", "tied"])
 def test_one_agent_by_its_own_module_is_the_stacks_row(model: str) -> None:
     """A process of one agent runs the model itself (parameters viewing one flat
-    buffer), not the stacked kernel: its loss and gradient are the agent's row of a
-    stack of three, dropout masks included, its buffer and dropout layers its own; a
-    parameter shared by two modules has one place in the flat vector, so that model
-    runs through ``functional_call`` instead."""
+    buffer), or the batched kernel where its backward pass is written out (a perceptron):
+    its loss and gradient are the agent's row of a stack of three, dropout masks
+    included, its buffer and dropout layers its own; a parameter shared by two modules
+    has one place in the flat vector, so that model runs through ``functional_call``."""
     if model == "tied":
         base = classification_problem()
         problem = Problem(Tied().double(), base.loss, base.regularizer, base.data)
@@ -648,7 +648,8 @@ def test_one_agent_by_its_own_module_is_the_stacks_row(model: str) -> None:
     shards = iid_shards(90, 3)
     stack = problem.oracle(shards, [0, 1, 2], batch_size=6, seed=4)
     one = problem.oracle(shards[1:2], [1], batch_size=6, seed=4)
-    assert (one._kernel(1) == one._module_grad) == (model != "tied")
+    kernel = {"mlp": one._batched_grad, "dropout": one._batched_grad, "cnn": one._module_grad}
+    assert one._kernel(1) == kernel.get(model, one._single_grad)
     assert stack._kernel(3) != stack._module_grad
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3, problem.dim, generator=gen, dtype=torch.float64) * 0.3

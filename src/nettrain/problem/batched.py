@@ -164,13 +164,23 @@ def _positions(rows: int, cols: int, device: torch.device) -> torch.Tensor:
 
 
 def _dropout(layer: SeededDropout, a: Activation, keys: torch.Tensor) -> torch.Tensor:
-    """``x * mask / (1 - p)`` (:meth:`SeededDropout.masked`), the mask of each agent the
-    one :class:`SeededDropout` draws from its key: element ``j`` of the agent's
-    ``(B, *shape)`` tensor (row-major; ``(B, C)`` for channel dropout) keeps its value
-    when ``uniform(key, salt)[j] >= p``."""
+    """``x * mask / (1 - p)`` (:meth:`SeededDropout.masked`) with the uniforms of
+    :func:`dropout_uniforms`; ``x`` itself when the layer is off."""
+    u = dropout_uniforms(layer, a, keys)
+    return a.value if u is None else layer.masked(a.value, u)
+
+
+def dropout_uniforms(
+    layer: SeededDropout, a: Activation, keys: torch.Tensor
+) -> torch.Tensor | None:
+    """The uniforms of a pass's dropout masks, broadcastable to ``a.value`` (None when the
+    layer is off: evaluation, or ``p = 0``). Each agent's are the ones
+    :class:`SeededDropout` draws from its key: element ``j`` of the agent's ``(B, *shape)``
+    tensor (row-major; ``(B, C)`` for channel dropout) keeps its value when
+    ``uniform(key, salt)[j] >= p``."""
     x, m, B = a.value, a.m, a.B
     if not layer.training or layer.p == 0:
-        return x
+        return None
     if a.layout == "images":  # agents on axis 1 of (B, m, C, H, W)
         _, mc, h, w = x.shape
         c = mc // m
@@ -178,13 +188,12 @@ def _dropout(layer: SeededDropout, a: Activation, keys: torch.Tensor) -> torch.T
             h = w = 1
         counters = _positions(B, c * h * w, x.device).view(B, 1, c, h, w)
         u = uniform_at(keys.view(1, m, 1, 1, 1), layer.salt, counters)  # (B, m, c, h, w)
-        return layer.masked(x, u.view(B, mc, h, w))
+        return u.view(B, mc, h, w)
     if a.layout == "features":  # (m, F, B): element (f, b) is number b * F + f
         counters = _positions(B, x.shape[1], x.device).T[None]
     else:  # rows (m, B, *shape)
         counters = torch.arange(x[0].numel(), device=x.device).view(1, *x.shape[1:])
-    u = uniform_at(keys.view(-1, *[1] * (x.dim() - 1)), layer.salt, counters)
-    return layer.masked(x, u)
+    return uniform_at(keys.view(-1, *[1] * (x.dim() - 1)), layer.salt, counters)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from nettrain.data import Dataset
 from nettrain.errors import ConfigError
+from nettrain.problem.backprop import losses_and_grads, runs_by_hand
 from nettrain.problem.batched import BatchedModel, batched_loss
 from nettrain.problem.buckets import BucketFeed, GradientSink
 from nettrain.problem.buffers import BUFFER_POLICIES, Buffers, BufferSpec, rows
@@ -517,11 +518,12 @@ class Oracle:
     def _kernel(self, k: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor, Buffers]]:
         """The kernel of a call for ``k`` agents: the batched model where there is one
         (compiled with :attr:`compile`), else ``vmap`` (compiled with it too); for one
-        agent uncompiled, the model itself (:meth:`_module_grad`) where it has no
-        buffers, else one agent's autograd through ``functional_call``."""
+        agent uncompiled, unless its backward pass is written out (:attr:`_by_hand`), the
+        model itself (:meth:`_module_grad`) where it has no buffers, else one agent's
+        autograd through ``functional_call``."""
         if self.compile and self.problem.batched is not None:
             return self._compiled_batched
-        if k == 1:
+        if k == 1 and not self._by_hand:
             return self._module_grad if self._own is not None else self._single_grad
         if self.problem.batched is not None:
             return self._batched_grad
@@ -668,9 +670,10 @@ class Oracle:
         """One agent (``k = 1``) of a model without buffers, by the model itself
         (:class:`OwnModel`): its parameters take ``x``'s values (one copy), then the
         module's forward pass and autograd's backward, as a plain training step runs them
-        (on the Fashion-MNIST MLP a call of the batched kernel for one agent costs about 6%
-        more, one through ``functional_call`` about 17%: docs/simulator-speed.md).
-        Gradient, ``out`` and ``feed`` as :meth:`_batched_grad`."""
+        (on the Fashion-MNIST MLP, 385 us a call against 408 for the batched kernel of one
+        agent through autograd: benchmarks/README.md).
+        A perceptron's written-out backward pass is faster still and takes its place
+        (:meth:`_kernel`). Gradient, ``out`` and ``feed`` as :meth:`_batched_grad`."""
         own = self._own
         assert own is not None
         with torch.no_grad():
@@ -699,7 +702,11 @@ class Oracle:
         parameters of agent ``i`` is ``grad L_i(x_i)``. With a ``feed``, each layer's
         gradient goes from its leaf's autograd hook into ``feed.out``, and each bucket to
         the feed's sink as soon as it is complete; else into ``out`` if given (a chunk's
-        rows of the whole gradient: no copy of it)."""
+        rows of the whole gradient: no copy of it). A perceptron whose backward pass is
+        written out (:mod:`~nettrain.problem.backprop`) takes it without autograd, its
+        buckets fed alike."""
+        if self._by_hand:
+            return (*self._by_hand_grad(x, keys, xb, yb, wb, feed, out), buffers)
         with torch.enable_grad():
             parts = torch.split(x, self.problem.spec.numels, 1)
             leaves = [p.detach().requires_grad_(True) for p in parts]  # (k, numel) each
@@ -707,6 +714,41 @@ class Oracle:
                 loss = self._batched_losses(leaves, keys, xb, yb, wb)  # (k,)
                 grads = torch.autograd.grad(loss.sum(), leaves)
         return _gradient(list(grads), feed, out), loss.detach(), buffers
+
+    @functools.cached_property
+    def _by_hand(self) -> bool:
+        """Whether :meth:`_batched_grad` takes the gradient by
+        :func:`~nettrain.problem.backprop.losses_and_grads`."""
+        batched = self.problem.batched
+        return batched is not None and runs_by_hand(batched, self.problem.loss)
+
+    def _by_hand_grad(
+        self,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        xb: torch.Tensor,
+        yb: torch.Tensor,
+        wb: torch.Tensor,
+        feed: BucketFeed | None,
+        out: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g (k, d), loss (k,))`` of :meth:`_batched_grad` by the written-out backward pass."""
+        spec, batched = self.problem.spec, self.problem.batched
+        assert batched is not None
+        params = {
+            name: p.view(len(xb), *shape)
+            for name, p, shape in zip(spec.names, x.split(spec.numels, 1), spec.shapes, strict=True)
+        }
+        ready = None
+        if feed is not None and feed.hooked:  # each parameter's columns as they are made
+            hooks = dict(zip(spec.names, map(feed.hook, range(len(spec.names))), strict=True))
+
+            def ready(name: str, grad: torch.Tensor) -> None:
+                hooks[name](grad)
+
+        loss, grads = losses_and_grads(batched, params, xb, yb, wb, keys, self.problem.loss, ready)
+        g = _gradient([grads[name].view(len(xb), -1) for name in spec.names], feed, out)
+        return g, loss
 
     def _batched_total(
         self,

@@ -1,0 +1,103 @@
+"""The backward pass written out for perceptrons gives autograd's losses and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nettrain.data import Dataset
+from nettrain.problem.backprop import runs_by_hand
+from nettrain.problem.losses import Regularizer, get_loss, per_sample
+from nettrain.problem.models import build_model
+from nettrain.problem.oracle import Oracle, Problem
+
+
+def data(classes: int) -> Dataset:
+    """60 samples of 7 features; class labels, or 2 regression targets (``classes=0``)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 7, generator=gen, dtype=torch.float64)
+    if classes:
+        y = torch.randint(0, classes, (60,), generator=gen)
+    else:
+        y = torch.randn(60, 2, generator=gen, dtype=torch.float64)
+    return Dataset("toy", x, y, x[:20], y[:20], n_classes=classes)
+
+
+CASES = {
+    "relu, cross-entropy": (lambda: build_model("mlp", 7, 3, hidden=(6, 5)), 3, "cross_entropy"),
+    "tanh, sigmoid, identity": (
+        lambda: nn.Sequential(
+            nn.Linear(7, 6),
+            nn.Tanh(),
+            nn.Identity(),
+            nn.Linear(6, 4),
+            nn.Sigmoid(),
+            nn.Linear(4, 3),
+        ),
+        3,
+        "cross_entropy",
+    ),
+    "dropout, no bias, in-place relu": (
+        lambda: nn.Sequential(
+            nn.Dropout(0.3),
+            nn.Linear(7, 6, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Tanh(),
+            nn.Dropout(0.5),
+            nn.Linear(6, 3),
+        ),
+        3,
+        "cross_entropy",
+    ),
+    "squared loss on classes": (lambda: build_model("mlp", 7, 3, hidden=(5,)), 3, "squared"),
+    "regression": (lambda: build_model("mlp", 7, 2, hidden=(5,)), 0, "squared"),
+    "one linear layer": (lambda: build_model("linear", 7, 3), 3, "cross_entropy"),
+}
+
+
+def oracle(case: str, by_hand: bool) -> Oracle:
+    make, classes, loss = CASES[case]
+    torch.manual_seed(0)
+    ds = data(classes)
+    prob = Problem(make().double(), get_loss(loss, classes > 0), Regularizer("l2", 0.01), ds)
+    out = prob.oracle([torch.arange(i, 60, 4) for i in range(4)], range(4), batch_size=5, seed=3)
+    assert out._by_hand  # every case runs by hand unless told not to
+    out.__dict__["_by_hand"] = by_hand  # the cached property, set
+    return out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_written_out_backward_pass_gives_autograds_numbers(case: str) -> None:
+    hand, auto = oracle(case, True), oracle(case, False)
+    x = torch.randn(4, hand.problem.dim, generator=torch.Generator().manual_seed(1)).double()
+    for _ in range(3):  # three batches: the streams and dropout keys advance alike
+        (lh, gh), (la, ga) = hand.grad(x), auto.grad(x)
+        torch.testing.assert_close(lh, la, rtol=0, atol=1e-12)
+        torch.testing.assert_close(gh, ga, rtol=0, atol=1e-12)
+        assert gh.abs().sum(1).min() > 0  # every agent has a gradient
+        x = x - 0.5 * gh
+    local = torch.tensor([3, 1])
+    torch.testing.assert_close(hand.grad(x[local], local), auto.grad(x[local], local))
+
+
+@pytest.mark.parametrize(
+    "net",
+    [
+        nn.Sequential(nn.Linear(7, 5), nn.GELU(), nn.Linear(5, 3)),
+        nn.Sequential(nn.Linear(7, 5), nn.LeakyReLU(0.1), nn.Linear(5, 3)),
+    ],
+    ids=["gelu", "leaky relu"],
+)
+def test_other_layers_go_through_autograd_with_the_same_batched_model(net: nn.Module) -> None:
+    prob = Problem(net.double(), get_loss("cross_entropy"), Regularizer(), data(3))
+    assert prob.batched is not None and not runs_by_hand(prob.batched, prob.loss)
+
+
+def test_a_loss_of_the_users_goes_through_autograd() -> None:
+    prob = Problem(
+        build_model("mlp", 7, 3).double(), get_loss("cross_entropy"), Regularizer(), data(3)
+    )
+    assert prob.batched is not None and runs_by_hand(prob.batched, prob.loss)
+    own = per_sample(nn.CrossEntropyLoss(reduction="none"))
+    assert not runs_by_hand(prob.batched, own)
