@@ -106,6 +106,24 @@ def test_error_feedback_takes_one_compressed_exchange_a_round() -> None:
         view.mix(points(), 0)
 
 
+@pytest.mark.parametrize("compressor", [HalfPrecision(), Lattice.with_bits(8, eps=1e-3)])
+def test_error_feedback_in_slices_is_error_feedback_on_the_whole(compressor) -> None:
+    """A columnwise compressor's residual made slice by slice (each slice corrected and
+    encoded as it is put, the last columns first) is the whole vector's, and so is the
+    mean, over rounds whose residuals carry over; nothing put at all is the whole too."""
+    sliced, whole = (ErrorFeedback(Compressed(ring(), compressor)) for _ in range(2))
+    cuts = [slice(25, D), slice(10, 25), slice(0, 10)]
+    for t in range(3):
+        x = points(seed=t, spread=0.1)
+        parts = sliced.at(t).start_mean_parts(x)
+        for cols in cuts if t < 2 else ():  # round 2: nothing put before the wait
+            parts.put(cols, x[:, cols])
+        got = parts.wait(x)
+        assert torch.equal(got, whole.at(t).mean(x))
+        assert torch.equal(sliced.residual, whole.residual)
+        assert sliced.residual.abs().max() > 0  # something was dropped and carried
+
+
 def test_lossy_loses_what_the_fault_spec_says() -> None:
     """Three swaps: kept, request lost, reply lost. A lost request changes neither side
     and sends no reply; a lost reply leaves the initiator with its reference while the

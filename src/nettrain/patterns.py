@@ -32,6 +32,7 @@ patterns; each receiver then decodes against its own ``x_i``. Algorithms never p
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -250,14 +251,16 @@ class Communicator(ABC):
         of ``nbytes`` bytes an agent (every payload has the same size).
         """
 
-    def start_mean_parts(self, like: torch.Tensor) -> PartsHandle:
+    def start_mean_parts(self, like: torch.Tensor, *, codec: Codec | None = None) -> PartsHandle:
         """Start the all-reduce of :meth:`start_mean` on an input shaped like ``like:
         (m, d)`` that is handed over in column slices (``put``) as they become final,
         and finished by ``wait(whole)``: the same mean, counted the same way (one ring
-        all-reduce of ``d``). A communicator may send each slice as soon as it is put
-        (the distributed one, as DDP's buckets); by default nothing is sent before
-        ``wait`` (:class:`AtTheEnd`), which then is ``start_mean(whole).wait()``."""
-        return AtTheEnd(self.start_mean)
+        all-reduce of ``d``, or with a ``codec``, whose compressor must be
+        :attr:`~nettrain.compression.Compressor.columnwise`, one all-gather of the whole
+        payload). A communicator may send each slice as soon as it is put (the
+        distributed one, as DDP's buckets); by default nothing is sent before ``wait``
+        (:class:`AtTheEnd`), which then is ``start_mean(whole, codec=codec).wait()``."""
+        return AtTheEnd(functools.partial(self.start_mean, codec=codec))
 
     def mix(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """``start_mix(x, t).wait()``."""

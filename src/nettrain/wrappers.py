@@ -79,8 +79,8 @@ class Wrapper(Communicator):
     def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
         return self.inner.start_mean(x, codec=codec)
 
-    def start_mean_parts(self, like: torch.Tensor) -> PartsHandle:
-        return self.inner.start_mean_parts(like)
+    def start_mean_parts(self, like: torch.Tensor, *, codec: Codec | None = None) -> PartsHandle:
+        return self.inner.start_mean_parts(like, codec=codec)
 
     def swap(self, x: Tensor, pairs: Tensor, ref: Tensor, **options: Any) -> Tensor:
         return self.inner.swap(x, pairs, ref, **options)
@@ -147,12 +147,15 @@ class Compressed(Wrapper):
         self.exchanges += 1
         return self.inner.start_mean(x, codec=codec)
 
-    def start_mean_parts(self, like: torch.Tensor) -> PartsHandle:
-        """Sent as is (``Identity``): the inner pattern's, slices sent as they come; else
-        encoded whole at ``wait`` (a compressor such as top-k sees the whole vector)."""
-        if isinstance(self.compressor, Identity):
+    def start_mean_parts(self, like: torch.Tensor, *, codec: Codec | None = None) -> PartsHandle:
+        """The inner pattern's, slices sent as they come, when they are sent as is
+        (``Identity``) or by a columnwise compressor (half precision, the lattice: each
+        slice encoded alone gives the whole vector's codes); else encoded whole at
+        ``wait`` (a compressor such as top-k or QSGD sees the whole vector)."""
+        if isinstance(self.compressor, Identity) or self.compressor.columnwise:
+            codec = self.codec(like)
             self.exchanges += 1
-            return self.inner.start_mean_parts(like)
+            return self.inner.start_mean_parts(like, codec=codec)
         return AtTheEnd(self.start_mean)
 
     def swap(self, x: Tensor, pairs: Tensor, ref: Tensor, **options: Any) -> Tensor:
@@ -185,8 +188,7 @@ class ErrorFeedback(Wrapper):
 
     def _corrected(self, x: torch.Tensor) -> torch.Tensor:
         """``x + e``, to be sent; the residual becomes what its payload drops."""
-        if self.compressed.exchanges:
-            raise ConfigError("error feedback keeps one residual: one compressed exchange a round")
+        self._one_exchange()
         e = self.residual
         sent = x + (torch.zeros_like(x) if e is None else e)  # (m, d)
         codec = self.compressed.codec(sent)  # the very codes the exchange will draw
@@ -204,9 +206,20 @@ class ErrorFeedback(Wrapper):
     def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
         return self.inner.start_mean(self._corrected(x))
 
-    def start_mean_parts(self, like: torch.Tensor) -> PartsHandle:
-        """The residual is added to the whole message: sent at ``wait``."""
-        return AtTheEnd(self.start_mean)
+    def start_mean_parts(self, like: torch.Tensor, *, codec: Codec | None = None) -> PartsHandle:
+        """With a columnwise compressor, each slice corrected and sent as it is put
+        (:class:`CorrectedParts`: the same residual and message as the whole's); else
+        the residual is added to the whole message, sent at ``wait``."""
+        if not self.compressed.compressor.columnwise:
+            return AtTheEnd(self.start_mean)
+        self._one_exchange()
+        e = self.residual
+        inner = self.inner.start_mean_parts(like)
+        return CorrectedParts(inner, self, torch.zeros_like(like) if e is None else e)
+
+    def _one_exchange(self) -> None:
+        if self.compressed.exchanges:
+            raise ConfigError("error feedback keeps one residual: one compressed exchange a round")
 
     def state_dict(self) -> dict[str, Any]:
         """The residual, for a checkpoint."""
@@ -214,6 +227,33 @@ class ErrorFeedback(Wrapper):
 
     def load_state_dict(self, saved: dict[str, Any] | None) -> None:
         self.memory["residual"] = None if saved is None else saved["residual"]
+
+
+class CorrectedParts:
+    """Error feedback slice by slice, for a columnwise compressor: each slice ``x[:, c]``
+    put is sent as ``x[:, c] + e[:, c]``, whose dropped part becomes ``e_new[:, c]``; the
+    same numbers as :meth:`ErrorFeedback.start_mean` on the whole, which encodes each
+    coordinate alone too. ``wait(x)`` returns the mean of ``x + e`` and keeps ``e_new``."""
+
+    def __init__(self, inner: PartsHandle, feedback: ErrorFeedback, e: torch.Tensor) -> None:
+        self.inner, self.feedback, self.e = inner, feedback, e
+        self.bucket_bytes = inner.bucket_bytes
+        self.new = torch.empty_like(e)  # e_new, slice by slice
+        self.filled = 0
+
+    def put(self, cols: slice, part: torch.Tensor) -> None:
+        sent = part + self.e[:, cols]
+        c = self.feedback.compressed.compressor
+        self.new[:, cols] = sent - c.decode(c.encode(sent, sent), sent)
+        self.filled += cols.stop - cols.start
+        self.inner.put(cols, sent)
+
+    def wait(self, whole: torch.Tensor) -> torch.Tensor:
+        sent = whole + self.e
+        if self.filled == 0:  # nothing put: the whole now
+            self.new = sent - self.feedback.compressed.compressor.roundtrip(sent, sent)[0]
+        self.feedback.memory["residual"] = self.new
+        return self.inner.wait(sent)
 
 
 class Lossy(Wrapper):

@@ -9,6 +9,7 @@ import torch
 
 from nettrain.compression import QSGD, Compressor, HalfPrecision, Identity, Lattice, TopK
 from nettrain.compression.payloads import (
+    cat_columns,
     cat_rows,
     pack,
     reads_reference,
@@ -99,3 +100,22 @@ def test_a_packed_payload_is_its_bytes_and_unpacks_to_itself(comp: Compressor) -
 
 def test_only_the_lattice_decodes_against_a_reference() -> None:
     assert [reads_reference(c) for c in FORMATS] == [False, False, False, False, False, True]
+
+
+def test_only_compressors_that_encode_each_coordinate_alone_are_columnwise() -> None:
+    """A norm, a top-k or random levels see the whole vector."""
+    assert [c.name for c in FORMATS if c.columnwise] == ["none", "bf16", "lattice"]
+
+
+@pytest.mark.parametrize("comp", [c for c in FORMATS if c.columnwise], ids=ids)
+def test_a_columnwise_compressors_slices_join_into_the_whole_payload(comp: Compressor) -> None:
+    """Slices encoded apart (the last columns first, as gradient buckets come) and joined
+    by ``cat_columns`` are the whole vector's payload, field for field, and decode to the
+    whole's estimate."""
+    x, payload = encoded(comp)
+    cuts = [slice(7, 10), slice(3, 7), slice(0, 3)]
+    parts = {c.start: comp.encode(x[:, c], x[:, c]) for c in cuts}
+    joined = cat_columns([parts[start] for start in sorted(parts)])
+    for name, t in tensor_fields(payload).items():
+        assert torch.equal(getattr(joined, name), t), name
+    assert torch.equal(comp.decode(joined, x), comp.decode(payload, x))

@@ -49,6 +49,14 @@ class Compressor(ABC, Generic[P]):
         """True when :meth:`encode` draws random numbers and so needs a ``generator``."""
         return False
 
+    @property
+    def columnwise(self) -> bool:
+        """True when each coordinate is encoded alone and without random numbers: the
+        payload of columns ``cols`` of ``x`` is columns ``cols`` of ``x``'s payload
+        (:func:`~nettrain.compression.payloads.cat_columns` joins such parts), so an
+        engine may encode and send a vector slice by slice as the slices become final."""
+        return False
+
     @abstractmethod
     def encode(
         self,

@@ -38,6 +38,10 @@ class Identity(Compressor[DensePayload]):
     def name(self) -> str:
         return "none"
 
+    @property
+    def columnwise(self) -> bool:
+        return True
+
     def encode(
         self,
         x: torch.Tensor,
@@ -76,6 +80,10 @@ class HalfPrecision(Compressor[DensePayload]):
     @property
     def name(self) -> str:
         return HALF_DTYPES[self.dtype]
+
+    @property
+    def columnwise(self) -> bool:
+        return True
 
     def encode(
         self,

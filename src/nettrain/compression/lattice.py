@@ -134,6 +134,10 @@ class Lattice(Compressor[LatticePayload]):
         """``(q - 1) eps / 2``: decoding is within ``eps / 2`` when ``|x - ref|_inf < radius``."""
         return (self.q - 1) * self.eps / 2
 
+    @property
+    def columnwise(self) -> bool:
+        return True
+
     def encode(
         self,
         x: torch.Tensor,

@@ -8,7 +8,8 @@ and whose other fields (the working dtype, ``d``) are configuration both sides s
 So, without knowing the compressor:
 
 * :func:`take_rows` picks senders' rows (the simulator decodes one row per edge) and
-  :func:`cat_rows` joins the rows of several;
+  :func:`cat_rows` joins the rows of several (:func:`cat_columns` the column slices of
+  a columnwise compressor's payload);
 * :func:`pack` lays one agent's payload out as one ``uint8`` buffer (one message on the
   wire) and :func:`unpack` reads it back given the receiver's own payload as a template.
   Given ``d`` and the compressor, the buffer has the same length on every agent, so a
@@ -51,11 +52,19 @@ def take_rows(payload: P, rows: torch.Tensor) -> P:
     return dataclasses.replace(payload, **picked)  # type: ignore[type-var]
 
 
-def cat_rows(payloads: list[P]) -> P:
-    """The payloads' rows one after another (the first payload's other fields)."""
+def cat_rows(payloads: list[P], dim: int = 0) -> P:
+    """The payloads' rows one after another (the first payload's other fields); with
+    ``dim=1`` their columns instead (:func:`cat_columns`)."""
     fields = [tensor_fields(p) for p in payloads]
-    joined = {name: torch.cat([f[name] for f in fields]) for name in fields[0]}
+    joined = {name: torch.cat([f[name] for f in fields], dim) for name in fields[0]}
     return dataclasses.replace(payloads[0], **joined)  # type: ignore[type-var]
+
+
+def cat_columns(payloads: list[P]) -> P:
+    """The payloads of consecutive column slices of one stack joined into the stack's
+    payload, for a compressor that is :attr:`~nettrain.compression.Compressor.columnwise`
+    (every tensor field ``(m, columns)``)."""
+    return cat_rows(payloads, 1)
 
 
 def pack(payload: Any) -> torch.Tensor:

@@ -6,15 +6,21 @@ joins one gloo group and
 1. takes one gradient of its agent by the oracle with the all-reduce fed bucket by
    bucket (:meth:`DistCommunicator.start_mean_parts`, several bucket caps), and the
    same gradient all-reduced whole after the pass (``start_mean``);
-2. runs all-reduce SGD through the engine with the default buckets and with one
-   parameter a bucket (``buckets.BUCKET_BYTES``).
+2. the same with a columnwise compressor (half precision, the lattice): each bucket
+   encoded and all-gathered as it is put, against the whole gradient's compressed mean,
+   and the traffic each counts;
+3. runs all-reduce SGD through the engine with the default buckets and with one
+   parameter a bucket (``buckets.BUCKET_BYTES``), plain and with the lattice quantiser
+   and error feedback.
 
 Rank 0 saves ``{"parts": {cap: (bucketed mean, whole mean, buckets launched)},
-"runs": {cap: x (n, d)}, "n": n, "config": CONFIG}`` to ``OUT``.
+"coded": {(compressor, cap): (bucketed, whole, buckets, traffic bucketed, traffic
+whole)}, "runs": {(quantizer, cap): x (n, d)}, "n": n, "config": CONFIG}`` to ``OUT``.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from datetime import timedelta
@@ -22,10 +28,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from nettrain.compression import HalfPrecision, Lattice
 from nettrain.config import load_config
 from nettrain.engines.distributed import buckets
 from nettrain.engines.distributed.comm import DistCommunicator
 from nettrain.experiment import build_job, run
+from nettrain.patterns import Codec
 
 CONFIG = {
     "dataset": "digits",
@@ -40,6 +48,8 @@ CONFIG = {
     "reg_lambda": 1e-3,
 }
 CAPS = (0, 4, 1 << 20)  # bytes: one bucket; one parameter a bucket; DDP's first bucket
+DEFAULT_BYTES = buckets.BUCKET_BYTES
+LATTICE = {"bits": 16, "lattice_eps": 1e-4}  # with error feedback, the default
 
 
 def main(out: str) -> None:
@@ -62,12 +72,26 @@ def main(out: str) -> None:
         assert torch.equal(g, g_whole)  # the local gradient, bit for bit
         whole = comm.start_mean(g_whole).wait()
         parts[cap] = (fed, whole, len(mean.works))
-    runs = {}
-    for cap in (buckets.BUCKET_BYTES, 4):
+    coded = {}
+    for compressor, cap in itertools.product((HalfPrecision(), Lattice(eps=1e-4)), (0, 4)):
         buckets.BUCKET_BYTES = cap
-        runs[cap] = run(load_config(CONFIG | {"agents": n, "engine": "distributed"})).x
+        oracle = job.problem.oracle([job.shards[rank]], [rank], batch_size=8, seed=0)
+        x = job.x0[None] + 0.01 * rank
+        comm.traffic.reset()
+        mean = comm.start_mean_parts(x, codec=Codec(compressor))
+        assert isinstance(mean, buckets.BucketedGather)
+        _, g = oracle.grad(x, sink=mean)
+        fed, counted = mean.wait(g), comm.traffic.reset()
+        whole = comm.start_mean(g, codec=Codec(compressor)).wait()
+        coded[compressor.name, cap] = (fed, whole, len(mean.parts), counted, comm.traffic.reset())
+    runs = {}
+    for quantizer, cap in itertools.product(("none", "lattice"), (DEFAULT_BYTES, 4)):
+        buckets.BUCKET_BYTES = cap
+        config = CONFIG | {"agents": n, "engine": "distributed", "quantizer": quantizer}
+        runs[quantizer, cap] = run(load_config(config | LATTICE)).x
     if rank == 0:
-        torch.save({"parts": parts, "runs": runs, "n": n, "config": CONFIG}, out)
+        result = {"parts": parts, "coded": coded, "runs": runs, "n": n, "config": CONFIG}
+        torch.save(result | {"lattice": LATTICE}, out)
     dist.barrier()
     sys.stdout.flush()
     sys.stderr.flush()

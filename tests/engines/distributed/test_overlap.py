@@ -43,8 +43,27 @@ def test_bucketed_mean_equals_the_whole_mean_bit_for_bit(results) -> None:
         assert fed.shape == whole.shape and torch.equal(fed, whole), cap
 
 
-def test_engine_with_buckets_equals_the_simulator(results) -> None:
-    default, small = results["runs"].values()
+def test_a_compressed_mean_sent_bucket_by_bucket_is_the_whole_ones(results) -> None:
+    """Half precision and the lattice encode each coordinate alone: the buckets' payloads,
+    each all-gathered as the backward pass finished it, make the whole gradient's codes,
+    so the same mean bit for bit, counted as one all-gather of the whole payload."""
+    n_params = 2 * (len(results["config"]["hidden"]) + 1)
+    assert {key: parts for key, (_, _, parts, _, _) in results["coded"].items()} == {
+        ("fp16", 0): 1, ("fp16", 4): n_params, ("lattice", 0): 1, ("lattice", 4): n_params
+    }  # fmt: skip
+    for key, (fed, whole, _, counted, counted_whole) in results["coded"].items():
+        assert fed.shape == whole.shape and torch.equal(fed, whole), key
+        for a, b in zip(counted, counted_whole, strict=True):
+            assert torch.equal(a, b), key
+        assert int(counted[0][0]) == results["n"] - 1  # messages: one all-gather
+
+
+@pytest.mark.parametrize("quantizer", ["none", "lattice"])
+def test_engine_with_buckets_equals_the_simulator(results, quantizer: str) -> None:
+    """All-reduce SGD, plain and with the lattice quantiser and error feedback (residuals
+    made bucket by bucket in the engine, whole in the simulator)."""
+    default, small = (x for (q, _), x in results["runs"].items() if q == quantizer)
     assert torch.equal(default, small)  # one bucket, or one a parameter: the same bits
-    sim = run(load_config(results["config"] | {"agents": results["n"]}))
+    config = results["config"] | {"agents": results["n"], "quantizer": quantizer}
+    sim = run(load_config(config | results["lattice"]))
     torch.testing.assert_close(small, sim.x, rtol=0, atol=1e-5)

@@ -16,15 +16,27 @@ computes, column by column, up to float rounding: the order in which gloo adds t
 scaling by ``1 / n`` before the sum rather than a division after it (one pass over the
 gradient fewer; the same numbers where ``n`` is a power of two). It is
 counted as that one ring all-reduce of ``d`` values, as the simulator counts it.
+
+:class:`BucketedGather` is the same with a codec (a compressed all-reduce SGD): each
+slice is encoded as it is put and its payload's all-gather starts at once; ``wait``
+joins the slices' payloads in column order into every agent's whole payload and decodes
+it as the unbucketed compressed mean does. For a compressor that encodes each
+coordinate alone (:attr:`~nettrain.compression.Compressor.columnwise`) the codes, the
+mean and the count (one all-gather of the whole payload) are the unbucketed ones.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
+
+from nettrain.compression import Compressor
+from nettrain.compression.payloads import cat_columns
+from nettrain.engines.coded import decode_mean
 
 # DistributedDataParallel's default cap of its first bucket (torch.distributed's
 # _DEFAULT_FIRST_BUCKET_BYTES): smaller buckets start earlier but each costs a
@@ -87,3 +99,60 @@ class BucketedMean:
         if self.waited is not None:
             self.waited(begin)
         return self.total if self.m == 1 else self.total.expand(self.m, -1).clone()
+
+
+class Gatherer(Protocol):
+    """What :class:`BucketedGather` needs of the distributed communicator."""
+
+    n_agents: int
+
+    def start_gather(self, payload: Any, what: str) -> tuple[dist.Work, Callable[[], Any]]: ...
+
+    def count_gathered_mean(self, payload: Any, compressor: Compressor) -> None: ...
+
+    def count_wait(self, begin: float) -> None: ...
+
+
+class BucketedGather:
+    """``(1/n) sum_j decode(encode(v_j), v_i)`` over every agent for the rows ``v: (m, d)``
+    this process holds, handed over slice by slice (module docstring): each slice's
+    all-gather started as it is put; ``guard(what, call)`` as :class:`BucketedMean`'s."""
+
+    def __init__(
+        self,
+        like: torch.Tensor,
+        comm: Gatherer,
+        compressor: Compressor,
+        guard: Callable[[str, Callable[[], object]], object],
+        bucket_bytes: int | None = None,
+    ) -> None:
+        if not compressor.columnwise:
+            raise ValueError(f"{compressor.name} cannot encode a vector slice by slice")
+        self.comm, self.compressor, self.guard = comm, compressor, guard
+        self.bucket_bytes = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
+        self.d = like.shape[1]
+        self.parts: list[tuple[slice, Any, str, dist.Work, Callable[[], Any]]] = []
+
+    def put(self, cols: slice, part: torch.Tensor) -> None:
+        """Encode ``part: (m, |cols|)`` and start the all-gather of its payload."""
+        payload = self.compressor.encode(part)
+        what = f"the all-gather of columns {cols.start}..{cols.stop - 1} of a compressed mean"
+        work, every = self.comm.start_gather(payload, what)
+        self.parts.append((cols, payload, what, work, every))
+
+    def wait(self, whole: torch.Tensor) -> torch.Tensor:
+        """Wait for every slice's all-gather and return the mean, a row for each local
+        agent ``(m, d)``, decoded against ``whole``; with nothing put, gather ``whole`` now."""
+        if not self.parts:
+            self.put(slice(0, self.d), whole)
+        filled = sum(cols.stop - cols.start for cols, *_ in self.parts)
+        if filled != self.d:
+            raise ValueError(f"{filled} of {self.d} columns were put")
+        begin = time.perf_counter()
+        for _, _, what, work, _ in self.parts:
+            self.guard(what, work.wait)
+        self.comm.count_wait(begin)
+        ordered = sorted(self.parts, key=lambda part: part[0].start)
+        self.comm.count_gathered_mean(cat_columns([p[1] for p in ordered]), self.compressor)
+        every = cat_columns([p[4]() for p in ordered])  # every agent's whole payload
+        return decode_mean(whole, every, self.compressor, self.comm.n_agents)

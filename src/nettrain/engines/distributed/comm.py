@@ -68,7 +68,7 @@ from torch.futures import Future
 from nettrain.compression import Compressor, Identity
 from nettrain.compression.payloads import cat_rows, pack, take_rows, unpack
 from nettrain.engines.coded import decode_mean, decode_mix
-from nettrain.engines.distributed.buckets import BucketedMean
+from nettrain.engines.distributed.buckets import BucketedGather, BucketedMean
 from nettrain.engines.distributed.gossip import REPLAYED, Reply, peer_name
 from nettrain.engines.distributed.halo import Halo
 from nettrain.engines.distributed.liveness import beating
@@ -252,7 +252,7 @@ class DistCommunicator(Communicator):
         return [(f"round {t}: {p}", w) for p, w in zip(peers, works, strict=True)]
 
     def start_mean(self, x: torch.Tensor, *, codec: Codec | None = None) -> Handle:
-        n, m, processes = self.n_agents, len(x), self.placement.processes
+        n, m = self.n_agents, len(x)
         if codec is None:
             self._count_allreduce(m, x.shape[1], x.element_size())
             total = x.sum(0, keepdim=True)  # (1, d): this process's part of the sum
@@ -264,28 +264,41 @@ class DistCommunicator(Communicator):
             return _Exchange([(what, work)], lambda: total.div_(n).expand_as(x).clone(), self)
         compressor = codec.compressor
         payload = compressor.encode(x, generator=codec.generator)
+        self.count_gathered_mean(payload, compressor)
+        what = "the all-gather of a compressed mean"
+        work, every = self.start_gather(payload, what)
+        return _Exchange([(what, work)], lambda: decode_mean(x, every(), compressor, n), self)
+
+    def count_gathered_mean(self, payload: Any, compressor: Compressor) -> None:
+        """Count a compressed mean of this process's ``payload`` as the simulator does: a
+        ring all-gather, ``n - 1`` messages of one payload for each local agent."""
+        m, n = len(compressor.nbytes(payload)), self.n_agents
         self.traffic.add(torch.full((m,), n - 1), (n - 1) * compressor.nbytes(payload), True)
+
+    def start_gather(self, payload: Any, what: str) -> tuple[dist.Work, Callable[[], Any]]:
+        """Start the all-gather of this process's ``payload`` rows (packed, padded to the
+        longest process's): the request, and a function giving every agent's payload rows
+        in agent order once it is done; what crosses processes is counted here."""
+        processes, mine = self.placement.processes, pack(payload)
         # each process's rows laid out like as many of this one's, padded to the longest
         like = [
-            take_rows(payload, x.new_zeros(len(g), dtype=torch.int64))
+            take_rows(payload, torch.zeros(len(g), dtype=torch.int64, device=mine.device))
             for g in self.placement.groups
         ]
         sizes = [pack(p).numel() for p in like]
-        mine = pack(payload)
         longest = max(sizes)
         buffers = [mine.new_empty(longest) for _ in range(processes)]
         padded = torch.cat([mine, mine.new_zeros(longest - len(mine))])
         self._count_wire(processes - 1, (processes - 1) * longest)  # a ring all-gather
-        what, begin = "the all-gather of a compressed mean", time.perf_counter()
+        begin = time.perf_counter()
         work = guarded(what, lambda: dist.all_gather(buffers, padded, self.group, async_op=True))
         self._talked("send", begin)
 
-        def average() -> torch.Tensor:  # every payload decoded against x_i, in agent order
+        def every() -> Any:
             rows = [unpack(b[:k], p) for b, k, p in zip(buffers, sizes, like, strict=True)]
-            every = take_rows(cat_rows(rows), self.placement.position.to(x.device))
-            return decode_mean(x, every, compressor, n)
+            return take_rows(cat_rows(rows), self.placement.position.to(mine.device))
 
-        return _Exchange([(what, work)], average, self)
+        return work, every
 
     def _count_allreduce(self, m: int, d: int, size: int) -> None:
         """Count a ring all-reduce of ``d`` values of ``size`` bytes: for each of the ``m``
@@ -305,9 +318,14 @@ class DistCommunicator(Communicator):
         if self.placement.processes > 1:
             self.wire.update(messages=messages, bytes=nbytes)
 
-    def start_mean_parts(self, like: torch.Tensor) -> PartsHandle:
+    def start_mean_parts(self, like: torch.Tensor, *, codec: Codec | None = None) -> PartsHandle:
         """The all-reduce of :meth:`start_mean`, each slice's started as soon as it is put
-        (:class:`~nettrain.engines.distributed.buckets.BucketedMean`), counted as one."""
+        (:class:`~nettrain.engines.distributed.buckets.BucketedMean`), counted as one;
+        with a codec, each slice encoded and its all-gather started as soon as it is put
+        (:class:`~nettrain.engines.distributed.buckets.BucketedGather`), counted as one
+        all-gather of the whole payload."""
+        if codec is not None:
+            return BucketedGather(like, self, codec.compressor, guarded)
         self._count_allreduce(like.shape[0], like.shape[1], like.element_size())
 
         def start(bucket: torch.Tensor) -> dist.Work:
