@@ -445,7 +445,8 @@ def _worker(rank: int, world: int, addr: str, port: int, plan: LinkPlan, results
     """A spawned process of :func:`measure_local`: its part, then ``(rank, "ok", times)``
     or ``(rank, error class name, message)`` on ``results``."""
     torch.set_num_threads(1)  # the processes share this machine's cores
-    os.environ.update(rank_variables(rank, world))  # the engine's round reads them
+    # the engine's runs read them; its rpc store listens on MASTER_PORT + 1
+    os.environ.update(rank_variables(rank, world) | {"MASTER_ADDR": addr, "MASTER_PORT": str(port)})
     try:
         from nettrain.experiment import build_job
 
