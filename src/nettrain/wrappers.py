@@ -152,7 +152,7 @@ class Compressed(Wrapper):
         (``Identity``) or by a columnwise compressor (half precision, the lattice: each
         slice encoded alone gives the whole vector's codes); else encoded whole at
         ``wait`` (a compressor such as top-k or QSGD sees the whole vector)."""
-        if isinstance(self.compressor, Identity) or self.compressor.columnwise:
+        if self.compressor.columnwise:  # Identity too: codec None, the plain all-reduce
             codec = self.codec(like)
             self.exchanges += 1
             return self.inner.start_mean_parts(like, codec=codec)

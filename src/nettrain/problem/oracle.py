@@ -735,17 +735,11 @@ class Oracle:
         """``(g (k, d), loss (k,))`` of :meth:`_batched_grad` by the written-out backward pass."""
         spec, batched = self.problem.spec, self.problem.batched
         assert batched is not None
-        params = {
-            name: p.view(len(xb), *shape)
-            for name, p, shape in zip(spec.names, x.split(spec.numels, 1), spec.shapes, strict=True)
-        }
-        ready = None
+        params = self._stacked(x.split(spec.numels, 1))
+        hooks: dict[str, Callable[[torch.Tensor], None]] = {}
         if feed is not None and feed.hooked:  # each parameter's columns as they are made
             hooks = dict(zip(spec.names, map(feed.hook, range(len(spec.names))), strict=True))
-
-            def ready(name: str, grad: torch.Tensor) -> None:
-                hooks[name](grad)
-
+        ready = (lambda name, grad: hooks[name](grad)) if hooks else None
         loss, grads = losses_and_grads(batched, params, xb, yb, wb, keys, self.problem.loss, ready)
         g = _gradient([grads[name].view(len(xb), -1) for name in spec.names], feed, out)
         return g, loss
@@ -776,14 +770,19 @@ class Oracle:
     ) -> torch.Tensor:
         """``L_i = sum_b w_ib loss(model(x_i; xb_ib), yb_ib)``, ``(k,)``, of the batched
         model at the parameters ``leaves`` (each ``(k, numel)``, in the flat order)."""
-        spec, batched = self.problem.spec, self.problem.batched
+        batched = self.problem.batched
         assert batched is not None
-        params = {
-            name: p.view(len(xb), *shape)
-            for name, p, shape in zip(spec.names, leaves, spec.shapes, strict=True)
-        }
-        out = batched.forward(params, xb, keys)  # (k, K, B)
+        out = batched.forward(self._stacked(leaves), xb, keys)  # (k, K, B)
         return (batched_loss(self.problem.loss, out, yb) * wb).sum(1)
+
+    def _stacked(self, parts: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{name: (k, *shape)}``, the stacked parameters viewing their columns ``parts``
+        (each ``(k, numel)``, in the flat order)."""
+        spec = self.problem.spec
+        return {
+            name: p.view(len(p), *shape)
+            for name, p, shape in zip(spec.names, parts, spec.shapes, strict=True)
+        }
 
     def linearize(self, x: torch.Tensor, local: torch.Tensor | None = None) -> Linearization:
         """The network linearised at ``x: (k, d)`` on each agent's next batch (no regulariser).
