@@ -50,6 +50,31 @@ CASES = {
         3,
         "cross_entropy",
     ),
+    "gelu, leaky relu, elu": (
+        lambda: nn.Sequential(
+            nn.Linear(7, 6),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(6, 6),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(6, 5),
+            nn.ELU(0.7),
+            nn.Linear(5, 3),
+        ),
+        3,
+        "cross_entropy",
+    ),
+    "silu, softplus, plain gelu": (
+        lambda: nn.Sequential(
+            nn.Linear(7, 6),
+            nn.SiLU(),
+            nn.Linear(6, 5),
+            nn.Softplus(2.0, 1.0),
+            nn.GELU(),
+            nn.Linear(5, 3),
+        ),
+        3,
+        "squared",
+    ),
     "squared loss on classes": (lambda: build_model("mlp", 7, 3, hidden=(5,)), 3, "squared"),
     "regression": (lambda: build_model("mlp", 7, 2, hidden=(5,)), 0, "squared"),
     "one linear layer": (lambda: build_model("linear", 7, 3), 3, "cross_entropy"),
@@ -81,16 +106,14 @@ def test_the_written_out_backward_pass_gives_autograds_numbers(case: str) -> Non
     torch.testing.assert_close(hand.grad(x[local], local), auto.grad(x[local], local))
 
 
-@pytest.mark.parametrize(
-    "net",
-    [
-        nn.Sequential(nn.Linear(7, 5), nn.GELU(), nn.Linear(5, 3)),
-        nn.Sequential(nn.Linear(7, 5), nn.LeakyReLU(0.1), nn.Linear(5, 3)),
-    ],
-    ids=["gelu", "leaky relu"],
-)
-def test_other_layers_go_through_autograd_with_the_same_batched_model(net: nn.Module) -> None:
-    prob = Problem(net.double(), get_loss("cross_entropy"), Regularizer(), data(3))
+def test_a_convolution_goes_through_autograd_with_the_same_batched_model() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 1, 6, 6, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (60,), generator=gen)
+    images = Dataset("toy", x, y, x[:20], y[:20], n_classes=3)
+    prob = Problem(
+        build_model("cnn", (1, 6, 6), 3).double(), get_loss("cross_entropy"), Regularizer(), images
+    )
     assert prob.batched is not None and not runs_by_hand(prob.batched, prob.loss)
 
 

@@ -1,8 +1,9 @@
 """Every agent's gradient through the layer-wise batched model by the chain rule written
 out, layer by layer, without autograd: the training pass of the multilayer perceptrons.
 
-A model whose layers are all ``Linear``, ``Flatten``, ``Identity``, ``ReLU``, ``Tanh``,
-``Sigmoid`` or element-wise :class:`~nettrain.problem.random_layers.SeededDropout`,
+A model whose layers are all ``Linear``, ``Flatten``, ``Identity``, element-wise
+activations (``ReLU``, ``LeakyReLU``, ``ELU``, ``GELU``, ``SiLU``, ``Tanh``, ``Sigmoid``,
+``Softplus``) or element-wise :class:`~nettrain.problem.random_layers.SeededDropout`,
 trained with the built-in cross-entropy or squared loss, runs here
 (:func:`runs_by_hand`). Per agent ``i``, with ``L_i = sum_b w_ib loss(z_ib, y_ib)``,
 ``dY = dL_i/dY`` for a layer's output ``Y: (m, O, B)`` and ``h: (m, F, B)`` its input
@@ -12,8 +13,9 @@ trained with the built-in cross-entropy or squared loss, runs here
 * squared, ``||z - t||^2 / 2`` (``t`` one-hot for class labels): ``dz = w (z - t)``;
 * ``Y = W h + b``: ``dW = dY h^T``, ``db = sum_b dY``, ``dh = W^T dY`` (not for the
   first linear layer, whose input is the data);
-* ``ReLU``: ``dh = dY [Y > 0]``; ``Tanh``: ``dY (1 - Y^2)``; ``Sigmoid``: ``dY Y (1 - Y)``
-  (torch's own backward kernels of these layers, from the saved outputs);
+* an activation ``Y = s(h)``: ``dh = dY s'(h)`` by torch's own backward kernel of the
+  layer (``ReLU``: ``dY [Y > 0]``, ``Tanh``: ``dY (1 - Y^2)``, ``Sigmoid``:
+  ``dY Y (1 - Y)`` from the saved output; the others from the saved input);
 * dropout: ``dh = dY [u >= p] / (1 - p)``, the pass's own uniforms ``u``.
 
 These are the products autograd forms for the same graph, so the gradient is the
@@ -28,21 +30,62 @@ time, the products'.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nettrain.problem.batched import Activation, BatchedModel, dropout_uniforms
 from nettrain.problem.losses import cross_entropy, squared
 from nettrain.problem.random_layers import SeededDropout
 
-Rule = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 _aten = torch.ops.aten
-ACTIVATIONS: dict[type[nn.Module], tuple[Callable[[torch.Tensor], torch.Tensor], Rule]] = {
-    nn.ReLU: (torch.relu, lambda dy, y: _aten.threshold_backward(dy, y, 0)),
-    nn.Tanh: (torch.tanh, _aten.tanh_backward),
-    nn.Sigmoid: (torch.sigmoid, _aten.sigmoid_backward),
-}  # Y from h (never in place: Y is saved), and dh from dY and Y
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An element-wise layer's ``Y = forward(layer, h)`` (never in place: what the
+    backward pass reads is kept) and ``dh = backward(layer, dY, kept)``, where ``kept`` is
+    the output ``Y`` (``from_output``) or the input ``h``: the backward kernels autograd
+    runs for the layer."""
+
+    forward: Callable[[Any, torch.Tensor], torch.Tensor]
+    backward: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
+    from_output: bool
+
+
+ACTIVATIONS: dict[type[nn.Module], Rule] = {
+    nn.ReLU: Rule(
+        lambda _, h: torch.relu(h), lambda _, dy, y: _aten.threshold_backward(dy, y, 0), True
+    ),
+    nn.Tanh: Rule(lambda _, h: torch.tanh(h), lambda _, dy, y: _aten.tanh_backward(dy, y), True),
+    nn.Sigmoid: Rule(
+        lambda _, h: torch.sigmoid(h), lambda _, dy, y: _aten.sigmoid_backward(dy, y), True
+    ),
+    nn.LeakyReLU: Rule(
+        lambda a, h: F.leaky_relu(h, a.negative_slope),
+        lambda a, dy, h: _aten.leaky_relu_backward(dy, h, a.negative_slope, False),
+        False,
+    ),
+    nn.GELU: Rule(
+        lambda a, h: F.gelu(h, approximate=a.approximate),
+        lambda a, dy, h: _aten.gelu_backward(dy, h, approximate=a.approximate),
+        False,
+    ),
+    nn.SiLU: Rule(lambda _, h: F.silu(h), lambda _, dy, h: _aten.silu_backward(dy, h), False),
+    nn.ELU: Rule(
+        lambda a, h: F.elu(h, a.alpha),
+        lambda a, dy, h: _aten.elu_backward(dy, a.alpha, 1, 1, False, h),
+        False,
+    ),
+    nn.Softplus: Rule(
+        lambda a, h: F.softplus(h, a.beta, a.threshold),
+        lambda a, dy, h: _aten.softplus_backward(dy, h, a.beta, a.threshold),
+        False,
+    ),
+}
 PASSED = (nn.Flatten, nn.Identity)  # no arithmetic in the features layout
 
 
@@ -83,8 +126,9 @@ def losses_and_grads(
             a = Activation(a.value if u is None else layer.masked(a.value, u), a.layout, m, B)
             continue
         if type(layer) in ACTIVATIONS:
-            a = Activation(ACTIVATIONS[type(layer)][0](a.value), a.layout, m, B)
-            tape.append((prefix, layer, a.value))  # dh reads Y
+            rule = ACTIVATIONS[type(layer)]
+            h, a = a.value, Activation(rule.forward(layer, a.value), a.layout, m, B)
+            tape.append((prefix, layer, a.value if rule.from_output else h))
             continue
         saved = a.features() if isinstance(layer, nn.Linear) else None  # dW reads h
         a = model._layer(prefix, layer, a, params, keys)
@@ -109,7 +153,7 @@ def losses_and_grads(
             dy = dy if saved is None else layer.masked(dy, saved)
         elif not isinstance(layer, PASSED):
             assert saved is not None
-            dy = ACTIVATIONS[type(layer)][1](dy, saved)
+            dy = ACTIVATIONS[type(layer)].backward(layer, dy, saved)
     return losses, grads
 
 
