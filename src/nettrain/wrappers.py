@@ -189,16 +189,22 @@ class ErrorFeedback(Wrapper):
     def _corrected(self, x: torch.Tensor) -> torch.Tensor:
         """``x + e``, to be sent; the residual becomes what its payload drops."""
         self._one_exchange()
-        e = self.residual
-        sent = x + (torch.zeros_like(x) if e is None else e)  # (m, d)
-        codec = self.compressed.codec(sent)  # the very codes the exchange will draw
-        if codec is None:
-            self.memory["residual"] = torch.zeros_like(x)
-            return sent
-        c = codec.compressor
-        kept = c.decode(c.encode(sent, sent, generator=codec.generator), sent)
-        self.memory["residual"] = sent - kept
+        sent = x + self._residual_or_zero(x)  # (m, d)
+        self.memory["residual"] = self.dropped(sent)
         return sent
+
+    def _residual_or_zero(self, like: torch.Tensor) -> torch.Tensor:
+        e = self.residual
+        return torch.zeros_like(like) if e is None else e
+
+    def dropped(self, sent: torch.Tensor) -> torch.Tensor:
+        """``sent - decode(encode(sent), sent)``, what the payload of ``sent`` drops, with
+        the codes this round's next exchange will draw (zeros when it is sent as is)."""
+        codec = self.compressed.codec(sent)
+        if codec is None:
+            return torch.zeros_like(sent)
+        c = codec.compressor
+        return sent - c.decode(c.encode(sent, sent, generator=codec.generator), sent)
 
     def start_mix(self, x: torch.Tensor, t: int, *, codec: Codec | None = None) -> Handle:
         return self.inner.start_mix(self._corrected(x), t)
@@ -213,9 +219,8 @@ class ErrorFeedback(Wrapper):
         if not self.compressed.compressor.columnwise:
             return AtTheEnd(self.start_mean)
         self._one_exchange()
-        e = self.residual
-        inner = self.inner.start_mean_parts(like)
-        return CorrectedParts(inner, self, torch.zeros_like(like) if e is None else e)
+        e = self._residual_or_zero(like)
+        return CorrectedParts(self.inner.start_mean_parts(like), self, e)
 
     def _one_exchange(self) -> None:
         if self.compressed.exchanges:
@@ -243,15 +248,14 @@ class CorrectedParts:
 
     def put(self, cols: slice, part: torch.Tensor) -> None:
         sent = part + self.e[:, cols]
-        c = self.feedback.compressed.compressor
-        self.new[:, cols] = sent - c.decode(c.encode(sent, sent), sent)
+        self.new[:, cols] = self.feedback.dropped(sent)  # columnwise: no random codes
         self.filled += cols.stop - cols.start
         self.inner.put(cols, sent)
 
     def wait(self, whole: torch.Tensor) -> torch.Tensor:
         sent = whole + self.e
         if self.filled == 0:  # nothing put: the whole now
-            self.new = sent - self.feedback.compressed.compressor.roundtrip(sent, sent)[0]
+            self.new = self.feedback.dropped(sent)
         self.feedback.memory["residual"] = self.new
         return self.inner.wait(sent)
 

@@ -123,18 +123,12 @@ class Profile:
     threads: int
 
     def __post_init__(self) -> None:
-        positive = (
-            "seconds_per_sample",
-            "seconds_per_sample_alone",
-            "bandwidth_bytes_per_s",
-            "allreduce_s",
-            "rpc_exchange_s",
-        )
+        positive = (*(s for s in SECONDS if s not in MAY_BE_ZERO), "bandwidth_bytes_per_s")
         for name in positive:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        for name in ("latency_s", "round_overhead_s", "event_overhead_s", "message_overhead_s"):
+        for name in MAY_BE_ZERO:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -236,6 +230,9 @@ SECONDS = (
     "event_overhead_s",
     "message_overhead_s",
 )
+# Of those, the ones a calibration may find to be 0 (a latency below the fit's
+# resolution, an overhead measured as less than nothing); every other must be > 0.
+MAY_BE_ZERO = ("latency_s", "round_overhead_s", "event_overhead_s", "message_overhead_s")
 
 
 def average_profiles(profiles: Sequence[Profile]) -> Profile:
