@@ -29,9 +29,13 @@ class LinkFit:
     nbytes: tuple[int, ...]
     measured_s: tuple[float, ...]
 
+    def seconds(self, nbytes: float) -> float:
+        """The model's one-way time of a message of ``nbytes`` bytes."""
+        return self.latency_s + nbytes / self.bandwidth_bytes_per_s
+
     def fitted_s(self) -> list[float]:
         """The model's one-way time of each message size."""
-        return [self.latency_s + b / self.bandwidth_bytes_per_s for b in self.nbytes]
+        return [self.seconds(b) for b in self.nbytes]
 
     def residuals(self) -> list[float]:
         """Relative residual ``(measured - fitted) / measured`` of each message size."""

@@ -202,10 +202,7 @@ def calibrate(
         return None  # another rank under torchrun: rank 0 reports
     fit = fit_link(times.message_bytes, times.one_way_s)
     # a neighbour message of d values over the fitted link (the engine's adds its own work)
-    message_s = (
-        fit.latency_s
-        + job.problem.dim * getattr(torch, cfg.dtype).itemsize / fit.bandwidth_bytes_per_s
-    )
+    message_s = fit.seconds(job.problem.dim * getattr(torch, cfg.dtype).itemsize)
     profile = Profile(
         seconds_per_sample=times.compute_s / compute.samples_per_call,
         seconds_per_sample_alone=compute.seconds_per_sample,

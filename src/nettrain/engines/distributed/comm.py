@@ -272,8 +272,8 @@ class DistCommunicator(Communicator):
     def count_gathered_mean(self, payload: Any, compressor: Compressor) -> None:
         """Count a compressed mean of this process's ``payload`` as the simulator does: a
         ring all-gather, ``n - 1`` messages of one payload for each local agent."""
-        m, n = len(compressor.nbytes(payload)), self.n_agents
-        self.traffic.add(torch.full((m,), n - 1), (n - 1) * compressor.nbytes(payload), True)
+        nbytes, n = compressor.nbytes(payload), self.n_agents
+        self.traffic.add(torch.full((len(nbytes),), n - 1), (n - 1) * nbytes, True)
 
     def start_gather(self, payload: Any, what: str) -> tuple[dist.Work, Callable[[], Any]]:
         """Start the all-gather of this process's ``payload`` rows (packed, padded to the
