@@ -40,3 +40,22 @@ def test_the_diagonal_kernel_reads_per_row_weights() -> None:
     topology = build_topology("ring", 16, schedule="edge_drop", drop_prob=0.5, seed=4)
     mixing = Mixing.of(topology.sparse_weights(0), torch.device("cpu"), torch.float64)
     assert mixing.kind == "diagonals" and any(isinstance(w, torch.Tensor) for w in mixing.weights)
+
+
+@pytest.mark.parametrize("kind, n, options, expected", CASES[:5])
+def test_the_diagonal_kernel_in_row_blocks_is_the_whole_kernel_bit_for_bit(
+    monkeypatch, kind: str, n: int, options: dict, expected: str
+) -> None:
+    """Blocks of 1, 3 and 5 rows (splitting wrapped diagonals inside a block) give each
+    entry the arithmetic of one pass over all rows, in the same order."""
+    from nettrain.engines.sim import mixing as module
+
+    topology = build_topology(kind, n, seed=1, **options)
+    x = torch.randn(n, 7, generator=torch.Generator().manual_seed(0))  # float32: order shows
+    for t in range(2):
+        mixing = Mixing.of(topology.sparse_weights(t), x.device, x.dtype)
+        monkeypatch.setattr(module, "BLOCK_BYTES", 2**40)
+        whole = mixing(x)
+        for rows in (1, 3, 5):
+            monkeypatch.setattr(module, "BLOCK_BYTES", rows * 7 * 4)
+            assert torch.equal(mixing(x), whole)

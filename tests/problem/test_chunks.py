@@ -39,9 +39,10 @@ MODELS = {
 }
 
 
-def oracle(model: str, execution: Execution, agents: int = 8):
+def oracle(model: str, execution: Execution, agents: int = 8, regular: bool = True):
     net = MODELS[model]().double()
-    problem = Problem(net, get_loss("auto"), Regularizer("l2", 0.01), data(), execution=execution)
+    regularizer = Regularizer("l2", 0.01) if regular else Regularizer()
+    problem = Problem(net, get_loss("auto"), regularizer, data(), execution=execution)
     shards = [torch.arange(i, 80, agents) for i in range(agents)]
     return problem.oracle(shards, range(agents), batch_size=4, seed=2)
 
@@ -214,3 +215,27 @@ def test_a_pass_costs_three_times_its_saved_activations_plus_the_batch_and_two_r
     B, d = batch_size or 6, (3 * 5 + 5 + 5 * 2 + 2) if hidden else (3 * 2 + 2)
     saved = B * 2 + B + (2 * B * 5 if hidden else 0)
     assert o.pass_bytes() == 8 * (3 * saved + B * 3 + 2 * d)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("chunk", (8, 3))
+def test_the_loss_and_gradient_are_new_tensors_the_caller_may_overwrite(
+    model: str, chunk: int
+) -> None:
+    """What LocalSGD's step relies on (it writes the new ``x`` into the gradient): what
+    the caller writes into a call's results stays there through later calls, and changes
+    neither ``x`` nor what the oracle computes next, one agent alone included (its own
+    kernel). No regulariser: its gradient, added at the end, would make a new tensor
+    whatever the kernel returned."""
+    ours, twin = (oracle(model, Execution(chunk_agents=chunk), regular=False) for _ in range(2))
+    x = torch.randn(8, ours.problem.dim, generator=torch.Generator().manual_seed(1)).double()
+    kept, written = x.clone(), []
+    for call, local in enumerate((None, torch.tensor([5]), None, torch.tensor([5]))):
+        k = x if local is None else x[local]
+        for got, expected in zip(ours.grad(k, local), twin.grad(k, local), strict=True):
+            assert torch.equal(got, expected)
+            written.append((got.fill_(call), call))
+    assert all(bool((got == call).all()) for got, call in written)
+    assert torch.equal(x, kept)
+    for name, b in twin.buffers.items():
+        assert torch.equal(ours.buffers[name], b)

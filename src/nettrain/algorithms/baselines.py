@@ -121,7 +121,7 @@ class LocalSGD(WarmedStep, Algorithm[SGDRunState]):
 
     def step(self, state: SGDRunState, t: int, oracle: Oracle, comm: Communicator):
         loss, g = oracle.grad(state.x)
-        x, sgd = sgd_step(state.x, g, state.sgd, self.sgd_at(t))
+        x, sgd = sgd_step(state.x, g, state.sgd, self.sgd_at(t), owned=True)  # g is new
         if (t + 1) % self.tau == 0:  # compressed: decoded against each agent's own x_i
             x = comm.mean(x)
         return SGDRunState(x, sgd), loss

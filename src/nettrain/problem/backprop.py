@@ -42,6 +42,7 @@ from nettrain.problem.losses import cross_entropy, squared
 from nettrain.problem.random_layers import SeededDropout
 
 _aten = torch.ops.aten
+BLOCK_BYTES = 8 * 2**20  # weight gradients made at a time before their copy into the stack
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,14 @@ def losses_and_grads(
     keys: torch.Tensor,
     loss: Callable[..., torch.Tensor],
     ready: Callable[[str, torch.Tensor], None] | None = None,
+    into: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``L: (m,)`` and ``{name: dL_i/dparam, (m, *shape)}`` (module docstring) at
     ``params: {name: (m, *shape)}`` on ``inputs: (m, B, ...)``, targets ``y: (m, B, ...)``,
     sample weights ``w: (m, B)`` and dropout ``keys: (m,)``. ``ready(name, grad)`` is
-    called for each parameter as soon as its gradient is made (the last layer's first)."""
+    called for each parameter as soon as its gradient is made (the last layer's first).
+    With ``into`` (``{name: (m, *shape)}``, views of the columns of a gradient stack) each
+    gradient is written there (:func:`weight_grad`) and the views are returned."""
     m, B = inputs.shape[:2]
     a = Activation(inputs, "rows", m, B)
     tape: list[tuple[str, nn.Module, torch.Tensor | None]] = []  # what each backward reads
@@ -140,9 +144,10 @@ def losses_and_grads(
         prefix, layer, saved = tape[i]
         if isinstance(layer, nn.Linear):
             assert saved is not None
-            made = {prefix + "weight": torch.bmm(dy, saved.transpose(1, 2))}
+            dest = into or {}
+            made = {prefix + "weight": weight_grad(dy, saved, dest.get(prefix + "weight"))}
             if layer.bias is not None:
-                made[prefix + "bias"] = dy.sum(2)
+                made[prefix + "bias"] = torch.sum(dy, 2, out=dest.get(prefix + "bias"))
             for name, grad in made.items():
                 grads[name] = grad
                 if ready is not None:
@@ -155,6 +160,28 @@ def losses_and_grads(
             assert saved is not None
             dy = ACTIVATIONS[type(layer)].backward(layer, dy, saved)
     return losses, grads
+
+
+def weight_grad(dy: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``dW = dY h^T``, ``(m, O, F)``, of ``dy: (m, O, B)`` and ``h: (m, F, B)``, into
+    ``out`` where given: :data:`BLOCK_BYTES` of agents at a time through one scratch
+    block, each copied into ``out``'s strided rows while it is in cache. The CPU's batched
+    product takes its fast path only for a contiguous output, and a whole ``(m, O, F)``
+    temporary copied afterwards is one more tensor of about the stack's size: D-PSGD on
+    65,536 agents of MLP 64-32-10 peaked at 3.1 instead of 4.8 GB without it, and its
+    round took 0.42 instead of 0.46 s (CPU, benchmarks/README.md). Each agent's product
+    is the same either way."""
+    if out is None:
+        return torch.bmm(dy, h.transpose(1, 2))
+    m, o, f = out.shape
+    block = max(1, min(m, BLOCK_BYTES // max(1, o * f * out.element_size())))
+    scratch = out.new_empty(block, o, f)
+    for start in range(0, m, block):
+        end = min(start + block, m)
+        part = scratch[: end - start]
+        torch.bmm(dy[start:end], h[start:end].transpose(1, 2), out=part)
+        out[start:end].copy_(part)
+    return out
 
 
 def _loss_and_grad(

