@@ -140,11 +140,11 @@ def losses_and_grads(
     losses, dy = _loss_and_grad(a.features(), y, w, loss)
     first = next(i for i, (_, layer, _) in enumerate(tape) if isinstance(layer, nn.Linear))
     grads: dict[str, torch.Tensor] = {}
+    dest = into or {}
     for i in range(len(tape) - 1, first - 1, -1):
         prefix, layer, saved = tape[i]
         if isinstance(layer, nn.Linear):
             assert saved is not None
-            dest = into or {}
             made = {prefix + "weight": weight_grad(dy, saved, dest.get(prefix + "weight"))}
             if layer.bias is not None:
                 made[prefix + "bias"] = torch.sum(dy, 2, out=dest.get(prefix + "bias"))

@@ -738,18 +738,17 @@ class Oracle:
         spec, batched = self.problem.spec, self.problem.batched
         assert batched is not None
         params = self._stacked(x.split(spec.numels, 1))
-        hooks: dict[str, Callable[[torch.Tensor], None]] = {}
-        if feed is not None and feed.hooked:  # each parameter's columns as they are made
-            hooks = dict(zip(spec.names, map(feed.hook, range(len(spec.names))), strict=True))
-        ready = (lambda name, grad: hooks[name](grad)) if hooks else None
-        problem_loss = self.problem.loss
+        args = (batched, params, xb, yb, wb, keys, self.problem.loss)
         if feed is None:  # written straight into the stack's columns
             g = x.new_empty(x.shape) if out is None else out
-            into = self._stacked(g.split(spec.numels, 1))
-            loss, _ = losses_and_grads(batched, params, xb, yb, wb, keys, problem_loss, into=into)
+            loss, _ = losses_and_grads(*args, into=self._stacked(g.split(spec.numels, 1)))
             return g, loss
-        loss, grads = losses_and_grads(batched, params, xb, yb, wb, keys, problem_loss, ready)
-        return _gradient([grads[name].view(len(xb), -1) for name in spec.names], feed, None), loss
+        hooks: dict[str, Callable[[torch.Tensor], None]] = {}
+        if feed.hooked:  # each parameter's columns as they are made
+            hooks = dict(zip(spec.names, map(feed.hook, range(len(spec.names))), strict=True))
+        ready = (lambda name, grad: hooks[name](grad)) if hooks else None
+        loss, grads = losses_and_grads(*args, ready)
+        return feed.gradient([grads[name].view(len(xb), -1) for name in spec.names]), loss
 
     def _batched_total(
         self,
