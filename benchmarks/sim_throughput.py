@@ -469,7 +469,7 @@ def breakdown(
         "gather": lambda: oracle.samples(idx),
         "forward_backward": lambda: oracle._batched_grad(x, buffers, keys, xb, yb, w),
         "forward_backward_autograd": lambda: autograd._batched_grad(x, buffers, keys, xb, yb, w),
-        "sgd_step": lambda: sgd_step(x, g, empty, cfg),
+        "sgd_step": lambda: sgd_step(x, g, empty, cfg, owned=True),  # into g, as LocalSGD
         "clone_x": x.clone,  # one fresh (n, d) tensor: allocation + a pass over memory
     }
     thunks = {  # calls per second of each part
