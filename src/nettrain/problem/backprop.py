@@ -23,8 +23,8 @@ autograd oracle's to rounding. What is saved: autograd's graph of a few dozen no
 their views and bookkeeping, the loss's separate kernels. A pass of MLP 64-32-10 for 256
 agents of 16 samples took 0.68 against 0.81 ms with autograd, one agent of MLP
 784-128-10 0.21 to 0.30 against 0.33 to 0.41 ms by its module (CPU,
-benchmarks/README.md); on the large layers of 256 such agents the two take the same
-time, the products'.
+benchmarks/README.md); on the large layers of 256 such agents 21.8 against 29.0 ms, the
+weight gradients written straight into the stack (:func:`weight_grad`).
 """
 
 from __future__ import annotations
