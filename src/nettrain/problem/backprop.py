@@ -164,17 +164,19 @@ def losses_and_grads(
 
 def weight_grad(dy: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     """``dW = dY h^T``, ``(m, O, F)``, of ``dy: (m, O, B)`` and ``h: (m, F, B)``, into
-    ``out`` where given: :data:`BLOCK_BYTES` of agents at a time through one scratch
-    block, each copied into ``out``'s strided rows while it is in cache. The CPU's batched
-    product takes its fast path only for a contiguous output, and a whole ``(m, O, F)``
-    temporary copied afterwards is one more tensor of about the stack's size: D-PSGD on
-    65,536 agents of MLP 64-32-10 peaked at 3.1 instead of 4.8 GB without it, and its
-    round took 0.42 instead of 0.46 s (CPU, benchmarks/README.md). Each agent's product
-    is the same either way."""
+    ``out`` where given: on the CPU :data:`BLOCK_BYTES` of agents at a time through one
+    scratch block, each copied into ``out``'s strided rows while it is in cache (on a GPU
+    all agents in one block). The CPU's batched product takes its fast path only for a
+    contiguous output, and a whole ``(m, O, F)`` temporary copied afterwards is one more
+    tensor of about the stack's size: D-PSGD on 65,536 agents of MLP 64-32-10 peaked at
+    3.1 instead of 4.8 GB without it, and its round took 0.42 instead of 0.46 s (CPU,
+    benchmarks/README.md). Each agent's product is the same either way."""
     if out is None:
         return torch.bmm(dy, h.transpose(1, 2))
     m, o, f = out.shape
-    block = max(1, min(m, BLOCK_BYTES // max(1, o * f * out.element_size())))
+    block = m
+    if out.device.type == "cpu":
+        block = max(1, min(m, BLOCK_BYTES // max(1, o * f * out.element_size())))
     scratch = out.new_empty(block, o, f)
     for start in range(0, m, block):
         end = min(start + block, m)
