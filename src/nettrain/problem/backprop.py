@@ -169,8 +169,9 @@ def weight_grad(dy: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None) -> 
     all agents in one block). The CPU's batched product takes its fast path only for a
     contiguous output, and a whole ``(m, O, F)`` temporary copied afterwards is one more
     tensor of about the stack's size: D-PSGD on 65,536 agents of MLP 64-32-10 peaked at
-    3.1 instead of 4.8 GB without it, and its round took 0.42 instead of 0.46 s (CPU,
-    benchmarks/README.md). Each agent's product is the same either way."""
+    3.1 to 3.7 instead of 4.2 to 4.8 GB without it, its round 0.42 to 0.44 instead of
+    0.46 to 0.49 s (CPU, benchmarks/README.md). Each agent's product is the same either
+    way."""
     if out is None:
         return torch.bmm(dy, h.transpose(1, 2))
     m, o, f = out.shape
