@@ -127,7 +127,7 @@ def losses_and_grads(
         if isinstance(layer, SeededDropout):
             u = dropout_uniforms(layer, a, keys)
             tape.append((prefix, layer, u))
-            a = Activation(a.value if u is None else layer.masked(a.value, u), a.layout, m, B)
+            a = Activation(layer.masked(a.value, u), a.layout, m, B)
             continue
         if type(layer) in ACTIVATIONS:
             rule = ACTIVATIONS[type(layer)]
@@ -155,7 +155,7 @@ def losses_and_grads(
             if i > first:
                 dy = torch.bmm(params[prefix + "weight"].transpose(1, 2), dy)
         elif isinstance(layer, SeededDropout):
-            dy = dy if saved is None else layer.masked(dy, saved)
+            dy = layer.masked(dy, saved)
         elif not isinstance(layer, PASSED):
             assert saved is not None
             dy = ACTIVATIONS[type(layer)].backward(layer, dy, saved)

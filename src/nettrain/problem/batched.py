@@ -166,8 +166,7 @@ def _positions(rows: int, cols: int, device: torch.device) -> torch.Tensor:
 def _dropout(layer: SeededDropout, a: Activation, keys: torch.Tensor) -> torch.Tensor:
     """``x * mask / (1 - p)`` (:meth:`SeededDropout.masked`) with the uniforms of
     :func:`dropout_uniforms`; ``x`` itself when the layer is off."""
-    u = dropout_uniforms(layer, a, keys)
-    return a.value if u is None else layer.masked(a.value, u)
+    return layer.masked(a.value, dropout_uniforms(layer, a, keys))
 
 
 def dropout_uniforms(

@@ -122,9 +122,12 @@ class SeededDropout(nn.Module):
         shape = x.shape[:2] + (1,) * (x.dim() - 2) if self.channels else x.shape
         return self.masked(x, uniform(self.key, self.salt, shape))
 
-    def masked(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def masked(self, x: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
         """``x * [u >= p] / (1 - p)`` for uniforms ``u`` broadcast to ``x``; zeros at
-        ``p = 1``, as torch's dropout (not ``0 / 0``)."""
+        ``p = 1``, as torch's dropout (not ``0 / 0``); ``x`` itself without uniforms (the
+        layer off: :func:`~nettrain.problem.batched.dropout_uniforms` gave none)."""
+        if u is None:
+            return x
         if self.p == 1:
             return torch.zeros_like(x)
         return x * (u >= self.p).to(x.dtype) / (1 - self.p)
