@@ -127,32 +127,37 @@ def test_a_loss_of_the_users_goes_through_autograd() -> None:
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
-def test_weight_gradients_written_into_the_stack_in_blocks_are_the_products(
-    monkeypatch, dtype
-) -> None:
-    """``dY h^T`` written into strided columns of a stack, a block of 1, 2, 3 or all 5
-    agents at a time, is the batched product bit for bit; the columns around are left."""
+def test_weight_gradients_written_into_the_stack_are_the_products(monkeypatch, dtype) -> None:
+    """``dY h^T`` written into strided columns of a stack, straight there or through the
+    scratch block with 1, 2, 3 or all 5 agents at a time, is the batched product bit for
+    bit; the columns around are left."""
     from nettrain.problem import backprop
 
     gen = torch.Generator().manual_seed(0)
     dy, h = (torch.randn(5, o, 4, generator=gen, dtype=dtype) for o in (3, 6))
     expected = torch.bmm(dy, h.transpose(1, 2))  # (5, 3, 6)
-    for agents in (1, 2, 3, 5):
+    for direct, agents in ((True, 5), (False, 1), (False, 2), (False, 3), (False, 5)):
         stack = torch.full((5, 2 + 18 + 7), -1.0, dtype=dtype)
         view = stack[:, 2:20].view(5, 3, 6)
+        monkeypatch.setattr(backprop, "DIRECT_BYTES", 0 if direct else 2**40)
         monkeypatch.setattr(backprop, "BLOCK_BYTES", agents * 18 * stack.element_size())
         assert backprop.weight_grad(dy, h, view) is view
         assert torch.equal(view, expected)
         assert bool((stack[:, :2] == -1).all() and (stack[:, 20:] == -1).all())
 
 
-def test_the_oracle_writes_the_gradient_into_its_stack_in_blocks_alike(monkeypatch) -> None:
-    """One agent's weight gradient at a time gives the numbers of whole blocks."""
+@pytest.mark.parametrize("way", ("direct", "blocks"))
+def test_the_oracle_writes_the_gradient_into_its_stack_either_way_alike(monkeypatch, way) -> None:
+    """Weight gradients written straight into the stack, or one agent's at a time through
+    the scratch block, give the numbers of the default."""
     from nettrain.problem import backprop
 
-    whole, blocks = oracle("relu, cross-entropy", True), oracle("relu, cross-entropy", True)
+    whole, other = oracle("relu, cross-entropy", True), oracle("relu, cross-entropy", True)
     x = torch.randn(4, whole.problem.dim, generator=torch.Generator().manual_seed(1)).double()
     expected = whole.grad(x)
-    monkeypatch.setattr(backprop, "BLOCK_BYTES", 1)
-    got = blocks.grad(x)
+    if way == "direct":
+        monkeypatch.setattr(backprop, "DIRECT_BYTES", 0)
+    else:
+        monkeypatch.setattr(backprop, "BLOCK_BYTES", 1)
+    got = other.grad(x)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])

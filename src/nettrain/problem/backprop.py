@@ -42,7 +42,8 @@ from nettrain.problem.losses import cross_entropy, squared
 from nettrain.problem.random_layers import SeededDropout
 
 _aten = torch.ops.aten
-BLOCK_BYTES = 8 * 2**20  # weight gradients made at a time before their copy into the stack
+BLOCK_BYTES = 8 * 2**20  # small weight gradients made at a time before their copy into the stack
+DIRECT_BYTES = 256 * 2**10  # an agent's weight gradient written straight into the stack
 
 
 @dataclass(frozen=True)
@@ -164,20 +165,24 @@ def losses_and_grads(
 
 def weight_grad(dy: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
     """``dW = dY h^T``, ``(m, O, F)``, of ``dy: (m, O, B)`` and ``h: (m, F, B)``, into
-    ``out`` where given: on the CPU :data:`BLOCK_BYTES` of agents at a time through one
-    scratch block, each copied into ``out``'s strided rows while it is in cache (on a GPU
-    all agents in one block). The CPU's batched product takes its fast path only for a
-    contiguous output, and a whole ``(m, O, F)`` temporary copied afterwards is one more
-    tensor of about the stack's size: D-PSGD on 65,536 agents of MLP 64-32-10 peaked at
-    3.1 to 3.7 instead of 4.2 to 4.8 GB without it, its round 0.42 to 0.44 instead of
-    0.46 to 0.49 s (CPU, benchmarks/README.md). Each agent's product is the same either
-    way."""
+    ``out`` where given: strided, each agent's matrix a few columns of its row of the
+    stack. On the CPU the batched product into such an output runs one product per
+    agent, so only matrices of :data:`DIRECT_BYTES` or more are written there at once;
+    smaller ones, whose per-product overhead would dominate, are made
+    :data:`BLOCK_BYTES` of agents at a time into one contiguous scratch block, copied
+    into ``out`` while it is in cache. The first layer's weight gradients took 11.7 ms
+    straight against 15.4 through the block for 256 agents of MLP 784-128-10, and 190
+    against 93 ms for 65,536 agents of MLP 64-32-10 (CPU, benchmarks/README.md). A GPU
+    writes them straight. No temporary of the stack's size either way (D-PSGD on 65,536
+    agents of MLP 64-32-10 peaked at 3.1 to 3.7 instead of 4.2 to 4.8 GB without one);
+    each agent's product is the same either way."""
     if out is None:
         return torch.bmm(dy, h.transpose(1, 2))
     m, o, f = out.shape
-    block = m
-    if out.device.type == "cpu":
-        block = max(1, min(m, BLOCK_BYTES // max(1, o * f * out.element_size())))
+    matrix = max(1, o * f * out.element_size())
+    if out.device.type != "cpu" or matrix >= DIRECT_BYTES:
+        return torch.bmm(dy, h.transpose(1, 2), out=out)
+    block = max(1, min(m, BLOCK_BYTES // matrix))
     scratch = out.new_empty(block, o, f)
     for start in range(0, m, block):
         end = min(start + block, m)
