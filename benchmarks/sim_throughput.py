@@ -65,6 +65,7 @@ round at n=256; the last line is a JSON summary.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -449,6 +450,10 @@ def breakdown(
     kernel ``_batched_grad``) to time them one by one; the parts are timed in turn,
     best of the repetitions. ``forward_backward_autograd`` is the same kernel with the
     backward pass by autograd where the oracle writes it out (:mod:`nettrain.problem.backprop`).
+    ``read_stack`` and ``write_stack`` are one pass over a stack of ``x``'s size, read
+    (a sum) or written (a fill), each call on the next of four such stacks, out of cache
+    where the cache holds fewer than four: what the memory alone takes of a pass, which
+    must read ``x`` and write the gradient.
     """
     problem = make_problem(case, data)
     shards = partition(data.y_train, n, "iid", seed=SEED)
@@ -463,6 +468,8 @@ def breakdown(
     autograd = problem.oracle(shards, range(n), batch_size=case.batch, seed=SEED)
     autograd.__dict__["_by_hand"] = False  # the cached property, set
     cfg, empty = SGDConfig(lr=LR), SGDState()
+    stacks = [torch.empty_like(x).fill_(1.0) for _ in range(4)]
+    turn = itertools.count()
     parts: dict[str, Callable[[], object]] = {
         "round": sim.round,
         "sample": lambda: oracle._sample(local),
@@ -471,6 +478,8 @@ def breakdown(
         "forward_backward_autograd": lambda: autograd._batched_grad(x, buffers, keys, xb, yb, w),
         "sgd_step": lambda: sgd_step(x, g, empty, cfg, owned=True),  # into g, as LocalSGD
         "clone_x": x.clone,  # one fresh (n, d) tensor: allocation + a pass over memory
+        "read_stack": lambda: stacks[next(turn) % 4].sum(),
+        "write_stack": lambda: stacks[next(turn) % 4].fill_(0.5),
     }
     thunks = {  # calls per second of each part
         name: rates(fn, calls_per_block(fn, settings.block_s / 4), 1.0)
