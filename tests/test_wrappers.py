@@ -110,18 +110,37 @@ def test_error_feedback_takes_one_compressed_exchange_a_round() -> None:
 def test_error_feedback_in_slices_is_error_feedback_on_the_whole(compressor) -> None:
     """A columnwise compressor's residual made slice by slice (each slice corrected and
     encoded as it is put, the last columns first) is the whole vector's, and so is the
-    mean, over rounds whose residuals carry over; nothing put at all is the whole too."""
+    mean, over rounds whose residuals carry over; some columns put and the rest left to
+    the wait, or nothing put at all, is the whole too."""
     sliced, whole = (ErrorFeedback(Compressed(ring(), compressor)) for _ in range(2))
     cuts = [slice(25, D), slice(10, 25), slice(0, 10)]
-    for t in range(3):
+    puts = [cuts, cuts, cuts[:1], []]  # round 2: columns 0 to 24 never put; round 3: none
+    for t, put in enumerate(puts):
         x = points(seed=t, spread=0.1)
         parts = sliced.at(t).start_mean_parts(x)
-        for cols in cuts if t < 2 else ():  # round 2: nothing put before the wait
+        for cols in put:
             parts.put(cols, x[:, cols])
         got = parts.wait(x)
         assert torch.equal(got, whole.at(t).mean(x))
         assert torch.equal(sliced.residual, whole.residual)
         assert sliced.residual.abs().max() > 0  # something was dropped and carried
+
+
+@pytest.mark.parametrize(
+    ("puts", "left"),
+    [
+        ([], [(0, 10)]),
+        ([(0, 10)], []),
+        ([(6, 10), (0, 3)], [(3, 6)]),
+        ([(2, 4)], [(0, 2), (4, 10)]),
+        ([(7, 10), (3, 5)], [(0, 3), (5, 7)]),
+    ],
+)
+def test_never_put_is_the_columns_no_slice_covers(puts, left) -> None:
+    from nettrain.patterns import never_put
+
+    got = never_put([slice(*p) for p in puts], 10)
+    assert [(c.start, c.stop) for c in got] == left
 
 
 def test_lossy_loses_what_the_fault_spec_says() -> None:

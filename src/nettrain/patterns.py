@@ -67,6 +67,18 @@ class PartsHandle(Protocol):
         ...
 
 
+def never_put(puts: list[slice], d: int) -> list[slice]:
+    """The column ranges of ``[0, d)`` that none of ``puts`` covers (the slices a
+    :class:`PartsHandle` was given, disjoint, in any order), ascending: what its ``wait``
+    has left to send."""
+    gaps, start = [], 0
+    for cols in sorted(puts, key=lambda c: c.start):
+        if cols.start > start:
+            gaps.append(slice(start, cols.start))
+        start = max(start, cols.stop)
+    return [*gaps, slice(start, d)] if start < d else gaps
+
+
 @dataclass
 class AtTheEnd:
     """A :class:`PartsHandle` that sends nothing early: ``wait(whole)`` starts

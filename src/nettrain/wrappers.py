@@ -41,7 +41,16 @@ from torch import Tensor
 
 from nettrain.compression import Compressor, Identity
 from nettrain.errors import ConfigError
-from nettrain.patterns import AtTheEnd, Codec, Communicator, Handle, Losses, PartsHandle, Traffic
+from nettrain.patterns import (
+    AtTheEnd,
+    Codec,
+    Communicator,
+    Handle,
+    Losses,
+    PartsHandle,
+    Traffic,
+    never_put,
+)
 from nettrain.problem.oracle import agent_seed
 
 CODE_STREAM = 1 << 32  # random streams of the codes, apart from the mini-batches' (stream 0)
@@ -238,24 +247,25 @@ class CorrectedParts:
     """Error feedback slice by slice, for a columnwise compressor: each slice ``x[:, c]``
     put is sent as ``x[:, c] + e[:, c]``, whose dropped part becomes ``e_new[:, c]``; the
     same numbers as :meth:`ErrorFeedback.start_mean` on the whole, which encodes each
-    coordinate alone too. ``wait(x)`` returns the mean of ``x + e`` and keeps ``e_new``."""
+    coordinate alone too. ``wait(x)`` returns the mean of ``x + e`` and keeps ``e_new``,
+    whose columns never put it makes then (the inner handle sends them then)."""
 
     def __init__(self, inner: PartsHandle, feedback: ErrorFeedback, e: torch.Tensor) -> None:
         self.inner, self.feedback, self.e = inner, feedback, e
         self.bucket_bytes = inner.bucket_bytes
         self.new = torch.empty_like(e)  # e_new, slice by slice
-        self.filled = 0
+        self.puts: list[slice] = []
 
     def put(self, cols: slice, part: torch.Tensor) -> None:
         sent = part + self.e[:, cols]
         self.new[:, cols] = self.feedback.dropped(sent)  # columnwise: no random codes
-        self.filled += cols.stop - cols.start
+        self.puts.append(cols)
         self.inner.put(cols, sent)
 
     def wait(self, whole: torch.Tensor) -> torch.Tensor:
         sent = whole + self.e
-        if self.filled == 0:  # nothing put: the whole now
-            self.new = self.feedback.dropped(sent)
+        for cols in never_put(self.puts, whole.shape[1]):  # the inner handle sends them
+            self.new[:, cols] = self.feedback.dropped(sent[:, cols])
         self.feedback.memory["residual"] = self.new
         return self.inner.wait(sent)
 

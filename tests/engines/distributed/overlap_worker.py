@@ -9,13 +9,16 @@ joins one gloo group and
 2. the same with a columnwise compressor (half precision, the lattice): each bucket
    encoded and all-gathered as it is put, against the whole gradient's compressed mean,
    and the traffic each counts;
-3. runs all-reduce SGD through the engine with the default buckets and with one
+3. puts only the last parameter's columns of a gradient, plain and in half precision,
+   leaving the rest to the wait, against the whole gradient's mean;
+4. runs all-reduce SGD through the engine with the default buckets and with one
    parameter a bucket (``buckets.BUCKET_BYTES``), plain and with the lattice quantiser
    and error feedback.
 
 Rank 0 saves ``{"parts": {cap: (bucketed mean, whole mean, buckets launched)},
 "coded": {(compressor, cap): (bucketed, whole, buckets, traffic bucketed, traffic
-whole)}, "runs": {(quantizer, cap): x (n, d)}, "n": n, "config": CONFIG}`` to ``OUT``.
+whole)}, "partial": {compressor: (partly put, whole)}, "runs": {(quantizer, cap): x
+(n, d)}, "n": n, "config": CONFIG}`` to ``OUT``.
 """
 
 from __future__ import annotations
@@ -84,13 +87,27 @@ def main(out: str) -> None:
         fed, counted = mean.wait(g), comm.traffic.reset()
         whole = comm.start_mean(g, codec=Codec(compressor)).wait()
         coded[compressor.name, cap] = (fed, whole, len(mean.parts), counted, comm.traffic.reset())
+    partial = {}  # the last parameter's columns put, the rest left to the wait
+    for compressor in (None, HalfPrecision()):
+        oracle = job.problem.oracle([job.shards[rank]], [rank], batch_size=8, seed=0)
+        x = job.x0[None] + 0.01 * rank
+        _, g = oracle.grad(x)
+        codec = None if compressor is None else Codec(compressor)
+        mean = comm.start_mean_parts(x, codec=codec)
+        last = job.problem.spec.slices[-1]
+        mean.put(last, g[:, last])
+        fed = mean.wait(g)
+        partial["none" if compressor is None else compressor.name] = (
+            fed, comm.start_mean(g, codec=codec).wait()
+        )  # fmt: skip
     runs = {}
     for quantizer, cap in itertools.product(("none", "lattice"), (DEFAULT_BYTES, 4)):
         buckets.BUCKET_BYTES = cap
         config = CONFIG | {"agents": n, "engine": "distributed", "quantizer": quantizer}
         runs[quantizer, cap] = run(load_config(config | LATTICE)).x
     if rank == 0:
-        result = {"parts": parts, "coded": coded, "runs": runs, "n": n, "config": CONFIG}
+        result = {"parts": parts, "coded": coded, "partial": partial, "runs": runs}
+        result |= {"n": n, "config": CONFIG}
         torch.save(result | {"lattice": LATTICE}, out)
     dist.barrier()
     sys.stdout.flush()

@@ -58,6 +58,14 @@ def test_a_compressed_mean_sent_bucket_by_bucket_is_the_whole_ones(results) -> N
         assert int(counted[0][0]) == results["n"] - 1  # messages: one all-gather
 
 
+def test_columns_never_put_are_sent_at_the_wait(results) -> None:
+    """A handle given only the last parameter's columns sends the rest when waited for:
+    the whole gradient's mean, plain and compressed, bit for bit."""
+    assert set(results["partial"]) == {"none", "fp16"}
+    for key, (fed, whole) in results["partial"].items():
+        assert fed.shape == whole.shape and torch.equal(fed, whole), key
+
+
 @pytest.mark.parametrize("quantizer", ["none", "lattice"])
 def test_engine_with_buckets_equals_the_simulator(results, quantizer: str) -> None:
     """All-reduce SGD, plain and with the lattice quantiser and error feedback (residuals

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from nettrain.compression import Compressor
 from nettrain.compression.payloads import cat_columns
 from nettrain.engines.coded import decode_mean
+from nettrain.patterns import never_put
 
 # DistributedDataParallel's default cap of its first bucket (torch.distributed's
 # _DEFAULT_FIRST_BUCKET_BYTES): smaller buckets start earlier but each costs a
@@ -71,7 +72,7 @@ class BucketedMean:
         self.bucket_bytes = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
         self.total = like.new_empty(1, like.shape[1])  # (1, d): the sum over every agent
         self.works: list[tuple[str, dist.Work]] = []
-        self.filled = 0  # columns put so far
+        self.puts: list[slice] = []
 
     def put(self, cols: slice, part: torch.Tensor) -> None:
         """Sum ``part: (m, |cols|)`` over the local agents, times ``1 / n``, into the
@@ -83,16 +84,14 @@ class BucketedMean:
             torch.sum(part, 0, out=bucket).mul_(self.scale)
         what = f"the all-reduce of columns {cols.start}..{cols.stop - 1}"
         self.works.append((what, self.guard(what, lambda: self.start(bucket))))  # type: ignore[arg-type]
-        self.filled += cols.stop - cols.start
+        self.puts.append(cols)
 
     def wait(self, whole: torch.Tensor) -> torch.Tensor:
         """Wait for every bucket's all-reduce and return the mean, a row for each local
-        agent ``(m, d)``; with nothing put (a kernel without hooks), all-reduce ``whole``
-        now."""
-        if self.filled == 0:
-            self.put(slice(0, whole.shape[1]), whole)
-        elif self.filled != whole.shape[1]:
-            raise ValueError(f"{self.filled} of {whole.shape[1]} columns were put")
+        agent ``(m, d)``; the columns never put (all of them for a kernel without hooks)
+        are all-reduced from ``whole`` now."""
+        for cols in never_put(self.puts, whole.shape[1]):
+            self.put(cols, whole[:, cols])
         begin = time.perf_counter()
         for what, work in self.works:
             self.guard(what, work.wait)
@@ -142,12 +141,10 @@ class BucketedGather:
 
     def wait(self, whole: torch.Tensor) -> torch.Tensor:
         """Wait for every slice's all-gather and return the mean, a row for each local
-        agent ``(m, d)``, decoded against ``whole``; with nothing put, gather ``whole`` now."""
-        if not self.parts:
-            self.put(slice(0, self.d), whole)
-        filled = sum(cols.stop - cols.start for cols, *_ in self.parts)
-        if filled != self.d:
-            raise ValueError(f"{filled} of {self.d} columns were put")
+        agent ``(m, d)``, decoded against ``whole``; the columns never put (all of them for
+        a kernel without hooks) are gathered from ``whole`` now."""
+        for cols in never_put([part[0] for part in self.parts], self.d):
+            self.put(cols, whole[:, cols].contiguous())
         begin = time.perf_counter()
         for _, _, what, work, _ in self.parts:
             self.guard(what, work.wait)
