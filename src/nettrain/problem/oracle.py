@@ -590,8 +590,11 @@ class Oracle:
         """Memory one agent adds to a pass, estimated from one real pass of agent 0 on one
         batch: three times the activations autograd saves for the backward pass (the saved
         tensors, their gradients and the layers' outputs; views of the parameters and of the
-        inputs cost nothing), plus the batch's inputs and two rows of ``d`` (the gradient
-        and its copy into the stack)."""
+        inputs cost nothing), plus the batch's inputs and two rows of ``d``: the gradient
+        and, by autograd or ``vmap``, its copy into the stack. The written-out backward
+        pass writes into the stack without the copy, so for a perceptron the second row
+        is a margin, which the round's other tensors of the state's size (a mixed stack)
+        use up."""
         problem = self.problem
         B = self.batch_size or int(self.sizes.max())
         idx = torch.arange(B, device=self.x.device) % int(self.sizes[0])
