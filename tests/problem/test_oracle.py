@@ -44,6 +44,21 @@ def test_flat_views_round_trip() -> None:
     assert matmul_flops_per_sample(spec) == 2 * (6 * 5 + 5 * 3)
 
 
+def test_stacked_views_are_each_parameters_columns_of_any_stack() -> None:
+    """``FlatSpec.stacked`` of a stack, of a block of its rows and of a transposed
+    (column-major) stack views each agent's parameters as ``unflatten`` of its row does,
+    and writes through to the stack."""
+    spec = FlatSpec.of(build_model("cnn", (1, 4, 4), 3, hidden=(5,)))  # 4-D, 1-D shapes
+    base = torch.arange(7 * spec.dim, dtype=torch.float64).view(7, spec.dim)
+    for x in (base, base[2:5], base.t().contiguous().t()):
+        views = spec.stacked(x)
+        for i in range(len(x)):
+            for name, v in spec.unflatten(x[i]).items():
+                assert torch.equal(views[name][i], v), name
+        views[spec.names[-1]][-1].fill_(-1.0)
+        assert bool((x[-1, -spec.numels[-1] :] == -1).all())
+
+
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_vectorised_gradient_equals_per_agent_autograd(model: str) -> None:
     problem = classification_problem(model)

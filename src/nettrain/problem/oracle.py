@@ -740,11 +740,10 @@ class Oracle:
         """``(g (k, d), loss (k,))`` of :meth:`_batched_grad` by the written-out backward pass."""
         spec, batched = self.problem.spec, self.problem.batched
         assert batched is not None
-        params = self._stacked(x.split(spec.numels, 1))
-        args = (batched, params, xb, yb, wb, keys, self.problem.loss)
+        args = (batched, spec.stacked(x), xb, yb, wb, keys, self.problem.loss)
         if feed is None:  # written straight into the stack's columns
             g = x.new_empty(x.shape) if out is None else out
-            loss, _ = losses_and_grads(*args, into=self._stacked(g.split(spec.numels, 1)))
+            loss, _ = losses_and_grads(*args, into=spec.stacked(g))
             return g, loss
         hooks: dict[str, Callable[[torch.Tensor], None]] = {}
         if feed.hooked:  # each parameter's columns as they are made
