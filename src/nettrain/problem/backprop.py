@@ -183,6 +183,8 @@ def weight_grad(dy: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None) -> 
     if out.device.type != "cpu" or matrix >= DIRECT_BYTES:
         return torch.bmm(dy, h.transpose(1, 2), out=out)
     block = max(1, min(m, BLOCK_BYTES // matrix))
+    if block == m:  # one block: the product itself, copied
+        return out.copy_(torch.bmm(dy, h.transpose(1, 2)))
     scratch = out.new_empty(block, o, f)
     for start in range(0, m, block):
         end = min(start + block, m)

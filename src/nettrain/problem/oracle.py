@@ -285,10 +285,10 @@ CONVOLUTIONS = (
 )
 
 
-def take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``t[idx]`` for an index tensor ``idx`` of rows of ``t``."""
-    rows = torch.index_select(t.reshape(len(t), -1), 0, idx.reshape(-1))
-    return rows.view(*idx.shape, *t.shape[1:])
+def take(flat: torch.Tensor, idx: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Rows ``idx: (k, B)`` of ``flat: (N, F)``, the rows of a tensor whose rows are of
+    ``shape`` flattened: ``(k, B, *shape)``."""
+    return torch.index_select(flat, 0, idx.view(-1)).view(*idx.shape, *shape)
 
 
 class Oracle:
@@ -340,6 +340,8 @@ class Oracle:
         # shard took a tenth of a second of a distributed run's clock on a loaded machine).
         self.rows = torch.cat(list(shards)).to(device)  # (sum |shard|,) int64
         self.x, self.y = problem.data.x_train, problem.data.y_train  # (N, ...), shared
+        # their rows flattened, (N, F) and (N, T): views, or copied once if not contiguous
+        self._x_rows, self._y_rows = (t.reshape(len(t), -1) for t in (self.x, self.y))
         self.sizes = sizes
         self.offsets = torch.cumsum(sizes, 0) - sizes  # (m,)
         self.meter = Meter.zeros(len(agents), device)
@@ -350,8 +352,8 @@ class Oracle:
         keys = [agent_seed(seed, int(a)) for a in agents]
         self.keys = torch.tensor(keys, dtype=torch.int64, device=device)  # (m,)
         self.drawn = torch.zeros(len(agents), dtype=torch.int64, device=device)  # (m,)
-        self._sizes = sizes.to(device)
-        self._offsets = self.offsets.to(device)
+        self._sizes = sizes.to(device)[:, None]  # (m, 1)
+        self._offsets = self.offsets.to(device)[:, None]  # (m, 1)
         self._positions = torch.arange(batch_size, dtype=torch.int64, device=device)  # (B,)
         self._weights: torch.Tensor | None = None  # (m, B) of 1 / B, read only
         self._no_keys = torch.zeros(len(agents), dtype=torch.int64, device=self.x.device)
@@ -397,8 +399,8 @@ class Oracle:
             local = local.to(self.drawn.device)
             drawn, keys = self.drawn[local], self.keys[local]  # (k,)
             sizes, offsets = self._sizes[local], self._offsets[local]
-        u = integers53(keys, drawn[:, None] * B + self._positions)  # (k, B)
-        idx = u % sizes[:, None] + offsets[:, None]
+        u = integers53(keys, torch.add(self._positions, drawn[:, None], alpha=B))  # (k, B)
+        idx = u.remainder_(sizes).add_(offsets)
         if local is not None:
             self.drawn[local] = drawn + 1
             return idx, torch.full(idx.shape, 1.0 / B, dtype=self.x.dtype, device=idx.device)
@@ -515,7 +517,8 @@ class Oracle:
         rows of the training set (about twice as fast as advanced indexing on a large
         batch)."""
         rows = self.rows[idx]  # (k, B) rows of the training set
-        return take(self.x, rows), take(self.y, rows)
+        x, y = self.x.shape[1:], self.y.shape[1:]
+        return take(self._x_rows, rows, x), take(self._y_rows, rows, y)
 
     def _kernel(self, k: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor, Buffers]]:
         """The kernel of a call for ``k`` agents: the batched model where there is one
