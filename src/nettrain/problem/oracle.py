@@ -517,8 +517,8 @@ class Oracle:
         rows of the training set (about twice as fast as advanced indexing on a large
         batch)."""
         rows = self.rows[idx]  # (k, B) rows of the training set
-        x, y = self.x.shape[1:], self.y.shape[1:]
-        return take(self._x_rows, rows, x), take(self._y_rows, rows, y)
+        xb = take(self._x_rows, rows, self.x.shape[1:])
+        return xb, take(self._y_rows, rows, self.y.shape[1:])
 
     def _kernel(self, k: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor, Buffers]]:
         """The kernel of a call for ``k`` agents: the batched model where there is one
