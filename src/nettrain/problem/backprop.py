@@ -170,12 +170,12 @@ def weight_grad(dy: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None) -> 
     agent, so only matrices of :data:`DIRECT_BYTES` or more are written there at once;
     smaller ones, whose per-product overhead would dominate, are made
     :data:`BLOCK_BYTES` of agents at a time into one contiguous scratch block, copied
-    into ``out`` while it is in cache. The first layer's weight gradients took 11.7 ms
-    straight against 15.4 through the block for 256 agents of MLP 784-128-10, and 190
-    against 93 ms for 65,536 agents of MLP 64-32-10 (CPU, benchmarks/README.md). A GPU
-    writes them straight. No temporary of the stack's size either way (D-PSGD on 65,536
-    agents of MLP 64-32-10 peaked at 3.1 to 3.7 instead of 4.2 to 4.8 GB without one);
-    each agent's product is the same either way."""
+    into ``out`` while it is in cache. Straight, the first layer of MLP 784-128-10 (392
+    KiB an agent) took 0.78 to 0.81 of the block's time, that of MLP 64-32-10 (8 KiB)
+    1.68 to 1.96 (CPU, ``benchmarks/weight_grad_paths.py``). A GPU writes them straight.
+    No temporary of the stack's size either way (D-PSGD on 65,536 agents of MLP 64-32-10
+    peaked at 3.1 to 3.7 instead of 4.2 to 4.8 GB without one); each agent's product is
+    the same either way."""
     if out is None:
         return torch.bmm(dy, h.transpose(1, 2))
     m, o, f = out.shape
