@@ -5,9 +5,9 @@ What is measured, for two cases and ``n`` in {16, 64, 256} agents:
 
 * ``sim``: agent-steps per second of the simulator's real code path, a
   :class:`~nettrain.algorithms.baselines.LocalSGD` round between averagings
-  (``Oracle.grad`` over IID shards: one batched draw of the mini-batches, one batched
-  forward/backward pass of all agents, then ``sgd_step`` on the stack ``x: (n, d)``),
-  driven through a ``SimCommunicator``;
+  (``Oracle.descend`` over IID shards: one batched draw of the mini-batches, one batched
+  forward/backward pass of all agents that adds ``-lr g`` into the stack ``x: (n, d)``
+  as it goes), driven through a ``SimCommunicator``;
 * ``loop``: the same work as ``n`` separate ``nn.Module`` + ``torch.optim.SGD`` (lr 0.1,
   no momentum), stepped one after the other in a Python loop: each agent samples a
   mini-batch from its own shard with its own generator, forward, cross-entropy,
@@ -449,11 +449,13 @@ def breakdown(
     Reaches into the oracle's parts (``_sample``, the local sample copy, the gradient
     kernel ``_batched_grad``) to time them one by one; the parts are timed in turn,
     best of the repetitions. ``forward_backward_autograd`` is the same kernel with the
-    backward pass by autograd where the oracle writes it out (:mod:`nettrain.problem.backprop`).
-    ``read_stack`` and ``write_stack`` are one pass over a stack of ``x``'s size, read
-    (a sum) or written (a fill), each call on the next of four such stacks, out of cache
-    where the cache holds fewer than four: what the memory alone takes of a pass, which
-    must read ``x`` and write the gradient.
+    backward pass by autograd where the oracle writes it out (:mod:`nettrain.problem.backprop`);
+    ``forward_backward`` and ``sgd_step`` are a round that writes the gradient (as one
+    with momentum does), ``forward_backward_descend`` the pass of a plain round, which
+    adds ``-lr g`` into the stack as it goes. ``read_stack`` and ``write_stack`` are one
+    pass over a stack of ``x``'s size, read (a sum) or written (a fill), each call on the
+    next of four such stacks, out of cache where the cache holds fewer than four: what the
+    memory alone takes of a pass, which must read ``x`` and write the gradient.
     """
     problem = make_problem(case, data)
     shards = partition(data.y_train, n, "iid", seed=SEED)
@@ -467,7 +469,7 @@ def breakdown(
     g, _, _ = oracle._batched_grad(x, buffers, keys, xb, yb, w)  # (n, d)
     autograd = problem.oracle(shards, range(n), batch_size=case.batch, seed=SEED)
     autograd.__dict__["_by_hand"] = False  # the cached property, set
-    cfg, empty = SGDConfig(lr=LR), SGDState()
+    cfg, empty, moved = SGDConfig(lr=LR), SGDState(), x.clone()
     stacks = [torch.empty_like(x).fill_(1.0) for _ in range(4)]
     turn = itertools.count()
     parts: dict[str, Callable[[], object]] = {
@@ -476,7 +478,11 @@ def breakdown(
         "gather": lambda: oracle.samples(idx),
         "forward_backward": lambda: oracle._batched_grad(x, buffers, keys, xb, yb, w),
         "forward_backward_autograd": lambda: autograd._batched_grad(x, buffers, keys, xb, yb, w),
-        "sgd_step": lambda: sgd_step(x, g, empty, cfg, owned=True),  # into g, as LocalSGD
+        "sgd_step": lambda: sgd_step(x, g, empty, cfg, owned=True),  # into g
+        # the pass adding -lr g into a stack as it goes: LocalSGD's plain step (descend)
+        "forward_backward_descend": lambda: oracle._batched_grad(
+            moved, buffers, keys, xb, yb, w, out=moved, alpha=-LR
+        ),
         "clone_x": x.clone,  # one fresh (n, d) tensor: allocation + a pass over memory
         "read_stack": lambda: stacks[next(turn) % 4].sum(),
         "write_stack": lambda: stacks[next(turn) % 4].fill_(0.5),

@@ -286,6 +286,32 @@ def test_local_sgd_with_momentum_is_the_per_agent_reference(momentum: float, nes
     assert not torch.allclose(state.x[0], state.x[1])  # round 7 is local again
 
 
+def test_local_sgd_steps_in_place_with_the_numbers_of_grad_then_step() -> None:
+    """A plain step of local SGD (``Oracle.descend``) on an MLP whose first layer is
+    written into the stack straight by ``grad`` (300 KiB an agent in float32) and added
+    by blocks by ``descend``: the models of ``grad`` then ``sgd_step``, bit for bit, over
+    rounds with and without averaging; ``x0`` is left as it was."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(64, 600, generator=gen)
+    labels = torch.randint(0, 10, (64,), generator=gen)
+    data = Dataset("wide", features, labels, features[:8], labels[:8], n_classes=10)
+    net = torch.nn.Sequential(torch.nn.Linear(600, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    problem = Problem(net, get_loss("cross_entropy"), Regularizer(), data)
+    shards, n, lr = [torch.arange(i, 64, 4) for i in range(4)], 4, 0.1
+    comm = SimCommunicator(build_topology("ring", n), torch.device("cpu"), torch.float32)
+    stepped, ref = (problem.oracle(shards, range(n), batch_size=8, seed=1) for _ in range(2))
+    x0 = problem.initial_params(2).expand(n, -1).clone()
+    algo = LocalSGD(lr=lr, tau=2)
+    state, x = algo.init(x0, stepped, comm), x0.clone()
+    for t in range(3):
+        state, loss = algo.step(state, t, stepped, comm)
+        expected, g = ref.grad(x)
+        x, _ = sgd_step(x, g, SGDState(), algo.sgd)
+        x = comm.mean(x) if t == 1 else x
+        assert torch.equal(loss, expected) and torch.equal(state.x, x)
+    assert torch.equal(x0, problem.initial_params(2).expand(n, -1))
+
+
 def test_local_sgd_averages_after_at_least_one_step() -> None:
     LocalSGD(lr=0.1, tau=1)  # model averaging every step
     message = "tau must be >= 1 (local steps between averagings), got 0"

@@ -130,7 +130,8 @@ def test_a_loss_of_the_users_goes_through_autograd() -> None:
 def test_weight_gradients_written_into_the_stack_are_the_products(monkeypatch, dtype) -> None:
     """``dY h^T`` written into strided columns of a stack, straight there or through the
     scratch block with 1, 2, 3 or all 5 agents at a time, is the batched product bit for
-    bit; the columns around are left."""
+    bit; added with ``alpha``, it is ``torch.add`` of the product; the columns around are
+    left."""
     from nettrain.problem import backprop
 
     gen = torch.Generator().manual_seed(0)
@@ -143,6 +144,10 @@ def test_weight_gradients_written_into_the_stack_are_the_products(monkeypatch, d
         monkeypatch.setattr(backprop, "BLOCK_BYTES", agents * 18 * stack.element_size())
         assert backprop.weight_grad(dy, h, view) is view
         assert torch.equal(view, expected)
+        assert bool((stack[:, :2] == -1).all() and (stack[:, 20:] == -1).all())
+        start = view.clone()
+        assert backprop.weight_grad(dy, h, view, alpha=-0.7) is view
+        assert torch.equal(view, torch.add(start, expected, alpha=-0.7))
         assert bool((stack[:, :2] == -1).all() and (stack[:, 20:] == -1).all())
 
 

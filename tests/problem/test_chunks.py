@@ -65,6 +65,31 @@ def test_chunks_give_the_numbers_of_one_pass_bit_for_bit(model: str) -> None:
                 assert torch.equal(o.buffers[name], b)
 
 
+@pytest.mark.parametrize("chunk", [8, 3])
+@pytest.mark.parametrize("regular", [False, True])
+@pytest.mark.parametrize("model", MODELS)
+def test_descend_steps_in_place_with_the_numbers_of_grad_then_step(
+    model: str, regular: bool, chunk: int
+) -> None:
+    """``descend(x, lr)`` leaves ``x - lr * g`` in ``x`` bit for bit (float64), with the
+    losses of ``grad``: the written-out backward pass adding each layer into ``x`` as it
+    goes (no regulariser), or the gradient taken then added (a regulariser, or vmap)."""
+    ref = oracle(model, Execution(chunk_agents=chunk), regular=regular)
+    stepped = oracle(model, Execution(chunk_agents=chunk), regular=regular)
+    x = torch.randn(8, ref.problem.dim, generator=torch.Generator().manual_seed(1)).double()
+    lr = 0.3
+    for local in (None, None, torch.tensor([6, 1, 4, 0, 7])):
+        start = x if local is None else x[local]
+        loss, g = ref.grad(start, local)
+        expected = torch.add(start, g, alpha=-lr)
+        moved = start.clone()
+        assert torch.equal(stepped.descend(moved, lr, local), loss)
+        assert torch.equal(moved, expected)
+        for name, b in ref.buffers.items():
+            assert torch.equal(stepped.buffers[name], b)
+        assert torch.equal(stepped.meter.samples, ref.meter.samples)
+
+
 def test_auto_chunks_fit_the_memory_budget() -> None:
     per_agent = oracle("batched (mlp with dropout)", Execution(chunk_agents=1)).pass_bytes()
     assert per_agent > 0

@@ -101,7 +101,9 @@ class LocalSGD(WarmedStep, Algorithm[SGDRunState]):
     ``lr_warmup`` rounds, :class:`~nettrain.algorithms.sgd.WarmedStep`); models averaged
     by an all-reduce after rounds ``tau, 2 tau, ...``; momentum buffers stay local (Stich
     2019, "Local SGD Converges Fast and Communicates Little"). ``tau = 1`` is model
-    averaging every step.
+    averaging every step. A plain step (no momentum, no weight decay) is taken in place
+    by :meth:`~nettrain.problem.oracle.Oracle.descend`, on the copy of ``x0`` that
+    ``init`` makes: a step consumes its state.
     """
 
     uses_graph = False  # an all-reduce, not the graph
@@ -117,11 +119,15 @@ class LocalSGD(WarmedStep, Algorithm[SGDRunState]):
         refuse_sparsified_models(self.name, self.compressor)
 
     def init(self, x0: torch.Tensor, oracle: Oracle, comm: Communicator) -> SGDRunState:
-        return SGDRunState(x0, SGDState())
+        return SGDRunState(x0.clone(), SGDState())  # its own: the steps write into it
 
     def step(self, state: SGDRunState, t: int, oracle: Oracle, comm: Communicator):
-        loss, g = oracle.grad(state.x)
-        x, sgd = sgd_step(state.x, g, state.sgd, self.sgd_at(t), owned=True)  # g is new
+        step = self.sgd_at(t)
+        if step.momentum or step.weight_decay:  # a direction other than g
+            loss, g = oracle.grad(state.x)
+            x, sgd = sgd_step(state.x, g, state.sgd, step, owned=True)  # g is new
+        else:  # x <- x - lr g, in place
+            loss, x, sgd = oracle.descend(state.x, step.lr), state.x, state.sgd
         if (t + 1) % self.tau == 0:  # compressed: decoded against each agent's own x_i
             x = comm.mean(x)
         return SGDRunState(x, sgd), loss

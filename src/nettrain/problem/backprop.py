@@ -114,13 +114,17 @@ def losses_and_grads(
     loss: Callable[..., torch.Tensor],
     ready: Callable[[str, torch.Tensor], None] | None = None,
     into: dict[str, torch.Tensor] | None = None,
+    alpha: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``L: (m,)`` and ``{name: dL_i/dparam, (m, *shape)}`` (module docstring) at
     ``params: {name: (m, *shape)}`` on ``inputs: (m, B, ...)``, targets ``y: (m, B, ...)``,
     sample weights ``w: (m, B)`` and dropout ``keys: (m,)``. ``ready(name, grad)`` is
     called for each parameter as soon as its gradient is made (the last layer's first).
     With ``into`` (``{name: (m, *shape)}``, views of the columns of a gradient stack) each
-    gradient is written there (:func:`weight_grad`) and the views are returned."""
+    gradient is written there (:func:`weight_grad`) and the views are returned; with
+    ``alpha`` too, added there scaled, ``into[name] += alpha * grad``, where ``into`` may
+    be ``params`` itself (an SGD step in place: a layer's weight is read by the backward
+    pass before its gradient is added to it)."""
     m, B = inputs.shape[:2]
     a = Activation(inputs, "rows", m, B)
     tape: list[tuple[str, nn.Module, torch.Tensor | None]] = []  # what each backward reads
@@ -146,15 +150,16 @@ def losses_and_grads(
         prefix, layer, saved = tape[i]
         if isinstance(layer, nn.Linear):
             assert saved is not None
-            made = {prefix + "weight": weight_grad(dy, saved, dest.get(prefix + "weight"))}
+            weight = params[prefix + "weight"]
+            below = torch.bmm(weight.transpose(1, 2), dy) if i > first else dy  # before dW lands
+            made = {prefix + "weight": weight_grad(dy, saved, dest.get(prefix + "weight"), alpha)}
             if layer.bias is not None:
-                made[prefix + "bias"] = torch.sum(dy, 2, out=dest.get(prefix + "bias"))
+                made[prefix + "bias"] = bias_grad(dy, dest.get(prefix + "bias"), alpha)
             for name, grad in made.items():
                 grads[name] = grad
                 if ready is not None:
                     ready(name, grad)
-            if i > first:
-                dy = torch.bmm(params[prefix + "weight"].transpose(1, 2), dy)
+            dy = below
         elif isinstance(layer, SeededDropout):
             dy = layer.masked(dy, saved)
         elif not isinstance(layer, PASSED):
@@ -163,7 +168,9 @@ def losses_and_grads(
     return losses, grads
 
 
-def weight_grad(dy: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+def weight_grad(
+    dy: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None, alpha: float | None = None
+) -> torch.Tensor:
     """``dW = dY h^T``, ``(m, O, F)``, of ``dy: (m, O, B)`` and ``h: (m, F, B)``, into
     ``out`` where given: strided, each agent's matrix a few columns of its row of the
     stack. On the CPU the batched product into such an output runs one product per
@@ -175,23 +182,39 @@ def weight_grad(dy: torch.Tensor, h: torch.Tensor, out: torch.Tensor | None) -> 
     1.68 to 1.96 (CPU, ``benchmarks/weight_grad_paths.py``). A GPU writes them straight.
     No temporary of the stack's size either way (D-PSGD on 65,536 agents of MLP 64-32-10
     peaked at 3.1 to 3.7 instead of 4.2 to 4.8 GB without one); each agent's product is
-    the same either way."""
+    the same either way.
+
+    With ``alpha``, ``out += alpha * dW`` instead, by blocks on every device: each
+    block's product added from the cache, so ``out`` is read and written once, with the
+    numbers of ``torch.add(out, dW, alpha=alpha)`` bit for bit."""
     if out is None:
         return torch.bmm(dy, h.transpose(1, 2))
     m, o, f = out.shape
     matrix = max(1, o * f * out.element_size())
-    if out.device.type != "cpu" or matrix >= DIRECT_BYTES:
+    if alpha is None and (out.device.type != "cpu" or matrix >= DIRECT_BYTES):
         return torch.bmm(dy, h.transpose(1, 2), out=out)
     block = max(1, min(m, BLOCK_BYTES // matrix))
-    if block == m:  # one block: the product itself, copied
-        return out.copy_(torch.bmm(dy, h.transpose(1, 2)))
+    if block == m:  # one block: the product itself
+        return _land(out, torch.bmm(dy, h.transpose(1, 2)), alpha)
     scratch = out.new_empty(block, o, f)
     for start in range(0, m, block):
         end = min(start + block, m)
         part = scratch[: end - start]
         torch.bmm(dy[start:end], h[start:end].transpose(1, 2), out=part)
-        out[start:end].copy_(part)
+        _land(out[start:end], part, alpha)
     return out
+
+
+def bias_grad(dy: torch.Tensor, out: torch.Tensor | None, alpha: float | None) -> torch.Tensor:
+    """``db = sum_b dY``, ``(m, O)``, into ``out`` where given (added scaled with ``alpha``)."""
+    if alpha is None or out is None:
+        return torch.sum(dy, 2, out=out)
+    return _land(out, dy.sum(2), alpha)
+
+
+def _land(out: torch.Tensor, made: torch.Tensor, alpha: float | None) -> torch.Tensor:
+    """``made`` copied into ``out``, or with ``alpha`` added scaled: ``out += alpha * made``."""
+    return out.copy_(made) if alpha is None else out.add_(made, alpha=alpha)
 
 
 def _loss_and_grad(

@@ -434,6 +434,34 @@ class Oracle:
         parameters; otherwise all of them after the pass. The gradient is the same either
         way.
         """
+        return self._grads(x, local, smooth, sink, None)
+
+    def descend(
+        self, x: torch.Tensor, lr: float, local: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One SGD step of the local agents ``local`` (default: all) in place on
+        ``x: (k, d)``, ``x_i <- x_i - lr * grad f_i(x_i)`` on each one's next mini-batch;
+        returns their losses ``(k,)`` at ``x`` before the step.
+
+        The numbers are those of :meth:`grad` followed by ``x - lr * g``, bit for bit.
+        Where the backward pass is written out (:mod:`~nettrain.problem.backprop`) and
+        there is no regulariser, each layer's gradient is added into ``x`` as it is made,
+        a block of agents at a time from the cache: no gradient stack is written, and
+        ``x`` is read and written once instead of the gradient written, then read with
+        ``x``, then overwritten (local SGD on 256 agents of MLP 784-128-10 on the CPU:
+        benchmarks/README.md); elsewhere the gradient is taken, then added."""
+        return self._grads(x, local, False, None, -lr)[0]
+
+    def _grads(
+        self,
+        x: torch.Tensor,
+        local: torch.Tensor | None,
+        smooth: bool,
+        sink: GradientSink | None,
+        alpha: float | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`grad`; with ``alpha``, ``x += alpha * g`` in place and ``(loss, x)``
+        (:meth:`descend`)."""
         begin, every = self.meter.clock(), local is None
         if local is None:
             local = self._local  # agent ids, like the meters
@@ -443,18 +471,23 @@ class Oracle:
         regular = not smooth and self.with_regularizer and self.problem.regularizer.kind != "none"
         # One kernel for every chunk of the call, so that chunks change no number.
         kernel = self._kernel(len(local))
+        # x += alpha g by the written-out backward pass, each layer's gradient as it is made
+        adds = alpha is not None and not regular and kernel == self._batched_grad and self._by_hand
         feed = None
         if sink is not None and len(local) <= c and kernel in self._feeding:
             feed = self._feed(x.new_empty(x.shape), sink, x if regular else None)
             loss, g = self._pass(kernel, x, local, keys, idx, w, feed)
-        elif len(local) <= c:
+        elif len(local) <= c and not adds:
             loss, g = self._pass(kernel, x, local, keys, idx, w)
         else:
-            loss, g = x.new_empty(len(local)), torch.empty_like(x)
+            loss, g = x.new_empty(len(local)), x if adds else torch.empty_like(x)
             for s in range(0, len(local), c):
                 part = slice(s, s + c)
                 loss[part], _ = self._pass(
-                    kernel, x[part], local[part], keys[part], idx[part], w[part], out=g[part]
+                    kernel,
+                    *(x[part], local[part], keys[part], idx[part], w[part]),
+                    out=g[part],
+                    alpha=alpha if adds else None,
                 )
         if regular:
             loss = loss + self.problem.regularizer.value(x)
@@ -462,6 +495,8 @@ class Oracle:
             g = self._feed(g, sink, x if regular else None).finish()
         elif regular and feed is None:
             g = g + self.problem.regularizer.grad(x)
+        if alpha is not None and not adds:
+            g = x.add_(g, alpha=alpha)
         if every:
             self.meter.samples += self._counted
         else:
@@ -492,16 +527,20 @@ class Oracle:
         w: torch.Tensor,
         feed: BucketFeed | None = None,
         out: torch.Tensor | None = None,
+        alpha: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward and backward pass of the agents ``local`` on their batches ``idx``
         by ``kernel``: ``(loss (k,), g (k, d))``, detached; their buffers updated. With a
         ``feed`` (the batched kernel only) the gradient is written into ``feed.out`` and
         handed out bucket by bucket during the backward pass. With ``out: (k, d)`` the
-        gradient is ``out`` (the batched kernel writes it there, any other is copied)."""
+        gradient is ``out`` (the batched kernel writes it there, any other is copied);
+        with ``alpha`` too (the written-out backward pass only), ``out += alpha * g``."""
         buffers = rows(self.buffers, local) if self.buffers else {}
         options: dict[str, Any] = {} if feed is None else {"feed": feed}
         if out is not None and kernel in self._feeding:
             options["out"] = out
+        if alpha is not None:
+            options["alpha"] = alpha
         own = kernel == self._module_grad  # its own copy of the model, always training
         with contextlib.nullcontext() if own else training(self.problem.model, self._modules):
             g, loss, buffers = kernel(x, buffers, keys, *self.samples(idx), w, **options)
@@ -703,6 +742,7 @@ class Oracle:
         wb: torch.Tensor,
         feed: BucketFeed | None = None,
         out: torch.Tensor | None = None,
+        alpha: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, Buffers]:
         """A model of known layers without buffers, by the layer-wise batched model
         (:mod:`~nettrain.problem.batched`): the losses ``L_i`` (:meth:`_batched_losses`)
@@ -712,9 +752,9 @@ class Oracle:
         the feed's sink as soon as it is complete; else into ``out`` if given (a chunk's
         rows of the whole gradient: no copy of it). A perceptron whose backward pass is
         written out (:mod:`~nettrain.problem.backprop`) takes it without autograd, its
-        buckets fed alike."""
+        buckets fed alike, or with ``alpha`` its gradient added into ``out`` scaled."""
         if self._by_hand:
-            return (*self._by_hand_grad(x, keys, xb, yb, wb, feed, out), buffers)
+            return (*self._by_hand_grad(x, keys, xb, yb, wb, feed, out, alpha), buffers)
         with torch.enable_grad():
             parts = torch.split(x, self.problem.spec.numels, 1)
             leaves = [p.detach().requires_grad_(True) for p in parts]  # (k, numel) each
@@ -739,14 +779,16 @@ class Oracle:
         wb: torch.Tensor,
         feed: BucketFeed | None,
         out: torch.Tensor | None,
+        alpha: float | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(g (k, d), loss (k,))`` of :meth:`_batched_grad` by the written-out backward pass."""
+        """``(g (k, d), loss (k,))`` of :meth:`_batched_grad` by the written-out backward
+        pass (``g`` is ``out`` plus ``alpha`` times the gradient with ``alpha``)."""
         spec, batched = self.problem.spec, self.problem.batched
         assert batched is not None
         args = (batched, spec.stacked(x), xb, yb, wb, keys, self.problem.loss)
-        if feed is None:  # written straight into the stack's columns
+        if feed is None:  # written straight into the stack's columns (out may be x)
             g = x.new_empty(x.shape) if out is None else out
-            loss, _ = losses_and_grads(*args, into=spec.stacked(g))
+            loss, _ = losses_and_grads(*args, into=spec.stacked(g), alpha=alpha)
             return g, loss
         hooks: dict[str, Callable[[torch.Tensor], None]] = {}
         if feed.hooked:  # each parameter's columns as they are made
