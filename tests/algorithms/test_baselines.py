@@ -262,11 +262,13 @@ def test_allreduce_with_momentum_is_sgd_on_the_mean_gradient(momentum: float, ne
             torch.testing.assert_close(part, grads[:, cols], rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize(("momentum", "nesterov"), MOMENTA)
+@pytest.mark.parametrize(
+    ("momentum", "nesterov"), [*MOMENTA, pytest.param(0.0, False, id="weight_decay_alone")]
+)
 def test_local_sgd_with_momentum_is_the_per_agent_reference(momentum: float, nesterov: bool):
     """Local SGD with ``tau = 3``: every agent steps with its own momentum buffer (kept
-    local, never averaged) and weight decay; after rounds 3 and 6 the models are replaced
-    by their mean."""
+    local, never averaged) and weight decay (alone too: not a plain step); after rounds 3
+    and 6 the models are replaced by their mean."""
     n, lr, tau = 4, 0.05, 3
     problem, shards, a, b = per_agent_least_squares(n, 3, 2)
     x0 = torch.randn(n, 2, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
