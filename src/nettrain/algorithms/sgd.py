@@ -150,7 +150,9 @@ def sgd_step(
     memory, so the step allocates nothing and touches two stacks instead of three
     (all-reduce SGD on the Fashion-MNIST MLP, one agent a process: 2% of its round; local
     SGD on 256 agents of it in the simulator: 26 instead of 33 ms a round,
-    benchmarks/README.md)."""
+    benchmarks/README.md). Where no gradient is needed besides the step, the oracle can
+    take it without writing one: :meth:`~nettrain.problem.oracle.Oracle.descend` (local
+    SGD's plain steps)."""
     direction, state = sgd_direction(x, g, state, cfg)
     if owned and direction is g:
         return torch.add(x, g, alpha=-cfg.lr, out=g), state
