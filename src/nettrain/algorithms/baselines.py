@@ -204,7 +204,7 @@ class GradientTracking(LocalStep, Algorithm[TrackingState]):
         mix_x = comm.start_mix(state.x, t)
         mix_y = comm.start_mix(state.y, t)
         direction, sgd = sgd_direction(state.x, state.y, state.sgd, self.sgd)
-        x = torch.add(mix_x.wait(), direction, alpha=-self.sgd.lr)
+        x = mix_x.wait().add_(direction, alpha=-self.sgd.lr)  # the mix is this round's own
         loss, g = oracle.grad(x)  # overlaps the tracker's exchange
         y = mix_y.wait().add_(g).sub_(state.g)
         return TrackingState(x, y, g, sgd), loss
