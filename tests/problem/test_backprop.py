@@ -78,6 +78,11 @@ CASES = {
     "squared loss on classes": (lambda: build_model("mlp", 7, 3, hidden=(5,)), 3, "squared"),
     "regression": (lambda: build_model("mlp", 7, 2, hidden=(5,)), 0, "squared"),
     "one linear layer": (lambda: build_model("linear", 7, 3), 3, "cross_entropy"),
+    "an activation of the inputs": (
+        lambda: nn.Sequential(nn.Tanh(), nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 3)),
+        3,
+        "cross_entropy",
+    ),
 }
 
 
@@ -104,6 +109,29 @@ def test_the_written_out_backward_pass_gives_autograds_numbers(case: str) -> Non
         x = x - 0.5 * gh
     local = torch.tensor([3, 1])
     torch.testing.assert_close(hand.grad(x[local], local), auto.grad(x[local], local))
+
+
+def test_regression_targets_of_another_dtype_than_the_model() -> None:
+    """float64 targets (NumPy's default) on a float32 model: the written-out pass takes
+    ``z - t`` in the model's dtype, as autograd's gradient comes out."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 7, generator=gen)
+    y = torch.randn(60, 2, generator=gen, dtype=torch.float64)
+    ds = Dataset("toy", x, y, x[:20], y[:20], n_classes=0)
+    out = []
+    for by_hand in (True, False):
+        torch.manual_seed(0)
+        model = build_model("mlp", 7, 2, hidden=(5,))
+        prob = Problem(model, get_loss("squared", False), Regularizer(), ds)
+        shards = [torch.arange(i, 60, 4) for i in range(4)]
+        oracle = prob.oracle(shards, range(4), batch_size=5, seed=3)
+        assert oracle._by_hand
+        oracle.__dict__["_by_hand"] = by_hand
+        out.append(oracle.grad(prob.initial_params(0).expand(4, -1).clone()))
+    (lh, gh), (la, ga) = out
+    assert lh.dtype == gh.dtype == torch.float32
+    torch.testing.assert_close(lh, la.float(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gh, ga, rtol=1e-6, atol=1e-6)
 
 
 def test_a_convolution_goes_through_autograd_with_the_same_batched_model() -> None:

@@ -212,6 +212,18 @@ def test_the_rehearsal_needs_two_training_samples_and_no_more() -> None:
             tiny.check()
 
 
+def test_a_model_without_parameters_is_refused() -> None:
+    """Nothing to train: refused when the problem is built, before any oracle asks for a
+    gradient of nothing."""
+    message = (
+        "the model has no parameters to train (Sequential); give it a layer with weights, "
+        "e.g. nn.Linear"
+    )
+    with pytest.raises(ConfigError) as caught:
+        problem(nn.Sequential(nn.Flatten(), nn.Tanh()))
+    assert str(caught.value) == message
+
+
 def test_a_vectorisable_model_passes_the_check() -> None:
     problem().check()
 

@@ -139,6 +139,11 @@ class Problem:
         self.template = self.model
         self.model, self.dropouts = seeded(self.model)
         self.spec = FlatSpec.of(self.model)
+        if not self.spec.dim:
+            raise ConfigError(
+                f"the model has no parameters to train ({type(self.template).__name__}); "
+                "give it a layer with weights, e.g. nn.Linear"
+            )
         self.buffer_spec = BufferSpec.of(self.model)
         self.batched = BatchedModel.of(self.model, tuple(self.data.feature_shape))
 
