@@ -14,7 +14,7 @@ from nettrain.patterns import AtTheEnd, Ready
 from nettrain.problem import oracle as oracle_module
 from nettrain.problem.buckets import BucketFeed, gradient_buckets
 from nettrain.problem.execution import Execution
-from nettrain.problem.losses import Regularizer, get_loss
+from nettrain.problem.losses import Regularizer, cross_entropy, per_sample
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
 
@@ -80,13 +80,18 @@ class Recorder:
         self.parts.append((cols, part.clone()))
 
 
-def problem(model: nn.Module, regularizer: str = "l2", chunk: int | str = "auto") -> Problem:
+def problem(
+    model: nn.Module, regularizer: str = "l2", chunk: int | str = "auto", users_loss: bool = False
+) -> Problem:
+    """The model on 80 samples of 6 features, 3 classes; cross-entropy, built in or as a
+    loss of the user's (``users_loss``: the batched model's gradient by autograd)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(80, 6, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 3, (80,), generator=gen)
     data = Dataset("toy", x, y, x[:20], y[:20], n_classes=3)
     reg = Regularizer(regularizer, 0.01 if regularizer != "none" else 0.0)
-    return Problem(model.double(), get_loss("cross_entropy"), reg, data, execution=Execution(chunk))
+    loss = per_sample(nn.CrossEntropyLoss(reduction="none")) if users_loss else cross_entropy
+    return Problem(model.double(), loss, reg, data, execution=Execution(chunk))
 
 
 def mlp() -> nn.Module:
@@ -97,14 +102,16 @@ def with_batchnorm() -> nn.Module:  # buffers: not the batched kernel, vmap (or 
     return nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
 
 
-CASES = {
-    "batched, hooks": (mlp, "l2", "auto", True),
-    "batched, l1, hooks": (mlp, "l1", "auto", True),
-    "batched, no regulariser": (mlp, "none", "auto", True),
-    "batched, in chunks: after the pass": (mlp, "l2", 2, False),
-    "vmap: after the pass": (with_batchnorm, "l2", "auto", False),
-    "one agent, its module, hooks": (mlp, "l2", "auto", True),
-    "one agent, l1, its module, hooks": (mlp, "l1", "auto", True),
+CASES = {  # model, regulariser, chunk, put during the pass, a loss of the user's
+    "batched, hooks": (mlp, "l2", "auto", True, False),
+    "batched, l1, hooks": (mlp, "l1", "auto", True, False),
+    "batched, no regulariser": (mlp, "none", "auto", True, False),
+    "batched, in chunks: after the pass": (mlp, "l2", 2, False, False),
+    "batched by autograd, hooks": (mlp, "l2", "auto", True, True),
+    "batched by autograd, in chunks: after the pass": (mlp, "l2", 2, False, True),
+    "vmap: after the pass": (with_batchnorm, "l2", "auto", False, False),
+    "one agent, its module, hooks": (mlp, "l2", "auto", True, True),
+    "one agent, l1, its module, hooks": (mlp, "l1", "auto", True, True),
 }
 
 
@@ -113,13 +120,16 @@ CASES = {
 def test_the_oracle_puts_every_bucket_once_and_changes_no_number(
     name: str, cap_elements: int, monkeypatch
 ) -> None:
-    build, reg, chunk, during = CASES[name]
+    build, reg, chunk, during, users_loss = CASES[name]
     torch.manual_seed(0)
-    prob = problem(build(), reg, chunk)
+    prob = problem(build(), reg, chunk, users_loss)
     n = 1 if name.startswith("one agent") else 4
     shards = [torch.arange(k * 20, k * 20 + 20) for k in range(n)]
     plain = prob.oracle(shards, range(n), batch_size=5, seed=3)
     fed = prob.oracle(shards, range(n), batch_size=5, seed=3)
+    if users_loss:  # by autograd: the layer-wise batched model, or one agent's module
+        assert prob.batched is not None and not fed._by_hand
+        assert (fed._kernel(n) == fed._module_grad) == (n == 1)
     x = torch.randn(n, prob.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     log: list[str] = []
 

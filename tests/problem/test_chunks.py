@@ -69,22 +69,38 @@ def test_chunks_give_the_numbers_of_one_pass_bit_for_bit(model: str) -> None:
 @pytest.mark.parametrize("regular", [False, True])
 @pytest.mark.parametrize("model", MODELS)
 def test_descend_steps_in_place_with_the_numbers_of_grad_then_step(
-    model: str, regular: bool, chunk: int
+    model: str, regular: bool, chunk: int, monkeypatch
 ) -> None:
     """``descend(x, lr)`` leaves ``x - lr * g`` in ``x`` bit for bit (float64), with the
     losses of ``grad``: the written-out backward pass adding each layer into ``x`` as it
     goes (no regulariser), or the gradient taken then added (a regulariser, or vmap)."""
+    from nettrain.problem import oracle as module
+
     ref = oracle(model, Execution(chunk_agents=chunk), regular=regular)
     stepped = oracle(model, Execution(chunk_agents=chunk), regular=regular)
     x = torch.randn(8, ref.problem.dim, generator=torch.Generator().manual_seed(1)).double()
     lr = 0.3
+    written: list[tuple[float | None, list[int]]] = []  # each pass's alpha and destinations
+
+    def spied(*args, into=None, alpha=None, **kwargs):
+        written.append((alpha, [t.untyped_storage().data_ptr() for t in (into or {}).values()]))
+        return losses_and_grads(*args, into=into, alpha=alpha, **kwargs)
+
+    losses_and_grads = module.losses_and_grads
+    monkeypatch.setattr(module, "losses_and_grads", spied)
+    adds = stepped._by_hand and not regular  # into x itself, no gradient stack
     for local in (None, None, torch.tensor([6, 1, 4, 0, 7])):
         start = x if local is None else x[local]
         loss, g = ref.grad(start, local)
         expected = torch.add(start, g, alpha=-lr)
         moved = start.clone()
+        written.clear()
         assert torch.equal(stepped.descend(moved, lr, local), loss)
         assert torch.equal(moved, expected)
+        assert len(written) == (-(-len(start) // chunk) if stepped._by_hand else 0)
+        for alpha, into in written:
+            assert alpha == (-lr if adds else None)
+            assert (set(into) == {moved.untyped_storage().data_ptr()}) == adds
         for name, b in ref.buffers.items():
             assert torch.equal(stepped.buffers[name], b)
         assert torch.equal(stepped.meter.samples, ref.meter.samples)

@@ -14,7 +14,7 @@ from nettrain.data import Dataset
 from nettrain.errors import ConfigError
 from nettrain.problem.execution import Execution
 from nettrain.problem.flat import FlatSpec, matmul_flops_per_sample
-from nettrain.problem.losses import Regularizer, get_loss
+from nettrain.problem.losses import Regularizer, get_loss, per_sample
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import DROPOUT_STREAM, Meter, Oracle, Problem, agent_seed
 from nettrain.problem.random_layers import _GOLDEN, _finalise, _integers53_numpy, _shift, integers53
@@ -116,6 +116,31 @@ def test_agent_batches_do_not_depend_on_grouping() -> None:
         torch.testing.assert_close(g_all[2:3], g_one, rtol=1e-12, atol=1e-12)
     other_seed = problem.oracle(shards[2:3], [2], batch_size=5, seed=8)
     assert not torch.equal(other_seed.grad(x[2:3])[1], g_one)
+
+
+def test_one_agents_own_module_draws_its_dropout_masks_as_in_the_stack() -> None:
+    """Alone, an agent with dropout and a loss of the user's runs its own module
+    (``_module_grad``, its nested layers' parameters set by their full names) with its
+    own dropout key: the masks, and so the gradient, of its row in a stack of four
+    (autograd through the batched model)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(80, 6, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (80,), generator=gen)
+    data = Dataset("toy", x, y, x[:20], y[:20], n_classes=3)
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Linear(6, 5), nn.ReLU())  # nested: parameter names "0.0.weight"
+    net = nn.Sequential(inner, nn.Dropout(0.5), nn.Linear(5, 3)).double()
+    loss = per_sample(nn.CrossEntropyLoss(reduction="none"))
+    problem = Problem(net, loss, Regularizer(), data)
+    shards = [torch.arange(k * 20, k * 20 + 20) for k in range(4)]
+    stacked = problem.oracle(shards, range(4), batch_size=5, seed=7)
+    alone = problem.oracle(shards[2:3], [2], batch_size=5, seed=7)
+    assert alone._kernel(1) == alone._module_grad
+    p = problem.initial_params(0).expand(4, -1).clone()
+    for _ in range(3):
+        _, g_all = stacked.grad(p)
+        _, g_one = alone.grad(p[2:3])
+        torch.testing.assert_close(g_all[2:3], g_one, rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------- mini-batch streams
