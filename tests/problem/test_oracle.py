@@ -17,7 +17,7 @@ from nettrain.problem.flat import FlatSpec, matmul_flops_per_sample
 from nettrain.problem.losses import Regularizer, get_loss, per_sample
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import DROPOUT_STREAM, Meter, Oracle, Problem, agent_seed
-from nettrain.problem.random_layers import _GOLDEN, _finalise, _integers53_numpy, _shift, integers53
+from nettrain.problem.random_layers import _integers53_numpy, _integers53_torch, integers53
 from nettrain.problem.vectorise import training
 
 
@@ -151,11 +151,6 @@ def splitmix64_53(seed: int, k: int) -> int:
     return splitmix64(seed + (k + 1) * GOLDEN) >> 11
 
 
-def _finalise_shift53(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
-    """:func:`integers53`'s int64 tensor form (what runs on a device), on the CPU."""
-    return _shift(_finalise(keys[:, None] + (counters + 1) * _GOLDEN), 11)
-
-
 def test_integers53_is_splitmix64_row_by_row() -> None:
     assert integers53(torch.tensor([0]), torch.tensor([[0]])).item() == 0xE220A8397B1DCDAF >> 11
     keys = torch.tensor([0, 1, agent_seed(7, 3), (1 << 63) - 1])
@@ -168,10 +163,12 @@ def test_integers53_is_splitmix64_row_by_row() -> None:
     assert u.tolist() == expected and u.dtype == torch.int64
     assert int(u.min()) >= 0 and int(u.max()) < 1 << 53
     assert torch.equal(integers53(keys[2:3], counters[2:3]), u[2:3])  # rows are independent
-    # the CPU's numpy form and the int64 tensor form of other devices agree
+    # the int64 tensor form that other devices run (here on the CPU) agrees with the
+    # written-out reference and with the CPU's numpy form
+    assert _integers53_torch(keys, counters).tolist() == expected
     many = torch.randint(-(1 << 62), 1 << 62, (5,), generator=torch.Generator().manual_seed(0))
     wide = torch.arange(5 * 64).view(5, 64) * 7919 + (1 << 45)
-    assert torch.equal(_integers53_numpy(many, wide), _finalise_shift53(many, wide))
+    assert torch.equal(_integers53_numpy(many, wide), _integers53_torch(many, wide))
     assert torch.equal(_integers53_numpy(keys, counters), u)
 
 
@@ -496,18 +493,24 @@ def test_the_functions_compile_would_compile_give_the_eager_numbers(
 
 
 @pytest.mark.parametrize("batch_size", [4, 0])
-@pytest.mark.parametrize("layer", ["dropout", "batchnorm"])
+@pytest.mark.parametrize("layer", ["dropout", "batchnorm", "convolution"])
 def test_the_oracles_state_lives_on_the_datas_device(layer: str, batch_size: int) -> None:
     """Training data on the ``meta`` device (shapes without storage): the counters, keys,
     weights, buffers and results of every call are there too, for all agents, a subset,
-    in chunks of 2 over 3 agents; a tensor left on the CPU would make an operation fail."""
+    in chunks of 2 over 3 agents; a tensor left on the CPU would make an operation fail
+    (the convolution: the batched model's images, pooling and their gradients)."""
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(12, 3, generator=gen), torch.randint(0, 2, (12,), generator=gen)
+    shape = (1, 4, 4) if layer == "convolution" else (3,)
+    x, y = torch.randn(12, *shape, generator=gen), torch.randint(0, 2, (12,), generator=gen)
     data = Dataset("v", x, y, x, y, n_classes=2)
     object.__setattr__(data, "x_train", x.to("meta"))  # past the data set's value checks
     object.__setattr__(data, "y_train", y.to("meta"))
-    middle = nn.Dropout(0.5) if layer == "dropout" else nn.BatchNorm1d(4)
-    net = nn.Sequential(nn.Linear(3, 4), middle, nn.Linear(4, 2)).to("meta")
+    if layer == "convolution":
+        net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Flatten(), nn.Linear(8, 2)).to("meta")  # fmt: skip
+    else:
+        middle = nn.Dropout(0.5) if layer == "dropout" else nn.BatchNorm1d(4)
+        net = nn.Sequential(nn.Linear(3, 4), middle, nn.Linear(4, 2)).to("meta")
     problem = Problem(net, get_loss("auto"), Regularizer("l2", 0.1), data,
                       execution=Execution(chunk_agents=2))  # fmt: skip
     shards = [torch.arange(0, 6), torch.arange(6, 12), torch.arange(12)]
@@ -520,6 +523,7 @@ def test_the_oracles_state_lives_on_the_datas_device(layer: str, batch_size: int
         assert (loss.shape, g.shape) == ((k,), (k, problem.dim))
         assert {t.device for t in (loss, g, *state, *oracle._sample(local))} == {meta}
     assert (layer == "batchnorm") == bool(oracle.buffers)
+    assert (problem.batched is None) == (layer == "batchnorm")
 
 
 # --------------------------------------------------------------- the oracle's own details

@@ -79,8 +79,13 @@ def integers53(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
     """
     if keys.device.type == "cpu" and counters.device.type == "cpu":
         return _integers53_numpy(keys, counters)
-    z = _finalise(keys[:, None] + (counters + 1) * _GOLDEN)
-    return _shift(z, 11)
+    return _integers53_torch(keys, counters)
+
+
+def _integers53_torch(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """:func:`integers53` in ``int64`` tensor arithmetic, on any device (products wrap
+    modulo ``2^64``; the finaliser's right shifts are made logical by :func:`_shift`)."""
+    return _shift(_finalise(keys[:, None] + (counters + 1) * _GOLDEN), 11)
 
 
 def _integers53_numpy(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
