@@ -391,6 +391,13 @@ def test_diagnostics_of_a_hand_made_state() -> None:
             "sparsity": 0.375,
             "sparse_zeros": 0.5,
         }
+    # the sparse model is what a run evaluates as "sparse_*"; with one zero among 8
+    # entries, round(0.5) = 0 entries are thresholded and its mean has no zero
+    ((name, model),) = NEXT().judged(state).items()
+    assert name == "sparse" and torch.equal(model, sparse_average(w_tilde))
+    dense = torch.tensor([[0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    out = NEXT().diagnostics(NextState(x, y, g, dense, 0.125))
+    assert (out["sparsity"], out["sparse_zeros"]) == (0.125, 0.0)
 
 
 def test_next_checks_the_loss_the_model_and_the_blocks_of_its_surrogate() -> None:

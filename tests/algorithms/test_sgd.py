@@ -19,10 +19,11 @@ from nettrain.errors import ConfigError
         SGDConfig(lr=0.02, momentum=0.5, weight_decay=0.01),
     ],
 )
-@pytest.mark.parametrize("owned", [False, True])
-def test_sgd_step_equals_torch_optim_sgd(cfg: SGDConfig, owned: bool) -> None:
+@pytest.mark.parametrize("owned", [None, False, True])
+def test_sgd_step_equals_torch_optim_sgd(cfg: SGDConfig, owned: bool | None) -> None:
     """Also where the gradient is the caller's to overwrite (``owned``): a plain step then
-    writes the new parameters into its memory, the others leave it alone."""
+    writes the new parameters into its memory, the others leave it alone, as every step
+    does by default (``None``: not passed)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(4, 7, generator=gen, dtype=torch.float64)
     ref = x.clone().requires_grad_(True)
@@ -37,9 +38,11 @@ def test_sgd_step_equals_torch_optim_sgd(cfg: SGDConfig, owned: bool) -> None:
     for _ in range(5):
         g = torch.randn(4, 7, generator=gen, dtype=torch.float64)
         given = g.clone()
-        x, state = sgd_step(x, given, state, cfg, owned=owned)
-        plain = cfg.momentum == 0 and cfg.weight_decay == 0
-        assert (x.data_ptr() == given.data_ptr()) == (owned and plain)
+        options = {} if owned is None else {"owned": owned}
+        x, state = sgd_step(x, given, state, cfg, **options)
+        overwritten = bool(owned) and cfg.momentum == 0 and cfg.weight_decay == 0
+        assert (x.data_ptr() == given.data_ptr()) == overwritten
+        assert overwritten or torch.equal(given, g)
         ref.grad = g.clone()
         opt.step()
         torch.testing.assert_close(x, ref.detach(), rtol=0, atol=1e-14)
