@@ -415,7 +415,17 @@ def test_averaged_profiles_take_the_mean_of_every_time_and_line(dim: int) -> Non
     # every measured figure is averaged: none is taken from the last profile unawares
     floats = {f.name for f in dataclasses.fields(Profile) if f.type == "float"}
     assert floats == {*SECONDS, "bandwidth_bytes_per_s"}
-    with pytest.raises(ValueError, match=r"processes \(2 and 4\)"):
-        average_profiles([a, on_line(4e-5, 2e9, processes=4)])
-    with pytest.raises(ValueError, match="no profiles"):
+    # three: date and host those of the last, repeats summed over all
+    c = on_line(6e-5, 1.5e9, seconds_per_sample=4e-6, allreduce_s=3e-4, date="third")
+    three = average_profiles([a, b, c])
+    assert (three.repeats, three.date) == (a.repeats + b.repeats + c.repeats, "third")
+    assert three.seconds_per_sample == pytest.approx(4e-6, rel=1e-12)
+    with pytest.raises(ValueError) as caught:
+        average_profiles([a, on_line(4e-5, 2e9, processes=4, threads=a.threads + 1)])
+    assert str(caught.value) == (
+        "profiles measured for different runs cannot be averaged: they differ in "
+        f"processes (2 and 4), threads ({a.threads} and {a.threads + 1})"
+    )
+    with pytest.raises(ValueError) as caught:
         average_profiles([])
+    assert str(caught.value) == "no profiles to average"
