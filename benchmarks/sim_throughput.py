@@ -19,7 +19,10 @@ What is measured, for two cases and ``n`` in {16, 64, 256} agents:
 
 Cases: ``small`` = MLP 64-32-10 on digits, batch 16; ``large`` = MLP 784-128-10 on
 Fashion-MNIST, batch 32; ``cnn`` = the small CNN on Fashion-MNIST, batch 32, at n=64
-only. The three measurements of a case alternate within every repetition, so load
+only, measured twice: as a run does by default, its first convolution, pooling and
+ReLU in the fused kernel (:mod:`nettrain.problem.native`), then with ``native=false``,
+on torch's kernels (``cnn_speedup_n64_torch_kernels``). The three measurements of a
+case alternate within every repetition, so load
 from other processes hits them alike; the figures are the best repetition (the
 median is printed too). Every ratio is taken within one run.
 
@@ -399,10 +402,15 @@ def interleaved(thunks: dict[str, Callable[[], float]], reps: int) -> dict[str, 
 
 
 def measure(
-    case: Case, data: Dataset, n: int, settings: Settings, allocator: str
+    case: Case,
+    data: Dataset,
+    n: int,
+    settings: Settings,
+    allocator: str,
+    execution: Execution | None = None,
 ) -> dict[str, Any]:
     """Agent-steps/s of sim and loop and GFLOP/s of sim and matmul, side by side."""
-    problem = make_problem(case, data)
+    problem = make_problem(case, data, execution)
     shards = partition(data.y_train, n, "iid", seed=SEED)
     sim = SimRunner(problem, shards, case.batch)
     loop = LoopRunner(problem, case, shards, case.batch)
@@ -574,6 +582,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary[f"speedup_small_n64{suffix}"] = small["speedup"]
         summary[f"matmul_fraction_large_n256{suffix}"] = large["matmul_fraction"]
         summary[f"cnn_speedup_n{CNN_AGENTS}{suffix}"] = results["cnn", CNN_AGENTS, phase]["speedup"]
+        # the CNN again with its first layer on torch's kernels (native=false)
+        row = measure(CNN, datasets["cnn"], CNN_AGENTS, settings, phase, Execution(native=False))
+        print(json.dumps(row | {"native": False}), flush=True)
+        summary[f"cnn_speedup_n{CNN_AGENTS}_torch_kernels{suffix}"] = row["speedup"]
         summary[f"sim_gflops_large_n256{suffix}"] = large["sim_gflops"]
         summary[f"matmul_gflops{suffix}"] = large["matmul_gflops"]
     scaling = []

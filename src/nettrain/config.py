@@ -149,6 +149,12 @@ class RunKeys(Section):
         "compile the oracle's gradient with torch.compile (tens of seconds once per run on a "
         "CPU; same numbers to rounding; warns and runs eagerly where compilation fails)",
     )
+    native: bool = key(
+        True,
+        "run a CNN's first convolution, max-pooling and ReLU as one C kernel on the CPU "
+        "(built on first use with the system C compiler; same numbers to rounding; warns and "
+        "uses torch's kernels where it cannot be built)",
+    )
     eval_every: int = key(
         0,
         "rounds between evaluations (one metrics.jsonl record each, and one at round 0); "
@@ -185,7 +191,7 @@ class RunKeys(Section):
     )
 
     def check(self) -> None:
-        Execution.parse(self.chunk_agents, self.memory_gb, self.compile)
+        Execution.parse(self.chunk_agents, self.memory_gb, self.compile, self.native)
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ def build_problem(
         model = copy.deepcopy(model)
     model = model.to(cfg.device, dtype)
     regularizer = Regularizer(cfg.regularizer, cfg.reg_lambda)
-    execution = Execution.parse(cfg.chunk_agents, cfg.memory_gb, cfg.compile)
+    execution = Execution.parse(cfg.chunk_agents, cfg.memory_gb, cfg.compile, cfg.native)
     return Problem(
         model, loss_fn, regularizer, data, buffer_policy=cfg.buffers, execution=execution
     )

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+import nettrain.problem.batched as batched_module
 from nettrain.data import Dataset
-from nettrain.problem.batched import Activation, BatchedModel
+from nettrain.problem.batched import Activation, BatchedModel, FirstConvPool
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
 from nettrain.problem.oracle import Problem
@@ -122,15 +123,22 @@ def test_batched_oracle_equals_the_vmapped_one(case: str) -> None:
     torch.testing.assert_close(gf, gs, rtol=0, atol=1e-12)
 
 
-def test_relu_before_max_pooling_runs_after_it_and_gives_the_same_gradient() -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["fused first layer", "torch kernels"])
+def test_relu_before_max_pooling_runs_after_it_and_gives_the_same_gradient(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The batched form pools first, then applies the ReLU (on a quarter of the
-    elements); with every window of the background tied, the gradient of each agent
-    is still the one its own model gives through ``torch.autograd`` in the order
-    written."""
+    elements), the first three layers fused; with every window of the background tied,
+    the gradient of each agent is still the one its own model gives through
+    ``torch.autograd`` in the order written, by the fused kernel or by torch's."""
+    if not native:
+        monkeypatch.setattr(batched_module, "runs_natively", lambda *_: False)
     net, ds = tied_net().double(), sparse_images()
     batched = BatchedModel.of(net, (2, 12, 12))
     assert batched is not None
-    kinds = [type(layer).__name__ for _, layer in batched.layers]
+    first, *rest = (layer for _, layer in batched.layers)
+    assert isinstance(first, FirstConvPool)
+    kinds = [type(layer).__name__ for layer in (*first.parts, *rest)]
     assert kinds[:6] == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "LeakyReLU", "MaxPool2d"]
     problem = Problem(net, get_loss("cross_entropy"), Regularizer(), ds)
     x0 = problem.initial_params(0)

@@ -24,7 +24,9 @@ padding), ``MaxPool2d``, ``AvgPool2d``, ``Flatten``, ``Identity``, elementwise
 activations and the oracle's :class:`~nettrain.problem.random_layers.SeededDropout`,
 whose masks are the ones the vmapped oracle draws (same key, same element counters).
 A model with buffers (BatchNorm) or any other layer runs under ``vmap``
-(:meth:`BatchedModel.of` returns None).
+(:meth:`BatchedModel.of` returns None). A first ``Conv2d`` with the ``MaxPool2d(2)`` and
+``ReLU`` after it runs as one C kernel (:class:`FirstConvPool`,
+:mod:`nettrain.problem.native`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nettrain.problem.losses import cross_entropy
+from nettrain.problem.native import ConvPool, runs_natively
 from nettrain.problem.random_layers import SeededDropout, uniform_at
 
 ELEMENTWISE = (
@@ -101,6 +104,42 @@ def _pool_before_relu(
         if isinstance(out[i][1], nn.ReLU) and isinstance(out[i + 1][1], nn.MaxPool2d):
             out[i], out[i + 1] = out[i + 1], out[i]
     return tuple(out)
+
+
+class FirstConvPool(nn.Module):
+    """A model's first ``Conv2d`` (stride 1, zero padding), the ``MaxPool2d(2)`` after it
+    and the ``ReLU`` after that (if any; :func:`_pool_before_relu` put it there) as one
+    layer: :class:`~nettrain.problem.native.ConvPool` where it runs
+    (:func:`~nettrain.problem.native.runs_natively`), else the layers in turn."""
+
+    def __init__(self, conv: nn.Conv2d, pool: nn.MaxPool2d, relu: nn.ReLU | None) -> None:
+        super().__init__()
+        self.parts = (conv, pool) if relu is None else (conv, pool, relu)
+
+    @classmethod
+    def of(cls, layers: tuple[tuple[str, nn.Module], ...]) -> tuple[tuple[str, nn.Module], ...]:
+        """``layers`` with its first three fused, where they have that form."""
+        (prefix, conv), (_, pool), *rest = (*layers, ("", None))
+        fuses = (
+            isinstance(conv, nn.Conv2d)
+            and isinstance(pool, nn.MaxPool2d)
+            and (conv.stride, conv.dilation, conv.groups, conv.padding_mode)
+            == ((1, 1), (1, 1), 1, "zeros")
+            and isinstance(conv.padding, tuple)
+            and _pair(pool.kernel_size) == _pair(pool.stride) == (2, 2)
+            and _pair(pool.padding) == (0, 0)
+            and _pair(pool.dilation) == (1, 1)
+            and not pool.ceil_mode
+        )
+        if not fuses:
+            return layers
+        relu = rest[0][1] if isinstance(rest[0][1], nn.ReLU) else None
+        after = layers[2 if relu is None else 3 :]
+        return ((prefix, cls(conv, pool, relu)), *after)
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 @dataclass
@@ -202,10 +241,13 @@ class BatchedModel:
     layers: tuple[tuple[str, nn.Module], ...]
 
     @classmethod
-    def of(cls, model: nn.Module, feature_shape: tuple[int, ...]) -> BatchedModel | None:
+    def of(
+        cls, model: nn.Module, feature_shape: tuple[int, ...], native: bool = True
+    ) -> BatchedModel | None:
         """The batched form of ``model`` on samples of ``feature_shape``, or None if it has
         buffers or a layer this module does not run (it then runs under vmap), or if its
-        output is not one vector a sample."""
+        output is not one vector a sample. ``native``: a first convolution and max-pooling
+        become one :class:`FirstConvPool`."""
         layers = _leaves(model)
         if not layers or list(model.buffers()):
             return None
@@ -214,7 +256,10 @@ class BatchedModel:
             layout = _layout_after(layer, layout)
             if layout is None:
                 return None
-        return cls(_pool_before_relu(layers)) if layout == "features" else None
+        if layout != "features":
+            return None
+        layers = _pool_before_relu(layers)
+        return cls(FirstConvPool.of(layers) if native else layers)
 
     def forward(
         self, params: dict[str, torch.Tensor], inputs: torch.Tensor, keys: torch.Tensor
@@ -254,6 +299,16 @@ class BatchedModel:
                 layer.dilation,
                 layer.groups * a.m,
             )
+            return Activation(out, "images", a.m, a.B)
+        if isinstance(layer, FirstConvPool):
+            conv, _, *relu = layer.parts
+            w = params[prefix + "weight"]
+            if not runs_natively(a.value, w):
+                for part in layer.parts:
+                    a = self._layer(prefix, part, a, params, keys)
+                return a
+            bias = params[prefix + "bias"] if conv.bias is not None else None
+            out, _ = ConvPool.apply(a.value, w, bias, conv.padding, bool(relu))
             return Activation(out, "images", a.m, a.B)
         if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
             return Activation(layer(a.images()), "images", a.m, a.B)

@@ -50,17 +50,24 @@ class Execution:
     once and runs eagerly. Off by default: per round it was 1.1-1.5x faster on the CPU
     in most runs but not in every run at every n, and the compilation makes a run of
     the default 300 rounds slower at every n (``benchmarks/compile_oracle.py``).
+
+    ``native``: a CNN whose first layers are a convolution and a 2x2 max-pooling runs
+    them as one C kernel on the CPU (:mod:`~nettrain.problem.native`, compiled on first
+    use; same numbers to rounding). Off: torch's kernels.
     """
 
     chunk_agents: int | str = "auto"
     memory_gb: float = 0.0
     compile: bool = False
+    native: bool = True
 
     @classmethod
-    def parse(cls, chunk_agents: str, memory_gb: float, compile: bool = False) -> Execution:
+    def parse(
+        cls, chunk_agents: str, memory_gb: float, compile: bool = False, native: bool = True
+    ) -> Execution:
         """From the config's text: ``chunk_agents`` is ``auto`` or a whole number."""
         text = chunk_agents.strip()
-        return cls(int(text) if text.isdigit() else text, memory_gb, compile)
+        return cls(int(text) if text.isdigit() else text, memory_gb, compile, native)
 
     def __post_init__(self) -> None:
         auto = self.chunk_agents == "auto"
@@ -72,8 +79,9 @@ class Execution:
             raise ConfigError(
                 f"memory_gb must be >= 0 (0 = a quarter of free memory), got {self.memory_gb}"
             )
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
+        for name in ("compile", "native"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
 
 # The most activations (by Oracle.pass_bytes) a chunk of a model with convolutions

@@ -145,7 +145,8 @@ class Problem:
                 "give it a layer with weights, e.g. nn.Linear"
             )
         self.buffer_spec = BufferSpec.of(self.model)
-        self.batched = BatchedModel.of(self.model, tuple(self.data.feature_shape))
+        shape = tuple(self.data.feature_shape)
+        self.batched = BatchedModel.of(self.model, shape, native=self.execution.native)
 
     @property
     def dim(self) -> int:

@@ -1,0 +1,203 @@
+"""A fused first layer for the batched CNN, in C compiled on first use.
+
+The first layer of a small convolutional network is where eager kernels lose the most:
+a convolution of one or three input channels does little arithmetic per element it
+writes, and the grouped convolution of all agents (``m * O`` output channels, groups of
+``C`` inputs) runs at a few percent of the matrix-product rate, then max-pooling and
+ReLU read and write its full-size output again, forward and backward. :class:`ConvPool`
+does ``relu(maxpool2x2(conv(x)))`` for every agent in one pass over the images, keeping
+only the pooled output and which of the four pixels won, and the weight gradient reads
+just those winners (see ``csrc/conv_pool.c`` for the sums). The data has no gradient,
+so the layer is the model's first.
+
+The kernel is C with vector extensions and OpenMP. :func:`library` compiles it with the
+system C compiler (``$CC``, else ``cc``) into ``$XDG_CACHE_HOME/nettrain`` (default
+``~/.cache/nettrain``), named by a hash of the source, the compiler and the CPU, and loads
+it with ``ctypes``; later processes load the cached file. Without a working compiler it
+warns once, in one line, and the layer runs as before on PyTorch's kernels (same
+numbers to rounding).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nettrain.problem.compiled import cause
+
+SOURCE = Path(__file__).with_name("csrc") / "conv_pool.c"
+VL = 8  # channels a vector in the kernel (its VL): weights are padded to a multiple
+FLAGS = (
+    ("-O3", "-march=native", "-fopenmp"),  # vectorised for this CPU, threads
+    ("-O3", "-fopenmp"),  # a compiler without -march=native
+    ("-O3",),  # without OpenMP: one thread
+)
+_INT, _PTR = ctypes.c_int, ctypes.c_void_p
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$XDG_CACHE_HOME/nettrain`` or
+    ``~/.cache/nettrain``."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "nettrain"
+
+
+def _cpu() -> str:
+    """The CPU's model and feature flags (``-march=native`` builds for them)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = ("model name", "flags", "Features", "CPU part")
+    return "\n".join(sorted({line for line in lines if line.startswith(keep)}))
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile :data:`SOURCE` into the shared library ``target`` with the first set of
+    :data:`FLAGS` the compiler accepts (written to a temporary name, then renamed, so
+    that processes building at once never load a partial file)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for flags in FLAGS:
+        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as f:
+            partial = Path(f.name)
+        command = [compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", str(partial)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode == 0:
+            os.replace(partial, target)
+            return
+        partial.unlink(missing_ok=True)
+        errors.append(done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"])
+    raise RuntimeError(f"{compiler} failed: {errors[-1][0]}")
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels (built on the first call of a process whose cache lacks them),
+    or None, warned once, where they cannot be built or loaded."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    try:
+        if compiler is None:
+            raise RuntimeError("no C compiler found (set CC, or install gcc)")
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True)
+        key = hashlib.sha256()
+        for part in (SOURCE.read_bytes(), SOURCE.with_name("conv_pool_impl.h").read_bytes()):
+            key.update(part)
+        key.update(f"{compiler}\n{version.stdout}\n{FLAGS}\n{_cpu()}".encode())
+        target = cache_dir() / f"conv_pool-{key.hexdigest()[:16]}.so"
+        if not target.exists():
+            _build(compiler, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+        warnings.warn(
+            f"nettrain: the fused first convolution could not be built ({cause(error)}); "
+            "it runs on PyTorch's kernels",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    for suffix in ("f32", "f64"):
+        getattr(lib, f"nettrain_conv_pool_forward_{suffix}").argtypes = [_PTR] * 5 + [_INT] * 12
+        getattr(lib, f"nettrain_conv_pool_backward_{suffix}").argtypes = [_PTR] * 6 + [_INT] * 12
+    return lib
+
+
+SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+def runs_natively(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :class:`ConvPool` can run the layer on these tensors: on the CPU, in float32
+    or float64, outside ``torch.compile``'s tracing, the data without a gradient, and the
+    kernels built (:func:`library`)."""
+    return (
+        x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and x.dtype == weight.dtype
+        and x.dtype in SUFFIX
+        and not x.requires_grad
+        and not torch.compiler.is_compiling()
+        and library() is not None
+    )
+
+
+class ConvPool(torch.autograd.Function):
+    """``relu(maxpool2x2(conv(x)))`` of ``m`` agents (ReLU optional), as the batched
+    model's ``images`` layout: ``x (m, B, C, H, W)`` data, ``weight (m, O, C, kh, kw)``,
+    ``bias (m, O)`` or None, stride 1, zero ``padding (ph, pw)`` → ``(B, m * O, H2, W2)``
+    channels last, ``H2 = (H + 2 ph - kh + 1) // 2``. Gradients of the weights and biases
+    (none for ``x``)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        padding: tuple[int, int],
+        relu: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        m, B, C, H, W = x.shape
+        c_out, kh, kw = weight.shape[1], weight.shape[3], weight.shape[4]
+        H2, W2 = (H + 2 * padding[0] - kh + 1) // 2, (W + 2 * padding[1] - kw + 1) // 2
+        packed, packed_bias = _pack(weight, bias)
+        y = torch.empty((B, m * c_out, H2, W2), dtype=x.dtype, memory_format=torch.channels_last)
+        arg = torch.empty_like(y, dtype=torch.uint8)
+        x = x.contiguous()
+        kernel = getattr(library(), f"nettrain_conv_pool_forward_{SUFFIX[x.dtype]}")
+        kernel(
+            x.data_ptr(), packed.data_ptr(), packed_bias.data_ptr(), y.data_ptr(),
+            arg.data_ptr(), m, B, C, H, W, c_out, kh, kw, *padding, relu, torch.get_num_threads(),
+        )  # fmt: skip
+        return y, arg
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:  # type: ignore[override]
+        x, weight, bias, padding, relu = inputs
+        y, arg = output
+        ctx.mark_non_differentiable(arg)
+        ctx.save_for_backward(x, y, arg)
+        ctx.conv = (weight.shape, bias is not None, padding, relu)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, dy: torch.Tensor, _: torch.Tensor | None
+    ) -> tuple[None, torch.Tensor, torch.Tensor | None, None, None]:
+        x, y, arg = ctx.saved_tensors
+        shape, has_bias, padding, relu = ctx.conv
+        m, B, C, H, W = x.shape
+        c_out, taps = shape[1], shape[2] * shape[3] * shape[4]
+        padded = -(-c_out // VL) * VL
+        dw = torch.empty((m, taps, padded), dtype=x.dtype)
+        db = torch.empty((m, padded), dtype=x.dtype)
+        dy = dy.contiguous(memory_format=torch.channels_last)
+        kernel = getattr(library(), f"nettrain_conv_pool_backward_{SUFFIX[x.dtype]}")
+        kernel(
+            x.contiguous().data_ptr(), dy.data_ptr(), y.data_ptr(), arg.data_ptr(),
+            dw.data_ptr(), db.data_ptr(), m, B, C, H, W, c_out, *shape[3:], *padding, relu,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        grad_weight = dw[:, :, :c_out].transpose(1, 2).reshape(shape)
+        return None, grad_weight, db[:, :c_out] if has_bias else None, None, None
+
+
+def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's layouts: weights ``(m, K, padded)`` (tap-major, output channels padded
+    with zeros to a multiple of :data:`VL`) and biases ``(m, padded)``."""
+    m, c_out = weight.shape[:2]
+    padded = -(-c_out // VL) * VL
+    packed = weight.new_zeros((m, weight[0, 0].numel(), padded))
+    packed[:, :, :c_out] = weight.detach().reshape(m, c_out, -1).transpose(1, 2)
+    packed_bias = weight.new_zeros((m, padded))
+    if bias is not None:
+        packed_bias[:, :c_out] = bias.detach()
+    return packed, packed_bias

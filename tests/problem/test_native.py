@@ -1,0 +1,224 @@
+"""The fused first layer (``nettrain.problem.native``): convolution, 2x2 max-pooling and
+ReLU of a stack of agents in one C kernel, against torch's kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nettrain.data import Dataset
+from nettrain.problem import native
+from nettrain.problem.batched import BatchedModel, FirstConvPool
+from nettrain.problem.execution import Execution
+from nettrain.problem.losses import Regularizer, get_loss
+from nettrain.problem.models import build_model
+from nettrain.problem.native import ConvPool, library, runs_natively
+from nettrain.problem.oracle import Problem
+
+
+def torch_layer(x, weight, bias, padding, relu):
+    """The layer by torch's kernels, one model per agent: ``(m, B, O, H2, W2)``."""
+    outs = []
+    for xi, wi, bi in zip(x, weight, bias if bias is not None else [None] * len(x), strict=True):
+        y = F.max_pool2d(F.conv2d(xi, wi, bi, padding=padding), 2)
+        outs.append(torch.relu(y) if relu else y)
+    return torch.stack(outs)
+
+
+def per_agent(y: torch.Tensor, m: int) -> torch.Tensor:
+    """``(B, m * O, H2, W2)`` images as ``(m, B, O, H2, W2)``."""
+    B, mo, h, w = y.shape
+    return y.view(B, m, mo // m, h, w).transpose(0, 1)
+
+
+SHAPES = {  # m, B, C, H, W, O, (kh, kw), padding, bias, relu
+    "small CNN's first layer": (3, 4, 1, 12, 12, 8, (3, 3), (1, 1), True, True),
+    "channels past a vector": (2, 3, 1, 8, 9, 10, (3, 3), (1, 1), True, True),
+    "RGB, 5x3 kernel, uneven padding, odd sizes": (3, 2, 3, 9, 11, 17, (5, 3), (2, 0), True, False),
+    "no bias, no padding": (2, 2, 2, 7, 8, 3, (3, 3), (0, 0), False, True),
+    "one pooled pixel": (1, 1, 1, 4, 4, 8, (3, 3), (0, 0), True, True),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_fused_layer_equals_torch_kernels(shape: str, dtype: torch.dtype) -> None:
+    """Output, weight and bias gradients of every agent equal torch's to rounding."""
+    m, B, C, H, W, c_out, kernel, padding, has_bias, relu = SHAPES[shape]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(m, B, C, H, W, generator=gen, dtype=dtype)
+    weight = torch.randn(m, c_out, C, *kernel, generator=gen, dtype=dtype, requires_grad=True)
+    bias = (
+        torch.randn(m, c_out, generator=gen, dtype=dtype, requires_grad=True) if has_bias else None
+    )
+    params = [weight] if bias is None else [weight, bias]
+    y, arg = ConvPool.apply(x, weight, bias, padding, relu)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert arg.dtype == torch.uint8 and int(arg.max()) <= 3
+    expected = torch_layer(x, weight, bias, padding, relu)
+    tol = {"rtol": 0, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(per_agent(y, m), expected, **tol)
+    dy = torch.randn(expected.shape, generator=gen, dtype=dtype)
+    grads = torch.autograd.grad(y, params, dy.transpose(0, 1).reshape(y.shape))
+    for got, want in zip(grads, torch.autograd.grad(expected, params, dy), strict=True):
+        torch.testing.assert_close(got, want, **tol)
+
+
+def test_ties_go_to_the_first_pixel_and_nan_wins_as_in_torch() -> None:
+    """Images of 0 and 1 with integer weights: the windows' maxima tie often, exactly;
+    torch's pooling routes the gradient to the first maximal pixel and so must the
+    kernel. A NaN pixel wins its window, forward and backward."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 2, (2, 6, 1, 10, 10), generator=gen).double()
+    x[1, 2, 0, 3, 4] = float("nan")
+    weight = torch.randint(-1, 2, (2, 8, 1, 3, 3), generator=gen).double().requires_grad_()
+    bias = torch.zeros(2, 8, dtype=torch.float64, requires_grad=True)
+    y, _ = ConvPool.apply(x, weight, bias, (1, 1), False)
+    expected = torch_layer(x, weight, bias, (1, 1), False)
+    torch.testing.assert_close(per_agent(y, 2), expected, rtol=0, atol=0, equal_nan=True)
+    dy = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad(y, [weight, bias], dy.transpose(0, 1).reshape(y.shape))
+    want = torch.autograd.grad(expected, [weight, bias], dy)
+    for got, w in zip(grads, want, strict=True):
+        torch.testing.assert_close(got, w, rtol=0, atol=1e-12, equal_nan=True)
+    assert torch.isnan(grads[0][1]).any() and not torch.isnan(grads[0][0]).any()
+
+
+def test_an_agents_numbers_depend_on_neither_threads_nor_the_other_agents() -> None:
+    """Bit for bit in float32: agent 3 of five on two threads, and alone on one."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 4, 1, 12, 12, generator=gen)
+    weight = torch.randn(5, 8, 1, 3, 3, generator=gen, requires_grad=True)
+    bias = torch.randn(5, 8, generator=gen, requires_grad=True)
+    dy = torch.randn(4, 40, 6, 6, generator=gen).contiguous(memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        y, _ = ConvPool.apply(x, weight, bias, (1, 1), True)
+        gw, gb = torch.autograd.grad(y, [weight, bias], dy)
+        torch.set_num_threads(1)
+        w3, b3 = weight[3:4].detach().requires_grad_(), bias[3:4].detach().requires_grad_()
+        y3, _ = ConvPool.apply(x[3:4], w3, b3, (1, 1), True)
+        gw3, gb3 = torch.autograd.grad(y3, [w3, b3], dy[:, 24:32])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y[:, 24:32], y3)
+    assert torch.equal(gw[3:4], gw3) and torch.equal(gb[3:4], gb3)
+
+
+@pytest.mark.parametrize(
+    ("layers", "fused"),
+    [
+        ([nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)], 3),
+        ([nn.Conv2d(1, 8, 3), nn.MaxPool2d(2, stride=2), nn.Tanh()], 2),
+        ([nn.Conv2d(1, 8, 3, stride=2), nn.MaxPool2d(2)], 0),
+        ([nn.Conv2d(1, 8, 3, dilation=2), nn.MaxPool2d(2)], 0),
+        ([nn.Conv2d(2, 8, 3, groups=2), nn.MaxPool2d(2)], 0),
+        ([nn.Conv2d(1, 8, 3, padding="same"), nn.MaxPool2d(2)], 0),
+        ([nn.Conv2d(1, 8, 3), nn.MaxPool2d(3)], 0),
+        ([nn.Conv2d(1, 8, 3), nn.MaxPool2d(2, stride=1)], 0),
+        ([nn.Conv2d(1, 8, 3), nn.MaxPool2d(2, padding=1)], 0),
+        ([nn.Conv2d(1, 8, 3), nn.MaxPool2d(2, ceil_mode=True)], 0),
+        ([nn.Conv2d(1, 8, 3), nn.AvgPool2d(2)], 0),
+        ([nn.Conv2d(1, 8, 3), nn.Tanh(), nn.MaxPool2d(2)], 0),
+    ],
+)
+def test_only_a_first_convolution_with_max_pooling_after_it_is_fused(
+    layers: list[nn.Module], fused: int
+) -> None:
+    """The kernel's case: stride 1, no dilation, one group, numeric zero padding, then a
+    2x2 max-pooling of stride 2 without padding or ceil mode, then a ReLU if any."""
+    net = nn.Sequential(*layers, nn.Flatten(), nn.LazyLinear(3))
+    net(torch.zeros(1, layers[0].in_channels, 10, 10))
+    batched = BatchedModel.of(net, (layers[0].in_channels, 10, 10))
+    assert batched is not None
+    first = batched.layers[0][1]
+    if fused:
+        assert isinstance(first, FirstConvPool) and len(first.parts) == fused
+        assert len(batched.layers) == len(net) - fused + 1
+    else:
+        assert not isinstance(first, FirstConvPool)
+
+
+def test_the_small_cnn_runs_its_first_layer_in_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A float32 pass of the built-in CNN on the CPU calls the fused kernel once (no
+    silent fallback to torch's kernels), and its outputs are torch's."""
+    net = build_model("cnn", (1, 12, 12), 10)
+    batched = BatchedModel.of(net, (1, 12, 12))
+    assert batched is not None
+    calls = []
+    apply = ConvPool.apply
+    monkeypatch.setattr(ConvPool, "apply", lambda *a: calls.append(1) or apply(*a))
+    params = {k: v.detach()[None].expand(2, *v.shape) for k, v in net.named_parameters()}
+    x = torch.randn(2, 3, 1, 12, 12, generator=torch.Generator().manual_seed(3))
+    out = batched.forward(params, x, torch.zeros(2, dtype=torch.int64))
+    assert calls == [1]
+    torch.testing.assert_close(out, net(x.flatten(0, 1)).view(2, 3, 10).transpose(1, 2))
+    assert runs_natively(x, params["conv1.weight"])
+    assert not runs_natively(x.double(), params["conv1.weight"])  # dtypes differ
+    assert not runs_natively(x.to("meta"), params["conv1.weight"].to("meta"))
+    assert not runs_natively(x.requires_grad_(), params["conv1.weight"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_native_false_runs_torch_kernels_with_the_same_gradients(dtype: torch.dtype) -> None:
+    """``Execution(native=False)`` (the run's ``native=false``) keeps the layers apart;
+    the oracle's losses and gradients are those of the fused layer to rounding."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 1, 10, 10, generator=gen, dtype=dtype)
+    y = torch.randint(0, 3, (40,), generator=gen)
+    ds = Dataset("toy", x, y, x[:8], y[:8], n_classes=3)
+    net = build_model("cnn", (1, 10, 10), 3).to(dtype)
+    problems = [
+        Problem(net, get_loss("cross_entropy"), Regularizer(), ds, execution=Execution(native=on))
+        for on in (True, False)
+    ]
+    assert [isinstance(p.batched.layers[0][1], FirstConvPool) for p in problems] == [True, False]
+    shards = [torch.arange(i, 40, 3) for i in range(3)]
+    x0 = torch.stack([problems[0].initial_params(s) for s in range(3)])
+    (lf, gf), (lt, gt) = (
+        p.oracle(shards, range(3), batch_size=6, seed=1).grad(x0) for p in problems
+    )
+    tol = {"rtol": 0, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(lf, lt, **tol)
+    torch.testing.assert_close(gf, gt, **tol)
+
+
+@pytest.fixture
+def fresh_library(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """:func:`library` rebuilt into an empty cache under ``tmp_path``, and again for the
+    tests after this one."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    library.cache_clear()
+    yield tmp_path / "nettrain"
+    library.cache_clear()
+
+
+def test_the_kernel_is_built_once_into_the_cache(fresh_library, monkeypatch) -> None:
+    """The first process builds the library into the cache; later ones load that file."""
+    assert library() is not None
+    (built,) = fresh_library.glob("conv_pool-*.so")
+    library.cache_clear()
+    monkeypatch.setattr(native, "_build", lambda *_: pytest.fail("built again"))
+    assert library() is not None
+    assert list(fresh_library.glob("*")) == [built]  # no partial files left behind
+
+
+def test_without_a_compiler_the_layer_runs_on_torch_kernels_warned_once(
+    fresh_library, monkeypatch
+) -> None:
+    """A compiler that fails: one warning naming the cause, then torch's kernels give the
+    same numbers."""
+    monkeypatch.setenv("CC", "false")
+    with pytest.warns(RuntimeWarning, match=r"could not be built \(RuntimeError: false failed"):
+        assert library() is None
+    net = build_model("cnn", (1, 8, 8), 3).double()
+    batched = BatchedModel.of(net, (1, 8, 8))
+    assert batched is not None
+    params = {k: v.detach()[None].expand(2, *v.shape) for k, v in net.named_parameters()}
+    x = torch.randn(2, 3, 1, 8, 8, dtype=torch.float64)
+    assert not runs_natively(x, params["conv1.weight"])  # no second warning (filter: error)
+    out = batched.forward(params, x, torch.zeros(2, dtype=torch.int64))
+    torch.testing.assert_close(out, net(x.flatten(0, 1)).view(2, 3, 3).transpose(1, 2))
