@@ -100,6 +100,18 @@ CASES = {
     "cnn": (lambda: build_model("cnn", (2, 6, 6), 3), images, "cross_entropy"),
     "convolutions, channel dropout, pools": (conv_net, images, "cross_entropy"),
     "ties in the pooling windows": (tied_net, sparse_images, "cross_entropy"),
+    "fused first layer, then channel dropout": (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout2d(0.3),
+            nn.Flatten(),
+            nn.Linear(36, 3),
+        ),
+        images,
+        "cross_entropy",
+    ),
 }
 
 

@@ -3,6 +3,8 @@ ReLU of a stack of agents in one C kernel, against torch's kernels."""
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,7 @@ SHAPES = {  # m, B, C, H, W, O, (kh, kw), padding, bias, relu
     "RGB, 5x3 kernel, uneven padding, odd sizes": (3, 2, 3, 9, 11, 17, (5, 3), (2, 0), True, False),
     "no bias, no padding": (2, 2, 2, 7, 8, 3, (3, 3), (0, 0), False, True),
     "one pooled pixel": (1, 1, 1, 4, 4, 8, (3, 3), (0, 0), True, True),
+    "one output channel": (2, 3, 1, 6, 6, 1, (3, 3), (1, 1), True, True),
 }
 
 
@@ -113,6 +116,7 @@ def test_an_agents_numbers_depend_on_neither_threads_nor_the_other_agents() -> N
     [
         ([nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)], 3),
         ([nn.Conv2d(1, 8, 3), nn.MaxPool2d(2, stride=2), nn.Tanh()], 2),
+        ([nn.Conv2d(2, 8, 3, bias=False), nn.MaxPool2d((2, 2), (2, 2), (0, 0), (1, 1))], 2),
         ([nn.Conv2d(1, 8, 3, stride=2), nn.MaxPool2d(2)], 0),
         ([nn.Conv2d(1, 8, 3, dilation=2), nn.MaxPool2d(2)], 0),
         ([nn.Conv2d(2, 8, 3, groups=2), nn.MaxPool2d(2)], 0),
@@ -129,10 +133,13 @@ def test_only_a_first_convolution_with_max_pooling_after_it_is_fused(
     layers: list[nn.Module], fused: int
 ) -> None:
     """The kernel's case: stride 1, no dilation, one group, numeric zero padding, then a
-    2x2 max-pooling of stride 2 without padding or ceil mode, then a ReLU if any."""
+    2x2 max-pooling of stride 2 without padding or ceil mode, then a ReLU if any. The
+    batched model's outputs are the module's either way."""
+    c = layers[0].in_channels
     net = nn.Sequential(*layers, nn.Flatten(), nn.LazyLinear(3))
-    net(torch.zeros(1, layers[0].in_channels, 10, 10))
-    batched = BatchedModel.of(net, (layers[0].in_channels, 10, 10))
+    net(torch.zeros(1, c, 10, 10))
+    net = net.double()
+    batched = BatchedModel.of(net, (c, 10, 10))
     assert batched is not None
     first = batched.layers[0][1]
     if fused:
@@ -140,6 +147,11 @@ def test_only_a_first_convolution_with_max_pooling_after_it_is_fused(
         assert len(batched.layers) == len(net) - fused + 1
     else:
         assert not isinstance(first, FirstConvPool)
+    params = {k: v.detach()[None].expand(2, *v.shape) for k, v in net.named_parameters()}
+    x = torch.randn(2, 3, c, 10, 10, dtype=torch.float64)
+    out = batched.forward(params, x, torch.zeros(2, dtype=torch.int64))
+    expected = net(x.flatten(0, 1)).view(2, 3, 3).transpose(1, 2)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
 
 
 def test_the_small_cnn_runs_its_first_layer_in_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,10 +168,14 @@ def test_the_small_cnn_runs_its_first_layer_in_the_kernel(monkeypatch: pytest.Mo
     out = batched.forward(params, x, torch.zeros(2, dtype=torch.int64))
     assert calls == [1]
     torch.testing.assert_close(out, net(x.flatten(0, 1)).view(2, 3, 10).transpose(1, 2))
-    assert runs_natively(x, params["conv1.weight"])
-    assert not runs_natively(x.double(), params["conv1.weight"])  # dtypes differ
-    assert not runs_natively(x.to("meta"), params["conv1.weight"].to("meta"))
-    assert not runs_natively(x.requires_grad_(), params["conv1.weight"])
+    w, pad = params["conv1.weight"], (1, 1)
+    assert runs_natively(x, w, pad)
+    assert not runs_natively(x.double(), w, pad)  # dtypes differ
+    assert not runs_natively(x.to("meta"), w.to("meta"), pad)
+    assert not runs_natively(x[:, :, :, :1, :1], w, (0, 0))  # no pooled pixel: torch says so
+    assert not runs_natively(x.expand(2, 3, 2, 12, 12), w, pad)  # channels differ
+    assert not runs_natively(x[:1], w, pad)  # agents differ
+    assert not runs_natively(x.requires_grad_(), w, pad)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
@@ -196,14 +212,58 @@ def fresh_library(monkeypatch: pytest.MonkeyPatch, tmp_path):
     library.cache_clear()
 
 
-def test_the_kernel_is_built_once_into_the_cache(fresh_library, monkeypatch) -> None:
-    """The first process builds the library into the cache; later ones load that file."""
+def test_the_cache_is_under_xdg_cache_home_or_home(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert native.cache_dir() == tmp_path / "xdg" / "nettrain"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert native.cache_dir() == tmp_path / ".cache" / "nettrain"
+
+
+def test_execution_parse_passes_native_on() -> None:
+    assert Execution.parse("4", 1.5, True, False) == Execution(4, 1.5, True, False)
+    assert Execution.parse("auto", 0.0).native
+
+
+def test_data_of_other_channels_than_the_model_is_refused_by_torch() -> None:
+    """Two channels of data for a first convolution of one: torch's error, not a kernel
+    reading past the images."""
+    net = build_model("cnn", (1, 8, 8), 3)
+    batched = BatchedModel.of(net, (2, 8, 8))
+    assert batched is not None
+    params = {k: v.detach()[None].expand(2, *v.shape) for k, v in net.named_parameters()}
+    with pytest.raises(RuntimeError, match="expected input"):
+        batched.forward(params, torch.randn(2, 3, 2, 8, 8), torch.zeros(2, dtype=torch.int64))
+
+
+def test_the_cache_key_names_the_cpu_but_not_its_clock(tmp_path) -> None:
+    info = tmp_path / "cpuinfo"
+    core = "processor\t: {}\nmodel name\t: Some CPU\ncpu MHz\t\t: {}\nflags\t\t: fpu avx2\n"
+    info.write_text(core.format(0, 2600.1) + "\n" + core.format(1, 1400.7))
+    assert native._cpu(info) == "flags\t\t: fpu avx2\nmodel name\t: Some CPU"
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd\nCPU part\t: 0xd0c\nBogoMIPS\t: 50\n")
+    assert native._cpu(arm) == "CPU part\t: 0xd0c\nFeatures\t: fp asimd"
+    assert native._cpu(tmp_path / "none") in (platform.processor(), platform.machine())
+
+
+def test_the_kernel_is_built_once_into_the_cache(fresh_library, monkeypatch, tmp_path) -> None:
+    """The first process builds the library into the cache (its folders made as needed);
+    later ones load that file; a cache emptied by hand is filled again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not" / "yet"))
+    cache = tmp_path / "not" / "yet" / "nettrain"
     assert library() is not None
-    (built,) = fresh_library.glob("conv_pool-*.so")
+    (built,) = cache.glob("conv_pool-*.so")
     library.cache_clear()
+    build = native._build
     monkeypatch.setattr(native, "_build", lambda *_: pytest.fail("built again"))
     assert library() is not None
-    assert list(fresh_library.glob("*")) == [built]  # no partial files left behind
+    assert list(cache.glob("*")) == [built]  # no partial files left behind
+    built.unlink()
+    library.cache_clear()
+    monkeypatch.setattr(native, "_build", build)
+    assert library() is not None
+    assert list(cache.glob("*")) == [built]
 
 
 def test_without_a_compiler_the_layer_runs_on_torch_kernels_warned_once(
@@ -219,6 +279,25 @@ def test_without_a_compiler_the_layer_runs_on_torch_kernels_warned_once(
     assert batched is not None
     params = {k: v.detach()[None].expand(2, *v.shape) for k, v in net.named_parameters()}
     x = torch.randn(2, 3, 1, 8, 8, dtype=torch.float64)
-    assert not runs_natively(x, params["conv1.weight"])  # no second warning (filter: error)
+    assert not runs_natively(x, params["conv1.weight"], (1, 1))  # no second warning
     out = batched.forward(params, x, torch.zeros(2, dtype=torch.int64))
     torch.testing.assert_close(out, net(x.flatten(0, 1)).view(2, 3, 3).transpose(1, 2))
+
+
+def test_a_compiler_error_is_named_in_the_warning(fresh_library, monkeypatch, tmp_path) -> None:
+    """Each set of flags is tried; the warning quotes the last one's first error line."""
+    cc = tmp_path / "cc"
+    cc.write_text(
+        '#!/bin/sh\necho "$@" >> "$0.calls"\n'
+        '[ "$1" = --version ] && exit 0\n'
+        'echo "conv_pool.c:1:2: error: no vectors here" >&2; echo "1 error" >&2; exit 1\n'
+    )
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    with pytest.warns(
+        RuntimeWarning, match=r"cc failed: conv_pool.c:1:2: error: no vectors here\)"
+    ):
+        assert library() is None
+    calls = (tmp_path / "cc.calls").read_text().splitlines()
+    assert [c.split(" -shared")[0] for c in calls[1:]] == [" ".join(f) for f in native.FLAGS]
+    assert list(fresh_library.glob("*")) == []  # no partial files left behind

@@ -303,7 +303,7 @@ class BatchedModel:
         if isinstance(layer, FirstConvPool):
             conv, _, *relu = layer.parts
             w = params[prefix + "weight"]
-            if not runs_natively(a.value, w):
+            if not runs_natively(a.value, w, conv.padding):
                 for part in layer.parts:
                     a = self._layer(prefix, part, a, params, keys)
                 return a

@@ -27,7 +27,7 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -53,10 +53,12 @@ def cache_dir() -> Path:
     return Path(root) / "nettrain"
 
 
-def _cpu() -> str:
-    """The CPU's model and feature flags (``-march=native`` builds for them)."""
+def _cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model and feature flags (``-march=native`` builds for them), from Linux's
+    ``cpuinfo`` (each distinct line once: not the clock rate, which changes as it runs),
+    else what ``platform`` says."""
     try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        lines = cpuinfo.read_text().splitlines()
     except OSError:
         return platform.processor() or platform.machine()
     keep = ("model name", "flags", "Features", "CPU part")
@@ -68,18 +70,18 @@ def _build(compiler: str, target: Path) -> None:
     :data:`FLAGS` the compiler accepts (written to a temporary name, then renamed, so
     that processes building at once never load a partial file)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    errors = []
+    partial = target.with_name(f"{target.name}.{os.getpid()}-{threading.get_ident()}")
+    message = ""
     for flags in FLAGS:
-        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as f:
-            partial = Path(f.name)
         command = [compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", str(partial)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode == 0:
             os.replace(partial, target)
             return
         partial.unlink(missing_ok=True)
-        errors.append(done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"])
-    raise RuntimeError(f"{compiler} failed: {errors[-1][0]}")
+        lines = done.stderr.splitlines() or [f"exit status {done.returncode}"]
+        message = next((line for line in lines if "error" in line), lines[-1]).strip()
+    raise RuntimeError(f"{compiler} failed: {message}")
 
 
 @functools.cache
@@ -116,12 +118,22 @@ def library() -> ctypes.CDLL | None:
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
-def runs_natively(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :class:`ConvPool` can run the layer on these tensors: on the CPU, in float32
-    or float64, outside ``torch.compile``'s tracing, the data without a gradient, and the
-    kernels built (:func:`library`)."""
+def runs_natively(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> bool:
+    """Whether :class:`ConvPool` can run the layer on these tensors: shapes that fit each
+    other (else torch's kernels name what is wrong), with a pooled output of at least one
+    pixel; on the CPU, in float32 or float64, outside ``torch.compile``'s tracing, the data
+    without a gradient, and the kernels built (:func:`library`)."""
+    fits = (
+        x.dim() == 5
+        and weight.dim() == 5
+        and x.shape[0] == weight.shape[0]
+        and x.shape[2] == weight.shape[2]
+        and x.shape[3] + 2 * padding[0] - weight.shape[3] >= 1
+        and x.shape[4] + 2 * padding[1] - weight.shape[4] >= 1
+    )
     return (
-        x.device.type == "cpu"
+        fits
+        and x.device.type == "cpu"
         and weight.device.type == "cpu"
         and x.dtype == weight.dtype
         and x.dtype in SUFFIX
