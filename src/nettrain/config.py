@@ -151,9 +151,10 @@ class RunKeys(Section):
     )
     native: bool = key(
         True,
-        "run a CNN's first convolution, max-pooling and ReLU as one C kernel on the CPU "
-        "(built on first use with the system C compiler; same numbers to rounding; warns and "
-        "uses torch's kernels where it cannot be built)",
+        "run a CNN's convolutions that max-pooling follows through C kernels on the CPU (the "
+        "first layer in one pass, the others' gradients from the pooled gradient; built on "
+        "first use with the system C compiler; same numbers to rounding; warns and uses "
+        "torch's kernels where it cannot be built)",
     )
     eval_every: int = key(
         0,

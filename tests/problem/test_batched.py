@@ -100,6 +100,19 @@ CASES = {
     "cnn": (lambda: build_model("cnn", (2, 6, 6), 3), images, "cross_entropy"),
     "convolutions, channel dropout, pools": (conv_net, images, "cross_entropy"),
     "ties in the pooling windows": (tied_net, sparse_images, "cross_entropy"),
+    "a strided convolution under overlapping max-pooling, inside the model": (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(3, 4, 3, stride=2, padding=1),
+            nn.MaxPool2d(2, stride=1, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64, 3),
+        ),
+        images,
+        "cross_entropy",
+    ),
     "fused first layer, then channel dropout": (
         lambda: nn.Sequential(
             nn.Conv2d(2, 4, 3, padding=1),

@@ -16,7 +16,7 @@ from nettrain.problem.batched import BatchedModel, FirstConvPool
 from nettrain.problem.execution import Execution
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
-from nettrain.problem.native import ConvPool, library, runs_natively
+from nettrain.problem.native import ConvPool, PooledConv, library, runs_natively
 from nettrain.problem.oracle import Problem
 
 
@@ -109,6 +109,154 @@ def test_an_agents_numbers_depend_on_neither_threads_nor_the_other_agents() -> N
         torch.set_num_threads(threads)
     assert torch.equal(y[:, 24:32], y3)
     assert torch.equal(gw[3:4], gw3) and torch.equal(gb[3:4], gb3)
+
+
+def torch_pooled(x, weight, bias, conv, pool, relu):
+    """Convolution, max-pooling and ReLU by torch's kernels, all agents as groups."""
+    m = weight.shape[0]
+    flat = None if bias is None else bias.reshape(-1)
+    z = F.conv2d(x, weight.reshape(-1, *weight.shape[2:]), flat, *conv, m)
+    y = F.max_pool2d(z, *pool)
+    return torch.relu(y) if relu else y
+
+
+POOLED = {  # m, B, C, H, W, O, kernel, conv (stride, padding, dilation), pool, bias, relu
+    "the small CNN's second layer": (
+        3,
+        4,
+        8,
+        14,
+        14,
+        16,
+        (3, 3),
+        ((1, 1), (1, 1), (1, 1)),
+        (2, 2, 0, 1, False),
+        True,
+        True,
+    ),
+    "strided, dilated, uneven; overlapping windows with padding and ceil mode": (
+        2,
+        3,
+        3,
+        9,
+        11,
+        5,
+        (3, 2),
+        ((2, 1), (1, 0), (1, 2)),
+        (3, 2, 1, 1, True),
+        True,
+        False,
+    ),
+    "channels past a vector, windows of stride 1, no bias": (
+        3,
+        2,
+        10,
+        8,
+        8,
+        4,
+        (3, 3),
+        ((1, 1), (0, 0), (1, 1)),
+        (2, 1, 0, 1, False),
+        False,
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("shape", POOLED)
+def test_pooled_convolution_equals_torch_kernels(shape: str, dtype: torch.dtype) -> None:
+    """Output and the input, weight and bias gradients of a convolution whose output is
+    max-pooled, taken from the pooled gradient at the winning pixels, equal autograd's
+    through torch's kernels."""
+    m, B, C, H, W, c_out, kernel, conv, pool, has_bias, relu = POOLED[shape]
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(B, m * C, H, W, generator=gen, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(m, c_out, C, *kernel, generator=gen, dtype=dtype, requires_grad=True)
+    bias = (
+        torch.randn(m, c_out, generator=gen, dtype=dtype, requires_grad=True) if has_bias else None
+    )
+    params = [x, weight] + ([bias] if has_bias else [])
+    y, idx = PooledConv.apply(x, weight, bias, conv, pool, relu)
+    expected = torch_pooled(x, weight, bias, conv, pool, relu)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    assert idx.dtype == torch.int64
+    dy = torch.randn(expected.shape, generator=gen, dtype=dtype)
+    tol = {"rtol": 0, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    grads = torch.autograd.grad(y, params, dy)
+    for got, want in zip(grads, torch.autograd.grad(expected, params, dy), strict=True):
+        torch.testing.assert_close(got, want, **tol)
+    (dw,) = torch.autograd.grad(
+        PooledConv.apply(x.detach(), weight, bias, conv, pool, relu)[0], [weight], dy
+    )
+    torch.testing.assert_close(dw, grads[1], rtol=0, atol=0)  # no input gradient asked
+
+
+def test_a_pooled_convolutions_numbers_depend_on_neither_threads_nor_other_agents() -> None:
+    """Bit for bit in float32: agent 1 of three on two threads, and alone on one."""
+    gen = torch.Generator().manual_seed(6)
+    conv, pool = ((1, 1), (1, 1), (1, 1)), (2, 2, 0, 1, False)
+    x = torch.randn(4, 3 * 8, 10, 10, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(3, 16, 8, 3, 3, generator=gen, requires_grad=True)
+    bias = torch.randn(3, 16, generator=gen, requires_grad=True)
+    dy = torch.randn(4, 48, 5, 5, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        xs = x.requires_grad_()
+        y, _ = PooledConv.apply(xs, weight, bias, conv, pool, True)
+        gx, gw, gb = torch.autograd.grad(y, [xs, weight, bias], dy)
+        torch.set_num_threads(1)
+        x1 = x.detach()[:, 8:16].contiguous(memory_format=torch.channels_last).requires_grad_()
+        w1, b1 = weight[1:2].detach().requires_grad_(), bias[1:2].detach().requires_grad_()
+        y1, _ = PooledConv.apply(x1, w1, b1, conv, pool, True)
+        gx1, gw1, gb1 = torch.autograd.grad(y1, [x1, w1, b1], dy[:, 16:32])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(gx[:, 8:16], gx1)
+    assert torch.equal(gw[1:2], gw1) and torch.equal(gb[1:2], gb1)
+
+
+@pytest.mark.parametrize(
+    ("layers", "kinds"),
+    [
+        (
+            [nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3), nn.MaxPool2d(2)],
+            ["FirstConvPool", "ConvMaxPool"],
+        ),
+        (
+            [nn.Conv2d(1, 4, 3, stride=2), nn.MaxPool2d(3, 1, 1), nn.ReLU(), nn.Tanh()],
+            ["ConvMaxPool", "Tanh"],
+        ),
+        (
+            [nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Conv2d(4, 4, 3, groups=2), nn.MaxPool2d(2)],
+            ["Conv2d", "Tanh", "Conv2d", "MaxPool2d"],
+        ),
+        (
+            [nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Conv2d(4, 4, 3, padding="same"), nn.MaxPool2d(2)],
+            ["Conv2d", "Tanh", "Conv2d", "MaxPool2d"],
+        ),
+        (
+            [nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Conv2d(4, 4, 3), nn.AvgPool2d(2)],
+            ["Conv2d", "Tanh", "Conv2d", "AvgPool2d"],
+        ),
+    ],
+)
+def test_convolutions_with_max_pooling_after_them_are_fused(layers, kinds) -> None:
+    """Anywhere in the model: a convolution of one group and numeric padding, then any
+    max-pooling, then a ReLU if any. The batched model's outputs are the module's."""
+    net = nn.Sequential(*layers, nn.Flatten(), nn.LazyLinear(3))
+    net(torch.zeros(1, 1, 12, 12))
+    net = net.double()
+    batched = BatchedModel.of(net, (1, 12, 12))
+    assert batched is not None
+    assert [type(layer).__name__ for _, layer in batched.layers][:-2] == kinds
+    params = {k: v.detach()[None].expand(2, *v.shape) for k, v in net.named_parameters()}
+    x = torch.randn(2, 3, 1, 12, 12, dtype=torch.float64)
+    out = batched.forward(params, x, torch.zeros(2, dtype=torch.int64))
+    expected = net(x.flatten(0, 1)).view(2, 3, 3).transpose(1, 2)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(

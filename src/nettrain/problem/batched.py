@@ -25,8 +25,9 @@ activations and the oracle's :class:`~nettrain.problem.random_layers.SeededDropo
 whose masks are the ones the vmapped oracle draws (same key, same element counters).
 A model with buffers (BatchNorm) or any other layer runs under ``vmap``
 (:meth:`BatchedModel.of` returns None). A first ``Conv2d`` with the ``MaxPool2d(2)`` and
-``ReLU`` after it runs as one C kernel (:class:`FirstConvPool`,
-:mod:`nettrain.problem.native`).
+``ReLU`` after it runs as one C kernel (:class:`FirstConvPool`), and any other ``Conv2d``
+that a ``MaxPool2d`` follows takes its backward pass from the pooled gradient
+(:class:`ConvMaxPool`; both :mod:`nettrain.problem.native`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nettrain.problem.losses import cross_entropy
-from nettrain.problem.native import ConvPool, runs_natively
+from nettrain.problem.native import ConvPool, PooledConv, available, runs_natively
 from nettrain.problem.random_layers import SeededDropout, uniform_at
 
 ELEMENTWISE = (
@@ -136,6 +137,42 @@ class FirstConvPool(nn.Module):
         relu = rest[0][1] if isinstance(rest[0][1], nn.ReLU) else None
         after = layers[2 if relu is None else 3 :]
         return ((prefix, cls(conv, pool, relu)), *after)
+
+
+class ConvMaxPool(nn.Module):
+    """A ``Conv2d`` of one group and zero padding, the ``MaxPool2d`` after it and the
+    ``ReLU`` after that (if any), anywhere in the images layout, as one layer:
+    :class:`~nettrain.problem.native.PooledConv` where the kernels run
+    (:func:`~nettrain.problem.native.available`), else the layers in turn."""
+
+    def __init__(self, conv: nn.Conv2d, pool: nn.MaxPool2d, relu: nn.ReLU | None) -> None:
+        super().__init__()
+        self.parts = (conv, pool) if relu is None else (conv, pool, relu)
+
+    @classmethod
+    def of(cls, layers: tuple[tuple[str, nn.Module], ...]) -> tuple[tuple[str, nn.Module], ...]:
+        """``layers`` with each such run of two or three fused."""
+        out: list[tuple[str, nn.Module]] = []
+        i = 0
+        while i < len(layers):
+            prefix, conv = layers[i]
+            pool = layers[i + 1][1] if i + 1 < len(layers) else None
+            if (
+                isinstance(conv, nn.Conv2d)
+                and isinstance(pool, nn.MaxPool2d)
+                and conv.groups == 1
+                and conv.padding_mode == "zeros"
+                and isinstance(conv.padding, tuple)
+                and not pool.return_indices
+            ):
+                after = layers[i + 2][1] if i + 2 < len(layers) else None
+                relu = after if isinstance(after, nn.ReLU) else None
+                out.append((prefix, cls(conv, pool, relu)))
+                i += 2 if relu is None else 3
+            else:
+                out.append(layers[i])
+                i += 1
+        return tuple(out)
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -259,7 +296,7 @@ class BatchedModel:
         if layout != "features":
             return None
         layers = _pool_before_relu(layers)
-        return cls(FirstConvPool.of(layers) if native else layers)
+        return cls(ConvMaxPool.of(FirstConvPool.of(layers)) if native else layers)
 
     def forward(
         self, params: dict[str, torch.Tensor], inputs: torch.Tensor, keys: torch.Tensor
@@ -309,6 +346,18 @@ class BatchedModel:
                 return a
             bias = params[prefix + "bias"] if conv.bias is not None else None
             out, _ = ConvPool.apply(a.value, w, bias, conv.padding, bool(relu))
+            return Activation(out, "images", a.m, a.B)
+        if isinstance(layer, ConvMaxPool):
+            conv, pool, *relu = layer.parts
+            w, images = params[prefix + "weight"], a.images()
+            if not available(images, w):
+                for part in layer.parts:
+                    a = self._layer(prefix, part, a, params, keys)
+                return a
+            bias = params[prefix + "bias"] if conv.bias is not None else None
+            window = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+            geometry = (conv.stride, conv.padding, conv.dilation)
+            out, _ = PooledConv.apply(images, w, bias, geometry, window, bool(relu))
             return Activation(out, "images", a.m, a.B)
         if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
             return Activation(layer(a.images()), "images", a.m, a.B)

@@ -51,9 +51,10 @@ class Execution:
     in most runs but not in every run at every n, and the compilation makes a run of
     the default 300 rounds slower at every n (``benchmarks/compile_oracle.py``).
 
-    ``native``: a CNN whose first layers are a convolution and a 2x2 max-pooling runs
-    them as one C kernel on the CPU (:mod:`~nettrain.problem.native`, compiled on first
-    use; same numbers to rounding). Off: torch's kernels.
+    ``native``: on the CPU a CNN's convolutions that a max-pooling follows run through C
+    kernels (:mod:`~nettrain.problem.native`, compiled on first use; same numbers to
+    rounding): a first convolution, its 2x2 pooling and ReLU in one pass, any other's
+    backward pass from the pooled gradient alone. Off: torch's kernels.
     """
 
     chunk_agents: int | str = "auto"

@@ -1,4 +1,5 @@
-"""A fused first layer for the batched CNN, in C compiled on first use.
+"""C kernels for the batched CNN's convolutions that max-pooling follows, compiled on
+first use.
 
 The first layer of a small convolutional network is where eager kernels lose the most:
 a convolution of one or three input channels does little arithmetic per element it
@@ -7,14 +8,21 @@ writes, and the grouped convolution of all agents (``m * O`` output channels, gr
 ReLU read and write its full-size output again, forward and backward. :class:`ConvPool`
 does ``relu(maxpool2x2(conv(x)))`` for every agent in one pass over the images, keeping
 only the pooled output and which of the four pixels won, and the weight gradient reads
-just those winners (see ``csrc/conv_pool.c`` for the sums). The data has no gradient,
-so the layer is the model's first.
+just those winners. The data has no gradient, so that layer is the model's first.
 
-The kernel is C with vector extensions and OpenMP. :func:`library` compiles it with the
-system C compiler (``$CC``, else ``cc``) into ``$XDG_CACHE_HOME/nettrain`` (default
+Any other convolution that a max-pooling follows (:class:`PooledConv`) runs forward on
+torch's kernels, but keeps only the pooled output and the pooling's indices, and its
+backward pass starts from the pooled gradient: only the pixels that won their windows
+carry a gradient (a quarter of them for 2x2 windows, fewer after ReLU), so the input and
+weight gradients are sums over those alone, without the full-size gradient of the
+convolution's output that torch's pooling backward writes and its convolution backward
+reads. The sums are in ``csrc/conv_pool_impl.h``.
+
+The kernels are C with vector extensions and OpenMP. :func:`library` compiles them with
+the system C compiler (``$CC``, else ``cc``) into ``$XDG_CACHE_HOME/nettrain`` (default
 ``~/.cache/nettrain``), named by a hash of the source, the compiler and the CPU, and loads
-it with ``ctypes``; later processes load the cached file. Without a working compiler it
-warns once, in one line, and the layer runs as before on PyTorch's kernels (same
+them with ``ctypes``; later processes load the cached file. Without a working compiler it
+warns once, in one line, and the layers run as before on PyTorch's kernels (same
 numbers to rounding).
 """
 
@@ -33,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from nettrain.problem.compiled import cause
 
@@ -103,8 +112,8 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(target))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         warnings.warn(
-            f"nettrain: the fused first convolution could not be built ({cause(error)}); "
-            "it runs on PyTorch's kernels",
+            f"nettrain: the C kernels of convolutions could not be built ({cause(error)}); "
+            "they run on PyTorch's kernels",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -112,6 +121,8 @@ def library() -> ctypes.CDLL | None:
     for suffix in ("f32", "f64"):
         getattr(lib, f"nettrain_conv_pool_forward_{suffix}").argtypes = [_PTR] * 5 + [_INT] * 12
         getattr(lib, f"nettrain_conv_pool_backward_{suffix}").argtypes = [_PTR] * 6 + [_INT] * 12
+        kernel = getattr(lib, f"nettrain_pooled_conv_backward_{suffix}")
+        kernel.argtypes = [_PTR] * 7 + [_INT] * 18
     return lib
 
 
@@ -131,13 +142,17 @@ def runs_natively(x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int
         and x.shape[3] + 2 * padding[0] - weight.shape[3] >= 1
         and x.shape[4] + 2 * padding[1] - weight.shape[4] >= 1
     )
+    return fits and not x.requires_grad and available(x, weight)
+
+
+def available(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the kernels can run on these tensors: on the CPU, in float32 or float64,
+    outside ``torch.compile``'s tracing, and built (:func:`library`)."""
     return (
-        fits
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and weight.device.type == "cpu"
         and x.dtype == weight.dtype
         and x.dtype in SUFFIX
-        and not x.requires_grad
         and not torch.compiler.is_compiling()
         and library() is not None
     )
@@ -200,6 +215,74 @@ class ConvPool(torch.autograd.Function):
         )  # fmt: skip
         grad_weight = dw[:, :, :c_out].transpose(1, 2).reshape(shape)
         return None, grad_weight, db[:, :c_out] if has_bias else None, None, None
+
+
+class PooledConv(torch.autograd.Function):
+    """``relu(maxpool(conv(x)))`` of ``m`` agents (ReLU optional) in the batched model's
+    ``images`` layout, any layer: ``x (B, m * C, H, W)``, ``weight (m, O, C, kh, kw)``,
+    ``bias (m, O)`` or None, ``conv = (stride, padding, dilation)`` and ``pool`` the
+    arguments of ``F.max_pool2d``. Forward by torch's kernels, keeping only the pooled
+    output and the pooling's indices (not the convolution's output); backward by the C
+    kernel, which reads the gradient only at the pixels that won their windows: no
+    full-size gradient of the convolution's output is made, and the input gradient and
+    weight gradient are formed from the pooled gradient directly."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        conv: tuple[tuple[int, int], tuple[int, int], tuple[int, int]],
+        pool: tuple[Any, ...],
+        relu: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        m = weight.shape[0]
+        flat_bias = None if bias is None else bias.reshape(-1)
+        z = F.conv2d(x, weight.reshape(-1, *weight.shape[2:]), flat_bias, *conv, m)
+        y, idx = F.max_pool2d(z, *pool, return_indices=True)
+        return (torch.relu(y) if relu else y), idx
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:  # type: ignore[override]
+        x, weight, bias, conv, _, relu = inputs
+        y, idx = output
+        ctx.mark_non_differentiable(idx)
+        ctx.save_for_backward(x, weight, y, idx)
+        ctx.conv, ctx.has_bias, ctx.relu = conv, bias is not None, relu
+        ctx.out_size = [  # the convolution's output (Ho, Wo)
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, k, s, p, d in zip(x.shape[2:], weight.shape[3:], *conv, strict=True)
+        ]
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, dy: torch.Tensor, _: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, None, None, None]:
+        x, weight, y, idx = ctx.saved_tensors
+        (sh, sw), (ph, pw), (dh, dw_) = ctx.conv
+        m, c_out, c_in, kh, kw = weight.shape
+        B, _, H, W = x.shape
+        g = torch.where(y > 0, dy, 0) if ctx.relu else dy
+        g = g.contiguous(memory_format=torch.channels_last)
+        idx = idx.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        padded = -(-c_in // VL) * VL
+        packed = weight.new_zeros((m, c_out, kh * kw, padded))
+        packed[..., :c_in] = weight.detach().reshape(m, c_out, c_in, -1).transpose(2, 3)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x, memory_format=torch.channels_last)
+        dw = torch.empty_like(packed)
+        db = weight.new_empty((m, c_out))
+        kernel = getattr(library(), f"nettrain_pooled_conv_backward_{SUFFIX[x.dtype]}")
+        kernel(
+            x.data_ptr(), packed.data_ptr(), g.data_ptr(), idx.data_ptr(),
+            None if dx is None else dx.data_ptr(), dw.data_ptr(), db.data_ptr(),
+            m, B, c_in, H, W, c_out, kh, kw, sh, sw, ph, pw, dh, dw_, *ctx.out_size,
+            y.shape[2] * y.shape[3], torch.get_num_threads(),
+        )  # fmt: skip
+        grad_weight = dw[..., :c_in].transpose(2, 3).reshape(weight.shape)
+        return dx, grad_weight, db if ctx.has_bias else None, None, None, None
 
 
 def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -164,3 +164,116 @@ void NAME(nettrain_conv_pool_backward)(const T *x, const T *dy, const T *y,
     free(gs);
   }
 }
+
+/* The gradient of a convolution of any layer whose output is max-pooled by any window:
+ * torch's pooling indices say which output pixel (ho, wo) each pooled value came from, so
+ * only those pixels carry a gradient. From the pooled gradient g (ReLU's cut applied):
+ *
+ *   dx[a,b,c,ho sh + i dh - ph, wo sw + j dw - pw] += g w[a,o,c,i,j]  (if dx is not NULL)
+ *   dw[a,o,c,i,j] += g x[a,b,c,ho sh + i dh - ph, wo sw + j dw - pw],   db[a,o] += g
+ *
+ * over every nonzero pooled value g of (a, b, o) and its pixel. Layouts: x and dx
+ * (B, H, W, m C), channels last; weights and dw packed (m, O, K, Cp), K = kh kw taps,
+ * Cp = C rounded up to VL (zeros); g and idx (B, P, m O), P = pooled pixels; db (m, O).
+ * One thread does an agent: for each sample, each channel's nonzero values are listed
+ * (the pixel, the value), then each tap runs down the list, summing into four
+ * accumulators (dw) or adding into the pixels (dx). Fixed order throughout. */
+void NAME(nettrain_pooled_conv_backward)(const T *x, const T *w, const T *g,
+                                         const int64_t *idx, T *dx, T *dw, T *db, int m,
+                                         int B, int C, int H, int W, int O, int kh, int kw,
+                                         int sh, int sw, int ph, int pw, int dh, int dwl,
+                                         int Ho, int Wo, int P, int threads) {
+  const int Hp = H + 2 * ph, Wp = W + 2 * pw, K = kh * kw, Cp = (C + VL - 1) / VL * VL;
+  const long row = (long)m * O, pixels = (long)Hp * Wp;
+  int *start = malloc(sizeof(int) * Ho * Wo), *tap = malloc(sizeof(int) * K);
+  for (int q = 0; q < Ho * Wo; q++) start[q] = (q / Wo * sh * Wp + q % Wo * sw) * Cp;
+  for (int t = 0; t < K; t++) tap[t] = (t / kw * dh * Wp + t % kw * dwl) * Cp;
+#pragma omp parallel num_threads(threads)
+  {
+    T *xp = aligned_alloc(sizeof(VEC), sizeof(T) * pixels * Cp);
+    T *dxp = aligned_alloc(sizeof(VEC), sizeof(T) * pixels * Cp);
+    int *at = malloc(sizeof(int) * ((long)O * P + 1));
+    T *gl = malloc(sizeof(T) * ((long)O * P + 1));
+    int *count = malloc(sizeof(int) * O);
+#pragma omp for schedule(static)
+    for (int a = 0; a < m; a++) {
+      T *acc = dw + (long)a * O * K * Cp, *dba = db + (long)a * O;
+      memset(acc, 0, sizeof(T) * O * K * Cp);
+      memset(dba, 0, sizeof(T) * O);
+      for (int b = 0; b < B; b++) {
+        memset(xp, 0, sizeof(T) * pixels * Cp);
+        for (int h = 0; h < H; h++)
+          for (int v = 0; v < W; v++)
+            memcpy(xp + ((long)(h + ph) * Wp + v + pw) * Cp,
+                   x + (((long)b * H + h) * W + v) * m * C + (long)a * C, sizeof(T) * C);
+        memset(count, 0, sizeof(int) * O);
+        for (int p = 0; p < P; p++) {
+          const long base = ((long)b * P + p) * row + (long)a * O;
+          for (int o = 0; o < O; o++) { /* without a branch: half the values are 0 */
+            const T gv = g[base + o];
+            dba[o] += gv;
+            at[o * P + count[o]] = start[idx[base + o]];
+            gl[o * P + count[o]] = gv;
+            count[o] += gv != 0;
+          }
+        }
+        for (int o = 0; o < O; o++) {
+          const int n = count[o], *ao = at + (long)o * P;
+          const T *go = gl + (long)o * P;
+          for (int t = 0; t < K; t++)
+            for (int c0 = 0; c0 < Cp; c0 += VL) {
+              const T *xs = xp + tap[t] + c0;
+              VEC s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0}, xv, sum;
+              int k = 0;
+              for (; k + 3 < n; k += 4) {
+                memcpy(&xv, xs + ao[k], sizeof xv);
+                s0 += go[k] * xv;
+                memcpy(&xv, xs + ao[k + 1], sizeof xv);
+                s1 += go[k + 1] * xv;
+                memcpy(&xv, xs + ao[k + 2], sizeof xv);
+                s2 += go[k + 2] * xv;
+                memcpy(&xv, xs + ao[k + 3], sizeof xv);
+                s3 += go[k + 3] * xv;
+              }
+              for (; k < n; k++) {
+                memcpy(&xv, xs + ao[k], sizeof xv);
+                s0 += go[k] * xv;
+              }
+              T *d = acc + ((long)o * K + t) * Cp + c0;
+              memcpy(&sum, d, sizeof sum);
+              sum += (s0 + s1) + (s2 + s3);
+              memcpy(d, &sum, sizeof sum);
+            }
+        }
+        if (!dx) continue;
+        memset(dxp, 0, sizeof(T) * pixels * Cp);
+        for (int o = 0; o < O; o++) {
+          const int n = count[o], *ao = at + (long)o * P;
+          const T *go = gl + (long)o * P, *wo_ = w + ((long)a * O + o) * K * Cp;
+          for (int t = 0; t < K; t++)
+            for (int c0 = 0; c0 < Cp; c0 += VL) {
+              T *ds = dxp + tap[t] + c0;
+              VEC wv, dv;
+              memcpy(&wv, wo_ + t * Cp + c0, sizeof wv);
+              for (int k = 0; k < n; k++) {
+                memcpy(&dv, ds + ao[k], sizeof dv);
+                dv += go[k] * wv;
+                memcpy(ds + ao[k], &dv, sizeof dv);
+              }
+            }
+        }
+        for (int h = 0; h < H; h++)
+          for (int v = 0; v < W; v++)
+            memcpy(dx + (((long)b * H + h) * W + v) * m * C + (long)a * C,
+                   dxp + ((long)(h + ph) * Wp + v + pw) * Cp, sizeof(T) * C);
+      }
+    }
+    free(xp);
+    free(dxp);
+    free(at);
+    free(gl);
+    free(count);
+  }
+  free(start);
+  free(tap);
+}
