@@ -107,15 +107,21 @@ def _pool_before_relu(
     return tuple(out)
 
 
-class FirstConvPool(nn.Module):
-    """A model's first ``Conv2d`` (stride 1, zero padding), the ``MaxPool2d(2)`` after it
-    and the ``ReLU`` after that (if any; :func:`_pool_before_relu` put it there) as one
-    layer: :class:`~nettrain.problem.native.ConvPool` where it runs
-    (:func:`~nettrain.problem.native.runs_natively`), else the layers in turn."""
+class PooledLayers(nn.Module):
+    """A ``Conv2d``, the ``MaxPool2d`` after it and the ``ReLU`` after that (if any) as one
+    layer: C kernels of :mod:`~nettrain.problem.native` where they run, else the layers
+    in turn (:meth:`BatchedModel._fused`)."""
 
     def __init__(self, conv: nn.Conv2d, pool: nn.MaxPool2d, relu: nn.ReLU | None) -> None:
         super().__init__()
         self.parts = (conv, pool) if relu is None else (conv, pool, relu)
+
+
+class FirstConvPool(PooledLayers):
+    """A model's first ``Conv2d`` (stride 1, zero padding), the ``MaxPool2d(2)`` after it
+    and the ``ReLU`` after that (if any; :func:`_pool_before_relu` put it there):
+    :class:`~nettrain.problem.native.ConvPool` where it runs
+    (:func:`~nettrain.problem.native.runs_natively`)."""
 
     @classmethod
     def of(cls, layers: tuple[tuple[str, nn.Module], ...]) -> tuple[tuple[str, nn.Module], ...]:
@@ -139,15 +145,11 @@ class FirstConvPool(nn.Module):
         return ((prefix, cls(conv, pool, relu)), *after)
 
 
-class ConvMaxPool(nn.Module):
+class ConvMaxPool(PooledLayers):
     """A ``Conv2d`` of one group and zero padding, the ``MaxPool2d`` after it and the
-    ``ReLU`` after that (if any), anywhere in the images layout, as one layer:
+    ``ReLU`` after that (if any), anywhere in the images layout:
     :class:`~nettrain.problem.native.PooledConv` where the kernels run
-    (:func:`~nettrain.problem.native.available`), else the layers in turn."""
-
-    def __init__(self, conv: nn.Conv2d, pool: nn.MaxPool2d, relu: nn.ReLU | None) -> None:
-        super().__init__()
-        self.parts = (conv, pool) if relu is None else (conv, pool, relu)
+    (:func:`~nettrain.problem.native.available`)."""
 
     @classmethod
     def of(cls, layers: tuple[tuple[str, nn.Module], ...]) -> tuple[tuple[str, nn.Module], ...]:
@@ -337,28 +339,8 @@ class BatchedModel:
                 layer.groups * a.m,
             )
             return Activation(out, "images", a.m, a.B)
-        if isinstance(layer, FirstConvPool):
-            conv, _, *relu = layer.parts
-            w = params[prefix + "weight"]
-            if not runs_natively(a.value, w, conv.padding):
-                for part in layer.parts:
-                    a = self._layer(prefix, part, a, params, keys)
-                return a
-            bias = params[prefix + "bias"] if conv.bias is not None else None
-            out, _ = ConvPool.apply(a.value, w, bias, conv.padding, bool(relu))
-            return Activation(out, "images", a.m, a.B)
-        if isinstance(layer, ConvMaxPool):
-            conv, pool, *relu = layer.parts
-            w, images = params[prefix + "weight"], a.images()
-            if not available(images, w):
-                for part in layer.parts:
-                    a = self._layer(prefix, part, a, params, keys)
-                return a
-            bias = params[prefix + "bias"] if conv.bias is not None else None
-            window = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
-            geometry = (conv.stride, conv.padding, conv.dilation)
-            out, _ = PooledConv.apply(images, w, bias, geometry, window, bool(relu))
-            return Activation(out, "images", a.m, a.B)
+        if isinstance(layer, PooledLayers):
+            return self._fused(prefix, layer, a, params, keys)
         if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
             return Activation(layer(a.images()), "images", a.m, a.B)
         if isinstance(layer, nn.Flatten):
@@ -366,6 +348,30 @@ class BatchedModel:
         if isinstance(layer, SeededDropout):
             return Activation(_dropout(layer, a, keys), a.layout, a.m, a.B)
         return Activation(layer(a.value), a.layout, a.m, a.B)  # elementwise
+
+    def _fused(
+        self,
+        prefix: str,
+        layer: PooledLayers,
+        a: Activation,
+        params: dict[str, torch.Tensor],
+        keys: torch.Tensor,
+    ) -> Activation:
+        """A convolution, its max-pooling and ReLU by the C kernels, or in turn."""
+        conv, pool, *relu = layer.parts
+        w = params[prefix + "weight"]
+        bias = params[prefix + "bias"] if conv.bias is not None else None
+        if isinstance(layer, FirstConvPool) and runs_natively(a.value, w, conv.padding):
+            out, _ = ConvPool.apply(a.value, w, bias, conv.padding, bool(relu))
+            return Activation(out, "images", a.m, a.B)
+        if isinstance(layer, ConvMaxPool) and available(a.value, w):
+            geometry = (conv.stride, conv.padding, conv.dilation)
+            window = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+            out, _ = PooledConv.apply(a.images(), w, bias, geometry, window, bool(relu))
+            return Activation(out, "images", a.m, a.B)
+        for part in layer.parts:
+            a = self._layer(prefix, part, a, params, keys)
+        return a
 
 
 def batched_loss(
