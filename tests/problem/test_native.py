@@ -16,7 +16,7 @@ from nettrain.problem.batched import BatchedModel, FirstConvPool
 from nettrain.problem.execution import Execution
 from nettrain.problem.losses import Regularizer, get_loss
 from nettrain.problem.models import build_model
-from nettrain.problem.native import ConvPool, PooledConv, library, runs_natively
+from nettrain.problem.native import ConvPool, PooledConv, available, library, runs_natively
 from nettrain.problem.oracle import Problem
 
 
@@ -120,47 +120,16 @@ def torch_pooled(x, weight, bias, conv, pool, relu):
     return torch.relu(y) if relu else y
 
 
+# fmt: off
 POOLED = {  # m, B, C, H, W, O, kernel, conv (stride, padding, dilation), pool, bias, relu
-    "the small CNN's second layer": (
-        3,
-        4,
-        8,
-        14,
-        14,
-        16,
-        (3, 3),
-        ((1, 1), (1, 1), (1, 1)),
-        (2, 2, 0, 1, False),
-        True,
-        True,
-    ),
-    "strided, dilated, uneven; overlapping windows with padding and ceil mode": (
-        2,
-        3,
-        3,
-        9,
-        11,
-        5,
-        (3, 2),
-        ((2, 1), (1, 0), (1, 2)),
-        (3, 2, 1, 1, True),
-        True,
-        False,
-    ),
-    "channels past a vector, windows of stride 1, no bias": (
-        3,
-        2,
-        10,
-        8,
-        8,
-        4,
-        (3, 3),
-        ((1, 1), (0, 0), (1, 1)),
-        (2, 1, 0, 1, False),
-        False,
-        True,
-    ),
+    "the small CNN's second layer":
+        (3, 4, 8, 14, 14, 16, (3, 3), ((1, 1), (1, 1), (1, 1)), (2, 2, 0, 1, False), True, True),
+    "strided, dilated, uneven; overlapping windows with padding and ceil mode":
+        (2, 3, 3, 9, 11, 5, (3, 2), ((2, 1), (1, 0), (1, 2)), (3, 2, 1, 1, True), True, False),
+    "channels past a vector, windows of stride 1, no bias":
+        (3, 2, 10, 8, 8, 4, (3, 3), ((1, 1), (0, 0), (1, 1)), (2, 1, 0, 1, False), False, True),
 }
+# fmt: on
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
@@ -191,6 +160,10 @@ def test_pooled_convolution_equals_torch_kernels(shape: str, dtype: torch.dtype)
         PooledConv.apply(x.detach(), weight, bias, conv, pool, relu)[0], [weight], dy
     )
     torch.testing.assert_close(dw, grads[1], rtol=0, atol=0)  # no input gradient asked
+    (dx,) = torch.autograd.grad(
+        PooledConv.apply(x, weight.detach(), bias, conv, pool, relu)[0], [x], dy
+    )
+    torch.testing.assert_close(dx, grads[0], rtol=0, atol=0)  # only the input gradient
 
 
 def test_a_pooled_convolutions_numbers_depend_on_neither_threads_nor_other_agents() -> None:
@@ -366,6 +339,24 @@ def test_the_cache_is_under_xdg_cache_home_or_home(monkeypatch, tmp_path) -> Non
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert native.cache_dir() == tmp_path / ".cache" / "nettrain"
+
+
+@pytest.mark.parametrize(("size", "pad"), [(3, 0), (4, 0), (1, 1), (2, 1), (5, 2)])
+def test_the_first_kernel_runs_where_the_pooling_has_a_pixel(size: int, pad: int) -> None:
+    """A 3x3 convolution's output of ``size + 2 pad - 2`` pixels a side, pooled 2x2: the
+    kernel runs where that leaves at least one pooled pixel (else torch says why not),
+    each side on its own."""
+    pools = (size + 2 * pad - 2) // 2 >= 1
+    tall, wide = torch.randn(1, 8, 1, 3, 1), torch.randn(1, 8, 1, 1, 3)  # each side its own
+    assert runs_natively(torch.randn(1, 2, 1, size, 8), tall, (pad, 1)) is pools
+    assert runs_natively(torch.randn(1, 2, 1, 8, size), wide, (1, pad)) is pools
+
+
+def test_the_kernels_need_both_tensors_on_the_cpu_in_one_float_type() -> None:
+    x, w = torch.randn(2, 48, 4, 4), torch.randn(2, 8, 3, 3, 3)
+    assert available(x, w) and available(x.double(), w.double())
+    assert not available(x.to("meta"), w) and not available(x, w.to("meta"))
+    assert not available(x.double(), w) and not available(x.half(), w.half())
 
 
 def test_execution_parse_passes_native_on() -> None:
