@@ -1,4 +1,7 @@
-/* The first layer of a convolutional network for m agents at once, fused:
+/* Convolutions that max-pooling follows, for m agents at once. Two kernels (in
+ * conv_pool_impl.h, compiled once for float and once for double): the backward pass of
+ * any such convolution from the pooled gradient (nettrain_pooled_conv_backward, see its
+ * comment), and the first layer fused, forward and backward, described here:
  * convolution (stride 1, zero padding), 2x2 max-pooling with stride 2, optional ReLU.
  *
  *   z[a,b,o,h,w] = bias[a,o] + sum_{c,i,j} w[a,o,c,i,j] x[a,b,c,h+i-ph,w+j-pw]
