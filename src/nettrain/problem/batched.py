@@ -128,11 +128,8 @@ class FirstConvPool(PooledLayers):
         """``layers`` with its first three fused, where they have that form."""
         (prefix, conv), (_, pool), *rest = (*layers, ("", None))
         fuses = (
-            isinstance(conv, nn.Conv2d)
-            and isinstance(pool, nn.MaxPool2d)
-            and (conv.stride, conv.dilation, conv.groups, conv.padding_mode)
-            == ((1, 1), (1, 1), 1, "zeros")
-            and isinstance(conv.padding, tuple)
+            _pooled_conv(conv, pool)
+            and (conv.stride, conv.dilation) == ((1, 1), (1, 1))
             and _pair(pool.kernel_size) == _pair(pool.stride) == (2, 2)
             and _pair(pool.padding) == (0, 0)
             and _pair(pool.dilation) == (1, 1)
@@ -159,14 +156,7 @@ class ConvMaxPool(PooledLayers):
         while i < len(layers):
             prefix, conv = layers[i]
             pool = layers[i + 1][1] if i + 1 < len(layers) else None
-            if (
-                isinstance(conv, nn.Conv2d)
-                and isinstance(pool, nn.MaxPool2d)
-                and conv.groups == 1
-                and conv.padding_mode == "zeros"
-                and isinstance(conv.padding, tuple)
-                and not pool.return_indices
-            ):
+            if _pooled_conv(conv, pool):
                 after = layers[i + 2][1] if i + 2 < len(layers) else None
                 relu = after if isinstance(after, nn.ReLU) else None
                 out.append((prefix, cls(conv, pool, relu)))
@@ -175,6 +165,19 @@ class ConvMaxPool(PooledLayers):
                 out.append(layers[i])
                 i += 1
         return tuple(out)
+
+
+def _pooled_conv(conv: nn.Module, pool: nn.Module | None) -> bool:
+    """Whether ``conv`` then ``pool`` are a ``Conv2d`` of one group and numeric zero
+    padding and a ``MaxPool2d`` that returns no indices: what both fused layers need."""
+    return (
+        isinstance(conv, nn.Conv2d)
+        and isinstance(pool, nn.MaxPool2d)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and isinstance(conv.padding, tuple)
+        and not pool.return_indices
+    )
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -286,7 +289,8 @@ class BatchedModel:
         """The batched form of ``model`` on samples of ``feature_shape``, or None if it has
         buffers or a layer this module does not run (it then runs under vmap), or if its
         output is not one vector a sample. ``native``: a first convolution and max-pooling
-        become one :class:`FirstConvPool`."""
+        become one :class:`FirstConvPool`, any other convolution that max-pooling follows
+        a :class:`ConvMaxPool`."""
         layers = _leaves(model)
         if not layers or list(model.buffers()):
             return None

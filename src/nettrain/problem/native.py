@@ -203,7 +203,7 @@ class ConvPool(torch.autograd.Function):
         shape, has_bias, padding, relu = ctx.conv
         m, B, C, H, W = x.shape
         c_out, taps = shape[1], shape[2] * shape[3] * shape[4]
-        padded = -(-c_out // VL) * VL
+        padded = _padded(c_out)
         dw = torch.empty((m, taps, padded), dtype=x.dtype)
         db = torch.empty((m, padded), dtype=x.dtype)
         dy = dy.contiguous(memory_format=torch.channels_last)
@@ -266,7 +266,7 @@ class PooledConv(torch.autograd.Function):
         g = g.contiguous(memory_format=torch.channels_last)
         idx = idx.contiguous(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-        padded = -(-c_in // VL) * VL
+        padded = _padded(c_in)
         packed = weight.new_zeros((m, c_out, kh * kw, padded))
         packed[..., :c_in] = weight.detach().reshape(m, c_out, c_in, -1).transpose(2, 3)
         dx = None
@@ -285,11 +285,16 @@ class PooledConv(torch.autograd.Function):
         return dx, grad_weight, db if ctx.has_bias else None, None, None, None
 
 
+def _padded(channels: int) -> int:
+    """``channels`` rounded up to a whole number of the kernels' vectors (:data:`VL`)."""
+    return -(-channels // VL) * VL
+
+
 def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's layouts: weights ``(m, K, padded)`` (tap-major, output channels padded
     with zeros to a multiple of :data:`VL`) and biases ``(m, padded)``."""
     m, c_out = weight.shape[:2]
-    padded = -(-c_out // VL) * VL
+    padded = _padded(c_out)
     packed = weight.new_zeros((m, weight[0, 0].numel(), padded))
     packed[:, :, :c_out] = weight.detach().reshape(m, c_out, -1).transpose(1, 2)
     packed_bias = weight.new_zeros((m, padded))
