@@ -29,6 +29,17 @@ def torch_layer(x, weight, bias, padding, relu):
     return torch.stack(outs)
 
 
+def two_agents(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The batched model's parameters ``{name: (2, *shape)}``: two agents holding ``net``'s."""
+    return {k: v.detach()[None].expand(2, *v.shape) for k, v in net.named_parameters()}
+
+
+def module_outputs(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``net`` on each agent's samples ``x: (m, B, ...)``, in the batched layout ``(m, K, B)``."""
+    m, B = x.shape[:2]
+    return net(x.flatten(0, 1)).view(m, B, -1).transpose(1, 2)
+
+
 def per_agent(y: torch.Tensor, m: int) -> torch.Tensor:
     """``(B, m * O, H2, W2)`` images as ``(m, B, O, H2, W2)``."""
     B, mo, h, w = y.shape
@@ -225,11 +236,10 @@ def test_convolutions_with_max_pooling_after_them_are_fused(layers, kinds) -> No
     batched = BatchedModel.of(net, (1, 12, 12))
     assert batched is not None
     assert [type(layer).__name__ for _, layer in batched.layers][:-2] == kinds
-    params = {k: v.detach()[None].expand(2, *v.shape) for k, v in net.named_parameters()}
+    params = two_agents(net)
     x = torch.randn(2, 3, 1, 12, 12, dtype=torch.float64)
     out = batched.forward(params, x, torch.zeros(2, dtype=torch.int64))
-    expected = net(x.flatten(0, 1)).view(2, 3, 3).transpose(1, 2)
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out, module_outputs(net, x), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -268,11 +278,10 @@ def test_only_a_first_convolution_with_max_pooling_after_it_is_fused(
         assert len(batched.layers) == len(net) - fused + 1
     else:
         assert not isinstance(first, FirstConvPool)
-    params = {k: v.detach()[None].expand(2, *v.shape) for k, v in net.named_parameters()}
+    params = two_agents(net)
     x = torch.randn(2, 3, c, 10, 10, dtype=torch.float64)
     out = batched.forward(params, x, torch.zeros(2, dtype=torch.int64))
-    expected = net(x.flatten(0, 1)).view(2, 3, 3).transpose(1, 2)
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out, module_outputs(net, x), rtol=0, atol=1e-12)
 
 
 def test_the_small_cnn_runs_its_first_layer_in_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -284,11 +293,11 @@ def test_the_small_cnn_runs_its_first_layer_in_the_kernel(monkeypatch: pytest.Mo
     calls = []
     apply = ConvPool.apply
     monkeypatch.setattr(ConvPool, "apply", lambda *a: calls.append(1) or apply(*a))
-    params = {k: v.detach()[None].expand(2, *v.shape) for k, v in net.named_parameters()}
+    params = two_agents(net)
     x = torch.randn(2, 3, 1, 12, 12, generator=torch.Generator().manual_seed(3))
     out = batched.forward(params, x, torch.zeros(2, dtype=torch.int64))
     assert calls == [1]
-    torch.testing.assert_close(out, net(x.flatten(0, 1)).view(2, 3, 10).transpose(1, 2))
+    torch.testing.assert_close(out, module_outputs(net, x))
     w, pad = params["conv1.weight"], (1, 1)
     assert runs_natively(x, w, pad)
     assert not runs_natively(x.double(), w, pad)  # dtypes differ
@@ -370,7 +379,7 @@ def test_data_of_other_channels_than_the_model_is_refused_by_torch() -> None:
     net = build_model("cnn", (1, 8, 8), 3)
     batched = BatchedModel.of(net, (2, 8, 8))
     assert batched is not None
-    params = {k: v.detach()[None].expand(2, *v.shape) for k, v in net.named_parameters()}
+    params = two_agents(net)
     with pytest.raises(RuntimeError, match="expected input"):
         batched.forward(params, torch.randn(2, 3, 2, 8, 8), torch.zeros(2, dtype=torch.int64))
 
@@ -416,11 +425,11 @@ def test_without_a_compiler_the_layer_runs_on_torch_kernels_warned_once(
     net = build_model("cnn", (1, 8, 8), 3).double()
     batched = BatchedModel.of(net, (1, 8, 8))
     assert batched is not None
-    params = {k: v.detach()[None].expand(2, *v.shape) for k, v in net.named_parameters()}
+    params = two_agents(net)
     x = torch.randn(2, 3, 1, 8, 8, dtype=torch.float64)
     assert not runs_natively(x, params["conv1.weight"], (1, 1))  # no second warning
     out = batched.forward(params, x, torch.zeros(2, dtype=torch.int64))
-    torch.testing.assert_close(out, net(x.flatten(0, 1)).view(2, 3, 3).transpose(1, 2))
+    torch.testing.assert_close(out, module_outputs(net, x))
 
 
 def test_a_compiler_error_is_named_in_the_warning(fresh_library, monkeypatch, tmp_path) -> None:
